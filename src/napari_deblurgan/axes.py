@@ -1,0 +1,72 @@
+"""Axes strings: which array dimension is what.
+
+Letters: ``T`` time, ``Z`` depth, ``C`` channel, ``Y``/``X`` the image plane, ``S`` RGB(A) samples (last axis
+of an RGB image, as napari's ``rgb=True`` layers and tifffile's ``S``). The 2D models run on every YX plane; a
+channel axis (``C`` or ``S``) either feeds a multichannel model or is processed channel by channel.
+No torch, no napari here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .errors import InputError
+
+AXES_LETTERS = "TZCYXS"
+CHANNEL_LETTERS = "CS"
+
+
+def validate_axes(axes: str, ndim: int) -> str:
+    """Upper-cased ``axes`` after checking length, letters, repeats and the presence of Y and X."""
+    if not isinstance(axes, str):
+        raise InputError(f"axes must be a string such as 'YX' or 'ZYX', got {type(axes).__name__}")
+    axes = axes.upper()
+    if len(axes) != ndim:
+        raise InputError(
+            f"axes {axes!r} has {len(axes)} letters but the image has {ndim} dimensions; "
+            f"give one letter per dimension from {AXES_LETTERS!r}"
+        )
+    unknown = sorted(set(axes) - set(AXES_LETTERS))
+    if unknown:
+        raise InputError(f"axes {axes!r} has unknown letter(s) {unknown}; use only letters from {AXES_LETTERS!r}")
+    repeated = sorted({a for a in axes if axes.count(a) > 1})
+    if repeated:
+        raise InputError(f"axes {axes!r} repeats {repeated}; each letter may appear once")
+    if "Y" not in axes or "X" not in axes:
+        raise InputError(f"axes {axes!r} must contain both 'Y' and 'X' (the image plane)")
+    if "C" in axes and "S" in axes:
+        raise InputError(f"axes {axes!r} has both 'C' and 'S'; an image has one channel axis at most")
+    return axes
+
+
+def infer_axes(shape: Sequence[int], *, rgb: bool | None = None) -> str:
+    """Axes for an array of ``shape`` when the user gave none; raises asking for ``axes`` when ambiguous.
+
+    The last two dimensions are the image plane unless the last one is RGB samples (``rgb=True``, or size 3/4
+    when ``rgb`` is None). 3D is a Z stack, 4D a time-lapse of Z stacks; 5D and more need explicit axes.
+    """
+    ndim = len(shape)
+    if rgb is None:
+        rgb = ndim >= 3 and shape[-1] in (3, 4)
+    rgb_suffix = "S" if rgb else ""
+    spatial = ndim - len(rgb_suffix)
+    by_ndim = {2: "YX", 3: "ZYX", 4: "TZYX"}
+    if spatial not in by_ndim:
+        raise InputError(
+            f"cannot tell the axes of a {ndim}D image of shape {tuple(shape)}; pass axes, e.g. "
+            f"axes='TCZYX' ({AXES_LETTERS!r}: time, depth, channel, Y, X, RGB samples)"
+        )
+    return by_ndim[spatial] + rgb_suffix
+
+
+def resolve_axes(shape: Sequence[int], axes: str | None = None, *, rgb: bool | None = None) -> str:
+    """Validated axes: ``axes`` as given (checked against ``shape``) or inferred from it."""
+    return infer_axes(shape, rgb=rgb) if axes is None else validate_axes(axes, len(shape))
+
+
+def channel_axis(axes: str) -> int | None:
+    """Index of the channel axis (``C`` or ``S``), or None."""
+    for letter in CHANNEL_LETTERS:
+        if letter in axes:
+            return axes.index(letter)
+    return None

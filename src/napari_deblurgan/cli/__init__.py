@@ -1,0 +1,72 @@
+"""The ``napari-deblurgan`` command-line tool: ``deblur``, ``info`` and the other subcommands.
+
+Each subcommand lives in its own module next to this one and exposes ``add_parser(subparsers)`` and
+``run(args) -> int``. Subcommands are thin: they parse arguments, call the public Python API and report.
+
+Exit status: 0 success; 1 unexpected error (traceback printed); 2 a usage or input problem the user can fix
+(bad arguments, :class:`~napari_deblurgan.errors.InputError`, :class:`~napari_deblurgan.errors.ModelFileError`;
+message only); 130 interrupted (Ctrl-C or cancelled; nothing half-written is left behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from .. import __version__
+
+#: Subcommand modules (in this package), in the order ``--help`` lists them. Add new ones here.
+SUBCOMMAND_MODULES: list[str] = ["deblur_command", "info_command", "finetune_command"]
+
+PROG = "napari-deblurgan"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per module in :data:`SUBCOMMAND_MODULES`."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Remove blur from images with a DeblurGAN-style model, finetune it, compare it.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMAND_MODULES:
+        module = importlib.import_module(f".{name}", __name__)
+        sub = module.add_parser(subparsers)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def error(message: str) -> None:
+    """Print a user-facing error message (no traceback) on stderr."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    from ..errors import Cancelled, InputError, ModelFileError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, argparse usage errors: keep their status
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return int(args._run(args) or EXIT_OK)
+    except (InputError, ModelFileError) as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    except (KeyboardInterrupt, Cancelled):
+        print(f"\n{PROG}: interrupted; no output was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        error("unexpected error (traceback above); please report it if the input looks fine.")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # python -m napari_deblurgan.cli
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Compute devices: ``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"cuda:N"`` | ``"mps"``.
+
+torch is imported inside the functions: this module is imported by widgets at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import InputError
+
+
+def resolve_device(device: Any = "auto"):
+    """A ``torch.device`` for ``device``; "auto" prefers CUDA, then Apple's MPS, then the CPU.
+
+    Raises InputError for unknown names or for a GPU that does not exist here.
+    """
+    import torch
+
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device is None:
+        device = "auto"
+    if not isinstance(device, str):
+        raise InputError(f"device must be a string such as 'auto', 'cpu' or 'cuda:0', got {device!r}")
+    name = device.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} asked for, but CUDA is not available here; use device='cpu'")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"device {device!r} does not exist: this machine has {count} CUDA device(s)")
+        return dev
+    if dev.type == "mps":
+        if not _mps_available():
+            raise InputError("device 'mps' asked for, but Apple's MPS is not available here; use device='cpu'")
+        return dev
+    raise InputError(f"unsupported device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+
+def _mps_available() -> bool:
+    import torch
+
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def autocast_dtype(device) -> Any | None:
+    """The reduced precision to autocast to on ``device`` (bfloat16 where supported, else float16), or None
+    on the CPU, where float32 is both faster and exact enough."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return None
+
+
+def list_devices() -> list[tuple[str, str]]:
+    """(device id, label) for every device that exists here, CPU first: for dropdowns."""
+    import torch
+
+    devices = [("cpu", "CPU")]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            devices.append((f"cuda:{i}", f"cuda:{i} — {torch.cuda.get_device_name(i)}"))
+    if _mps_available():
+        devices.append(("mps", "Apple MPS"))
+    return devices

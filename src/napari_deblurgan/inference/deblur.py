@@ -1,0 +1,340 @@
+"""``deblur()``: restore an image or stack of any size, dtype and axes with a deblurring model.
+
+The one path every front end (widget, CLI, console, tests) takes::
+
+    axes -> for each YX plane (and channel, for single-channel models):
+        percentile-normalise -> reflect-pad -> tiles in batches -> generator (eval, no grad)
+        -> blend tiles -> crop -> denormalise -> clip/cast to the input dtype
+
+Memory: one plane's float32 buffers plus one batch of tiles; the stack is never copied as a whole. A dask
+array in gives a lazy dask array out, computed block by block.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..axes import channel_axis, resolve_axes
+from ..errors import Cancelled, InputError
+from ..normalization import cast_like, check_dtype, denormalize, normalize, percentile_range
+from .tiling import (
+    check_tiling,
+    context_padding,
+    default_overlap,
+    default_tile_size,
+    halo_for,
+    plan_tiles,
+    round_up,
+)
+
+if TYPE_CHECKING:
+    from ..model_file import DeblurModel
+
+MIN_SIDE = 8  # smaller planes carry too little structure to deblur (and break percentile estimates)
+
+ProgressCallback = Callable[[int, int], Any]
+CancelCheck = threading.Event | Callable[[], bool] | None
+
+
+def deblur(
+    image: Any,
+    model: DeblurModel | str | Path | None = None,
+    *,
+    axes: str | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    device: Any = "auto",
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck = None,
+    batch_size: int | None = None,
+    rgb: bool | None = None,
+):
+    """Deblur ``image`` with ``model`` and return an array of the same shape and dtype.
+
+    Parameters
+    ----------
+    image
+        NumPy array (or anything ``np.asarray`` takes) or dask array; uint8/uint16/int*/float16/32/64.
+        Never modified.
+    model
+        A :class:`~napari_deblurgan.DeblurModel`, a model file path, a shipped model name, or None for the
+        shipped default.
+    axes
+        Letters over ``TZCYXS`` (e.g. ``"YX"``, ``"ZYX"``, ``"TCZYX"``, ``"YXS"`` for RGB); inferred from the
+        shape when omitted (``rgb`` is a hint for the last axis, as napari's ``layer.rgb``).
+    tile_size, overlap
+        Tile side and overlap in pixels; the defaults are seamless (see ``inference/tiling.py``).
+    device
+        "auto" (CUDA > MPS > CPU), "cpu", "cuda", "cuda:1", "mps". GPUs run in bfloat16/float16 autocast.
+    progress
+        Called as ``progress(done, total)`` after every tile batch (after every block for dask input).
+    cancel
+        A ``threading.Event`` or a callable returning True to stop: :class:`~napari_deblurgan.Cancelled` is
+        raised within one tile batch and nothing is returned.
+    batch_size
+        Tiles per forward pass (default: 2 on CPU, 8 on GPUs).
+
+    Returns
+    -------
+    numpy.ndarray, or a lazy dask array for dask input. Integer outputs are rounded and clipped to the dtype's
+    range; float outputs keep their range.
+    """
+    is_dask = _is_dask(image)
+    if not is_dask and not isinstance(image, np.ndarray):
+        image = np.asarray(image)
+    _check_image(image)
+    axes = resolve_axes(image.shape, axes, rgb=rgb)
+    _check_plane_size(image.shape, axes)
+    model = _as_model(model)
+    runner = _PlaneRunner(model, device=device, tile_size=tile_size, overlap=overlap, batch_size=batch_size)
+    runner.check_channels(image.shape, axes)
+    if is_dask:
+        return _deblur_dask(image, axes, runner, progress, cancel)
+    _check_finite(image)
+    return _deblur_numpy(image, axes, runner, progress, cancel)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def _is_dask(image: Any) -> bool:
+    return type(image).__module__.startswith("dask.")
+
+
+def _check_image(image: Any) -> None:
+    check_dtype(image.dtype)
+    if image.ndim < 2:
+        raise InputError(f"expected an image with at least 2 dimensions (Y, X), got shape {tuple(image.shape)}")
+    if image.size == 0 or 0 in image.shape:
+        raise InputError(f"the image is empty (shape {tuple(image.shape)}); every axis needs at least one pixel")
+
+
+def _check_plane_size(shape: tuple[int, ...], axes: str) -> None:
+    h, w = shape[axes.index("Y")], shape[axes.index("X")]
+    if min(h, w) < MIN_SIDE:
+        raise InputError(
+            f"the image plane is {h}x{w} pixels (axes {axes!r}); at least {MIN_SIDE}x{MIN_SIDE} is needed. "
+            "If this is a stack, check the axes argument."
+        )
+
+
+def _check_finite(image: np.ndarray) -> None:
+    if image.dtype.kind != "f":
+        return
+    # counted plane by plane: no full-size boolean temporary for large stacks
+    flat = image.reshape(-1, image.shape[-1]) if image.ndim > 1 else image[None]
+    step = max(1, (1 << 22) // max(1, flat.shape[1]))
+    bad = sum(int(np.count_nonzero(~np.isfinite(flat[i : i + step]))) for i in range(0, flat.shape[0], step))
+    if bad:
+        raise InputError(
+            f"the image has {bad} NaN/inf pixel(s) out of {image.size}; replace them first, e.g. "
+            "np.nan_to_num(image, nan=0.0) or with a local median"
+        )
+
+
+def _as_model(model: Any) -> DeblurModel:
+    from ..model_file import DeblurModel, load_model
+
+    if isinstance(model, DeblurModel):
+        return model
+    if model is None:
+        return load_model("default")
+    if isinstance(model, str | Path):
+        return load_model(model)
+    raise InputError(f"model must be a DeblurModel, a model file path or a model name, got {type(model).__name__}")
+
+
+def _should_cancel(cancel: CancelCheck) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+# ----------------------------------------------------------------------------------------------- runner
+
+
+class _PlaneRunner:
+    """Runs the generator over one (channels, Y, X) plane: normalisation, padding, tiles, blending."""
+
+    def __init__(
+        self, model: DeblurModel, *, device: Any, tile_size: int | None, overlap: int | None, batch_size: int | None
+    ) -> None:
+        from ..devices import autocast_dtype, resolve_device
+
+        self.model = model
+        self.device = resolve_device(device)
+        self.autocast = autocast_dtype(self.device)
+        gen = model.generator
+        self.stride, radius = int(gen.stride), int(gen.receptive_radius)
+        self.halo = halo_for(radius, self.stride)
+        self.pad = context_padding(radius, self.stride)
+        self.tile_size, self.overlap = check_tiling(
+            default_tile_size(radius, self.stride) if tile_size is None else tile_size,
+            default_overlap(radius, self.stride) if overlap is None else overlap,
+            radius,
+            self.stride,
+        )
+        if batch_size is None:
+            batch_size = 2 if self.device.type == "cpu" else 8
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = batch_size
+        norm = model.normalization
+        self.low, self.high = float(norm.get("low", 1.0)), float(norm.get("high", 99.8))
+        self.joint = model.channel_mode == "joint"
+
+    def check_channels(self, shape: tuple[int, ...], axes: str) -> None:
+        c_ax = channel_axis(axes)
+        n = shape[c_ax] if c_ax is not None else 1
+        if self.joint and n != self.model.channels:
+            where = f"axis {axes[c_ax]!r} has {n}" if c_ax is not None else "the image has no channel axis (C or S)"
+            raise InputError(
+                f"this model takes {self.model.channels} channels together but {where}; "
+                "pass axes with the right channel axis (e.g. 'YXS' for RGB) or use a single-channel model"
+            )
+        if not self.joint and self.model.channels != 1:
+            raise InputError(
+                f"model declares channel_mode {self.model.channel_mode!r} with {self.model.channels} channels"
+            )
+
+    def padded_shape(self, height: int, width: int) -> tuple[int, int]:
+        return (
+            round_up(height + 2 * self.pad, self.stride),
+            round_up(width + 2 * self.pad, self.stride),
+        )
+
+    def batches_per_plane(self, height: int, width: int) -> int:
+        grid = plan_tiles(
+            self.padded_shape(height, width),
+            tile_size=self.tile_size,
+            overlap=self.overlap,
+            halo=self.halo,
+            stride=self.stride,
+        )
+        return -(-len(grid) // self.batch_size)
+
+    def run(self, plane: np.ndarray, on_batch: Callable[[], None], cancel: CancelCheck) -> np.ndarray:
+        """Deblur a (C, Y, X) plane in any dtype; returns float32 (C, Y, X) in the input's units."""
+        import torch
+
+        c, h, w = plane.shape
+        ranges = [percentile_range(plane[i], self.low, self.high) for i in range(c)]
+        normed = np.stack([normalize(plane[i], *ranges[i]) for i in range(c)])
+        hp, wp = self.padded_shape(h, w)
+        p = self.pad
+        padded = np.pad(normed, ((0, 0), (p, hp - h - p), (p, wp - w - p)), mode="reflect")
+        grid = plan_tiles((hp, wp), tile_size=self.tile_size, overlap=self.overlap, halo=self.halo, stride=self.stride)
+        accum = np.zeros_like(padded)
+        weight_sum = np.zeros((hp, wp), dtype=np.float32)
+        tiles = grid.tiles()
+        gen = self.model.generator
+        gen.to(self.device)
+        was_training = gen.training
+        gen.eval()  # the reference code ran inference in train mode; never here
+        try:
+            for first in range(0, len(tiles), self.batch_size):
+                if _should_cancel(cancel):
+                    raise Cancelled("deblurring was cancelled")
+                batch = tiles[first : first + self.batch_size]
+                x = torch.from_numpy(np.stack([padded[:, ys, xs] for ys, xs, _ in batch])).to(self.device)
+                with torch.inference_mode(), self._autocast():
+                    if self.device.type == "cuda":
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    y = gen(x).float().cpu().numpy()
+                for (ys, xs, weights), out in zip(batch, y, strict=True):
+                    accum[:, ys, xs] += out * weights
+                    weight_sum[ys, xs] += weights
+                on_batch()
+        finally:
+            gen.train(was_training)
+        restored = accum[:, p : p + h, p : p + w] / weight_sum[p : p + h, p : p + w]
+        return np.stack([denormalize(restored[i], *ranges[i]) for i in range(c)])
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
+
+
+# ----------------------------------------------------------------------------------------------- drivers
+
+
+def _plane_views(array: np.ndarray, axes: str) -> tuple[np.ndarray, bool]:
+    """A view of ``array`` as (..., C, Y, X) and whether a channel axis exists (views, not copies)."""
+    c_ax = channel_axis(axes)
+    source = [axes.index("Y"), axes.index("X")]
+    dest = [-2, -1]
+    if c_ax is not None:
+        source.insert(0, c_ax)
+        dest.insert(0, -3)
+    return np.moveaxis(array, source, dest), c_ax is not None
+
+
+def _deblur_numpy(
+    image: np.ndarray,
+    axes: str,
+    runner: _PlaneRunner,
+    progress: ProgressCallback | None,
+    cancel: CancelCheck,
+) -> np.ndarray:
+    out = np.empty_like(image)
+    src, has_channels = _plane_views(image, axes)
+    dst, _ = _plane_views(out, axes)
+    if not has_channels:
+        src, dst = src[..., None, :, :], dst[..., None, :, :]
+    outer = src.shape[:-3]
+    c, h, w = src.shape[-3:]
+    runs_per_plane = 1 if runner.joint else c
+    total = int(np.prod(outer, dtype=np.int64)) * runs_per_plane * runner.batches_per_plane(h, w)
+    done = 0
+
+    def on_batch() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    for index in np.ndindex(*outer):
+        plane = src[index]
+        if runner.joint:
+            dst[index] = cast_like(runner.run(plane, on_batch, cancel), image.dtype)
+        else:
+            for ch in range(c):
+                dst[index][ch] = cast_like(runner.run(plane[ch : ch + 1], on_batch, cancel)[0], image.dtype)
+    return out
+
+
+def _deblur_dask(image: Any, axes: str, runner: _PlaneRunner, progress: ProgressCallback | None, cancel: CancelCheck):
+    """Lazy: each block holds whole planes (Y, X and channel axes unchunked) and is deblurred when computed."""
+    whole = {axes.index("Y"): -1, axes.index("X"): -1}
+    c_ax = channel_axis(axes)
+    if c_ax is not None:
+        whole[c_ax] = -1
+    blocks = image.rechunk(whole)
+    total = int(np.prod(blocks.numblocks))
+    lock = threading.Lock()
+    done = 0
+
+    def deblur_block(block: np.ndarray) -> np.ndarray:
+        nonlocal done
+        _check_finite(block)
+        result = _deblur_numpy(block, axes, runner, None, cancel)
+        if progress is not None:
+            with lock:
+                done += 1
+                progress(done, total)
+        return result
+
+    # meta given: otherwise dask calls deblur_block on a dummy block to guess the output type
+    return blocks.map_blocks(deblur_block, dtype=image.dtype, meta=np.empty((0,) * image.ndim, image.dtype))

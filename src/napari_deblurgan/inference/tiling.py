@@ -1,0 +1,144 @@
+"""Tiling a plane so that tiled inference equals whole-image inference.
+
+Three rules make the tiles invisible:
+
+1. Tiles start on multiples of the generator's ``stride`` and have sides that are multiples of it, so every
+   tile sees the same down-sampling grid as the whole image would.
+2. Only the part of a tile further than the generator's receptive radius (the *halo*) from a tile edge that
+   borders another tile is trusted: there the output does not depend on the padding at the tile edge.
+3. Neighbouring tiles overlap by at least twice the halo plus a ramp; across the ramp the trusted parts are
+   cross-faded with raised-cosine weights, and the weighted sum is divided by the summed weights.
+
+With the default overlap the tiled result matches the whole-image result to float rounding (the tests check
+this for every architecture). No torch here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+# Weight of untrusted pixels (inside the halo): tiny but positive so that a pixel covered by no trusted
+# region (only possible with a user-chosen overlap below twice the halo) still gets the plain average.
+_HALO_WEIGHT = 1e-8
+
+
+def round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def halo_for(receptive_radius: int, stride: int) -> int:
+    """The untrusted margin of a tile: the receptive radius rounded up to the stride."""
+    return round_up(receptive_radius, stride)
+
+
+def default_overlap(receptive_radius: int, stride: int) -> int:
+    """Two halos plus a ramp of two strides: enough for seamless tiles."""
+    return 2 * halo_for(receptive_radius, stride) + 2 * stride
+
+
+def default_tile_size(receptive_radius: int, stride: int) -> int:
+    """Large enough that the overlap costs little (<= 1/4 of a side), at least 512 px."""
+    return round_up(max(512, 4 * default_overlap(receptive_radius, stride)), stride)
+
+
+def context_padding(receptive_radius: int, stride: int) -> int:
+    """Reflected context added around the whole plane before tiling: gives border pixels plausible
+    neighbours instead of the network's own padding, at a modest cost for small images."""
+    return round_up(min(halo_for(receptive_radius, stride), 32), stride)
+
+
+def check_tiling(tile_size: int, overlap: int, receptive_radius: int, stride: int) -> tuple[int, int]:
+    """Validated (tile_size, overlap), both rounded up to multiples of ``stride``."""
+    for name, value in (("tile_size", tile_size), ("overlap", overlap)):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool):
+            raise InputError(f"{name} must be an integer number of pixels, got {value!r}")
+    if overlap < 0:
+        raise InputError(f"overlap must be >= 0 pixels, got {overlap}")
+    halo = halo_for(receptive_radius, stride)
+    minimum = 2 * halo + stride
+    if tile_size < minimum:
+        raise InputError(
+            f"tile_size {tile_size} is below this model's receptive field: each tile needs at least "
+            f"{minimum} px (2 x {halo} px of context + {stride}); use tile_size >= {minimum}, or leave it unset"
+        )
+    tile_size, overlap = round_up(int(tile_size), stride), round_up(int(overlap), stride)
+    if overlap >= tile_size:
+        raise InputError(
+            f"overlap ({overlap} px) must be smaller than tile_size ({tile_size} px); "
+            f"the default overlap for this model is {default_overlap(receptive_radius, stride)} px"
+        )
+    return tile_size, overlap
+
+
+def tile_starts(length: int, tile: int, overlap: int, stride: int) -> list[int]:
+    """Start offsets along one axis of ``length`` (a multiple of ``stride``); the last tile ends at ``length``."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    count = math.ceil((length - overlap) / step)
+    starts = [min(i * step, length - tile) for i in range(count)]
+    assert all(s % stride == 0 for s in starts)
+    return sorted(set(starts))
+
+
+def blend_window(length: int, halo: int, overlap: int, *, left: bool, right: bool) -> np.ndarray:
+    """1D weights of one tile: tiny inside the halo at sides that border another tile, a raised-cosine ramp
+    across the rest of the overlap, 1 elsewhere."""
+    h = min(halo, max((overlap - 1) // 2, 0))
+    ramp_len = max(overlap - 2 * h, 1)
+    ramp = np.sin(0.5 * np.pi * (np.arange(ramp_len) + 0.5) / ramp_len) ** 2
+    edge = np.ones(length, dtype=np.float64)  # profile rising from the left edge
+    edge[:h] = _HALO_WEIGHT
+    rising = ramp[: max(0, length - h)]
+    edge[h : h + rising.size] = rising
+    w = np.ones(length, dtype=np.float64)
+    if left:
+        w *= edge
+    if right:
+        w *= edge[::-1]
+    return np.maximum(w, _HALO_WEIGHT).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles covering a (padded) plane of ``shape``: every tile has the same ``tile_shape``."""
+
+    shape: tuple[int, int]
+    tile_shape: tuple[int, int]
+    starts_y: tuple[int, ...]
+    starts_x: tuple[int, ...]
+    halo: int
+    overlap: int
+
+    def __len__(self) -> int:
+        return len(self.starts_y) * len(self.starts_x)
+
+    def tiles(self) -> list[tuple[slice, slice, np.ndarray]]:
+        """(y slice, x slice, 2D weights) of every tile, row by row."""
+        th, tw = self.tile_shape
+        out = []
+        for iy, y0 in enumerate(self.starts_y):
+            wy = blend_window(th, self.halo, self.overlap, left=iy > 0, right=iy < len(self.starts_y) - 1)
+            for ix, x0 in enumerate(self.starts_x):
+                wx = blend_window(tw, self.halo, self.overlap, left=ix > 0, right=ix < len(self.starts_x) - 1)
+                out.append((slice(y0, y0 + th), slice(x0, x0 + tw), wy[:, None] * wx[None, :]))
+        return out
+
+
+def plan_tiles(shape: tuple[int, int], *, tile_size: int, overlap: int, halo: int, stride: int) -> TileGrid:
+    """Tile grid for a padded plane of ``shape`` (both sides multiples of ``stride``)."""
+    height, width = shape
+    th, tw = min(tile_size, height), min(tile_size, width)
+    return TileGrid(
+        shape=(height, width),
+        tile_shape=(th, tw),
+        starts_y=tuple(tile_starts(height, th, overlap, stride)),
+        starts_x=tuple(tile_starts(width, tw, overlap, stride)),
+        halo=halo,
+        overlap=overlap,
+    )

@@ -1,0 +1,263 @@
+"""NumPy PSFs (blur/psf.py) and synthesize_blur (blur/synthesize.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from napari_deblurgan import synthesize_blur
+from napari_deblurgan.blur.psf import defocus_psf, gaussian_psf, motion_psf, random_psf
+from napari_deblurgan.blur.synthesize import apply_psf, convolve_reflect, synthesize_blur_with_params
+from napari_deblurgan.errors import InputError
+
+
+def _check_psf(psf: np.ndarray) -> None:
+    assert psf.dtype == np.float32
+    assert psf.ndim == 2 and psf.shape[0] == psf.shape[1] and psf.shape[0] % 2 == 1
+    assert psf.min() >= 0
+    assert abs(float(psf.sum(dtype=np.float64)) - 1.0) < 1e-5
+
+
+def _centroid_offset(psf: np.ndarray) -> np.ndarray:
+    yy, xx = np.indices(psf.shape)
+    c = psf.shape[0] // 2
+    total = psf.sum(dtype=np.float64)
+    return np.array([(psf * yy).sum() / total - c, (psf * xx).sum() / total - c])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    kind=st.sampled_from(["motion", "defocus", "gaussian", "mixed"]),
+    strength=st.one_of(st.none(), st.floats(0.3, 30.0)),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_random_psf_properties(kind, strength, seed):
+    psf, params = random_psf(kind, np.random.default_rng(seed), strength)
+    _check_psf(psf)
+    json.dumps(params)  # JSON-able
+    assert params["kind"] in ("motion", "defocus", "gaussian")
+    assert kind == "mixed" or params["kind"] == kind
+    assert params["size"] == psf.shape[0]
+    # reproducible from the same seed
+    again, params_again = random_psf(kind, np.random.default_rng(seed), strength)
+    np.testing.assert_array_equal(psf, again)
+    assert params == params_again
+
+
+@settings(max_examples=15, deadline=None)
+@given(length=st.floats(1.0, 40.0), seed=st.integers(0, 2**32 - 1), exposure=st.floats(0.05, 1.0))
+def test_motion_psf_extent_and_centre(length, seed, exposure):
+    psf = motion_psf(length, seed, exposure=exposure)
+    _check_psf(psf)
+    # centred on its centre of mass (bilinear splatting keeps the centroid): blurring does not shift images
+    np.testing.assert_allclose(_centroid_offset(psf), 0, atol=1e-3)
+    # the support's extent is at most the requested length (+2 px for the bilinear footprint)
+    ys, xs = np.nonzero(psf > 0)
+    pts = np.stack([ys, xs], 1)
+    extent = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1)).max()
+    assert extent <= length + 2 * np.sqrt(2) + 1e-6
+
+
+def test_motion_psf_full_exposure_reaches_length():
+    psf = motion_psf(20.0, 3)
+    ys, xs = np.nonzero(psf > 1e-6)
+    pts = np.stack([ys, xs], 1)
+    extent = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1)).max()
+    assert 19.0 <= extent <= 23.0
+
+
+def test_motion_psf_size_argument():
+    psf = motion_psf(10.0, 1, size=41)
+    assert psf.shape == (41, 41)
+    with pytest.raises(InputError, match="size"):
+        motion_psf(30.0, 1, size=5)
+    with pytest.raises(InputError):
+        motion_psf(10.0, 1, size=40)  # even
+
+
+def test_defocus_disk_and_airy():
+    disk = defocus_psf(4.0)
+    _check_psf(disk)
+    c = disk.shape[0] // 2
+    # flat inside, zero outside the radius, partial on the edge
+    assert disk[c, c] == pytest.approx(disk[c, c + 2])
+    assert disk[c, c + 5] == 0
+    assert 0 < disk[c, c + 4] < disk[c, c]
+    airy = defocus_psf(4.0, model="airy")
+    _check_psf(airy)
+    c = airy.shape[0] // 2
+    assert airy[c, c] == airy.max()
+    # near-zero at the first dark ring (radius 4) compared with the centre
+    assert airy[c, c + 4] < 0.02 * airy[c, c]
+    # tiny radii degrade gracefully to (nearly) a delta
+    assert defocus_psf(0.2).max() > 0.9
+    with pytest.raises(InputError, match="model"):
+        defocus_psf(3.0, model="ring")
+
+
+def test_gaussian_psf_matches_sigma():
+    sigma = 2.0
+    psf = gaussian_psf(sigma)
+    _check_psf(psf)
+    yy, _ = np.indices(psf.shape)
+    c = psf.shape[0] // 2
+    variance = float((psf * (yy - c) ** 2).sum())
+    # pixel integration adds 1/12 px^2 of variance to sigma^2
+    assert variance == pytest.approx(sigma**2 + 1 / 12, rel=0.01)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "3"])
+def test_psf_rejects_bad_strength(bad):
+    with pytest.raises(InputError):
+        gaussian_psf(bad)
+    with pytest.raises(InputError):
+        random_psf("motion", 0, bad)
+
+
+def test_random_psf_rejects_unknown_kind():
+    with pytest.raises(InputError, match="kind"):
+        random_psf("zoom", 0)
+
+
+# ---------------------------------------------------------------------------------------- synthesize
+
+
+_DTYPES = [np.uint8, np.uint16, np.int16, np.float32, np.float64]
+
+
+def _random_image(rng: np.random.Generator, shape, dtype) -> np.ndarray:
+    smooth = ndimage.gaussian_filter(rng.uniform(0, 1, shape), 1.5) + rng.uniform(0, 0.3, shape)
+    smooth = smooth / smooth.max()
+    if np.dtype(dtype).kind in "iu":
+        top = min(np.iinfo(dtype).max, 4000)
+        return np.rint(smooth * top * 0.9 + 5).astype(dtype)
+    return (smooth * 3.0 - 0.5).astype(dtype)  # floats keep negative values
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dtype=st.sampled_from(_DTYPES),
+    kind=st.sampled_from(["motion", "defocus", "gaussian", "mixed"]),
+    shape=st.sampled_from([(32, 40), (3, 24, 24), (2, 2, 16, 20)]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_synthesize_preserves_shape_dtype_mean(dtype, kind, shape, seed):
+    rng = np.random.default_rng(seed)
+    sharp = _random_image(rng, shape, dtype)
+    blurred, psf = synthesize_blur(sharp, kind, seed=seed)
+    assert blurred.shape == sharp.shape and blurred.dtype == sharp.dtype
+    _check_psf(psf)
+    mean_sharp = float(sharp.astype(np.float64).mean())
+    span = float(sharp.max()) - float(sharp.min())
+    # reflect padding keeps the brightness; only rounding and mirrored borders change the mean a little
+    assert abs(float(blurred.astype(np.float64).mean()) - mean_sharp) <= 0.03 * span
+    again, psf_again = synthesize_blur(sharp, kind, seed=seed)
+    np.testing.assert_array_equal(blurred, again)
+    np.testing.assert_array_equal(psf, psf_again)
+
+
+def test_synthesize_blurs_and_matches_convolution():
+    rng = np.random.default_rng(0)
+    sharp = rng.uniform(0, 1, (48, 48))
+    blurred, psf = synthesize_blur(sharp, "gaussian", strength=2.0, seed=1)
+    assert blurred.dtype == np.float64
+    # high frequencies are removed: much smaller pixel-to-pixel differences
+    assert np.abs(np.diff(blurred, axis=1)).mean() < 0.3 * np.abs(np.diff(sharp, axis=1)).mean()
+    # interior equals a plain convolution (borders differ only by the padding)
+    ref = ndimage.convolve(sharp, psf.astype(np.float64), mode="mirror")
+    np.testing.assert_allclose(blurred, ref, atol=1e-6)
+
+
+def test_synthesize_same_psf_on_every_plane():
+    rng = np.random.default_rng(0)
+    plane = rng.uniform(0, 1, (32, 32)).astype(np.float32)
+    stack = np.stack([plane, plane * 2, plane])
+    blurred, psf = synthesize_blur(stack, "motion", strength=9.0, seed=5, axes="ZYX")
+    np.testing.assert_allclose(blurred[0], blurred[2])
+    np.testing.assert_allclose(blurred[1], 2 * blurred[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(blurred[0], convolve_reflect(plane.astype(np.float32), psf), atol=1e-6)
+
+
+def test_synthesize_rgb_axes():
+    rng = np.random.default_rng(1)
+    rgb = (rng.uniform(0, 255, (32, 32, 3))).astype(np.uint8)
+    blurred, psf = synthesize_blur(rgb, "defocus", strength=2.0, seed=0)
+    assert blurred.shape == rgb.shape
+    for ch in range(3):
+        ref = convolve_reflect(rgb[..., ch].astype(np.float32), psf)
+        np.testing.assert_array_equal(blurred[..., ch], np.clip(np.rint(ref), 0, 255).astype(np.uint8))
+
+
+def test_integer_output_is_rounded_and_clipped_not_wrapped():
+    sharp = np.zeros((32, 32), np.uint8)
+    sharp[10:20, 10:20] = 255
+    noise = {"photons": 5.0, "read_noise": 3.0}  # strong noise: values beyond 0..255 before clipping
+    blurred, _ = synthesize_blur(sharp, "gaussian", strength=1.0, noise=noise, seed=0)
+    as_float, _ = synthesize_blur(sharp.astype(np.float32), "gaussian", strength=1.0, noise=noise, seed=0)
+    assert as_float.max() > 255 and as_float.min() < 0  # the test really exercises clipping
+    assert blurred.dtype == np.uint8
+    np.testing.assert_array_equal(blurred, np.clip(np.rint(as_float), 0, 255).astype(np.uint8))
+
+
+def test_noise_statistics_follow_photon_count():
+    flat = np.full((128, 128), 1000.0)
+    blurred, _ = synthesize_blur(flat, "gaussian", strength=1.0, noise={"photons": 100.0, "read_noise": 0.0}, seed=3)
+    # 100 photons at the 99.9th percentile -> Poisson: relative std 1/sqrt(100) = 10 %
+    assert blurred.mean() == pytest.approx(1000.0, rel=0.01)
+    assert blurred.std() == pytest.approx(100.0, rel=0.05)
+    blurred, _ = synthesize_blur(flat, "gaussian", strength=1.0, noise={"photons": 100.0, "read_noise": 10.0}, seed=3)
+    # variance adds up: sqrt(100 + 10^2) photons = 14.1 % of the signal
+    assert blurred.std() == pytest.approx(1000.0 * np.sqrt(200) / 100, rel=0.05)
+
+
+def test_noise_realistic_and_params():
+    img = np.full((32, 32), 200, np.uint16)
+    blurred, _psf, params = synthesize_blur_with_params(img, "motion", noise="realistic", seed=7)
+    json.dumps(params)
+    assert 30 <= params["noise"]["photons"] <= 1000 and 1 <= params["noise"]["read_noise"] <= 4
+    assert blurred.std() > 0
+    blurred2, _, params2 = synthesize_blur_with_params(img, "motion", noise="realistic", seed=7)
+    np.testing.assert_array_equal(blurred, blurred2)
+    assert params == params2
+    _, _, params3 = synthesize_blur_with_params(img, "motion", noise="realistic", seed=8)
+    assert params3 != params
+
+
+def test_custom_psf_array_and_apply_psf():
+    rng = np.random.default_rng(2)
+    img = rng.uniform(0, 100, (20, 24)).astype(np.float32)
+    kernel = np.ones((3, 5))
+    blurred, psf = synthesize_blur(img, kernel)
+    np.testing.assert_allclose(psf.sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(blurred, apply_psf(img, kernel), rtol=1e-6)
+    ref = ndimage.uniform_filter(img.astype(np.float64), size=(3, 5), mode="mirror")
+    np.testing.assert_allclose(blurred, ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("image", "kwargs", "match"),
+    [
+        (np.zeros((16, 16), bool), {}, "boolean"),
+        (np.zeros((16, 16), complex), {}, "complex"),
+        (np.full((16, 16), np.nan), {}, "NaN"),
+        (np.zeros((0, 16)), {}, "empty"),
+        (np.zeros((16, 7)), {}, "at least 8"),
+        (np.zeros(16), {}, "2 dimensions"),
+        (np.zeros((16, 16)), {"kind": "zoom"}, "kind"),
+        (np.zeros((16, 16)), {"strength": 0}, "strength"),
+        (np.zeros((16, 16)), {"strength": -2.0}, "strength"),
+        (np.zeros((16, 16)), {"noise": "loud"}, "noise"),
+        (np.zeros((16, 16)), {"noise": {"photons": -1}}, "photons"),
+        (np.zeros((16, 16)), {"noise": {"photons": 10, "gain": 2}}, "noise"),
+        (np.zeros((16, 16)), {"axes": "ZYX"}, "axes"),
+        (np.zeros((16, 16)), {"kind": np.zeros((3, 3))}, "PSF"),
+    ],
+)
+def test_synthesize_rejects_bad_input(image, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        synthesize_blur(image, **kwargs)

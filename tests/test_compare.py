@@ -1,0 +1,208 @@
+"""Metrics, classical deconvolution baselines and comparison tables (compare.py)."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import data
+from skimage import metrics as sk_metrics
+
+from napari_deblurgan import compare, richardson_lucy, wiener
+from napari_deblurgan.blur.psf import gaussian_psf, motion_psf
+from napari_deblurgan.blur.synthesize import synthesize_blur
+from napari_deblurgan.compare import ComparisonTable, best_classical, nrmse, psnr, sharpness, ssim
+from napari_deblurgan.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def camera_crop() -> np.ndarray:
+    return data.camera()[160:256, 200:296].copy()  # 96 x 96 uint8, with edges and texture
+
+
+def test_psnr_data_range_and_values(camera_crop):
+    noisy = np.clip(camera_crop.astype(int) + 10, 0, 255).astype(np.uint8)
+    expected = sk_metrics.peak_signal_noise_ratio(camera_crop, noisy, data_range=255)
+    assert psnr(camera_crop, noisy) == pytest.approx(expected)
+    assert psnr(camera_crop, camera_crop) == math.inf
+    # float reference: data range is its max - min
+    ref = camera_crop.astype(np.float64) / 255 * 3
+    img = ref + 0.03
+    assert psnr(ref, img) == pytest.approx(10 * np.log10((ref.max() - ref.min()) ** 2 / 0.03**2))
+    assert psnr(ref, img, data_range=1.0) == pytest.approx(10 * np.log10(1 / 0.03**2))
+
+
+def test_ssim_and_nrmse(camera_crop):
+    assert ssim(camera_crop, camera_crop) == pytest.approx(1.0)
+    blurred = ndimage.gaussian_filter(camera_crop, 2)
+    assert 0 < ssim(camera_crop, blurred) < 0.95
+    expected = sk_metrics.structural_similarity(camera_crop.astype(float), blurred.astype(float), data_range=255)
+    assert ssim(camera_crop, blurred) == pytest.approx(expected)
+    ref = camera_crop.astype(np.float64)
+    assert nrmse(ref, ref) == 0
+    assert nrmse(ref, 1.1 * ref) == pytest.approx(0.1)
+    # stacks: mean over planes
+    stack_ref = np.stack([camera_crop, camera_crop])
+    stack_img = np.stack([camera_crop, blurred])
+    assert ssim(stack_ref, stack_img) == pytest.approx((1 + expected) / 2)
+
+
+def test_metrics_reject_shape_mismatch(camera_crop):
+    with pytest.raises(InputError, match="same shape"):
+        psnr(camera_crop, camera_crop[:-1])
+    with pytest.raises(InputError, match="same shape"):
+        compare({"a": camera_crop[:-1]}, camera_crop)
+
+
+def test_sharpness_orders_blur_and_is_scale_invariant(camera_crop):
+    image = camera_crop.astype(np.float64)
+    values = [sharpness(ndimage.gaussian_filter(image, s)) for s in (0, 1, 2, 4)]
+    assert values == sorted(values, reverse=True)
+    assert sharpness(image * 7 + 100) == pytest.approx(sharpness(image))
+    assert sharpness(np.ones((16, 16))) == 0
+
+
+def _blurred_camera(kind_psf, noise_photons=None, seed=0):
+    sharp = data.camera()[128:224, 192:288].copy()
+    noise = None if noise_photons is None else {"photons": noise_photons, "read_noise": 1.0}
+    blurred, psf = synthesize_blur(sharp, kind_psf, noise=noise, seed=seed)
+    return sharp, blurred, psf
+
+
+def test_richardson_lucy_and_wiener_improve_psnr():
+    sharp, blurred, psf = _blurred_camera(gaussian_psf(1.5), noise_photons=2000)
+    base = psnr(sharp, blurred)
+    rl = richardson_lucy(blurred, psf, 20)
+    wi = wiener(blurred, psf, 0.01)
+    assert rl.dtype == blurred.dtype == wi.dtype and rl.shape == blurred.shape
+    assert psnr(sharp, rl) > base + 0.5
+    assert psnr(sharp, wi) > base + 0.5
+    assert sharpness(rl) > sharpness(blurred)
+
+
+def test_deconvolution_keeps_alignment_and_any_range():
+    # a point blurred by an asymmetric motion PSF must be restored at the same place (no shift)
+    img = np.zeros((48, 48))
+    img[20, 27] = 1000.0
+    psf = motion_psf(9.0, 4)
+    blurred, _ = synthesize_blur(img, psf)
+    for result in (richardson_lucy(blurred, psf, 60), wiener(blurred, psf, 1e-3)):
+        assert np.unravel_index(np.argmax(result), result.shape) == (20, 27)
+    # float data with an offset and negative values: works and returns the same dtype
+    shifted = (blurred - 50).astype(np.float32)
+    out = richardson_lucy(shifted, psf, 5)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_deconvolution_borders_do_not_ring():
+    # a bright flat image: reflect padding means the result stays flat up to the borders
+    flat = np.full((40, 40), 200, np.uint16)
+    psf = motion_psf(7.0, 1)
+    for result in (richardson_lucy(flat, psf, 10), wiener(flat, psf, 0.01)):
+        assert np.abs(result.astype(float) - 200).max() <= 2
+
+
+def test_richardson_lucy_matches_stepwise_and_best_classical():
+    sharp, blurred, psf = _blurred_camera("motion", noise_photons=1000, seed=3)
+    result = best_classical(blurred, sharp, psf, rl_iterations=range(2, 11), wiener_balances=[1e-3, 1e-2, 1e-1])
+    scan = result["richardson_lucy"]
+    assert scan["iterations"] == list(range(2, 11))
+    # the one-pass scan scores exactly what separate runs give
+    for n in (2, 7, 10):
+        assert scan["psnr"][scan["iterations"].index(n)] == pytest.approx(psnr(sharp, richardson_lucy(blurred, psf, n)))
+    assert result["wiener"]["psnr"][1] == pytest.approx(psnr(sharp, wiener(blurred, psf, 1e-2)))
+    all_scores = scan["psnr"] + result["wiener"]["psnr"]
+    assert result["psnr"] == pytest.approx(max(all_scores))
+    assert result["psnr"] == pytest.approx(psnr(sharp, result["image"]))
+    assert result["psnr"] > psnr(sharp, blurred)
+    assert result["method"] in ("richardson_lucy", "wiener")
+    key = "iterations" if result["method"] == "richardson_lucy" else "balance"
+    assert set(result["parameters"]) == {key}
+    assert result["image"].dtype == blurred.dtype
+
+
+def test_best_classical_on_stack():
+    sharp, blurred, psf = _blurred_camera(gaussian_psf(1.2))
+    stack_sharp = np.stack([sharp, sharp[::-1]])
+    stack_blurred = np.stack([blurred, blurred[::-1]])
+    result = best_classical(stack_blurred, stack_sharp, psf, rl_iterations=[3, 5], wiener_balances=[0.01])
+    assert result["image"].shape == stack_sharp.shape
+    assert result["psnr"] > psnr(stack_sharp, stack_blurred)
+
+
+def test_bad_arguments():
+    img = np.zeros((16, 16))
+    with pytest.raises(InputError):
+        richardson_lucy(img, np.ones((3, 3)), 0)
+    with pytest.raises(InputError):
+        wiener(img, np.ones((3, 3)), 0)
+    with pytest.raises(InputError):
+        wiener(img, -np.ones((3, 3)))
+    with pytest.raises(InputError):
+        compare({})
+    with pytest.raises(InputError):
+        compare("image")
+
+
+def test_compare_table(tmp_path):
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0, 1000, (3, 32, 32)).astype(np.uint16)
+    good = ref.copy()
+    good[0, 0, 0] += 5
+    bad = ndimage.uniform_filter(ref, (1, 5, 5))
+    table = compare({"good": good, "bad": bad}, ref, per_slice=True)
+    assert isinstance(table, ComparisonTable)
+    assert [(r["name"], r["slice"]) for r in table.rows] == [
+        ("good", None),
+        ("good", (0,)),
+        ("good", (1,)),
+        ("good", (2,)),
+        ("bad", None),
+        ("bad", (0,)),
+        ("bad", (1,)),
+        ("bad", (2,)),
+    ]
+    whole_good, whole_bad = table.rows[0], table.rows[4]
+    assert whole_good["psnr"] == pytest.approx(psnr(ref, good))
+    assert whole_good["psnr"] > whole_bad["psnr"]
+    assert whole_good["ssim"] > whole_bad["ssim"]
+    assert whole_good["nrmse"] < whole_bad["nrmse"]
+    assert table.rows[2]["psnr"] == math.inf  # planes 1 and 2 of "good" are identical
+    assert table.rows[5]["psnr"] == pytest.approx(psnr(ref[0], bad[0], 65535))
+
+    text = str(table)
+    lines = text.splitlines()
+    assert lines[0].split() == ["name", "slice", "psnr", "ssim", "nrmse", "sharpness"]
+    assert len(lines) == 9 and len({len(line) for line in lines}) == 1  # aligned columns
+    assert "<table>" in table._repr_html_()
+
+    path = tmp_path / "metrics.csv"
+    table.to_csv(path)
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 8 and rows[1]["slice"] == "0"
+    assert float(rows[4]["psnr"]) == pytest.approx(whole_bad["psnr"])
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temporary file left
+
+
+def test_compare_without_reference_and_sequence(camera_crop):
+    table = compare([camera_crop, ndimage.gaussian_filter(camera_crop, 2)])
+    assert [r["name"] for r in table.rows] == ["image 0", "image 1"]
+    assert table.rows[0]["psnr"] is None and table.rows[0]["ssim"] is None
+    assert table.rows[0]["sharpness"] > table.rows[1]["sharpness"]
+    assert "-" in str(table)
+
+
+def test_compare_is_callable_whatever_the_import_order(camera_crop):
+    import importlib
+
+    import napari_deblurgan
+
+    module = importlib.import_module("napari_deblurgan.compare")
+    # after a submodule import the package attribute may be the module: it must still work as the function
+    for obj in (module, napari_deblurgan.compare):
+        table = obj({"same": camera_crop}, camera_crop)
+        assert table.rows[0]["psnr"] == math.inf

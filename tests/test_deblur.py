@@ -1,0 +1,193 @@
+"""deblur(): dtypes, axes, channels, dask laziness, progress, cancel, and one clear error per bad input."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_deblurgan import Cancelled, InputError, ModelFileError, create_model, deblur  # noqa: E402
+
+TINY = {"width": 4, "depth": 2, "n_blocks": 1}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("unet_lite", channels=1, seed=0, **TINY)
+
+
+@pytest.fixture(scope="module")
+def rgb_model():
+    return create_model("unet_lite", channels=3, seed=0, **TINY)
+
+
+def _image(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    values = rng.random(shape)
+    if np.dtype(dtype).kind in "ui":
+        info = np.iinfo(dtype)
+        return (info.min + values * (min(info.max, 60000) - info.min)).astype(dtype)
+    return (values * 100 - 20).astype(dtype)
+
+
+@pytest.mark.parametrize(
+    "dtype", ["uint8", "uint16", "int8", "int16", "int32", "float16", "float32", "float64"]
+)
+def test_same_shape_and_dtype_and_input_untouched(model, dtype):
+    image = _image((40, 36), dtype)
+    before = image.copy()
+    out = deblur(image, model, device="cpu")
+    assert out.shape == image.shape and out.dtype == image.dtype
+    np.testing.assert_array_equal(image, before)
+    if np.dtype(dtype).kind in "ui":
+        info = np.iinfo(dtype)
+        assert out.min() >= info.min and out.max() <= info.max
+    assert np.isfinite(out.astype(np.float64)).all()
+
+
+def test_output_is_in_the_input_units(model):
+    """Percentile normalisation is inverted: an identity-like network returns the input's intensities."""
+    identity = create_model("unet_lite", channels=1, seed=0, **TINY)
+    with torch.no_grad():
+        identity.generator.tail.weight.zero_()
+        identity.generator.tail.bias.zero_()
+    image = _image((48, 40), "float32") * 37 + 5000
+    np.testing.assert_allclose(deblur(image, identity, device="cpu"), image, rtol=1e-5, atol=1e-2)
+    image16 = _image((48, 40), "uint16")
+    np.testing.assert_array_equal(deblur(image16, identity, device="cpu"), image16)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes"),
+    [
+        ((2, 3, 32, 30), "TZYX"),
+        ((3, 32, 30), "CYX"),
+        ((32, 30, 3), "YXS"),
+        ((2, 3, 2, 32, 30), "TCZYX"),
+        ((32, 2, 30), "YZX"),
+    ],
+)
+def test_axes_every_plane_processed_like_a_2d_image(model, shape, axes):
+    image = _image(shape, "uint16", seed=1)
+    out = deblur(image, model, axes=axes, device="cpu")
+    assert out.shape == image.shape and out.dtype == image.dtype
+    # every YX plane (and channel) equals deblurring that plane alone
+    moved_in = np.moveaxis(image, [axes.index("Y"), axes.index("X")], [-2, -1]).reshape(-1, 32, 30)
+    moved_out = np.moveaxis(out, [axes.index("Y"), axes.index("X")], [-2, -1]).reshape(-1, 32, 30)
+    for plane_in, plane_out in zip(moved_in[::2], moved_out[::2], strict=True):
+        np.testing.assert_array_equal(deblur(plane_in, model, device="cpu"), plane_out)
+
+
+def test_axes_inferred_from_shape(model):
+    assert deblur(_image((3, 32, 30), "uint8"), model, device="cpu").shape == (3, 32, 30)  # ZYX
+    assert deblur(_image((32, 30, 3), "uint8"), model, device="cpu").shape == (32, 30, 3)  # YXS
+    with pytest.raises(InputError, match="pass axes"):
+        deblur(_image((2, 2, 2, 32, 30), "uint8"), model, device="cpu")
+
+
+def test_multichannel_model_takes_channels_together(rgb_model, model):
+    rgb = _image((40, 36, 3), "uint8")
+    out = deblur(rgb, rgb_model, device="cpu")
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    with pytest.raises(InputError, match="takes 3 channels"):
+        deblur(_image((40, 36), "uint8"), rgb_model, device="cpu")
+    with pytest.raises(InputError, match="takes 3 channels"):
+        deblur(_image((2, 40, 36), "uint8"), rgb_model, axes="CYX", device="cpu")
+
+
+def test_dask_input_is_lazy_and_matches_numpy(model):
+    da = pytest.importorskip("dask.array")
+    image = _image((4, 40, 36), "uint16", seed=2)
+    calls = []
+    lazy = deblur(da.from_array(image, chunks=(1, 20, 36)), model, device="cpu", progress=lambda d, t: calls.append(d))
+    assert isinstance(lazy, da.Array) and not calls  # nothing computed yet
+    np.testing.assert_array_equal(lazy.compute(), deblur(image, model, device="cpu"))
+    assert sorted(calls) == [1, 2, 3, 4]
+
+
+def test_progress_reports_every_batch(model):
+    seen = []
+    deblur(_image((2, 200, 200), "float32"), model, tile_size=96, batch_size=3, device="cpu",
+           progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1][0] == seen[-1][1] and [d for d, _ in seen] == list(range(1, len(seen) + 1))
+    assert len(seen) > 2
+
+
+def test_cancel_stops_within_one_batch(model):
+    stop = threading.Event()
+    batches = []
+
+    def progress(done, total):
+        batches.append(done)
+        if done == 2:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        deblur(_image((3, 200, 200), "float32"), model, tile_size=96, batch_size=1, device="cpu",
+               progress=progress, cancel=stop)
+    assert batches == [1, 2]
+    with pytest.raises(Cancelled):
+        deblur(_image((64, 64), "float32"), model, device="cpu", cancel=lambda: True)
+
+
+def test_inference_runs_in_eval_mode_and_restores_the_mode():
+    m = create_model("resnet9", channels=1, seed=0, width=4, n_blocks=1)
+    modes = []
+    m.generator.register_forward_pre_hook(lambda mod, args: modes.append(mod.training))
+    m.generator.train()
+    deblur(_image((32, 32), "float32"), m, device="cpu")
+    assert modes == [False] and m.generator.training
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    ("image", "kwargs", "match"),
+    [
+        (np.zeros((0, 10), np.float32), {}, "empty"),
+        (np.zeros((10, 0, 10), np.float32), {}, "empty"),
+        (np.zeros((7, 20), np.float32), {}, "at least 8x8"),
+        (np.zeros(20, np.float32), {}, "at least 2 dimensions"),
+        (np.zeros((20, 20), bool), {}, "dtype bool"),
+        (np.zeros((20, 20), np.complex64), {}, "dtype complex64"),
+        (np.zeros((20, 20), object), {}, "dtype object"),
+        (np.zeros((2, 20, 20), np.float32), {"axes": "YX"}, "has 2 letters but the image has 3"),
+        (np.zeros((2, 20, 20), np.float32), {"axes": "QYX"}, "unknown letter"),
+        (np.zeros((2, 20, 20), np.float32), {"axes": "YYX"}, "repeats"),
+        (np.zeros((2, 20, 20), np.float32), {"axes": "ZTY"}, "must contain both 'Y' and 'X'"),
+        (np.zeros((20, 20), np.float32), {"tile_size": 16}, "below this model's receptive field"),
+        (np.zeros((20, 20), np.float32), {"tile_size": 128, "overlap": 128}, "must be smaller than tile_size"),
+        (np.zeros((20, 20), np.float32), {"device": "tpu"}, "unknown device|unsupported device"),
+        (np.zeros((20, 20), np.float32), {"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_input_one_clear_error(model, image, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        deblur(image, model, **{"device": "cpu", **kwargs})
+
+
+def test_nan_pixels_are_counted(model):
+    image = np.ones((20, 20), np.float32)
+    image[3, 4] = np.nan
+    image[5, 6] = np.inf
+    before = image.copy()
+    with pytest.raises(InputError, match="2 NaN/inf"):
+        deblur(image, model, device="cpu")
+    np.testing.assert_array_equal(image, before)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU exists")
+def test_cuda_asked_where_none_exists(model):
+    with pytest.raises(InputError, match="CUDA is not available"):
+        deblur(np.zeros((20, 20), np.float32), model, device="cuda")
+
+
+def test_bad_model_argument(tmp_path):
+    with pytest.raises(InputError, match="model must be"):
+        deblur(np.zeros((20, 20), np.float32), model=3.5)
+    with pytest.raises(ModelFileError):
+        deblur(np.zeros((20, 20), np.float32), model=tmp_path / "missing.pt")

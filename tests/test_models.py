@@ -1,0 +1,127 @@
+"""Generators and critic: shapes, sizes, receptive field, channels, eval-mode tile consistency."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_deblurgan.models import build_generator, list_architectures  # noqa: E402
+from napari_deblurgan.models.complexity import (  # noqa: E402
+    count_parameters,
+    macs_per_megapixel,
+    measured_receptive_radius,
+)
+from napari_deblurgan.models.critic import PatchCritic  # noqa: E402
+from napari_deblurgan.models.layers import ResidualBlock  # noqa: E402
+
+TINY = {"resnet9": {"width": 4, "n_blocks": 2}, "unet_lite": {"width": 4, "depth": 2, "n_blocks": 1}}
+
+
+def test_architectures_listed():
+    assert {"resnet9", "unet_lite"} <= set(list_architectures())
+
+
+def test_resnet9_matches_the_paper_size_and_cost():
+    gen = build_generator("resnet9", channels=3)
+    params = count_parameters(gen)
+    assert 11.0e6 < params < 11.8e6, params  # DeblurGAN: ~11.4 M parameters
+    tflop_per_mp = 2 * macs_per_megapixel(gen, 3) / 1e12
+    assert 1.3 < tflop_per_mp < 1.7, tflop_per_mp  # ~1.5 TFLOP per megapixel
+
+
+def test_unet_lite_is_light():
+    gen = build_generator("unet_lite", channels=1)
+    assert 2 * macs_per_megapixel(gen, 1) / 1e12 <= 0.15
+
+
+def test_residual_blocks_keep_both_convolutions():
+    block = ResidualBlock(8, norm="batch")
+    convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 2
+    gen = build_generator("resnet9", channels=1)
+    n_blocks = sum(isinstance(m, ResidualBlock) for m in gen.modules())
+    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in gen.modules())
+    assert n_blocks == 9 and n_convs == 2 * 9 + 4  # 7x7 in, two stride-2, two convs per block, 7x7 out
+
+
+@pytest.mark.parametrize("arch", list(TINY))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_generator_shapes_and_global_residual(arch, channels):
+    gen = build_generator(arch, channels=channels, **TINY[arch]).eval()
+    x = torch.rand(2, channels, 64, 48)
+    with torch.no_grad():
+        y = gen(x)
+        assert y.shape == x.shape
+        # global residual: with the last layer zeroed the generator is the identity
+        last = [m for m in gen.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        assert torch.equal(gen(x), x)
+
+
+@pytest.mark.parametrize("arch", list(TINY))
+def test_declared_receptive_radius_covers_the_measured_one(arch):
+    gen = build_generator(arch, channels=1, **TINY[arch])
+    measured = measured_receptive_radius(gen, 1, side=192)
+    assert measured > 0
+    assert gen.receptive_radius >= measured
+    assert gen.receptive_radius <= measured + 2 * gen.stride  # declared is tight, not wildly conservative
+
+
+def test_no_per_sample_statistics_in_generators():
+    banned = (torch.nn.InstanceNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
+    for arch in list_architectures():
+        gen = build_generator(arch, channels=1)
+        assert not any(isinstance(m, banned) for m in gen.modules()), arch
+
+
+@pytest.mark.parametrize("arch", list(TINY))
+def test_eval_output_of_a_pixel_does_not_depend_on_far_away_content(arch):
+    """The core of tile consistency: changing pixels beyond the receptive radius leaves an output unchanged."""
+    gen = build_generator(arch, channels=1, **TINY[arch]).eval()
+    with torch.no_grad():  # give BatchNorm non-trivial running statistics
+        for m in gen.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(1, 1, 128, 128)
+    x2 = x.clone()
+    r = gen.receptive_radius
+    x2[..., :, 64 + r + 1 :] = torch.rand_like(x2[..., :, 64 + r + 1 :])
+    with torch.no_grad():
+        assert torch.allclose(gen(x)[..., 30:98, :64], gen(x2)[..., 30:98, :64], atol=1e-6)
+
+
+def test_patch_critic_has_a_70_pixel_receptive_field():
+    critic = PatchCritic(channels=1, width=8)
+    assert measured_receptive_radius_of_critic(critic) in (34, 35)  # 70 px wide patch
+    score = critic(torch.rand(2, 1, 128, 128))
+    assert score.shape[:2] == (2, 1) and score.shape[-1] == 14
+
+
+def measured_receptive_radius_of_critic(critic: PatchCritic) -> int:
+    import copy
+
+    critic = copy.deepcopy(critic)
+    for block in critic.blocks:  # InstanceNorm's image-wide statistics would spread the gradient everywhere
+        for i, layer in enumerate(block):
+            if isinstance(layer, torch.nn.InstanceNorm2d):
+                block[i] = torch.nn.Identity()
+    x = torch.rand(1, 1, 256, 256, requires_grad=True)
+    score = critic(x)
+    c = score.shape[-1] // 2
+    score[0, 0, c, c].backward()
+    ys, xs = (x.grad[0, 0].abs() > 0).nonzero(as_tuple=True)
+    return int((xs.max() - xs.min() + 1) // 2)
+
+
+def test_unknown_architecture_and_arguments_are_clear_errors():
+    from napari_deblurgan.errors import InputError
+
+    with pytest.raises(InputError, match="unknown architecture"):
+        build_generator("resnet99")
+    with pytest.raises(InputError, match="takes no argument"):
+        build_generator("unet_lite", blocks=3)
+    with pytest.raises(InputError, match="channels"):
+        build_generator("unet_lite", channels=0)

@@ -1,0 +1,149 @@
+"""Tile consistency: tiled inference equals whole-image inference, for every architecture.
+
+Property (hypothesis): for random images of random shapes - odd sizes, sizes that are not multiples of the
+stride, images smaller than one tile - the tiled output with the default overlap matches the whole-image
+output within 1e-3 of the output range (max abs, float32, CPU), and the error has no structure along tile
+borders. A negative control shows the border check does detect seams when the overlap is too small.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+from napari_deblurgan import create_model, deblur, list_architectures  # noqa: E402
+from napari_deblurgan.inference.tiling import (  # noqa: E402
+    blend_window,
+    default_overlap,
+    halo_for,
+    plan_tiles,
+    tile_starts,
+)
+
+# Small variants of each architecture (same code, fewer channels/blocks) keep the property test fast on CPU.
+SMALL = {"resnet9": {"width": 4, "n_blocks": 2}, "unet_lite": {"width": 4, "depth": 2, "n_blocks": 1}}
+
+
+def _model(arch: str, seed: int = 0):
+    model = create_model(arch, channels=1, seed=seed, **SMALL[arch])
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as a trained resnet9 has
+        g = torch.Generator().manual_seed(seed)
+        for m in model.generator.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model
+
+
+def test_every_architecture_is_covered():
+    assert set(SMALL) == set(list_architectures())
+
+
+def _tile_boundaries(length: int, model, tile: int) -> list[int]:
+    """Positions (in image coordinates) where a tile edge falls inside the image."""
+    from napari_deblurgan.inference.tiling import context_padding, round_up
+
+    stride, radius = model.stride, model.receptive_radius
+    pad = context_padding(radius, stride)
+    padded = round_up(length + 2 * pad, stride)
+    starts = tile_starts(padded, min(tile, padded), default_overlap(radius, stride), stride)
+    edges = [s - pad for s in starts[1:]] + [s + tile - pad for s in starts[:-1]]
+    return [e for e in edges if 0 < e < length]
+
+
+def _border_structure(err: np.ndarray, rows: list[int], cols: list[int], width: int = 3) -> tuple[float, float]:
+    """(mean |err| within `width` px of tile edges, mean |err| elsewhere)."""
+    band = np.zeros(err.shape, bool)
+    for r in rows:
+        band[max(r - width, 0) : r + width, :] = True
+    for c in cols:
+        band[:, max(c - width, 0) : c + width] = True
+    if not band.any() or band.all():
+        return 0.0, 0.0
+    return float(np.abs(err[band]).mean()), float(np.abs(err[~band]).mean())
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    height=st.integers(min_value=8, max_value=150),
+    width=st.integers(min_value=8, max_value=150),
+    seed=st.integers(min_value=0, max_value=2**16),
+    extra=st.integers(min_value=0, max_value=3),
+)
+def test_tiled_equals_whole_image(arch, height, width, seed, extra):
+    model = _model(arch)
+    overlap = default_overlap(model.receptive_radius, model.stride)
+    tile = overlap + model.stride * (8 + 4 * extra)  # small tiles: several per axis
+    rng = np.random.default_rng(seed)
+    image = (rng.random((height, width)) * 1000).astype(np.float32)
+    whole = deblur(image, model, tile_size=4096, device="cpu")
+    tiled = deblur(image, model, tile_size=tile, device="cpu")
+    err = tiled.astype(np.float64) - whole
+    out_range = float(whole.max() - whole.min()) or 1.0
+    assert np.abs(err).max() <= 1e-3 * out_range
+    band, rest = _border_structure(
+        err, _tile_boundaries(height, model, tile), _tile_boundaries(width, model, tile)
+    )
+    assert band <= 2 * rest + 1e-5 * out_range, (band, rest)
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_too_small_overlap_leaves_detectable_seams(arch):
+    """Negative control: the checks above do fail when tiles are blended without enough context."""
+    model = _model(arch)
+    halo = halo_for(model.receptive_radius, model.stride)
+    image = (np.random.default_rng(1).random((160, 160)) * 1000).astype(np.float32)
+    whole = deblur(image, model, tile_size=4096, device="cpu")
+    tile = 2 * halo + 12 * model.stride
+    seamy = deblur(image, model, tile_size=tile, overlap=model.stride, device="cpu")
+    err = seamy.astype(np.float64) - whole
+    out_range = float(whole.max() - whole.min())
+    assert np.abs(err).max() > 1e-3 * out_range
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_default_sized_architectures_tile_seamlessly(arch):
+    """The real (default-size) networks, once each: default overlap, tiles forced small along Y (a narrow
+    image keeps this affordable on a CPU: X fits in one tile)."""
+    model = create_model(arch, channels=1, seed=3)
+    overlap = default_overlap(model.receptive_radius, model.stride)
+    image = (np.random.default_rng(2).random((overlap + 60, 36)) * 60000).astype(np.float32)
+    whole = deblur(image, model, tile_size=8192, device="cpu")
+    tiled = deblur(image, model, tile_size=overlap + 8 * model.stride, device="cpu")
+    assert np.abs(tiled - whole).max() <= 1e-3 * float(whole.max() - whole.min())
+
+
+# ------------------------------------------------------------------------------------------ unit pieces
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    n_stride=st.integers(min_value=1, max_value=200),
+    tile_mult=st.integers(min_value=4, max_value=40),
+    overlap_mult=st.integers(min_value=0, max_value=3),
+)
+def test_tile_starts_cover_the_axis_on_the_stride_grid(n_stride, tile_mult, overlap_mult):
+    stride = 4
+    length, tile = n_stride * stride, tile_mult * stride
+    overlap = min(overlap_mult * stride, tile - stride)
+    starts = tile_starts(length, min(tile, length), overlap, stride)
+    t = min(tile, length)
+    assert starts[0] == 0 and starts[-1] + t == length
+    assert all(s % stride == 0 for s in starts)
+    assert all(b - a <= t - overlap for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_blend_windows_form_a_partition_of_unity_with_exact_overlap():
+    halo, overlap, tile = 8, 24, 64
+    grid = plan_tiles((64 * 3 - 2 * 24, 40), tile_size=tile, overlap=overlap, halo=halo, stride=4)
+    total = np.zeros(grid.shape)
+    for ys, xs, w in grid.tiles():
+        total[ys, xs] += w
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    w = blend_window(tile, halo, overlap, left=True, right=True)
+    assert np.all(w[:halo] < 1e-6) and np.all(w[-halo:] < 1e-6)  # the halo is never trusted

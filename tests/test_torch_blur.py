@@ -1,0 +1,139 @@
+"""Batched torch blur synthesis (blur/torch_synthesis.py), on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_deblurgan.blur.psf import motion_psf  # noqa: E402
+from napari_deblurgan.blur.synthesize import convolve_reflect  # noqa: E402
+from napari_deblurgan.blur.torch_synthesis import (  # noqa: E402
+    add_poisson_gaussian_noise,
+    blur_batch,
+    default_psf_size,
+    random_psf_batch,
+    synthesize_batch,
+)
+from napari_deblurgan.errors import InputError  # noqa: E402
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize(
+    "kinds", [("motion",), ("defocus",), ("gaussian",), ("airy",), ("motion", "defocus", "gaussian")]
+)
+def test_random_psf_batch_properties(kinds):
+    psfs = random_psf_batch(12, 21, kinds, generator=_gen(0), device="cpu")
+    assert psfs.shape == (12, 1, 21, 21) and psfs.dtype == torch.float32
+    assert psfs.min() >= 0
+    torch.testing.assert_close(psfs.sum(dim=(1, 2, 3)), torch.ones(12), atol=1e-5, rtol=0)
+    # every PSF is different (random kind/strength/trajectory), none is a plain delta
+    flat = psfs.reshape(12, -1)
+    assert torch.cdist(flat, flat).add(torch.eye(12)).min() > 0
+    assert flat.max(dim=1).values.max() < 1.0
+
+
+def test_random_psf_batch_reproducible_and_seed_dependent():
+    a = random_psf_batch(6, None, generator=_gen(3), device="cpu")
+    b = random_psf_batch(6, None, generator=_gen(3), device="cpu")
+    c = random_psf_batch(6, None, generator=_gen(4), device="cpu")
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.shape[-1] == default_psf_size(("motion", "defocus", "gaussian"))
+
+
+def test_motion_batch_centred_and_long_enough():
+    psfs = random_psf_batch(8, 41, ("motion",), generator=_gen(1), strength_ranges={"motion": (16, 16)})
+    yy, xx = torch.meshgrid(torch.arange(41.0), torch.arange(41.0), indexing="ij")
+    p = psfs[:, 0]
+    cy = (p * yy).sum(dim=(1, 2)) - 20
+    cx = (p * xx).sum(dim=(1, 2)) - 20
+    # centre of mass on the central pixel: blurring does not shift the image
+    assert cy.abs().max() < 1e-2 and cx.abs().max() < 1e-2
+    for k in range(8):
+        ys, xs = torch.nonzero(p[k] > 1e-6, as_tuple=True)
+        pts = torch.stack([ys, xs], 1).float()
+        extent = torch.cdist(pts, pts).max().item()
+        assert 15.0 <= extent <= 16 + 2 * np.sqrt(2)
+
+
+def test_disk_and_gaussian_shapes():
+    disk = random_psf_batch(1, 15, ("defocus",), generator=_gen(0), strength_ranges={"defocus": (3, 3)})[0, 0]
+    assert disk[7, 7] == disk.max() and disk[7, 9] == disk[7, 7]  # flat top
+    assert disk[7, 11] == 0 and 0 < disk[7, 10] < disk[7, 7]  # anti-aliased edge
+    gauss = random_psf_batch(1, 25, ("gaussian",), generator=_gen(0), strength_ranges={"gaussian": (2, 2)})[0, 0]
+    yy = torch.arange(25.0)[:, None] - 12
+    assert (gauss * yy**2).sum().item() == pytest.approx(4 + 1 / 12, rel=0.01)
+
+
+@pytest.mark.parametrize(("h", "w", "k"), [(32, 40, 9), (20, 24, 21), (8, 10, 15)])
+def test_blur_batch_matches_numpy(h, w, k):
+    rng = np.random.default_rng(0)
+    sharp = torch.from_numpy(rng.uniform(0, 1, (3, 2, h, w)).astype(np.float32))
+    psfs = random_psf_batch(3, k, generator=_gen(2))
+    out = blur_batch(sharp, psfs)
+    assert out.shape == sharp.shape and out.dtype == sharp.dtype
+    for n in range(3):
+        for c in range(2):
+            ref = convolve_reflect(sharp[n, c].double().numpy(), psfs[n, 0].double().numpy())
+            np.testing.assert_allclose(out[n, c].numpy(), ref, atol=2e-5)
+
+
+def test_blur_batch_with_numpy_motion_psf():
+    psf = motion_psf(11.0, 0, size=15)
+    rng = np.random.default_rng(1)
+    img = rng.uniform(0, 1, (40, 40)).astype(np.float32)
+    out = blur_batch(torch.from_numpy(img)[None, None], torch.from_numpy(psf)[None, None])[0, 0].numpy()
+    np.testing.assert_allclose(out, convolve_reflect(img.astype(np.float64), psf.astype(np.float64)), atol=2e-5)
+
+
+def test_blur_batch_rejects_bad_shapes():
+    with pytest.raises(InputError):
+        blur_batch(torch.zeros(2, 1, 16, 16), torch.zeros(3, 1, 5, 5))
+    with pytest.raises(InputError):
+        blur_batch(torch.zeros(2, 16, 16), torch.zeros(2, 1, 5, 5))
+
+
+def test_noise_variance_and_reproducibility():
+    x = torch.full((2, 1, 128, 128), 0.5)
+    x[1] = -0.2  # negative intensity: no shot noise, read noise only
+    photons = torch.tensor([200.0, 200.0])
+    read = torch.tensor([3.0, 3.0])
+    noisy = add_poisson_gaussian_noise(x, photons, read, _gen(0))
+    again = add_poisson_gaussian_noise(x, photons, read, _gen(0))
+    assert torch.equal(noisy, again)
+    expected0 = np.sqrt(0.5 * 200 + 9) / 200
+    expected1 = 3 / 200
+    assert noisy[0].std().item() == pytest.approx(expected0, rel=0.05)
+    assert noisy[1].std().item() == pytest.approx(expected1, rel=0.05)
+    assert noisy[0].mean().item() == pytest.approx(0.5, abs=0.002)
+
+
+def test_synthesize_batch():
+    rng = np.random.default_rng(0)
+    sharp = torch.from_numpy(rng.uniform(0, 1, (4, 1, 48, 48)).astype(np.float32))
+    blurred, psfs = synthesize_batch(sharp, kinds=("motion", "gaussian"), generator=_gen(5))
+    again, psfs_again = synthesize_batch(sharp, kinds=("motion", "gaussian"), generator=_gen(5))
+    assert torch.equal(blurred, again) and torch.equal(psfs, psfs_again)
+    assert blurred.shape == sharp.shape and psfs.shape[:2] == (4, 1)
+    clean, psfs_clean = synthesize_batch(sharp, kinds=("motion", "gaussian"), generator=_gen(5), noise=False)
+    assert torch.equal(psfs_clean, psfs)  # the PSFs do not depend on the noise setting
+    torch.testing.assert_close(clean, blur_batch(sharp, psfs))
+    residual = (blurred - clean).std().item()
+    assert 0.005 < residual < 0.2  # noise of 30..1000 photons at intensity 1 is present
+    assert abs(clean.mean().item() - sharp.mean().item()) < 0.01
+
+
+def test_random_psf_batch_rejects_bad_arguments():
+    with pytest.raises(InputError):
+        random_psf_batch(2, 20, generator=_gen(0))  # even size
+    with pytest.raises(InputError):
+        random_psf_batch(2, 21, ("zoom",), generator=_gen(0))
+    with pytest.raises(InputError):
+        random_psf_batch(0, 21, generator=_gen(0))
+    with pytest.raises(InputError):
+        random_psf_batch(2, 21, ("gaussian",), generator=_gen(0), strength_ranges={"gaussian": (0, 1)})
