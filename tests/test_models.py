@@ -112,7 +112,7 @@ def measured_receptive_radius_of_critic(critic: PatchCritic) -> int:
     score = critic(x)
     c = score.shape[-1] // 2
     score[0, 0, c, c].backward()
-    ys, xs = (x.grad[0, 0].abs() > 0).nonzero(as_tuple=True)
+    _, xs = (x.grad[0, 0].abs() > 0).nonzero(as_tuple=True)
     return int((xs.max() - xs.min() + 1) // 2)
 
 

@@ -8,6 +8,8 @@ borders. A negative control shows the border check does detect seams when the ov
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +19,7 @@ torch = pytest.importorskip("torch")
 
 from napari_deblurgan import create_model, deblur, list_architectures  # noqa: E402
 from napari_deblurgan.inference.tiling import (  # noqa: E402
+    balanced_tile_length,
     blend_window,
     default_overlap,
     halo_for,
@@ -50,7 +53,9 @@ def _tile_boundaries(length: int, model, tile: int) -> list[int]:
     stride, radius = model.stride, model.receptive_radius
     pad = context_padding(radius, stride)
     padded = round_up(length + 2 * pad, stride)
-    starts = tile_starts(padded, min(tile, padded), default_overlap(radius, stride), stride)
+    overlap = default_overlap(radius, stride)
+    tile = balanced_tile_length(padded, tile, overlap, stride)
+    starts = tile_starts(padded, tile, overlap, stride)
     edges = [s - pad for s in starts[1:]] + [s + tile - pad for s in starts[:-1]]
     return [e for e in edges if 0 < e < length]
 
@@ -135,7 +140,26 @@ def test_tile_starts_cover_the_axis_on_the_stride_grid(n_stride, tile_mult, over
     t = min(tile, length)
     assert starts[0] == 0 and starts[-1] + t == length
     assert all(s % stride == 0 for s in starts)
-    assert all(b - a <= t - overlap for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a <= t - overlap for a, b in itertools.pairwise(starts))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n_stride=st.integers(min_value=1, max_value=600),
+    tile_mult=st.integers(min_value=8, max_value=300),
+    overlap_mult=st.integers(min_value=0, max_value=6),
+)
+def test_balanced_tiles_need_no_more_tiles_and_no_more_pixels(n_stride, tile_mult, overlap_mult):
+    stride = 4
+    length, tile, overlap = n_stride * stride, tile_mult * stride, overlap_mult * stride
+    balanced = balanced_tile_length(length, tile, overlap, stride)
+    assert balanced % stride == 0 and balanced <= min(tile, length)
+    if length > tile:  # several tiles: each must reach past the overlap
+        assert balanced > overlap
+    n_plain = len(tile_starts(length, min(tile, length), overlap, stride))
+    n_balanced = len(tile_starts(length, balanced, overlap, stride))
+    assert n_balanced <= n_plain
+    assert n_balanced * balanced <= n_plain * min(tile, length)
 
 
 def test_blend_windows_form_a_partition_of_unity_with_exact_overlap():

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from .. import __version__
 
 #: Subcommand modules (in this package), in the order ``--help`` lists them. Add new ones here.
-SUBCOMMAND_MODULES: list[str] = ["deblur_command", "info_command", "finetune_command"]
+SUBCOMMAND_MODULES: list[str] = ["demo_command", "deblur_command", "finetune_command", "info_command"]
 
 PROG = "napari-deblurgan"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

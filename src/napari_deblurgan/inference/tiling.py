@@ -42,8 +42,22 @@ def default_overlap(receptive_radius: int, stride: int) -> int:
 
 
 def default_tile_size(receptive_radius: int, stride: int) -> int:
-    """Large enough that the overlap costs little (<= 1/4 of a side), at least 512 px."""
-    return round_up(max(512, 4 * default_overlap(receptive_radius, stride)), stride)
+    """Large enough that the overlap costs little (<= 1/4 of a side) and a 1-megapixel image with its context
+    padding fits one tile: 1280 px (activations of a 1280 px tile: ~100 MB per 16 channels in float32)."""
+    return round_up(max(1280, 4 * default_overlap(receptive_radius, stride)), stride)
+
+
+def balanced_tile_length(length: int, tile: int, overlap: int, stride: int) -> int:
+    """The shortest tile (<= ``tile``) that covers ``length`` with as few tiles as ``tile`` would need.
+
+    Without this, 1088 px covered by 1024 px tiles would take two full tiles (1.9x the work); balanced, it
+    takes two tiles of 632 px (1.16x).
+    """
+    if length <= tile:
+        return length
+    count = math.ceil((length - overlap) / (tile - overlap))
+    balanced = round_up(math.ceil((length + (count - 1) * overlap) / count), stride)
+    return min(tile, max(balanced, overlap + stride))
 
 
 def context_padding(receptive_radius: int, stride: int) -> int:
@@ -133,7 +147,8 @@ class TileGrid:
 def plan_tiles(shape: tuple[int, int], *, tile_size: int, overlap: int, halo: int, stride: int) -> TileGrid:
     """Tile grid for a padded plane of ``shape`` (both sides multiples of ``stride``)."""
     height, width = shape
-    th, tw = min(tile_size, height), min(tile_size, width)
+    th = balanced_tile_length(height, tile_size, overlap, stride)
+    tw = balanced_tile_length(width, tile_size, overlap, stride)
     return TileGrid(
         shape=(height, width),
         tile_shape=(th, tw),

@@ -21,7 +21,7 @@ ARCHITECTURES: dict[str, tuple[type, dict[str, Any], str]] = {
     "unet_lite": (
         UNetGenerator,
         {"width": 16, "depth": 3, "n_blocks": 2},
-        "light residual U-Net for CPUs: no normalisation, ~1/25 of resnet9's arithmetic",
+        "light residual U-Net for CPUs: no normalisation, ~1/20 of resnet9's arithmetic",
     ),
 }
 

@@ -1,4 +1,4 @@
-"""`unet_lite`: a light residual U-Net for CPU users (about 1/25 of resnet9's arithmetic).
+"""`unet_lite`: a light residual U-Net for CPU users (about 1/20 of resnet9's arithmetic).
 
 Each level halves the resolution and doubles the width; the bottom level holds residual blocks that give the
 large receptive field motion blur needs; the decoder uses 2x2 transposed convolutions and skip connections.

@@ -1,0 +1,156 @@
+"""Inference speed: megapixels per second of ``deblur()`` per architecture, against Richardson-Lucy.
+
+For every architecture (untrained weights: speed does not depend on the weight values) this times
+``napari_deblurgan.deblur`` on one 1024 x 1024 float32 image on the CPU (and on CUDA when available), and in
+the same run scikit-image's ``restoration.richardson_lucy`` with 30 iterations and a Gaussian PSF on the same
+image, as an anchor that is comparable across machines. It prints the machine, a table with parameters,
+MACs per megapixel (models/complexity.py), seconds, MP/s and the ratio model MP/s / RL MP/s.
+
+    python benchmarks/bench_inference.py                 # all architectures, CPU (+ CUDA if present)
+    python benchmarks/bench_inference.py --arch unet_lite --repeats 5 --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    if hasattr(os, "getloadavg"):
+        info["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def test_image(size: int) -> np.ndarray:
+    """A natural ``size`` x ``size`` float32 image in 0..1 (skimage's bundled camera, upscaled), slightly blurred."""
+    from scipy import ndimage
+    from skimage import data, transform
+
+    img = transform.resize(data.camera().astype(np.float32) / 255.0, (size, size), order=1)
+    return ndimage.gaussian_filter(img, 2.0).astype(np.float32)
+
+
+def gaussian_psf(sigma: float = 2.0, radius: int = 7) -> np.ndarray:
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    psf = np.exp(-(xx**2 + yy**2) / (2 * sigma**2))
+    return (psf / psf.sum()).astype(np.float32)
+
+
+def time_call(fn, repeats: int) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` (after one untimed warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
+    parser.add_argument("--arch", action="append", help="architecture(s) to time (default: all)")
+    parser.add_argument("--rl-iterations", type=int, default=30)
+    parser.add_argument("--no-cuda", action="store_true", help="time the CPU only")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+
+    import torch
+    from skimage import restoration
+
+    import napari_deblurgan as ndg
+    from napari_deblurgan.models.complexity import count_parameters, macs_per_megapixel
+
+    info = machine_info()
+    image = test_image(args.size)
+    mp = image.size / 1e6
+    psf = gaussian_psf()
+
+    rl_times = time_call(
+        lambda: restoration.richardson_lucy(image, psf, num_iter=args.rl_iterations, clip=False),
+        args.repeats,
+    )
+    rl_mps = mp / statistics.median(rl_times)
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
+    rows = []
+    for arch in args.arch or ndg.list_architectures():
+        model = ndg.create_model(arch, channels=1, seed=0)
+        params = count_parameters(model.generator)
+        macs = macs_per_megapixel(model.generator, 1)
+        for device in devices:
+            model.to(device)
+
+            def run(model=model, device=device):
+                out = ndg.deblur(image, model, axes="YX", device=device)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                return out
+
+            times = time_call(run, args.repeats)
+            sec = statistics.median(times)
+            rows.append(
+                {
+                    "architecture": arch,
+                    "device": device,
+                    "parameters": params,
+                    "gmac_per_mp": macs / 1e9,
+                    "seconds": sec,
+                    "seconds_all": times,
+                    "mp_per_s": mp / sec,
+                    "ratio_to_rl": (mp / sec) / rl_mps,
+                }
+            )
+            model.to("cpu")
+    if hasattr(os, "getloadavg"):
+        info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    print("machine:", json.dumps(info))
+    print(f"image: {args.size} x {args.size} float32 ({mp:.3f} MP), median of {args.repeats} runs after a warm-up")
+    print(
+        f"anchor: skimage richardson_lucy, {args.rl_iterations} iterations, 15x15 Gaussian PSF (sigma 2), CPU: "
+        f"{statistics.median(rl_times):.2f} s = {rl_mps:.3f} MP/s"
+    )
+    header = f"{'architecture':<12} {'device':<6} {'params':>10} {'GMAC/MP':>8} {'s/image':>8} {'MP/s':>8} {'x RL':>7}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['architecture']:<12} {r['device']:<6} {r['parameters']:>10,} {r['gmac_per_mp']:>8.2f} "
+            f"{r['seconds']:>8.2f} {r['mp_per_s']:>8.3f} {r['ratio_to_rl']:>7.2f}"
+        )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(
+                {"machine": info, "size": args.size, "rl_seconds": rl_times, "rl_mp_per_s": rl_mps, "rows": rows},
+                fh,
+                indent=2,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

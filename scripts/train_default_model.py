@@ -1,0 +1,160 @@
+"""Train the shipped default model with the project's own engine (``napari_deblurgan.iter_finetune``).
+
+Reproduces ``src/napari_deblurgan/weights/default.pt``: a single-channel ``unet_lite`` trained from scratch on
+synthetic blur (motion, defocus, Gaussian and Airy kernels drawn fresh for every crop, Poisson-Gaussian noise)
+of sharp images available offline - scikit-image's bundled images and generated microscopy scenes - never on
+the held-out validation images (``samples.VALIDATION_IMAGES``).
+
+Resumable: run it again with the same ``--checkpoint-dir`` and it continues where it stopped (on the GPU or
+the CPU); ``--minutes`` stops it cooperatively after a wall-time budget, keeping the last good weights.
+
+    python scripts/train_default_model.py --steps 6000 --minutes 40 --checkpoint-dir runs/default
+    python scripts/train_default_model.py --steps 6000 --checkpoint-dir runs/default --install
+
+``--install`` writes the best model to the package's weights folder and records its sha256 in
+``weights/registry.json`` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_deblurgan import iter_finetune, samples
+from napari_deblurgan.training.events import Finished, Notice, Step, Validation
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "napari_deblurgan" / "weights"
+
+#: Architecture of the default model: chosen by measurement (docs/model-card.md).
+ARCHITECTURE = "unet_lite"
+ARCH_ARGS = {"width": 16, "depth": 3, "n_blocks": 2}
+
+
+def training_images(extra_scenes: int = 12) -> list[np.ndarray]:
+    """Sharp training images: bundled photos plus generated microscopy scenes (seeds disjoint from the
+    validation scenes)."""
+    images = list(samples.sharp_training_images("train").values())
+    makers = (samples.beads, samples.filaments, samples.nuclei, samples.cells)
+    for i in range(extra_scenes):
+        images.append(makers[i % len(makers)]((384, 384), seed=5000 + i).astype(np.float32))
+    return images
+
+
+def validation_stack(side: int = 256) -> np.ndarray:
+    """Centre crops of the held-out validation images, as a ZYX stack (blur is synthesised on it)."""
+    crops = []
+    for image in samples.sharp_training_images("validation").values():
+        y0, x0 = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+        crops.append(image[y0 : y0 + side, x0 : x0 + side])
+    return np.stack(crops).astype(np.float32)
+
+
+def install(model_path: Path, name: str = "default") -> None:
+    data = model_path.read_bytes()
+    target = WEIGHTS / f"{name}.pt"
+    with tempfile.NamedTemporaryFile(dir=WEIGHTS, delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, target)
+    registry_path = WEIGHTS / "registry.json"
+    registry = json.loads(registry_path.read_text())
+    registry.setdefault("models", {})[name] = {
+        "file": target.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "description": "single-channel unet_lite trained on synthetic motion/defocus/Gaussian blur with noise",
+    }
+    with tempfile.NamedTemporaryFile("w", dir=WEIGHTS, delete=False) as tmp:
+        json.dump(registry, tmp, indent=2)
+        tmp.write("\n")
+    os.replace(tmp.name, registry_path)
+    print(f"installed {target} ({len(data) / 1e6:.2f} MB), sha256 {registry['models'][name]['sha256']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--minutes", type=float, default=None, help="stop cooperatively after this wall time")
+    parser.add_argument("--patch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--preset", default="content")
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--validate-every", type=int, default=250)
+    parser.add_argument("--checkpoint-dir", type=Path, default=Path("runs/default-model"))
+    parser.add_argument("--output", type=Path, default=None, help="model file (default: <checkpoint-dir>/model.pt)")
+    parser.add_argument("--install", action="store_true", help="copy the result into the package's weights")
+    parser.add_argument("--arch-args", type=json.loads, default=ARCH_ARGS)
+    args = parser.parse_args(argv)
+
+    from napari_deblurgan import create_model
+
+    args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    resume = args.checkpoint_dir if any(args.checkpoint_dir.glob("checkpoint*")) else None
+    model = create_model(ARCHITECTURE, channels=1, seed=args.seed, **args.arch_args)
+    run = iter_finetune(
+        training_images(),
+        None,
+        model=model,
+        steps=args.steps,
+        patch_size=args.patch_size,
+        batch_size=args.batch_size,
+        preset=args.preset,
+        learning_rate=args.learning_rate,
+        device=args.device,
+        seed=args.seed,
+        validation=(None, validation_stack()),
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.validate_every,
+        validate_every=args.validate_every,
+        ema=args.ema,
+        blur_kind="mixed",
+        resume=resume,
+        preview=False,
+    )
+    start = time.monotonic()
+    final = None
+    for event in run:
+        if isinstance(event, Step) and event.step % 50 == 0:
+            losses = " ".join(f"{k}={v:.4f}" for k, v in event.losses.items())
+            print(f"step {event.step}/{event.total_steps} {losses} {event.images_per_second:.1f} img/s", flush=True)
+        elif isinstance(event, Validation):
+            print(f"validation @ {event.step}: {event.psnr:.2f} dB (input {event.psnr_input:.2f} dB)"
+                  f"{' best' if event.is_best else ''}", flush=True)
+        elif isinstance(event, Notice):
+            print(f"notice: {event.message}", flush=True)
+        elif isinstance(event, Finished):
+            final = event
+        if args.minutes is not None and time.monotonic() - start > 60 * args.minutes:
+            run.stop()
+    wall = time.monotonic() - start
+    model = run.model
+    model.metadata.update(
+        name="default",
+        description="napari-deblurgan default model: single-channel unet_lite, synthetic blur + noise",
+    )
+    model.metadata.setdefault("training", {})
+    if isinstance(model.metadata["training"], dict):
+        model.metadata["training"]["script"] = "scripts/train_default_model.py"
+        model.metadata["training"]["hardware"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        model.metadata["training"]["this_session_wall_s"] = round(wall, 1)
+    output = args.output or args.checkpoint_dir / "model.pt"
+    model.save(output)
+    print(f"saved {output}; finished={final is not None and not final.stopped} step={final.step if final else '?'}"
+          f" wall={wall:.0f}s")
+    if args.install:
+        install(Path(output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""``napari-deblurgan deblur INPUT.tif -o OUTPUT.tif``: deblur a TIFF file, keeping its axes and pixel sizes.
+
+The output is written in the same TIFF flavour as the input (ImageJ hyperstack, OME-TIFF or plain TIFF) with
+the same shape, dtype, axes and pixel sizes (resolution tags, ImageJ ``spacing``/``unit``, OME
+``PhysicalSize*``). It is written to a temporary file next to the target and renamed at the end, so an
+interrupted run leaves no partial output; the input is never overwritten.
+
+Inputs larger than :data:`LARGE_FILE_BYTES` that are stored uncompressed are memory-mapped and processed
+lazily with dask, plane by plane, so they need not fit in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+#: Uncompressed inputs bigger than this are memory-mapped and deblurred lazily (plane by plane).
+LARGE_FILE_BYTES = 1 << 30
+
+#: Axis letters napari-deblurgan understands (see axes.py); tifffile may report others.
+OUR_AXES = "TZCYXS"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``deblur`` subcommand."""
+    p = subparsers.add_parser(
+        "deblur",
+        help="deblur a TIFF image (2D, stacks, time series, multichannel)",
+        description="Deblur INPUT (TIFF) with a DeblurGAN-style model and write OUTPUT (TIFF) with the same "
+        "shape, dtype, axes and pixel sizes.",
+    )
+    p.add_argument("input", metavar="INPUT", help="input TIFF file (ImageJ, OME or plain)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output TIFF file")
+    p.add_argument(
+        "--model",
+        default="default",
+        metavar="M",
+        help="model file (.pt) or shipped model name (see `napari-deblurgan info --list`); default: %(default)s",
+    )
+    p.add_argument(
+        "--axes",
+        default=None,
+        metavar="A",
+        help="axes of the image, e.g. ZYX, TCYX, YXS (default: from the file's ImageJ/OME metadata; "
+        "unnamed leading axes are treated as Z, which is fine because every YX plane is deblurred)",
+    )
+    p.add_argument("--tile-size", type=int, default=None, metavar="N", help="tile edge in pixels (default: auto)")
+    p.add_argument("--overlap", type=int, default=None, metavar="N", help="tile overlap in pixels (default: auto)")
+    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists (never INPUT)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ TIFF metadata
+@dataclass
+class TiffInfo:
+    """What is read from the input file and carried over to the output."""
+
+    axes: str  # axes in our letters (TZCYXS), one per dimension of the data
+    file_axes: str  # axes as tifffile reported them
+    shape: tuple[int, ...]
+    dtype: Any
+    flavour: str  # "imagej" | "ome" | "plain"
+    resolution: tuple[Any, Any] | None = None
+    resolutionunit: Any = None
+    imagej: dict[str, Any] = field(default_factory=dict)  # spacing, unit, finterval
+    ome_sizes: dict[str, Any] = field(default_factory=dict)  # PhysicalSizeX, PhysicalSizeXUnit, ...
+    photometric: str | None = None
+
+
+def map_axes(file_axes: str) -> str:
+    """tifffile axes -> our letters: unknown letters ('Q', 'I', ...) become Z, then T; else InputError."""
+    out = [a if a in OUR_AXES else "?" for a in file_axes.upper()]
+    free = [a for a in "ZT" if a not in out]
+    for i, a in enumerate(out):
+        if a == "?":
+            if not free:
+                raise InputError(
+                    f"Cannot interpret the file's axes {file_axes!r}; pass --axes with one of the letters "
+                    f"{OUR_AXES} per dimension (e.g. --axes TZYX)."
+                )
+            out[i] = free.pop(0)
+    return "".join(out)
+
+
+def _ome_physical_sizes(xml: str | None) -> dict[str, Any]:
+    """PhysicalSize{X,Y,Z} (and units) and TimeIncrement of the first OME Pixels element."""
+    if not xml:
+        return {}
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    for el in root.iter():
+        if el.tag.rsplit("}", 1)[-1] == "Pixels":
+            keys = [f"PhysicalSize{a}{u}" for a in "XYZ" for u in ("", "Unit")]
+            keys += ["TimeIncrement", "TimeIncrementUnit"]
+            sizes: dict[str, Any] = {}
+            for k in keys:
+                if k in el.attrib:
+                    v = el.attrib[k]
+                    sizes[k] = v if k.endswith("Unit") else float(v)
+            return sizes
+    return {}
+
+
+def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
+    """Axes, flavour and pixel sizes of the first series of an open ``tifffile.TiffFile``."""
+    series = tif.series[0]
+    file_axes = series.axes
+    if axes_override is not None:
+        from ..axes import validate_axes
+
+        try:
+            axes = validate_axes(axes_override, len(series.shape))
+        except InputError as exc:
+            raise InputError(f"--axes: {exc} (shape {tuple(series.shape)}, file axes {file_axes!r})") from None
+    else:
+        axes = map_axes(file_axes)
+    flavour = "imagej" if tif.is_imagej else "ome" if tif.is_ome else "plain"
+    page = series.pages[0] if series.pages else tif.pages[0]
+    info = TiffInfo(axes, file_axes, tuple(series.shape), series.dtype, flavour)
+    tags = page.tags
+    if "XResolution" in tags and "YResolution" in tags:
+        info.resolution = (tags["XResolution"].value, tags["YResolution"].value)
+        info.resolutionunit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else None
+    if flavour == "imagej":
+        ij = tif.imagej_metadata or {}
+        info.imagej = {k: ij[k] for k in ("spacing", "unit", "finterval") if k in ij}
+    elif flavour == "ome":
+        info.ome_sizes = _ome_physical_sizes(tif.ome_metadata)
+    photometric = getattr(page, "photometric", None)
+    info.photometric = getattr(photometric, "name", None)
+    return info
+
+
+def write_kwargs(info: TiffInfo) -> dict[str, Any]:
+    """``tifffile.imwrite`` keyword arguments reproducing the input's flavour, axes and pixel sizes."""
+    kw: dict[str, Any] = {}
+    if info.resolution is not None:
+        kw["resolution"] = info.resolution
+        if info.resolutionunit is not None and info.flavour != "imagej":
+            kw["resolutionunit"] = info.resolutionunit
+    if "S" in info.axes and info.photometric in ("RGB", "MINISBLACK"):
+        kw["photometric"] = info.photometric.lower()
+    elif "S" not in info.axes:
+        kw["photometric"] = "minisblack"
+    if info.flavour == "imagej":
+        kw["imagej"] = True
+        kw["metadata"] = {"axes": info.axes, **info.imagej}
+    elif info.flavour == "ome":
+        kw["ome"] = True
+        kw["metadata"] = {"axes": info.axes, **info.ome_sizes}
+    else:
+        # tifffile's "shaped" description keeps the original letters so the file reads back the same.
+        kw["metadata"] = {"axes": info.file_axes}
+    return kw
+
+
+# ------------------------------------------------------------------------------------------------- checks
+def _same_file(a: Path, b: Path) -> bool:
+    """True if ``a`` and ``b`` are the same file (also via symlinks, hard links, ``..``)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # b does not exist yet
+        return False
+
+
+def check_paths(inp: Path, out: Path, force: bool) -> None:
+    """InputError if the input is missing, the output would overwrite the input, or exists without --force."""
+    if not inp.is_file():
+        raise InputError(f"Input file {str(inp)!r} does not exist (or is not a file).")
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise InputError(f"Output {str(out)!r} must end in .tif or .tiff (the output is written as TIFF).")
+    if _same_file(inp, out):
+        raise InputError(
+            f"Output {str(out)!r} is the input file; choose a different output path (the input is never "
+            f"overwritten)."
+        )
+    if out.exists() and not force:
+        raise InputError(f"Output {str(out)!r} already exists; pass --force to overwrite it.")
+    if out.is_dir():
+        raise InputError(f"Output {str(out)!r} is a directory; give a file name ending in .tif.")
+    if not out.parent.is_dir():
+        raise InputError(f"Output directory {str(out.parent)!r} does not exist; create it first.")
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def run(args: argparse.Namespace) -> int:
+    """Deblur ``args.input`` into ``args.output``; returns the exit status."""
+    import tifffile
+
+    from ..inference.deblur import deblur
+    from ..model_file import atomic_write, load_model
+    from .progress import ProgressBar
+
+    inp, out = Path(args.input), Path(args.output)
+    check_paths(inp, out, args.force)
+    model = load_model(args.model, device="cpu")
+
+    try:
+        tif = tifffile.TiffFile(inp)
+    except (tifffile.TiffFileError, ValueError) as exc:
+        raise InputError(f"Cannot read {str(inp)!r} as TIFF: {exc}") from None
+    with tif:
+        info = read_tiff_info(tif, args.axes)
+        series = tif.series[0]
+        lazy = False
+        # The lazy path writes page by page, so the planes must be the trailing YX (or YXS) axes.
+        trailing_planes = info.axes.endswith(("YX", "YXS"))
+        if series.nbytes > LARGE_FILE_BYTES and series.dataoffset is not None and trailing_planes:
+            data = tifffile.memmap(inp, series=0, mode="r")
+            lazy = True
+        else:
+            data = series.asarray()
+    if data.shape != info.shape:  # tifffile squeezes the same way for series and asarray; be sure
+        raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r}; pass --axes.")
+
+    bar = ProgressBar("deblur", enabled=not args.quiet)
+    kw = write_kwargs(info)
+    common = dict(model=model, axes=info.axes, tile_size=args.tile_size, overlap=args.overlap, device=args.device)
+    try:
+        if lazy:
+            _deblur_lazy(data, info, common, out, kw, bar)
+        else:
+            result = deblur(data, progress=bar, **common)
+            with atomic_write(out) as tmp, open(tmp, "wb") as fh:
+                tifffile.imwrite(fh, result, **kw)
+                fh.flush()
+                os.fsync(fh.fileno())
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(f"wrote {out} ({' x '.join(map(str, info.shape))} {info.axes}, {info.dtype})", file=sys.stderr)
+    return 0
+
+
+def _deblur_lazy(data: Any, info: TiffInfo, common: dict, out: Path, kw: dict, bar: Any) -> None:
+    """Memory-mapped input -> dask -> deblur lazily -> write page by page (bounded memory)."""
+    import dask.array as da
+    import numpy as np
+    import tifffile
+
+    from ..inference.deblur import deblur
+    from ..model_file import atomic_write
+
+    # One chunk per plane with all its channels (deblur keeps Y, X and the channel axis whole anyway).
+    page_axes = "YXS" if info.axes.endswith("YXS") else "YX"
+    keep_whole = set(page_axes) | {"C", "S"}
+    chunks = tuple(-1 if a in keep_whole else 1 for a in info.axes)
+    result = deblur(da.from_array(data, chunks=chunks), **common)
+    lead = list(range(len(info.axes) - len(page_axes)))  # the leading (non-page) dimensions
+    lead_shape = tuple(info.shape[i] for i in lead)
+    total = int(np.prod(lead_shape)) if lead_shape else 1
+
+    def pages():
+        cached_key, cached = None, None
+        for n, idx in enumerate(np.ndindex(*lead_shape) if lead_shape else [()]):
+            # Index of the dask chunk holding this page; reuse it for the other channels of a joint model.
+            key = tuple(0 if info.axes[ax] in keep_whole else i for ax, i in zip(lead, idx, strict=True))
+            if key != cached_key:
+                sel = tuple(slice(None) if info.axes[ax] in keep_whole else i for ax, i in zip(lead, idx, strict=True))
+                cached, cached_key = np.asarray(result[sel].compute()), key
+            within = tuple(i for ax, i in zip(lead, idx, strict=True) if info.axes[ax] in keep_whole)
+            yield np.ascontiguousarray(cached[within] if within else cached)
+            bar(n + 1, total)
+
+    with atomic_write(out) as tmp, open(tmp, "wb") as fh:
+        tifffile.imwrite(fh, pages(), shape=info.shape, dtype=info.dtype, **kw)
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,241 @@
+"""``napari-deblurgan finetune``: finetune (or train) a model on your own TIFF images.
+
+Two kinds of data:
+
+* ``--blurred A.tif --sharp B.tif``: a registered pair (same shape; stacks and multichannel are fine);
+* ``--sharp B.tif`` alone: sharp images; blur is synthesised on the fly (``--blur-kind``).
+
+A progress line on stderr shows the step, the losses, the speed and the validation PSNR (with its gain over
+the blurred input). Ctrl-C stops cleanly: the best model so far is still written to ``-o`` (and a checkpoint
+to ``--checkpoint-dir``, from which ``--resume`` continues), then the exit status is 130. A second Ctrl-C
+aborts at once without writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import InputError
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``finetune`` subcommand."""
+    p = subparsers.add_parser(
+        "finetune",
+        help="finetune a model on your blurred/sharp TIFF images (or sharp ones with synthetic blur)",
+        description="Finetune a deblurring model on a blurred/sharp TIFF pair, or on sharp TIFF images with "
+        "blur synthesised on the fly, and save it to OUTPUT (.pt).",
+    )
+    p.add_argument("--blurred", metavar="A.tif", help="blurred image(s), registered to --sharp")
+    p.add_argument("--sharp", metavar="B.tif", help="sharp image(s); alone: blur is synthesised")
+    p.add_argument("-o", "--output", required=True, metavar="model.pt", help="where to save the finetuned model")
+    p.add_argument(
+        "--model",
+        default="default",
+        metavar="M",
+        help="starting model: file (.pt), shipped name, or an architecture (unet_lite, resnet9) to train "
+        "from scratch (default: %(default)s)",
+    )
+    p.add_argument("--steps", type=int, default=1000, metavar="N", help="generator updates (default: %(default)s)")
+    p.add_argument("--patch-size", type=int, default=128, metavar="N", help="crop side (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="crops per step (default: %(default)s)")
+    p.add_argument(
+        "--preset", default="default", metavar="P", help="default, deblurgan (paper) or content (default: %(default)s)"
+    )
+    p.add_argument("--learning-rate", type=float, default=None, metavar="LR", help="override the preset's rate")
+    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (default: random, recorded)")
+    p.add_argument(
+        "--validation", type=float, default=0.1, metavar="F", help="held-out fraction (default: %(default)s)"
+    )
+    p.add_argument("--validate-every", type=int, default=100, metavar="N", help="default: %(default)s")
+    p.add_argument("--ema", type=float, default=None, metavar="D", help="keep an EMA of the weights (e.g. 0.999)")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="write resumable checkpoints here")
+    p.add_argument("--checkpoint-every", type=int, default=200, metavar="N", help="default: %(default)s")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run checkpointed in DIR")
+    p.add_argument(
+        "--blur-kind",
+        default="mixed",
+        metavar="K",
+        help="synthetic blur: mixed, motion, defocus, gaussian, airy or a comma list (default: %(default)s)",
+    )
+    p.add_argument("--axes", default=None, metavar="A", help="axes of the images, e.g. ZYX, YXS (default: from file)")
+    p.add_argument("--channels", type=int, default=None, metavar="C", help="channels of a from-scratch model")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def read_image(path: str | Path, axes: str | None) -> tuple[Any, str]:
+    """The first series of a TIFF file (memory-mapped when large and uncompressed) and its axes."""
+    import tifffile
+
+    from .deblur_command import LARGE_FILE_BYTES, read_tiff_info
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Input file {str(path)!r} does not exist.")
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, ValueError) as exc:
+        raise InputError(f"Cannot read {str(path)!r} as TIFF: {exc}") from None
+    with tif:
+        info = read_tiff_info(tif, axes)
+        series = tif.series[0]
+        # Training reads random crops: a memory map keeps a large stack on disk.
+        if series.nbytes > LARGE_FILE_BYTES and series.dataoffset is not None:
+            data = tifffile.memmap(path, series=0, mode="r")
+        else:
+            data = series.asarray()
+    if data.shape != info.shape:
+        raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r} in {path}; pass --axes.")
+    return data, info.axes
+
+
+class ProgressLine:
+    """Renders training events as one status line on ``stream`` (redrawn in place on a terminal)."""
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool = True, min_interval: float = 0.2) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.min_interval = min_interval
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last = -float("inf")
+        self._val = ""
+        self._drawn = False
+        self._last_decile = -1
+
+    def __call__(self, event: Any) -> None:
+        from ..training import events as ev
+
+        if not self.enabled:
+            return
+        if isinstance(event, ev.Started):
+            resumed = f", resumed at step {event.start_step}" if event.start_step else ""
+            self._print(
+                f"finetune: {event.architecture} on {event.device}, preset {event.preset}, batch "
+                f"{event.batch_size} x {event.patch_size} px, {event.train_samples}; validation: "
+                f"{event.validation_samples}{resumed}"
+            )
+        elif isinstance(event, ev.Validation):
+            if event.source == "generator" or event.is_best:
+                gain = event.psnr - event.psnr_input
+                self._val = f" | val PSNR {event.psnr:.2f} dB ({gain:+.2f}){' *' if event.is_best else ''}"
+        elif isinstance(event, ev.Step):
+            losses = " ".join(f"{k} {v:.4g}" for k, v in event.losses.items() if k != "total")
+            line = (
+                f"step {event.step}/{event.total_steps} | loss {event.losses.get('total', float('nan')):.4g} "
+                f"({losses}) | {event.images_per_second:.1f} img/s{self._val}"
+            )
+            now = time.monotonic()
+            if self.tty:
+                if now - self._last >= self.min_interval or event.step == event.total_steps:
+                    self.stream.write("\r\033[K" + line)
+                    self.stream.flush()
+                    self._last = now
+                    self._drawn = True
+            else:
+                decile = (10 * event.step) // max(event.total_steps, 1)
+                if decile != self._last_decile:
+                    self._last_decile = decile
+                    self._print(line)
+        elif isinstance(event, ev.Notice):
+            self._print(f"note: {event.message}")
+        elif isinstance(event, ev.CheckpointSaved) and not self.tty:
+            self._print(f"checkpoint at step {event.step}: {event.path}")
+        elif isinstance(event, ev.Finished):
+            how = "stopped" if event.stopped else "finished"
+            best = "" if event.best_psnr is None else f"; best validation PSNR {event.best_psnr:.2f} dB"
+            self._print(f"{how} at step {event.step}{best}")
+
+    def _print(self, text: str) -> None:
+        if self._drawn and self.tty:
+            self.stream.write("\n")
+            self._drawn = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Finetune on the given files and save the model; returns the exit status."""
+    from ..training.trainer import iter_finetune
+    from . import EXIT_INTERRUPTED
+
+    if args.blurred is None and args.sharp is None:
+        raise InputError("Pass --blurred A.tif --sharp B.tif (a pair), or --sharp B.tif alone (synthetic blur).")
+    if args.sharp is None:
+        raise InputError(
+            "--blurred needs its sharp counterpart: add --sharp B.tif. To train on sharp images with "
+            "synthetic blur, pass them as --sharp alone."
+        )
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise InputError(f"{str(out)!r} exists; pass --force to overwrite it or choose another -o.")
+    if not out.parent.is_dir():
+        raise InputError(f"Output folder {str(out.parent)!r} does not exist; create it first.")
+
+    sharp, axes = read_image(args.sharp, args.axes)
+    blurred = None
+    if args.blurred is not None:
+        blurred, blurred_axes = read_image(args.blurred, args.axes)
+        if blurred_axes != axes:
+            raise InputError(
+                f"--blurred has axes {blurred_axes!r} but --sharp has {axes!r}; pass --axes or matching files."
+            )
+    first, second = (blurred, sharp) if blurred is not None else (sharp, None)
+
+    progress = ProgressLine(enabled=not args.quiet)
+    training = iter_finetune(
+        first,
+        second,
+        model=args.model,
+        steps=args.steps,
+        patch_size=args.patch_size,
+        batch_size=args.batch_size,
+        preset=args.preset,
+        learning_rate=args.learning_rate,
+        device=args.device,
+        seed=args.seed,
+        validation=args.validation,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        validate_every=args.validate_every,
+        ema=args.ema,
+        blur_kind=args.blur_kind,
+        resume=args.resume,
+        axes=axes,
+        channels=args.channels,
+        on_event=progress,
+        preview=False,
+    )
+
+    interrupted = threading.Event()
+    previous = None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if interrupted.is_set():  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        interrupted.set()
+        training.stop()
+        print("\nstopping after this step (Ctrl-C again to abort without saving)...", file=sys.stderr)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        for _ in training:
+            pass
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+    model = training.model
+    model.save(out)
+    if not args.quiet:
+        print(f"wrote {out}", file=sys.stderr)
+    return EXIT_INTERRUPTED if interrupted.is_set() else 0

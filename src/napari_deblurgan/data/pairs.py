@@ -1,0 +1,626 @@
+"""Training data for finetuning: blurred/sharp pairs, or sharp images with blur synthesised on the fly.
+
+:class:`PairedData` describes the data (no pixels are copied up front): one or several pairs of arrays of
+the same shape (any axes: ``TZCYXS``, NumPy, memory-mapped, dask or zarr arrays), or sharp-only arrays.
+It splits off validation data and reads random crops *lazily*, one crop at a time, so a large stack is never
+copied (let alone in float64). :class:`BatchSource` turns it into batches of tensors on the training device,
+synthesising blur there (a fresh random PSF and noise level per crop, :mod:`~napari_deblurgan.blur.
+torch_synthesis`) when there is no blurred data. The trainer only ever calls ``BatchSource.next_batch``: the
+step function is separate from the data source, so another data source (or a distributed sampler) can be
+swapped in.
+
+Normalisation (same as inference, :mod:`~napari_deblurgan.normalization`): every YX plane of every channel
+is scaled by its 1 / 99.8 percentiles. For a pair, **the blurred plane's percentiles are used for both the
+blurred and the sharp plane**: at inference the model only ever sees the blurred image normalised by its own
+percentiles, so training must present inputs the same way, and the target must be in the same units so that
+denormalising the output with the blurred image's range gives the sharp intensities. (Normalising the sharp
+plane by its own percentiles would teach the model a contrast change it cannot undo at inference.) For
+sharp-only data there is no blurred plane yet: crops are normalised by the sharp plane's percentiles and the
+(linear) blur is applied in those units - the percentiles of a blurred plane differ from the sharp one's by a
+few percent at the bright end, which the random noise levels already exceed.
+
+Validation: a fraction (whole planes are held out when there are at least 4 planes and the fraction gives at
+least one; otherwise a band of rows - or columns - at the end of every plane), or an explicit
+``(blurred, sharp)`` pair. Validation crops are a fixed grid, so validation scores are comparable over a run.
+
+Registration: for each pair the middle plane is downsampled to <= 256 px and the offset between blurred and
+sharp is measured by FFT cross-correlation (``skimage.registration.phase_cross_correlation``); an offset of
+more than a pixel raises a warning that names it - misaligned pairs teach a model to shift images.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..axes import CHANNEL_LETTERS, resolve_axes
+from ..errors import InputError
+from ..normalization import DEFAULT_NORMALIZATION, normalize, percentile_range
+
+if TYPE_CHECKING:
+    import torch
+
+#: ``blur_kind`` names -> PSF kinds of :mod:`napari_deblurgan.blur.torch_synthesis`.
+BLUR_KINDS: dict[str, tuple[str, ...]] = {
+    "mixed": ("motion", "defocus", "gaussian"),
+    "motion": ("motion",),
+    "defocus": ("defocus",),
+    "gaussian": ("gaussian",),
+    "airy": ("airy",),
+}
+
+#: Offsets (pixels, either axis) above which a pair is reported as misaligned.
+MAX_ALIGNED_OFFSET = 1.0
+#: Planes are downsampled to at most this many pixels along their longer side for the offset check.
+_REGISTRATION_SIZE = 256
+#: Minimum number of planes before whole planes (rather than a band of each plane) are held out.
+_MIN_PLANES_FOR_PLANE_SPLIT = 4
+
+
+def resolve_blur_kinds(blur_kind: str | Sequence[str]) -> tuple[str, ...]:
+    """PSF kinds for ``blur_kind``: a name from :data:`BLUR_KINDS`, a comma list or a sequence of kinds."""
+    if isinstance(blur_kind, str):
+        name = blur_kind.strip().lower()
+        if name in BLUR_KINDS:
+            return BLUR_KINDS[name]
+        parts = [p.strip() for p in name.split(",") if p.strip()]
+    else:
+        parts = [str(p).strip().lower() for p in blur_kind]
+    allowed = {k for kinds in BLUR_KINDS.values() for k in kinds}
+    bad = [p for p in parts if p not in allowed]
+    if not parts or bad:
+        raise InputError(
+            f"Unknown blur kind {blur_kind!r}; use one of {', '.join(BLUR_KINDS)} or a comma-separated list "
+            f"of {', '.join(sorted(allowed))}."
+        )
+    return tuple(dict.fromkeys(parts))
+
+
+@dataclass(frozen=True)
+class Plane:
+    """One training/validation image plane: ``source`` pair, index over the non-YX(C) axes, channel.
+
+    ``channel`` is None for a joint (all-channel) model and the channel index for a 1-channel model applied
+    to each channel; ``rows``/``cols`` is the usable region ``(start, stop)``.
+    """
+
+    source: int
+    index: tuple[int, ...]
+    channel: int | None
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+
+    @property
+    def height(self) -> int:
+        return self.rows[1] - self.rows[0]
+
+    @property
+    def width(self) -> int:
+        return self.cols[1] - self.cols[0]
+
+
+class _Source:
+    """One array (pair) with its axes; reads normalised crops lazily."""
+
+    def __init__(self, sharp: Any, blurred: Any | None, axes: str, joint: bool) -> None:
+        self.sharp = sharp
+        self.blurred = blurred
+        self.axes = axes
+        self.joint = joint
+        self.y = axes.index("Y")
+        self.x = axes.index("X")
+        self.c = next((axes.index(a) for a in CHANNEL_LETTERS if a in axes), None)
+        self.other = [i for i, a in enumerate(axes) if a not in "YX" and i != self.c]
+        self.shape = tuple(int(s) for s in sharp.shape)
+        self.n_channels = self.shape[self.c] if self.c is not None else 1
+        self._ranges: dict[tuple[tuple[int, ...], int], tuple[float, float]] = {}
+
+    @property
+    def height(self) -> int:
+        return self.shape[self.y]
+
+    @property
+    def width(self) -> int:
+        return self.shape[self.x]
+
+    def plane_keys(self) -> list[tuple[tuple[int, ...], int | None]]:
+        """(index, channel) of every plane the model sees."""
+        other_shape = [self.shape[i] for i in self.other]
+        indices = [tuple(int(v) for v in idx) for idx in np.ndindex(*other_shape)] if other_shape else [()]
+        channels: list[int | None] = [None] if self.joint else list(range(self.n_channels))
+        return [(idx, ch) for idx in indices for ch in channels]
+
+    def _read(self, array: Any, index: tuple[int, ...], channel: int | None, rows: slice, cols: slice) -> np.ndarray:
+        """(C, h, w) array (native dtype) of one plane region; only that region is read."""
+        key: list[Any] = [slice(None)] * len(self.axes)
+        for axis, value in zip(self.other, index, strict=True):
+            key[axis] = value
+        key[self.y] = rows
+        key[self.x] = cols
+        if self.c is not None and channel is not None:
+            key[self.c] = slice(channel, channel + 1)
+        region = np.asarray(array[tuple(key)])
+        # The axes left are, in their original order, a subset of (channel, Y, X): bring them to (C, Y, X).
+        kept = sorted(i for i in (self.c, self.y, self.x) if i is not None)
+        names = ["C" if i == self.c else self.axes[i] for i in kept]
+        if self.c is None:
+            region = region[np.newaxis]
+            names = ["C", *names]
+        order = [names.index(a) for a in ("C", "Y", "X")]
+        return np.transpose(region, order)
+
+    def norm_range(self, index: tuple[int, ...], channel: int) -> tuple[float, float]:
+        """Percentile (lo, hi) of one channel plane of the *blurred* array (sharp when there is none)."""
+        key = (index, channel)
+        if key not in self._ranges:
+            reference = self.blurred if self.blurred is not None else self.sharp
+            plane = self._read(reference, index, channel if self.c is not None else None, slice(None), slice(None))
+            self._ranges[key] = percentile_range(plane[0], DEFAULT_NORMALIZATION["low"], DEFAULT_NORMALIZATION["high"])
+        return self._ranges[key]
+
+    def crop(
+        self, index: tuple[int, ...], channel: int | None, y0: int, x0: int, size: int, margin: int = 0
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Normalised float32 (C, size+2m, size+2m) crops of blurred (None if absent) and sharp.
+
+        The region is extended by ``margin`` on each side where the image allows and reflect-padded where
+        it does not (synthetic blur needs the context the PSF reaches into).
+        """
+        ya, yb = y0 - margin, y0 + size + margin
+        xa, xb = x0 - margin, x0 + size + margin
+        ry = (max(ya, 0), min(yb, self.height))
+        rx = (max(xa, 0), min(xb, self.width))
+        pad = ((0, 0), (ry[0] - ya, yb - ry[1]), (rx[0] - xa, xb - rx[1]))
+        rows, cols = slice(*ry), slice(*rx)
+        channels = [channel] if channel is not None else (list(range(self.n_channels)))
+        ranges = [self.norm_range(index, ch) for ch in channels]
+
+        def prepare(array: Any) -> np.ndarray:
+            raw = self._read(array, index, channel, rows, cols)
+            if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
+                raise InputError(
+                    "The training images contain NaN or infinite values; replace them (e.g. np.nan_to_num)."
+                )
+            out = np.empty(raw.shape, dtype=np.float32)
+            for c, (lo, hi) in enumerate(ranges):
+                out[c] = normalize(raw[c], lo, hi)
+            if any(p != (0, 0) for p in pad):
+                out = np.pad(out, pad, mode="reflect")
+            return out
+
+        sharp = prepare(self.sharp)
+        blurred = prepare(self.blurred) if self.blurred is not None else None
+        return blurred, sharp
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _check_array(array: Any, name: str) -> Any:
+    """``array`` itself (kept lazy) after checking that it looks like a numeric image."""
+    if not hasattr(array, "shape") or not hasattr(array, "dtype"):
+        array = np.asarray(array)
+    dtype = np.dtype(array.dtype)
+    if dtype.kind not in "uif":
+        raise InputError(f"The {name} has dtype {dtype}; pass an integer or floating-point image.")
+    if len(array.shape) < 2 or any(int(s) == 0 for s in array.shape):
+        raise InputError(f"The {name} must be an image with Y and X axes; got shape {tuple(array.shape)}.")
+    return array
+
+
+def _downsample(plane: np.ndarray, factor: int) -> np.ndarray:
+    """Block mean by ``factor`` (float32), cropping the remainder."""
+    plane = np.asarray(plane, dtype=np.float32)
+    if factor <= 1:
+        return plane
+    h, w = (plane.shape[0] // factor) * factor, (plane.shape[1] // factor) * factor
+    return plane[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def measure_offset(blurred_plane: np.ndarray, sharp_plane: np.ndarray) -> tuple[float, float]:
+    """(dy, dx) in pixels by which ``blurred_plane`` is shifted relative to ``sharp_plane``.
+
+    Both are downsampled to at most 256 px along the longer side (block means), registered by FFT
+    cross-correlation with 1/10-pixel refinement, and the shift is scaled back to full resolution.
+    """
+    from skimage.registration import phase_cross_correlation
+
+    factor = max(1, math.ceil(max(sharp_plane.shape) / _REGISTRATION_SIZE))
+    ref = _downsample(sharp_plane, factor)
+    mov = _downsample(blurred_plane, factor)
+    ref = ref - ref.mean()
+    mov = mov - mov.mean()
+    shift, _, _ = phase_cross_correlation(ref, mov, upsample_factor=10, normalization=None)
+    # phase_cross_correlation returns the shift that registers `mov` onto `ref`: the offset is its negative
+    return float(-shift[0] * factor), float(-shift[1] * factor)
+
+
+class PairedData:
+    """Training (and validation) data for :func:`napari_deblurgan.finetune`; reads crops lazily.
+
+    Args:
+        blurred: blurred images (an array or a list of arrays), or None for sharp-only data.
+        sharp: sharp images of the same shape(s); when ``blurred`` is None they are blurred on the fly.
+        axes: axes string of the arrays (all the same), or None to infer (``YX``, ``ZYX``, ``YXS``, ...).
+        channels: the model's channel count: 1 trains a channel-independent model (every channel plane is a
+            sample), C > 1 a joint model (the data's channel axis must have C channels).
+        patch_size: side of the square training crops (reduced to fit small images, see ``notes``).
+        stride: the generator's stride; crop sides are multiples of it.
+        validation: fraction of the data held out for validation, 0 for none, or an explicit
+            ``(blurred, sharp)`` pair (``(None, sharp)`` for synthetic blur).
+        seed: seeds the (deterministic) choice of held-out planes.
+        max_validation_crops: validation crops at most (a fixed grid, evenly thinned).
+    """
+
+    def __init__(
+        self,
+        blurred: Any | None,
+        sharp: Any | None,
+        *,
+        axes: str | None = None,
+        channels: int = 1,
+        patch_size: int = 128,
+        stride: int = 1,
+        validation: float | tuple[Any, Any] | None = 0.1,
+        seed: int = 0,
+        max_validation_crops: int = 16,
+        check_alignment: bool = True,
+    ) -> None:
+        self.notes: list[str] = []
+        blurred_list = [_check_array(a, "blurred image") for a in _as_list(blurred)]
+        sharp_list = [_check_array(a, "sharp image") for a in _as_list(sharp)]
+        if not sharp_list:
+            raise InputError("No training images: pass sharp images (and, if you have them, blurred ones).")
+        self.synthetic = not blurred_list
+        if not self.synthetic and len(blurred_list) != len(sharp_list):
+            raise InputError(f"Got {len(blurred_list)} blurred but {len(sharp_list)} sharp images; pass them in pairs.")
+        if int(patch_size) < 8:
+            raise InputError(f"patch_size must be at least 8 pixels, got {patch_size}.")
+        self.channels = int(channels)
+        self.stride = max(int(stride), 1)
+
+        self.sources: list[_Source] = []
+        for i, s in enumerate(sharp_list):
+            b = None if self.synthetic else blurred_list[i]
+            if b is not None and tuple(b.shape) != tuple(s.shape):
+                raise InputError(
+                    f"Blurred and sharp images of pair {i + 1} differ in shape: {tuple(b.shape)} vs "
+                    f"{tuple(s.shape)}. Pairs must show the same field of view at the same size; crop or "
+                    "resample one of them."
+                )
+            src_axes = resolve_axes(tuple(s.shape), axes)
+            self.sources.append(self._make_source(s, b, src_axes, i))
+        if check_alignment and not self.synthetic:
+            for i, src in enumerate(self.sources):
+                self._check_alignment(src, i)
+
+        # patch size: multiple of the stride that fits every plane
+        smallest = min(min(src.height, src.width) for src in self.sources)
+        self.patch_size = self._fit_patch(int(patch_size), smallest)
+
+        self.train_planes: list[Plane] = []
+        self.validation_planes: list[Plane] = []
+        self.validation_sources: list[_Source] = []
+        self._split(validation, axes, seed)
+        if not self.train_planes:
+            raise InputError("No training data left after the validation split; lower `validation`.")
+        self._weights = np.array([p.height * p.width for p in self.train_planes], dtype=np.float64)
+        self._weights /= self._weights.sum()
+        self.validation_grid = self._validation_grid(max_validation_crops)
+
+    # -- construction helpers --------------------------------------------------------------------------
+    def _make_source(self, sharp: Any, blurred: Any | None, axes: str, i: int) -> _Source:
+        c_axis = next((axes.index(a) for a in CHANNEL_LETTERS if a in axes), None)
+        n_ch = int(sharp.shape[c_axis]) if c_axis is not None else 1
+        joint = self.channels > 1
+        if joint and n_ch != self.channels:
+            raise InputError(
+                f"The model takes {self.channels} channels jointly but image {i + 1} (axes {axes!r}, shape "
+                f"{tuple(sharp.shape)}) has {n_ch}. Use a {n_ch}-channel model, or a 1-channel model to "
+                "treat channels independently."
+            )
+        return _Source(sharp, blurred, axes, joint)
+
+    def _fit_patch(self, patch: int, smallest: int) -> int:
+        patch = max(self.stride, (patch // self.stride) * self.stride)
+        if patch <= smallest:
+            return patch
+        fitted = (smallest // self.stride) * self.stride
+        if fitted < max(8, self.stride):
+            raise InputError(
+                f"The images are too small to train on ({smallest} px along their shorter side); they need "
+                f"at least {max(8, self.stride)} px."
+            )
+        self.notes.append(f"patch_size reduced from {patch} to {fitted} px to fit the images")
+        return fitted
+
+    def _check_alignment(self, src: _Source, i: int) -> None:
+        keys = src.plane_keys()
+        index, channel = keys[len(keys) // 2]
+        ch = channel if channel is not None else 0
+        c_sel = ch if src.c is not None else None
+        full = slice(None)
+        b = src._read(src.blurred, index, c_sel, full, full)[0]
+        s = src._read(src.sharp, index, c_sel, full, full)[0]
+        dy, dx = measure_offset(b, s)
+        if max(abs(dy), abs(dx)) > MAX_ALIGNED_OFFSET:
+            warnings.warn(
+                f"Blurred image {i + 1} is offset from its sharp image by (dy, dx) = ({dy:+.1f}, {dx:+.1f}) "
+                "pixels (FFT cross-correlation). Register the pair before training, otherwise the model "
+                "learns to shift images.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def _split(self, validation: Any, axes: str | None, seed: int) -> None:
+        all_planes = [
+            Plane(si, idx, ch, (0, src.height), (0, src.width))
+            for si, src in enumerate(self.sources)
+            for idx, ch in src.plane_keys()
+        ]
+        if isinstance(validation, (tuple, list)):
+            if len(validation) != 2:
+                raise InputError("validation must be a fraction (e.g. 0.1) or a (blurred, sharp) pair.")
+            vb, vs = validation
+            if vs is None:
+                raise InputError("The validation pair needs a sharp image: pass (blurred, sharp).")
+            vs = _check_array(vs, "validation sharp image")
+            if vb is not None:
+                vb = _check_array(vb, "validation blurred image")
+                if tuple(vb.shape) != tuple(vs.shape):
+                    raise InputError(
+                        f"Validation blurred and sharp images differ in shape: {tuple(vb.shape)} vs {tuple(vs.shape)}."
+                    )
+            elif not self.synthetic:
+                raise InputError("Training uses real pairs: pass a blurred validation image too.")
+            vsrc = self._make_source(vs, vb, resolve_axes(tuple(vs.shape), axes), 0)
+            if min(vsrc.height, vsrc.width) < self.patch_size:
+                raise InputError(
+                    f"The validation image ({vsrc.height} x {vsrc.width}) is smaller than the patch size "
+                    f"{self.patch_size}; pass a larger one or a smaller patch_size."
+                )
+            self.validation_sources = [vsrc]
+            self.train_planes = all_planes
+            self.validation_planes = [
+                Plane(0, idx, ch, (0, vsrc.height), (0, vsrc.width)) for idx, ch in vsrc.plane_keys()
+            ]
+            return
+        fraction = 0.0 if validation is None else float(validation)
+        if not 0.0 <= fraction < 1.0:
+            raise InputError(f"validation must be a fraction in [0, 1) or a (blurred, sharp) pair, got {validation!r}.")
+        self.validation_sources = self.sources
+        if fraction == 0.0:
+            self.train_planes = all_planes
+            return
+        n_held = round(fraction * len(all_planes))
+        if len(all_planes) >= _MIN_PLANES_FOR_PLANE_SPLIT and n_held >= 1:
+            rng = np.random.default_rng(seed)
+            held = set(rng.choice(len(all_planes), size=n_held, replace=False).tolist())
+            self.validation_planes = [p for i, p in enumerate(all_planes) if i in held]
+            self.train_planes = [p for i, p in enumerate(all_planes) if i not in held]
+            return
+        # Few planes: hold out a band at the end of every plane (rows, else columns), a patch deep at least.
+        P = self.patch_size
+        for p in all_planes:
+            h, w = p.height, p.width
+            band_rows = max(P, round(fraction * h))
+            band_cols = max(P, round(fraction * w))
+            if h - band_rows >= P and h >= w:
+                self.train_planes.append(Plane(p.source, p.index, p.channel, (0, h - band_rows), p.cols))
+                self.validation_planes.append(Plane(p.source, p.index, p.channel, (h - band_rows, h), p.cols))
+            elif w - band_cols >= P:
+                self.train_planes.append(Plane(p.source, p.index, p.channel, p.rows, (0, w - band_cols)))
+                self.validation_planes.append(Plane(p.source, p.index, p.channel, p.rows, (w - band_cols, w)))
+            elif h - band_rows >= P:
+                self.train_planes.append(Plane(p.source, p.index, p.channel, (0, h - band_rows), p.cols))
+                self.validation_planes.append(Plane(p.source, p.index, p.channel, (h - band_rows, h), p.cols))
+            else:
+                raise InputError(
+                    f"Image plane {h} x {w} is too small to hold out a {P}-px validation band and still train "
+                    f"on {P}-px patches. Use validation=0, a smaller patch_size, or pass a separate validation "
+                    "pair."
+                )
+
+    def _validation_grid(self, max_crops: int) -> list[tuple[Plane, int, int]]:
+        """Fixed validation crops: (plane, y0, x0) on a non-overlapping grid, evenly thinned to max_crops."""
+        P = self.patch_size
+        grid = []
+        for p in self.validation_planes:
+            for y0 in range(p.rows[0], p.rows[1] - P + 1, P):
+                for x0 in range(p.cols[0], p.cols[1] - P + 1, P):
+                    grid.append((p, y0, x0))
+        if len(grid) > max_crops:
+            picks = np.linspace(0, len(grid) - 1, max_crops).round().astype(int)
+            grid = [grid[i] for i in picks]
+        return grid
+
+    # -- reading ---------------------------------------------------------------------------------------
+    @property
+    def in_channels(self) -> int:
+        """Channels of each crop (the model's channel count)."""
+        return self.channels
+
+    def describe(self) -> str:
+        """One line about the training data (for the Started event and provenance)."""
+        kind = "sharp images + synthetic blur" if self.synthetic else "blurred/sharp pairs"
+        shapes = ", ".join(str(tuple(int(v) for v in s.shape)) for s in self.sources)
+        return f"{len(self.train_planes)} planes of {kind} ({shapes})"
+
+    def describe_validation(self) -> str:
+        """One line about the validation data."""
+        if not self.validation_grid:
+            return "none"
+        return f"{len(self.validation_grid)} crops of {self.patch_size} px from {len(self.validation_planes)} planes"
+
+    def sample(
+        self, batch_size: int, rng: np.random.Generator, margin: int = 0
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """A random batch ``(blurred, sharp)`` of augmented (flips, 90-degree turns) float32 crops.
+
+        Shapes ``(B, C, P + 2 margin, P + 2 margin)``; ``blurred`` is None for sharp-only data.
+        """
+        P = self.patch_size
+        plane_ids = rng.choice(len(self.train_planes), size=batch_size, p=self._weights)
+        shape = (batch_size, self.channels, P + 2 * margin, P + 2 * margin)
+        blurred_out = None if self.synthetic else np.empty(shape, np.float32)
+        sharp_out = np.empty(shape, np.float32)
+        for i, pid in enumerate(plane_ids):
+            plane = self.train_planes[int(pid)]
+            y0 = plane.rows[0] + int(rng.integers(0, plane.height - P + 1))
+            x0 = plane.cols[0] + int(rng.integers(0, plane.width - P + 1))
+            transform = int(rng.integers(0, 8))
+            b, s = self.sources[plane.source].crop(plane.index, plane.channel, y0, x0, P, margin)
+            sharp_out[i] = _dihedral(s, transform)
+            if blurred_out is not None and b is not None:
+                blurred_out[i] = _dihedral(b, transform)
+        return blurred_out, sharp_out
+
+    def validation_arrays(self, margin: int = 0) -> tuple[np.ndarray | None, np.ndarray] | None:
+        """All validation crops ``(blurred or None, sharp)`` as ``(V, C, P + 2m, P + 2m)``, or None."""
+        if not self.validation_grid:
+            return None
+        blurred, sharp = [], []
+        for plane, y0, x0 in self.validation_grid:
+            b, s = self.validation_sources[plane.source].crop(
+                plane.index, plane.channel, y0, x0, self.patch_size, margin
+            )
+            sharp.append(s)
+            blurred.append(b)
+        b_arr = None if blurred[0] is None else np.stack(blurred)
+        return b_arr, np.stack(sharp)
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the training arrays (for provenance metadata)."""
+        return [tuple(int(v) for v in s.shape) for s in self.sources]
+
+
+def _dihedral(x: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/rotations of the last two axes of ``x``."""
+    if k >= 4:
+        x = x[..., ::-1]
+    return np.rot90(x, k % 4, axes=(-2, -1))
+
+
+class BatchSource:
+    """Batches of training tensors on ``device`` (and the fixed validation batch), blur synthesised there.
+
+    Randomness comes from two generators owned by this object - a NumPy ``Generator`` for crop positions
+    and augmentations and a ``torch.Generator`` for PSFs and noise - whose states :meth:`state_dict`
+    captures, so a resumed run draws exactly the batches the uninterrupted run would have drawn.
+    """
+
+    def __init__(
+        self,
+        data: PairedData,
+        device: torch.device,
+        *,
+        seed: int,
+        blur_kinds: Sequence[str] = BLUR_KINDS["mixed"],
+        channels_last: bool = False,
+        noise: bool = True,
+    ) -> None:
+        import torch
+
+        from ..blur.torch_synthesis import default_psf_size
+
+        self.data = data
+        self.device = device
+        self.blur_kinds = tuple(blur_kinds)
+        self.channels_last = channels_last
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        # A CPU generator for synthesis: same numbers on every device (torch_synthesis moves them over).
+        self.torch_generator = torch.Generator(device="cpu")
+        self.torch_generator.manual_seed(int(seed) + 1)
+        self.margin = default_psf_size(self.blur_kinds) // 2 if data.synthetic else 0
+        self._validation: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._validation_seed = int(seed) + 2
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        # pinned host memory lets the copy overlap with the GPU's work on the previous batch
+        t = t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t.to(self.device)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def _synthesize(self, sharp: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..blur.torch_synthesis import synthesize_batch
+
+        blurred, _ = synthesize_batch(sharp, kinds=self.blur_kinds, generator=generator, noise=self.noise)
+        m = self.margin
+        if m:
+            blurred = blurred[..., m:-m, m:-m]
+            sharp = sharp[..., m:-m, m:-m]
+        return blurred.contiguous(), sharp.contiguous()
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(blurred, sharp)`` float32 tensors ``(B, C, P, P)`` on the device."""
+        blurred, sharp = self.data.sample(batch_size, self.rng, self.margin)
+        sharp_t = self._to_device(sharp)
+        if blurred is None:
+            blurred_t, sharp_t = self._synthesize(sharp_t, self.torch_generator)
+            if self.channels_last:
+                import torch
+
+                blurred_t = blurred_t.contiguous(memory_format=torch.channels_last)
+                sharp_t = sharp_t.contiguous(memory_format=torch.channels_last)
+            return blurred_t, sharp_t
+        return self._to_device(blurred), sharp_t
+
+    def validation_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The fixed validation crops ``(blurred, sharp)`` on the device (blur synthesised once, seeded)."""
+        if self._validation is None:
+            arrays = self.data.validation_arrays(self.margin)
+            if arrays is None:
+                return None
+            blurred, sharp = arrays
+            sharp_t = self._to_device(sharp)
+            if blurred is None:
+                import torch
+
+                gen = torch.Generator(device="cpu")
+                gen.manual_seed(self._validation_seed)
+                blurred_t, sharp_t = self._synthesize(sharp_t, gen)
+            else:
+                blurred_t = self._to_device(blurred)
+            self._validation = (blurred_t, sharp_t)
+        return self._validation
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sampler state: NumPy bit-generator state (JSON-able) and the torch generator state (tensor)."""
+        import json
+
+        return {
+            "numpy_json": json.dumps(self.rng.bit_generator.state),
+            "torch": self.torch_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        import json
+
+        self.rng.bit_generator.state = json.loads(state["numpy_json"])
+        self.torch_generator.set_state(state["torch"].cpu())
+
+
+__all__ = [
+    "BLUR_KINDS",
+    "BatchSource",
+    "PairedData",
+    "Plane",
+    "measure_offset",
+    "resolve_blur_kinds",
+]

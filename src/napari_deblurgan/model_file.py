@@ -1,0 +1,483 @@
+"""Model files: :class:`DeblurModel` (a generator plus everything needed to use it) and its file format.
+
+A model file is one ``torch.save`` archive holding only tensors and strings::
+
+    {"format": "napari-deblurgan-model", "format_version": 1,
+     "metadata": "<JSON string>", "state_dict": {name: tensor, ...}}
+
+The JSON string carries the architecture and its constructor arguments, the channel count and mode, the
+intensity normalisation and free-form metadata (name, description, training provenance, package version,
+creation time). Files are read with ``torch.load(weights_only=True)``: PyTorch's restricted unpickler builds
+tensors and plain containers only, so a file that tries to run code (a pickled ``__reduce__`` payload) is
+refused before anything in it executes.
+
+A bare generator state dict (what the original DeblurGAN code saves) is *not* accepted by
+:func:`load_model`, because it says nothing about the architecture or normalisation; the error message says
+how to wrap one (build a model with :func:`create_model` and ``model.generator.load_state_dict``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InputError, ModelFileError
+
+if TYPE_CHECKING:  # torch is imported lazily: `import napari_deblurgan` must stay cheap
+    import torch
+
+FORMAT = "napari-deblurgan-model"
+FORMAT_VERSION = 1
+DEFAULT_NORMALIZATION: dict[str, Any] = {"method": "percentile", "low": 1.0, "high": 99.8}
+CHANNEL_MODES = ("joint", "independent")
+
+#: JSON registry of the models shipped with the package: {"models": {name: {"file", "sha256", ...}}}.
+#: Module-level so tests can point it at a temporary registry.
+REGISTRY_PATH = Path(__file__).with_name("weights") / "registry.json"
+
+_HOW_TO_GET_A_MODEL = (
+    "Train one on your own blurred/sharp images with `napari-deblurgan finetune` (or "
+    "napari_deblurgan.finetune in Python) and pass the saved .pt file, or list the shipped models with "
+    "`napari-deblurgan info --list`."
+)
+
+
+# --------------------------------------------------------------------------------------------------- model
+class DeblurModel:
+    """A deblurring generator together with what is needed to apply and re-create it.
+
+    Attributes:
+        generator: the ``torch.nn.Module`` (always kept in eval mode here; training code switches modes itself).
+        architecture: registry name of the architecture (``models.list_architectures()``).
+        architecture_args: JSON-able keyword arguments of ``models.build_generator`` (without ``channels``).
+        channels: number of image channels the generator takes.
+        channel_mode: ``"joint"`` (all channels fed together to a C-channel model) or ``"independent"``
+            (a 1-channel model applied to each channel separately).
+        normalization: intensity normalisation applied before the generator, e.g.
+            ``{"method": "percentile", "low": 1.0, "high": 99.8}``.
+        metadata: free-form JSON-able information: name, description, training provenance, package version,
+            ``created`` (ISO 8601 UTC) and, for a loaded model, the ``sha256`` of its file.
+    """
+
+    def __init__(
+        self,
+        generator: torch.nn.Module,
+        architecture: str,
+        architecture_args: Mapping[str, Any] | None = None,
+        channels: int = 1,
+        channel_mode: str | None = None,
+        normalization: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        channels = int(channels)
+        if channels < 1:
+            raise InputError(f"channels must be >= 1, got {channels}.")
+        if channel_mode is None:
+            # A single-channel model can only be run channel by channel; a C-channel one sees all at once.
+            channel_mode = "independent" if channels == 1 else "joint"
+        if channel_mode not in CHANNEL_MODES:
+            raise InputError(f"channel_mode must be one of {CHANNEL_MODES}, got {channel_mode!r}.")
+        if channel_mode == "independent" and channels != 1:
+            raise InputError(
+                f"channel_mode 'independent' needs a 1-channel model (it is run on each channel), but the "
+                f"model has {channels} channels; use channel_mode='joint'."
+            )
+        if architecture_args is None:
+            architecture_args = _args_from_config(getattr(generator, "config", {}))
+        self.generator = generator.eval()
+        self.architecture = str(architecture)
+        self.architecture_args = dict(architecture_args)
+        self.channels = channels
+        self.channel_mode = channel_mode
+        self.normalization = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        # Fail now, not at save time, if something cannot be written as JSON.
+        try:
+            json.dumps(self._header())
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"Model metadata, normalisation and architecture_args must be JSON-able: {exc}") from None
+
+    # -- properties ------------------------------------------------------------------------------------
+    @property
+    def stride(self) -> int:
+        """Input height and width must be multiples of this (the generator's total downsampling)."""
+        return int(getattr(self.generator, "stride", 1))
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels on each side of an output pixel that can influence it (the tile halo needed)."""
+        return int(self.generator.receptive_radius)
+
+    @property
+    def name(self) -> str | None:
+        """The model's name from its metadata, if any."""
+        return self.metadata.get("name")
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the generator's parameters."""
+        import torch
+
+        for p in self.generator.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def to(self, device: Any) -> DeblurModel:
+        """Move the generator to ``device`` ("cpu", "cuda:0", "auto", a ``torch.device``); returns self."""
+        self.generator.to(_resolve_device(device))
+        return self
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        return (
+            f"<DeblurModel{name} {self.architecture} channels={self.channels} ({self.channel_mode}) "
+            f"stride={self.stride} radius={self.receptive_radius}>"
+        )
+
+    # -- file I/O --------------------------------------------------------------------------------------
+    def _header(self) -> dict[str, Any]:
+        """JSON part of the file: everything except the weights."""
+        meta = {k: v for k, v in self.metadata.items() if k != "sha256"}  # sha256 describes the old file
+        return {
+            "architecture": self.architecture,
+            "architecture_args": self.architecture_args,
+            "channels": self.channels,
+            "channel_mode": self.channel_mode,
+            "normalization": self.normalization,
+            "metadata": meta,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model to ``path`` (conventionally ``*.pt``) atomically; returns the path.
+
+        The file is written to a temporary file in the same directory, flushed to disk and renamed over
+        ``path``, so an interrupted save leaves either the old file or none - never half a file.
+        """
+        import torch
+
+        from . import __version__
+
+        path = Path(path)
+        header = self._header()
+        header["metadata"].setdefault("created", _utc_now())
+        header["metadata"].setdefault("package_version", __version__)
+        header["metadata"]["torch_version"] = torch.__version__
+        state = {k: v.detach().cpu().contiguous() for k, v in self.generator.state_dict().items()}
+        payload = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "metadata": json.dumps(header, sort_keys=True),
+            "state_dict": state,
+        }
+        with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.metadata.setdefault("created", header["metadata"]["created"])
+        self.metadata.setdefault("package_version", header["metadata"]["package_version"])
+        return path
+
+
+# ---------------------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Context manager yielding a temporary path next to ``path``; renamed onto ``path`` on success.
+
+    On any exception (including ``KeyboardInterrupt``) the temporary file is removed and ``path`` is left
+    untouched. The caller writes (and should fsync) the temporary file.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise InputError(f"Output directory {str(directory)!r} does not exist; create it first.")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    # Make the rename itself durable (best effort: not every platform can fsync a directory).
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# --------------------------------------------------------------------------------------------- creating
+def create_model(
+    architecture: str = "unet_lite",
+    channels: int = 1,
+    seed: int | None = None,
+    *,
+    normalization: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    **arch_args: Any,
+) -> DeblurModel:
+    """Make an untrained :class:`DeblurModel`.
+
+    Args:
+        architecture: name from ``list_architectures()`` (e.g. ``"unet_lite"``, ``"resnet9"``).
+        channels: image channels; 1 gives a channel-independent model, >1 a joint one.
+        seed: makes the initial weights reproducible without touching the global RNG state.
+        normalization: intensity normalisation (default percentile 1 / 99.8).
+        metadata: extra metadata (name, description, ...).
+        **arch_args: architecture-specific keyword arguments (e.g. widths), passed to ``build_generator``.
+    """
+    import torch
+
+    from . import __version__
+    from .models import build_generator
+
+    if seed is None:
+        generator = build_generator(architecture, channels, **arch_args)
+    else:
+        # fork_rng restores the global CPU RNG afterwards; devices=[] because no CUDA RNG is used here.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            generator = build_generator(architecture, channels, **arch_args)
+    meta: dict[str, Any] = {
+        "name": None,
+        "description": "untrained",
+        "created": _utc_now(),
+        "package_version": __version__,
+        "training": None,
+    }
+    if seed is not None:
+        meta["init_seed"] = int(seed)
+    meta.update(metadata or {})
+    return DeblurModel(
+        generator,
+        architecture,
+        architecture_args=_args_from_config(getattr(generator, "config", None), fallback=arch_args),
+        channels=channels,
+        normalization=normalization,
+        metadata=meta,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_model(path_or_name: str | os.PathLike[str] | DeblurModel, *, device: Any = "cpu") -> DeblurModel:
+    """Load a :class:`DeblurModel` from a file path or a shipped model name.
+
+    Args:
+        path_or_name: a ``.pt`` file written by :meth:`DeblurModel.save`, a shipped model name
+            (``"default"`` or a name from :func:`list_named_models`), or a ``DeblurModel`` (returned as is,
+            moved to ``device`` only if ``device`` is given explicitly other than the default).
+        device: where to put the generator ("cpu", "cuda", "cuda:1", "mps", "auto").
+
+    Raises:
+        ModelFileError: the file is missing, truncated, corrupt, contains pickled code, is not a
+            napari-deblurgan model, names an unknown architecture, its weights do not fit the architecture,
+            or a shipped file fails its sha256 check.
+    """
+    if isinstance(path_or_name, DeblurModel):
+        if device != "cpu":
+            path_or_name.to(device)
+        return path_or_name
+
+    expected_sha: str | None = None
+    path = Path(path_or_name)
+    if isinstance(path_or_name, str) and not path.exists() and _looks_like_name(path_or_name):
+        path, expected_sha = _resolve_named(path_or_name)
+
+    if path.is_dir():
+        raise ModelFileError(f"{str(path)!r} is a directory; pass the model file (.pt) inside it.")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(
+            f"Model file {str(path)!r} not found. Pass the path of a .pt file saved by napari-deblurgan or "
+            f"a shipped model name. {_HOW_TO_GET_A_MODEL}"
+        ) from None
+    except OSError as exc:
+        raise ModelFileError(f"Cannot read model file {str(path)!r}: {exc}") from exc
+
+    sha256 = hashlib.sha256(data).hexdigest()
+    if expected_sha is not None and sha256.lower() != expected_sha.lower():
+        raise ModelFileError(
+            f"Shipped model file {str(path)!r} is damaged or was replaced: sha256 {sha256} does not match "
+            f"the registered {expected_sha}. Reinstall napari-deblurgan."
+        )
+    model = _model_from_bytes(data, str(path), device)
+    model.metadata["sha256"] = sha256
+    model.metadata["path"] = str(path)
+    return model
+
+
+def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
+    """Parse and validate the bytes of a model file (read once, so the sha256 is of what was loaded)."""
+    import torch
+
+    from .models import build_generator, list_architectures
+
+    map_location = _resolve_device(device)
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only=True refuses any global that is not a tensor/container type before calling it.
+        raise ModelFileError(
+            f"Refusing to load {where!r}: it contains pickled Python objects other than tensors, which could "
+            f"run code. napari-deblurgan model files hold only tensors and JSON. ({_first_line(exc)})"
+        ) from None
+    except Exception as exc:  # zip/stream errors of truncated or corrupt files, EOFError, ...
+        raise ModelFileError(
+            f"{where!r} is not a readable model file (truncated or corrupt?): {_first_line(exc)}"
+        ) from None
+
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+            raise ModelFileError(
+                f"{where!r} is a bare PyTorch state dict, not a napari-deblurgan model file: it does not say "
+                f"which architecture or normalisation it belongs to. Wrap it in Python: "
+                f"m = create_model('resnet9', channels=3); m.generator.load_state_dict(torch.load(path)); "
+                f"m.save('model.pt')."
+            )
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ModelFileError(
+            f"{where!r} is not a napari-deblurgan model file (format {found!r}, expected {FORMAT!r})."
+        )
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise ModelFileError(
+            f"{where!r} has model format version {version!r}; this napari-deblurgan reads version "
+            f"{FORMAT_VERSION}. Upgrade napari-deblurgan to read it."
+        )
+    try:
+        header = json.loads(payload["metadata"])
+        architecture = header["architecture"]
+        architecture_args = dict(header.get("architecture_args") or {})
+        channels = int(header["channels"])
+        state_dict = payload["state_dict"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{where!r} has damaged metadata: {_first_line(exc)}") from None
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ModelFileError(f"{where!r}: 'state_dict' must map parameter names to tensors.")
+
+    known = list(list_architectures())
+    if architecture not in known:
+        raise ModelFileError(
+            f"{where!r} uses architecture {architecture!r}, which this napari-deblurgan does not know "
+            f"(known: {', '.join(known)}). Upgrade napari-deblurgan."
+        )
+    try:
+        generator = build_generator(architecture, channels, **architecture_args)
+    except Exception as exc:
+        raise ModelFileError(
+            f"{where!r}: cannot build architecture {architecture!r} with {architecture_args}: "
+            f"{_first_line(exc)}"
+        ) from None
+    try:
+        generator.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise ModelFileError(
+            f"{where!r}: the weights do not fit architecture {architecture!r} "
+            f"({_first_line(exc)[:500]})"
+        ) from None
+    generator.to(map_location)
+    try:
+        return DeblurModel(
+            generator,
+            architecture,
+            architecture_args=architecture_args,
+            channels=channels,
+            channel_mode=header.get("channel_mode"),
+            normalization=header.get("normalization"),
+            metadata=header.get("metadata") or {},
+        )
+    except InputError as exc:
+        raise ModelFileError(f"{where!r} has inconsistent metadata: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------ named models
+def list_named_models() -> dict[str, dict[str, Any]]:
+    """Shipped models from ``weights/registry.json``: ``{name: {"file", "sha256", "description", ...}}``."""
+    try:
+        text = Path(REGISTRY_PATH).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    try:
+        models = json.loads(text).get("models", {})
+    except (ValueError, AttributeError) as exc:
+        raise ModelFileError(f"The model registry {str(REGISTRY_PATH)!r} is damaged: {exc}") from None
+    return {str(k): dict(v) for k, v in models.items()}
+
+
+def _looks_like_name(text: str) -> bool:
+    """A bare word (no directory part, no suffix) is looked up as a shipped model name."""
+    return text == "default" or text in list_named_models() or (os.sep not in text and "." not in text)
+
+
+def _resolve_named(name: str) -> tuple[Path, str]:
+    """Path and expected sha256 of a shipped model."""
+    models = list_named_models()
+    if name not in models:
+        if name == "default":
+            raise ModelFileError(
+                "The default model is not shipped in this version of napari-deblurgan. " + _HOW_TO_GET_A_MODEL
+            )
+        shipped = ", ".join(sorted(models)) or "none"
+        raise ModelFileError(
+            f"{name!r} is neither an existing model file nor a shipped model name (shipped: {shipped}). "
+            + _HOW_TO_GET_A_MODEL
+        )
+    entry = models[name]
+    try:
+        path = Path(REGISTRY_PATH).parent / entry["file"]
+        sha = str(entry["sha256"])
+    except KeyError as exc:
+        raise ModelFileError(f"The registry entry of model {name!r} lacks {exc}; reinstall.") from None
+    if not path.is_file():
+        raise ModelFileError(
+            f"Shipped model {name!r} is registered but its file {str(path)!r} is missing; reinstall "
+            f"napari-deblurgan."
+        )
+    return path, sha
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _args_from_config(config: Mapping[str, Any] | None, fallback: Mapping[str, Any] | None = None) -> dict:
+    """Constructor args from ``generator.config`` without the keys passed separately."""
+    if not config:
+        return dict(fallback or {})
+    args = copy.deepcopy(dict(config))
+    for key in ("architecture", "channels", "in_channels", "out_channels"):
+        args.pop(key, None)
+    return args
+
+
+def _resolve_device(device: Any) -> torch.device:
+    """``"auto" | "cpu" | "cuda[:N]" | "mps" | torch.device`` -> ``torch.device`` (via devices.py)."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    if device is None or device == "cpu":  # the common case needs no device probing
+        return torch.device("cpu")
+    from .devices import resolve_device
+
+    return resolve_device(device)
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,153 @@
+"""Atomic, resumable training checkpoints.
+
+A checkpoint is one file, ``<checkpoint_dir>/checkpoint.pt``, holding everything needed to continue a run
+*exactly* (same losses as an uninterrupted run on CPU): generator, critic and EMA weights, optimiser states,
+the learning-rate schedule state, the step, all random-number-generator states (torch CPU, CUDA, NumPy,
+Python, and the data sampler's own generators) and the run configuration.
+
+Writes are atomic: the file is written next to its destination under a temporary name, flushed to disk and
+renamed over the old one (``os.replace``), so a crash or Ctrl-C during a save leaves the previous checkpoint
+intact. Files are read back with ``torch.load(weights_only=True)``: non-tensor state that the restricted
+unpickler cannot hold (NumPy/Python RNG states with 128-bit integers, the config) is stored as JSON text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, ModelFileError
+
+CHECKPOINT_FORMAT = "napari-deblurgan-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def checkpoint_path(directory: str | os.PathLike[str]) -> Path:
+    """The checkpoint file inside ``directory`` (a path to a ``.pt`` file is returned unchanged)."""
+    path = Path(directory)
+    if path.suffix == ".pt":
+        return path
+    return path / CHECKPOINT_NAME
+
+
+def capture_global_rng() -> dict[str, Any]:
+    """The global RNG states of torch (CPU and every CUDA device), NumPy and Python, checkpoint-ready."""
+    import torch
+
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy_json": json.dumps(_jsonable(np.random.get_state(legacy=False))),
+        "python_json": json.dumps(_jsonable(random.getstate())),
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_global_rng(state: dict[str, Any]) -> None:
+    """Restore what :func:`capture_global_rng` captured."""
+    import torch
+
+    torch.set_rng_state(state["torch"].cpu())
+    np_state = json.loads(state["numpy_json"])
+    np.random.set_state(
+        (
+            np_state["bit_generator"],
+            np.asarray(np_state["state"]["key"], dtype=np.uint32),
+            np_state["state"]["pos"],
+            np_state["has_gauss"],
+            np_state["gauss"],
+        )
+    )
+    py = json.loads(state["python_json"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available() and torch.cuda.device_count() >= len(cuda_states):
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+def save_checkpoint(directory: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically to ``<directory>/checkpoint.pt`` and return that path.
+
+    ``payload`` must contain ``"step"`` and may contain tensors, state dicts and a ``"json"`` string; the
+    format marker and version are added here.
+    """
+    import torch
+
+    path = checkpoint_path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    # The temporary file lives in the destination folder: os.replace is only atomic within one filesystem.
+    fd, tmp_name = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(full, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        # Ctrl-C or a full disk mid-write must not leave litter or a half file behind.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return path
+
+
+def load_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
+
+    Raises :class:`InputError` when there is none at ``directory`` and :class:`ModelFileError` when the file
+    is not a readable checkpoint of this package.
+    """
+    import torch
+
+    path = checkpoint_path(directory)
+    if not path.is_file():
+        raise InputError(
+            f"No training checkpoint at {path}. Pass the --checkpoint-dir / checkpoint_dir folder of an earlier "
+            "run to resume, or leave resume out to start a new run."
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated file, not a torch file, or pickled code
+        raise ModelFileError(f"Cannot read the training checkpoint {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{path} is not a napari-deblurgan training checkpoint.")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ModelFileError(
+            f"{path} is a version {payload.get('version')} checkpoint; this napari-deblurgan reads version "
+            f"{CHECKPOINT_VERSION}."
+        )
+    return payload
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn RNG states (nested tuples/dicts with NumPy arrays and big ints) into JSON-able lists/dicts."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "capture_global_rng",
+    "checkpoint_path",
+    "load_checkpoint",
+    "restore_global_rng",
+    "save_checkpoint",
+]

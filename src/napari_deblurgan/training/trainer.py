@@ -1,0 +1,963 @@
+"""The one training loop of napari-deblurgan: :func:`iter_finetune` and :func:`finetune`.
+
+Everything that trains a model - the napari Finetune widget, ``napari-deblurgan finetune``, a script or the
+napari console - goes through :class:`TrainingRun`. It is built from three separable parts:
+
+* the **data source** (:class:`~napari_deblurgan.data.pairs.BatchSource`): ``next_batch(n)`` gives
+  ``(blurred, sharp)`` tensors on the device;
+* the **step function** (:class:`GanStep`): one generator update (plus the preset's critic updates), given a
+  ``next_batch`` callable - it knows nothing about files, events or checkpoints;
+* the **run** (:class:`TrainingRun`): schedule, validation, best-model keeping, EMA, checkpoints, NaN
+  rollback, out-of-memory batch halving, cooperative stop, events.
+
+There is no global state: several runs can live in one process, and a distributed launcher could drive
+``GanStep`` with its own sampler. Iterating a ``TrainingRun`` yields typed events
+(:mod:`~napari_deblurgan.training.events`); ``run.stop()`` may be called from any thread and is honoured
+before the next generator or critic update; ``run.model`` is the best model so far.
+
+Models are in train mode while they are trained and in eval mode whenever they are evaluated (validation,
+previews, the returned model) - the reference DeblurGAN code ran inference in train mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.pairs import BatchSource, PairedData, resolve_blur_kinds
+from ..devices import autocast_dtype, resolve_device
+from ..errors import InputError
+from ..model_file import DeblurModel, create_model, load_model
+from ..models import list_architectures
+from ..models.critic import PatchCritic
+from . import losses
+from .checkpoint import capture_global_rng, load_checkpoint, restore_global_rng, save_checkpoint
+from .events import (
+    CheckpointSaved,
+    Finished,
+    Notice,
+    Preview,
+    Started,
+    Step,
+    TrainingEvent,
+    Validation,
+)
+from .presets import Preset, get_preset
+
+#: Rollbacks (non-finite losses) tolerated before a run gives up as diverged.
+MAX_ROLLBACKS = 5
+#: In-memory rollback snapshots are taken at least this often (steps).
+SNAPSHOT_EVERY = 50
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite during a step (handled by rolling back)."""
+
+
+@dataclass
+class RunConfig:
+    """The arguments of one run that a checkpoint must reproduce (JSON-able)."""
+
+    steps: int
+    patch_size: int
+    batch_size: int
+    preset: str
+    learning_rate: float | None
+    seed: int
+    validation: float | str
+    checkpoint_every: int
+    validate_every: int
+    ema: float | None
+    blur_kind: str
+
+
+# ---------------------------------------------------------------------------------------- step function
+class GanStep:
+    """One training step of the generator (and the critic, when the preset has one).
+
+    ``run(next_batch, batch_size, lr, critic_lr)`` performs ``preset.critic_steps`` critic updates, each on a
+    fresh batch with freshly computed, detached fakes, then one generator update on another fresh batch,
+    and returns the loss terms as floats. Raises :class:`NonFiniteLoss` (before any parameter is changed by
+    the offending loss) when a loss is NaN/inf. On CUDA it runs under bfloat16 autocast (float16 with
+    gradient scaling where bfloat16 is unsupported) with channels-last tensors and fused Adam.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        critic: nn.Module | None,
+        preset: Preset,
+        device: torch.device,
+        *,
+        perceptual: nn.Module | None,
+        feature_matching: bool,
+        ema_decay: float | None,
+        seed: int,
+    ) -> None:
+        self.generator = generator
+        self.critic = critic
+        self.preset = preset
+        self.device = device
+        self.perceptual = perceptual
+        self.feature_matching = feature_matching
+        self.amp_dtype = autocast_dtype(device) if device.type == "cuda" else None
+        fused = device.type == "cuda"
+        self.opt_g = torch.optim.Adam(
+            generator.parameters(), lr=preset.learning_rate, betas=preset.betas, fused=fused or None
+        )
+        self.opt_d = (
+            torch.optim.Adam(
+                critic.parameters(), lr=preset.critic_learning_rate, betas=preset.betas, fused=fused or None
+            )
+            if critic is not None
+            else None
+        )
+        fp16 = self.amp_dtype == torch.float16
+        self.scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
+        self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
+        # Per-sample interpolation factors of the gradient penalty come from this run's own generator.
+        self.gp_generator = torch.Generator(device=device)
+        self.gp_generator.manual_seed(int(seed) + 3)
+        self.ema_decay = ema_decay
+        self.ema: nn.Module | None = None
+        self.ema_updates = 0
+        if ema_decay is not None:
+            self.ema = copy.deepcopy(generator).eval()
+            self.ema.requires_grad_(False)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def set_learning_rates(self, lr: float, critic_lr: float) -> None:
+        """Set the learning rate of both optimisers (the schedule lives in the run)."""
+        for group in self.opt_g.param_groups:
+            group["lr"] = lr
+        if self.opt_d is not None:
+            for group in self.opt_d.param_groups:
+                group["lr"] = critic_lr
+
+    def run(
+        self,
+        next_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+        batch_size: int,
+        *,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> dict[str, float] | None:
+        """One step; returns the loss terms, or None if ``should_stop()`` became true mid-step."""
+        p = self.preset
+        G, D = self.generator, self.critic
+        G.train()
+        values: dict[str, torch.Tensor] = {}
+        if D is not None and self.opt_d is not None and p.critic_steps > 0:
+            D.train()
+            D.requires_grad_(True)
+            for _ in range(p.critic_steps):
+                if should_stop():
+                    return None
+                blurred, sharp = next_batch(batch_size)
+                with torch.no_grad(), self._autocast():
+                    fake = G(blurred)
+                with self._autocast():
+                    loss_d, parts = losses.critic_loss(
+                        D, sharp, fake.detach(), gp_weight=p.gradient_penalty, generator=self.gp_generator
+                    )
+                if not torch.isfinite(loss_d):
+                    raise NonFiniteLoss(f"critic loss is {loss_d.item()}")
+                self.opt_d.zero_grad(set_to_none=True)
+                self.scaler_d.scale(loss_d).backward()
+                self.scaler_d.step(self.opt_d)
+                self.scaler_d.update()
+            values["critic"] = loss_d.detach()
+            values["wasserstein"] = parts["wasserstein"]
+            values["gradient_penalty"] = parts["gradient_penalty"]
+            D.requires_grad_(False)  # the generator update needs gradients through D, not of D
+        if should_stop():
+            return None
+        blurred, sharp = next_batch(batch_size)
+        with self._autocast():
+            fake = G(blurred)
+            total = fake.new_zeros((), dtype=torch.float32)
+            if p.content_loss != "none" and p.content_weight > 0:
+                values["content"] = p.content_weight * losses.content_loss(fake, sharp, p.content_loss)
+                total = total + values["content"]
+            if p.perceptual_weight > 0:
+                if self.perceptual is not None:
+                    values["perceptual"] = p.perceptual_weight * self.perceptual(fake, sharp)
+                elif self.feature_matching and D is not None:
+                    values["feature_matching"] = p.perceptual_weight * losses.feature_matching_loss(D, fake, sharp)
+                if "perceptual" in values or "feature_matching" in values:
+                    total = total + values.get("perceptual", values.get("feature_matching"))
+            if D is not None and p.adversarial_weight > 0:
+                values["adversarial"] = p.adversarial_weight * losses.adversarial_loss(D, fake)
+                total = total + values["adversarial"]
+        if not torch.isfinite(total):
+            raise NonFiniteLoss(f"generator loss is {total.item()}")
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler_g.scale(total).backward()
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
+        self._update_ema()
+        values["total"] = total.detach()
+        names = list(values)
+        floats = torch.stack([values[k].detach().float() for k in names]).cpu().tolist()
+        return dict(zip(names, floats, strict=True))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None or self.ema_decay is None:
+            return
+        self.ema_updates += 1
+        # Warm-up (as TensorFlow's ExponentialMovingAverage with num_updates): a short run's EMA is not
+        # dominated by the initial weights.
+        decay = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        ema_params = list(self.ema.parameters())
+        params = [p.detach() for p in self.generator.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for b_ema, b in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
+            b_ema.copy_(b)
+
+    # -- state -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything of the step that a checkpoint holds (tensors are the live ones: copy before keeping)."""
+        return {
+            "generator": self.generator.state_dict(),
+            "critic": self.critic.state_dict() if self.critic is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
+            "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
+            "gp_generator": self.gp_generator.get_state(),
+            "ema_updates": self.ema_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (tensors are copied onto this step's device)."""
+        self.generator.load_state_dict(state["generator"])
+        if self.critic is not None and state.get("critic") is not None:
+            self.critic.load_state_dict(state["critic"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        if self.opt_d is not None and state.get("opt_d") is not None:
+            self.opt_d.load_state_dict(state["opt_d"])
+        if state.get("scaler_g"):
+            self.scaler_g.load_state_dict(state["scaler_g"])
+        if state.get("scaler_d"):
+            self.scaler_d.load_state_dict(state["scaler_d"])
+        self.gp_generator.set_state(state["gp_generator"].cpu())
+        self.ema_updates = int(state.get("ema_updates", 0))
+
+
+def _cpu_clone(tree: Any) -> Any:
+    """Deep copy of a (nested) state dict with every tensor cloned to the CPU."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return type(tree)((k, _cpu_clone(v)) for k, v in tree.items())
+    if isinstance(tree, list):
+        return [_cpu_clone(v) for v in tree]
+    if isinstance(tree, tuple):
+        return tuple(_cpu_clone(v) for v in tree)
+    return copy.deepcopy(tree)
+
+
+# ------------------------------------------------------------------------------------------- validation
+@torch.no_grad()
+def evaluate(
+    generator: nn.Module, blurred: torch.Tensor, sharp: torch.Tensor, batch_size: int, amp_dtype: Any = None
+) -> tuple[float, float, np.ndarray]:
+    """PSNR/SSIM of ``generator(blurred)`` against ``sharp`` (normalised units, data range 1) in eval mode.
+
+    Returns ``(psnr, ssim, restored)`` with ``restored`` as a float32 ``(V, C, P, P)`` array. The generator
+    is switched to eval mode for the evaluation and back to its previous mode afterwards.
+    """
+    was_training = generator.training
+    generator.eval()
+    try:
+        outs = []
+        for i in range(0, blurred.shape[0], max(batch_size, 1)):
+            chunk = blurred[i : i + batch_size]
+            if amp_dtype is not None:
+                with torch.autocast(device_type=chunk.device.type, dtype=amp_dtype):
+                    out = generator(chunk)
+            else:
+                out = generator(chunk)
+            outs.append(out.float().cpu())
+        restored = torch.cat(outs).numpy()
+    finally:
+        generator.train(was_training)
+    target = sharp.float().cpu().numpy()
+    psnr, ssim = image_metrics(target, restored)
+    return psnr, ssim, restored
+
+
+def image_metrics(target: np.ndarray, image: np.ndarray) -> tuple[float, float]:
+    """(PSNR, SSIM) of ``image`` against ``target``, both ``(V, C, P, P)`` float in normalised units.
+
+    Data range 1 (the 1-99.8 percentile span of the blurred plane); SSIM is averaged over crops and channels.
+    """
+    from ..compare import psnr, ssim
+
+    planes_t = np.ascontiguousarray(target.reshape(-1, *target.shape[-2:]), dtype=np.float32)
+    planes_i = np.nan_to_num(image.reshape(-1, *image.shape[-2:]).astype(np.float32), nan=0.0, posinf=0.0)
+    return (
+        float(psnr(planes_t, planes_i, data_range=1.0)),
+        float(ssim(planes_t, planes_i, data_range=1.0, axes="ZYX")),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- the run
+class TrainingRun:
+    """One finetuning run: iterate it for events; ``stop()`` from any thread; ``model`` = best so far.
+
+    Create it with :func:`iter_finetune`. Iterating a second time continues where the first iteration
+    stopped (the events come from one generator).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._stop_event = threading.Event()
+        self._events: Iterator[TrainingEvent] | None = None
+        self._lock = threading.Lock()
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._model_cache: DeblurModel | None = None
+        self._model_version = 0
+        self._cached_version = -1
+        self.finished: Finished | None = None
+        self._setup_inputs()
+
+    # -- public API ------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the run to stop before its next update; it then saves a checkpoint and emits ``Finished``."""
+        self._stop_event.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop_event.is_set()
+
+    @property
+    def model(self) -> DeblurModel:
+        """The best model so far (by validation PSNR; the last/EMA weights without validation), on the CPU."""
+        with self._lock:
+            if self._cached_version != self._model_version or self._model_cache is None:
+                self._model_cache = self._build_model(self._best_state)
+                self._cached_version = self._model_version
+            return self._model_cache
+
+    def __iter__(self) -> Iterator[TrainingEvent]:
+        if self._events is None:
+            self._events = self._run()
+        return self._events
+
+    def run_to_end(self) -> DeblurModel:
+        """Consume every event and return the final model."""
+        for _ in self:
+            pass
+        return self.model
+
+    # -- setup -----------------------------------------------------------------------------------------
+    def _setup_inputs(self) -> None:
+        """Check the arguments and the data (eagerly, so errors surface at iter_finetune time)."""
+        k = self._kwargs
+        self.on_event: Callable[[TrainingEvent], Any] | None = k["on_event"]
+        self.resume_payload: dict[str, Any] | None = None
+        self.resume_json: dict[str, Any] = {}
+        if k["resume"] is not None:
+            self.resume_payload = load_checkpoint(k["resume"])
+            self.resume_json = json.loads(self.resume_payload["json"])
+        saved = self.resume_json.get("config", {})
+
+        steps = int(k["steps"])
+        if steps < 0:
+            raise InputError(f"steps must be >= 0, got {steps}.")
+        batch_size = int(saved.get("batch_size", k["batch_size"]))
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+        if int(k["patch_size"]) < 8:
+            raise InputError(f"patch_size must be >= 8, got {k['patch_size']}.")
+        preset_name = saved.get("preset", k["preset"] if isinstance(k["preset"], str) else None)
+        self.preset = get_preset(preset_name if preset_name is not None else k["preset"])
+        lr = saved.get("learning_rate", k["learning_rate"])
+        if lr is not None:
+            if not (isinstance(lr, (int, float)) and lr > 0):
+                raise InputError(f"learning_rate must be a positive number, got {lr!r}.")
+            scale = float(lr) / self.preset.learning_rate
+            self.preset = self.preset.replace(
+                learning_rate=float(lr), critic_learning_rate=self.preset.critic_learning_rate * scale
+            )
+        ema = saved.get("ema", k["ema"])
+        if ema is not None and not 0.0 < float(ema) < 1.0:
+            raise InputError(f"ema must be a decay in (0, 1) such as 0.999, or None; got {ema!r}.")
+        seed = saved.get("seed", k["seed"])
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (2**31))  # recorded, so the run can be repeated
+        self.blur_kinds = resolve_blur_kinds(saved.get("blur_kind", k["blur_kind"]))
+        for name in ("checkpoint_every", "validate_every"):
+            if int(k[name]) < 1:
+                raise InputError(f"{name} must be >= 1, got {k[name]}.")
+        validation = k["validation"]
+        self.config = RunConfig(
+            steps=steps,
+            patch_size=int(saved.get("patch_size", k["patch_size"])),
+            batch_size=batch_size,
+            preset=self.preset.name,
+            learning_rate=None if lr is None else float(lr),
+            seed=int(seed),
+            validation=validation if isinstance(validation, (int, float)) or validation is None else "explicit",
+            checkpoint_every=int(k["checkpoint_every"]),
+            validate_every=int(k["validate_every"]),
+            ema=None if ema is None else float(ema),
+            blur_kind=",".join(self.blur_kinds),
+        )
+        self.device = resolve_device(k["device"])
+
+        # model: resume > DeblurModel > architecture name > path / shipped name
+        self.base = self._resolve_model(k["model"])
+        if self.base.channel_mode == "independent" and self.base.channels != 1:  # pragma: no cover - guarded
+            raise InputError("independent channel mode needs a 1-channel model")
+
+        blurred, sharp = k["blurred"], k["sharp"]
+        if sharp is None:
+            blurred, sharp = None, blurred  # sharp-only data: blur is synthesised on the fly
+        self.data = PairedData(
+            blurred,
+            sharp,
+            axes=k["axes"],
+            channels=self.base.channels,
+            patch_size=self.config.patch_size,
+            stride=self.base.stride,
+            validation=0.0 if validation is None else validation,
+            seed=self.config.seed,
+        )
+        self.config.patch_size = self.data.patch_size
+        self._best_state = _cpu_clone(self.base.generator.state_dict())
+
+    def _resolve_model(self, model: Any) -> DeblurModel:
+        if self.resume_payload is not None:
+            header = self.resume_json["model"]
+            return create_model(
+                header["architecture"],
+                channels=header["channels"],
+                normalization=header["normalization"],
+                metadata=header["metadata"],
+                **header["architecture_args"],
+            )
+        if isinstance(model, DeblurModel):
+            return _copy_model(model)
+        if isinstance(model, str) and model in list_architectures():
+            return create_model(model, channels=int(self._kwargs["channels"] or 1), seed=self.config.seed)
+        if isinstance(model, (str, os.PathLike)):
+            return load_model(model, device="cpu")
+        raise InputError(
+            f"model must be 'default', a DeblurModel, a model file path or an architecture name "
+            f"({', '.join(list_architectures())}); got {type(model).__name__}."
+        )
+
+    def _build_model(self, state: dict[str, torch.Tensor] | None) -> DeblurModel:
+        generator = copy.deepcopy(self.base.generator).cpu()
+        if state is not None:
+            generator.load_state_dict(state)
+        meta = dict(self.base.metadata)
+        meta.pop("sha256", None)
+        meta.pop("path", None)
+        meta["training"] = getattr(self, "provenance", None)
+        return DeblurModel(
+            generator.eval(),
+            self.base.architecture,
+            architecture_args=self.base.architecture_args,
+            channels=self.base.channels,
+            channel_mode=self.base.channel_mode,
+            normalization=self.base.normalization,
+            metadata=meta,
+        )
+
+    def _set_best(self, state: dict[str, torch.Tensor]) -> None:
+        with self._lock:
+            self._best_state = state
+            self._model_version += 1
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def _emit(self, event: TrainingEvent) -> TrainingEvent:
+        if self.on_event is not None:
+            self.on_event(event)
+        return event
+
+    def _notice(self, step: int, message: str, kind: str, warn: bool = False) -> TrainingEvent:
+        if warn:
+            warnings.warn(message, UserWarning, stacklevel=3)
+        return self._emit(Notice(step=step, message=message, kind=kind))
+
+    def _run(self) -> Iterator[TrainingEvent]:
+        cfg, preset, device = self.config, self.preset, self.device
+        t_start = time.perf_counter()
+        k = self._kwargs
+        channels_last = device.type == "cuda"
+
+        generator = self.base.generator
+        generator.to(device)
+        if channels_last:
+            generator.to(memory_format=torch.channels_last)
+        critic: nn.Module | None = None
+        if preset.uses_critic or (preset.perceptual_weight > 0):
+            with torch.random.fork_rng(devices=[]):  # seeded init without touching the user's global RNG
+                torch.manual_seed(cfg.seed + 4)
+                critic = PatchCritic(self.base.channels, width=preset.critic_width)
+            critic.to(device)
+            if channels_last:
+                critic.to(memory_format=torch.channels_last)
+
+        # perceptual loss: VGG-19 if weights are at hand, else critic feature matching (with a warning)
+        perceptual_module: nn.Module | None = None
+        feature_matching = False
+        perceptual_kind = "none"
+        pending: list[tuple[str, str]] = []  # notices to emit after Started
+        if preset.perceptual_weight > 0:
+            from .perceptual import VGGPerceptualLoss, load_vgg_features
+
+            features, reason = load_vgg_features(k["perceptual_weights"], allow_download=k["allow_download"])
+            if features is not None:
+                perceptual_module = VGGPerceptualLoss(features).to(device)
+                perceptual_kind = "vgg19"
+            else:
+                feature_matching = True
+                perceptual_kind = "critic-features"
+                pending.append(
+                    (
+                        f"Perceptual loss: {reason}. Using feature matching on the critic's activations "
+                        "(pix2pixHD) instead of VGG-19 conv3_3 features.",
+                        "perceptual-fallback",
+                    )
+                )
+        if critic is not None and not preset.uses_critic and not feature_matching:
+            critic = None  # VGG available and no adversarial term: no critic needed
+
+        step_fn = GanStep(
+            generator,
+            critic,
+            preset,
+            device,
+            perceptual=perceptual_module,
+            feature_matching=feature_matching,
+            ema_decay=cfg.ema,
+            seed=cfg.seed,
+        )
+        source = BatchSource(self.data, device, seed=cfg.seed, blur_kinds=self.blur_kinds, channels_last=channels_last)
+
+        step = 0
+        lr_scale = 1.0
+        batch_size = cfg.batch_size
+        best_psnr: float | None = None
+        best_step = 0
+        best_source = "initial"
+        rollbacks = 0
+        if self.resume_payload is not None:
+            payload = self.resume_payload
+            step_fn.load_state_dict(payload["state"])
+            source.load_state_dict(payload["sampler"])
+            restore_global_rng(payload["global_rng"])
+            saved = self.resume_json
+            step = int(payload["step"])
+            lr_scale = float(saved["lr_scale"])
+            batch_size = int(saved["batch_size"])
+            best_psnr = saved.get("best_psnr")
+            best_step = int(saved.get("best_step", 0))
+            best_source = saved.get("best_source", "generator")
+            if payload.get("best_state") is not None:
+                self._set_best(payload["best_state"])
+            self.resume_payload = None  # free the memory
+
+        total = cfg.steps
+        validation = source.validation_batch()
+        input_metrics: tuple[float, float] | None = None
+        if validation is not None:
+            vb, vs = validation
+            input_metrics = image_metrics(vs.float().cpu().numpy(), vb.float().cpu().numpy())
+
+        self.provenance = {
+            "preset": preset.name,
+            "steps": total,
+            "steps_done": step,
+            "batch_size": batch_size,
+            "patch_size": cfg.patch_size,
+            "learning_rate": preset.learning_rate,
+            "ema": cfg.ema,
+            "seed": cfg.seed,
+            "device": str(device),
+            "data": self.data.describe(),
+            "data_shapes": [list(s) for s in self.data.shapes()],
+            "synthetic_blur": list(self.blur_kinds) if self.data.synthetic else None,
+            "validation": self.data.describe_validation(),
+            "perceptual": perceptual_kind,
+            "base_model": self.base.metadata.get("name") or self.base.architecture,
+            "base_model_sha256": self.base.metadata.get("sha256"),
+            "wall_time_s": 0.0,
+            "val_psnr": best_psnr,
+            "val_psnr_input": None if input_metrics is None else input_metrics[0],
+        }
+
+        yield self._emit(
+            Started(
+                total_steps=total,
+                start_step=step,
+                preset=preset.name,
+                device=str(device),
+                architecture=self.base.architecture,
+                batch_size=batch_size,
+                patch_size=cfg.patch_size,
+                train_samples=self.data.describe(),
+                validation_samples=self.data.describe_validation(),
+                perceptual=perceptual_kind,
+            )
+        )
+        for note in self.data.notes:
+            yield self._notice(step, note, "info")
+        for message, kind in pending:
+            yield self._notice(step, message, kind, warn=True)
+
+        def checkpoint_payload() -> dict[str, Any]:
+            return {
+                "step": step,
+                "state": step_fn.state_dict(),
+                "sampler": source.state_dict(),
+                "global_rng": capture_global_rng(),
+                "best_state": self._best_state,
+                "json": json.dumps(
+                    {
+                        "config": asdict(cfg),
+                        "lr_scale": lr_scale,
+                        "batch_size": batch_size,
+                        "best_psnr": best_psnr,
+                        "best_step": best_step,
+                        "best_source": best_source,
+                        "model": self.base._header(),
+                    }
+                ),
+            }
+
+        def write_checkpoint() -> TrainingEvent | None:
+            if k["checkpoint_dir"] is None:
+                return None
+            path = save_checkpoint(k["checkpoint_dir"], checkpoint_payload())
+            return self._emit(CheckpointSaved(step=step, path=str(path)))
+
+        def validate() -> Iterator[TrainingEvent]:
+            nonlocal best_psnr, best_step, best_source
+            if validation is None or input_metrics is None:
+                return
+            vb, vs = validation
+            candidates: list[tuple[str, nn.Module]] = [("generator", generator)]
+            if step_fn.ema is not None and step > 0:
+                candidates.append(("ema", step_fn.ema))
+            preview = None
+            for name, net in candidates:
+                psnr, ssim, restored = evaluate(net, vb, vs, batch_size, step_fn.amp_dtype)
+                is_best = math.isfinite(psnr) and (best_psnr is None or psnr > best_psnr)
+                if is_best:
+                    best_psnr, best_step, best_source = psnr, step, name
+                    self._set_best(_cpu_clone(net.state_dict()))
+                if preview is None:
+                    preview = restored
+                yield self._emit(
+                    Validation(
+                        step=step,
+                        psnr=psnr,
+                        ssim=ssim,
+                        psnr_input=input_metrics[0],
+                        ssim_input=input_metrics[1],
+                        is_best=is_best,
+                        source=name,
+                    )
+                )
+            if k["preview"] and preview is not None:
+                yield self._emit(
+                    Preview(
+                        step=step,
+                        image=preview[0, 0].copy(),
+                        input=vb[0, 0].float().cpu().numpy().copy(),
+                        target=vs[0, 0].float().cpu().numpy().copy(),
+                    )
+                )
+
+        # Validate the starting model: if finetuning never beats it, the run returns it unchanged.
+        if step == 0:
+            yield from validate()
+        snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
+        stopped = False
+        diverged = False
+        last_time = time.perf_counter()
+        while step < total:
+            if self._stop_event.is_set():
+                stopped = True
+                break
+            lr_factor = preset.lr_factor(step, total) * lr_scale
+            step_fn.set_learning_rates(preset.learning_rate * lr_factor, preset.critic_learning_rate * lr_factor)
+            try:
+                result = step_fn.run(source.next_batch, batch_size, should_stop=self._stop_event.is_set)
+            except NonFiniteLoss as exc:
+                rollbacks += 1
+                if rollbacks > MAX_ROLLBACKS:
+                    diverged = True
+                    yield self._notice(
+                        step,
+                        f"Training diverged: {rollbacks - 1} rollbacks did not help ({exc}). Stopping with the "
+                        "best model so far; try a lower learning_rate or the 'content' preset.",
+                        "diverged",
+                    )
+                    step_fn.load_state_dict(snapshot["state"])
+                    step = int(snapshot["step"])
+                    break
+                lr_scale *= 0.5
+                step_fn.load_state_dict(snapshot["state"])
+                failed_at = step + 1
+                step = int(snapshot["step"])
+                yield self._notice(
+                    step,
+                    f"Non-finite loss at step {failed_at} ({exc}): rolled back to step {step} and halved the "
+                    f"learning rate (now x{lr_scale:g} of the schedule).",
+                    "rollback",
+                )
+                last_time = time.perf_counter()
+                continue
+            except torch.cuda.OutOfMemoryError:
+                for opt in (step_fn.opt_g, step_fn.opt_d):
+                    if opt is not None:
+                        opt.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if batch_size <= 1:
+                    raise InputError(
+                        f"Out of GPU memory even with batch size 1 at patch size {cfg.patch_size}. Use a smaller "
+                        "patch_size, a lighter architecture (unet_lite) or device='cpu'."
+                    ) from None
+                batch_size = max(1, batch_size // 2)
+                yield self._notice(step, f"Out of GPU memory: batch size halved to {batch_size}; continuing.", "oom")
+                last_time = time.perf_counter()
+                continue
+            if result is None:  # stop requested mid-step: that step's partial updates are kept
+                stopped = True
+                break
+            step += 1
+            now = time.perf_counter()
+            yield self._emit(
+                Step(
+                    step=step,
+                    total_steps=total,
+                    losses=result,
+                    learning_rate=preset.learning_rate * lr_factor,
+                    images_per_second=batch_size / max(now - last_time, 1e-9),
+                )
+            )
+            if step % cfg.validate_every == 0 or step == total:
+                yield from validate()
+            if step % min(SNAPSHOT_EVERY, cfg.checkpoint_every, cfg.validate_every) == 0:
+                snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
+            if step % cfg.checkpoint_every == 0 and step != total:
+                event = write_checkpoint()
+                if event is not None:
+                    yield event
+            last_time = time.perf_counter()
+
+        if validation is None:
+            # Without validation the result is the latest weights (the EMA when kept).
+            final_net = step_fn.ema if step_fn.ema is not None and step > 0 else generator
+            self._set_best(_cpu_clone(final_net.state_dict()))
+            best_source = "ema" if final_net is step_fn.ema else "generator"
+        self.provenance.update(
+            {
+                "steps_done": step,
+                "batch_size": batch_size,
+                "wall_time_s": round(time.perf_counter() - t_start, 2),
+                "val_psnr": best_psnr,
+                "best_step": best_step,
+                "best_source": best_source,
+                "stopped": stopped or diverged,
+                "rollbacks": rollbacks,
+            }
+        )
+        with self._lock:
+            self._model_version += 1  # provenance changed: rebuild the model's metadata
+        event = write_checkpoint()
+        if event is not None:
+            yield event
+        generator.eval()
+        self.finished = Finished(model=self.model, step=step, stopped=stopped or diverged, best_psnr=best_psnr)
+        yield self._emit(self.finished)
+
+
+def _copy_model(model: DeblurModel) -> DeblurModel:
+    """An independent copy (training must not change the caller's model in place)."""
+    return DeblurModel(
+        copy.deepcopy(model.generator).cpu(),
+        model.architecture,
+        architecture_args=model.architecture_args,
+        channels=model.channels,
+        channel_mode=model.channel_mode,
+        normalization=model.normalization,
+        metadata=dict(model.metadata),
+    )
+
+
+# --------------------------------------------------------------------------------------------- public API
+def iter_finetune(
+    blurred: Any,
+    sharp: Any = None,
+    *,
+    model: str | os.PathLike[str] | DeblurModel = "default",
+    steps: int = 1000,
+    patch_size: int = 128,
+    batch_size: int = 8,
+    preset: str | Preset = "default",
+    learning_rate: float | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    validation: float | tuple[Any, Any] | None = 0.1,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 200,
+    validate_every: int = 100,
+    ema: float | None = None,
+    blur_kind: str = "mixed",
+    on_event: Callable[[TrainingEvent], Any] | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    axes: str | None = None,
+    channels: int | None = None,
+    perceptual_weights: str | os.PathLike[str] | None = None,
+    allow_download: bool | None = None,
+    preview: bool = True,
+) -> TrainingRun:
+    """Set up a finetuning run and return it (nothing is trained until it is iterated).
+
+    Args:
+        blurred: blurred image(s) (array or list of arrays, any axes) paired with ``sharp``; when ``sharp``
+            is None these are taken as **sharp** images and blur is synthesised on the fly (a fresh random
+            PSF and noise level per crop, of kinds ``blur_kind``).
+        sharp: the sharp images, same shape(s) as ``blurred``.
+        model: ``"default"`` (the shipped model), a :class:`DeblurModel`, a model file path, or an
+            architecture name (``"unet_lite"``, ``"resnet9"``) to train from scratch (``channels`` sets its
+            channel count, default 1).
+        steps: total generator updates (a resumed run continues up to this number).
+        patch_size: side of the square training crops (a multiple of the model's stride; reduced to fit).
+        batch_size: crops per update (halved automatically on CUDA out-of-memory).
+        preset: ``"default"``, ``"deblurgan"`` (paper recipe) or ``"content"`` (L1 only); see presets.py.
+        learning_rate: overrides the preset's generator learning rate (the critic's scales with it).
+        device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``.
+        seed: makes the run reproducible (on the CPU exactly); None picks one and records it.
+        validation: held-out fraction, 0/None for none, or an explicit ``(blurred, sharp)`` pair.
+        checkpoint_dir: folder for the resumable checkpoint (written every ``checkpoint_every`` steps, on
+            stop and at the end).
+        validate_every: validation interval in steps (also at the start and the end).
+        ema: keep an exponential moving average of the generator with this decay (e.g. 0.999); it
+            competes with the live weights at validation.
+        blur_kind: ``"mixed"``, ``"motion"``, ``"defocus"``, ``"gaussian"``, ``"airy"`` or a comma list.
+        on_event: called with every event (also when iterating).
+        resume: a ``checkpoint_dir`` of an earlier run: continues its step count, optimisers, schedule,
+            random streams and recipe exactly (pass the same data).
+        axes: axes of the images (inferred when None).
+        perceptual_weights: a VGG-19 weight file for the perceptual loss (otherwise torchvision's cache).
+        allow_download: allow downloading VGG-19 weights (default: env ``NAPARI_DEBLURGAN_ALLOW_DOWNLOAD``).
+        preview: emit :class:`Preview` events (restoration of a fixed validation crop) at each validation.
+    """
+    return TrainingRun(
+        blurred=blurred,
+        sharp=sharp,
+        model=model,
+        steps=steps,
+        patch_size=patch_size,
+        batch_size=batch_size,
+        preset=preset,
+        learning_rate=learning_rate,
+        device=device,
+        seed=seed,
+        validation=validation,
+        checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+        checkpoint_every=checkpoint_every,
+        validate_every=validate_every,
+        ema=ema,
+        blur_kind=blur_kind,
+        on_event=on_event,
+        resume=resume,
+        axes=axes,
+        channels=channels,
+        perceptual_weights=perceptual_weights,
+        allow_download=allow_download,
+        preview=preview,
+    )
+
+
+def finetune(
+    blurred: Any,
+    sharp: Any = None,
+    *,
+    model: str | os.PathLike[str] | DeblurModel = "default",
+    steps: int = 1000,
+    patch_size: int = 128,
+    batch_size: int = 8,
+    preset: str | Preset = "default",
+    learning_rate: float | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    validation: float | tuple[Any, Any] | None = 0.1,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 200,
+    validate_every: int = 100,
+    ema: float | None = None,
+    blur_kind: str = "mixed",
+    on_event: Callable[[TrainingEvent], Any] | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    axes: str | None = None,
+    channels: int | None = None,
+    perceptual_weights: str | os.PathLike[str] | None = None,
+    allow_download: bool | None = None,
+    preview: bool = True,
+) -> DeblurModel:
+    """Finetune (or train) a deblurring model and return the best one; see :func:`iter_finetune`.
+
+    Drives :func:`iter_finetune` to the end, calling ``on_event`` with every event. The returned model's
+    ``metadata["training"]`` records the provenance (preset, steps, data shapes, seed, device, wall time,
+    validation PSNR).
+    """
+    run = iter_finetune(
+        blurred,
+        sharp,
+        model=model,
+        steps=steps,
+        patch_size=patch_size,
+        batch_size=batch_size,
+        preset=preset,
+        learning_rate=learning_rate,
+        device=device,
+        seed=seed,
+        validation=validation,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        validate_every=validate_every,
+        ema=ema,
+        blur_kind=blur_kind,
+        on_event=on_event,
+        resume=resume,
+        axes=axes,
+        channels=channels,
+        perceptual_weights=perceptual_weights,
+        allow_download=allow_download,
+        preview=preview,
+    )
+    return run.run_to_end()
+
+
+__all__ = ["GanStep", "NonFiniteLoss", "TrainingRun", "evaluate", "finetune", "image_metrics", "iter_finetune"]

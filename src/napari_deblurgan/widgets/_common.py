@@ -1,0 +1,252 @@
+"""Small Qt pieces shared by the Deblur, Finetune and Compare dock widgets.
+
+Nothing here does image processing: the widgets only collect parameters, call the public API of
+``napari_deblurgan`` in a napari ``thread_worker`` and put the results into layers. This module must not
+import torch (napari imports widget modules at startup when it builds its menus).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QComboBox, QWidget
+
+if TYPE_CHECKING:
+    import napari
+    import napari.layers
+
+#: Axis letters understood by ``napari_deblurgan.axes`` (see docs/architecture.md).
+AXIS_LETTERS = "TZCYXS"
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions a user can cause (bad input, bad model file, cancel); shown as plain notifications."""
+    from ..errors import DeblurGANError
+
+    return (DeblurGANError,)
+
+
+def show_error(message: str) -> None:
+    """Show ``message`` as a napari error notification (the viewer keeps working)."""
+    from napari.utils.notifications import show_error as _show_error
+
+    _show_error(message)
+
+
+def show_info(message: str) -> None:
+    """Show ``message`` as a napari info notification."""
+    from napari.utils.notifications import show_info as _show_info
+
+    _show_info(message)
+
+
+def error_message(exc: BaseException) -> str:
+    """One readable line for ``exc``: our own errors carry their message, others get their type name."""
+    if isinstance(exc, user_error_types()):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def avoid_triton_llvm_clash() -> None:
+    """Keep torch from importing triton inside napari on Linux (call before a job's first torch use).
+
+    napari's OpenGL canvas on Mesa's software renderer (llvmpipe: VMs, remote desktops, Xvfb) loads Mesa's
+    LLVM; importing triton afterwards loads triton's own LLVM into the same process and crashes it with a
+    segmentation fault (seen with torch 2.14 + Mesa 22: torch.optim imports torch._dynamo, which probes for
+    triton). napari-deblurgan never uses ``torch.compile``, the only user of triton, so inside napari
+    triton is marked unavailable: torch then reports "no triton" instead of importing it. Nothing changes
+    when triton was already imported (it was loaded before the OpenGL context, which is safe).
+    """
+    if sys.platform.startswith("linux") and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` now raises ImportError
+
+
+class ProgressRelay(QObject):
+    """Carries ``(done, total)`` from a worker thread to the GUI thread.
+
+    ``deblur(progress=...)`` calls its callback in the worker thread; emitting a Qt signal there queues the
+    call to the receiving widget in the GUI thread, which is the only thread allowed to touch widgets.
+    """
+
+    progressed = Signal(int, int)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.progressed.emit(int(done), int(total))
+
+
+def axes_for_layer(layer: napari.layers.Image) -> str:
+    """The axes string a layer most likely has: its axis labels when they are axis letters, else from ndim.
+
+    napari's default axis labels are ``'-3', '-2', '-1'``; labels such as ``('z', 'y', 'x')`` set by a reader
+    are used when every label is one of ``TZCYX``. RGB(A) layers get a trailing ``S`` (samples) axis, which
+    is the last data axis and not part of ``layer.ndim``. Otherwise the core's ndim inference decides.
+    """
+    labels = [str(label).strip().upper() for label in layer.axis_labels]
+    rgb = bool(getattr(layer, "rgb", False))
+    if labels and all(len(lab) == 1 and lab in AXIS_LETTERS.replace("S", "") for lab in labels) and len(
+        set(labels)
+    ) == len(labels):
+        return "".join(labels) + ("S" if rgb else "")
+    from ..axes import infer_axes
+
+    return infer_axes(layer.data.shape, rgb=rgb)
+
+
+def normalize_axes_text(text: str) -> str:
+    """What the user typed in an axes box, uppercased and without spaces (validation is the core's job)."""
+    return re.sub(r"\s+", "", text).upper()
+
+
+class LayerComboBox(QComboBox):
+    """A combo box of the viewer's layers of one type, kept in sync with the layer list.
+
+    The box holds layer *names* and returns the live layer; it disconnects from the viewer's events when
+    the widget is destroyed so that a closed dock widget leaves no callback behind.
+    """
+
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        layer_type: type | tuple[type, ...] | None = None,
+        *,
+        allow_none: str | None = None,
+        parent: QWidget | None = None,
+        predicate: Callable[[Any], bool] | None = None,
+    ) -> None:
+        super().__init__(parent)
+        import napari.layers
+
+        self._viewer = viewer
+        self._layer_type = layer_type or napari.layers.Image
+        self._allow_none = allow_none
+        self._predicate = predicate
+        self.refresh()
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self.refresh)
+        # layer renames: napari emits `name` on the layer; listen through the list's generic event
+        viewer.layers.events.connect(self._on_any)
+        self.destroyed.connect(self._disconnect)
+
+    def _on_any(self, event: Any) -> None:
+        if getattr(event, "type", None) == "name":
+            self.refresh()
+
+    def _disconnect(self, *_: Any) -> None:
+        events = self._viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.disconnect(self.refresh)
+        events.disconnect(self._on_any)
+
+    def layers(self) -> list[Any]:
+        """The layers this box offers, in layer-list order (top first, like napari's layer list)."""
+        out = [
+            layer
+            for layer in reversed(list(self._viewer.layers))
+            if isinstance(layer, self._layer_type) and (self._predicate is None or self._predicate(layer))
+        ]
+        return out
+
+    def refresh(self, *_: Any) -> None:
+        """Re-read the layer list, keeping the current selection when that layer still exists."""
+        current = self.currentText()
+        self.blockSignals(True)
+        self.clear()
+        if self._allow_none is not None:
+            self.addItem(self._allow_none)
+        for layer in self.layers():
+            self.addItem(layer.name)
+        index = self.findText(current)
+        self.blockSignals(False)
+        if index >= 0:
+            self.setCurrentIndex(index)
+        elif self.count():
+            self.setCurrentIndex(0)
+            self.currentIndexChanged.emit(0)
+
+    def value(self) -> Any | None:
+        """The selected layer, or None ("none" item or empty list)."""
+        name = self.currentText()
+        if self._allow_none is not None and name == self._allow_none:
+            return None
+        for layer in self.layers():
+            if layer.name == name:
+                return layer
+        return None
+
+    def set_value(self, layer: Any) -> None:
+        """Select ``layer`` (or the "none" item for None)."""
+        name = self._allow_none if layer is None else layer.name
+        index = self.findText(name) if name is not None else -1
+        if index < 0:
+            raise ValueError(f"layer {name!r} is not offered here")
+        self.setCurrentIndex(index)
+
+
+def result_layer_kwargs(layer: napari.layers.Image, *, name: str) -> dict[str, Any]:
+    """Keyword arguments that give a result layer the same geometry and display as ``layer``.
+
+    Scale, translate, axis labels and units place the result exactly on the input; colormap, contrast
+    limits, gamma and rgb make it look comparable at a glance. Passing contrast limits also stops napari from
+    computing them on a lazy (dask) result, which would start the deblurring of a whole plane.
+    """
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+        "axis_labels": tuple(layer.axis_labels),
+        "units": tuple(layer.units),
+        "contrast_limits": tuple(layer.contrast_limits),
+        "gamma": layer.gamma,
+        "rgb": bool(layer.rgb),
+        "blending": layer.blending,
+        "metadata": {"napari_deblurgan_source": layer.name},
+    }
+    if not layer.rgb:
+        kwargs["colormap"] = layer.colormap
+    return kwargs
+
+
+def unique_name(viewer: napari.Viewer, name: str) -> str:
+    """``name`` itself, or ``name [2]``, ``name [3]``... when a layer already has that name."""
+    existing = {layer.name for layer in viewer.layers}
+    if name not in existing:
+        return name
+    i = 2
+    while f"{name} [{i}]" in existing:
+        i += 1
+    return f"{name} [{i}]"
+
+
+def set_items(combo: QComboBox, items: Iterable[tuple[str, Any]]) -> None:
+    """Fill ``combo`` with ``(label, data)`` items, keeping the current data when it is still offered."""
+    current = combo.currentData()
+    combo.blockSignals(True)
+    combo.clear()
+    for label, data in items:
+        combo.addItem(label, data)
+    combo.blockSignals(False)
+    for i in range(combo.count()):
+        if combo.itemData(i) == current:
+            combo.setCurrentIndex(i)
+            break
+
+
+def device_items() -> list[tuple[str, str]]:
+    """``(label, id)`` pairs for a device combo box: "auto" first, then every device the core finds.
+
+    ``devices.list_devices()`` imports torch; this is called when a widget is built (the user opened it),
+    not when napari imports this module.
+    """
+    items = [("auto (best available)", "auto")]
+    try:
+        from ..devices import list_devices
+
+        items += [(label, dev_id) for dev_id, label in list_devices()]
+    except Exception as exc:  # a broken CUDA install must not stop the widget from opening
+        show_error(f"Could not list devices ({error_message(exc)}); only 'auto' and 'cpu' are offered.")
+        items.append(("CPU", "cpu"))
+    return items

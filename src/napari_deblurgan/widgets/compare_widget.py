@@ -1,0 +1,404 @@
+"""The "Compare" dock widget: score results against a ground truth, add classical baselines, view side by side.
+
+Metrics come from :func:`napari_deblurgan.compare`, baselines from :func:`napari_deblurgan.richardson_lucy`
+and :func:`napari_deblurgan.wiener`; the widget only picks layers, runs those calls in a napari
+``thread_worker`` and shows the :class:`~napari_deblurgan.compare.ComparisonTable` in a ``QTableWidget``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import (
+    LayerComboBox,
+    avoid_triton_llvm_clash,
+    axes_for_layer,
+    error_message,
+    result_layer_kwargs,
+    show_error,
+    show_info,
+    unique_name,
+    user_error_types,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+NO_REFERENCE = "(no ground truth)"
+#: PSF sources offered for the classical baselines
+PSF_FROM_METADATA = "sample's PSF (layer metadata)"
+PSF_FROM_LAYER = "PSF layer"
+PSF_GAUSSIAN = "Gaussian of sigma"
+
+
+class CompareWidget(QWidget):
+    """Dock widget: metrics table, classical baselines, CSV export and a side-by-side grid view."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        import napari.layers
+
+        self.viewer = viewer
+        self.worker: Any = None
+        self.table_result: Any = None
+        self._checked: dict[str, bool] = {}
+
+        # ---- what to compare
+        self.reference_combo = LayerComboBox(viewer, allow_none=NO_REFERENCE)
+        self.layer_list = QListWidget()
+        self.layer_list.setMinimumHeight(90)
+        self.layer_list.itemChanged.connect(self._remember_check)
+        self.per_slice = QCheckBox("per slice (stacks)")
+        self.compute_button = QPushButton("Compute metrics")
+        what = QGroupBox("compare")
+        what_form = QFormLayout(what)
+        what_form.addRow("ground truth", self.reference_combo)
+        what_form.addRow(QLabel("results (check the layers to score):"))
+        what_form.addRow(self.layer_list)
+        what_form.addRow(self.per_slice)
+
+        # ---- classical baselines
+        self.baseline_input = LayerComboBox(viewer)
+        self.psf_source = QComboBox()
+        self.psf_source.addItems([PSF_FROM_METADATA, PSF_FROM_LAYER, PSF_GAUSSIAN])
+        self.psf_layer = LayerComboBox(viewer, napari.layers.Image)
+        self.psf_sigma = QDoubleSpinBox()
+        self.psf_sigma.setRange(0.1, 50.0)
+        self.psf_sigma.setValue(2.0)
+        self.rl_iterations = QSpinBox()
+        self.rl_iterations.setRange(1, 1000)
+        self.rl_iterations.setValue(30)
+        self.wiener_balance = QDoubleSpinBox()
+        self.wiener_balance.setDecimals(4)
+        self.wiener_balance.setRange(0.0001, 10.0)
+        self.wiener_balance.setSingleStep(0.005)
+        self.wiener_balance.setValue(0.01)
+        self.rl_button = QPushButton("Richardson-Lucy")
+        self.wiener_button = QPushButton("Wiener")
+        baselines = QGroupBox("classical baselines")
+        base_form = QFormLayout(baselines)
+        base_form.addRow("blurred image", self.baseline_input)
+        base_form.addRow("PSF from", self.psf_source)
+        base_form.addRow("PSF layer", self.psf_layer)
+        base_form.addRow("sigma (px)", self.psf_sigma)
+        base_form.addRow("RL iterations", self.rl_iterations)
+        base_form.addRow("Wiener balance", self.wiener_balance)
+        row = QHBoxLayout()
+        row.addWidget(self.rl_button)
+        row.addWidget(self.wiener_button)
+        base_form.addRow(row)
+
+        # ---- results
+        self.table = QTableWidget(0, 0)
+        self.table.setMinimumHeight(150)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.export_button = QPushButton("Export CSV...")
+        self.export_button.setEnabled(False)
+        self.side_button = QPushButton("Side by side")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        actions = QHBoxLayout()
+        for button in (self.compute_button, self.export_button, self.side_button):
+            actions.addWidget(button)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(what)
+        layout.addWidget(baselines)
+        layout.addLayout(actions)
+        layout.addWidget(self.table)
+        layout.addWidget(self.status)
+        layout.setAlignment(Qt.AlignmentFlag.AlignTop)
+
+        self.compute_button.clicked.connect(self.compute)
+        self.export_button.clicked.connect(self._export_dialog)
+        self.side_button.clicked.connect(self.side_by_side)
+        self.rl_button.clicked.connect(lambda: self.add_baseline("richardson_lucy"))
+        self.wiener_button.clicked.connect(lambda: self.add_baseline("wiener"))
+        self.psf_source.currentIndexChanged.connect(self._update_enabled)
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self._refresh_list)
+        viewer.layers.events.connect(self._on_any)
+        self.destroyed.connect(self._disconnect)
+        self._refresh_list()
+        self._update_enabled()
+
+    # ----------------------------------------------------------------------------------- layer list
+    def _disconnect(self, *_: Any) -> None:
+        events = self.viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.disconnect(self._refresh_list)
+        events.disconnect(self._on_any)
+
+    def _on_any(self, event: Any) -> None:
+        if getattr(event, "type", None) == "name":
+            self._refresh_list()
+
+    def _image_layers(self) -> list[Any]:
+        import napari.layers
+
+        return [layer for layer in reversed(list(self.viewer.layers)) if isinstance(layer, napari.layers.Image)]
+
+    def _refresh_list(self, *_: Any) -> None:
+        self.layer_list.blockSignals(True)
+        self.layer_list.clear()
+        for layer in self._image_layers():
+            item = QListWidgetItem(layer.name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            checked = self._checked.get(layer.name, False)
+            item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+            self.layer_list.addItem(item)
+        self.layer_list.blockSignals(False)
+
+    def _remember_check(self, item: QListWidgetItem) -> None:
+        self._checked[item.text()] = item.checkState() == Qt.CheckState.Checked
+
+    def set_checked(self, layer: Any, checked: bool = True) -> None:
+        """Check (or uncheck) ``layer`` in the results list."""
+        self._checked[layer.name] = checked
+        self._refresh_list()
+
+    def checked_layers(self) -> list[Any]:
+        """The checked result layers, in layer-list order (the ground-truth layer is never a result)."""
+        reference = self.reference_combo.value()
+        return [
+            layer
+            for layer in self._image_layers()
+            if self._checked.get(layer.name, False) and layer is not reference
+        ]
+
+    def _update_enabled(self, *_: Any) -> None:
+        source = self.psf_source.currentText()
+        self.psf_layer.setEnabled(source == PSF_FROM_LAYER)
+        self.psf_sigma.setEnabled(source == PSF_GAUSSIAN)
+
+    # ---------------------------------------------------------------------------------------- jobs
+    def _busy(self) -> bool:
+        if self.worker is not None:
+            show_error("The Compare widget is still working on the last request; wait for it to finish.")
+            return True
+        return False
+
+    def _start(self, func: Any, *args: Any, on_ok: Any, **kwargs: Any) -> None:
+        from napari.qt.threading import create_worker
+        avoid_triton_llvm_clash()
+
+        self.worker = create_worker(_guarded, func, *args, **kwargs)
+        self.worker.returned.connect(lambda outcome: self._on_returned(outcome, on_ok))
+        self.worker.finished.connect(self._on_finished)
+        for button in (self.compute_button, self.rl_button, self.wiener_button):
+            button.setEnabled(False)
+        self.worker.start()
+
+    def _on_returned(self, outcome: tuple[str, Any], on_ok: Any) -> None:
+        kind, value = outcome
+        if kind == "error":
+            self.status.setText(value)
+            show_error(value)
+        else:
+            on_ok(value)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        for button in (self.compute_button, self.rl_button, self.wiener_button):
+            button.setEnabled(True)
+
+    # ------------------------------------------------------------------------------------- metrics
+    def compute(self) -> None:
+        """Score the checked layers (against the ground truth when one is chosen) in a worker thread."""
+        if self._busy():
+            return
+        layers = self.checked_layers()
+        if not layers:
+            show_error("Check at least one result layer in the list to compare.")
+            return
+        reference = self.reference_combo.value()
+        try:
+            axes = axes_for_layer(reference if reference is not None else layers[0])
+        except user_error_types() as exc:
+            show_error(error_message(exc))
+            return
+        from .. import compare
+
+        results = {layer.name: layer.data for layer in layers}
+        ref_data = None if reference is None else reference.data
+        self.status.setText("Computing metrics...")
+        self._start(
+            compare, results, ref_data, axes=axes, per_slice=self.per_slice.isChecked(), on_ok=self._show_table
+        )
+
+    def _show_table(self, table: Any) -> None:
+        self.table_result = table
+        columns = list(getattr(table, "columns", None) or (table.rows[0].keys() if table.rows else []))
+        if all(row.get("slice") is None for row in table.rows) and "slice" in columns:
+            columns.remove("slice")
+        if all(row.get("psnr") is None for row in table.rows):  # no reference: only sharpness is defined
+            columns = [c for c in columns if c not in ("psnr", "ssim", "nrmse")]
+        self.table.clear()
+        self.table.setColumnCount(len(columns))
+        self.table.setRowCount(len(table.rows))
+        self.table.setHorizontalHeaderLabels([_HEADERS.get(c, c) for c in columns])
+        for r, row in enumerate(table.rows):
+            for c, key in enumerate(columns):
+                item = QTableWidgetItem(_format(row.get(key)))
+                if isinstance(row.get(key), float):
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.table.setItem(r, c, item)
+        self.table.resizeColumnsToContents()
+        self.export_button.setEnabled(True)
+        ref = self.reference_combo.value()
+        against = f"ground truth: {ref.name!r}." if ref else "no ground truth: sharpness only."
+        self.status.setText(f"{len(table.rows)} rows; {against}")
+
+    def export_csv(self, path: str) -> None:
+        """Write the last table to ``path`` (CSV, via ``ComparisonTable.to_csv``)."""
+        if self.table_result is None:
+            show_error("Compute the metrics first; there is no table to export yet.")
+            return
+        try:
+            self.table_result.to_csv(path)
+        except OSError as exc:
+            show_error(f"Could not write {path!r}: {exc}. Choose another file.")
+            return
+        self.status.setText(f"Saved the table to {path}.")
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export the metrics table", "comparison.csv", "CSV (*.csv)")
+        if path:
+            self.export_csv(path)
+
+    # ------------------------------------------------------------------------------------- baselines
+    def psf(self) -> np.ndarray:
+        """The PSF the baselines use, from the chosen source; raises InputError when it is unavailable."""
+        from ..errors import InputError
+
+        source = self.psf_source.currentText()
+        if source == PSF_GAUSSIAN:
+            from ..blur.psf import gaussian_psf
+
+            return gaussian_psf(self.psf_sigma.value())
+        if source == PSF_FROM_LAYER:
+            layer = self.psf_layer.value()
+            if layer is None:
+                raise InputError("Choose the PSF layer (an image layer holding the 2D PSF).")
+            return np.asarray(layer.data, dtype=np.float64)
+        layer = self.baseline_input.value()
+        psf = None if layer is None else layer.metadata.get("psf")
+        if psf is None:
+            raise InputError(
+                f"Layer {getattr(layer, 'name', None)!r} carries no PSF in its metadata (only the plugin's sample "
+                "data and 'preview synthetic blur' layers do); choose 'PSF layer' or 'Gaussian of sigma'."
+            )
+        return np.asarray(psf, dtype=np.float64)
+
+    def add_baseline(self, method: str) -> None:
+        """Deconvolve the chosen blurred layer with ``"richardson_lucy"`` or ``"wiener"``; adds a layer."""
+        if self._busy():
+            return
+        layer = self.baseline_input.value()
+        if layer is None:
+            show_error("Choose the blurred image layer to deconvolve.")
+            return
+        try:
+            psf = self.psf()
+            axes = axes_for_layer(layer)
+        except user_error_types() as exc:
+            show_error(error_message(exc))
+            return
+        from .. import richardson_lucy, wiener
+
+        if method == "richardson_lucy":
+            func, kwargs = richardson_lucy, {"iterations": self.rl_iterations.value()}
+            label = f"Richardson-Lucy {self.rl_iterations.value()} it."
+        elif method == "wiener":
+            func, kwargs = wiener, {"balance": self.wiener_balance.value()}
+            label = f"Wiener {self.wiener_balance.value():g}"
+        else:
+            raise ValueError(f"unknown baseline {method!r}")
+        self.status.setText(f"Running {label} on {layer.name!r}...")
+
+        def add(result: np.ndarray, layer: Any = layer, label: str = label) -> None:
+            name = unique_name(self.viewer, f"{layer.name} {label}")
+            kwargs = result_layer_kwargs(layer, name=name)
+            kwargs["metadata"] = {**kwargs["metadata"], "napari_deblurgan_baseline": label}
+            self.last_baseline = self.viewer.add_image(result, **kwargs)
+            self.set_checked(self.last_baseline)
+            self.status.setText(f"Added {name!r}.")
+
+        self._start(func, np.asarray(layer.data), psf, axes=axes, on_ok=add, **kwargs)
+
+    # ---------------------------------------------------------------------------------- side by side
+    def side_by_side(self) -> None:
+        """Grid view of the ground truth and the checked layers, all with the same contrast limits.
+
+        Other layers are hidden (not removed); the shared contrast limits are the ground truth's, or the
+        widest range of the compared layers when there is none, so equal grey means equal intensity.
+        """
+        reference = self.reference_combo.value()
+        layers = ([reference] if reference is not None else []) + self.checked_layers()
+        if not layers:
+            show_error("Check the layers to show side by side (and optionally choose a ground truth).")
+            return
+        if reference is not None:
+            limits = tuple(reference.contrast_limits)
+        else:
+            limits = (min(lay.contrast_limits[0] for lay in layers), max(lay.contrast_limits[1] for lay in layers))
+        shown = {id(layer) for layer in layers}
+        for layer in self.viewer.layers:
+            layer.visible = id(layer) in shown
+        for layer in layers:
+            if not layer.rgb:
+                layer.contrast_limits = limits
+        # napari 0.9 moved the grid to viewer.canvas.grid (viewer.grid is deprecated there)
+        canvas = getattr(self.viewer, "canvas", None)
+        grid = getattr(canvas, "grid", None) or self.viewer.grid
+        grid.stride = 1
+        grid.enabled = True
+        self.viewer.reset_view()
+        show_info(f"Side by side: {', '.join(layer.name for layer in layers)} (press Ctrl+G to leave grid mode).")
+
+
+def _guarded(func: Any, *args: Any, **kwargs: Any) -> tuple[str, Any]:
+    """Worker-thread body: ``func(*args, **kwargs)``; errors the user can fix come back as a message."""
+    try:
+        return "ok", func(*args, **kwargs)
+    except user_error_types() as exc:
+        return "error", error_message(exc)
+
+
+_HEADERS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "nrmse": "NRMSE", "sharpness": "sharpness", "name": "layer"}
+
+
+def _format(value: Any) -> str:
+    """Table cell text: 4 significant digits for floats, '' for None, ∞ for a perfect PSNR."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "∞"
+        return f"{value:.4g}"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)

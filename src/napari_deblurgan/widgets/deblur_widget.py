@@ -1,0 +1,281 @@
+"""The "Deblur" dock widget: run a model on an image layer and add the result as a new layer.
+
+Everything the widget does to the image goes through :func:`napari_deblurgan.deblur`; the widget only
+collects its arguments, runs it in a napari ``thread_worker`` (so the viewer stays responsive), relays
+``progress``/``cancel`` and adds the result layer. The input layer is only read.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import (
+    LayerComboBox,
+    ProgressRelay,
+    avoid_triton_llvm_clash,
+    axes_for_layer,
+    device_items,
+    error_message,
+    normalize_axes_text,
+    result_layer_kwargs,
+    set_items,
+    show_error,
+    show_info,
+    unique_name,
+    user_error_types,
+)
+from .model_list import ModelEntry, ModelRegistry
+
+if TYPE_CHECKING:
+    import napari
+
+#: data of the "from file..." item of the model picker
+_FROM_FILE = "__from_file__"
+
+
+class ModelComboBox(QComboBox):
+    """Model picker: the session's models (see :class:`ModelRegistry`) and a "from file..." item.
+
+    Choosing "from file..." opens a file dialog; the chosen file joins the registry (so the Finetune
+    widget's base-model picker offers it too) and becomes the selection.
+    """
+
+    def __init__(self, registry: ModelRegistry, parent: QWidget | None = None, *, from_file: bool = True):
+        super().__init__(parent)
+        self._registry = registry
+        self._from_file = from_file
+        self._last_index = 0
+        self.refresh()
+        registry.changed.connect(self.refresh)
+        self.destroyed.connect(lambda *_: registry.changed.disconnect(self.refresh))
+        self.activated.connect(self._on_activated)
+
+    def refresh(self) -> None:
+        """Re-read the registry, keeping the selection."""
+        items: list[tuple[str, Any]] = [(entry.label, entry) for entry in self._registry.entries]
+        if self._from_file:
+            items.append(("from file...", _FROM_FILE))
+        set_items(self, items)
+
+    def _on_activated(self, index: int) -> None:
+        if self.itemData(index) != _FROM_FILE:
+            self._last_index = index
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Open a napari-deblurgan model", "", "Models (*.pt)")
+        if path:
+            self.add_file(path)
+        else:
+            self.setCurrentIndex(self._last_index)
+
+    def add_file(self, path: str) -> ModelEntry:
+        """Add a model file to the session's list and select it (what "from file..." does after its dialog)."""
+        entry = self._registry.add_file(path)
+        self.select(entry)
+        return entry
+
+    def select(self, entry: ModelEntry) -> None:
+        """Select ``entry`` (it must be in the registry)."""
+        for i in range(self.count()):
+            if self.itemData(i) is entry:
+                self.setCurrentIndex(i)
+                self._last_index = i
+                return
+        raise ValueError(f"{entry.label!r} is not in the model list")
+
+    def value(self) -> ModelEntry | None:
+        """The selected model entry (None while "from file..." is showing)."""
+        data = self.currentData()
+        return data if isinstance(data, ModelEntry) else None
+
+
+class DeblurWidget(QWidget):
+    """Dock widget that deblurs an image layer with a chosen model (in a background thread)."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.registry = ModelRegistry.for_viewer(viewer)
+        self.worker: Any = None
+        self._cancel = threading.Event()
+        self._relay = ProgressRelay(self)
+        self._relay.progressed.connect(self._on_progress)
+
+        self.layer_combo = LayerComboBox(viewer)
+        self.model_combo = ModelComboBox(self.registry)
+        self.axes_edit = QLineEdit()
+        self.axes_edit.setToolTip(
+            "Axis letters of the layer's data, slowest first: T (time), Z, C (channel), Y, X, S (RGB samples). "
+            "Pre-filled from the layer; edit when napari guessed wrong (e.g. 'CYX' for a 3-channel stack)."
+        )
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 8192)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setSpecialValueText("auto")
+        self.tile_spin.setToolTip("Tile edge in pixels; smaller tiles use less memory. 'auto' picks by device.")
+        self.overlap_spin = QSpinBox()
+        self.overlap_spin.setRange(-1, 1024)
+        self.overlap_spin.setSpecialValueText("auto")
+        self.overlap_spin.setValue(-1)
+        self.overlap_spin.setToolTip("Overlap between tiles in pixels; 'auto' uses the model's receptive field.")
+        self.device_combo = QComboBox()
+        set_items(self.device_combo, device_items())
+
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.layer_combo)
+        form.addRow("model", self.model_combo)
+        form.addRow("axes", self.axes_edit)
+        form.addRow("tile size", self.tile_spin)
+        form.addRow("tile overlap", self.overlap_spin)
+        form.addRow("device", self.device_combo)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        layout.setAlignment(Qt.AlignmentFlag.AlignTop)
+
+        self.layer_combo.currentIndexChanged.connect(self._prefill_axes)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self._prefill_axes()
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _prefill_axes(self, *_: Any) -> None:
+        layer = self.layer_combo.value()
+        if layer is None:
+            return
+        try:
+            self.axes_edit.setText(axes_for_layer(layer))
+        except Exception:  # an odd layer: leave the box for the user, deblur() will say what is wrong
+            self.axes_edit.setText("")
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+
+    # ------------------------------------------------------------------------------------------- actions
+    def run(self) -> None:
+        """Start deblurring the selected layer (returns at once; the work runs in a thread)."""
+        if self.worker is not None:
+            show_error("A deblur job is already running; cancel it or wait for it to finish.")
+            return
+        layer = self.layer_combo.value()
+        if layer is None:
+            show_error("Choose an image layer to deblur (add one with File > Open or File > Open Sample).")
+            return
+        entry = self.model_combo.value()
+        if entry is None:
+            show_error("Choose a model (or 'from file...' to open a .pt model file).")
+            return
+        axes = normalize_axes_text(self.axes_edit.text()) or None
+        tile = self.tile_spin.value() or None
+        overlap = None if self.overlap_spin.value() < 0 else self.overlap_spin.value()
+        device = self.device_combo.currentData() or "auto"
+
+        from napari.qt.threading import create_worker
+        avoid_triton_llvm_clash()
+
+        self._cancel = threading.Event()
+        self.progress.setRange(0, 0)  # busy until the first tile batch reports
+        self.status.setText(f"Deblurring {layer.name!r} with {entry.label}...")
+        self._set_running(True)
+        hooks: dict[str, Any] = {"progress": self._relay, "cancel": self._cancel}
+        if _is_dask(layer.data):
+            # deblur() returns a lazy array at once; napari computes its blocks while the user browses,
+            # long after this job ended, so there is nothing to report or cancel here (and the lazy graph
+            # must not hold on to this widget's Qt objects).
+            hooks = {}
+            self.status.setText(f"Preparing a lazy (dask) deblur of {layer.name!r}...")
+        self.worker = create_worker(
+            _deblur_job, layer.data, entry, axes=axes, tile_size=tile, overlap=overlap, device=device, **hooks
+        )
+        self.worker.returned.connect(lambda outcome, layer=layer: self._on_returned(layer, outcome))
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop (deblur raises Cancelled within one tile batch)."""
+        self._cancel.set()
+        self.status.setText("Cancelling...")
+
+    def _on_returned(self, layer: Any, outcome: tuple[str, Any]) -> None:
+        kind, value = outcome
+        if kind == "error":
+            self.status.setText(value)
+            show_error(value)
+            return
+        if kind == "cancelled":
+            self.status.setText("Cancelled; no layer was added.")
+            show_info("Deblur cancelled; no layer was added.")
+            return
+        name = unique_name(self.viewer, f"{layer.name} deblurred")
+        self.result_layer = self.viewer.add_image(value, **result_layer_kwargs(layer, name=name))
+        self.status.setText(f"Added {name!r}.")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+        if self.progress.maximum() == 0:  # lazy (dask) result or an error before any progress
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+
+    def closeEvent(self, event: Any) -> None:
+        """Closing the dock cancels a running job so no thread outlives the widget."""
+        self._cancel.set()
+        super().closeEvent(event)
+
+
+def _is_dask(data: Any) -> bool:
+    """True for dask arrays (checked by type so that numpy-only sessions never import dask)."""
+    return type(data).__module__.split(".")[0] == "dask"
+
+
+def _deblur_job(data: Any, entry: ModelEntry, **kwargs: Any) -> tuple[str, Any]:
+    """Worker-thread body: load the model and call :func:`napari_deblurgan.deblur`.
+
+    Returns ``("ok", result)``, ``("cancelled", None)`` or ``("error", message)`` for errors the user can
+    fix (bad axes, bad model file...), so those become one plain notification instead of a traceback;
+    anything else (a bug) propagates to napari's error reporting.
+    """
+    from .. import Cancelled, deblur
+
+    try:
+        model = entry.load()
+        return "ok", deblur(data, model, **kwargs)
+    except Cancelled:
+        return "cancelled", None
+    except user_error_types() as exc:
+        return "error", error_message(exc)

@@ -1,0 +1,531 @@
+"""The "Finetune" dock widget: teach a model the blur of the user's own images.
+
+The widget collects the data (a blurred/sharp layer pair, or sharp images with synthetic blur) and the
+training settings, then drives :func:`napari_deblurgan.iter_finetune` in a napari ``thread_worker``: every
+training event is passed to the GUI thread, where it moves the progress bar, extends the live loss/PSNR plot
+and refreshes the preview layer. When the run finishes or is stopped, the returned model is saved where the
+user chose and joins the session's model list (so the Deblur widget offers it at once).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import (
+    LayerComboBox,
+    avoid_triton_llvm_clash,
+    axes_for_layer,
+    device_items,
+    error_message,
+    normalize_axes_text,
+    set_items,
+    show_error,
+    show_info,
+    unique_name,
+    user_error_types,
+)
+from .deblur_widget import ModelComboBox
+from .loss_plot import LossPlot
+from .model_list import ModelEntry, ModelRegistry
+
+if TYPE_CHECKING:
+    import napari
+
+#: name of the layer that shows the current restoration of the fixed validation crop
+PREVIEW_LAYER = "finetune preview: blurred | restored | sharp"
+BLUR_KINDS = ("mixed", "motion", "defocus", "gaussian", "airy")
+
+
+def default_model_dir() -> Path:
+    """Where finetuned models go unless the user picks another place: ``~/.napari-deblurgan/models``."""
+    return Path.home() / ".napari-deblurgan" / "models"
+
+
+def default_model_path() -> Path:
+    """A fresh, timestamped file name in :func:`default_model_dir` (nothing is created here)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return default_model_dir() / f"finetuned-{stamp}.pt"
+
+
+def checkpoint_dir_for(model_path: Path) -> Path:
+    """The resumable-checkpoint directory that belongs to a model file: ``<file stem>.checkpoint/``."""
+    return model_path.with_name(model_path.stem + ".checkpoint")
+
+
+class _RunControl:
+    """Shared between the GUI thread and the worker: the live ``TrainingRun`` and a pending stop request.
+
+    Stop can be clicked before the worker has created the run (model loading takes a moment); the request
+    is remembered and applied as soon as the run exists.
+    """
+
+    def __init__(self) -> None:
+        self.run: Any = None
+        self.stop_requested = False
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        if self.run is not None:
+            self.run.stop()
+
+
+class FinetuneWidget(QWidget):
+    """Dock widget that finetunes a model on layers of the viewer, with a live plot and preview."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.registry = ModelRegistry.for_viewer(viewer)
+        self.worker: Any = None
+        self.control = _RunControl()
+        self.last_checkpoint_dir: Path | None = None
+        self.last_saved: Path | None = None
+        self.last_finished: Any = None
+        self.preview_layer: Any = None
+        self._resuming = False
+
+        # ---- data
+        self.pair_radio = QRadioButton("blurred + sharp pair")
+        self.synth_radio = QRadioButton("sharp only — synthesise blur")
+        self.pair_radio.setChecked(True)
+        mode_group = QButtonGroup(self)
+        mode_group.addButton(self.pair_radio)
+        mode_group.addButton(self.synth_radio)
+        self.blurred_combo = LayerComboBox(viewer)
+        self.sharp_combo = LayerComboBox(viewer)
+        self.axes_edit = QLineEdit()
+        self.axes_edit.setToolTip("Axis letters of the sharp layer (TZCYXS); pre-filled from the layer.")
+        self.blur_kind = QComboBox()
+        self.blur_kind.addItems(BLUR_KINDS)
+        self.blur_strength = QDoubleSpinBox()
+        self.blur_strength.setRange(0.0, 100.0)
+        self.blur_strength.setSingleStep(0.5)
+        self.blur_strength.setSpecialValueText("random")
+        self.blur_strength.setToolTip(
+            "For 'preview synthetic blur' only: blur size in pixels (motion length, defocus radius or Gaussian "
+            "sigma). Training always draws a fresh random size and noise level for every crop."
+        )
+        self.blur_noise = QDoubleSpinBox()
+        self.blur_noise.setRange(0.0, 1e6)
+        self.blur_noise.setDecimals(0)
+        self.blur_noise.setSingleStep(50)
+        self.blur_noise.setSpecialValueText("none")
+        self.blur_noise.setToolTip(
+            "For 'preview synthetic blur' only: Poisson noise as expected photons at a bright pixel (fewer "
+            "photons = noisier); 'none' adds no noise. Training draws its own noise level per crop."
+        )
+        self.preview_blur_button = QPushButton("preview synthetic blur")
+
+        data_box = QGroupBox("training data")
+        data_form = QFormLayout(data_box)
+        data_form.addRow(self.pair_radio)
+        data_form.addRow("blurred", self.blurred_combo)
+        data_form.addRow("sharp", self.sharp_combo)
+        data_form.addRow("axes", self.axes_edit)
+        data_form.addRow(self.synth_radio)
+        data_form.addRow("blur kind", self.blur_kind)
+        data_form.addRow("preview strength (px)", self.blur_strength)
+        data_form.addRow("preview noise", self.blur_noise)
+        data_form.addRow(self.preview_blur_button)
+
+        # ---- validation
+        self.val_mode = QComboBox()
+        self.val_mode.addItem("hold out a fraction of the crops", "fraction")
+        self.val_mode.addItem("a separate blurred/sharp pair", "pair")
+        self.val_fraction = QDoubleSpinBox()
+        self.val_fraction.setRange(0.0, 0.5)
+        self.val_fraction.setSingleStep(0.05)
+        self.val_fraction.setValue(0.1)
+        self.val_blurred_combo = LayerComboBox(viewer)
+        self.val_sharp_combo = LayerComboBox(viewer)
+        val_box = QGroupBox("validation")
+        val_form = QFormLayout(val_box)
+        val_form.addRow(self.val_mode)
+        val_form.addRow("fraction", self.val_fraction)
+        val_form.addRow("val. blurred", self.val_blurred_combo)
+        val_form.addRow("val. sharp", self.val_sharp_combo)
+
+        # ---- training settings
+        self.base_model = ModelComboBox(self.registry)
+        self.steps_spin = _spin(1, 1_000_000, 2000)
+        self.patch_spin = _spin(16, 1024, 128, step=16)
+        self.batch_spin = _spin(1, 256, 8)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(6)
+        self.lr_spin.setRange(0.0, 1.0)
+        self.lr_spin.setSingleStep(1e-5)
+        self.lr_spin.setSpecialValueText("preset")
+        self.lr_spin.setValue(0.0)
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(_preset_names())
+        self.device_combo = QComboBox()
+        set_items(self.device_combo, device_items())
+        self.seed_spin = _spin(0, 2**31 - 1, 0)
+        self.validate_every_spin = _spin(1, 100_000, 100)
+        self.validate_every_spin.setToolTip("Validation (PSNR point and preview update) every this many steps.")
+        self.save_edit = QLineEdit(str(default_model_path()))
+        self.save_edit.setToolTip("Where the finetuned model is saved when the run finishes or is stopped.")
+        browse = QPushButton("...")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse_save)
+        save_row = QHBoxLayout()
+        save_row.addWidget(self.save_edit)
+        save_row.addWidget(browse)
+        train_box = QGroupBox("training")
+        train_form = QFormLayout(train_box)
+        train_form.addRow("base model", self.base_model)
+        train_form.addRow("preset", self.preset_combo)
+        train_form.addRow("steps", self.steps_spin)
+        train_form.addRow("patch size", self.patch_spin)
+        train_form.addRow("batch size", self.batch_spin)
+        train_form.addRow("learning rate", self.lr_spin)
+        train_form.addRow("device", self.device_combo)
+        train_form.addRow("seed", self.seed_spin)
+        train_form.addRow("validate every", self.validate_every_spin)
+        train_form.addRow("save model to", save_row)
+
+        # ---- run controls
+        self.start_button = QPushButton("Start")
+        self.stop_button = QPushButton("Stop")
+        self.resume_button = QPushButton("Resume")
+        self.stop_button.setEnabled(False)
+        self.resume_button.setEnabled(False)
+        self.resume_button.setToolTip("Continue the last run from its checkpoint (up to the steps above).")
+        buttons = QHBoxLayout()
+        for button in (self.start_button, self.stop_button, self.resume_button):
+            buttons.addWidget(button)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.plot = LossPlot()
+
+        layout = QVBoxLayout(self)
+        for box in (data_box, val_box, train_box):
+            layout.addWidget(box)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot)
+        layout.setAlignment(Qt.AlignmentFlag.AlignTop)
+
+        self.pair_radio.toggled.connect(self._update_enabled)
+        self.val_mode.currentIndexChanged.connect(self._update_enabled)
+        self.sharp_combo.currentIndexChanged.connect(self._prefill_axes)
+        self.preview_blur_button.clicked.connect(self.preview_synthetic_blur)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button.clicked.connect(self.resume)
+        self._update_enabled()
+        self._prefill_axes()
+
+    # ---------------------------------------------------------------------------------------- UI state
+    def _update_enabled(self, *_: Any) -> None:
+        pair = self.pair_radio.isChecked()
+        self.blurred_combo.setEnabled(pair)
+        for w in (self.blur_kind, self.blur_strength, self.blur_noise, self.preview_blur_button):
+            w.setEnabled(not pair)
+        val_pair = self.val_mode.currentData() == "pair"
+        self.val_fraction.setEnabled(not val_pair)
+        self.val_blurred_combo.setEnabled(val_pair)
+        self.val_sharp_combo.setEnabled(val_pair)
+
+    def _prefill_axes(self, *_: Any) -> None:
+        layer = self.sharp_combo.value()
+        if layer is not None:
+            try:
+                self.axes_edit.setText(axes_for_layer(layer))
+            except Exception:  # leave it to the user; the core says what is wrong on Start
+                self.axes_edit.setText("")
+
+    def _browse_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the finetuned model as", self.save_edit.text(), "*.pt")
+        if path:
+            self.save_edit.setText(path if path.endswith(".pt") else path + ".pt")
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.resume_button.setEnabled(not running and self._can_resume())
+
+    def _can_resume(self) -> bool:
+        return self.last_checkpoint_dir is not None and self.last_checkpoint_dir.exists()
+
+    def _axes(self) -> str | None:
+        return normalize_axes_text(self.axes_edit.text()) or None
+
+    def _blur_settings(self) -> dict[str, Any]:
+        """``synthesize_blur`` keyword arguments from the blur controls."""
+        strength = self.blur_strength.value() or None
+        noise = self.blur_noise.value() or None
+        return {"kind": self.blur_kind.currentText(), "strength": strength, "noise": noise}
+
+    # ------------------------------------------------------------------------------- synthetic preview
+    def preview_synthetic_blur(self) -> Any:
+        """Blur the sharp layer once with the current settings and add it as a layer (for a visual check)."""
+        from .. import synthesize_blur
+
+        layer = self.sharp_combo.value()
+        if layer is None:
+            show_error("Choose the sharp layer to blur first.")
+            return None
+        try:
+            blurred, psf = synthesize_blur(
+                np.asarray(layer.data), **self._blur_settings(), seed=self.seed_spin.value(), axes=self._axes()
+            )
+        except user_error_types() as exc:
+            show_error(error_message(exc))
+            return None
+        name = unique_name(self.viewer, f"{layer.name} synthetic blur")
+        return self.viewer.add_image(
+            blurred,
+            name=name,
+            scale=tuple(layer.scale),
+            translate=tuple(layer.translate),
+            axis_labels=tuple(layer.axis_labels),
+            colormap=layer.colormap if not layer.rgb else None,
+            contrast_limits=tuple(layer.contrast_limits),
+            rgb=layer.rgb,
+            metadata={"psf": psf, "napari_deblurgan_blur": self._blur_settings()},
+        )
+
+    # ------------------------------------------------------------------------------------------- runs
+    def training_kwargs(self) -> dict[str, Any]:
+        """The ``iter_finetune`` arguments the controls describe (data are copies of the layers' arrays).
+
+        Raises InputError when a layer is missing; everything else is checked by ``iter_finetune`` itself.
+        """
+        from ..errors import InputError
+
+        sharp_layer = self.sharp_combo.value()
+        if sharp_layer is None:
+            raise InputError("Choose the sharp layer (add your sharp image(s) to the viewer first).")
+        sharp = np.asarray(sharp_layer.data)
+        kwargs: dict[str, Any] = {"axes": self._axes()}
+        if self.pair_radio.isChecked():
+            blurred_layer = self.blurred_combo.value()
+            if blurred_layer is None:
+                raise InputError("Choose the blurred layer, or switch to 'sharp only — synthesise blur'.")
+            if blurred_layer is sharp_layer:
+                raise InputError("The blurred and the sharp layer are the same layer; choose two layers.")
+            kwargs.update(blurred=np.asarray(blurred_layer.data), sharp=sharp)
+        else:
+            # iter_finetune's convention: sharp images alone go in the first argument, with sharp=None
+            kwargs.update(blurred=sharp, sharp=None, blur_kind=self.blur_kind.currentText())
+        if self.val_mode.currentData() == "pair":
+            vb, vs = self.val_blurred_combo.value(), self.val_sharp_combo.value()
+            if vb is None or vs is None:
+                raise InputError("Choose both validation layers, or validate on a fraction of the crops.")
+            kwargs["validation"] = (np.asarray(vb.data), np.asarray(vs.data))
+        else:
+            kwargs["validation"] = float(self.val_fraction.value()) or None
+        entry = self.base_model.value()
+        if entry is None:
+            raise InputError("Choose a base model to start from.")
+        kwargs.update(
+            # the source (name or file), not the loaded object: the run trains its own copy, so the
+            # session's cached model of that entry stays what it was
+            model=entry.source,
+            steps=self.steps_spin.value(),
+            patch_size=self.patch_spin.value(),
+            batch_size=self.batch_spin.value(),
+            learning_rate=self.lr_spin.value() or None,
+            preset=self.preset_combo.currentText(),
+            device=self.device_combo.currentData() or "auto",
+            seed=self.seed_spin.value(),
+            validate_every=self.validate_every_spin.value(),
+        )
+        return kwargs
+
+    def start(self) -> None:
+        """Start a new run (returns at once; training runs in a thread)."""
+        self._launch(resume=False)
+
+    def resume(self) -> None:
+        """Continue the last run from its checkpoint directory."""
+        if not self._can_resume():
+            show_error("There is no checkpoint of an earlier run to resume from; press Start.")
+            return
+        self._launch(resume=True)
+
+    def stop(self) -> None:
+        """Ask the run to stop after the current step; the model so far is saved."""
+        self.control.stop()
+        self.status.setText("Stopping after the current step...")
+
+    def _launch(self, *, resume: bool) -> None:
+        if self.worker is not None:
+            show_error("A training run is already going; stop it first.")
+            return
+        try:
+            kwargs = self.training_kwargs()
+            save_to = Path(self.save_edit.text()).expanduser()
+            if save_to.suffix != ".pt":
+                save_to = save_to.with_suffix(".pt")
+        except user_error_types() as exc:
+            show_error(error_message(exc))
+            return
+        if resume:
+            assert self.last_checkpoint_dir is not None
+            checkpoint_dir = self.last_checkpoint_dir
+        else:
+            checkpoint_dir = checkpoint_dir_for(save_to)
+            self.plot.clear()
+        kwargs["checkpoint_dir"] = checkpoint_dir
+        kwargs["resume"] = checkpoint_dir if resume else None
+        self.last_checkpoint_dir = checkpoint_dir
+
+        from napari.qt.threading import create_worker
+        avoid_triton_llvm_clash()
+
+        self.control = _RunControl()
+        self.progress.setRange(0, 0)
+        self.status.setText("Preparing the run (loading data and model)...")
+        self._set_running(True)
+        self.worker = create_worker(_training_job, kwargs, save_to, self.control)
+        self.worker.yielded.connect(self._on_event)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    # -------------------------------------------------------------------------------- event handling
+    def _on_event(self, event: Any) -> None:
+        from ..training.events import CheckpointSaved, Finished, Notice, Preview, Started, Step, Validation
+
+        if isinstance(event, Started):
+            self.progress.setRange(0, max(event.total_steps, 1))
+            self.progress.setValue(event.start_step)
+            self.status.setText(
+                f"Training {event.architecture} on {event.device} ({event.preset} preset, "
+                f"{event.train_samples}; validation: {event.validation_samples})."
+            )
+        elif isinstance(event, Step):
+            self.progress.setRange(0, max(event.total_steps, 1))
+            self.progress.setValue(event.step)
+            losses = event.losses
+            # "total" is the generator's weighted loss; older/other presets may only list the terms
+            generator = losses.get("total")
+            if generator is None:
+                generator = sum(v for k, v in losses.items() if k not in ("critic", "wasserstein", "gradient_penalty"))
+            critic = losses.get("critic")  # absent for critic-free presets ("content"): a gap in the plot
+            self.plot.add_step(event.step, generator, critic)
+        elif isinstance(event, Validation):
+            self.plot.add_validation(event.step, event.psnr)
+            self.status.setText(
+                f"step {event.step}: validation PSNR {event.psnr:.2f} dB (blurred input {event.psnr_input:.2f} dB)"
+            )
+        elif isinstance(event, Preview):
+            self._show_preview(event)
+        elif isinstance(event, CheckpointSaved):
+            self.last_checkpoint_dir = Path(event.path) if Path(event.path).is_dir() else Path(event.path).parent
+        elif isinstance(event, Notice):
+            show_info(f"Finetune: {event.message}")
+        elif isinstance(event, Finished):
+            self.last_finished = event
+
+    def _show_preview(self, event: Any) -> None:
+        """Blurred | restored | sharp crop side by side in one layer, replaced at every validation."""
+        tile = np.concatenate(
+            [np.asarray(event.input), np.asarray(event.image), np.asarray(event.target)], axis=-1
+        ).astype(np.float32)
+        if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
+            self.preview_layer.data = tile
+            self.preview_layer.name = PREVIEW_LAYER
+        else:
+            self.preview_layer = self.viewer.add_image(
+                tile, name=PREVIEW_LAYER, colormap="gray", contrast_limits=(0.0, 1.0)
+            )
+        self.preview_layer.metadata["step"] = event.step
+
+    def _on_returned(self, outcome: tuple[str, Any]) -> None:
+        kind, value = outcome
+        if kind == "error":
+            self.status.setText(value)
+            show_error(value)
+            return
+        path, model, finished = value
+        self.last_saved = path
+        entry: ModelEntry = self.registry.add_finetuned(path, model)
+        how = "stopped" if finished is not None and finished.stopped else "finished"
+        best = f", best validation PSNR {finished.best_psnr:.2f} dB" if finished and finished.best_psnr else ""
+        self.status.setText(f"Run {how} at step {finished.step if finished else '?'}{best}; saved to {path}.")
+        show_info(f"Finetuned model saved to {path}; it is now in the Deblur widget's model list.")
+        self._last_entry = entry
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+        if self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+
+    def closeEvent(self, event: Any) -> None:
+        """Closing the dock stops a running training (the model so far is still saved)."""
+        self.control.stop()
+        super().closeEvent(event)
+
+
+def _training_job(kwargs: dict[str, Any], save_to: Path, control: _RunControl):
+    """Worker-thread body (a generator): yields every training event, then saves the model.
+
+    Returns ``("ok", (path, model, finished_event))`` or ``("error", message)`` for errors the user can fix.
+    """
+    from .. import iter_finetune
+
+    kwargs = dict(kwargs)
+    blurred = kwargs.pop("blurred")
+    finished = None
+    try:
+        run = iter_finetune(blurred, **kwargs)
+        control.run = run
+        if control.stop_requested:
+            run.stop()
+        for event in run:
+            if type(event).__name__ == "Finished":
+                finished = event
+            yield event
+        final = finished.model if finished is not None else run.model
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        path = final.save(save_to)
+    except user_error_types() as exc:
+        return "error", error_message(exc)
+    return "ok", (Path(path), final, finished)
+
+
+def _spin(low: int, high: int, value: int, *, step: int = 1) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+def _preset_names() -> list[str]:
+    """Training presets from the core (``default`` first); torch-free."""
+    from ..training.presets import list_presets
+
+    names = list_presets()
+    return sorted(names, key=lambda n: n != "default")

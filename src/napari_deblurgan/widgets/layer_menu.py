@@ -1,0 +1,70 @@
+"""Layers > Filter > "Deblur (default model)": one click, no dock widget.
+
+Deblurs every selected image layer with the shipped default model and the layer's own axes, in a napari
+``thread_worker`` (the viewer stays usable, napari's activity dock shows the job), and adds
+"<name> deblurred" layers. It calls :func:`napari_deblurgan.deblur` exactly like the Deblur widget does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import napari.layers
+import napari.viewer
+
+from ._common import (
+    avoid_triton_llvm_clash,
+    axes_for_layer,
+    error_message,
+    result_layer_kwargs,
+    show_error,
+    unique_name,
+)
+
+#: what "default model" means: the shipped model of that name (tests point this at a tiny model file)
+MODEL = "default"
+
+
+def deblur_selected_layers(viewer: napari.viewer.Viewer) -> list[Any]:
+    """Start deblurring the selected image layers with the default model; returns the started workers.
+
+    napari injects ``viewer`` (app-model provider) when the menu item is clicked.
+    """
+    from napari.qt.threading import create_worker
+    avoid_triton_llvm_clash()
+
+    layers = [layer for layer in viewer.layers.selection if isinstance(layer, napari.layers.Image)]
+    if not layers:
+        show_error("Select an image layer in the layer list, then choose Deblur (default model) again.")
+        return []
+    workers = []
+    for layer in layers:
+        try:
+            axes = axes_for_layer(layer)
+        except Exception as exc:
+            show_error(f"{layer.name!r}: cannot tell its axes ({error_message(exc)}); use the Deblur widget.")
+            continue
+        worker = create_worker(_job, layer.data, MODEL, axes, _progress={"desc": f"Deblurring {layer.name}"})
+        worker.returned.connect(lambda outcome, layer=layer: _add_result(viewer, layer, outcome))
+        worker.start()
+        workers.append(worker)
+    return workers
+
+
+def _job(data: Any, model: str, axes: str) -> tuple[str, Any]:
+    """Worker-thread body: ``deblur(data, model)``; user errors come back as a message."""
+    from .. import deblur
+    from ._common import user_error_types
+
+    try:
+        return "ok", deblur(data, model, axes=axes)
+    except user_error_types() as exc:
+        return "error", error_message(exc)
+
+
+def _add_result(viewer: napari.viewer.Viewer, layer: Any, outcome: tuple[str, Any]) -> None:
+    kind, value = outcome
+    if kind != "ok":
+        show_error(f"Deblur of {layer.name!r} failed: {value}")
+        return
+    viewer.add_image(value, **result_layer_kwargs(layer, name=unique_name(viewer, f"{layer.name} deblurred")))

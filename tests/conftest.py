@@ -1,0 +1,51 @@
+"""Shared pytest fixtures: tiny models (fast on a 2-core CPU) and small test images.
+
+Keep fixtures generic; files that need something special define it locally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+#: Smallest sensible unet_lite: a few thousand parameters, stride 4; enough to exercise every code path.
+TINY_UNET_ARGS = {"width": 4, "depth": 2, "n_blocks": 1}
+
+
+@pytest.fixture
+def make_tiny_model() -> Callable[..., object]:
+    """Factory: ``make_tiny_model(channels=1, seed=0, architecture="unet_lite", **arch_args)``."""
+    from napari_deblurgan.model_file import create_model
+
+    def make(channels: int = 1, seed: int = 0, architecture: str = "unet_lite", **arch_args):
+        if architecture == "unet_lite":
+            arch_args = {**TINY_UNET_ARGS, **arch_args}
+        elif architecture == "resnet9":
+            arch_args = {"width": 4, "n_blocks": 1, **arch_args}
+        return create_model(architecture, channels=channels, seed=seed, **arch_args)
+
+    return make
+
+
+@pytest.fixture
+def tiny_model(make_tiny_model):
+    """An untrained 1-channel ``unet_lite`` with tiny widths (deterministic: seed 0)."""
+    return make_tiny_model()
+
+
+@pytest.fixture
+def tiny_model_file(tiny_model, tmp_path: Path) -> Path:
+    """``tiny_model`` saved to ``tmp_path / "tiny.pt"``."""
+    return tiny_model.save(tmp_path / "tiny.pt")
+
+
+@pytest.fixture
+def small_image() -> np.ndarray:
+    """A 64 x 64 uint16 image with structure (blobs and edges), deterministic."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    img = 1000 + 2000 * ((xx // 8 + yy // 8) % 2) + rng.normal(0, 50, (64, 64))
+    return np.clip(img, 0, 65535).astype(np.uint16)

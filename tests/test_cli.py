@@ -1,0 +1,271 @@
+"""The command-line tool: deblur (TIFF in/out, metadata kept, safe writes), info, exit codes, progress bar."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_deblurgan.inference.deblur as deblur_module
+from napari_deblurgan.cli import deblur_command, main
+from napari_deblurgan.cli.progress import ProgressBar
+from napari_deblurgan.model_file import load_model
+
+
+@pytest.fixture
+def imagej_stack(tmp_path):
+    """A ZYX uint16 ImageJ hyperstack with z spacing 0.5 um and 0.1 um pixels."""
+    rng = np.random.default_rng(0)
+    data = (rng.random((3, 40, 48)) * 4000).astype(np.uint16)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        path, data, imagej=True, metadata={"axes": "ZYX", "spacing": 0.5, "unit": "um"}, resolution=(10.0, 10.0)
+    )
+    return path, data
+
+
+def _files(directory) -> set[str]:
+    return {p.name for p in directory.iterdir()}
+
+
+# ------------------------------------------------------------------------------------------------- deblur
+def test_deblur_2d_plain_tiff(tiny_model_file, small_image, tmp_path, capsys):
+    inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
+    tifffile.imwrite(inp, small_image, resolution=(20.0, 20.0), resolutionunit="CENTIMETER")
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file)]) == 0
+    result = tifffile.imread(out)
+    assert result.shape == small_image.shape and result.dtype == np.uint16
+    # The CLI is a thin front end: exactly what the Python API returns.
+    expected = deblur_module.deblur(small_image, load_model(tiny_model_file), axes="YX", device="cpu")
+    np.testing.assert_array_equal(result, expected)
+    assert not np.array_equal(result, small_image)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].resolution == pytest.approx((20.0, 20.0))
+        assert tif.pages[0].resolutionunit == tifffile.RESUNIT.CENTIMETER
+    err = capsys.readouterr().err
+    assert "100%" in err and "wrote" in err
+    assert _files(tmp_path) == {"in.tif", "out.tif", "tiny.pt"}  # no temp file left
+
+
+def test_deblur_imagej_stack_keeps_axes_and_spacing(tiny_model_file, imagej_stack, tmp_path):
+    inp, data = imagej_stack
+    out = tmp_path / "out.tif"
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_imagej
+        assert tif.series[0].axes == "ZYX"
+        assert tif.series[0].shape == data.shape and tif.series[0].dtype == data.dtype
+        assert tif.imagej_metadata["spacing"] == pytest.approx(0.5)
+        assert tif.imagej_metadata["unit"] == "um"
+        assert tif.pages[0].resolution == pytest.approx((10.0, 10.0))
+
+
+def test_deblur_ome_keeps_physical_sizes(tiny_model_file, tmp_path):
+    rng = np.random.default_rng(1)
+    data = (rng.random((2, 3, 32, 32)) * 200).astype(np.uint8)
+    inp, out = tmp_path / "in.ome.tif", tmp_path / "out.ome.tif"
+    meta = {"axes": "CZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.25, "PhysicalSizeZ": 1.5}
+    tifffile.imwrite(inp, data, ome=True, metadata=meta)
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_ome and tif.series[0].axes == "CZYX" and tif.series[0].shape == data.shape
+        sizes = dict(re.findall(r'(PhysicalSize[XYZ])="([^"]+)"', tif.ome_metadata))
+    expected = {"PhysicalSizeX": 0.2, "PhysicalSizeY": 0.25, "PhysicalSizeZ": 1.5}
+    assert {k: float(v) for k, v in sizes.items()} == expected
+
+
+def test_lazy_memory_mapped_path_matches_in_memory(tiny_model_file, imagej_stack, tmp_path, monkeypatch):
+    inp, _ = imagej_stack
+    eager, lazy = tmp_path / "eager.tif", tmp_path / "lazy.tif"
+    assert main(["deblur", str(inp), "-o", str(eager), "--model", str(tiny_model_file), "-q"]) == 0
+    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
+    calls = []
+    real_memmap = tifffile.memmap
+    monkeypatch.setattr(tifffile, "memmap", lambda *a, **k: calls.append(1) or real_memmap(*a, **k))
+    assert main(["deblur", str(inp), "-o", str(lazy), "--model", str(tiny_model_file), "-q"]) == 0
+    assert calls, "the lazy path was not taken"
+    np.testing.assert_array_equal(tifffile.imread(lazy), tifffile.imread(eager))
+    with tifffile.TiffFile(lazy) as tif:
+        assert tif.series[0].axes == "ZYX" and tif.imagej_metadata["spacing"] == pytest.approx(0.5)
+
+
+def test_axes_override_and_bad_axes(tiny_model_file, imagej_stack, tmp_path, capsys):
+    inp, _ = imagej_stack
+    out = tmp_path / "out.tif"
+    argv = ["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]
+    assert main([*argv, "--axes", "YX"]) == 2
+    assert "--axes" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, "--axes", "TYX"]) == 0
+    assert tifffile.imread(out).shape == (3, 40, 48)
+
+
+def test_map_axes():
+    assert deblur_command.map_axes("QYX") == "ZYX"
+    assert deblur_command.map_axes("IYX") == "ZYX"
+    assert deblur_command.map_axes("ZQYX") == "ZTYX"
+    assert deblur_command.map_axes("TZCYX") == "TZCYX"
+    with pytest.raises(Exception, match="--axes"):
+        deblur_command.map_axes("TZQYX")
+
+
+# ----------------------------------------------------------------------------------- never overwrite input
+@pytest.mark.parametrize("how", ["same", "dotdot", "symlink", "hardlink"])
+def test_never_overwrites_input(tiny_model_file, small_image, tmp_path, capsys, how):
+    inp = tmp_path / "in.tif"
+    tifffile.imwrite(inp, small_image)
+    before = inp.read_bytes()
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    if how == "same":
+        out = inp
+    elif how == "dotdot":
+        out = sub / ".." / "in.tif"
+    elif how == "symlink":
+        out = sub / "link.tif"
+        out.symlink_to(inp)
+    else:
+        out = sub / "hard.tif"
+        os.link(inp, out)
+    code = main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "--force", "-q"])
+    assert code == 2
+    assert "input" in capsys.readouterr().err
+    assert inp.read_bytes() == before
+
+
+def test_existing_output_needs_force(tiny_model_file, small_image, tmp_path, capsys):
+    inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
+    tifffile.imwrite(inp, small_image)
+    out.write_bytes(b"precious")
+    argv = ["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]
+    assert main(argv) == 2
+    assert "--force" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+    assert main([*argv, "--force"]) == 0
+    assert tifffile.imread(out).shape == small_image.shape
+
+
+# ----------------------------------------------------------------------------------------------- exit codes
+def test_exit_codes_for_user_errors(tiny_model_file, small_image, tmp_path, capsys):
+    inp = tmp_path / "in.tif"
+    tifffile.imwrite(inp, small_image)
+    bad_model = tmp_path / "bad.pt"
+    bad_model.write_bytes(b"garbage")
+    not_tiff = tmp_path / "not_tiff.tif"
+    not_tiff.write_bytes(b"this is not a TIFF file" * 10)
+    cases = [
+        ["deblur", str(not_tiff), "-o", str(tmp_path / "o.tif"), "--model", str(tiny_model_file)],
+        ["deblur", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o.tif"), "--model", str(tiny_model_file)],
+        ["deblur", str(inp), "-o", str(tmp_path / "o.tif"), "--model", str(bad_model)],
+        ["deblur", str(inp), "-o", str(tmp_path / "o.png"), "--model", str(tiny_model_file)],
+        ["deblur", str(inp), "-o", str(tmp_path / "nodir" / "o.tif"), "--model", str(tiny_model_file)],
+        ["deblur", str(inp)],  # argparse: -o is required
+        ["info"],
+    ]
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "error" in err and "Traceback" not in err, argv
+    assert _files(tmp_path) == {"in.tif", "bad.pt", "tiny.pt", "not_tiff.tif"}
+
+
+def test_default_model_not_shipped_is_a_user_error(small_image, tmp_path, capsys, monkeypatch):
+    from napari_deblurgan import model_file
+
+    registry = tmp_path / "registry.json"
+    registry.write_text('{"models": {}}')
+    monkeypatch.setattr(model_file, "REGISTRY_PATH", registry)
+    inp = tmp_path / "in.tif"
+    tifffile.imwrite(inp, small_image)
+    assert main(["deblur", str(inp), "-o", str(tmp_path / "o.tif")]) == 2
+    assert "not shipped" in capsys.readouterr().err
+
+
+def test_unexpected_error_exits_1_with_traceback(tiny_model_file, small_image, tmp_path, capsys, monkeypatch):
+    inp = tmp_path / "in.tif"
+    tifffile.imwrite(inp, small_image)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(deblur_module, "deblur", boom)
+    assert main(["deblur", str(inp), "-o", str(tmp_path / "o.tif"), "--model", str(tiny_model_file)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "boom" in err
+
+
+def test_interrupt_while_writing_leaves_nothing(tiny_model_file, small_image, tmp_path, capsys, monkeypatch):
+    inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
+    tifffile.imwrite(inp, small_image)
+    real_imwrite = tifffile.imwrite
+
+    def write_then_interrupt(fh, data, **kwargs):
+        real_imwrite(fh, data[: len(data) // 2], **kwargs)  # half the file is on disk ...
+        raise KeyboardInterrupt  # ... when Ctrl-C arrives
+
+    monkeypatch.setattr(tifffile, "imwrite", write_then_interrupt)
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert _files(tmp_path) == {"in.tif", "tiny.pt"}
+
+
+def test_help_and_version(capsys):
+    assert main(["--help"]) == 0
+    assert "deblur" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert "napari-deblurgan" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------------ info
+def test_info_prints_metadata(tiny_model, tmp_path, capsys):
+    tiny_model.metadata.update(name="tiny", description="a test model", training={"preset": "content"})
+    path = tiny_model.save(tmp_path / "m.pt")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    sha = load_model(path).metadata["sha256"]
+    for text in ("unet_lite", "tiny", "a test model", "independent", "GMAC per megapixel", "percentile", sha):
+        assert text in out, text
+    assert f"{sum(p.numel() for p in tiny_model.generator.parameters()):,}" in out
+    radius = tiny_model.receptive_radius
+    assert f"{2 * radius + 1} px (radius {radius})" in out
+
+    assert main(["info", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["sha256"] == sha and summary["channels"] == 1
+    assert summary["training"] == {"preset": "content"} and summary["macs_per_megapixel"] > 0
+
+
+def test_info_list(capsys):
+    assert main(["info", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "unet_lite" in out and "resnet9" in out and "shipped models" in out
+
+
+def test_info_bad_file_is_exit_2(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing.pt")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------------- progress bar
+def test_progress_bar_logs_deciles_when_not_a_terminal():
+    stream = io.StringIO()
+    bar = ProgressBar("deblur", stream=stream)
+    for i in range(1, 101):
+        bar(i, 100)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 11  # the first update, then one line per 10 %
+    assert "  1% 1/100" in lines[0]
+    assert lines[-1].startswith("deblur [" + "#" * 30 + "] 100% 100/100")
+
+
+def test_progress_bar_disabled():
+    stream = io.StringIO()
+    bar = ProgressBar(stream=stream, enabled=False)
+    bar(1, 2)
+    bar.close()
+    assert stream.getvalue() == ""

@@ -1,0 +1,118 @@
+"""``napari-deblurgan finetune``: pairs, synthetic blur, errors, progress line, Ctrl-C keeps the best model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from scipy import ndimage
+
+from napari_deblurgan import samples
+from napari_deblurgan.cli import main
+from napari_deblurgan.model_file import create_model, load_model
+from napari_deblurgan.training.checkpoint import checkpoint_path
+
+pytestmark = pytest.mark.filterwarnings("ignore:Perceptual loss:UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def files(tmp_path):
+    sharp = (samples.cells((96, 96), seed=2) * 4000).astype(np.uint16)
+    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), 1.5).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "sharp.tif", sharp)
+    tifffile.imwrite(tmp_path / "blurred.tif", blurred)
+    model = create_model("unet_lite", 1, seed=0, width=4, depth=2, n_blocks=1)
+    model.save(tmp_path / "tiny.pt")
+    return tmp_path
+
+
+def _common(d, *extra):
+    return [
+        "finetune",
+        "--model",
+        str(d / "tiny.pt"),
+        "--patch-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--preset",
+        "content",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--validate-every",
+        "2",
+        *extra,
+    ]
+
+
+def test_finetune_pair_writes_a_model_and_prints_progress(files, capsys):
+    out = files / "out.pt"
+    argv = _common(files, "--blurred", str(files / "blurred.tif"), "--sharp", str(files / "sharp.tif"))
+    code = main([*argv, "--steps", "4", "-o", str(out)])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "step 4/4" in err and "val PSNR" in err and "dB" in err and f"wrote {out}" in err
+    model = load_model(out)
+    assert model.metadata["training"]["steps_done"] == 4
+    assert model.metadata["training"]["data_shapes"] == [[96, 96]]
+
+
+def test_finetune_sharp_only_synthesises_blur(files):
+    out = files / "syn.pt"
+    code = main([*_common(files, "--sharp", str(files / "sharp.tif")), "--steps", "2", "-o", str(out), "-q"])
+    assert code == 0
+    assert load_model(out).metadata["training"]["synthetic_blur"] == ["motion", "defocus", "gaussian"]
+
+
+def test_blurred_without_sharp_is_a_usage_error(files, capsys):
+    code = main([*_common(files, "--blurred", str(files / "blurred.tif")), "-o", str(files / "x.pt")])
+    assert code == 2 and "--sharp" in capsys.readouterr().err
+    assert not (files / "x.pt").exists()
+
+
+def test_existing_output_needs_force(files, capsys):
+    (files / "exists.pt").write_bytes(b"")
+    code = main([*_common(files, "--sharp", str(files / "sharp.tif")), "-o", str(files / "exists.pt")])
+    assert code == 2 and "--force" in capsys.readouterr().err
+
+
+def test_mismatched_pair_is_a_usage_error(files, capsys):
+    tifffile.imwrite(files / "small.tif", np.zeros((64, 64), np.uint16))
+    argv = _common(files, "--blurred", str(files / "small.tif"), "--sharp", str(files / "sharp.tif"))
+    code = main([*argv, "-o", str(files / "x.pt")])
+    assert code == 2 and "differ in shape" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_and_still_writes_the_model(files):
+    out = files / "stopped.pt"
+    ckpt = files / "ckpt"
+    argv = _common(files, "--blurred", str(files / "blurred.tif"), "--sharp", str(files / "sharp.tif"))
+    argv += ["--steps", "100000", "-o", str(out), "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", "-q"]
+
+    def interrupt_when_training():
+        deadline = time.monotonic() + 120
+        while not checkpoint_path(ckpt).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_training, daemon=True).start()
+    code = main(argv)
+    assert code == 130
+    meta = load_model(out).metadata["training"]
+    assert meta["stopped"] is True and 1 <= meta["steps_done"] < 100000

@@ -1,0 +1,150 @@
+"""Paired training data: shapes, axes, normalisation, validation split, offset warning, lazy sampling."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import data
+
+from napari_deblurgan.data.pairs import BatchSource, PairedData, measure_offset, resolve_blur_kinds
+from napari_deblurgan.errors import InputError
+from napari_deblurgan.normalization import normalize, percentile_range
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[np.ndarray, np.ndarray]:
+    sharp = data.camera()[::2, ::2].astype(np.uint16) * 16
+    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), 2.0).astype(np.uint16)
+    return blurred, sharp
+
+
+def test_mismatched_shapes_raise_input_error(pair):
+    blurred, sharp = pair
+    with pytest.raises(InputError, match="differ in shape"):
+        PairedData(blurred[:, :200], sharp, patch_size=32)
+
+
+def test_unpaired_lists_raise(pair):
+    blurred, sharp = pair
+    with pytest.raises(InputError, match="in pairs"):
+        PairedData([blurred, blurred], [sharp], patch_size=32)
+
+
+def test_offset_pair_warns_with_the_offset(pair):
+    blurred, sharp = pair
+    shifted = np.roll(blurred, (5, -3), axis=(0, 1))
+    with pytest.warns(UserWarning, match=r"offset .*\(dy, dx\) = \(\+5\.0, -3\.0\)"):
+        PairedData(shifted, sharp, patch_size=32)
+
+
+def test_aligned_pair_does_not_warn(pair):
+    blurred, sharp = pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PairedData(blurred, sharp, patch_size=32)
+
+
+def test_measure_offset_subpixel_scale():
+    img = data.camera().astype(np.float32)  # 512 px: downsampled by 2 for the check
+    moved = ndimage.shift(img, (2.0, 0.0), order=1, mode="nearest")
+    dy, dx = measure_offset(moved, img)
+    assert abs(dy - 2.0) <= 0.5 and abs(dx) <= 0.5
+
+
+def test_both_normalised_with_the_blurred_planes_percentiles(pair):
+    blurred, sharp = pair
+    d = PairedData(blurred, sharp, patch_size=32, validation=0.0)
+    b, s = d.sources[0].crop((), 0, 10, 20, 32)
+    lo, hi = percentile_range(blurred, 1.0, 99.8)
+    np.testing.assert_allclose(b[0], normalize(blurred[10:42, 20:52], lo, hi), rtol=1e-6)
+    np.testing.assert_allclose(s[0], normalize(sharp[10:42, 20:52], lo, hi), rtol=1e-6)
+
+
+def test_band_validation_split_is_disjoint(pair):
+    blurred, sharp = pair
+    d = PairedData(blurred, sharp, patch_size=32, stride=4, validation=0.25)
+    (train,) = d.train_planes
+    (val,) = d.validation_planes
+    assert train.rows[1] <= val.rows[0]  # held-out band below the training rows
+    assert val.rows == (192, 256) and len(d.validation_grid) == 2 * 8
+    vb, vs = d.validation_arrays()
+    assert vb.shape == vs.shape == (16, 1, 32, 32)
+
+
+def test_plane_split_for_stacks_and_explicit_validation(pair):
+    blurred, sharp = pair
+    stack_b, stack_s = np.stack([blurred] * 5), np.stack([sharp] * 5)
+    d = PairedData(stack_b, stack_s, patch_size=32, validation=0.2, seed=1)
+    assert len(d.train_planes) == 4 and len(d.validation_planes) == 1
+    assert {p.index for p in d.train_planes}.isdisjoint({p.index for p in d.validation_planes})
+    d2 = PairedData(blurred, sharp, patch_size=32, validation=(blurred[:64, :64], sharp[:64, :64]))
+    assert len(d2.validation_grid) == 4 and d2.train_planes[0].rows == (0, 256)
+
+
+def test_channels_independent_or_joint():
+    rgb = data.astronaut()[::4, ::4]  # (128, 128, 3) uint8 -> axes YXS
+    d1 = PairedData(rgb, rgb, channels=1, patch_size=32, validation=0.0)
+    assert len(d1.train_planes) == 3
+    b, _ = d1.sample(2, np.random.default_rng(0))
+    assert b.shape == (2, 1, 32, 32)
+    d3 = PairedData(rgb, rgb, channels=3, patch_size=32, validation=0.0)
+    assert d3.sample(2, np.random.default_rng(0))[1].shape == (2, 3, 32, 32)
+    with pytest.raises(InputError, match="2 channels"):
+        PairedData(rgb, rgb, channels=2, patch_size=32)
+
+
+def test_patch_reduced_to_fit_small_images(pair):
+    blurred, sharp = pair
+    d = PairedData(blurred[:40, :50], sharp[:40, :50], patch_size=128, stride=8, validation=0.0)
+    assert d.patch_size == 40 and d.notes
+
+
+def test_sampling_reads_crops_lazily(pair):
+    """Sampling must not touch the whole stack: only the crop region (and one plane for percentiles)."""
+    _, sharp = pair
+
+    class Spy(np.ndarray):
+        largest = 0
+
+        def __getitem__(self, key):
+            out = np.asarray(super().__getitem__(key))
+            Spy.largest = max(Spy.largest, out.size)
+            return out
+
+    stack = np.stack([sharp] * 6).view(Spy)
+    d = PairedData(None, stack, patch_size=32, validation=0.0)
+    d.sample(4, np.random.default_rng(0))
+    assert 0 < Spy.largest <= sharp.size  # a plane at most, never the stack
+
+
+def test_synthetic_batches_are_blurred_and_reproducible(pair):
+    import torch
+
+    _, sharp = pair
+    d = PairedData(None, sharp, patch_size=32, validation=0.1)
+    src = BatchSource(d, torch.device("cpu"), seed=3, blur_kinds=resolve_blur_kinds("gaussian"), noise=False)
+    state = src.state_dict()
+    b1, s1 = src.next_batch(4)
+    assert b1.shape == s1.shape == (4, 1, 32, 32)
+    # blur removes high frequencies: the Laplacian energy drops
+    lap = lambda t: torch.diff(t, 2, dim=-1).abs().mean()  # noqa: E731
+    assert lap(b1) < 0.8 * lap(s1)
+    src.load_state_dict(state)
+    b2, _ = src.next_batch(4)
+    assert torch.equal(b1, b2)
+    vb, vs = src.validation_batch()
+    assert vb.shape == vs.shape and torch.equal(src.validation_batch()[0], vb)
+
+
+def test_bad_blur_kind_and_validation_args(pair):
+    blurred, sharp = pair
+    with pytest.raises(InputError, match="blur kind"):
+        resolve_blur_kinds("sideways")
+    assert resolve_blur_kinds("motion, gaussian") == ("motion", "gaussian")
+    with pytest.raises(InputError, match="validation"):
+        PairedData(blurred, sharp, patch_size=32, validation=1.5)
+    with pytest.raises(InputError, match="too small"):
+        PairedData(blurred[:40, :40], sharp[:40, :40], patch_size=32, validation=0.5)

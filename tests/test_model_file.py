@@ -1,0 +1,296 @@
+"""Model files: round trip, atomic save, every kind of bad file, shipped (named) models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_deblurgan import model_file
+from napari_deblurgan.errors import InputError, ModelFileError
+from napari_deblurgan.model_file import FORMAT, DeblurModel, list_named_models, load_model
+
+
+def _payload(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def _rewrite(path: Path, payload: dict) -> None:
+    torch.save(payload, path)
+
+
+# ------------------------------------------------------------------------------------------- round trip
+def test_round_trip_outputs_identical(tiny_model, tmp_path):
+    tiny_model.metadata.update(name="tiny", description="for tests", training={"steps": 3})
+    path = tiny_model.save(tmp_path / "m.pt")
+    loaded = load_model(path)
+
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(tiny_model.generator(x), loaded.generator(x))
+    assert loaded.architecture == "unet_lite"
+    assert loaded.architecture_args == tiny_model.architecture_args
+    assert loaded.channels == 1 and loaded.channel_mode == "independent"
+    assert loaded.normalization == {"method": "percentile", "low": 1.0, "high": 99.8}
+    assert (loaded.stride, loaded.receptive_radius) == (tiny_model.stride, tiny_model.receptive_radius)
+    assert loaded.metadata["name"] == "tiny"
+    assert loaded.metadata["training"] == {"steps": 3}
+    assert loaded.metadata["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert loaded.metadata["created"].endswith("+00:00")  # ISO 8601, UTC
+    assert not loaded.generator.training
+    assert "unet_lite" in repr(loaded) and "tiny" in repr(loaded)
+
+
+def test_file_holds_only_tensors_and_strings(tiny_model_file):
+    payload = _payload(tiny_model_file)
+    assert payload["format"] == FORMAT and payload["format_version"] == 1
+    assert isinstance(payload["metadata"], str)
+    json.loads(payload["metadata"])
+    assert all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values())
+
+
+def test_round_trip_multichannel_resnet(make_tiny_model, tmp_path):
+    model = make_tiny_model(channels=3, architecture="resnet9")
+    assert model.channel_mode == "joint"
+    loaded = load_model(model.save(tmp_path / "rgb.pt"))
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model.generator(x), loaded.generator(x))
+    assert loaded.channels == 3 and loaded.channel_mode == "joint"
+
+
+def test_load_model_passes_models_through(tiny_model):
+    assert load_model(tiny_model) is tiny_model
+
+
+def test_create_model_seed_is_reproducible_and_leaves_global_rng_alone(make_tiny_model):
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a, b, c = make_tiny_model(seed=0), make_tiny_model(seed=0), make_tiny_model(seed=1)
+    assert torch.equal(torch.rand(3), expected_next)  # the global RNG did not advance
+    sa, sb, sc = (m.generator.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_channel_mode_must_fit_channels(tiny_model):
+    with pytest.raises(InputError, match="independent"):
+        DeblurModel(tiny_model.generator, "unet_lite", channels=3, channel_mode="independent")
+    with pytest.raises(InputError, match="channel_mode"):
+        DeblurModel(tiny_model.generator, "unet_lite", channels=1, channel_mode="sideways")
+
+
+# ------------------------------------------------------------------------------------------- atomic save
+def test_crash_during_save_leaves_no_file_and_no_temp(tiny_model, tmp_path, monkeypatch):
+    target = tmp_path / "m.pt"
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated crash before rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        tiny_model.save(target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crash_during_save_keeps_the_old_file(tiny_model, tmp_path, monkeypatch):
+    target = tiny_model.save(tmp_path / "m.pt")
+    before = target.read_bytes()
+
+    def crash_in_torch_save(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash_in_torch_save)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_model.save(target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+# -------------------------------------------------------------------------------------------- bad files
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="not found"):
+        load_model(tmp_path / "nope.pt")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(ModelFileError, match="directory"):
+        load_model(tmp_path)
+
+
+def test_truncated_file(tiny_model_file):
+    data = tiny_model_file.read_bytes()
+    tiny_model_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        load_model(tiny_model_file)
+
+
+def test_corrupt_bytes(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(ModelFileError):
+        load_model(path)
+
+
+def test_wrong_format_key(tiny_model_file):
+    payload = _payload(tiny_model_file)
+    payload["format"] = "something-else"
+    _rewrite(tiny_model_file, payload)
+    with pytest.raises(ModelFileError, match="not a napari-deblurgan model file"):
+        load_model(tiny_model_file)
+
+
+def test_newer_format_version(tiny_model_file):
+    payload = _payload(tiny_model_file)
+    payload["format_version"] = 99
+    _rewrite(tiny_model_file, payload)
+    with pytest.raises(ModelFileError, match="Upgrade"):
+        load_model(tiny_model_file)
+
+
+def test_unknown_architecture(tiny_model_file):
+    payload = _payload(tiny_model_file)
+    header = json.loads(payload["metadata"])
+    header["architecture"] = "transformer9000"
+    payload["metadata"] = json.dumps(header)
+    _rewrite(tiny_model_file, payload)
+    with pytest.raises(ModelFileError, match="transformer9000"):
+        load_model(tiny_model_file)
+
+
+def test_damaged_metadata_json(tiny_model_file):
+    payload = _payload(tiny_model_file)
+    payload["metadata"] = "{not json"
+    _rewrite(tiny_model_file, payload)
+    with pytest.raises(ModelFileError, match="damaged metadata"):
+        load_model(tiny_model_file)
+
+
+@pytest.mark.parametrize("damage", ["drop_key", "wrong_shape", "wrong_width"])
+def test_state_dict_mismatch(tiny_model_file, damage):
+    payload = _payload(tiny_model_file)
+    sd = payload["state_dict"]
+    key = next(iter(sd))
+    if damage == "drop_key":
+        del sd[key]
+    elif damage == "wrong_shape":
+        sd[key] = torch.zeros(3, 3)
+    else:  # metadata says a different width than the weights have
+        header = json.loads(payload["metadata"])
+        header["architecture_args"]["width"] = 8
+        payload["metadata"] = json.dumps(header)
+    _rewrite(tiny_model_file, payload)
+    with pytest.raises(ModelFileError, match="do not fit"):
+        load_model(tiny_model_file)
+
+
+def test_bare_state_dict_is_explained(tiny_model, tmp_path):
+    path = tmp_path / "bare.pth"
+    torch.save(tiny_model.generator.state_dict(), path)
+    with pytest.raises(ModelFileError, match="bare PyTorch state dict"):
+        load_model(path)
+
+
+class _Payload:
+    """Pickles to a call that writes a marker file: what a malicious model file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+@pytest.mark.parametrize("container", ["torch_zip", "raw_pickle"])
+def test_pickled_code_is_refused_and_never_runs(tiny_model_file, tmp_path, container):
+    import pickle
+
+    # The payload is real: an unrestricted unpickle of the same construction runs it.
+    control_marker = tmp_path / "control_marker"
+    pickle.loads(pickle.dumps(_Payload(control_marker)))
+    assert control_marker.exists()
+
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt"
+    if container == "torch_zip":
+        payload = _payload(tiny_model_file)
+        payload["state_dict"] = _Payload(marker)
+        torch.save(payload, evil)
+    else:
+        evil.write_bytes(pickle.dumps({"format": FORMAT, "x": _Payload(marker)}))
+    with pytest.raises(ModelFileError, match="Refusing"):
+        load_model(evil)
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------- named models
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """A temporary registry with one model; returns (registry path, model file path)."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    reg = weights / "registry.json"
+    monkeypatch.setattr(model_file, "REGISTRY_PATH", reg)
+    return reg
+
+
+def _register(reg: Path, model, name: str, sha: str | None = None) -> Path:
+    path = model.save(reg.parent / f"{name}.pt")
+    sha = sha or hashlib.sha256(path.read_bytes()).hexdigest()
+    entries = json.loads(reg.read_text())["models"] if reg.exists() else {}
+    entries[name] = {"file": path.name, "sha256": sha, "description": f"{name} model"}
+    reg.write_text(json.dumps({"models": entries}))
+    return path
+
+
+def test_named_model_loads_and_is_listed(registry, tiny_model):
+    _register(registry, tiny_model, "tiny")
+    assert list_named_models()["tiny"]["description"] == "tiny model"
+    loaded = load_model("tiny")
+    assert loaded.architecture == "unet_lite"
+
+
+def test_named_model_sha256_mismatch(registry, tiny_model):
+    _register(registry, tiny_model, "tiny", sha="0" * 64)
+    with pytest.raises(ModelFileError, match="sha256"):
+        load_model("tiny")
+
+
+def test_named_model_tampered_after_registration(registry, tiny_model):
+    path = _register(registry, tiny_model, "tiny")
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="sha256"):
+        load_model("tiny")
+
+
+def test_default_not_shipped_says_how_to_get_one(registry):
+    registry.write_text('{"models": {}}')
+    with pytest.raises(ModelFileError, match="not shipped") as info:
+        load_model("default")
+    assert "finetune" in str(info.value)
+
+
+def test_default_when_registered(registry, tiny_model):
+    _register(registry, tiny_model, "default")
+    assert load_model("default").channels == 1
+
+
+def test_unknown_name(registry):
+    registry.write_text('{"models": {}}')
+    with pytest.raises(ModelFileError, match="neither an existing model file nor a shipped model"):
+        load_model("nonexistent_name")
+
+
+def test_shipped_registry_is_valid():
+    """The registry in the package parses and every entry's file exists with the registered sha256."""
+    for name, entry in list_named_models().items():
+        path = model_file.REGISTRY_PATH.parent / entry["file"]
+        assert path.is_file(), name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], name

@@ -1,0 +1,339 @@
+"""The training engine: determinism, exact resume, stop, NaN rollback, OOM halving, fallbacks, events."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from napari_deblurgan import samples
+from napari_deblurgan.errors import InputError
+from napari_deblurgan.training import events as ev
+from napari_deblurgan.training import losses
+from napari_deblurgan.training.checkpoint import checkpoint_path, load_checkpoint
+from napari_deblurgan.training.trainer import GanStep, evaluate, finetune, iter_finetune
+
+TINY = {"width": 4, "depth": 2, "n_blocks": 1}
+
+# No VGG-19 weights offline: presets with a perceptual term warn about the fallback (tested explicitly below).
+pytestmark = pytest.mark.filterwarnings("ignore:Perceptual loss:UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine this is several times faster than two."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[np.ndarray, np.ndarray]:
+    sharp = (samples.cells((96, 96), seed=1) * 4000).astype(np.uint16)
+    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), 1.5).astype(np.uint16)
+    return blurred, sharp
+
+
+def _model():
+    from napari_deblurgan.model_file import create_model
+
+    return create_model("unet_lite", 1, seed=0, **TINY)
+
+
+def _losses(run_events) -> list[dict[str, float]]:
+    return [e.losses for e in run_events if isinstance(e, ev.Step)]
+
+
+def _run(pair, **kw):
+    args = dict(
+        model=_model(),
+        steps=3,
+        patch_size=32,
+        batch_size=2,
+        preset="content",
+        device="cpu",
+        seed=0,
+        validate_every=100,
+    )
+    args.update(kw)
+    return list(iter_finetune(*pair, **args))
+
+
+def test_same_seed_same_losses_on_cpu(pair):
+    a = _losses(_run(pair, preset="default", steps=2))
+    b = _losses(_run(pair, preset="default", steps=2))
+    assert len(a) == 2 and a == b  # exactly equal, critic and gradient penalty included
+    c = _losses(_run(pair, preset="default", steps=2, seed=1))
+    assert a != c
+
+
+def test_resume_continues_exactly(pair, tmp_path):
+    straight = _losses(_run(pair, preset="default", steps=4, checkpoint_every=2))
+
+    first = iter_finetune(
+        *pair,
+        model=_model(),
+        steps=4,
+        patch_size=32,
+        batch_size=2,
+        preset="default",
+        device="cpu",
+        seed=0,
+        validate_every=100,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=2,
+    )
+    got = []
+    for e in first:
+        if isinstance(e, ev.Step):
+            got.append(e.losses)
+            if e.step == 2:
+                first.stop()
+    assert len(got) == 2 and first.finished.stopped and first.finished.step == 2
+    assert checkpoint_path(tmp_path).is_file()
+
+    resumed = iter_finetune(
+        *pair,
+        model=_model(),
+        steps=4,
+        patch_size=32,
+        batch_size=2,
+        preset="default",
+        device="cpu",
+        seed=0,
+        validate_every=100,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=2,
+        resume=tmp_path,
+    )
+    events = list(resumed)
+    assert isinstance(events[0], ev.Started) and events[0].start_step == 2
+    rest = _losses(events)
+    assert got + rest == straight
+
+
+def test_checkpoint_contents(pair, tmp_path):
+    _run(pair, preset="default", steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    payload = load_checkpoint(tmp_path)  # weights_only=True inside
+    assert payload["step"] == 2
+    for key in ("generator", "critic", "opt_g", "opt_d", "gp_generator"):
+        assert payload["state"][key] is not None
+    assert {"torch", "numpy_json", "python_json"} <= set(payload["global_rng"])
+    assert {"numpy_json", "torch"} <= set(payload["sampler"])
+    assert not list(tmp_path.glob(".checkpoint-*"))  # no temporary files left behind
+
+
+def test_resume_from_missing_dir_is_input_error(pair, tmp_path):
+    with pytest.raises(InputError, match="No training checkpoint"):
+        iter_finetune(*pair, model=_model(), resume=tmp_path / "nope", device="cpu")
+
+
+def test_stop_from_another_thread_returns_quickly(pair):
+    run = iter_finetune(
+        *pair,
+        model=_model(),
+        steps=100_000,
+        patch_size=32,
+        batch_size=2,
+        preset="content",
+        device="cpu",
+        seed=0,
+        validate_every=1000,
+    )
+    seen: list = []
+    first_step = threading.Event()
+
+    def consume():
+        for e in run:
+            seen.append(e)
+            if isinstance(e, ev.Step):
+                first_step.set()
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    assert first_step.wait(120)
+    t0 = time.perf_counter()
+    run.stop()
+    worker.join(10)
+    elapsed = time.perf_counter() - t0
+    assert not worker.is_alive()
+    assert elapsed < 1.0, f"stop took {elapsed:.2f} s"
+    assert isinstance(seen[-1], ev.Finished) and seen[-1].stopped
+    assert seen[-1].step < 100_000
+    assert run.model.generator.training is False
+
+
+def test_nan_loss_rolls_back_and_halves_the_learning_rate(pair, monkeypatch):
+    calls = {"n": 0}
+    real = losses.content_loss
+
+    def flaky(fake, sharp, kind="l1"):
+        calls["n"] += 1
+        value = real(fake, sharp, kind)
+        return value * float("nan") if calls["n"] == 3 else value
+
+    monkeypatch.setattr(losses, "content_loss", flaky)
+    events = _run(pair, steps=4, preset="content")
+    notices = [e for e in events if isinstance(e, ev.Notice) and e.kind == "rollback"]
+    assert len(notices) == 1 and "halved" in notices[0].message
+    steps = [e for e in events if isinstance(e, ev.Step)]
+    # the schedule continues from the snapshot (step 0 here) with half the rate
+    assert [s.step for s in steps] == [1, 2, 1, 2, 3, 4]
+    assert steps[2].learning_rate == pytest.approx(steps[0].learning_rate / 2)
+    assert all(np.isfinite(v) for s in steps for v in s.losses.values())
+    assert isinstance(events[-1], ev.Finished) and events[-1].step == 4 and not events[-1].stopped
+
+
+def test_cuda_oom_halves_the_batch(pair, monkeypatch):
+    real_run = GanStep.run
+    state = {"raised": False}
+
+    def oom_once(self, next_batch, batch_size, **kw):
+        if not state["raised"]:
+            state["raised"] = True
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_run(self, next_batch, batch_size, **kw)
+
+    monkeypatch.setattr(GanStep, "run", oom_once)
+    events = _run(pair, steps=2, batch_size=4)
+    notices = [e for e in events if isinstance(e, ev.Notice) and e.kind == "oom"]
+    assert len(notices) == 1 and "halved to 2" in notices[0].message
+    assert len([e for e in events if isinstance(e, ev.Step)]) == 2
+    assert events[-1].model.metadata["training"]["batch_size"] == 2
+
+
+def test_oom_at_batch_one_is_an_input_error(pair, monkeypatch):
+    def always_oom(self, *a, **k):
+        raise torch.cuda.OutOfMemoryError("injected")
+
+    monkeypatch.setattr(GanStep, "run", always_oom)
+    with pytest.raises(InputError, match="batch size 1"):
+        _run(pair, steps=2, batch_size=1)
+
+
+def test_perceptual_fallback_warns_and_uses_critic_features(pair, monkeypatch, tmp_path):
+    from napari_deblurgan.training import perceptual
+
+    monkeypatch.setattr(perceptual, "cached_vgg19_path", lambda: tmp_path / "no-vgg.pth")
+    monkeypatch.delenv(perceptual.ALLOW_DOWNLOAD_ENV, raising=False)
+    received = []
+    with pytest.warns(UserWarning, match="feature matching"):
+        events = _run(pair, steps=1, preset="deblurgan", batch_size=1, on_event=received.append)
+    assert received == events  # on_event sees the same events, in the same order
+    started = events[0]
+    assert isinstance(started, ev.Started) and started.perceptual == "critic-features"
+    assert any(isinstance(e, ev.Notice) and e.kind == "perceptual-fallback" for e in events)
+    step = next(e for e in events if isinstance(e, ev.Step))
+    assert "feature_matching" in step.losses and "perceptual" not in step.losses
+    assert {"critic", "gradient_penalty", "adversarial"} <= set(step.losses)
+
+
+def test_missing_perceptual_weight_file_is_input_error(tmp_path):
+    from napari_deblurgan.training.perceptual import load_vgg_features
+
+    with pytest.raises(InputError, match="does not exist"):
+        load_vgg_features(tmp_path / "vgg.pth")
+
+
+def test_event_sequence_and_result(pair, tmp_path):
+    model = _model()
+    before = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    seen = []
+    result = finetune(
+        *pair,
+        model=model,
+        steps=4,
+        patch_size=32,
+        batch_size=2,
+        preset="content",
+        device="cpu",
+        seed=0,
+        validate_every=2,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=2,
+        on_event=seen.append,
+        ema=0.9,
+    )
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds[0] == "Started" and kinds[-1] == "Finished"
+    assert kinds.count("Step") == 4
+    vals = [e for e in seen if isinstance(e, ev.Validation)]
+    assert [v.step for v in vals if v.source == "generator"] == [0, 2, 4]
+    assert {v.source for v in vals if v.step > 0} == {"generator", "ema"}
+    assert vals[0].is_best  # the starting model is the first candidate
+    previews = [e for e in seen if isinstance(e, ev.Preview)]
+    assert len(previews) == 3 and previews[0].image.shape == previews[0].target.shape == (32, 32)
+    assert [e.step for e in seen if isinstance(e, ev.CheckpointSaved)] == [2, 4]
+    # provenance
+    meta = result.metadata["training"]
+    assert meta["preset"] == "content" and meta["steps_done"] == 4 and meta["seed"] == 0
+    assert meta["data_shapes"] == [[96, 96]] and meta["device"] == "cpu" and meta["wall_time_s"] > 0
+    assert meta["val_psnr"] == pytest.approx(max(v.psnr for v in vals))
+    assert result.generator.training is False
+    # the caller's model is not trained in place
+    for k, v in model.generator.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_sharp_only_data_trains_with_synthetic_blur(pair):
+    _, sharp = pair
+    events = list(
+        iter_finetune(
+            sharp,
+            model=_model(),
+            steps=2,
+            patch_size=32,
+            batch_size=2,
+            preset="content",
+            device="cpu",
+            seed=0,
+            blur_kind="gaussian",
+            validation=0.3,
+        )
+    )
+    assert "synthetic" in events[0].train_samples
+    val = next(e for e in events if isinstance(e, ev.Validation))
+    assert val.psnr_input < 60  # the validation inputs really are blurred
+
+
+def test_train_from_architecture_name(pair):
+    events = _run(pair, model="unet_lite", steps=1, patch_size=32)
+    assert isinstance(events[-1], ev.Finished) and events[-1].model.architecture == "unet_lite"
+
+
+def test_bad_arguments_raise_input_errors(pair):
+    with pytest.raises(InputError, match="preset"):
+        iter_finetune(*pair, model=_model(), preset="magic", device="cpu")
+    with pytest.raises(InputError, match="steps"):
+        iter_finetune(*pair, model=_model(), steps=-1, device="cpu")
+    with pytest.raises(InputError, match="ema"):
+        iter_finetune(*pair, model=_model(), ema=1.5, device="cpu")
+    with pytest.raises(InputError, match="architecture"):
+        iter_finetune(*pair, model=3, device="cpu")
+
+
+def test_evaluate_runs_in_eval_mode_and_restores_train_mode():
+    modes = []
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.BatchNorm2d(1))
+    net.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    net.train()
+    x = torch.rand(2, 1, 16, 16)
+    evaluate(net, x, x, batch_size=2)
+    assert modes == [False] and net.training
+
+
+def test_gradient_penalty_is_per_sample():
+    """A critic that is linear with slope 1 per sample has zero penalty only if the norm is per sample."""
+
+    class Linear(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1).sum(1, keepdim=True) / np.sqrt(x[0].numel())
+
+    real, fake = torch.rand(3, 1, 8, 8), torch.rand(3, 1, 8, 8)
+    gp = losses.gradient_penalty(Linear(), real, fake)
+    assert gp.item() == pytest.approx(0.0, abs=1e-10)

@@ -1,0 +1,200 @@
+"""The Deblur dock widget and the Layers > Filter menu item, driven end to end in a real napari viewer.
+
+Tiny untrained models on CPU and 64 px images keep this fast; what is checked is the plumbing (layers,
+geometry, dtype, cancel, errors), not image quality.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.viewer
+
+from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
+
+
+@pytest.fixture
+def notifications():
+    """Every napari notification dispatched during the test (severity, message)."""
+    seen: list[tuple[NotificationSeverity, str]] = []
+
+    def record(event):
+        notification = getattr(event, "value", event)  # napari passes the Notification itself
+        seen.append((notification.severity, str(notification.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer, tiny_model_file):
+    from napari_deblurgan.widgets.deblur_widget import DeblurWidget
+
+    viewer = make_napari_viewer(strict_qt="raise")
+    widget = DeblurWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Deblur")
+    widget.model_combo.add_file(str(tiny_model_file))
+    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+    return viewer, widget
+
+
+def wait_done(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+
+
+def test_deblur_adds_layer_with_same_geometry(viewer_and_widget, small_image, qtbot):
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(
+        small_image,
+        name="cells",
+        scale=(0.5, 0.25),
+        translate=(10.0, -3.0),
+        axis_labels=("y", "x"),
+        colormap="magma",
+        contrast_limits=(500, 3500),
+    )
+    before = layer.data.copy()
+    assert widget.layer_combo.value() is layer
+    assert widget.axes_edit.text() == "YX"
+
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+
+    out = viewer.layers["cells deblurred"]
+    assert out.data.shape == small_image.shape
+    assert out.data.dtype == small_image.dtype
+    assert tuple(out.scale) == (0.5, 0.25)
+    assert tuple(out.translate) == (10.0, -3.0)
+    assert tuple(out.axis_labels) == ("y", "x")
+    assert out.colormap.name == "magma"
+    assert tuple(out.contrast_limits) == (500, 3500)
+    assert widget.progress.value() == widget.progress.maximum() > 0
+    np.testing.assert_array_equal(layer.data, before)  # input untouched
+    assert layer.data is not out.data
+
+
+def test_axes_prefill_from_layer(viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)
+    widget.layer_combo.set_value(viewer.layers["photo"])
+    assert widget.axes_edit.text() == "YXS"
+    viewer.add_image(np.zeros((3, 64, 64), np.uint16), name="stack")
+    widget.layer_combo.set_value(viewer.layers["stack"])
+    assert widget.axes_edit.text() == "ZYX"
+    viewer.add_image(np.zeros((2, 3, 64, 64), np.uint16), name="channels", axis_labels=("t", "c", "y", "x"))
+    widget.layer_combo.set_value(viewer.layers["channels"])
+    assert widget.axes_edit.text() == "TCYX"
+
+
+def test_rgb_and_stack_outputs(viewer_and_widget, qtbot):
+    viewer, widget = viewer_and_widget
+    rgb = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    viewer.add_image(rgb, name="photo", rgb=True)
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    out = viewer.layers["photo deblurred"]
+    assert out.rgb and out.data.shape == rgb.shape and out.data.dtype == np.uint8
+
+    stack = np.random.default_rng(1).random((2, 64, 64)).astype(np.float32)
+    viewer.add_image(stack, name="zstack", scale=(2.0, 0.1, 0.1))
+    widget.layer_combo.set_value(viewer.layers["zstack"])
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    out = viewer.layers["zstack deblurred"]
+    assert out.data.shape == stack.shape and out.data.dtype == np.float32
+    assert tuple(out.scale) == (2.0, 0.1, 0.1)
+
+
+def test_bad_axes_gives_notification_not_traceback(viewer_and_widget, small_image, qtbot, notifications):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(small_image, name="cells")
+    widget.axes_edit.setText("ZYX")  # 3 letters for a 2D image
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    errors = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+    assert any("axes" in msg and "dimensions" in msg for msg in errors), notifications
+    assert not any("Traceback" in msg for msg in errors)
+    assert [lay.name for lay in viewer.layers] == ["cells"]
+    assert widget.run_button.isEnabled()
+
+
+def test_bad_model_file_gives_notification(make_napari_viewer, tmp_path, small_image, qtbot, notifications):
+    from napari_deblurgan.widgets.deblur_widget import DeblurWidget
+
+    viewer = make_napari_viewer(strict_qt="raise")
+    widget = DeblurWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a model")
+    widget.model_combo.add_file(str(broken))
+    viewer.add_image(small_image, name="cells")
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    assert any(sev == NotificationSeverity.ERROR and "broken.pt" in msg for sev, msg in notifications)
+    assert len(viewer.layers) == 1
+
+
+def test_cancel_stops_quickly_and_adds_nothing(viewer_and_widget, qtbot):
+    viewer, widget = viewer_and_widget
+    image = (np.random.default_rng(0).random((8, 256, 256)) * 4000).astype(np.uint16)
+    layer = viewer.add_image(image, name="big")
+    before = layer.data.copy()
+    widget.tile_spin.setValue(128)  # many small tile batches: cancel is checked after each
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: widget.progress.value() > 0 or widget.worker is None, timeout=60_000)
+    worker = widget.worker
+    assert worker is not None, "finished before it could be cancelled; make the image bigger"
+    ended: list[float] = []
+    worker.finished.connect(lambda: ended.append(time.monotonic()))
+    t0 = time.monotonic()
+    widget.cancel_button.click()
+    wait_done(qtbot, widget, timeout=5_000)
+    assert ended and ended[0] - t0 < 1.0, f"took {ended[0] - t0:.2f} s to stop"
+    assert widget.progress.value() < widget.progress.maximum()  # really stopped part-way
+    assert [lay.name for lay in viewer.layers] == ["big"]
+    np.testing.assert_array_equal(layer.data, before)
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_dask_layer_stays_lazy(viewer_and_widget, qtbot):
+    da = pytest.importorskip("dask.array")
+    viewer, widget = viewer_and_widget
+    data = da.from_array(np.random.default_rng(0).random((2, 64, 64)).astype(np.float32), chunks=(1, 64, 64))
+    viewer.add_image(data, name="lazy", contrast_limits=(0, 1))
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    out = viewer.layers["lazy deblurred"]
+    assert isinstance(out.data, da.Array)
+    assert out.data.shape == data.shape and out.data.dtype == np.float32
+    assert np.isfinite(np.asarray(out.data[0])).all()
+
+
+def test_layer_menu_deblurs_selected_layer(make_napari_viewer, tiny_model_file, small_image, qtbot, monkeypatch):
+    from napari_deblurgan.widgets import layer_menu
+
+    monkeypatch.setattr(layer_menu, "MODEL", str(tiny_model_file))
+    viewer = make_napari_viewer(strict_qt="raise")
+    layer = viewer.add_image(small_image, name="cells", scale=(2.0, 2.0))
+    viewer.layers.selection = {layer}
+    workers = layer_menu.deblur_selected_layers(viewer)
+    assert len(workers) == 1
+    qtbot.waitUntil(lambda: "cells deblurred" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: not workers[0].is_running, timeout=5_000)
+    out = viewer.layers["cells deblurred"]
+    assert out.data.shape == small_image.shape and out.data.dtype == small_image.dtype
+    assert tuple(out.scale) == (2.0, 2.0)
+
+
+def test_layer_menu_is_registered(make_napari_viewer):
+    """The manifest's menu item reaches napari's Layers > Filter menu (app-model registry)."""
+    from napari._app_model import get_app_model
+
+    make_napari_viewer()
+    items = get_app_model().menus.get_menu("napari/layers/filter")
+    titles = [getattr(item, "command", None) and item.command.title for item in items]
+    assert any(t and t.startswith("Deblur (default model)") for t in titles), titles

@@ -1,0 +1,175 @@
+"""The Finetune dock widget, driven end to end in a real napari viewer with a tiny model on CPU.
+
+Runs are a handful of steps on 64 px images with 32 px crops; what is checked is the plumbing: events reach
+the progress bar, plot and preview layer, Stop stops, the model is saved where asked and appears in the
+Deblur widget's model list, the input layers are never modified.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.viewer
+
+from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
+
+
+@pytest.fixture
+def notifications():
+    seen: list[tuple[NotificationSeverity, str]] = []
+
+    def record(event):
+        notification = getattr(event, "value", event)
+        seen.append((notification.severity, str(notification.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def pair():
+    """A 64 x 64 sharp image with edges and its Gaussian-blurred version (uint16)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    sharp = 500 + 3000 * ((xx // 8 + yy // 8) % 2) + rng.normal(0, 30, (64, 64))
+    blurred = ndimage.gaussian_filter(sharp, 1.5)
+    return blurred.clip(0, 65535).astype(np.uint16), sharp.clip(0, 65535).astype(np.uint16)
+
+
+@pytest.fixture
+def setup(make_napari_viewer, tiny_model_file, pair, tmp_path):
+    from napari_deblurgan.widgets.deblur_widget import DeblurWidget
+    from napari_deblurgan.widgets.finetune_widget import FinetuneWidget
+
+    viewer = make_napari_viewer(strict_qt="raise")
+    blurred, sharp = pair
+    viewer.add_image(sharp, name="sharp")
+    viewer.add_image(blurred, name="blurred")
+    finetune = FinetuneWidget(viewer)
+    deblur = DeblurWidget(viewer)
+    viewer.window.add_dock_widget(finetune, name="Finetune")
+    viewer.window.add_dock_widget(deblur, name="Deblur")
+    finetune.base_model.add_file(str(tiny_model_file))
+    finetune.blurred_combo.set_value(viewer.layers["blurred"])
+    finetune.sharp_combo.set_value(viewer.layers["sharp"])
+    finetune.device_combo.setCurrentIndex(finetune.device_combo.findData("cpu"))
+    finetune.preset_combo.setCurrentText("content")  # no critic: the fastest steps
+    finetune.patch_spin.setValue(32)
+    finetune.batch_spin.setValue(2)
+    finetune.validate_every_spin.setValue(2)
+    finetune.val_fraction.setValue(0.25)
+    finetune.save_edit.setText(str(tmp_path / "models" / "mine.pt"))
+    return viewer, finetune, deblur
+
+
+def wait_done(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+
+
+def test_finetune_pair_end_to_end(setup, qtbot, tmp_path):
+    viewer, finetune, deblur = setup
+    sharp_before = viewer.layers["sharp"].data.copy()
+    blurred_before = viewer.layers["blurred"].data.copy()
+    finetune.steps_spin.setValue(4)
+    finetune.start_button.click()
+    assert finetune.stop_button.isEnabled() and not finetune.start_button.isEnabled()
+    wait_done(qtbot, finetune)
+
+    saved = tmp_path / "models" / "mine.pt"
+    assert finetune.last_saved == saved and saved.is_file()
+    assert finetune.last_finished is not None and not finetune.last_finished.stopped
+    assert finetune.progress.value() == finetune.progress.maximum() == 4
+    assert finetune.plot.steps == [1, 2, 3, 4]
+    assert all(np.isfinite(finetune.plot.generator_loss))
+    assert len(finetune.plot.val_psnr) >= 2 and all(np.isfinite(finetune.plot.val_psnr))
+    preview = viewer.layers["finetune preview: blurred | restored | sharp"]
+    assert preview.data.ndim == 2 and preview.data.shape[1] == 3 * preview.data.shape[0]
+    assert preview.metadata["step"] == 4
+    np.testing.assert_array_equal(viewer.layers["sharp"].data, sharp_before)
+    np.testing.assert_array_equal(viewer.layers["blurred"].data, blurred_before)
+
+    # the saved model is in the Deblur widget's list, and it loads and runs there
+    labels = [deblur.model_combo.itemText(i) for i in range(deblur.model_combo.count())]
+    assert "finetuned: mine" in labels
+    from napari_deblurgan import load_model
+
+    assert load_model(saved).architecture == "unet_lite"
+    deblur.model_combo.setCurrentIndex(labels.index("finetuned: mine"))
+    deblur.layer_combo.set_value(viewer.layers["blurred"])
+    deblur.device_combo.setCurrentIndex(deblur.device_combo.findData("cpu"))
+    deblur.run_button.click()
+    qtbot.waitUntil(lambda: deblur.worker is None, timeout=60_000)
+    assert viewer.layers["blurred deblurred"].data.shape == (64, 64)
+
+
+def test_stop_then_resume(setup, qtbot, tmp_path):
+    viewer, finetune, _ = setup
+    sharp_before = viewer.layers["sharp"].data.copy()
+    finetune.steps_spin.setValue(100_000)
+    finetune.validate_every_spin.setValue(1000)
+    finetune.start_button.click()
+    qtbot.waitUntil(lambda: len(finetune.plot.steps) >= 2 or finetune.worker is None, timeout=120_000)
+    worker = finetune.worker
+    assert worker is not None
+    ended: list[float] = []
+    worker.finished.connect(lambda: ended.append(time.monotonic()))
+    t0 = time.monotonic()
+    finetune.stop_button.click()
+    wait_done(qtbot, finetune, timeout=10_000)
+    assert ended and ended[0] - t0 < 1.0, f"took {ended[0] - t0:.2f} s to stop"
+    assert finetune.last_finished.stopped
+    stopped_at = finetune.last_finished.step
+    assert 2 <= stopped_at < 100_000
+    assert (tmp_path / "models" / "mine.pt").is_file()  # saved on stop
+    assert finetune.resume_button.isEnabled()
+    np.testing.assert_array_equal(viewer.layers["sharp"].data, sharp_before)
+
+    finetune.steps_spin.setValue(stopped_at + 2)
+    finetune.resume_button.click()
+    wait_done(qtbot, finetune)
+    assert not finetune.last_finished.stopped
+    assert finetune.last_finished.step == stopped_at + 2
+    assert finetune.plot.steps[-2:] == [stopped_at + 1, stopped_at + 2]  # history kept, continued
+
+
+def test_sharp_only_with_synthetic_blur_and_preview(setup, qtbot):
+    viewer, finetune, _ = setup
+    finetune.synth_radio.setChecked(True)
+    assert not finetune.blurred_combo.isEnabled() and finetune.preview_blur_button.isEnabled()
+    finetune.blur_kind.setCurrentText("gaussian")
+    finetune.blur_strength.setValue(2.0)
+    finetune.preview_blur_button.click()
+    preview = viewer.layers["sharp synthetic blur"]
+    sharp = viewer.layers["sharp"].data
+    assert preview.data.shape == sharp.shape and preview.data.dtype == sharp.dtype
+    assert not np.array_equal(preview.data, sharp)
+    assert preview.metadata["psf"].ndim == 2
+
+    finetune.steps_spin.setValue(2)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    assert finetune.last_finished is not None and finetune.last_finished.step == 2
+
+
+def test_bad_settings_give_notification(setup, qtbot, notifications):
+    viewer, finetune, _ = setup
+    finetune.axes_edit.setText("TZYX")  # wrong for a 2D image
+    finetune.steps_spin.setValue(2)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    errors = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+    assert any("axes" in msg.lower() for msg in errors), notifications
+    assert finetune.last_saved is None
+    assert finetune.start_button.isEnabled()
+
+    finetune.blurred_combo.set_value(viewer.layers["sharp"])  # same layer twice
+    finetune.start_button.click()
+    assert finetune.worker is None
+    assert any("same layer" in msg for sev, msg in notifications if sev == NotificationSeverity.ERROR)
