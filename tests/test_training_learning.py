@@ -2,8 +2,8 @@
 
 The model starts untrained (its random residual makes it *worse* than the input, about -0.4 dB), so the test
 fails with 0 steps, and it fails if the optimiser, the data pipeline or the validation were broken.
-Measured on the 2-core CPU dev machine (shared with other jobs): +2.3 dB after 200 steps in 39 s while the
-machine was busy (an earlier 300-step version of this test: +3.1 dB in 13 s on a quieter machine).
+Measured on the 2-core CPU dev machine (shared with other jobs): +2.3 dB after 200 steps, in 7 s when the
+machine was quiet and 39 s when it was busy.
 """
 
 from __future__ import annotations
