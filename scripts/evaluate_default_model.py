@@ -25,7 +25,7 @@ import numpy as np
 
 from napari_deblurgan import deblur, load_model, samples
 from napari_deblurgan.blur.synthesize import synthesize_blur_with_params
-from napari_deblurgan.compare import best_classical, psnr, richardson_lucy, ssim, wiener
+from napari_deblurgan.comparison import best_classical, psnr, richardson_lucy, ssim, wiener
 
 KINDS = ("motion", "defocus", "gaussian")
 METHODS = ("input", "wiener", "richardson_lucy", "model")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_deblurgan import samples
-from napari_deblurgan.compare import sharpness
+from napari_deblurgan.comparison import sharpness
 from napari_deblurgan.errors import InputError
 
 

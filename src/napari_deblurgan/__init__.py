@@ -28,9 +28,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     "finetune": ".training.trainer",
     "iter_finetune": ".training.trainer",
     # comparison and metrics
-    "compare": ".compare",
-    "richardson_lucy": ".compare",
-    "wiener": ".compare",
+    "compare": ".comparison",
+    "richardson_lucy": ".comparison",
+    "wiener": ".comparison",
     # errors
     "DeblurGANError": ".errors",
     "InputError": ".errors",
@@ -75,7 +75,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static type checkers and IDEs see the real objects
     from .blur.synthesize import synthesize_blur
-    from .compare import compare, richardson_lucy, wiener
+    from .comparison import compare, richardson_lucy, wiener
     from .errors import Cancelled, DeblurGANError, InputError, ModelFileError
     from .inference.deblur import deblur
     from .model_file import DeblurModel, create_model, list_named_models, load_model

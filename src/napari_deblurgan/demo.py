@@ -35,7 +35,7 @@ def run_demo(
     import tifffile
 
     from . import deblur, load_model, samples
-    from .compare import psnr, richardson_lucy, sharpness, ssim
+    from .comparison import psnr, richardson_lucy, sharpness, ssim
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ torch is imported inside the functions: this module is imported by widgets at st
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from .errors import InputError
@@ -80,3 +81,26 @@ def list_devices() -> list[tuple[str, str]]:
     if _mps_available():
         devices.append(("mps", "Apple MPS"))
     return devices
+
+
+def avoid_triton_llvm_clash() -> None:
+    """Keep torch from importing triton inside napari on Linux (call before a job's first torch use).
+
+    napari's OpenGL canvas on Mesa's software renderer (llvmpipe: VMs, remote desktops, Xvfb) loads Mesa's
+    LLVM; importing triton afterwards loads triton's own LLVM into the same process and crashes it with a
+    segmentation fault (seen with torch 2.14 + Mesa 22: torch.optim imports torch._dynamo, which probes for
+    triton). napari-deblurgan never uses ``torch.compile``, the only user of triton, so inside napari
+    triton is marked unavailable: torch then reports "no triton" instead of importing it. Nothing changes
+    when triton was already imported (it was loaded before the OpenGL context, which is safe).
+    """
+    if sys.platform.startswith("linux") and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` now raises ImportError
+
+
+def guard_torch_inside_napari() -> None:
+    """Apply :func:`avoid_triton_llvm_clash` when running inside napari (its canvas may hold Mesa's LLVM).
+
+    Called by the trainer at the start of every run, so console users are protected as well as widgets.
+    """
+    if "napari" in sys.modules or "vispy" in sys.modules:
+        avoid_triton_llvm_clash()

@@ -312,7 +312,7 @@ def image_metrics(target: np.ndarray, image: np.ndarray) -> tuple[float, float]:
 
     Data range 1 (the 1-99.8 percentile span of the blurred plane); SSIM is averaged over crops and channels.
     """
-    from ..compare import psnr, ssim
+    from ..comparison import psnr, ssim
 
     planes_t = np.ascontiguousarray(target.reshape(-1, *target.shape[-2:]), dtype=np.float32)
     planes_i = np.nan_to_num(image.reshape(-1, *image.shape[-2:]).astype(np.float32), nan=0.0, posinf=0.0)
@@ -331,6 +331,10 @@ class TrainingRun:
     """
 
     def __init__(self, **kwargs: Any) -> None:
+        from ..devices import guard_torch_inside_napari
+
+        # Before the optimiser is built (torch.optim probes triton, which crashes next to Mesa's LLVM in napari)
+        guard_torch_inside_napari()
         self._kwargs = kwargs
         self._stop_event = threading.Event()
         self._events: Iterator[TrainingEvent] | None = None

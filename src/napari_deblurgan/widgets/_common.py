@@ -8,12 +8,14 @@ import torch (napari imports widget modules at startup when it builds its menus)
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox, QWidget
+
+# re-exported for the widgets; devices.py is torch-free at import time
+from ..devices import avoid_triton_llvm_clash as avoid_triton_llvm_clash
 
 if TYPE_CHECKING:
     import napari
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 #: Axis letters understood by ``napari_deblurgan.axes`` (see docs/architecture.md).
 AXIS_LETTERS = "TZCYXS"
+
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions a user can cause (bad input, bad model file, cancel); shown as plain notifications."""
@@ -48,20 +51,6 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, user_error_types()):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
-
-
-def avoid_triton_llvm_clash() -> None:
-    """Keep torch from importing triton inside napari on Linux (call before a job's first torch use).
-
-    napari's OpenGL canvas on Mesa's software renderer (llvmpipe: VMs, remote desktops, Xvfb) loads Mesa's
-    LLVM; importing triton afterwards loads triton's own LLVM into the same process and crashes it with a
-    segmentation fault (seen with torch 2.14 + Mesa 22: torch.optim imports torch._dynamo, which probes for
-    triton). napari-deblurgan never uses ``torch.compile``, the only user of triton, so inside napari
-    triton is marked unavailable: torch then reports "no triton" instead of importing it. Nothing changes
-    when triton was already imported (it was loaded before the OpenGL context, which is safe).
-    """
-    if sys.platform.startswith("linux") and "triton" not in sys.modules:
-        sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` now raises ImportError
 
 
 class ProgressRelay(QObject):

@@ -2,7 +2,7 @@
 
 Metrics come from :func:`napari_deblurgan.compare`, baselines from :func:`napari_deblurgan.richardson_lucy`
 and :func:`napari_deblurgan.wiener`; the widget only picks layers, runs those calls in a napari
-``thread_worker`` and shows the :class:`~napari_deblurgan.compare.ComparisonTable` in a ``QTableWidget``.
+``thread_worker`` and shows the :class:`~napari_deblurgan.comparison.ComparisonTable` in a ``QTableWidget``.
 """
 
 from __future__ import annotations

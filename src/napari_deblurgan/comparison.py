@@ -17,9 +17,7 @@ import csv
 import html
 import math
 import os
-import sys
 import tempfile
-import types
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -446,19 +444,3 @@ def compare(
             for k, where in enumerate(indices):
                 rows.append(score(name, planes[k], None if ref_planes is None else ref_planes[k], where, "YX"))
     return ComparisonTable(rows)
-
-
-class _CallableModule(types.ModuleType):
-    """Module type whose instances can be called like :func:`compare`.
-
-    The public API exports the *function* ``napari_deblurgan.compare``, but this *module* has the same
-    dotted name: once anything runs ``import napari_deblurgan.compare``, Python sets the package attribute
-    ``compare`` to the module, and ``from napari_deblurgan import compare`` returns the module. Making the
-    module callable keeps ``compare(results, reference)`` working whatever the import order.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> ComparisonTable:
-        return compare(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
