@@ -148,3 +148,50 @@ def test_bad_blur_kind_and_validation_args(pair):
         PairedData(blurred, sharp, patch_size=32, validation=1.5)
     with pytest.raises(InputError, match="too small"):
         PairedData(blurred[:40, :40], sharp[:40, :40], patch_size=32, validation=0.5)
+
+
+# -- synthetic blur strength and noise settings ------------------------------------------------------------
+def test_noise_settings_resolve_to_ranges():
+    from napari_deblurgan.data.pairs import REALISTIC_NOISE, resolve_noise
+
+    assert resolve_noise("realistic") == REALISTIC_NOISE and resolve_noise(True) == REALISTIC_NOISE
+    assert resolve_noise(None) is None and resolve_noise(False) is None
+    assert resolve_noise(200) == {"photons": (200.0, 200.0), "read_noise": (0.0, 0.0)}
+    assert resolve_noise({"photons": (50, 100), "read_noise": 2}) == {
+        "photons": (50.0, 100.0),
+        "read_noise": (2.0, 2.0),
+    }
+    for bad in (0, -5, {"read_noise": 1}, {"photons": 10, "gain": 2}, (100, 10), "loud"):
+        with pytest.raises(InputError):
+            resolve_noise(bad)
+
+
+def test_blur_strength_resolves_for_every_kind():
+    from napari_deblurgan.data.pairs import resolve_blur_strength
+
+    assert resolve_blur_strength(None, ("motion",)) is None
+    assert resolve_blur_strength(3, ("motion", "gaussian")) == {"motion": (3.0, 3.0), "gaussian": (3.0, 3.0)}
+    assert resolve_blur_strength((1, 4), ("defocus",)) == {"defocus": (1.0, 4.0)}
+    for bad in (0, -1, (5, 2), "big", (1, 2, 3)):
+        with pytest.raises(InputError):
+            resolve_blur_strength(bad, ("motion",))
+
+
+def test_batch_source_uses_the_given_strength_and_noise():
+    """A fixed small Gaussian without noise blurs much less than a large one; noise-free batches repeat."""
+    torch = pytest.importorskip("torch")
+    from napari_deblurgan.data.pairs import BatchSource, PairedData
+
+    sharp = data.camera()[100:228, 100:228].astype(np.float32)
+    pairs = PairedData(None, sharp, patch_size=32, validation=0.0)
+
+    def mean_abs_change(strength: float, noise) -> float:
+        source = BatchSource(
+            pairs, torch.device("cpu"), seed=0, blur_kinds=("gaussian",), noise=noise,
+            strength_ranges={"gaussian": (strength, strength)},
+        )
+        blurred, target = source.next_batch(4)
+        return float((blurred - target).abs().mean())
+
+    assert mean_abs_change(0.5, None) < 0.5 * mean_abs_change(3.0, None)
+    assert mean_abs_change(3.0, {"photons": (5.0, 5.0), "read_noise": (0.0, 0.0)}) > mean_abs_change(3.0, None)

@@ -24,7 +24,7 @@ import numpy as np
 
 
 def run_demo(
-    output: str | os.PathLike[str] = "deblurgan-demo",
+    output: str | os.PathLike[str] = "demo-output",
     *,
     model: Any = None,
     device: str = "auto",
@@ -126,4 +126,4 @@ def _write_png(path: Path, images: list[np.ndarray], lo: float, hi: float) -> No
 
 
 if __name__ == "__main__":  # pragma: no cover
-    run_demo(sys.argv[1] if len(sys.argv) > 1 else "deblurgan-demo")
+    run_demo(sys.argv[1] if len(sys.argv) > 1 else "demo-output")

@@ -17,7 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Results go to --output."
         ),
     )
-    parser.add_argument("-o", "--output", type=Path, default=Path("deblurgan-demo"), help="results folder")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("demo-output"), help="results folder (default: demo-output)"
+    )
     parser.add_argument("--model", default=None, help="model file or shipped name (default: the shipped default)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     return parser

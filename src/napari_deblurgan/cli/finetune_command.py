@@ -65,6 +65,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="K",
         help="synthetic blur: mixed, motion, defocus, gaussian, airy or a comma list (default: %(default)s)",
     )
+    p.add_argument(
+        "--blur-strength",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="PX",
+        help="synthetic blur size in px (motion extent, defocus radius, Gaussian sigma): one value or LOW HIGH "
+        "(default: each kind's random range)",
+    )
+    p.add_argument(
+        "--noise-photons",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="P",
+        help="synthetic Poisson noise: photons at the bright end, one value or LOW HIGH (default: realistic, "
+        "30-1000 photons with 0.5-4 photons of read noise); 0 for no noise",
+    )
     p.add_argument("--axes", default=None, metavar="A", help="axes of the images, e.g. ZYX, YXS (default: from file)")
     p.add_argument("--channels", type=int, default=None, metavar="C", help="channels of a from-scratch model")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
@@ -208,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
         validate_every=args.validate_every,
         ema=args.ema,
         blur_kind=args.blur_kind,
+        blur_strength=_one_or_range(args.blur_strength, "--blur-strength"),
+        noise=_noise(args.noise_photons),
         resume=args.resume,
         axes=axes,
         channels=args.channels,
@@ -239,3 +259,21 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {out}", file=sys.stderr)
     return EXIT_INTERRUPTED if interrupted.is_set() else 0
+
+
+def _one_or_range(values: list[float] | None, flag: str) -> float | tuple[float, float] | None:
+    if values is None:
+        return None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise InputError(f"{flag} takes one value or two (LOW HIGH), got {len(values)}")
+
+
+def _noise(photons: list[float] | None) -> object:
+    if photons is None:
+        return "realistic"
+    if photons == [0.0]:
+        return None
+    return {"photons": _one_or_range(photons, "--noise-photons"), "read_noise": (0.5, 4.0)}

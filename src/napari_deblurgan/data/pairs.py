@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -511,6 +511,54 @@ def _dihedral(x: np.ndarray, k: int) -> np.ndarray:
     return np.rot90(x, k % 4, axes=(-2, -1))
 
 
+#: Noise of synthetic training data when the user says nothing: photons at intensity 1.0 (the normalised bright
+#: end) drawn log-uniformly, and read noise in photons drawn uniformly, per crop - as synthesize_blur("realistic").
+REALISTIC_NOISE: dict[str, tuple[float, float]] = {"photons": (30.0, 1000.0), "read_noise": (0.5, 4.0)}
+
+
+def _range(value: Any, name: str) -> tuple[float, float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo = hi = float(value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        lo, hi = (float(v) for v in value)
+    else:
+        raise InputError(f"{name} must be a number or a (low, high) pair, got {value!r}.")
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+        raise InputError(f"{name} needs 0 <= low <= high, got {(lo, hi)}.")
+    return lo, hi
+
+
+def resolve_noise(noise: Any) -> dict[str, tuple[float, float]] | None:
+    """Noise of synthetic training data: "realistic"/True (default ranges), None/False (none), a number of
+    photons (no read noise, as synthesize_blur), or {"photons": P or (lo, hi), "read_noise": R or (lo, hi)}."""
+    if noise is None or noise is False:
+        return None
+    if noise is True or noise == "realistic":
+        return dict(REALISTIC_NOISE)
+    if isinstance(noise, Mapping):
+        unknown = set(noise) - {"photons", "read_noise"}
+        if unknown or "photons" not in noise:
+            raise InputError(f"noise needs the keys 'photons' and optionally 'read_noise', got {sorted(noise)}.")
+        photons = _range(noise["photons"], "noise photons")
+        read = _range(noise.get("read_noise", 0.0), "noise read_noise")
+    else:
+        photons, read = _range(noise, "noise (photons)"), (0.0, 0.0)
+    if photons[0] <= 0:
+        raise InputError(f"noise photons must be > 0 (fewer photons = noisier), got {photons}.")
+    return {"photons": photons, "read_noise": read}
+
+
+def resolve_blur_strength(strength: Any, kinds: Sequence[str]) -> dict[str, tuple[float, float]] | None:
+    """Blur size of synthetic training data in pixels (motion extent, disk/Airy radius, Gaussian sigma) for
+    every kind: None (each kind's default random range), a number, or a (low, high) pair."""
+    if strength is None:
+        return None
+    lo, hi = _range(strength, "blur_strength")
+    if lo <= 0:
+        raise InputError(f"blur_strength must be > 0 pixels, got {strength!r}.")
+    return {kind: (lo, hi) for kind in kinds}
+
+
 class BatchSource:
     """Batches of training tensors on ``device`` (and the fixed validation batch), blur synthesised there.
 
@@ -527,7 +575,8 @@ class BatchSource:
         seed: int,
         blur_kinds: Sequence[str] = BLUR_KINDS["mixed"],
         channels_last: bool = False,
-        noise: bool = True,
+        noise: Mapping[str, tuple[float, float]] | None = None,
+        strength_ranges: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         import torch
 
@@ -537,12 +586,14 @@ class BatchSource:
         self.device = device
         self.blur_kinds = tuple(blur_kinds)
         self.channels_last = channels_last
-        self.noise = noise
+        # {"photons": (lo, hi), "read_noise": (lo, hi)} drawn per crop, or None for noise-free blur
+        self.noise = dict(noise) if noise is not None else None
+        self.strength_ranges = dict(strength_ranges) if strength_ranges else None
         self.rng = np.random.default_rng(seed)
         # A CPU generator for synthesis: same numbers on every device (torch_synthesis moves them over).
         self.torch_generator = torch.Generator(device="cpu")
         self.torch_generator.manual_seed(int(seed) + 1)
-        self.margin = default_psf_size(self.blur_kinds) // 2 if data.synthetic else 0
+        self.margin = default_psf_size(self.blur_kinds, self.strength_ranges) // 2 if data.synthetic else 0
         self._validation: tuple[torch.Tensor, torch.Tensor] | None = None
         self._validation_seed = int(seed) + 2
 
@@ -559,7 +610,17 @@ class BatchSource:
     def _synthesize(self, sharp: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         from ..blur.torch_synthesis import synthesize_batch
 
-        blurred, _ = synthesize_batch(sharp, kinds=self.blur_kinds, generator=generator, noise=self.noise)
+        noise_ranges = (
+            {"photons_range": self.noise["photons"], "read_noise_range": self.noise["read_noise"]} if self.noise else {}
+        )
+        blurred, _ = synthesize_batch(
+            sharp,
+            kinds=self.blur_kinds,
+            generator=generator,
+            noise=self.noise is not None,
+            strength_ranges=self.strength_ranges,
+            **noise_ranges,
+        )
         m = self.margin
         if m:
             blurred = blurred[..., m:-m, m:-m]

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.pairs import BatchSource, PairedData, resolve_blur_kinds
+from ..data.pairs import BatchSource, PairedData, resolve_blur_kinds, resolve_blur_strength, resolve_noise
 from ..devices import autocast_dtype, resolve_device
 from ..errors import InputError
 from ..model_file import DeblurModel, create_model, load_model
@@ -82,6 +82,8 @@ class RunConfig:
     validate_every: int
     ema: float | None
     blur_kind: str
+    blur_strength: list[float] | None = None  # [low, high] px for every kind, None = each kind's default range
+    noise: dict[str, list[float]] | None = None  # {"photons": [lo, hi], "read_noise": [lo, hi]} or None
 
 
 # ---------------------------------------------------------------------------------------- step function
@@ -413,6 +415,8 @@ class TrainingRun:
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**31))  # recorded, so the run can be repeated
         self.blur_kinds = resolve_blur_kinds(saved.get("blur_kind", k["blur_kind"]))
+        self.strength_ranges = resolve_blur_strength(saved.get("blur_strength", k["blur_strength"]), self.blur_kinds)
+        self.noise = resolve_noise(saved["noise"] if "noise" in saved else k["noise"])
         for name in ("checkpoint_every", "validate_every"):
             if int(k[name]) < 1:
                 raise InputError(f"{name} must be >= 1, got {k[name]}.")
@@ -429,6 +433,8 @@ class TrainingRun:
             validate_every=int(k["validate_every"]),
             ema=None if ema is None else float(ema),
             blur_kind=",".join(self.blur_kinds),
+            blur_strength=list(next(iter(self.strength_ranges.values()))) if self.strength_ranges else None,
+            noise={key: list(v) for key, v in self.noise.items()} if self.noise else None,
         )
         self.device = resolve_device(k["device"])
 
@@ -562,7 +568,15 @@ class TrainingRun:
             ema_decay=cfg.ema,
             seed=cfg.seed,
         )
-        source = BatchSource(self.data, device, seed=cfg.seed, blur_kinds=self.blur_kinds, channels_last=channels_last)
+        source = BatchSource(
+            self.data,
+            device,
+            seed=cfg.seed,
+            blur_kinds=self.blur_kinds,
+            channels_last=channels_last,
+            noise=self.noise,
+            strength_ranges=self.strength_ranges,
+        )
 
         step = 0
         lr_scale = 1.0
@@ -606,7 +620,11 @@ class TrainingRun:
             "device": str(device),
             "data": self.data.describe(),
             "data_shapes": [list(s) for s in self.data.shapes()],
-            "synthetic_blur": list(self.blur_kinds) if self.data.synthetic else None,
+            "synthetic_blur": (
+                {"kinds": list(self.blur_kinds), "strength_px": cfg.blur_strength, "noise": cfg.noise}
+                if self.data.synthetic
+                else None
+            ),
             "validation": self.data.describe_validation(),
             "perceptual": perceptual_kind,
             "base_model": self.base.metadata.get("name") or self.base.architecture,
@@ -837,6 +855,8 @@ def iter_finetune(
     validate_every: int = 100,
     ema: float | None = None,
     blur_kind: str = "mixed",
+    blur_strength: float | tuple[float, float] | None = None,
+    noise: Any = "realistic",
     on_event: Callable[[TrainingEvent], Any] | None = None,
     resume: str | os.PathLike[str] | None = None,
     axes: str | None = None,
@@ -869,6 +889,12 @@ def iter_finetune(
         ema: keep an exponential moving average of the generator with this decay (e.g. 0.999); it
             competes with the live weights at validation.
         blur_kind: ``"mixed"``, ``"motion"``, ``"defocus"``, ``"gaussian"``, ``"airy"`` or a comma list.
+        blur_strength: synthetic blur size in pixels (motion extent, disk/Airy radius, Gaussian sigma) for
+            every kind: a number, a ``(low, high)`` range drawn per crop, or None for each kind's default
+            range (motion 5-25, defocus 1.5-6, Gaussian 0.8-3.5).
+        noise: synthetic noise: ``"realistic"`` (default: 30-1000 photons at the bright end, read noise
+            0.5-4 photons, drawn per crop), None for none, a photon count, or
+            ``{"photons": P or (lo, hi), "read_noise": R or (lo, hi)}``.
         on_event: called with every event (also when iterating).
         resume: a ``checkpoint_dir`` of an earlier run: continues its step count, optimisers, schedule,
             random streams and recipe exactly (pass the same data).
@@ -894,6 +920,8 @@ def iter_finetune(
         validate_every=validate_every,
         ema=ema,
         blur_kind=blur_kind,
+        blur_strength=blur_strength,
+        noise=noise,
         on_event=on_event,
         resume=resume,
         axes=axes,
@@ -922,6 +950,8 @@ def finetune(
     validate_every: int = 100,
     ema: float | None = None,
     blur_kind: str = "mixed",
+    blur_strength: float | tuple[float, float] | None = None,
+    noise: Any = "realistic",
     on_event: Callable[[TrainingEvent], Any] | None = None,
     resume: str | os.PathLike[str] | None = None,
     axes: str | None = None,
@@ -953,6 +983,8 @@ def finetune(
         validate_every=validate_every,
         ema=ema,
         blur_kind=blur_kind,
+        blur_strength=blur_strength,
+        noise=noise,
         on_event=on_event,
         resume=resume,
         axes=axes,

@@ -124,17 +124,17 @@ class FinetuneWidget(QWidget):
         self.blur_strength.setSingleStep(0.5)
         self.blur_strength.setSpecialValueText("random")
         self.blur_strength.setToolTip(
-            "For 'preview synthetic blur' only: blur size in pixels (motion length, defocus radius or Gaussian "
-            "sigma). Training always draws a fresh random size and noise level for every crop."
+            "Blur size in pixels (motion length, defocus radius or Gaussian sigma) for training and the "
+            "preview; 'random' draws a fresh size per crop from each kind's default range."
         )
         self.blur_noise = QDoubleSpinBox()
         self.blur_noise.setRange(0.0, 1e6)
         self.blur_noise.setDecimals(0)
         self.blur_noise.setSingleStep(50)
-        self.blur_noise.setSpecialValueText("none")
+        self.blur_noise.setSpecialValueText("realistic")
         self.blur_noise.setToolTip(
-            "For 'preview synthetic blur' only: Poisson noise as expected photons at a bright pixel (fewer "
-            "photons = noisier); 'none' adds no noise. Training draws its own noise level per crop."
+            "Poisson noise as expected photons at a bright pixel (fewer photons = noisier), for training and "
+            "the preview; 'realistic' draws 30-1000 photons and 0.5-4 photons of read noise per crop."
         )
         self.preview_blur_button = QPushButton("preview synthetic blur")
 
@@ -280,7 +280,7 @@ class FinetuneWidget(QWidget):
     def _blur_settings(self) -> dict[str, Any]:
         """``synthesize_blur`` keyword arguments from the blur controls."""
         strength = self.blur_strength.value() or None
-        noise = self.blur_noise.value() or None
+        noise = self.blur_noise.value() or "realistic"
         return {"kind": self.blur_kind.currentText(), "strength": strength, "noise": noise}
 
     # ------------------------------------------------------------------------------- synthetic preview
@@ -334,7 +334,10 @@ class FinetuneWidget(QWidget):
             kwargs.update(blurred=np.asarray(blurred_layer.data), sharp=sharp)
         else:
             # iter_finetune's convention: sharp images alone go in the first argument, with sharp=None
-            kwargs.update(blurred=sharp, sharp=None, blur_kind=self.blur_kind.currentText())
+            blur = self._blur_settings()
+            kwargs.update(
+                blurred=sharp, sharp=None, blur_kind=blur["kind"], blur_strength=blur["strength"], noise=blur["noise"]
+            )
         if self.val_mode.currentData() == "pair":
             vb, vs = self.val_blurred_combo.value(), self.val_sharp_combo.value()
             if vb is None or vs is None:
