@@ -152,10 +152,15 @@ def test_sharp_only_with_synthetic_blur_and_preview(setup, qtbot):
     assert not np.array_equal(preview.data, sharp)
     assert preview.metadata["psf"].ndim == 2
 
+    finetune.blur_noise.setValue(300)
+    kwargs = finetune.training_kwargs()  # the panel's blur settings are what training uses
+    assert kwargs["blur_kind"] == "gaussian" and kwargs["blur_strength"] == 2.0 and kwargs["noise"] == 300
     finetune.steps_spin.setValue(2)
     finetune.start_button.click()
     wait_done(qtbot, finetune)
     assert finetune.last_finished is not None and finetune.last_finished.step == 2
+    recorded = finetune.last_finished.model.metadata["training"]["synthetic_blur"]
+    assert recorded["strength_px"] == [2.0, 2.0] and recorded["noise"]["photons"] == [300.0, 300.0]
 
 
 def test_bad_settings_give_notification(setup, qtbot, notifications):
