@@ -49,3 +49,19 @@ def small_image() -> np.ndarray:
     yy, xx = np.mgrid[:64, :64]
     img = 1000 + 2000 * ((xx // 8 + yy // 8) % 2) + rng.normal(0, 50, (64, 64))
     return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+@pytest.fixture
+def notifications():
+    """Every napari notification dispatched during the test, as (severity, message) (viewer tests only)."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[tuple[object, str]] = []
+
+    def record(event):
+        notification = getattr(event, "value", event)  # napari passes the Notification itself
+        seen.append((notification.severity, str(notification.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)

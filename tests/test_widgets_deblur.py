@@ -14,21 +14,7 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.viewer
 
-from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
-
-
-@pytest.fixture
-def notifications():
-    """Every napari notification dispatched during the test (severity, message)."""
-    seen: list[tuple[NotificationSeverity, str]] = []
-
-    def record(event):
-        notification = getattr(event, "value", event)  # napari passes the Notification itself
-        seen.append((notification.severity, str(notification.message)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
+from napari.utils.notifications import NotificationSeverity  # noqa: E402
 
 
 @pytest.fixture

@@ -15,20 +15,7 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.viewer
 
-from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
-
-
-@pytest.fixture
-def notifications():
-    seen: list[tuple[NotificationSeverity, str]] = []
-
-    def record(event):
-        notification = getattr(event, "value", event)
-        seen.append((notification.severity, str(notification.message)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
+from napari.utils.notifications import NotificationSeverity  # noqa: E402
 
 
 @pytest.fixture
