@@ -77,7 +77,23 @@ def test_finetune_sharp_only_synthesises_blur(files):
     out = files / "syn.pt"
     code = main([*_common(files, "--sharp", str(files / "sharp.tif")), "--steps", "2", "-o", str(out), "-q"])
     assert code == 0
-    assert load_model(out).metadata["training"]["synthetic_blur"] == ["motion", "defocus", "gaussian"]
+    assert load_model(out).metadata["training"]["synthetic_blur"] == {
+        "kinds": ["motion", "defocus", "gaussian"],
+        "strength_px": None,
+        "noise": {"photons": [30.0, 1000.0], "read_noise": [0.5, 4.0]},
+    }
+
+
+def test_finetune_blur_strength_and_noise_options(files):
+    out = files / "syn2.pt"
+    code = main([*_common(files, "--sharp", str(files / "sharp.tif")), "--steps", "2", "-o", str(out), "-q",
+                 "--blur-kind", "gaussian", "--blur-strength", "1", "2", "--noise-photons", "0"])
+    assert code == 0
+    recorded = load_model(out).metadata["training"]["synthetic_blur"]
+    assert recorded == {"kinds": ["gaussian"], "strength_px": [1.0, 2.0], "noise": None}
+    bad = main([*_common(files, "--sharp", str(files / "sharp.tif")), "--steps", "2", "-o", str(files / "b.pt"),
+                "-q", "--blur-strength", "1", "2", "3"])
+    assert bad == 2
 
 
 def test_blurred_without_sharp_is_a_usage_error(files, capsys):

@@ -575,7 +575,7 @@ class BatchSource:
         seed: int,
         blur_kinds: Sequence[str] = BLUR_KINDS["mixed"],
         channels_last: bool = False,
-        noise: Mapping[str, tuple[float, float]] | None = None,
+        noise: Any = True,
         strength_ranges: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         import torch
@@ -587,7 +587,7 @@ class BatchSource:
         self.blur_kinds = tuple(blur_kinds)
         self.channels_last = channels_last
         # {"photons": (lo, hi), "read_noise": (lo, hi)} drawn per crop, or None for noise-free blur
-        self.noise = dict(noise) if noise is not None else None
+        self.noise = resolve_noise(noise)
         self.strength_ranges = dict(strength_ranges) if strength_ranges else None
         self.rng = np.random.default_rng(seed)
         # A CPU generator for synthesis: same numbers on every device (torch_synthesis moves them over).
