@@ -23,13 +23,13 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from napari_deblurgan import iter_finetune, samples
+from napari_deblurgan.atomic_files import atomic_write
 from napari_deblurgan.training.events import Finished, Notice, Step, Validation
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "napari_deblurgan" / "weights"
@@ -61,9 +61,8 @@ def validation_stack(side: int = 256) -> np.ndarray:
 def install(model_path: Path, name: str = "default") -> None:
     data = model_path.read_bytes()
     target = WEIGHTS / f"{name}.pt"
-    with tempfile.NamedTemporaryFile(dir=WEIGHTS, delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, target)
+    with atomic_write(target) as tmp:
+        tmp.write_bytes(data)
     registry_path = WEIGHTS / "registry.json"
     registry = json.loads(registry_path.read_text())
     registry.setdefault("models", {})[name] = {
@@ -71,10 +70,8 @@ def install(model_path: Path, name: str = "default") -> None:
         "sha256": hashlib.sha256(data).hexdigest(),
         "description": "single-channel unet_lite trained on synthetic motion/defocus/Gaussian blur with noise",
     }
-    with tempfile.NamedTemporaryFile("w", dir=WEIGHTS, delete=False) as tmp:
-        json.dump(registry, tmp, indent=2)
-        tmp.write("\n")
-    os.replace(tmp.name, registry_path)
+    with atomic_write(registry_path) as tmp:
+        tmp.write_text(json.dumps(registry, indent=2) + "\n")
     print(f"installed {target} ({len(data) / 1e6:.2f} MB), sha256 {registry['models'][name]['sha256']}")
 
 

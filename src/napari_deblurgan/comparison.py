@@ -17,7 +17,6 @@ import csv
 import html
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from scipy import ndimage
 from skimage import metrics as sk_metrics
 from skimage import restoration
 
+from .atomic_files import atomic_write
 from .blur.synthesize import (
     check_psf_array,
     plane_indices,
@@ -364,29 +364,20 @@ class ComparisonTable:
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
         """Write the table as CSV (full float precision) atomically: a temporary file, then a rename."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=directory)
-        try:
-            with os.fdopen(fd, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(self.columns)
-                for row in self.rows:
-                    cells = []
-                    for key in self.columns:
-                        value = row.get(key)
-                        if key == "slice":
-                            cells.append("" if value is None else ",".join(str(v) for v in value))
-                        elif value is None:
-                            cells.append("")
-                        else:
-                            cells.append(repr(value) if isinstance(value, float) else str(value))
-                    writer.writerow(cells)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(self.columns)
+            for row in self.rows:
+                cells = []
+                for key in self.columns:
+                    value = row.get(key)
+                    if key == "slice":
+                        cells.append("" if value is None else ",".join(str(v) for v in value))
+                    elif value is None:
+                        cells.append("")
+                    else:
+                        cells.append(repr(value) if isinstance(value, float) else str(value))
+                writer.writerow(cells)
 
 
 def compare(

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .atomic_files import atomic_write
 
 
 def run_demo(
@@ -91,38 +92,29 @@ def run_demo(
         "pair_data_range": data_range,
         "clock": clock_metrics,
     }
-    _write_atomic(out / "results.json", json.dumps(results, indent=2).encode())
+    _write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
     log(f"\nresults written to {out.resolve()}")
     return results
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
+def _write_bytes(path: Path, data: bytes) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _write_tiff(path: Path, image: np.ndarray, tifffile: Any) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tif") as tmp:
-        pass
-    try:
-        tifffile.imwrite(tmp.name, image)
-        os.replace(tmp.name, path)
-    finally:
-        if os.path.exists(tmp.name):
-            os.unlink(tmp.name)
+    with atomic_write(path) as tmp:
+        tifffile.imwrite(tmp, image)
 
 
 def _write_png(path: Path, images: list[np.ndarray], lo: float, hi: float) -> None:
-    from skimage.io import imsave
+    import imageio.v3 as iio
 
     scaled = [np.clip((np.asarray(im, np.float32) - lo) / (hi - lo), 0, 1) for im in images]
     gap = np.ones((scaled[0].shape[0], 6), np.float32)
     strip = np.concatenate([part for im in scaled for part in (im, gap)][:-1], axis=1)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".png") as tmp:
-        pass
-    imsave(tmp.name, (strip * 255).astype(np.uint8), check_contrast=False)
-    os.replace(tmp.name, path)
+    with atomic_write(path) as tmp:  # the temporary name has no .png suffix: say the format
+        iio.imwrite(tmp, (strip * 255).astype(np.uint8), extension=".png")
 
 
 if __name__ == "__main__":  # pragma: no cover

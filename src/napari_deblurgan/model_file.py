@@ -18,7 +18,6 @@ how to wrap one (build a model with :func:`create_model` and ``model.generator.l
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as _dt
 import hashlib
@@ -26,11 +25,11 @@ import io
 import json
 import os
 import pickle
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .atomic_files import atomic_write
 from .errors import InputError, ModelFileError
 
 if TYPE_CHECKING:  # torch is imported lazily: `import napari_deblurgan` must stay cheap
@@ -186,37 +185,6 @@ class DeblurModel:
         self.metadata.setdefault("created", header["metadata"]["created"])
         self.metadata.setdefault("package_version", header["metadata"]["package_version"])
         return path
-
-
-# ---------------------------------------------------------------------------------------- atomic writes
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Context manager yielding a temporary path next to ``path``; renamed onto ``path`` on success.
-
-    On any exception (including ``KeyboardInterrupt``) the temporary file is removed and ``path`` is left
-    untouched. The caller writes (and should fsync) the temporary file.
-    """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise InputError(f"Output directory {str(directory)!r} does not exist; create it first.")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    # Make the rename itself durable (best effort: not every platform can fsync a directory).
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 # --------------------------------------------------------------------------------------------- creating

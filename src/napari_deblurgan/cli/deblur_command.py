@@ -200,8 +200,9 @@ def run(args: argparse.Namespace) -> int:
     """Deblur ``args.input`` into ``args.output``; returns the exit status."""
     import tifffile
 
+    from ..atomic_files import atomic_write
     from ..inference.deblur import deblur
-    from ..model_file import atomic_write, load_model
+    from ..model_file import load_model
     from .progress import ProgressBar
 
     inp, out = Path(args.input), Path(args.output)
@@ -251,8 +252,8 @@ def _deblur_lazy(data: Any, info: TiffInfo, common: dict, out: Path, kw: dict, b
     import numpy as np
     import tifffile
 
+    from ..atomic_files import atomic_write
     from ..inference.deblur import deblur
-    from ..model_file import atomic_write
 
     # One chunk per plane with all its channels (deblur keeps Y, X and the channel axis whole anyway).
     page_axes = "YXS" if info.axes.endswith("YXS") else "YX"

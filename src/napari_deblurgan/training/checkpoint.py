@@ -13,16 +13,15 @@ unpickler cannot hold (NumPy/Python RNG states with 128-bit integers, the config
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic_files import atomic_write
 from ..errors import InputError, ModelFileError
 
 CHECKPOINT_FORMAT = "napari-deblurgan-checkpoint"
@@ -86,19 +85,10 @@ def save_checkpoint(directory: str | os.PathLike[str], payload: dict[str, Any]) 
     path = checkpoint_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     full = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    # The temporary file lives in the destination folder: os.replace is only atomic within one filesystem.
-    fd, tmp_name = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(full, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        # Ctrl-C or a full disk mid-write must not leave litter or a half file behind.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(full, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 
