@@ -178,6 +178,10 @@ def test_nan_pixels_are_counted(model):
     with pytest.raises(InputError, match="2 NaN/inf"):
         deblur(image, model, device="cpu")
     np.testing.assert_array_equal(image, before)
+    stack = np.ones((3, 20, 20), np.float32)
+    stack[0, 1, 1] = stack[2, 5, 5] = stack[2, 6, 6] = np.nan
+    with pytest.raises(InputError, match="3 NaN/inf"):  # a non-contiguous view of a stack
+        deblur(stack.transpose(1, 0, 2), model, axes="YZX", device="cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU exists")

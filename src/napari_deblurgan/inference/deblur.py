@@ -126,10 +126,9 @@ def _check_plane_size(shape: tuple[int, ...], axes: str) -> None:
 def _check_finite(image: np.ndarray) -> None:
     if image.dtype.kind != "f":
         return
-    # counted plane by plane: no full-size boolean temporary for large stacks
-    flat = image.reshape(-1, image.shape[-1]) if image.ndim > 1 else image[None]
-    step = max(1, (1 << 22) // max(1, flat.shape[1]))
-    bad = sum(int(np.count_nonzero(~np.isfinite(flat[i : i + step]))) for i in range(0, flat.shape[0], step))
+    # counted over the last two axes at a time: no full-size boolean temporary, and no copy of a
+    # non-contiguous view (reshape(-1, ...) would copy one)
+    bad = sum(int(np.count_nonzero(~np.isfinite(image[index]))) for index in np.ndindex(*image.shape[:-2]))
     if bad:
         raise InputError(
             f"the image has {bad} NaN/inf pixel(s) out of {image.size}; replace them first, e.g. "
