@@ -15,7 +15,11 @@ from napari_deblurgan.models.complexity import (  # noqa: E402
 from napari_deblurgan.models.critic import PatchCritic  # noqa: E402
 from napari_deblurgan.models.layers import ResidualBlock  # noqa: E402
 
-TINY = {"resnet9": {"width": 4, "n_blocks": 2}, "unet_lite": {"width": 4, "depth": 2, "n_blocks": 1}}
+TINY = {
+    "resnet9": {"width": 4, "n_blocks": 2},
+    "unet_lite": {"width": 4, "depth": 2, "n_blocks": 1},
+    "unet_fast": {"width": 4, "depth": 2, "n_blocks": 1},
+}
 
 
 def test_architectures_listed():
@@ -33,6 +37,27 @@ def test_resnet9_matches_the_paper_size_and_cost():
 def test_unet_lite_is_light():
     gen = build_generator("unet_lite", channels=1)
     assert 2 * macs_per_megapixel(gen, 1) / 1e12 <= 0.15
+
+
+def test_unet_fast_runs_no_convolution_at_full_resolution():
+    gen = build_generator("unet_fast", channels=1).eval()
+    seen = []
+    for m in gen.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            m.register_forward_hook(lambda mod, inp, out: seen.append(max(inp[0].shape[-1], out.shape[-1])))
+    with torch.no_grad():
+        assert gen(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+    assert seen and max(seen) == 32  # every convolution works at half resolution or less
+    assert gen.stride == 16
+    # cheaper than unet_lite per pixel although it is wider and deeper
+    assert macs_per_megapixel(gen, 1) < macs_per_megapixel(build_generator("unet_lite", channels=1), 1)
+
+
+def test_unet_options_are_checked():
+    with pytest.raises(ValueError, match="stem"):
+        build_generator("unet_lite", stem="pool")
+    with pytest.raises(ValueError, match="padding_mode"):
+        build_generator("unet_fast", padding_mode="circular")
 
 
 def test_residual_blocks_keep_both_convolutions():

@@ -39,7 +39,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--model",
         default="default",
         metavar="M",
-        help="starting model: file (.pt), shipped name, or an architecture (unet_lite, resnet9) to train "
+        help="starting model: file (.pt), shipped name, or an architecture (unet_fast, unet_lite, resnet9) to train "
         "from scratch (default: %(default)s)",
     )
     p.add_argument("--steps", type=int, default=1000, metavar="N", help="generator updates (default: %(default)s)")

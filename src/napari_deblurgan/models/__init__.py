@@ -20,8 +20,13 @@ ARCHITECTURES: dict[str, tuple[type, dict[str, Any], str]] = {
     ),
     "unet_lite": (
         UNetGenerator,
-        {"width": 16, "depth": 3, "n_blocks": 2},
+        {"width": 16, "depth": 3, "n_blocks": 2, "stem": "conv", "padding_mode": "reflect"},
         "light residual U-Net for CPUs: no normalisation, ~1/20 of resnet9's arithmetic",
+    ),
+    "unet_fast": (
+        UNetGenerator,
+        {"width": 24, "depth": 3, "n_blocks": 2, "stem": "unshuffle", "padding_mode": "zeros"},
+        "U-Net at half resolution and below (pixel unshuffle/shuffle), zero padding: ~2.5x unet_lite's CPU speed",
     ),
 }
 

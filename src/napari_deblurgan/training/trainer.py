@@ -766,7 +766,7 @@ class TrainingRun:
                 if batch_size <= 1:
                     raise InputError(
                         f"Out of GPU memory even with batch size 1 at patch size {cfg.patch_size}. Use a smaller "
-                        "patch_size, a lighter architecture (unet_lite) or device='cpu'."
+                        "patch_size, a lighter architecture (unet_fast, unet_lite) or device='cpu'."
                     ) from None
                 batch_size = max(1, batch_size // 2)
                 yield self._notice(step, f"Out of GPU memory: batch size halved to {batch_size}; continuing.", "oom")
