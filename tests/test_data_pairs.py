@@ -195,3 +195,28 @@ def test_batch_source_uses_the_given_strength_and_noise():
 
     assert mean_abs_change(0.5, None) < 0.5 * mean_abs_change(3.0, None)
     assert mean_abs_change(3.0, {"photons": (5.0, 5.0), "read_noise": (0.0, 0.0)}) > mean_abs_change(3.0, None)
+
+
+def test_synthetic_crops_are_scaled_as_inference_scales_the_blurred_image():
+    """Blur spreads a sparse scene's light, so the blurred crop's bright percentile falls well below the sharp
+    plane's; training must present it at the contrast inference will (its own 1/99.8 percentiles at 0/1),
+    with the target in the same units - otherwise the model learns the wrong contrast (issue 4)."""
+    torch = pytest.importorskip("torch")
+    from napari_deblurgan import samples
+    from napari_deblurgan.data.pairs import BatchSource, PairedData
+
+    sharp = samples.filaments((256, 256), seed=11).astype(np.float32)
+    pairs = PairedData(None, sharp, patch_size=128, validation=0.0)
+    source = BatchSource(
+        pairs, torch.device("cpu"), seed=0, blur_kinds=("gaussian",), noise=None,
+        strength_ranges={"gaussian": (3.0, 3.0)},
+    )
+    blurred, target = source.next_batch(6)
+    q = torch.quantile(blurred.flatten(1), torch.tensor([0.01, 0.998]), dim=1)
+    spans = q[1] - q[0]
+    content = spans > 0  # every crop of this dense scene has structure
+    assert content.all()
+    assert torch.allclose(q[0], torch.zeros(6), atol=1e-4)
+    assert torch.allclose(q[1], torch.ones(6), atol=1e-4), q[1]
+    # the target is in the same units: its bright end lies above the blurred one (blur lowered the peaks)
+    assert (torch.quantile(target.flatten(1), 0.998, dim=1) > 1.05).all()
