@@ -253,7 +253,7 @@ def best_classical(
     psf: Any,
     *,
     rl_iterations: Iterable[int] = range(2, 31),
-    wiener_balances: Iterable[float] = tuple(np.logspace(-4, 0, 13)),
+    wiener_balances: Iterable[float] = tuple(np.logspace(-4, 2, 19)),
     axes: str | None = None,
     data_range: float | None = None,
 ) -> dict[str, Any]:
@@ -263,6 +263,8 @@ def best_classical(
     way. Wiener is run for every balance. Results are scored in the dtype of ``blurred`` (what a user gets),
     with ``data_range`` as in :func:`psnr`. "Oracle" because the parameter is picked with the ground truth,
     which a real user does not have: it is an upper bound on what these methods give with the true PSF.
+    The default balances span 1e-4..1e2 in thirds of a decade: on smooth, noisy images (scikit-image's
+    ``cell``) the best balance is 10-50, and a scan that stopped at 1 understated Wiener by 4-7 dB.
 
     Returns a dict with ``method`` ("richardson_lucy" or "wiener"), ``parameters`` (``{"iterations": n}``
     or ``{"balance": b}``), ``image`` (the best result, shape/dtype of ``blurred``), ``psnr``, ``ssim`` (of

@@ -92,7 +92,7 @@ class CompareWidget(QWidget):
         self.rl_iterations.setValue(30)
         self.wiener_balance = QDoubleSpinBox()
         self.wiener_balance.setDecimals(4)
-        self.wiener_balance.setRange(0.0001, 10.0)
+        self.wiener_balance.setRange(0.0001, 100.0)
         self.wiener_balance.setSingleStep(0.005)
         self.wiener_balance.setValue(0.01)
         self.rl_button = QPushButton("Richardson-Lucy")
