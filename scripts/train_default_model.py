@@ -1,6 +1,6 @@
 """Train the shipped default model with the project's own engine (``napari_deblurgan.iter_finetune``).
 
-Reproduces ``src/napari_deblurgan/weights/default.pt``: a single-channel ``unet_lite`` trained from scratch on
+Reproduces ``src/napari_deblurgan/weights/default.pt``: a single-channel ``unet_fast`` trained from scratch on
 synthetic blur (motion, defocus, Gaussian and Airy kernels drawn fresh for every crop, Poisson-Gaussian noise)
 of sharp images available offline - scikit-image's bundled images and generated microscopy scenes - never on
 the held-out validation images (``samples.VALIDATION_IMAGES``).
@@ -35,11 +35,11 @@ from napari_deblurgan.training.events import Finished, Notice, Step, Validation
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "napari_deblurgan" / "weights"
 
 #: Architecture of the default model: chosen by measurement (docs/model-card.md).
-ARCHITECTURE = "unet_lite"
-ARCH_ARGS = {"width": 16, "depth": 3, "n_blocks": 2}
+ARCHITECTURE = "unet_fast"
+ARCH_ARGS = {"width": 24, "depth": 3, "n_blocks": 2}
 
 
-def training_images(extra_scenes: int = 12) -> list[np.ndarray]:
+def training_images(extra_scenes: int = 24) -> list[np.ndarray]:
     """Sharp training images: bundled photos plus generated microscopy scenes (seeds disjoint from the
     validation scenes)."""
     images = list(samples.sharp_training_images("train").values())
@@ -58,7 +58,7 @@ def validation_stack(side: int = 256) -> np.ndarray:
     return np.stack(crops).astype(np.float32)
 
 
-def install(model_path: Path, name: str = "default") -> None:
+def install(model_path: Path, name: str = "default", architecture: str = ARCHITECTURE) -> None:
     data = model_path.read_bytes()
     target = WEIGHTS / f"{name}.pt"
     with atomic_write(target) as tmp:
@@ -68,7 +68,7 @@ def install(model_path: Path, name: str = "default") -> None:
     registry.setdefault("models", {})[name] = {
         "file": target.name,
         "sha256": hashlib.sha256(data).hexdigest(),
-        "description": "single-channel unet_lite trained on synthetic motion/defocus/Gaussian blur with noise",
+        "description": f"single-channel {architecture} trained on synthetic motion/defocus/Gaussian blur with noise",
     }
     with atomic_write(registry_path) as tmp:
         tmp.write_text(json.dumps(registry, indent=2) + "\n")
@@ -90,16 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("runs/default-model"))
     parser.add_argument("--output", type=Path, default=None, help="model file (default: <checkpoint-dir>/model.pt)")
     parser.add_argument("--install", action="store_true", help="copy the result into the package's weights")
+    parser.add_argument("--architecture", default=ARCHITECTURE)
     parser.add_argument("--arch-args", type=json.loads, default=ARCH_ARGS)
+    parser.add_argument("--extra-scenes", type=int, default=24, help="generated microscopy scenes to train on")
     args = parser.parse_args(argv)
 
     from napari_deblurgan import create_model
 
     args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     resume = args.checkpoint_dir if any(args.checkpoint_dir.glob("checkpoint*")) else None
-    model = create_model(ARCHITECTURE, channels=1, seed=args.seed, **args.arch_args)
+    model = create_model(args.architecture, channels=1, seed=args.seed, **args.arch_args)
     run = iter_finetune(
-        training_images(),
+        training_images(args.extra_scenes),
         None,
         model=model,
         steps=args.steps,
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     model = run.model
     model.metadata.update(
         name="default",
-        description="napari-deblurgan default model: single-channel unet_lite, synthetic blur + noise",
+        description=f"napari-deblurgan default model: single-channel {args.architecture}, synthetic blur + noise",
     )
     model.metadata.setdefault("training", {})
     if isinstance(model.metadata["training"], dict):
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"saved {output}; finished={final is not None and not final.stopped} step={final.step if final else '?'}"
           f" wall={wall:.0f}s")
     if args.install:
-        install(Path(output))
+        install(Path(output), architecture=args.architecture)
     return 0
 
 
