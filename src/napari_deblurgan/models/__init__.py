@@ -26,7 +26,7 @@ ARCHITECTURES: dict[str, tuple[type, dict[str, Any], str]] = {
     "unet_fast": (
         UNetGenerator,
         {"width": 24, "depth": 3, "n_blocks": 2, "stem": "unshuffle", "padding_mode": "zeros"},
-        "U-Net at half resolution and below (pixel unshuffle/shuffle), zero padding: ~2.5x unet_lite's CPU speed",
+        "U-Net at half resolution and below (pixel unshuffle/shuffle), zero padding: ~2.8x unet_lite's CPU speed",
     ),
 }
 
