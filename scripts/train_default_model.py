@@ -70,7 +70,10 @@ def validation_stack(side: int = 256) -> np.ndarray:
     return np.stack(crops).astype(np.float32)
 
 
-def install(model_path: Path, name: str = "default", architecture: str = ARCHITECTURE) -> None:
+def install(model_path: Path, name: str = "default") -> None:
+    from napari_deblurgan import load_model
+
+    architecture = load_model(model_path).architecture  # from the file: --init may start from any architecture
     data = model_path.read_bytes()
     target = WEIGHTS / f"{name}.pt"
     with atomic_write(target) as tmp:
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     model = run.model
     model.metadata.update(
         name="default",
-        description=f"napari-deblurgan default model: single-channel {args.architecture}, synthetic blur + noise",
+        description=f"napari-deblurgan default model: single-channel {model.architecture}, synthetic blur + noise",
     )
     model.metadata.setdefault("training", {})
     if isinstance(model.metadata["training"], dict):
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"saved {output}; finished={final is not None and not final.stopped} step={final.step if final else '?'}"
           f" wall={wall:.0f}s")
     if args.install:
-        install(Path(output), architecture=args.architecture)
+        install(Path(output))
     return 0
 
 

@@ -276,4 +276,6 @@ def _noise(photons: list[float] | None) -> object:
         return "realistic"
     if photons == [0.0]:
         return None
-    return {"photons": _one_or_range(photons, "--noise-photons"), "read_noise": (0.5, 4.0)}
+    from ..data.pairs import REALISTIC_NOISE
+
+    return {"photons": _one_or_range(photons, "--noise-photons"), "read_noise": REALISTIC_NOISE["read_noise"]}
