@@ -79,9 +79,15 @@ def test_finetune_sharp_only_synthesises_blur(files):
     assert code == 0
     assert load_model(out).metadata["training"]["synthetic_blur"] == {
         "kinds": ["motion", "defocus", "gaussian"],
+        "kind_weights": None,
         "strength_px": None,
         "noise": {"photons": [30.0, 1000.0], "read_noise": [0.5, 4.0]},
     }
+    weighted = files / "weighted.pt"
+    argv = [*_common(files, "--sharp", str(files / "sharp.tif")), "--blur-kind", "motion:2,gaussian"]
+    assert main([*argv, "--steps", "2", "-o", str(weighted), "-q"]) == 0
+    blur = load_model(weighted).metadata["training"]["synthetic_blur"]
+    assert blur["kinds"] == ["motion", "gaussian"] and blur["kind_weights"] == [2.0, 1.0]
 
 
 def test_finetune_blur_strength_and_noise_options(files):
@@ -90,7 +96,7 @@ def test_finetune_blur_strength_and_noise_options(files):
                  "--blur-kind", "gaussian", "--blur-strength", "1", "2", "--noise-photons", "0"])
     assert code == 0
     recorded = load_model(out).metadata["training"]["synthetic_blur"]
-    assert recorded == {"kinds": ["gaussian"], "strength_px": [1.0, 2.0], "noise": None}
+    assert recorded == {"kinds": ["gaussian"], "kind_weights": None, "strength_px": [1.0, 2.0], "noise": None}
     bad = main([*_common(files, "--sharp", str(files / "sharp.tif")), "--steps", "2", "-o", str(files / "b.pt"),
                 "-q", "--blur-strength", "1", "2", "3"])
     assert bad == 2

@@ -9,7 +9,14 @@ import pytest
 from scipy import ndimage
 from skimage import data
 
-from napari_deblurgan.data.pairs import BatchSource, PairedData, measure_offset, resolve_blur_kinds
+from napari_deblurgan.data.pairs import (
+    BatchSource,
+    PairedData,
+    format_blur_mix,
+    measure_offset,
+    resolve_blur_kinds,
+    resolve_blur_mix,
+)
 from napari_deblurgan.errors import InputError
 from napari_deblurgan.normalization import normalize, percentile_range
 
@@ -120,6 +127,26 @@ def test_sampling_reads_crops_lazily(pair):
     assert 0 < Spy.largest <= sharp.size  # a plane at most, never the stack
 
 
+def test_batch_source_uses_the_kind_weights(pair):
+    import torch
+
+    _, sharp = pair
+    d = PairedData(None, sharp, patch_size=32, validation=0.0)
+
+    def batch(weights):
+        src = BatchSource(d, torch.device("cpu"), seed=3, blur_kinds=("gaussian", "motion"), blur_weights=weights,
+                          noise=False, strength_ranges={"gaussian": (0.8, 0.8), "motion": (12.0, 12.0)})
+        return src.next_batch(4)
+
+    gaussian_only, motion_only, again = batch((1.0, 0.0)), batch((0.0, 1.0)), batch((1.0, 0.0))
+    def standardized(t):  # both crops are rescaled by their blurred crop's percentiles: compare up to that
+        return (t - t.mean(dim=(2, 3), keepdim=True)) / t.std(dim=(2, 3), keepdim=True)
+
+    assert torch.allclose(standardized(gaussian_only[1]), standardized(motion_only[1]), atol=1e-4)  # same crops...
+    assert not torch.allclose(gaussian_only[0], motion_only[0], atol=1e-3)  # ...blurred by different kinds
+    assert torch.equal(gaussian_only[0], again[0])
+
+
 def test_synthetic_batches_are_blurred_and_reproducible(pair):
     import torch
 
@@ -148,6 +175,20 @@ def test_bad_blur_kind_and_validation_args(pair):
         PairedData(blurred, sharp, patch_size=32, validation=1.5)
     with pytest.raises(InputError, match="too small"):
         PairedData(blurred[:40, :40], sharp[:40, :40], patch_size=32, validation=0.5)
+
+
+def test_weighted_blur_mix():
+    assert resolve_blur_mix("mixed") == (("motion", "defocus", "gaussian"), None)
+    assert resolve_blur_mix("motion:2, defocus, gaussian") == (("motion", "defocus", "gaussian"), (2.0, 1.0, 1.0))
+    assert resolve_blur_mix({"motion": 1, "airy": 0.5}) == (("motion", "airy"), (1.0, 0.5))
+    assert resolve_blur_mix("motion:3,defocus:3") == (("motion", "defocus"), None)  # equal weights: uniform
+    assert resolve_blur_mix("motion:0,gaussian") == (("gaussian",), None)  # a zero weight drops the kind
+    for spec in ("mixed", "motion:2,defocus,gaussian", "gaussian:0.5,airy:1.5"):
+        kinds, weights = resolve_blur_mix(spec)
+        assert resolve_blur_mix(format_blur_mix(kinds, weights)) == (kinds, weights)  # round trip (checkpoints)
+    for bad in ("motion:x", "motion:-1", "motion:0,defocus:0", "motion:inf", "zoom:2"):
+        with pytest.raises(InputError, match=r"(?i)blur kind"):
+            resolve_blur_mix(bad)
 
 
 # -- synthetic blur strength and noise settings ------------------------------------------------------------

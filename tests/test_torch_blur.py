@@ -137,3 +137,26 @@ def test_random_psf_batch_rejects_bad_arguments():
         random_psf_batch(0, 21, generator=_gen(0))
     with pytest.raises(InputError):
         random_psf_batch(2, 21, ("gaussian",), generator=_gen(0), strength_ranges={"gaussian": (0, 1)})
+
+
+def test_random_psf_batch_kind_weights():
+    # fixed strengths: every Gaussian PSF is the same tensor, every disk another, so kinds can be counted
+    ranges = {"gaussian": (2.0, 2.0), "defocus": (3.0, 3.0)}
+    kinds = ("gaussian", "defocus")
+    gaussian = random_psf_batch(1, 21, ("gaussian",), generator=_gen(0), strength_ranges=ranges)[0]
+
+    def gaussian_fraction(weights, seed=1, n=4000):
+        psfs = random_psf_batch(n, 21, kinds, generator=_gen(seed), strength_ranges=ranges, kind_weights=weights)
+        is_gaussian = (psfs - gaussian).abs().amax(dim=(1, 2, 3)) < 1e-6
+        return is_gaussian.float().mean().item()
+
+    assert abs(gaussian_fraction((3.0, 1.0)) - 0.75) < 0.03
+    assert abs(gaussian_fraction((1.0, 3.0)) - 0.25) < 0.03
+    assert gaussian_fraction((1.0, 0.0)) == 1.0 and gaussian_fraction((0.0, 2.0)) == 0.0
+    # equal weights draw exactly what the unweighted (uniform) call draws
+    a = random_psf_batch(64, 21, kinds, generator=_gen(2), strength_ranges=ranges)
+    b = random_psf_batch(64, 21, kinds, generator=_gen(2), strength_ranges=ranges, kind_weights=(5.0, 5.0))
+    assert torch.equal(a, b)
+    for bad in ((1.0,), (1.0, -1.0), (0.0, 0.0), (float("nan"), 1.0)):
+        with pytest.raises(InputError, match="kind_weights"):
+            random_psf_batch(2, 21, kinds, generator=_gen(0), kind_weights=bad)

@@ -126,6 +126,11 @@ def test_side_by_side_grid_and_matched_contrast(setup):
     layers = list(viewer.layers)
     assert grid.actual_shape(layers) == (1, 2)  # truth and blurred, nothing else
     assert tuple(viewer.layers["blurred"].contrast_limits) == tuple(viewer.layers["truth"].contrast_limits)
+    # three images: one row, not a 2 x 2 grid with an empty corner
+    viewer.add_image(viewer.layers["blurred"].data * 0.5, name="half")
+    widget.set_checked(viewer.layers["half"])
+    widget.side_button.click()
+    assert grid.actual_shape(list(viewer.layers)) == (1, 3)
 
 
 def test_errors_are_notifications(setup, qtbot, notifications):

@@ -161,6 +161,22 @@ def _airy_batch(radii: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(v <= _AIRY_THIRD_ZERO, airy, torch.zeros_like(v))
 
 
+def _cumulative_kind_weights(kinds: Sequence[str], kind_weights: Sequence[float] | None) -> list[float] | None:
+    """Cumulative probabilities (ending at 1) for ``kind_weights``, or None for a uniform draw."""
+    if kind_weights is None:
+        return None
+    weights = [float(w) for w in kind_weights]
+    if len(weights) != len(kinds) or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise InputError(
+            f"kind_weights needs one finite weight >= 0 per kind ({len(kinds)}), not all zero; got {kind_weights!r}."
+        )
+    total, running, cumulative = sum(weights), 0.0, []
+    for w in weights:
+        running += w / total
+        cumulative.append(running)
+    return cumulative
+
+
 def random_psf_batch(
     n: int,
     size: int | None = None,
@@ -170,10 +186,12 @@ def random_psf_batch(
     device: torch.device | str | None = None,
     strength_ranges: Mapping[str, tuple[float, float]] | None = None,
     motion_steps: int = MOTION_STEPS,
+    kind_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """``n`` random PSFs of side ``size`` as a float32 tensor ``(n, 1, size, size)``, each summing to 1.
 
-    Each PSF's kind is drawn uniformly from ``kinds`` ("motion", "defocus" (disk), "gaussian", "airy") and
+    Each PSF's kind is drawn from ``kinds`` ("motion", "defocus" (disk), "gaussian", "airy"), uniformly or
+    in proportion to ``kind_weights`` (one non-negative weight per kind), and
     its strength uniformly from ``strength_ranges[kind]`` (pixels; defaults in
     :data:`DEFAULT_TORCH_STRENGTH_RANGES`). ``size`` (odd) defaults to :func:`default_psf_size`; PSFs larger
     than ``size`` are shrunk to fit (motion) or truncated and renormalised (others).
@@ -192,11 +210,17 @@ def random_psf_batch(
         size = default_psf_size(kinds, ranges)
     if isinstance(size, bool) or not isinstance(size, int) or size < 3 or size % 2 == 0:
         raise InputError(f"PSF size must be an odd integer >= 3, got {size!r}.")
+    cumulative = _cumulative_kind_weights(kinds, kind_weights)
     device = torch.device(device) if device is not None else generator.device
 
     kind_u = _rand((n,), generator, device)
     strength_u = _rand((n,), generator, device)
-    kind_idx = (kind_u * len(kinds)).long().clamp_max(len(kinds) - 1)
+    if cumulative is None:
+        kind_idx = (kind_u * len(kinds)).long().clamp_max(len(kinds) - 1)
+    else:
+        # same single uniform draw per PSF as the unweighted case, so the random stream keeps its layout
+        edges = torch.tensor(cumulative[:-1], dtype=torch.float32, device=device)
+        kind_idx = torch.bucketize(kind_u, edges, right=True).clamp_max(len(kinds) - 1)
     psfs = torch.zeros(n, size, size, dtype=torch.float32, device=device)
     for i, kind in enumerate(kinds):
         low, high = ranges[kind]
@@ -279,19 +303,26 @@ def synthesize_batch(
     read_noise_range: tuple[float, float] = (0.5, 4.0),
     strength_ranges: Mapping[str, tuple[float, float]] | None = None,
     psf_size: int | None = None,
+    kind_weights: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Blur (and optionally noise) a batch of sharp normalised images; returns ``(blurred, psfs)``.
 
-    Each image gets its own random PSF (see :func:`random_psf_batch`) and, with ``noise=True``, its own
-    photon count (log-uniform in ``photons_range``, photons at intensity 1.0) and read noise (uniform in
-    ``read_noise_range``, photons). ``blurred`` has the shape and dtype of ``sharp``; ``psfs`` is
-    ``(N, 1, k, k)`` float32 on the same device.
+    Each image gets its own random PSF (see :func:`random_psf_batch`; ``kind_weights`` weights the kinds)
+    and, with ``noise=True``, its own photon count (log-uniform in ``photons_range``, photons at intensity
+    1.0) and read noise (uniform in ``read_noise_range``, photons). ``blurred`` has the shape and dtype of
+    ``sharp``; ``psfs`` is ``(N, 1, k, k)`` float32 on the same device.
     """
     if sharp.ndim != 4:
         raise InputError(f"synthesize_batch needs a (N, C, H, W) tensor, got shape {tuple(sharp.shape)}.")
     n = sharp.shape[0]
     psfs = random_psf_batch(
-        n, psf_size, kinds, generator=generator, device=sharp.device, strength_ranges=strength_ranges
+        n,
+        psf_size,
+        kinds,
+        generator=generator,
+        device=sharp.device,
+        strength_ranges=strength_ranges,
+        kind_weights=kind_weights,
     )
     blurred = blur_batch(sharp, psfs)
     if noise:

@@ -63,7 +63,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--blur-kind",
         default="mixed",
         metavar="K",
-        help="synthetic blur: mixed, motion, defocus, gaussian, airy or a comma list (default: %(default)s)",
+        help="synthetic blur: mixed, motion, defocus, gaussian, airy or a comma list; a kind may carry a "
+        "weight, e.g. motion:2,defocus,gaussian (default: %(default)s)",
     )
     p.add_argument(
         "--blur-strength",

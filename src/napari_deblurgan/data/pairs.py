@@ -65,23 +65,62 @@ _REGISTRATION_SIZE = 256
 _MIN_PLANES_FOR_PLANE_SPLIT = 4
 
 
-def resolve_blur_kinds(blur_kind: str | Sequence[str]) -> tuple[str, ...]:
-    """PSF kinds for ``blur_kind``: a name from :data:`BLUR_KINDS`, a comma list or a sequence of kinds."""
-    if isinstance(blur_kind, str):
+def resolve_blur_mix(
+    blur_kind: str | Sequence[str] | Mapping[str, float],
+) -> tuple[tuple[str, ...], tuple[float, ...] | None]:
+    """PSF kinds and their relative weights for ``blur_kind``.
+
+    ``blur_kind`` is a name from :data:`BLUR_KINDS`, a comma list of kinds (``"motion,defocus"``) in which a
+    kind may carry a weight (``"motion:2,defocus,gaussian"`` draws motion for half of the crops), a sequence
+    of kinds, or a mapping ``{kind: weight}``. The weights are None when every kind is equally likely, so an
+    unweighted mix draws exactly the crops it always did.
+    """
+    if isinstance(blur_kind, Mapping):
+        items = [(str(k).strip().lower(), v) for k, v in blur_kind.items()]
+    elif isinstance(blur_kind, str):
         name = blur_kind.strip().lower()
         if name in BLUR_KINDS:
-            return BLUR_KINDS[name]
-        parts = [p.strip() for p in name.split(",") if p.strip()]
+            return BLUR_KINDS[name], None
+        items = []
+        for part in (p.strip() for p in name.split(",")):
+            if part:
+                kind, _, weight = part.partition(":")
+                items.append((kind.strip(), weight.strip() or 1.0))
     else:
-        parts = [str(p).strip().lower() for p in blur_kind]
+        items = [(str(p).strip().lower(), 1.0) for p in blur_kind]
     allowed = {k for kinds in BLUR_KINDS.values() for k in kinds}
-    bad = [p for p in parts if p not in allowed]
-    if not parts or bad:
+    bad = [k for k, _ in items if k not in allowed]
+    if not items or bad:
         raise InputError(
             f"Unknown blur kind {blur_kind!r}; use one of {', '.join(BLUR_KINDS)} or a comma-separated list "
-            f"of {', '.join(sorted(allowed))}."
+            f"of {', '.join(sorted(allowed))}, each optionally with a weight such as 'motion:2'."
         )
-    return tuple(dict.fromkeys(parts))
+    weights: dict[str, float] = {}
+    for kind, raw in items:
+        try:
+            weight = float(raw)
+        except (TypeError, ValueError):
+            weight = float("nan")
+        if not math.isfinite(weight) or weight < 0:
+            raise InputError(f"Blur kind weight for {kind!r} must be a number >= 0, got {raw!r}.")
+        weights[kind] = weight  # a repeated kind keeps its last weight
+    if sum(weights.values()) <= 0:
+        raise InputError(f"At least one blur kind needs a weight > 0, got {blur_kind!r}.")
+    kinds = tuple(k for k, w in weights.items() if w > 0)
+    values = tuple(weights[k] for k in kinds)
+    return kinds, (None if len(set(values)) == 1 else values)
+
+
+def resolve_blur_kinds(blur_kind: str | Sequence[str] | Mapping[str, float]) -> tuple[str, ...]:
+    """PSF kinds for ``blur_kind`` (see :func:`resolve_blur_mix`), without their weights."""
+    return resolve_blur_mix(blur_kind)[0]
+
+
+def format_blur_mix(kinds: Sequence[str], weights: Sequence[float] | None) -> str:
+    """The comma-list spelling of a mix that :func:`resolve_blur_mix` reads back (``"motion:2,defocus:1"``)."""
+    if weights is None:
+        return ",".join(kinds)
+    return ",".join(f"{k}:{w:g}" for k, w in zip(kinds, weights, strict=True))
 
 
 @dataclass(frozen=True)
@@ -599,6 +638,7 @@ class BatchSource:
         *,
         seed: int,
         blur_kinds: Sequence[str] = BLUR_KINDS["mixed"],
+        blur_weights: Sequence[float] | None = None,
         channels_last: bool = False,
         noise: Any = True,
         strength_ranges: Mapping[str, tuple[float, float]] | None = None,
@@ -610,6 +650,7 @@ class BatchSource:
         self.data = data
         self.device = device
         self.blur_kinds = tuple(blur_kinds)
+        self.blur_weights = None if blur_weights is None else tuple(float(w) for w in blur_weights)
         self.channels_last = channels_last
         # {"photons": (lo, hi), "read_noise": (lo, hi)} drawn per crop, or None for noise-free blur
         self.noise = resolve_noise(noise)
@@ -641,6 +682,7 @@ class BatchSource:
         blurred, _ = synthesize_batch(
             sharp,
             kinds=self.blur_kinds,
+            kind_weights=self.blur_weights,
             generator=generator,
             noise=self.noise is not None,
             strength_ranges=self.strength_ranges,
@@ -707,7 +749,9 @@ __all__ = [
     "BatchSource",
     "PairedData",
     "Plane",
+    "format_blur_mix",
     "measure_offset",
     "renormalize_like_inference",
     "resolve_blur_kinds",
+    "resolve_blur_mix",
 ]

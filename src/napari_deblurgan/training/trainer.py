@@ -28,7 +28,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.pairs import BatchSource, PairedData, resolve_blur_kinds, resolve_blur_strength, resolve_noise
+from ..data.pairs import (
+    BatchSource,
+    PairedData,
+    format_blur_mix,
+    resolve_blur_mix,
+    resolve_blur_strength,
+    resolve_noise,
+)
 from ..devices import autocast_dtype, resolve_device
 from ..errors import InputError
 from ..model_file import DeblurModel, create_model, load_model
@@ -414,7 +421,7 @@ class TrainingRun:
         seed = saved.get("seed", k["seed"])
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**31))  # recorded, so the run can be repeated
-        self.blur_kinds = resolve_blur_kinds(saved.get("blur_kind", k["blur_kind"]))
+        self.blur_kinds, self.blur_weights = resolve_blur_mix(saved.get("blur_kind", k["blur_kind"]))
         self.strength_ranges = resolve_blur_strength(saved.get("blur_strength", k["blur_strength"]), self.blur_kinds)
         self.noise = resolve_noise(saved["noise"] if "noise" in saved else k["noise"])
         for name in ("checkpoint_every", "validate_every"):
@@ -432,7 +439,7 @@ class TrainingRun:
             checkpoint_every=int(k["checkpoint_every"]),
             validate_every=int(k["validate_every"]),
             ema=None if ema is None else float(ema),
-            blur_kind=",".join(self.blur_kinds),
+            blur_kind=format_blur_mix(self.blur_kinds, self.blur_weights),
             blur_strength=list(next(iter(self.strength_ranges.values()))) if self.strength_ranges else None,
             noise={key: list(v) for key, v in self.noise.items()} if self.noise else None,
         )
@@ -573,6 +580,7 @@ class TrainingRun:
             device,
             seed=cfg.seed,
             blur_kinds=self.blur_kinds,
+            blur_weights=self.blur_weights,
             channels_last=channels_last,
             noise=self.noise,
             strength_ranges=self.strength_ranges,
@@ -621,7 +629,12 @@ class TrainingRun:
             "data": self.data.describe(),
             "data_shapes": [list(s) for s in self.data.shapes()],
             "synthetic_blur": (
-                {"kinds": list(self.blur_kinds), "strength_px": cfg.blur_strength, "noise": cfg.noise}
+                {
+                    "kinds": list(self.blur_kinds),
+                    "kind_weights": None if self.blur_weights is None else list(self.blur_weights),
+                    "strength_px": cfg.blur_strength,
+                    "noise": cfg.noise,
+                }
                 if self.data.synthetic
                 else None
             ),
@@ -854,7 +867,7 @@ def iter_finetune(
     checkpoint_every: int = 200,
     validate_every: int = 100,
     ema: float | None = None,
-    blur_kind: str = "mixed",
+    blur_kind: str | Mapping[str, float] = "mixed",
     blur_strength: float | tuple[float, float] | None = None,
     noise: Any = "realistic",
     on_event: Callable[[TrainingEvent], Any] | None = None,
@@ -888,7 +901,9 @@ def iter_finetune(
         validate_every: validation interval in steps (also at the start and the end).
         ema: keep an exponential moving average of the generator with this decay (e.g. 0.999); it
             competes with the live weights at validation.
-        blur_kind: ``"mixed"``, ``"motion"``, ``"defocus"``, ``"gaussian"``, ``"airy"`` or a comma list.
+        blur_kind: ``"mixed"``, ``"motion"``, ``"defocus"``, ``"gaussian"``, ``"airy"`` or a comma list, in
+            which a kind may carry a relative weight (``"motion:2,defocus,gaussian"``: half of the crops get
+            motion blur); a ``{kind: weight}`` mapping works too.
         blur_strength: synthetic blur size in pixels (motion extent, disk/Airy radius, Gaussian sigma) for
             every kind: a number, a ``(low, high)`` range drawn per crop, or None for each kind's default
             range (motion 5-25, defocus 1.5-6, Gaussian 0.8-3.5).
@@ -949,7 +964,7 @@ def finetune(
     checkpoint_every: int = 200,
     validate_every: int = 100,
     ema: float | None = None,
-    blur_kind: str = "mixed",
+    blur_kind: str | Mapping[str, float] = "mixed",
     blur_strength: float | tuple[float, float] | None = None,
     noise: Any = "realistic",
     on_event: Callable[[TrainingEvent], Any] | None = None,

@@ -51,6 +51,8 @@ NO_REFERENCE = "(no ground truth)"
 PSF_FROM_METADATA = "sample's PSF (layer metadata)"
 PSF_FROM_LAYER = "PSF layer"
 PSF_GAUSSIAN = "Gaussian of sigma"
+#: Side by side puts up to this many images in one row; more go into a near-square grid.
+MAX_IMAGES_IN_ONE_ROW = 4
 
 
 class CompareWidget(QWidget):
@@ -375,6 +377,8 @@ class CompareWidget(QWidget):
         canvas = getattr(self.viewer, "canvas", None)
         grid = getattr(canvas, "grid", None) or self.viewer.grid
         grid.stride = 1
+        # one row up to four images (three in an automatic square grid would leave an empty corner)
+        grid.shape = (1, -1) if len(layers) <= MAX_IMAGES_IN_ONE_ROW else (-1, -1)
         grid.enabled = True
         self.viewer.reset_view()
         show_info(f"Side by side: {', '.join(layer.name for layer in layers)} (press Ctrl+G to leave grid mode).")
