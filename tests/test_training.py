@@ -280,6 +280,14 @@ def test_event_sequence_and_result(pair, tmp_path):
         assert torch.equal(v, before[k])
 
 
+def test_content_mse_preset_uses_the_squared_error(pair):
+    """Same model, seed and first batch: content-mse reports the MSE of the prediction that content's L1 sees."""
+    l1 = _losses(_run(pair, steps=1, preset="content"))[0]["content"]
+    mse = _losses(_run(pair, steps=1, preset="content-mse"))[0]["content"]
+    # mean(e^2) >= mean(|e|)^2 (Jensen), and the two differ unless every |e| is equal
+    assert l1**2 <= mse and mse != pytest.approx(l1, rel=0.05)
+
+
 def test_sharp_only_data_trains_with_synthetic_blur(pair):
     _, sharp = pair
     events = list(

@@ -46,7 +46,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, default=128, metavar="N", help="crop side (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="crops per step (default: %(default)s)")
     p.add_argument(
-        "--preset", default="default", metavar="P", help="default, deblurgan (paper) or content (default: %(default)s)"
+        "--preset",
+        default="default",
+        metavar="P",
+        help="default, deblurgan (paper), content (L1) or content-mse (default: %(default)s)",
     )
     p.add_argument("--learning-rate", type=float, default=None, metavar="LR", help="override the preset's rate")
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
