@@ -40,9 +40,20 @@ def validation_crops(side: int = 256) -> dict[str, np.ndarray]:
     return crops
 
 
-def evaluate(model, kernels: int = 3, device: str = "cpu", pictures: Path | None = None) -> dict:
+def selection_crops() -> dict[str, np.ndarray]:
+    """The generated scenes that choose between candidate models (``train_default_model.selection_stack``):
+    never trained on and not the evaluation images, so that choosing a model does not look at the evaluation."""
+    from train_default_model import SELECTION_SEEDS, selection_stack  # same folder (scripts/)
+
+    return {f"selection_{seed}": crop for seed, crop in zip(SELECTION_SEEDS, selection_stack(), strict=True)}
+
+
+def evaluate(
+    model, kernels: int = 3, device: str = "cpu", pictures: Path | None = None, images: str = "evaluation"
+) -> dict:
     rows = []
-    for name, sharp in validation_crops().items():
+    crops = validation_crops() if images == "evaluation" else selection_crops()
+    for name, sharp in crops.items():
         for kind in KINDS:
             for k in range(kernels):
                 seed = 90_000 + 1000 * KINDS.index(kind) + k
@@ -127,10 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--pictures", type=Path, default=None)
+    parser.add_argument(
+        "--images",
+        choices=("evaluation", "selection"),
+        default="evaluation",
+        help="the held-out evaluation images (default) or the generated scenes that choose between candidate "
+        "models before the evaluation is looked at",
+    )
     args = parser.parse_args(argv)
     model = load_model(args.model)
     start = time.monotonic()
-    result = evaluate(model, args.kernels, args.device, args.pictures)
+    result = evaluate(model, args.kernels, args.device, args.pictures, args.images)
     print(markdown_table(result["summary"]))
     print(f"\n(*) given the true PSF, parameter picked with the ground truth; {time.monotonic() - start:.0f} s")
     if args.json:

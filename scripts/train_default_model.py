@@ -14,8 +14,10 @@ the CPU); ``--minutes`` stops it cooperatively after a wall-time budget, keeping
     python scripts/train_default_model.py --steps 6000 --minutes 40 --checkpoint-dir runs/default
     python scripts/train_default_model.py --steps 6000 --checkpoint-dir runs/default --install
 
-The shipped default was made in two stages (docs/model-card.md): 24,000 steps from scratch, then 6,000 steps
-from that model with smoothed copies of 16 training images added (``--init ... --smooth-copies 16``).
+The shipped default was made in three stages (docs/model-card.md): 24,000 steps from scratch, then 6,000 steps
+from that model with smoothed copies of 16 training images added (``--init ... --smooth-copies 16``), both with
+``--selection evaluation-images``, then 16,000 steps from that with half of the crops motion-blurred
+(``--blur-kind motion:2,defocus,gaussian``) and the default selection on unseen scenes.
 
 ``--install`` writes the best model to the package's weights folder and records its sha256 in
 ``weights/registry.json`` (atomically).
