@@ -2,8 +2,9 @@
 
 Run under a display (on a headless machine: ``xvfb-run -a -s "-screen 0 1600x1000x24" python
 scripts/take_screenshots.py``). It opens the plugin's sample pair (cropped to 256 x 256 so it runs in a few
-minutes on a CPU), finetunes a small model on it with the Finetune widget (or uses the shipped default model
-when there is one and ``--no-finetune`` is given), deblurs with the Deblur widget, adds Richardson-Lucy and
+minutes on a CPU), finetunes the shipped default model on it with the Finetune widget (``--finetune-base
+untrained``: a small untrained unet_lite; ``--no-finetune``: no finetuning, deblur with the shipped default;
+``--only-finetune``: take finetune.png alone), deblurs with the Deblur widget, adds Richardson-Lucy and
 Wiener baselines and the metrics table with the Compare widget, and saves ``docs/images/*.png``.
 
 Everything goes through the widgets' own buttons, so the pictures show what a user gets.
@@ -32,12 +33,19 @@ def wait_for(app, condition, timeout: float = 1800.0) -> None:
         time.sleep(0.01)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     parser.add_argument("--steps", type=int, default=150, help="finetuning steps (default 150)")
     parser.add_argument("--crop", type=int, default=256, help="side of the sample crop in pixels")
     parser.add_argument("--no-finetune", action="store_true", help="deblur with the shipped default model")
+    parser.add_argument(
+        "--finetune-base",
+        choices=("default", "untrained"),
+        default="default",
+        help="finetune the shipped default model (what a user does first; the default) or an untrained unet_lite",
+    )
+    parser.add_argument("--only-finetune", action="store_true", help="take finetune.png only")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -72,8 +80,9 @@ def main() -> None:
     # ---- Finetune: a small unet_lite, trained on the pair with the widget
     ft_dock = viewer.window.add_dock_widget(finetune, name="Finetune", area="right")
     if not args.no_finetune:
-        base = create_model("unet_lite", channels=1, seed=0).save(workdir / "untrained.pt")
-        finetune.base_model.add_file(str(base))
+        if args.finetune_base == "untrained":
+            base = create_model("unet_lite", channels=1, seed=0).save(workdir / "untrained.pt")
+            finetune.base_model.add_file(str(base))
         finetune.blurred_combo.set_value(blurred)
         finetune.sharp_combo.set_value(truth)
         finetune.device_combo.setCurrentIndex(max(finetune.device_combo.findData("cpu"), 0))
@@ -88,6 +97,9 @@ def main() -> None:
         viewer.reset_view()
         viewer.screenshot(str(args.out / "finetune.png"), canvas_only=False)
         print("finetune.png", finetune.status.text())
+    if args.only_finetune:
+        viewer.close()
+        return 0
     ft_dock.hide()
 
     # ---- Deblur: the finetuned model (or the default) on the blurred layer
@@ -127,7 +139,8 @@ def main() -> None:
     for row in compare.table_result.rows:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     viewer.close()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
