@@ -16,7 +16,7 @@
 #   MINUTES=5 bash scripts/gpu_session.sh
 #   INIT=runs/gpu-1/model.pt MINUTES=5 bash scripts/gpu_session.sh       (carry runs/gpu-1)
 # Settings (environment): MINUTES (5), STEPS (cosine schedule length, 40000), BATCH (32), PATCH (128),
-# LR (5e-4 from scratch), ARCH (unet_fast), ARCH_ARGS (JSON, '{"width": 24, "depth": 3, "n_blocks": 2}'),
+# LR (5e-4 from scratch), ARCH and ARCH_ARGS (JSON; unset: the training script's default architecture),
 # BLUR_KIND (mixed), SMOOTH_COPIES (16), SEED (0), SKIP_BENCH (set to skip step 2).
 set -uo pipefail
 : "${OUT:?OUT must name the folder whose files come back}"
@@ -25,8 +25,6 @@ STEPS=${STEPS:-40000}
 BATCH=${BATCH:-32}
 PATCH=${PATCH:-128}
 LR=${LR:-5e-4}
-ARCH=${ARCH:-unet_fast}
-ARCH_ARGS=${ARCH_ARGS:-'{"width": 24, "depth": 3, "n_blocks": 2}'}
 BLUR_KIND=${BLUR_KIND:-mixed}
 SMOOTH_COPIES=${SMOOTH_COPIES:-16}
 SEED=${SEED:-0}
@@ -44,14 +42,14 @@ if [ -z "${SKIP_BENCH:-}" ]; then
 fi
 
 run_dir=$(mktemp -d /tmp/gpu-session-XXXXXX)  # fresh: a warm machine must not resume an older run
-init_args=()
-if [ -n "${INIT:-}" ]; then
-    init_args=(--init "$INIT")
-fi
+model_args=()  # only what is set: the training script owns the defaults
+[ -n "${INIT:-}" ] && model_args+=(--init "$INIT")
+[ -n "${ARCH:-}" ] && model_args+=(--architecture "$ARCH")
+[ -n "${ARCH_ARGS:-}" ] && model_args+=(--arch-args "$ARCH_ARGS")
 python3 scripts/train_default_model.py --device "$DEVICE" --minutes "$MINUTES" --steps "$STEPS" \
-    --batch-size "$BATCH" --patch-size "$PATCH" --learning-rate "$LR" --architecture "$ARCH" \
-    --arch-args "$ARCH_ARGS" --blur-kind "$BLUR_KIND" --smooth-copies "$SMOOTH_COPIES" --seed "$SEED" \
-    --validate-every 1000 --checkpoint-dir "$run_dir" --output "$OUT/model.pt" "${init_args[@]}" \
+    --batch-size "$BATCH" --patch-size "$PATCH" --learning-rate "$LR" --blur-kind "$BLUR_KIND" \
+    --smooth-copies "$SMOOTH_COPIES" --seed "$SEED" \
+    --validate-every 1000 --checkpoint-dir "$run_dir" --output "$OUT/model.pt" "${model_args[@]}" \
     2>&1 | awk '!/^step / || $2 ~ /^[0-9]*000\//' | tee "$OUT/train.log"  # every 1000th step line
 
 if [ -f "$OUT/model.pt" ]; then
