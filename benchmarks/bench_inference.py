@@ -8,6 +8,7 @@ MACs per megapixel (models/complexity.py), seconds, MP/s and the ratio model MP/
 
     python benchmarks/bench_inference.py                 # all architectures, CPU (+ CUDA if present)
     python benchmarks/bench_inference.py --arch unet_lite --repeats 5 --json results.json
+    python benchmarks/bench_inference.py --model default --model runs/candidate/model.pt   # model files
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     parser.add_argument("--arch", action="append", help="architecture(s) to time (default: all)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        help="model file(s) or shipped name(s) to time with their own architecture arguments (with --model "
+        "alone, no untrained architectures are timed)",
+    )
     parser.add_argument("--rl-iterations", type=int, default=30)
     parser.add_argument("--no-cuda", action="store_true", help="time the CPU only")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -97,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
     rows = []
-    for arch in args.arch or ndg.list_architectures():
-        model = ndg.create_model(arch, channels=1, seed=0)
+    archs = args.arch or ([] if args.model else ndg.list_architectures())
+    cases = [(arch, lambda arch=arch: ndg.create_model(arch, channels=1, seed=0)) for arch in archs]
+    cases += [(str(name), lambda name=name: ndg.load_model(name)) for name in args.model or []]
+    for label, make_model in cases:
+        model = make_model()
         params = count_parameters(model.generator)
         macs = macs_per_megapixel(model.generator, 1)
         for device in devices:
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             sec = statistics.median(times)
             rows.append(
                 {
-                    "architecture": arch,
+                    "architecture": label,
                     "device": device,
                     "parameters": params,
                     "gmac_per_mp": macs / 1e9,
@@ -134,12 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         f"anchor: skimage richardson_lucy, {args.rl_iterations} iterations, 15x15 Gaussian PSF (sigma 2), CPU: "
         f"{statistics.median(rl_times):.2f} s = {rl_mps:.3f} MP/s"
     )
-    header = f"{'architecture':<12} {'device':<6} {'params':>10} {'GMAC/MP':>8} {'s/image':>8} {'MP/s':>8} {'x RL':>7}"
+    width = max([12] + [len(r["architecture"]) for r in rows])
+    header = (
+        f"{'architecture':<{width}} {'device':<6} {'params':>10} {'GMAC/MP':>8} {'s/image':>8} {'MP/s':>8} "
+        f"{'x RL':>7}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['architecture']:<12} {r['device']:<6} {r['parameters']:>10,} {r['gmac_per_mp']:>8.2f} "
+            f"{r['architecture']:<{width}} {r['device']:<6} {r['parameters']:>10,} {r['gmac_per_mp']:>8.2f} "
             f"{r['seconds']:>8.2f} {r['mp_per_s']:>8.3f} {r['ratio_to_rl']:>7.2f}"
         )
     if args.json:

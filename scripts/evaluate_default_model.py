@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_deblurgan import deblur, load_model, samples
+from napari_deblurgan import deblur, load_model
 from napari_deblurgan.blur.synthesize import synthesize_blur_with_params
 from napari_deblurgan.comparison import best_classical, psnr, richardson_lucy, ssim, wiener
 
@@ -33,11 +33,10 @@ METHODS = ("input", "wiener", "richardson_lucy", "model")
 
 
 def validation_crops(side: int = 256) -> dict[str, np.ndarray]:
-    crops = {}
-    for name, image in samples.sharp_training_images("validation").items():
-        y0, x0 = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-        crops[name] = np.ascontiguousarray(image[y0 : y0 + side, x0 : x0 + side], dtype=np.float32)
-    return crops
+    """Centre crops of the held-out evaluation images (``train_default_model.evaluation_crops``)."""
+    from train_default_model import evaluation_crops  # same folder (scripts/)
+
+    return evaluation_crops(side)
 
 
 def selection_crops() -> dict[str, np.ndarray]:

@@ -5,7 +5,8 @@
 #   1. the card's name and the torch version (every GPU figure is recorded with them);
 #   2. benchmarks/bench_train.py --device cuda: our training step vs the reference re-implementation;
 #   3. scripts/train_default_model.py on the GPU for $MINUTES (cooperative stop, best weights kept),
-#      from scratch or from $INIT (a model file carried along, e.g. the result of an earlier run);
+#      from scratch or from $INIT (a model file carried along, e.g. the result of an earlier run), grown
+#      first if $GROW says so (e.g. GROW='{"width": 48}' with INIT=default: same output, more capacity);
 #   4. scripts/evaluate_default_model.py on the result (the model card's held-out protocol).
 #
 # Only small files come back from $OUT (at most 8, 16 MiB each), so the run returns model.pt (the kept
@@ -17,6 +18,7 @@
 #   INIT=runs/gpu-1/model.pt MINUTES=5 bash scripts/gpu_session.sh       (carry runs/gpu-1)
 # Settings (environment): MINUTES (5), STEPS (cosine schedule length, 40000), BATCH (32), PATCH (128),
 # LR (5e-4 from scratch), ARCH and ARCH_ARGS (JSON; unset: the training script's default architecture),
+# INIT (a model file or name to start from), GROW (JSON, needs INIT; models/growth.py),
 # BLUR_KIND (mixed), SMOOTH_COPIES (16), SEED (0), SKIP_BENCH (set to skip step 2).
 set -uo pipefail
 : "${OUT:?OUT must name the folder whose files come back}"
@@ -46,6 +48,7 @@ model_args=()  # only what is set: the training script owns the defaults
 [ -n "${INIT:-}" ] && model_args+=(--init "$INIT")
 [ -n "${ARCH:-}" ] && model_args+=(--architecture "$ARCH")
 [ -n "${ARCH_ARGS:-}" ] && model_args+=(--arch-args "$ARCH_ARGS")
+[ -n "${GROW:-}" ] && model_args+=(--grow "$GROW")
 python3 scripts/train_default_model.py --device "$DEVICE" --minutes "$MINUTES" --steps "$STEPS" \
     --batch-size "$BATCH" --patch-size "$PATCH" --learning-rate "$LR" --blur-kind "$BLUR_KIND" \
     --smooth-copies "$SMOOTH_COPIES" --seed "$SEED" \

@@ -66,13 +66,19 @@ def smoothed_copies(images: list[np.ndarray], count: int, seed: int = 7) -> list
     return [ndimage.gaussian_filter(im.astype(np.float32), float(rng.uniform(1.5, 4.0))) for im in images[:count]]
 
 
-def validation_stack(side: int = 256) -> np.ndarray:
-    """Centre crops of the held-out evaluation images, as a ZYX stack (blur is synthesised on it)."""
-    crops = []
-    for image in samples.sharp_training_images("validation").values():
+def evaluation_crops(side: int = 256) -> dict[str, np.ndarray]:
+    """Centre crops (float32) of the held-out evaluation images ``samples.VALIDATION_IMAGES``, by name: what
+    ``evaluate_default_model.py`` scores, and what stages 1-2 picked their step on."""
+    crops = {}
+    for name, image in samples.sharp_training_images("validation").items():
         y0, x0 = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-        crops.append(image[y0 : y0 + side, x0 : x0 + side])
-    return np.stack(crops).astype(np.float32)
+        crops[name] = np.ascontiguousarray(image[y0 : y0 + side, x0 : x0 + side], dtype=np.float32)
+    return crops
+
+
+def validation_stack(side: int = 256) -> np.ndarray:
+    """:func:`evaluation_crops` as a ZYX stack (blur is synthesised on it)."""
+    return np.stack(list(evaluation_crops(side).values()))
 
 
 #: Seeds of the generated scenes that only pick the kept step ("unseen-scenes" selection): disjoint from the
@@ -129,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smooth-copies", type=int, default=0, help="add smoothed copies of the first N images")
     parser.add_argument("--init", default=None, help="start from this model file or name instead of from scratch")
     parser.add_argument(
+        "--grow",
+        type=json.loads,
+        default=None,
+        help='with --init: first grow the model, e.g. \'{"n_blocks": 4}\' (same output, more capacity; '
+        "models/growth.py)",
+    )
+    parser.add_argument(
         "--blur-kind",
         default="mixed",
         help="synthetic blur mix, e.g. mixed or motion:2,defocus,gaussian (a kind's relative weight after ':')",
@@ -148,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     resume = args.checkpoint_dir if any(args.checkpoint_dir.glob("checkpoint*")) else None
     if args.init is not None:
         model = load_model(args.init)
+        if args.grow and resume is None:  # a resumed run restores the grown weights from its checkpoint
+            from napari_deblurgan.models.growth import grow_model
+
+            model = grow_model(model, seed=args.seed, **args.grow)
+    elif args.grow:
+        parser.error("--grow needs --init (the model to grow)")
     else:
         model = create_model(args.architecture, channels=1, seed=args.seed, **args.arch_args)
     images = training_images(args.extra_scenes)

@@ -1,0 +1,105 @@
+"""Grow a trained U-Net into a larger one that computes exactly the same function (a warm start).
+
+Training a bigger generator from scratch throws away what a smaller one has learnt; on a CPU that is hours.
+:func:`grow_unet` instead builds the larger network (more channels per level and/or more residual blocks at
+the bottom) and copies the trained weights into it so that its output is unchanged (Net2Net, Chen et al.
+2016, in the "new units start silent" form):
+
+* every old output channel keeps its old weights and gets **zero** weights from every new input channel, so
+  the old channels compute exactly what they did;
+* every new output channel gets fresh random weights (from the new architecture's own initialisation), so it
+  carries a signal and its outgoing weights receive gradients from the first step;
+* new residual blocks get a zero second convolution: they start as the identity.
+
+Only :class:`~napari_deblurgan.models.unet_generator.UNetGenerator` can be grown (no normalisation layers, so
+no statistics to carry over); depth, stem and padding must stay the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .unet_generator import UNetGenerator
+
+GROWABLE = ("width", "n_blocks")
+
+
+def _positions(module_name: str, n_old: int, n_new: int) -> torch.Tensor:
+    """Where the ``n_old`` input channels of ``module_name`` sit among its ``n_new`` channels after growth."""
+    if module_name.startswith("merge.") and n_old != n_new:
+        # input is cat([upsampled, skip]): each half keeps its old channels at its start
+        half_old, half_new = n_old // 2, n_new // 2
+        return torch.cat([torch.arange(half_old), half_new + torch.arange(half_old)])
+    return torch.arange(n_old)
+
+
+@torch.no_grad()
+def grow_unet(old: UNetGenerator, seed: int | None = 0, **changes: Any) -> UNetGenerator:
+    """A larger copy of ``old`` with ``changes`` (``width`` and/or ``n_blocks``, neither smaller) and the same
+    output for every input (up to float rounding). ``seed`` makes the new channels' random weights reproducible.
+    """
+    if not isinstance(old, UNetGenerator):
+        raise TypeError(f"only UNetGenerator models can be grown, not {type(old).__name__}")
+    unknown = set(changes) - set(GROWABLE)
+    if unknown:
+        raise ValueError(f"can only grow {GROWABLE}, not {sorted(unknown)} (depth, stem and padding stay)")
+    config = {**old.config, **changes}
+    for key in GROWABLE:
+        if int(config[key]) < int(old.config[key]):
+            raise ValueError(f"{key} can only grow: {config[key]} < {old.config[key]}")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        new = UNetGenerator(**config)
+    old_modules = dict(old.named_modules())
+    for name, module in new.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            continue
+        source = old_modules.get(name)
+        if source is None:
+            # A residual block the old model does not have: zero its last convolution, so it adds nothing.
+            if name.startswith("bottom.") and name.endswith("body.3"):
+                module.weight.zero_()
+                module.bias.zero_()
+            continue
+        transposed = isinstance(module, nn.ConvTranspose2d)  # weight is (in, out, kh, kw)
+        out_dim, in_dim = (1, 0) if transposed else (0, 1)
+        n_out_old, n_in_old = source.weight.shape[out_dim], source.weight.shape[in_dim]
+        n_in_new = module.weight.shape[in_dim]
+        outs = torch.arange(n_out_old)
+        ins = _positions(name, n_in_old, n_in_new)
+        # Views laid out (out, in, kh, kw) for both kinds; writing into them writes into the parameters.
+        weight, src = module.weight.movedim(out_dim, 0), source.weight.movedim(out_dim, 0)
+        weight[outs] = 0.0  # old outputs listen to no new input ...
+        weight[outs[:, None], ins[None, :]] = src  # ... and to their old inputs exactly as before
+        module.bias[outs] = source.bias
+    return new
+
+
+def grow_model(model: Any, seed: int | None = 0, **changes: Any) -> Any:
+    """:func:`grow_unet` for a :class:`~napari_deblurgan.model_file.DeblurModel`: a new model (``model`` is
+    not modified) whose metadata records what it was grown from."""
+    from ..errors import InputError
+    from ..model_file import DeblurModel
+
+    try:
+        generator = grow_unet(model.generator, seed=seed, **changes)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"cannot grow this {model.architecture} model: {exc}") from None
+    metadata = dict(model.metadata)
+    metadata["grown_from"] = {
+        "name": model.metadata.get("name"),
+        "sha256": model.metadata.get("sha256"),
+        "architecture_args": dict(model.architecture_args),
+    }
+    return DeblurModel(
+        generator.to(model.device).eval(),
+        model.architecture,
+        channels=model.channels,
+        channel_mode=model.channel_mode,
+        normalization=model.normalization,
+        metadata=metadata,
+    )

@@ -1,0 +1,73 @@
+"""Growing a trained U-Net (models/growth.py): same function, more capacity, and the new units can learn."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_deblurgan import create_model  # noqa: E402
+from napari_deblurgan.errors import InputError  # noqa: E402
+from napari_deblurgan.models.growth import grow_model, grow_unet  # noqa: E402
+from napari_deblurgan.models.unet_generator import UNetGenerator  # noqa: E402
+
+
+def _small(stem: str = "unshuffle", channels: int = 1) -> UNetGenerator:
+    torch.manual_seed(0)
+    gen = UNetGenerator(channels=channels, width=4, depth=2, n_blocks=1, stem=stem, padding_mode="zeros")
+    with torch.no_grad():  # non-zero biases everywhere, so that a wrongly copied bias would show
+        for module in gen.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                module.bias.uniform_(-0.1, 0.1)
+    return gen.eval()
+
+
+@pytest.mark.parametrize("stem", ["conv", "unshuffle"])
+@pytest.mark.parametrize("changes", [{"width": 6}, {"n_blocks": 3}, {"width": 8, "n_blocks": 2}])
+def test_grown_unet_computes_the_same_function(stem, changes):
+    old = _small(stem, channels=2)
+    x = torch.rand(3, 2, 32, 48)
+    new = grow_unet(old, **changes).eval()
+    assert new.config == {**old.config, **changes}
+    assert sum(p.numel() for p in new.parameters()) > sum(p.numel() for p in old.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), old(x), atol=1e-6, rtol=0)
+
+
+def test_new_units_receive_gradients_from_the_first_step():
+    old = _small()
+    new = grow_unet(old, width=6, n_blocks=2).train()
+    loss = (new(torch.rand(2, 1, 32, 32)) - torch.rand(2, 1, 32, 32)).abs().mean()
+    loss.backward()
+    added_block_out = new.bottom[1].body[3].weight  # zero-initialised: starts as the identity ...
+    assert torch.count_nonzero(added_block_out) == 0
+    assert added_block_out.grad.abs().sum() > 0  # ... but is not stuck there
+    # the tail's weights from the new channels start at zero and get a gradient (the new channels carry signal)
+    tail_from_new = new.tail.weight.grad[:, 4:]
+    assert torch.count_nonzero(new.tail.weight[:, 4:]) == 0
+    assert tail_from_new.abs().sum() > 0
+
+
+def test_growth_only_grows_and_only_unets():
+    old = _small()
+    with pytest.raises(ValueError, match="width can only grow"):
+        grow_unet(old, width=2)
+    with pytest.raises(ValueError, match="depth"):
+        grow_unet(old, depth=3)
+    resnet = create_model("resnet9", width=4, n_blocks=1)
+    with pytest.raises(InputError, match="cannot grow"):
+        grow_model(resnet, n_blocks=2)
+
+
+def test_grow_model_keeps_the_input_model_and_records_its_origin():
+    model = create_model("unet_fast", width=4, depth=2, n_blocks=1, seed=1, metadata={"name": "small"})
+    before = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    grown = grow_model(model, n_blocks=2)
+    assert grown.architecture_args["n_blocks"] == 2 and model.architecture_args["n_blocks"] == 1
+    assert grown.metadata["grown_from"]["architecture_args"]["n_blocks"] == 1
+    assert grown.metadata["grown_from"]["name"] == "small"
+    for key, value in model.generator.state_dict().items():
+        assert torch.equal(value, before[key])
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.generator(x), model.generator(x), atol=1e-6, rtol=0)
