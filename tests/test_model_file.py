@@ -294,3 +294,19 @@ def test_shipped_registry_is_valid():
         path = model_file.REGISTRY_PATH.parent / entry["file"]
         assert path.is_file(), name
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], name
+
+
+def test_with_generator_keeps_the_wrapping_and_copies_the_metadata():
+    model = model_file.create_model(
+        "unet_lite", channels=1, width=4, depth=2, n_blocks=1, seed=0,
+        normalization={"method": "percentile", "low": 2.0, "high": 99.0}, metadata={"name": "orig"},
+    )
+    other = model_file.create_model("unet_lite", channels=1, width=4, depth=2, n_blocks=1, seed=1).generator
+    derived = model.with_generator(other)
+    assert derived.generator is other
+    assert (derived.architecture, derived.architecture_args, derived.channel_mode, derived.normalization) == (
+        model.architecture, model.architecture_args, model.channel_mode, model.normalization
+    )
+    derived.metadata["name"] = "changed"
+    assert model.metadata["name"] == "orig"  # a copy, not the same dict
+    assert model.with_generator(other, metadata={"name": "x"}).metadata == {"name": "x"}

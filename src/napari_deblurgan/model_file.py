@@ -136,6 +136,25 @@ class DeblurModel:
         self.generator.to(_resolve_device(device))
         return self
 
+    def with_generator(
+        self,
+        generator: torch.nn.Module,
+        *,
+        architecture_args: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> DeblurModel:
+        """A new model with this one's architecture name, channels and normalisation around ``generator``;
+        ``architecture_args`` and ``metadata`` default to (a copy of) this model's."""
+        return DeblurModel(
+            generator,
+            self.architecture,
+            architecture_args=self.architecture_args if architecture_args is None else architecture_args,
+            channels=self.channels,
+            channel_mode=self.channel_mode,
+            normalization=self.normalization,
+            metadata=dict(self.metadata) if metadata is None else metadata,
+        )
+
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""
         return (

@@ -83,7 +83,6 @@ def grow_model(model: Any, seed: int | None = 0, **changes: Any) -> Any:
     """:func:`grow_unet` for a :class:`~napari_deblurgan.model_file.DeblurModel`: a new model (``model`` is
     not modified) whose metadata records what it was grown from."""
     from ..errors import InputError
-    from ..model_file import DeblurModel
 
     try:
         generator = grow_unet(model.generator, seed=seed, **changes)
@@ -95,11 +94,5 @@ def grow_model(model: Any, seed: int | None = 0, **changes: Any) -> Any:
         "sha256": model.metadata.get("sha256"),
         "architecture_args": dict(model.architecture_args),
     }
-    return DeblurModel(
-        generator.to(model.device).eval(),
-        model.architecture,
-        channels=model.channels,
-        channel_mode=model.channel_mode,
-        normalization=model.normalization,
-        metadata=metadata,
-    )
+    grown_args = {k: v for k, v in generator.config.items() if k != "channels"}
+    return model.with_generator(generator.to(model.device).eval(), architecture_args=grown_args, metadata=metadata)

@@ -838,15 +838,7 @@ class TrainingRun:
 
 def _copy_model(model: DeblurModel) -> DeblurModel:
     """An independent copy (training must not change the caller's model in place)."""
-    return DeblurModel(
-        copy.deepcopy(model.generator).cpu(),
-        model.architecture,
-        architecture_args=model.architecture_args,
-        channels=model.channels,
-        channel_mode=model.channel_mode,
-        normalization=model.normalization,
-        metadata=dict(model.metadata),
-    )
+    return model.with_generator(copy.deepcopy(model.generator).cpu())
 
 
 # --------------------------------------------------------------------------------------------- public API
