@@ -77,7 +77,7 @@ def main() -> int:
     deblur = DeblurWidget(viewer)
     compare = CompareWidget(viewer)
 
-    # ---- Finetune: a small unet_lite, trained on the pair with the widget
+    # ---- Finetune: the shipped default (or, with --finetune-base untrained, a small unet_lite) on the pair
     ft_dock = viewer.window.add_dock_widget(finetune, name="Finetune", area="right")
     if not args.no_finetune:
         if args.finetune_base == "untrained":

@@ -17,19 +17,22 @@ no statistics to carry over); depth, stem and padding must stay the same.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .unet_generator import UNetGenerator
 
+if TYPE_CHECKING:
+    from ..model_file import DeblurModel
+
 GROWABLE = ("width", "n_blocks")
 
 
 def _positions(module_name: str, n_old: int, n_new: int) -> torch.Tensor:
     """Where the ``n_old`` input channels of ``module_name`` sit among its ``n_new`` channels after growth."""
-    if module_name.startswith("merge.") and n_old != n_new:
+    if module_name.startswith("merge."):
         # input is cat([upsampled, skip]): each half keeps its old channels at its start
         half_old, half_new = n_old // 2, n_new // 2
         return torch.cat([torch.arange(half_old), half_new + torch.arange(half_old)])
@@ -67,22 +70,21 @@ def grow_unet(old: UNetGenerator, seed: int | None = 0, **changes: Any) -> UNetG
             continue
         transposed = isinstance(module, nn.ConvTranspose2d)  # weight is (in, out, kh, kw)
         out_dim, in_dim = (1, 0) if transposed else (0, 1)
-        n_out_old, n_in_old = source.weight.shape[out_dim], source.weight.shape[in_dim]
-        n_in_new = module.weight.shape[in_dim]
-        outs = torch.arange(n_out_old)
-        ins = _positions(name, n_in_old, n_in_new)
+        n_out = source.weight.shape[out_dim]  # old outputs are the first n_out of the new ones
+        ins = _positions(name, source.weight.shape[in_dim], module.weight.shape[in_dim])
         # Views laid out (out, in, kh, kw) for both kinds; writing into them writes into the parameters.
         weight, src = module.weight.movedim(out_dim, 0), source.weight.movedim(out_dim, 0)
-        weight[outs] = 0.0  # old outputs listen to no new input ...
-        weight[outs[:, None], ins[None, :]] = src  # ... and to their old inputs exactly as before
-        module.bias[outs] = source.bias
+        weight[:n_out] = 0.0  # old outputs listen to no new input ...
+        weight[:n_out, ins] = src  # ... and to their old inputs exactly as before
+        module.bias[:n_out] = source.bias
     return new
 
 
-def grow_model(model: Any, seed: int | None = 0, **changes: Any) -> Any:
+def grow_model(model: DeblurModel, seed: int | None = 0, **changes: Any) -> DeblurModel:
     """:func:`grow_unet` for a :class:`~napari_deblurgan.model_file.DeblurModel`: a new model (``model`` is
     not modified) whose metadata records what it was grown from."""
     from ..errors import InputError
+    from ..model_file import _args_from_config
 
     try:
         generator = grow_unet(model.generator, seed=seed, **changes)
@@ -94,5 +96,6 @@ def grow_model(model: Any, seed: int | None = 0, **changes: Any) -> Any:
         "sha256": model.metadata.get("sha256"),
         "architecture_args": dict(model.architecture_args),
     }
-    grown_args = {k: v for k, v in generator.config.items() if k != "channels"}
-    return model.with_generator(generator.to(model.device).eval(), architecture_args=grown_args, metadata=metadata)
+    return model.with_generator(
+        generator.to(model.device).eval(), architecture_args=_args_from_config(generator.config), metadata=metadata
+    )
