@@ -147,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         help="synthetic blur mix, e.g. mixed or motion:2,defocus,gaussian (a kind's relative weight after ':')",
     )
     parser.add_argument(
+        "--residual",
+        choices=("tanh", "linear"),
+        default=None,
+        help="the generator's global residual; with --init the model's is switched (same weights, a warm start; "
+        "models/growth.switch_residual)",
+    )
+    parser.add_argument(
         "--selection",
         choices=("unseen-scenes", "evaluation-images"),
         default="unseen-scenes",
@@ -165,10 +172,15 @@ def main(argv: list[str] | None = None) -> int:
             from napari_deblurgan.models.growth import grow_model
 
             model = grow_model(model, seed=args.seed, **args.grow)
+        if args.residual and resume is None:
+            from napari_deblurgan.models.growth import switch_residual
+
+            model = switch_residual(model, args.residual)
     elif args.grow:
         parser.error("--grow needs --init (the model to grow)")
     else:
-        model = create_model(args.architecture, channels=1, seed=args.seed, **args.arch_args)
+        arch_args = {**args.arch_args, **({"residual": args.residual} if args.residual else {})}
+        model = create_model(args.architecture, channels=1, seed=args.seed, **arch_args)
     images = training_images(args.extra_scenes)
     images += smoothed_copies(images, args.smooth_copies)
     run = iter_finetune(

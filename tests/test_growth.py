@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from napari_deblurgan import create_model  # noqa: E402
 from napari_deblurgan.errors import InputError  # noqa: E402
-from napari_deblurgan.models.growth import grow_model, grow_unet  # noqa: E402
+from napari_deblurgan.models.growth import grow_model, grow_unet, switch_residual  # noqa: E402
 from napari_deblurgan.models.unet_generator import UNetGenerator  # noqa: E402
 
 
@@ -71,3 +71,41 @@ def test_grow_model_keeps_the_input_model_and_records_its_origin():
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(grown.generator(x), model.generator(x), atol=1e-6, rtol=0)
+
+
+def test_growth_keeps_a_linear_residual():
+    old = UNetGenerator(width=4, depth=2, n_blocks=1, stem="unshuffle", padding_mode="zeros", residual="linear")
+    new = grow_unet(old, width=6).eval()
+    assert new.residual == "linear"
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), old.eval()(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("architecture", ["unet_fast", "resnet9"])
+def test_switch_residual_keeps_the_weights_and_the_input_model(architecture, tmp_path):
+    model = create_model(architecture, width=4, n_blocks=1, seed=0, metadata={"name": "base"})
+    before = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    switched = switch_residual(model, "linear")
+    assert model.generator.residual == "tanh" and model.architecture_args["residual"] == "tanh"  # untouched
+    assert switched.generator.residual == "linear" and switched.architecture_args["residual"] == "linear"
+    assert switched.metadata["residual_switched_from"] == {"name": "base", "sha256": None, "residual": "tanh"}
+    for key, value in switched.generator.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    for key, value in model.generator.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    # the switch changes only the output non-linearity: where the last layer's values are small, little changes
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        raw = switched.generator(x) - x
+        torch.testing.assert_close(model.generator(x) - x, torch.tanh(raw))
+    # and it survives a round trip through a file
+    from napari_deblurgan import load_model
+
+    assert load_model(switched.save(tmp_path / "linear.pt")).generator.residual == "linear"
+
+
+def test_switch_residual_refuses_unknown_residuals():
+    model = create_model("unet_fast", width=4, n_blocks=1, seed=0)
+    with pytest.raises(InputError, match="residual must be one of"):
+        switch_residual(model, "relu")

@@ -310,3 +310,16 @@ def test_with_generator_keeps_the_wrapping_and_copies_the_metadata():
     derived.metadata["name"] = "changed"
     assert model.metadata["name"] == "orig"  # a copy, not the same dict
     assert model.with_generator(other, metadata={"name": "x"}).metadata == {"name": "x"}
+
+
+def test_files_written_before_the_residual_option_load_with_tanh(tmp_path):
+    """Model files from before ``residual`` existed (the first shipped defaults) have no such key: tanh."""
+    from napari_deblurgan.model_file import DeblurModel
+    from napari_deblurgan.models import build_generator
+
+    generator = build_generator("unet_fast", 1, width=4, depth=2, n_blocks=1)
+    old_args = {"width": 4, "depth": 2, "n_blocks": 1, "stem": "unshuffle", "padding_mode": "zeros"}
+    path = DeblurModel(generator, "unet_fast", architecture_args=old_args).save(tmp_path / "old.pt")
+    loaded = load_model(path)
+    assert loaded.generator.residual == "tanh"
+    assert loaded.architecture_args["residual"] == "tanh"

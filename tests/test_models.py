@@ -58,6 +58,27 @@ def test_unet_options_are_checked():
         build_generator("unet_lite", stem="pool")
     with pytest.raises(ValueError, match="padding_mode"):
         build_generator("unet_fast", padding_mode="circular")
+    for arch in TINY:
+        with pytest.raises(ValueError, match="residual"):
+            build_generator(arch, residual="clamp", **TINY[arch])
+
+
+@pytest.mark.parametrize("arch", list(TINY))
+def test_linear_residual_is_unbounded_and_tanh_is_not(arch):
+    """A bead blurred over 20 px needs its intensity raised ~20x: only the linear residual can get there."""
+    x = torch.rand(1, 1, 32, 32)
+    outputs = {}
+    for residual in ("tanh", "linear"):
+        gen = build_generator(arch, channels=1, residual=residual, **TINY[arch]).eval()
+        assert gen.config["residual"] == residual
+        last = [m for m in gen.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(5.0)  # the last layer asks for a residual of +5 everywhere
+            outputs[residual] = gen(x)
+    torch.testing.assert_close(outputs["linear"], x + 5.0)
+    torch.testing.assert_close(outputs["tanh"], x + torch.tanh(torch.tensor(5.0)))
+    assert (outputs["tanh"] - x).max() < 1.0
 
 
 def test_residual_blocks_keep_both_convolutions():

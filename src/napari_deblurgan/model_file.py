@@ -362,6 +362,8 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
             f"{where!r} uses architecture {architecture!r}, which this napari-deblurgan does not know "
             f"(known: {', '.join(known)}). Upgrade napari-deblurgan."
         )
+    # Files written before generators had a ``residual`` argument are tanh models, whatever the default is now.
+    architecture_args.setdefault("residual", "tanh")
     try:
         generator = build_generator(architecture, channels, **architecture_args)
     except Exception as exc:

@@ -15,17 +15,19 @@ from .unet_generator import UNetGenerator
 ARCHITECTURES: dict[str, tuple[type, dict[str, Any], str]] = {
     "resnet9": (
         ResnetGenerator,
-        {"width": 64, "n_blocks": 9, "norm": "batch"},
+        {"width": 64, "n_blocks": 9, "norm": "batch", "residual": "tanh"},
         "DeblurGAN (CVPR 2018) ResNet generator: 9 residual blocks at 256 channels; GPU-class cost",
     ),
     "unet_lite": (
         UNetGenerator,
-        {"width": 16, "depth": 3, "n_blocks": 2, "stem": "conv", "padding_mode": "reflect"},
+        {"width": 16, "depth": 3, "n_blocks": 2, "stem": "conv", "padding_mode": "reflect",
+         "residual": "tanh"},
         "light residual U-Net for CPUs: no normalisation, ~1/20 of resnet9's arithmetic",
     ),
     "unet_fast": (
         UNetGenerator,
-        {"width": 24, "depth": 3, "n_blocks": 2, "stem": "unshuffle", "padding_mode": "zeros"},
+        {"width": 24, "depth": 3, "n_blocks": 2, "stem": "unshuffle", "padding_mode": "zeros",
+         "residual": "tanh"},
         "U-Net at half resolution and below (pixel unshuffle/shuffle), zero padding: ~2.8x unet_lite's CPU speed",
     ),
 }

@@ -99,3 +99,34 @@ def grow_model(model: DeblurModel, seed: int | None = 0, **changes: Any) -> Debl
     return model.with_generator(
         generator.to(model.device).eval(), architecture_args=_args_from_config(generator.config), metadata=metadata
     )
+
+
+def switch_residual(model: DeblurModel, residual: str) -> DeblurModel:
+    """A new model with the same weights and the global residual ``residual`` ("tanh" or "linear",
+    :data:`~napari_deblurgan.models.layers.RESIDUALS`); ``model`` is not modified.
+
+    Unlike growth this changes the output wherever the last layer's values are not small (tanh(r) ~ r only
+    near 0), so it is a warm start for finetuning, not a finished model: it lets a trained tanh model learn
+    the residuals above 1 that sparse bright objects need.
+    """
+    from ..errors import InputError
+    from ..model_file import _args_from_config
+    from . import build_generator
+    from .layers import RESIDUALS
+
+    if residual not in RESIDUALS:
+        raise InputError(f"residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
+    if "residual" not in getattr(model.generator, "config", {}):
+        raise InputError(f"this {model.architecture} generator has no residual option")
+    args = {**_args_from_config(model.generator.config), "residual": residual}
+    generator = build_generator(model.architecture, model.channels, **args)
+    generator.load_state_dict(model.generator.state_dict())
+    metadata = dict(model.metadata)
+    metadata["residual_switched_from"] = {
+        "name": model.metadata.get("name"),
+        "sha256": model.metadata.get("sha256"),
+        "residual": model.generator.config["residual"],
+    }
+    return model.with_generator(
+        generator.to(model.device).eval(), architecture_args=_args_from_config(generator.config), metadata=metadata
+    )

@@ -4,7 +4,8 @@
 convs -> 7x7 conv -> tanh, with the global residual ``x + tanh(G(x))``. Differences from the reference code,
 each on purpose: both convs of every residual block are kept; normalisation is BatchNorm (running statistics
 at inference) instead of InstanceNorm, so tiled inference has no seams; the output is not clamped to [-1, 1]
-because inputs are percentile-normalised microscopy intensities where highlights may exceed 1.
+because inputs are percentile-normalised microscopy intensities where highlights may exceed 1, and
+``residual="linear"`` drops the tanh for the same reason (layers.RESIDUALS).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ResidualBlock, norm_layer
+from .layers import ResidualBlock, check_residual, norm_layer, residual_output
 
 
 class ResnetGenerator(nn.Module):
@@ -21,10 +22,16 @@ class ResnetGenerator(nn.Module):
     stride = 4  # two stride-2 convolutions: input sides must be multiples of 4
 
     def __init__(
-        self, channels: int = 1, width: int = 64, n_blocks: int = 9, norm: str = "batch"
+        self,
+        channels: int = 1,
+        width: int = 64,
+        n_blocks: int = 9,
+        norm: str = "batch",
+        residual: str = "tanh",
     ) -> None:
         super().__init__()
-        self.config = {"channels": channels, "width": width, "n_blocks": n_blocks, "norm": norm}
+        self.residual = check_residual(residual)
+        self.config = {"channels": channels, "width": width, "n_blocks": n_blocks, "norm": norm, "residual": residual}
         bias = norm == "none"
         w = width
         layers: list[nn.Module] = [
@@ -53,4 +60,4 @@ class ResnetGenerator(nn.Module):
         self.receptive_radius = 3 + 1 + 2 + 8 * n_blocks + 4 + 2 + 3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.tanh(self.body(x))
+        return residual_output(x, self.body(x), self.residual)

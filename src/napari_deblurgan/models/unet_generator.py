@@ -3,7 +3,8 @@
 Each level halves the resolution and doubles the width; the bottom level holds residual blocks that give the
 large receptive field motion blur needs; the decoder uses 2x2 transposed convolutions and skip connections.
 No normalisation at all (tile-consistent by construction) and ReLU everywhere (fused by oneDNN on CPU).
-Output: ``x + tanh(G(x))``, the same global residual as DeblurGAN.
+Output: ``x + tanh(G(x))``, the same global residual as DeblurGAN, or ``x + G(x)`` with ``residual="linear"``
+(unbounded: sparse bright objects under a long blur need residuals far above 1; layers.RESIDUALS says why).
 
 ``stem="unshuffle"`` (`unet_fast`) folds each 2x2 pixel block into 4 channels before the first convolution
 and unfolds the output the same way (pixel shuffle), so no convolution runs at full resolution. On a CPU the
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ResidualBlock
+from .layers import ResidualBlock, check_residual, residual_output
 
 STEMS = ("conv", "unshuffle")
 
@@ -39,6 +40,7 @@ class UNetGenerator(nn.Module):
         stem: ``"conv"`` (the first level works at full resolution) or ``"unshuffle"`` (2x2 pixel unshuffle
             in, pixel shuffle out: every level works at half resolution or less).
         padding_mode: ``"reflect"`` or ``"zeros"`` for every 3x3 convolution.
+        residual: ``"tanh"`` (``x + tanh(G(x))``, DeblurGAN) or ``"linear"`` (``x + G(x)``, unbounded).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class UNetGenerator(nn.Module):
         n_blocks: int = 2,
         stem: str = "conv",
         padding_mode: str = "reflect",
+        residual: str = "tanh",
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -57,6 +60,7 @@ class UNetGenerator(nn.Module):
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if padding_mode not in ("reflect", "zeros"):
             raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
+        self.residual = check_residual(residual)
         self.config = {
             "channels": channels,
             "width": width,
@@ -64,6 +68,7 @@ class UNetGenerator(nn.Module):
             "n_blocks": n_blocks,
             "stem": stem,
             "padding_mode": padding_mode,
+            "residual": residual,
         }
         fold = 2 if stem == "unshuffle" else 1
         self.stride = fold * 2**depth
@@ -112,4 +117,4 @@ class UNetGenerator(nn.Module):
         h = self.bottom(h)
         for up, merge in zip(self.up, self.merge, strict=True):
             h = merge(torch.cat([up(h), skips.pop()], dim=1))
-        return x + torch.tanh(self.shuffle(self.tail(h)))
+        return residual_output(x, self.shuffle(self.tail(h)), self.residual)
