@@ -23,6 +23,7 @@ RESIDUALS = ("tanh", "linear")
 
 
 def check_residual(residual: str) -> str:
+    """``residual`` if it is one of :data:`RESIDUALS`, else ValueError (generators check it at construction)."""
     if residual not in RESIDUALS:
         raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
     return residual
