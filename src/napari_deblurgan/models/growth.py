@@ -84,21 +84,12 @@ def grow_model(model: DeblurModel, seed: int | None = 0, **changes: Any) -> Debl
     """:func:`grow_unet` for a :class:`~napari_deblurgan.model_file.DeblurModel`: a new model (``model`` is
     not modified) whose metadata records what it was grown from."""
     from ..errors import InputError
-    from ..model_file import _args_from_config
 
     try:
         generator = grow_unet(model.generator, seed=seed, **changes)
     except (TypeError, ValueError) as exc:
         raise InputError(f"cannot grow this {model.architecture} model: {exc}") from None
-    metadata = dict(model.metadata)
-    metadata["grown_from"] = {
-        "name": model.metadata.get("name"),
-        "sha256": model.metadata.get("sha256"),
-        "architecture_args": dict(model.architecture_args),
-    }
-    return model.with_generator(
-        generator.to(model.device).eval(), architecture_args=_args_from_config(generator.config), metadata=metadata
-    )
+    return _derived_model(model, generator, "grown_from", architecture_args=dict(model.architecture_args))
 
 
 def switch_residual(model: DeblurModel, residual: str) -> DeblurModel:
@@ -112,21 +103,26 @@ def switch_residual(model: DeblurModel, residual: str) -> DeblurModel:
     from ..errors import InputError
     from ..model_file import _args_from_config
     from . import build_generator
-    from .layers import RESIDUALS
 
-    if residual not in RESIDUALS:
-        raise InputError(f"residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
-    if "residual" not in getattr(model.generator, "config", {}):
-        raise InputError(f"this {model.architecture} generator has no residual option")
     args = {**_args_from_config(model.generator.config), "residual": residual}
-    generator = build_generator(model.architecture, model.channels, **args)
+    try:
+        generator = build_generator(model.architecture, model.channels, **args)
+    except ValueError as exc:  # the generator checks the value (layers.check_residual)
+        raise InputError(f"cannot switch this {model.architecture} model's residual: {exc}") from None
     generator.load_state_dict(model.generator.state_dict())
+    return _derived_model(model, generator, "residual_switched_from", residual=model.generator.config["residual"])
+
+
+def _derived_model(
+    model: DeblurModel, generator: torch.nn.Module, provenance_key: str, **provenance: Any
+) -> DeblurModel:
+    """``model``'s wrapping around ``generator`` (on ``model``'s device, in eval mode), with the new generator's
+    architecture arguments and ``metadata[provenance_key]`` saying which model it came from."""
+    from ..model_file import _args_from_config
+
     metadata = dict(model.metadata)
-    metadata["residual_switched_from"] = {
-        "name": model.metadata.get("name"),
-        "sha256": model.metadata.get("sha256"),
-        "residual": model.generator.config["residual"],
-    }
+    source = {"name": model.metadata.get("name"), "sha256": model.metadata.get("sha256")}
+    metadata[provenance_key] = {**source, **provenance}
     return model.with_generator(
         generator.to(model.device).eval(), architecture_args=_args_from_config(generator.config), metadata=metadata
     )
