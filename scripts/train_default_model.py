@@ -26,6 +26,7 @@ from that model with smoothed copies of 16 training images added (``--init ... -
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,10 +116,59 @@ def install(model_path: Path, name: str = "default") -> None:
     print(f"installed {target} ({len(data) / 1e6:.2f} MB), sha256 {registry['models'][name]['sha256']}")
 
 
+#: Share of the measured time budget given to training steps when fitting the schedule (--fit-steps): the rest
+#: covers validation passes, checkpoints and the speed's drift.
+FIT_MARGIN = 0.85
+
+
+def probe_steps_per_second(make_probe: Any, seconds: float = 20.0, warmup_steps: int = 10) -> float:
+    """Training steps per second of a throwaway run (``make_probe()``: same data, model and device, no
+    checkpoints), timed after ``warmup_steps`` (cuDNN's autotuning, first allocations) for about ``seconds``."""
+    run = make_probe()
+    t0 = None
+    first = 0
+    rate = 0.0
+    for event in run:
+        if not isinstance(event, Step):
+            continue
+        if event.step == warmup_steps:
+            t0, first = time.perf_counter(), event.step
+        elif t0 is not None and time.perf_counter() - t0 >= seconds:
+            rate = (event.step - first) / (time.perf_counter() - t0)
+            run.stop()
+    del run
+    gc.collect()  # the probe's model, optimizer and batches, before the real run allocates its own
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+    return rate
+
+
+def hardware(device: str) -> str:
+    """The machine that trained, for the model's metadata: the GPU's name when one was used."""
+    import torch
+
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    if device != "cpu" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}), {cpu}"
+    return f"{cpu} (torch {torch.__version__})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--minutes", type=float, default=None, help="stop cooperatively after this wall time")
+    parser.add_argument(
+        "--fit-steps",
+        action="store_true",
+        help="with --minutes: time a short probe on this machine and set --steps so that the learning-rate "
+        "schedule ends inside the budget (a GPU's speed is not known in advance; a schedule cut off halfway "
+        "never decays)",
+    )
     parser.add_argument("--patch-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--preset", default="content")
@@ -125,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="training arithmetic: auto (bfloat16 autocast on a GPU), float32, bfloat16 (also on the CPU) or float16",
+    )
     parser.add_argument("--validate-every", type=int, default=250)
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("runs/default-model"))
     parser.add_argument("--output", type=Path, default=None, help="model file (default: <checkpoint-dir>/model.pt)")
@@ -183,27 +239,54 @@ def main(argv: list[str] | None = None) -> int:
         model = create_model(args.architecture, channels=1, seed=args.seed, **arch_args)
     images = training_images(args.extra_scenes)
     images += smoothed_copies(images, args.smooth_copies)
-    run = iter_finetune(
-        images,
-        None,
-        model=model,
-        steps=args.steps,
-        patch_size=args.patch_size,
-        batch_size=args.batch_size,
-        preset=args.preset,
-        learning_rate=args.learning_rate,
-        device=args.device,
-        seed=args.seed,
-        validation=(None, selection_stack() if args.selection == "unseen-scenes" else validation_stack()),
-        checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every=args.validate_every,
-        validate_every=args.validate_every,
-        ema=args.ema,
-        blur_kind=args.blur_kind,
-        resume=resume,
-        preview=False,
-    )
+    budget_start = time.monotonic()
+
+    def make_run(model: Any, steps: int, checkpoint_dir: Path | None, validate_every: int) -> Any:
+        return iter_finetune(
+            images,
+            None,
+            model=model,
+            steps=steps,
+            patch_size=args.patch_size,
+            batch_size=args.batch_size,
+            preset=args.preset,
+            learning_rate=args.learning_rate,
+            device=args.device,
+            seed=args.seed,
+            validation=(None, selection_stack() if args.selection == "unseen-scenes" else validation_stack()),
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=validate_every,
+            validate_every=validate_every,
+            ema=args.ema,
+            blur_kind=args.blur_kind,
+            precision=args.precision,
+            resume=resume if checkpoint_dir is not None else None,
+            preview=False,
+        )
+
+    validate_every = args.validate_every
+    if args.fit_steps:
+        if args.minutes is None:
+            parser.error("--fit-steps needs --minutes (the budget the schedule must fit)")
+        if resume is None:  # a resumed run keeps the schedule it started with
+            probe_seconds = min(20.0, 6.0 * args.minutes)  # 6 % of the budget, at most 20 s
+            rate = probe_steps_per_second(lambda: make_run(model, 10**7, None, 10**7), probe_seconds)
+            remaining = 60 * args.minutes - (time.monotonic() - budget_start)
+            args.steps = max(int(rate * remaining * FIT_MARGIN), 100)
+            validate_every = max(args.validate_every, args.steps // 12)
+            print(f"fit-steps: {rate:.2f} steps/s measured; {args.steps} steps fit the {remaining:.0f} s left "
+                  f"(x{FIT_MARGIN}); validating every {validate_every}", flush=True)
+    run = make_run(model, args.steps, args.checkpoint_dir, validate_every)
     start = time.monotonic()
+    try:
+        report(run, budget_start, args.minutes)
+    finally:  # a crash or Ctrl-C still writes the best weights so far (the checkpoint folder has them too)
+        save_result(run, args, time.monotonic() - start)
+    return 0
+
+
+def report(run: Any, budget_start: float, minutes: float | None) -> Finished | None:
+    """Print the run's events; stop it cooperatively once ``minutes`` have passed since ``budget_start``."""
     final = None
     for event in run:
         if isinstance(event, Step) and event.step % 50 == 0:
@@ -216,9 +299,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"notice: {event.message}", flush=True)
         elif isinstance(event, Finished):
             final = event
-        if args.minutes is not None and time.monotonic() - start > 60 * args.minutes:
+        if minutes is not None and time.monotonic() - budget_start > 60 * minutes:
             run.stop()
-    wall = time.monotonic() - start
+    return final
+
+
+def save_result(run: Any, args: argparse.Namespace, wall: float) -> None:
+    """Write the run's kept model with the hardware and wall time, and install it if asked."""
     model = run.model
     model.metadata.update(
         name="default",
@@ -227,15 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     model.metadata.setdefault("training", {})
     if isinstance(model.metadata["training"], dict):
         model.metadata["training"]["script"] = "scripts/train_default_model.py"
-        model.metadata["training"]["hardware"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        model.metadata["training"]["hardware"] = hardware(args.device)
         model.metadata["training"]["this_session_wall_s"] = round(wall, 1)
     output = args.output or args.checkpoint_dir / "model.pt"
     model.save(output)
-    print(f"saved {output}; finished={final is not None and not final.stopped} step={final.step if final else '?'}"
-          f" wall={wall:.0f}s")
+    print(f"saved {output}; wall={wall:.0f}s")
     if args.install:
         install(Path(output))
-    return 0
 
 
 if __name__ == "__main__":

@@ -127,6 +127,46 @@ def test_sampling_reads_crops_lazily(pair):
     assert 0 < Spy.largest <= sharp.size  # a plane at most, never the stack
 
 
+def test_plane_cache_gives_the_same_crops_within_its_budget(pair):
+    blurred, sharp = pair
+    plane_bytes = sharp.size * 4
+    stack_b, stack_s = np.stack([blurred] * 4), np.stack([sharp] * 4)  # 4 planes
+    lazy = PairedData(stack_b, stack_s, patch_size=32, validation=0.0, cache_bytes=0)
+    # room for 3 of the 8 normalised planes (4 blurred + 4 sharp): the rest stay lazy
+    cached = PairedData(stack_b, stack_s, patch_size=32, validation=0.0, cache_bytes=3 * plane_bytes + 10)
+    for seed in range(3):
+        for margin in (0, 9):  # 9: crops at the border are reflect-padded
+            got = cached.sample(16, np.random.default_rng(seed), margin)
+            want = lazy.sample(16, np.random.default_rng(seed), margin)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert len(cached._cache.planes) == 3 and cached._cache.remaining == 10
+    assert not lazy._cache.planes
+    # the cache is read-only; crops handed out by default are writable copies
+    plane = next(iter(cached._cache.planes.values()))
+    assert not plane.flags.writeable
+    _, s = cached.sources[0].crop((0,), None, 0, 0, 32)
+    s[:] = -1.0
+    assert cached.sources[0].crop((0,), None, 0, 0, 32)[1].min() > -1.0
+
+
+def test_lazy_arrays_are_not_cached(pair):
+    da = pytest.importorskip("dask.array")
+    _, sharp = pair
+    d = PairedData(None, da.from_array(np.stack([sharp] * 2), chunks=(1, 64, 64)), patch_size=32, validation=0.0)
+    d.sample(4, np.random.default_rng(0))
+    assert not d._cache.planes
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 2**26])
+def test_nan_in_training_images_is_an_input_error(cache_bytes):
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    image[40, 40] = np.nan
+    d = PairedData(None, image, patch_size=32, validation=0.0, cache_bytes=cache_bytes)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        for seed in range(50):  # some crop reaches the NaN pixel
+            d.sample(8, np.random.default_rng(seed))
+
+
 def test_batch_source_uses_the_kind_weights(pair):
     import torch
 

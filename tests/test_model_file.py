@@ -45,6 +45,34 @@ def test_round_trip_outputs_identical(tiny_model, tmp_path):
     assert "unet_lite" in repr(loaded) and "tiny" in repr(loaded)
 
 
+def test_half_precision_file_is_smaller_and_loads_into_float32(make_tiny_model, tmp_path):
+    model = make_tiny_model(width=8)
+    full = model.save(tmp_path / "full.pt")
+    half = model.save(tmp_path / "half.pt", weights_dtype="float16")
+    assert half.stat().st_size < 0.7 * full.stat().st_size
+    stored = _payload(half)["state_dict"]
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+
+    loaded = load_model(half)
+    assert loaded.metadata["weights_dtype"] == "float16"
+    assert all(p.dtype == torch.float32 for p in loaded.generator.parameters())  # computes in float32
+    for name, value in model.generator.state_dict().items():  # each weight rounded to half precision only
+        assert torch.equal(loaded.generator.state_dict()[name], value.half().float())
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference, rounded = model.generator(x), loaded.generator(x)
+    assert not torch.equal(reference, rounded)
+    assert torch.allclose(reference, rounded, atol=1e-2)
+    # saving the loaded model again at full size says so
+    assert load_model(loaded.save(tmp_path / "again.pt")).metadata["weights_dtype"] == "float32"
+
+
+def test_unknown_weights_dtype_is_refused(tiny_model, tmp_path):
+    with pytest.raises(InputError, match="weights_dtype must be one of"):
+        tiny_model.save(tmp_path / "m.pt", weights_dtype="int8")
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_file_holds_only_tensors_and_strings(tiny_model_file):
     payload = _payload(tiny_model_file)
     assert payload["format"] == FORMAT and payload["format_version"] == 1

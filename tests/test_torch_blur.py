@@ -98,6 +98,26 @@ def test_blur_batch_rejects_bad_shapes():
         blur_batch(torch.zeros(2, 16, 16), torch.zeros(2, 1, 5, 5))
 
 
+def test_noise_is_drawn_by_the_generator_on_its_own_device():
+    from napari_deblurgan.blur.torch_synthesis import _randn_on
+
+    drawn = _randn_on((3, 4), _gen(5), torch.device("cpu"))
+    assert torch.equal(drawn, torch.randn((3, 4), generator=_gen(5)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+def test_noise_for_a_gpu_batch_is_drawn_there_and_determined_by_the_cpu_generator():
+    from napari_deblurgan.blur.torch_synthesis import _randn_on
+
+    cuda = torch.device("cuda")
+    g1, g2 = _gen(7), _gen(7)
+    a, b = _randn_on((2, 1, 64, 64), g1, cuda), _randn_on((2, 1, 64, 64), g2, cuda)
+    assert a.device.type == "cuda" and torch.equal(a, b)
+    assert torch.equal(g1.get_state(), g2.get_state())  # one draw each: resumable from the CPU state
+    assert not torch.equal(a, _randn_on((2, 1, 64, 64), g1, cuda))
+    assert abs(a.std().item() - 1) < 0.05
+
+
 def test_noise_variance_and_reproducibility():
     x = torch.full((2, 1, 128, 128), 0.5)
     x[1] = -0.2  # negative intensity: no shot noise, read noise only

@@ -15,6 +15,7 @@ from napari_deblurgan.errors import InputError
 from napari_deblurgan.training import events as ev
 from napari_deblurgan.training import losses
 from napari_deblurgan.training.checkpoint import checkpoint_path, load_checkpoint
+from napari_deblurgan.training.presets import get_preset
 from napari_deblurgan.training.trainer import GanStep, evaluate, finetune, iter_finetune
 
 TINY = {"width": 4, "depth": 2, "n_blocks": 1}
@@ -323,6 +324,57 @@ def test_bad_arguments_raise_input_errors(pair):
         iter_finetune(*pair, model=_model(), ema=1.5, device="cpu")
     with pytest.raises(InputError, match="architecture"):
         iter_finetune(*pair, model=3, device="cpu")
+
+
+def test_precision_is_checked_up_front(pair):
+    with pytest.raises(InputError, match="precision must be one of"):
+        iter_finetune(*pair, model=_model(), precision="int8", device="cpu")
+    with pytest.raises(InputError, match="float16' needs a GPU"):
+        iter_finetune(*pair, model=_model(), precision="float16", device="cpu")
+
+
+def test_bfloat16_precision_autocasts_on_the_cpu_and_is_recorded_and_resumed(pair, tmp_path):
+    autocast_dtypes = []
+
+    class Spy(torch.nn.Module):  # records the dtype the generator computes in during the training step
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            autocast_dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return self.inner(x)
+
+    events = _run(pair, precision="bfloat16", steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    result = next(e for e in events if isinstance(e, ev.Finished)).model
+    assert result.metadata["training"]["precision"] == "bfloat16"
+    assert result.metadata["training"]["autocast_dtype"] == "bfloat16"
+    assert all(np.isfinite(v) for losses_ in _losses(events) for v in losses_.values())
+    # the default on the CPU stays float32
+    plain = next(e for e in _run(pair, steps=1) if isinstance(e, ev.Finished)).model
+    assert plain.metadata["training"]["precision"] == "auto"
+    assert plain.metadata["training"]["autocast_dtype"] is None
+    # a resumed run keeps the checkpoint's precision whatever it is given
+    resumed = iter_finetune(
+        *pair, model=_model(), steps=3, patch_size=32, batch_size=2, preset="content", device="cpu", seed=0,
+        validate_every=100, checkpoint_dir=tmp_path, resume=tmp_path, precision="float32",
+    )  # fmt: skip
+    assert resumed.config.precision == "bfloat16"
+
+    step = GanStep(
+        Spy(_model().generator),
+        None,
+        get_preset("content"),
+        torch.device("cpu"),
+        perceptual=None,
+        feature_matching=False,
+        ema_decay=None,
+        seed=0,
+        precision="bfloat16",
+    )
+    batch = (torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))
+    assert step.run(lambda n: batch, 2) is not None
+    assert autocast_dtypes == [torch.bfloat16]
 
 
 def test_evaluate_runs_in_eval_mode_and_restores_train_mode():

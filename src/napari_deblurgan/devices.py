@@ -70,6 +70,33 @@ def autocast_dtype(device) -> Any | None:
     return None
 
 
+#: ``precision`` values of training (:func:`training_autocast_dtype`).
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def training_autocast_dtype(precision: str, device) -> Any | None:
+    """The dtype training autocasts to for ``precision`` on ``device``, or None for plain float32.
+
+    ``"auto"`` is :func:`autocast_dtype` (reduced precision on a GPU, float32 on the CPU); ``"float32"`` never
+    autocasts (what a model that must restore high-SNR images to 40 dB and more may need, docs/training.md);
+    ``"bfloat16"`` and ``"float16"`` autocast on any device that supports them (bfloat16 on the CPU too, for
+    comparing precisions where there is no GPU).
+    """
+    import torch
+
+    from .errors import InputError
+
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
+    if precision == "auto":
+        return autocast_dtype(device)
+    if precision == "float32":
+        return None
+    if precision == "float16" and device.type == "cpu":
+        raise InputError("precision='float16' needs a GPU; use 'bfloat16' or 'float32' on the CPU.")
+    return getattr(torch, precision)
+
+
 def list_devices() -> list[tuple[str, str]]:
     """(device id, label) for every device that exists here, CPU first: for dropdowns."""
     import torch

@@ -39,6 +39,8 @@ FORMAT = "napari-deblurgan-model"
 FORMAT_VERSION = 1
 DEFAULT_NORMALIZATION: dict[str, Any] = {"method": "percentile", "low": 1.0, "high": 99.8}
 CHANNEL_MODES = ("joint", "independent")
+#: How :meth:`DeblurModel.save` may store the floating-point weights (name -> torch dtype name).
+WEIGHTS_DTYPES = {"float32": "float32", "float16": "float16"}
 
 #: JSON registry of the models shipped with the package: {"models": {name: {"file", "sha256", ...}}}.
 #: Module-level so tests can point it at a temporary registry.
@@ -175,22 +177,33 @@ class DeblurModel:
             "metadata": meta,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], *, weights_dtype: str = "float32") -> Path:
         """Write the model to ``path`` (conventionally ``*.pt``) atomically; returns the path.
 
         The file is written to a temporary file in the same directory, flushed to disk and renamed over
         ``path``, so an interrupted save leaves either the old file or none - never half a file.
+
+        ``weights_dtype="float16"`` stores the floating-point weights at half the size (for shipping a large
+        model; the generator still computes in float32 after loading, because loading copies the weights into
+        float32 parameters). It rounds every weight to 11 significant bits, so measure the stored file.
         """
         import torch
 
         from . import __version__
 
+        if weights_dtype not in WEIGHTS_DTYPES:
+            raise InputError(f"weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}, got {weights_dtype!r}")
+        stored = WEIGHTS_DTYPES[weights_dtype]
         path = Path(path)
         header = self._header()
         header["metadata"].setdefault("created", _utc_now())
         header["metadata"].setdefault("package_version", __version__)
         header["metadata"]["torch_version"] = torch.__version__
-        state = {k: v.detach().cpu().contiguous() for k, v in self.generator.state_dict().items()}
+        header["metadata"]["weights_dtype"] = weights_dtype
+        state = {
+            k: (v.detach().cpu().to(getattr(torch, stored)) if v.is_floating_point() else v.detach().cpu()).contiguous()
+            for k, v in self.generator.state_dict().items()
+        }
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

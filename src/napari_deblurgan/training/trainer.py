@@ -45,7 +45,7 @@ from ..data.pairs import (
     resolve_blur_strength,
     resolve_noise,
 )
-from ..devices import autocast_dtype, resolve_device
+from ..devices import resolve_device, training_autocast_dtype
 from ..errors import InputError
 from ..model_file import DeblurModel, create_model, load_model
 from ..models import list_architectures
@@ -91,6 +91,7 @@ class RunConfig:
     blur_kind: str
     blur_strength: list[float] | None = None  # [low, high] px for every kind, None = each kind's default range
     noise: dict[str, list[float]] | None = None  # {"photons": [lo, hi], "read_noise": [lo, hi]} or None
+    precision: str = "auto"  # devices.PRECISIONS: autocast dtype of the steps ("auto": bfloat16 on a GPU)
 
 
 # ---------------------------------------------------------------------------------------- step function
@@ -100,8 +101,9 @@ class GanStep:
     ``run(next_batch, batch_size, lr, critic_lr)`` performs ``preset.critic_steps`` critic updates, each on a
     fresh batch with freshly computed, detached fakes, then one generator update on another fresh batch,
     and returns the loss terms as floats. Raises :class:`NonFiniteLoss` (before any parameter is changed by
-    the offending loss) when a loss is NaN/inf. On CUDA it runs under bfloat16 autocast (float16 with
-    gradient scaling where bfloat16 is unsupported) with channels-last tensors and fused Adam.
+    the offending loss) when a loss is NaN/inf. ``precision`` (devices.PRECISIONS) picks the autocast dtype:
+    ``"auto"`` runs under bfloat16 autocast on CUDA (float16 with gradient scaling where bfloat16 is
+    unsupported) and float32 on the CPU; on CUDA it uses fused Adam (and the run channels-last tensors).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class GanStep:
         feature_matching: bool,
         ema_decay: float | None,
         seed: int,
+        precision: str = "auto",
     ) -> None:
         self.generator = generator
         self.critic = critic
@@ -122,7 +125,7 @@ class GanStep:
         self.device = device
         self.perceptual = perceptual
         self.feature_matching = feature_matching
-        self.amp_dtype = autocast_dtype(device) if device.type == "cuda" else None
+        self.amp_dtype = training_autocast_dtype(precision, device)
         fused = device.type == "cuda"
         self.opt_g = torch.optim.Adam(
             generator.parameters(), lr=preset.learning_rate, betas=preset.betas, fused=fused or None
@@ -442,8 +445,10 @@ class TrainingRun:
             blur_kind=format_blur_mix(self.blur_kinds, self.blur_weights),
             blur_strength=list(next(iter(self.strength_ranges.values()))) if self.strength_ranges else None,
             noise={key: list(v) for key, v in self.noise.items()} if self.noise else None,
+            precision=str(saved.get("precision", k["precision"])),
         )
         self.device = resolve_device(k["device"])
+        training_autocast_dtype(self.config.precision, self.device)  # refuse a bad precision now, not mid-run
 
         # model: resume > DeblurModel > architecture name > path / shipped name
         self.base = self._resolve_model(k["model"])
@@ -574,6 +579,7 @@ class TrainingRun:
             feature_matching=feature_matching,
             ema_decay=cfg.ema,
             seed=cfg.seed,
+            precision=cfg.precision,
         )
         source = BatchSource(
             self.data,
@@ -626,6 +632,8 @@ class TrainingRun:
             "ema": cfg.ema,
             "seed": cfg.seed,
             "device": str(device),
+            "precision": cfg.precision,
+            "autocast_dtype": None if step_fn.amp_dtype is None else str(step_fn.amp_dtype).removeprefix("torch."),
             "data": self.data.describe(),
             "data_shapes": [list(s) for s in self.data.shapes()],
             "synthetic_blur": (
@@ -869,6 +877,7 @@ def iter_finetune(
     perceptual_weights: str | os.PathLike[str] | None = None,
     allow_download: bool | None = None,
     preview: bool = True,
+    precision: str = "auto",
 ) -> TrainingRun:
     """Set up a finetuning run and return it (nothing is trained until it is iterated).
 
@@ -910,6 +919,8 @@ def iter_finetune(
         perceptual_weights: a VGG-19 weight file for the perceptual loss (otherwise torchvision's cache).
         allow_download: allow downloading VGG-19 weights (default: env ``NAPARI_DEBLURGAN_ALLOW_DOWNLOAD``).
         preview: emit :class:`Preview` events (restoration of a fixed validation crop) at each validation.
+        precision: ``"auto"`` (bfloat16 autocast on a GPU, float32 on the CPU), ``"float32"``, ``"bfloat16"``
+            or ``"float16"``: the arithmetic of the training steps (docs/training.md measures what it costs).
     """
     return TrainingRun(
         blurred=blurred,
@@ -937,6 +948,7 @@ def iter_finetune(
         perceptual_weights=perceptual_weights,
         allow_download=allow_download,
         preview=preview,
+        precision=precision,
     )
 
 
@@ -967,6 +979,7 @@ def finetune(
     perceptual_weights: str | os.PathLike[str] | None = None,
     allow_download: bool | None = None,
     preview: bool = True,
+    precision: str = "auto",
 ) -> DeblurModel:
     """Finetune (or train) a deblurring model and return the best one; see :func:`iter_finetune`.
 
@@ -1000,6 +1013,7 @@ def finetune(
         perceptual_weights=perceptual_weights,
         allow_download=allow_download,
         preview=preview,
+        precision=precision,
     )
     return run.run_to_end()
 

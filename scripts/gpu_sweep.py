@@ -1,0 +1,144 @@
+"""Several training runs of ``train_default_model.py`` at once on one lent GPU, in one call of the device tool.
+
+A lent GPU comes for about 15 minutes a session, one command of at most 10 minutes, and our small generators
+leave most of an H100 idle (their steps are bound by Python and by reading crops on the CPU, and the machine has
+16 cores): running a few candidate recipes side by side costs little more than running one. Each job gets its
+share of the CPU threads, fits its learning-rate schedule into the same wall-time budget (``--fit-steps``),
+and writes its kept model to ``--out``.
+
+Only small files come back from the device tool (at most 8 files of at most 16 MiB each, 64 MiB together), so
+a model file larger than ``--part-mib`` is written in numbered parts (``name.pt.part0``, ``.part1``...): join
+them with ``cat name.pt.part* > name.pt``. One log, ``sweep.log``, holds the machine, each job's command and
+the lines of its log that matter (fitted steps, validations, notices, every 20th progress line, the result).
+
+    python3 scripts/gpu_sweep.py --minutes 7 --out "$OUT" --jobs scripts/gpu_jobs.json
+
+``--jobs`` is a JSON list (a file, or the text itself) of ``{"name": ..., "args": [...]}``: extra arguments
+of ``train_default_model.py`` for that job, e.g. ``["--init", "default", "--grow", "{\\"width\\": 48}"]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent / "train_default_model.py"
+#: Log lines kept in ``sweep.log`` besides every 20th progress line.
+_KEPT = re.compile(r"^(fit-steps|validation|notice|saved|installed|Traceback|\w*Error|\s+File )")
+
+
+def machine_description() -> str:
+    lines = []
+    try:
+        lines.append(
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        lines.append(f"no nvidia-smi ({exc})")
+    import torch
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+    lines.append(f"torch {torch.__version__}, {name}, {os.cpu_count()} CPU cores, python {sys.version.split()[0]}")
+    return "\n".join(lines)
+
+
+def load_jobs(text: str) -> list[dict]:
+    path = Path(text)
+    jobs = json.loads(path.read_text() if path.is_file() else text)
+    names = [job["name"] for job in jobs]
+    if len(set(names)) != len(names) or not all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names):
+        raise SystemExit(f"job names must be unique and plain (letters, digits, . _ -): {names}")
+    return jobs
+
+
+def split_file(path: Path, part_bytes: int) -> list[Path]:
+    """Replace ``path`` by numbered parts of at most ``part_bytes`` (unchanged when it is small enough)."""
+    data = path.read_bytes()
+    if len(data) <= part_bytes:
+        return [path]
+    parts = []
+    for i in range(0, len(data), part_bytes):
+        part = path.with_name(f"{path.name}.part{i // part_bytes}")
+        part.write_bytes(data[i : i + part_bytes])
+        parts.append(part)
+    path.unlink()
+    return parts
+
+
+def summarize(log_text: str) -> list[str]:
+    lines = log_text.splitlines()
+    progress = [line for line in lines if line.startswith("step ")]
+    every = max(1, len(progress) // 20)
+    kept_progress = set(progress[::every] + progress[-1:])
+    return [line for line in lines if _KEPT.match(line) or line in kept_progress]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", required=True, help="JSON list of {name, args}, or a file holding it")
+    parser.add_argument("--minutes", type=float, required=True, help="each job's budget (its schedule is fitted)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--part-mib", type=float, default=15.0, help="split model files above this size")
+    parser.add_argument("--grace", type=float, default=90.0, help="seconds past the budget before a job is killed")
+    args = parser.parse_args(argv)
+
+    jobs = load_jobs(args.jobs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    header = machine_description()
+    threads = max(1, (os.cpu_count() or 1) // len(jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    src = str(SCRIPT.parents[1] / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+
+    running = []
+    for job in jobs:
+        log = Path(f"/tmp/gpu-sweep-{job['name']}.log")
+        command = [
+            sys.executable, str(SCRIPT), "--device", args.device, "--minutes", str(args.minutes), "--fit-steps",
+            "--checkpoint-dir", f"/tmp/gpu-sweep-{job['name']}-{os.getpid()}",  # fresh: never resume an old run
+            "--output", str(args.out / f"{job['name']}.pt"), *job.get("args", []),
+        ]  # fmt: skip
+        handle = log.open("w")
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        running.append((job, command, log, handle, process))
+        print(f"started {job['name']}: {' '.join(command[1:])}", flush=True)
+
+    deadline = time.monotonic() + 60 * args.minutes + args.grace
+    for job, _command, _log, handle, process in running:
+        try:
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()  # its best weights are in its checkpoint folder, not here: say so in the log
+            process.wait()
+            print(f"{job['name']}: killed after the budget and grace", flush=True)
+        handle.close()
+
+    report = [header, ""]
+    for job, command, log, _handle, process in running:
+        report.append(f"## {job['name']} (exit {process.returncode}): {' '.join(command[1:])}")
+        report.extend(summarize(log.read_text(errors="replace")))
+        model = args.out / f"{job['name']}.pt"
+        if model.exists():
+            parts = split_file(model, int(args.part_mib * 2**20))
+            report.append("files: " + ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.1f} MB)" for p in parts))
+        report.append("")
+    text = "\n".join(report)
+    (args.out / "sweep.log").write_text(text)
+    print(text, flush=True)
+    return 0 if all(p.returncode == 0 for *_, p in running) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
