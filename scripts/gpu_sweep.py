@@ -11,10 +11,14 @@ a model file larger than ``--part-mib`` is written in numbered parts (``name.pt.
 them with ``cat name.pt.part* > name.pt``. One log, ``sweep.log``, holds the machine, each job's command and
 the lines of its log that matter (fitted steps, validations, notices, every 20th progress line, the result).
 
-    python3 scripts/gpu_sweep.py --minutes 7 --out "$OUT" --jobs scripts/gpu_jobs.json
+    python3 scripts/gpu_sweep.py --minutes 8 --out "$OUT" --jobs scripts/gpu_sweeps/2026-11-26-h100-capacity.json
 
 ``--jobs`` is a JSON list (a file, or the text itself) of ``{"name": ..., "args": [...]}``: extra arguments
 of ``train_default_model.py`` for that job, e.g. ``["--init", "default", "--grow", "{\\"width\\": 48}"]``.
+A job that starts from a model file under ``runs/`` (ignored by git) needs that file carried along (the
+device tool's ``carry``); a split file is joined first (``cat runs/x.pt.part* > runs/x.pt``).
+``--run-tests`` first runs the tests of the GPU code paths there (the lent machine has pytest but no napari)
+and puts their summary at the top of ``sweep.log``.
 """
 
 from __future__ import annotations
@@ -51,6 +55,22 @@ def machine_description() -> str:
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     lines.append(f"torch {torch.__version__}, {name}, {os.cpu_count()} CPU cores, python {sys.version.split()[0]}")
     return "\n".join(lines)
+
+
+#: Tests whose code paths differ on a GPU (device-side noise, autocast precision, the data pipeline).
+GPU_TESTS = ("tests/test_torch_blur.py", "tests/test_data_pairs.py", "tests/test_training.py")
+
+
+def run_gpu_tests(env: dict[str, str], timeout: float = 180.0) -> str:
+    """Run :data:`GPU_TESTS` here; the last lines of pytest's report."""
+    root = SCRIPT.parents[1]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *GPU_TESTS]
+    try:
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        return f"tests (exit {done.returncode}):\n" + "\n".join(lines[-12:])
+    except subprocess.TimeoutExpired:
+        return f"tests: stopped after {timeout:.0f} s"
 
 
 def load_jobs(text: str) -> list[dict]:
@@ -92,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--part-mib", type=float, default=15.0, help="split model files above this size")
     parser.add_argument("--grace", type=float, default=90.0, help="seconds past the budget before a job is killed")
+    parser.add_argument("--run-tests", action="store_true", help="run the GPU code paths' tests first")
     args = parser.parse_args(argv)
 
     jobs = load_jobs(args.jobs)
@@ -101,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     src = str(SCRIPT.parents[1] / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if args.run_tests:
+        header += "\n" + run_gpu_tests(env)
+        print(header, flush=True)
 
     running = []
     for job in jobs:

@@ -49,13 +49,16 @@ ARCHITECTURE = "unet_fast"
 ARCH_ARGS = {"width": 24, "depth": 3, "n_blocks": 2}
 
 
-def training_images(extra_scenes: int = 24) -> list[np.ndarray]:
-    """Sharp training images: bundled photos plus generated microscopy scenes (seeds disjoint from the
-    validation scenes)."""
+def training_images(extra_scenes: int = 24, brightfield_scenes: int = 0) -> list[np.ndarray]:
+    """Sharp training images: bundled photos plus generated microscopy scenes - fluorescence (beads, filaments,
+    nuclei, cells) and transmitted light (``samples.brightfield``) - with seeds disjoint from the validation
+    and selection scenes."""
     images = list(samples.sharp_training_images("train").values())
     makers = (samples.beads, samples.filaments, samples.nuclei, samples.cells)
     for i in range(extra_scenes):
         images.append(makers[i % len(makers)]((384, 384), seed=5000 + i).astype(np.float32))
+    for i in range(brightfield_scenes):
+        images.append(samples.brightfield((384, 384), seed=6000 + i))
     return images
 
 
@@ -188,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--architecture", default=ARCHITECTURE)
     parser.add_argument("--arch-args", type=json.loads, default=ARCH_ARGS)
     parser.add_argument("--extra-scenes", type=int, default=24, help="generated microscopy scenes to train on")
+    parser.add_argument(
+        "--brightfield-scenes", type=int, default=0, help="generated transmitted-light scenes to train on"
+    )
     parser.add_argument("--smooth-copies", type=int, default=0, help="add smoothed copies of the first N images")
     parser.add_argument("--init", default=None, help="start from this model file or name instead of from scratch")
     parser.add_argument(
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         arch_args = {**args.arch_args, **({"residual": args.residual} if args.residual else {})}
         model = create_model(args.architecture, channels=1, seed=args.seed, **arch_args)
-    images = training_images(args.extra_scenes)
+    images = training_images(args.extra_scenes, args.brightfield_scenes)
     images += smoothed_copies(images, args.smooth_copies)
     budget_start = time.monotonic()
 

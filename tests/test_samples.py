@@ -31,6 +31,18 @@ def test_generated_scenes_reject_bad_shapes():
         samples.nuclei((2, 2, 32, 32))
 
 
+def test_brightfield_scene_is_a_bright_smooth_background_with_cells():
+    a = samples.brightfield((96, 128), 3)
+    assert a.shape == (96, 128) and a.dtype == np.float32
+    assert np.array_equal(a, samples.brightfield((96, 128), 3))
+    assert not np.array_equal(a, samples.brightfield((96, 128), 4))
+    assert a.min() >= 0.0 and a.max() == pytest.approx(1.0)
+    # transmitted light: the typical pixel is background well above black (fluorescence scenes are dark)
+    assert np.median(a) > 0.3 and np.median(samples.nuclei((96, 128), 3)) < 0.1
+    with pytest.raises(InputError, match="2D"):
+        samples.brightfield((4, 32, 32))
+
+
 def test_sharp_training_images_offline_and_split(monkeypatch):
     import skimage.data._fetchers as fetchers
 

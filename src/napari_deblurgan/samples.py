@@ -7,7 +7,9 @@ Generated scenes (float32, roughly 0..1, 2D ``(Y, X)`` or 3D ``(Z, Y, X)`` shape
 
 * :func:`beads` - sub-resolution fluorescent beads (diffraction-limited spots of varied brightness),
 * :func:`filaments` - curvy cytoskeleton-like filaments (smooth random paths, anti-aliased),
-* :func:`nuclei` - textured, elliptical nuclei with soft edges and bright chromocentres.
+* :func:`nuclei` - textured, elliptical nuclei with soft edges and bright chromocentres,
+* :func:`cells` - nuclei plus filaments, :func:`brightfield` - a transmitted-light scene (grey background,
+  haloed cells).
 
 :func:`sharp_training_images` collects sharp images for training and validation;
 :data:`VALIDATION_IMAGES` names the ones reserved for validation, which the default model never trains on.
@@ -187,6 +189,54 @@ def cells(shape: Sequence[int] = (256, 256), seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     s1, s2 = (int(v) for v in rng.integers(0, 2**31, size=2))
     return _to_unit(0.6 * nuclei(shape, s1) + 0.7 * filaments(shape, s2))
+
+
+def brightfield(shape: Sequence[int] = (256, 256), seed: int = 0) -> np.ndarray:
+    """A transmitted-light (brightfield / phase-contrast-like) scene: mid-grey, unevenly lit background with a
+    faint fine texture and interference fringes, a few round cells with a bright or dark interior inside a
+    halo of the opposite sign, and small debris. 2D only.
+
+    The fluorescence scenes above are dark with bright objects; transmitted light is the opposite case: most
+    of the image is smooth, low-contrast background at high signal, where a deblurring model must add next
+    to nothing (docs/model-card.md: the held-out ``cell`` image).
+    """
+    shape = _check_shape(shape)
+    if len(shape) != 2:
+        raise InputError(f"brightfield scenes are 2D (Y, X), got shape {shape}.")
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    gy, gx = rng.uniform(-0.08, 0.08, size=2)
+    image = 0.45 + gy * (yy / h - 0.5) + gx * (xx / w - 0.5)
+    texture = ndimage.gaussian_filter(rng.normal(size=shape), rng.uniform(0.8, 3.0))
+    image += rng.uniform(0.01, 0.05) * texture / max(float(texture.std()), 1e-12)
+    for _ in range(int(rng.integers(1, 4))):  # fringes, fading in and out
+        angle, period = rng.uniform(0, math.pi), rng.uniform(5.0, 20.0)
+        phase = (yy * math.sin(angle) + xx * math.cos(angle)) * 2 * math.pi / period
+        envelope = ndimage.gaussian_filter(rng.random(shape), 25.0)
+        envelope = (envelope - envelope.min()) / max(float(np.ptp(envelope)), 1e-12)
+        image += rng.uniform(0.004, 0.02) * envelope * np.sin(phase + rng.uniform(0, 2 * math.pi))
+    r_max = max(4.0, min(45.0, min(shape) / 5))
+    for _ in range(int(rng.integers(1, 7))):
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        radius = rng.uniform(min(12.0, r_max * 0.5), r_max)
+        aspect, theta = rng.uniform(0.75, 1.0), rng.uniform(0, math.pi)
+        dy, dx = yy - cy, xx - cx
+        u = (dy * math.cos(theta) + dx * math.sin(theta)) / aspect
+        v = -dy * math.sin(theta) + dx * math.cos(theta)
+        distance = np.sqrt(u * u + v * v) - radius  # < 0 inside
+        inside = np.clip(0.5 - distance / rng.uniform(1.0, 2.5), 0.0, 1.0)
+        halo_width = rng.uniform(3.0, 9.0)
+        halo = np.exp(-np.clip(distance, 0, None) / halo_width) * (distance > 0)
+        sign = 1.0 if rng.random() < 0.7 else -1.0  # phase-bright cells, or absorbing ones
+        granules = ndimage.gaussian_filter(rng.normal(size=shape), 1.2)
+        granules /= max(float(granules.std()), 1e-12)
+        image += sign * inside * (rng.uniform(0.15, 0.4) + 0.04 * granules)
+        image -= sign * rng.uniform(0.08, 0.2) * halo
+    for _ in range(int(rng.integers(0, 8))):  # debris: small dark specks
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        image -= rng.uniform(0.05, 0.2) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(0.6, 1.5) ** 2))
+    return _to_unit(np.clip(ndimage.gaussian_filter(image, 0.5), 0.0, None))
 
 
 # ------------------------------------------------------------------------------------ bundled images

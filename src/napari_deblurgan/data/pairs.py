@@ -592,18 +592,16 @@ class PairedData:
         Shapes ``(B, C, P + 2 margin, P + 2 margin)``; ``blurred`` is None for sharp-only data.
         """
         P = self.patch_size
-        # every random number of the batch in three vectorised draws (a per-crop draw costs more than the crop)
         plane_ids = rng.choice(len(self.train_planes), size=batch_size, p=self._weights)
-        offsets = rng.random((batch_size, 2))
-        transforms = rng.integers(0, 8, size=batch_size)
         shape = (batch_size, self.channels, P + 2 * margin, P + 2 * margin)
         blurred_out = None if self.synthetic else np.empty(shape, np.float32)
         sharp_out = np.empty(shape, np.float32)
+        # Per-crop draws in this order (not vectorised): the shipped model's recipe reproduces bit-identically.
         for i, pid in enumerate(plane_ids):
             plane = self.train_planes[int(pid)]
-            y0 = plane.rows[0] + min(int(offsets[i, 0] * (plane.height - P + 1)), plane.height - P)
-            x0 = plane.cols[0] + min(int(offsets[i, 1] * (plane.width - P + 1)), plane.width - P)
-            transform = int(transforms[i])
+            y0 = plane.rows[0] + int(rng.integers(0, plane.height - P + 1))
+            x0 = plane.cols[0] + int(rng.integers(0, plane.width - P + 1))
+            transform = int(rng.integers(0, 8))
             b, s = self.sources[plane.source].crop(plane.index, plane.channel, y0, x0, P, margin, copy=False)
             sharp_out[i] = _dihedral(s, transform)
             if blurred_out is not None and b is not None:
