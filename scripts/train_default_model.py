@@ -141,13 +141,10 @@ def probe_steps_per_second(make_probe: Any, seconds: float = 20.0, warmup_steps:
             run.stop()
     del run
     gc.collect()  # the probe's model, optimizer and batches, before the real run allocates its own
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return rate
 
 
@@ -156,8 +153,9 @@ def hardware(device: str) -> str:
     import torch
 
     cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    if device != "cpu" and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}), {cpu}"
+    used = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu"))
+    if used.type == "cuda":
+        return f"{torch.cuda.get_device_name(used)} (torch {torch.__version__}), {cpu}"
     return f"{cpu} (torch {torch.__version__})"
 
 

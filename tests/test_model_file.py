@@ -67,10 +67,15 @@ def test_half_precision_file_is_smaller_and_loads_into_float32(make_tiny_model, 
     assert load_model(loaded.save(tmp_path / "again.pt")).metadata["weights_dtype"] == "float32"
 
 
-def test_unknown_weights_dtype_is_refused(tiny_model, tmp_path):
+def test_unknown_weights_dtype_and_out_of_range_weights_are_refused(tiny_model, tmp_path):
     with pytest.raises(InputError, match="weights_dtype must be one of"):
         tiny_model.save(tmp_path / "m.pt", weights_dtype="int8")
+    with torch.no_grad():
+        next(tiny_model.generator.parameters()).view(-1)[0] = 1e6  # beyond float16's 65504
+    with pytest.raises(InputError, match="not finite as float16"):
+        tiny_model.save(tmp_path / "m.pt", weights_dtype="float16")
     assert not (tmp_path / "m.pt").exists()
+    tiny_model.save(tmp_path / "m.pt")  # float32 holds it
 
 
 def test_file_holds_only_tensors_and_strings(tiny_model_file):

@@ -326,6 +326,15 @@ def test_bad_arguments_raise_input_errors(pair):
         iter_finetune(*pair, model=3, device="cpu")
 
 
+def test_auto_precision_reduces_only_on_cuda():
+    from napari_deblurgan.devices import training_autocast_dtype
+
+    assert training_autocast_dtype("auto", torch.device("cpu")) is None
+    assert training_autocast_dtype("auto", torch.device("mps")) is None  # never measured there: float32
+    assert training_autocast_dtype("float32", torch.device("cuda")) is None
+    assert training_autocast_dtype("bfloat16", torch.device("cpu")) is torch.bfloat16
+
+
 def test_precision_is_checked_up_front(pair):
     with pytest.raises(InputError, match="precision must be one of"):
         iter_finetune(*pair, model=_model(), precision="int8", device="cpu")

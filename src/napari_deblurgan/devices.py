@@ -77,7 +77,8 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 def training_autocast_dtype(precision: str, device) -> Any | None:
     """The dtype training autocasts to for ``precision`` on ``device``, or None for plain float32.
 
-    ``"auto"`` is :func:`autocast_dtype` (reduced precision on a GPU, float32 on the CPU); ``"float32"`` never
+    ``"auto"`` is :func:`autocast_dtype` on CUDA (bfloat16, or float16 where bfloat16 is unsupported) and
+    float32 elsewhere (the CPU, and MPS, where training was never measured in reduced precision); ``"float32"`` never
     autocasts (what a model that must restore high-SNR images to 40 dB and more may need, docs/training.md);
     ``"bfloat16"`` and ``"float16"`` autocast on any device that supports them (bfloat16 on the CPU too, for
     comparing precisions where there is no GPU).
@@ -89,7 +90,7 @@ def training_autocast_dtype(precision: str, device) -> Any | None:
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
     if precision == "auto":
-        return autocast_dtype(device)
+        return autocast_dtype(device) if device.type == "cuda" else None
     if precision == "float32":
         return None
     if precision == "float16" and device.type == "cpu":

@@ -39,8 +39,8 @@ FORMAT = "napari-deblurgan-model"
 FORMAT_VERSION = 1
 DEFAULT_NORMALIZATION: dict[str, Any] = {"method": "percentile", "low": 1.0, "high": 99.8}
 CHANNEL_MODES = ("joint", "independent")
-#: How :meth:`DeblurModel.save` may store the floating-point weights (name -> torch dtype name).
-WEIGHTS_DTYPES = {"float32": "float32", "float16": "float16"}
+#: How :meth:`DeblurModel.save` may store the floating-point weights (torch dtype names).
+WEIGHTS_DTYPES = ("float32", "float16")
 
 #: JSON registry of the models shipped with the package: {"models": {name: {"file", "sha256", ...}}}.
 #: Module-level so tests can point it at a temporary registry.
@@ -192,8 +192,8 @@ class DeblurModel:
         from . import __version__
 
         if weights_dtype not in WEIGHTS_DTYPES:
-            raise InputError(f"weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}, got {weights_dtype!r}")
-        stored = WEIGHTS_DTYPES[weights_dtype]
+            raise InputError(f"weights_dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {weights_dtype!r}")
+        stored = getattr(torch, weights_dtype)
         path = Path(path)
         header = self._header()
         header["metadata"].setdefault("created", _utc_now())
@@ -201,9 +201,11 @@ class DeblurModel:
         header["metadata"]["torch_version"] = torch.__version__
         header["metadata"]["weights_dtype"] = weights_dtype
         state = {
-            k: (v.detach().cpu().to(getattr(torch, stored)) if v.is_floating_point() else v.detach().cpu()).contiguous()
+            k: (v.detach().cpu().to(stored) if v.is_floating_point() else v.detach().cpu()).contiguous()
             for k, v in self.generator.state_dict().items()
         }
+        if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+            raise InputError(f"Some weights are not finite as {weights_dtype} (beyond its range); save as float32.")
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
