@@ -123,14 +123,44 @@ def test_side_by_side_grid_and_matched_contrast(setup):
     widget.side_button.click()
     grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
     assert grid.enabled
-    layers = list(viewer.layers)
-    assert grid.actual_shape(layers) == (1, 2)  # truth and blurred, nothing else
+    assert [layer.name for layer in viewer.layers if layer.visible] == ["truth", "blurred"]  # nothing else
     assert tuple(viewer.layers["blurred"].contrast_limits) == tuple(viewer.layers["truth"].contrast_limits)
-    # three images: one row, not a 2 x 2 grid with an empty corner
-    viewer.add_image(viewer.layers["blurred"].data * 0.5, name="half")
-    widget.set_checked(viewer.layers["half"])
-    widget.side_button.click()
-    assert grid.actual_shape(list(viewer.layers)) == (1, 3)
+    # two, three and five images: the layout that shows them largest on this canvas
+    from napari_deblurgan.widgets.compare_widget import grid_shape
+
+    for names in ((), ("half",), ("quarter", "eighth")):
+        for name in names:
+            viewer.add_image(viewer.layers["blurred"].data * 0.5, name=name)
+            widget.set_checked(viewer.layers[name])
+        widget.side_button.click()
+        shown = [layer for layer in viewer.layers if layer.visible]
+        expected = grid_shape(len(shown), tuple(viewer.canvas.size), viewer.layers["truth"].data.shape[-2:])
+        assert grid.actual_shape(shown) == expected
+
+
+@pytest.mark.parametrize(
+    ("n", "canvas", "shape"),
+    [
+        (1, (600, 800), (1, 1)),
+        (3, (600, 1600), (1, 3)),  # a wide canvas: one row
+        (3, (800, 800), (2, 2)),  # square: 2 x 2 shows them larger than a row, despite the empty cell
+        (5, (900, 600), (3, 2)),  # the Compare screenshot's tall canvas
+        (5, (400, 2000), (1, 5)),
+        (6, (600, 900), (2, 3)),
+        (4, (800, 800), (2, 2)),
+    ],
+)
+def test_grid_shape_shows_the_images_largest(n, canvas, shape):
+    from napari_deblurgan.widgets.compare_widget import grid_shape
+
+    assert grid_shape(n, canvas, (256, 256)) == shape
+
+
+def test_grid_shape_follows_the_images_aspect():
+    from napari_deblurgan.widgets.compare_widget import grid_shape
+
+    assert grid_shape(2, (800, 800), (100, 400)) == (2, 1)  # wide images stack
+    assert grid_shape(2, (800, 800), (400, 100)) == (1, 2)  # tall ones sit side by side
 
 
 def test_errors_are_notifications(setup, qtbot, notifications):

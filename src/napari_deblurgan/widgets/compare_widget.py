@@ -51,8 +51,22 @@ NO_REFERENCE = "(no ground truth)"
 PSF_FROM_METADATA = "sample's PSF (layer metadata)"
 PSF_FROM_LAYER = "PSF layer"
 PSF_GAUSSIAN = "Gaussian of sigma"
-#: Side by side puts up to this many images in one row; more go into a near-square grid.
-MAX_IMAGES_IN_ONE_ROW = 4
+def grid_shape(
+    n_images: int, canvas_hw: tuple[float, float] = (1.0, 1.0), image_hw: tuple[float, float] = (1.0, 1.0)
+) -> tuple[int, int]:
+    """(rows, columns) of the side-by-side grid that shows ``n_images`` images of ``image_hw`` (height, width)
+    largest on a canvas of ``canvas_hw``; among equally large layouts the one with the fewest empty cells, then
+    the fewest rows. (napari's automatic grid is square-ish whatever the canvas: five images on a tall canvas
+    came out 2 x 3, on a wide one a row is larger.)"""
+    n = max(int(n_images), 1)
+    (H, W), (h, w) = (max(float(v), 1e-9) for v in canvas_hw), (max(float(v), 1e-9) for v in image_hw)
+
+    def rank(shape: tuple[int, int]) -> tuple[float, int, int]:
+        rows, cols = shape
+        scale = min(W / (cols * w), H / (rows * h))
+        return (-round(scale, 9), rows * cols - n, rows)
+
+    return min(((rows, -(-n // rows)) for rows in range(1, n + 1)), key=rank)
 
 
 class CompareWidget(QWidget):
@@ -377,8 +391,9 @@ class CompareWidget(QWidget):
         canvas = getattr(self.viewer, "canvas", None)
         grid = getattr(canvas, "grid", None) or self.viewer.grid
         grid.stride = 1
-        # one row up to four images (three in an automatic square grid would leave an empty corner)
-        grid.shape = (1, -1) if len(layers) <= MAX_IMAGES_IN_ONE_ROW else (-1, -1)
+        canvas_hw = tuple(getattr(canvas, "size", None) or (1, 1))
+        image_hw = tuple(np.ptp(np.asarray(layers[0].extent.world)[:, -2:], axis=0))
+        grid.shape = grid_shape(len(layers), canvas_hw, image_hw)
         grid.enabled = True
         self.viewer.reset_view()
         show_info(f"Side by side: {', '.join(layer.name for layer in layers)} (press Ctrl+G to leave grid mode).")
