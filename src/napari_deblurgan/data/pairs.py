@@ -262,11 +262,12 @@ class _Source:
             plane = self._cached_plane(array, which, index, channel, ranges)
             if plane is not None:
                 out = plane[:, rows, cols]
-                out = out.copy() if copy else out  # callers may modify a copy, never the cache
             else:
                 out = self._normalized(array, index, channel, rows, cols, ranges)
             if any(p != (0, 0) for p in pad):
-                out = np.pad(out, pad, mode="reflect")
+                out = np.pad(out, pad, mode="reflect")  # a new array in any case
+            elif plane is not None and copy:
+                out = out.copy()  # callers may modify a copy, never the cache
             return out
 
         sharp = prepare(self.sharp, "sharp")
