@@ -1,6 +1,6 @@
 """Training-data speed: crops per second that the data pipeline delivers, side by side in one run.
 
-On a lent H100 our training steps ran at 1,400-1,900 crops/s per process with the GPU mostly idle
+On a lent H100 our training steps ran at 1,370-1,770 crops/s per process with the GPU mostly idle
 (docs/training.md): the CPU side of the data pipeline was the limit. This prints, for the default model's
 training images (scripts/train_default_model.py) and batches of ``--batch-size`` crops of 128 px plus the
 synthetic-blur margin:
