@@ -39,19 +39,25 @@ def validation_crops(side: int = 256) -> dict[str, np.ndarray]:
     return evaluation_crops(side)
 
 
-def selection_crops() -> dict[str, np.ndarray]:
+def selection_crops(brightfield: bool = False) -> dict[str, np.ndarray]:
     """The generated scenes that choose between candidate models (``train_default_model.selection_stack``):
-    never trained on and not the evaluation images, so that choosing a model does not look at the evaluation."""
-    from train_default_model import SELECTION_SEEDS, selection_stack  # same folder (scripts/)
+    never trained on and not the evaluation images, so that choosing a model does not look at the evaluation.
+    Fluorescence scenes, plus transmitted-light scenes with ``brightfield``."""
+    from train_default_model import BRIGHTFIELD_SELECTION_SEEDS, SELECTION_SEEDS, selection_stack  # scripts/
 
-    return {f"selection_{seed}": crop for seed, crop in zip(SELECTION_SEEDS, selection_stack(), strict=True)}
+    seeds = [*SELECTION_SEEDS, *(BRIGHTFIELD_SELECTION_SEEDS if brightfield else ())]
+    names = [f"selection_{seed}" if seed in SELECTION_SEEDS else f"selection_brightfield_{seed}" for seed in seeds]
+    return dict(zip(names, selection_stack(brightfield=brightfield), strict=True))
 
 
 def evaluate(
     model, kernels: int = 3, device: str = "cpu", pictures: Path | None = None, images: str = "evaluation"
 ) -> dict:
     rows = []
-    crops = validation_crops() if images == "evaluation" else selection_crops()
+    if images == "evaluation":
+        crops = validation_crops()
+    else:
+        crops = selection_crops(brightfield=images == "selection-with-brightfield")
     for name, sharp in crops.items():
         for kind in KINDS:
             for k in range(kernels):
@@ -139,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pictures", type=Path, default=None)
     parser.add_argument(
         "--images",
-        choices=("evaluation", "selection"),
+        choices=("evaluation", "selection", "selection-with-brightfield"),
         default="evaluation",
         help="the held-out evaluation images (default) or the generated scenes that choose between candidate "
-        "models before the evaluation is looked at",
+        "models before the evaluation is looked at: fluorescence scenes (the rule until the sixth session), "
+        "or those plus transmitted-light scenes (the rule from the seventh session on)",
     )
     args = parser.parse_args(argv)
     model = load_model(args.model)

@@ -89,14 +89,29 @@ def validation_stack(side: int = 256) -> np.ndarray:
 #: Seeds of the generated scenes that only pick the kept step ("unseen-scenes" selection): disjoint from the
 #: training scenes (5000 + i) and from the evaluation image synthetic_cells (1004).
 SELECTION_SEEDS = range(9000, 9008)
+#: Seeds of the generated transmitted-light scenes that join them in the "unseen-scenes-with-brightfield"
+#: selection (disjoint from the brightfield training scenes, 6000 + i). Added in the seventh session, before
+#: that session's GPU candidates were scored: the fluorescence scenes alone could not see a candidate lose on
+#: smooth, bright specimens (docs/model-card.md, the GPU candidates).
+BRIGHTFIELD_SELECTION_SEEDS = range(9100, 9104)
 
 
-def selection_stack(side: int = 256) -> np.ndarray:
+def selection_stack(side: int = 256, brightfield: bool = False) -> np.ndarray:
     """Generated microscopy scenes used only to choose which step's weights to keep, never trained on and
-    not part of the evaluation: selecting on the evaluation images would make the evaluation less blind."""
+    not part of the evaluation: selecting on the evaluation images would make the evaluation less blind.
+    Fluorescence scenes (beads, filaments, nuclei, cells), plus transmitted-light ones with ``brightfield``."""
     makers = (samples.beads, samples.filaments, samples.nuclei, samples.cells)
     crops = [makers[i % len(makers)]((side, side), seed=seed) for i, seed in enumerate(SELECTION_SEEDS)]
+    if brightfield:
+        crops += [samples.brightfield((side, side), seed=seed) for seed in BRIGHTFIELD_SELECTION_SEEDS]
     return np.stack(crops).astype(np.float32)
+
+
+def validation_for(selection: str) -> np.ndarray:
+    """The sharp stack that picks the kept step, for ``--selection``."""
+    if selection == "evaluation-images":
+        return validation_stack()
+    return selection_stack(brightfield=selection == "unseen-scenes-with-brightfield")
 
 
 def install(model_path: Path, name: str = "default") -> None:
@@ -215,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--selection",
-        choices=("unseen-scenes", "evaluation-images"),
+        choices=("unseen-scenes", "unseen-scenes-with-brightfield", "evaluation-images"),
         default="unseen-scenes",
-        help="what picks the kept step: generated scenes seen by nothing else (default), or the evaluation "
-        "images (how stages 1 and 2 of the shipped model were run)",
+        help="what picks the kept step: generated fluorescence scenes seen by nothing else (default; how stages "
+        "3 and 6 were run), the same plus generated transmitted-light scenes, or the evaluation images (how "
+        "stages 1 and 2 of the shipped model were run)",
     )
     args = parser.parse_args(argv)
 
@@ -257,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             learning_rate=args.learning_rate,
             device=args.device,
             seed=args.seed,
-            validation=(None, selection_stack() if args.selection == "unseen-scenes" else validation_stack()),
+            validation=(None, validation_for(args.selection)),
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=validate_every,
             validate_every=validate_every,
