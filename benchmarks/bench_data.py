@@ -10,9 +10,16 @@ synthetic-blur margin:
 * ``next_batch``: ``BatchSource.next_batch`` on ``--device`` (crops, then PSFs, blur and noise synthesised
   on that device), synchronised, so it is the whole pipeline's rate there. On a CPU the FFT blur dominates;
   on a GPU it shows what is left on the CPU.
+* ``--phases``: one batch's time split into its parts, each synchronised and timed alone for every batch
+  size in ``--phase-batches``: reading the crops (``sample``), the copy to the device, the random PSFs
+  (the motion walk is sequential: 255 small steps), the FFT blur, noise plus re-normalisation, and one
+  ``content`` training step of the default architecture on a ready batch (forward, backward, fused Adam,
+  EMA; under the precision the trainer would use). A step costs the sum of the parts when nothing overlaps,
+  which is how the trainer runs them today.
 
     python benchmarks/bench_data.py                      # CPU
     python benchmarks/bench_data.py --device cuda --json data.json
+    python benchmarks/bench_data.py --device cuda --phases --phase-batches 32 128 512
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--phases", action="store_true", help="also time a batch's parts (see above)")
+    parser.add_argument("--phase-batches", type=int, nargs="+", default=[32, 128])
     args = parser.parse_args(argv)
 
     import torch
@@ -88,9 +97,91 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sample, lazy reads  : {medians['lazy']:8.0f} crops/s")
     print(f"ratio cache / lazy  : {medians['cached'] / medians['lazy']:8.2f}")
     print(f"next_batch on {args.device:5s} : {medians['next_batch']:8.0f} crops/s (crops + blur + noise there)")
+    report = {"device": name, "batch": args.batch_size, "crops_per_s": results}
+    if args.phases:
+        report["phases_ms"] = {}
+        print(f"{'batch':>6s} " + " ".join(f"{p:>10s}" for p in PHASES) + f" {'sum':>8s} {'crops/s':>9s}")
+        for batch in args.phase_batches:
+            ms = phase_times(data["cached"], device, batch, margin, args.rounds)
+            report["phases_ms"][batch] = ms
+            total = sum(ms.values())
+            print(f"{batch:6d} " + " ".join(f"{ms[p]:10.2f}" for p in PHASES) + f" {total:8.2f} "
+                  f"{batch / total * 1e3:9.0f}  (ms; median of {args.rounds})")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": name, "batch": args.batch_size, "crops_per_s": results}))
+        Path(args.json).write_text(json.dumps(report))
     return 0
+
+
+PHASES = ("sample", "to_device", "psfs", "blur", "noise_norm", "train_step")
+
+
+def phase_times(data, device, batch: int, margin: int, rounds: int) -> dict[str, float]:
+    """Median milliseconds of each part of one training step's batch (:data:`PHASES`), each synchronised."""
+    import torch
+
+    from napari_deblurgan import create_model
+    from napari_deblurgan.blur.torch_synthesis import add_poisson_gaussian_noise, blur_batch, random_psf_batch
+    from napari_deblurgan.data.pairs import BLUR_KINDS, renormalize_like_inference
+    from napari_deblurgan.training.presets import get_preset
+    from napari_deblurgan.training.trainer import GanStep
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from train_default_model import ARCH_ARGS, ARCHITECTURE
+
+    rng = np.random.default_rng(0)
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(0)
+    net = create_model(ARCHITECTURE, channels=1, seed=0, **ARCH_ARGS).generator.to(device)
+    channels_last = device.type == "cuda"  # as the trainer runs on a GPU
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    step = GanStep(net, None, get_preset("content"), device, perceptual=None, feature_matching=False,
+                   ema_decay=0.999, seed=0)  # fmt: skip
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    state: dict[str, object] = {}
+
+    def sample() -> None:
+        state["sharp_np"] = data.sample(batch, rng, margin)[1]
+
+    def to_device() -> None:
+        t = torch.from_numpy(state["sharp_np"])
+        state["sharp"] = t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+    def psfs() -> None:
+        state["psfs"] = random_psf_batch(batch, None, BLUR_KINDS["mixed"], generator=gen, device=device)
+
+    def blur() -> None:
+        state["blurred"] = blur_batch(state["sharp"], state["psfs"])
+
+    def noise_norm() -> None:
+        photons = torch.full((batch,), 200.0)
+        read = torch.full((batch,), 2.0)
+        noisy = add_poisson_gaussian_noise(state["blurred"], photons, read, gen)
+        m = margin
+        b, s = renormalize_like_inference(noisy[..., m:-m, m:-m].contiguous(), state["sharp"][..., m:-m, m:-m])
+        if channels_last:
+            b, s = b.contiguous(memory_format=torch.channels_last), s.contiguous(memory_format=torch.channels_last)
+        state["batch"] = (b, s)
+
+    def train_step() -> None:
+        step.run(lambda _n: state["batch"], batch)
+
+    parts = {"sample": sample, "to_device": to_device, "psfs": psfs, "blur": blur, "noise_norm": noise_norm,
+             "train_step": train_step}  # fmt: skip
+    times: dict[str, list[float]] = {p: [] for p in PHASES}
+    for r in range(rounds + 1):  # the first round warms up (cuDNN autotuning, allocations)
+        for name in PHASES:
+            sync()
+            t0 = time.perf_counter()
+            parts[name]()
+            sync()
+            if r:
+                times[name].append(1e3 * (time.perf_counter() - t0))
+    return {p: statistics.median(v) for p, v in times.items()}
 
 
 if __name__ == "__main__":
