@@ -301,3 +301,50 @@ def test_synthetic_crops_are_scaled_as_inference_scales_the_blurred_image():
     assert torch.allclose(q[1], torch.ones(6), atol=1e-4), q[1]
     # the target is in the same units: its bright end lies above the blurred one (blur lowered the peaks)
     assert (torch.quantile(target.flatten(1), 0.998, dim=1) > 1.05).all()
+
+
+def test_psf_blocks_make_several_batches_psfs_in_one_walk_and_resume_exactly(pair, monkeypatch):
+    """On a GPU the sequential motion walk cost ~37 ms per batch whatever its size (bench_data --phases): with
+    ``psf_block`` the PSFs of that many batches come from one call; a resumed source draws the same batches."""
+    import torch
+
+    from napari_deblurgan.blur import torch_synthesis
+
+    _, sharp = pair
+    d = PairedData(None, sharp, patch_size=32, validation=0.0)
+    calls = []
+    real = torch_synthesis.random_psf_batch
+
+    def counting(n, *args, **kwargs):
+        calls.append(n)
+        return real(n, *args, **kwargs)
+
+    monkeypatch.setattr(torch_synthesis, "random_psf_batch", counting)
+
+    def source(block):
+        return BatchSource(d, torch.device("cpu"), seed=5, blur_kinds=("motion", "gaussian"), psf_block=block)
+
+    src = source(3)
+    first = src.next_batch(4)
+    state = src.state_dict()
+    rest = [src.next_batch(4) for _ in range(4)]  # crosses into a second block at the 3rd of these
+    assert calls == [12, 12]
+    # every batch got fresh PSFs: no two batches were blurred alike
+    blurred = [first[0], *(b for b, _ in rest)]
+    assert all(not torch.allclose(a, b, atol=1e-3) for i, a in enumerate(blurred) for b in blurred[i + 1 :])
+
+    resumed = source(3)
+    resumed.load_state_dict(state)
+    again = [resumed.next_batch(4) for _ in range(4)]
+    for (b1, s1), (b2, s2) in zip(rest, again, strict=True):
+        assert torch.equal(b1, b2) and torch.equal(s1, s2)
+
+    # the default on a CPU makes each batch's PSFs with the batch (the shipped recipes' random stream)
+    calls.clear()
+    cpu_default = BatchSource(d, torch.device("cpu"), seed=5, blur_kinds=("motion",))
+    assert cpu_default.psf_block == 1
+    cpu_default.next_batch(2)
+    cpu_default.next_batch(2)
+    assert calls == [2, 2]
+    with pytest.raises(InputError, match="psf_block"):
+        source(0)

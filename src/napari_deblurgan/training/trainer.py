@@ -642,6 +642,7 @@ class TrainingRun:
                     "kind_weights": None if self.blur_weights is None else list(self.blur_weights),
                     "strength_px": cfg.blur_strength,
                     "noise": cfg.noise,
+                    "psf_block": source.psf_block,  # batches whose PSFs were made at once (GPU: 16)
                 }
                 if self.data.synthetic
                 else None
