@@ -348,3 +348,62 @@ def test_psf_blocks_make_several_batches_psfs_in_one_walk_and_resume_exactly(pai
     assert calls == [2, 2]
     with pytest.raises(InputError, match="psf_block"):
         source(0)
+
+
+@pytest.mark.parametrize(
+    "case", ["synthetic", "synthetic-band-split", "pairs", "joint-channels", "independent-channels", "small-planes"]
+)
+def test_crops_cut_on_the_device_are_the_cpu_crops_bit_for_bit(pair, case):
+    """BatchSource cuts crops on the training device (data/device_crops.py) from the same random draws as
+    PairedData.sample: the batches must not depend on which path cut them (edges, flips/turns, channels)."""
+    import torch
+
+    blurred, sharp = pair
+    rng = np.random.default_rng(4)
+    kwargs: dict = {"patch_size": 32, "validation": 0.0}
+    if case == "synthetic":
+        args = (None, [sharp, sharp[:150, :200].copy()])
+    elif case == "synthetic-band-split":
+        args, kwargs["validation"] = (None, sharp), 0.25
+    elif case == "pairs":
+        args = (blurred, sharp)
+    elif case == "joint-channels":
+        args, kwargs["channels"] = (None, rng.random((2, 90, 110)).astype(np.float32)), 2
+        kwargs["axes"] = "CYX"
+    elif case == "independent-channels":
+        args, kwargs["axes"] = (None, rng.random((3, 90, 110)).astype(np.float32)), "CYX"
+    else:  # planes barely larger than a patch: most crops reach the reflect padding
+        args = (None, [rng.random((36, 40)).astype(np.float32), rng.random((33, 60)).astype(np.float32)])
+    d = PairedData(*args, **kwargs)
+
+    def batches(device_crops: bool) -> list:
+        src = BatchSource(d, torch.device("cpu"), seed=9, blur_kinds=("motion", "gaussian"), device_crops=device_crops)
+        return [src.next_batch(6) for _ in range(3)]
+
+    on_device, on_cpu = batches(True), batches(False)
+    for (b1, s1), (b2, s2) in zip(on_device, on_cpu, strict=True):
+        assert torch.equal(s1, s2) and torch.equal(b1, b2)
+    # the device path really ran (the data qualifies), and it uploads each plane once
+    src = BatchSource(d, torch.device("cpu"), seed=9, device_crops=True)
+    src.next_batch(2)
+    assert src._device_crops is not False
+    planes = {(p.source, p.index, p.channel) for p in d.train_planes}
+    side = lambda s: (s.height + 2 * src.margin) * (s.width + 2 * src.margin)  # noqa: E731
+    expected = sum(d.channels * side(d.sources[key[0]]) for key in planes)
+    assert src._device_crops._flat["sharp"].numel() == expected
+
+
+def test_device_crops_fall_back_to_the_cpu_path_when_the_data_does_not_qualify(pair):
+    import torch
+
+    from napari_deblurgan.data.device_crops import DeviceCrops
+
+    _, sharp = pair
+    d = PairedData(None, sharp, patch_size=16, validation=0.0)
+    assert DeviceCrops.build(d, torch.device("cpu"), margin=16) is None  # patch not larger than the margin
+    assert DeviceCrops.build(d, torch.device("cpu"), margin=8, budget_bytes=1000) is None  # over the budget
+    assert DeviceCrops.build(d, torch.device("cpu"), margin=8) is not None
+    src = BatchSource(d, torch.device("cpu"), seed=1, device_crops=True, blur_kinds=("motion",),
+                      strength_ranges={"motion": (30.0, 40.0)})  # margin 22 > patch 16
+    b, s = src.next_batch(3)
+    assert src._device_crops is False and b.shape == s.shape == (3, 1, 16, 16)

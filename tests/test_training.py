@@ -419,7 +419,8 @@ def test_synthetic_blur_settings_are_used_recorded_and_resumed(pair, tmp_path):
     noisy = synthetic_run(blur_strength=3.0, noise={"photons": 5, "read_noise": 1})
     assert _losses(quiet) != _losses(noisy)
     provenance = quiet[-1].model.metadata["training"]["synthetic_blur"]
-    assert provenance == {"kinds": ["gaussian"], "kind_weights": None, "strength_px": [1.0, 1.0], "noise": None}
+    assert provenance == {"kinds": ["gaussian"], "kind_weights": None, "strength_px": [1.0, 1.0], "noise": None,
+                          "psf_block": 1}  # one batch's PSFs at a time on a CPU
 
     first = iter_finetune(sharp, None, model=_model(), steps=4, patch_size=32, batch_size=2, preset="content",
                           device="cpu", seed=0, validation=0.0, checkpoint_dir=tmp_path, checkpoint_every=2,
@@ -431,4 +432,4 @@ def test_synthetic_blur_settings_are_used_recorded_and_resumed(pair, tmp_path):
     resumed = list(iter_finetune(sharp, None, model=_model(), steps=4, device="cpu", resume=tmp_path))
     meta = resumed[-1].model.metadata["training"]["synthetic_blur"]
     assert meta == {"kinds": ["gaussian", "defocus"], "kind_weights": [3.0, 1.0], "strength_px": [2.0, 2.0],
-                    "noise": None}
+                    "noise": None, "psf_block": 1}

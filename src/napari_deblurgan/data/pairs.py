@@ -274,6 +274,25 @@ class _Source:
         blurred = prepare(self.blurred, "blurred") if self.blurred is not None else None
         return blurred, sharp
 
+    def padded_plane(
+        self, index: tuple[int, ...], channel: int | None, margin: int
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Whole normalised float32 ``(C, H + 2m, W + 2m)`` planes of blurred (None if absent) and sharp,
+        reflect-padded by ``margin`` (for :class:`~.device_crops.DeviceCrops`)."""
+        channels = [channel] if channel is not None else (list(range(self.n_channels)))
+        ranges = [self.norm_range(index, ch) for ch in channels]
+        full = slice(None)
+        pad = ((0, 0), (margin, margin), (margin, margin))
+
+        def prepare(array: Any, which: str) -> np.ndarray:
+            plane = self._cached_plane(array, which, index, channel, ranges)
+            if plane is None:
+                plane = self._normalized(array, index, channel, full, full, ranges)
+            return np.pad(plane, pad, mode="reflect")
+
+        blurred = prepare(self.blurred, "blurred") if self.blurred is not None else None
+        return blurred, prepare(self.sharp, "sharp")
+
     def _normalized(
         self,
         array: Any,
@@ -593,21 +612,32 @@ class PairedData:
         Shapes ``(B, C, P + 2 margin, P + 2 margin)``; ``blurred`` is None for sharp-only data.
         """
         P = self.patch_size
-        plane_ids = rng.choice(len(self.train_planes), size=batch_size, p=self._weights)
+        plane_ids, positions = self.draw_crops(batch_size, rng)
         shape = (batch_size, self.channels, P + 2 * margin, P + 2 * margin)
         blurred_out = None if self.synthetic else np.empty(shape, np.float32)
         sharp_out = np.empty(shape, np.float32)
-        # Per-crop draws in this order (not vectorised): the shipped model's recipe reproduces bit-identically.
         for i, pid in enumerate(plane_ids):
             plane = self.train_planes[int(pid)]
-            y0 = plane.rows[0] + int(rng.integers(0, plane.height - P + 1))
-            x0 = plane.cols[0] + int(rng.integers(0, plane.width - P + 1))
-            transform = int(rng.integers(0, 8))
+            y0, x0, transform = (int(v) for v in positions[i])
             b, s = self.sources[plane.source].crop(plane.index, plane.channel, y0, x0, P, margin, copy=False)
             sharp_out[i] = _dihedral(s, transform)
             if blurred_out is not None and b is not None:
                 blurred_out[i] = _dihedral(b, transform)
         return blurred_out, sharp_out
+
+    def draw_crops(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The random part of :meth:`sample`: training-plane indices ``(B,)`` and ``(B, 3)`` rows of ``(y0, x0,
+        turn)`` (top-left corner of the crop without margin; one of :func:`_dihedral`'s 8 flips/turns)."""
+        P = self.patch_size
+        plane_ids = rng.choice(len(self.train_planes), size=batch_size, p=self._weights)
+        positions = np.empty((batch_size, 3), np.int64)
+        # Per-crop draws in this order (not vectorised): the shipped model's recipe reproduces bit-identically.
+        for i, pid in enumerate(plane_ids):
+            plane = self.train_planes[int(pid)]
+            positions[i, 0] = plane.rows[0] + int(rng.integers(0, plane.height - P + 1))
+            positions[i, 1] = plane.cols[0] + int(rng.integers(0, plane.width - P + 1))
+            positions[i, 2] = int(rng.integers(0, 8))
+        return plane_ids, positions
 
     def validation_arrays(self, margin: int = 0) -> tuple[np.ndarray | None, np.ndarray] | None:
         """All validation crops ``(blurred or None, sharp)`` as ``(V, C, P + 2m, P + 2m)``, or None."""
@@ -745,6 +775,7 @@ class BatchSource:
         noise: Any = True,
         strength_ranges: Mapping[str, tuple[float, float]] | None = None,
         psf_block: int | None = None,
+        device_crops: bool | None = None,
     ) -> None:
         import torch
 
@@ -761,6 +792,9 @@ class BatchSource:
         self._psf_block_size = 0
         self._psfs: torch.Tensor | None = None
         self._psfs_used = 0
+        # crops cut on the device (data/device_crops.py): the same crops as sample(), without its per-crop loop
+        self.use_device_crops = device.type == "cuda" if device_crops is None else bool(device_crops)
+        self._device_crops: Any = None  # built on first use: False when the data does not qualify
 
         self.data = data
         self.device = device
@@ -839,19 +873,44 @@ class BatchSource:
             sharp = sharp[..., m:-m, m:-m]
         return renormalize_like_inference(blurred.contiguous(), sharp.contiguous())
 
+    def _crops_on_device(self, batch_size: int) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+        """A batch of crops cut on the device, or None when the data does not qualify (then use sample)."""
+        if not self.use_device_crops:
+            return None
+        if self._device_crops is None:
+            from .device_crops import DeviceCrops
+
+            self._device_crops = DeviceCrops.build(self.data, self.device, self.margin) or False
+        if self._device_crops is False:
+            return None
+        import torch
+
+        plane_ids, positions = self.data.draw_crops(batch_size, self.rng)
+        blurred, sharp = self._device_crops.gather(plane_ids, positions)
+        if self.channels_last:
+            sharp = sharp.contiguous(memory_format=torch.channels_last)
+            blurred = None if blurred is None else blurred.contiguous(memory_format=torch.channels_last)
+        return blurred, sharp
+
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(blurred, sharp)`` float32 tensors ``(B, C, P, P)`` on the device."""
-        blurred, sharp = self.data.sample(batch_size, self.rng, self.margin)
-        sharp_t = self._to_device(sharp)
-        if blurred is None:
-            blurred_t, sharp_t = self._synthesize(sharp_t, self.torch_generator, blocked=self.psf_block > 1)
-            if self.channels_last:
-                import torch
+        on_device = self._crops_on_device(batch_size)
+        if on_device is not None:
+            blurred_t, sharp_t = on_device
+            if blurred_t is not None:
+                return blurred_t, sharp_t
+        else:
+            blurred, sharp = self.data.sample(batch_size, self.rng, self.margin)
+            sharp_t = self._to_device(sharp)
+            if blurred is not None:
+                return self._to_device(blurred), sharp_t
+        blurred_t, sharp_t = self._synthesize(sharp_t, self.torch_generator, blocked=self.psf_block > 1)
+        if self.channels_last:
+            import torch
 
-                blurred_t = blurred_t.contiguous(memory_format=torch.channels_last)
-                sharp_t = sharp_t.contiguous(memory_format=torch.channels_last)
-            return blurred_t, sharp_t
-        return self._to_device(blurred), sharp_t
+            blurred_t = blurred_t.contiguous(memory_format=torch.channels_last)
+            sharp_t = sharp_t.contiguous(memory_format=torch.channels_last)
+        return blurred_t, sharp_t
 
     def validation_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The fixed validation crops ``(blurred, sharp)`` on the device (blur synthesised once, seeded)."""

@@ -1,0 +1,119 @@
+"""Training crops cut on the training device: every plane uploaded once, a whole batch cut in one gather.
+
+On a lent H100 reading 128 crops on the CPU (``PairedData.sample``: a Python loop that slices, pads and turns
+each crop, then a copy to the GPU) took 9 ms, and 42 ms for 512 crops - more than the training step itself
+(9-16 ms; ``benchmarks/bench_data.py --phases``). Here the normalised planes, reflect-padded by the synthetic
+blur's margin, live on the device as one flat tensor, and a batch is one ``torch.take`` with index grids that
+already hold each crop's position and flip/turn. Positions and turns are drawn by
+``PairedData.draw_crops`` - the very draws ``PairedData.sample`` makes, in the same order - so both paths give
+the same crops bit for bit (tested): the choice of path changes speed only.
+
+Only in-memory NumPy data whose padded planes fit ``budget_bytes`` is uploaded (no whole-stack copies of
+large or lazy data: those keep the CPU path), and only when the patch is larger than the margin (then
+padding a whole plane reflects exactly as padding a crop does).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .pairs import PairedData
+
+#: Device memory the uploaded planes may take by default (float32, padded).
+DEFAULT_DEVICE_CROPS_BYTES = 2 * 2**30
+
+
+def _dihedral_grids(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(8, size, size)`` source rows and columns of each output pixel for the 8 flips/turns of
+    ``pairs._dihedral`` (applied to coordinate grids, so the two can never disagree)."""
+    from .pairs import _dihedral
+
+    rows = np.broadcast_to(np.arange(size)[:, None], (size, size))
+    cols = np.broadcast_to(np.arange(size)[None, :], (size, size))
+    dy = np.stack([np.ascontiguousarray(_dihedral(rows, k)) for k in range(8)])
+    dx = np.stack([np.ascontiguousarray(_dihedral(cols, k)) for k in range(8)])
+    return torch.from_numpy(dy), torch.from_numpy(dx)
+
+
+class DeviceCrops:
+    """The training planes of ``data`` on ``device``, normalised and reflect-padded by ``margin``.
+
+    :meth:`build` returns None when the data does not qualify (see the module docstring); then use
+    ``PairedData.sample``.
+    """
+
+    def __init__(self, data: PairedData, device: torch.device, margin: int, flat: dict, layout: dict) -> None:
+        self.data = data
+        self.device = device
+        self.margin = margin
+        self._flat = flat  # "sharp" (and "blurred"): one flat float32 tensor of all padded planes
+        # per training plane (indexed like data.train_planes): flat offset, padded width, channel stride
+        self._base = layout["base"].to(device)
+        self._row_stride = layout["row_stride"].to(device)
+        self._channel_stride = layout["channel_stride"].to(device)
+        side = data.patch_size + 2 * margin
+        dy, dx = _dihedral_grids(side)
+        self._dy, self._dx = dy.to(device), dx.to(device)
+        self._channels = torch.arange(data.channels, device=device)
+
+    @classmethod
+    def build(
+        cls, data: PairedData, device: torch.device, margin: int, budget_bytes: int = DEFAULT_DEVICE_CROPS_BYTES
+    ) -> DeviceCrops | None:
+        if data.patch_size <= margin:
+            return None
+        for s in {p.source for p in data.train_planes}:
+            arrays = (data.sources[s].sharp, data.sources[s].blurred)
+            if not all(a is None or isinstance(a, np.ndarray) for a in arrays):
+                return None  # dask, zarr...: read lazily on the CPU, never copied whole
+        kinds = ("sharp",) if data.synthetic else ("sharp", "blurred")
+        keys = list(dict.fromkeys((p.source, p.index, p.channel) for p in data.train_planes))
+        channels = data.channels
+        total = sum(
+            len(kinds) * channels * (data.sources[s].height + 2 * margin) * (data.sources[s].width + 2 * margin) * 4
+            for s, _, _ in keys
+        )
+        if total > budget_bytes:
+            return None
+        offsets: dict[tuple, tuple[int, int, int]] = {}
+        pieces: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+        position = 0
+        for key in keys:
+            s, index, channel = key
+            blurred, sharp = data.sources[s].padded_plane(index, channel, margin)
+            c, hp, wp = sharp.shape
+            offsets[key] = (position, wp, hp * wp)
+            position += c * hp * wp
+            pieces["sharp"].append(sharp.ravel())
+            if "blurred" in kinds:
+                pieces["blurred"].append(blurred.ravel())
+        flat = {k: torch.from_numpy(np.concatenate(v)).to(device) for k, v in pieces.items()}
+        rows = [offsets[(p.source, p.index, p.channel)] for p in data.train_planes]
+        layout = {
+            "base": torch.tensor([r[0] for r in rows], dtype=torch.int64),
+            "row_stride": torch.tensor([r[1] for r in rows], dtype=torch.int64),
+            "channel_stride": torch.tensor([r[2] for r in rows], dtype=torch.int64),
+        }
+        return cls(data, device, margin, flat, layout)
+
+    def gather(self, plane_ids: np.ndarray, positions: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(blurred or None, sharp)`` float32 ``(B, C, P + 2m, P + 2m)`` on the device for the crops that
+        ``PairedData.draw_crops`` drew (``positions``: rows of ``(y0, x0, turn)``)."""
+        pid = torch.from_numpy(np.asarray(plane_ids, dtype=np.int64)).to(self.device)
+        pos = torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(self.device)
+        y0, x0, turn = pos[:, 0], pos[:, 1], pos[:, 2]
+        # a crop's top-left in the padded plane is (y0 - m) + m = y0: the margin is already there
+        rows = y0[:, None, None] + self._dy[turn]
+        cols = x0[:, None, None] + self._dx[turn]
+        index = self._base[pid][:, None, None] + rows * self._row_stride[pid][:, None, None] + cols  # (B, S, S)
+        index = index[:, None] + (self._channels[None, :] * self._channel_stride[pid][:, None])[..., None, None]
+        sharp = torch.take(self._flat["sharp"], index)
+        blurred = torch.take(self._flat["blurred"], index) if "blurred" in self._flat else None
+        return blurred, sharp
+
+
+__all__ = ["DEFAULT_DEVICE_CROPS_BYTES", "DeviceCrops"]
