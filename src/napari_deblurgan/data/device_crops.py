@@ -6,11 +6,13 @@ each crop, then a copy to the GPU) took 9 ms, and 42 ms for 512 crops - more tha
 blur's margin, live on the device as one flat tensor, and a batch is one ``torch.take`` with index grids that
 already hold each crop's position and flip/turn. Positions and turns are drawn by
 ``PairedData.draw_crops`` - the very draws ``PairedData.sample`` makes, in the same order - so both paths give
-the same crops bit for bit (tested): the choice of path changes speed only.
+the same crops bit for bit (tested): the choice of path changes speed only. ``BatchSource`` uses it on CUDA
+only: on the 2-core CPU dev machine the gather's index arithmetic was ~5x slower than ``sample`` (106 vs 20
+ms for 128 crops, one run on a busy machine); its GPU speed is still to be measured (``bench_data --phases``).
 
-Only in-memory NumPy data whose padded planes fit ``budget_bytes`` is uploaded (no whole-stack copies of
-large or lazy data: those keep the CPU path), and only when the patch is larger than the margin (then
-padding a whole plane reflects exactly as padding a crop does).
+Only in-memory NumPy data whose padded planes fit ``budget_bytes`` (and a tenth of a GPU's memory) is
+uploaded (no whole-stack copies of large or lazy data: those keep the CPU path), and only when the patch is
+larger than the margin (then padding a whole plane reflects exactly as padding a crop does).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import torch
 if TYPE_CHECKING:
     from .pairs import PairedData
 
-#: Device memory the uploaded planes may take by default (float32, padded).
+#: Device memory the uploaded planes may take by default (float32, padded); on a GPU also at most
+#: :data:`GPU_MEMORY_SHARE` of its memory, so that a small card keeps its memory for the model.
 DEFAULT_DEVICE_CROPS_BYTES = 2 * 2**30
+GPU_MEMORY_SHARE = 0.1
 
 
 def _dihedral_grids(size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +70,9 @@ class DeviceCrops:
     ) -> DeviceCrops | None:
         if data.patch_size <= margin:
             return None
+        if device.type == "cuda":
+            total_memory = torch.cuda.get_device_properties(device).total_memory
+            budget_bytes = min(budget_bytes, int(GPU_MEMORY_SHARE * total_memory))
         for s in {p.source for p in data.train_planes}:
             arrays = (data.sources[s].sharp, data.sources[s].blurred)
             if not all(a is None or isinstance(a, np.ndarray) for a in arrays):
@@ -116,4 +123,4 @@ class DeviceCrops:
         return blurred, sharp
 
 
-__all__ = ["DEFAULT_DEVICE_CROPS_BYTES", "DeviceCrops"]
+__all__ = ["DEFAULT_DEVICE_CROPS_BYTES", "GPU_MEMORY_SHARE", "DeviceCrops"]
