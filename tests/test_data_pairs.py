@@ -407,3 +407,37 @@ def test_device_crops_fall_back_to_the_cpu_path_when_the_data_does_not_qualify(p
                       strength_ranges={"motion": (30.0, 40.0)})  # margin 22 > patch 16
     b, s = src.next_batch(3)
     assert src._device_crops is False and b.shape == s.shape == (3, 1, 16, 16)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA device (run on a GPU machine)")
+def test_on_a_gpu_crops_are_cut_there_psfs_come_in_blocks_and_batches_match_the_cpu_cut(pair):
+    """The CUDA defaults (crops cut on the GPU, PSFs 16 batches at a time) give the batches the CPU-cut crops
+    give with the same settings, and a resumed GPU source continues exactly."""
+    import torch
+
+    _, sharp = pair
+    d = PairedData(None, [sharp, sharp[:150, :200].copy()], patch_size=64, validation=0.0)
+    cuda = torch.device("cuda")
+
+    def source(**kwargs):
+        return BatchSource(d, cuda, seed=2, blur_kinds=("motion", "defocus", "gaussian"), **kwargs)
+
+    gpu = source()
+    assert gpu.psf_block == 16 and gpu.use_device_crops
+    first = [gpu.next_batch(8) for _ in range(2)]
+    assert gpu._device_crops is not False and first[0][0].device.type == "cuda"
+    cpu_cut = source(device_crops=False)
+    for (b1, s1), (b2, s2) in zip(first, [cpu_cut.next_batch(8) for _ in range(2)], strict=True):
+        assert torch.equal(s1, s2) and torch.equal(b1, b2)
+    state = gpu.state_dict()
+    rest = [gpu.next_batch(8) for _ in range(3)]
+    resumed = source()
+    resumed.load_state_dict(state)
+    for (b1, s1), (b2, s2) in zip(rest, [resumed.next_batch(8) for _ in range(3)], strict=True):
+        assert torch.equal(s1, s2) and torch.equal(b1, b2)
