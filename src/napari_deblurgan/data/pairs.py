@@ -932,7 +932,8 @@ class BatchSource:
         return self._validation
 
     def state_dict(self) -> dict[str, Any]:
-        """Sampler state: NumPy bit-generator state (JSON-able) and the torch generator state (tensor)."""
+        """Sampler state: NumPy bit-generator state (JSON-able), the torch generator state (tensor) and, with
+        PSF blocks, the PSF generator's state at the current block's start, the block's size and the PSFs used."""
         import json
 
         state: dict[str, Any] = {
