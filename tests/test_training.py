@@ -289,6 +289,39 @@ def test_content_mse_preset_uses_the_squared_error(pair):
     assert l1**2 <= mse and mse != pytest.approx(l1, rel=0.05)
 
 
+def test_content_psnr_preset_averages_each_crops_log_mse(pair):
+    """content-psnr reports the mean over crops of log(MSE + floor), which is below log of the pooled MSE."""
+    mse = _losses(_run(pair, steps=1, preset="content-mse"))[0]["content"]
+    log_mse = _losses(_run(pair, steps=1, preset="content-psnr"))[0]["content"]
+    assert log_mse < 0 and log_mse <= np.log(mse + 1e-6) + 1e-6  # Jensen: mean of logs <= log of the mean
+
+
+def test_log_mse_weighs_every_crops_relative_error_alike():
+    """Under the pooled MSE a crop with 10x smaller errors gets a 10x smaller gradient; under log-mse each
+    crop's gradient is its error relative to its own MSE (10x larger for that crop), and scaling a crop's
+    intensities shifts the loss by a constant (issue 4: smooth, nearly restored crops must not drown next
+    to motion-blurred beads)."""
+    import torch
+
+    from napari_deblurgan.training.losses import content_loss
+
+    real = torch.zeros(2, 1, 8, 8)
+    pattern = torch.linspace(-1, 1, 64).reshape(1, 8, 8)
+    grads = {}
+    for kind in ("mse", "log-mse"):
+        fake = torch.stack([0.1 * pattern, 0.01 * pattern]).requires_grad_(True)
+        content_loss(fake, real, kind).backward()
+        norms = fake.grad.flatten(1).norm(dim=1)
+        grads[kind] = (norms[0] / norms[1]).item()
+    assert grads["mse"] == pytest.approx(10.0, rel=1e-3)
+    assert grads["log-mse"] == pytest.approx(0.1, rel=0.05)  # (the floor, 1e-6, is 3 % of the small MSE)
+    # scaling one crop (target and restoration alike) shifts the loss by a constant: no crop outweighs another
+    fake = torch.stack([0.1 * pattern, 0.01 * pattern])
+    scaled = fake * torch.tensor([10.0, 1.0]).view(2, 1, 1, 1)
+    shift = content_loss(scaled, real, "log-mse") - content_loss(fake, real, "log-mse")
+    assert shift.item() == pytest.approx(np.log(100.0) / 2, rel=1e-3)
+
+
 def test_sharp_only_data_trains_with_synthetic_blur(pair):
     _, sharp = pair
     events = list(

@@ -49,7 +49,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--preset",
         default="default",
         metavar="P",
-        help="default, deblurgan (paper), content (L1) or content-mse (default: %(default)s)",
+        help="default, deblurgan (paper), content (L1), content-mse or content-psnr (default: %(default)s)",
     )
     p.add_argument("--learning-rate", type=float, default=None, metavar="LR", help="override the preset's rate")
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default: auto)")

@@ -33,7 +33,7 @@ class Preset:
 
     name: str
     description: str
-    content_loss: str  # "l1", "mse" or "none": pixel loss between restoration and sharp target
+    content_loss: str  # "l1", "mse", "log-mse" or "none": pixel loss between restoration and sharp target
     content_weight: float
     perceptual_weight: float  # MSE on VGG-19 conv3_3 features (or critic feature matching as fallback)
     adversarial_weight: float  # weight of -critic(fake).mean() in the generator loss; 0 = no critic at all
@@ -132,6 +132,13 @@ PRESETS["content-mse"] = PRESETS["content"].replace(
     name="content-mse",
     description="MSE pixel loss only (no critic): optimises PSNR directly; soft where blur is ambiguous.",
     content_loss="mse",
+)
+
+# ``content`` with each crop's log MSE averaged: optimises the mean PSNR over crops (training/losses.py).
+PRESETS["content-psnr"] = PRESETS["content"].replace(
+    name="content-psnr",
+    description="Mean over crops of log MSE (no critic): optimises the mean PSNR; every crop's relative error counts.",
+    content_loss="log-mse",
 )
 
 

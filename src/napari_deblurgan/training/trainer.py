@@ -893,8 +893,8 @@ def iter_finetune(
         steps: total generator updates (a resumed run continues up to this number).
         patch_size: side of the square training crops (a multiple of the model's stride; reduced to fit).
         batch_size: crops per update (halved automatically on CUDA out-of-memory).
-        preset: ``"default"``, ``"deblurgan"`` (paper recipe), ``"content"`` (L1 only) or ``"content-mse"``
-            (MSE only); see presets.py.
+        preset: ``"default"``, ``"deblurgan"`` (paper recipe), ``"content"`` (L1 only), ``"content-mse"``
+            (MSE only) or ``"content-psnr"`` (mean over crops of log MSE); see presets.py.
         learning_rate: overrides the preset's generator learning rate (the critic's scales with it).
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``.
         seed: makes the run reproducible (on the CPU exactly); None picks one and records it.
