@@ -15,6 +15,9 @@
 * ``content-mse`` — MSE only, no critic: the loss whose optimum is the conditional mean, i.e. the highest
   expected PSNR. Where the blur is ambiguous that mean is softer than L1's median; used to polish the
   shipped default, whose targets are PSNR and SSIM.
+* ``content-psnr`` — the mean over crops of each crop's log MSE, no critic: the mean PSNR over crops, which
+  is what the evaluation averages. Each crop pulls by its error relative to its own MSE, so smooth, nearly
+  restored crops count as much as motion-blurred beads with a 100x larger MSE (training/losses.py).
 
 A preset is a frozen dataclass; ``get_preset(name)`` returns it and ``PRESETS`` lists them.
 """
