@@ -193,6 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument(
+        "--keep",
+        choices=("best", "last"),
+        default="best",
+        help="the weights written: the best validation (default), or the live weights of the last step (the "
+        "validation here is the PSNR of all selection crops pooled, which can disagree with the mean PSNR "
+        "per image that the selection rule uses; stage 7 kept the last)",
+    )
+    parser.add_argument(
         "--precision",
         default="auto",
         help="training arithmetic: auto (bfloat16 autocast on a GPU), float32, bfloat16 (also on the CPU) or float16",
@@ -327,6 +335,17 @@ def report(run: Any, budget_start: float, minutes: float | None) -> Finished | N
 def save_result(run: Any, args: argparse.Namespace, wall: float) -> None:
     """Write the run's kept model with the hardware and wall time, and install it if asked."""
     model = run.model
+    if args.keep == "last":
+        if run.finished is None:
+            print("notice: the run did not finish; writing its best weights, not the last", flush=True)
+        else:  # a finished or stopped run checkpoints its last step: its live weights are there
+            from napari_deblurgan.training.checkpoint import load_checkpoint
+
+            checkpoint = load_checkpoint(args.checkpoint_dir)
+            model.generator.load_state_dict(checkpoint["state"]["generator"])
+            model.metadata.setdefault("training", {})
+            if isinstance(model.metadata["training"], dict):
+                model.metadata["training"]["kept"] = f"live weights of the last step ({checkpoint['step']})"
     model.metadata.update(
         name="default",
         description=f"napari-deblurgan default model: single-channel {model.architecture}, synthetic blur + noise",
