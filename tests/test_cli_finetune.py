@@ -82,6 +82,7 @@ def test_finetune_sharp_only_synthesises_blur(files):
         "kind_weights": None,
         "strength_px": None,
         "noise": {"photons": [30.0, 1000.0], "read_noise": [0.5, 4.0]},
+        "psf_block": 1,  # one batch's PSFs at a time on a CPU
     }
     weighted = files / "weighted.pt"
     argv = [*_common(files, "--sharp", str(files / "sharp.tif")), "--blur-kind", "motion:2,gaussian"]
@@ -96,7 +97,8 @@ def test_finetune_blur_strength_and_noise_options(files):
                  "--blur-kind", "gaussian", "--blur-strength", "1", "2", "--noise-photons", "0"])
     assert code == 0
     recorded = load_model(out).metadata["training"]["synthetic_blur"]
-    assert recorded == {"kinds": ["gaussian"], "kind_weights": None, "strength_px": [1.0, 2.0], "noise": None}
+    assert recorded == {"kinds": ["gaussian"], "kind_weights": None, "strength_px": [1.0, 2.0], "noise": None,
+                        "psf_block": 1}
     bad = main([*_common(files, "--sharp", str(files / "sharp.tif")), "--steps", "2", "-o", str(files / "b.pt"),
                 "-q", "--blur-strength", "1", "2", "3"])
     assert bad == 2
