@@ -33,9 +33,10 @@ def content_loss(fake: torch.Tensor, real: torch.Tensor, kind: str = "l1") -> to
 
     Why ``log-mse``: the evaluation reports the mean PSNR over images, and ``-10 log10(MSE)`` summed over crops
     is that up to a constant. It weighs each crop's *relative* error alike (its gradient is each crop's MSE
-    gradient divided by that crop's MSE), so smooth, nearly restored crops (a 40 dB brightfield image) are not
-    drowned out by the large errors of motion-blurred beads in the same batch, and it does not depend on
-    how each crop was scaled.
+    gradient divided by that crop's MSE), whereas under the pooled MSE a crop pulls in proportion to its error
+    and under L1 every pixel pulls alike: a smooth, nearly restored crop (a 40 dB brightfield image) counts
+    as much as a motion-blurred bead at 15 dB in the same batch, and the loss does not depend on how each
+    crop was scaled.
     """
     import torch
     import torch.nn.functional as F
