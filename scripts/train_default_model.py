@@ -343,9 +343,14 @@ def save_result(run: Any, args: argparse.Namespace, wall: float) -> None:
 
             checkpoint = load_checkpoint(args.checkpoint_dir)
             model.generator.load_state_dict(checkpoint["state"]["generator"])
-            model.metadata.setdefault("training", {})
-            if isinstance(model.metadata["training"], dict):
-                model.metadata["training"]["kept"] = f"live weights of the last step ({checkpoint['step']})"
+            training = model.metadata.get("training")
+            if isinstance(training, dict):  # the best-validation fields describe other weights: say so
+                training["kept"] = f"live weights of the last step ({checkpoint['step']})"
+                training["best_validation"] = {
+                    "step": training.pop("best_step", None),
+                    "source": training.pop("best_source", None),
+                    "psnr": training.pop("val_psnr", None),
+                }
     model.metadata.update(
         name="default",
         description=f"napari-deblurgan default model: single-channel {model.architecture}, synthetic blur + noise",

@@ -466,3 +466,19 @@ def test_synthetic_blur_settings_are_used_recorded_and_resumed(pair, tmp_path):
     meta = resumed[-1].model.metadata["training"]["synthetic_blur"]
     assert meta == {"kinds": ["gaussian", "defocus"], "kind_weights": [3.0, 1.0], "strength_px": [2.0, 2.0],
                     "noise": None, "psf_block": 1}
+
+
+def test_a_finetuned_model_gets_its_own_date_not_its_bases(pair, tmp_path):
+    """The shipped stage-6 file said it was created on stage 1's date: the base's metadata was copied whole."""
+    base = _model()
+    base.metadata["created"] = "2001-01-01T00:00:00+00:00"
+    base.metadata["package_version"] = "0.0.1"
+    events = _run(pair, model=base, steps=2)
+    model = events[-1].model
+    assert "created" not in model.metadata and "package_version" not in model.metadata
+    from napari_deblurgan import load_model
+
+    saved = load_model(model.save(tmp_path / "tuned.pt"))
+    assert saved.metadata["created"] > "2026"  # stamped when saved
+    assert saved.metadata["package_version"] != "0.0.1"
+    assert saved.metadata["training"]["base_model"] is not None

@@ -497,8 +497,9 @@ class TrainingRun:
         if state is not None:
             generator.load_state_dict(state)
         meta = dict(self.base.metadata)
-        meta.pop("sha256", None)
-        meta.pop("path", None)
+        # the base file's identity and date are not this model's: save() stamps its own date and version
+        for key in ("sha256", "path", "created", "package_version"):
+            meta.pop(key, None)
         meta["training"] = getattr(self, "provenance", None)
         return DeblurModel(
             generator.eval(),
