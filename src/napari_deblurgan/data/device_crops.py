@@ -51,9 +51,7 @@ class DeviceCrops:
     """
 
     def __init__(self, data: PairedData, device: torch.device, margin: int, flat: dict, layout: dict) -> None:
-        self.data = data
         self.device = device
-        self.margin = margin
         self._flat = flat  # "sharp" (and "blurred"): one flat float32 tensor of all padded planes
         # per training plane (indexed like data.train_planes): flat offset, padded width, channel stride
         self._base = layout["base"].to(device)

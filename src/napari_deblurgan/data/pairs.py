@@ -238,19 +238,21 @@ class _Source:
         channel: int | None,
         y0: int,
         x0: int,
-        size: int,
+        size: int | tuple[int, int],
         margin: int = 0,
         *,
         copy: bool = True,
     ) -> tuple[np.ndarray | None, np.ndarray]:
-        """Normalised float32 (C, size+2m, size+2m) crops of blurred (None if absent) and sharp.
+        """Normalised float32 (C, size+2m, size+2m) crops of blurred (None if absent) and sharp; ``size`` is
+        the side of a square crop or ``(height, width)``.
 
         The region is extended by ``margin`` on each side where the image allows and reflect-padded where
         it does not (synthetic blur needs the context the PSF reaches into). ``copy=False`` may return
         read-only views of the plane cache (for a caller that copies them anyway).
         """
-        ya, yb = y0 - margin, y0 + size + margin
-        xa, xb = x0 - margin, x0 + size + margin
+        height, width = (size, size) if isinstance(size, int) else size
+        ya, yb = y0 - margin, y0 + height + margin
+        xa, xb = x0 - margin, x0 + width + margin
         ry = (max(ya, 0), min(yb, self.height))
         rx = (max(xa, 0), min(xb, self.width))
         pad = ((0, 0), (ry[0] - ya, yb - ry[1]), (rx[0] - xa, xb - rx[1]))
@@ -278,20 +280,8 @@ class _Source:
         self, index: tuple[int, ...], channel: int | None, margin: int
     ) -> tuple[np.ndarray | None, np.ndarray]:
         """Whole normalised float32 ``(C, H + 2m, W + 2m)`` planes of blurred (None if absent) and sharp,
-        reflect-padded by ``margin`` (for :class:`~.device_crops.DeviceCrops`)."""
-        channels = [channel] if channel is not None else (list(range(self.n_channels)))
-        ranges = [self.norm_range(index, ch) for ch in channels]
-        full = slice(None)
-        pad = ((0, 0), (margin, margin), (margin, margin))
-
-        def prepare(array: Any, which: str) -> np.ndarray:
-            plane = self._cached_plane(array, which, index, channel, ranges)
-            if plane is None:
-                plane = self._normalized(array, index, channel, full, full, ranges)
-            return np.pad(plane, pad, mode="reflect")
-
-        blurred = prepare(self.blurred, "blurred") if self.blurred is not None else None
-        return blurred, prepare(self.sharp, "sharp")
+        reflect-padded by ``margin`` (for :class:`~.device_crops.DeviceCrops`): the crop of the whole plane."""
+        return self.crop(index, channel, 0, 0, (self.height, self.width), margin, copy=False)
 
     def _normalized(
         self,
@@ -789,8 +779,7 @@ class BatchSource:
         self._psf_generator = torch.Generator(device="cpu")
         self._psf_generator.manual_seed(int(seed) + 3)
         self._psf_block_state: torch.Tensor | None = None  # the PSF generator's state before the current block
-        self._psf_block_size = 0
-        self._psfs: torch.Tensor | None = None
+        self._psfs: torch.Tensor | None = None  # the current block
         self._psfs_used = 0
         # crops cut on the device (data/device_crops.py): the same crops as sample(), without its per-crop loop
         self.use_device_crops = device.type == "cuda" if device_crops is None else bool(device_crops)
@@ -828,7 +817,6 @@ class BatchSource:
         from ..blur.torch_synthesis import random_psf_batch
 
         self._psf_block_state = self._psf_generator.get_state()
-        self._psf_block_size = count
         self._psfs = random_psf_batch(
             count,
             self.psf_size,
@@ -842,7 +830,7 @@ class BatchSource:
 
     def _next_psfs(self, n: int) -> torch.Tensor:
         """``n`` PSFs from the current block; a new block (of ``psf_block`` batches) when it has fewer left."""
-        if self._psfs is None or self._psfs_used + n > self._psf_block_size:
+        if self._psfs is None or self._psfs_used + n > len(self._psfs):
             self._make_psf_block(n * self.psf_block)
         assert self._psfs is not None
         out = self._psfs[self._psfs_used : self._psfs_used + n]
@@ -941,10 +929,10 @@ class BatchSource:
             "torch": self.torch_generator.get_state(),
         }
         if self.psf_block > 1:
-            fresh = self._psf_block_state is None
+            fresh = self._psfs is None
             state["psf_block"] = {
                 "generator": self._psf_generator.get_state() if fresh else self._psf_block_state,
-                "size": 0 if fresh else self._psf_block_size,
+                "size": 0 if fresh else len(self._psfs),
                 "used": self._psfs_used,
             }
         return state
@@ -963,7 +951,7 @@ class BatchSource:
                 self._make_psf_block(int(block["size"]))
                 self._psfs_used = int(block["used"])
             else:
-                self._psfs, self._psf_block_state, self._psf_block_size, self._psfs_used = None, None, 0, 0
+                self._psfs, self._psf_block_state, self._psfs_used = None, None, 0
 
 
 __all__ = [
