@@ -51,7 +51,12 @@ def selection_crops(brightfield: bool = False) -> dict[str, np.ndarray]:
 
 
 def evaluate(
-    model, kernels: int = 3, device: str = "cpu", pictures: Path | None = None, images: str = "evaluation"
+    model,
+    kernels: int = 3,
+    device: str = "cpu",
+    pictures: Path | None = None,
+    images: str = "evaluation",
+    context_padding: int | None = None,
 ) -> dict:
     rows = []
     if images == "evaluation":
@@ -76,7 +81,7 @@ def evaluate(
                     "input": blurred,
                     "wiener": wiener(blurred, psf, balance=wiener_best[0]),
                     "richardson_lucy": richardson_lucy(blurred, psf, iterations=int(rl_best[0])),
-                    "model": deblur(blurred, model, device=device),
+                    "model": deblur(blurred, model, device=device, context_padding=context_padding),
                 }
                 row = {"image": name, "kind": kind, "seed": seed, "psf": {k_: v for k_, v in params.items()
                                                                           if k_ != "trajectory"}}
@@ -151,10 +156,17 @@ def main(argv: list[str] | None = None) -> int:
         "models before the evaluation is looked at: fluorescence scenes (the rule until the sixth session), "
         "or those plus transmitted-light scenes (the rule from the seventh session on)",
     )
+    parser.add_argument(
+        "--context-padding",
+        type=int,
+        default=None,
+        help="border context for deblur() in pixels (default: the model's own); how a model's setting is chosen, "
+        "on the selection scenes",
+    )
     args = parser.parse_args(argv)
     model = load_model(args.model)
     start = time.monotonic()
-    result = evaluate(model, args.kernels, args.device, args.pictures, args.images)
+    result = evaluate(model, args.kernels, args.device, args.pictures, args.images, args.context_padding)
     print(markdown_table(result["summary"]))
     print(f"\n(*) given the true PSF, parameter picked with the ground truth; {time.monotonic() - start:.0f} s")
     if args.json:

@@ -40,6 +40,8 @@ import numpy as np
 
 from napari_deblurgan import iter_finetune, samples
 from napari_deblurgan.atomic_files import atomic_write
+from napari_deblurgan.errors import InputError
+from napari_deblurgan.model_file import check_context_padding
 from napari_deblurgan.training.events import Finished, Notice, Step, Validation
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "napari_deblurgan" / "weights"
@@ -209,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("runs/default-model"))
     parser.add_argument("--output", type=Path, default=None, help="model file (default: <checkpoint-dir>/model.pt)")
     parser.add_argument("--install", action="store_true", help="copy the result into the package's weights")
+    parser.add_argument(
+        "--context-padding",
+        type=int,
+        default=None,
+        help="border context written into the model file for deblur() (pixels; default: the model's own). "
+        "Choose it with evaluate_default_model.py --context-padding on the selection scenes",
+    )
     parser.add_argument("--architecture", default=ARCHITECTURE)
     parser.add_argument("--arch-args", type=json.loads, default=ARCH_ARGS)
     parser.add_argument("--extra-scenes", type=int, default=24, help="generated microscopy scenes to train on")
@@ -245,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         "stages 1 and 2 of the shipped model were run)",
     )
     args = parser.parse_args(argv)
+    try:  # before hours of training, not at the end
+        check_context_padding(args.context_padding)
+    except InputError as exc:
+        parser.error(f"--context-padding: {exc}")
 
     from napari_deblurgan import create_model, load_model
 
@@ -351,6 +364,8 @@ def save_result(run: Any, args: argparse.Namespace, wall: float) -> None:
                     "source": training.pop("best_source", None),
                     "psnr": training.pop("val_psnr", None),
                 }
+    if args.context_padding is not None:
+        model.context_padding = args.context_padding
     model.metadata.update(
         name="default",
         description=f"napari-deblurgan default model: single-channel {model.architecture}, synthetic blur + noise",

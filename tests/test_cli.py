@@ -52,6 +52,18 @@ def test_deblur_2d_plain_tiff(tiny_model_file, small_image, tmp_path, capsys):
     assert _files(tmp_path) == {"in.tif", "out.tif", "tiny.pt"}  # no temp file left
 
 
+def test_deblur_border_context_option(tiny_model_file, small_image, tmp_path, capsys):
+    inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
+    tifffile.imwrite(inp, small_image)
+    argv = ["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]
+    assert main([*argv, "--context-padding", "0"]) == 0
+    expected = deblur_module.deblur(small_image, load_model(tiny_model_file), axes="YX", context_padding=0)
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+    assert not np.array_equal(expected, deblur_module.deblur(small_image, load_model(tiny_model_file), axes="YX"))
+    assert main([*argv, "--force", "--context-padding", "-3"]) == 2
+    assert "context_padding must be >= 0" in capsys.readouterr().err
+
+
 def test_deblur_imagej_stack_keeps_axes_and_spacing(tiny_model_file, imagej_stack, tmp_path):
     inp, data = imagej_stack
     out = tmp_path / "out.tif"
@@ -232,11 +244,26 @@ def test_info_prints_metadata(tiny_model, tmp_path, capsys):
     assert f"{sum(p.numel() for p in tiny_model.generator.parameters()):,}" in out
     radius = tiny_model.receptive_radius
     assert f"{2 * radius + 1} px (radius {radius})" in out
+    assert "border context:" in out and "default (receptive radius" in out
 
     assert main(["info", str(path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["sha256"] == sha and summary["channels"] == 1
     assert summary["training"] == {"preset": "content"} and summary["macs_per_megapixel"] > 0
+    assert summary["context_padding"] is None
+    tiny_model.context_padding = 0
+    assert main(["info", str(tiny_model.save(tmp_path / "zero.pt"))]) == 0
+    assert "none (the generator's own zero padding)" in capsys.readouterr().out
+
+
+def test_info_into_a_closed_pipe_exits_quietly(tiny_model_file, monkeypatch, capsys):
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["info", str(tiny_model_file)]) == 141
+    assert capsys.readouterr().err == ""  # no traceback, no "unexpected error"
 
 
 def test_info_list(capsys):

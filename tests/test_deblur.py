@@ -163,6 +163,8 @@ def test_inference_runs_in_eval_mode_and_restores_the_mode():
         (np.zeros((20, 20), np.float32), {"tile_size": 128, "overlap": 128}, "must be smaller than tile_size"),
         (np.zeros((20, 20), np.float32), {"device": "tpu"}, "unknown device|unsupported device"),
         (np.zeros((20, 20), np.float32), {"batch_size": 0}, "batch_size"),
+        (np.zeros((20, 20), np.float32), {"context_padding": -4}, "context_padding must be >= 0"),
+        (np.zeros((20, 20), np.float32), {"context_padding": 2.5}, "context_padding must be a whole number"),
     ],
 )
 def test_bad_input_one_clear_error(model, image, kwargs, match):
@@ -195,3 +197,33 @@ def test_bad_model_argument(tmp_path):
         deblur(np.zeros((20, 20), np.float32), model=3.5)
     with pytest.raises(ModelFileError):
         deblur(np.zeros((20, 20), np.float32), model=tmp_path / "missing.pt")
+
+
+# --------------------------------------------------------------------------------------------- border context
+def test_border_context_comes_from_the_model_unless_the_caller_sets_it(model):
+    from napari_deblurgan.normalization import normalize, percentile_range
+
+    image = _image((48, 40), np.float32)  # sides are multiples of the stride: no rounding pad
+    zero = model.with_generator(model.generator)
+    zero.context_padding = 0
+    # 0: the generator sees exactly the plane, bordered by its own zero padding (as in training crops)
+    low, high = percentile_range(image, 1.0, 99.8)
+    with torch.no_grad():
+        direct = model.generator(torch.from_numpy(normalize(image, low, high))[None, None]).numpy()[0, 0]
+    np.testing.assert_allclose(deblur(image, zero, device="cpu"), direct * (high - low) + low, rtol=0, atol=1e-3)
+    # the caller's value wins over the model's, and the default rule (reflected context) gives another result
+    np.testing.assert_array_equal(deblur(image, model, device="cpu", context_padding=0), deblur(image, zero))
+    assert not np.allclose(deblur(image, model, device="cpu"), deblur(image, zero, device="cpu"), atol=1e-3)
+    np.testing.assert_array_equal(
+        deblur(image, zero, device="cpu", context_padding=12), deblur(image, model, device="cpu", context_padding=12)
+    )
+
+
+@pytest.mark.parametrize("context_padding", [0, 5])
+def test_tiles_stay_seamless_with_any_border_context(model, context_padding):
+    image = _image((70, 61), np.float32, seed=3)  # not multiples of the stride either
+    whole = deblur(image, model, device="cpu", context_padding=context_padding)
+    radius, stride = model.receptive_radius, model.stride
+    tile = 2 * (-(-radius // stride) * stride) + 2 * stride + 8  # just above the smallest allowed tile
+    tiled = deblur(image, model, device="cpu", context_padding=context_padding, tile_size=tile)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4 * float(np.ptp(image)))

@@ -356,3 +356,34 @@ def test_files_written_before_the_residual_option_load_with_tanh(tmp_path):
     loaded = load_model(path)
     assert loaded.generator.residual == "tanh"
     assert loaded.architecture_args["residual"] == "tanh"
+
+
+# ------------------------------------------------------------------------------------------ border context
+def test_border_context_is_saved_copied_and_defaults_to_none(tmp_path):
+    model = model_file.create_model("unet_lite", channels=1, width=4, depth=2, n_blocks=1, seed=0, context_padding=0)
+    assert load_model(model.save(tmp_path / "zero.pt")).context_padding == 0  # 0 is kept, not taken for "unset"
+    model.context_padding = 24
+    assert load_model(model.save(tmp_path / "m.pt")).context_padding == 24
+    assert model.with_generator(model_file.create_model("unet_lite", width=4, depth=2, n_blocks=1).generator
+                                ).context_padding == 24
+    # files written before the setting existed have no key: the default rule applies
+    payload = _payload(tmp_path / "m.pt")
+    header = json.loads(payload["metadata"])
+    del header["context_padding"]
+    payload["metadata"] = json.dumps(header)
+    _rewrite(tmp_path / "old.pt", payload)
+    assert load_model(tmp_path / "old.pt").context_padding is None
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "8", True])
+def test_bad_border_context_is_refused(bad, tmp_path):
+    with pytest.raises(InputError, match="context_padding"):
+        model_file.create_model("unet_lite", width=4, depth=2, n_blocks=1, context_padding=bad)
+    path = model_file.create_model("unet_lite", width=4, depth=2, n_blocks=1).save(tmp_path / "m.pt")
+    payload = _payload(path)
+    header = json.loads(payload["metadata"])
+    header["context_padding"] = bad
+    payload["metadata"] = json.dumps(header)
+    _rewrite(path, payload)
+    with pytest.raises(ModelFileError, match=r"inconsistent metadata.*context_padding"):
+        load_model(path)

@@ -50,17 +50,11 @@ def _losses(run_events) -> list[dict[str, float]]:
     return [e.losses for e in run_events if isinstance(e, ev.Step)]
 
 
+_RUN_ARGS = dict(steps=3, patch_size=32, batch_size=2, preset="content", device="cpu", seed=0, validate_every=100)
+
+
 def _run(pair, **kw):
-    args = dict(
-        model=_model(),
-        steps=3,
-        patch_size=32,
-        batch_size=2,
-        preset="content",
-        device="cpu",
-        seed=0,
-        validate_every=100,
-    )
+    args = dict(model=_model(), **_RUN_ARGS)
     args.update(kw)
     return list(iter_finetune(*pair, **args))
 
@@ -482,3 +476,20 @@ def test_a_finetuned_model_gets_its_own_date_not_its_bases(pair, tmp_path):
     assert saved.metadata["created"] > "2026"  # stamped when saved
     assert saved.metadata["package_version"] != "0.0.1"
     assert saved.metadata["training"]["base_model"] is not None
+
+
+def test_a_finetuned_model_keeps_its_bases_border_context_also_when_resumed(pair, tmp_path):
+    """``context_padding`` is a property measured for the base's weights: finetuning starts from them."""
+    base = _model()
+    base.context_padding = 0
+    assert _run(pair, model=base, steps=2)[-1].model.context_padding == 0
+
+    first = iter_finetune(*pair, **{**_RUN_ARGS, "model": base, "steps": 4, "checkpoint_dir": tmp_path,
+                                    "checkpoint_every": 2})
+    for e in first:
+        if isinstance(e, ev.Step) and e.step == 2:
+            first.stop()
+    resumed = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 4,
+                                           "checkpoint_dir": tmp_path, "resume": tmp_path}))
+    assert resumed[-1].model.context_padding == 0  # from the checkpoint, not from the model passed in
+    assert _run(pair, steps=2)[-1].model.context_padding is None

@@ -64,6 +64,20 @@ def test_deblur_adds_layer_with_same_geometry(viewer_and_widget, small_image, qt
     assert layer.data is not out.data
 
 
+def test_border_context_box_reaches_deblur(viewer_and_widget, small_image, tiny_model_file, qtbot):
+    from napari_deblurgan import deblur, load_model
+
+    viewer, widget = viewer_and_widget
+    viewer.add_image(small_image, name="cells")
+    assert widget.context_spin.text() == "model's"
+    widget.context_spin.setValue(0)
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    expected = deblur(small_image, load_model(tiny_model_file), device="cpu", context_padding=0)
+    np.testing.assert_array_equal(viewer.layers["cells deblurred"].data, expected)
+    assert not np.array_equal(expected, deblur(small_image, load_model(tiny_model_file), device="cpu"))
+
+
 def test_axes_prefill_from_layer(viewer_and_widget):
     viewer, widget = viewer_and_widget
     viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)

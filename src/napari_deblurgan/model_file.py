@@ -6,7 +6,8 @@ A model file is one ``torch.save`` archive holding only tensors and strings::
      "metadata": "<JSON string>", "state_dict": {name: tensor, ...}}
 
 The JSON string carries the architecture and its constructor arguments, the channel count and mode, the
-intensity normalisation and free-form metadata (name, description, training provenance, package version,
+intensity normalisation, the border context to use at inference (``context_padding``; absent in older files)
+and free-form metadata (name, description, training provenance, package version,
 creation time). Files are read with ``torch.load(weights_only=True)``: PyTorch's restricted unpickler builds
 tensors and plain containers only, so a file that tries to run code (a pickled ``__reduce__`` payload) is
 refused before anything in it executes.
@@ -66,6 +67,11 @@ class DeblurModel:
             (a 1-channel model applied to each channel separately).
         normalization: intensity normalisation applied before the generator, e.g.
             ``{"method": "percentile", "low": 1.0, "high": 99.8}``.
+        context_padding: pixels of reflected context that :func:`~napari_deblurgan.deblur` adds around each
+            plane before running the generator, or None for the default rule
+            (``inference.tiling.context_padding``: the receptive radius, at most 32 px). A property of the
+            weights, chosen by measurement: 0 lets border pixels see the generator's own zero padding, as
+            they did in every training crop.
         metadata: free-form JSON-able information: name, description, training provenance, package version,
             ``created`` (ISO 8601 UTC) and, for a loaded model, the ``sha256`` of its file.
     """
@@ -79,6 +85,7 @@ class DeblurModel:
         channel_mode: str | None = None,
         normalization: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        context_padding: int | None = None,
     ) -> None:
         channels = int(channels)
         if channels < 1:
@@ -101,6 +108,7 @@ class DeblurModel:
         self.channels = channels
         self.channel_mode = channel_mode
         self.normalization = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
+        self.context_padding = check_context_padding(context_padding)
         self.metadata: dict[str, Any] = dict(metadata or {})
         # Fail now, not at save time, if something cannot be written as JSON.
         try:
@@ -155,6 +163,7 @@ class DeblurModel:
             channel_mode=self.channel_mode,
             normalization=self.normalization,
             metadata=dict(self.metadata) if metadata is None else metadata,
+            context_padding=self.context_padding,
         )
 
     def __repr__(self) -> str:
@@ -174,6 +183,7 @@ class DeblurModel:
             "channels": self.channels,
             "channel_mode": self.channel_mode,
             "normalization": self.normalization,
+            "context_padding": self.context_padding,
             "metadata": meta,
         }
 
@@ -221,6 +231,17 @@ class DeblurModel:
         return path
 
 
+def check_context_padding(value: Any) -> int | None:
+    """``value`` as a border context in pixels (an integer >= 0), or None; InputError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not hasattr(value, "__index__"):  # ints and NumPy integers, not floats
+        raise InputError(f"context_padding must be a whole number of pixels >= 0 or None, got {value!r}")
+    if int(value) < 0:
+        raise InputError(f"context_padding must be >= 0 pixels, got {value}")
+    return int(value)
+
+
 # --------------------------------------------------------------------------------------------- creating
 def create_model(
     architecture: str = "unet_lite",
@@ -229,6 +250,7 @@ def create_model(
     *,
     normalization: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    context_padding: int | None = None,
     **arch_args: Any,
 ) -> DeblurModel:
     """Make an untrained :class:`DeblurModel`.
@@ -239,6 +261,7 @@ def create_model(
         seed: makes the initial weights reproducible without touching the global RNG state.
         normalization: intensity normalisation (default percentile 1 / 99.8).
         metadata: extra metadata (name, description, ...).
+        context_padding: border context at inference (:class:`DeblurModel`); None for the default rule.
         **arch_args: architecture-specific keyword arguments (e.g. widths), passed to ``build_generator``.
     """
     import torch
@@ -270,6 +293,7 @@ def create_model(
         channels=channels,
         normalization=normalization,
         metadata=meta,
+        context_padding=context_padding,
     )
 
 
@@ -403,6 +427,7 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
             channel_mode=header.get("channel_mode"),
             normalization=header.get("normalization"),
             metadata=header.get("metadata") or {},
+            context_padding=header.get("context_padding"),
         )
     except InputError as exc:
         raise ModelFileError(f"{where!r} has inconsistent metadata: {exc}") from None

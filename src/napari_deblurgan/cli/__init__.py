@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ SUBCOMMAND_MODULES: list[str] = ["demo_command", "deblur_command", "finetune_com
 
 PROG = "napari-deblurgan"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a reader closing the pipe (`| head`) makes of other tools
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, ModelFileError) as exc:
         error(str(exc))
         return EXIT_USAGE
+    except BrokenPipeError:  # `napari-deblurgan info default | head`: the reader has all it wanted
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (KeyboardInterrupt, Cancelled):
         print(f"\n{PROG}: interrupted; no output was written.", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -66,6 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         error("unexpected error (traceback above); please report it if the input looks fine.")
         return EXIT_ERROR
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail on the closed pipe again
+    (the recipe of Python's ``signal`` documentation)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced stdout (tests, IDEs) has no descriptor to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # python -m napari_deblurgan.cli

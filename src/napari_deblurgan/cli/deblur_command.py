@@ -53,6 +53,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--tile-size", type=int, default=None, metavar="N", help="tile edge in pixels (default: auto)")
     p.add_argument("--overlap", type=int, default=None, metavar="N", help="tile overlap in pixels (default: auto)")
+    p.add_argument(
+        "--context-padding",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pixels of reflected context around each plane (default: the model's own setting)",
+    )
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists (never INPUT)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -229,7 +236,14 @@ def run(args: argparse.Namespace) -> int:
 
     bar = ProgressBar("deblur", enabled=not args.quiet)
     kw = write_kwargs(info)
-    common = dict(model=model, axes=info.axes, tile_size=args.tile_size, overlap=args.overlap, device=args.device)
+    common = dict(
+        model=model,
+        axes=info.axes,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        device=args.device,
+        context_padding=args.context_padding,
+    )
     try:
         if lazy:
             _deblur_lazy(data, info, common, out, kw, bar)

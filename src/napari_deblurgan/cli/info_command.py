@@ -44,6 +44,7 @@ def model_summary(model: Any) -> dict[str, Any]:
         "receptive_radius": model.receptive_radius,
         "receptive_field": 2 * model.receptive_radius + 1,
         "normalization": model.normalization,
+        "context_padding": model.context_padding,
         "training": meta.get("training"),
         "created": meta.get("created"),
         "package_version": meta.get("package_version"),
@@ -62,6 +63,12 @@ def _fmt_norm(norm: dict[str, Any]) -> str:
     return json.dumps(norm)
 
 
+def _fmt_context(pixels: int | None) -> str:
+    if pixels is None:
+        return "default (receptive radius, at most 32 px of reflected context)"
+    return f"{pixels} px of reflected context" if pixels else "none (the generator's own zero padding)"
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """Human-readable text of :func:`model_summary`."""
     args = ", ".join(f"{k}={v}" for k, v in s["architecture_args"].items())
@@ -75,6 +82,7 @@ def format_summary(s: dict[str, Any]) -> str:
         ("cost", f"{s['macs_per_megapixel'] / 1e9:.2f} GMAC per megapixel"),
         ("receptive field", f"{s['receptive_field']} px (radius {s['receptive_radius']}), stride {s['stride']}"),
         ("normalisation", _fmt_norm(s["normalization"])),
+        ("border context", _fmt_context(s["context_padding"])),
         ("training", json.dumps(s["training"], sort_keys=True) if s["training"] else "none (untrained)"),
         ("created", s["created"] or "-"),
         ("package version", s["package_version"] or "-"),

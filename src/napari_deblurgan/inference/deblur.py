@@ -3,7 +3,7 @@
 The one path every front end (widget, CLI, console, tests) takes::
 
     axes -> for each YX plane (and channel, for single-channel models):
-        percentile-normalise -> reflect-pad -> tiles in batches -> generator (eval, no grad)
+        percentile-normalise -> reflect-pad (the border context) -> tiles in batches -> generator (eval, no grad)
         -> blend tiles -> crop -> denormalise -> clip/cast to the input dtype
 
 Memory: one plane's float32 buffers plus one batch of tiles; the stack is never copied as a whole. A dask
@@ -53,6 +53,7 @@ def deblur(
     cancel: CancelCheck = None,
     batch_size: int | None = None,
     rgb: bool | None = None,
+    context_padding: int | None = None,
 ):
     """Deblur ``image`` with ``model`` and return an array of the same shape and dtype.
 
@@ -78,6 +79,10 @@ def deblur(
         raised within one tile batch and nothing is returned.
     batch_size
         Tiles per forward pass (default: 2 on CPU, 8 on GPUs).
+    context_padding
+        Pixels of reflected context added around each plane before inference. Default: the model's own
+        setting (``DeblurModel.context_padding``, measured for its weights), else the receptive radius capped
+        at 32 px. 0 lets border pixels see the generator's zero padding, as in training crops.
 
     Returns
     -------
@@ -91,7 +96,14 @@ def deblur(
     axes = resolve_axes(image.shape, axes, rgb=rgb)
     _check_plane_size(image.shape, axes)
     model = _as_model(model)
-    runner = _PlaneRunner(model, device=device, tile_size=tile_size, overlap=overlap, batch_size=batch_size)
+    runner = _PlaneRunner(
+        model,
+        device=device,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        context_padding=context_padding,
+    )
     runner.check_channels(image.shape, axes)
     if is_dask:
         return _deblur_dask(image, axes, runner, progress, cancel)
@@ -163,9 +175,17 @@ class _PlaneRunner:
     """Runs the generator over one (channels, Y, X) plane: normalisation, padding, tiles, blending."""
 
     def __init__(
-        self, model: DeblurModel, *, device: Any, tile_size: int | None, overlap: int | None, batch_size: int | None
+        self,
+        model: DeblurModel,
+        *,
+        device: Any,
+        tile_size: int | None,
+        overlap: int | None,
+        batch_size: int | None,
+        context_padding: int | None = None,
     ) -> None:
         from ..devices import autocast_dtype, resolve_device
+        from ..model_file import check_context_padding
 
         self.model = model
         self.device = resolve_device(device)
@@ -173,7 +193,7 @@ class _PlaneRunner:
         gen = model.generator
         self.stride, radius = int(gen.stride), int(gen.receptive_radius)
         self.halo = halo_for(radius, self.stride)
-        self.pad = context_padding(radius, self.stride)
+        self.pad = self.context_padding_for(model, check_context_padding(context_padding))
         self.tile_size, self.overlap = check_tiling(
             default_tile_size(radius, self.stride) if tile_size is None else tile_size,
             default_overlap(radius, self.stride) if overlap is None else overlap,
@@ -191,6 +211,15 @@ class _PlaneRunner:
         # NHWC lets oneDNN (CPU) and cuDNN (GPU) skip a layout conversion per layer: measured 1.1-2.4x faster
         # for unet_lite on the 2-core CPU dev machine; MPS gains nothing from it.
         self.channels_last = self.device.type in ("cpu", "cuda")
+
+    @staticmethod
+    def context_padding_for(model: DeblurModel, requested: int | None) -> int:
+        """The border context in pixels: the caller's, else the model's, else the default rule."""
+        if requested is not None:
+            return requested
+        if model.context_padding is not None:
+            return model.context_padding
+        return context_padding(int(model.generator.receptive_radius), int(model.generator.stride))
 
     def check_channels(self, shape: tuple[int, ...], axes: str) -> None:
         c_ax = channel_axis(axes)

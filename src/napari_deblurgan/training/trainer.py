@@ -479,6 +479,7 @@ class TrainingRun:
                 channels=header["channels"],
                 normalization=header["normalization"],
                 metadata=header["metadata"],
+                context_padding=header.get("context_padding"),  # absent in checkpoints before session 8
                 **header["architecture_args"],
             )
         if isinstance(model, DeblurModel):
@@ -509,6 +510,7 @@ class TrainingRun:
             channel_mode=self.base.channel_mode,
             normalization=self.base.normalization,
             metadata=meta,
+            context_padding=self.base.context_padding,
         )
 
     def _set_best(self, state: dict[str, torch.Tensor]) -> None:

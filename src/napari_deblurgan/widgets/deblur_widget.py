@@ -133,6 +133,14 @@ class DeblurWidget(QWidget):
         self.overlap_spin.setSpecialValueText("auto")
         self.overlap_spin.setValue(-1)
         self.overlap_spin.setToolTip("Overlap between tiles in pixels; 'auto' uses the model's receptive field.")
+        self.context_spin = QSpinBox()
+        self.context_spin.setRange(-1, 512)
+        self.context_spin.setSpecialValueText("model's")
+        self.context_spin.setValue(-1)
+        self.context_spin.setToolTip(
+            "Pixels of mirrored image added around the border before deblurring; 'model's' uses the setting "
+            "measured for the model's weights (0: none, as the model saw in training)."
+        )
         self.device_combo = QComboBox()
         set_items(self.device_combo, device_items())
 
@@ -151,6 +159,7 @@ class DeblurWidget(QWidget):
         form.addRow("axes", self.axes_edit)
         form.addRow("tile size", self.tile_spin)
         form.addRow("tile overlap", self.overlap_spin)
+        form.addRow("border context", self.context_spin)
         form.addRow("device", self.device_combo)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -203,6 +212,7 @@ class DeblurWidget(QWidget):
         axes = normalize_axes_text(self.axes_edit.text()) or None
         tile = self.tile_spin.value() or None
         overlap = None if self.overlap_spin.value() < 0 else self.overlap_spin.value()
+        context = None if self.context_spin.value() < 0 else self.context_spin.value()
         device = self.device_combo.currentData() or "auto"
 
         from napari.qt.threading import create_worker
@@ -220,7 +230,15 @@ class DeblurWidget(QWidget):
             hooks = {}
             self.status.setText(f"Preparing a lazy (dask) deblur of {layer.name!r}...")
         self.worker = create_worker(
-            _deblur_job, layer.data, entry, axes=axes, tile_size=tile, overlap=overlap, device=device, **hooks
+            _deblur_job,
+            layer.data,
+            entry,
+            axes=axes,
+            tile_size=tile,
+            overlap=overlap,
+            context_padding=context,
+            device=device,
+            **hooks,
         )
         self.worker.returned.connect(lambda outcome, layer=layer: self._on_returned(layer, outcome))
         self.worker.finished.connect(self._on_finished)
