@@ -119,7 +119,9 @@ def validation_for(selection: str) -> np.ndarray:
 def install(model_path: Path, name: str = "default") -> None:
     from napari_deblurgan import load_model
 
-    architecture = load_model(model_path).architecture  # from the file: --init may start from any architecture
+    model = load_model(model_path)  # from the file: --init may start from any architecture
+    parameters = sum(p.numel() for p in model.generator.parameters())
+    width = model.architecture_args.get("width")
     data = model_path.read_bytes()
     target = WEIGHTS / f"{name}.pt"
     with atomic_write(target) as tmp:
@@ -129,7 +131,9 @@ def install(model_path: Path, name: str = "default") -> None:
     registry.setdefault("models", {})[name] = {
         "file": target.name,
         "sha256": hashlib.sha256(data).hexdigest(),
-        "description": f"single-channel {architecture} trained on synthetic motion/defocus/Gaussian blur with noise",
+        "description": f"single-channel {model.architecture}"
+        + (f" width {width}" if width else "")
+        + f" ({parameters / 1e6:.1f} M parameters) trained on synthetic motion/defocus/Gaussian blur with noise",
     }
     with atomic_write(registry_path) as tmp:
         tmp.write_text(json.dumps(registry, indent=2) + "\n")

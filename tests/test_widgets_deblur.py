@@ -198,3 +198,17 @@ def test_layer_menu_is_registered(make_napari_viewer):
     items = get_app_model().menus.get_menu("napari/layers/filter")
     titles = [getattr(item, "command", None) and item.command.title for item in items]
     assert any(t and t.startswith("Deblur (default model)") for t in titles), titles
+
+
+def test_model_picker_offers_every_shipped_model(viewer_and_widget):
+    """Each model in the shipped registry is offered by name, the default first (no torch needed to list)."""
+    from napari_deblurgan.model_file import list_named_models
+
+    _, widget = viewer_and_widget
+    combo = widget.model_combo
+    labels = [combo.itemText(i) for i in range(combo.count())]
+    sources = [getattr(combo.itemData(i), "source", None) for i in range(combo.count())]
+    assert labels[0] == "default (shipped)"
+    for name in list_named_models():
+        assert name in sources, (name, sources)
+    assert "shipped: fast" in labels
