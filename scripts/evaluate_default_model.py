@@ -32,13 +32,6 @@ KINDS = ("motion", "defocus", "gaussian")
 METHODS = ("input", "wiener", "richardson_lucy", "model")
 
 
-def validation_crops(side: int = 256) -> dict[str, np.ndarray]:
-    """Centre crops of the held-out evaluation images (``train_default_model.evaluation_crops``)."""
-    from train_default_model import evaluation_crops  # same folder (scripts/)
-
-    return evaluation_crops(side)
-
-
 def selection_crops(brightfield: bool = False) -> dict[str, np.ndarray]:
     """The generated scenes that choose between candidate models (``train_default_model.selection_stack``):
     never trained on and not the evaluation images, so that choosing a model does not look at the evaluation.
@@ -60,7 +53,9 @@ def evaluate(
 ) -> dict:
     rows = []
     if images == "evaluation":
-        crops = validation_crops()
+        from train_default_model import evaluation_crops  # same folder (scripts/)
+
+        crops = evaluation_crops()
     else:
         crops = selection_crops(brightfield=images == "selection-with-brightfield")
     for name, sharp in crops.items():
@@ -77,7 +72,7 @@ def evaluate(
                     # an optimum at the end of the scan means the oracle is understated: widen the scan
                     print(f"warning: {name}/{kind}/{seed}: Wiener's best balance {wiener_best[0]:g} is at the "
                           "end of the scanned range", file=sys.stderr)
-                images = {
+                outputs = {
                     "input": blurred,
                     "wiener": wiener(blurred, psf, balance=wiener_best[0]),
                     "richardson_lucy": richardson_lucy(blurred, psf, iterations=int(rl_best[0])),
@@ -85,14 +80,14 @@ def evaluate(
                 }
                 row = {"image": name, "kind": kind, "seed": seed, "psf": {k_: v for k_, v in params.items()
                                                                           if k_ != "trajectory"}}
-                for method, img in images.items():
+                for method, img in outputs.items():
                     row[method] = {"psnr": psnr(sharp, img, 1.0), "ssim": ssim(sharp, img, 1.0)}
                 row["wiener"]["balance"] = float(wiener_best[0])
                 row["richardson_lucy"]["iterations"] = int(rl_best[0])
                 rows.append(row)
                 if pictures is not None and k == 0:
-                    _save_pictures(pictures, name, kind, sharp, images)
-    return {"rows": rows, "summary": summarize(rows)}
+                    _save_pictures(pictures, name, kind, sharp, outputs)
+    return {"rows": rows, "summary": summarize(rows), "per_image": summarize_by_image(rows)}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -100,15 +95,56 @@ def summarize(rows: list[dict]) -> dict:
     for kind in (*KINDS, "all"):
         sel = [r for r in rows if kind in ("all", r["kind"])]
         s = {m: {q: float(np.mean([r[m][q] for r in sel])) for q in ("psnr", "ssim")} for m in METHODS}
-        oracle = [max(r["wiener"]["psnr"], r["richardson_lucy"]["psnr"]) for r in sel]
-        oracle_ssim = [r["wiener"]["ssim"] if r["wiener"]["psnr"] >= r["richardson_lucy"]["psnr"]
-                       else r["richardson_lucy"]["ssim"] for r in sel]
-        s["oracle_classical"] = {"psnr": float(np.mean(oracle)), "ssim": float(np.mean(oracle_ssim))}
+        s["oracle_classical"] = {
+            "psnr": float(np.mean([oracle_psnr(r) for r in sel])),
+            "ssim": float(np.mean([oracle_ssim(r) for r in sel])),
+        }
         s["gain_over_input_db"] = s["model"]["psnr"] - s["input"]["psnr"]
         s["gain_over_oracle_db"] = s["model"]["psnr"] - s["oracle_classical"]["psnr"]
         s["cases"] = len(sel)
         summary[kind] = s
     return summary
+
+
+def oracle_psnr(row: dict) -> float:
+    """The oracle classical PSNR of one case: the better of Wiener and Richardson-Lucy, each at its best."""
+    return max(row["wiener"]["psnr"], row["richardson_lucy"]["psnr"])
+
+
+def oracle_ssim(row: dict) -> float:
+    """The SSIM of the method that :func:`oracle_psnr` picked."""
+    better = "wiener" if row["wiener"]["psnr"] >= row["richardson_lucy"]["psnr"] else "richardson_lucy"
+    return row[better]["ssim"]
+
+
+def summarize_by_image(rows: list[dict]) -> dict:
+    """Per image, over all its cases: the model's mean gain over the input and over the oracle (dB), the mean
+    SSIM of the model and of the oracle, and how many cases the model beats the oracle's PSNR in."""
+    result = {}
+    for name in dict.fromkeys(r["image"] for r in rows):  # in first-seen order
+        sel = [r for r in rows if r["image"] == name]
+        result[name] = {
+            "cases": len(sel),
+            "gain_over_input_db": float(np.mean([r["model"]["psnr"] - r["input"]["psnr"] for r in sel])),
+            "gain_over_oracle_db": float(np.mean([r["model"]["psnr"] - oracle_psnr(r) for r in sel])),
+            "model_ssim": float(np.mean([r["model"]["ssim"] for r in sel])),
+            "oracle_ssim": float(np.mean([oracle_ssim(r) for r in sel])),
+            "cases_beating_oracle": sum(r["model"]["psnr"] > oracle_psnr(r) for r in sel),
+        }
+    return result
+
+
+def per_image_table(per_image: dict) -> str:
+    lines = [
+        "| image | cases | gain vs input | gain vs oracle | SSIM model / oracle | cases ahead of the oracle |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in per_image.items():
+        lines.append(
+            f"| {name} | {s['cases']} | {s['gain_over_input_db']:+.2f} dB | {s['gain_over_oracle_db']:+.2f} dB | "
+            f"{s['model_ssim']:.3f} / {s['oracle_ssim']:.3f} | {s['cases_beating_oracle']} |"
+        )
+    return "\n".join(lines)
 
 
 def markdown_table(summary: dict) -> str:
@@ -168,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     result = evaluate(model, args.kernels, args.device, args.pictures, args.images, args.context_padding)
     print(markdown_table(result["summary"]))
+    print()
+    print(per_image_table(result["per_image"]))
     print(f"\n(*) given the true PSF, parameter picked with the ground truth; {time.monotonic() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -19,8 +19,8 @@ from that model with smoothed copies of 16 training images added (``--init ... -
 ``--selection evaluation-images``, then 16,000 steps from that with half of the crops motion-blurred
 (``--blur-kind motion:2,defocus,gaussian``) and the default selection on unseen scenes.
 
-``--install`` writes the best model to the package's weights folder and records its sha256 in
-``weights/registry.json`` (atomically).
+``--install`` writes the kept model to the package's weights folder as ``--name`` (``default`` unless told) and
+records its sha256 in ``weights/registry.json`` (atomically).
 """
 
 from __future__ import annotations
@@ -214,7 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validate-every", type=int, default=250)
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("runs/default-model"))
     parser.add_argument("--output", type=Path, default=None, help="model file (default: <checkpoint-dir>/model.pt)")
-    parser.add_argument("--install", action="store_true", help="copy the result into the package's weights")
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help="copy the result into the package's weights as --name, and record its sha256 in registry.json",
+    )
+    parser.add_argument(
+        "--name",
+        default="default",
+        help="the model's name, written into the file and, with --install, its registry entry (default: "
+        "default; the shipped 'fast' model is stage 7's recipe with --name fast)",
+    )
     parser.add_argument(
         "--context-padding",
         type=int,
@@ -262,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         check_context_padding(args.context_padding)
     except InputError as exc:
         parser.error(f"--context-padding: {exc}")
+    if not args.name.isidentifier():  # it becomes a file name in the package and a name users type
+        parser.error(f"--name must be a plain identifier such as default or fast, not {args.name!r}")
 
     from napari_deblurgan import create_model, load_model
 
@@ -371,8 +383,8 @@ def save_result(run: Any, args: argparse.Namespace, wall: float) -> None:
     if args.context_padding is not None:
         model.context_padding = args.context_padding
     model.metadata.update(
-        name="default",
-        description=f"napari-deblurgan default model: single-channel {model.architecture}, synthetic blur + noise",
+        name=args.name,
+        description=f"napari-deblurgan {args.name} model: single-channel {model.architecture}, synthetic blur + noise",
     )
     model.metadata.setdefault("training", {})
     if isinstance(model.metadata["training"], dict):
@@ -383,7 +395,7 @@ def save_result(run: Any, args: argparse.Namespace, wall: float) -> None:
     model.save(output)
     print(f"saved {output}; wall={wall:.0f}s")
     if args.install:
-        install(Path(output))
+        install(Path(output), args.name)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""The scripts that make and measure the shipped models: they run end to end at a tiny scale.
+
+``scripts/train_default_model.py`` is how the shipped weights are reproduced and ``scripts/evaluate_default_model.py``
+is where the model card's numbers come from; a change that broke either would otherwise only show in a
+session that needs them for hours. Both are driven through their ``main(argv)`` with tiny models and
+steps, and their outputs are checked against what they claim (checksums, resume, the summary's arithmetic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture
+def scripts_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # the scripts import each other from their folder
+    yield
+    for name in ("train_default_model", "evaluate_default_model"):
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def train_script(scripts_on_path, tmp_path, monkeypatch):
+    """``train_default_model`` with its weights folder redirected to a copy in ``tmp_path``."""
+    import train_default_model
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(train_default_model.WEIGHTS / "registry.json", weights / "registry.json")
+    monkeypatch.setattr(train_default_model, "WEIGHTS", weights)
+    return train_default_model
+
+
+TINY_TRAINING = [
+    "--steps", "4", "--validate-every", "2", "--batch-size", "2", "--patch-size", "32", "--extra-scenes", "1",
+    "--arch-args", '{"width": 4, "depth": 2, "n_blocks": 1}', "--seed", "3",
+]  # fmt: skip
+
+
+def test_train_script_writes_installs_and_resumes(train_script, tmp_path, capsys):
+    from napari_deblurgan import load_model
+
+    checkpoints = tmp_path / "run"
+    argv = [*TINY_TRAINING, "--checkpoint-dir", str(checkpoints), "--keep", "last", "--context-padding", "0",
+            "--name", "tiny", "--install"]  # fmt: skip
+    assert train_script.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "validation @ 4" in out and "installed" in out
+
+    model = load_model(checkpoints / "model.pt")
+    assert model.name == "tiny" and model.context_padding == 0
+    assert model.architecture_args["width"] == 4
+    training = model.metadata["training"]
+    assert training["steps_done"] == 4 and training["kept"] == "live weights of the last step (4)"
+    assert set(training["best_validation"]) == {"step", "source", "psnr"}
+    assert training["script"] == "scripts/train_default_model.py" and "cores" in training["hardware"]
+
+    # --install: the file in the weights folder is the run's file, and the registry holds its checksum
+    installed = (train_script.WEIGHTS / "tiny.pt").read_bytes()
+    assert installed == (checkpoints / "model.pt").read_bytes()
+    entry = json.loads((train_script.WEIGHTS / "registry.json").read_text())["models"]["tiny"]
+    assert entry["file"] == "tiny.pt" and entry["sha256"] == hashlib.sha256(installed).hexdigest()
+    assert "width 4" in entry["description"]
+    # the package's own registry is untouched
+    assert "tiny" not in json.loads((SCRIPTS.parent / "src/napari_deblurgan/weights/registry.json").read_text())[
+        "models"
+    ]
+
+    # Running the same command again resumes the finished run: no new steps, the same weights.
+    before = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    assert train_script.main([*argv[:-1]]) == 0  # without --install this time
+    assert "validation @ 2" not in capsys.readouterr().out  # no step was trained again
+    again = load_model(checkpoints / "model.pt")
+    assert again.metadata["training"]["steps_done"] == 4
+    for key, value in again.generator.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("bad", [["--name", "../evil"], ["--context-padding", "-1"]])
+def test_train_script_refuses_bad_options_before_training(train_script, tmp_path, bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_script.main([*TINY_TRAINING, "--checkpoint-dir", str(tmp_path / "run"), *bad])
+    assert exc.value.code == 2
+    assert bad[0] in capsys.readouterr().err
+    assert not any((tmp_path / "run").glob("checkpoint*"))
+
+
+def test_evaluate_script_rows_and_summaries_agree(scripts_on_path, tiny_model_file, tmp_path, capsys):
+    import evaluate_default_model as script
+
+    out_json = tmp_path / "eval.json"
+    argv = ["--model", str(tiny_model_file), "--kernels", "1", "--json", str(out_json), "--pictures", str(tmp_path)]
+    assert script.main(argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out_json.read_text())
+    rows = result["rows"]
+    images = ["camera", "cell", "synthetic_cells"]
+    assert [(r["image"], r["kind"]) for r in rows] == [(i, k) for i in images for k in script.KINDS]
+    assert len(list(tmp_path.glob("model-card-*.png"))) == 9
+
+    for row in rows:  # the oracle is the better classical method at its best parameter, on the same case
+        assert script.oracle_psnr(row) == max(row["wiener"]["psnr"], row["richardson_lucy"]["psnr"])
+        assert 2 <= row["richardson_lucy"]["iterations"] <= 30
+        assert row["wiener"]["psnr"] > row["input"]["psnr"]  # given the true PSF it must help here
+    overall = result["summary"]["all"]
+    gaps = [r["model"]["psnr"] - script.oracle_psnr(r) for r in rows]
+    assert overall["cases"] == 9
+    assert overall["gain_over_oracle_db"] == pytest.approx(np.mean(gaps))
+    per_image = result["per_image"]
+    assert list(per_image) == images
+    for name, s in per_image.items():
+        mine = [g for g, r in zip(gaps, rows, strict=True) if r["image"] == name]
+        assert s["cases"] == 3 and s["gain_over_oracle_db"] == pytest.approx(np.mean(mine))
+        assert s["cases_beating_oracle"] == sum(g > 0 for g in mine)
+        assert f"| {name} | 3 | " in printed
+    # the per-image means average back to the overall one (three cases each)
+    assert np.mean([s["gain_over_oracle_db"] for s in per_image.values()]) == pytest.approx(
+        overall["gain_over_oracle_db"]
+    )
