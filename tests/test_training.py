@@ -493,3 +493,57 @@ def test_a_finetuned_model_keeps_its_bases_border_context_also_when_resumed(pair
                                            "checkpoint_dir": tmp_path, "resume": tmp_path}))
     assert resumed[-1].model.context_padding == 0  # from the checkpoint, not from the model passed in
     assert _run(pair, steps=2)[-1].model.context_padding is None
+
+
+def test_validation_psnr_is_the_mean_over_crops_not_the_pooled_psnr():
+    """Every validation crop counts alike, as in the model card's protocol: a crop restored perfectly and one
+    at 20 dB average to 60 dB (a perfect crop's MSE is floored at 1e-10, 100 dB), where pooling the two crops'
+    errors would give 23 dB, dominated by the bad one."""
+    from napari_deblurgan.training.trainer import VALIDATION_METRIC, image_metrics
+
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0.2, 0.8, (2, 1, 16, 16)).astype(np.float32)
+    image = target.copy()
+    image[1] += np.where(rng.random((1, 16, 16)) < 0.5, 0.1, -0.1).astype(np.float32)  # MSE 0.01: 20 dB
+    psnr, ssim = image_metrics(target, image)
+    assert psnr == pytest.approx(60.0, abs=1e-3)
+    assert 0 < ssim < 1
+    assert VALIDATION_METRIC == "mean PSNR over crops"
+
+
+def test_resuming_a_checkpoint_scored_another_way_rescores_its_best_weights(pair, tmp_path):
+    """A checkpoint written before the validation PSNR became the mean over crops carries a best PSNR of the
+    old kind; comparing new scores with it could keep the wrong weights for the rest of the run."""
+    import json
+
+    from napari_deblurgan.training.checkpoint import save_checkpoint
+
+    kwargs = dict(_RUN_ARGS, steps=4, validate_every=2, checkpoint_dir=tmp_path, checkpoint_every=2, ema=None)
+    first = iter_finetune(*pair, model=_model(), **kwargs)
+    for e in first:
+        if isinstance(e, ev.Step) and e.step == 2:
+            first.stop()
+    payload = load_checkpoint(tmp_path)
+    saved = json.loads(payload["json"])
+    assert saved["validation_metric"] == "mean PSNR over crops"
+    honest_best = saved["best_psnr"]
+    # pretend an older version wrote it: no metric name, and a best score that nothing can beat
+    del saved["validation_metric"]
+    saved["best_psnr"] = 999.0
+    payload["json"] = json.dumps(saved)
+    payload = {k: v for k, v in payload.items() if k not in ("format", "version")}
+    save_checkpoint(tmp_path, payload)
+
+    events = list(iter_finetune(*pair, model=_model(), resume=tmp_path, **kwargs))
+    notes = [e.message for e in events if isinstance(e, ev.Notice) and "re-scored" in e.message]
+    assert len(notes) == 1 and "999.00" in notes[0]
+    finished = events[-1]
+    assert isinstance(finished, ev.Finished) and finished.best_psnr < 999
+    assert finished.best_psnr >= honest_best - 1e-6  # the re-scored best weights are those of the first run
+    # the same checkpoint with the current metric name is trusted as it is: no re-scoring
+    saved["validation_metric"] = "mean PSNR over crops"
+    payload["json"] = json.dumps(saved)
+    save_checkpoint(tmp_path, payload)
+    events = list(iter_finetune(*pair, model=_model(), resume=tmp_path, **kwargs))
+    assert not [e for e in events if isinstance(e, ev.Notice) and "re-scored" in e.message]
+    assert events[-1].best_psnr == 999.0

@@ -60,6 +60,7 @@ class Step:
 class Validation:
     """Validation metrics of the current generator (or its EMA, ``source="ema"``) on the held-out crops.
 
+    Both metrics are means over the validation crops of each crop's own value (trainer.VALIDATION_METRIC).
     ``psnr_input``/``ssim_input`` are the metrics of the blurred input itself: the gain is
     ``psnr - psnr_input``. ``is_best`` is True when this is the best validation PSNR so far (that model is
     what the run returns).
