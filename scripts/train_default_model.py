@@ -221,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         help="copy the result into the package's weights as --name, and record its sha256 in registry.json",
     )
     parser.add_argument(
+        "--weights-dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="how the model file stores its weights: float16 halves the file (what a lent GPU can send back in "
+        "one call is limited; docs/training.md), at a rounding the evaluation then includes",
+    )
+    parser.add_argument(
         "--name",
         default="default",
         help="the model's name, written into the file and, with --install, its registry entry (default: "
@@ -393,7 +400,7 @@ def save_result(run: Any, args: argparse.Namespace, wall: float) -> None:
         model.metadata["training"]["hardware"] = hardware(args.device)
         model.metadata["training"]["this_session_wall_s"] = round(wall, 1)
     output = args.output or args.checkpoint_dir / "model.pt"
-    model.save(output)
+    model.save(output, weights_dtype=args.weights_dtype)
     print(f"saved {output}; wall={wall:.0f}s")
     if args.install:
         install(Path(output), args.name)

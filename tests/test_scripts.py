@@ -128,3 +128,17 @@ def test_evaluate_script_rows_and_summaries_agree(scripts_on_path, tiny_model_fi
     assert np.mean([s["gain_over_oracle_db"] for s in per_image.values()]) == pytest.approx(
         overall["gain_over_oracle_db"]
     )
+
+
+def test_train_script_can_store_half_precision_weights(train_script, tmp_path):
+    from napari_deblurgan import load_model
+
+    out = tmp_path / "half.pt"
+    argv = [*TINY_TRAINING, "--steps", "2", "--checkpoint-dir", str(tmp_path / "run"), "--output", str(out),
+            "--weights-dtype", "float16"]  # fmt: skip
+    assert train_script.main(argv) == 0
+    half = load_model(out)
+    assert half.metadata["weights_dtype"] == "float16"
+    for name, value in half.generator.state_dict().items():  # loaded as float32, each value a float16 one
+        if value.is_floating_point():
+            assert torch.equal(value, value.half().float()), name
