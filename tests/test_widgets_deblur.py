@@ -190,6 +190,39 @@ def test_layer_menu_deblurs_selected_layer(make_napari_viewer, tiny_model_file, 
     assert tuple(out.scale) == (2.0, 2.0)
 
 
+def test_layer_menu_without_an_image_layer_says_what_to_select(make_napari_viewer, small_image, notifications):
+    from napari_deblurgan.widgets import layer_menu
+
+    viewer = make_napari_viewer(strict_qt="raise")
+    viewer.add_image(small_image, name="cells")
+    points = viewer.add_points([[1.0, 1.0]], name="spots")
+    viewer.layers.selection = {points}  # a selection, but no image in it
+    assert layer_menu.deblur_selected_layers(viewer) == []
+    errors = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+    assert any("Select an image layer" in msg for msg in errors), notifications
+    assert [lay.name for lay in viewer.layers] == ["cells", "spots"]
+
+
+def test_layer_menu_reports_a_model_that_cannot_load(
+    make_napari_viewer, tmp_path, small_image, qtbot, monkeypatch, notifications
+):
+    from napari_deblurgan.widgets import layer_menu
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a model")
+    monkeypatch.setattr(layer_menu, "MODEL", str(broken))
+    viewer = make_napari_viewer(strict_qt="raise")
+    layer = viewer.add_image(small_image, name="cells")
+    viewer.layers.selection = {layer}
+    workers = layer_menu.deblur_selected_layers(viewer)
+    assert len(workers) == 1
+    qtbot.waitUntil(lambda: any("broken.pt" in msg for _, msg in notifications), timeout=30_000)
+    errors = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+    assert any("Deblur of 'cells' failed" in msg and "broken.pt" in msg for msg in errors), notifications
+    assert not any("Traceback" in msg for msg in errors)
+    assert [lay.name for lay in viewer.layers] == ["cells"]  # nothing added, the input untouched
+
+
 def test_layer_menu_is_registered(make_napari_viewer):
     """The manifest's menu item reaches napari's Layers > Filter menu (app-model registry)."""
     from napari._app_model import get_app_model
