@@ -161,6 +161,48 @@ def test_cancel_stops_quickly_and_adds_nothing(viewer_and_widget, qtbot):
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
+def test_run_without_an_image_layer_says_what_to_do(viewer_and_widget, notifications):
+    viewer, widget = viewer_and_widget
+    assert len(viewer.layers) == 0
+    widget.run_button.click()
+    errors = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+    assert any("Choose an image layer" in msg for msg in errors), notifications
+    assert widget.worker is None and widget.run_button.isEnabled()
+
+
+def test_a_second_run_while_one_is_running_is_refused(viewer_and_widget, qtbot, notifications):
+    viewer, widget = viewer_and_widget
+    image = (np.random.default_rng(0).random((8, 256, 256)) * 4000).astype(np.uint16)
+    viewer.add_image(image, name="big")
+    widget.tile_spin.setValue(128)
+    widget.run_button.click()
+    worker = widget.worker
+    assert worker is not None
+    widget.run()  # what a second click would do if the button were not disabled
+    assert widget.worker is worker  # the running job is kept, no second one started
+    errors = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+    assert any("already running" in msg for msg in errors), notifications
+    widget.cancel_button.click()
+    wait_done(qtbot, widget, timeout=10_000)
+    assert [lay.name for lay in viewer.layers] == ["big"]
+
+
+def test_closing_the_panel_cancels_its_job(viewer_and_widget, qtbot):
+    viewer, widget = viewer_and_widget
+    image = (np.random.default_rng(0).random((8, 256, 256)) * 4000).astype(np.uint16)
+    viewer.add_image(image, name="big")
+    widget.tile_spin.setValue(128)
+    widget.run_button.click()
+    worker = widget.worker
+    assert worker is not None
+    ended: list[bool] = []
+    worker.finished.connect(lambda: ended.append(True))
+    widget.close()  # closeEvent: no thread may outlive the panel
+    qtbot.waitUntil(lambda: bool(ended), timeout=5_000)
+    qtbot.wait(50)
+    assert [lay.name for lay in viewer.layers] == ["big"]
+
+
 def test_dask_layer_stays_lazy(viewer_and_widget, qtbot):
     da = pytest.importorskip("dask.array")
     viewer, widget = viewer_and_widget
