@@ -126,6 +126,27 @@ def test_stop_then_resume(setup, qtbot, tmp_path):
     assert finetune.plot.steps[-2:] == [stopped_at + 1, stopped_at + 2]  # history kept, continued
 
 
+def test_closing_the_panel_stops_training_and_keeps_the_model(setup, qtbot, tmp_path):
+    """No training thread outlives the panel, and what it learnt so far is saved (nothing is lost)."""
+    _, finetune, _ = setup
+    finetune.steps_spin.setValue(100_000)
+    finetune.validate_every_spin.setValue(1000)
+    finetune.start_button.click()
+    qtbot.waitUntil(lambda: len(finetune.plot.steps) >= 2 or finetune.worker is None, timeout=120_000)
+    worker = finetune.worker
+    assert worker is not None
+    ended: list[bool] = []
+    worker.finished.connect(lambda: ended.append(True))
+    finetune.close()
+    qtbot.waitUntil(lambda: bool(ended), timeout=10_000)
+    saved = tmp_path / "models" / "mine.pt"
+    qtbot.waitUntil(saved.is_file, timeout=5_000)
+    from napari_deblurgan import load_model
+
+    training = load_model(saved).metadata["training"]
+    assert training["stopped"] and 2 <= training["steps_done"] < 100_000
+
+
 def test_sharp_only_with_synthetic_blur_and_preview(setup, qtbot):
     viewer, finetune, _ = setup
     finetune.synth_radio.setChecked(True)
