@@ -22,11 +22,13 @@ import subprocess
 import sys
 import time
 
-#: name -> (shape, axes): a plane that fits one tile, a plane that needs several, and a stack of planes
+#: name -> (shape, axes, dask): a plane that fits one tile, a plane that needs several, a stack of planes,
+#: and the same stack as a dask array (one plane per chunk) computed into a NumPy array
 CASES = {
-    "2D 1024x1024": ((1024, 1024), "YX"),
-    "2D 4096x4096": ((4096, 4096), "YX"),
-    "ZYX 32x1024x1024": ((32, 1024, 1024), "ZYX"),
+    "2D 1024x1024": ((1024, 1024), "YX", False),
+    "2D 4096x4096": ((4096, 4096), "YX", False),
+    "ZYX 32x1024x1024": ((32, 1024, 1024), "ZYX", False),
+    "dask ZYX 32x1024^2": ((32, 1024, 1024), "ZYX", True),
 }
 
 
@@ -42,14 +44,19 @@ def child(case: str, model_name: str) -> dict:
 
     from napari_deblurgan import deblur, load_model
 
-    shape, axes = CASES[case]
+    shape, axes, lazy = CASES[case]
     model = load_model(model_name)
     rng = np.random.default_rng(0)
     deblur(rng.integers(0, 4000, (64, 64), dtype=np.uint16), model, device="cpu")  # warm-up: kernels, allocator
     image = rng.integers(0, 4000, shape, dtype=np.uint16)
     baseline = _peak_rss_bytes()
     t0 = time.perf_counter()
-    out = deblur(image, model, axes=axes, device="cpu")
+    if lazy:
+        import dask.array as da
+
+        out = np.asarray(deblur(da.from_array(image, chunks=(1, *shape[1:])), model, axes=axes, device="cpu"))
+    else:
+        out = deblur(image, model, axes=axes, device="cpu")
     seconds = time.perf_counter() - t0
     peak = _peak_rss_bytes()
     plane_f32 = 4 * shape[-1] * shape[-2]
