@@ -116,6 +116,17 @@ def test_progress_reports_every_batch(model):
     assert len(seen) > 2
 
 
+def test_cpu_default_runs_one_tile_per_forward_pass(model):
+    """On the CPU batching tiles gains no speed and holds another tile's activations (docs/benchmarks.md)."""
+    shapes = []
+    hook = model.generator.register_forward_hook(lambda mod, args, out: shapes.append(tuple(args[0].shape)))
+    try:
+        deblur(_image((200, 200), "float32"), model, tile_size=96, device="cpu")
+    finally:
+        hook.remove()
+    assert len(shapes) > 2 and all(s[0] == 1 for s in shapes), shapes
+
+
 def test_cancel_stops_within_one_batch(model):
     stop = threading.Event()
     batches = []
