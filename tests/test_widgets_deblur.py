@@ -139,13 +139,21 @@ def test_bad_model_file_gives_notification(make_napari_viewer, tmp_path, small_i
     assert len(viewer.layers) == 1
 
 
-def test_cancel_stops_quickly_and_adds_nothing(viewer_and_widget, qtbot):
-    viewer, widget = viewer_and_widget
+def start_long_job(viewer, widget):
+    """Start deblurring an 8 x 256 x 256 stack in 128 px tiles (many tile batches: a job that is still running
+    when the test acts on it) and return the layer and the worker."""
     image = (np.random.default_rng(0).random((8, 256, 256)) * 4000).astype(np.uint16)
     layer = viewer.add_image(image, name="big")
-    before = layer.data.copy()
-    widget.tile_spin.setValue(128)  # many small tile batches: cancel is checked after each
+    widget.tile_spin.setValue(128)
     widget.run_button.click()
+    assert widget.worker is not None
+    return layer, widget.worker
+
+
+def test_cancel_stops_quickly_and_adds_nothing(viewer_and_widget, qtbot):
+    viewer, widget = viewer_and_widget
+    layer, _ = start_long_job(viewer, widget)
+    before = layer.data.copy()
     qtbot.waitUntil(lambda: widget.progress.value() > 0 or widget.worker is None, timeout=60_000)
     worker = widget.worker
     assert worker is not None, "finished before it could be cancelled; make the image bigger"
@@ -172,12 +180,7 @@ def test_run_without_an_image_layer_says_what_to_do(viewer_and_widget, notificat
 
 def test_a_second_run_while_one_is_running_is_refused(viewer_and_widget, qtbot, notifications):
     viewer, widget = viewer_and_widget
-    image = (np.random.default_rng(0).random((8, 256, 256)) * 4000).astype(np.uint16)
-    viewer.add_image(image, name="big")
-    widget.tile_spin.setValue(128)
-    widget.run_button.click()
-    worker = widget.worker
-    assert worker is not None
+    _, worker = start_long_job(viewer, widget)
     widget.run()  # what a second click would do if the button were not disabled
     assert widget.worker is worker  # the running job is kept, no second one started
     errors = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
@@ -189,12 +192,7 @@ def test_a_second_run_while_one_is_running_is_refused(viewer_and_widget, qtbot, 
 
 def test_closing_the_panel_cancels_its_job(viewer_and_widget, qtbot):
     viewer, widget = viewer_and_widget
-    image = (np.random.default_rng(0).random((8, 256, 256)) * 4000).astype(np.uint16)
-    viewer.add_image(image, name="big")
-    widget.tile_spin.setValue(128)
-    widget.run_button.click()
-    worker = widget.worker
-    assert worker is not None
+    _, worker = start_long_job(viewer, widget)
     ended: list[bool] = []
     worker.finished.connect(lambda: ended.append(True))
     widget.close()  # closeEvent: no thread may outlive the panel

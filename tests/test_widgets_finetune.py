@@ -96,15 +96,20 @@ def test_finetune_pair_end_to_end(setup, qtbot, tmp_path):
     assert viewer.layers["blurred deblurred"].data.shape == (64, 64)
 
 
-def test_stop_then_resume(setup, qtbot, tmp_path):
-    viewer, finetune, _ = setup
-    sharp_before = viewer.layers["sharp"].data.copy()
+def start_long_training(finetune, qtbot):
+    """Start a 100,000-step run, wait until it has taken two steps, and return its worker (still running)."""
     finetune.steps_spin.setValue(100_000)
     finetune.validate_every_spin.setValue(1000)
     finetune.start_button.click()
     qtbot.waitUntil(lambda: len(finetune.plot.steps) >= 2 or finetune.worker is None, timeout=120_000)
-    worker = finetune.worker
-    assert worker is not None
+    assert finetune.worker is not None
+    return finetune.worker
+
+
+def test_stop_then_resume(setup, qtbot, tmp_path):
+    viewer, finetune, _ = setup
+    sharp_before = viewer.layers["sharp"].data.copy()
+    worker = start_long_training(finetune, qtbot)
     ended: list[float] = []
     worker.finished.connect(lambda: ended.append(time.monotonic()))
     t0 = time.monotonic()
@@ -129,12 +134,7 @@ def test_stop_then_resume(setup, qtbot, tmp_path):
 def test_closing_the_panel_stops_training_and_keeps_the_model(setup, qtbot, tmp_path):
     """No training thread outlives the panel, and what it learnt so far is saved (nothing is lost)."""
     _, finetune, _ = setup
-    finetune.steps_spin.setValue(100_000)
-    finetune.validate_every_spin.setValue(1000)
-    finetune.start_button.click()
-    qtbot.waitUntil(lambda: len(finetune.plot.steps) >= 2 or finetune.worker is None, timeout=120_000)
-    worker = finetune.worker
-    assert worker is not None
+    worker = start_long_training(finetune, qtbot)
     ended: list[bool] = []
     worker.finished.connect(lambda: ended.append(True))
     finetune.close()
