@@ -262,6 +262,7 @@ class _PlaneRunner:
         hp, wp = self.padded_shape(h, w)
         p = self.pad
         padded = np.pad(normed, ((0, 0), (p, hp - h - p), (p, wp - w - p)), mode="reflect")
+        del normed  # a plane-sized buffer that would otherwise live through the whole tile loop
         grid = plan_tiles((hp, wp), tile_size=self.tile_size, overlap=self.overlap, halo=self.halo, stride=self.stride)
         accum = np.zeros_like(padded)
         weight_sum = np.zeros((hp, wp), dtype=np.float32)
