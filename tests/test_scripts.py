@@ -19,6 +19,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from napari_deblurgan.model_file import REGISTRY_PATH  # noqa: E402
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -73,9 +75,7 @@ def test_train_script_writes_installs_and_resumes(train_script, tmp_path, capsys
     assert entry["file"] == "tiny.pt" and entry["sha256"] == hashlib.sha256(installed).hexdigest()
     assert "width 4" in entry["description"]
     # the package's own registry is untouched
-    assert "tiny" not in json.loads((SCRIPTS.parent / "src/napari_deblurgan/weights/registry.json").read_text())[
-        "models"
-    ]
+    assert "tiny" not in json.loads(REGISTRY_PATH.read_text())["models"]
 
     # Running the same command again resumes the finished run: no new steps, the same weights.
     before = {k: v.clone() for k, v in model.generator.state_dict().items()}

@@ -335,12 +335,13 @@ def image_metrics(target: np.ndarray, image: np.ndarray) -> tuple[float, float]:
     """
     from ..comparison import ssim
 
-    planes_t = np.ascontiguousarray(target.reshape(-1, *target.shape[-2:]), dtype=np.float64)
-    planes_i = np.nan_to_num(image.reshape(-1, *image.shape[-2:]).astype(np.float64), nan=0.0, posinf=0.0)
-    mse = np.maximum(np.mean((planes_t - planes_i) ** 2, axis=(-2, -1)), _MSE_FLOOR)
+    planes_t = np.ascontiguousarray(target.reshape(-1, *target.shape[-2:]), dtype=np.float32)
+    planes_i = np.nan_to_num(image.reshape(-1, *image.shape[-2:]).astype(np.float32), nan=0.0, posinf=0.0)
+    error = planes_t.astype(np.float64) - planes_i  # float64: a crop's MSE can be far below float32's resolution
+    mse = np.maximum(np.mean(error**2, axis=(-2, -1)), _MSE_FLOOR)
     return (
         float(np.mean(-10.0 * np.log10(mse))),
-        float(ssim(planes_t.astype(np.float32), planes_i.astype(np.float32), data_range=1.0, axes="ZYX")),
+        float(ssim(planes_t, planes_i, data_range=1.0, axes="ZYX")),
     )
 
 
