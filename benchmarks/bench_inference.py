@@ -9,6 +9,7 @@ MACs per megapixel (models/complexity.py), seconds, MP/s and the ratio model MP/
     python benchmarks/bench_inference.py                 # all architectures, CPU (+ CUDA if present)
     python benchmarks/bench_inference.py --arch unet_lite --repeats 5 --json results.json
     python benchmarks/bench_inference.py --model default --model runs/candidate/model.pt   # model files
+    python benchmarks/bench_inference.py --model default --self-ensemble   # also deblur(self_ensemble=True)
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rl-iterations", type=int, default=30)
     parser.add_argument("--no-cuda", action="store_true", help="time the CPU only")
+    parser.add_argument(
+        "--self-ensemble", action="store_true", help="also time every case with deblur(self_ensemble=True)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -113,27 +117,29 @@ def main(argv: list[str] | None = None) -> int:
         macs = macs_per_megapixel(model.generator, 1)
         for device in devices:
             model.to(device)
+            for ensemble in (False, True) if args.self_ensemble else (False,):
 
-            def run(model=model, device=device):
-                out = ndg.deblur(image, model, axes="YX", device=device)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                return out
+                def run(model=model, device=device, ensemble=ensemble):
+                    out = ndg.deblur(image, model, axes="YX", device=device, self_ensemble=ensemble)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    return out
 
-            times = time_call(run, args.repeats)
-            sec = statistics.median(times)
-            rows.append(
-                {
-                    "architecture": label,
-                    "device": device,
-                    "parameters": params,
-                    "gmac_per_mp": macs / 1e9,
-                    "seconds": sec,
-                    "seconds_all": times,
-                    "mp_per_s": mp / sec,
-                    "ratio_to_rl": (mp / sec) / rl_mps,
-                }
-            )
+                times = time_call(run, args.repeats)
+                sec = statistics.median(times)
+                rows.append(
+                    {
+                        "architecture": label + (" +self-ensemble" if ensemble else ""),
+                        "device": device,
+                        "self_ensemble": ensemble,
+                        "parameters": params,
+                        "gmac_per_mp": macs / 1e9 * (8 if ensemble else 1),
+                        "seconds": sec,
+                        "seconds_all": times,
+                        "mp_per_s": mp / sec,
+                        "ratio_to_rl": (mp / sec) / rl_mps,
+                    }
+                )
             model.to("cpu")
     if hasattr(os, "getloadavg"):
         info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

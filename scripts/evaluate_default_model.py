@@ -50,6 +50,7 @@ def evaluate(
     pictures: Path | None = None,
     images: str = "evaluation",
     context_padding: int | None = None,
+    self_ensemble: bool = False,
 ) -> dict:
     rows = []
     if images == "evaluation":
@@ -76,7 +77,9 @@ def evaluate(
                     "input": blurred,
                     "wiener": wiener(blurred, psf, balance=wiener_best[0]),
                     "richardson_lucy": richardson_lucy(blurred, psf, iterations=int(rl_best[0])),
-                    "model": deblur(blurred, model, device=device, context_padding=context_padding),
+                    "model": deblur(
+                        blurred, model, device=device, context_padding=context_padding, self_ensemble=self_ensemble
+                    ),
                 }
                 row = {"image": name, "kind": kind, "seed": seed, "psf": {k_: v for k_, v in params.items()
                                                                           if k_ != "trajectory"}}
@@ -199,10 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         help="border context for deblur() in pixels (default: the model's own); how a model's setting is chosen, "
         "on the selection scenes",
     )
+    parser.add_argument("--self-ensemble", action="store_true", help="deblur(self_ensemble=True): 8 symmetries")
     args = parser.parse_args(argv)
     model = load_model(args.model)
     start = time.monotonic()
-    result = evaluate(model, args.kernels, args.device, args.pictures, args.images, args.context_padding)
+    result = evaluate(
+        model, args.kernels, args.device, args.pictures, args.images, args.context_padding, args.self_ensemble
+    )
     print(markdown_table(result["summary"]))
     print()
     print(per_image_table(result["per_image"]))

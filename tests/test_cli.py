@@ -64,6 +64,16 @@ def test_deblur_border_context_option(tiny_model_file, small_image, tmp_path, ca
     assert "context_padding must be >= 0" in capsys.readouterr().err
 
 
+def test_deblur_self_ensemble_option(tiny_model_file, small_image, tmp_path):
+    inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
+    tifffile.imwrite(inp, small_image)
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q", "--self-ensemble"]) == 0
+    model = load_model(tiny_model_file)
+    expected = deblur_module.deblur(small_image, model, axes="YX", self_ensemble=True)
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+    assert not np.array_equal(expected, deblur_module.deblur(small_image, model, axes="YX"))
+
+
 def test_deblur_imagej_stack_keeps_axes_and_spacing(tiny_model_file, imagej_stack, tmp_path):
     inp, data = imagej_stack
     out = tmp_path / "out.tif"

@@ -238,3 +238,59 @@ def test_tiles_stay_seamless_with_any_border_context(model, context_padding):
     tile = 2 * (-(-radius // stride) * stride) + 2 * stride + 8  # just above the smallest allowed tile
     tiled = deblur(image, model, device="cpu", context_padding=context_padding, tile_size=tile)
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4 * float(np.ptp(image)))
+
+
+# --------------------------------------------------------------------------------------------- self-ensemble
+def _dihedral_images(image):
+    """The 8 flipped/rotated versions of a 2-D image, each with the function that turns a result back."""
+    versions = []
+    for flip in (False, True):
+        for turns in range(4):
+            view = np.rot90(image[:, ::-1] if flip else image, turns)
+
+            def back(result, turns=turns, flip=flip):
+                result = np.rot90(result, -turns)
+                return result[:, ::-1] if flip else result
+
+            versions.append((np.ascontiguousarray(view), back))
+    return versions
+
+
+def test_self_ensemble_is_the_mean_over_the_eight_symmetries(model):
+    image = _image((48, 40), np.float32, seed=5)  # not square: rotated tiles change shape
+    zero = model.with_generator(model.generator)
+    zero.context_padding = 0  # sides are multiples of the stride: every version sees the same pixels
+    expected = np.mean([back(deblur(view, zero, device="cpu")) for view, back in _dihedral_images(image)], axis=0)
+    ensembled = deblur(image, zero, device="cpu", self_ensemble=True)
+    np.testing.assert_allclose(ensembled, expected, rtol=0, atol=1e-5 * float(np.ptp(image)))
+    plain = deblur(image, zero, device="cpu")
+    assert np.abs(ensembled - plain).max() > 1e-3 * float(np.ptp(image))  # a random network is not symmetric
+    np.testing.assert_array_equal(deblur(image, zero, device="cpu", self_ensemble=False), plain)
+
+
+def test_self_ensemble_stays_seamless_and_keeps_dtype(model):
+    image = _image((70, 61), "uint16", seed=3)
+    radius, stride = model.receptive_radius, model.stride
+    tile = 2 * (-(-radius // stride) * stride) + 2 * stride + 8
+    whole = deblur(image, model, device="cpu", self_ensemble=True)
+    tiled = deblur(image, model, device="cpu", self_ensemble=True, tile_size=tile)
+    assert whole.dtype == image.dtype and whole.shape == image.shape
+    np.testing.assert_allclose(tiled.astype(np.float64), whole.astype(np.float64), rtol=0, atol=1.0)
+
+
+def test_self_ensemble_checks_for_cancel_between_symmetries(model):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 3  # once before the batch, then between the symmetries
+
+    with pytest.raises(Cancelled):
+        deblur(_image((64, 64), "float32"), model, device="cpu", self_ensemble=True, cancel=cancel)
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("bad", [8, "yes", None])
+def test_self_ensemble_must_be_a_bool(model, bad):
+    with pytest.raises(InputError, match="self_ensemble must be True or False"):
+        deblur(np.zeros((20, 20), np.float32), model, device="cpu", self_ensemble=bad)

@@ -29,3 +29,19 @@ def test_demo_runs_and_writes_its_results(tmp_path, capsys):
 def test_demo_with_a_missing_model_is_a_clear_error(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path / "demo"), "--model", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_demo_self_ensemble_option(tmp_path):
+    import numpy as np
+    import tifffile
+
+    from napari_deblurgan import deblur, load_model
+
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--device", "cpu", "--model", "fast", "--self-ensemble"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"]["name"] == "fast" and results["model"]["self_ensemble"] is True
+    blurred = tifffile.imread(out / "pair_blurred.tif")
+    expected = deblur(blurred, load_model("fast"), device="cpu", self_ensemble=True)
+    np.testing.assert_array_equal(tifffile.imread(out / "pair_deblurred.tif"), expected)
+    assert results["pair"]["napari-deblurgan"]["psnr"] > results["pair"]["blurred input"]["psnr"]

@@ -78,6 +78,20 @@ def test_border_context_box_reaches_deblur(viewer_and_widget, small_image, tiny_
     assert not np.array_equal(expected, deblur(small_image, load_model(tiny_model_file), device="cpu"))
 
 
+def test_ensemble_box_reaches_deblur(viewer_and_widget, small_image, tiny_model_file, qtbot):
+    from napari_deblurgan import deblur, load_model
+
+    viewer, widget = viewer_and_widget
+    viewer.add_image(small_image, name="cells")
+    assert not widget.ensemble_check.isChecked()  # off by default: 8x slower
+    widget.ensemble_check.setChecked(True)
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    expected = deblur(small_image, load_model(tiny_model_file), device="cpu", self_ensemble=True)
+    np.testing.assert_array_equal(viewer.layers["cells deblurred"].data, expected)
+    assert not np.array_equal(expected, deblur(small_image, load_model(tiny_model_file), device="cpu"))
+
+
 def test_axes_prefill_from_layer(viewer_and_widget):
     viewer, widget = viewer_and_widget
     viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)

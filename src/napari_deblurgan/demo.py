@@ -31,8 +31,12 @@ def run_demo(
     device: str = "auto",
     log: Callable[[str], Any] = print,
     progress: Callable[[int, int], Any] | None = None,
+    self_ensemble: bool = False,
 ) -> dict[str, Any]:
-    """Run the demo, write its results into ``output`` and return them (also as ``results.json``)."""
+    """Run the demo, write its results into ``output`` and return them (also as ``results.json``).
+
+    ``self_ensemble`` deblurs with ``deblur(self_ensemble=True)`` (8 flipped/rotated versions averaged).
+    """
     import tifffile
 
     from . import deblur, load_model, samples
@@ -41,7 +45,8 @@ def run_demo(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model("default" if model is None else model)
-    log(f"model: {model.metadata.get('name') or model.architecture} ({model.architecture})")
+    log(f"model: {model.metadata.get('name') or model.architecture} ({model.architecture})"
+        + (", self-ensemble of 8 flips/rotations" if self_ensemble else ""))
 
     pair = samples.blurred_sharp_pair(seed=0)
     blurred, sharp, psf = pair["blurred"], pair["sharp"], pair["psf"]
@@ -49,7 +54,7 @@ def run_demo(
     data_range = float(sharp.max()) - float(sharp.min())
 
     t0 = time.perf_counter()
-    restored = deblur(blurred, model, device=device, progress=progress)
+    restored = deblur(blurred, model, device=device, progress=progress, self_ensemble=self_ensemble)
     model_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     rl = richardson_lucy(blurred, psf, iterations=30)
@@ -73,7 +78,7 @@ def run_demo(
         log(f"  {name:38s} {m['psnr']:10.2f} {m['ssim']:7.3f} {seconds}")
 
     clock = samples.clock()
-    clock_restored = deblur(clock, model, device=device)
+    clock_restored = deblur(clock, model, device=device, self_ensemble=self_ensemble)
     clock_metrics = {"sharpness before": sharpness(clock), "sharpness after": sharpness(clock_restored)}
     log("\nskimage.data.clock() (real motion blur, no ground truth):")
     log(f"  no-reference sharpness {clock_metrics['sharpness before']:.4f} -> {clock_metrics['sharpness after']:.4f}")
@@ -87,7 +92,7 @@ def run_demo(
     _write_png(out / "clock_side_by_side.png", [clock, clock_restored], lo=0.0, hi=255.0)
     results = {
         "model": {"name": model.metadata.get("name"), "architecture": model.architecture,
-                  "sha256": model.metadata.get("sha256")},
+                  "sha256": model.metadata.get("sha256"), "self_ensemble": bool(self_ensemble)},
         "pair": metrics,
         "pair_data_range": data_range,
         "clock": clock_metrics,

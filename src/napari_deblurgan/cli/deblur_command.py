@@ -60,6 +60,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="pixels of reflected context around each plane (default: the model's own setting)",
     )
+    p.add_argument(
+        "--self-ensemble",
+        action="store_true",
+        help="average the results of the 8 flipped/rotated versions of every tile: 8x slower, a little "
+        "better (docs/model-card.md, 'Self-ensemble')",
+    )
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists (never INPUT)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -243,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         device=args.device,
         context_padding=args.context_padding,
+        self_ensemble=args.self_ensemble,
     )
     try:
         if lazy:

@@ -22,6 +22,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--model", default=None, help="model file or shipped name (default: the shipped default)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--self-ensemble",
+        action="store_true",
+        help="average the model over 8 flips/rotations of each tile (8x slower; docs/model-card.md)",
+    )
     return parser
 
 
@@ -35,5 +40,7 @@ def run(args: argparse.Namespace) -> int:
         bar.close()  # finish a progress line before printing results
         print(message, flush=True)
 
-    run_demo(args.output, model=args.model, device=args.device, progress=bar, log=log)
+    run_demo(
+        args.output, model=args.model, device=args.device, progress=bar, log=log, self_ensemble=args.self_ensemble
+    )
     return 0

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -141,6 +142,11 @@ class DeblurWidget(QWidget):
             "Pixels of mirrored image added around the border before deblurring; 'model's' uses the setting "
             "measured for the model's weights (0: none, as the model saw in training)."
         )
+        self.ensemble_check = QCheckBox("8x slower, a little better")
+        self.ensemble_check.setToolTip(
+            "Deblur every tile in its 8 flipped/rotated versions and average them: averages out errors that "
+            "depend on the image's orientation. Gains are in docs/model-card.md ('Self-ensemble')."
+        )
         self.device_combo = QComboBox()
         set_items(self.device_combo, device_items())
 
@@ -160,6 +166,7 @@ class DeblurWidget(QWidget):
         form.addRow("tile size", self.tile_spin)
         form.addRow("tile overlap", self.overlap_spin)
         form.addRow("border context", self.context_spin)
+        form.addRow("flip/rotate ensemble", self.ensemble_check)
         form.addRow("device", self.device_combo)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -237,6 +244,7 @@ class DeblurWidget(QWidget):
             tile_size=tile,
             overlap=overlap,
             context_padding=context,
+            self_ensemble=self.ensemble_check.isChecked(),
             device=device,
             **hooks,
         )
