@@ -256,6 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         "models/growth.py)",
     )
     parser.add_argument(
+        "--teacher",
+        default=None,
+        help="self-ensemble distillation: mix this model's mean output over the 8 flips/rotations of each crop "
+        "into the targets (file or shipped name; stage 9 used stage 8's file, also its --init)",
+    )
+    parser.add_argument(
+        "--teacher-weight", type=float, default=0.5, help="the teacher's share of the targets (default 0.5)"
+    )
+    parser.add_argument(
         "--blur-kind",
         default="mixed",
         help="synthetic blur mix, e.g. mixed or motion:2,defocus,gaussian (a kind's relative weight after ':')",
@@ -325,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             ema=args.ema,
             blur_kind=args.blur_kind,
             precision=args.precision,
+            teacher=args.teacher,
+            teacher_weight=args.teacher_weight,
             resume=resume if checkpoint_dir is not None else None,
             preview=False,
         )

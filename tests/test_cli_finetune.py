@@ -104,6 +104,16 @@ def test_finetune_blur_strength_and_noise_options(files):
     assert bad == 2
 
 
+def test_finetune_with_a_teacher(files, capsys):
+    out = files / "taught.pt"
+    argv = [*_common(files, "--sharp", str(files / "sharp.tif")), "--steps", "2", "-o", str(out), "-q"]
+    assert main([*argv, "--teacher", str(files / "tiny.pt"), "--teacher-weight", "0.3"]) == 0
+    teacher = load_model(out).metadata["training"]["teacher"]
+    assert teacher["weight"] == 0.3 and teacher["file_sha256"] == load_model(files / "tiny.pt").metadata["sha256"]
+    assert main([*argv, "--force", "--teacher", str(files / "tiny.pt"), "--teacher-weight", "2"]) == 2
+    assert "teacher_weight must be a number in (0, 1]" in capsys.readouterr().err
+
+
 def test_blurred_without_sharp_is_a_usage_error(files, capsys):
     code = main([*_common(files, "--blurred", str(files / "blurred.tif")), "-o", str(files / "x.pt")])
     assert code == 2 and "--sharp" in capsys.readouterr().err

@@ -87,6 +87,24 @@ def test_train_script_writes_installs_and_resumes(train_script, tmp_path, capsys
         assert torch.equal(value, before[key]), key
 
 
+def test_train_script_distils_from_a_teacher(train_script, tmp_path):
+    """``--init M --teacher M`` (how stage 9 was made): the teacher is recorded, and it changes the training."""
+    from napari_deblurgan import create_model, load_model
+
+    start = create_model("unet_fast", channels=1, seed=5, width=4, depth=2, n_blocks=1)
+    start.save(tmp_path / "start.pt")
+    common = [*TINY_TRAINING, "--init", str(tmp_path / "start.pt"), "--keep", "last"]
+    assert train_script.main([*common, "--teacher", str(tmp_path / "start.pt"), "--teacher-weight", "0.5",
+                              "--checkpoint-dir", str(tmp_path / "taught")]) == 0  # fmt: skip
+    assert train_script.main([*common, "--checkpoint-dir", str(tmp_path / "plain")]) == 0
+    taught, plain = load_model(tmp_path / "taught" / "model.pt"), load_model(tmp_path / "plain" / "model.pt")
+    teacher = taught.metadata["training"]["teacher"]
+    assert teacher["file_sha256"] == load_model(tmp_path / "start.pt").metadata["sha256"] and teacher["weight"] == 0.5
+    assert plain.metadata["training"]["teacher"] is None
+    assert any(not torch.equal(a, b) for a, b in zip(taught.generator.state_dict().values(),
+                                                     plain.generator.state_dict().values(), strict=True))
+
+
 @pytest.mark.parametrize("bad", [["--name", "../evil"], ["--context-padding", "-1"]])
 def test_train_script_refuses_bad_options_before_training(train_script, tmp_path, bad, capsys):
     with pytest.raises(SystemExit) as exc:

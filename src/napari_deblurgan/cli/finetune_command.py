@@ -87,6 +87,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="synthetic Poisson noise: photons at the bright end, one value or LOW HIGH (default: realistic, "
         "30-1000 photons with 0.5-4 photons of read noise); 0 for no noise",
     )
+    p.add_argument(
+        "--teacher",
+        default=None,
+        metavar="M",
+        help="self-ensemble distillation: mix this model's mean output over the 8 flips/rotations of each crop "
+        "into the targets (a model file or shipped name, e.g. the --model itself; 8 teacher passes per step)",
+    )
+    p.add_argument(
+        "--teacher-weight", type=float, default=0.5, metavar="W", help="the teacher's share of the targets (0-1]"
+    )
     p.add_argument("--axes", default=None, metavar="A", help="axes of the images, e.g. ZYX, YXS (default: from file)")
     p.add_argument("--channels", type=int, default=None, metavar="C", help="channels of a from-scratch model")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
@@ -237,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
         channels=args.channels,
         on_event=progress,
         preview=False,
+        teacher=args.teacher,
+        teacher_weight=args.teacher_weight,
     )
 
     interrupted = threading.Event()

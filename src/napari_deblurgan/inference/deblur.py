@@ -22,6 +22,7 @@ import numpy as np
 from ..axes import channel_axis, resolve_axes
 from ..errors import Cancelled, InputError
 from ..normalization import cast_like, check_dtype, denormalize, normalize, percentile_range
+from .self_ensemble import DIHEDRAL_TRANSFORMS, ensemble_forward
 from .tiling import (
     check_tiling,
     context_padding,
@@ -177,28 +178,6 @@ def _should_cancel(cancel: CancelCheck) -> bool:
 
 # ----------------------------------------------------------------------------------------------- runner
 
-#: The 8 symmetries of the square as (quarter turns, mirror left-right first); the identity first.
-DIHEDRAL_TRANSFORMS: tuple[tuple[int, bool], ...] = tuple((turns, flip) for flip in (False, True) for turns in range(4))
-
-
-def _dihedral(x, turns: int, flip: bool):
-    """Apply one symmetry to the last two axes of a (N, C, H, W) tensor: mirror left-right, then rotate."""
-    import torch
-
-    if flip:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, turns, dims=(-2, -1)) if turns else x
-
-
-def _dihedral_inverse(y, turns: int, flip: bool):
-    """Undo :func:`_dihedral`: rotate back, then mirror."""
-    import torch
-
-    if turns:
-        y = torch.rot90(y, -turns, dims=(-2, -1))
-    return torch.flip(y, dims=(-1,)) if flip else y
-
-
 class _PlaneRunner:
     """Runs the generator over one (channels, Y, X) plane: normalisation, padding, tiles, blending."""
 
@@ -322,23 +301,18 @@ class _PlaneRunner:
         return np.stack([denormalize(restored[i], *ranges[i]) for i in range(c)])
 
     def _generate(self, gen, x, cancel: CancelCheck) -> np.ndarray:
-        """The generator's output for a batch of tiles, averaged over ``self.transforms`` (one forward pass
-        each, so memory stays that of one batch)."""
+        """The generator's output for a batch of tiles, averaged over ``self.transforms``."""
         import torch
 
-        total = None
-        for index, (turns, flip) in enumerate(self.transforms):
+        def check_cancel(index: int) -> None:
             if index and _should_cancel(cancel):
                 raise Cancelled("deblurring was cancelled")
-            t = _dihedral(x, turns, flip)
-            with torch.inference_mode(), self._autocast():
-                if self.channels_last:
-                    t = t.contiguous(memory_format=torch.channels_last)
-                y = _dihedral_inverse(gen(t).float(), turns, flip)
-            total = y if total is None else total + y
-        if len(self.transforms) > 1:
-            total /= len(self.transforms)
-        return total.cpu().numpy()
+
+        with torch.inference_mode(), self._autocast():
+            y = ensemble_forward(
+                gen, x, transforms=self.transforms, channels_last=self.channels_last, before_pass=check_cancel
+            )
+        return y.cpu().numpy()
 
     def _autocast(self):
         import contextlib

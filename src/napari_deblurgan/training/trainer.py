@@ -52,6 +52,7 @@ from ..models import list_architectures
 from ..models.critic import PatchCritic
 from . import losses
 from .checkpoint import capture_global_rng, load_checkpoint, restore_global_rng, save_checkpoint
+from .distillation import SelfEnsembleTeacher, check_teacher_weight, weights_digest
 from .events import (
     CheckpointSaved,
     Finished,
@@ -92,6 +93,8 @@ class RunConfig:
     blur_strength: list[float] | None = None  # [low, high] px for every kind, None = each kind's default range
     noise: dict[str, list[float]] | None = None  # {"photons": [lo, hi], "read_noise": [lo, hi]} or None
     precision: str = "auto"  # devices.PRECISIONS: autocast dtype of the steps ("auto": bfloat16 on a GPU)
+    teacher_weight: float | None = None  # self-ensemble distillation (distillation.py); None = no teacher
+    teacher_weights_sha256: str | None = None  # which teacher: a resumed run must be given the same one
 
 
 # ---------------------------------------------------------------------------------------- step function
@@ -144,6 +147,8 @@ class GanStep:
         self.gp_generator = torch.Generator(device=device)
         self.gp_generator.manual_seed(int(seed) + 3)
         self.ema_decay = ema_decay
+        # Set by the run for self-ensemble distillation: mixes the generator's content targets (distillation.py)
+        self.teacher: SelfEnsembleTeacher | None = None
         self.ema: nn.Module | None = None
         self.ema_updates = 0
         if ema_decay is not None:
@@ -201,17 +206,18 @@ class GanStep:
         if should_stop():
             return None
         blurred, sharp = next_batch(batch_size)
+        target = sharp if self.teacher is None else self.teacher.targets(blurred, sharp)
         with self._autocast():
             fake = G(blurred)
             total = fake.new_zeros((), dtype=torch.float32)
             if p.content_loss != "none" and p.content_weight > 0:
-                values["content"] = p.content_weight * losses.content_loss(fake, sharp, p.content_loss)
+                values["content"] = p.content_weight * losses.content_loss(fake, target, p.content_loss)
                 total = total + values["content"]
             if p.perceptual_weight > 0:
                 if self.perceptual is not None:
-                    values["perceptual"] = p.perceptual_weight * self.perceptual(fake, sharp)
+                    values["perceptual"] = p.perceptual_weight * self.perceptual(fake, target)
                 elif self.feature_matching and D is not None:
-                    values["feature_matching"] = p.perceptual_weight * losses.feature_matching_loss(D, fake, sharp)
+                    values["feature_matching"] = p.perceptual_weight * losses.feature_matching_loss(D, fake, target)
                 if "perceptual" in values or "feature_matching" in values:
                     total = total + values.get("perceptual", values.get("feature_matching"))
             if D is not None and p.adversarial_weight > 0:
@@ -480,7 +486,47 @@ class TrainingRun:
             seed=self.config.seed,
         )
         self.config.patch_size = self.data.patch_size
+        self._setup_teacher(saved)
         self._best_state = _cpu_clone(self.base.generator.state_dict())
+
+    def _setup_teacher(self, saved: dict[str, Any]) -> None:
+        """Resolve ``teacher`` (self-ensemble distillation); a resumed run must get the teacher it started with."""
+        k = self._kwargs
+        teacher = k["teacher"]
+        self.teacher_model: DeblurModel | None = None
+        if teacher is not None:
+            if isinstance(teacher, DeblurModel):
+                self.teacher_model = teacher
+            elif isinstance(teacher, (str, os.PathLike)):
+                self.teacher_model = load_model(teacher, device="cpu")
+            else:
+                raise InputError(
+                    f"teacher must be a DeblurModel, a model file path or a shipped model name; got "
+                    f"{type(teacher).__name__}."
+                )
+            if (self.teacher_model.channels, self.teacher_model.channel_mode) != (
+                self.base.channels,
+                self.base.channel_mode,
+            ):
+                raise InputError(
+                    f"the teacher takes {self.teacher_model.channels} channel(s) "
+                    f"({self.teacher_model.channel_mode}) but the model being trained takes {self.base.channels} "
+                    f"({self.base.channel_mode}); give a teacher with the same channels."
+                )
+            self.config.teacher_weights_sha256 = weights_digest(self.teacher_model)
+        if self.resume_payload is not None:
+            had = saved.get("teacher_weights_sha256")
+            if had != self.config.teacher_weights_sha256:
+                if had is None:
+                    why = "this run was started without a teacher; resume it without one"
+                elif self.teacher_model is None:
+                    why = "this run was started with a teacher; pass the same teacher to resume it"
+                else:
+                    why = "this run was started with another teacher; pass the same teacher to resume it"
+                raise InputError(f"Cannot resume {k['resume']}: {why}.")
+        if self.teacher_model is not None:
+            weight = saved.get("teacher_weight") if self.resume_payload is not None else None
+            self.config.teacher_weight = check_teacher_weight(k["teacher_weight"] if weight is None else weight)
 
     def _resolve_model(self, model: Any) -> DeblurModel:
         if self.resume_payload is not None:
@@ -595,6 +641,8 @@ class TrainingRun:
             seed=cfg.seed,
             precision=cfg.precision,
         )
+        if self.teacher_model is not None:
+            step_fn.teacher = SelfEnsembleTeacher(self.teacher_model, cfg.teacher_weight, device, step_fn.amp_dtype)
         source = BatchSource(
             self.data,
             device,
@@ -685,6 +733,7 @@ class TrainingRun:
             "val_psnr": best_psnr,
             "val_psnr_input": None if input_metrics is None else input_metrics[0],
             "validation_metric": VALIDATION_METRIC,
+            "teacher": None if step_fn.teacher is None else step_fn.teacher.describe(),
         }
 
         yield self._emit(
@@ -913,6 +962,8 @@ def iter_finetune(
     allow_download: bool | None = None,
     preview: bool = True,
     precision: str = "auto",
+    teacher: str | os.PathLike[str] | DeblurModel | None = None,
+    teacher_weight: float = 0.5,
 ) -> TrainingRun:
     """Set up a finetuning run and return it (nothing is trained until it is iterated).
 
@@ -956,6 +1007,11 @@ def iter_finetune(
         preview: emit :class:`Preview` events (restoration of a fixed validation crop) at each validation.
         precision: ``"auto"`` (bfloat16 autocast on a GPU, float32 on the CPU), ``"float32"``, ``"bfloat16"``
             or ``"float16"``: the arithmetic of the training steps (docs/training.md measures what it costs).
+        teacher: self-ensemble distillation (training/distillation.py): a model (file, shipped name or
+            :class:`DeblurModel`, often the one being finetuned) whose mean output over the 8 flips/rotations
+            of each crop is mixed into the generator's content targets: ``(1 - teacher_weight) * sharp +
+            teacher_weight * teacher``. Costs 8 teacher passes per step. None: plain targets.
+        teacher_weight: the teacher's share of the targets, in (0, 1].
     """
     return TrainingRun(
         blurred=blurred,
@@ -984,6 +1040,8 @@ def iter_finetune(
         allow_download=allow_download,
         preview=preview,
         precision=precision,
+        teacher=teacher,
+        teacher_weight=teacher_weight,
     )
 
 
@@ -1015,6 +1073,8 @@ def finetune(
     allow_download: bool | None = None,
     preview: bool = True,
     precision: str = "auto",
+    teacher: str | os.PathLike[str] | DeblurModel | None = None,
+    teacher_weight: float = 0.5,
 ) -> DeblurModel:
     """Finetune (or train) a deblurring model and return the best one; see :func:`iter_finetune`.
 
@@ -1049,6 +1109,8 @@ def finetune(
         allow_download=allow_download,
         preview=preview,
         precision=precision,
+        teacher=teacher,
+        teacher_weight=teacher_weight,
     )
     return run.run_to_end()
 
