@@ -43,6 +43,30 @@ def tiny_model_file(tiny_model, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test: training tests on a shared 2-core machine run several times
+    faster than with two. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def training_pair() -> tuple[np.ndarray, np.ndarray]:
+    """A 96 x 96 uint16 cells scene and its Gaussian-blurred (sigma 1.5) copy, as (blurred, sharp)."""
+    from scipy import ndimage
+
+    from napari_deblurgan import samples
+
+    sharp = (samples.cells((96, 96), seed=1) * 4000).astype(np.uint16)
+    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), 1.5).astype(np.uint16)
+    return blurred, sharp
+
+
+@pytest.fixture
 def small_image() -> np.ndarray:
     """A 64 x 64 uint16 image with structure (blobs and edges), deterministic."""
     rng = np.random.default_rng(0)

@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 import tifffile
-import torch
 from scipy import ndimage
 
 from napari_deblurgan import samples
@@ -18,15 +17,11 @@ from napari_deblurgan.cli import main
 from napari_deblurgan.model_file import create_model, load_model
 from napari_deblurgan.training.checkpoint import checkpoint_path
 
-pytestmark = pytest.mark.filterwarnings("ignore:Perceptual loss:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Perceptual loss:UserWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),  # conftest.py
+]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture

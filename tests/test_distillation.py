@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
-from napari_deblurgan import samples
 from napari_deblurgan.errors import InputError, ModelFileError
 from napari_deblurgan.model_file import create_model
 from napari_deblurgan.training import events as ev
@@ -17,33 +15,21 @@ from napari_deblurgan.training.distillation import SelfEnsembleTeacher, weights_
 from napari_deblurgan.training.trainer import iter_finetune
 
 TINY = {"width": 4, "depth": 2, "n_blocks": 1}
-pytestmark = pytest.mark.filterwarnings("ignore:Perceptual loss:UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def pair() -> tuple[np.ndarray, np.ndarray]:
-    sharp = (samples.cells((96, 96), seed=1) * 4000).astype(np.uint16)
-    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), 1.5).astype(np.uint16)
-    return blurred, sharp
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Perceptual loss:UserWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),  # conftest.py
+]
 
 
 def _model(seed: int = 0, channels: int = 1):
     return create_model("unet_lite", channels, seed=seed, **TINY)
 
 
-def _run(pair, **kw):
+def _run(training_pair, **kw):
     args = dict(model=_model(), steps=3, patch_size=32, batch_size=2, preset="content-mse", device="cpu", seed=0,
                 validate_every=100)
     args.update(kw)
-    return iter_finetune(*pair, **args)
+    return iter_finetune(*training_pair, **args)
 
 
 def test_targets_mix_sharp_with_the_teachers_mean_over_the_eight_symmetries():
@@ -65,10 +51,10 @@ def test_targets_mix_sharp_with_the_teachers_mean_over_the_eight_symmetries():
     assert np.abs(got.numpy() - (0.75 * sharp.numpy() + 0.25 * plain)).max() > 1e-4  # the ensemble, not one pass
 
 
-def test_a_run_trains_toward_the_teacher(pair):
+def test_a_run_trains_toward_the_teacher(training_pair):
     """With the whole target from the teacher, a student moves toward the teacher's ensemble output."""
     teacher = _model(seed=7)
-    probe = torch.from_numpy(pair[0][None, None, :64, :64].astype(np.float32) / 4000)
+    probe = torch.from_numpy(training_pair[0][None, None, :64, :64].astype(np.float32) / 4000)
     reference = SelfEnsembleTeacher(teacher, 1.0, torch.device("cpu")).ensemble(probe)
 
     def distance(model):
@@ -76,26 +62,26 @@ def test_a_run_trains_toward_the_teacher(pair):
             return float(torch.mean((model.generator.eval()(probe) - reference) ** 2))
 
     kw = dict(steps=40, learning_rate=2e-3, validation=None)
-    taught = _run(pair, teacher=teacher, teacher_weight=1.0, **kw).run_to_end()
-    plain = _run(pair, **kw).run_to_end()
+    taught = _run(training_pair, teacher=teacher, teacher_weight=1.0, **kw).run_to_end()
+    plain = _run(training_pair, **kw).run_to_end()
     start = distance(_model())
     assert distance(taught) < 0.5 * start
     assert distance(taught) < 0.5 * distance(plain)
 
 
-def test_teacher_is_recorded_and_left_untouched(pair):
+def test_teacher_is_recorded_and_left_untouched(training_pair):
     teacher = _model(seed=5)
     before = {k: v.clone() for k, v in teacher.generator.state_dict().items()}
-    model = _run(pair, teacher=teacher, teacher_weight=0.5).run_to_end()
+    model = _run(training_pair, teacher=teacher, teacher_weight=0.5).run_to_end()
     recorded = model.metadata["training"]["teacher"]
     assert recorded["weights_sha256"] == weights_digest(teacher) and recorded["weight"] == 0.5
     assert recorded["self_ensemble"] == 8
     for k, v in teacher.generator.state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert _run(pair).run_to_end().metadata["training"]["teacher"] is None
+    assert _run(training_pair).run_to_end().metadata["training"]["teacher"] is None
 
 
-def test_the_critic_sees_the_true_sharp_crops(pair, monkeypatch):
+def test_the_critic_sees_the_true_sharp_crops(training_pair, monkeypatch):
     seen = []
     real_critic_loss = losses.critic_loss
 
@@ -105,7 +91,7 @@ def test_the_critic_sees_the_true_sharp_crops(pair, monkeypatch):
 
     monkeypatch.setattr(losses, "critic_loss", recording)
     teacher = _model(seed=5)
-    run = _run(pair, preset="default", steps=1, teacher=teacher, teacher_weight=1.0)
+    run = _run(training_pair, preset="default", steps=1, teacher=teacher, teacher_weight=1.0)
     step_fn_batches = []
     from napari_deblurgan.data import pairs as data_pairs
 
@@ -122,38 +108,40 @@ def test_the_critic_sees_the_true_sharp_crops(pair, monkeypatch):
 
 
 @pytest.mark.parametrize("weight", [0, 1.5, -0.1, True, "half"])
-def test_bad_teacher_weight(pair, weight):
+def test_bad_teacher_weight(training_pair, weight):
     with pytest.raises(InputError, match=r"teacher_weight must be a number in \(0, 1\]"):
-        _run(pair, teacher=_model(seed=1), teacher_weight=weight)
+        _run(training_pair, teacher=_model(seed=1), teacher_weight=weight)
 
 
-def test_bad_teacher(pair, tmp_path):
+def test_bad_teacher(training_pair, tmp_path):
     with pytest.raises(InputError, match="teacher must be"):
-        _run(pair, teacher=3)
+        _run(training_pair, teacher=3)
     with pytest.raises(InputError, match="the teacher takes 3 channel"):
-        _run(pair, teacher=_model(seed=1, channels=3))
+        _run(training_pair, teacher=_model(seed=1, channels=3))
     with pytest.raises(ModelFileError, match="missing"):
-        _run(pair, teacher=tmp_path / "missing.pt")
+        _run(training_pair, teacher=tmp_path / "missing.pt")
 
 
-def test_resume_needs_the_same_teacher(pair, tmp_path):
+def test_resume_needs_the_same_teacher(training_pair, tmp_path):
     teacher = _model(seed=5)
-    first = _run(pair, steps=4, checkpoint_dir=tmp_path, checkpoint_every=2, teacher=teacher)
+    first = _run(training_pair, steps=4, checkpoint_dir=tmp_path, checkpoint_every=2, teacher=teacher)
     for e in first:
         if isinstance(e, ev.Step) and e.step == 2:
             first.stop()
     assert first.finished.stopped
     with pytest.raises(InputError, match="started with a teacher; pass the same teacher"):
-        _run(pair, steps=4, checkpoint_dir=tmp_path, resume=tmp_path)
+        _run(training_pair, steps=4, checkpoint_dir=tmp_path, resume=tmp_path)
     with pytest.raises(InputError, match="started with another teacher"):
-        _run(pair, steps=4, checkpoint_dir=tmp_path, resume=tmp_path, teacher=_model(seed=6))
-    resumed = _run(pair, steps=4, checkpoint_dir=tmp_path, resume=tmp_path, teacher=teacher, teacher_weight=0.9)
+        _run(training_pair, steps=4, checkpoint_dir=tmp_path, resume=tmp_path, teacher=_model(seed=6))
+    resumed = _run(
+        training_pair, steps=4, checkpoint_dir=tmp_path, resume=tmp_path, teacher=teacher, teacher_weight=0.9
+    )
     assert resumed.config.teacher_weight == 0.5  # the checkpoint's recipe wins, as for every other setting
     assert resumed.run_to_end().metadata["training"]["steps_done"] == 4
     plain_dir = tmp_path / "plain"
-    plain = _run(pair, steps=4, checkpoint_dir=plain_dir, checkpoint_every=2)
+    plain = _run(training_pair, steps=4, checkpoint_dir=plain_dir, checkpoint_every=2)
     for e in plain:
         if isinstance(e, ev.Step) and e.step == 2:
             plain.stop()
     with pytest.raises(InputError, match="started without a teacher"):
-        _run(pair, steps=4, checkpoint_dir=plain_dir, resume=plain_dir, teacher=teacher)
+        _run(training_pair, steps=4, checkpoint_dir=plain_dir, resume=plain_dir, teacher=teacher)

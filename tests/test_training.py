@@ -8,9 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
-from napari_deblurgan import samples
 from napari_deblurgan.errors import InputError
 from napari_deblurgan.training import events as ev
 from napari_deblurgan.training import losses
@@ -21,23 +19,16 @@ from napari_deblurgan.training.trainer import GanStep, evaluate, finetune, iter_
 TINY = {"width": 4, "depth": 2, "n_blocks": 1}
 
 # No VGG-19 weights offline: presets with a perceptual term warn about the fallback (tested explicitly below).
-pytestmark = pytest.mark.filterwarnings("ignore:Perceptual loss:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Perceptual loss:UserWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),  # conftest.py
+]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine this is several times faster than two."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
-def pair() -> tuple[np.ndarray, np.ndarray]:
-    sharp = (samples.cells((96, 96), seed=1) * 4000).astype(np.uint16)
-    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), 1.5).astype(np.uint16)
-    return blurred, sharp
+def pair(training_pair) -> tuple[np.ndarray, np.ndarray]:
+    return training_pair  # conftest.py
 
 
 def _model():

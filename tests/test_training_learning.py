@@ -12,13 +12,14 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage
 
 from napari_deblurgan import samples
 from napari_deblurgan.model_file import create_model
 from napari_deblurgan.training import events as ev
 from napari_deblurgan.training.trainer import iter_finetune
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _pair() -> tuple[np.ndarray, np.ndarray]:
@@ -44,14 +45,6 @@ def _finetune(steps: int) -> list:
             validation=0.25,
         )
     )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_untrained_model_does_not_beat_the_input():
