@@ -346,6 +346,18 @@ def load_model(path_or_name: str | os.PathLike[str] | DeblurModel, *, device: An
     return model
 
 
+def as_model(value: Any, *, role: str = "model") -> DeblurModel:
+    """``value`` as a :class:`DeblurModel`: itself, or :func:`load_model` of a file path or shipped name.
+
+    Anything else is one :class:`InputError` naming ``role`` (the argument it came from, e.g. ``"teacher"``).
+    """
+    if isinstance(value, DeblurModel | str | os.PathLike):
+        return load_model(value)
+    raise InputError(
+        f"{role} must be a DeblurModel, a model file path or a shipped model name; got {type(value).__name__}."
+    )
+
+
 def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
     """Parse and validate the bytes of a model file (read once, so the sha256 is of what was loaded)."""
     import torch

@@ -102,7 +102,9 @@ def deblur(
     _check_image(image)
     axes = resolve_axes(image.shape, axes, rgb=rgb)
     _check_plane_size(image.shape, axes)
-    model = _as_model(model)
+    from ..model_file import as_model
+
+    model = as_model("default" if model is None else model)
     runner = _PlaneRunner(
         model,
         device=device,
@@ -154,18 +156,6 @@ def _check_finite(image: np.ndarray) -> None:
             f"the image has {bad} NaN/inf pixel(s) out of {image.size}; replace them first, e.g. "
             "np.nan_to_num(image, nan=0.0) or with a local median"
         )
-
-
-def _as_model(model: Any) -> DeblurModel:
-    from ..model_file import DeblurModel, load_model
-
-    if isinstance(model, DeblurModel):
-        return model
-    if model is None:
-        return load_model("default")
-    if isinstance(model, str | Path):
-        return load_model(model)
-    raise InputError(f"model must be a DeblurModel, a model file path or a model name, got {type(model).__name__}")
 
 
 def _should_cancel(cancel: CancelCheck) -> bool:

@@ -1,7 +1,8 @@
 """The geometric self-ensemble: a generator run on the 8 flips/rotations of its input, averaged turned back.
 
 Used by ``deblur(self_ensemble=True)`` (inference) and by a finetuning teacher (training/distillation.py),
-so that both compute the same thing. Torch is imported by the callers; this module only needs tensors.
+so that both compute the same thing. Torch is imported inside the functions: deblur.py imports this module at
+its top, and importing the package must not import torch (napari starts faster).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from ..data.pairs import (
 )
 from ..devices import resolve_device, training_autocast_dtype
 from ..errors import InputError
-from ..model_file import DeblurModel, create_model, load_model
+from ..model_file import DeblurModel, as_model, create_model, load_model
 from ..models import list_architectures
 from ..models.critic import PatchCritic
 from . import losses
@@ -495,15 +495,7 @@ class TrainingRun:
         teacher = k["teacher"]
         self.teacher_model: DeblurModel | None = None
         if teacher is not None:
-            if isinstance(teacher, DeblurModel):
-                self.teacher_model = teacher
-            elif isinstance(teacher, (str, os.PathLike)):
-                self.teacher_model = load_model(teacher, device="cpu")
-            else:
-                raise InputError(
-                    f"teacher must be a DeblurModel, a model file path or a shipped model name; got "
-                    f"{type(teacher).__name__}."
-                )
+            self.teacher_model = as_model(teacher, role="teacher")
             if (self.teacher_model.channels, self.teacher_model.channel_mode) != (
                 self.base.channels,
                 self.base.channel_mode,
@@ -642,7 +634,9 @@ class TrainingRun:
             precision=cfg.precision,
         )
         if self.teacher_model is not None:
-            step_fn.teacher = SelfEnsembleTeacher(self.teacher_model, cfg.teacher_weight, device, step_fn.amp_dtype)
+            step_fn.teacher = SelfEnsembleTeacher(
+                self.teacher_model, cfg.teacher_weight, device, step_fn.amp_dtype, digest=cfg.teacher_weights_sha256
+            )
         source = BatchSource(
             self.data,
             device,
