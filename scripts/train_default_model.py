@@ -180,7 +180,8 @@ def hardware(device: str) -> str:
     return f"{cpu} (torch {torch.__version__})"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by the tests to check the prepared GPU sweeps' arguments)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--minutes", type=float, default=None, help="stop cooperatively after this wall time")
@@ -284,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         "3 and 6 were run), the same plus generated transmitted-light scenes, or the evaluation images (how "
         "stages 1 and 2 of the shipped model were run)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:  # before hours of training, not at the end
         check_context_padding(args.context_padding)

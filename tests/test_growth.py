@@ -109,3 +109,30 @@ def test_switch_residual_refuses_unknown_residuals():
     model = create_model("unet_fast", width=4, n_blocks=1, seed=0)
     with pytest.raises(InputError, match="residual must be one of"):
         switch_residual(model, "relu")
+
+
+def test_adding_a_context_window_keeps_the_function_and_can_learn():
+    old = _small()
+    new = grow_unet(old, context_window=5)
+    assert new.config["context_window"] == 5 and old.config["context_window"] == 0
+    # the box reaches 5 // 2 bottom positions each side; a bottom position is 2**depth * 2 (unshuffle) pixels
+    assert new.receptive_radius == old.receptive_radius + 2 * 2**2 * 2
+    x = torch.rand(2, 1, 48, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(new.eval()(x), old(x), atol=1e-6, rtol=0)
+    loss = (new.train()(x) - torch.rand_like(x)).abs().mean()
+    loss.backward()
+    last = new.context.mlp[2]  # zero-initialised (identity) but not stuck there
+    assert torch.count_nonzero(last.weight) == 0 and last.weight.grad.abs().sum() > 0
+
+
+def test_a_trained_context_window_is_neither_resized_nor_widened():
+    with_context = grow_unet(_small(), context_window=3)
+    with pytest.raises(ValueError, match="cannot be resized"):
+        grow_unet(with_context, context_window=5)
+    with pytest.raises(ValueError, match="width before"):
+        grow_unet(with_context, width=6)
+    deeper = grow_unet(with_context, n_blocks=2).eval()  # more residual blocks are still fine
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(x), with_context.eval()(x), atol=1e-6, rtol=0)

@@ -28,7 +28,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 def scripts_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPTS))  # the scripts import each other from their folder
     yield
-    for name in ("train_default_model", "evaluate_default_model"):
+    for name in ("train_default_model", "evaluate_default_model", "gpu_sweep"):
         sys.modules.pop(name, None)
 
 
@@ -160,3 +160,21 @@ def test_train_script_can_store_half_precision_weights(train_script, tmp_path):
     for name, value in half.generator.state_dict().items():  # loaded as float32, each value a float16 one
         if value.is_floating_point():
             assert torch.equal(value, value.half().float()), name
+
+
+@pytest.mark.parametrize("jobs_file", sorted((SCRIPTS / "gpu_sweeps").glob("*.json")), ids=lambda p: p.stem)
+def test_prepared_gpu_sweeps_parse(scripts_on_path, jobs_file):
+    """A typo in a prepared job would cost a lent GPU's few minutes: every job's arguments must parse, and
+    what it grows must be growable."""
+    import gpu_sweep
+    import train_default_model
+
+    from napari_deblurgan.models.growth import GROWABLE
+
+    jobs = gpu_sweep.load_jobs(str(jobs_file))
+    assert jobs
+    parser = train_default_model.build_parser()
+    for job in jobs:
+        args = parser.parse_args([*job["args"], "--minutes", "1", "--checkpoint-dir", "unused"])
+        assert set(args.grow or {}) <= set(GROWABLE), job["name"]
+        assert args.grow is None or args.init is not None, job["name"]

@@ -21,13 +21,13 @@ ARCHITECTURES: dict[str, tuple[type, dict[str, Any], str]] = {
     "unet_lite": (
         UNetGenerator,
         {"width": 16, "depth": 3, "n_blocks": 2, "stem": "conv", "padding_mode": "reflect",
-         "residual": "tanh"},
+         "residual": "tanh", "context_window": 0},
         "light residual U-Net for CPUs: no normalisation, ~1/20 of resnet9's arithmetic",
     ),
     "unet_fast": (
         UNetGenerator,
         {"width": 24, "depth": 3, "n_blocks": 2, "stem": "unshuffle", "padding_mode": "zeros",
-         "residual": "tanh"},
+         "residual": "tanh", "context_window": 0},
         "U-Net at half resolution and below (pixel unshuffle/shuffle), zero padding: ~2.8x unet_lite's CPU speed",
     ),
 }
@@ -55,4 +55,7 @@ def build_generator(architecture: str, channels: int = 1, **arch_args: Any):
         raise InputError(
             f"{architecture} takes no argument(s) {sorted(unknown)}; it takes {sorted(defaults)}"
         )
-    return cls(channels=channels, **{**defaults, **arch_args})
+    try:
+        return cls(channels=channels, **{**defaults, **arch_args})
+    except ValueError as exc:  # a value the generator rejects (e.g. an even context window): say which model
+        raise InputError(f"{architecture}: {exc}") from None

@@ -9,7 +9,9 @@ the bottom) and copies the trained weights into it so that its output is unchang
   the old channels compute exactly what they did;
 * every new output channel gets fresh random weights (from the new architecture's own initialisation), so it
   carries a signal and its outgoing weights receive gradients from the first step;
-* new residual blocks get a zero second convolution: they start as the identity.
+* new residual blocks get a zero second convolution: they start as the identity;
+* a new pooled-context block (``context_window`` from 0 to an odd size) starts as the identity too (its last
+  layer is zero from construction, models/layers.PooledContext).
 
 Only :class:`~napari_deblurgan.models.unet_generator.UNetGenerator` can be grown (no normalisation layers, so
 no statistics to carry over); depth, stem and padding must stay the same.
@@ -27,7 +29,7 @@ from .unet_generator import UNetGenerator
 if TYPE_CHECKING:
     from ..model_file import DeblurModel
 
-GROWABLE = ("width", "n_blocks")
+GROWABLE = ("width", "n_blocks", "context_window")
 
 
 def _positions(module_name: str, n_old: int, n_new: int) -> torch.Tensor:
@@ -41,15 +43,22 @@ def _positions(module_name: str, n_old: int, n_new: int) -> torch.Tensor:
 
 @torch.no_grad()
 def grow_unet(old: UNetGenerator, seed: int | None = 0, **changes: Any) -> UNetGenerator:
-    """A larger copy of ``old`` with ``changes`` (``width`` and/or ``n_blocks``, neither smaller) and the same
-    output for every input (up to float rounding). ``seed`` makes the new channels' random weights reproducible.
+    """A larger copy of ``old`` with ``changes`` (``width`` and/or ``n_blocks``, neither smaller; a
+    ``context_window`` where ``old`` has none) and the same output for every input (up to float rounding).
+    ``seed`` makes the new channels' random weights reproducible.
     """
     if not isinstance(old, UNetGenerator):
         raise TypeError(f"only UNetGenerator models can be grown, not {type(old).__name__}")
     unknown = set(changes) - set(GROWABLE)
     if unknown:
         raise ValueError(f"can only grow {GROWABLE}, not {sorted(unknown)} (depth, stem and padding stay)")
-    config = {**old.config, **changes}
+    config = {"context_window": 0, **old.config, **changes}
+    old_window = int(old.config.get("context_window", 0))
+    if old_window and config["context_window"] != old_window:
+        raise ValueError(f"the context window is already {old_window}: a trained one cannot be resized")
+    if old_window and config["width"] != old.config["width"]:
+        # the block's (scale, shift) output halves would not line up with the widened channels
+        raise ValueError("grow the width before adding a context window, not after")
     for key in GROWABLE:
         if int(config[key]) < int(old.config[key]):
             raise ValueError(f"{key} can only grow: {config[key]} < {old.config[key]}")

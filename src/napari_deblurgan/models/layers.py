@@ -9,6 +9,7 @@ running statistics are fixed at inference, so a pixel's output depends only on i
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("batch", "none")
@@ -59,3 +60,34 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x):
         return x + self.body(x)
+
+
+class PooledContext(nn.Module):
+    """Modulate every position by the mean of its neighbourhood's features: ``x * (1 + s) + t`` with
+    ``(s, t) = MLP(mean of x over a window x window box)``.
+
+    Why: motion blur is (nearly) the same streak all over a field of view, but a network that judges one
+    neighbourhood at a time cannot tell a streak that every bead shares from a short curved filament. The box
+    mean pools the evidence of many objects into one description of the blur that every position then uses.
+    A box mean (not a global pool) keeps the block translation-equivariant with a finite reach, so tiled
+    inference stays seamless: the reach is part of the generator's receptive radius. Borders average only
+    the positions inside the image (``count_include_pad=False``), as they do in training crops.
+    The MLP's last layer starts at zero: a new block is the identity (a warm start for a trained network).
+    """
+
+    def __init__(self, channels: int, window: int) -> None:
+        super().__init__()
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f"context window must be a positive odd number of positions, got {window!r}")
+        self.window = int(window)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True), nn.Conv2d(channels, 2 * channels, 1)
+        )
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.window // 2
+        context = F.avg_pool2d(x, self.window, stride=1, padding=pad, count_include_pad=False)
+        scale, shift = self.mlp(context).chunk(2, dim=1)
+        return x * (1.0 + scale) + shift

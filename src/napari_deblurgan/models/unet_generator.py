@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ResidualBlock, check_residual, residual_output
+from .layers import PooledContext, ResidualBlock, check_residual, residual_output
 
 STEMS = ("conv", "unshuffle")
 
@@ -41,6 +41,10 @@ class UNetGenerator(nn.Module):
             in, pixel shuffle out: every level works at half resolution or less).
         padding_mode: ``"reflect"`` or ``"zeros"`` for every 3x3 convolution.
         residual: ``"tanh"`` (``x + tanh(G(x))``, DeblurGAN) or ``"linear"`` (``x + G(x)``, unbounded).
+        context_window: 0 (none) or an odd number of bottom-level positions: after the residual blocks, a
+            :class:`~napari_deblurgan.models.layers.PooledContext` block modulates every position by the mean
+            features of the ``context_window`` x ``context_window`` box around it (``context_window * stride``
+            pixels wide), so the network can use blur evidence from many objects.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class UNetGenerator(nn.Module):
         stem: str = "conv",
         padding_mode: str = "reflect",
         residual: str = "tanh",
+        context_window: int = 0,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -60,6 +65,8 @@ class UNetGenerator(nn.Module):
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if padding_mode not in ("reflect", "zeros"):
             raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
+        if not isinstance(context_window, int) or context_window < 0 or (context_window and context_window % 2 == 0):
+            raise ValueError(f"context_window must be 0 or a positive odd integer, got {context_window!r}")
         self.residual = check_residual(residual)
         self.config = {
             "channels": channels,
@@ -69,6 +76,7 @@ class UNetGenerator(nn.Module):
             "stem": stem,
             "padding_mode": padding_mode,
             "residual": residual,
+            "context_window": context_window,
         }
         fold = 2 if stem == "unshuffle" else 1
         self.stride = fold * 2**depth
@@ -88,6 +96,7 @@ class UNetGenerator(nn.Module):
             for i in range(depth)
         )
         self.bottom = nn.Sequential(*(ResidualBlock(widths[-1], norm="none", padding_mode=pm) for _ in range(n_blocks)))
+        self.context = PooledContext(widths[-1], context_window) if context_window else None
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))
         )
@@ -102,6 +111,7 @@ class UNetGenerator(nn.Module):
         for i in range(1, depth + 1):
             radius += 2 ** (i - 1) + 2**i
         radius += n_blocks * 2 * 2**depth
+        radius += (context_window // 2) * 2**depth  # the context box reaches window // 2 bottom positions
         for i in reversed(range(depth)):
             radius += 2 ** (i + 1) + 2**i
         radius += 1
@@ -115,6 +125,8 @@ class UNetGenerator(nn.Module):
             skips.append(h)
             h = down(h)
         h = self.bottom(h)
+        if self.context is not None:
+            h = self.context(h)
         for up, merge in zip(self.up, self.merge, strict=True):
             h = merge(torch.cat([up(h), skips.pop()], dim=1))
         return residual_output(x, self.shuffle(self.tail(h)), self.residual)
