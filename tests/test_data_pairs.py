@@ -441,3 +441,13 @@ def test_on_a_gpu_crops_are_cut_there_psfs_come_in_blocks_and_batches_match_the_
     resumed.load_state_dict(state)
     for (b1, s1), (b2, s2) in zip(rest, [resumed.next_batch(8) for _ in range(3)], strict=True):
         assert torch.equal(s1, s2) and torch.equal(b1, b2)
+
+
+def test_description_stays_one_short_line_for_many_images():
+    images = [np.full((32 + i, 40), i, np.float32) for i in range(7)]
+    few = PairedData(None, images[:3], patch_size=16, validation=0.0)
+    many = PairedData(None, images, patch_size=16, validation=0.0)
+    assert few.describe() == "3 planes of sharp images + synthetic blur ((32, 40), (33, 40), (34, 40))"
+    assert many.describe() == (
+        "7 planes of sharp images + synthetic blur ((32, 40), (33, 40), (34, 40), (35, 40), ... 3 more)"
+    )

@@ -63,6 +63,8 @@ MAX_ALIGNED_OFFSET = 1.0
 _REGISTRATION_SIZE = 256
 #: Minimum number of planes before whole planes (rather than a band of each plane) are held out.
 _MIN_PLANES_FOR_PLANE_SPLIT = 4
+# How many source shapes a one-line description of the training data lists before "... N more".
+_SHAPES_LISTED = 4
 
 
 def resolve_blur_mix(
@@ -585,8 +587,10 @@ class PairedData:
     def describe(self) -> str:
         """One line about the training data (for the Started event and provenance)."""
         kind = "sharp images + synthetic blur" if self.synthetic else "blurred/sharp pairs"
-        shapes = ", ".join(str(tuple(int(v) for v in s.shape)) for s in self.sources)
-        return f"{len(self.train_planes)} planes of {kind} ({shapes})"
+        shapes = [str(tuple(int(v) for v in s.shape)) for s in self.sources]
+        if len(shapes) > _SHAPES_LISTED:  # one line stays one line; provenance keeps every shape (data_shapes)
+            shapes = [*shapes[:_SHAPES_LISTED], f"... {len(shapes) - _SHAPES_LISTED} more"]
+        return f"{len(self.train_planes)} planes of {kind} ({', '.join(shapes)})"
 
     def describe_validation(self) -> str:
         """One line about the validation data."""
