@@ -105,6 +105,28 @@ def test_train_script_distils_from_a_teacher(train_script, tmp_path):
                                                      plain.generator.state_dict().values(), strict=True))
 
 
+def test_train_script_grows_a_context_window_and_resumes_it(train_script, tmp_path, capsys):
+    """``--init M --grow '{"context_window": 3}'`` (the prepared GPU sweep's jobs): the grown architecture is
+    written, and re-running the command resumes the grown model from its checkpoint instead of failing."""
+    from napari_deblurgan import create_model, load_model
+
+    start = create_model("unet_fast", channels=1, seed=5, width=4, depth=2, n_blocks=1)
+    start.save(tmp_path / "start.pt")
+    argv = [*TINY_TRAINING, "--init", str(tmp_path / "start.pt"), "--grow", '{"context_window": 3}', "--keep",
+            "last", "--checkpoint-dir", str(tmp_path / "run")]  # fmt: skip
+    assert train_script.main(argv) == 0
+    grown = load_model(tmp_path / "run" / "model.pt")
+    assert grown.architecture_args["context_window"] == 3
+    assert grown.metadata["grown_from"]["sha256"] == load_model(tmp_path / "start.pt").metadata["sha256"]
+    capsys.readouterr()
+    longer = [*argv, "--steps", "6"]  # the later --steps wins: two more steps from the checkpoint
+    assert train_script.main(longer) == 0
+    assert "validation @ 2" not in capsys.readouterr().out  # resumed at step 4, not retrained
+    resumed = load_model(tmp_path / "run" / "model.pt")
+    assert resumed.architecture_args["context_window"] == 3
+    assert resumed.metadata["training"]["steps_done"] == 6
+
+
 @pytest.mark.parametrize("bad", [["--name", "../evil"], ["--context-padding", "-1"]])
 def test_train_script_refuses_bad_options_before_training(train_script, tmp_path, bad, capsys):
     with pytest.raises(SystemExit) as exc:
