@@ -186,8 +186,8 @@ def test_train_script_can_store_half_precision_weights(train_script, tmp_path):
 
 @pytest.mark.parametrize("jobs_file", sorted((SCRIPTS / "gpu_sweeps").glob("*.json")), ids=lambda p: p.stem)
 def test_prepared_gpu_sweeps_parse(scripts_on_path, jobs_file):
-    """A typo in a prepared job would cost a lent GPU's few minutes: every job's arguments must parse, and
-    what it grows must be growable."""
+    """A typo in a prepared job would cost a lent GPU's few minutes: every job's arguments must parse, what
+    it grows must be growable, and a prepared job's crops must fit the training images."""
     import gpu_sweep
     import train_default_model
 
@@ -200,3 +200,17 @@ def test_prepared_gpu_sweeps_parse(scripts_on_path, jobs_file):
         args = parser.parse_args([*job["args"], "--minutes", "1", "--checkpoint-dir", "unused"])
         assert set(args.grow or {}) <= set(GROWABLE), job["name"]
         assert args.grow is None or args.init is not None, job["name"]
+        if jobs_file.name.startswith("next-"):  # dated files record runs as they were made
+            # the training data's smallest image would silently cut a larger crop (data/pairs.py)
+            assert args.patch_size <= _smallest_training_side(train_default_model), job["name"]
+
+
+_SMALLEST_SIDE: list[int] = []
+
+
+def _smallest_training_side(train_default_model) -> int:
+    """The shorter side of the smallest bundled training image (the generated scenes are larger)."""
+    if not _SMALLEST_SIDE:
+        images = train_default_model.training_images(extra_scenes=0)
+        _SMALLEST_SIDE.append(min(min(image.shape[-2:]) for image in images))
+    return _SMALLEST_SIDE[0]
