@@ -94,7 +94,7 @@ SELECTION_SEEDS = range(9000, 9008)
 #: Seeds of the generated transmitted-light scenes that join them in the "unseen-scenes-with-brightfield"
 #: selection (disjoint from the brightfield training scenes, 6000 + i). Added in the seventh session, before
 #: that session's GPU candidates were scored: the fluorescence scenes alone could not see a candidate lose on
-#: smooth, bright specimens (docs/model-card.md, the GPU candidates).
+#: smooth, bright specimens (docs/model-history.md, the GPU candidates).
 BRIGHTFIELD_SELECTION_SEEDS = range(9100, 9104)
 
 

@@ -65,7 +65,7 @@ def context_padding(receptive_radius: int, stride: int) -> int:
     declare its own (``DeblurModel.context_padding``): gives border pixels plausible neighbours instead of the
     network's own padding. Whether that helps depends on the weights: generators trained on crops only ever
     saw their own zero padding at the border, and measured on the selection scenes the shipped unet_fast
-    lost 0.07 dB with it while an older unet_lite gained 0.09 dB (docs/model-card.md)."""
+    lost 0.07 dB with it while an older unet_lite gained 0.09 dB (docs/model-history.md)."""
     return round_up(min(halo_for(receptive_radius, stride), 32), stride)
 
 
