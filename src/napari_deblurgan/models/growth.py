@@ -52,16 +52,19 @@ def grow_unet(old: UNetGenerator, seed: int | None = 0, **changes: Any) -> UNetG
     unknown = set(changes) - set(GROWABLE)
     if unknown:
         raise ValueError(f"can only grow {GROWABLE}, not {sorted(unknown)} (depth, stem and padding stay)")
-    config = {"context_window": 0, **old.config, **changes}
-    old_window = int(old.config.get("context_window", 0))
+    old_config = {"context_window": 0, **old.config}  # the key is absent where there is no context block
+    config = {**old_config, **changes}
+    old_window = int(old_config["context_window"])
     if old_window and config["context_window"] != old_window:
         raise ValueError(f"the context window is already {old_window}: a trained one cannot be resized")
-    if old_window and config["width"] != old.config["width"]:
+    if old_window and config["width"] != old_config["width"]:
         # the block's (scale, shift) output halves would not line up with the widened channels
         raise ValueError("grow the width before adding a context window, not after")
     for key in GROWABLE:
-        if int(config[key]) < int(old.config[key]):
-            raise ValueError(f"{key} can only grow: {config[key]} < {old.config[key]}")
+        if int(config[key]) < int(old_config[key]):
+            raise ValueError(f"{key} can only grow: {config[key]} < {old_config[key]}")
+    if not config["context_window"]:
+        del config["context_window"]  # as UNetGenerator records it
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(int(seed))

@@ -65,7 +65,12 @@ class UNetGenerator(nn.Module):
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if padding_mode not in ("reflect", "zeros"):
             raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
-        if not isinstance(context_window, int) or context_window < 0 or (context_window and context_window % 2 == 0):
+        if (
+            isinstance(context_window, bool)
+            or not isinstance(context_window, int)
+            or context_window < 0
+            or (context_window and context_window % 2 == 0)
+        ):
             raise ValueError(f"context_window must be 0 or a positive odd integer, got {context_window!r}")
         self.residual = check_residual(residual)
         self.config = {
@@ -76,8 +81,9 @@ class UNetGenerator(nn.Module):
             "stem": stem,
             "padding_mode": padding_mode,
             "residual": residual,
-            "context_window": context_window,
         }
+        if context_window:  # only when used: files without a context block stay readable by older versions
+            self.config["context_window"] = context_window
         fold = 2 if stem == "unshuffle" else 1
         self.stride = fold * 2**depth
         pm = padding_mode
