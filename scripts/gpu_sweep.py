@@ -58,7 +58,12 @@ def machine_description() -> str:
 
 
 #: Tests whose code paths differ on a GPU (device-side noise, autocast precision, the data pipeline).
-GPU_TESTS = ("tests/test_torch_blur.py", "tests/test_data_pairs.py", "tests/test_training.py")
+GPU_TESTS = (
+    "tests/test_cuda_paths.py",
+    "tests/test_torch_blur.py",
+    "tests/test_data_pairs.py",
+    "tests/test_training.py",
+)
 
 
 def run_gpu_tests(env: dict[str, str], timeout: float = 180.0) -> str:
