@@ -256,8 +256,41 @@ def test_custom_psf_array_and_apply_psf():
         (np.zeros((16, 16)), {"noise": {"photons": 10, "gain": 2}}, "noise"),
         (np.zeros((16, 16)), {"axes": "ZYX"}, "axes"),
         (np.zeros((16, 16)), {"kind": np.zeros((3, 3))}, "PSF"),
+        (np.zeros((16, 16)), {"kind": ["motion"]}, "PSF must be a 2D array of numbers"),
+        (np.zeros((16, 16)), {"seed": -1}, "seed must be an integer >= 0"),
+        (np.zeros((16, 16)), {"seed": 1.5}, "seed must be an integer >= 0"),
+        (np.zeros((16, 16)), {"noise": {"photons": "a"}}, "'photons' must be one number"),
+        (np.zeros((16, 16)), {"noise": {"photons": (10, 100)}}, "'photons' must be one number"),
+        (np.zeros((16, 16)), {"noise": 1e30}, "photons' must be > 0 and <="),
+        (np.zeros((16, 16)), {"kind": "motion", "strength": 1e6}, "at most the image's larger side"),
     ],
 )
 def test_synthesize_rejects_bad_input(image, kwargs, match):
     with pytest.raises(InputError, match=match):
         synthesize_blur(image, **kwargs)
+
+
+def test_numpy_scalars_are_numbers_like_python_ones():
+    image = np.random.default_rng(0).random((32, 32))
+    a = synthesize_blur(image, "motion", strength=np.int64(5), noise=np.float32(100), seed=np.int64(3))
+    b = synthesize_blur(image, "motion", strength=5, noise=100.0, seed=3)
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_a_psf_given_by_name_to_deconvolution_is_explained():
+    from napari_deblurgan import richardson_lucy
+
+    with pytest.raises(InputError, match="got the string 'gaussian'"):
+        richardson_lucy(np.ones((16, 16)), "gaussian")
+
+
+def test_airy_is_a_kind_as_in_finetune():
+    """finetune's blur kinds include "airy"; synthesize_blur takes the same name."""
+    image = np.random.default_rng(0).random((48, 48))
+    for seed in range(4):
+        _, psf, params = synthesize_blur_with_params(image, "airy", seed=seed)
+        assert params["kind"] == "defocus" and params["model"] == "airy"
+        assert psf.shape[0] % 2 == 1 and psf.shape == psf.T.shape
+    # the "defocus" stream is unchanged by the new kind: disk and Airy still alternate at random
+    models = {synthesize_blur_with_params(image, "defocus", seed=seed)[2]["model"] for seed in range(12)}
+    assert models == {"disk", "airy"}

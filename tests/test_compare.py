@@ -35,6 +35,16 @@ def test_psnr_data_range_and_values(camera_crop):
     assert psnr(ref, img, data_range=1.0) == pytest.approx(10 * np.log10(1 / 0.03**2))
 
 
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "a", True])
+def test_a_bad_data_range_is_one_clear_error(camera_crop, bad):
+    noisy = camera_crop + 0.01
+    for call in (lambda: psnr(camera_crop, noisy, bad), lambda: ssim(camera_crop, noisy, bad),
+                 lambda: compare({"noisy": noisy}, camera_crop, data_range=bad)):
+        with pytest.raises(InputError, match="data_range must be a finite number > 0"):
+            call()
+    assert psnr(camera_crop, noisy, np.float32(2.0)) == pytest.approx(psnr(camera_crop, noisy, 2.0))
+
+
 def test_ssim_and_nrmse(camera_crop):
     assert ssim(camera_crop, camera_crop) == pytest.approx(1.0)
     blurred = ndimage.gaussian_filter(camera_crop, 2)

@@ -167,6 +167,16 @@ def test_nan_in_training_images_is_an_input_error(cache_bytes):
             d.sample(8, np.random.default_rng(seed))
 
 
+@pytest.mark.parametrize("where", ["blurred", "sharp"])
+def test_nan_in_a_training_pair_is_an_input_error_before_alignment(where):
+    """The pair's alignment check (an FFT cross-correlation) runs first; a NaN must not reach it."""
+    sharp = np.random.default_rng(0).random((64, 64))
+    blurred = sharp.copy()
+    (blurred if where == "blurred" else sharp)[5, 5] = np.inf
+    with pytest.raises(InputError, match="Training pair 1 contains NaN or infinite"):
+        PairedData(blurred, sharp, patch_size=32, validation=0.0)
+
+
 def test_batch_source_uses_the_kind_weights(pair):
     import torch
 

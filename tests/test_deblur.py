@@ -108,6 +108,80 @@ def test_dask_input_is_lazy_and_matches_numpy(model):
     assert sorted(calls) == [1, 2, 3, 4]
 
 
+def test_dask_progress_restarts_when_blocks_are_computed_again(model):
+    """napari computes blocks again as the user moves through a stack: each pass counts from 1 to total."""
+    da = pytest.importorskip("dask.array")
+    image = _image((3, 32, 32), "uint16", seed=3)
+    calls = []
+    lazy = deblur(da.from_array(image, chunks=(1, 32, 32)), model, device="cpu",
+                  progress=lambda d, t: calls.append((d, t)))
+    lazy.compute(scheduler="synchronous")
+    lazy.compute(scheduler="synchronous")
+    assert calls == [(1, 3), (2, 3), (3, 3)] * 2
+
+
+@pytest.mark.parametrize("dtype", ["uint32", "int32", "int64", "uint64"])
+def test_wide_integers_clip_at_the_top_instead_of_wrapping(dtype):
+    """A network that brightens everything pushes the brightest pixels past the dtype's maximum: they must
+    come back at the top of the range, not wrap to 0 or to the most negative value (float32 rounds
+    2**31 - 1 up to 2**31, and float64 rounds 2**63 - 1 up to 2**63)."""
+    brighten = create_model("unet_lite", channels=1, seed=0, **TINY)
+    with torch.no_grad():
+        brighten.generator.tail.weight.zero_()
+        brighten.generator.tail.bias.fill_(0.5)  # + half the normalised range everywhere
+    info = np.iinfo(dtype)
+    yy, xx = np.mgrid[:48, :48]
+    image = (np.exp(-((yy - 24) ** 2 + (xx - 24) ** 2) / 72.0) * 0.999 * float(info.max)).astype(dtype)
+    out = deblur(image, brighten, device="cpu")
+    top = out[24, 24]
+    assert top >= image[24, 24] and info.max - top <= info.max // 2**52  # at the top, up to float64 rounding
+    assert (out >= image).all()
+
+
+def test_cast_like_clips_float32_and_float64_values_to_wide_integer_ranges():
+    from napari_deblurgan.normalization import cast_like
+
+    for dtype in (np.int32, np.uint32, np.int64, np.uint64):
+        info = np.iinfo(dtype)
+        for ftype in (np.float32, np.float64):
+            values = np.array([-1e30, float(info.min), 0.0, float(info.max), 1e30], dtype=ftype)
+            out = cast_like(values, np.dtype(dtype))
+            assert out[0] == info.min and out[1] == info.min and out[2] == 0
+            assert out[3] > info.max // 2 and out[4] > info.max // 2  # not wrapped
+
+
+def test_float64_and_wide_integer_precision_survives(model):
+    """An offset far above the signal's range: normalising in float32 would leave a few distinct values."""
+    identity = create_model("unet_lite", channels=1, seed=0, **TINY)
+    with torch.no_grad():
+        identity.generator.tail.weight.zero_()
+        identity.generator.tail.bias.zero_()
+    fine = 1e4 + 1e-3 * np.random.default_rng(0).random((40, 36))
+    np.testing.assert_allclose(deblur(fine, identity, device="cpu"), fine, rtol=0, atol=1e-9)
+    counts = (1_000_000_000 + np.random.default_rng(1).integers(0, 60_000, (40, 36))).astype(np.uint32)
+    np.testing.assert_array_equal(deblur(counts, identity, device="cpu"), counts)
+    tiny = np.random.default_rng(2).random((40, 36)) * 1e-40  # below float32's normal range
+    np.testing.assert_allclose(deblur(tiny, identity, device="cpu"), tiny, rtol=1e-6, atol=0)
+    with pytest.raises(InputError, match="too small to normalise"):
+        deblur(np.random.default_rng(3).random((40, 36)) * 1e-320, identity, device="cpu")
+
+
+def test_a_too_small_tile_size_gets_a_recommendation_that_works():
+    """The minimum that the error recommends must itself be accepted with the default overlap, and small
+    tiles that multiply the work get a warning that says by how much."""
+    import re
+
+    model = create_model("unet_fast", channels=1, seed=0)  # a shipped architecture: large receptive field
+    image = _image((64, 64), "float32")
+    with pytest.raises(InputError, match="tile_size 100 is too small") as info:
+        deblur(image, model, tile_size=100, device="cpu")
+    minimum = int(re.search(r"use tile_size >= (\d+)", str(info.value)).group(1))
+    with pytest.warns(UserWarning, match="computes every pixel about"):
+        out = deblur(image, model, tile_size=minimum, device="cpu")
+    np.testing.assert_allclose(out, deblur(image, model, device="cpu"), rtol=0, atol=1e-4)
+    deblur(image, model, tile_size=np.int64(2 * minimum), batch_size=np.int64(2), device="cpu")
+
+
 def test_progress_reports_every_batch(model):
     seen = []
     deblur(_image((2, 200, 200), "float32"), model, tile_size=96, batch_size=3, device="cpu",
@@ -170,12 +244,15 @@ def test_inference_runs_in_eval_mode_and_restores_the_mode():
         (np.zeros((2, 20, 20), np.float32), {"axes": "QYX"}, "unknown letter"),
         (np.zeros((2, 20, 20), np.float32), {"axes": "YYX"}, "repeats"),
         (np.zeros((2, 20, 20), np.float32), {"axes": "ZTY"}, "must contain both 'Y' and 'X'"),
-        (np.zeros((20, 20), np.float32), {"tile_size": 16}, "below this model's receptive field"),
+        (np.zeros((20, 20), np.float32), {"tile_size": 16}, "tile_size 16 is too small"),
+        (np.zeros((20, 20), np.float32), {"batch_size": True}, "batch_size must be a positive integer"),
         (np.zeros((20, 20), np.float32), {"tile_size": 128, "overlap": 128}, "must be smaller than tile_size"),
         (np.zeros((20, 20), np.float32), {"device": "tpu"}, "unknown device|unsupported device"),
         (np.zeros((20, 20), np.float32), {"batch_size": 0}, "batch_size"),
         (np.zeros((20, 20), np.float32), {"context_padding": -4}, "context_padding must be >= 0"),
         (np.zeros((20, 20), np.float32), {"context_padding": 2.5}, "context_padding must be a whole number"),
+        (np.zeros((20, 20), np.float32), {"cancel": True}, "cancel must be a threading.Event"),
+        (np.zeros((20, 20), np.float32), {"progress": 5}, "progress must be a function"),
     ],
 )
 def test_bad_input_one_clear_error(model, image, kwargs, match):

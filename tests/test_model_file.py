@@ -156,6 +156,24 @@ def test_directory(tmp_path):
         load_model(tmp_path)
 
 
+@pytest.mark.parametrize("bad", [None, 3])
+def test_load_model_of_something_that_is_no_path_is_one_input_error(bad):
+    from napari_deblurgan.errors import InputError
+
+    with pytest.raises(InputError, match="load_model takes a model file path"):
+        load_model(bad)
+
+
+def test_saving_onto_a_directory_is_refused_and_leaves_nothing(tiny_model, tmp_path):
+    from napari_deblurgan.errors import InputError
+
+    target = tmp_path / "models"
+    target.mkdir()
+    with pytest.raises(InputError, match="is a directory; give a file name inside it"):
+        tiny_model.save(target)
+    assert list(tmp_path.rglob("*")) == [target]
+
+
 def test_truncated_file(tiny_model_file):
     data = tiny_model_file.read_bytes()
     tiny_model_file.write_bytes(data[: len(data) // 2])
@@ -168,6 +186,18 @@ def test_corrupt_bytes(tmp_path):
     path.write_bytes(os.urandom(4096))
     with pytest.raises(ModelFileError):
         load_model(path)
+
+
+@pytest.mark.parametrize(
+    "content", [b"\x89PNG\r\n\x1a\n" + b"0" * 64, b"hello", b"", b"\x93NUMPY\x01\x00v\x00{'descr': '<f8'}"]
+)
+def test_a_file_that_is_not_a_model_is_named_as_such(tmp_path, content):
+    """Not a security refusal, and no advice to load with weights_only=False."""
+    path = tmp_path / "picture.pt"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match="is not a napari-deblurgan model file") as info:
+        load_model(path)
+    assert "weights_only" not in str(info.value) and "Refusing" not in str(info.value)
 
 
 def test_wrong_format_key(tiny_model_file):
@@ -256,7 +286,8 @@ def test_pickled_code_is_refused_and_never_runs(tiny_model_file, tmp_path, conta
         torch.save(payload, evil)
     else:
         evil.write_bytes(pickle.dumps({"format": FORMAT, "x": _Payload(marker)}))
-    with pytest.raises(ModelFileError, match="Refusing"):
+    # a raw pickle is not even unpickled: model files are zip archives (torch.save)
+    with pytest.raises(ModelFileError, match="Refusing" if container == "torch_zip" else "not a napari-deblurgan"):
         load_model(evil)
     assert not marker.exists()
 

@@ -114,6 +114,17 @@ def test_checkpoint_contents(pair, tmp_path):
     assert not list(tmp_path.glob(".checkpoint-*"))  # no temporary files left behind
 
 
+def test_resuming_with_other_data_says_so(pair, tmp_path):
+    """The docs say "pass the same data" to resume: other data is a notice and a warning, not silence."""
+    _run(pair, steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    same = _run(pair, steps=3, checkpoint_dir=tmp_path, resume=tmp_path)
+    assert not [e for e in same if isinstance(e, ev.Notice) and e.kind == "resume-data"]
+    blurred, sharp = pair
+    with pytest.warns(UserWarning, match="Resuming with other training data"):
+        other = _run((blurred[:, :-8], sharp[:, :-8]), steps=4, checkpoint_dir=tmp_path, resume=tmp_path)
+    assert [e for e in other if isinstance(e, ev.Notice) and e.kind == "resume-data"]
+
+
 def test_resume_from_missing_dir_is_input_error(pair, tmp_path):
     with pytest.raises(InputError, match="No training checkpoint"):
         iter_finetune(*pair, model=_model(), resume=tmp_path / "nope", device="cpu")
@@ -342,6 +353,31 @@ def test_bad_arguments_raise_input_errors(pair):
         iter_finetune(*pair, model=_model(), ema=1.5, device="cpu")
     with pytest.raises(InputError, match="architecture"):
         iter_finetune(*pair, model=3, device="cpu")
+    for kwargs, match in [
+        ({"steps": None}, "steps must be a whole number"),
+        ({"steps": 2.5}, "steps must be a whole number"),
+        ({"batch_size": 0}, "batch_size must be a whole number >= 1"),
+        ({"ema": "a"}, "ema"),
+        ({"learning_rate": float("inf")}, "learning_rate"),
+        ({"on_event": 3}, "on_event must be a function"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            iter_finetune(*pair, model=_model(), device="cpu", **kwargs)
+
+
+def test_a_checkpoint_dir_that_is_a_file_is_refused(pair, tmp_path):
+    afile = tmp_path / "not_a_folder"
+    afile.write_text("x")
+    with pytest.raises(InputError, match="is a file; give a folder"):
+        iter_finetune(*pair, model=_model(), device="cpu", checkpoint_dir=afile)
+    assert afile.read_text() == "x"
+
+
+def test_numpy_scalars_are_accepted_as_options(pair):
+    run = iter_finetune(*pair, model=_model(), device="cpu", steps=np.int64(2), batch_size=np.int64(2),
+                        patch_size=np.int64(32), learning_rate=np.float32(1e-4))
+    list(run)
+    assert run.model is not None
 
 
 def test_auto_precision_reduces_only_on_cuda():

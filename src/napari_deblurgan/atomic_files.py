@@ -27,6 +27,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise InputError(f"Output directory {str(directory)!r} does not exist; create it first.")
+    if path.is_dir():
+        raise InputError(f"{str(path)!r} is a directory; give a file name inside it (e.g. {str(path / 'model.pt')!r}).")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import html
 import math
+import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -54,6 +55,20 @@ def default_data_range(reference: np.ndarray) -> float:
     return span if span > 0 else 1.0
 
 
+def _data_range(reference: np.ndarray, data_range: Any) -> float:
+    """``data_range`` checked (a finite number > 0), or :func:`default_data_range` of ``reference`` for None."""
+    if data_range is None:
+        return default_data_range(reference)
+    if isinstance(data_range, bool) or not isinstance(data_range, numbers.Real) or not (
+        math.isfinite(float(data_range)) and float(data_range) > 0
+    ):
+        raise InputError(
+            f"data_range must be a finite number > 0 (the span of possible intensities, e.g. 255 for uint8), "
+            f"got {data_range!r}; or leave it unset to take it from the reference."
+        )
+    return float(data_range)
+
+
 def _pair(reference: Any, image: Any) -> tuple[np.ndarray, np.ndarray]:
     ref = validate_image(reference, name="reference")
     img = validate_image(image, name="image")
@@ -71,7 +86,7 @@ def psnr(reference: Any, image: Any, data_range: float | None = None) -> float:
     ``data_range`` defaults to :func:`default_data_range` of the reference.
     """
     ref, img = _pair(reference, image)
-    dr = default_data_range(ref) if data_range is None else float(data_range)
+    dr = _data_range(ref, data_range)
     mse = float(np.mean((ref.astype(np.float64) - img.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10.0 * math.log10(dr * dr / mse)
 
@@ -83,7 +98,7 @@ def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     7 px use the largest odd window that fits (at least 3 px).
     """
     ref, img = _pair(reference, image)
-    dr = default_data_range(ref) if data_range is None else float(data_range)
+    dr = _data_range(ref, data_range)
     axes = resolve_image_axes(ref, axes)
     ref_planes, _ = to_planes(ref, axes)
     img_planes, _ = to_planes(img, axes)
@@ -240,7 +255,7 @@ def wiener(image: Any, psf: Any, balance: float = 0.01, *, axes: str | None = No
     scaled to [0, 1] floats, reflect-padded by one PSF side (no border ringing from the FFT's periodic
     boundary), deconvolved, cropped and converted back.
     """
-    if isinstance(balance, bool) or not isinstance(balance, (int, float)) or not balance > 0:
+    if isinstance(balance, bool) or not isinstance(balance, numbers.Real) or not balance > 0:
         raise InputError(f"balance must be a number > 0, got {balance!r}.")
     arr, kernel, planes, restore = _prepare(image, psf, axes)
     scaler = _Scaler(arr)
@@ -278,7 +293,7 @@ def best_classical(
         raise InputError("Give at least one Richardson-Lucy iteration count or one Wiener balance.")
     if any(not b > 0 for b in balances):
         raise InputError("Wiener balances must be > 0.")
-    dr = default_data_range(sharp_arr) if data_range is None else float(data_range)
+    dr = _data_range(sharp_arr, data_range)
     arr, kernel, planes, restore = _prepare(blurred_arr, psf, axes)
     scaler = _Scaler(arr)
     planes01 = scaler.forward(planes)
@@ -416,7 +431,7 @@ def compare(
                 "all images must have the same shape."
             )
     axes = resolve_image_axes(ref if ref is not None else images[0][1], axes)
-    dr = None if ref is None else (default_data_range(ref) if data_range is None else float(data_range))
+    dr = None if ref is None else _data_range(ref, data_range)
     indices = plane_indices(first_shape, axes)
     ref_planes = None if ref is None else to_planes(ref, axes)[0]
 

@@ -312,6 +312,11 @@ def load_model(path_or_name: str | os.PathLike[str] | DeblurModel, *, device: An
             napari-deblurgan model, names an unknown architecture, its weights do not fit the architecture,
             or a shipped file fails its sha256 check.
     """
+    if not isinstance(path_or_name, DeblurModel | str | os.PathLike):
+        raise InputError(
+            f"load_model takes a model file path, a shipped model name (e.g. 'default') or a DeblurModel; "
+            f"got {type(path_or_name).__name__}."
+        )
     if isinstance(path_or_name, DeblurModel):
         if device != "cpu":
             path_or_name.to(device)
@@ -365,6 +370,11 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
     from .models import build_generator, list_architectures
 
     map_location = _resolve_device(device)
+    if not data.startswith(b"PK\x03\x04"):  # every file torch.save writes is a zip archive
+        raise ModelFileError(
+            f"{where!r} is not a napari-deblurgan model file (a .pt file written by DeblurModel.save or "
+            "napari-deblurgan finetune); check the path."
+        )
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -42,16 +42,59 @@ def percentile_range(plane: np.ndarray, low: float = 1.0, high: float = 99.8) ->
     return float(lo), float(hi)
 
 
+def needs_float64(dtype: np.dtype) -> bool:
+    """Whether arithmetic on ``dtype`` needs float64: float64 itself and 32/64-bit integers, whose values
+    float32 (24-bit mantissa) would round. Other dtypes are computed in float32 (half the memory)."""
+    dtype = np.dtype(dtype)
+    return dtype.itemsize >= 4 and dtype != np.float32
+
+
+# Rows per block when normalising in float64, so that the float64 temporaries stay ~8 MB, not plane-sized.
+_FLOAT64_BLOCK_PIXELS = 1 << 20
+
+
 def normalize(plane: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """float32 ``(plane - lo) / (hi - lo)``."""
-    return ((plane.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(1.0 / (hi - lo))).astype(
-        np.float32, copy=False
-    )
+    """float32 ``(plane - lo) / (hi - lo)``.
+
+    For float64 and wide-integer planes the offset is removed in float64 first: in float32, an image of
+    ``1e4 + small variations`` (or a 32-bit count near 1e9) would round to a handful of distinct values.
+    """
+    scale = 1.0 / (hi - lo)
+    if not np.isfinite(scale):
+        raise InputError(
+            f"the image's intensity range ({hi - lo:g}) is too small to normalise; rescale the image "
+            "(e.g. multiply it by a power of ten) and try again"
+        )
+    if not needs_float64(plane.dtype):
+        return ((plane.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(scale)).astype(
+            np.float32, copy=False
+        )
+    out = np.empty(plane.shape, dtype=np.float32)
+    rows = max(1, _FLOAT64_BLOCK_PIXELS // max(1, plane[:1].size))
+    for start in range(0, plane.shape[0], rows):
+        out[start : start + rows] = (plane[start : start + rows].astype(np.float64) - lo) * scale
+    return out
 
 
-def denormalize(normed: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Inverse of :func:`normalize` (float32)."""
+def denormalize(normed: np.ndarray, lo: float, hi: float, dtype: np.dtype = np.float32) -> np.ndarray:
+    """Inverse of :func:`normalize`: float32 values, or float64 when ``needs_float64(dtype)`` for the
+    image's ``dtype`` (the offset would otherwise be rounded to float32 again on the way back)."""
+    if needs_float64(dtype):
+        return normed.astype(np.float64) * (hi - lo) + lo
     return normed * np.float32(hi - lo) + np.float32(lo)
+
+
+def integer_clip_bounds(dtype: np.dtype, float_dtype: np.dtype) -> tuple[np.floating, np.floating]:
+    """The smallest and largest values of ``float_dtype`` that convert to the integer ``dtype`` without
+    overflow. Not simply ``iinfo.min``/``iinfo.max``: float32 rounds 2**31 - 1 up to 2**31 (and float64 rounds
+    2**63 - 1 up to 2**63), so clipping to those and casting would wrap the brightest pixels to 0 or to the
+    most negative value."""
+    info = np.iinfo(dtype)
+    ftype = np.dtype(float_dtype).type
+    low, high = ftype(info.min), ftype(info.max)  # min is 0 or -2**k: exact in any float dtype
+    while int(high) > info.max:
+        high = np.nextafter(high, ftype(-np.inf))
+    return low, high
 
 
 def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -59,7 +102,10 @@ def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     only where the dtype cannot hold them (float16)."""
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+        values = np.asarray(values)
+        if values.dtype.kind != "f" or values.dtype.itemsize < 4:
+            values = values.astype(np.float64 if needs_float64(dtype) else np.float32)
+        low, high = integer_clip_bounds(dtype, values.dtype)
+        return np.clip(np.rint(values), low, high).astype(dtype)
     info = np.finfo(dtype)
     return np.clip(values, info.min, info.max).astype(dtype)

@@ -24,7 +24,7 @@ from scipy import special
 from ..errors import InputError
 
 #: PSF kinds understood by :func:`random_psf`.
-PSF_KINDS: tuple[str, ...] = ("motion", "defocus", "gaussian", "mixed")
+PSF_KINDS: tuple[str, ...] = ("motion", "defocus", "gaussian", "airy", "mixed")
 
 #: Default strength ranges (uniformly sampled) per kind, in pixels: motion trajectory extent, defocus disk
 #: radius and Gaussian sigma.
@@ -271,12 +271,13 @@ def random_psf(
     rng: np.random.Generator | int | None = None,
     strength: float | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Draw a random PSF of ``kind`` ("motion", "defocus", "gaussian" or "mixed") and its parameters.
+    """Draw a random PSF of ``kind`` ("motion", "defocus", "gaussian", "airy" or "mixed") and its parameters.
 
     ``strength`` is the kind's size in pixels (motion extent, defocus radius, Gaussian sigma); None
     draws it uniformly from :data:`DEFAULT_STRENGTH_RANGES`. "mixed" picks one of the three kinds at random
     (a given ``strength`` then applies to whichever kind is picked). Defocus PSFs are disks or Airy patterns
-    with equal probability. Returns ``(psf, params)``; ``params`` is JSON-able, e.g.
+    with equal probability; "airy" is always an Airy pattern (its params say kind "defocus", model "airy").
+    Returns ``(psf, params)``; ``params`` is JSON-able, e.g.
     ``{"kind": "motion", "length_px": 12.3, "exposure": 1.0, ...}``.
     """
     if not isinstance(kind, str) or kind not in PSF_KINDS:
@@ -285,7 +286,8 @@ def random_psf(
     if kind == "mixed":
         kind = ("motion", "defocus", "gaussian")[int(rng.integers(3))]
     if strength is None:
-        low, high = DEFAULT_STRENGTH_RANGES[kind]
+        # "airy" is the Airy half of "defocus" (as in finetune's blur kinds): the same radii
+        low, high = DEFAULT_STRENGTH_RANGES["defocus" if kind == "airy" else kind]
         strength = float(rng.uniform(low, high))
     strength = _check_positive("Blur strength", strength)
     params: dict[str, Any]
@@ -313,8 +315,8 @@ def random_psf(
             "impulsive": impulsive,
             "trajectory_seed": traj_seed,
         }
-    elif kind == "defocus":
-        model = "disk" if rng.uniform() < 0.5 else "airy"
+    elif kind in ("defocus", "airy"):
+        model = "airy" if kind == "airy" else ("disk" if rng.uniform() < 0.5 else "airy")
         psf = defocus_psf(strength, model=model)
         params = {"kind": "defocus", "radius_px": strength, "model": model}
     else:

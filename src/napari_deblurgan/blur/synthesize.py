@@ -8,6 +8,7 @@ applied to every YX plane of nD data; borders are reflect-padded so they do not 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,10 +17,13 @@ from scipy import signal
 
 from ..axes import resolve_axes
 from ..errors import InputError
+from ..normalization import cast_like, needs_float64
 from .psf import PSF_KINDS, random_psf
 
 #: Ranges drawn by ``noise="realistic"``: photons at the bright end (log-uniform) and read noise (uniform).
 REALISTIC_PHOTONS = (30.0, 1000.0)
+# Beyond any detector's well depth, and far below where NumPy's Poisson sampler gives up (~9e18 counts).
+MAX_PHOTONS = 1e12
 REALISTIC_READ_NOISE = (1.0, 4.0)
 
 #: Smallest Y and X size accepted (smaller images carry too little context for a blur of a few pixels).
@@ -76,12 +80,9 @@ def validate_image(image: Any, *, name: str = "image") -> np.ndarray:
 
 
 def to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast float ``values`` to ``dtype``: integers are rounded and clipped to their range, floats kept."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
+    """Cast float ``values`` to ``dtype``: integers are rounded and clipped to their range, floats kept
+    (clipped only where the dtype cannot hold them: float16)."""
+    return cast_like(values, dtype)
 
 
 def convolve_reflect(plane: np.ndarray, psf: np.ndarray) -> np.ndarray:
@@ -97,12 +98,20 @@ def convolve_reflect(plane: np.ndarray, psf: np.ndarray) -> np.ndarray:
 
 def _work_dtype(dtype: np.dtype) -> type:
     # float64 for float64 and wide integers (precision), float32 otherwise (half the memory)
-    return np.float64 if np.dtype(dtype).itemsize >= 4 and np.dtype(dtype) != np.float32 else np.float32
+    return np.float64 if needs_float64(dtype) else np.float32
 
 
 def check_psf_array(psf: Any) -> np.ndarray:
     """Return ``psf`` as a float64 2D array normalised to sum 1; InputError if it is not a valid PSF."""
-    arr = np.asarray(psf, dtype=np.float64)
+    if isinstance(psf, str | bytes):
+        raise InputError(
+            f"A PSF must be a 2D array, got the string {psf!r}; for a blur kind by name use synthesize_blur(image, "
+            f"kind={psf!r}), or make an array with napari_deblurgan.blur.psf (motion_psf, defocus_psf, gaussian_psf)."
+        )
+    try:
+        arr = np.asarray(psf, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"A PSF must be a 2D array of numbers, got {type(psf).__name__}.") from None
     if arr.ndim != 2 or arr.size == 0:
         raise InputError(f"A PSF must be a non-empty 2D array, got shape {arr.shape}.")
     if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.sum() <= 0:
@@ -130,6 +139,15 @@ def _convolve_planes(planes: np.ndarray, psf: np.ndarray, work: type) -> np.ndar
     return out
 
 
+def _rng_from_seed(seed: Any) -> np.random.Generator:
+    """``np.random.default_rng(seed)`` for None, a Generator or an integer >= 0; one InputError otherwise."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise InputError(f"seed must be an integer >= 0, a numpy Generator or None; got {seed!r}.")
+    return np.random.default_rng(int(seed))
+
+
 def _noise_settings(noise: Any, rng: np.random.Generator) -> dict[str, float] | None:
     """Normalise the ``noise`` argument to ``{"photons": p, "read_noise": r}`` (or None)."""
     if noise is None:
@@ -141,17 +159,24 @@ def _noise_settings(noise: Any, rng: np.random.Generator) -> dict[str, float] | 
         photons = float(math.exp(rng.uniform(math.log(low), math.log(high))))
         read_noise = float(rng.uniform(*REALISTIC_READ_NOISE))
         return {"photons": photons, "read_noise": read_noise}
-    if isinstance(noise, (int, float)) and not isinstance(noise, bool):
+    if isinstance(noise, numbers.Real) and not isinstance(noise, bool):
         noise = {"photons": float(noise), "read_noise": 0.0}
     if not isinstance(noise, Mapping) or "photons" not in noise or set(noise) - {"photons", "read_noise"}:
         raise InputError(
             "noise must be None, 'realistic', a number of photons, or a dict like "
             "{'photons': 100.0, 'read_noise': 2.0}."
         )
+    for key in ("photons", "read_noise"):
+        value = noise.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InputError(
+                f"noise {key!r} must be one number, got {value!r} (finetune's noise takes ranges; "
+                "synthesize_blur draws one image)."
+            )
     photons = float(noise["photons"])
     read_noise = float(noise.get("read_noise", 0.0))
-    if not (math.isfinite(photons) and photons > 0):
-        raise InputError(f"noise 'photons' must be > 0, got {noise['photons']!r}.")
+    if not (math.isfinite(photons) and 0 < photons <= MAX_PHOTONS):
+        raise InputError(f"noise 'photons' must be > 0 and <= {MAX_PHOTONS:g}, got {noise['photons']!r}.")
     if not (math.isfinite(read_noise) and read_noise >= 0):
         raise InputError(f"noise 'read_noise' must be >= 0, got {noise.get('read_noise')!r}.")
     return {"photons": photons, "read_noise": read_noise}
@@ -196,14 +221,18 @@ def synthesize_blur_with_params(
         raise InputError(
             f"The YX planes are {ny}x{nx} px; synthetic blur needs at least {MIN_PLANE_SIZE}x{MIN_PLANE_SIZE} px."
         )
-    rng = np.random.default_rng(seed)
+    rng = _rng_from_seed(seed)
     if isinstance(kind, str):
         if kind not in PSF_KINDS:
             raise InputError(f"Unknown blur kind {kind!r}; use one of {', '.join(PSF_KINDS)} or a 2D PSF array.")
         if strength is not None and (
-            isinstance(strength, bool) or not isinstance(strength, (int, float)) or not strength > 0
+            isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not strength > 0
+            or not strength <= max(ny, nx)
         ):
-            raise InputError(f"strength must be a number of pixels > 0 (or None for random), got {strength!r}.")
+            raise InputError(
+                f"strength must be a number of pixels > 0 and at most the image's larger side ({max(ny, nx)} px), "
+                f"or None for random; got {strength!r}."
+            )
         psf, params = random_psf(kind, rng, strength)
     else:
         psf = check_psf_array(kind).astype(np.float32)
@@ -235,8 +264,9 @@ def synthesize_blur(
     sharp
         Image of any integer or float dtype with at least two axes; every YX plane is at least 8x8 px.
     kind
-        "motion" (camera-shake trajectory), "defocus" (disk or Airy), "gaussian", "mixed" (one of the three
-        at random), or a 2D array used as the PSF (normalised to sum 1).
+        "motion" (camera-shake trajectory), "defocus" (disk or Airy), "airy" (Airy only), "gaussian", "mixed"
+        (motion, defocus or Gaussian at random), or a 2D array used as the PSF (normalised to sum 1; give it odd
+        sides: an even-sized PSF has no centre pixel and shifts the image by half a pixel).
     strength
         Blur size in pixels for the kind: motion extent, defocus radius or Gaussian sigma. None draws it
         from :data:`napari_deblurgan.blur.psf.DEFAULT_STRENGTH_RANGES`.
@@ -257,8 +287,9 @@ def synthesize_blur(
     -------
     (blurred, psf)
         ``blurred`` has the shape and dtype of ``sharp``: integer images are rounded and clipped to their
-        dtype's range, float images keep their value range (no rescaling). ``psf`` is float32, 2D, odd
-        sized, non-negative and sums to 1. Convolution reflect-pads the borders, so the mean is preserved.
+        dtype's range, float images keep their value range (no rescaling). ``psf`` is float32, 2D,
+        non-negative and sums to 1; odd sized for the named kinds (a given array keeps its shape).
+        Convolution reflect-pads the borders, so the mean is preserved.
     """
     blurred, psf, _ = synthesize_blur_with_params(sharp, kind, strength=strength, noise=noise, seed=seed, axes=axes)
     return blurred, psf

@@ -486,6 +486,10 @@ class PairedData:
         full = slice(None)
         b = src._read(src.blurred, index, c_sel, full, full)[0]
         s = src._read(src.sharp, index, c_sel, full, full)[0]
+        if not (np.isfinite(b).all() and np.isfinite(s).all()):  # before the FFT, whose error would be obscure
+            raise InputError(
+                f"Training pair {i + 1} contains NaN or infinite values; replace them (e.g. np.nan_to_num)."
+            )
         dy, dx = measure_offset(b, s)
         if max(abs(dy), abs(dx)) > MAX_ALIGNED_OFFSET:
             warnings.warn(

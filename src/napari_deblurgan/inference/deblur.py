@@ -26,7 +26,6 @@ from .self_ensemble import DIHEDRAL_TRANSFORMS, ensemble_forward
 from .tiling import (
     check_tiling,
     context_padding,
-    default_overlap,
     default_tile_size,
     halo_for,
     plan_tiles,
@@ -100,6 +99,7 @@ def deblur(
     if not is_dask and not isinstance(image, np.ndarray):
         image = np.asarray(image)
     _check_image(image)
+    _check_callbacks(progress, cancel)
     axes = resolve_axes(image.shape, axes, rgb=rgb)
     _check_plane_size(image.shape, axes)
     from ..model_file import as_model
@@ -158,6 +158,16 @@ def _check_finite(image: np.ndarray) -> None:
         )
 
 
+def _check_callbacks(progress: Any, cancel: Any) -> None:
+    """Up front, not at the first tile: a wrong callback would otherwise fail after minutes of work."""
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be a function progress(done, total) or None, got {progress!r}")
+    if cancel is not None and not (isinstance(cancel, threading.Event) or callable(cancel)):
+        raise InputError(
+            f"cancel must be a threading.Event, a function returning True to stop, or None; got {cancel!r}"
+        )
+
+
 def _should_cancel(cancel: CancelCheck) -> bool:
     if cancel is None:
         return False
@@ -194,15 +204,15 @@ class _PlaneRunner:
         self.pad = self.context_padding_for(model, check_context_padding(context_padding))
         self.tile_size, self.overlap = check_tiling(
             default_tile_size(radius, self.stride) if tile_size is None else tile_size,
-            default_overlap(radius, self.stride) if overlap is None else overlap,
+            overlap,
             radius,
             self.stride,
         )
         if batch_size is None:
             batch_size = 1 if self.device.type == "cpu" else 8  # docs/benchmarks.md, "Inference memory"
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
         if not isinstance(self_ensemble, bool | np.bool_):
             raise InputError(f"self_ensemble must be True or False, got {self_ensemble!r}")
         self.transforms = DIHEDRAL_TRANSFORMS if self_ensemble else DIHEDRAL_TRANSFORMS[:1]
@@ -253,7 +263,8 @@ class _PlaneRunner:
         return -(-len(grid) // self.batch_size)
 
     def run(self, plane: np.ndarray, on_batch: Callable[[], None], cancel: CancelCheck) -> np.ndarray:
-        """Deblur a (C, Y, X) plane in any dtype; returns float32 (C, Y, X) in the input's units."""
+        """Deblur a (C, Y, X) plane in any dtype; returns (C, Y, X) in the input's units: float32, or
+        float64 for float64 and wide-integer planes (``normalization.needs_float64``)."""
         import torch
 
         c, h, w = plane.shape
@@ -288,7 +299,7 @@ class _PlaneRunner:
         finally:
             gen.train(was_training)
         restored = accum[:, p : p + h, p : p + w] / weight_sum[p : p + h, p : p + w]
-        return np.stack([denormalize(restored[i], *ranges[i]) for i in range(c)])
+        return np.stack([denormalize(restored[i], *ranges[i], plane.dtype) for i in range(c)])
 
     def _generate(self, gen, x, cancel: CancelCheck) -> np.ndarray:
         """The generator's output for a batch of tiles, averaged over ``self.transforms``."""
@@ -371,16 +382,21 @@ def _deblur_dask(image: Any, axes: str, runner: _PlaneRunner, progress: Progress
     blocks = image.rechunk(whole)
     total = int(np.prod(blocks.numblocks))
     lock = threading.Lock()
-    done = 0
+    # blocks finished in the current pass: napari (or a second compute()) computes blocks again, and a block
+    # seen before starts a new pass, so that ``done`` never runs past ``total``
+    finished: set[tuple[int, ...]] = set()
 
-    def deblur_block(block: np.ndarray) -> np.ndarray:
-        nonlocal done
+    def deblur_block(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
         _check_finite(block)
         result = _deblur_numpy(block, axes, runner, None, cancel)
         if progress is not None:
+            location = tuple(block_info[0]["chunk-location"]) if block_info else (len(finished),)
             with lock:
-                done += 1
-                progress(done, total)
+                if location in finished:
+                    finished.clear()
+                finished.add(location)
+                done = len(finished)
+            progress(done, total)
         return result
 
     # meta given: otherwise dask calls deblur_block on a dummy block to guess the output type

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 import os
 import threading
 import time
@@ -70,6 +71,15 @@ MAX_ROLLBACKS = 5
 #: In-memory rollback snapshots are taken at least this often (steps).
 SNAPSHOT_EVERY = 50
 
+
+
+def _whole_number(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (Python or NumPy integers, or floats with no fraction such as 1e4);
+    one InputError otherwise - never a silent truncation of 2.5 to 2."""
+    whole = isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer()
+    if whole and int(value) >= minimum:
+        return int(value)
+    raise InputError(f"{name} must be a whole number >= {minimum}, got {value!r}.")
 
 class NonFiniteLoss(RuntimeError):
     """A loss became NaN or infinite during a step (handled by rolling back)."""
@@ -417,26 +427,29 @@ class TrainingRun:
             self.resume_json = json.loads(self.resume_payload["json"])
         saved = self.resume_json.get("config", {})
 
-        steps = int(k["steps"])
-        if steps < 0:
-            raise InputError(f"steps must be >= 0, got {steps}.")
-        batch_size = int(saved.get("batch_size", k["batch_size"]))
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-        if int(k["patch_size"]) < 8:
-            raise InputError(f"patch_size must be >= 8, got {k['patch_size']}.")
+        if self.on_event is not None and not callable(self.on_event):
+            raise InputError(f"on_event must be a function called with each event, or None; got {self.on_event!r}.")
+        steps = _whole_number("steps", k["steps"], 0)
+        batch_size = _whole_number("batch_size", saved.get("batch_size", k["batch_size"]), 1)
+        _whole_number("patch_size", k["patch_size"], 8)
+        if k["checkpoint_dir"] is not None and Path(k["checkpoint_dir"]).exists() and not Path(
+            k["checkpoint_dir"]
+        ).is_dir():
+            raise InputError(
+                f"checkpoint_dir {str(k['checkpoint_dir'])!r} is a file; give a folder (it is created if missing)."
+            )
         preset_name = saved.get("preset", k["preset"] if isinstance(k["preset"], str) else None)
         self.preset = get_preset(preset_name if preset_name is not None else k["preset"])
         lr = saved.get("learning_rate", k["learning_rate"])
         if lr is not None:
-            if not (isinstance(lr, (int, float)) and lr > 0):
+            if isinstance(lr, bool) or not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
                 raise InputError(f"learning_rate must be a positive number, got {lr!r}.")
             scale = float(lr) / self.preset.learning_rate
             self.preset = self.preset.replace(
                 learning_rate=float(lr), critic_learning_rate=self.preset.critic_learning_rate * scale
             )
         ema = saved.get("ema", k["ema"])
-        if ema is not None and not 0.0 < float(ema) < 1.0:
+        if ema is not None and (isinstance(ema, bool) or not isinstance(ema, numbers.Real) or not 0.0 < ema < 1.0):
             raise InputError(f"ema must be a decay in (0, 1) such as 0.999, or None; got {ema!r}.")
         seed = saved.get("seed", k["seed"])
         if seed is None:
@@ -445,8 +458,7 @@ class TrainingRun:
         self.strength_ranges = resolve_blur_strength(saved.get("blur_strength", k["blur_strength"]), self.blur_kinds)
         self.noise = resolve_noise(saved["noise"] if "noise" in saved else k["noise"])
         for name in ("checkpoint_every", "validate_every"):
-            if int(k[name]) < 1:
-                raise InputError(f"{name} must be >= 1, got {k[name]}.")
+            _whole_number(name, k[name], 1)
         validation = k["validation"]
         self.config = RunConfig(
             steps=steps,
@@ -669,6 +681,17 @@ class TrainingRun:
             best_step = int(saved.get("best_step", 0))
             best_source = saved.get("best_source", "generator")
             rescore_best = best_psnr is not None and saved.get("validation_metric") != VALIDATION_METRIC
+            saved_shapes = saved.get("data_shapes")  # absent in checkpoints of older versions
+            shapes_now = [list(s) for s in self.data.shapes()]
+            if saved_shapes is not None and saved_shapes != shapes_now:
+                pending.append(
+                    (
+                        f"Resuming with other training data than the checkpoint's ({len(shapes_now)} images now, "
+                        f"{len(saved_shapes)} then, or other shapes): the run continues, but it is no longer the "
+                        "same run. Pass the same data to resume exactly.",
+                        "resume-data",
+                    )
+                )
             if payload.get("best_state") is not None:
                 self._set_best(payload["best_state"])
             self.resume_payload = None  # free the memory
@@ -767,6 +790,7 @@ class TrainingRun:
                         "best_step": best_step,
                         "best_source": best_source,
                         "validation_metric": VALIDATION_METRIC,
+                        "data_shapes": [list(s) for s in self.data.shapes()],
                         "model": self.base._header(),
                     }
                 ),
