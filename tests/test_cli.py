@@ -195,6 +195,44 @@ def test_exit_codes_for_user_errors(tiny_model_file, small_image, tmp_path, caps
     assert _files(tmp_path) == {"in.tif", "bad.pt", "tiny.pt", "not_tiff.tif"}
 
 
+def test_compressed_truncated_and_multi_series_tiffs(tiny_model_file, small_image, tmp_path, capsys):
+    """LZW (Fiji, microscope software) reads with imagecodecs; a truncated file is one clear error; a file
+    with several series says that only the first is used instead of dropping pages silently."""
+    lzw = tmp_path / "lzw.tif"
+    tifffile.imwrite(lzw, small_image, compression="lzw")
+    assert main(["deblur", str(lzw), "-o", str(tmp_path / "o1.tif"), "--model", str(tiny_model_file), "-q"]) == 0
+    expected = deblur_module.deblur(small_image, load_model(tiny_model_file), axes="YX", device="cpu")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o1.tif"), expected)
+
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, np.stack([small_image] * 4), photometric="minisblack")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert main(["deblur", str(cut), "-o", str(tmp_path / "o2.tif"), "--model", str(tiny_model_file)]) == 2
+    err = capsys.readouterr().err
+    assert "Cannot read" in err and "Traceback" not in err and not (tmp_path / "o2.tif").exists()
+
+    several = tmp_path / "several.tif"
+    with tifffile.TiffWriter(several) as writer:
+        writer.write(small_image)
+        writer.write(small_image[:40, :40])
+    assert main(["deblur", str(several), "-o", str(tmp_path / "o3.tif"), "--model", str(tiny_model_file)]) == 0
+    assert "holds 2 image series; only the first" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_folder_is_said_before_the_work(tiny_model_file, small_image, tmp_path, capsys,
+                                                             monkeypatch):
+    from napari_deblurgan import atomic_files
+
+    inp = tmp_path / "in.tif"
+    tifffile.imwrite(inp, small_image)
+    ran = []
+    monkeypatch.setattr(deblur_module, "deblur", lambda *a, **k: ran.append(1))
+    monkeypatch.setattr(atomic_files.os, "access", lambda *a, **k: False)  # root writes anywhere: simulate
+    assert main(["deblur", str(inp), "-o", str(tmp_path / "o.tif"), "--model", str(tiny_model_file)]) == 2
+    assert "no permission" in capsys.readouterr().err and not ran
+
+
 def test_default_model_not_shipped_is_a_user_error(small_image, tmp_path, capsys, monkeypatch):
     from napari_deblurgan import model_file
 

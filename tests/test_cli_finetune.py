@@ -121,6 +121,18 @@ def test_existing_output_needs_force(files, capsys):
     assert code == 2 and "--force" in capsys.readouterr().err
 
 
+def test_an_output_that_cannot_be_written_is_said_before_training(files, capsys):
+    (files / "folder.pt").mkdir()
+    start = time.monotonic()
+    code = main([*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "100000"), "-o",
+                 str(files / "folder.pt"), "--force"])
+    assert code == 2 and "is a directory" in capsys.readouterr().err
+    assert time.monotonic() - start < 30  # not after 100,000 steps
+    code = main([*_common(files, "--sharp", str(files / "sharp.tif")), "-o", str(files / "sharp.tif"), "--force"])
+    assert code == 2 and "is a training image" in capsys.readouterr().err
+    assert tifffile.imread(files / "sharp.tif").ndim == 2  # still the image
+
+
 def test_mismatched_pair_is_a_usage_error(files, capsys):
     tifffile.imwrite(files / "small.tif", np.zeros((64, 64), np.uint16))
     argv = _common(files, "--blurred", str(files / "small.tif"), "--sharp", str(files / "sharp.tif"))

@@ -45,3 +45,12 @@ def test_demo_self_ensemble_option(tmp_path):
     expected = deblur(blurred, load_model("fast"), device="cpu", self_ensemble=True)
     np.testing.assert_array_equal(tifffile.imread(out / "pair_deblurred.tif"), expected)
     assert results["pair"]["napari-deblurgan"]["psnr"] > results["pair"]["blurred input"]["psnr"]
+
+
+def test_demo_into_an_existing_file_is_a_clear_error(tmp_path, capsys):
+    afile = tmp_path / "results.txt"
+    afile.write_text("keep me")
+    assert main(["demo", "-o", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file; choose a folder name" in err and "Traceback" not in err
+    assert afile.read_text() == "keep me"

@@ -145,6 +145,39 @@ def test_crash_during_save_keeps_the_old_file(tiny_model, tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
 
 
+def test_saved_files_get_the_usual_permissions_not_the_temp_files_0600(tiny_model, tmp_path):
+    """mkstemp makes owner-only files; a model (or TIFF, checkpoint, CSV) must be readable as any new file is."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        new_file = tiny_model.save(tmp_path / "new.pt")
+        assert stat.S_IMODE(new_file.stat().st_mode) == 0o644
+        os.chmod(new_file, 0o640)  # a replaced file keeps its own mode
+        tiny_model.save(new_file)
+        assert stat.S_IMODE(new_file.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_an_unwritable_location_is_one_input_error_before_any_work(tiny_model, tmp_path, monkeypatch):
+    from napari_deblurgan import atomic_files
+    from napari_deblurgan.errors import InputError
+
+    monkeypatch.setattr(atomic_files.os, "access", lambda *a, **k: False)  # root may write anywhere: simulate
+    with pytest.raises(InputError, match="no permission"):
+        atomic_files.check_writable(tmp_path / "m.pt")
+    monkeypatch.undo()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic_files.tempfile, "mkstemp", refuse)
+    with pytest.raises(InputError, match=r"Cannot write .*Permission denied"):
+        tiny_model.save(tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
 # -------------------------------------------------------------------------------------------- bad files
 def test_missing_file(tmp_path):
     with pytest.raises(ModelFileError, match="not found"):

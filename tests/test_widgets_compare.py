@@ -180,3 +180,32 @@ def test_errors_are_notifications(setup, qtbot, notifications):
     widget.compute_button.click()
     wait_done(qtbot, widget)
     assert any("shape" in m for sev, m in notifications if sev == NotificationSeverity.ERROR)
+
+
+def test_psnr_range_defaults_to_the_ground_truths_own_range(make_napari_viewer, qtbot):
+    """A uint16 image spanning ~1,000 counts: PSNR against 65535 would flatter it by ~36 dB; the panel
+    defaults to the ground truth's min-max (as the demo does) and offers the dtype's range."""
+    from napari_deblurgan.comparison import psnr
+    from napari_deblurgan.widgets.compare_widget import CompareWidget
+
+    rng = np.random.default_rng(0)
+    truth = (1000 + rng.random((48, 48)) * 1000).astype(np.uint16)
+    noisy = (truth + rng.normal(0, 20, truth.shape)).clip(0, 65535).astype(np.uint16)
+    viewer = make_napari_viewer(strict_qt="raise")
+    viewer.add_image(truth, name="truth")
+    viewer.add_image(noisy, name="noisy")
+    widget = CompareWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Compare")
+    widget.reference_combo.set_value(viewer.layers["truth"])
+    widget.set_checked(viewer.layers["noisy"])
+    scores = {}
+    for choice in ("reference", "dtype"):
+        widget.range_combo.setCurrentIndex(widget.range_combo.findData(choice))
+        widget.compute_button.click()
+        wait_done(qtbot, widget)
+        scores[choice] = float(table_rows(widget)[0]["PSNR (dB)"])
+    span = float(truth.max()) - float(truth.min())
+    assert scores["reference"] == pytest.approx(psnr(truth, noisy, span), abs=0.01)
+    assert scores["dtype"] == pytest.approx(psnr(truth, noisy), abs=0.01)
+    assert scores["dtype"] - scores["reference"] > 30
+    assert widget.range_combo.itemData(0) == "reference"  # the default

@@ -228,6 +228,22 @@ def test_dask_layer_stays_lazy(viewer_and_widget, qtbot):
     assert np.isfinite(np.asarray(out.data[0])).all()
 
 
+def test_a_pyramid_layer_is_deblurred_at_full_resolution(viewer_and_widget, tiny_model_file, qtbot):
+    """np.asarray of napari's multiscale data is the coarsest level: the widget must take level 0."""
+    viewer, widget = viewer_and_widget
+    full = np.random.default_rng(0).random((128, 128)).astype(np.float32)
+    pyramid = [full, full[::2, ::2].copy(), full[::4, ::4].copy()]
+    layer = viewer.add_image(pyramid, name="pyramid", multiscale=True, scale=(0.5, 0.5), contrast_limits=(0, 1))
+    assert widget.layer_combo.value() is layer and widget.axes_edit.text() == "YX"
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    out = viewer.layers["pyramid deblurred"]
+    assert out.data.shape == full.shape and tuple(out.scale) == (0.5, 0.5)
+    from napari_deblurgan import deblur
+
+    np.testing.assert_array_equal(np.asarray(out.data), deblur(full, str(tiny_model_file), device="cpu"))
+
+
 def test_layer_menu_deblurs_selected_layer(make_napari_viewer, tiny_model_file, small_image, qtbot, monkeypatch):
     from napari_deblurgan.widgets import layer_menu
 

@@ -8,6 +8,7 @@ Deblur widget's model list, the input layers are never modified.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +187,39 @@ def test_bad_settings_give_notification(setup, qtbot, notifications):
     finetune.start_button.click()
     assert finetune.worker is None
     assert any("same layer" in msg for sev, msg in notifications if sev == NotificationSeverity.ERROR)
+
+
+def test_a_second_start_never_overwrites_the_first_runs_model(setup, qtbot, tmp_path, monkeypatch):
+    """The proposed file name is replaced by a fresh one once a run has written there."""
+    from napari_deblurgan.widgets import finetune_widget
+
+    _viewer, finetune, _ = setup
+    monkeypatch.setattr(finetune_widget, "default_model_dir", lambda: tmp_path / "auto")
+    proposed = str(finetune_widget.default_model_path())
+    finetune._proposed_save_path = proposed
+    finetune.save_edit.setText(proposed)
+    finetune.steps_spin.setValue(2)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    first = finetune.last_saved
+    first_bytes = first.read_bytes()
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    second = finetune.last_saved
+    assert first == Path(proposed) and second != first and second.is_file()
+    assert first.read_bytes() == first_bytes
+    assert finetune.save_edit.text() == str(second)
+
+
+def test_an_empty_or_unusable_save_path_is_said_before_training(setup, qtbot, tmp_path, notifications):
+    _viewer, finetune, _ = setup
+    finetune.save_edit.setText("  ")
+    finetune.start_button.click()
+    assert finetune.worker is None
+    assert any("Enter where to save the finetuned model" in msg for _, msg in notifications)
+    folder = tmp_path / "a_folder.pt"
+    folder.mkdir()
+    finetune.save_edit.setText(str(folder))
+    finetune.start_button.click()
+    assert finetune.worker is None
+    assert any("is a directory" in msg for _, msg in notifications)

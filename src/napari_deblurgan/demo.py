@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic_files import atomic_write
+from .atomic_files import atomic_write, check_writable
+from .errors import InputError
 
 
 def run_demo(
@@ -43,7 +44,10 @@ def run_demo(
     from .comparison import psnr, richardson_lucy, sharpness, ssim
 
     out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"The demo writes a folder of results, but {str(out)!r} is a file; choose a folder name.")
     out.mkdir(parents=True, exist_ok=True)
+    check_writable(out / "results.json")  # no permission: said now, not after the deblurring
     model = load_model("default" if model is None else model)
     log(f"model: {model.metadata.get('name') or model.architecture} ({model.architecture})"
         + (", self-ensemble of 8 flips/rotations" if self_ensemble else ""))

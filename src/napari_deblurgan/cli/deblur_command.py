@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic_files import check_writable
 from ..errors import InputError
 
 #: Uncompressed inputs bigger than this are memory-mapped and deblurred lazily (plane by plane).
@@ -178,6 +179,28 @@ def write_kwargs(info: TiffInfo) -> dict[str, Any]:
     return kw
 
 
+def read_series(series: Any, path: Path):
+    """The pixels of a tifffile series, with one InputError for files tifffile can open but not decode
+    (truncated files, compressions that need the optional ``imagecodecs`` package)."""
+    try:
+        return series.asarray()
+    except (ValueError, OSError, RuntimeError) as exc:
+        hint = " (install it: pip install imagecodecs)" if "imagecodecs" in str(exc) else ""
+        raise InputError(f"Cannot read the pixels of {str(path)!r}: {exc}{hint}") from None
+
+
+def note_other_series(tif: Any, path: Path, quiet: bool = False) -> None:
+    """Say on stderr that only the first series is used when a TIFF holds several (images of other sizes,
+    thumbnails, label images): never drop pages silently."""
+    if len(tif.series) > 1 and not quiet:
+        others = ", ".join(f"{tuple(s.shape)}" for s in tif.series[1:4]) + (" ..." if len(tif.series) > 4 else "")
+        print(
+            f"note: {path.name} holds {len(tif.series)} image series; only the first, {tuple(tif.series[0].shape)}, "
+            f"is used (the others: {others}). Save each image as its own file to process it.",
+            file=sys.stderr,
+        )
+
+
 # ------------------------------------------------------------------------------------------------- checks
 def _same_file(a: Path, b: Path) -> bool:
     """True if ``a`` and ``b`` are the same file (also via symlinks, hard links, ``..``)."""
@@ -204,8 +227,7 @@ def check_paths(inp: Path, out: Path, force: bool) -> None:
         raise InputError(f"Output {str(out)!r} already exists; pass --force to overwrite it.")
     if out.is_dir():
         raise InputError(f"Output {str(out)!r} is a directory; give a file name ending in .tif.")
-    if not out.parent.is_dir():
-        raise InputError(f"Output directory {str(out.parent)!r} does not exist; create it first.")
+    check_writable(out)  # folder exists and is writable: before the work, not after it
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -236,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
             data = tifffile.memmap(inp, series=0, mode="r")
             lazy = True
         else:
-            data = series.asarray()
+            data = read_series(series, inp)
+        note_other_series(tif, inp, quiet=args.quiet)
     if data.shape != info.shape:  # tifffile squeezes the same way for series and asarray; be sure
         raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r}; pass --axes.")
 

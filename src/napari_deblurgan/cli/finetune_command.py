@@ -14,6 +14,7 @@ aborts at once without writing.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..atomic_files import check_writable
 from ..errors import InputError
 
 
@@ -108,7 +110,7 @@ def read_image(path: str | Path, axes: str | None) -> tuple[Any, str]:
     """The first series of a TIFF file (memory-mapped when large and uncompressed) and its axes."""
     import tifffile
 
-    from .deblur_command import LARGE_FILE_BYTES, read_tiff_info
+    from .deblur_command import LARGE_FILE_BYTES, note_other_series, read_series, read_tiff_info
 
     path = Path(path)
     if not path.is_file():
@@ -124,7 +126,8 @@ def read_image(path: str | Path, axes: str | None) -> tuple[Any, str]:
         if series.nbytes > LARGE_FILE_BYTES and series.dataoffset is not None:
             data = tifffile.memmap(path, series=0, mode="r")
         else:
-            data = series.asarray()
+            data = read_series(series, path)
+        note_other_series(tif, path)
     if data.shape != info.shape:
         raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r} in {path}; pass --axes.")
     return data, info.axes
@@ -209,8 +212,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not args.force:
         raise InputError(f"{str(out)!r} exists; pass --force to overwrite it or choose another -o.")
-    if not out.parent.is_dir():
-        raise InputError(f"Output folder {str(out.parent)!r} does not exist; create it first.")
+    check_writable(out)  # a folder, a missing folder or no permission: said now, not after the training
+    for given in (args.sharp, args.blurred):
+        if given is not None and out.exists() and Path(given).exists() and os.path.samefile(out, given):
+            raise InputError(f"-o {str(out)!r} is a training image; choose another path for the model.")
 
     sharp, axes = read_image(args.sharp, args.axes)
     blurred = None

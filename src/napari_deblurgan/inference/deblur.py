@@ -115,6 +115,14 @@ def deblur(
         self_ensemble=self_ensemble,
     )
     runner.check_channels(image.shape, axes)
+    longest = max(image.shape[axes.index("Y")], image.shape[axes.index("X")])
+    # the caller's value only (the models' own settings are small): mirrored context beyond the plane itself
+    # only costs memory and repeats the plane
+    if context_padding is not None and runner.pad > longest:
+        raise InputError(
+            f"context_padding {runner.pad} px is more than the image plane's longest side ({longest} px); "
+            f"use at most {longest}, or leave it unset for the model's own setting"
+        )
     if is_dask:
         return _deblur_dask(image, axes, runner, progress, cancel)
     _check_finite(image)

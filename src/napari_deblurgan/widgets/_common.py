@@ -66,6 +66,15 @@ class ProgressRelay(QObject):
         self.progressed.emit(int(done), int(total))
 
 
+def layer_pixels(layer: napari.layers.Image) -> Any:
+    """The layer's full-resolution data: level 0 of a multiscale (pyramid) layer, else ``layer.data``.
+
+    ``np.asarray`` of napari's multiscale data gives the *coarsest* level, so a widget that used
+    ``layer.data`` on a pyramid would deblur (or compare) a thumbnail and place it at the wrong scale.
+    """
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def axes_for_layer(layer: napari.layers.Image) -> str:
     """The axes string a layer most likely has: its axis labels when they are axis letters, else from ndim.
 
@@ -81,7 +90,7 @@ def axes_for_layer(layer: napari.layers.Image) -> str:
         return "".join(labels) + ("S" if rgb else "")
     from ..axes import infer_axes
 
-    return infer_axes(layer.data.shape, rgb=rgb)
+    return infer_axes(layer_pixels(layer).shape, rgb=rgb)
 
 
 def normalize_axes_text(text: str) -> str:

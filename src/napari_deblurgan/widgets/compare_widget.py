@@ -36,6 +36,7 @@ from ._common import (
     avoid_triton_llvm_clash,
     axes_for_layer,
     error_message,
+    layer_pixels,
     result_layer_kwargs,
     show_error,
     show_info,
@@ -87,6 +88,15 @@ class CompareWidget(QWidget):
         self.layer_list.setMinimumHeight(90)
         self.layer_list.itemChanged.connect(self._remember_check)
         self.per_slice = QCheckBox("per slice (stacks)")
+        self.range_combo = QComboBox()
+        # PSNR's peak: integer images default to their dtype's range in compare() (as in scikit-image), but a
+        # uint16 image that spans 1,000 counts would then score ~36 dB more than its own signal warrants
+        self.range_combo.addItem("ground truth's min-max", "reference")
+        self.range_combo.addItem("dtype's full range", "dtype")
+        self.range_combo.setToolTip(
+            "The peak value in PSNR. The ground truth's own range (max - min) gives the same PSNR as "
+            "`napari-deblurgan demo`; the dtype's full range (65535 for uint16) flatters every method."
+        )
         self.compute_button = QPushButton("Compute metrics")
         what = QGroupBox("compare")
         what_form = QFormLayout(what)
@@ -94,6 +104,7 @@ class CompareWidget(QWidget):
         what_form.addRow(QLabel("results (check the layers to score):"))
         what_form.addRow(self.layer_list)
         what_form.addRow(self.per_slice)
+        what_form.addRow("PSNR range", self.range_combo)
 
         # ---- classical baselines
         self.baseline_input = LayerComboBox(viewer)
@@ -256,13 +267,17 @@ class CompareWidget(QWidget):
         except user_error_types() as exc:
             show_error(error_message(exc))
             return
-        from .. import compare
-
-        results = {layer.name: layer.data for layer in layers}
-        ref_data = None if reference is None else reference.data
+        results = {layer.name: layer_pixels(layer) for layer in layers}
+        ref_data = None if reference is None else layer_pixels(reference)
         self.status.setText("Computing metrics...")
         self._start(
-            compare, results, ref_data, axes=axes, per_slice=self.per_slice.isChecked(), on_ok=self._show_table
+            _compare_with_range,
+            results,
+            ref_data,
+            axes=axes,
+            per_slice=self.per_slice.isChecked(),
+            range_from=self.range_combo.currentData(),
+            on_ok=self._show_table,
         )
 
     def _show_table(self, table: Any) -> None:
@@ -319,7 +334,7 @@ class CompareWidget(QWidget):
             layer = self.psf_layer.value()
             if layer is None:
                 raise InputError("Choose the PSF layer (an image layer holding the 2D PSF).")
-            return np.asarray(layer.data, dtype=np.float64)
+            return np.asarray(layer_pixels(layer), dtype=np.float64)
         layer = self.baseline_input.value()
         psf = None if layer is None else layer.metadata.get("psf")
         if psf is None:
@@ -363,7 +378,7 @@ class CompareWidget(QWidget):
             self.set_checked(self.last_baseline)
             self.status.setText(f"Added {name!r}.")
 
-        self._start(func, np.asarray(layer.data), psf, axes=axes, on_ok=add, **kwargs)
+        self._start(func, np.asarray(layer_pixels(layer)), psf, axes=axes, on_ok=add, **kwargs)
 
     # ---------------------------------------------------------------------------------- side by side
     def side_by_side(self) -> None:
@@ -421,3 +436,15 @@ def _format(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+def _compare_with_range(results: dict[str, Any], reference: Any, *, range_from: str, **kwargs: Any) -> Any:
+    """Worker-thread body: :func:`compare` with PSNR's peak taken from the ground truth's own range
+    (``range_from="reference"``) or left to ``compare``'s dtype rule (``"dtype"``)."""
+    from .. import compare
+
+    data_range = None
+    if reference is not None and range_from == "reference":
+        span = float(np.max(reference)) - float(np.min(reference))
+        data_range = span if span > 0 else None
+    return compare(results, reference, data_range=data_range, **kwargs)

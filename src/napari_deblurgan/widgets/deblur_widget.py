@@ -33,6 +33,7 @@ from ._common import (
     axes_for_layer,
     device_items,
     error_message,
+    layer_pixels,
     normalize_axes_text,
     result_layer_kwargs,
     set_items,
@@ -230,7 +231,8 @@ class DeblurWidget(QWidget):
         self.status.setText(f"Deblurring {layer.name!r} with {entry.label}...")
         self._set_running(True)
         hooks: dict[str, Any] = {"progress": self._relay, "cancel": self._cancel}
-        if _is_dask(layer.data):
+        pixels = layer_pixels(layer)
+        if _is_dask(pixels):
             # deblur() returns a lazy array at once; napari computes its blocks while the user browses,
             # long after this job ended, so there is nothing to report or cancel here (and the lazy graph
             # must not hold on to this widget's Qt objects).
@@ -238,7 +240,7 @@ class DeblurWidget(QWidget):
             self.status.setText(f"Preparing a lazy (dask) deblur of {layer.name!r}...")
         self.worker = create_worker(
             _deblur_job,
-            layer.data,
+            pixels,
             entry,
             axes=axes,
             tile_size=tile,

@@ -39,6 +39,7 @@ from ._common import (
     axes_for_layer,
     device_items,
     error_message,
+    layer_pixels,
     normalize_axes_text,
     set_items,
     show_error,
@@ -64,9 +65,14 @@ def default_model_dir() -> Path:
 
 
 def default_model_path() -> Path:
-    """A fresh, timestamped file name in :func:`default_model_dir` (nothing is created here)."""
+    """A fresh, timestamped file name in :func:`default_model_dir` that no file has yet (nothing is created)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return default_model_dir() / f"finetuned-{stamp}.pt"
+    path = default_model_dir() / f"finetuned-{stamp}.pt"
+    count = 2
+    while path.exists() or checkpoint_dir_for(path).exists():
+        path = default_model_dir() / f"finetuned-{stamp}-{count}.pt"
+        count += 1
+    return path
 
 
 def checkpoint_dir_for(model_path: Path) -> Path:
@@ -186,6 +192,7 @@ class FinetuneWidget(QWidget):
         self.validate_every_spin = _spin(1, 100_000, 100)
         self.validate_every_spin.setToolTip("Validation (PSNR point and preview update) every this many steps.")
         self.save_edit = QLineEdit(str(default_model_path()))
+        self._proposed_save_path = self.save_edit.text()  # replaced by a fresh name once a run has used it
         self.save_edit.setToolTip("Where the finetuned model is saved when the run finishes or is stopped.")
         browse = QPushButton("...")
         browse.setMaximumWidth(30)
@@ -294,7 +301,7 @@ class FinetuneWidget(QWidget):
             return None
         try:
             blurred, psf = synthesize_blur(
-                np.asarray(layer.data), **self._blur_settings(), seed=self.seed_spin.value(), axes=self._axes()
+                np.asarray(layer_pixels(layer)), **self._blur_settings(), seed=self.seed_spin.value(), axes=self._axes()
             )
         except user_error_types() as exc:
             show_error(error_message(exc))
@@ -323,7 +330,7 @@ class FinetuneWidget(QWidget):
         sharp_layer = self.sharp_combo.value()
         if sharp_layer is None:
             raise InputError("Choose the sharp layer (add your sharp image(s) to the viewer first).")
-        sharp = np.asarray(sharp_layer.data)
+        sharp = np.asarray(layer_pixels(sharp_layer))
         kwargs: dict[str, Any] = {"axes": self._axes()}
         if self.pair_radio.isChecked():
             blurred_layer = self.blurred_combo.value()
@@ -331,7 +338,7 @@ class FinetuneWidget(QWidget):
                 raise InputError("Choose the blurred layer, or switch to 'sharp only — synthesise blur'.")
             if blurred_layer is sharp_layer:
                 raise InputError("The blurred and the sharp layer are the same layer; choose two layers.")
-            kwargs.update(blurred=np.asarray(blurred_layer.data), sharp=sharp)
+            kwargs.update(blurred=np.asarray(layer_pixels(blurred_layer)), sharp=sharp)
         else:
             # iter_finetune's convention: sharp images alone go in the first argument, with sharp=None
             blur = self._blur_settings()
@@ -342,7 +349,7 @@ class FinetuneWidget(QWidget):
             vb, vs = self.val_blurred_combo.value(), self.val_sharp_combo.value()
             if vb is None or vs is None:
                 raise InputError("Choose both validation layers, or validate on a fraction of the crops.")
-            kwargs["validation"] = (np.asarray(vb.data), np.asarray(vs.data))
+            kwargs["validation"] = (np.asarray(layer_pixels(vb)), np.asarray(layer_pixels(vs)))
         else:
             kwargs["validation"] = float(self.val_fraction.value()) or None
         entry = self.base_model.value()
@@ -385,9 +392,7 @@ class FinetuneWidget(QWidget):
             return
         try:
             kwargs = self.training_kwargs()
-            save_to = Path(self.save_edit.text()).expanduser()
-            if save_to.suffix != ".pt":
-                save_to = save_to.with_suffix(".pt")
+            save_to = self._save_path_for_run(resume)
         except user_error_types() as exc:
             show_error(error_message(exc))
             return
@@ -413,6 +418,32 @@ class FinetuneWidget(QWidget):
         self.worker.returned.connect(self._on_returned)
         self.worker.finished.connect(self._on_finished)
         self.worker.start()
+
+    def _save_path_for_run(self, resume: bool) -> Path:
+        """Where this run's model goes, checked before the training rather than after it.
+
+        The proposed default name is replaced by a fresh one once an earlier run has written there, so a
+        second Start never overwrites the first run's model (and its checkpoint); a name the user typed is
+        theirs to reuse. Resume continues the last run, into its own file.
+        """
+        from ..atomic_files import check_writable
+        from ..errors import InputError
+
+        text = self.save_edit.text().strip()
+        if not text:
+            raise InputError("Enter where to save the finetuned model (a .pt file), or press ... to choose.")
+        proposed = text == self._proposed_save_path
+        if not resume and proposed and (Path(text).expanduser().exists() or checkpoint_dir_for(Path(text)).exists()):
+            text = self._proposed_save_path = str(default_model_path())
+            self.save_edit.setText(text)
+        save_to = Path(text).expanduser()
+        if save_to.suffix != ".pt":
+            save_to = save_to.with_suffix(".pt")
+        try:
+            save_to.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"Cannot create the folder {str(save_to.parent)!r}: {exc.strerror or exc}.") from None
+        return check_writable(save_to)
 
     # -------------------------------------------------------------------------------- event handling
     def _on_event(self, event: Any) -> None:

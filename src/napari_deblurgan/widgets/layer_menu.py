@@ -16,6 +16,7 @@ from ._common import (
     avoid_triton_llvm_clash,
     axes_for_layer,
     error_message,
+    layer_pixels,
     result_layer_kwargs,
     show_error,
     unique_name,
@@ -44,7 +45,7 @@ def deblur_selected_layers(viewer: napari.viewer.Viewer) -> list[Any]:
         except Exception as exc:
             show_error(f"{layer.name!r}: cannot tell its axes ({error_message(exc)}); use the Deblur widget.")
             continue
-        worker = create_worker(_job, layer.data, MODEL, axes, _progress={"desc": f"Deblurring {layer.name}"})
+        worker = create_worker(_job, layer_pixels(layer), MODEL, axes, _progress={"desc": f"Deblurring {layer.name}"})
         worker.returned.connect(lambda outcome, layer=layer: _add_result(viewer, layer, outcome))
         worker.start()
         workers.append(worker)
