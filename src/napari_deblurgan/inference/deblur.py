@@ -70,7 +70,10 @@ def deblur(
         Letters over ``TZCYXS`` (e.g. ``"YX"``, ``"ZYX"``, ``"TCZYX"``, ``"YXS"`` for RGB); inferred from the
         shape when omitted (``rgb`` is a hint for the last axis, as napari's ``layer.rgb``).
     tile_size, overlap
-        Tile side and overlap in pixels; the defaults are seamless (see ``inference/tiling.py``).
+        Tile side and overlap in pixels; the defaults are seamless (see ``inference/tiling.py``). A smaller
+        ``tile_size`` saves memory but keeps the seamless overlap, so below twice the overlap every pixel is
+        computed (tile / (tile - overlap))^2 times; that warns, and a tile too small to hold the overlap is
+        an InputError that names the smallest size that works.
     device
         "auto" (CUDA > MPS > CPU), "cpu", "cuda", "cuda:1", "mps". GPUs run in bfloat16/float16 autocast.
     progress
