@@ -239,6 +239,7 @@ def test_missing_perceptual_weight_file_is_input_error(tmp_path):
 
 def test_event_sequence_and_result(pair, tmp_path):
     model = _model()
+    model.metadata.update(name="mybase", description="the base model")
     before = {k: v.clone() for k, v in model.generator.state_dict().items()}
     seen = []
     result = finetune(
@@ -269,6 +270,10 @@ def test_event_sequence_and_result(pair, tmp_path):
     # provenance
     meta = result.metadata["training"]
     assert meta["preset"] == "content" and meta["steps_done"] == 4 and meta["seed"] == 0
+    # a finetuned model is not its base: no inherited name, a description that says where it came from
+    assert result.metadata.get("name") is None
+    assert result.metadata["description"] == "finetuned from mybase (unet_lite)"
+    assert meta["base_model"] == "mybase"
     assert meta["data_shapes"] == [[96, 96]] and meta["device"] == "cpu" and meta["wall_time_s"] > 0
     assert meta["val_psnr"] == pytest.approx(max(v.psnr for v in vals))
     assert result.generator.training is False

@@ -559,9 +559,12 @@ class TrainingRun:
         if state is not None:
             generator.load_state_dict(state)
         meta = dict(self.base.metadata)
-        # the base file's identity and date are not this model's: save() stamps its own date and version
-        for key in ("sha256", "path", "created", "package_version"):
+        # the base file's identity, date, name and description are not this model's: save() stamps its own
+        # date and version, and `info` must not call a finetuned model "default" (its lineage is in training)
+        base_name = meta.get("name") or self.base.architecture
+        for key in ("sha256", "path", "created", "package_version", "name", "description"):
             meta.pop(key, None)
+        meta["description"] = f"finetuned from {base_name} ({self.base.architecture})"
         meta["training"] = getattr(self, "provenance", None)
         return DeblurModel(
             generator.eval(),
