@@ -253,6 +253,7 @@ def test_inference_runs_in_eval_mode_and_restores_the_mode():
         (np.zeros((20, 20), np.float32), {"context_padding": 2.5}, "context_padding must be a whole number"),
         (np.zeros((20, 20), np.float32), {"context_padding": 100_000}, "more than the image plane's longest side"),
         (np.zeros((20, 20), np.float32), {"cancel": True}, "cancel must be a threading.Event"),
+        (np.zeros((20, 20), np.float32), {"rgb": True}, "rgb=True needs a last axis of 3 or 4 samples"),
         (np.zeros((20, 20), np.float32), {"progress": 5}, "progress must be a function"),
     ],
 )

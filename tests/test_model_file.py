@@ -233,6 +233,24 @@ def test_a_file_that_is_not_a_model_is_named_as_such(tmp_path, content):
     assert "weights_only" not in str(info.value) and "Refusing" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("normalization", {"low": "a"}), ("normalization", {"low": 99.0, "high": 1.0}), ("normalization", [1, 99]),
+     ("metadata", "a string"), ("metadata", [1, 2])],
+)
+def test_damaged_header_fields_are_model_file_errors_at_load(tiny_model_file, key, value):
+    """Found at load, not as a TypeError at load or a ValueError deep inside deblur() later."""
+    import json
+
+    payload = _payload(tiny_model_file)
+    header = json.loads(payload["metadata"])
+    header[key] = value
+    payload["metadata"] = json.dumps(header)
+    _rewrite(tiny_model_file, payload)
+    with pytest.raises(ModelFileError, match="damaged metadata"):
+        load_model(tiny_model_file)
+
+
 def test_wrong_format_key(tiny_model_file):
     payload = _payload(tiny_model_file)
     payload["format"] = "something-else"

@@ -46,6 +46,11 @@ def infer_axes(shape: Sequence[int], *, rgb: bool | None = None) -> str:
     when ``rgb`` is None). 3D is a Z stack, 4D a time-lapse of Z stacks; 5D and more need explicit axes.
     """
     ndim = len(shape)
+    if rgb and (ndim < 3 or shape[-1] not in (3, 4)):
+        raise InputError(
+            f"rgb=True needs a last axis of 3 or 4 samples (RGB/RGBA), but the image has shape {tuple(shape)}; "
+            "pass rgb=False (or leave it unset) for a grey image"
+        )
     if rgb is None:
         rgb = ndim >= 3 and shape[-1] in (3, 4)
     rgb_suffix = "S" if rgb else ""

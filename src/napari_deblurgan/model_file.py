@@ -439,6 +439,14 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
             f"{where!r}: the weights do not fit architecture {architecture!r} "
             f"({_first_line(exc)[:500]})"
         ) from None
+    normalization, metadata = header.get("normalization"), header.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{where!r} has damaged metadata: 'metadata' is a {type(metadata).__name__}, not a dict.")
+    if normalization is not None and not _valid_normalization(normalization):
+        raise ModelFileError(
+            f"{where!r} has damaged metadata: normalization {normalization!r} is not "
+            "{'method': 'percentile', 'low': L, 'high': H} with 0 <= L < H <= 100."
+        )
     generator.to(map_location)
     try:
         return DeblurModel(
@@ -447,12 +455,21 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
             architecture_args=architecture_args,
             channels=channels,
             channel_mode=header.get("channel_mode"),
-            normalization=header.get("normalization"),
-            metadata=header.get("metadata") or {},
+            normalization=normalization,
+            metadata=metadata,
             context_padding=header.get("context_padding"),
         )
     except InputError as exc:
         raise ModelFileError(f"{where!r} has inconsistent metadata: {exc}") from None
+
+
+def _valid_normalization(value: Any) -> bool:
+    """A file's percentile normalisation: a dict whose low/high (when given) are percentiles, low < high."""
+    if not isinstance(value, dict):
+        return False
+    low, high = value.get("low", 1.0), value.get("high", 99.8)
+    numbers_ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
+    return numbers_ok and 0.0 <= low < high <= 100.0 and value.get("method", "percentile") == "percentile"
 
 
 # ------------------------------------------------------------------------------------------ named models
