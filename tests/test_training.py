@@ -125,6 +125,46 @@ def test_resuming_with_other_data_says_so(pair, tmp_path):
     assert [e for e in other if isinstance(e, ev.Notice) and e.kind == "resume-data"]
 
 
+def test_resume_keeps_the_runs_total_its_folder_and_its_exact_preset(pair, tmp_path):
+    """Resumed without steps: the checkpoint's own total, not the default 1000; checkpoints go on into the
+    resumed folder; a custom Preset object comes back field for field, not by its (stock) name."""
+    from napari_deblurgan.training.presets import get_preset
+
+    custom = get_preset("content").replace(name="mine", content_loss="mse", learning_rate=3e-4)
+    straight = _losses(_run(pair, preset=custom, steps=6))
+    first = iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "preset": custom, "steps": 6,
+                                     "checkpoint_dir": tmp_path, "checkpoint_every": 1})
+    got = []
+    for e in first:
+        if isinstance(e, ev.Step):
+            got.append(e.losses)
+            if e.step == 2:
+                first.stop()
+    resumed = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": None, "resume": tmp_path}))
+    assert resumed[0].total_steps == 6 and resumed[0].start_step == 2
+    assert got + _losses(resumed) == straight  # the mse recipe, not stock content (L1)
+    assert load_checkpoint(tmp_path)["step"] == 6  # written into the resumed folder
+    with pytest.raises(InputError, match="below the checkpoint's step 6"):
+        iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path})
+
+
+def test_resuming_pairs_as_synthetic_blur_says_so(pair, tmp_path):
+    _run(pair, steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    _blurred, sharp = pair
+    with pytest.warns(UserWarning, match="sharp images with synthetic blur now, blurred/sharp pairs then"):
+        events = list(iter_finetune(sharp, None, **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path}))
+    assert [e for e in events if isinstance(e, ev.Notice) and e.kind == "resume-data"]
+
+
+def test_a_killed_save_leaves_no_temporary_files_for_good(pair, tmp_path):
+    """kill -9 during a save leaves its .part file; the next save of the run removes such leftovers."""
+    _run(pair, steps=1, checkpoint_dir=tmp_path, checkpoint_every=1)
+    leftover = tmp_path / ".checkpoint.pt.abc123.part"
+    leftover.write_bytes(b"half a checkpoint")
+    _run(pair, steps=2, checkpoint_dir=tmp_path, resume=tmp_path)
+    assert not leftover.exists() and load_checkpoint(tmp_path)["step"] == 2
+
+
 def test_resume_from_missing_dir_is_input_error(pair, tmp_path):
     with pytest.raises(InputError, match="No training checkpoint"):
         iter_finetune(*pair, model=_model(), resume=tmp_path / "nope", device="cpu")
@@ -359,7 +399,6 @@ def test_bad_arguments_raise_input_errors(pair):
     with pytest.raises(InputError, match="architecture"):
         iter_finetune(*pair, model=3, device="cpu")
     for kwargs, match in [
-        ({"steps": None}, "steps must be a whole number"),
         ({"steps": 2.5}, "steps must be a whole number"),
         ({"batch_size": 0}, "batch_size must be a whole number >= 1"),
         ({"ema": "a"}, "ema"),

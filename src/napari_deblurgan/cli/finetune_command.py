@@ -44,7 +44,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="starting model: file (.pt), shipped name, or an architecture (unet_fast, unet_lite, resnet9) to train "
         "from scratch (default: %(default)s)",
     )
-    p.add_argument("--steps", type=int, default=1000, metavar="N", help="generator updates (default: %(default)s)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="generator updates (default: 1000; with --resume, the resumed run's own total)",
+    )
     p.add_argument("--patch-size", type=int, default=128, metavar="N", help="crop side (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="crops per step (default: %(default)s)")
     p.add_argument(

@@ -13,6 +13,7 @@ unpickler cannot hold (NumPy/Python RNG states with 128-bit integers, the config
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -84,6 +85,11 @@ def save_checkpoint(directory: str | os.PathLike[str], payload: dict[str, Any]) 
 
     path = checkpoint_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A run killed (kill -9, power loss) while saving leaves its temporary file: a folder belongs to one run,
+    # so earlier runs' leftovers (each up to a checkpoint's size) are removed here instead of piling up.
+    for stale in path.parent.glob(f".{path.name}.*.part"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     full = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
         torch.save(full, handle)

@@ -425,11 +425,20 @@ class TrainingRun:
         if k["resume"] is not None:
             self.resume_payload = load_checkpoint(k["resume"])
             self.resume_json = json.loads(self.resume_payload["json"])
+            if k["checkpoint_dir"] is None:  # a resumed run keeps checkpointing where it came from
+                k["checkpoint_dir"] = Path(k["resume"])
         saved = self.resume_json.get("config", {})
 
         if self.on_event is not None and not callable(self.on_event):
             raise InputError(f"on_event must be a function called with each event, or None; got {self.on_event!r}.")
-        steps = _whole_number("steps", k["steps"], 0)
+        # None: 1000 for a new run, the checkpoint's own total when resuming (its schedule depends on it)
+        steps = _whole_number("steps", saved.get("steps", 1000) if k["steps"] is None else k["steps"], 0)
+        resumed_at = int(self.resume_payload["step"]) if self.resume_payload is not None else 0
+        if steps < resumed_at:
+            raise InputError(
+                f"steps {steps} is below the checkpoint's step {resumed_at}: nothing would be trained. Leave steps "
+                f"unset to finish the run's own {saved.get('steps', '?')} steps, or pass more than {resumed_at}."
+            )
         batch_size = _whole_number("batch_size", saved.get("batch_size", k["batch_size"]), 1)
         _whole_number("patch_size", k["patch_size"], 8)
         if k["checkpoint_dir"] is not None and Path(k["checkpoint_dir"]).exists() and not Path(
@@ -438,8 +447,13 @@ class TrainingRun:
             raise InputError(
                 f"checkpoint_dir {str(k['checkpoint_dir'])!r} is a file; give a folder (it is created if missing)."
             )
-        preset_name = saved.get("preset", k["preset"] if isinstance(k["preset"], str) else None)
-        self.preset = get_preset(preset_name if preset_name is not None else k["preset"])
+        if "preset_fields" in self.resume_json:  # the exact recipe, also for a custom Preset object
+            fields = dict(self.resume_json["preset_fields"])
+            fields["betas"] = tuple(fields["betas"])
+            self.preset = Preset(**fields)
+        else:  # checkpoints of older versions: the preset by name
+            preset_name = saved.get("preset", k["preset"] if isinstance(k["preset"], str) else None)
+            self.preset = get_preset(preset_name if preset_name is not None else k["preset"])
         lr = saved.get("learning_rate", k["learning_rate"])
         if lr is not None:
             if isinstance(lr, bool) or not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
@@ -686,12 +700,20 @@ class TrainingRun:
             rescore_best = best_psnr is not None and saved.get("validation_metric") != VALIDATION_METRIC
             saved_shapes = saved.get("data_shapes")  # absent in checkpoints of older versions
             shapes_now = [list(s) for s in self.data.shapes()]
-            if saved_shapes is not None and saved_shapes != shapes_now:
+            kind_changed = saved.get("synthetic", self.data.synthetic) != self.data.synthetic
+            if kind_changed or (saved_shapes is not None and saved_shapes != shapes_now):
                 pending.append(
                     (
-                        f"Resuming with other training data than the checkpoint's ({len(shapes_now)} images now, "
-                        f"{len(saved_shapes)} then, or other shapes): the run continues, but it is no longer the "
-                        "same run. Pass the same data to resume exactly.",
+                        "Resuming with other training data than the checkpoint's ("
+                        + (
+                            "sharp images with synthetic blur now, blurred/sharp pairs then"
+                            if self.data.synthetic and kind_changed
+                            else "blurred/sharp pairs now, sharp images with synthetic blur then"
+                            if kind_changed
+                            else f"{len(shapes_now)} images now, {len(saved_shapes or [])} then, or other shapes"
+                        )
+                        + "): the run continues, but it is no longer the same run. Pass the same data to resume "
+                        "exactly.",
                         "resume-data",
                     )
                 )
@@ -794,6 +816,8 @@ class TrainingRun:
                         "best_source": best_source,
                         "validation_metric": VALIDATION_METRIC,
                         "data_shapes": [list(s) for s in self.data.shapes()],
+                        "synthetic": self.data.synthetic,
+                        "preset_fields": asdict(preset),
                         "model": self.base._header(),
                     }
                 ),
@@ -960,7 +984,7 @@ def iter_finetune(
     sharp: Any = None,
     *,
     model: str | os.PathLike[str] | DeblurModel = "default",
-    steps: int = 1000,
+    steps: int | None = None,
     patch_size: int = 128,
     batch_size: int = 8,
     preset: str | Preset = "default",
@@ -996,7 +1020,8 @@ def iter_finetune(
         model: ``"default"`` (the shipped model), a :class:`DeblurModel`, a model file path, or an
             architecture name (``"unet_lite"``, ``"resnet9"``) to train from scratch (``channels`` sets its
             channel count, default 1).
-        steps: total generator updates (a resumed run continues up to this number).
+        steps: total generator updates (default 1000). A resumed run continues up to this number; left
+            unset, up to the checkpoint's own total (its learning-rate schedule depends on the total).
         patch_size: side of the square training crops (a multiple of the model's stride; reduced to fit).
         batch_size: crops per update (halved automatically on CUDA out-of-memory).
         preset: ``"default"``, ``"deblurgan"`` (paper recipe), ``"content"`` (L1 only), ``"content-mse"``
@@ -1021,7 +1046,8 @@ def iter_finetune(
             ``{"photons": P or (lo, hi), "read_noise": R or (lo, hi)}``.
         on_event: called with every event (also when iterating).
         resume: a ``checkpoint_dir`` of an earlier run: continues its step count, optimisers, schedule,
-            random streams and recipe exactly (pass the same data).
+            random streams and recipe (its preset, even a custom one) exactly (pass the same data: other data
+            is a ``resume-data`` notice). Checkpoints go on into that folder unless ``checkpoint_dir`` is given.
         axes: axes of the images (inferred when None).
         perceptual_weights: a VGG-19 weight file for the perceptual loss (otherwise torchvision's cache).
         allow_download: allow downloading VGG-19 weights (default: env ``NAPARI_DEBLURGAN_ALLOW_DOWNLOAD``).
@@ -1071,7 +1097,7 @@ def finetune(
     sharp: Any = None,
     *,
     model: str | os.PathLike[str] | DeblurModel = "default",
-    steps: int = 1000,
+    steps: int | None = None,
     patch_size: int = 128,
     batch_size: int = 8,
     preset: str | Preset = "default",

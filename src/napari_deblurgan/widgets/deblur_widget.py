@@ -129,7 +129,11 @@ class DeblurWidget(QWidget):
         self.tile_spin.setRange(0, 8192)
         self.tile_spin.setSingleStep(64)
         self.tile_spin.setSpecialValueText("auto")
-        self.tile_spin.setToolTip("Tile edge in pixels; smaller tiles use less memory. 'auto' picks by device.")
+        self.tile_spin.setToolTip(
+            "Tile edge in pixels; 'auto' picks by device. Smaller tiles use less memory but each keeps the "
+            "model's seamless overlap, so small tiles repeat work (a warning says how much); a tile too small "
+            "for the model is refused with the smallest size that works."
+        )
         self.overlap_spin = QSpinBox()
         self.overlap_spin.setRange(-1, 1024)
         self.overlap_spin.setSpecialValueText("auto")
