@@ -461,3 +461,28 @@ def test_description_stays_one_short_line_for_many_images():
     assert many.describe() == (
         "7 planes of sharp images + synthetic blur ((32, 40), (33, 40), (34, 40), (35, 40), ... 3 more)"
     )
+
+
+def test_a_validation_band_far_above_the_fraction_is_noted():
+    """validation=0.1 on one 256-px image with 128-px patches holds out half of it: the run says so."""
+    image = np.random.default_rng(0).random((256, 256)).astype(np.float32)
+    small = PairedData(None, image, patch_size=128, validation=0.1)
+    assert any("validation holds out 50 % of the image area, not 10 %" in n for n in small.notes)
+    large = PairedData(None, np.random.default_rng(0).random((640, 640)).astype(np.float32), patch_size=64,
+                       validation=0.1)
+    assert not any("validation holds out" in n for n in large.notes)
+
+
+def test_a_pair_in_different_units_warns():
+    sharp = np.random.default_rng(0).random((64, 64))
+    blurred = ndimage.gaussian_filter(sharp, 1.0)
+    for other_units in ((sharp * 60000).astype(np.uint16), sharp / 255):
+        with pytest.warns(UserWarning, match="look like different units or exposures"):
+            PairedData(blurred, other_units, patch_size=32, validation=0.0)
+    beads = np.zeros((96, 96))
+    beads[np.random.default_rng(1).integers(0, 96, (2, 12)).tolist()] = 1000.0
+    defocused = ndimage.uniform_filter(beads, 13, mode="reflect")  # peaks drop ~170-fold, the mean stays
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*different units")  # the same units: no such warning
+        PairedData(blurred, sharp, patch_size=32, validation=0.0)
+        PairedData(defocused, beads, patch_size=32, validation=0.0)

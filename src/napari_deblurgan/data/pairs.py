@@ -478,6 +478,27 @@ class PairedData:
         self.notes.append(f"patch_size reduced from {patch} to {fitted} px to fit the images")
         return fitted
 
+    @staticmethod
+    def _check_units(blurred: np.ndarray, sharp: np.ndarray, i: int) -> None:
+        """Warn when a pair is in different intensity units (e.g. a [0, 1] float blurred image with a raw
+        uint16 sharp one, or two exposures): both are normalised with the blurred plane's percentiles, so the
+        model would learn to scale intensities. Blur keeps the mean (it moves light, it does not add any), so
+        the means are compared - not the ranges, which blur legitimately shrinks (a defocused bead's peak
+        drops 100-fold)."""
+        b_lo, b_hi = percentile_range(blurred)
+        mean_b, mean_s = float(np.mean(blurred, dtype=np.float64)), float(np.mean(sharp, dtype=np.float64))
+        shift = (mean_s - mean_b) / (b_hi - b_lo)  # in units of the normalised range
+        ratio = mean_s / mean_b if mean_b != 0 else math.inf
+        if abs(shift) > 0.2 and not 0.5 <= ratio <= 2.0:
+            warnings.warn(
+                f"Training pair {i + 1}: the sharp image's mean intensity is {mean_s:.4g}, the blurred image's "
+                f"{mean_b:.4g}; blur keeps the mean, so they look like different units or exposures. Both are "
+                "normalised with the blurred image's percentiles: give them in the same units (e.g. both raw "
+                "camera counts of the same exposure).",
+                UserWarning,
+                stacklevel=4,
+            )
+
     def _check_alignment(self, src: _Source, i: int) -> None:
         keys = src.plane_keys()
         index, channel = keys[len(keys) // 2]
@@ -490,6 +511,7 @@ class PairedData:
             raise InputError(
                 f"Training pair {i + 1} contains NaN or infinite values; replace them (e.g. np.nan_to_num)."
             )
+        self._check_units(b, s, i)
         dy, dx = measure_offset(b, s)
         if max(abs(dy), abs(dx)) > MAX_ALIGNED_OFFSET:
             warnings.warn(
@@ -568,6 +590,15 @@ class PairedData:
                     f"on {P}-px patches. Use validation=0, a smaller patch_size, or pass a separate validation "
                     "pair."
                 )
+        held_px = sum(p.height * p.width for p in self.validation_planes)
+        total_px = held_px + sum(p.height * p.width for p in self.train_planes)
+        if total_px and held_px / total_px > 1.5 * fraction:
+            # the band is a patch deep at least: on small images that is far more than the fraction asked for
+            self.notes.append(
+                f"validation holds out {100 * held_px / total_px:.0f} % of the image area, not {100 * fraction:.0f} "
+                f"%: the held-out band is at least one {P}-px patch deep. A smaller patch_size, larger images or "
+                "a separate validation pair keep more for training."
+            )
 
     def _validation_grid(self, max_crops: int) -> list[tuple[Plane, int, int]]:
         """Fixed validation crops: (plane, y0, x0) on a non-overlapping grid, evenly thinned to max_crops."""
