@@ -542,9 +542,8 @@ class PairedData:
         self._check_units(b, s, i)
         dy, dx = measure_offset(b, s)
         # the correlation peak is precise on textured images but lands off-centre for motion blur, defocus disks
-        # and sparse beads (registered bead pairs came out 2-5 px "offset" in 22 of 60 cases); the blur
-        # kernel's centre of mass must confirm an offset (false alarms 2 of 120, detections 118 of 120 on
-        # generated bead pairs with noise, docs/training.md)
+        # and sparse beads (51 false alarms in 120 registered bead pairs); the blur kernel's centre of mass
+        # must confirm an offset (then 1 false alarm, and 119 of 120 shifted pairs caught; docs/training.md)
         confirmed = max(abs(v) for v in kernel_offset(b, s)) > MAX_ALIGNED_OFFSET
         if max(abs(dy), abs(dx)) > MAX_ALIGNED_OFFSET and confirmed:
             warnings.warn(
