@@ -41,6 +41,17 @@ def _losses(run_events) -> list[dict[str, float]]:
     return [e.losses for e in run_events if isinstance(e, ev.Step)]
 
 
+def _losses_until_stop(run, at_step: int) -> list[dict[str, float]]:
+    """Iterate ``run``, stopping it at ``at_step``; the losses of the steps taken."""
+    got = []
+    for e in run:
+        if isinstance(e, ev.Step):
+            got.append(e.losses)
+            if e.step == at_step:
+                run.stop()
+    return got
+
+
 _RUN_ARGS = dict(steps=3, patch_size=32, batch_size=2, preset="content", device="cpu", seed=0, validate_every=100)
 
 
@@ -74,12 +85,7 @@ def test_resume_continues_exactly(pair, tmp_path):
         checkpoint_dir=tmp_path,
         checkpoint_every=2,
     )
-    got = []
-    for e in first:
-        if isinstance(e, ev.Step):
-            got.append(e.losses)
-            if e.step == 2:
-                first.stop()
+    got = _losses_until_stop(first, at_step=2)
     assert len(got) == 2 and first.finished.stopped and first.finished.step == 2
     assert checkpoint_path(tmp_path).is_file()
 
@@ -134,12 +140,7 @@ def test_resume_keeps_the_runs_total_its_folder_and_its_exact_preset(pair, tmp_p
     straight = _losses(_run(pair, preset=custom, steps=6))
     first = iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "preset": custom, "steps": 6,
                                      "checkpoint_dir": tmp_path, "checkpoint_every": 1})
-    got = []
-    for e in first:
-        if isinstance(e, ev.Step):
-            got.append(e.losses)
-            if e.step == 2:
-                first.stop()
+    got = _losses_until_stop(first, at_step=2)
     resumed = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": None, "resume": tmp_path}))
     assert resumed[0].total_steps == 6 and resumed[0].start_step == 2
     assert got + _losses(resumed) == straight  # the mse recipe, not stock content (L1)
