@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -131,6 +132,20 @@ def test_an_output_that_cannot_be_written_is_said_before_training(files, capsys)
     code = main([*_common(files, "--sharp", str(files / "sharp.tif")), "-o", str(files / "sharp.tif"), "--force"])
     assert code == 2 and "is a training image" in capsys.readouterr().err
     assert tifffile.imread(files / "sharp.tif").ndim == 2  # still the image
+
+
+def test_a_used_checkpoint_dir_needs_resume_or_force(files, capsys):
+    args = [*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "2"), "--checkpoint-dir",
+            str(files / "ck")]
+    assert main([*args, "-o", str(files / "a.pt")]) == 0
+    before = (files / "ck" / "checkpoint.pt").read_bytes()
+    assert main([*args, "-o", str(files / "b.pt")]) == 2
+    assert "holds an earlier run's checkpoint" in capsys.readouterr().err
+    assert (files / "ck" / "checkpoint.pt").read_bytes() == before and not (files / "b.pt").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the CLI prints the notice once ("note: ..."), not also as a warning
+        assert main([*args, "-o", str(files / "b.pt"), "--force"]) == 0
+    assert capsys.readouterr().err.count("holds the checkpoint of an earlier run") == 1
 
 
 def test_mismatched_pair_is_a_usage_error(files, capsys):

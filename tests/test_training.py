@@ -166,6 +166,48 @@ def test_a_killed_save_leaves_no_temporary_files_for_good(pair, tmp_path):
     assert not leftover.exists() and load_checkpoint(tmp_path)["step"] == 2
 
 
+def test_neither_a_run_nor_its_resume_touches_the_callers_global_rng(pair, tmp_path):
+    import random
+
+    def states():
+        return torch.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate()
+
+    def same(a, b):
+        return torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    before = states()
+    _run(pair, preset="default", steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    assert same(before, states())
+    torch.rand(3), np.random.rand(3), random.random()  # the caller's own draws between the two runs
+    before = states()
+    run = iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "preset": "default", "steps": 4,
+                                  "resume": tmp_path})
+    assert same(before, states())
+    list(run)
+    assert same(before, states())
+
+
+def test_recipe_arguments_that_a_resume_replaces_are_named(pair, tmp_path):
+    _run(pair, steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    events = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path,
+                                          "batch_size": 4, "learning_rate": 1e-5}))
+    notes = [e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
+    assert len(notes) == 1 and "batch_size 2 (not 4)" in notes[0]
+    assert "learning_rate the preset's (not 1e-05)" in notes[0]
+    same = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 4, "resume": tmp_path}))
+    assert not [e for e in same if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
+
+
+def test_a_new_run_into_a_used_checkpoint_dir_says_it_replaces_it(pair, tmp_path):
+    _run(pair, steps=1, checkpoint_dir=tmp_path, checkpoint_every=1)
+    with pytest.warns(UserWarning, match="holds the checkpoint of an earlier run"):
+        events = _run(pair, steps=1, checkpoint_dir=tmp_path, checkpoint_every=1)
+    assert [e for e in events if isinstance(e, ev.Notice) and "holds the checkpoint of an earlier run" in e.message]
+
+
 def test_resume_from_missing_dir_is_input_error(pair, tmp_path):
     with pytest.raises(InputError, match="No training checkpoint"):
         iter_finetune(*pair, model=_model(), resume=tmp_path / "nope", device="cpu")

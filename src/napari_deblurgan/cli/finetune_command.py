@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -107,7 +108,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--axes", default=None, metavar="A", help="axes of the images, e.g. ZYX, YXS (default: from file)")
     p.add_argument("--channels", type=int, default=None, metavar="C", help="channels of a from-scratch model")
-    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite OUTPUT if it exists, and an earlier run's checkpoint in --checkpoint-dir",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     return p
 
@@ -205,6 +210,7 @@ class ProgressLine:
 
 def run(args: argparse.Namespace) -> int:
     """Finetune on the given files and save the model; returns the exit status."""
+    from ..training.events import TrainingNoticeWarning
     from ..training.trainer import iter_finetune
     from . import EXIT_INTERRUPTED
 
@@ -219,6 +225,14 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise InputError(f"{str(out)!r} exists; pass --force to overwrite it or choose another -o.")
     check_writable(out)  # a folder, a missing folder or no permission: said now, not after the training
+    if args.checkpoint_dir is not None and args.resume is None and not args.force:
+        from ..training.checkpoint import checkpoint_path
+
+        if checkpoint_path(args.checkpoint_dir).exists():
+            raise InputError(
+                f"--checkpoint-dir {args.checkpoint_dir} holds an earlier run's checkpoint: pass --resume "
+                f"{args.checkpoint_dir} to continue that run, --force to replace it, or another folder."
+            )
     for given in (args.sharp, args.blurred):
         if given is not None and out.exists() and Path(given).exists() and os.path.samefile(out, given):
             raise InputError(f"-o {str(out)!r} is a training image; choose another path for the model.")
@@ -276,8 +290,11 @@ def run(args: argparse.Namespace) -> int:
     if in_main:
         previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        for _ in training:
-            pass
+        with warnings.catch_warnings():
+            # the progress line prints every Notice as "note: ..." (or nothing with -q): not twice
+            warnings.simplefilter("ignore", TrainingNoticeWarning)
+            for _ in training:
+                pass
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous)

@@ -96,6 +96,11 @@ class CheckpointSaved:
     path: str
 
 
+class TrainingNoticeWarning(UserWarning):
+    """The Python warning that accompanies a :class:`Notice` the user must not miss (a UserWarning, so the usual
+    filters apply). Front ends that show the Notice events themselves, like the CLI, ignore this category."""
+
+
 @dataclass(frozen=True)
 class Notice:
     """Something the user should know that did not stop the run.

@@ -52,7 +52,7 @@ from ..model_file import DeblurModel, as_model, create_model, load_model
 from ..models import list_architectures
 from ..models.critic import PatchCritic
 from . import losses
-from .checkpoint import capture_global_rng, load_checkpoint, restore_global_rng, save_checkpoint
+from .checkpoint import capture_global_rng, checkpoint_path, load_checkpoint, save_checkpoint
 from .distillation import SelfEnsembleTeacher, check_teacher_weight, weights_digest
 from .events import (
     CheckpointSaved,
@@ -62,6 +62,7 @@ from .events import (
     Started,
     Step,
     TrainingEvent,
+    TrainingNoticeWarning,
     Validation,
 )
 from .presets import Preset, get_preset
@@ -432,6 +433,7 @@ class TrainingRun:
         if self.on_event is not None and not callable(self.on_event):
             raise InputError(f"on_event must be a function called with each event, or None; got {self.on_event!r}.")
         # None: 1000 for a new run, the checkpoint's own total when resuming (its schedule depends on it)
+        self.resume_ignored = self._ignored_on_resume(saved) if self.resume_payload is not None else []
         steps = _whole_number("steps", saved.get("steps", 1000) if k["steps"] is None else k["steps"], 0)
         resumed_at = int(self.resume_payload["step"]) if self.resume_payload is not None else 0
         if steps < resumed_at:
@@ -546,11 +548,28 @@ class TrainingRun:
             weight = saved.get("teacher_weight") if self.resume_payload is not None else None
             self.config.teacher_weight = check_teacher_weight(k["teacher_weight"] if weight is None else weight)
 
+    def _ignored_on_resume(self, saved: dict[str, Any]) -> list[str]:
+        """The recipe arguments given (other than their defaults) that a resume replaces with the checkpoint's."""
+        import inspect
+
+        defaults = {name: p.default for name, p in inspect.signature(iter_finetune).parameters.items()}
+        ignored = []
+        for name in ("preset", "learning_rate", "batch_size", "patch_size", "ema", "seed", "precision", "blur_kind"):
+            given, had = self._kwargs[name], saved.get(name)
+            if name == "preset" and not isinstance(given, str):
+                continue  # a Preset object: its fields are compared nowhere; the checkpoint's are used
+            if name not in saved or given is None or given == defaults[name] or given == had:
+                continue
+            shown = "the preset's" if had is None else repr(had)
+            ignored.append(f"{name} {shown} (not {given!r})")
+        return ignored
+
     def _resolve_model(self, model: Any) -> DeblurModel:
         if self.resume_payload is not None:
             header = self.resume_json["model"]
-            return create_model(
+            return create_model(  # seeded: its weights are replaced by the checkpoint's, and the global RNG stays
                 header["architecture"],
+                seed=0,
                 channels=header["channels"],
                 normalization=header["normalization"],
                 metadata=header["metadata"],
@@ -604,7 +623,7 @@ class TrainingRun:
 
     def _notice(self, step: int, message: str, kind: str, warn: bool = False) -> TrainingEvent:
         if warn:
-            warnings.warn(message, UserWarning, stacklevel=3)
+            warnings.warn(message, TrainingNoticeWarning, stacklevel=3)
         return self._emit(Notice(step=step, message=message, kind=kind))
 
     def _run(self) -> Iterator[TrainingEvent]:
@@ -631,6 +650,14 @@ class TrainingRun:
         feature_matching = False
         perceptual_kind = "none"
         pending: list[tuple[str, str]] = []  # notices to emit after Started
+        if k["resume"] is None and k["checkpoint_dir"] is not None and checkpoint_path(k["checkpoint_dir"]).exists():
+            pending.append(
+                (
+                    f"{str(k['checkpoint_dir'])!r} holds the checkpoint of an earlier run; this new run replaces it "
+                    "at its first checkpoint. Pass resume= that folder to continue the earlier run instead.",
+                    "info",
+                )
+            )
         if preset.perceptual_weight > 0:
             from .perceptual import VGGPerceptualLoss, load_vgg_features
 
@@ -689,7 +716,9 @@ class TrainingRun:
             payload = self.resume_payload
             step_fn.load_state_dict(payload["state"])
             source.load_state_dict(payload["sampler"])
-            restore_global_rng(payload["global_rng"])
+            # the global RNG states in the checkpoint are not restored: training draws only from its own
+            # seeded generators (a fresh run leaves the caller's global RNG as it was; tested), and restoring
+            # them would overwrite the caller's
             saved = self.resume_json
             step = int(payload["step"])
             lr_scale = float(saved["lr_scale"])
@@ -798,6 +827,13 @@ class TrainingRun:
             yield self._notice(step, message, kind, warn=True)
         for message in resume_notes:
             yield self._notice(step, message, "info")
+        if self.resume_ignored:
+            yield self._notice(
+                step,
+                "Resuming keeps the checkpoint's recipe: " + ", ".join(self.resume_ignored) + ". Start a new run "
+                "(without resume) to change it.",
+                "info",
+            )
 
         def checkpoint_payload() -> dict[str, Any]:
             return {
