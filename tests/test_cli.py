@@ -320,6 +320,11 @@ def test_info_list(capsys):
     assert "unet_lite" in out and "resnet9" in out and "shipped models" in out
 
 
+def test_info_with_a_model_and_list_is_a_usage_error(capsys):
+    assert main(["info", "default", "--list"]) == 2
+    assert "either a model (default) or --list" in capsys.readouterr().err
+
+
 def test_info_bad_file_is_exit_2(tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing.pt")]) == 2
     assert "not found" in capsys.readouterr().err

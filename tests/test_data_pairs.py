@@ -157,6 +157,19 @@ def test_lazy_arrays_are_not_cached(pair):
     assert not d._cache.planes
 
 
+def test_memory_maps_are_not_cached(pair, tmp_path):
+    """A memory-mapped stack stays on disk: the plane cache is for in-memory arrays only."""
+    _, sharp = pair
+    mapped = np.lib.format.open_memmap(tmp_path / "stack.npy", mode="w+", dtype=sharp.dtype, shape=(2, *sharp.shape))
+    mapped[:] = sharp
+    d = PairedData(None, mapped, patch_size=32, validation=0.0)
+    d.sample(4, np.random.default_rng(0))
+    assert not d._cache.planes
+    in_memory = PairedData(None, np.array(mapped), patch_size=32, validation=0.0)
+    in_memory.sample(4, np.random.default_rng(0))
+    assert in_memory._cache.planes  # the control: the same data in memory is cached
+
+
 @pytest.mark.parametrize("cache_bytes", [0, 2**26])
 def test_nan_in_training_images_is_an_input_error(cache_bytes):
     image = np.random.default_rng(0).random((64, 64)).astype(np.float32)

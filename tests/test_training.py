@@ -447,9 +447,10 @@ def test_bad_arguments_raise_input_errors(pair):
         ({"ema": "a"}, "ema"),
         ({"learning_rate": float("inf")}, "learning_rate"),
         ({"on_event": 3}, "on_event must be a function"),
+        ({"model": "unet_lite", "channels": 0}, "channels must be a whole number >= 1"),
     ]:
         with pytest.raises(InputError, match=match):
-            iter_finetune(*pair, model=_model(), device="cpu", **kwargs)
+            iter_finetune(*pair, **{"model": _model(), "device": "cpu", **kwargs})
 
 
 def test_a_checkpoint_dir_that_is_a_file_is_refused(pair, tmp_path):

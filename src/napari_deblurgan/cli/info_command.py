@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     """Print the model summary or the lists; returns the exit status."""
     from ..model_file import list_named_models, load_model
 
+    if args.list and args.model is not None:
+        raise InputError(f"Pass either a model ({args.model}) or --list, not both.")
     if args.list:
         from ..models import ARCHITECTURES
 

@@ -579,7 +579,10 @@ class TrainingRun:
         if isinstance(model, DeblurModel):
             return _copy_model(model)
         if isinstance(model, str) and model in list_architectures():
-            return create_model(model, channels=int(self._kwargs["channels"] or 1), seed=self.config.seed)
+            channels = self._kwargs["channels"]
+            return create_model(
+                model, channels=1 if channels is None else _whole_number("channels", channels, 1), seed=self.config.seed
+            )
         if isinstance(model, (str, os.PathLike)):
             return load_model(model, device="cpu")
         raise InputError(
