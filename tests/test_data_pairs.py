@@ -47,6 +47,12 @@ def test_offset_pair_warns_with_the_offset(pair):
         PairedData(shifted, sharp, patch_size=32)
 
 
+def test_an_offset_validation_pair_warns_too(pair):
+    blurred, sharp = pair
+    with pytest.warns(UserWarning, match=r"The validation blurred image is offset .*\(\+4\.0, \+2\.0\)"):
+        PairedData(blurred, sharp, patch_size=32, validation=(np.roll(blurred, (4, 2), axis=(0, 1)), sharp))
+
+
 def test_aligned_pair_does_not_warn(pair):
     blurred, sharp = pair
     with warnings.catch_warnings():

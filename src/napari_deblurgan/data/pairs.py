@@ -463,6 +463,7 @@ class PairedData:
                 )
             src_axes = resolve_axes(tuple(s.shape), axes)
             self.sources.append(self._make_source(s, b, src_axes, i))
+        self.check_alignment = check_alignment
         if check_alignment and not self.synthetic:
             for i, src in enumerate(self.sources):
                 self._check_alignment(src, i)
@@ -508,7 +509,7 @@ class PairedData:
         return fitted
 
     @staticmethod
-    def _check_units(blurred: np.ndarray, sharp: np.ndarray, i: int) -> None:
+    def _check_units(blurred: np.ndarray, sharp: np.ndarray, pair: str) -> None:
         """Warn when a pair is in different intensity units (e.g. a [0, 1] float blurred image with a raw
         uint16 sharp one, or two exposures): both are normalised with the blurred plane's percentiles, so the
         model would learn to scale intensities. Blur keeps the mean (it moves light, it does not add any), so
@@ -520,7 +521,7 @@ class PairedData:
         ratio = mean_s / mean_b if mean_b != 0 else math.inf
         if abs(shift) > 0.2 and not 0.5 <= ratio <= 2.0:
             warnings.warn(
-                f"Training pair {i + 1}: the sharp image's mean intensity is {mean_s:.4g}, the blurred image's "
+                f"{pair}: the sharp image's mean intensity is {mean_s:.4g}, the blurred image's "
                 f"{mean_b:.4g}; blur keeps the mean, so they look like different units or exposures. Both are "
                 "normalised with the blurred image's percentiles: give them in the same units (e.g. both raw "
                 "camera counts of the same exposure).",
@@ -528,7 +529,10 @@ class PairedData:
                 stacklevel=4,
             )
 
-    def _check_alignment(self, src: _Source, i: int) -> None:
+    def _check_alignment(self, src: _Source, i: int | None) -> None:
+        """Finite values, the same units, and registration of a pair (``i``: its index; None: the explicit
+        validation pair)."""
+        pair = "The validation pair" if i is None else f"Training pair {i + 1}"
         keys = src.plane_keys()
         index, channel = keys[len(keys) // 2]
         ch = channel if channel is not None else 0
@@ -538,17 +542,18 @@ class PairedData:
         s = src._read(src.sharp, index, c_sel, full, full)[0]
         if not (np.isfinite(b).all() and np.isfinite(s).all()):  # before the FFT, whose error would be obscure
             raise InputError(
-                f"Training pair {i + 1} contains NaN or infinite values; replace them (e.g. np.nan_to_num)."
+                f"{pair} contains NaN or infinite values; replace them (e.g. np.nan_to_num)."
             )
-        self._check_units(b, s, i)
+        self._check_units(b, s, pair)
         dy, dx = measure_offset(b, s)
         # the correlation peak is precise on textured images but lands off-centre for motion blur, defocus disks
         # and sparse beads (51 false alarms in 120 registered bead pairs); the blur kernel's centre of mass
         # must confirm an offset (then 1 false alarm, and 119 of 120 shifted pairs caught; docs/training.md)
         confirmed = max(abs(v) for v in kernel_offset(b, s)) > MAX_ALIGNED_OFFSET
         if max(abs(dy), abs(dx)) > MAX_ALIGNED_OFFSET and confirmed:
+            which = "The validation" if i is None else f"Training pair {i + 1}:"
             warnings.warn(
-                f"Blurred image {i + 1} is offset from its sharp image by (dy, dx) = ({dy:+.1f}, {dx:+.1f}) "
+                f"{which} blurred image is offset from its sharp image by (dy, dx) = ({dy:+.1f}, {dx:+.1f}) "
                 "pixels (FFT cross-correlation). Register the pair before training, otherwise the model "
                 "learns to shift images.",
                 UserWarning,
@@ -577,6 +582,8 @@ class PairedData:
             elif not self.synthetic:
                 raise InputError("Training uses real pairs: pass a blurred validation image too.")
             vsrc = self._make_source(vs, vb, resolve_axes(tuple(vs.shape), axes), 0)
+            if vb is not None and self.check_alignment:
+                self._check_alignment(vsrc, None)  # a misregistered validation pair misjudges every model
             if min(vsrc.height, vsrc.width) < self.patch_size:
                 raise InputError(
                     f"The validation image ({vsrc.height} x {vsrc.width}) is smaller than the patch size "
