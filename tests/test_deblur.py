@@ -182,6 +182,17 @@ def test_a_too_small_tile_size_gets_a_recommendation_that_works():
     deblur(image, model, tile_size=np.int64(2 * minimum), batch_size=np.int64(2), device="cpu")
 
 
+@pytest.mark.parametrize("joint", [False, True])
+def test_rgba_keeps_its_alpha_and_deblurs_the_colours_as_rgb(model, rgb_model, joint):
+    """Alpha is opacity: a binary mask must come back unchanged, not deblurred into 60 grey levels."""
+    net = rgb_model if joint else model
+    rgba = _image((40, 36, 4), "uint8", seed=4)
+    rgba[..., 3] = np.where(np.arange(36) < 18, 255, 0)[None, :]
+    out = deblur(rgba, net, axes="YXS", device="cpu")
+    np.testing.assert_array_equal(out[..., 3], rgba[..., 3])
+    np.testing.assert_array_equal(out[..., :3], deblur(rgba[..., :3].copy(), net, axes="YXS", device="cpu"))
+
+
 def test_progress_reports_every_batch(model):
     seen = []
     deblur(_image((2, 200, 200), "float32"), model, tile_size=96, batch_size=3, device="cpu",

@@ -68,7 +68,8 @@ def deblur(
         shipped default.
     axes
         Letters over ``TZCYXS`` (e.g. ``"YX"``, ``"ZYX"``, ``"TCZYX"``, ``"YXS"`` for RGB); inferred from the
-        shape when omitted (``rgb`` is a hint for the last axis, as napari's ``layer.rgb``).
+        shape when omitted (``rgb`` is a hint for the last axis, as napari's ``layer.rgb``). RGBA keeps its
+        alpha channel as it is (opacity is not an image) and deblurs the colours as RGB.
     tile_size, overlap
         Tile side and overlap in pixels; the defaults are seamless (see ``inference/tiling.py``). A smaller
         ``tile_size`` saves memory but keeps the seamless overlap, so below twice the overlap every pixel is
@@ -246,6 +247,8 @@ class _PlaneRunner:
     def check_channels(self, shape: tuple[int, ...], axes: str) -> None:
         c_ax = channel_axis(axes)
         n = shape[c_ax] if c_ax is not None else 1
+        if c_ax is not None and axes[c_ax] == "S" and n == 4:
+            n = 3  # RGBA: the alpha channel is kept, not deblurred
         if self.joint and n != self.model.channels:
             where = f"axis {axes[c_ax]!r} has {n}" if c_ax is not None else "the image has no channel axis (C or S)"
             raise InputError(
@@ -364,7 +367,10 @@ def _deblur_numpy(
         src, dst = src[..., None, :, :], dst[..., None, :, :]
     outer = src.shape[:-3]
     c, h, w = src.shape[-3:]
-    runs_per_plane = 1 if runner.joint else c
+    # RGBA: the alpha channel is opacity, not an image; it is kept as it is, not deblurred like a colour
+    alpha = "S" in axes and c == 4
+    colours = c - 1 if alpha else c
+    runs_per_plane = 1 if runner.joint else colours
     total = int(np.prod(outer, dtype=np.int64)) * runs_per_plane * runner.batches_per_plane(h, w)
     done = 0
 
@@ -377,10 +383,12 @@ def _deblur_numpy(
     for index in np.ndindex(*outer):
         plane = src[index]
         if runner.joint:
-            dst[index] = cast_like(runner.run(plane, on_batch, cancel), image.dtype)
+            dst[index][:colours] = cast_like(runner.run(plane[:colours], on_batch, cancel), image.dtype)
         else:
-            for ch in range(c):
+            for ch in range(colours):
                 dst[index][ch] = cast_like(runner.run(plane[ch : ch + 1], on_batch, cancel)[0], image.dtype)
+        if alpha:
+            dst[index][3] = plane[3]
     return out
 
 
