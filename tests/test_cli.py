@@ -61,7 +61,7 @@ def test_deblur_border_context_option(tiny_model_file, small_image, tmp_path, ca
     np.testing.assert_array_equal(tifffile.imread(out), expected)
     assert not np.array_equal(expected, deblur_module.deblur(small_image, load_model(tiny_model_file), axes="YX"))
     assert main([*argv, "--force", "--context-padding", "-3"]) == 2
-    assert "context_padding must be >= 0" in capsys.readouterr().err
+    assert "--context-padding must be >= 0" in capsys.readouterr().err
 
 
 def test_deblur_self_ensemble_option(tiny_model_file, small_image, tmp_path):
@@ -231,6 +231,14 @@ def test_an_unwritable_output_folder_is_said_before_the_work(tiny_model_file, sm
     monkeypatch.setattr(atomic_files.os, "access", lambda *a, **k: False)  # root writes anywhere: simulate
     assert main(["deblur", str(inp), "-o", str(tmp_path / "o.tif"), "--model", str(tiny_model_file)]) == 2
     assert "no permission" in capsys.readouterr().err and not ran
+
+
+def test_errors_name_the_flags_the_user_typed(small_image, tmp_path, capsys):
+    inp = tmp_path / "in.tif"
+    tifffile.imwrite(inp, small_image)
+    assert main(["deblur", str(inp), "-o", str(tmp_path / "o.tif"), "--tile-size", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "--tile-size 100 is too small" in err and "use --tile-size >= " in err and "tile_size" not in err
 
 
 def test_default_model_not_shipped_is_a_user_error(small_image, tmp_path, capsys, monkeypatch):

@@ -107,7 +107,7 @@ def test_finetune_with_a_teacher(files, capsys):
     teacher = load_model(out).metadata["training"]["teacher"]
     assert teacher["weight"] == 0.3 and teacher["file_sha256"] == load_model(files / "tiny.pt").metadata["sha256"]
     assert main([*argv, "--force", "--teacher", str(files / "tiny.pt"), "--teacher-weight", "2"]) == 2
-    assert "teacher_weight must be a number in (0, 1]" in capsys.readouterr().err
+    assert "--teacher-weight must be a number in (0, 1]" in capsys.readouterr().err
 
 
 def test_blurred_without_sharp_is_a_usage_error(files, capsys):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -38,8 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMAND_MODULES:
         module = importlib.import_module(f".{name}", __name__)
         sub = module.add_parser(subparsers)
-        sub.set_defaults(_run=module.run)
+        # the Python keywords that error messages of the API name, and the flags that set them here
+        flags = {
+            action.dest: next(o for o in action.option_strings if o.startswith("--"))
+            for action in sub._actions
+            if "_" in action.dest and any(o.startswith("--") for o in action.option_strings)
+        }
+        sub.set_defaults(_run=module.run, _flags=flags)
     return parser
+
+
+def with_flags(message: str, flags: dict[str, str]) -> str:
+    """``message`` with the Python keywords it names (``tile_size``) written as this command's flags
+    (``--tile-size``): the messages come from the Python API, the user typed flags. Only keywords with an
+    underscore, which prose does not contain."""
+    for dest, flag in flags.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(dest)}\b", flag, message)
+    return message
 
 
 def error(message: str) -> None:
@@ -59,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or EXIT_OK)
     except (InputError, ModelFileError) as exc:
-        error(str(exc))
+        error(with_flags(str(exc), getattr(args, "_flags", {})))
         return EXIT_USAGE
     except BrokenPipeError:  # `napari-deblurgan info default | head`: the reader has all it wanted
         _silence_stdout()
