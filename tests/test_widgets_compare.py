@@ -209,3 +209,14 @@ def test_psnr_range_defaults_to_the_ground_truths_own_range(make_napari_viewer, 
     assert scores["dtype"] == pytest.approx(psnr(truth, noisy), abs=0.01)
     assert scores["dtype"] - scores["reference"] > 30
     assert widget.range_combo.itemData(0) == "reference"  # the default
+
+
+def test_exporting_the_table_into_a_folder_is_a_notification(setup, qtbot, tmp_path, notifications):
+    viewer, widget = setup
+    widget.reference_combo.set_value(viewer.layers["truth"])
+    widget.set_checked(viewer.layers["blurred"])
+    widget.compute_button.click()
+    wait_done(qtbot, widget)
+    widget.export_csv(str(tmp_path))
+    assert any("Could not write" in msg and "is a directory" in msg for _, msg in notifications)
+    assert list(tmp_path.iterdir()) == []

@@ -315,3 +315,39 @@ def test_model_picker_offers_every_shipped_model(viewer_and_widget):
     for name in list_named_models():
         assert name in sources, (name, sources)
     assert "shipped: fast" in labels
+
+
+def test_the_dock_close_button_cancels_the_job_too(viewer_and_widget, qtbot):
+    """napari's close button removes the dock (setParent(None)) without closing the panel."""
+    viewer, widget = viewer_and_widget
+    _, worker = start_long_job(viewer, widget)
+    ended: list[bool] = []
+    worker.finished.connect(lambda: ended.append(True))
+    viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: bool(ended), timeout=5_000)
+    qtbot.wait(50)
+    assert [lay.name for lay in viewer.layers] == ["big"]
+    widget.deleteLater()  # napari left it undeleted (as it does for a user); free it for the leak check
+    qtbot.wait(50)
+
+
+def test_a_rotated_or_sheared_layers_result_lies_on_it(viewer_and_widget, small_image, qtbot):
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(small_image, name="tilted", scale=(0.5, 0.25), translate=(3.0, -2.0), rotate=30.0,
+                             shear=[0.2])
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    out = viewer.layers["tilted deblurred"]
+    point = np.array([10.0, 7.0])
+    np.testing.assert_allclose(out.data_to_world(point), layer.data_to_world(point), atol=1e-9)
+
+
+def test_typed_axes_survive_new_layers_and_a_renamed_layer_stays_selected(viewer_and_widget, qtbot):
+    viewer, widget = viewer_and_widget
+    stack = viewer.add_image(np.random.default_rng(0).random((3, 40, 40)).astype(np.float32), name="channels")
+    widget.axes_edit.setText("CYX")
+    viewer.add_image(np.zeros((40, 40), np.float32), name="another")
+    assert widget.layer_combo.value() is stack and widget.axes_edit.text() == "CYX"
+    stack.name = "renamed"
+    assert widget.layer_combo.value() is stack and widget.axes_edit.text() == "CYX"
+    assert widget.layer_combo.currentText() == "renamed"

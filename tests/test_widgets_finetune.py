@@ -222,4 +222,27 @@ def test_an_empty_or_unusable_save_path_is_said_before_training(setup, qtbot, tm
     finetune.save_edit.setText(str(folder))
     finetune.start_button.click()
     assert finetune.worker is None
-    assert any("is a directory" in msg for _, msg in notifications)
+    assert any("is a folder" in msg for _, msg in notifications)
+
+
+def test_the_dock_close_button_stops_training_too(setup, qtbot, tmp_path):
+    viewer, finetune, _ = setup
+    worker = start_long_training(finetune, qtbot)
+    ended: list[bool] = []
+    worker.finished.connect(lambda: ended.append(True))
+    viewer.window.remove_dock_widget(finetune)
+    qtbot.waitUntil(lambda: bool(ended), timeout=10_000)
+    assert (tmp_path / "models" / "mine.pt").is_file()  # the model so far is kept
+    finetune.deleteLater()
+    qtbot.wait(50)
+
+
+def test_a_folder_as_save_path_is_refused_not_turned_into_folder_dot_pt(setup, tmp_path, notifications):
+    _, finetune, _ = setup
+    folder = tmp_path / "models_folder"
+    folder.mkdir()
+    finetune.save_edit.setText(str(folder))
+    finetune.start_button.click()
+    assert finetune.worker is None
+    assert any("is a folder; give a file name inside it" in msg for _, msg in notifications)
+    assert not (tmp_path / "models_folder.pt").exists() and not list(folder.iterdir())

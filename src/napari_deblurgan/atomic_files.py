@@ -39,7 +39,7 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     if not directory.is_dir():
         raise InputError(f"Output directory {str(directory)!r} does not exist; create it first.")
     if path.is_dir():
-        raise InputError(f"{str(path)!r} is a directory; give a file name inside it (e.g. {str(path / 'model.pt')!r}).")
+        raise InputError(f"{str(path)!r} is a directory; give a file name inside it.")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise InputError(f"Cannot write into {str(directory)!r} (no permission); choose another folder.")
     return path

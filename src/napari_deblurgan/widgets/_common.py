@@ -7,6 +7,7 @@ import torch (napari imports widget modules at startup when it builds its menus)
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -63,7 +64,9 @@ class ProgressRelay(QObject):
     progressed = Signal(int, int)
 
     def __call__(self, done: int, total: int) -> None:
-        self.progressed.emit(int(done), int(total))
+        # RuntimeError: the panel (and this relay's Qt object) was deleted, e.g. napari closed mid-job
+        with contextlib.suppress(RuntimeError):
+            self.progressed.emit(int(done), int(total))
 
 
 def layer_pixels(layer: napari.layers.Image) -> Any:
@@ -121,6 +124,7 @@ class LayerComboBox(QComboBox):
         self._layer_type = layer_type or napari.layers.Image
         self._allow_none = allow_none
         self._predicate = predicate
+        self._offered: list[Any] = []  # the layer (or None for the "none" item) behind each row
         self.refresh()
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
@@ -149,52 +153,62 @@ class LayerComboBox(QComboBox):
         return out
 
     def refresh(self, *_: Any) -> None:
-        """Re-read the layer list, keeping the current selection when that layer still exists."""
-        current = self.currentText()
+        """Re-read the layer list, keeping the selected layer (the layer itself, so a rename keeps it too).
+
+        ``currentIndexChanged`` fires only when the selection really changes (its layer was removed): a new
+        layer moves the selected one to another row, and a signal then would make the panels re-fill their
+        axes boxes over what the user typed.
+        """
+        previous = self.value() if self._offered else None
+        had_selection = bool(self._offered)
         self.blockSignals(True)
         self.clear()
+        self._offered = []
         if self._allow_none is not None:
             self.addItem(self._allow_none)
+            self._offered.append(None)
         for layer in self.layers():
             self.addItem(layer.name)
-        index = self.findText(current)
-        self.blockSignals(False)
+            self._offered.append(layer)
+        index = next((i for i, item in enumerate(self._offered) if item is previous), -1)
         if index >= 0:
             self.setCurrentIndex(index)
-        elif self.count():
+        self.blockSignals(False)
+        if index < 0 and self.count():
             self.setCurrentIndex(0)
             self.currentIndexChanged.emit(0)
+        elif index < 0 and had_selection:
+            self.currentIndexChanged.emit(-1)
 
     def value(self) -> Any | None:
         """The selected layer, or None ("none" item or empty list)."""
-        name = self.currentText()
-        if self._allow_none is not None and name == self._allow_none:
-            return None
-        for layer in self.layers():
-            if layer.name == name:
-                return layer
-        return None
+        index = self.currentIndex()
+        return self._offered[index] if 0 <= index < len(self._offered) else None
 
     def set_value(self, layer: Any) -> None:
         """Select ``layer`` (or the "none" item for None)."""
-        name = self._allow_none if layer is None else layer.name
-        index = self.findText(name) if name is not None else -1
+        index = next((i for i, item in enumerate(self._offered) if item is layer), -1)
         if index < 0:
-            raise ValueError(f"layer {name!r} is not offered here")
+            raise ValueError(f"layer {getattr(layer, 'name', layer)!r} is not offered here")
         self.setCurrentIndex(index)
 
 
 def result_layer_kwargs(layer: napari.layers.Image, *, name: str) -> dict[str, Any]:
     """Keyword arguments that give a result layer the same geometry and display as ``layer``.
 
-    Scale, translate, axis labels and units place the result exactly on the input; colormap, contrast
-    limits, gamma and rgb make it look comparable at a glance. Passing contrast limits also stops napari from
-    computing them on a lazy (dask) result, which would start the deblurring of a whole plane.
+    Scale, translate, rotate, shear, affine, axis labels and units place the result exactly on the input;
+    colormap, contrast limits, gamma and rgb make it look comparable at a glance. Passing contrast limits also
+    stops napari from computing them on a lazy (dask) result, which would start the deblurring of a whole plane.
     """
     kwargs: dict[str, Any] = {
         "name": name,
         "scale": tuple(layer.scale),
         "translate": tuple(layer.translate),
+        # rotate, shear and the extra affine too: without them a rotated or sheared input's result is drawn
+        # somewhere else
+        "rotate": layer.rotate,
+        "shear": layer.shear,
+        "affine": layer.affine,
         "axis_labels": tuple(layer.axis_labels),
         "units": tuple(layer.units),
         "contrast_limits": tuple(layer.contrast_limits),

@@ -310,6 +310,9 @@ class CompareWidget(QWidget):
             return
         try:
             self.table_result.to_csv(path)
+        except user_error_types() as exc:  # a folder, a missing folder, no permission (InputError)
+            show_error(f"Could not write {path!r}: {error_message(exc)} Choose another file.")
+            return
         except OSError as exc:
             show_error(f"Could not write {path!r}: {exc}. Choose another file.")
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -283,6 +283,16 @@ class DeblurWidget(QWidget):
         if self.progress.maximum() == 0:  # lazy (dask) result or an error before any progress
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
+
+    def changeEvent(self, event: Any) -> None:
+        """napari's close button takes the panel out of its dock (``setParent(None)``) without closing it, so
+        that counts as closing: it cancels a running job so no thread outlives the widget."""
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif getattr(self, "_docked", False):
+                self._cancel.set()
+        super().changeEvent(event)
 
     def closeEvent(self, event: Any) -> None:
         """Closing the dock cancels a running job so no thread outlives the widget."""

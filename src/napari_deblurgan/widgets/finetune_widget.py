@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -41,6 +41,7 @@ from ._common import (
     error_message,
     layer_pixels,
     normalize_axes_text,
+    result_layer_kwargs,
     set_items,
     show_error,
     show_info,
@@ -306,18 +307,9 @@ class FinetuneWidget(QWidget):
         except user_error_types() as exc:
             show_error(error_message(exc))
             return None
-        name = unique_name(self.viewer, f"{layer.name} synthetic blur")
-        return self.viewer.add_image(
-            blurred,
-            name=name,
-            scale=tuple(layer.scale),
-            translate=tuple(layer.translate),
-            axis_labels=tuple(layer.axis_labels),
-            colormap=layer.colormap if not layer.rgb else None,
-            contrast_limits=tuple(layer.contrast_limits),
-            rgb=layer.rgb,
-            metadata={"psf": psf, "napari_deblurgan_blur": self._blur_settings()},
-        )
+        kwargs = result_layer_kwargs(layer, name=unique_name(self.viewer, f"{layer.name} synthetic blur"))
+        kwargs["metadata"] = {"psf": psf, "napari_deblurgan_blur": self._blur_settings()}
+        return self.viewer.add_image(blurred, **kwargs)
 
     # ------------------------------------------------------------------------------------------- runs
     def training_kwargs(self) -> dict[str, Any]:
@@ -437,6 +429,10 @@ class FinetuneWidget(QWidget):
             text = self._proposed_save_path = str(default_model_path())
             self.save_edit.setText(text)
         save_to = Path(text).expanduser()
+        if save_to.is_dir():  # before the suffix is added: "/tmp" would otherwise become "/tmp.pt"
+            raise InputError(
+                f"{str(save_to)!r} is a folder; give a file name inside it, e.g. {str(save_to / 'finetuned.pt')!r}."
+            )
         if save_to.suffix != ".pt":
             save_to = save_to.with_suffix(".pt")
         try:
@@ -515,6 +511,16 @@ class FinetuneWidget(QWidget):
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
+
+    def changeEvent(self, event: Any) -> None:
+        """napari's close button takes the panel out of its dock (``setParent(None)``) without closing it, so
+        that counts as closing: it stops a running training."""
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif getattr(self, "_docked", False):
+                self.control.stop()
+        super().changeEvent(event)
 
     def closeEvent(self, event: Any) -> None:
         """Closing the dock stops a running training (the model so far is still saved)."""
