@@ -220,3 +220,18 @@ def test_exporting_the_table_into_a_folder_is_a_notification(setup, qtbot, tmp_p
     widget.export_csv(str(tmp_path))
     assert any("Could not write" in msg and "is a directory" in msg for _, msg in notifications)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_computation_leaves_no_old_numbers_behind(setup, qtbot, notifications):
+    viewer, widget = setup
+    widget.reference_combo.set_value(viewer.layers["truth"])
+    widget.set_checked(viewer.layers["blurred"])
+    widget.compute_button.click()
+    wait_done(qtbot, widget)
+    assert widget.table.rowCount() == 1 and widget.export_button.isEnabled()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="other shape")
+    widget.set_checked(viewer.layers["other shape"])
+    widget.compute_button.click()
+    wait_done(qtbot, widget)
+    assert any("shape" in msg for _, msg in notifications)
+    assert widget.table.rowCount() == 0 and not widget.export_button.isEnabled() and widget.table_result is None

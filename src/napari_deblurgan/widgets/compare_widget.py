@@ -269,6 +269,11 @@ class CompareWidget(QWidget):
             return
         results = {layer.name: layer_pixels(layer) for layer in layers}
         ref_data = None if reference is None else layer_pixels(reference)
+        # the last table goes now: if this computation fails, old numbers must not stay on screen (or be
+        # exported) as if they were the answer to the new question
+        self.table_result = None
+        self.table.setRowCount(0)
+        self.export_button.setEnabled(False)
         self.status.setText("Computing metrics...")
         self._start(
             _compare_with_range,
