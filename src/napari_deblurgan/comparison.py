@@ -31,11 +31,11 @@ from .blur.synthesize import (
     check_psf_array,
     plane_indices,
     resolve_image_axes,
-    to_dtype,
     to_planes,
     validate_image,
 )
 from .errors import InputError
+from .normalization import cast_like
 
 # ----------------------------------------------------------------------------------------------- metrics
 
@@ -171,7 +171,7 @@ class _Scaler:
         return (image.astype(np.float64) - self.low) / self.span
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
-        return to_dtype(values * self.span + self.low, self.dtype)
+        return cast_like(values * self.span + self.low, self.dtype)
 
 
 def _check_iterations(iterations: Any) -> int:

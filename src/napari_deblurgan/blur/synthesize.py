@@ -79,12 +79,6 @@ def validate_image(image: Any, *, name: str = "image") -> np.ndarray:
     return arr
 
 
-def to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast float ``values`` to ``dtype``: integers are rounded and clipped to their range, floats kept
-    (clipped only where the dtype cannot hold them: float16)."""
-    return cast_like(values, dtype)
-
-
 def convolve_reflect(plane: np.ndarray, psf: np.ndarray) -> np.ndarray:
     """Convolve a 2D float plane with ``psf`` (true convolution, centred), reflect-padding the borders.
 
@@ -127,7 +121,7 @@ def apply_psf(image: Any, psf: Any, *, axes: str | None = None) -> np.ndarray:
     arr = validate_image(image)
     kernel = check_psf_array(psf)
     planes, restore = to_planes(arr, resolve_image_axes(arr, axes))
-    return to_dtype(restore(_convolve_planes(planes, kernel, _work_dtype(arr.dtype))), arr.dtype)
+    return cast_like(restore(_convolve_planes(planes, kernel, _work_dtype(arr.dtype))), arr.dtype)
 
 
 def _convolve_planes(planes: np.ndarray, psf: np.ndarray, work: type) -> np.ndarray:
@@ -245,7 +239,7 @@ def synthesize_blur_with_params(
         # one gain for the whole array: a stack is one acquisition with one exposure setting
         blurred = add_poisson_gaussian_noise(blurred, noise_settings["photons"], noise_settings["read_noise"], rng)
     params["noise"] = noise_settings
-    return to_dtype(restore(blurred), arr.dtype), psf, params
+    return cast_like(restore(blurred), arr.dtype), psf, params
 
 
 def synthesize_blur(

@@ -202,7 +202,7 @@ def note_other_series(tif: Any, path: Path, quiet: bool = False) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- checks
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     """True if ``a`` and ``b`` are the same file (also via symlinks, hard links, ``..``)."""
     if os.path.realpath(a) == os.path.realpath(b):
         return True
@@ -218,7 +218,7 @@ def check_paths(inp: Path, out: Path, force: bool) -> None:
         raise InputError(f"Input file {str(inp)!r} does not exist (or is not a file).")
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"Output {str(out)!r} must end in .tif or .tiff (the output is written as TIFF).")
-    if _same_file(inp, out):
+    if same_file(inp, out):
         raise InputError(
             f"Output {str(out)!r} is the input file; choose a different output path (the input is never "
             f"overwritten)."

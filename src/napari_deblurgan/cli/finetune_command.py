@@ -14,7 +14,6 @@ aborts at once without writing.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -233,8 +232,10 @@ def run(args: argparse.Namespace) -> int:
                 f"--checkpoint-dir {args.checkpoint_dir} holds an earlier run's checkpoint: pass --resume "
                 f"{args.checkpoint_dir} to continue that run, --force to replace it, or another folder."
             )
+    from .deblur_command import same_file
+
     for given in (args.sharp, args.blurred):
-        if given is not None and out.exists() and Path(given).exists() and os.path.samefile(out, given):
+        if given is not None and same_file(Path(given), out):
             raise InputError(f"-o {str(out)!r} is a training image; choose another path for the model.")
 
     sharp, axes = read_image(args.sharp, args.axes)

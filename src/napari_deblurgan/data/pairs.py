@@ -358,6 +358,13 @@ def _downsample(plane: np.ndarray, factor: int) -> np.ndarray:
     return plane[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
 
 
+def _registration_planes(blurred_plane: np.ndarray, sharp_plane: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The sharp and blurred planes as :func:`measure_offset` and :func:`kernel_offset` compare them (float32
+    block means down to at most ``_REGISTRATION_SIZE`` px along the longer side), and the factor."""
+    factor = max(1, math.ceil(max(sharp_plane.shape) / _REGISTRATION_SIZE))
+    return _downsample(sharp_plane, factor), _downsample(blurred_plane, factor), factor
+
+
 def measure_offset(blurred_plane: np.ndarray, sharp_plane: np.ndarray) -> tuple[float, float]:
     """(dy, dx) in pixels by which ``blurred_plane`` is shifted relative to ``sharp_plane``.
 
@@ -366,9 +373,7 @@ def measure_offset(blurred_plane: np.ndarray, sharp_plane: np.ndarray) -> tuple[
     """
     from skimage.registration import phase_cross_correlation
 
-    factor = max(1, math.ceil(max(sharp_plane.shape) / _REGISTRATION_SIZE))
-    ref = _downsample(sharp_plane, factor)
-    mov = _downsample(blurred_plane, factor)
+    ref, mov, factor = _registration_planes(blurred_plane, sharp_plane)
     ref = ref - ref.mean()
     mov = mov - mov.mean()
     shift, _, _ = phase_cross_correlation(ref, mov, upsample_factor=10, normalization=None)
@@ -383,9 +388,8 @@ def kernel_offset(blurred_plane: np.ndarray, sharp_plane: np.ndarray) -> tuple[f
     (Tukey-tapered, downsampled planes; Wiener-like with 1 % of the mean power), and only its part above 30 %
     of its peak counts (noise). Less precise than the correlation peak on textured images but not fooled where
     the peak is: motion blur (peak off-centre), defocus disks (a plateau) and sparse beads (twin maxima)."""
-    factor = max(1, math.ceil(max(sharp_plane.shape) / _REGISTRATION_SIZE))
-    ref = _downsample(sharp_plane, factor).astype(np.float64)
-    mov = _downsample(blurred_plane, factor).astype(np.float64)
+    ref, mov, factor = _registration_planes(blurred_plane, sharp_plane)
+    ref, mov = ref.astype(np.float64), mov.astype(np.float64)
     h, w = ref.shape
     taper = np.outer(signal.windows.tukey(h, 0.2), signal.windows.tukey(w, 0.2))
     sharp_f = np.fft.rfft2((ref - ref.mean()) * taper)

@@ -73,7 +73,6 @@ MAX_ROLLBACKS = 5
 SNAPSHOT_EVERY = 50
 
 
-
 def _whole_number(name: str, value: Any, minimum: int) -> int:
     """``value`` as an int >= ``minimum`` (Python or NumPy integers, or floats with no fraction such as 1e4);
     one InputError otherwise - never a silent truncation of 2.5 to 2."""
@@ -81,6 +80,7 @@ def _whole_number(name: str, value: Any, minimum: int) -> int:
     if whole and int(value) >= minimum:
         return int(value)
     raise InputError(f"{name} must be a whole number >= {minimum}, got {value!r}.")
+
 
 class NonFiniteLoss(RuntimeError):
     """A loss became NaN or infinite during a step (handled by rolling back)."""

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QEvent, QObject, Signal
 from qtpy.QtWidgets import QComboBox, QWidget
 
 # re-exported for the widgets; devices.py is torch-free at import time
@@ -67,6 +67,18 @@ class ProgressRelay(QObject):
         # RuntimeError: the panel (and this relay's Qt object) was deleted, e.g. napari closed mid-job
         with contextlib.suppress(RuntimeError):
             self.progressed.emit(int(done), int(total))
+
+
+def detached_from_dock(widget: QWidget, event: Any) -> bool:
+    """True when ``event`` says napari's close button took ``widget`` out of its dock: that calls
+    ``setParent(None)`` and never ``close()``, so the panel's ``closeEvent`` cannot see it. Call from the
+    panel's ``changeEvent``; remembers (on the widget) whether it was ever docked."""
+    if event.type() != QEvent.Type.ParentChange:
+        return False
+    if widget.parent() is not None:
+        widget._docked = True
+        return False
+    return getattr(widget, "_docked", False)
 
 
 def layer_pixels(layer: napari.layers.Image) -> Any:
@@ -159,8 +171,7 @@ class LayerComboBox(QComboBox):
         layer moves the selected one to another row, and a signal then would make the panels re-fill their
         axes boxes over what the user typed.
         """
-        previous = self.value() if self._offered else None
-        had_selection = bool(self._offered)
+        previous, had_selection = self.value(), bool(self._offered)
         self.blockSignals(True)
         self.clear()
         self._offered = []

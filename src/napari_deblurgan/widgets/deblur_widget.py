@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QEvent, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -31,6 +31,7 @@ from ._common import (
     ProgressRelay,
     avoid_triton_llvm_clash,
     axes_for_layer,
+    detached_from_dock,
     device_items,
     error_message,
     layer_pixels,
@@ -287,11 +288,8 @@ class DeblurWidget(QWidget):
     def changeEvent(self, event: Any) -> None:
         """napari's close button takes the panel out of its dock (``setParent(None)``) without closing it, so
         that counts as closing: it cancels a running job so no thread outlives the widget."""
-        if event.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._docked = True
-            elif getattr(self, "_docked", False):
-                self._cancel.set()
+        if detached_from_dock(self, event):
+            self._cancel.set()
         super().changeEvent(event)
 
     def closeEvent(self, event: Any) -> None:

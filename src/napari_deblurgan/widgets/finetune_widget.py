@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -37,6 +37,7 @@ from ._common import (
     LayerComboBox,
     avoid_triton_llvm_clash,
     axes_for_layer,
+    detached_from_dock,
     device_items,
     error_message,
     layer_pixels,
@@ -70,10 +71,15 @@ def default_model_path() -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = default_model_dir() / f"finetuned-{stamp}.pt"
     count = 2
-    while path.exists() or checkpoint_dir_for(path).exists():
+    while _taken(path):
         path = default_model_dir() / f"finetuned-{stamp}-{count}.pt"
         count += 1
     return path
+
+
+def _taken(model_path: Path) -> bool:
+    """Whether a run has written there: the model file or its checkpoint folder exists."""
+    return model_path.exists() or checkpoint_dir_for(model_path).exists()
 
 
 def checkpoint_dir_for(model_path: Path) -> Path:
@@ -425,7 +431,7 @@ class FinetuneWidget(QWidget):
         if not text:
             raise InputError("Enter where to save the finetuned model (a .pt file), or press ... to choose.")
         proposed = text == self._proposed_save_path
-        if not resume and proposed and (Path(text).expanduser().exists() or checkpoint_dir_for(Path(text)).exists()):
+        if not resume and proposed and _taken(Path(text).expanduser()):
             text = self._proposed_save_path = str(default_model_path())
             self.save_edit.setText(text)
         save_to = Path(text).expanduser()
@@ -515,11 +521,8 @@ class FinetuneWidget(QWidget):
     def changeEvent(self, event: Any) -> None:
         """napari's close button takes the panel out of its dock (``setParent(None)``) without closing it, so
         that counts as closing: it stops a running training."""
-        if event.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._docked = True
-            elif getattr(self, "_docked", False):
-                self.control.stop()
+        if detached_from_dock(self, event):
+            self.control.stop()
         super().changeEvent(event)
 
     def closeEvent(self, event: Any) -> None:
