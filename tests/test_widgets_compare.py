@@ -235,3 +235,26 @@ def test_a_failed_computation_leaves_no_old_numbers_behind(setup, qtbot, notific
     wait_done(qtbot, widget)
     assert any("shape" in msg for _, msg in notifications)
     assert widget.table.rowCount() == 0 and not widget.export_button.isEnabled() and widget.table_result is None
+
+
+def test_a_tick_belongs_to_its_layer_not_its_name(setup):
+    """Renaming a ticked layer keeps its tick; a new layer given a removed layer's name starts unticked."""
+    from qtpy.QtCore import Qt
+
+    viewer, widget = setup
+    rows = {widget.layer_list.item(r).text(): widget.layer_list.item(r) for r in range(widget.layer_list.count())}
+    rows["blurred"].setCheckState(Qt.CheckState.Checked)  # as a click does
+    blurred = viewer.layers["blurred"]
+    assert widget.checked_layers() == [blurred]
+    blurred.name = "blurred, renamed"
+    assert widget.checked_layers() == [blurred]
+    ticked = [
+        widget.layer_list.item(r).text()
+        for r in range(widget.layer_list.count())
+        if widget.layer_list.item(r).checkState() == Qt.CheckState.Checked
+    ]
+    assert ticked == ["blurred, renamed"]
+
+    viewer.layers.remove(blurred)
+    viewer.add_image(np.zeros((64, 64), np.float32), name="blurred, renamed")
+    assert widget.checked_layers() == []

@@ -231,6 +231,25 @@ def test_the_dock_close_button_stops_training_too(setup, qtbot, tmp_path):
     qtbot.wait(50)
 
 
+def test_napari_quitting_mid_run_stops_the_training_and_saves_the_model(setup, qtbot, tmp_path, capfd):
+    """napari's quit path (``WorkerBase.await_workers``, run on ``aboutToQuit``) asks every worker to quit
+    and waits: for a training that is a stop after the current step, and the model so far is written."""
+    from napari.qt.threading import WorkerBase
+
+    _, finetune, _ = setup
+    start_long_training(finetune, qtbot)
+    saved = tmp_path / "models" / "mine.pt"
+    assert not saved.exists()
+    WorkerBase.await_workers(msecs=30_000)  # blocks until the thread is done, as on quitting
+    assert saved.is_file()
+    from napari_deblurgan import load_model
+
+    training = load_model(saved).metadata["training"]
+    assert training["stopped"] and 2 <= training["steps_done"] < 100_000
+    assert f"the model is saved to {saved}" in capfd.readouterr().err
+    wait_done(qtbot, finetune)
+
+
 @pytest.mark.parametrize("folder_name", ["models_folder", "a_folder.pt"])
 def test_a_folder_as_save_path_is_refused_not_turned_into_folder_dot_pt(setup, tmp_path, notifications, folder_name):
     _, finetune, _ = setup

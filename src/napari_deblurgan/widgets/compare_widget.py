@@ -80,7 +80,10 @@ class CompareWidget(QWidget):
         self.viewer = viewer
         self.worker: Any = None
         self.table_result: Any = None
-        self._checked: dict[str, bool] = {}
+        # ticks belong to layers, not names: a renamed layer keeps its tick, and a new layer that takes a
+        # removed one's name does not inherit it (keys are id(layer), pruned to the live layers on refresh)
+        self._checked: dict[int, bool] = {}
+        self._listed: list[Any] = []  # the layer behind each row of layer_list
 
         # ---- what to compare
         self.reference_combo = LayerComboBox(viewer, allow_none=NO_REFERENCE)
@@ -191,20 +194,25 @@ class CompareWidget(QWidget):
     def _refresh_list(self, *_: Any) -> None:
         self.layer_list.blockSignals(True)
         self.layer_list.clear()
-        for layer in self._image_layers():
+        self._listed = self._image_layers()
+        live = {id(layer) for layer in self._listed}
+        self._checked = {key: value for key, value in self._checked.items() if key in live}
+        for layer in self._listed:
             item = QListWidgetItem(layer.name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            checked = self._checked.get(layer.name, False)
+            checked = self._checked.get(id(layer), False)
             item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
             self.layer_list.addItem(item)
         self.layer_list.blockSignals(False)
 
     def _remember_check(self, item: QListWidgetItem) -> None:
-        self._checked[item.text()] = item.checkState() == Qt.CheckState.Checked
+        row = self.layer_list.row(item)
+        if 0 <= row < len(self._listed):
+            self._checked[id(self._listed[row])] = item.checkState() == Qt.CheckState.Checked
 
     def set_checked(self, layer: Any, checked: bool = True) -> None:
         """Check (or uncheck) ``layer`` in the results list."""
-        self._checked[layer.name] = checked
+        self._checked[id(layer)] = checked
         self._refresh_list()
 
     def checked_layers(self) -> list[Any]:
@@ -213,7 +221,7 @@ class CompareWidget(QWidget):
         return [
             layer
             for layer in self._image_layers()
-            if self._checked.get(layer.name, False) and layer is not reference
+            if self._checked.get(id(layer), False) and layer is not reference
         ]
 
     def _update_enabled(self, *_: Any) -> None:

@@ -10,6 +10,7 @@ user chose and joins the session's model list (so the Deblur widget offers it at
 from __future__ import annotations
 
 import datetime as _dt
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +98,7 @@ class _RunControl:
     def __init__(self) -> None:
         self.run: Any = None
         self.stop_requested = False
+        self.quitting = False  # the stop came from the app quitting (napari closing), not from the panel
 
     def stop(self) -> None:
         self.stop_requested = True
@@ -411,7 +413,10 @@ class FinetuneWidget(QWidget):
         self.progress.setRange(0, 0)
         self.status.setText("Preparing the run (loading data and model)...")
         self._set_running(True)
-        self.worker = create_worker(_training_job, kwargs, save_to, self.control)
+        self.worker = create_worker(
+            _training_job, kwargs, save_to, self.control, _worker_class=_training_worker_class()
+        )
+        self.worker.control = self.control
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_returned)
         self.worker.finished.connect(self._on_finished)
@@ -531,6 +536,29 @@ class FinetuneWidget(QWidget):
         super().closeEvent(event)
 
 
+def _training_worker_class() -> type:
+    """A ``GeneratorWorker`` whose ``quit()`` stops the run after the current step and lets it save.
+
+    When napari (or any Qt app) quits, ``WorkerBase.await_workers`` calls ``quit()`` on every worker and
+    waits for their threads. A plain generator worker then abandons its generator at the next event, so the
+    training's model would never be saved; here quitting is the same cooperative stop as the Stop button,
+    and the wait lasts until the model is on disk (one step, then the save).
+    """
+    from napari.qt.threading import GeneratorWorker
+
+    class TrainingWorker(GeneratorWorker):
+        control: _RunControl | None = None
+
+        def quit(self) -> None:
+            if self.control is None:  # not wired up yet: the plain abort is all there is to do
+                super().quit()
+                return
+            self.control.quitting = True
+            self.control.stop()
+
+    return TrainingWorker
+
+
 def _training_job(kwargs: dict[str, Any], save_to: Path, control: _RunControl):
     """Worker-thread body (a generator): yields every training event, then saves the model.
 
@@ -555,6 +583,8 @@ def _training_job(kwargs: dict[str, Any], save_to: Path, control: _RunControl):
         path = final.save(save_to)
     except user_error_types() as exc:
         return "error", error_message(exc)
+    if control.quitting:  # the app is closing: no panel will show where the model went
+        print(f"napari-deblurgan: training stopped as napari closed; the model is saved to {path}", file=sys.stderr)
     return "ok", (Path(path), final, finished)
 
 
