@@ -416,10 +416,39 @@ def test_crops_cut_on_the_device_are_the_cpu_crops_bit_for_bit(pair, case):
     src = BatchSource(d, torch.device("cpu"), seed=9, device_crops=True)
     src.next_batch(2)
     assert src._device_crops is not False
-    planes = {(p.source, p.index, p.channel) for p in d.train_planes}
-    side = lambda s: (s.height + 2 * src.margin) * (s.width + 2 * src.margin)  # noqa: E731
-    expected = sum(d.channels * side(d.sources[key[0]]) for key in planes)
+    regions = {(p.source, p.index, p.channel, p.rows, p.cols): p for p in d.train_planes}.values()
+    expected = sum(d.channels * (p.height + 2 * src.margin) * (p.width + 2 * src.margin) for p in regions)
     assert src._device_crops._flat["sharp"].numel() == expected
+
+
+@pytest.mark.parametrize("device_crops", [False, True])
+def test_training_crops_never_read_the_held_out_band_nor_validation_crops_the_training_rows(device_crops):
+    """Synthetic blur reads a margin around each crop; next to a held-out validation band that margin is
+    reflected from the training rows, not read from the band (which would blur validation pixels into
+    training inputs), and the validation crops' margin stays inside the band."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.0, 1.0, (128, 96)).astype(np.float32)
+    d = PairedData(None, image, patch_size=32, validation=0.25)
+    (train,), (held_out,) = d.train_planes, d.validation_planes
+    assert train.rows == (0, 96) and held_out.rows == (96, 128)  # a band of rows at the end
+    image[96:] += 10.0  # marks the band: every band pixel is brighter than every training pixel
+    d = PairedData(None, image, patch_size=32, validation=0.25)
+    lo, hi = d.sources[0].norm_range((), 0)
+    train_ceiling, band_floor = (1.0 - lo) / (hi - lo), (10.0 - lo) / (hi - lo)
+    src = BatchSource(d, torch.device("cpu"), seed=3, blur_kinds=("motion",), strength_ranges={"motion": (20.0, 25.0)},
+                      device_crops=device_crops)
+    assert src.margin >= 10
+    _, sharp = d.sample(256, np.random.default_rng(1), src.margin)
+    assert sharp.max() < train_ceiling  # the margins included
+    if device_crops:
+        src.next_batch(1)
+        assert src._device_crops is not False
+        _, sharp = src._device_crops.gather(*d.draw_crops(256, np.random.default_rng(1)))
+        assert float(sharp.max()) < train_ceiling
+    _, val_sharp = d.validation_arrays(src.margin)
+    assert val_sharp.min() >= band_floor - 1e-6
 
 
 def test_device_crops_fall_back_to_the_cpu_path_when_the_data_does_not_qualify(pair):

@@ -662,3 +662,31 @@ def test_resuming_a_checkpoint_scored_another_way_rescores_its_best_weights(pair
     events = list(iter_finetune(*pair, model=_model(), resume=tmp_path, **kwargs))
     assert not [e for e in events if isinstance(e, ev.Notice) and "re-scored" in e.message]
     assert events[-1].best_psnr == 999.0
+
+
+def test_resuming_with_other_validation_crops_rescores_the_kept_best_on_them(pair, tmp_path):
+    """The checkpoint's best PSNR was measured on its own validation crops; a resume given other ones (here
+    an explicit validation pair) re-scores the kept best weights on the new crops, so that the run keeps the
+    best of one test. Resuming with the same data trusts the checkpoint's score."""
+    import json
+
+    blurred, sharp = pair
+    kwargs = dict(_RUN_ARGS, steps=4, validate_every=2, checkpoint_dir=tmp_path, checkpoint_every=2, ema=None)
+    first = iter_finetune(blurred, sharp, model=_model(), **kwargs)
+    for e in first:
+        if isinstance(e, ev.Step) and e.step == 2:
+            first.stop()
+    saved = json.loads(load_checkpoint(tmp_path)["json"])
+    assert len(saved["validation_fingerprint"]) == 16
+    same = list(iter_finetune(blurred, sharp, model=_model(), resume=tmp_path, **{**kwargs, "steps": 2}))
+    assert not [e for e in same if isinstance(e, ev.Notice) and "re-scored" in e.message]
+    assert same[-1].best_psnr == saved["best_psnr"]
+
+    other = (np.ascontiguousarray(blurred[::-1, :64]), np.ascontiguousarray(sharp[::-1, :64]))
+    events = list(iter_finetune(blurred, sharp, model=_model(), resume=tmp_path, validation=other, **kwargs))
+    notes = [e.message for e in events if isinstance(e, ev.Notice) and "re-scored" in e.message]
+    assert len(notes) == 1 and "validation crops differ" in notes[0] and f"{saved['best_psnr']:.2f}" in notes[0]
+    rescored = float(notes[0].rsplit(": ", 1)[1].rstrip(" dB."))
+    validations = [e.psnr for e in events if isinstance(e, ev.Validation)]
+    assert validations and abs(rescored - saved["best_psnr"]) > 0.01  # another test, another score
+    assert events[-1].best_psnr == pytest.approx(max([rescored, *validations]), abs=0.006)

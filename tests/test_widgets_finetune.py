@@ -132,6 +132,32 @@ def test_stop_then_resume(setup, qtbot, tmp_path):
     assert finetune.plot.steps[-2:] == [stopped_at + 1, stopped_at + 2]  # history kept, continued
 
 
+def test_resume_trains_on_the_last_runs_layers_not_the_ones_chosen_now(setup, qtbot, monkeypatch):
+    import napari_deblurgan
+
+    viewer, finetune, _ = setup
+    seen: list[tuple[object, object]] = []
+    real = napari_deblurgan.iter_finetune
+
+    def recording(blurred, **kwargs):
+        seen.append((blurred, kwargs["sharp"]))
+        return real(blurred, **kwargs)
+
+    monkeypatch.setattr(napari_deblurgan, "iter_finetune", recording)
+    start_long_training(finetune, qtbot)
+    finetune.stop_button.click()
+    wait_done(qtbot, finetune, timeout=10_000)
+    viewer.add_image(np.zeros((48, 48), np.uint16), name="other")
+    finetune.sharp_combo.set_value(viewer.layers["other"])
+    finetune.blurred_combo.set_value(viewer.layers["other"])
+    finetune.steps_spin.setValue(finetune.last_finished.step + 1)
+    finetune.resume_button.click()
+    wait_done(qtbot, finetune)
+    assert len(seen) == 2 and not finetune.last_finished.stopped
+    assert seen[1][0] is seen[0][0] and seen[1][1] is seen[0][1]  # the first run's arrays
+    assert seen[1][1].shape == (64, 64)
+
+
 def test_closing_the_panel_stops_training_and_keeps_the_model(setup, qtbot, tmp_path):
     """No training thread outlives the panel, and what it learnt so far is saved (nothing is lost)."""
     _, finetune, _ = setup

@@ -2,9 +2,9 @@
 
 On a lent H100 reading 128 crops on the CPU (``PairedData.sample``: a Python loop that slices, pads and turns
 each crop, then a copy to the GPU) took 9 ms, and 42 ms for 512 crops - more than the training step itself
-(9-16 ms; ``benchmarks/bench_data.py --phases``). Here the normalised planes, reflect-padded by the synthetic
-blur's margin, live on the device as one flat tensor, and a batch is one ``torch.take`` with index grids that
-already hold each crop's position and flip/turn. Positions and turns are drawn by
+(9-16 ms; ``benchmarks/bench_data.py --phases``). Here the normalised training regions of the planes,
+reflect-padded by the synthetic blur's margin, live on the device as one flat tensor, and a batch is one
+``torch.take`` with index grids that already hold each crop's position and flip/turn. Positions and turns are drawn by
 ``PairedData.draw_crops`` - the very draws ``PairedData.sample`` makes, in the same order - so both paths give
 the same crops bit for bit (tested): the choice of path changes speed only. ``BatchSource`` uses it on CUDA
 only: on the 2-core CPU dev machine the gather's index arithmetic was ~5x slower than ``sample`` (106 vs 20
@@ -12,7 +12,7 @@ ms for 128 crops, one run on a busy machine); its GPU speed is still to be measu
 
 Only in-memory NumPy data whose padded planes fit ``budget_bytes`` (and a tenth of a GPU's memory) is
 uploaded (no whole-stack copies of large or lazy data: those keep the CPU path), and only when the patch is
-larger than the margin (then padding a whole plane reflects exactly as padding a crop does).
+larger than the margin (then padding a whole region reflects exactly as padding a crop does).
 """
 
 from __future__ import annotations
@@ -76,11 +76,13 @@ class DeviceCrops:
             if not all(a is None or isinstance(a, np.ndarray) for a in arrays):
                 return None  # dask, zarr...: read lazily on the CPU, never copied whole
         kinds = ("sharp",) if data.synthetic else ("sharp", "blurred")
-        keys = list(dict.fromkeys((p.source, p.index, p.channel) for p in data.train_planes))
+        # one padded region per training plane (a plane's training region stops where a held-out band
+        # starts, and its margin is reflected there, as PairedData.sample does)
+        keys = list(dict.fromkeys((p.source, p.index, p.channel, p.rows, p.cols) for p in data.train_planes))
         channels = data.channels
         total = sum(
-            len(kinds) * channels * (data.sources[s].height + 2 * margin) * (data.sources[s].width + 2 * margin) * 4
-            for s, _, _ in keys
+            len(kinds) * channels * (rows[1] - rows[0] + 2 * margin) * (cols[1] - cols[0] + 2 * margin) * 4
+            for _, _, _, rows, cols in keys
         )
         if total > budget_bytes:
             return None
@@ -88,16 +90,17 @@ class DeviceCrops:
         pieces: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
         position = 0
         for key in keys:
-            s, index, channel = key
-            blurred, sharp = data.sources[s].padded_plane(index, channel, margin)
+            s, index, channel, rows, cols = key
+            blurred, sharp = data.sources[s].padded_region(index, channel, rows, cols, margin)
             c, hp, wp = sharp.shape
-            offsets[key] = (position, wp, hp * wp)
+            # crops are drawn in plane coordinates: the region's origin (rows[0], cols[0]) goes into the base
+            offsets[key] = (position - rows[0] * wp - cols[0], wp, hp * wp)
             position += c * hp * wp
             pieces["sharp"].append(sharp.ravel())
             if "blurred" in kinds:
                 pieces["blurred"].append(blurred.ravel())
         flat = {k: torch.from_numpy(np.concatenate(v)).to(device) for k, v in pieces.items()}
-        rows = [offsets[(p.source, p.index, p.channel)] for p in data.train_planes]
+        rows = [offsets[(p.source, p.index, p.channel, p.rows, p.cols)] for p in data.train_planes]
         layout = {
             "base": torch.tensor([r[0] for r in rows], dtype=torch.int64),
             "row_stride": torch.tensor([r[1] for r in rows], dtype=torch.int64),
@@ -111,7 +114,7 @@ class DeviceCrops:
         pid = torch.from_numpy(np.asarray(plane_ids, dtype=np.int64)).to(self.device)
         pos = torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(self.device)
         y0, x0, turn = pos[:, 0], pos[:, 1], pos[:, 2]
-        # a crop's top-left in the padded plane is (y0 - m) + m = y0: the margin is already there
+        # a crop's top-left in its padded region is (y0 - r0 - m) + m = y0 - r0; base holds the -r0 (and -c0)
         rows = y0[:, None, None] + self._dy[turn]
         cols = x0[:, None, None] + self._dx[turn]
         index = self._base[pid][:, None, None] + rows * self._row_stride[pid][:, None, None] + cols  # (B, S, S)

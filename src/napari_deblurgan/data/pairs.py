@@ -244,20 +244,24 @@ class _Source:
         size: int | tuple[int, int],
         margin: int = 0,
         *,
+        bounds: tuple[tuple[int, int], tuple[int, int]] | None = None,
         copy: bool = True,
     ) -> tuple[np.ndarray | None, np.ndarray]:
         """Normalised float32 (C, size+2m, size+2m) crops of blurred (None if absent) and sharp; ``size`` is
         the side of a square crop or ``(height, width)``.
 
-        The region is extended by ``margin`` on each side where the image allows and reflect-padded where
-        it does not (synthetic blur needs the context the PSF reaches into). ``copy=False`` may return
+        The region is extended by ``margin`` on each side where ``bounds`` allow and reflect-padded where
+        they do not (synthetic blur needs the context the PSF reaches into). ``bounds`` are the ``(rows,
+        cols)`` ``(start, stop)`` the crop may read, by default the whole plane: a training crop next to a
+        held-out validation band must not blur the band's pixels into its own. ``copy=False`` may return
         read-only views of the plane cache (for a caller that copies them anyway).
         """
         height, width = (size, size) if isinstance(size, int) else size
+        (r0, r1), (c0, c1) = bounds if bounds is not None else ((0, self.height), (0, self.width))
         ya, yb = y0 - margin, y0 + height + margin
         xa, xb = x0 - margin, x0 + width + margin
-        ry = (max(ya, 0), min(yb, self.height))
-        rx = (max(xa, 0), min(xb, self.width))
+        ry = (max(ya, r0), min(yb, r1))
+        rx = (max(xa, c0), min(xb, c1))
         pad = ((0, 0), (ry[0] - ya, yb - ry[1]), (rx[0] - xa, xb - rx[1]))
         rows, cols = slice(*ry), slice(*rx)
         channels = [channel] if channel is not None else (list(range(self.n_channels)))
@@ -279,12 +283,14 @@ class _Source:
         blurred = prepare(self.blurred, "blurred") if self.blurred is not None else None
         return blurred, sharp
 
-    def padded_plane(
-        self, index: tuple[int, ...], channel: int | None, margin: int
+    def padded_region(
+        self, index: tuple[int, ...], channel: int | None, rows: tuple[int, int], cols: tuple[int, int], margin: int
     ) -> tuple[np.ndarray | None, np.ndarray]:
-        """Whole normalised float32 ``(C, H + 2m, W + 2m)`` planes of blurred (None if absent) and sharp,
-        reflect-padded by ``margin`` (for :class:`~.device_crops.DeviceCrops`): the crop of the whole plane."""
-        return self.crop(index, channel, 0, 0, (self.height, self.width), margin, copy=False)
+        """The region ``rows`` x ``cols`` of a plane as normalised float32 ``(C, h + 2m, w + 2m)`` arrays of
+        blurred (None if absent) and sharp, reflect-padded by ``margin`` at the region's own edges (for
+        :class:`~.device_crops.DeviceCrops`): every crop :meth:`crop` cuts from it with those bounds."""
+        size = (rows[1] - rows[0], cols[1] - cols[0])
+        return self.crop(index, channel, rows[0], cols[0], size, margin, bounds=(rows, cols), copy=False)
 
     def _normalized(
         self,
@@ -692,7 +698,9 @@ class PairedData:
         for i, pid in enumerate(plane_ids):
             plane = self.train_planes[int(pid)]
             y0, x0, transform = (int(v) for v in positions[i])
-            b, s = self.sources[plane.source].crop(plane.index, plane.channel, y0, x0, P, margin, copy=False)
+            b, s = self.sources[plane.source].crop(
+                plane.index, plane.channel, y0, x0, P, margin, bounds=(plane.rows, plane.cols), copy=False
+            )
             sharp_out[i] = _dihedral(s, transform)
             if blurred_out is not None and b is not None:
                 blurred_out[i] = _dihedral(b, transform)
@@ -719,7 +727,7 @@ class PairedData:
         blurred, sharp = [], []
         for plane, y0, x0 in self.validation_grid:
             b, s = self.validation_sources[plane.source].crop(
-                plane.index, plane.channel, y0, x0, self.patch_size, margin
+                plane.index, plane.channel, y0, x0, self.patch_size, margin, bounds=(plane.rows, plane.cols)
             )
             sharp.append(s)
             blurred.append(b)
@@ -799,6 +807,20 @@ def resolve_blur_strength(strength: Any, kinds: Sequence[str]) -> dict[str, tupl
 #: blur can lower thin filaments' and beads' peaks 5-fold, but a crop of background alone has a tiny span and
 #: inference normalises whole planes, whose span an empty crop says nothing about: the clamp bounds its gain.
 _SPAN_LIMITS = (0.1, 2.0)
+
+
+def validation_fingerprint(blurred: np.ndarray | None, sharp: np.ndarray) -> str:
+    """A short hash of the validation crops as read from the data (before any synthetic blur, which may
+    differ in the last bits between devices): a checkpoint records it, so that a resumed run can tell
+    whether its validation scores are comparable with the checkpoint's best."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for array in (sharp, blurred):
+        if array is not None:
+            digest.update(repr(array.shape).encode())
+            digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def renormalize_like_inference(blurred: torch.Tensor, sharp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -885,6 +907,7 @@ class BatchSource:
         self.margin = self.psf_size // 2 if data.synthetic else 0
         self._validation: tuple[torch.Tensor, torch.Tensor] | None = None
         self._validation_seed = int(seed) + 2
+        self._validation_fingerprint: str | None = None
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         import torch
@@ -990,6 +1013,7 @@ class BatchSource:
             if arrays is None:
                 return None
             blurred, sharp = arrays
+            self._validation_fingerprint = validation_fingerprint(blurred, sharp)
             sharp_t = self._to_device(sharp)
             if blurred is None:
                 import torch
@@ -1001,6 +1025,11 @@ class BatchSource:
                 blurred_t = self._to_device(blurred)
             self._validation = (blurred_t, sharp_t)
         return self._validation
+
+    def validation_fingerprint(self) -> str | None:
+        """:func:`validation_fingerprint` of the validation crops (None without validation)."""
+        self.validation_batch()
+        return self._validation_fingerprint
 
     def state_dict(self) -> dict[str, Any]:
         """Sampler state: NumPy bit-generator state (JSON-able), the torch generator state (tensor) and, with

@@ -715,6 +715,7 @@ class TrainingRun:
         best_source = "initial"
         rollbacks = 0
         rescore_best = False  # a checkpoint that scored its best weights with another validation metric
+        saved_validation: str | None = None  # the checkpoint's validation_fingerprint
         if self.resume_payload is not None:
             payload = self.resume_payload
             step_fn.load_state_dict(payload["state"])
@@ -730,6 +731,7 @@ class TrainingRun:
             best_step = int(saved.get("best_step", 0))
             best_source = saved.get("best_source", "generator")
             rescore_best = best_psnr is not None and saved.get("validation_metric") != VALIDATION_METRIC
+            saved_validation = saved.get("validation_fingerprint")  # absent in checkpoints of older versions
             saved_shapes = saved.get("data_shapes")  # absent in checkpoints of older versions
             shapes_now = [list(s) for s in self.data.shapes()]
             kind_changed = saved.get("synthetic", self.data.synthetic) != self.data.synthetic
@@ -760,7 +762,15 @@ class TrainingRun:
             vb, vs = validation
             input_metrics = image_metrics(vs.float().cpu().numpy(), vb.float().cpu().numpy())
         resume_notes: list[str] = []
-        if rescore_best:
+        # The checkpoint's best was scored on its own validation crops: with other crops now (other data or
+        # validation given on resume), new scores would be compared with a number from another test
+        other_validation = (
+            best_psnr is not None
+            and validation is not None
+            and saved_validation is not None
+            and saved_validation != source.validation_fingerprint()
+        )
+        if rescore_best or other_validation:
             old_psnr = best_psnr
             best_psnr = None  # without kept weights or validation data, the next validation sets it afresh
             if validation is not None and self._best_state is not None:
@@ -768,11 +778,18 @@ class TrainingRun:
                 scratch.load_state_dict(self._best_state)
                 best_psnr = evaluate(scratch, vb, vs, batch_size, step_fn.amp_dtype)[0]
                 del scratch
-            resume_notes.append(
-                f"The checkpoint scored its best weights (step {best_step}) with an older validation PSNR "
-                f"({old_psnr:.2f} dB); re-scored as the {VALIDATION_METRIC}: "
-                + ("no kept weights to score." if best_psnr is None else f"{best_psnr:.2f} dB.")
-            )
+            rescored = "no kept weights to score." if best_psnr is None else f"{best_psnr:.2f} dB."
+            if other_validation:
+                resume_notes.append(
+                    f"The validation crops differ from the checkpoint's, where its best weights (step {best_step}) "
+                    f"scored {old_psnr:.2f} dB; re-scored on the crops of this run, so that later validations are "
+                    f"compared with the same test: {rescored}"
+                )
+            else:
+                resume_notes.append(
+                    f"The checkpoint scored its best weights (step {best_step}) with an older validation PSNR "
+                    f"({old_psnr:.2f} dB); re-scored as the {VALIDATION_METRIC}: {rescored}"
+                )
 
         self.provenance = {
             "preset": preset.name,
@@ -854,6 +871,7 @@ class TrainingRun:
                         "best_step": best_step,
                         "best_source": best_source,
                         "validation_metric": VALIDATION_METRIC,
+                        "validation_fingerprint": source.validation_fingerprint(),
                         "data_shapes": [list(s) for s in self.data.shapes()],
                         "synthetic": self.data.synthetic,
                         "preset_fields": asdict(preset),

@@ -119,7 +119,7 @@ class FinetuneWidget(QWidget):
         self.last_saved: Path | None = None
         self.last_finished: Any = None
         self.preview_layer: Any = None
-        self._resuming = False
+        self._last_run_data: dict[str, Any] | None = None  # data_kwargs() of the last run, for Resume
 
         # ---- data
         self.pair_radio = QRadioButton("blurred + sharp pair")
@@ -228,7 +228,9 @@ class FinetuneWidget(QWidget):
         self.resume_button = QPushButton("Resume")
         self.stop_button.setEnabled(False)
         self.resume_button.setEnabled(False)
-        self.resume_button.setToolTip("Continue the last run from its checkpoint (up to the steps above).")
+        self.resume_button.setToolTip(
+            "Continue the last run from its checkpoint, on that run's layers, up to the steps above."
+        )
         buttons = QHBoxLayout()
         for button in (self.start_button, self.stop_button, self.resume_button):
             buttons.addWidget(button)
@@ -321,10 +323,15 @@ class FinetuneWidget(QWidget):
 
     # ------------------------------------------------------------------------------------------- runs
     def training_kwargs(self) -> dict[str, Any]:
-        """The ``iter_finetune`` arguments the controls describe (data are copies of the layers' arrays).
+        """The ``iter_finetune`` arguments the controls describe: :meth:`data_kwargs` and the settings.
 
         Raises InputError when a layer is missing; everything else is checked by ``iter_finetune`` itself.
         """
+        return {**self.data_kwargs(), **self.settings_kwargs()}
+
+    def data_kwargs(self) -> dict[str, Any]:
+        """What to train on, from the data and validation controls: the chosen layers' arrays (not copies;
+        nothing writes to them), their axes, and the synthetic blur settings."""
         from ..errors import InputError
 
         sharp_layer = self.sharp_combo.value()
@@ -352,9 +359,16 @@ class FinetuneWidget(QWidget):
             kwargs["validation"] = (np.asarray(layer_pixels(vb)), np.asarray(layer_pixels(vs)))
         else:
             kwargs["validation"] = float(self.val_fraction.value()) or None
+        return kwargs
+
+    def settings_kwargs(self) -> dict[str, Any]:
+        """How to train, from the training controls: base model, steps, crops, optimiser, device, seed."""
+        from ..errors import InputError
+
         entry = self.base_model.value()
         if entry is None:
             raise InputError("Choose a base model to start from.")
+        kwargs: dict[str, Any] = {}
         kwargs.update(
             # the source (name or file), not the loaded object: the run trains its own copy, so the
             # session's cached model of that entry stays what it was
@@ -391,11 +405,15 @@ class FinetuneWidget(QWidget):
             show_error("A training run is already going; stop it first.")
             return
         try:
-            kwargs = self.training_kwargs()
+            # Resume continues the last run on that run's data, whatever the data controls show now (a
+            # different layer would silently change what the run learns); the settings are read afresh
+            data = self._last_run_data if resume and self._last_run_data is not None else self.data_kwargs()
+            kwargs = {**data, **self.settings_kwargs()}
             save_to = self._save_path_for_run(resume)
         except user_error_types() as exc:
             show_error(error_message(exc))
             return
+        self._last_run_data = data
         if resume:
             assert self.last_checkpoint_dir is not None
             checkpoint_dir = self.last_checkpoint_dir
