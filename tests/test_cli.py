@@ -126,6 +126,33 @@ def test_axes_override_and_bad_axes(tiny_model_file, imagej_stack, tmp_path, cap
     assert tifffile.imread(out).shape == (3, 40, 48)
 
 
+def test_axes_out_of_imagej_order_write_a_plain_tiff_that_keeps_them(tiny_model_file, tmp_path, capsys):
+    """--axes that ImageJ cannot store (not in TZCYXS order) on an ImageJ input: said before the work, and the
+    output is a plain TIFF recording those axes (tifffile refused to write it after all the deblurring)."""
+    data = (np.arange(2 * 2 * 32 * 32) % 4000).astype(np.uint16).reshape(2, 2, 32, 32)
+    inp, out = tmp_path / "ij.tif", tmp_path / "out.tif"
+    tifffile.imwrite(inp, data, imagej=True, metadata={"axes": "TCYX"}, resolution=(10.0, 10.0))
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "--axes", "CTYX"]) == 0
+    assert "TZCYXS order" in capsys.readouterr().err
+    with tifffile.TiffFile(out) as tif:
+        assert not tif.is_imagej and tif.series[0].axes == "CTYX" and tif.series[0].shape == data.shape
+        assert tif.pages[0].resolution == pytest.approx((10.0, 10.0))
+
+
+def test_a_min_is_white_tiff_stays_min_is_white_and_a_palette_tiff_is_refused(tiny_model_file, small_image,
+                                                                               tmp_path, capsys):
+    inp, out = tmp_path / "mw.tif", tmp_path / "mw_out.tif"
+    tifffile.imwrite(inp, small_image, photometric="miniswhite")
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].photometric.name == "MINISWHITE"  # else every viewer shows it inverted
+    palette = tmp_path / "palette.tif"
+    colormap = np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1))
+    tifffile.imwrite(palette, (small_image % 256).astype(np.uint8), photometric="palette", colormap=colormap)
+    assert main(["deblur", str(palette), "-o", str(tmp_path / "p_out.tif"), "--model", str(tiny_model_file)]) == 2
+    assert "palette" in capsys.readouterr().err and not (tmp_path / "p_out.tif").exists()
+
+
 def test_map_axes():
     assert deblur_command.map_axes("QYX") == "ZYX"
     assert deblur_command.map_axes("IYX") == "ZYX"

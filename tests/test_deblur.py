@@ -384,3 +384,25 @@ def test_self_ensemble_checks_for_cancel_between_symmetries(model):
 def test_self_ensemble_must_be_a_bool(model, bad):
     with pytest.raises(InputError, match="self_ensemble must be True or False"):
         deblur(np.zeros((20, 20), np.float32), model, device="cpu", self_ensemble=bad)
+
+
+def test_a_train_mode_model_is_neither_switched_nor_raced_by_parallel_dask_blocks():
+    """A generator in train mode (BatchNorm: resnet9) is deblurred in eval mode through a copy, so dask blocks
+    computed in parallel threads give the NumPy result, and the caller's model keeps its mode and statistics."""
+    import torch
+
+    da = pytest.importorskip("dask.array")
+    m = create_model("resnet9", channels=1, seed=0, width=4, n_blocks=1)
+    with torch.no_grad():
+        for _ in range(3):
+            m.generator(torch.rand(2, 1, 32, 32) * 3 + 1)  # running statistics away from their defaults
+    stats = {k: v.clone() for k, v in m.generator.state_dict().items()}
+    stack = _image((6, 48, 48), "float32")
+    m.generator.train()
+    expected = deblur(stack, m, axes="ZYX", device="cpu")
+    for _ in range(3):
+        lazy = deblur(da.from_array(stack, chunks=(1, 48, 48)), m, axes="ZYX", device="cpu")
+        np.testing.assert_array_equal(lazy.compute(scheduler="threads", num_workers=4), expected)
+    assert m.generator.training
+    for key, value in m.generator.state_dict().items():
+        assert torch.equal(value, stats[key]), key

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -395,6 +396,27 @@ def test_default_not_shipped_says_how_to_get_one(registry):
 def test_default_when_registered(registry, tiny_model):
     _register(registry, tiny_model, "default")
     assert load_model("default").channels == 1
+
+
+@pytest.mark.parametrize("clash", ["folder", "file"])
+def test_a_shipped_name_is_not_shadowed_by_the_working_directory(registry, tiny_model, tmp_path, monkeypatch, clash):
+    """``deblur(image)`` and ``load_model()`` mean the shipped default wherever Python was started; a file or
+    folder called ``default`` in the working directory is reached as ``./default``."""
+    from napari_deblurgan import deblur
+
+    _register(registry, tiny_model, "default")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    if clash == "folder":
+        (workdir / "default").mkdir()
+    else:
+        (workdir / "default").write_text("my notes")
+    assert load_model("default").channels == 1
+    assert load_model().metadata["path"] == str(registry.parent / "default.pt")
+    assert deblur(np.random.default_rng(0).random((32, 32)).astype(np.float32)).shape == (32, 32)
+    with pytest.raises(ModelFileError, match="directory" if clash == "folder" else "not a napari-deblurgan"):
+        load_model("./default")
 
 
 def test_unknown_name(registry):

@@ -298,13 +298,18 @@ def create_model(
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_model(path_or_name: str | os.PathLike[str] | DeblurModel, *, device: Any = "cpu") -> DeblurModel:
+def load_model(
+    path_or_name: str | os.PathLike[str] | DeblurModel = "default", *, device: Any = "cpu"
+) -> DeblurModel:
     """Load a :class:`DeblurModel` from a file path or a shipped model name.
 
     Args:
         path_or_name: a ``.pt`` file written by :meth:`DeblurModel.save`, a shipped model name
-            (``"default"`` or a name from :func:`list_named_models`), or a ``DeblurModel`` (returned as is,
-            moved to ``device`` only if ``device`` is given explicitly other than the default).
+            (``"default"``, the default, or a name from :func:`list_named_models`), or a ``DeblurModel``
+            (returned as is, moved to ``device`` only if ``device`` is given explicitly other than the default).
+            A shipped name given as a ``str`` is always the shipped model, whatever the working directory holds
+            (a file or folder called ``default`` there must not change what ``deblur(image)`` does); a file of
+            that name is ``"./default"`` or a ``Path``.
         device: where to put the generator ("cpu", "cuda", "cuda:1", "mps", "auto").
 
     Raises:
@@ -324,7 +329,9 @@ def load_model(path_or_name: str | os.PathLike[str] | DeblurModel, *, device: An
 
     expected_sha: str | None = None
     path = Path(path_or_name)
-    if isinstance(path_or_name, str) and not path.exists() and _looks_like_name(path_or_name):
+    if isinstance(path_or_name, str) and (
+        _is_shipped_name(path_or_name) or (not path.exists() and _looks_like_name(path_or_name))
+    ):
         path, expected_sha = _resolve_named(path_or_name)
 
     if path.is_dir():
@@ -484,6 +491,12 @@ def list_named_models() -> dict[str, dict[str, Any]]:
     except (ValueError, AttributeError) as exc:
         raise ModelFileError(f"The model registry {str(REGISTRY_PATH)!r} is damaged: {exc}") from None
     return {str(k): dict(v) for k, v in models.items()}
+
+
+def _is_shipped_name(text: str) -> bool:
+    """``"default"`` or a name in the registry (``"default"`` even when the registry lacks it, so that the
+    error says the default is not shipped rather than that a file is missing)."""
+    return text == "default" or text in list_named_models()
 
 
 def _looks_like_name(text: str) -> bool:

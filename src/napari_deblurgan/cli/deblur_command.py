@@ -88,6 +88,14 @@ class TiffInfo:
     imagej: dict[str, Any] = field(default_factory=dict)  # spacing, unit, finterval
     ome_sizes: dict[str, Any] = field(default_factory=dict)  # PhysicalSizeX, PhysicalSizeXUnit, ...
     photometric: str | None = None
+    note: str | None = None  # how the output's flavour differs from the input's, for stderr
+
+
+def in_imagej_order(axes: str) -> bool:
+    """Whether ``axes`` run in ImageJ's hyperstack order (a subsequence of TZCYXS), which ImageJ files need."""
+    order = "TZCYXS"
+    positions = [order.find(a) for a in axes]
+    return -1 not in positions and positions == sorted(positions)
 
 
 def map_axes(file_axes: str) -> str:
@@ -153,6 +161,19 @@ def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
         info.ome_sizes = _ome_physical_sizes(tif.ome_metadata)
     photometric = getattr(page, "photometric", None)
     info.photometric = getattr(photometric, "name", None)
+    if info.photometric == "PALETTE":
+        raise InputError(
+            "This is an indexed-colour (palette) TIFF: its pixel values are colour-table indices, not "
+            "intensities, so deblurring them means nothing. Save it as grayscale or RGB first (Fiji: Image > "
+            "Type > 8-bit or RGB Color)."
+        )
+    if flavour == "imagej" and not in_imagej_order(axes):
+        # checked here, before the work: tifffile would refuse to write it only after the deblurring
+        info.flavour, info.file_axes, info.imagej = "plain", axes, {}
+        info.note = (
+            f"ImageJ files need their axes in TZCYXS order, and --axes {axes} is not: the output is a plain "
+            "TIFF that records the axes (pixel sizes kept, ImageJ's z-spacing, unit and frame interval not)."
+        )
     return info
 
 
@@ -166,7 +187,8 @@ def write_kwargs(info: TiffInfo) -> dict[str, Any]:
     if "S" in info.axes and info.photometric in ("RGB", "MINISBLACK"):
         kw["photometric"] = info.photometric.lower()
     elif "S" not in info.axes:
-        kw["photometric"] = "minisblack"
+        # MINISWHITE (0 is white) is kept: written as MINISBLACK the same values would show inverted
+        kw["photometric"] = "miniswhite" if info.photometric == "MINISWHITE" else "minisblack"
     if info.flavour == "imagej":
         kw["imagej"] = True
         kw["metadata"] = {"axes": info.axes, **info.imagej}
@@ -260,6 +282,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             data = read_series(series, inp)
         note_other_series(tif, inp, quiet=args.quiet)
+    if info.note and not args.quiet:
+        print(f"note: {info.note}", file=sys.stderr)
     if data.shape != info.shape:  # tifffile squeezes the same way for series and asarray; be sure
         raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r}; pass --axes.")
 

@@ -12,6 +12,7 @@ array in gives a lazy dask array out, computed block by block.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -211,6 +212,18 @@ class _PlaneRunner:
         self.device = resolve_device(device)
         self.autocast = autocast_dtype(self.device)
         gen = model.generator
+        if gen.training:
+            # Inference runs in eval mode (the reference code ran it in train mode). A generator in train mode
+            # (e.g. the caller's, mid-training) is copied, not switched: deblur() never changes it, and dask
+            # blocks computed in parallel threads never race to switch its mode (train-mode BatchNorm would
+            # use, and overwrite, batch statistics).
+            gen = copy.deepcopy(gen).eval()
+        self.generator = gen
+        # NHWC lets oneDNN (CPU) and cuDNN (GPU) skip a layout conversion per layer: measured 1.1-2.4x faster
+        # for unet_lite on the 2-core CPU dev machine; MPS gains nothing from it.
+        self.channels_last = self.device.type in ("cpu", "cuda")
+        self._move_lock = threading.Lock()
+        self._place_generator()
         self.stride, radius = int(gen.stride), int(gen.receptive_radius)
         self.halo = halo_for(radius, self.stride)
         self.pad = self.context_padding_for(model, check_context_padding(context_padding))
@@ -231,9 +244,23 @@ class _PlaneRunner:
         norm = model.normalization
         self.low, self.high = float(norm.get("low", 1.0)), float(norm.get("high", 99.8))
         self.joint = model.channel_mode == "joint"
-        # NHWC lets oneDNN (CPU) and cuDNN (GPU) skip a layout conversion per layer: measured 1.1-2.4x faster
-        # for unet_lite on the 2-core CPU dev machine; MPS gains nothing from it.
-        self.channels_last = self.device.type in ("cpu", "cuda")
+
+    def _place_generator(self) -> Any:
+        """The generator on this runner's device and memory format, moved once, before any plane runs: moving
+        it while dask blocks run in parallel threads would swap its weights under running convolutions. It
+        is moved again only if something else moved it since (one model shared by calls on two devices)."""
+        import torch
+
+        gen = self.generator
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        with self._move_lock:
+            weight = next((p for p in gen.parameters() if p.dim() == 4), None)
+            if weight is None or weight.device != self.device or not weight.is_contiguous(memory_format=fmt):
+                if self.channels_last:
+                    gen.to(self.device, memory_format=fmt)
+                else:
+                    gen.to(self.device)
+        return gen
 
     @staticmethod
     def context_padding_for(model: DeblurModel, requested: int | None) -> int:
@@ -292,26 +319,17 @@ class _PlaneRunner:
         accum = np.zeros_like(padded)
         weight_sum = np.zeros((hp, wp), dtype=np.float32)
         tiles = grid.tiles()
-        gen = self.model.generator
-        if self.channels_last:
-            gen.to(self.device, memory_format=torch.channels_last)
-        else:
-            gen.to(self.device)
-        was_training = gen.training
-        gen.eval()  # the reference code ran inference in train mode; never here
-        try:
-            for first in range(0, len(tiles), self.batch_size):
-                if _should_cancel(cancel):
-                    raise Cancelled("deblurring was cancelled")
-                batch = tiles[first : first + self.batch_size]
-                x = torch.from_numpy(np.stack([padded[:, ys, xs] for ys, xs, _ in batch])).to(self.device)
-                y = self._generate(gen, x, cancel)
-                for (ys, xs, weights), out in zip(batch, y, strict=True):
-                    accum[:, ys, xs] += out * weights
-                    weight_sum[ys, xs] += weights
-                on_batch()
-        finally:
-            gen.train(was_training)
+        gen = self._place_generator()
+        for first in range(0, len(tiles), self.batch_size):
+            if _should_cancel(cancel):
+                raise Cancelled("deblurring was cancelled")
+            batch = tiles[first : first + self.batch_size]
+            x = torch.from_numpy(np.stack([padded[:, ys, xs] for ys, xs, _ in batch])).to(self.device)
+            y = self._generate(gen, x, cancel)
+            for (ys, xs, weights), out in zip(batch, y, strict=True):
+                accum[:, ys, xs] += out * weights
+                weight_sum[ys, xs] += weights
+            on_batch()
         restored = accum[:, p : p + h, p : p + w] / weight_sum[p : p + h, p : p + w]
         return np.stack([denormalize(restored[i], *ranges[i], plane.dtype) for i in range(c)])
 
