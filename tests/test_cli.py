@@ -116,6 +116,25 @@ def test_lazy_memory_mapped_path_matches_in_memory(tiny_model_file, imagej_stack
         assert tif.series[0].axes == "ZYX" and tif.imagej_metadata["spacing"] == pytest.approx(0.5)
 
 
+def test_lazy_path_computes_each_page_once_with_channels_before_z(tiny_model_file, tmp_path, monkeypatch):
+    """An OME CZYX file (channels outermost): a single-channel model deblurs each (c, z) page once; chunks of
+    all channels were computed again for every channel's pages (C times the work)."""
+    rng = np.random.default_rng(2)
+    data = (rng.random((2, 3, 40, 40)) * 3000).astype(np.uint16)
+    inp, eager, lazy = tmp_path / "czyx.ome.tif", tmp_path / "eager.tif", tmp_path / "lazy.tif"
+    tifffile.imwrite(inp, data, ome=True, metadata={"axes": "CZYX"})
+    argv = ["--model", str(tiny_model_file), "-q"]
+    assert main(["deblur", str(inp), "-o", str(eager), *argv]) == 0
+    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
+    planes = []
+    real = deblur_module._deblur_numpy
+    monkeypatch.setattr(deblur_module, "_deblur_numpy", lambda block, *a, **k: planes.append(block.shape) or
+                        real(block, *a, **k))
+    assert main(["deblur", str(inp), "-o", str(lazy), *argv]) == 0
+    assert len(planes) == 6 and all(int(np.prod(shape[:-2])) == 1 for shape in planes)
+    np.testing.assert_array_equal(tifffile.imread(lazy), tifffile.imread(eager))
+
+
 def test_axes_override_and_bad_axes(tiny_model_file, imagej_stack, tmp_path, capsys):
     inp, _ = imagej_stack
     out = tmp_path / "out.tif"

@@ -406,3 +406,19 @@ def test_a_train_mode_model_is_neither_switched_nor_raced_by_parallel_dask_block
     assert m.generator.training
     for key, value in m.generator.state_dict().items():
         assert torch.equal(value, stats[key]), key
+
+
+def test_rgb_that_contradicts_axes_is_an_error_not_ignored(model):
+    image = _image((32, 32, 3), "uint8")
+    with pytest.raises(InputError, match="contradicts axes"):
+        deblur(image, model, axes="ZYX", rgb=True, device="cpu")
+    with pytest.raises(InputError, match="contradicts axes"):
+        deblur(image, model, axes="YXS", rgb=False, device="cpu")
+    assert deblur(image, model, axes="YXS", rgb=True, device="cpu").shape == image.shape
+
+
+def test_a_memmap_input_gives_a_plain_array(model, tmp_path):
+    image = np.lib.format.open_memmap(tmp_path / "in.npy", mode="w+", dtype=np.uint16, shape=(40, 40))
+    image[:] = _image((40, 40), "uint16")
+    out = deblur(image, model, device="cpu")
+    assert type(out) is np.ndarray and out.dtype == np.uint16

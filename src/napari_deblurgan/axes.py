@@ -65,8 +65,17 @@ def infer_axes(shape: Sequence[int], *, rgb: bool | None = None) -> str:
 
 
 def resolve_axes(shape: Sequence[int], axes: str | None = None, *, rgb: bool | None = None) -> str:
-    """Validated axes: ``axes`` as given (checked against ``shape``) or inferred from it."""
-    return infer_axes(shape, rgb=rgb) if axes is None else validate_axes(axes, len(shape))
+    """Validated axes: ``axes`` as given (checked against ``shape``) or inferred from it. ``rgb`` may be given
+    with ``axes`` only if the two agree (an RGB image's axes end in ``S``): one of them would be ignored."""
+    if axes is None:
+        return infer_axes(shape, rgb=rgb)
+    resolved = validate_axes(axes, len(shape))
+    if rgb is not None and bool(rgb) != resolved.endswith("S"):
+        raise InputError(
+            f"rgb={bool(rgb)} contradicts axes {resolved!r} (" + ("RGB samples are the last axis, 'S'" if rgb
+            else "the last axis 'S' holds RGB samples") + "); pass only axes, or axes that agree with rgb"
+        )
+    return resolved
 
 
 def channel_axis(axes: str) -> int | None:

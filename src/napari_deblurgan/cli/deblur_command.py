@@ -323,9 +323,11 @@ def _deblur_lazy(data: Any, info: TiffInfo, common: dict, out: Path, kw: dict, b
     from ..atomic_files import atomic_write
     from ..inference.deblur import deblur
 
-    # One chunk per plane with all its channels (deblur keeps Y, X and the channel axis whole anyway).
+    # One chunk per page, or per plane with all its channels for a joint (multichannel) model, which needs
+    # them together. A single-channel model gets one channel per chunk: with C before Z or T in the file
+    # (CZYX), a chunk of all channels would be computed again for every channel's pages.
     page_axes = "YXS" if info.axes.endswith("YXS") else "YX"
-    keep_whole = set(page_axes) | {"C", "S"}
+    keep_whole = set(page_axes) | ({"C", "S"} if common["model"].channel_mode == "joint" else {"S"})
     chunks = tuple(-1 if a in keep_whole else 1 for a in info.axes)
     result = deblur(da.from_array(data, chunks=chunks), **common)
     lead = list(range(len(info.axes) - len(page_axes)))  # the leading (non-page) dimensions

@@ -378,7 +378,7 @@ def _deblur_numpy(
     progress: ProgressCallback | None,
     cancel: CancelCheck,
 ) -> np.ndarray:
-    out = np.empty_like(image)
+    out = np.empty_like(image, subok=False)  # a memmap input must not give an unbacked memmap result
     src, has_channels = _plane_views(image, axes)
     dst, _ = _plane_views(out, axes)
     if not has_channels:
@@ -411,10 +411,13 @@ def _deblur_numpy(
 
 
 def _deblur_dask(image: Any, axes: str, runner: _PlaneRunner, progress: ProgressCallback | None, cancel: CancelCheck):
-    """Lazy: each block holds whole planes (Y, X and channel axes unchunked) and is deblurred when computed."""
+    """Lazy: each block holds whole planes (Y and X unchunked) and is deblurred when computed. The channel axis
+    is kept whole only where a plane needs all its channels at once: a joint (multichannel) model, or RGB(A)
+    samples; a single-channel model deblurs each channel on its own, so those keep the caller's chunks (one
+    channel of a CZYX stack is computed without the others)."""
     whole = {axes.index("Y"): -1, axes.index("X"): -1}
     c_ax = channel_axis(axes)
-    if c_ax is not None:
+    if c_ax is not None and (runner.joint or axes[c_ax] == "S"):
         whole[c_ax] = -1
     blocks = image.rechunk(whole)
     total = int(np.prod(blocks.numblocks))

@@ -105,6 +105,12 @@ def check_tiling(tile_size: int, overlap: int | None, receptive_radius: int, str
             f"overlap ({given_overlap} px{rounded}) must be smaller than tile_size ({tile_size} px); "
             f"the default overlap for this model is {seamless} px"
         )
+    if given_overlap is not None and overlap < seamless:
+        warnings.warn(
+            f"overlap {overlap} px is below this model's seamless overlap of {seamless} px: tile borders may "
+            "show as faint seams; leave overlap unset for seamless tiles",
+            stacklevel=4,  # the caller of deblur()
+        )
     if 2 * overlap > tile_size:
         factor = (tile_size / (tile_size - overlap)) ** 2
         warnings.warn(
