@@ -109,6 +109,32 @@ def test_resume_continues_exactly(pair, tmp_path):
     assert got + rest == straight
 
 
+def test_a_stop_requested_inside_a_step_still_resumes_exactly(pair, tmp_path, monkeypatch):
+    """Stop asked for while a GAN step is between its critic updates (here from inside the step's second
+    batch): the step completes, so the checkpoint holds whole steps and the resumed run matches a straight
+    one. (Abandoning the step kept its critic updates and drawn batches but not its step number.)"""
+    from napari_deblurgan.data.pairs import BatchSource
+
+    kwargs = dict(_RUN_ARGS, preset="deblurgan", steps=3, checkpoint_every=2)  # 5 critic updates per step
+    straight = _losses(_run(pair, **kwargs))
+    run = iter_finetune(*pair, model=_model(), **{**kwargs, "checkpoint_dir": tmp_path})
+    real, calls = BatchSource.next_batch, []
+
+    def next_batch(self, size):
+        calls.append(size)
+        if len(calls) == 2:  # the first step's second critic batch
+            run.stop()
+        return real(self, size)
+
+    monkeypatch.setattr(BatchSource, "next_batch", next_batch)
+    got = _losses(list(run))
+    monkeypatch.undo()
+    assert run.finished.stopped and run.finished.step == 1 and len(got) == 1
+    rest = _losses(list(iter_finetune(*pair, model=_model(), **{**kwargs, "checkpoint_dir": tmp_path,
+                                                                  "resume": tmp_path})))
+    assert got + rest == straight
+
+
 def test_checkpoint_contents(pair, tmp_path):
     _run(pair, preset="default", steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
     payload = load_checkpoint(tmp_path)  # weights_only=True inside

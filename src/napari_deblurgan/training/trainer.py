@@ -13,7 +13,8 @@ napari console - goes through :class:`TrainingRun`. It is built from three separ
 There is no global state: several runs can live in one process, and a distributed launcher could drive
 ``GanStep`` with its own sampler. Iterating a ``TrainingRun`` yields typed events
 (:mod:`~napari_deblurgan.training.events`); ``run.stop()`` may be called from any thread and is honoured
-before the next generator or critic update; ``run.model`` is the best model so far.
+after the current step (a whole step, so that the checkpoint resumes exactly); ``run.model`` is the best model
+so far.
 
 Models are in train mode while they are trained and in eval mode whenever they are evaluated (validation,
 previews, the returned model) - the reference DeblurGAN code ran inference in train mode.
@@ -183,10 +184,10 @@ class GanStep:
         self,
         next_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
         batch_size: int,
-        *,
-        should_stop: Callable[[], bool] = lambda: False,
-    ) -> dict[str, float] | None:
-        """One step; returns the loss terms, or None if ``should_stop()`` became true mid-step."""
+    ) -> dict[str, float]:
+        """One whole step (a stop is honoured between steps, never inside one: a checkpoint written after a
+        step's critic updates but before its generator update could not be resumed exactly); returns the
+        loss terms."""
         p = self.preset
         G, D = self.generator, self.critic
         G.train()
@@ -195,8 +196,6 @@ class GanStep:
             D.train()
             D.requires_grad_(True)
             for _ in range(p.critic_steps):
-                if should_stop():
-                    return None
                 blurred, sharp = next_batch(batch_size)
                 with torch.no_grad(), self._autocast():
                     fake = G(blurred)
@@ -214,8 +213,6 @@ class GanStep:
             values["wasserstein"] = parts["wasserstein"]
             values["gradient_penalty"] = parts["gradient_penalty"]
             D.requires_grad_(False)  # the generator update needs gradients through D, not of D
-        if should_stop():
-            return None
         blurred, sharp = next_batch(batch_size)
         target = sharp if self.teacher is None else self.teacher.targets(blurred, sharp)
         with self._autocast():
@@ -938,7 +935,7 @@ class TrainingRun:
             lr_factor = preset.lr_factor(step, total) * lr_scale
             step_fn.set_learning_rates(preset.learning_rate * lr_factor, preset.critic_learning_rate * lr_factor)
             try:
-                result = step_fn.run(source.next_batch, batch_size, should_stop=self._stop_event.is_set)
+                result = step_fn.run(source.next_batch, batch_size)
             except NonFiniteLoss as exc:
                 rollbacks += 1
                 if rollbacks > MAX_ROLLBACKS:
@@ -979,9 +976,6 @@ class TrainingRun:
                 yield self._notice(step, f"Out of GPU memory: batch size halved to {batch_size}; continuing.", "oom")
                 last_time = time.perf_counter()
                 continue
-            if result is None:  # stop requested mid-step: that step's partial updates are kept
-                stopped = True
-                break
             step += 1
             now = time.perf_counter()
             yield self._emit(
