@@ -155,7 +155,9 @@ def test_mismatched_pair_is_a_usage_error(files, capsys):
     assert code == 2 and "differ in shape" in capsys.readouterr().err
 
 
-def test_ctrl_c_stops_and_still_writes_the_model(files):
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_stops_and_still_writes_the_model(files, signum, status):
+    """Ctrl-C, and SIGTERM (a cluster's time limit, kill): stop after the step, save, exit 128 + signal."""
     out = files / "stopped.pt"
     ckpt = files / "ckpt"
     argv = _common(files, "--blurred", str(files / "blurred.tif"), "--sharp", str(files / "sharp.tif"))
@@ -165,10 +167,40 @@ def test_ctrl_c_stops_and_still_writes_the_model(files):
         deadline = time.monotonic() + 120
         while not checkpoint_path(ckpt).exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signum)
 
     threading.Thread(target=interrupt_when_training, daemon=True).start()
     code = main(argv)
-    assert code == 130
+    assert code == status
     meta = load_model(out).metadata["training"]
     assert meta["stopped"] is True and 1 <= meta["steps_done"] < 100000
+
+
+def test_the_model_file_may_not_be_the_checkpoint(files, capsys):
+    args = [*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "2"), "--checkpoint-dir",
+            str(files / "ck")]
+    for out in (files / "ck" / "checkpoint.pt", files / "ck"):
+        start = time.monotonic()
+        assert main([*args, "-o", str(out)]) == 2
+        assert "checkpoint folder or file" in capsys.readouterr().err and time.monotonic() - start < 30
+    assert main([*args, "-o", str(files / "m.pt")]) == 0
+    assert main([*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "3"), "--resume",
+                 str(files / "ck" / "checkpoint.pt"), "-o", str(files / "ck" / "checkpoint.pt"), "--force"]) == 2
+
+
+def test_a_failure_mid_run_still_saves_the_model_so_far(files, capsys, monkeypatch):
+    from napari_deblurgan.data.pairs import BatchSource
+
+    real, calls = BatchSource.next_batch, []
+
+    def failing(self, size):
+        calls.append(size)
+        if len(calls) == 4:
+            raise RuntimeError("the device fell off the bus")
+        return real(self, size)
+
+    monkeypatch.setattr(BatchSource, "next_batch", failing)
+    out = files / "crashed.pt"
+    code = main([*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "50"), "-o", str(out)])
+    assert code == 1 and "training failed; the model so far is saved to" in capsys.readouterr().err
+    assert load_model(out).metadata["training"]["base_model"]

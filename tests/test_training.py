@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,12 +185,21 @@ def test_resuming_pairs_as_synthetic_blur_says_so(pair, tmp_path):
 
 
 def test_a_killed_save_leaves_no_temporary_files_for_good(pair, tmp_path):
-    """kill -9 during a save leaves its .part file; the next save of the run removes such leftovers."""
+    """kill -9 during a save leaves its .part file; a later save removes such leftovers once they are old
+    (a fresh one may be another process's save in progress: two runs given one folder must both finish)."""
+    import os
+    import time
+
+    from napari_deblurgan.training.checkpoint import STALE_PART_SECONDS
+
     _run(pair, steps=1, checkpoint_dir=tmp_path, checkpoint_every=1)
-    leftover = tmp_path / ".checkpoint.pt.abc123.part"
+    leftover, in_progress = tmp_path / ".checkpoint.pt.abc123.part", tmp_path / ".checkpoint.pt.def456.part"
     leftover.write_bytes(b"half a checkpoint")
+    in_progress.write_bytes(b"another run's save")
+    old = time.time() - STALE_PART_SECONDS - 60
+    os.utime(leftover, (old, old))
     _run(pair, steps=2, checkpoint_dir=tmp_path, resume=tmp_path)
-    assert not leftover.exists() and load_checkpoint(tmp_path)["step"] == 2
+    assert not leftover.exists() and in_progress.exists() and load_checkpoint(tmp_path)["step"] == 2
 
 
 def test_neither_a_run_nor_its_resume_touches_the_callers_global_rng(pair, tmp_path):
@@ -716,3 +726,93 @@ def test_resuming_with_other_validation_crops_rescores_the_kept_best_on_them(pai
     validations = [e.psnr for e in events if isinstance(e, ev.Validation)]
     assert validations and abs(rescored - saved["best_psnr"]) > 0.01  # another test, another score
     assert events[-1].best_psnr == pytest.approx(max([rescored, *validations]), abs=0.006)
+
+
+def test_resume_accepts_the_checkpoint_file_a_run_reports_and_folders_may_end_in_pt(pair, tmp_path):
+    events = _run(pair, steps=2, checkpoint_dir=tmp_path / "run.pt", checkpoint_every=1)
+    saved = [e for e in events if isinstance(e, ev.CheckpointSaved)]
+    assert (tmp_path / "run.pt").is_dir() and saved and Path(saved[-1].path) == tmp_path / "run.pt" / "checkpoint.pt"
+    resumed = _run(pair, steps=3, resume=saved[-1].path)  # the file, as reported
+    assert resumed[0].start_step == 2 and resumed[-1].step == 3
+    assert load_checkpoint(tmp_path / "run.pt")["step"] == 3  # went on checkpointing into the same folder
+
+
+def test_a_checkpoint_folder_that_cannot_be_written_is_said_before_training(pair, tmp_path):
+    (tmp_path / "a_file.tif").write_bytes(b"not a folder")
+    started = []
+    with pytest.raises(InputError, match="checkpoint folder"):
+        _run(pair, steps=2, checkpoint_dir=tmp_path / "a_file.tif" / "ck", on_event=started.append)
+    assert not started
+
+
+def test_a_failed_checkpoint_write_is_a_notice_and_the_run_goes_on(pair, tmp_path, monkeypatch):
+    """Disk full at a checkpoint: the run finishes and returns its model; the last good checkpoint stays."""
+    import errno
+
+    from napari_deblurgan.training import trainer
+
+    real, calls = trainer.save_checkpoint, []
+
+    def failing_second_save(directory, payload):
+        calls.append(payload["step"])
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(directory, payload)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", failing_second_save)
+    with pytest.warns(UserWarning, match="Could not write the checkpoint at step 2"):
+        events = _run(pair, steps=3, checkpoint_dir=tmp_path, checkpoint_every=1)
+    assert isinstance(events[-1], ev.Finished) and events[-1].step == 3 and not events[-1].stopped
+    assert [e.kind for e in events if isinstance(e, ev.Notice) and e.kind != "info"] == ["checkpoint-failed"]
+    assert [e.step for e in events if isinstance(e, ev.CheckpointSaved)] == [1, 3]
+
+
+def test_a_stop_right_after_a_checkpoint_writes_it_once(pair, tmp_path):
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 6, "checkpoint_dir": tmp_path,
+                                                   "checkpoint_every": 2})
+    events = []
+    for e in run:
+        events.append(e)
+        if isinstance(e, ev.CheckpointSaved):
+            run.stop()
+    assert [e.step for e in events if isinstance(e, ev.CheckpointSaved)] == [2]
+
+
+def test_closing_the_event_stream_early_keeps_a_checkpoint_of_the_last_step(pair, tmp_path):
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 50, "checkpoint_dir": tmp_path,
+                                                   "checkpoint_every": 100})
+    stream = iter(run)
+    for e in stream:
+        if isinstance(e, ev.Step) and e.step == 3:
+            break
+    stream.close()  # as when a consumer leaves its loop and drops the run
+    assert load_checkpoint(tmp_path)["step"] == 3
+
+
+def test_resume_names_every_recipe_argument_it_replaces_and_keeps_the_base_models_sha256(pair, tmp_path,
+                                                                                         tiny_model_file):
+    from napari_deblurgan import load_model
+
+    first = _run(pair, model=str(tiny_model_file), steps=2, checkpoint_dir=tmp_path, checkpoint_every=1,
+                 blur_strength=2.0)
+    sha = first[-1].model.metadata["training"]["base_model_sha256"]
+    assert sha == load_model(tiny_model_file).metadata["sha256"]
+    with pytest.warns(UserWarning):  # other data: sharp-only now
+        events = _run((pair[1], None), model="unet_fast", channels=2, steps=3, resume=tmp_path,
+                      blur_strength=(5.0, 6.0), noise=None)
+    note = next(e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message)
+    for name in ("model 'unet_lite'", "channels 1", "blur_strength", "noise"):
+        assert name in note, (name, note)
+    assert events[-1].model.metadata["training"]["base_model_sha256"] == sha
+    with pytest.warns(UserWarning, match="other training data"):  # pairs now, synthetic blur then
+        same = _run(pair, steps=3, resume=tmp_path, blur_strength=2.0)  # the same setting, written another way
+    assert not [e for e in same if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
+
+
+def test_run_model_metadata_describes_the_run_so_far(pair):
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 6, "validate_every": 2})
+    for e in run:
+        if isinstance(e, ev.Validation) and e.step == 4:
+            training = run.model.metadata["training"]
+            assert training["steps_done"] == 4 and training["val_psnr"] is not None
+            run.stop()

@@ -209,9 +209,11 @@ class ProgressLine:
 
 def run(args: argparse.Namespace) -> int:
     """Finetune on the given files and save the model; returns the exit status."""
+    from ..training.checkpoint import checkpoint_folder, checkpoint_path
     from ..training.events import TrainingNoticeWarning
     from ..training.trainer import iter_finetune
-    from . import EXIT_INTERRUPTED
+    from . import EXIT_INTERRUPTED, PROG
+    from .deblur_command import same_file
 
     if args.blurred is None and args.sharp is None:
         raise InputError("Pass --blurred A.tif --sharp B.tif (a pair), or --sharp B.tif alone (synthetic blur).")
@@ -221,19 +223,21 @@ def run(args: argparse.Namespace) -> int:
             "synthetic blur, pass them as --sharp alone."
         )
     out = Path(args.output)
+    folder = args.checkpoint_dir or (checkpoint_folder(args.resume) if args.resume is not None else None)
+    if folder is not None and (same_file(out, Path(folder)) or same_file(out, checkpoint_path(folder))):
+        raise InputError(
+            f"-o {str(out)!r} is the run's checkpoint folder or file; the model and the checkpoint are two files: "
+            "choose another path for the model."
+        )
     if out.exists() and not args.force:
         raise InputError(f"{str(out)!r} exists; pass --force to overwrite it or choose another -o.")
     check_writable(out)  # a folder, a missing folder or no permission: said now, not after the training
-    if args.checkpoint_dir is not None and args.resume is None and not args.force:
-        from ..training.checkpoint import checkpoint_path
-
-        if checkpoint_path(args.checkpoint_dir).exists():
-            raise InputError(
-                f"--checkpoint-dir {args.checkpoint_dir} holds an earlier run's checkpoint: pass --resume "
-                f"{args.checkpoint_dir} to continue that run, --force to replace it, or another folder."
-            )
-    from .deblur_command import same_file
-
+    used = args.checkpoint_dir is not None and Path(args.checkpoint_dir).is_dir()
+    if used and args.resume is None and not args.force and checkpoint_path(args.checkpoint_dir).exists():
+        raise InputError(
+            f"--checkpoint-dir {args.checkpoint_dir} holds an earlier run's checkpoint: pass --resume "
+            f"{args.checkpoint_dir} to continue that run, --force to replace it, or another folder."
+        )
     for given in (args.sharp, args.blurred):
         if given is not None and same_file(Path(given), out):
             raise InputError(f"-o {str(out)!r} is a training image; choose another path for the model.")
@@ -277,33 +281,50 @@ def run(args: argparse.Namespace) -> int:
         teacher_weight=args.teacher_weight,
     )
 
-    interrupted = threading.Event()
-    previous = None
+    # Ctrl-C (SIGINT) and SIGTERM (a cluster's time limit, `kill`) stop after the current step and save;
+    # a second Ctrl-C during training aborts without saving; once the model is being saved, signals wait
+    stop_signal: list[int] = []
+    saving = threading.Event()
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        if interrupted.is_set():  # second Ctrl-C: give up at once
+    def on_signal(signum: int, frame: Any) -> None:
+        if saving.is_set():
+            return  # the save takes a moment, and an interrupted save would leave nothing
+        if stop_signal and signum == signal.SIGINT:  # second Ctrl-C: give up at once
             raise KeyboardInterrupt
-        interrupted.set()
-        training.stop()
-        print("\nstopping after this step (Ctrl-C again to abort without saving)...", file=sys.stderr)
+        if not stop_signal:
+            stop_signal.append(signum)
+            training.stop()
+            again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
+            print(f"\nstopping after this step{again}...", file=sys.stderr)
 
+    handled = [signal.SIGINT, signal.SIGTERM]
     in_main = threading.current_thread() is threading.main_thread()
-    if in_main:
-        previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {signum: signal.signal(signum, on_signal) for signum in handled} if in_main else {}
+    trained = False
     try:
         with warnings.catch_warnings():
             # the progress line prints every Notice as "note: ..." (or nothing with -q): not twice
             warnings.simplefilter("ignore", TrainingNoticeWarning)
-            for _ in training:
-                pass
+            try:
+                for event in training:
+                    trained = trained or type(event).__name__ == "Step"
+            except Exception:
+                # a failure mid-run (unreadable data, a device error): the best model so far is still saved
+                if trained:
+                    saving.set()
+                    training.model.save(out)
+                    print(f"{PROG}: training failed; the model so far is saved to {out}", file=sys.stderr)
+                raise
+        saving.set()
+        training.model.save(out)
+        if not args.quiet:
+            print(f"wrote {out}", file=sys.stderr)
     finally:
-        if in_main:
-            signal.signal(signal.SIGINT, previous)
-    model = training.model
-    model.save(out)
-    if not args.quiet:
-        print(f"wrote {out}", file=sys.stderr)
-    return EXIT_INTERRUPTED if interrupted.is_set() else 0
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stop_signal:
+        return EXIT_INTERRUPTED if stop_signal[0] == signal.SIGINT else 128 + signal.SIGTERM
+    return 0
 
 
 def _one_or_range(values: list[float] | None, flag: str) -> float | tuple[float, float] | None:

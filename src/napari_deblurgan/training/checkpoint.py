@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,24 @@ from ..errors import InputError, ModelFileError
 CHECKPOINT_FORMAT = "napari-deblurgan-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+#: A temporary checkpoint file older than this is a killed save's leftover, not a save in progress.
+STALE_PART_SECONDS = 3600
 
 
 def checkpoint_path(directory: str | os.PathLike[str]) -> Path:
-    """The checkpoint file inside ``directory`` (a path to a ``.pt`` file is returned unchanged)."""
+    """The checkpoint file of a run's folder: ``<directory>/checkpoint.pt``. An existing file is returned as
+    it is, so that ``resume=`` may name the checkpoint file (the path ``CheckpointSaved`` reports) as well as
+    its folder; a checkpoint folder is always a folder, whatever its name ends with."""
     path = Path(directory)
-    if path.suffix == ".pt":
+    if path.is_file():
         return path
     return path / CHECKPOINT_NAME
+
+
+def checkpoint_folder(path: str | os.PathLike[str]) -> Path:
+    """The folder a run checkpoints into, given that folder or a checkpoint file in it."""
+    path = Path(path)
+    return path.parent if path.is_file() else path
 
 
 def capture_global_rng() -> dict[str, Any]:
@@ -85,11 +96,14 @@ def save_checkpoint(directory: str | os.PathLike[str], payload: dict[str, Any]) 
 
     path = checkpoint_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A run killed (kill -9, power loss) while saving leaves its temporary file: a folder belongs to one run,
-    # so earlier runs' leftovers (each up to a checkpoint's size) are removed here instead of piling up.
+    # A run killed (kill -9, power loss) while saving leaves its temporary file: earlier runs' leftovers (each
+    # up to a checkpoint's size) are removed here instead of piling up. Only old ones: a fresh one may be
+    # another process's save in progress (two runs given one folder must not break each other's saves).
+    now = time.time()
     for stale in path.parent.glob(f".{path.name}.*.part"):
         with contextlib.suppress(OSError):
-            stale.unlink()
+            if now - stale.stat().st_mtime > STALE_PART_SECONDS:
+                stale.unlink()
     full = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
         torch.save(full, handle)
@@ -142,6 +156,7 @@ def _jsonable(value: Any) -> Any:
 __all__ = [
     "CHECKPOINT_NAME",
     "capture_global_rng",
+    "checkpoint_folder",
     "checkpoint_path",
     "load_checkpoint",
     "restore_global_rng",

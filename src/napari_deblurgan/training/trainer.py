@@ -22,6 +22,7 @@ previews, the returned model) - the reference DeblurGAN code ran inference in tr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -53,7 +54,14 @@ from ..model_file import DeblurModel, as_model, create_model, load_model
 from ..models import list_architectures
 from ..models.critic import PatchCritic
 from . import losses
-from .checkpoint import capture_global_rng, checkpoint_path, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    capture_global_rng,
+    checkpoint_folder,
+    checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .distillation import SelfEnsembleTeacher, check_teacher_weight, weights_digest
 from .events import (
     CheckpointSaved,
@@ -424,7 +432,7 @@ class TrainingRun:
             self.resume_payload = load_checkpoint(k["resume"])
             self.resume_json = json.loads(self.resume_payload["json"])
             if k["checkpoint_dir"] is None:  # a resumed run keeps checkpointing where it came from
-                k["checkpoint_dir"] = Path(k["resume"])
+                k["checkpoint_dir"] = checkpoint_folder(k["resume"])
         saved = self.resume_json.get("config", {})
 
         if self.on_event is not None and not callable(self.on_event):
@@ -440,12 +448,8 @@ class TrainingRun:
             )
         batch_size = _whole_number("batch_size", saved.get("batch_size", k["batch_size"]), 1)
         _whole_number("patch_size", k["patch_size"], 8)
-        if k["checkpoint_dir"] is not None and Path(k["checkpoint_dir"]).exists() and not Path(
-            k["checkpoint_dir"]
-        ).is_dir():
-            raise InputError(
-                f"checkpoint_dir {str(k['checkpoint_dir'])!r} is a file; give a folder (it is created if missing)."
-            )
+        if k["checkpoint_dir"] is not None:
+            _check_checkpoint_folder(Path(k["checkpoint_dir"]))
         if "preset_fields" in self.resume_json:  # the exact recipe, also for a custom Preset object
             fields = dict(self.resume_json["preset_fields"])
             fields["betas"] = tuple(fields["betas"])
@@ -551,14 +555,27 @@ class TrainingRun:
 
         defaults = {name: p.default for name, p in inspect.signature(iter_finetune).parameters.items()}
         ignored = []
-        for name in ("preset", "learning_rate", "batch_size", "patch_size", "ema", "seed", "precision", "blur_kind"):
+        names = ("preset", "learning_rate", "batch_size", "patch_size", "ema", "seed", "precision", "blur_kind")
+        for name in (*names, "blur_strength", "noise", "teacher_weight"):
             given, had = self._kwargs[name], saved.get(name)
             if name == "preset" and not isinstance(given, str):
                 continue  # a Preset object: its fields are compared nowhere; the checkpoint's are used
-            if name not in saved or given is None or given == defaults[name] or given == had:
+            unset = given is None and name != "noise"  # noise=None is a choice: no noise
+            if name not in saved or unset or given == defaults[name] or given == had:
                 continue
-            shown = "the preset's" if had is None else repr(had)
+            if name in ("blur_strength", "noise") and _same_setting(name, given, had):
+                continue  # the same setting, written another way (3.0 vs [3.0, 3.0])
+            shown = "the preset's" if had is None and name != "noise" else repr(had)
             ignored.append(f"{name} {shown} (not {given!r})")
+        header = self.resume_json.get("model", {})
+        given_model = self._kwargs["model"]
+        if isinstance(given_model, str) and given_model in list_architectures() and given_model != header.get(
+            "architecture"
+        ):
+            ignored.append(f"model {header.get('architecture')!r} (not {given_model!r})")
+        channels = self._kwargs["channels"]
+        if channels is not None and channels != header.get("channels"):
+            ignored.append(f"channels {header.get('channels')!r} (not {channels!r})")
         return ignored
 
     def _resolve_model(self, model: Any) -> DeblurModel:
@@ -816,7 +833,8 @@ class TrainingRun:
             "validation": self.data.describe_validation(),
             "perceptual": perceptual_kind,
             "base_model": self.base.metadata.get("name") or self.base.architecture,
-            "base_model_sha256": self.base.metadata.get("sha256"),
+            # a resumed run rebuilds its base from the checkpoint, which records the original file's sha256
+            "base_model_sha256": self.resume_json.get("base_model_sha256", self.base.metadata.get("sha256")),
             "wall_time_s": 0.0,
             "val_psnr": best_psnr,
             "val_psnr_input": None if input_metrics is None else input_metrics[0],
@@ -873,14 +891,31 @@ class TrainingRun:
                         "synthetic": self.data.synthetic,
                         "preset_fields": asdict(preset),
                         "model": self.base._header(),
+                        "base_model_sha256": self.provenance["base_model_sha256"],
                     }
                 ),
             }
 
+        saved_step = -1  # the step of the last checkpoint written, so a stop right after one writes no twin
+
         def write_checkpoint() -> TrainingEvent | None:
-            if k["checkpoint_dir"] is None:
+            """Write the checkpoint; a failed write (disk full, folder removed) is a Notice, not the end of
+            the run: the run goes on and returns its model, and the previous checkpoint is left intact."""
+            nonlocal saved_step
+            if k["checkpoint_dir"] is None or saved_step == step:
                 return None
-            path = save_checkpoint(k["checkpoint_dir"], checkpoint_payload())
+            try:
+                path = save_checkpoint(k["checkpoint_dir"], checkpoint_payload())
+            except (OSError, RuntimeError, InputError) as exc:
+                return self._notice(
+                    step,
+                    f"Could not write the checkpoint at step {step} to {str(k['checkpoint_dir'])!r} ({exc}); "
+                    "training goes on, and the run still returns its model. The previous checkpoint, if any, "
+                    "is intact.",
+                    "checkpoint-failed",
+                    warn=True,
+                )
+            saved_step = step
             return self._emit(CheckpointSaved(step=step, path=str(path)))
 
         def validate() -> Iterator[TrainingEvent]:
@@ -900,6 +935,11 @@ class TrainingRun:
                     self._set_best(_cpu_clone(net.state_dict()))
                 if preview is None:
                     preview = restored
+                with self._lock:  # run.model's metadata describes the run so far, not its start
+                    self.provenance.update(
+                        {"steps_done": step, "val_psnr": best_psnr, "best_step": best_step, "best_source": best_source}
+                    )
+                    self._model_version += 1
                 yield self._emit(
                     Validation(
                         step=step,
@@ -928,74 +968,85 @@ class TrainingRun:
         stopped = False
         diverged = False
         last_time = time.perf_counter()
-        while step < total:
-            if self._stop_event.is_set():
-                stopped = True
-                break
-            lr_factor = preset.lr_factor(step, total) * lr_scale
-            step_fn.set_learning_rates(preset.learning_rate * lr_factor, preset.critic_learning_rate * lr_factor)
-            try:
-                result = step_fn.run(source.next_batch, batch_size)
-            except NonFiniteLoss as exc:
-                rollbacks += 1
-                if rollbacks > MAX_ROLLBACKS:
-                    diverged = True
+        try:
+            while step < total:
+                if self._stop_event.is_set():
+                    stopped = True
+                    break
+                lr_factor = preset.lr_factor(step, total) * lr_scale
+                step_fn.set_learning_rates(preset.learning_rate * lr_factor, preset.critic_learning_rate * lr_factor)
+                try:
+                    result = step_fn.run(source.next_batch, batch_size)
+                except NonFiniteLoss as exc:
+                    rollbacks += 1
+                    if rollbacks > MAX_ROLLBACKS:
+                        diverged = True
+                        yield self._notice(
+                            step,
+                            f"Training diverged: {rollbacks - 1} rollbacks did not help ({exc}). Stopping with the "
+                            "best model so far; try a lower learning_rate or the 'content' preset.",
+                            "diverged",
+                        )
+                        step_fn.load_state_dict(snapshot["state"])
+                        step = int(snapshot["step"])
+                        break
+                    lr_scale *= 0.5
+                    step_fn.load_state_dict(snapshot["state"])
+                    failed_at = step + 1
+                    step = int(snapshot["step"])
                     yield self._notice(
                         step,
-                        f"Training diverged: {rollbacks - 1} rollbacks did not help ({exc}). Stopping with the "
-                        "best model so far; try a lower learning_rate or the 'content' preset.",
-                        "diverged",
+                        f"Non-finite loss at step {failed_at} ({exc}): rolled back to step {step} and halved the "
+                        f"learning rate (now x{lr_scale:g} of the schedule).",
+                        "rollback",
                     )
-                    step_fn.load_state_dict(snapshot["state"])
-                    step = int(snapshot["step"])
-                    break
-                lr_scale *= 0.5
-                step_fn.load_state_dict(snapshot["state"])
-                failed_at = step + 1
-                step = int(snapshot["step"])
-                yield self._notice(
-                    step,
-                    f"Non-finite loss at step {failed_at} ({exc}): rolled back to step {step} and halved the "
-                    f"learning rate (now x{lr_scale:g} of the schedule).",
-                    "rollback",
+                    last_time = time.perf_counter()
+                    continue
+                except torch.cuda.OutOfMemoryError:
+                    for opt in (step_fn.opt_g, step_fn.opt_d):
+                        if opt is not None:
+                            opt.zero_grad(set_to_none=True)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if batch_size <= 1:
+                        raise InputError(
+                            f"Out of GPU memory even with batch size 1 at patch size {cfg.patch_size}. Use a smaller "
+                            "patch_size, a lighter architecture (unet_fast, unet_lite) or device='cpu'."
+                        ) from None
+                    batch_size = max(1, batch_size // 2)
+                    message = f"Out of GPU memory: batch size halved to {batch_size}; continuing."
+                    yield self._notice(step, message, "oom")
+                    last_time = time.perf_counter()
+                    continue
+                step += 1
+                now = time.perf_counter()
+                yield self._emit(
+                    Step(
+                        step=step,
+                        total_steps=total,
+                        losses=result,
+                        learning_rate=preset.learning_rate * lr_factor,
+                        images_per_second=batch_size / max(now - last_time, 1e-9),
+                    )
                 )
+                if step % cfg.validate_every == 0 or step == total:
+                    yield from validate()
+                if step % min(SNAPSHOT_EVERY, cfg.checkpoint_every, cfg.validate_every) == 0:
+                    snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
+                if step % cfg.checkpoint_every == 0 and step != total:
+                    event = write_checkpoint()
+                    if event is not None:
+                        yield event
                 last_time = time.perf_counter()
-                continue
-            except torch.cuda.OutOfMemoryError:
-                for opt in (step_fn.opt_g, step_fn.opt_d):
-                    if opt is not None:
-                        opt.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if batch_size <= 1:
-                    raise InputError(
-                        f"Out of GPU memory even with batch size 1 at patch size {cfg.patch_size}. Use a smaller "
-                        "patch_size, a lighter architecture (unet_fast, unet_lite) or device='cpu'."
-                    ) from None
-                batch_size = max(1, batch_size // 2)
-                yield self._notice(step, f"Out of GPU memory: batch size halved to {batch_size}; continuing.", "oom")
-                last_time = time.perf_counter()
-                continue
-            step += 1
-            now = time.perf_counter()
-            yield self._emit(
-                Step(
-                    step=step,
-                    total_steps=total,
-                    losses=result,
-                    learning_rate=preset.learning_rate * lr_factor,
-                    images_per_second=batch_size / max(now - last_time, 1e-9),
-                )
-            )
-            if step % cfg.validate_every == 0 or step == total:
-                yield from validate()
-            if step % min(SNAPSHOT_EVERY, cfg.checkpoint_every, cfg.validate_every) == 0:
-                snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
-            if step % cfg.checkpoint_every == 0 and step != total:
-                event = write_checkpoint()
-                if event is not None:
-                    yield event
-            last_time = time.perf_counter()
+        except GeneratorExit:
+            # The consumer closed the run between two events (left its loop, or dropped the run): every yield
+            # comes after a whole step, so the state is consistent. Keep it, as a stop would; nothing can be
+            # yielded any more, so a failed write is silent here.
+            if k["checkpoint_dir"] is not None and saved_step != step:
+                with contextlib.suppress(Exception):
+                    save_checkpoint(k["checkpoint_dir"], checkpoint_payload())
+            generator.eval()
+            raise
 
         if validation is None:
             # Without validation the result is the latest weights (the EMA when kept).
@@ -1022,6 +1073,34 @@ class TrainingRun:
         generator.eval()
         self.finished = Finished(model=self.model, step=step, stopped=stopped or diverged, best_psnr=best_psnr)
         yield self._emit(self.finished)
+
+
+def _check_checkpoint_folder(folder: Path) -> None:
+    """Create the checkpoint folder and check that files can be written there, before any training: a run
+    that learns only at its first checkpoint that it cannot save one has already spent that time."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"checkpoint_dir {str(folder)!r} is a file; give a folder (it is created if missing).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"Cannot create the checkpoint folder {str(folder)!r}: {exc.strerror or exc}; give another checkpoint_dir."
+        ) from None
+    from ..atomic_files import check_writable
+
+    check_writable(folder / CHECKPOINT_NAME)
+
+
+def _same_setting(name: str, given: Any, had: Any) -> bool:
+    """Whether a ``blur_strength`` or ``noise`` argument is the checkpoint's setting (``had``, as stored)."""
+    try:
+        if name == "blur_strength":
+            resolved = resolve_blur_strength(given, ("motion",))
+            return [list(v) for v in (resolved or {}).values()][:1] == ([had] if had is not None else [])
+        resolved = resolve_noise(given)
+        return ({key: list(v) for key, v in resolved.items()} if resolved else None) == had
+    except InputError:
+        return False
 
 
 def _copy_model(model: DeblurModel) -> DeblurModel:
