@@ -491,3 +491,23 @@ def test_bad_border_context_is_refused(bad, tmp_path):
     _rewrite(path, payload)
     with pytest.raises(ModelFileError, match=r"inconsistent metadata.*context_padding"):
         load_model(path)
+
+
+def test_a_killed_model_save_leaves_no_temporary_file_for_good(tiny_model, tmp_path):
+    """kill -9 during DeblurModel.save leaves its .part file; the next save of that file removes it once it
+    is old (a fresh one may be a save in progress elsewhere)."""
+    import time
+
+    from napari_deblurgan.atomic_files import STALE_PART_SECONDS
+
+    target = tmp_path / "model.pt"
+    old_part, fresh_part = tmp_path / ".model.pt.x1.part", tmp_path / ".model.pt.x2.part"
+    other_file_part = tmp_path / ".other.pt.x3.part"
+    for part in (old_part, fresh_part, other_file_part):
+        part.write_bytes(b"half a model")
+    long_ago = time.time() - STALE_PART_SECONDS - 60
+    for part in (old_part, other_file_part):
+        os.utime(part, (long_ago, long_ago))
+    tiny_model.save(target)
+    assert not old_part.exists() and fresh_part.exists() and other_file_part.exists()
+    assert load_model(target).architecture == tiny_model.architecture

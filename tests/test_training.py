@@ -190,7 +190,7 @@ def test_a_killed_save_leaves_no_temporary_files_for_good(pair, tmp_path):
     import os
     import time
 
-    from napari_deblurgan.training.checkpoint import STALE_PART_SECONDS
+    from napari_deblurgan.atomic_files import STALE_PART_SECONDS
 
     _run(pair, steps=1, checkpoint_dir=tmp_path, checkpoint_every=1)
     leftover, in_progress = tmp_path / ".checkpoint.pt.abc123.part", tmp_path / ".checkpoint.pt.def456.part"

@@ -8,9 +8,11 @@ target (atomic within one filesystem). No torch here.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +47,21 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+#: A temporary file older than this is a killed write's leftover, not a write in progress (in this or
+#: another process: two runs given one checkpoint folder must not break each other's saves).
+STALE_PART_SECONDS = 3600
+
+
+def remove_stale_parts(path: Path) -> None:
+    """Remove the temporary files that writes of ``path`` killed mid-way (kill -9, power loss) left behind,
+    once they are old: each can be as large as the file itself, and nothing else would ever remove them."""
+    now = time.time()
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        with contextlib.suppress(OSError):
+            if now - stale.stat().st_mtime > STALE_PART_SECONDS:
+                stale.unlink()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Context manager yielding a temporary path next to ``path``; renamed onto ``path`` on success.
@@ -55,6 +72,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = check_writable(path)
     directory = path.parent if str(path.parent) else Path(".")
+    remove_stale_parts(path)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
     except OSError as exc:

@@ -232,6 +232,7 @@ class _Source:
         if key not in self._ranges:
             reference = self.blurred if self.blurred is not None else self.sharp
             plane = self._read(reference, index, channel if self.c is not None else None, slice(None), slice(None))
+            _check_finite_plane(plane, index)  # else the percentiles are NaN and the message would mislead
             self._ranges[key] = percentile_range(plane[0], DEFAULT_NORMALIZATION["low"], DEFAULT_NORMALIZATION["high"])
         return self._ranges[key]
 
@@ -303,8 +304,7 @@ class _Source:
     ) -> np.ndarray:
         """Normalised float32 (C, h, w) region of ``array``."""
         raw = self._read(array, index, channel, rows, cols)
-        if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
-            raise InputError("The training images contain NaN or infinite values; replace them (e.g. np.nan_to_num).")
+        _check_finite_plane(raw, index)
         out = np.empty(raw.shape, dtype=np.float32)
         for c, (lo, hi) in enumerate(ranges):
             out[c] = normalize(raw[c], lo, hi)
@@ -333,6 +333,15 @@ class _Source:
             plane.flags.writeable = False  # views of it are handed out (copy=False)
             self.cache.planes[key] = plane
         return plane
+
+
+def _check_finite_plane(plane: np.ndarray, index: tuple[int, ...]) -> None:
+    """InputError naming the plane when ``plane`` (a float region of a training image) has NaN or inf."""
+    if plane.dtype.kind in "fc" and not np.all(np.isfinite(plane)):
+        where = f" (in the plane at index {index} of the non-YX axes)" if index else ""
+        raise InputError(
+            f"The training images contain NaN or infinite values{where}; replace them (e.g. np.nan_to_num)."
+        )
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -493,6 +502,15 @@ class PairedData:
         self.validation_grid = self._validation_grid(max_validation_crops)
 
     # -- construction helpers --------------------------------------------------------------------------
+    def _check_finite(self, src: _Source) -> None:
+        """NaN/inf anywhere in an in-memory float image is said now, plane by plane (bounded memory), not when
+        training first draws a crop from that plane. Memory-mapped and lazy arrays are checked as they are
+        read (reading them whole up front would cost what the lazy reading saves)."""
+        for array in (src.sharp, src.blurred):
+            if type(array) is np.ndarray and array.dtype.kind in "fc":
+                for index, channel in src.plane_keys():
+                    _check_finite_plane(src._read(array, index, channel, slice(None), slice(None)), index)
+
     def _make_source(self, sharp: Any, blurred: Any | None, axes: str, i: int) -> _Source:
         c_axis = next((axes.index(a) for a in CHANNEL_LETTERS if a in axes), None)
         n_ch = int(sharp.shape[c_axis]) if c_axis is not None else 1
@@ -503,7 +521,9 @@ class PairedData:
                 f"{tuple(sharp.shape)}) has {n_ch}. Use a {n_ch}-channel model, or a 1-channel model to "
                 "treat channels independently."
             )
-        return _Source(sharp, blurred, axes, joint, self._cache)
+        source = _Source(sharp, blurred, axes, joint, self._cache)
+        self._check_finite(source)
+        return source
 
     def _fit_patch(self, patch: int, smallest: int) -> int:
         patch = max(self.stride, (patch // self.stride) * self.stride)

@@ -13,11 +13,9 @@ unpickler cannot hold (NumPy/Python RNG states with 128-bit integers, the config
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,6 @@ from ..errors import InputError, ModelFileError
 CHECKPOINT_FORMAT = "napari-deblurgan-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
-#: A temporary checkpoint file older than this is a killed save's leftover, not a save in progress.
-STALE_PART_SECONDS = 3600
 
 
 def checkpoint_path(directory: str | os.PathLike[str]) -> Path:
@@ -96,14 +92,7 @@ def save_checkpoint(directory: str | os.PathLike[str], payload: dict[str, Any]) 
 
     path = checkpoint_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A run killed (kill -9, power loss) while saving leaves its temporary file: earlier runs' leftovers (each
-    # up to a checkpoint's size) are removed here instead of piling up. Only old ones: a fresh one may be
-    # another process's save in progress (two runs given one folder must not break each other's saves).
-    now = time.time()
-    for stale in path.parent.glob(f".{path.name}.*.part"):
-        with contextlib.suppress(OSError):
-            if now - stale.stat().st_mtime > STALE_PART_SECONDS:
-                stale.unlink()
+    # atomic_write removes old temporary files of killed saves (atomic_files.remove_stale_parts)
     full = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
         torch.save(full, handle)
