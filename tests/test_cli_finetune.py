@@ -204,3 +204,17 @@ def test_a_failure_mid_run_still_saves_the_model_so_far(files, capsys, monkeypat
     code = main([*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "50"), "-o", str(out)])
     assert code == 1 and "training failed; the model so far is saved to" in capsys.readouterr().err
     assert load_model(out).metadata["training"]["base_model"]
+
+
+def test_a_resume_into_another_runs_checkpoint_folder_needs_force(files, capsys):
+    common = _common(files, "--sharp", str(files / "sharp.tif"), "--steps", "2")
+    assert main([*common, "--checkpoint-dir", str(files / "a"), "-o", str(files / "a.pt")]) == 0
+    assert main([*common, "--checkpoint-dir", str(files / "b"), "-o", str(files / "b.pt")]) == 0
+    before = (files / "b" / "checkpoint.pt").read_bytes()
+    resume = _common(files, "--sharp", str(files / "sharp.tif"), "--steps", "3")
+    assert main([*resume, "--resume", str(files / "a"), "--checkpoint-dir", str(files / "b"), "-o",
+                 str(files / "c.pt")]) == 2
+    assert "holds an earlier run's checkpoint" in capsys.readouterr().err
+    assert (files / "b" / "checkpoint.pt").read_bytes() == before
+    assert main([*resume, "--resume", str(files / "a"), "--checkpoint-dir", str(files / "a"), "-o",
+                 str(files / "c.pt")]) == 0  # its own folder, named

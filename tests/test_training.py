@@ -816,3 +816,29 @@ def test_run_model_metadata_describes_the_run_so_far(pair):
             training = run.model.metadata["training"]
             assert training["steps_done"] == 4 and training["val_psnr"] is not None
             run.stop()
+
+
+def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_notice(pair, tmp_path):
+    """CPU and CUDA random generators keep states of different formats: a CUDA checkpoint's gradient-penalty
+    generator state (16 bytes, faked here) cannot be set on a CPU generator. The run reseeds it and says so."""
+    from napari_deblurgan.training.checkpoint import save_checkpoint
+
+    kwargs = dict(_RUN_ARGS, preset="default", steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    _run(pair, **kwargs)
+    payload = load_checkpoint(tmp_path)
+    payload["state"]["gp_generator"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+    save_checkpoint(tmp_path, {k: v for k, v in payload.items() if k not in ("format", "version")})
+    with pytest.warns(UserWarning, match="another kind of device"):
+        events = _run(pair, **{**kwargs, "steps": 3, "resume": tmp_path})
+    assert isinstance(events[-1], ev.Finished) and events[-1].step == 3
+    assert all(np.isfinite(v) for loss in _losses(events) for v in loss.values())
+
+
+def test_a_resume_told_to_checkpoint_into_another_runs_folder_says_so(pair, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _run(pair, steps=2, checkpoint_dir=a, checkpoint_every=1)
+    _run(pair, steps=2, checkpoint_dir=b, checkpoint_every=1)
+    with pytest.warns(UserWarning, match="holds the checkpoint of an earlier run"):
+        _run(pair, steps=3, resume=a, checkpoint_dir=b)
+    events = _run(pair, steps=4, resume=a)  # its own folder: nothing to say
+    assert not any(isinstance(e, ev.Notice) and "holds the checkpoint" in e.message for e in events)

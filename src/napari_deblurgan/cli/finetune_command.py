@@ -233,11 +233,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{str(out)!r} exists; pass --force to overwrite it or choose another -o.")
     check_writable(out)  # a folder, a missing folder or no permission: said now, not after the training
     used = args.checkpoint_dir is not None and Path(args.checkpoint_dir).is_dir()
-    if used and args.resume is None and not args.force and checkpoint_path(args.checkpoint_dir).exists():
-        raise InputError(
-            f"--checkpoint-dir {args.checkpoint_dir} holds an earlier run's checkpoint: pass --resume "
-            f"{args.checkpoint_dir} to continue that run, --force to replace it, or another folder."
-        )
+    if used and not args.force and checkpoint_path(args.checkpoint_dir).is_file():
+        # a new run, or a resume told to checkpoint into another run's folder
+        same_run = args.resume is not None and same_file(checkpoint_path(args.checkpoint_dir),
+                                                         checkpoint_path(args.resume))
+        if not same_run:
+            raise InputError(
+                f"--checkpoint-dir {args.checkpoint_dir} holds an earlier run's checkpoint: pass --resume "
+                f"{args.checkpoint_dir} to continue that run, --force to replace it, or another folder."
+            )
     for given in (args.sharp, args.blurred):
         if given is not None and same_file(Path(given), out):
             raise InputError(f"-o {str(out)!r} is a training image; choose another path for the model.")

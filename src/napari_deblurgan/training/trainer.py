@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import numbers
@@ -167,6 +168,7 @@ class GanStep:
         self.gp_generator = torch.Generator(device=device)
         self.gp_generator.manual_seed(int(seed) + 3)
         self.ema_decay = ema_decay
+        self.gp_reseeded = False  # load_state_dict had to reseed gp_generator (a checkpoint of another device)
         # Set by the run for self-ensemble distillation: mixes the generator's content targets (distillation.py)
         self.teacher: SelfEnsembleTeacher | None = None
         self.ema: nn.Module | None = None
@@ -294,7 +296,16 @@ class GanStep:
             self.scaler_g.load_state_dict(state["scaler_g"])
         if state.get("scaler_d"):
             self.scaler_d.load_state_dict(state["scaler_d"])
-        self.gp_generator.set_state(state["gp_generator"].cpu())
+        gp_state = state["gp_generator"].cpu()
+        try:
+            self.gp_generator.set_state(gp_state)
+            self.gp_reseeded = False
+        except RuntimeError:
+            # A checkpoint from another kind of device: CPU and CUDA generators keep states of different
+            # formats. Seeded from the saved state instead (deterministic, but not the same numbers).
+            digest = hashlib.sha256(gp_state.numpy().tobytes()).digest()
+            self.gp_generator.manual_seed(int.from_bytes(digest[:8], "little") % 2**63)
+            self.gp_reseeded = True
         self.ema_updates = int(state.get("ema_updates", 0))
 
 
@@ -667,11 +678,17 @@ class TrainingRun:
         feature_matching = False
         perceptual_kind = "none"
         pending: list[tuple[str, str]] = []  # notices to emit after Started
-        if k["resume"] is None and k["checkpoint_dir"] is not None and checkpoint_path(k["checkpoint_dir"]).exists():
+        # another run's checkpoint in the folder this run writes to (a resume writes where it came from
+        # unless told otherwise): said, as the CLI refuses it without --force
+        into = k["checkpoint_dir"]
+        came_from = None if k["resume"] is None else checkpoint_path(k["resume"])
+        if into is not None and checkpoint_path(into).is_file() and (
+            came_from is None or not os.path.samefile(checkpoint_path(into), came_from)
+        ):
             pending.append(
                 (
-                    f"{str(k['checkpoint_dir'])!r} holds the checkpoint of an earlier run; this new run replaces it "
-                    "at its first checkpoint. Pass resume= that folder to continue the earlier run instead.",
+                    f"{str(into)!r} holds the checkpoint of an earlier run; this run replaces it at its first "
+                    "checkpoint. Pass resume= that folder to continue the earlier run instead.",
                     "info",
                 )
             )
@@ -733,6 +750,15 @@ class TrainingRun:
         if self.resume_payload is not None:
             payload = self.resume_payload
             step_fn.load_state_dict(payload["state"])
+            if step_fn.gp_reseeded:
+                pending.append(
+                    (
+                        "The checkpoint was written on another kind of device: the gradient penalty's random "
+                        "numbers restart from a seed, so the run continues, but not bit for bit as it would "
+                        "have on its own device.",
+                        "info",
+                    )
+                )
             source.load_state_dict(payload["sampler"])
             # the global RNG states in the checkpoint are not restored: training draws only from its own
             # seeded generators (a fresh run leaves the caller's global RNG as it was; tested), and restoring
