@@ -188,7 +188,6 @@ def test_a_killed_save_leaves_no_temporary_files_for_good(pair, tmp_path):
     """kill -9 during a save leaves its .part file; a later save removes such leftovers once they are old
     (a fresh one may be another process's save in progress: two runs given one folder must both finish)."""
     import os
-    import time
 
     from napari_deblurgan.atomic_files import STALE_PART_SECONDS
 
@@ -249,7 +248,7 @@ def test_resume_from_missing_dir_is_input_error(pair, tmp_path):
         iter_finetune(*pair, model=_model(), resume=tmp_path / "nope", device="cpu")
 
 
-def test_stop_from_another_thread_returns_quickly(pair):
+def test_stop_from_another_thread_ends_the_run_after_the_step_in_progress(pair):
     run = iter_finetune(
         *pair,
         model=_model(),
@@ -273,14 +272,13 @@ def test_stop_from_another_thread_returns_quickly(pair):
     worker = threading.Thread(target=consume)
     worker.start()
     assert first_step.wait(120)
-    t0 = time.perf_counter()
+    steps_seen = [e.step for e in list(seen) if isinstance(e, ev.Step)]
     run.stop()
-    worker.join(10)
-    elapsed = time.perf_counter() - t0
+    worker.join(60)
     assert not worker.is_alive()
-    assert elapsed < 1.0, f"stop took {elapsed:.2f} s"
     assert isinstance(seen[-1], ev.Finished) and seen[-1].stopped
-    assert seen[-1].step < 100_000
+    # honoured after the step in progress: at most one step past the last one the consumer had seen
+    assert seen[-1].step <= steps_seen[-1] + 1
     assert run.model.generator.training is False
 
 
@@ -842,3 +840,15 @@ def test_a_resume_told_to_checkpoint_into_another_runs_folder_says_so(pair, tmp_
         _run(pair, steps=3, resume=a, checkpoint_dir=b)
     events = _run(pair, steps=4, resume=a)  # its own folder: nothing to say
     assert not any(isinstance(e, ev.Notice) and "holds the checkpoint" in e.message for e in events)
+
+
+def test_a_stopped_run_validates_its_last_weights_before_choosing(pair):
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 50, "validate_every": 4})
+    events = []
+    for e in run:
+        events.append(e)
+        if isinstance(e, ev.Step) and e.step == 6:
+            run.stop()
+    validated = [e.step for e in events if isinstance(e, ev.Validation)]
+    assert validated == [0, 4, 6]  # step 6's weights were scored before the run chose its model
+    assert events[-1].stopped and events[-1].best_psnr == max(e.psnr for e in events if isinstance(e, ev.Validation))

@@ -944,10 +944,13 @@ class TrainingRun:
             saved_step = step
             return self._emit(CheckpointSaved(step=step, path=str(path)))
 
+        validated_step = -1
+
         def validate() -> Iterator[TrainingEvent]:
-            nonlocal best_psnr, best_step, best_source
+            nonlocal best_psnr, best_step, best_source, validated_step
             if validation is None or input_metrics is None:
                 return
+            validated_step = step
             vb, vs = validation
             candidates: list[tuple[str, nn.Module]] = [("generator", generator)]
             if step_fn.ema is not None and step > 0:
@@ -1074,6 +1077,10 @@ class TrainingRun:
             generator.eval()
             raise
 
+        if stopped and step > 0 and validated_step != step:
+            # the weights trained since the last validation are scored too: a stopped run returns the best of
+            # all its weights, not of those that happened to fall on the validation schedule
+            yield from validate()
         if validation is None:
             # Without validation the result is the latest weights (the EMA when kept).
             final_net = step_fn.ema if step_fn.ema is not None and step > 0 else generator
