@@ -135,6 +135,31 @@ def test_lazy_path_computes_each_page_once_with_channels_before_z(tiny_model_fil
     np.testing.assert_array_equal(tifffile.imread(lazy), tifffile.imread(eager))
 
 
+def test_lazy_path_memory_does_not_grow_with_the_file(tiny_model_file, tmp_path, monkeypatch):
+    """The lazy path exists for files larger than memory: NumPy's peak allocation stays the same for a file 4x
+    larger (dask's from_array copied a memmap whole before the pages were wrapped)."""
+    import tracemalloc
+
+    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
+
+    def peak_bytes(planes: int) -> tuple[int, int]:
+        data = (np.random.default_rng(3).random((planes, 128, 128)) * 3000).astype(np.uint16)
+        inp, out = tmp_path / f"in{planes}.tif", tmp_path / f"out{planes}.tif"
+        tifffile.imwrite(inp, data, imagej=True, metadata={"axes": "ZYX"})
+        del data
+        tracemalloc.start()
+        try:
+            assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+            return tracemalloc.get_traced_memory()[1], inp.stat().st_size
+        finally:
+            tracemalloc.stop()
+
+    peak_bytes(4)  # first-time imports and caches
+    small, small_file = peak_bytes(48)
+    large, large_file = peak_bytes(192)
+    assert large - small < 0.25 * (large_file - small_file), (small, large)
+
+
 def test_axes_override_and_bad_axes(tiny_model_file, imagej_stack, tmp_path, capsys):
     inp, _ = imagej_stack
     out = tmp_path / "out.tif"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -472,6 +474,11 @@ def test_device_crops_fall_back_to_the_cpu_path_when_the_data_does_not_qualify(p
     assert DeviceCrops.build(d, torch.device("cpu"), margin=16) is None  # patch not larger than the margin
     assert DeviceCrops.build(d, torch.device("cpu"), margin=8, budget_bytes=1000) is None  # over the budget
     assert DeviceCrops.build(d, torch.device("cpu"), margin=8) is not None
+    mapped = np.lib.format.open_memmap(str(Path(tempfile.mkdtemp()) / "s.npy"), mode="w+", dtype=sharp.dtype,
+                                       shape=sharp.shape)
+    mapped[:] = sharp
+    lazy = PairedData(None, mapped, patch_size=16, validation=0.0)
+    assert DeviceCrops.build(lazy, torch.device("cpu"), margin=8) is None  # stays on disk, never copied whole
     src = BatchSource(d, torch.device("cpu"), seed=1, device_crops=True, blur_kinds=("motion",),
                       strength_ranges={"motion": (30.0, 40.0)})  # margin 22 > patch 16
     b, s = src.next_batch(3)

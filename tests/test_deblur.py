@@ -422,3 +422,14 @@ def test_a_memmap_input_gives_a_plain_array(model, tmp_path):
     image[:] = _image((40, 40), "uint16")
     out = deblur(image, model, device="cpu")
     assert type(out) is np.ndarray and out.dtype == np.uint16
+
+
+def test_lazy_blocks_are_single_planes_whatever_the_input_chunks(model):
+    """Deep input chunks (64 Z planes) are deblurred a plane per block: memory stays that of a plane per thread."""
+    da = pytest.importorskip("dask.array")
+    stack = _image((6, 2, 40, 40), "uint16")
+    lazy = deblur(da.from_array(stack, chunks=(6, 2, 40, 40)), model, axes="ZCYX", device="cpu")
+    assert lazy.numblocks == (6, 2, 1, 1)  # a single-channel model: one channel per block as well
+    np.testing.assert_array_equal(lazy.compute(), deblur(stack, model, axes="ZCYX", device="cpu"))
+    rgb = deblur(da.from_array(_image((3, 40, 40, 3), "uint8"), chunks=(3, 40, 40, 3)), model, device="cpu")
+    assert rgb.numblocks == (3, 1, 1, 1)  # RGB samples stay together

@@ -284,3 +284,15 @@ def test_a_folder_as_save_path_is_refused_not_turned_into_folder_dot_pt(setup, t
     assert any("is a folder; give a file name inside it" in msg for _, msg in notifications)
     beside = folder.with_suffix(".pt")  # "<folder>.pt" next to it (the folder itself when it ends in .pt)
     assert (beside == folder or not beside.exists()) and not list(folder.iterdir())
+
+
+def test_lazy_layers_reach_training_unread(setup):
+    """A dask layer is handed to training as it is (crops are read lazily), not computed whole first."""
+    da = pytest.importorskip("dask.array")
+    viewer, finetune, _ = setup
+    lazy = da.from_array(viewer.layers["sharp"].data, chunks=(32, 32))
+    viewer.add_image(lazy, name="lazy sharp")
+    finetune.synth_radio.setChecked(True)
+    finetune.sharp_combo.set_value(viewer.layers["lazy sharp"])
+    data = finetune.data_kwargs()
+    assert data["blurred"] is viewer.layers["lazy sharp"].data  # sharp-only: the images go first

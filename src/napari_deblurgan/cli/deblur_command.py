@@ -314,6 +314,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class MemmapPages:
+    """A read-only memory-mapped array as dask should see it: shape, dtype and region reads, nothing else.
+
+    ``da.from_array`` copies an ``np.memmap`` whole into memory (dask >= 2024.12 calls its ``.copy()``; dask
+    issue #11850), which is the very thing the lazy path exists to avoid; and it would tokenize one by hashing
+    its bytes. This wrapper has no ``.copy`` and a token made of the file's identity.
+    """
+
+    def __init__(self, array: Any) -> None:
+        self._array = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key: Any) -> Any:
+        import numpy as np
+
+        return np.array(self._array[key])  # a copy of the region only, detached from the file mapping
+
+    def __dask_tokenize__(self) -> tuple:
+        filename = getattr(self._array, "filename", None)
+        stamp = os.stat(filename).st_mtime_ns if filename else id(self._array)
+        return ("napari-deblurgan-memmap", str(filename), getattr(self._array, "offset", 0), self.shape,
+                str(self.dtype), stamp)
+
+
 def _deblur_lazy(data: Any, info: TiffInfo, common: dict, out: Path, kw: dict, bar: Any) -> None:
     """Memory-mapped input -> dask -> deblur lazily -> write page by page (bounded memory)."""
     import dask.array as da
@@ -329,7 +353,9 @@ def _deblur_lazy(data: Any, info: TiffInfo, common: dict, out: Path, kw: dict, b
     page_axes = "YXS" if info.axes.endswith("YXS") else "YX"
     keep_whole = set(page_axes) | ({"C", "S"} if common["model"].channel_mode == "joint" else {"S"})
     chunks = tuple(-1 if a in keep_whole else 1 for a in info.axes)
-    result = deblur(da.from_array(data, chunks=chunks), **common)
+    pages = MemmapPages(data)
+    # meta given: otherwise dask reads a block to guess the array type
+    result = deblur(da.from_array(pages, chunks=chunks, meta=np.empty((0,) * pages.ndim, pages.dtype)), **common)
     lead = list(range(len(info.axes) - len(page_axes)))  # the leading (non-page) dimensions
     lead_shape = tuple(info.shape[i] for i in lead)
     total = int(np.prod(lead_shape)) if lead_shape else 1

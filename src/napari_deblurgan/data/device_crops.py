@@ -73,8 +73,8 @@ class DeviceCrops:
             budget_bytes = min(budget_bytes, int(GPU_MEMORY_SHARE * total_memory))
         for s in {p.source for p in data.train_planes}:
             arrays = (data.sources[s].sharp, data.sources[s].blurred)
-            if not all(a is None or isinstance(a, np.ndarray) for a in arrays):
-                return None  # dask, zarr...: read lazily on the CPU, never copied whole
+            if not all(a is None or type(a) is np.ndarray for a in arrays):
+                return None  # memmaps, dask, zarr...: read lazily on the CPU, never copied whole
         kinds = ("sharp",) if data.synthetic else ("sharp", "blurred")
         # one padded region per training plane (a plane's training region stops where a held-out band
         # starts, and its margin is reflected there, as PairedData.sample does)
@@ -87,7 +87,8 @@ class DeviceCrops:
         if total > budget_bytes:
             return None
         offsets: dict[tuple, tuple[int, int, int]] = {}
-        pieces: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+        # filled region by region: the host holds one region at a time, never the whole set twice
+        flat = {k: torch.empty(total // (4 * len(kinds)), dtype=torch.float32, device=device) for k in kinds}
         position = 0
         for key in keys:
             s, index, channel, rows, cols = key
@@ -95,11 +96,12 @@ class DeviceCrops:
             c, hp, wp = sharp.shape
             # crops are drawn in plane coordinates: the region's origin (rows[0], cols[0]) goes into the base
             offsets[key] = (position - rows[0] * wp - cols[0], wp, hp * wp)
+            for kind, region in (("sharp", sharp), ("blurred", blurred)):
+                if kind in flat:
+                    # a copy of one region (it may be a read-only view of the plane cache)
+                    values = torch.from_numpy(np.array(region, dtype=np.float32).ravel())
+                    flat[kind][position : position + region.size].copy_(values)
             position += c * hp * wp
-            pieces["sharp"].append(sharp.ravel())
-            if "blurred" in kinds:
-                pieces["blurred"].append(blurred.ravel())
-        flat = {k: torch.from_numpy(np.concatenate(v)).to(device) for k, v in pieces.items()}
         rows = [offsets[(p.source, p.index, p.channel, p.rows, p.cols)] for p in data.train_planes]
         layout = {
             "base": torch.tensor([r[0] for r in rows], dtype=torch.int64),

@@ -411,11 +411,13 @@ def _deblur_numpy(
 
 
 def _deblur_dask(image: Any, axes: str, runner: _PlaneRunner, progress: ProgressCallback | None, cancel: CancelCheck):
-    """Lazy: each block holds whole planes (Y and X unchunked) and is deblurred when computed. The channel axis
-    is kept whole only where a plane needs all its channels at once: a joint (multichannel) model, or RGB(A)
-    samples; a single-channel model deblurs each channel on its own, so those keep the caller's chunks (one
-    channel of a CZYX stack is computed without the others)."""
-    whole = {axes.index("Y"): -1, axes.index("X"): -1}
+    """Lazy: each block is one plane (Y and X whole, one index along the other axes), deblurred when computed.
+    The channel axis is kept whole only where a plane needs all its channels at once: a joint (multichannel)
+    model, or RGB(A) samples; a single-channel model deblurs each channel on its own (one channel of a CZYX
+    stack is computed without the others). One plane per block bounds memory: a block of 64 Z planes held 64
+    input and 64 output planes per thread at once."""
+    whole = {axis: 1 for axis in range(len(axes))}
+    whole[axes.index("Y")] = whole[axes.index("X")] = -1
     c_ax = channel_axis(axes)
     if c_ax is not None and (runner.joint or axes[c_ax] == "S"):
         whole[c_ax] = -1

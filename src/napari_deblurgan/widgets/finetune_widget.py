@@ -337,7 +337,8 @@ class FinetuneWidget(QWidget):
         sharp_layer = self.sharp_combo.value()
         if sharp_layer is None:
             raise InputError("Choose the sharp layer (add your sharp image(s) to the viewer first).")
-        sharp = np.asarray(layer_pixels(sharp_layer))
+        # the layers' arrays as they are (a dask or memory-mapped layer stays lazy: training reads crops)
+        sharp = layer_pixels(sharp_layer)
         kwargs: dict[str, Any] = {"axes": self._axes()}
         if self.pair_radio.isChecked():
             blurred_layer = self.blurred_combo.value()
@@ -345,7 +346,7 @@ class FinetuneWidget(QWidget):
                 raise InputError("Choose the blurred layer, or switch to 'sharp only — synthesise blur'.")
             if blurred_layer is sharp_layer:
                 raise InputError("The blurred and the sharp layer are the same layer; choose two layers.")
-            kwargs.update(blurred=np.asarray(layer_pixels(blurred_layer)), sharp=sharp)
+            kwargs.update(blurred=layer_pixels(blurred_layer), sharp=sharp)
         else:
             # iter_finetune's convention: sharp images alone go in the first argument, with sharp=None
             blur = self._blur_settings()
@@ -356,7 +357,7 @@ class FinetuneWidget(QWidget):
             vb, vs = self.val_blurred_combo.value(), self.val_sharp_combo.value()
             if vb is None or vs is None:
                 raise InputError("Choose both validation layers, or validate on a fraction of the crops.")
-            kwargs["validation"] = (np.asarray(layer_pixels(vb)), np.asarray(layer_pixels(vs)))
+            kwargs["validation"] = (layer_pixels(vb), layer_pixels(vs))
         else:
             kwargs["validation"] = float(self.val_fraction.value()) or None
         return kwargs
