@@ -433,3 +433,21 @@ def test_lazy_blocks_are_single_planes_whatever_the_input_chunks(model):
     np.testing.assert_array_equal(lazy.compute(), deblur(stack, model, axes="ZCYX", device="cpu"))
     rgb = deblur(da.from_array(_image((3, 40, 40, 3), "uint8"), chunks=(3, 40, 40, 3)), model, device="cpu")
     assert rgb.numblocks == (3, 1, 1, 1)  # RGB samples stay together
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_a_large_plane_is_deblurred_in_a_few_plane_sized_buffers(model, dtype):
+    """Whole-image inference must not run out of memory: one plane takes the padded input, the blended output
+    and the result (about 3 float32 planes with the output itself; it was about 8.5)."""
+    import tracemalloc
+
+    image = _image((1024, 1024), dtype)
+    deblur(image[:64, :64], model, device="cpu")  # first-call caches
+    tracemalloc.start()
+    try:
+        out = deblur(image, model, device="cpu", tile_size=512)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == image.shape and out.dtype == image.dtype
+    assert peak < 4.5 * image.size * 4, f"{peak / (image.size * 4):.1f} float32 planes"

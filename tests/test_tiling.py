@@ -177,3 +177,27 @@ def test_blend_windows_form_a_partition_of_unity_with_exact_overlap():
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
     w = blend_window(tile, halo, overlap, left=True, right=True)
     assert np.all(w[:halo] < 1e-6) and np.all(w[-halo:] < 1e-6)  # the halo is never trusted
+
+
+@pytest.mark.parametrize(("shape", "rows", "cols"), [((1, 40, 52), (8, 30), (4, 44)), ((2, 16, 16), (0, 16), (3, 9)),
+                                                     ((1, 20, 20), (6, 10), (2, 18)), ((3, 12, 12), (0, 12), (0, 12))])
+def test_reflect_fill_matches_numpy_reflect_padding(shape, rows, cols):
+    """deblur pads each plane in place (no second plane-sized buffer); the values are np.pad's 'reflect'."""
+    from napari_deblurgan.inference.deblur import reflect_fill
+
+    rng = np.random.default_rng(0)
+    inner = rng.random((shape[0], rows[1] - rows[0], cols[1] - cols[0])).astype(np.float32)
+    padded = np.full(shape, np.nan, dtype=np.float32)
+    padded[:, rows[0] : rows[1], cols[0] : cols[1]] = inner
+    reflect_fill(padded, rows, cols)
+    pads = ((0, 0), (rows[0], shape[1] - rows[1]), (cols[0], shape[2] - cols[1]))
+    np.testing.assert_array_equal(padded, np.pad(inner, pads, mode="reflect"))
+
+
+def test_the_weight_sums_factor_into_one_dimensional_sums():
+    grid = plan_tiles((200, 168), tile_size=64, overlap=24, halo=8, stride=4)
+    total = np.zeros(grid.shape)
+    for ys, xs, w in grid.tiles():
+        total[ys, xs] += w
+    sum_y, sum_x = grid.weight_sums()
+    np.testing.assert_allclose(sum_y[:, None] * sum_x[None, :], total, rtol=1e-6)

@@ -97,15 +97,23 @@ def integer_clip_bounds(dtype: np.dtype, float_dtype: np.dtype) -> tuple[np.floa
     return low, high
 
 
-def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def cast_like(values: np.ndarray, dtype: np.dtype, *, overwrite: bool = False) -> np.ndarray:
     """``values`` converted to ``dtype``: integers rounded and clipped to the dtype's range; floats clipped
-    only where the dtype cannot hold them (float16)."""
+    only where the dtype cannot hold them (float16). ``overwrite=True`` lets it round and clip ``values`` in
+    place (a caller's scratch buffer) instead of in two temporary copies."""
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
         values = np.asarray(values)
         if values.dtype.kind != "f" or values.dtype.itemsize < 4:
-            values = values.astype(np.float64 if needs_float64(dtype) else np.float32)
+            values, overwrite = values.astype(np.float64 if needs_float64(dtype) else np.float32), True
         low, high = integer_clip_bounds(dtype, values.dtype)
+        if overwrite and values.flags.writeable:
+            np.rint(values, out=values)
+            np.clip(values, low, high, out=values)
+            return values.astype(dtype)
         return np.clip(np.rint(values), low, high).astype(dtype)
     info = np.finfo(dtype)
+    if overwrite and np.asarray(values).flags.writeable and np.asarray(values).dtype.kind == "f":
+        np.clip(values, info.min, info.max, out=values)
+        return values.astype(dtype, copy=False)
     return np.clip(values, info.min, info.max).astype(dtype)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..axes import channel_axis, resolve_axes
 from ..errors import Cancelled, InputError
-from ..normalization import cast_like, check_dtype, denormalize, normalize, percentile_range
+from ..normalization import cast_like, check_dtype, denormalize, needs_float64, normalize, percentile_range
 from .self_ensemble import DIHEDRAL_TRANSFORMS, ensemble_forward
 from .tiling import (
     check_tiling,
@@ -308,30 +308,43 @@ class _PlaneRunner:
         float64 for float64 and wide-integer planes (``normalization.needs_float64``)."""
         import torch
 
+        # Memory: two padded float32 planes (the normalised input and the blended output) and one batch of
+        # tiles; every step works in place on those (a 4096 px plane took ~8 plane-sized buffers before).
         c, h, w = plane.shape
         ranges = [percentile_range(plane[i], self.low, self.high) for i in range(c)]
-        normed = np.stack([normalize(plane[i], *ranges[i]) for i in range(c)])
         hp, wp = self.padded_shape(h, w)
         p = self.pad
-        padded = np.pad(normed, ((0, 0), (p, hp - h - p), (p, wp - w - p)), mode="reflect")
-        del normed  # a plane-sized buffer that would otherwise live through the whole tile loop
+        padded = np.empty((c, hp, wp), dtype=np.float32)
+        for i in range(c):
+            padded[i, p : p + h, p : p + w] = normalize(plane[i], *ranges[i])
+        reflect_fill(padded, (p, p + h), (p, p + w))
         grid = plan_tiles((hp, wp), tile_size=self.tile_size, overlap=self.overlap, halo=self.halo, stride=self.stride)
         accum = np.zeros_like(padded)
-        weight_sum = np.zeros((hp, wp), dtype=np.float32)
-        tiles = grid.tiles()
+        windows = grid.windows()
         gen = self._place_generator()
-        for first in range(0, len(tiles), self.batch_size):
+        for first in range(0, len(windows), self.batch_size):
             if _should_cancel(cancel):
                 raise Cancelled("deblurring was cancelled")
-            batch = tiles[first : first + self.batch_size]
-            x = torch.from_numpy(np.stack([padded[:, ys, xs] for ys, xs, _ in batch])).to(self.device)
+            batch = windows[first : first + self.batch_size]
+            x = torch.from_numpy(np.stack([padded[:, ys, xs] for ys, xs, _, _ in batch])).to(self.device)
             y = self._generate(gen, x, cancel)
-            for (ys, xs, weights), out in zip(batch, y, strict=True):
-                accum[:, ys, xs] += out * weights
-                weight_sum[ys, xs] += weights
+            for (ys, xs, wy, wx), out in zip(batch, y, strict=True):
+                out *= wy[:, None]
+                out *= wx[None, :]
+                accum[:, ys, xs] += out
             on_batch()
-        restored = accum[:, p : p + h, p : p + w] / weight_sum[p : p + h, p : p + w]
-        return np.stack([denormalize(restored[i], *ranges[i], plane.dtype) for i in range(c)])
+        del padded
+        sum_y, sum_x = grid.weight_sums()
+        restored = accum[:, p : p + h, p : p + w]  # a view: divided and denormalised in place
+        restored *= (1.0 / sum_y[p : p + h]).astype(np.float32)[:, None]
+        restored *= (1.0 / sum_x[p : p + w]).astype(np.float32)[None, :]
+        if needs_float64(plane.dtype):
+            return np.stack([denormalize(restored[i], *ranges[i], plane.dtype) for i in range(c)])
+        for i in range(c):
+            lo, hi = ranges[i]
+            restored[i] *= np.float32(hi - lo)
+            restored[i] += np.float32(lo)
+        return restored
 
     def _generate(self, gen, x, cancel: CancelCheck) -> np.ndarray:
         """The generator's output for a batch of tiles, averaged over ``self.transforms``."""
@@ -358,6 +371,31 @@ class _PlaneRunner:
 
 
 # ----------------------------------------------------------------------------------------------- drivers
+
+
+def reflect_fill(padded: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> None:
+    """Fill ``padded`` (..., H, W) around its inner region ``rows`` x ``cols`` by mirroring that region
+    (numpy's ``reflect`` mode: the edge pixel is not repeated), in place: the same values as ``np.pad`` of the
+    region, without a second plane-sized buffer."""
+    (r0, r1), (c0, c1) = rows, cols
+    height, width = padded.shape[-2:]
+    if r0 == 0 and c0 == 0 and r1 == height and c1 == width:
+        return
+    inner_h, inner_w = r1 - r0, c1 - c0
+    if max(r0, height - r1) >= inner_h or max(c0, width - c1) >= inner_w:
+        # wider than the region itself (tiny planes): numpy reflects repeatedly; small, so a copy is fine
+        inner = padded[..., r0:r1, c0:c1].copy()
+        pads = [(0, 0)] * (padded.ndim - 2) + [(r0, height - r1), (c0, width - c1)]
+        padded[...] = np.pad(inner, pads, mode="reflect")
+        return
+    for k in range(1, r0 + 1):  # rows above and below the region, within its columns
+        padded[..., r0 - k, c0:c1] = padded[..., r0 + k, c0:c1]
+    for k in range(1, height - r1 + 1):
+        padded[..., r1 - 1 + k, c0:c1] = padded[..., r1 - 1 - k, c0:c1]
+    for k in range(1, c0 + 1):  # then columns left and right, over all rows (the corners mirror both ways)
+        padded[..., :, c0 - k] = padded[..., :, c0 + k]
+    for k in range(1, width - c1 + 1):
+        padded[..., :, c1 - 1 + k] = padded[..., :, c1 - 1 - k]
 
 
 def _plane_views(array: np.ndarray, axes: str) -> tuple[np.ndarray, bool]:
@@ -401,10 +439,12 @@ def _deblur_numpy(
     for index in np.ndindex(*outer):
         plane = src[index]
         if runner.joint:
-            dst[index][:colours] = cast_like(runner.run(plane[:colours], on_batch, cancel), image.dtype)
+            # the runner's output is its own scratch buffer: rounded and clipped in place
+            dst[index][:colours] = cast_like(runner.run(plane[:colours], on_batch, cancel), image.dtype, overwrite=True)
         else:
             for ch in range(colours):
-                dst[index][ch] = cast_like(runner.run(plane[ch : ch + 1], on_batch, cancel)[0], image.dtype)
+                restored = runner.run(plane[ch : ch + 1], on_batch, cancel)[0]
+                dst[index][ch] = cast_like(restored, image.dtype, overwrite=True)
         if alpha:
             dst[index][3] = plane[3]
     return out

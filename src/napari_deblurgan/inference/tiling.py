@@ -164,16 +164,37 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.starts_y) * len(self.starts_x)
 
-    def tiles(self) -> list[tuple[slice, slice, np.ndarray]]:
-        """(y slice, x slice, 2D weights) of every tile, row by row."""
+    def windows(self) -> list[tuple[slice, slice, np.ndarray, np.ndarray]]:
+        """(y slice, x slice, 1D weights along y, 1D weights along x) of every tile, row by row: a tile's 2D
+        weights are their outer product (kept 1D: 2D weights of every tile would take as much memory as the
+        plane itself)."""
         th, tw = self.tile_shape
+        last_y, last_x = len(self.starts_y) - 1, len(self.starts_x) - 1
+        wxs = [blend_window(tw, self.halo, self.overlap, left=ix > 0, right=ix < last_x) for ix in range(last_x + 1)]
         out = []
         for iy, y0 in enumerate(self.starts_y):
-            wy = blend_window(th, self.halo, self.overlap, left=iy > 0, right=iy < len(self.starts_y) - 1)
+            wy = blend_window(th, self.halo, self.overlap, left=iy > 0, right=iy < last_y)
             for ix, x0 in enumerate(self.starts_x):
-                wx = blend_window(tw, self.halo, self.overlap, left=ix > 0, right=ix < len(self.starts_x) - 1)
-                out.append((slice(y0, y0 + th), slice(x0, x0 + tw), wy[:, None] * wx[None, :]))
+                out.append((slice(y0, y0 + th), slice(x0, x0 + tw), wy, wxs[ix]))
         return out
+
+    def tiles(self) -> list[tuple[slice, slice, np.ndarray]]:
+        """(y slice, x slice, 2D weights) of every tile, row by row."""
+        return [(ys, xs, wy[:, None] * wx[None, :]) for ys, xs, wy, wx in self.windows()]
+
+    def weight_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """The sum of all tiles' weights over the plane, as two 1D factors ``(along y, along x)``: the tiles
+        form a full grid (every tile of a row shares its y weights, of a column its x weights), so the 2D
+        sum is their outer product and needs no plane-sized buffer."""
+        th, tw = self.tile_shape
+        sum_y = np.zeros(self.shape[0], dtype=np.float64)
+        sum_x = np.zeros(self.shape[1], dtype=np.float64)
+        last_y, last_x = len(self.starts_y) - 1, len(self.starts_x) - 1
+        for iy, y0 in enumerate(self.starts_y):
+            sum_y[y0 : y0 + th] += blend_window(th, self.halo, self.overlap, left=iy > 0, right=iy < last_y)
+        for ix, x0 in enumerate(self.starts_x):
+            sum_x[x0 : x0 + tw] += blend_window(tw, self.halo, self.overlap, left=ix > 0, right=ix < last_x)
+        return sum_y, sum_x
 
 
 def plan_tiles(shape: tuple[int, int], *, tile_size: int, overlap: int, halo: int, stride: int) -> TileGrid:
