@@ -310,6 +310,9 @@ def test_errors_name_the_flags_the_user_typed(small_image, tmp_path, capsys):
     assert main(["deblur", str(inp), "-o", str(tmp_path / "o.tif"), "--tile-size", "100"]) == 2
     err = capsys.readouterr().err
     assert "--tile-size 100 is too small" in err and "use --tile-size >= " in err and "tile_size" not in err
+    assert main(["deblur", str(inp), "-o", str(tmp_path / "o.tif"), "--tile-size", "512", "--overlap", "600"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --overlap (600 px" in err and "smaller than --tile-size" in err  # one-word names too
 
 
 def test_default_model_not_shipped_is_a_user_error(small_image, tmp_path, capsys, monkeypatch):

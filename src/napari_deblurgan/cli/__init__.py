@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         flags = {
             action.dest: next(o for o in action.option_strings if o.startswith("--"))
             for action in sub._actions
-            if "_" in action.dest and any(o.startswith("--") for o in action.option_strings)
+            if any(o.startswith("--") for o in action.option_strings) and action.dest != "help"
         }
         sub.set_defaults(_run=module.run, _flags=flags)
     return parser
@@ -51,10 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def with_flags(message: str, flags: dict[str, str]) -> str:
     """``message`` with the Python keywords it names (``tile_size``) written as this command's flags
-    (``--tile-size``): the messages come from the Python API, the user typed flags. Only keywords with an
-    underscore, which prose does not contain."""
+    (``--tile-size``): the messages come from the Python API, the user typed flags. Keywords with an
+    underscore anywhere (prose does not contain them); one-word keywords (``overlap``, ``device``) only where
+    a message or one of its clauses starts with them, as the API's messages name an argument, since the same
+    words also occur as plain prose ("this model's seamless overlap")."""
     for dest, flag in flags.items():
-        message = re.sub(rf"(?<![\w-]){re.escape(dest)}\b", flag, message)
+        if "_" in dest:
+            message = re.sub(rf"(?<![\w-]){re.escape(dest)}\b", flag, message)
+        else:
+            message = re.sub(rf"(^|; |: |\()({re.escape(dest)})\b(?![-_])", rf"\g<1>{flag}", message)
     return message
 
 
