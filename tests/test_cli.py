@@ -274,6 +274,13 @@ def test_compressed_truncated_and_multi_series_tiffs(tiny_model_file, small_imag
     assert main(["deblur", str(lzw), "-o", str(tmp_path / "o1.tif"), "--model", str(tiny_model_file), "-q"]) == 0
     expected = deblur_module.deblur(small_image, load_model(tiny_model_file), axes="YX", device="cpu")
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "o1.tif"), expected)
+    with tifffile.TiffFile(tmp_path / "o1.tif") as tif:
+        assert tif.pages[0].compression.name == "LZW"  # kept (lossless), not written 3-4x larger
+    jpeg = tmp_path / "jpeg.tif"
+    tifffile.imwrite(jpeg, (small_image // 256).astype(np.uint8), compression="jpeg")
+    assert main(["deblur", str(jpeg), "-o", str(tmp_path / "oj.tif"), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(tmp_path / "oj.tif") as tif:
+        assert tif.pages[0].compression.name == "NONE"  # lossy compression is not repeated on the result
 
     whole = tmp_path / "whole.tif"
     tifffile.imwrite(whole, np.stack([small_image] * 4), photometric="minisblack")

@@ -89,6 +89,19 @@ class TiffInfo:
     ome_sizes: dict[str, Any] = field(default_factory=dict)  # PhysicalSizeX, PhysicalSizeXUnit, ...
     photometric: str | None = None
     note: str | None = None  # how the output's flavour differs from the input's, for stderr
+    compression: str | None = None  # the input's lossless compression, kept for the output
+
+
+#: Lossless TIFF compressions kept from input to output (tifffile's COMPRESSION names -> imwrite's names).
+#: Lossy ones (JPEG...) are not: re-compressing a deblurred image lossily would undo part of the work.
+LOSSLESS_COMPRESSIONS = {
+    "ADOBE_DEFLATE": "zlib",
+    "DEFLATE": "zlib",
+    "LZW": "lzw",
+    "ZSTD": "zstd",
+    "LZMA": "lzma",
+    "PACKBITS": "packbits",
+}
 
 
 def in_imagej_order(axes: str) -> bool:
@@ -161,6 +174,7 @@ def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
         info.ome_sizes = _ome_physical_sizes(tif.ome_metadata)
     photometric = getattr(page, "photometric", None)
     info.photometric = getattr(photometric, "name", None)
+    info.compression = LOSSLESS_COMPRESSIONS.get(getattr(getattr(page, "compression", None), "name", ""))
     if info.photometric == "PALETTE":
         raise InputError(
             "This is an indexed-colour (palette) TIFF: its pixel values are colour-table indices, not "
@@ -180,6 +194,8 @@ def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
 def write_kwargs(info: TiffInfo) -> dict[str, Any]:
     """``tifffile.imwrite`` keyword arguments reproducing the input's flavour, axes and pixel sizes."""
     kw: dict[str, Any] = {}
+    if info.compression is not None:
+        kw["compression"] = info.compression
     if info.resolution is not None:
         kw["resolution"] = info.resolution
         if info.resolutionunit is not None and info.flavour != "imagej":
