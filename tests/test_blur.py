@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -11,8 +13,14 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from napari_deblurgan import synthesize_blur
+from napari_deblurgan.blur import synthesize as synthesize_module
 from napari_deblurgan.blur.psf import defocus_psf, gaussian_psf, motion_psf, random_psf
-from napari_deblurgan.blur.synthesize import apply_psf, convolve_reflect, synthesize_blur_with_params
+from napari_deblurgan.blur.synthesize import (
+    add_poisson_gaussian_noise,
+    apply_psf,
+    convolve_reflect,
+    synthesize_blur_with_params,
+)
 from napari_deblurgan.errors import InputError
 
 
@@ -245,6 +253,9 @@ def test_custom_psf_array_and_apply_psf():
         (np.zeros((16, 16), bool), {}, "boolean"),
         (np.zeros((16, 16), complex), {}, "complex"),
         (np.full((16, 16), np.nan), {}, "NaN"),
+        (np.pad(np.full((1, 1), np.nan, np.float32), ((3, 12), (9, 6))), {}, "NaN"),
+        (np.pad(np.full((2, 1, 1), np.inf), ((1, 0), (15, 0), (0, 15))), {}, "infinite"),
+        (np.pad(np.full((1, 1), -np.inf, np.float16), ((0, 15), (4, 11))), {}, "infinite"),
         (np.zeros((0, 16)), {}, "empty"),
         (np.zeros((16, 7)), {}, "at least 8"),
         (np.zeros(16), {}, "2 dimensions"),
@@ -294,3 +305,74 @@ def test_airy_is_a_kind_as_in_finetune():
     # the "defocus" stream is unchanged by the new kind: disk and Airy still alternate at random
     models = {synthesize_blur_with_params(image, "defocus", seed=seed)[2]["model"] for seed in range(12)}
     assert models == {"disk", "airy"}
+
+
+@pytest.mark.parametrize("axes", ["ZYX", "ZYXC", "YX"])
+@pytest.mark.parametrize("read_noise", [0.0, 2.5])
+def test_noise_on_a_stack_draws_what_the_whole_stack_did(axes, read_noise):
+    """Stacks are blurred and noised plane by plane, but with the whole stack's draws: one gain from the
+    stack's 99.9th percentile, all the Poisson draws then all the Gaussian ones, in plane order, and the
+    generator left where the whole-stack noise left it (seeds reproduce what they did before)."""
+    shape = {"ZYX": (5, 24, 20), "ZYXC": (3, 24, 20, 2), "YX": (24, 20)}[axes]
+    sharp = (np.random.default_rng(0).random(shape) * 3000).astype(np.uint16)
+    psf = gaussian_psf(1.5)
+    noise = {"photons": 40.0, "read_noise": read_noise}
+    moved = np.moveaxis(sharp, (axes.index("Y"), axes.index("X")), (-2, -1))
+    planes = moved.reshape(-1, *moved.shape[-2:])
+    whole = np.stack([convolve_reflect(p.astype(np.float32), psf.astype(np.float32)) for p in planes])
+    expected_rng = np.random.default_rng(9)
+    noisy = add_poisson_gaussian_noise(whole, 40.0, read_noise, expected_rng)
+    expected = np.clip(np.rint(noisy), 0, 65535).astype(np.uint16)
+    expected = np.moveaxis(expected.reshape(moved.shape), (-2, -1), (axes.index("Y"), axes.index("X")))
+    rng = np.random.default_rng(9)
+    blurred, _ = synthesize_blur(sharp, psf, noise=noise, seed=rng, axes=axes)
+    np.testing.assert_array_equal(blurred, expected)
+    assert rng.random() == expected_rng.random()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 9, 11), (7, 40, 33), (2, 1000, 3)])
+def test_stack_percentile_is_numpys(dtype, shape):
+    rng = np.random.default_rng(shape[1])
+    stack = rng.normal(size=shape).astype(dtype)
+    stack[0, :2] = stack.max()  # ties at the top
+    for q in (99.9, 99.0, 50.0, 100.0):
+        value, maximum = synthesize_module._stack_percentile(iter(stack), stack.size, q)
+        assert value == float(np.percentile(stack, q)) and maximum == float(stack.max())
+
+
+def _numpy_peak(call) -> int:
+    """Peak traced allocation (NumPy's buffers included) of ``call()``, after a warm-up call."""
+    call()  # first-time imports, caches and FFT plans
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        call()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    ("axes", "noise"),
+    [("ZYX", None), ("ZYX", "realistic"), ("ZYXC", {"photons": 80.0, "read_noise": 0.0}), ("ZYX", "apply_psf")],
+)
+def test_synthesize_memory_does_not_grow_with_the_stack(axes, noise):
+    """Synthetic blur works plane by plane: a stack 4x larger needs its larger result and nothing else (it made
+    whole-stack float copies: 6x the input without noise and 14x with it, for a uint16 stack)."""
+
+    def peak(planes: int) -> tuple[int, int]:
+        shape = (planes, 128, 128) if axes == "ZYX" else (planes // 2, 128, 128, 2)
+        sharp = (np.random.default_rng(1).random(shape) * 3000).astype(np.uint16)
+        if noise == "apply_psf":
+            return _numpy_peak(lambda: apply_psf(sharp, gaussian_psf(1.5), axes=axes)), sharp.nbytes
+        return _numpy_peak(
+            lambda: synthesize_blur(sharp, "gaussian", strength=1.5, noise=noise, seed=0, axes=axes)
+        ), sharp.nbytes
+
+    small, small_bytes = peak(6)
+    large, large_bytes = peak(24)
+    extra_input = large_bytes - small_bytes
+    # the result grows with the input (same dtype): anything beyond that must be a small fraction of it
+    assert large - small < 1.25 * extra_input, (small, large, extra_input)

@@ -7,8 +7,10 @@
   that a deblurring model has to beat to be worth using.
 * :func:`compare` builds a :class:`ComparisonTable` of several results (per image and optionally per plane).
 
-Images of any integer or float dtype are accepted; classical methods work on a [0, 1] float copy and return
-the input's shape and dtype. nD data is processed per YX plane (axes letters TZCYXS as everywhere else).
+Images of any integer or float dtype are accepted; classical methods work on a [0, 1] float copy of one plane
+at a time (scaled with the whole image's range) and return the input's shape and dtype. nD data is processed
+per YX plane (axes letters TZCYXS as everywhere else), and metrics difference images in blocks of rows: memory
+is the result (if any) plus a few planes, never a float copy of the stack.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import html
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,8 +33,8 @@ from .blur.synthesize import (
     check_psf_array,
     plane_indices,
     resolve_image_axes,
-    to_planes,
     validate_image,
+    yx_last,
 )
 from .errors import InputError
 from .normalization import cast_like
@@ -80,6 +82,51 @@ def _pair(reference: Any, image: Any) -> tuple[np.ndarray, np.ndarray]:
     return ref, img
 
 
+# Elements per block when metrics difference two images in float64: temporaries of ~8 MB, not stack-sized.
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def _blocks(shape: tuple[int, ...]) -> Iterator[tuple[Any, ...]]:
+    """Index tuples that cut an array of ``shape`` into blocks of at most ``_BLOCK_ELEMENTS`` elements, in C
+    order: whole trailing axes, and a run of indices along the next one."""
+    max_elements = _BLOCK_ELEMENTS
+    inner, axis = 1, len(shape)
+    while axis > 0 and inner * shape[axis - 1] <= max_elements:
+        axis -= 1
+        inner *= shape[axis]
+    if axis == 0:
+        yield ()
+        return
+    step = max(1, max_elements // inner)
+    for outer in np.ndindex(*shape[: axis - 1]):
+        for start in range(0, shape[axis - 1], step):
+            yield (*outer, slice(start, start + step))
+
+
+def _squared_sums(reference: np.ndarray, image: np.ndarray) -> tuple[float, float]:
+    """``sum((reference - image) ** 2)`` and ``sum(reference ** 2)`` in float64, block by block."""
+    err = norm = 0.0
+    for block in _blocks(reference.shape):
+        ref = reference[block].astype(np.float64)
+        diff = ref - image[block]
+        err += float(np.square(diff, out=diff).sum())
+        norm += float(np.square(ref, out=ref).sum())
+    return err, norm
+
+
+def _squared_error(reference: np.ndarray, image: np.ndarray) -> float:
+    """``sum((reference - image) ** 2)`` in float64, block by block."""
+    err = 0.0
+    for block in _blocks(reference.shape):
+        diff = reference[block].astype(np.float64) - image[block]
+        err += float(np.square(diff, out=diff).sum())
+    return err
+
+
+def _psnr_from_mse(mse: float, data_range: float) -> float:
+    return math.inf if mse == 0 else 10.0 * math.log10(data_range * data_range / mse)
+
+
 def psnr(reference: Any, image: Any, data_range: float | None = None) -> float:
     """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)``; ``inf`` for identical images.
 
@@ -87,8 +134,7 @@ def psnr(reference: Any, image: Any, data_range: float | None = None) -> float:
     """
     ref, img = _pair(reference, image)
     dr = _data_range(ref, data_range)
-    mse = float(np.mean((ref.astype(np.float64) - img.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(dr * dr / mse)
+    return _psnr_from_mse(_squared_error(ref, img) / ref.size, dr)
 
 
 def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: str | None = None) -> float:
@@ -100,15 +146,16 @@ def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     ref, img = _pair(reference, image)
     dr = _data_range(ref, data_range)
     axes = resolve_image_axes(ref, axes)
-    ref_planes, _ = to_planes(ref, axes)
-    img_planes, _ = to_planes(img, axes)
+    ref_planes, img_planes = yx_last(ref, axes), yx_last(img, axes)
     side = min(ref_planes.shape[-2:])
     win = min(7, side if side % 2 == 1 else side - 1)
     if win < 3:
         raise InputError(f"SSIM needs YX planes of at least 3x3 px, got {ref_planes.shape[-2:]}.")
     values = [
-        sk_metrics.structural_similarity(r.astype(np.float64), i.astype(np.float64), data_range=dr, win_size=win)
-        for r, i in zip(ref_planes, img_planes, strict=True)
+        sk_metrics.structural_similarity(
+            ref_planes[idx].astype(np.float64), img_planes[idx].astype(np.float64), data_range=dr, win_size=win
+        )
+        for idx in np.ndindex(ref_planes.shape[:-2])
     ]
     return float(np.mean(values))
 
@@ -119,9 +166,8 @@ def nrmse(reference: Any, image: Any) -> float:
     0 for identical images; scale-independent. ``inf`` if the reference is all zeros and the image is not.
     """
     ref, img = _pair(reference, image)
-    ref = ref.astype(np.float64)
-    err = float(np.sqrt(np.mean((ref - img.astype(np.float64)) ** 2)))
-    norm = float(np.sqrt(np.mean(ref**2)))
+    err, norm = _squared_sums(ref, img)
+    err, norm = math.sqrt(err / ref.size), math.sqrt(norm / ref.size)
     if norm == 0:
         return 0.0 if err == 0 else math.inf
     return err / norm
@@ -146,9 +192,8 @@ def sharpness(image: Any, *, axes: str | None = None) -> float:
     it to rank versions of the *same* image (before/after deblurring), not to compare different scenes.
     """
     arr = validate_image(image)
-    axes = resolve_image_axes(arr, axes)
-    planes, _ = to_planes(arr, axes)
-    return float(np.mean([_plane_sharpness(p) for p in planes]))
+    planes = yx_last(arr, resolve_image_axes(arr, axes))
+    return float(np.mean([_plane_sharpness(planes[idx]) for idx in np.ndindex(planes.shape[:-2])]))
 
 
 # --------------------------------------------------------------------------------- classical deconvolution
@@ -158,7 +203,8 @@ class _Scaler:
     """Maps an image to non-negative floats in [0, 1] and back (scale-only for non-negative data).
 
     Richardson-Lucy assumes non-negative data and is not offset-invariant, so data that is already
-    non-negative is only divided by its maximum; data with negative values is shifted first.
+    non-negative is only divided by its maximum; data with negative values is shifted first. The range is
+    the whole image's; :meth:`forward` and :meth:`inverse` then work on any part of it (one plane at a time).
     """
 
     def __init__(self, image: np.ndarray):
@@ -195,13 +241,14 @@ def _otf(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _iter_richardson_lucy(planes: np.ndarray, psf: np.ndarray, iterations: int) -> Iterable[np.ndarray]:
-    """Yield the Richardson-Lucy estimate of ``planes`` (P, Y, X; non-negative) after each iteration.
+    """Yield the Richardson-Lucy estimate of ``planes`` (..., Y, X; non-negative) after each iteration.
 
     FFT-based on reflect-padded planes; the estimate starts from the observed image (converges in fewer
-    iterations than a flat start). Yields views cropped to the original size; copy to keep them.
+    iterations than a flat start). Yields views cropped to the original size; copy to keep them. Callers
+    pass one plane at a time (Y, X): every array here is a few times the input.
     """
     pad = _pad_width(psf)
-    data = np.pad(planes, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    data = np.pad(planes, [(0, 0)] * (planes.ndim - 2) + [(pad, pad), (pad, pad)], mode="reflect")
     shape = data.shape[-2:]
     otf = _otf(psf, shape)
     eps = 1e-12
@@ -212,15 +259,34 @@ def _iter_richardson_lucy(planes: np.ndarray, psf: np.ndarray, iterations: int) 
         # the adjoint of convolution with the PSF is correlation: multiply by the conjugate OTF
         estimate = estimate * np.fft.irfft2(np.fft.rfft2(ratio) * np.conj(otf), s=shape)
         estimate = np.maximum(estimate, 0.0)
-        yield estimate[:, pad:-pad, pad:-pad]
+        yield estimate[..., pad:-pad, pad:-pad]
 
 
-def _prepare(image: Any, psf: Any, axes: str | None):
+def _richardson_lucy_plane(plane01: np.ndarray, psf: np.ndarray, iterations: int) -> np.ndarray:
+    estimate = plane01
+    for estimate in _iter_richardson_lucy(plane01, psf, iterations):  # noqa: B007
+        pass
+    return estimate
+
+
+def _prepare(image: Any, psf: Any, axes: str | None) -> tuple[np.ndarray, np.ndarray, str]:
     arr = validate_image(image)
     kernel = check_psf_array(psf)
-    axes = resolve_image_axes(arr, axes)
-    planes, restore = to_planes(arr, axes)
-    return arr, kernel, planes, restore
+    return arr, kernel, resolve_image_axes(arr, axes)
+
+
+def _per_plane(arr: np.ndarray, axes: str, deconvolve: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``deconvolve(plane in [0, 1])`` of every YX plane of ``arr``, scaled back into a new array like ``arr``.
+
+    One plane at a time into the preallocated result: memory is the result plus a few planes (the
+    [0, 1] scaling uses the whole image's range).
+    """
+    scaler = _Scaler(arr)
+    out = np.empty(arr.shape, dtype=arr.dtype)
+    src, dst = yx_last(arr, axes), yx_last(out, axes)
+    for idx in np.ndindex(src.shape[:-2]):
+        dst[idx] = scaler.inverse(deconvolve(scaler.forward(src[idx])))
+    return out
 
 
 def richardson_lucy(image: Any, psf: Any, iterations: int = 30, *, axes: str | None = None) -> np.ndarray:
@@ -231,21 +297,14 @@ def richardson_lucy(image: Any, psf: Any, iterations: int = 30, *, axes: str | N
     to the input's range: deconvolution may legitimately brighten point sources.
     """
     iterations = _check_iterations(iterations)
-    arr, kernel, planes, restore = _prepare(image, psf, axes)
-    scaler = _Scaler(arr)
-    estimate = None
-    for estimate in _iter_richardson_lucy(scaler.forward(planes), kernel, iterations):  # noqa: B007
-        pass
-    return scaler.inverse(restore(np.ascontiguousarray(estimate)))
+    arr, kernel, axes = _prepare(image, psf, axes)
+    return _per_plane(arr, axes, lambda plane: _richardson_lucy_plane(plane, kernel, iterations))
 
 
-def _wiener_planes(planes01: np.ndarray, psf: np.ndarray, balance: float) -> np.ndarray:
+def _wiener_plane(plane01: np.ndarray, psf: np.ndarray, balance: float) -> np.ndarray:
     pad = _pad_width(psf)
-    out = np.empty_like(planes01)
-    for i, plane in enumerate(planes01):
-        padded = np.pad(plane, pad, mode="reflect")
-        out[i] = restoration.wiener(padded, psf, balance, clip=False)[pad:-pad, pad:-pad]
-    return out
+    padded = np.pad(plane01, pad, mode="reflect")
+    return restoration.wiener(padded, psf, balance, clip=False)[pad:-pad, pad:-pad]
 
 
 def wiener(image: Any, psf: Any, balance: float = 0.01, *, axes: str | None = None) -> np.ndarray:
@@ -257,9 +316,8 @@ def wiener(image: Any, psf: Any, balance: float = 0.01, *, axes: str | None = No
     """
     if isinstance(balance, bool) or not isinstance(balance, numbers.Real) or not balance > 0:
         raise InputError(f"balance must be a number > 0, got {balance!r}.")
-    arr, kernel, planes, restore = _prepare(image, psf, axes)
-    scaler = _Scaler(arr)
-    return scaler.inverse(restore(_wiener_planes(scaler.forward(planes), kernel, float(balance))))
+    arr, kernel, axes = _prepare(image, psf, axes)
+    return _per_plane(arr, axes, lambda plane: _wiener_plane(plane, kernel, float(balance)))
 
 
 def best_classical(
@@ -285,6 +343,10 @@ def best_classical(
     or ``{"balance": b}``), ``image`` (the best result, shape/dtype of ``blurred``), ``psnr``, ``ssim`` (of
     the best result) and the scans ``richardson_lucy = {"iterations": [...], "psnr": [...]}`` and
     ``wiener = {"balance": [...], "psnr": [...]}``.
+
+    Stacks are scanned plane by plane (each candidate's squared error summed over the planes), then the
+    winner is computed again into the result: memory is the result plus a few planes, not one stack per
+    candidate. A single plane keeps its best result instead of computing it twice.
     """
     sharp_arr, blurred_arr = _pair(sharp, blurred)
     iterations = sorted({_check_iterations(int(n)) for n in rl_iterations})
@@ -294,33 +356,54 @@ def best_classical(
     if any(not b > 0 for b in balances):
         raise InputError("Wiener balances must be > 0.")
     dr = _data_range(sharp_arr, data_range)
-    arr, kernel, planes, restore = _prepare(blurred_arr, psf, axes)
+    arr, kernel, axes = _prepare(blurred_arr, psf, axes)
     scaler = _Scaler(arr)
-    planes01 = scaler.forward(planes)
+    src, ref = yx_last(arr, axes), yx_last(sharp_arr, axes)
+    lead = src.shape[:-2]
+    single = math.prod(lead) == 1
 
-    best: dict[str, Any] = {"psnr": -math.inf}
-    rl_scores: list[float] = []
-    if iterations:
-        wanted = set(iterations)
-        for n, estimate in enumerate(_iter_richardson_lucy(planes01, kernel, max(iterations)), start=1):
-            if n not in wanted:
-                continue
-            result = scaler.inverse(restore(np.ascontiguousarray(estimate)))
-            score = psnr(sharp_arr, result, dr)
-            rl_scores.append(score)
-            if score > best["psnr"]:
-                best = {"method": "richardson_lucy", "parameters": {"iterations": n}, "image": result}
-                best["psnr"] = score
-    wiener_scores: list[float] = []
-    for balance in balances:
-        result = scaler.inverse(restore(_wiener_planes(planes01, kernel, balance)))
-        score = psnr(sharp_arr, result, dr)
-        wiener_scores.append(score)
-        if score > best["psnr"]:
-            best = {"method": "wiener", "parameters": {"balance": balance}, "image": result, "psnr": score}
-    best["ssim"] = ssim(sharp_arr, best["image"], dr, axes=axes)
-    best["richardson_lucy"] = {"iterations": iterations, "psnr": rl_scores}
-    best["wiener"] = {"balance": balances, "psnr": wiener_scores}
+    # candidates in scan order (ties keep the first): Richardson-Lucy iteration counts, then Wiener balances
+    candidates = [("richardson_lucy", {"iterations": n}) for n in iterations]
+    candidates += [("wiener", {"balance": b}) for b in balances]
+    errors = [0.0] * len(candidates)
+    kept: tuple[int, np.ndarray] | None = None  # single plane: the best result so far
+
+    def score(k: int) -> float:
+        return _psnr_from_mse(errors[k] / arr.size, dr)
+
+    def record(k: int, plane_ref: np.ndarray, result: np.ndarray) -> None:
+        nonlocal kept
+        errors[k] += _squared_error(plane_ref, result)
+        if single and (kept is None or score(k) > score(kept[0])):
+            kept = (k, result)
+
+    wanted = {n: k for k, n in enumerate(iterations)}
+    for idx in np.ndindex(lead):
+        plane01 = scaler.forward(src[idx])
+        if iterations:
+            for n, estimate in enumerate(_iter_richardson_lucy(plane01, kernel, max(iterations)), start=1):
+                if n in wanted:
+                    record(wanted[n], ref[idx], scaler.inverse(estimate))
+        for j, balance in enumerate(balances):
+            record(len(iterations) + j, ref[idx], scaler.inverse(_wiener_plane(plane01, kernel, balance)))
+
+    scores = [score(k) for k in range(len(candidates))]
+    best_k = 0
+    for k, score in enumerate(scores):
+        if score > scores[best_k]:
+            best_k = k
+    method, parameters = candidates[best_k]
+    if single and kept is not None and kept[0] == best_k:
+        image = np.empty(arr.shape, dtype=arr.dtype)
+        yx_last(image, axes)[(0,) * len(lead)] = kept[1]
+    elif method == "richardson_lucy":
+        image = _per_plane(arr, axes, lambda plane: _richardson_lucy_plane(plane, kernel, parameters["iterations"]))
+    else:
+        image = _per_plane(arr, axes, lambda plane: _wiener_plane(plane, kernel, parameters["balance"]))
+    best: dict[str, Any] = {"method": method, "parameters": parameters, "image": image, "psnr": scores[best_k]}
+    best["ssim"] = ssim(sharp_arr, image, dr, axes=axes)
+    best["richardson_lucy"] = {"iterations": iterations, "psnr": scores[: len(iterations)]}
+    best["wiener"] = {"balance": balances, "psnr": scores[len(iterations) :]}
     return best
 
 
@@ -433,7 +516,7 @@ def compare(
     axes = resolve_image_axes(ref if ref is not None else images[0][1], axes)
     dr = None if ref is None else _data_range(ref, data_range)
     indices = plane_indices(first_shape, axes)
-    ref_planes = None if ref is None else to_planes(ref, axes)[0]
+    ref_planes = None if ref is None else yx_last(ref, axes)
 
     def score(name: str, image: np.ndarray, reference_image: np.ndarray | None, where, plane_axes: str):
         row: dict[str, Any] = {"name": name, "slice": where, "psnr": None, "ssim": None, "nrmse": None}
@@ -448,7 +531,7 @@ def compare(
     for name, image in images:
         rows.append(score(name, image, ref, None, axes))
         if per_slice and len(indices) > 1:
-            planes, _ = to_planes(image, axes)
-            for k, where in enumerate(indices):
-                rows.append(score(name, planes[k], None if ref_planes is None else ref_planes[k], where, "YX"))
+            planes = yx_last(image, axes)  # views: indexing a plane copies nothing
+            for where in indices:
+                rows.append(score(name, planes[where], None if ref_planes is None else ref_planes[where], where, "YX"))
     return ComparisonTable(rows)

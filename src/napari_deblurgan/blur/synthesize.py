@@ -7,9 +7,10 @@ applied to every YX plane of nD data; borders are reflect-padded so they do not 
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -39,13 +40,24 @@ def resolve_image_axes(image: np.ndarray, axes: str | None) -> str:
     return resolve_axes(image.shape, axes)
 
 
-def to_planes(image: np.ndarray, axes: str) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """View ``image`` as a stack of YX planes ``(P, Y, X)`` and return a function that undoes it.
+def yx_last(image: np.ndarray, axes: str) -> np.ndarray:
+    """A view (never a copy) of ``image`` with Y and X moved last: ``(..., Y, X)``, the other axes in order.
 
-    The inverse takes a ``(P, Y, X)`` array (any dtype) and returns it in the original axis order.
+    ``view[idx]`` for ``idx`` in ``np.ndindex(view.shape[:-2])`` walks the YX planes in the order of
+    :func:`plane_indices` (and of :func:`to_planes`); writing into the view writes into ``image``.
+    """
+    return np.moveaxis(image, (axes.index("Y"), axes.index("X")), (-2, -1))
+
+
+def to_planes(image: np.ndarray, axes: str) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """``image`` as a stack of YX planes ``(P, Y, X)`` and a function that undoes it.
+
+    A view when the layout allows it, but a whole copy for others (channel-last ZYXC/TYXS): per-plane work
+    should walk :func:`yx_last` instead. The inverse takes a ``(P, Y, X)`` array (any dtype) and returns it
+    in the original axis order.
     """
     y, x = axes.index("Y"), axes.index("X")
-    moved = np.moveaxis(image, (y, x), (-2, -1))
+    moved = yx_last(image, axes)
     lead_shape = moved.shape[:-2]
     planes = moved.reshape((-1, *moved.shape[-2:]))
 
@@ -74,7 +86,8 @@ def validate_image(image: Any, *, name: str = "image") -> np.ndarray:
         raise InputError(f"The {name} is empty (shape {arr.shape}).")
     if arr.ndim < 2:
         raise InputError(f"The {name} needs at least 2 dimensions (Y, X), got shape {arr.shape}.")
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+    # min and max are NaN if any value is, and +-inf if one is: no whole-stack boolean array (np.isfinite)
+    if arr.dtype.kind == "f" and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
         raise InputError(f"The {name} contains NaN or infinite values; replace them (e.g. np.nan_to_num).")
     return arr
 
@@ -120,17 +133,23 @@ def apply_psf(image: Any, psf: Any, *, axes: str | None = None) -> np.ndarray:
     """
     arr = validate_image(image)
     kernel = check_psf_array(psf)
-    planes, restore = to_planes(arr, resolve_image_axes(arr, axes))
-    return cast_like(restore(_convolve_planes(planes, kernel, _work_dtype(arr.dtype))), arr.dtype)
-
-
-def _convolve_planes(planes: np.ndarray, psf: np.ndarray, work: type) -> np.ndarray:
-    """``convolve_reflect`` of every plane of a (P, Y, X) stack, in the float dtype ``work``."""
-    kernel = psf.astype(work)
-    out = np.empty(planes.shape, dtype=work)
-    for i, plane in enumerate(planes):
-        out[i] = convolve_reflect(plane.astype(work), kernel)
+    axes = resolve_image_axes(arr, axes)
+    out = np.empty(arr.shape, dtype=arr.dtype)
+    dst = yx_last(out, axes)
+    for idx, blurred in _blurred_planes(yx_last(arr, axes), kernel, _work_dtype(arr.dtype)):
+        dst[idx] = cast_like(blurred, arr.dtype)
     return out
+
+
+def _blurred_planes(src: np.ndarray, psf: np.ndarray, work: type) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """``(index, convolve_reflect(plane))`` of every YX plane of ``src`` (..., Y, X), in the float dtype ``work``.
+
+    One plane at a time (a new C-contiguous array each), in plane order: memory stays a few planes whatever
+    the stack's size.
+    """
+    kernel = psf.astype(work)
+    for idx in np.ndindex(src.shape[:-2]):
+        yield idx, convolve_reflect(src[idx].astype(work), kernel).astype(work, copy=False)
 
 
 def _rng_from_seed(seed: Any) -> np.random.Generator:
@@ -176,6 +195,10 @@ def _noise_settings(noise: Any, rng: np.random.Generator) -> dict[str, float] | 
     return {"photons": photons, "read_noise": read_noise}
 
 
+#: The percentile of the blurred image that receives the requested number of photons.
+_NOISE_PERCENTILE = 99.9
+
+
 def add_poisson_gaussian_noise(
     values: np.ndarray, photons: float, read_noise: float, rng: np.random.Generator
 ) -> np.ndarray:
@@ -186,16 +209,96 @@ def add_poisson_gaussian_noise(
     that are zero at that percentile). Negative values get no shot noise. ``read_noise`` is the standard
     deviation of the Gaussian detector noise, in photons.
     """
-    reference = float(np.percentile(values, 99.9))
+    gain = _gain(photons, float(np.percentile(values, _NOISE_PERCENTILE)), float(values.max()))
+    return _noisy(values, gain, read_noise, rng, rng)
+
+
+def _gain(photons: float, reference: float, maximum: float) -> float:
+    """Photons per image unit: ``reference`` intensity (else the maximum, else 1) maps to ``photons``."""
     if reference <= 0:
-        reference = float(values.max()) if values.max() > 0 else 1.0
-    gain = photons / reference  # photons per image unit
-    expected = np.clip(values, 0, None) * gain
-    counts = rng.poisson(expected).astype(np.float64)
+        reference = maximum if maximum > 0 else 1.0
+    return photons / reference
+
+
+def _noisy(
+    values: np.ndarray, gain: float, read_noise: float, poisson: np.random.Generator, normal: np.random.Generator
+) -> np.ndarray:
+    """float64 ``values`` with shot noise drawn from ``poisson`` and read noise from ``normal``."""
+    counts = poisson.poisson(np.clip(values, 0, None) * gain).astype(np.float64)
     if read_noise > 0:
-        counts += rng.normal(0.0, read_noise, size=counts.shape)
+        counts += normal.normal(0.0, read_noise, size=counts.shape)
     # keep the (noise-free) negative part of float images unchanged: only the positive signal is counted
     return counts / gain + np.minimum(values, 0)
+
+
+def _stack_percentile(planes: Iterable[np.ndarray], count: int, q: float) -> tuple[float, float]:
+    """``np.percentile(stack, q)`` (linear interpolation, exactly) and the maximum of a stack of ``count``
+    values given plane by plane.
+
+    Only the values from the percentile's lower neighbour up are kept (``(1 - q / 100) * count`` of them,
+    0.1 % of the stack for 99.9), not the stack. Meant for the high percentiles (the noise gain's 99.9th).
+    """
+    virtual = (count - 1) * np.true_divide(q, 100)  # np.percentile's "virtual index" of the linear method
+    lower = min(int(np.floor(virtual)), count - 1)
+    keep = count - lower  # sorted positions lower..count-1
+    top: np.ndarray | None = None
+    for plane in planes:
+        flat = plane.reshape(-1)
+        if flat.size > keep:
+            flat = np.partition(flat, flat.size - keep)[flat.size - keep :]
+        if top is not None:
+            flat = np.concatenate((top, flat))
+            if flat.size > keep:
+                flat = np.partition(flat, flat.size - keep)[flat.size - keep :]
+        top = flat.copy()  # not a view that keeps a partitioned plane alive
+    assert top is not None and top.size == keep, (count, keep)
+    maximum = float(top.max())
+    if keep < 2:  # the percentile is the last value (a stack of one value, or q = 100)
+        return maximum, maximum
+    pair = np.partition(top, 1)[:2]  # the values at sorted positions lower and lower + 1
+    # NumPy's own interpolation between the two neighbours (so the result is bit-identical to np.percentile):
+    # on two values, np.quantile's virtual index is the weight itself
+    weight = float(virtual - np.floor(virtual))
+    return float(np.quantile(pair, weight)), maximum
+
+
+def _noisy_planes_into(
+    dst: np.ndarray,
+    src: np.ndarray,
+    psf: np.ndarray,
+    work: type,
+    photons: float,
+    read_noise: float,
+    rng: np.random.Generator,
+) -> None:
+    """Blur every plane of ``src`` (..., Y, X), add noise as :func:`add_poisson_gaussian_noise` does to the
+    whole blurred stack, and write the planes (cast to ``dst.dtype``) into ``dst`` (..., Y, X).
+
+    Plane by plane, with the whole stack's draws: the same gain (its 99.9th percentile, exactly) and the same
+    random numbers in the same order: all the Poisson draws, then all the Gaussian ones. The planes are blurred
+    again for each pass instead of being kept: once for the percentile, once to find where in ``rng``'s
+    stream the Gaussian draws start (a copy of ``rng`` draws the Poisson counts ahead and is discarded),
+    once to draw. ``rng`` ends where the whole-stack draws left it. A single plane is blurred once (it is the
+    whole stack: :func:`add_poisson_gaussian_noise` itself).
+    """
+    if int(np.prod(src.shape[:-2], dtype=np.int64)) == 1:
+        ((idx, blurred),) = _blurred_planes(src, psf, work)
+        dst[idx] = cast_like(add_poisson_gaussian_noise(blurred, photons, read_noise, rng), dst.dtype)
+        return
+    count = int(np.prod(src.shape, dtype=np.int64))
+    reference, maximum = _stack_percentile(
+        (plane for _, plane in _blurred_planes(src, psf, work)), count, _NOISE_PERCENTILE
+    )
+    gain = _gain(photons, reference, maximum)
+    normal = rng
+    if read_noise > 0:
+        normal = copy.deepcopy(rng)
+        for _, blurred in _blurred_planes(src, psf, work):
+            normal.poisson(np.clip(blurred, 0, None) * gain)
+    for idx, blurred in _blurred_planes(src, psf, work):
+        dst[idx] = cast_like(_noisy(blurred, gain, read_noise, rng, normal), dst.dtype)
+    if normal is not rng:
+        rng.bit_generator.state = normal.bit_generator.state
 
 
 def synthesize_blur_with_params(
@@ -233,13 +336,19 @@ def synthesize_blur_with_params(
         params = {"kind": "custom", "size": list(psf.shape)}
     noise_settings = _noise_settings(noise, rng)
 
-    planes, restore = to_planes(arr, axes)
-    blurred = _convolve_planes(planes, psf, _work_dtype(arr.dtype))
+    # plane by plane into the result: no whole-stack float copy of the image
+    src = yx_last(arr, axes)
+    work = _work_dtype(arr.dtype)
+    out = np.empty(arr.shape, dtype=arr.dtype)
+    dst = yx_last(out, axes)
     if noise_settings:
         # one gain for the whole array: a stack is one acquisition with one exposure setting
-        blurred = add_poisson_gaussian_noise(blurred, noise_settings["photons"], noise_settings["read_noise"], rng)
+        _noisy_planes_into(dst, src, psf, work, noise_settings["photons"], noise_settings["read_noise"], rng)
+    else:
+        for idx, blurred in _blurred_planes(src, psf, work):
+            dst[idx] = cast_like(blurred, arr.dtype)
     params["noise"] = noise_settings
-    return cast_like(restore(blurred), arr.dtype), psf, params
+    return out, psf, params
 
 
 def synthesize_blur(
