@@ -438,3 +438,13 @@ def test_progress_bar_disabled():
     bar(1, 2)
     bar.close()
     assert stream.getvalue() == ""
+
+
+def test_percentiles_flag_reaches_the_normalisation(tiny_model_file, small_image, tmp_path):
+    inp = tmp_path / "in.tif"
+    tifffile.imwrite(inp, small_image)
+    argv = ["deblur", str(inp), "--model", str(tiny_model_file), "-q"]
+    assert main([*argv, "-o", str(tmp_path / "a.tif"), "--percentiles", "0", "90"]) == 0
+    expected = deblur_module.deblur(small_image, load_model(tiny_model_file), device="cpu", percentiles=(0, 90))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "a.tif"), expected)
+    assert main([*argv, "-o", str(tmp_path / "b.tif"), "--percentiles", "90", "10"]) == 2

@@ -67,6 +67,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="average the results of the 8 flipped/rotated versions of every tile: 8x slower, a little "
         "better (docs/model-card.md, 'Self-ensemble')",
     )
+    p.add_argument(
+        "--percentiles",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="intensity percentiles of each plane mapped to 0 and 1 for the model (default: the model's own, "
+        "1 99.8); a lower HIGH (e.g. 99) helps when bright objects cover more than 0.2%% of a plane",
+    )
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists (never INPUT)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -313,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         context_padding=args.context_padding,
         self_ensemble=args.self_ensemble,
+        percentiles=args.percentiles,
     )
     try:
         if lazy:

@@ -56,6 +56,7 @@ def deblur(
     rgb: bool | None = None,
     context_padding: int | None = None,
     self_ensemble: bool = False,
+    percentiles: tuple[float, float] | None = None,
 ):
     """Deblur ``image`` with ``model`` and return an array of the same shape and dtype.
 
@@ -94,6 +95,12 @@ def deblur(
         Run every tile in its 8 flipped/rotated versions and average the 8 results, turned back (the
         "geometric self-ensemble" of EDSR, Lim et al. 2017). 8x slower; it averages out orientation-dependent
         errors of the generator. Measured gain: docs/model-card.md, "Self-ensemble".
+    percentiles
+        ``(low, high)``: the intensity percentiles of each plane that are mapped to 0 and 1 before the model
+        sees it. Default: the model's own (``DeblurModel.normalization``, 1 and 99.8 for the shipped models).
+        A bright object covering more than ``100 - high`` % of a plane (debris, a saturated cell) raises
+        the high percentile and compresses everything else, which the model then over-corrects
+        (docs/model-card.md, "Limitations"); a lower ``high`` (e.g. 99) lets larger objects pass.
 
     Returns
     -------
@@ -118,6 +125,7 @@ def deblur(
         batch_size=batch_size,
         context_padding=context_padding,
         self_ensemble=self_ensemble,
+        percentiles=percentiles,
     )
     runner.check_channels(image.shape, axes)
     longest = max(image.shape[axes.index("Y")], image.shape[axes.index("X")])
@@ -204,6 +212,7 @@ class _PlaneRunner:
         batch_size: int | None,
         context_padding: int | None = None,
         self_ensemble: bool = False,
+        percentiles: tuple[float, float] | None = None,
     ) -> None:
         from ..devices import autocast_dtype, resolve_device
         from ..model_file import check_context_padding
@@ -242,7 +251,10 @@ class _PlaneRunner:
             raise InputError(f"self_ensemble must be True or False, got {self_ensemble!r}")
         self.transforms = DIHEDRAL_TRANSFORMS if self_ensemble else DIHEDRAL_TRANSFORMS[:1]
         norm = model.normalization
-        self.low, self.high = float(norm.get("low", 1.0)), float(norm.get("high", 99.8))
+        if percentiles is None:
+            self.low, self.high = float(norm.get("low", 1.0)), float(norm.get("high", 99.8))
+        else:
+            self.low, self.high = check_percentiles(percentiles)
         self.joint = model.channel_mode == "joint"
 
     def _place_generator(self) -> Any:
@@ -371,6 +383,20 @@ class _PlaneRunner:
 
 
 # ----------------------------------------------------------------------------------------------- drivers
+
+
+def check_percentiles(percentiles: Any) -> tuple[float, float]:
+    """``(low, high)`` as floats with 0 <= low < high <= 100, else one InputError saying what to pass."""
+    try:
+        low, high = (float(v) for v in percentiles)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not (0.0 <= low < high <= 100.0):
+        raise InputError(
+            f"percentiles must be two numbers (low, high) with 0 <= low < high <= 100, e.g. (1, 99.8); "
+            f"got {percentiles!r}"
+        )
+    return low, high
 
 
 def reflect_fill(padded: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> None:
