@@ -51,6 +51,7 @@ def evaluate(
     images: str = "evaluation",
     context_padding: int | None = None,
     self_ensemble: bool = False,
+    normalize: str = "plane",
 ) -> dict:
     rows = []
     if images == "evaluation":
@@ -78,7 +79,12 @@ def evaluate(
                     "wiener": wiener(blurred, psf, balance=wiener_best[0]),
                     "richardson_lucy": richardson_lucy(blurred, psf, iterations=int(rl_best[0])),
                     "model": deblur(
-                        blurred, model, device=device, context_padding=context_padding, self_ensemble=self_ensemble
+                        blurred,
+                        model,
+                        device=device,
+                        context_padding=context_padding,
+                        self_ensemble=self_ensemble,
+                        normalize=normalize,
                     ),
                 }
                 row = {"image": name, "kind": kind, "seed": seed, "psf": {k_: v for k_, v in params.items()
@@ -203,11 +209,19 @@ def main(argv: list[str] | None = None) -> int:
         "on the selection scenes",
     )
     parser.add_argument("--self-ensemble", action="store_true", help="deblur(self_ensemble=True): 8 symmetries")
+    parser.add_argument("--normalize", choices=("plane", "local"), default="plane", help="deblur(normalize=...)")
     args = parser.parse_args(argv)
     model = load_model(args.model)
     start = time.monotonic()
     result = evaluate(
-        model, args.kernels, args.device, args.pictures, args.images, args.context_padding, args.self_ensemble
+        model,
+        args.kernels,
+        args.device,
+        args.pictures,
+        args.images,
+        args.context_padding,
+        args.self_ensemble,
+        normalize=args.normalize,
     )
     print(markdown_table(result["summary"]))
     print()

@@ -448,3 +448,6 @@ def test_percentiles_flag_reaches_the_normalisation(tiny_model_file, small_image
     expected = deblur_module.deblur(small_image, load_model(tiny_model_file), device="cpu", percentiles=(0, 90))
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "a.tif"), expected)
     assert main([*argv, "-o", str(tmp_path / "b.tif"), "--percentiles", "90", "10"]) == 2
+    assert main([*argv, "-o", str(tmp_path / "c.tif"), "--normalize", "local"]) == 0
+    expected = deblur_module.deblur(small_image, load_model(tiny_model_file), device="cpu", normalize="local")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "c.tif"), expected)

@@ -92,6 +92,22 @@ def test_ensemble_box_reaches_deblur(viewer_and_widget, small_image, tiny_model_
     assert not np.array_equal(expected, deblur(small_image, load_model(tiny_model_file), device="cpu"))
 
 
+def test_local_intensity_scaling_reaches_deblur(viewer_and_widget, tiny_model_file, qtbot):
+    from napari_deblurgan import deblur, load_model
+
+    viewer, widget = viewer_and_widget
+    image = (np.random.default_rng(2).random((300, 300)) * 2000).astype(np.uint16)  # several 128 px blocks
+    image[:20, :20] = 60000
+    viewer.add_image(image, name="cells")
+    assert widget.normalize_combo.currentData() == "plane"  # the default, as the models were evaluated
+    widget.normalize_combo.setCurrentIndex(widget.normalize_combo.findData("local"))
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    expected = deblur(image, load_model(tiny_model_file), device="cpu", normalize="local")
+    np.testing.assert_array_equal(viewer.layers["cells deblurred"].data, expected)
+    assert not np.array_equal(expected, deblur(image, load_model(tiny_model_file), device="cpu"))
+
+
 def test_axes_prefill_from_layer(viewer_and_widget):
     viewer, widget = viewer_and_widget
     viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)

@@ -76,6 +76,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="intensity percentiles of each plane mapped to 0 and 1 for the model (default: the model's own, "
         "1 99.8); a lower HIGH (e.g. 99) helps when bright objects cover more than 0.2%% of a plane",
     )
+    p.add_argument(
+        "--normalize",
+        choices=("plane", "local"),
+        default="plane",
+        help="scale each plane by its percentiles (plane, the default) or by those of 128 px blocks, "
+        "interpolated (local: a bright object then spoils only its own neighbourhood)",
+    )
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists (never INPUT)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -323,6 +330,7 @@ def run(args: argparse.Namespace) -> int:
         context_padding=args.context_padding,
         self_ensemble=args.self_ensemble,
         percentiles=args.percentiles,
+        normalize=args.normalize,
     )
     try:
         if lazy:

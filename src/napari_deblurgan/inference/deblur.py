@@ -22,7 +22,15 @@ import numpy as np
 
 from ..axes import channel_axis, resolve_axes
 from ..errors import Cancelled, InputError
-from ..normalization import cast_like, check_dtype, denormalize, needs_float64, normalize, percentile_range
+from ..normalization import (
+    cast_like,
+    check_dtype,
+    denormalize,
+    local_percentile_fields,
+    needs_float64,
+    normalize,
+    percentile_range,
+)
 from .self_ensemble import DIHEDRAL_TRANSFORMS, ensemble_forward
 from .tiling import (
     check_tiling,
@@ -57,6 +65,7 @@ def deblur(
     context_padding: int | None = None,
     self_ensemble: bool = False,
     percentiles: tuple[float, float] | None = None,
+    normalize: str = "plane",
 ):
     """Deblur ``image`` with ``model`` and return an array of the same shape and dtype.
 
@@ -101,6 +110,11 @@ def deblur(
         A bright object covering more than ``100 - high`` % of a plane (debris, a saturated cell) raises
         the high percentile and compresses everything else, which the model then over-corrects
         (docs/model-card.md, "Limitations"); a lower ``high`` (e.g. 99) lets larger objects pass.
+    normalize
+        ``"plane"`` (default): one pair of percentiles per plane and channel. ``"local"``: the percentiles of
+        128 px blocks, interpolated smoothly, as training scaled its 128 px crops, so that a bright object
+        sets the scale of its own neighbourhood only (it then no longer spoils the rest of the plane); about
+        two more plane-sized buffers. Measured in docs/model-card.md ("Limitations").
 
     Returns
     -------
@@ -126,6 +140,7 @@ def deblur(
         context_padding=context_padding,
         self_ensemble=self_ensemble,
         percentiles=percentiles,
+        normalize=normalize,
     )
     runner.check_channels(image.shape, axes)
     longest = max(image.shape[axes.index("Y")], image.shape[axes.index("X")])
@@ -213,6 +228,7 @@ class _PlaneRunner:
         context_padding: int | None = None,
         self_ensemble: bool = False,
         percentiles: tuple[float, float] | None = None,
+        normalize: str = "plane",
     ) -> None:
         from ..devices import autocast_dtype, resolve_device
         from ..model_file import check_context_padding
@@ -255,6 +271,9 @@ class _PlaneRunner:
             self.low, self.high = float(norm.get("low", 1.0)), float(norm.get("high", 99.8))
         else:
             self.low, self.high = check_percentiles(percentiles)
+        if normalize not in NORMALIZE_MODES:
+            raise InputError(f"normalize must be one of {', '.join(map(repr, NORMALIZE_MODES))}; got {normalize!r}")
+        self.local = normalize == "local"
         self.joint = model.channel_mode == "joint"
 
     def _place_generator(self) -> Any:
@@ -323,12 +342,23 @@ class _PlaneRunner:
         # Memory: two padded float32 planes (the normalised input and the blended output) and one batch of
         # tiles; every step works in place on those (a 4096 px plane took ~8 plane-sized buffers before).
         c, h, w = plane.shape
-        ranges = [percentile_range(plane[i], self.low, self.high) for i in range(c)]
+        wide = needs_float64(plane.dtype)
+        if self.local:  # per-pixel (lo, span) fields, else one (lo, hi) per channel
+            fields = [
+                local_percentile_fields(plane[i], self.low, self.high, dtype=np.float64 if wide else np.float32)
+                for i in range(c)
+            ]
+        else:
+            ranges = [percentile_range(plane[i], self.low, self.high) for i in range(c)]
         hp, wp = self.padded_shape(h, w)
         p = self.pad
         padded = np.empty((c, hp, wp), dtype=np.float32)
         for i in range(c):
-            padded[i, p : p + h, p : p + w] = normalize(plane[i], *ranges[i])
+            if self.local:
+                lo, span = fields[i]
+                padded[i, p : p + h, p : p + w] = (plane[i] - lo) / span
+            else:
+                padded[i, p : p + h, p : p + w] = normalize(plane[i], *ranges[i])
         reflect_fill(padded, (p, p + h), (p, p + w))
         grid = plan_tiles((hp, wp), tile_size=self.tile_size, overlap=self.overlap, halo=self.halo, stride=self.stride)
         accum = np.zeros_like(padded)
@@ -350,7 +380,14 @@ class _PlaneRunner:
         restored = accum[:, p : p + h, p : p + w]  # a view: divided and denormalised in place
         restored *= (1.0 / sum_y[p : p + h]).astype(np.float32)[:, None]
         restored *= (1.0 / sum_x[p : p + w]).astype(np.float32)[None, :]
-        if needs_float64(plane.dtype):
+        if self.local:
+            if wide:
+                return np.stack([restored[i] * fields[i][1] + fields[i][0] for i in range(c)])
+            for i in range(c):
+                restored[i] *= fields[i][1]
+                restored[i] += fields[i][0]
+            return restored
+        if wide:
             return np.stack([denormalize(restored[i], *ranges[i], plane.dtype) for i in range(c)])
         for i in range(c):
             lo, hi = ranges[i]
@@ -383,6 +420,10 @@ class _PlaneRunner:
 
 
 # ----------------------------------------------------------------------------------------------- drivers
+
+
+#: ``deblur(normalize=...)``: one scale per plane, or a smooth field of 128 px blocks' scales.
+NORMALIZE_MODES = ("plane", "local")
 
 
 def check_percentiles(percentiles: Any) -> tuple[float, float]:

@@ -153,6 +153,14 @@ class DeblurWidget(QWidget):
             "Deblur every tile in its 8 flipped/rotated versions and average them: averages out errors that "
             "depend on the image's orientation. Gains are in docs/model-card.md ('Self-ensemble')."
         )
+        self.normalize_combo = QComboBox()
+        self.normalize_combo.addItem("per plane", "plane")
+        self.normalize_combo.addItem("local (robust to bright objects)", "local")
+        self.normalize_combo.setToolTip(
+            "How intensities are scaled for the model: by each plane's percentiles, or by those of 128 px "
+            "blocks, interpolated, so that a bright object (debris, a saturated cell) sets the scale of its own "
+            "neighbourhood only. See docs/model-card.md, 'Limitations'."
+        )
         self.device_combo = QComboBox()
         set_items(self.device_combo, device_items())
 
@@ -173,6 +181,7 @@ class DeblurWidget(QWidget):
         form.addRow("tile overlap", self.overlap_spin)
         form.addRow("border context", self.context_spin)
         form.addRow("flip/rotate ensemble", self.ensemble_check)
+        form.addRow("intensity scaling", self.normalize_combo)
         form.addRow("device", self.device_combo)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -252,6 +261,7 @@ class DeblurWidget(QWidget):
             overlap=overlap,
             context_padding=context,
             self_ensemble=self.ensemble_check.isChecked(),
+            normalize=self.normalize_combo.currentData(),
             device=device,
             **hooks,
         )
