@@ -451,3 +451,18 @@ def test_percentiles_flag_reaches_the_normalisation(tiny_model_file, small_image
     assert main([*argv, "-o", str(tmp_path / "c.tif"), "--normalize", "local"]) == 0
     expected = deblur_module.deblur(small_image, load_model(tiny_model_file), device="cpu", normalize="local")
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "c.tif"), expected)
+
+
+def test_with_flags_leaves_prose_alone():
+    from napari_deblurgan.cli import with_flags
+
+    flags = {"resume": "--resume", "overlap": "--overlap", "tile_size": "--tile-size", "model": "--model"}
+    assert with_flags("this run was started without a teacher; resume it without one.", flags).endswith(
+        "; resume it without one."
+    )
+    assert with_flags("overlap (9 px) must be smaller than tile_size (8 px)", flags) == (
+        "--overlap (9 px) must be smaller than --tile-size (8 px)"
+    )
+    assert with_flags("model must be a DeblurModel; the seamless overlap is 5 px", flags) == (
+        "--model must be a DeblurModel; the seamless overlap is 5 px"
+    )

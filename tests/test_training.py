@@ -767,7 +767,7 @@ def test_a_failed_checkpoint_write_is_a_notice_and_the_run_goes_on(pair, tmp_pat
 
 def test_a_stop_right_after_a_checkpoint_writes_it_once(pair, tmp_path):
     run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 6, "checkpoint_dir": tmp_path,
-                                                   "checkpoint_every": 2})
+                                                   "checkpoint_every": 2, "validate_every": 2})
     events = []
     for e in run:
         events.append(e)
@@ -852,3 +852,44 @@ def test_a_stopped_run_validates_its_last_weights_before_choosing(pair):
     validated = [e.step for e in events if isinstance(e, ev.Validation)]
     assert validated == [0, 4, 6]  # step 6's weights were scored before the run chose its model
     assert events[-1].stopped and events[-1].best_psnr == max(e.psnr for e in events if isinstance(e, ev.Validation))
+
+
+def test_the_final_checkpoint_is_rewritten_when_the_stop_finds_a_new_best(pair, tmp_path):
+    """A stop right after a checkpoint validates the newest weights; if they are the best, the checkpoint
+    must say so (it kept the older best: a resume would never score the newer weights again)."""
+    import json
+
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 20, "validate_every": 3,
+                                                   "checkpoint_every": 4, "checkpoint_dir": tmp_path,
+                                                   "learning_rate": 1e-2})
+    for e in run:
+        if isinstance(e, ev.CheckpointSaved) and e.step == 4:
+            run.stop()
+    saved = json.loads(load_checkpoint(tmp_path)["json"])
+    assert run.finished.step == 4
+    assert saved["best_step"] == run.provenance["best_step"]
+    assert saved["best_psnr"] == pytest.approx(run.finished.best_psnr)
+
+
+def test_a_rollback_after_a_checkpoint_is_saved_at_the_stop(pair, tmp_path, monkeypatch):
+    """A non-finite loss rolls the run back to its snapshot (a checkpoint's step) and halves the learning rate;
+    a stop then must write that state, not keep the checkpoint from before the rollback."""
+    import json
+
+    calls = {"n": 0}
+    real = losses.content_loss
+
+    def nan_at_step_6(*a, **k):
+        calls["n"] += 1
+        value = real(*a, **k)
+        return value * float("nan") if calls["n"] == 6 else value
+
+    monkeypatch.setattr(losses, "content_loss", nan_at_step_6)
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 20, "checkpoint_every": 4,
+                                                   "checkpoint_dir": tmp_path})
+    for e in run:
+        if isinstance(e, ev.Notice) and e.kind == "rollback":
+            run.stop()
+    payload = load_checkpoint(tmp_path)
+    assert payload["step"] == run.finished.step
+    assert json.loads(payload["json"])["lr_scale"] == 0.5

@@ -56,7 +56,7 @@ LOCAL_SPAN_LIMITS = (0.1, 2.0)
 def local_percentile_fields(
     plane: np.ndarray, low: float, high: float, block: int = LOCAL_BLOCK, dtype: Any = np.float32
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth per-pixel ``(lo, span)`` float32 fields for ``normalize="local"``: the ``low``/``high``
+    """Smooth per-pixel ``(lo, span)`` fields (of ``dtype``) for ``normalize="local"``: the ``low``/``high``
     percentiles of blocks of about ``block`` px, bilinearly interpolated between the blocks' centres (held
     constant beyond the outer ones), with each block's offset kept within half the plane's span of the plane's
     own and its span within :data:`LOCAL_SPAN_LIMITS` of the plane's, as training bounds a crop's. A bright

@@ -53,13 +53,16 @@ def with_flags(message: str, flags: dict[str, str]) -> str:
     """``message`` with the Python keywords it names (``tile_size``) written as this command's flags
     (``--tile-size``): the messages come from the Python API, the user typed flags. Keywords with an
     underscore anywhere (prose does not contain them); one-word keywords (``overlap``, ``device``) only where
-    a message or one of its clauses starts with them, as the API's messages name an argument, since the same
-    words also occur as plain prose ("this model's seamless overlap")."""
+    a message or one of its clauses starts with one and a value or "must" follows (``overlap (600 px)``,
+    ``device 'cuda'``, ``steps 5``, ``model must``), which is how the API's messages name an argument; the
+    same words also occur as prose ("this model's seamless overlap", "; resume it without one")."""
     for dest, flag in flags.items():
         if "_" in dest:
             message = re.sub(rf"(?<![\w-]){re.escape(dest)}\b", flag, message)
         else:
-            message = re.sub(rf"(^|; |: |\()({re.escape(dest)})\b(?![-_])", rf"\g<1>{flag}", message)
+            message = re.sub(
+                rf"(^|; |: )({re.escape(dest)})(?= (?:must\b|[('\"{{\[\d-]))", rf"\g<1>{flag}", message
+            )
     return message
 
 

@@ -397,7 +397,9 @@ def _deblur_lazy(data: Any, info: TiffInfo, common: dict, out: Path, kw: dict, b
     def pages():
         cached_key, cached = None, None
         for n, idx in enumerate(np.ndindex(*lead_shape) if lead_shape else [()]):
-            # Index of the dask chunk holding this page; reuse it for the other channels of a joint model.
+            # Index of the dask chunk holding this page, reused for the next page if it is in the same chunk
+            # (a joint model's channels, when C comes after the other leading axes; with C first, as in CZYX,
+            # a joint model's chunk is computed again for each channel: bounded memory over speed).
             key = tuple(0 if info.axes[ax] in keep_whole else i for ax, i in zip(lead, idx, strict=True))
             if key != cached_key:
                 sel = tuple(slice(None) if info.axes[ax] in keep_whole else i for ax, i in zip(lead, idx, strict=True))

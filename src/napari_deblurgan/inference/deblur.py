@@ -248,7 +248,6 @@ class _PlaneRunner:
         # for unet_lite on the 2-core CPU dev machine; MPS gains nothing from it.
         self.channels_last = self.device.type in ("cpu", "cuda")
         self._move_lock = threading.Lock()
-        self._place_generator()
         self.stride, radius = int(gen.stride), int(gen.receptive_radius)
         self.halo = halo_for(radius, self.stride)
         self.pad = self.context_padding_for(model, check_context_padding(context_padding))
@@ -274,6 +273,7 @@ class _PlaneRunner:
         if normalize not in NORMALIZE_MODES:
             raise InputError(f"normalize must be one of {', '.join(map(repr, NORMALIZE_MODES))}; got {normalize!r}")
         self.local = normalize == "local"
+        self._place_generator()  # once every argument is checked: a refused call leaves the model where it was
         self.joint = model.channel_mode == "joint"
 
     def _place_generator(self) -> Any:

@@ -576,7 +576,10 @@ class TrainingRun:
                 continue
             if name in ("blur_strength", "noise") and _same_setting(name, given, had):
                 continue  # the same setting, written another way (3.0 vs [3.0, 3.0])
-            shown = "the preset's" if had is None and name != "noise" else repr(had)
+            if had is not None or name == "noise":
+                shown = repr(had)
+            else:
+                shown = "each kind's default range" if name == "blur_strength" else "the preset's"
             ignored.append(f"{name} {shown} (not {given!r})")
         header = self.resume_json.get("model", {})
         given_model = self._kwargs["model"]
@@ -922,7 +925,10 @@ class TrainingRun:
                 ),
             }
 
-        saved_step = -1  # the step of the last checkpoint written, so a stop right after one writes no twin
+        # the step of the last checkpoint written, so that a stop right after one writes no twin; reset to -1
+        # whenever the state changes without the step moving (a new best, a rollback, a halved batch)
+        saved_step = -1
+        whole_steps = True  # False while the state is that of a step begun but not finished (after an OOM)
 
         def write_checkpoint() -> TrainingEvent | None:
             """Write the checkpoint; a failed write (disk full, folder removed) is a Notice, not the end of
@@ -947,7 +953,7 @@ class TrainingRun:
         validated_step = -1
 
         def validate() -> Iterator[TrainingEvent]:
-            nonlocal best_psnr, best_step, best_source, validated_step
+            nonlocal best_psnr, best_step, best_source, validated_step, saved_step
             if validation is None or input_metrics is None:
                 return
             validated_step = step
@@ -962,6 +968,7 @@ class TrainingRun:
                 if is_best:
                     best_psnr, best_step, best_source = psnr, step, name
                     self._set_best(_cpu_clone(net.state_dict()))
+                    saved_step = -1  # the checkpoint's best is out of date
                 if preview is None:
                     preview = restored
                 with self._lock:  # run.model's metadata describes the run so far, not its start
@@ -1008,19 +1015,22 @@ class TrainingRun:
                     result = step_fn.run(source.next_batch, batch_size)
                 except NonFiniteLoss as exc:
                     rollbacks += 1
+                    saved_step = -1  # the state goes back to the snapshot: the checkpoint no longer matches
                     if rollbacks > MAX_ROLLBACKS:
                         diverged = True
+                        step_fn.load_state_dict(snapshot["state"])  # before the notice: a consumer may stop there
+                        step = int(snapshot["step"])
+                        whole_steps = True
                         yield self._notice(
                             step,
                             f"Training diverged: {rollbacks - 1} rollbacks did not help ({exc}). Stopping with the "
                             "best model so far; try a lower learning_rate or the 'content' preset.",
                             "diverged",
                         )
-                        step_fn.load_state_dict(snapshot["state"])
-                        step = int(snapshot["step"])
                         break
                     lr_scale *= 0.5
                     step_fn.load_state_dict(snapshot["state"])
+                    whole_steps = True
                     failed_at = step + 1
                     step = int(snapshot["step"])
                     yield self._notice(
@@ -1043,11 +1053,14 @@ class TrainingRun:
                             "patch_size, a lighter architecture (unet_fast, unet_lite) or device='cpu'."
                         ) from None
                     batch_size = max(1, batch_size // 2)
+                    # the failed step may have applied some of its critic updates: not a whole-step state
+                    whole_steps, saved_step = False, -1
                     message = f"Out of GPU memory: batch size halved to {batch_size}; continuing."
                     yield self._notice(step, message, "oom")
                     last_time = time.perf_counter()
                     continue
                 step += 1
+                whole_steps = True
                 now = time.perf_counter()
                 yield self._emit(
                     Step(
@@ -1068,10 +1081,10 @@ class TrainingRun:
                         yield event
                 last_time = time.perf_counter()
         except GeneratorExit:
-            # The consumer closed the run between two events (left its loop, or dropped the run): every yield
-            # comes after a whole step, so the state is consistent. Keep it, as a stop would; nothing can be
+            # The consumer closed the run between two events (left its loop, or dropped the run). Keep the state,
+            # as a stop would, if it is that of whole steps (not after an out-of-memory retry); nothing can be
             # yielded any more, so a failed write is silent here.
-            if k["checkpoint_dir"] is not None and saved_step != step:
+            if k["checkpoint_dir"] is not None and saved_step != step and whole_steps:
                 with contextlib.suppress(Exception):
                     save_checkpoint(k["checkpoint_dir"], checkpoint_payload())
             generator.eval()
@@ -1100,7 +1113,8 @@ class TrainingRun:
         )
         with self._lock:
             self._model_version += 1  # provenance changed: rebuild the model's metadata
-        event = write_checkpoint()
+        # the final checkpoint, unless the state is that of a step begun but not finished (the last good one stays)
+        event = write_checkpoint() if whole_steps else None
         if event is not None:
             yield event
         generator.eval()
