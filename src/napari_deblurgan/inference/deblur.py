@@ -79,13 +79,15 @@ def deblur(
         shipped default.
     axes
         Letters over ``TZCYXS`` (e.g. ``"YX"``, ``"ZYX"``, ``"TCZYX"``, ``"YXS"`` for RGB); inferred from the
-        shape when omitted (``rgb`` is a hint for the last axis, as napari's ``layer.rgb``). RGBA keeps its
+        shape when omitted (``rgb`` is a hint for the last axis, as napari's ``layer.rgb``; with ``axes``
+        it must agree with them). RGBA keeps its
         alpha channel as it is (opacity is not an image) and deblurs the colours as RGB.
     tile_size, overlap
         Tile side and overlap in pixels; the defaults are seamless (see ``inference/tiling.py``). A smaller
         ``tile_size`` saves memory but keeps the seamless overlap, so below twice the overlap every pixel is
         computed (tile / (tile - overlap))^2 times; that warns, and a tile too small to hold the overlap is
-        an InputError that names the smallest size that works.
+        an InputError that names the smallest size that works. An ``overlap`` below the seamless one warns
+        that tile borders may show.
     device
         "auto" (CUDA > MPS > CPU), "cpu", "cuda", "cuda:1", "mps". GPUs run in bfloat16/float16 autocast.
     progress

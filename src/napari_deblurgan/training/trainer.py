@@ -404,7 +404,9 @@ class TrainingRun:
 
     # -- public API ------------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask the run to stop before its next update; it then saves a checkpoint and emits ``Finished``."""
+        """Ask the run to stop after the step in progress (never inside one); it then validates the weights
+        trained since the last validation, writes its checkpoint (with ``checkpoint_dir``) and emits
+        ``Finished``."""
         self._stop_event.set()
 
     @property
@@ -1208,7 +1210,8 @@ def iter_finetune(
         seed: makes the run reproducible (on the CPU exactly); None picks one and records it.
         validation: held-out fraction, 0/None for none, or an explicit ``(blurred, sharp)`` pair.
         checkpoint_dir: folder for the resumable checkpoint (written every ``checkpoint_every`` steps, on
-            stop and at the end).
+            stop and at the end); created and checked before training. A write that fails during the run is
+            a ``checkpoint-failed`` notice, and the run goes on.
         validate_every: validation interval in steps (also at the start and the end).
         ema: keep an exponential moving average of the generator with this decay (e.g. 0.999); it
             competes with the live weights at validation.
@@ -1222,7 +1225,7 @@ def iter_finetune(
             0.5-4 photons, drawn per crop), None for none, a photon count, or
             ``{"photons": P or (lo, hi), "read_noise": R or (lo, hi)}``.
         on_event: called with every event (also when iterating).
-        resume: a ``checkpoint_dir`` of an earlier run: continues its step count, optimisers, schedule,
+        resume: a ``checkpoint_dir`` of an earlier run, or its ``checkpoint.pt``: continues its step count, optimisers, schedule,
             random streams and recipe (its preset, even a custom one) exactly (pass the same data: other data
             is a ``resume-data`` notice). Checkpoints go on into that folder unless ``checkpoint_dir`` is given.
         axes: axes of the images (inferred when None).
