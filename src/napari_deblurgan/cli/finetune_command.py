@@ -69,7 +69,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, default=None, metavar="D", help="keep an EMA of the weights (e.g. 0.999)")
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="write resumable checkpoints here")
     p.add_argument("--checkpoint-every", type=int, default=200, metavar="N", help="default: %(default)s")
-    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run checkpointed in DIR (or DIR/checkpoint.pt)")
+    p.add_argument(
+        "--resume", default=None, metavar="DIR", help="continue the run checkpointed in DIR (or DIR/checkpoint.pt)"
+    )
     p.add_argument(
         "--blur-kind",
         default="mixed",

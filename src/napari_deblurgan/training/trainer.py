@@ -1225,9 +1225,10 @@ def iter_finetune(
             0.5-4 photons, drawn per crop), None for none, a photon count, or
             ``{"photons": P or (lo, hi), "read_noise": R or (lo, hi)}``.
         on_event: called with every event (also when iterating).
-        resume: a ``checkpoint_dir`` of an earlier run, or its ``checkpoint.pt``: continues its step count, optimisers, schedule,
-            random streams and recipe (its preset, even a custom one) exactly (pass the same data: other data
-            is a ``resume-data`` notice). Checkpoints go on into that folder unless ``checkpoint_dir`` is given.
+        resume: a ``checkpoint_dir`` of an earlier run, or its ``checkpoint.pt``: continues its step count,
+            optimisers, schedule, random streams and recipe (its preset, even a custom one) exactly (pass the
+            same data: other data is a ``resume-data`` notice). Checkpoints go on into that folder unless
+            ``checkpoint_dir`` is given.
         axes: axes of the images (inferred when None).
         perceptual_weights: a VGG-19 weight file for the perceptual loss (otherwise torchvision's cache).
         allow_download: allow downloading VGG-19 weights (default: env ``NAPARI_DEBLURGAN_ALLOW_DOWNLOAD``).
