@@ -258,3 +258,36 @@ def test_a_tick_belongs_to_its_layer_not_its_name(setup):
     viewer.layers.remove(blurred)
     viewer.add_image(np.zeros((64, 64), np.float32), name="blurred, renamed")
     assert widget.checked_layers() == []
+
+
+def test_leaving_the_side_by_side_grid_puts_the_view_back(setup):
+    viewer, widget = setup
+    viewer.add_image(np.zeros((64, 64), np.float32), name="other", contrast_limits=(0.0, 5.0))
+    viewer.layers["truth"].visible = False
+    before = {layer.name: (layer.visible, tuple(layer.contrast_limits)) for layer in viewer.layers}
+    widget.reference_combo.set_value(viewer.layers["truth"])
+    widget.set_checked(viewer.layers["blurred"])
+    widget.side_button.click()
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+    assert grid.enabled and not viewer.layers["other"].visible and viewer.layers["truth"].visible
+    assert tuple(viewer.layers["blurred"].contrast_limits) == tuple(viewer.layers["truth"].contrast_limits)
+    grid.enabled = False  # Ctrl+G
+    assert {layer.name: (layer.visible, tuple(layer.contrast_limits)) for layer in viewer.layers} == before
+
+
+def test_a_baseline_still_running_when_the_panel_is_closed_adds_no_layer(setup, qtbot):
+    viewer, widget = setup
+    stack = np.repeat(viewer.layers["blurred"].data[None], 4, axis=0)
+    viewer.add_image(stack, name="stack", metadata={"psf": viewer.layers["blurred"].metadata["psf"]})
+    widget.baseline_input.set_value(viewer.layers["stack"])
+    widget.rl_iterations.setValue(200)
+    widget.rl_button.click()
+    worker = widget.worker
+    ended: list[bool] = []
+    worker.finished.connect(lambda: ended.append(True))
+    viewer.window.remove_dock_widget(widget)  # napari's close button
+    qtbot.waitUntil(lambda: bool(ended), timeout=120_000)
+    qtbot.wait(50)
+    assert [layer.name for layer in viewer.layers] == ["truth", "blurred", "stack"]
+    widget.deleteLater()
+    qtbot.wait(50)

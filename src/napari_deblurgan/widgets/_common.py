@@ -113,6 +113,13 @@ def normalize_axes_text(text: str) -> str:
     return re.sub(r"\s+", "", text).upper()
 
 
+def unwrap(obj: Any) -> Any:
+    """The object behind napari's ``PublicOnlyProxy``. A plugin's dock widget gets the viewer wrapped in one,
+    and ``viewer.add_image`` through it returns a wrapped layer, while iterating ``viewer.layers`` gives the
+    layers themselves: identity (``is``, ``id()``, weak keys) must compare the objects behind the proxies."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 class LayerComboBox(QComboBox):
     """A combo box of the viewer's layers of one type, kept in sync with the layer list.
 
@@ -180,8 +187,8 @@ class LayerComboBox(QComboBox):
             self._offered.append(None)
         for layer in self.layers():
             self.addItem(layer.name)
-            self._offered.append(layer)
-        index = next((i for i, item in enumerate(self._offered) if item is previous), -1)
+            self._offered.append(unwrap(layer))
+        index = next((i for i, item in enumerate(self._offered) if item is unwrap(previous)), -1)
         if index >= 0:
             self.setCurrentIndex(index)
         self.blockSignals(False)
@@ -198,7 +205,7 @@ class LayerComboBox(QComboBox):
 
     def set_value(self, layer: Any) -> None:
         """Select ``layer`` (or the "none" item for None)."""
-        index = next((i for i, item in enumerate(self._offered) if item is layer), -1)
+        index = next((i for i, item in enumerate(self._offered) if item is unwrap(layer)), -1)
         if index < 0:
             raise ValueError(f"layer {getattr(layer, 'name', layer)!r} is not offered here")
         self.setCurrentIndex(index)

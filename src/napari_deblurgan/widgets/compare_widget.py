@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -35,12 +35,14 @@ from ._common import (
     LayerComboBox,
     avoid_triton_llvm_clash,
     axes_for_layer,
+    detached_from_dock,
     error_message,
     layer_pixels,
     result_layer_kwargs,
     show_error,
     show_info,
     unique_name,
+    unwrap,
     user_error_types,
 )
 
@@ -84,6 +86,9 @@ class CompareWidget(QWidget):
         # removed one's name does not inherit it (keys are id(layer), pruned to the live layers on refresh)
         self._checked: dict[int, bool] = {}
         self._listed: list[Any] = []  # the layer behind each row of layer_list
+        self._saved_view: dict[str, Any] | None = None  # what side_by_side changed, restored on leaving the grid
+        self._closed = False  # the panel was closed (or taken out of its dock): a running job's result is dropped
+        self._grid: Any = None
 
         # ---- what to compare
         self.reference_combo = LayerComboBox(viewer, allow_none=NO_REFERENCE)
@@ -181,6 +186,8 @@ class CompareWidget(QWidget):
         for event in (events.inserted, events.removed, events.reordered):
             event.disconnect(self._refresh_list)
         events.disconnect(self._on_any)
+        if self._grid is not None and self._saved_view is not None:
+            self._grid.events.enabled.disconnect(self._restore_view)
 
     def _on_any(self, event: Any) -> None:
         if getattr(event, "type", None) == "name":
@@ -195,12 +202,12 @@ class CompareWidget(QWidget):
         self.layer_list.blockSignals(True)
         self.layer_list.clear()
         self._listed = self._image_layers()
-        live = {id(layer) for layer in self._listed}
+        live = {id(unwrap(layer)) for layer in self._listed}
         self._checked = {key: value for key, value in self._checked.items() if key in live}
         for layer in self._listed:
             item = QListWidgetItem(layer.name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            checked = self._checked.get(id(layer), False)
+            checked = self._checked.get(id(unwrap(layer)), False)
             item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
             self.layer_list.addItem(item)
         self.layer_list.blockSignals(False)
@@ -208,11 +215,11 @@ class CompareWidget(QWidget):
     def _remember_check(self, item: QListWidgetItem) -> None:
         row = self.layer_list.row(item)
         if 0 <= row < len(self._listed):
-            self._checked[id(self._listed[row])] = item.checkState() == Qt.CheckState.Checked
+            self._checked[id(unwrap(self._listed[row]))] = item.checkState() == Qt.CheckState.Checked
 
     def set_checked(self, layer: Any, checked: bool = True) -> None:
         """Check (or uncheck) ``layer`` in the results list."""
-        self._checked[id(layer)] = checked
+        self._checked[id(unwrap(layer))] = checked  # a layer from viewer.add_image is a proxy
         self._refresh_list()
 
     def checked_layers(self) -> list[Any]:
@@ -221,7 +228,7 @@ class CompareWidget(QWidget):
         return [
             layer
             for layer in self._image_layers()
-            if self._checked.get(id(layer), False) and layer is not reference
+            if self._checked.get(id(unwrap(layer)), False) and unwrap(layer) is not unwrap(reference)
         ]
 
     def _update_enabled(self, *_: Any) -> None:
@@ -249,6 +256,8 @@ class CompareWidget(QWidget):
 
     def _on_returned(self, outcome: tuple[str, Any], on_ok: Any) -> None:
         kind, value = outcome
+        if self._closed:  # the panel was closed while it worked: add nothing behind the user's back
+            return
         if kind == "error":
             self.status.setText(value)
             show_error(value)
@@ -412,22 +421,71 @@ class CompareWidget(QWidget):
             limits = tuple(reference.contrast_limits)
         else:
             limits = (min(lay.contrast_limits[0] for lay in layers), max(lay.contrast_limits[1] for lay in layers))
-        shown = {id(layer) for layer in layers}
-        for layer in self.viewer.layers:
-            layer.visible = id(layer) in shown
-        for layer in layers:
-            if not layer.rgb:
-                layer.contrast_limits = limits
         # napari 0.9 moved the grid to viewer.canvas.grid (viewer.grid is deprecated there)
         canvas = getattr(self.viewer, "canvas", None)
         grid = getattr(canvas, "grid", None) or self.viewer.grid
+        self._remember_view(grid)
+        shown = {id(unwrap(layer)) for layer in layers}
+        for layer in self.viewer.layers:
+            layer.visible = id(unwrap(layer)) in shown
+        for layer in layers:
+            if not layer.rgb:
+                layer.contrast_limits = limits
         grid.stride = 1
         canvas_hw = tuple(getattr(canvas, "size", None) or (1, 1))
         image_hw = tuple(np.ptp(np.asarray(layers[0].extent.world)[:, -2:], axis=0))
         grid.shape = grid_shape(len(layers), canvas_hw, image_hw)
         grid.enabled = True
         self.viewer.reset_view()
-        show_info(f"Side by side: {', '.join(layer.name for layer in layers)} (press Ctrl+G to leave grid mode).")
+        show_info(
+            f"Side by side: {', '.join(layer.name for layer in layers)} (press Ctrl+G to leave grid mode; the "
+            "layers' visibility and contrast come back as they were)."
+        )
+
+
+    def _remember_view(self, grid: Any) -> None:
+        """Keep what side-by-side changes (each layer's visibility and contrast limits, the grid's settings),
+        to put it back when grid mode is left (Ctrl+G), so that comparing leaves the viewer as it was. A second
+        side-by-side while the first is shown keeps the first's record: that is the state to go back to."""
+        if self._saved_view is None:
+            self._saved_view = {
+                "layers": [
+                    (unwrap(layer), layer.visible, None if layer.rgb else tuple(layer.contrast_limits))
+                    for layer in self.viewer.layers
+                ],
+                "grid": (grid.stride, tuple(grid.shape)),
+            }
+            self._grid = grid
+            grid.events.enabled.connect(self._restore_view)
+
+    def _restore_view(self, *_: Any) -> None:
+        grid, saved = self._grid, self._saved_view
+        if grid is None or saved is None or grid.enabled:
+            return
+        grid.events.enabled.disconnect(self._restore_view)
+        self._saved_view = None
+        live = {id(unwrap(layer)) for layer in self.viewer.layers}
+        for layer, visible, limits in saved["layers"]:
+            if id(layer) not in live:
+                continue  # removed meanwhile
+            layer.visible = visible
+            if limits is not None:
+                layer.contrast_limits = limits
+        grid.stride, grid.shape = saved["grid"]
+
+
+    def changeEvent(self, event: Any) -> None:
+        """napari's close button takes the panel out of its dock without closing it: that counts as closing."""
+        if detached_from_dock(self, event):
+            self._closed = True
+        elif event.type() == QEvent.Type.ParentChange and self.parent() is not None:
+            self._closed = False  # docked (again)
+        super().changeEvent(event)
+
+    def closeEvent(self, event: Any) -> None:
+        """A job still running when the panel closes adds no layer when it ends."""
+        self._closed = True
+        super().closeEvent(event)
 
 
 def _guarded(func: Any, *args: Any, **kwargs: Any) -> tuple[str, Any]:

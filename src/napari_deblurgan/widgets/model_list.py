@@ -63,7 +63,12 @@ class ModelRegistry:
 
     @classmethod
     def for_viewer(cls, viewer: Any) -> ModelRegistry:
-        """The registry of ``viewer`` (created on first use)."""
+        """The registry of ``viewer`` (created on first use). Keyed by the viewer itself, not by the proxy a
+        dock widget receives: each panel gets its own proxy, and a registry keyed (weakly) by one would be
+        dropped with that panel, taking the session's finetuned models with it."""
+        from ._common import unwrap
+
+        viewer = unwrap(viewer)
         registry = cls._per_viewer.get(viewer)
         if registry is None:
             registry = cls._per_viewer[viewer] = cls()
