@@ -367,3 +367,17 @@ def test_typed_axes_survive_new_layers_and_a_renamed_layer_stays_selected(viewer
     stack.name = "renamed"
     assert widget.layer_combo.value() is stack and widget.axes_edit.text() == "CYX"
     assert widget.layer_combo.currentText() == "renamed"
+
+
+def test_the_result_layer_looks_and_sits_like_its_input(viewer_and_widget, small_image, qtbot):
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(small_image, name="cells", scale=(0.5, 0.25), translate=(3, 4), colormap="magma",
+                             gamma=0.8, opacity=0.6, blending="additive", contrast_limits=(10, 2000))
+    widget.layer_combo.set_value(viewer.layers["cells"])
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    result = viewer.layers["cells deblurred"]
+    assert tuple(result.scale) == tuple(layer.scale) and tuple(result.translate) == tuple(layer.translate)
+    assert result.colormap.name == "magma" and result.gamma == pytest.approx(0.8)
+    assert result.opacity == pytest.approx(0.6) and result.blending == "additive"
+    assert tuple(result.contrast_limits) == (10, 2000)

@@ -296,3 +296,31 @@ def test_lazy_layers_reach_training_unread(setup):
     finetune.sharp_combo.set_value(viewer.layers["lazy sharp"])
     data = finetune.data_kwargs()
     assert data["blurred"] is viewer.layers["lazy sharp"].data  # sharp-only: the images go first
+
+
+def test_resume_goes_on_into_the_last_runs_file_and_a_refused_start_keeps_it_resumable(setup, qtbot, tmp_path,
+                                                                                        notifications):
+    viewer, finetune, _ = setup
+    start_long_training(finetune, qtbot)
+    finetune.stop_button.click()
+    wait_done(qtbot, finetune, timeout=30_000)
+    first = tmp_path / "models" / "mine.pt"
+    stopped_at = finetune.last_finished.step
+    # a Start that the training itself refuses at its start (a pair of two shapes), in the worker
+    viewer.add_image(np.zeros((48, 48), np.uint16), name="small")
+    finetune.blurred_combo.set_value(viewer.layers["small"])
+    finetune.save_edit.setText(str(tmp_path / "models" / "other.pt"))
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    assert any("differ in shape" in msg for _, msg in notifications)
+    assert "differ in shape" in finetune.status.text()
+    assert finetune.resume_button.isEnabled()
+    # and one the panel refuses before any work: the status line says it too, not the last run's text
+    finetune.blurred_combo.set_value(viewer.layers["sharp"])
+    finetune.start_button.click()
+    assert "same layer" in finetune.status.text()
+    finetune.steps_spin.setValue(stopped_at + 1)
+    finetune.resume_button.click()  # the save box now shows other.pt: Resume still writes the run's own file
+    wait_done(qtbot, finetune)
+    assert finetune.last_saved == first and not (tmp_path / "models" / "other.pt").exists()
+    assert finetune.last_finished.step == stopped_at + 1

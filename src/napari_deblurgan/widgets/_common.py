@@ -215,8 +215,9 @@ def result_layer_kwargs(layer: napari.layers.Image, *, name: str) -> dict[str, A
     """Keyword arguments that give a result layer the same geometry and display as ``layer``.
 
     Scale, translate, rotate, shear, affine, axis labels and units place the result exactly on the input;
-    colormap, contrast limits, gamma and rgb make it look comparable at a glance. Passing contrast limits also
-    stops napari from computing them on a lazy (dask) result, which would start the deblurring of a whole plane.
+    colormap, contrast limits, gamma, opacity, blending and rgb make it look comparable at a glance. Passing
+    contrast limits also stops napari from computing them on a lazy (dask) result, which would start the
+    deblurring of a whole plane.
     """
     kwargs: dict[str, Any] = {
         "name": name,
@@ -233,6 +234,7 @@ def result_layer_kwargs(layer: napari.layers.Image, *, name: str) -> dict[str, A
         "gamma": layer.gamma,
         "rgb": bool(layer.rgb),
         "blending": layer.blending,
+        "opacity": float(layer.opacity),
         "metadata": {"napari_deblurgan_source": layer.name},
     }
     if not layer.rgb:

@@ -120,6 +120,8 @@ class FinetuneWidget(QWidget):
         self.last_finished: Any = None
         self.preview_layer: Any = None
         self._last_run_data: dict[str, Any] | None = None  # data_kwargs() of the last run, for Resume
+        self._last_saved_to: Path | None = None  # the last run's model file, for Resume
+        self._pending_run: tuple[dict[str, Any], Path, Path] | None = None  # the run being started
 
         # ---- data
         self.pair_radio = QRadioButton("blurred + sharp pair")
@@ -406,15 +408,18 @@ class FinetuneWidget(QWidget):
             show_error("A training run is already going; stop it first.")
             return
         try:
-            # Resume continues the last run on that run's data, whatever the data controls show now (a
-            # different layer would silently change what the run learns); the settings are read afresh
+            # Resume continues the last run on that run's data and into that run's file, whatever the
+            # controls show now (another layer would silently change what the run learns, another file
+            # would part the model from its checkpoint); the training settings are read afresh
             data = self._last_run_data if resume and self._last_run_data is not None else self.data_kwargs()
             kwargs = {**data, **self.settings_kwargs()}
-            save_to = self._save_path_for_run(resume)
+            save_to = self._last_saved_to if resume and self._last_saved_to is not None else (
+                self._save_path_for_run(resume)
+            )
         except user_error_types() as exc:
+            self.status.setText(error_message(exc))
             show_error(error_message(exc))
             return
-        self._last_run_data = data
         if resume:
             assert self.last_checkpoint_dir is not None
             checkpoint_dir = self.last_checkpoint_dir
@@ -423,7 +428,9 @@ class FinetuneWidget(QWidget):
             self.plot.clear()
         kwargs["checkpoint_dir"] = checkpoint_dir
         kwargs["resume"] = checkpoint_dir if resume else None
-        self.last_checkpoint_dir = checkpoint_dir
+        # what Resume will continue, once this run has really started (a run refused at its start must not
+        # replace the last good one)
+        self._pending_run = (data, save_to, checkpoint_dir)
 
         from napari.qt.threading import create_worker
         avoid_triton_llvm_clash()
@@ -476,6 +483,9 @@ class FinetuneWidget(QWidget):
         from ..training.events import CheckpointSaved, Finished, Notice, Preview, Started, Step, Validation
 
         if isinstance(event, Started):
+            if self._pending_run is not None:  # the run is real: Resume continues this one from now on
+                self._last_run_data, self._last_saved_to, self.last_checkpoint_dir = self._pending_run
+                self._pending_run = None
             self.progress.setRange(0, max(event.total_steps, 1))
             self.progress.setValue(event.start_step)
             self.status.setText(
