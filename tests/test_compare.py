@@ -288,3 +288,21 @@ def test_best_classical_result_is_the_winner_computed_alone(axes):
         np.testing.assert_array_equal(result["image"], expected)
         assert result["psnr"] == pytest.approx(psnr(sharp, expected), rel=1e-12)
         assert result["ssim"] == pytest.approx(ssim(sharp, expected, axes=axes))
+
+
+def test_classical_baselines_can_be_cancelled():
+    import threading
+
+    from napari_deblurgan import Cancelled, richardson_lucy, wiener
+    from napari_deblurgan.blur.psf import gaussian_psf
+
+    stack = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        richardson_lucy(stack, gaussian_psf(1.0), iterations=5, cancel=stop)
+    with pytest.raises(Cancelled):
+        wiener(stack, gaussian_psf(1.0), cancel=lambda: True)
+    calls = []
+    richardson_lucy(stack[0], gaussian_psf(1.0), iterations=4, cancel=lambda: calls.append(1) or False)
+    assert len(calls) >= 4  # asked between iterations, not only between planes

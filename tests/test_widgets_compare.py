@@ -291,3 +291,19 @@ def test_a_baseline_still_running_when_the_panel_is_closed_adds_no_layer(setup, 
     assert [layer.name for layer in viewer.layers] == ["truth", "blurred", "stack"]
     widget.deleteLater()
     qtbot.wait(50)
+
+
+def test_cancel_stops_a_long_richardson_lucy_and_adds_nothing(setup, qtbot):
+    viewer, widget = setup
+    stack = np.repeat(viewer.layers["blurred"].data[None], 6, axis=0)
+    viewer.add_image(stack, name="stack", metadata={"psf": viewer.layers["blurred"].metadata["psf"]})
+    widget.baseline_input.set_value(viewer.layers["stack"])
+    widget.rl_iterations.setValue(1000)
+    assert not widget.cancel_button.isEnabled()
+    widget.rl_button.click()
+    assert widget.cancel_button.isEnabled()
+    widget.cancel_button.click()
+    wait_done(qtbot, widget)
+    assert widget.status.text() == "Cancelled; no layer was added."
+    assert [layer.name for layer in viewer.layers] == ["truth", "blurred", "stack"]
+    assert not widget.cancel_button.isEnabled() and widget.rl_button.isEnabled()

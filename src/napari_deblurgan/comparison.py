@@ -36,7 +36,7 @@ from .blur.synthesize import (
     validate_image,
     yx_last,
 )
-from .errors import InputError
+from .errors import Cancelled, InputError
 from .normalization import cast_like
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -262,11 +262,20 @@ def _iter_richardson_lucy(planes: np.ndarray, psf: np.ndarray, iterations: int) 
         yield estimate[..., pad:-pad, pad:-pad]
 
 
-def _richardson_lucy_plane(plane01: np.ndarray, psf: np.ndarray, iterations: int) -> np.ndarray:
+def _richardson_lucy_plane(plane01: np.ndarray, psf: np.ndarray, iterations: int, cancel: Any = None) -> np.ndarray:
     estimate = plane01
     for estimate in _iter_richardson_lucy(plane01, psf, iterations):  # noqa: B007
-        pass
+        _raise_if_cancelled(cancel)  # every iteration: 1,000 of them on a large plane take minutes
     return estimate
+
+
+def _raise_if_cancelled(cancel: Any) -> None:
+    """Raise :class:`~napari_deblurgan.Cancelled` if ``cancel`` (a ``threading.Event`` or a callable
+    returning True; None never) asks to stop, as ``deblur(cancel=...)`` does."""
+    if cancel is None:
+        return
+    if cancel.is_set() if hasattr(cancel, "is_set") else cancel():
+        raise Cancelled("the deconvolution was cancelled")
 
 
 def _prepare(image: Any, psf: Any, axes: str | None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -275,7 +284,9 @@ def _prepare(image: Any, psf: Any, axes: str | None) -> tuple[np.ndarray, np.nda
     return arr, kernel, resolve_image_axes(arr, axes)
 
 
-def _per_plane(arr: np.ndarray, axes: str, deconvolve: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _per_plane(
+    arr: np.ndarray, axes: str, deconvolve: Callable[[np.ndarray], np.ndarray], cancel: Any = None
+) -> np.ndarray:
     """``deconvolve(plane in [0, 1])`` of every YX plane of ``arr``, scaled back into a new array like ``arr``.
 
     One plane at a time into the preallocated result: memory is the result plus a few planes (the
@@ -285,12 +296,17 @@ def _per_plane(arr: np.ndarray, axes: str, deconvolve: Callable[[np.ndarray], np
     out = np.empty(arr.shape, dtype=arr.dtype)
     src, dst = yx_last(arr, axes), yx_last(out, axes)
     for idx in np.ndindex(src.shape[:-2]):
+        _raise_if_cancelled(cancel)
         dst[idx] = scaler.inverse(deconvolve(scaler.forward(src[idx])))
     return out
 
 
-def richardson_lucy(image: Any, psf: Any, iterations: int = 30, *, axes: str | None = None) -> np.ndarray:
+def richardson_lucy(
+    image: Any, psf: Any, iterations: int = 30, *, axes: str | None = None, cancel: Any = None
+) -> np.ndarray:
     """Richardson-Lucy deconvolution of every YX plane with ``psf``; same shape and dtype as ``image``.
+    ``cancel`` (a ``threading.Event`` or a callable returning True) stops it between iterations with
+    :class:`~napari_deblurgan.Cancelled`.
 
     Works for any dtype and value range (the image is scaled to [0, 1] floats and back; integer results
     are rounded and clipped). Borders are reflect-padded by one PSF side so they do not ring. Not clipped
@@ -298,7 +314,7 @@ def richardson_lucy(image: Any, psf: Any, iterations: int = 30, *, axes: str | N
     """
     iterations = _check_iterations(iterations)
     arr, kernel, axes = _prepare(image, psf, axes)
-    return _per_plane(arr, axes, lambda plane: _richardson_lucy_plane(plane, kernel, iterations))
+    return _per_plane(arr, axes, lambda plane: _richardson_lucy_plane(plane, kernel, iterations, cancel), cancel)
 
 
 def _wiener_plane(plane01: np.ndarray, psf: np.ndarray, balance: float) -> np.ndarray:
@@ -307,8 +323,11 @@ def _wiener_plane(plane01: np.ndarray, psf: np.ndarray, balance: float) -> np.nd
     return restoration.wiener(padded, psf, balance, clip=False)[pad:-pad, pad:-pad]
 
 
-def wiener(image: Any, psf: Any, balance: float = 0.01, *, axes: str | None = None) -> np.ndarray:
+def wiener(
+    image: Any, psf: Any, balance: float = 0.01, *, axes: str | None = None, cancel: Any = None
+) -> np.ndarray:
     """Wiener-Hunt deconvolution (scikit-image, Laplacian regulariser) of every YX plane; same shape/dtype.
+    ``cancel`` stops it between planes, as for :func:`richardson_lucy`.
 
     ``balance`` trades sharpness (small) against noise amplification (large). Any dtype/range: the image is
     scaled to [0, 1] floats, reflect-padded by one PSF side (no border ringing from the FFT's periodic
@@ -317,7 +336,7 @@ def wiener(image: Any, psf: Any, balance: float = 0.01, *, axes: str | None = No
     if isinstance(balance, bool) or not isinstance(balance, numbers.Real) or not balance > 0:
         raise InputError(f"balance must be a number > 0, got {balance!r}.")
     arr, kernel, axes = _prepare(image, psf, axes)
-    return _per_plane(arr, axes, lambda plane: _wiener_plane(plane, kernel, float(balance)))
+    return _per_plane(arr, axes, lambda plane: _wiener_plane(plane, kernel, float(balance)), cancel)
 
 
 def best_classical(

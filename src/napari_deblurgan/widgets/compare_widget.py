@@ -8,6 +8,7 @@ and :func:`napari_deblurgan.wiener`; the widget only picks layers, runs those ca
 from __future__ import annotations
 
 import math
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -132,6 +133,10 @@ class CompareWidget(QWidget):
         self.wiener_balance.setValue(0.01)
         self.rl_button = QPushButton("Richardson-Lucy")
         self.wiener_button = QPushButton("Wiener")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("Stop the running baseline (between iterations); nothing is added.")
+        self._cancel = threading.Event()
         baselines = QGroupBox("classical baselines")
         base_form = QFormLayout(baselines)
         base_form.addRow("blurred image", self.baseline_input)
@@ -143,6 +148,7 @@ class CompareWidget(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.rl_button)
         row.addWidget(self.wiener_button)
+        row.addWidget(self.cancel_button)
         base_form.addRow(row)
 
         # ---- results
@@ -169,6 +175,7 @@ class CompareWidget(QWidget):
         self.compute_button.clicked.connect(self.compute)
         self.export_button.clicked.connect(self._export_dialog)
         self.side_button.clicked.connect(self.side_by_side)
+        self.cancel_button.clicked.connect(self.cancel)
         self.rl_button.clicked.connect(lambda: self.add_baseline("richardson_lucy"))
         self.wiener_button.clicked.connect(lambda: self.add_baseline("wiener"))
         self.psf_source.currentIndexChanged.connect(self._update_enabled)
@@ -258,6 +265,9 @@ class CompareWidget(QWidget):
         kind, value = outcome
         if self._closed:  # the panel was closed while it worked: add nothing behind the user's back
             return
+        if kind == "cancelled":
+            self.status.setText("Cancelled; no layer was added.")
+            return
         if kind == "error":
             self.status.setText(value)
             show_error(value)
@@ -268,6 +278,12 @@ class CompareWidget(QWidget):
         self.worker = None
         for button in (self.compute_button, self.rl_button, self.wiener_button):
             button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def cancel(self) -> None:
+        """Ask the running baseline to stop (Richardson-Lucy between iterations, Wiener between planes)."""
+        self._cancel.set()
+        self.status.setText("Cancelling...")
 
     # ------------------------------------------------------------------------------------- metrics
     def compute(self) -> None:
@@ -403,7 +419,9 @@ class CompareWidget(QWidget):
             self.set_checked(self.last_baseline)
             self.status.setText(f"Added {name!r}.")
 
-        self._start(func, np.asarray(layer_pixels(layer)), psf, axes=axes, on_ok=add, **kwargs)
+        self._cancel = threading.Event()
+        self.cancel_button.setEnabled(True)
+        self._start(func, np.asarray(layer_pixels(layer)), psf, axes=axes, on_ok=add, cancel=self._cancel, **kwargs)
 
     # ---------------------------------------------------------------------------------- side by side
     def side_by_side(self) -> None:
@@ -478,6 +496,7 @@ class CompareWidget(QWidget):
         """napari's close button takes the panel out of its dock without closing it: that counts as closing."""
         if detached_from_dock(self, event):
             self._closed = True
+            self._cancel.set()
         elif event.type() == QEvent.Type.ParentChange and self.parent() is not None:
             self._closed = False  # docked (again)
         super().changeEvent(event)
@@ -485,13 +504,18 @@ class CompareWidget(QWidget):
     def closeEvent(self, event: Any) -> None:
         """A job still running when the panel closes adds no layer when it ends."""
         self._closed = True
+        self._cancel.set()
         super().closeEvent(event)
 
 
 def _guarded(func: Any, *args: Any, **kwargs: Any) -> tuple[str, Any]:
     """Worker-thread body: ``func(*args, **kwargs)``; errors the user can fix come back as a message."""
+    from ..errors import Cancelled
+
     try:
         return "ok", func(*args, **kwargs)
+    except Cancelled:
+        return "cancelled", None
     except user_error_types() as exc:
         return "error", error_message(exc)
 
