@@ -178,6 +178,9 @@ def test_sharp_only_with_synthetic_blur_and_preview(setup, qtbot):
     finetune.blur_kind.setCurrentText("gaussian")
     finetune.blur_strength.setValue(2.0)
     finetune.preview_blur_button.click()
+    assert not finetune.preview_blur_button.isEnabled()  # made in a worker: napari does not freeze
+    qtbot.waitUntil(lambda: finetune.preview_worker is None, timeout=60_000)
+    assert finetune.preview_blur_button.isEnabled()
     preview = viewer.layers["sharp synthetic blur"]
     sharp = viewer.layers["sharp"].data
     assert preview.data.shape == sharp.shape and preview.data.dtype == sharp.dtype

@@ -114,6 +114,7 @@ class FinetuneWidget(QWidget):
         self.viewer = viewer
         self.registry = ModelRegistry.for_viewer(viewer)
         self.worker: Any = None
+        self.preview_worker: Any = None  # the synthetic blur preview being made
         self.control = _RunControl()
         self.last_checkpoint_dir: Path | None = None
         self.last_saved: Path | None = None
@@ -304,24 +305,51 @@ class FinetuneWidget(QWidget):
         return {"kind": self.blur_kind.currentText(), "strength": strength, "noise": noise}
 
     # ------------------------------------------------------------------------------- synthetic preview
-    def preview_synthetic_blur(self) -> Any:
-        """Blur the sharp layer once with the current settings and add it as a layer (for a visual check)."""
+    def preview_synthetic_blur(self) -> None:
+        """Blur the sharp layer once with the current settings and add it as a layer (for a visual check).
+
+        In a worker thread: a large stack takes a while, and napari must not freeze meanwhile. The layer is
+        added when it is done (``self.preview_worker`` is None again then).
+        """
+        from napari.qt.threading import create_worker
+
         from .. import synthesize_blur
 
         layer = self.sharp_combo.value()
         if layer is None:
             show_error("Choose the sharp layer to blur first.")
-            return None
-        try:
-            blurred, psf = synthesize_blur(
-                np.asarray(layer_pixels(layer)), **self._blur_settings(), seed=self.seed_spin.value(), axes=self._axes()
-            )
-        except user_error_types() as exc:
-            show_error(error_message(exc))
-            return None
-        kwargs = result_layer_kwargs(layer, name=unique_name(self.viewer, f"{layer.name} synthetic blur"))
-        kwargs["metadata"] = {"psf": psf, "napari_deblurgan_blur": self._blur_settings()}
-        return self.viewer.add_image(blurred, **kwargs)
+            return
+        if self.preview_worker is not None:
+            show_error("The synthetic blur preview is still being made; wait for it.")
+            return
+        settings = self._blur_settings()
+
+        def job() -> tuple[str, Any]:
+            try:
+                pixels = np.asarray(layer_pixels(layer))
+                return "ok", synthesize_blur(pixels, **settings, seed=self.seed_spin.value(), axes=self._axes())
+            except user_error_types() as exc:
+                return "error", error_message(exc)
+
+        def done(outcome: tuple[str, Any]) -> None:
+            kind, value = outcome
+            if kind == "error":
+                show_error(value)
+                return
+            blurred, psf = value
+            kwargs = result_layer_kwargs(layer, name=unique_name(self.viewer, f"{layer.name} synthetic blur"))
+            kwargs["metadata"] = {"psf": psf, "napari_deblurgan_blur": settings}
+            self.viewer.add_image(blurred, **kwargs)
+
+        def finished() -> None:
+            self.preview_worker = None
+            self.preview_blur_button.setEnabled(not self.pair_radio.isChecked())
+
+        self.preview_blur_button.setEnabled(False)
+        self.preview_worker = create_worker(job)
+        self.preview_worker.returned.connect(done)
+        self.preview_worker.finished.connect(finished)
+        self.preview_worker.start()
 
     # ------------------------------------------------------------------------------------------- runs
     def training_kwargs(self) -> dict[str, Any]:
