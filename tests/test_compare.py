@@ -306,3 +306,16 @@ def test_classical_baselines_can_be_cancelled():
     calls = []
     richardson_lucy(stack[0], gaussian_psf(1.0), iterations=4, cancel=lambda: calls.append(1) or False)
     assert len(calls) >= 4  # asked between iterations, not only between planes
+
+
+def test_a_result_in_other_units_than_the_ground_truth_gets_a_note():
+    from napari_deblurgan import compare, samples, synthesize_blur
+
+    sharp = (samples.cells((96, 96), seed=2) * 3000 + 100).astype(np.uint16)
+    blurred, _ = synthesize_blur(sharp, kind="motion", strength=15.0, noise="realistic", seed=1)
+    table = compare({"blurred": blurred, "sharp copy": sharp.copy()}, sharp)
+    assert table.notes == []  # heavy blur and noise are not other units
+    floats = (blurred.astype(np.float32) - blurred.min()) / np.ptp(blurred)
+    table = compare({"blurred": blurred, "as floats": floats, "8 bit": (blurred // 16).astype(np.uint8)}, sharp)
+    assert len(table.notes) == 2 and "'as floats'" in table.notes[0] and "'8 bit'" in table.notes[1]
+    assert "other units?" in str(table)

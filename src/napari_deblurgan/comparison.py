@@ -37,7 +37,7 @@ from .blur.synthesize import (
     yx_last,
 )
 from .errors import Cancelled, InputError
-from .normalization import cast_like
+from .normalization import cast_like, percentile_range
 
 # ----------------------------------------------------------------------------------------------- metrics
 
@@ -436,12 +436,14 @@ class ComparisonTable:
 
     ``rows`` is a list of dicts with keys ``name``, ``slice`` (None for the whole image, else the index
     tuple over the non-YX axes), ``psnr``, ``ssim``, ``nrmse`` (None without a reference) and ``sharpness``.
+    ``notes`` says what makes some numbers meaningless (a result in other units than the reference).
     """
 
     columns = _COLUMNS
 
-    def __init__(self, rows: Sequence[Mapping[str, Any]]):
+    def __init__(self, rows: Sequence[Mapping[str, Any]], notes: Sequence[str] = ()):
         self.rows: list[dict[str, Any]] = [dict(row) for row in rows]
+        self.notes: list[str] = list(notes)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -471,6 +473,7 @@ class ComparisonTable:
             lines.append(
                 "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
             )
+        lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -546,6 +549,9 @@ def compare(
         row["sharpness"] = sharpness(image, axes=plane_axes)
         return row
 
+    notes = [] if ref_planes is None else [
+        note for name, image in images if (note := _units_note(name, yx_last(image, axes), ref_planes)) is not None
+    ]
     rows = []
     for name, image in images:
         rows.append(score(name, image, ref, None, axes))
@@ -553,4 +559,23 @@ def compare(
             planes = yx_last(image, axes)  # views: indexing a plane copies nothing
             for where in indices:
                 rows.append(score(name, planes[where], None if ref_planes is None else ref_planes[where], where, "YX"))
-    return ComparisonTable(rows)
+    return ComparisonTable(rows, notes)
+
+
+def _units_note(name: str, planes: np.ndarray, ref_planes: np.ndarray) -> str | None:
+    """A note when a result's intensities (1-99.8 percentiles of its middle plane) are not in the reference's
+    units - a [0, 1] float copy against a uint16 ground truth, say: PSNR and NRMSE compare values as they
+    are, and would then score the units, not the restoration. Spans 10x apart, or offsets more than two
+    reference spans apart, count as other units: blur lowers a sparse scene's bright percentile, but not
+    10-fold (the blurred sample pair: 0.6-0.9 of the sharp one's), and 8 against 16 bits, or [0, 1] floats
+    against counts, are 16x to thousands of times apart."""
+    middle = tuple(n // 2 for n in ref_planes.shape[:-2])
+    lo, hi = percentile_range(np.asarray(planes[middle], dtype=np.float64))
+    ref_lo, ref_hi = percentile_range(np.asarray(ref_planes[middle], dtype=np.float64))
+    span, ref_span = hi - lo, ref_hi - ref_lo
+    if 0.1 <= span / ref_span <= 10 and abs(lo - ref_lo) <= 2 * ref_span:
+        return None
+    return (
+        f"{name!r} spans {lo:.4g}-{hi:.4g} but the ground truth {ref_lo:.4g}-{ref_hi:.4g} (1st-99.8th "
+        "percentiles): other units? PSNR and NRMSE compare the values as they are; rescale one of them first."
+    )

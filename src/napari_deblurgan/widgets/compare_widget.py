@@ -339,7 +339,10 @@ class CompareWidget(QWidget):
         self.export_button.setEnabled(True)
         ref = self.reference_combo.value()
         against = f"ground truth: {ref.name!r}." if ref else "no ground truth: sharpness only."
-        self.status.setText(f"{len(table.rows)} rows; {against}")
+        notes = list(getattr(table, "notes", []))
+        self.status.setText(f"{len(table.rows)} rows; {against}" + "".join(f"\nNote: {n}" for n in notes))
+        for note in notes:
+            show_info(f"Compare: {note}")
 
     def export_csv(self, path: str) -> None:
         """Write the last table to ``path`` (CSV, via ``ComparisonTable.to_csv``)."""
