@@ -307,3 +307,40 @@ def test_cancel_stops_a_long_richardson_lucy_and_adds_nothing(setup, qtbot):
     assert widget.status.text() == "Cancelled; no layer was added."
     assert [layer.name for layer in viewer.layers] == ["truth", "blurred", "stack"]
     assert not widget.cancel_button.isEnabled() and widget.rl_button.isEnabled()
+
+
+@pytest.mark.parametrize("through_the_plugin", [False, True])
+def test_the_view_comes_back_after_a_second_side_by_side_and_after_the_panel_is_gone(make_napari_viewer, qtbot,
+                                                                                      scene, through_the_plugin):
+    """A layer added while in grid mode (a new baseline) is put back as it was when the second side-by-side
+    hid it; and leaving grid mode restores the view even after the panel was closed and deleted."""
+    import gc
+
+    from napari_deblurgan.widgets.compare_widget import CompareWidget
+
+    viewer = make_napari_viewer()
+    sharp, blurred, psf = scene
+    viewer.add_image(sharp, name="truth", contrast_limits=(0, 1))
+    viewer.add_image(blurred, name="blurred", metadata={"psf": psf}, contrast_limits=(0.2, 0.7))
+    before = {layer.name: (layer.visible, tuple(layer.contrast_limits)) for layer in viewer.layers}
+    if through_the_plugin:
+        _, widget = viewer.window.add_plugin_dock_widget("napari-deblurgan", "Compare")
+    else:
+        widget = CompareWidget(viewer)
+        viewer.window.add_dock_widget(widget)
+    widget.reference_combo.set_value(viewer.layers["truth"])
+    widget.set_checked(viewer.layers["blurred"])
+    widget.side_button.click()
+    viewer.add_image(np.ones((64, 64), np.float32), name="new", contrast_limits=(0, 3))
+    before["new"] = (True, (0.0, 3.0))
+    widget.side_button.click()
+    assert not viewer.layers["new"].visible
+    viewer.window.remove_dock_widget(widget)
+    widget.deleteLater()
+    del widget
+    qtbot.wait(50)
+    gc.collect()
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+    grid.enabled = False  # Ctrl+G, the panel gone
+    after = {layer.name: (layer.visible, tuple(float(v) for v in layer.contrast_limits)) for layer in viewer.layers}
+    assert after == {name: (v, tuple(float(x) for x in lim)) for name, (v, lim) in before.items()}

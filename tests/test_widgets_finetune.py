@@ -327,3 +327,58 @@ def test_resume_goes_on_into_the_last_runs_file_and_a_refused_start_keeps_it_res
     wait_done(qtbot, finetune)
     assert finetune.last_saved == first and not (tmp_path / "models" / "other.pt").exists()
     assert finetune.last_finished.step == stopped_at + 1
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_resume_to_the_last_good_run(setup, qtbot, tmp_path,
+                                                                                          monkeypatch):
+    import napari_deblurgan
+    from napari_deblurgan.errors import InputError
+
+    _, finetune, _ = setup
+    finetune.steps_spin.setValue(2)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    run_a = finetune.last_checkpoint_dir
+    assert finetune.resume_button.isEnabled()
+    real = napari_deblurgan.iter_finetune
+
+    def fails_after_starting(*args, **kwargs):  # e.g. out of GPU memory at batch size 1
+        run = real(*args, **kwargs)
+
+        class Failing:
+            model = None
+
+            def stop(self):
+                run.stop()
+
+            def __iter__(self):
+                for event in run:
+                    yield event
+                    if type(event).__name__ == "Started":
+                        raise InputError("out of memory (simulated)")
+
+        return Failing()
+
+    monkeypatch.setattr(napari_deblurgan, "iter_finetune", fails_after_starting)
+    finetune.save_edit.setText(str(tmp_path / "models" / "b.pt"))
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    assert "out of memory" in finetune.status.text()
+    assert finetune.last_checkpoint_dir == run_a and finetune.resume_button.isEnabled()
+
+
+def test_the_blur_preview_reads_the_controls_in_the_gui_thread_and_is_dropped_when_the_panel_closes(setup, qtbot):
+    import threading
+
+    viewer, finetune, _ = setup
+    finetune.synth_radio.setChecked(True)
+    threads = []
+    read_axes = finetune._axes
+    finetune._axes = lambda: threads.append(threading.current_thread() is threading.main_thread()) or read_axes()
+    finetune.preview_blur_button.click()
+    viewer.window.remove_dock_widget(finetune)  # closed at once
+    qtbot.waitUntil(lambda: finetune.preview_worker is None, timeout=60_000)
+    assert threads and all(threads)
+    assert "sharp synthetic blur" not in [layer.name for layer in viewer.layers]
+    finetune.deleteLater()
+    qtbot.wait(50)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -89,7 +90,6 @@ class CompareWidget(QWidget):
         self._listed: list[Any] = []  # the layer behind each row of layer_list
         self._saved_view: dict[str, Any] | None = None  # what side_by_side changed, restored on leaving the grid
         self._closed = False  # the panel was closed (or taken out of its dock): a running job's result is dropped
-        self._grid: Any = None
 
         # ---- what to compare
         self.reference_combo = LayerComboBox(viewer, allow_none=NO_REFERENCE)
@@ -193,8 +193,6 @@ class CompareWidget(QWidget):
         for event in (events.inserted, events.removed, events.reordered):
             event.disconnect(self._refresh_list)
         events.disconnect(self._on_any)
-        if self._grid is not None and self._saved_view is not None:
-            self._grid.events.enabled.disconnect(self._restore_view)
 
     def _on_any(self, event: Any) -> None:
         if getattr(event, "type", None) == "name":
@@ -467,33 +465,40 @@ class CompareWidget(QWidget):
     def _remember_view(self, grid: Any) -> None:
         """Keep what side-by-side changes (each layer's visibility and contrast limits, the grid's settings),
         to put it back when grid mode is left (Ctrl+G), so that comparing leaves the viewer as it was. A second
-        side-by-side while the first is shown keeps the first's record: that is the state to go back to."""
-        if self._saved_view is None:
-            self._saved_view = {
-                "layers": [
-                    (unwrap(layer), layer.visible, None if layer.rgb else tuple(layer.contrast_limits))
-                    for layer in self.viewer.layers
-                ],
-                "grid": (grid.stride, tuple(grid.shape)),
-            }
-            self._grid = grid
-            grid.events.enabled.connect(self._restore_view)
+        side-by-side while the first is shown keeps the first's record (that is the state to go back to) and
+        adds the layers that appeared since. The restore is a closure, not a method: it works even after
+        the panel is gone."""
 
-    def _restore_view(self, *_: Any) -> None:
-        grid, saved = self._grid, self._saved_view
-        if grid is None or saved is None or grid.enabled:
+        def state(layer: Any) -> tuple[Any, bool, Any]:
+            return (unwrap(layer), layer.visible, None if layer.rgb else tuple(layer.contrast_limits))
+
+        if self._saved_view is not None:  # layers added since the first side-by-side: their state now is theirs
+            known = {id(entry[0]) for entry in self._saved_view["layers"]}
+            self._saved_view["layers"] += [
+                state(layer) for layer in self.viewer.layers if id(unwrap(layer)) not in known
+            ]
             return
-        grid.events.enabled.disconnect(self._restore_view)
-        self._saved_view = None
-        live = {id(unwrap(layer)) for layer in self.viewer.layers}
-        for layer, visible, limits in saved["layers"]:
-            if id(layer) not in live:
-                continue  # removed meanwhile
-            layer.visible = visible
-            if limits is not None:
-                layer.contrast_limits = limits
-        grid.stride, grid.shape = saved["grid"]
+        saved = {"layers": [state(layer) for layer in self.viewer.layers], "grid": (grid.stride, tuple(grid.shape))}
+        viewer = unwrap(self.viewer)
 
+        def restore(*_: Any) -> None:
+            if grid.enabled:
+                return
+            grid.events.enabled.disconnect(restore)
+            live = {id(layer) for layer in viewer.layers}
+            for layer, visible, limits in saved["layers"]:
+                if id(layer) not in live:
+                    continue  # removed meanwhile
+                layer.visible = visible
+                if limits is not None:
+                    layer.contrast_limits = limits
+            grid.stride, grid.shape = saved["grid"]
+            if self_ref() is not None:
+                self_ref()._saved_view = None
+
+        self_ref = weakref.ref(self)
+        self._saved_view = saved
+        grid.events.enabled.connect(restore)
 
     def changeEvent(self, event: Any) -> None:
         """napari's close button takes the panel out of its dock without closing it: that counts as closing."""

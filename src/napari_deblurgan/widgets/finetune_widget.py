@@ -9,13 +9,14 @@ user chose and joins the session's model list (so the Deblur widget offers it at
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -115,6 +116,7 @@ class FinetuneWidget(QWidget):
         self.registry = ModelRegistry.for_viewer(viewer)
         self.worker: Any = None
         self.preview_worker: Any = None  # the synthetic blur preview being made
+        self._closed = False  # the panel was closed: a preview still being made is not added
         self.control = _RunControl()
         self.last_checkpoint_dir: Path | None = None
         self.last_saved: Path | None = None
@@ -293,7 +295,9 @@ class FinetuneWidget(QWidget):
         self.resume_button.setEnabled(not running and self._can_resume())
 
     def _can_resume(self) -> bool:
-        return self.last_checkpoint_dir is not None and self.last_checkpoint_dir.exists()
+        from ..training.checkpoint import checkpoint_path
+
+        return self.last_checkpoint_dir is not None and checkpoint_path(self.last_checkpoint_dir).is_file()
 
     def _axes(self) -> str | None:
         return normalize_axes_text(self.axes_edit.text()) or None
@@ -322,17 +326,20 @@ class FinetuneWidget(QWidget):
         if self.preview_worker is not None:
             show_error("The synthetic blur preview is still being made; wait for it.")
             return
-        settings = self._blur_settings()
+        # every control is read here, in the GUI thread; the worker only computes
+        settings, seed, axes = self._blur_settings(), self.seed_spin.value(), self._axes()
 
         def job() -> tuple[str, Any]:
             try:
                 pixels = np.asarray(layer_pixels(layer))
-                return "ok", synthesize_blur(pixels, **settings, seed=self.seed_spin.value(), axes=self._axes())
+                return "ok", synthesize_blur(pixels, **settings, seed=seed, axes=axes)
             except user_error_types() as exc:
                 return "error", error_message(exc)
 
         def done(outcome: tuple[str, Any]) -> None:
             kind, value = outcome
+            if self._closed:  # the panel was closed meanwhile: add nothing behind the user's back
+                return
             if kind == "error":
                 show_error(value)
                 return
@@ -343,7 +350,8 @@ class FinetuneWidget(QWidget):
 
         def finished() -> None:
             self.preview_worker = None
-            self.preview_blur_button.setEnabled(not self.pair_radio.isChecked())
+            with contextlib.suppress(RuntimeError):  # the panel's Qt objects are gone when napari closed
+                self.preview_blur_button.setEnabled(not self.pair_radio.isChecked())
 
         self.preview_blur_button.setEnabled(False)
         self.preview_worker = create_worker(job)
@@ -456,8 +464,8 @@ class FinetuneWidget(QWidget):
             self.plot.clear()
         kwargs["checkpoint_dir"] = checkpoint_dir
         kwargs["resume"] = checkpoint_dir if resume else None
-        # what Resume will continue, once this run has really started (a run refused at its start must not
-        # replace the last good one)
+        # what Resume will continue, once this run has written a checkpoint (a run that fails before its
+        # first one must not replace the last good run)
         self._pending_run = (data, save_to, checkpoint_dir)
 
         from napari.qt.threading import create_worker
@@ -511,9 +519,6 @@ class FinetuneWidget(QWidget):
         from ..training.events import CheckpointSaved, Finished, Notice, Preview, Started, Step, Validation
 
         if isinstance(event, Started):
-            if self._pending_run is not None:  # the run is real: Resume continues this one from now on
-                self._last_run_data, self._last_saved_to, self.last_checkpoint_dir = self._pending_run
-                self._pending_run = None
             self.progress.setRange(0, max(event.total_steps, 1))
             self.progress.setValue(event.start_step)
             self.status.setText(
@@ -538,6 +543,9 @@ class FinetuneWidget(QWidget):
         elif isinstance(event, Preview):
             self._show_preview(event)
         elif isinstance(event, CheckpointSaved):
+            if self._pending_run is not None:  # this run has a checkpoint: Resume continues it from now on
+                self._last_run_data, self._last_saved_to, self.last_checkpoint_dir = self._pending_run
+                self._pending_run = None
             self.last_checkpoint_dir = Path(event.path) if Path(event.path).is_dir() else Path(event.path).parent
         elif isinstance(event, Notice):
             show_info(f"Finetune: {event.message}")
@@ -585,11 +593,15 @@ class FinetuneWidget(QWidget):
         that counts as closing: it stops a running training."""
         if detached_from_dock(self, event):
             self.control.stop()
+            self._closed = True
+        elif event.type() == QEvent.Type.ParentChange and self.parent() is not None:
+            self._closed = False  # docked (again)
         super().changeEvent(event)
 
     def closeEvent(self, event: Any) -> None:
         """Closing the dock stops a running training (the model so far is still saved)."""
         self.control.stop()
+        self._closed = True
         super().closeEvent(event)
 
 
