@@ -89,3 +89,24 @@ def notifications():
     notification_manager.notification_ready.connect(record)
     yield seen
     notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def numpy_peak() -> Callable[[Callable[[], object]], int]:
+    """``numpy_peak(call)``: the peak traced allocation (NumPy's buffers included) of ``call()``, measured on
+    a second call after a warm-up one (first-time imports, caches and FFT plans)."""
+    import gc
+    import tracemalloc
+
+    def measure(call: Callable[[], object]) -> int:
+        call()
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            call()
+            return tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+
+    return measure

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gc
 import json
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -341,24 +339,11 @@ def test_stack_percentile_is_numpys(dtype, shape):
         assert value == float(np.percentile(stack, q)) and maximum == float(stack.max())
 
 
-def _numpy_peak(call) -> int:
-    """Peak traced allocation (NumPy's buffers included) of ``call()``, after a warm-up call."""
-    call()  # first-time imports, caches and FFT plans
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        call()
-        return tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-
-
 @pytest.mark.parametrize(
     ("axes", "noise"),
     [("ZYX", None), ("ZYX", "realistic"), ("ZYXC", {"photons": 80.0, "read_noise": 0.0}), ("ZYX", "apply_psf")],
 )
-def test_synthesize_memory_does_not_grow_with_the_stack(axes, noise):
+def test_synthesize_memory_does_not_grow_with_the_stack(axes, noise, numpy_peak):
     """Synthetic blur works plane by plane: a stack 4x larger needs its larger result and nothing else (it made
     whole-stack float copies: 6x the input without noise and 14x with it, for a uint16 stack)."""
 
@@ -366,8 +351,8 @@ def test_synthesize_memory_does_not_grow_with_the_stack(axes, noise):
         shape = (planes, 128, 128) if axes == "ZYX" else (planes // 2, 128, 128, 2)
         sharp = (np.random.default_rng(1).random(shape) * 3000).astype(np.uint16)
         if noise == "apply_psf":
-            return _numpy_peak(lambda: apply_psf(sharp, gaussian_psf(1.5), axes=axes)), sharp.nbytes
-        return _numpy_peak(
+            return numpy_peak(lambda: apply_psf(sharp, gaussian_psf(1.5), axes=axes)), sharp.nbytes
+        return numpy_peak(
             lambda: synthesize_blur(sharp, "gaussian", strength=1.5, noise=noise, seed=0, axes=axes)
         ), sharp.nbytes
 

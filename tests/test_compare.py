@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import gc
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -220,19 +218,6 @@ def test_compare_stays_the_function_after_importing_the_module(camera_crop):
     assert table.rows[0]["psnr"] == math.inf
 
 
-def _numpy_peak(call) -> int:
-    """Peak traced allocation (NumPy's buffers included) of ``call()``, after a warm-up call."""
-    call()  # first-time imports, caches and FFT plans
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        call()
-        return tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-
-
 _MEMORY_CALLS = {
     "psnr": lambda ref, img, psf, axes: psnr(ref, img),
     "nrmse": lambda ref, img, psf, axes: nrmse(ref, img),
@@ -248,7 +233,7 @@ _MEMORY_CALLS = {
 
 @pytest.mark.parametrize("axes", ["ZYX", "ZYXC"])
 @pytest.mark.parametrize("what", list(_MEMORY_CALLS))
-def test_memory_does_not_grow_with_the_stack(what, axes, monkeypatch):
+def test_memory_does_not_grow_with_the_stack(what, axes, monkeypatch, numpy_peak):
     """Metrics and classical deconvolution work plane by plane (metrics in blocks of rows): a stack 4x larger
     needs its larger result, if any, and nothing else. They made whole-stack float64 copies (PSNR/NRMSE 8-12x
     the input, Wiener 16x, Richardson-Lucy 36x for a uint16 stack) and channel-last stacks (ZYXC) were copied
@@ -263,7 +248,7 @@ def test_memory_does_not_grow_with_the_stack(what, axes, monkeypatch):
         rng = np.random.default_rng(2)
         ref = (rng.random(shape) * 3000).astype(np.uint16)
         img = (rng.random(shape) * 3000).astype(np.uint16)
-        return _numpy_peak(lambda: call(ref, img, psf, axes)), ref.nbytes
+        return numpy_peak(lambda: call(ref, img, psf, axes)), ref.nbytes
 
     small, small_bytes = peak(6)
     large, large_bytes = peak(24)

@@ -463,24 +463,32 @@ def test_percentiles_override_the_models_normalisation(model):
             deblur(image, model, device="cpu", percentiles=bad)
 
 
+def _scene_with_a_bright_object(side: int, object_side: int):
+    """The model card's case for the shipped `fast` model: a generated cell scene with Gaussian blur (sigma
+    2 px, no noise), and a copy with a square 4x its brightest value in the top-left corner. Returns the
+    model, both images and ``psnr(image)`` of the plane from 100 px on (far from the square) against the
+    sharp scene."""
+    from napari_deblurgan import load_model, samples, synthesize_blur
+
+    sharp = (samples.cells((side, side), seed=5) * 3000 + 100).astype(np.float32)
+    blurred, _ = synthesize_blur(sharp, kind="gaussian", strength=2.0, noise=None, seed=0)
+    with_object = blurred.copy()
+    with_object[10 : 10 + object_side, 10 : 10 + object_side] = 4 * blurred.max()
+    rest = (slice(100, side), slice(100, side))
+
+    def psnr(image: np.ndarray) -> float:
+        span = float(sharp[rest].max() - sharp[rest].min())
+        return 10 * np.log10(span**2 / np.mean((image[rest] - sharp[rest]) ** 2))
+
+    return load_model("fast"), blurred, with_object, psnr
+
+
 def test_a_bright_object_over_the_high_percentile_is_what_a_lower_high_fixes():
     """The model card's limitation, measured on the shipped `fast` model: a 20 x 20 px object 4x brighter
     than the scene (0.6 % of the plane, above the 0.2 % that the 99.8th percentile leaves out) compresses the
     rest of the plane, which the model then over-corrects far from the object; percentiles (1, 99) let it
     pass and the rest of the plane is restored as without it."""
-    from napari_deblurgan import load_model, samples, synthesize_blur
-
-    model = load_model("fast")
-    sharp = (samples.cells((256, 256), seed=5) * 3000 + 100).astype(np.float32)
-    blurred, _ = synthesize_blur(sharp, kind="gaussian", strength=2.0, noise=None, seed=0)
-    with_object = blurred.copy()
-    with_object[10:30, 10:30] = 4 * blurred.max()
-    rest = (slice(100, 256), slice(100, 256))
-
-    def psnr(image):
-        span = float(sharp[rest].max() - sharp[rest].min())
-        return 10 * np.log10(span**2 / np.mean((image[rest] - sharp[rest]) ** 2))
-
+    model, blurred, with_object, psnr = _scene_with_a_bright_object(side=256, object_side=20)
     clean = psnr(deblur(blurred, model, device="cpu"))
     assert clean > psnr(blurred) + 2
     assert psnr(deblur(with_object, model, device="cpu")) < psnr(blurred) - 5  # worse than doing nothing
@@ -514,19 +522,7 @@ def test_local_normalisation_restores_the_plane_around_a_bright_object_and_tiles
     and tiles agree with the whole plane (the fields are computed per plane, not per tile)."""
     import warnings
 
-    from napari_deblurgan import load_model, samples, synthesize_blur
-
-    model = load_model("fast")
-    sharp = (samples.cells((512, 512), seed=5) * 3000 + 100).astype(np.float32)
-    blurred, _ = synthesize_blur(sharp, kind="gaussian", strength=2.0, noise=None, seed=0)
-    with_object = blurred.copy()
-    with_object[10:50, 10:50] = 4 * blurred.max()
-    rest = (slice(100, 512), slice(100, 512))
-
-    def psnr(image):
-        span = float(sharp[rest].max() - sharp[rest].min())
-        return 10 * np.log10(span**2 / np.mean((image[rest] - sharp[rest]) ** 2))
-
+    model, blurred, with_object, psnr = _scene_with_a_bright_object(side=512, object_side=40)
     clean = psnr(deblur(blurred, model, device="cpu"))
     assert psnr(deblur(with_object, model, device="cpu")) < clean - 10
     local = deblur(with_object, model, device="cpu", normalize="local")

@@ -275,12 +275,18 @@ def test_leaving_the_side_by_side_grid_puts_the_view_back(setup):
     assert {layer.name: (layer.visible, tuple(layer.contrast_limits)) for layer in viewer.layers} == before
 
 
-def test_a_baseline_still_running_when_the_panel_is_closed_adds_no_layer(setup, qtbot):
-    viewer, widget = setup
-    stack = np.repeat(viewer.layers["blurred"].data[None], 4, axis=0)
+def _choose_a_long_richardson_lucy(viewer, widget, *, planes: int, iterations: int) -> None:
+    """Add a layer "stack" of ``planes`` copies of the blurred image (with its PSF) and set the panel up to run
+    Richardson-Lucy on it for ``iterations``: a job long enough to be interrupted."""
+    stack = np.repeat(viewer.layers["blurred"].data[None], planes, axis=0)
     viewer.add_image(stack, name="stack", metadata={"psf": viewer.layers["blurred"].metadata["psf"]})
     widget.baseline_input.set_value(viewer.layers["stack"])
-    widget.rl_iterations.setValue(200)
+    widget.rl_iterations.setValue(iterations)
+
+
+def test_a_baseline_still_running_when_the_panel_is_closed_adds_no_layer(setup, qtbot):
+    viewer, widget = setup
+    _choose_a_long_richardson_lucy(viewer, widget, planes=4, iterations=200)
     widget.rl_button.click()
     worker = widget.worker
     ended: list[bool] = []
@@ -295,10 +301,7 @@ def test_a_baseline_still_running_when_the_panel_is_closed_adds_no_layer(setup, 
 
 def test_cancel_stops_a_long_richardson_lucy_and_adds_nothing(setup, qtbot):
     viewer, widget = setup
-    stack = np.repeat(viewer.layers["blurred"].data[None], 6, axis=0)
-    viewer.add_image(stack, name="stack", metadata={"psf": viewer.layers["blurred"].metadata["psf"]})
-    widget.baseline_input.set_value(viewer.layers["stack"])
-    widget.rl_iterations.setValue(1000)
+    _choose_a_long_richardson_lucy(viewer, widget, planes=6, iterations=1000)
     assert not widget.cancel_button.isEnabled()
     widget.rl_button.click()
     assert widget.cancel_button.isEnabled()

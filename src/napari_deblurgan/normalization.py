@@ -170,7 +170,8 @@ def cast_like(values: np.ndarray, dtype: np.dtype, *, overwrite: bool = False) -
             return values.astype(dtype)
         return np.clip(np.rint(values), low, high).astype(dtype)
     info = np.finfo(dtype)
-    if overwrite and np.asarray(values).flags.writeable and np.asarray(values).dtype.kind == "f":
+    values = np.asarray(values)
+    if overwrite and values.flags.writeable and values.dtype.kind == "f":
         np.clip(values, info.min, info.max, out=values)
         return values.astype(dtype, copy=False)
     return np.clip(values, info.min, info.max).astype(dtype)
