@@ -133,14 +133,6 @@ def normalize(plane: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
-def denormalize(normed: np.ndarray, lo: float, hi: float, dtype: np.dtype = np.float32) -> np.ndarray:
-    """Inverse of :func:`normalize`: float32 values, or float64 when ``needs_float64(dtype)`` for the
-    image's ``dtype`` (the offset would otherwise be rounded to float32 again on the way back)."""
-    if needs_float64(dtype):
-        return normed.astype(np.float64) * (hi - lo) + lo
-    return normed * np.float32(hi - lo) + np.float32(lo)
-
-
 def integer_clip_bounds(dtype: np.dtype, float_dtype: np.dtype) -> tuple[np.floating, np.floating]:
     """The smallest and largest values of ``float_dtype`` that convert to the integer ``dtype`` without
     overflow. Not simply ``iinfo.min``/``iinfo.max``: float32 rounds 2**31 - 1 up to 2**31 (and float64 rounds

@@ -25,7 +25,6 @@ from ..errors import Cancelled, InputError
 from ..normalization import (
     cast_like,
     check_dtype,
-    denormalize,
     local_percentile_fields,
     needs_float64,
     normalize,
@@ -345,22 +344,19 @@ class _PlaneRunner:
         # tiles; every step works in place on those (a 4096 px plane took ~8 plane-sized buffers before).
         c, h, w = plane.shape
         wide = needs_float64(plane.dtype)
-        if self.local:  # per-pixel (lo, span) fields, else one (lo, hi) per channel
-            fields = [
-                local_percentile_fields(plane[i], self.low, self.high, dtype=np.float64 if wide else np.float32)
-                for i in range(c)
-            ]
+        # each channel's (lo, span), undone at the end: per-pixel fields ("local"), or one pair of numbers
+        if self.local:
+            field_dtype = np.float64 if wide else np.float32
+            scales = [local_percentile_fields(plane[i], self.low, self.high, dtype=field_dtype) for i in range(c)]
         else:
             ranges = [percentile_range(plane[i], self.low, self.high) for i in range(c)]
+            scales = [(lo, hi - lo) for lo, hi in ranges]
         hp, wp = self.padded_shape(h, w)
         p = self.pad
         padded = np.empty((c, hp, wp), dtype=np.float32)
-        for i in range(c):
-            if self.local:
-                lo, span = fields[i]
-                padded[i, p : p + h, p : p + w] = (plane[i] - lo) / span
-            else:
-                padded[i, p : p + h, p : p + w] = normalize(plane[i], *ranges[i])
+        for i, (lo, span) in enumerate(scales):
+            # normalize() removes a scalar offset in float64 where the dtype needs it; fields already are float64
+            padded[i, p : p + h, p : p + w] = (plane[i] - lo) / span if self.local else normalize(plane[i], *ranges[i])
         reflect_fill(padded, (p, p + h), (p, p + w))
         grid = plan_tiles((hp, wp), tile_size=self.tile_size, overlap=self.overlap, halo=self.halo, stride=self.stride)
         accum = np.zeros_like(padded)
@@ -382,19 +378,13 @@ class _PlaneRunner:
         restored = accum[:, p : p + h, p : p + w]  # a view: divided and denormalised in place
         restored *= (1.0 / sum_y[p : p + h]).astype(np.float32)[:, None]
         restored *= (1.0 / sum_x[p : p + w]).astype(np.float32)[None, :]
-        if self.local:
-            if wide:
-                return np.stack([restored[i] * fields[i][1] + fields[i][0] for i in range(c)])
-            for i in range(c):
-                restored[i] *= fields[i][1]
-                restored[i] += fields[i][0]
-            return restored
+        # the inverse of the normalisation, for both kinds of scale: float64 for the dtypes that need it (the
+        # offset would be rounded to float32 again on the way back), else in place
         if wide:
-            return np.stack([denormalize(restored[i], *ranges[i], plane.dtype) for i in range(c)])
-        for i in range(c):
-            lo, hi = ranges[i]
-            restored[i] *= np.float32(hi - lo)
-            restored[i] += np.float32(lo)
+            return np.stack([restored[i].astype(np.float64) * span + lo for i, (lo, span) in enumerate(scales)])
+        for i, (lo, span) in enumerate(scales):
+            restored[i] *= span
+            restored[i] += lo
         return restored
 
     def _generate(self, gen, x, cancel: CancelCheck) -> np.ndarray:
