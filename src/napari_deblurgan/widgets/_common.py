@@ -72,13 +72,18 @@ class ProgressRelay(QObject):
 def detached_from_dock(widget: QWidget, event: Any) -> bool:
     """True when ``event`` says napari's close button took ``widget`` out of its dock: that calls
     ``setParent(None)`` and never ``close()``, so the panel's ``closeEvent`` cannot see it. Call from the
-    panel's ``changeEvent``; remembers (on the widget) whether it was ever docked."""
+    panel's ``changeEvent``; remembers (on the widget) whether it was ever docked, and keeps
+    ``widget._closed`` (whether the panel is out of its dock) for work that ends after it was closed."""
     if event.type() != QEvent.Type.ParentChange:
         return False
     if widget.parent() is not None:
         widget._docked = True
+        widget._closed = False  # docked (again)
         return False
-    return getattr(widget, "_docked", False)
+    if getattr(widget, "_docked", False):
+        widget._closed = True
+        return True
+    return False
 
 
 def layer_pixels(layer: napari.layers.Image) -> Any:

@@ -13,7 +13,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -502,11 +502,8 @@ class CompareWidget(QWidget):
 
     def changeEvent(self, event: Any) -> None:
         """napari's close button takes the panel out of its dock without closing it: that counts as closing."""
-        if detached_from_dock(self, event):
-            self._closed = True
+        if detached_from_dock(self, event):  # also keeps self._closed
             self._cancel.set()
-        elif event.type() == QEvent.Type.ParentChange and self.parent() is not None:
-            self._closed = False  # docked (again)
         super().changeEvent(event)
 
     def closeEvent(self, event: Any) -> None:

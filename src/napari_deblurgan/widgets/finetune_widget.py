@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -591,11 +591,8 @@ class FinetuneWidget(QWidget):
     def changeEvent(self, event: Any) -> None:
         """napari's close button takes the panel out of its dock (``setParent(None)``) without closing it, so
         that counts as closing: it stops a running training."""
-        if detached_from_dock(self, event):
+        if detached_from_dock(self, event):  # also keeps self._closed
             self.control.stop()
-            self._closed = True
-        elif event.type() == QEvent.Type.ParentChange and self.parent() is not None:
-            self._closed = False  # docked (again)
         super().changeEvent(event)
 
     def closeEvent(self, event: Any) -> None:
