@@ -934,9 +934,10 @@ class TrainingRun:
 
         def write_checkpoint() -> TrainingEvent | None:
             """Write the checkpoint; a failed write (disk full, folder removed) is a Notice, not the end of
-            the run: the run goes on and returns its model, and the previous checkpoint is left intact."""
+            the run: the run goes on and returns its model, and the previous checkpoint is left intact. Nothing
+            is written twice for one state, nor for a step begun but not finished (the last good one stays)."""
             nonlocal saved_step
-            if k["checkpoint_dir"] is None or saved_step == step:
+            if k["checkpoint_dir"] is None or saved_step == step or not whole_steps:
                 return None
             try:
                 path = save_checkpoint(k["checkpoint_dir"], checkpoint_payload())
@@ -1083,12 +1084,11 @@ class TrainingRun:
                         yield event
                 last_time = time.perf_counter()
         except GeneratorExit:
-            # The consumer closed the run between two events (left its loop, or dropped the run). Keep the state,
-            # as a stop would, if it is that of whole steps (not after an out-of-memory retry); nothing can be
-            # yielded any more, so a failed write is silent here.
-            if k["checkpoint_dir"] is not None and saved_step != step and whole_steps:
-                with contextlib.suppress(Exception):
-                    save_checkpoint(k["checkpoint_dir"], checkpoint_payload())
+            # The consumer closed the run between two events (left its loop, or dropped the run): keep the state,
+            # as a stop would. Nothing can be yielded any more, so the notice of a failed write goes only to
+            # on_event and the warnings.
+            with contextlib.suppress(Exception):
+                write_checkpoint()
             generator.eval()
             raise
 
@@ -1115,8 +1115,7 @@ class TrainingRun:
         )
         with self._lock:
             self._model_version += 1  # provenance changed: rebuild the model's metadata
-        # the final checkpoint, unless the state is that of a step begun but not finished (the last good one stays)
-        event = write_checkpoint() if whole_steps else None
+        event = write_checkpoint()
         if event is not None:
             yield event
         generator.eval()
