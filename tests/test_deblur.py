@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -176,10 +177,40 @@ def test_a_too_small_tile_size_gets_a_recommendation_that_works():
     with pytest.raises(InputError, match="tile_size 100 is too small") as info:
         deblur(image, model, tile_size=100, device="cpu")
     minimum = int(re.search(r"use tile_size >= (\d+)", str(info.value)).group(1))
-    with pytest.warns(UserWarning, match="computes every pixel about"):
-        out = deblur(image, model, tile_size=minimum, device="cpu")
+    out = deblur(image, model, tile_size=minimum, device="cpu")
     np.testing.assert_allclose(out, deblur(image, model, device="cpu"), rtol=0, atol=1e-4)
     deblur(image, model, tile_size=np.int64(2 * minimum), batch_size=np.int64(2), device="cpu")
+
+
+def test_the_small_tile_warning_states_the_work_on_these_planes():
+    """The repeated work of small tiles depends on the plane: the warning's factor and tile count must be what
+    the run then computes (it had said 144x, the limit on huge planes, for 25 tiles, 14x, on 512 px)."""
+    import re
+
+    model = create_model("unet_fast", channels=1, seed=0)
+    image = _image((512, 512), "float32")
+    tiles: list[tuple[int, ...]] = []
+    hook = model.generator.register_forward_hook(lambda _m, inputs, _o: tiles.append(tuple(inputs[0].shape)))
+    try:
+        with pytest.warns(UserWarning, match="computes every pixel about") as record:
+            deblur(image, model, tile_size=384, device="cpu")
+    finally:
+        hook.remove()
+    message = str(next(w.message for w in record if "computes every pixel" in str(w.message)))
+    factor, count = re.search(r"about (\d+) times on these 512 x 512 px planes \((\d+) tiles", message).groups()
+    assert int(count) == sum(shape[0] for shape in tiles)
+    from napari_deblurgan.inference.deblur import _PlaneRunner
+
+    # the plane as the tiles cover it: the image with its context padding, rounded up to the stride
+    runner = _PlaneRunner(model, device="cpu", tile_size=384, overlap=None, batch_size=None)
+    hp, wp = runner.padded_shape(512, 512)
+    computed = sum(shape[0] * shape[-2] * shape[-1] for shape in tiles)
+    assert int(factor) == round(computed / (hp * wp))
+    assert 4 < int(factor) < 40
+    # large tiles: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        deblur(image, model, tile_size=1024, device="cpu")
 
 
 @pytest.mark.parametrize("joint", [False, True])
@@ -533,3 +564,21 @@ def test_local_normalisation_restores_the_plane_around_a_bright_object_and_tiles
     np.testing.assert_allclose(tiled, local, atol=1e-4 * float(local.max() - local.min()))
     with pytest.raises(InputError, match="normalize must be one of"):
         deblur(blurred, model, device="cpu", normalize="global")
+
+
+def test_a_four_channel_image_read_as_rgba_warns_when_its_alpha_looks_like_an_image(model):
+    """(Y, X, 4) is RGBA to napari and to deblur(), and alpha is passed through: a channels-last 4-channel
+    microscopy image would silently come back with one channel untouched, so that case warns (and says how
+    to deblur all four); a real alpha (constant or a mask) does not."""
+    channels = _image((40, 36, 4), "uint16", seed=5)
+    with pytest.warns(UserWarning, match=r"axes='YXC'"):
+        out = deblur(channels, model, device="cpu")
+    np.testing.assert_array_equal(out[..., 3], channels[..., 3])  # the RGBA reading itself is unchanged
+    four = deblur(channels, model, axes="YXC", device="cpu")  # what the warning proposes deblurs the 4th
+    assert not np.array_equal(four[..., 3], channels[..., 3])
+    rgba = channels.copy()
+    rgba[..., 3] = np.where(np.arange(36) < 18, 65535, 0)[None, :]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        deblur(rgba, model, device="cpu")
+        deblur(channels, model, rgb=True, device="cpu")

@@ -112,6 +112,19 @@ def test_create_model_seed_is_reproducible_and_leaves_global_rng_alone(make_tiny
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_loading_a_model_file_leaves_the_global_rng_alone(tiny_model, tmp_path):
+    # building the architecture draws a random initialisation that the file's weights then replace: a user's
+    # seeded script must not see its torch.rand sequence change because a model was loaded
+    path = tiny_model.save(tmp_path / "m.pt")
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    loaded = load_model(path)
+    assert torch.equal(torch.rand(3), expected_next)
+    expected = tiny_model.generator.state_dict()  # the forked RNG must not leak into the weights: the file's
+    assert all(torch.equal(value, expected[name]) for name, value in loaded.generator.state_dict().items())
+
+
 def test_channel_mode_must_fit_channels(tiny_model):
     with pytest.raises(InputError, match="independent"):
         DeblurModel(tiny_model.generator, "unet_lite", channels=3, channel_mode="independent")

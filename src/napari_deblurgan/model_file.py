@@ -433,7 +433,10 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
     # Files written before generators had a ``residual`` argument are tanh models, whatever the default is now.
     architecture_args.setdefault("residual", "tanh")
     try:
-        generator = build_generator(architecture, channels, **architecture_args)
+        # the random initialisation is overwritten at once: drawn from a forked RNG, so that loading a model
+        # leaves the caller's global torch RNG as it was
+        with torch.random.fork_rng(devices=[]):
+            generator = build_generator(architecture, channels, **architecture_args)
     except Exception as exc:
         raise ModelFileError(
             f"{where!r}: cannot build architecture {architecture!r} with {architecture_args}: "

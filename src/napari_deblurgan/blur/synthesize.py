@@ -18,6 +18,7 @@ from scipy import signal
 
 from ..axes import resolve_axes
 from ..errors import InputError
+from ..inputs import reject_viewer_objects
 from ..normalization import cast_like, needs_float64
 from .psf import PSF_KINDS, random_psf
 
@@ -74,7 +75,9 @@ def plane_indices(shape: tuple[int, ...], axes: str) -> list[tuple[int, ...]]:
 
 
 def validate_image(image: Any, *, name: str = "image") -> np.ndarray:
-    """Return ``image`` as an ndarray; InputError for empty, bool, complex, non-numeric or NaN data."""
+    """Return ``image`` as an ndarray; InputError for empty, bool, complex, non-numeric or NaN data, and for
+    napari layers and multiscale data (see inputs.py)."""
+    reject_viewer_objects(image, name)
     arr = np.asarray(image)
     if arr.dtype.kind == "b":
         raise InputError(f"The {name} is boolean; convert it to an integer or float image first.")

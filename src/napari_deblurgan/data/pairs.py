@@ -44,6 +44,7 @@ from scipy import signal
 
 from ..axes import CHANNEL_LETTERS, resolve_axes
 from ..errors import InputError
+from ..inputs import reject_viewer_objects
 from ..normalization import DEFAULT_NORMALIZATION, normalize, percentile_range
 
 if TYPE_CHECKING:
@@ -354,6 +355,7 @@ def _as_list(value: Any) -> list[Any]:
 
 def _check_array(array: Any, name: str) -> Any:
     """``array`` itself (kept lazy) after checking that it looks like a numeric image."""
+    reject_viewer_objects(array, name)
     if not hasattr(array, "shape") or not hasattr(array, "dtype"):
         array = np.asarray(array)
     dtype = np.dtype(array.dtype)

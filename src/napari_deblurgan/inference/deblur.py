@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..axes import channel_axis, resolve_axes
 from ..errors import Cancelled, InputError
+from ..inputs import reject_viewer_objects
 from ..normalization import (
     cast_like,
     check_dtype,
@@ -32,6 +34,7 @@ from ..normalization import (
 )
 from .self_ensemble import DIHEDRAL_TRANSFORMS, ensemble_forward
 from .tiling import (
+    TileGrid,
     check_tiling,
     context_padding,
     default_tile_size,
@@ -80,11 +83,14 @@ def deblur(
         Letters over ``TZCYXS`` (e.g. ``"YX"``, ``"ZYX"``, ``"TCZYX"``, ``"YXS"`` for RGB); inferred from the
         shape when omitted (``rgb`` is a hint for the last axis, as napari's ``layer.rgb``; with ``axes``
         it must agree with them). RGBA keeps its
-        alpha channel as it is (opacity is not an image) and deblurs the colours as RGB.
+        alpha channel as it is (opacity is not an image) and deblurs the colours as RGB; when a last axis of
+        4 was inferred as RGBA but its 4th channel looks like an image, a warning says to pass ``axes``
+        ending in ``"YXC"`` to deblur all four channels.
     tile_size, overlap
         Tile side and overlap in pixels; the defaults are seamless (see ``inference/tiling.py``). A smaller
-        ``tile_size`` saves memory but keeps the seamless overlap, so below twice the overlap every pixel is
-        computed (tile / (tile - overlap))^2 times; that warns, and a tile too small to hold the overlap is
+        ``tile_size`` saves memory but keeps the seamless overlap, so below twice the overlap pixels are
+        computed several times (up to (tile / (tile - overlap))^2 times on planes far larger than a tile);
+        over 4x warns with the factor for the image's planes, and a tile too small to hold the overlap is
         an InputError that names the smallest size that works. An ``overlap`` below the seamless one warns
         that tile borders may show.
     device
@@ -122,12 +128,16 @@ def deblur(
     numpy.ndarray, or a lazy dask array for dask input. Integer outputs are rounded and clipped to the dtype's
     range; float outputs keep their range.
     """
+    reject_viewer_objects(image)
     is_dask = _is_dask(image)
     if not is_dask and not isinstance(image, np.ndarray):
         image = np.asarray(image)
     _check_image(image)
     _check_callbacks(progress, cancel)
+    inferred = axes is None and rgb is None
     axes = resolve_axes(image.shape, axes, rgb=rgb)
+    if inferred:
+        _warn_if_alpha_looks_like_a_channel(image, axes)
     _check_plane_size(image.shape, axes)
     from ..model_file import as_model
 
@@ -152,6 +162,7 @@ def deblur(
             f"context_padding {runner.pad} px is more than the image plane's longest side ({longest} px); "
             f"use at most {longest}, or leave it unset for the model's own setting"
         )
+    runner.warn_if_tiles_repeat_work(image.shape[axes.index("Y")], image.shape[axes.index("X")])
     if is_dask:
         return _deblur_dask(image, axes, runner, progress, cancel)
     _check_finite(image)
@@ -171,6 +182,25 @@ def _check_image(image: Any) -> None:
         raise InputError(f"expected an image with at least 2 dimensions (Y, X), got shape {tuple(image.shape)}")
     if image.size == 0 or 0 in image.shape:
         raise InputError(f"the image is empty (shape {tuple(image.shape)}); every axis needs at least one pixel")
+
+
+def _warn_if_alpha_looks_like_a_channel(image: Any, axes: str) -> None:
+    """A last axis of 4 is taken as RGBA (as napari does), and alpha is kept, not deblurred: warn when the
+    first plane's 4th sample looks like an image (more than two values) rather than opacity (constant, or a
+    mask), e.g. a 4-channel microscopy image stored channels-last, which a user would want deblurred."""
+    if not axes.endswith("S") or image.shape[-1] != 4:
+        return
+    alpha = np.asarray(image[(0,) * (image.ndim - 3) + (slice(None), slice(None), 3)])
+    values = np.unique(alpha[:: max(1, alpha.shape[0] // 256), :: max(1, alpha.shape[1] // 256)])
+    if values.size > 2:
+        leading = axes[:-3]
+        warnings.warn(
+            f"The last axis of this {tuple(image.shape)} image was taken as RGBA samples, so its 4th channel is "
+            f"kept as opacity and not deblurred, but it holds at least {values.size} different values, like an "
+            f"image channel. To deblur all four channels pass axes={leading + 'YXC'!r}; to keep the RGBA "
+            "reading without this warning pass rgb=True.",
+            stacklevel=3,  # the caller of deblur()
+        )
 
 
 def _check_plane_size(shape: tuple[int, ...], axes: str) -> None:
@@ -325,15 +355,30 @@ class _PlaneRunner:
             round_up(width + 2 * self.pad, self.stride),
         )
 
-    def batches_per_plane(self, height: int, width: int) -> int:
-        grid = plan_tiles(
+    def plane_grid(self, height: int, width: int) -> TileGrid:
+        """The tiles of a height x width plane (after its context padding)."""
+        return plan_tiles(
             self.padded_shape(height, width),
             tile_size=self.tile_size,
             overlap=self.overlap,
             halo=self.halo,
             stride=self.stride,
         )
-        return -(-len(grid) // self.batch_size)
+
+    def batches_per_plane(self, height: int, width: int) -> int:
+        return -(-len(self.plane_grid(height, width)) // self.batch_size)
+
+    def warn_if_tiles_repeat_work(self, height: int, width: int) -> None:
+        """Warn when a small tile_size makes the seamless overlap compute every pixel over 4 times, with the
+        factor for these planes (it depends on the plane: the same tiles cost 14x on 512 px, 144x on huge)."""
+        grid = self.plane_grid(height, width)
+        if grid.work_factor > 4:
+            warnings.warn(
+                f"tile_size {self.tile_size} px with an overlap of {self.overlap} px computes every pixel about "
+                f"{grid.work_factor:.0f} times on these {height} x {width} px planes ({len(grid)} tiles a plane); "
+                f"tile_size >= {2 * self.overlap} keeps it below 4x, or leave tile_size unset",
+                stacklevel=3,  # the caller of deblur()
+            )
 
     def run(self, plane: np.ndarray, on_batch: Callable[[], None], cancel: CancelCheck) -> np.ndarray:
         """Deblur a (C, Y, X) plane in any dtype; returns (C, Y, X) in the input's units: float32, or

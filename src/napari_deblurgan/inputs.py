@@ -1,0 +1,46 @@
+"""Objects that look like images to a user but are not pixel arrays: napari layers and multiscale data.
+
+``np.asarray`` turns a napari layer into a 0-d object array (whose error would then talk about dtypes) and
+napari's multiscale data into its *coarsest* level, so a deblurred "image" would silently be the smallest
+pyramid level. The public functions call :func:`reject_viewer_objects` before converting their inputs, so
+that both get one message that says what to pass instead. No napari import: recognised by their types'
+modules and names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import InputError
+
+
+def _from_napari(value: Any) -> bool:
+    return type(value).__module__.split(".")[0] == "napari"
+
+
+def _is_multiscale_data(value: Any) -> bool:
+    return _from_napari(value) and type(value).__name__ == "MultiScaleData"
+
+
+def reject_viewer_objects(value: Any, name: str = "image") -> None:
+    """InputError for a napari layer, napari multiscale data or a list of arrays of different shapes (the
+    levels of a pyramid), naming the array to pass instead; nothing for anything else."""
+    if _is_multiscale_data(value):
+        shapes = ", ".join(str(tuple(level.shape)) for level in value)
+        raise InputError(
+            f"The {name} is multiscale data with {len(value)} levels ({shapes}); pass one level, e.g. "
+            "layer.data[0] for full resolution (np.asarray would give the coarsest level)."
+        )
+    if _from_napari(value) and hasattr(value, "data") and hasattr(value, "name"):
+        # a layer, or napari's PublicOnlyProxy of one (what plugins get)
+        kind = type(value).__name__
+        what = "a napari layer" if kind == "PublicOnlyProxy" else f"a napari {kind} layer"
+        data = "layer.data[0] (full resolution)" if getattr(value, "multiscale", False) else "layer.data"
+        raise InputError(f"The {name} is {what} ({value.name!r}); pass its pixels instead: {data}.")
+    if isinstance(value, list | tuple) and len(value) > 1 and all(hasattr(v, "shape") for v in value):
+        shapes = [tuple(v.shape) for v in value]
+        if len(set(shapes)) > 1 and all(len(s) == len(shapes[0]) for s in shapes):
+            raise InputError(
+                f"The {name} is a list of {len(value)} arrays of different shapes ({', '.join(map(str, shapes))}), "
+                "like the levels of a multiscale image; pass one array, e.g. the first (full resolution)."
+            )
