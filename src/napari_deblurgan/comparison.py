@@ -525,8 +525,8 @@ def compare(
         items = [(f"image {i}", image) for i, image in enumerate(results)]
     if not items:
         raise InputError("Nothing to compare: results is empty.")
-    images = [(name, validate_image(np.asarray(image), name=f"result {name!r}")) for name, image in items]
-    ref = None if reference is None else validate_image(np.asarray(reference), name="reference")
+    images = [(name, validate_image(image, name=f"result {name!r}")) for name, image in items]
+    ref = None if reference is None else validate_image(reference, name="reference")
     first_shape = images[0][1].shape if ref is None else ref.shape
     for name, image in images:
         if image.shape != first_shape:
