@@ -304,3 +304,4 @@ def test_a_result_in_other_units_than_the_ground_truth_gets_a_note():
     table = compare({"blurred": blurred, "as floats": floats, "8 bit": (blurred // 16).astype(np.uint8)}, sharp)
     assert len(table.notes) == 2 and "'as floats'" in table.notes[0] and "'8 bit'" in table.notes[1]
     assert "other units?" in str(table)
+    assert "other units?" in table._repr_html_()  # what a notebook shows must say it too

@@ -482,7 +482,9 @@ class ComparisonTable:
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in self._text_rows())
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        # the notes say which numbers mean nothing (other units): a notebook must show them as print() does
+        notes = "".join(f"<p>note: {html.escape(note)}</p>" for note in self.notes)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
         """Write the table as CSV (full float precision) atomically: a temporary file, then a rename."""
@@ -515,7 +517,9 @@ def compare(
     ``results`` maps names to images (a sequence is named "image 0", "image 1", ...); every image must
     have the reference's shape. ``per_slice=True`` adds one row per YX plane of stacks (``slice`` is the
     index over the other axes). ``data_range`` is passed to :func:`psnr`/:func:`ssim` (default: from the
-    reference, see :func:`default_data_range`). Dask arrays are computed.
+    reference, see :func:`default_data_range`: for integer images the dtype's range, which on a uint16 image
+    that fills a small part of it raises PSNR and SSIM alike - pass the reference's own range,
+    ``float(reference.max()) - float(reference.min())``, as the Compare panel does). Dask arrays are computed.
     """
     if isinstance(results, Mapping):
         items = [(str(name), image) for name, image in results.items()]
