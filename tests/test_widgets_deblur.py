@@ -381,3 +381,88 @@ def test_the_result_layer_looks_and_sits_like_its_input(viewer_and_widget, small
     assert result.colormap.name == "magma" and result.gamma == pytest.approx(0.8)
     assert result.opacity == pytest.approx(0.6) and result.blending == "additive"
     assert tuple(result.contrast_limits) == (10, 2000)
+
+
+def test_the_tile_box_offers_no_size_the_model_cannot_use(viewer_and_widget, small_image, tiny_model_file, qtbot,
+                                                          notifications):
+    """A tile below the model's smallest can only fail in deblur(): the box raises it (and says so), keeps 'auto'
+    and steps from 'auto' straight to the smallest size and back."""
+    from qtpy.QtCore import Qt
+
+    from napari_deblurgan import load_model
+    from napari_deblurgan.inference.tiling import minimum_tile_size
+
+    viewer, widget = viewer_and_widget
+    model = load_model(tiny_model_file)
+    smallest = minimum_tile_size(model.receptive_radius, model.stride)  # 76 px for the tiny model
+    box = widget.tile_spin
+    assert box.value() == 0 and box.text() == "auto"
+    box.setValue(40)
+    qtbot.waitUntil(lambda: box.value() == smallest, timeout=30_000)  # once the panel knows the model
+    assert "40 px is too small" in widget.status.text() and f"set to {smallest} px" in widget.status.text()
+
+    box.setValue(0)
+    assert box.text() == "auto"  # 'auto' is not a size below the smallest
+    box.stepBy(1)
+    assert box.value() == smallest
+    box.stepBy(-1)
+    assert box.value() == 0
+    box.setValue(smallest + 64)
+    box.stepBy(-1)
+    assert box.value() == smallest
+    box.setValue(smallest + 10)
+    box.stepBy(-1)
+    assert box.value() == smallest
+
+    box.lineEdit().selectAll()  # typed, then Enter
+    qtbot.keyClicks(box.lineEdit(), "20")
+    qtbot.keyClick(box.lineEdit(), Qt.Key.Key_Return)
+    assert box.value() == smallest
+    box.lineEdit().selectAll()
+    qtbot.keyClicks(box.lineEdit(), "1280")  # typed digit by digit: 1, 12 and 128 are not raised on the way
+    qtbot.keyClick(box.lineEdit(), Qt.Key.Key_Return)
+    assert box.value() == 1280
+
+    # with an overlap of its own the smallest tile follows it
+    widget.overlap_spin.setValue(200)
+    assert widget.tile_spin.smallest() == minimum_tile_size(model.receptive_radius, model.stride, 200) == 204
+    box.setValue(100)
+    assert box.value() == 204 and "an overlap of 200 px" in widget.status.text()
+
+    viewer.add_image(small_image, name="cells")
+    widget.overlap_spin.setValue(-1)
+    box.lineEdit().selectAll()
+    qtbot.keyClicks(box.lineEdit(), "30")  # still being typed when Run is clicked: raised, and said so
+    widget.run_button.click()
+    assert box.value() == smallest
+    assert "Deblurring 'cells'" in widget.status.text() and "30 px is too small" in widget.status.text()
+    wait_done(qtbot, widget)
+    assert "cells deblurred" in viewer.layers, notifications
+    assert not [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+
+
+def test_the_smallest_tile_follows_the_chosen_model(viewer_and_widget, tiny_model_file, qtbot):
+    """Another model, another smallest tile: a size chosen for a small model is raised for a larger one (not
+    lowered back), and 'auto' stays 'auto'."""
+    from napari_deblurgan import load_model
+    from napari_deblurgan.inference.tiling import minimum_tile_size
+
+    _, widget = viewer_and_widget
+    combo, box = widget.model_combo, widget.tile_spin
+    tiny = combo.value()
+    tiny_smallest = minimum_tile_size(load_model(tiny_model_file).receptive_radius, load_model(tiny_model_file).stride)
+    qtbot.waitUntil(lambda: box.smallest() == tiny_smallest, timeout=30_000)
+    box.setValue(200)
+    shipped = next(e for e in widget.registry.entries if e.source == "default")
+    default = load_model("default")
+    default_smallest = minimum_tile_size(default.receptive_radius, default.stride)
+    assert default_smallest > 200  # 368 px: unet_fast's seamless overlap is 352 px
+    combo.select(shipped)
+    qtbot.waitUntil(lambda: box.value() == default_smallest, timeout=30_000)  # the shipped model is read first
+    assert "200 px is too small for default (shipped)" in widget.status.text()
+    assert f"{default_smallest} px" in box.toolTip()
+    combo.select(tiny)
+    assert box.value() == default_smallest and box.smallest() == tiny_smallest
+    box.setValue(0)
+    combo.select(shipped)
+    assert box.value() == 0 and box.text() == "auto"
