@@ -553,17 +553,27 @@ class FinetuneWidget(QWidget):
             self.last_finished = event
 
     def _show_preview(self, event: Any) -> None:
-        """Blurred | restored | sharp crop side by side in one layer, replaced at every validation."""
-        tile = np.concatenate(
-            [np.asarray(event.input), np.asarray(event.image), np.asarray(event.target)], axis=-1
-        ).astype(np.float32)
-        if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
-            self.preview_layer.data = tile
-            self.preview_layer.name = PREVIEW_LAYER
+        """Blurred | restored | sharp crop side by side in one layer, replaced at every validation.
+
+        Grey for a one-channel model; in colour for a 3-channel (RGB) one, whose preview carries every channel
+        as (C, Y, X); a stack with a channel slider for other channel counts. Contrast 0..1 is each channel's
+        percentile range of the blurred crop (the model's normalised units).
+        """
+        parts = [np.asarray(part, dtype=np.float32) for part in (event.input, event.image, event.target)]
+        tile = np.concatenate(parts, axis=-1)  # (Y, 3X), or (C, Y, 3X)
+        rgb = tile.ndim == 3 and tile.shape[0] == 3
+        if rgb:
+            tile = np.ascontiguousarray(np.moveaxis(tile, 0, -1))  # napari's RGB layout: (Y, 3X, 3)
+        layer = self.preview_layer
+        shown = layer is not None and layer in self.viewer.layers
+        if shown and bool(layer.rgb) == rgb and layer.data.ndim == tile.ndim:
+            layer.data = tile
+            layer.name = PREVIEW_LAYER
         else:
-            self.preview_layer = self.viewer.add_image(
-                tile, name=PREVIEW_LAYER, colormap="gray", contrast_limits=(0.0, 1.0)
-            )
+            if shown:  # an earlier run's model had another number of channels
+                self.viewer.layers.remove(layer)
+            look = {"rgb": True} if rgb else {"rgb": False, "colormap": "gray"}
+            self.preview_layer = self.viewer.add_image(tile, name=PREVIEW_LAYER, contrast_limits=(0.0, 1.0), **look)
         self.preview_layer.metadata["step"] = event.step
 
     def _on_returned(self, outcome: tuple[str, Any]) -> None:
