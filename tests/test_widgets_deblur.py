@@ -466,3 +466,29 @@ def test_the_smallest_tile_follows_the_chosen_model(viewer_and_widget, tiny_mode
     box.setValue(0)
     combo.select(shipped)
     assert box.value() == 0 and box.text() == "auto"
+
+
+def test_a_result_whose_input_was_removed_meanwhile_is_added_and_says_so(viewer_and_widget, small_image, qtbot,
+                                                                         notifications):
+    """The result is valid and may be wanted: it is added where the input was, with the removed layer's look,
+    and the status line says the input is gone. A new layer under the removed one's name is not taken for it."""
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(small_image, name="cells", scale=(0.5, 0.25), translate=(3.0, 4.0), colormap="magma",
+                             contrast_limits=(10, 2000))
+    widget.run_button.click()
+    viewer.layers.remove(layer)  # while the job runs: its result reaches the panel through the event loop
+    wait_done(qtbot, widget)
+    assert [lay.name for lay in viewer.layers] == ["cells deblurred"]
+    out = viewer.layers["cells deblurred"]
+    assert out.data.shape == small_image.shape and out.data.dtype == small_image.dtype
+    assert tuple(out.scale) == (0.5, 0.25) and tuple(out.translate) == (3.0, 4.0)
+    assert out.colormap.name == "magma" and tuple(out.contrast_limits) == (10, 2000)
+    assert "Added 'cells deblurred'" in widget.status.text()
+    assert "'cells' was removed from the viewer" in widget.status.text()
+    assert not [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+
+    viewer.add_image(small_image, name="cells")  # another layer of that name, still there when its job ends
+    widget.layer_combo.set_value(viewer.layers["cells"])
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    assert widget.status.text() == "Added 'cells deblurred [2]'."

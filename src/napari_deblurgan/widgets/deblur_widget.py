@@ -35,6 +35,7 @@ from ._common import (
     detached_from_dock,
     device_items,
     error_message,
+    gone_note,
     layer_pixels,
     normalize_axes_text,
     result_layer_kwargs,
@@ -391,8 +392,9 @@ class DeblurWidget(QWidget):
             show_info("Deblur cancelled; no layer was added.")
             return
         name = unique_name(self.viewer, f"{layer.name} deblurred")
+        gone = gone_note(self.viewer, layer, name)
         self.result_layer = self.viewer.add_image(value, **result_layer_kwargs(layer, name=name))
-        self.status.setText(f"Added {name!r}.")
+        self.status.setText(f"Added {name!r}.{gone}")
 
     def _on_finished(self) -> None:
         self.worker = None

@@ -42,6 +42,7 @@ from ._common import (
     detached_from_dock,
     device_items,
     error_message,
+    gone_note,
     layer_pixels,
     normalize_axes_text,
     result_layer_kwargs,
@@ -329,10 +330,11 @@ class FinetuneWidget(QWidget):
         # every control is read here, in the GUI thread; the worker only computes
         settings, seed, axes = self._blur_settings(), self.seed_spin.value(), self._axes()
 
+        data = layer_pixels(layer)  # the layer is read here too; the worker only reads its array
+
         def job() -> tuple[str, Any]:
             try:
-                pixels = np.asarray(layer_pixels(layer))
-                return "ok", synthesize_blur(pixels, **settings, seed=seed, axes=axes)
+                return "ok", synthesize_blur(np.asarray(data), **settings, seed=seed, axes=axes)
             except user_error_types() as exc:
                 return "error", error_message(exc)
 
@@ -344,9 +346,13 @@ class FinetuneWidget(QWidget):
                 show_error(value)
                 return
             blurred, psf = value
-            kwargs = result_layer_kwargs(layer, name=unique_name(self.viewer, f"{layer.name} synthetic blur"))
+            name = unique_name(self.viewer, f"{layer.name} synthetic blur")
+            gone = gone_note(self.viewer, layer, name)
+            kwargs = result_layer_kwargs(layer, name=name)
             kwargs["metadata"] = {"psf": psf, "napari_deblurgan_blur": settings}
             self.viewer.add_image(blurred, **kwargs)
+            if gone:  # the status line belongs to training; a note says it
+                show_info(f"Added {name!r}.{gone}")
 
         def finished() -> None:
             self.preview_worker = None
