@@ -492,3 +492,21 @@ def test_a_result_whose_input_was_removed_meanwhile_is_added_and_says_so(viewer_
     widget.run_button.click()
     wait_done(qtbot, widget)
     assert widget.status.text() == "Added 'cells deblurred [2]'."
+
+
+def test_layer_menu_result_whose_input_was_removed_meanwhile_comes_with_a_note(make_napari_viewer, tiny_model_file,
+                                                                               small_image, qtbot, monkeypatch,
+                                                                               notifications):
+    from napari_deblurgan.widgets import layer_menu
+
+    monkeypatch.setattr(layer_menu, "MODEL", str(tiny_model_file))
+    viewer = make_napari_viewer(strict_qt="raise")
+    layer = viewer.add_image(small_image, name="cells", scale=(2.0, 2.0))
+    viewer.layers.selection = {layer}
+    workers = layer_menu.deblur_selected_layers(viewer)
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: "cells deblurred" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: not workers[0].is_running, timeout=5_000)
+    assert tuple(viewer.layers["cells deblurred"].scale) == (2.0, 2.0)
+    infos = [msg for sev, msg in notifications if sev == NotificationSeverity.INFO]
+    assert any("'cells' was removed from the viewer" in msg for msg in infos), notifications

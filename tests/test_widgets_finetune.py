@@ -420,3 +420,16 @@ def test_an_rgb_models_preview_is_in_colour_and_a_grey_one_replaces_it(setup, ma
     previews = [layer for layer in viewer.layers if layer.name.startswith("finetune preview")]
     assert len(previews) == 1 and previews[0].name == PREVIEW_LAYER
     assert not previews[0].rgb and previews[0].data.shape == (32, 96) and previews[0].colormap.name == "gray"
+
+
+def test_a_blur_preview_whose_layer_was_removed_meanwhile_is_added_with_a_note(setup, qtbot, notifications):
+    viewer, finetune, _ = setup
+    finetune.synth_radio.setChecked(True)
+    sharp = viewer.layers["sharp"]
+    sharp.scale = (0.5, 0.5)
+    finetune.preview_blur_button.click()
+    viewer.layers.remove(sharp)  # while the preview is made
+    qtbot.waitUntil(lambda: finetune.preview_worker is None, timeout=60_000)
+    assert tuple(viewer.layers["sharp synthetic blur"].scale) == (0.5, 0.5)
+    infos = [msg for sev, msg in notifications if sev == NotificationSeverity.INFO]
+    assert any("'sharp' was removed from the viewer" in msg for msg in infos), notifications
