@@ -510,3 +510,25 @@ def test_layer_menu_result_whose_input_was_removed_meanwhile_comes_with_a_note(m
     assert tuple(viewer.layers["cells deblurred"].scale) == (2.0, 2.0)
     infos = [msg for sev, msg in notifications if sev == NotificationSeverity.INFO]
     assert any("'cells' was removed from the viewer" in msg for msg in infos), notifications
+
+
+@pytest.mark.parametrize("how", ["close", "dock close button"])
+def test_a_lazy_deblur_being_prepared_when_the_panel_closes_adds_nothing(viewer_and_widget, qtbot, how):
+    """Closing cancels the job; a lazy (dask) job, which no cancel reaches, used to add its result anyway."""
+    da = pytest.importorskip("dask.array")
+    viewer, widget = viewer_and_widget
+    data = da.from_array(np.random.default_rng(0).random((2, 64, 64)).astype(np.float32), chunks=(1, 64, 64))
+    viewer.add_image(data, name="lazy", contrast_limits=(0, 1))
+    widget.run_button.click()
+    ended: list[bool] = []
+    widget.worker.finished.connect(lambda: ended.append(True))
+    if how == "close":
+        widget.close()
+    else:
+        viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: bool(ended), timeout=60_000)
+    qtbot.wait(50)
+    assert [lay.name for lay in viewer.layers] == ["lazy"]
+    if how != "close":
+        widget.deleteLater()  # napari left it undeleted (as it does for a user); free it for the leak check
+        qtbot.wait(50)

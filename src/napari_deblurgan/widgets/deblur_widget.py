@@ -181,6 +181,7 @@ class DeblurWidget(QWidget):
         self.tile_spin.setToolTip(self._tile_tip)
         self._model_loads: dict[int, Any] = {}  # id(entry) -> worker reading that model for its smallest tile
         self._tile_note = ""  # what the panel said when it last raised the tile size
+        self._closed = False  # the panel was closed: a job that ends anyway adds nothing
         self.overlap_spin = QSpinBox()
         self.overlap_spin.setRange(-1, 1024)
         self.overlap_spin.setSpecialValueText("auto")
@@ -383,6 +384,11 @@ class DeblurWidget(QWidget):
 
     def _on_returned(self, layer: Any, outcome: tuple[str, Any]) -> None:
         kind, value = outcome
+        if self._closed:
+            # the panel was closed (or taken out of its dock) while the job ran, which cancels it; a job that
+            # ended anyway (a lazy dask result, which no cancel reaches, or its last tile batch) adds nothing
+            # behind the user's back, as in the Compare and Finetune panels
+            return
         if kind == "error":
             self.status.setText(value)
             show_error(value)
@@ -411,8 +417,10 @@ class DeblurWidget(QWidget):
         super().changeEvent(event)
 
     def closeEvent(self, event: Any) -> None:
-        """Closing the dock cancels a running job so no thread outlives the widget."""
+        """Closing the dock cancels a running job so no thread outlives the widget (and a result that comes
+        anyway is not added)."""
         self._cancel.set()
+        self._closed = True
         super().closeEvent(event)
 
 
