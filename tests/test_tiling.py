@@ -201,3 +201,24 @@ def test_the_weight_sums_factor_into_one_dimensional_sums():
         total[ys, xs] += w
     sum_y, sum_x = grid.weight_sums()
     np.testing.assert_allclose(sum_y[:, None] * sum_x[None, :], total, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("radius", "stride"), [(29, 4), (155, 16), (3, 1), (40, 8)])
+@pytest.mark.parametrize("overlap", [None, 0, 5, 64, 200, 401])
+def test_minimum_tile_size_is_where_check_tiling_starts_to_accept(radius, stride, overlap):
+    """What the Deblur panel offers as the smallest tile: accepted as it is, and no smaller size gives a smaller
+    tile (each is refused or rounded up to at least it)."""
+    import contextlib
+    import warnings
+
+    from napari_deblurgan.errors import InputError
+    from napari_deblurgan.inference.tiling import check_tiling, minimum_tile_size
+
+    smallest = minimum_tile_size(radius, stride, overlap)
+    assert smallest % stride == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tile sizes near the minimum warn about repeated work
+        assert check_tiling(smallest, overlap, radius, stride)[0] == smallest
+        for tile in range(1, smallest):
+            with contextlib.suppress(InputError):  # refused, or rounded up
+                assert check_tiling(tile, overlap, radius, stride)[0] >= smallest

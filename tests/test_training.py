@@ -893,3 +893,18 @@ def test_a_rollback_after_a_checkpoint_is_saved_at_the_stop(pair, tmp_path, monk
     payload = load_checkpoint(tmp_path)
     assert payload["step"] == run.finished.step
     assert json.loads(payload["json"])["lr_scale"] == 0.5
+
+
+def test_a_multichannel_models_preview_carries_every_channel(pair):
+    """Preview images are (Y, X) for a one-channel model and (C, Y, X) for a C-channel one (an RGB model's
+    preview was its red channel alone): the channels of the first validation crop, in the model's units."""
+    from napari_deblurgan.model_file import create_model
+
+    blurred, sharp = (np.stack([image, image[::-1], image.T], axis=-1) for image in pair)  # three different channels
+    events = _run((blurred, sharp), model=create_model("unet_lite", 3, seed=0, **TINY), axes="YXS", steps=1,
+                  validate_every=1, validation=0.25)
+    preview = next(e for e in events if isinstance(e, ev.Preview))
+    assert preview.image.shape == preview.input.shape == preview.target.shape == (3, 32, 32)
+    assert preview.image.dtype == preview.input.dtype == preview.target.dtype == np.float32
+    target = preview.target
+    assert not np.allclose(target[0], target[1]) and not np.allclose(target[1], target[2])

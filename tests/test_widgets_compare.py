@@ -347,3 +347,19 @@ def test_the_view_comes_back_after_a_second_side_by_side_and_after_the_panel_is_
     grid.enabled = False  # Ctrl+G, the panel gone
     after = {layer.name: (layer.visible, tuple(float(v) for v in layer.contrast_limits)) for layer in viewer.layers}
     assert after == {name: (v, tuple(float(x) for x in lim)) for name, (v, lim) in before.items()}
+
+
+def test_a_baseline_whose_input_was_removed_meanwhile_is_added_and_says_so(setup, qtbot, notifications):
+    viewer, widget = setup
+    blurred = viewer.layers["blurred"]
+    blurred.scale = (2.0, 0.5)
+    widget.baseline_input.set_value(blurred)
+    widget.wiener_button.click()
+    viewer.layers.remove(blurred)  # while the job runs
+    wait_done(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == ["truth", "blurred Wiener 0.01"]
+    out = viewer.layers["blurred Wiener 0.01"]
+    assert tuple(out.scale) == (2.0, 0.5) and tuple(out.contrast_limits) == (0.2, 0.7)
+    assert "Added 'blurred Wiener 0.01'" in widget.status.text()
+    assert "'blurred' was removed from the viewer" in widget.status.text()
+    assert not [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]

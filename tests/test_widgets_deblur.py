@@ -381,3 +381,154 @@ def test_the_result_layer_looks_and_sits_like_its_input(viewer_and_widget, small
     assert result.colormap.name == "magma" and result.gamma == pytest.approx(0.8)
     assert result.opacity == pytest.approx(0.6) and result.blending == "additive"
     assert tuple(result.contrast_limits) == (10, 2000)
+
+
+def test_the_tile_box_offers_no_size_the_model_cannot_use(viewer_and_widget, small_image, tiny_model_file, qtbot,
+                                                          notifications):
+    """A tile below the model's smallest can only fail in deblur(): the box raises it (and says so), keeps 'auto'
+    and steps from 'auto' straight to the smallest size and back."""
+    from qtpy.QtCore import Qt
+
+    from napari_deblurgan import load_model
+    from napari_deblurgan.inference.tiling import minimum_tile_size
+
+    viewer, widget = viewer_and_widget
+    model = load_model(tiny_model_file)
+    smallest = minimum_tile_size(model.receptive_radius, model.stride)  # 76 px for the tiny model
+    box = widget.tile_spin
+    assert box.value() == 0 and box.text() == "auto"
+    box.setValue(40)
+    qtbot.waitUntil(lambda: box.value() == smallest, timeout=30_000)  # once the panel knows the model
+    assert "40 px is too small" in widget.status.text() and f"set to {smallest} px" in widget.status.text()
+
+    box.setValue(0)
+    assert box.text() == "auto"  # 'auto' is not a size below the smallest
+    box.stepBy(1)
+    assert box.value() == smallest
+    box.stepBy(-1)
+    assert box.value() == 0
+    box.setValue(smallest + 64)
+    box.stepBy(-1)
+    assert box.value() == smallest
+    box.setValue(smallest + 10)
+    box.stepBy(-1)
+    assert box.value() == smallest
+
+    box.lineEdit().selectAll()  # typed, then Enter
+    qtbot.keyClicks(box.lineEdit(), "20")
+    qtbot.keyClick(box.lineEdit(), Qt.Key.Key_Return)
+    assert box.value() == smallest
+    box.lineEdit().selectAll()
+    qtbot.keyClicks(box.lineEdit(), "1280")  # typed digit by digit: 1, 12 and 128 are not raised on the way
+    qtbot.keyClick(box.lineEdit(), Qt.Key.Key_Return)
+    assert box.value() == 1280
+
+    # with an overlap of its own the smallest tile follows it
+    widget.overlap_spin.setValue(200)
+    assert widget.tile_spin.smallest() == minimum_tile_size(model.receptive_radius, model.stride, 200) == 204
+    box.setValue(100)
+    assert box.value() == 204 and "an overlap of 200 px" in widget.status.text()
+
+    viewer.add_image(small_image, name="cells")
+    widget.overlap_spin.setValue(-1)
+    box.lineEdit().selectAll()
+    qtbot.keyClicks(box.lineEdit(), "30")  # still being typed when Run is clicked: raised, and said so
+    widget.run_button.click()
+    assert box.value() == smallest
+    assert "Deblurring 'cells'" in widget.status.text() and "30 px is too small" in widget.status.text()
+    wait_done(qtbot, widget)
+    assert "cells deblurred" in viewer.layers, notifications
+    assert not [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+
+
+def test_the_smallest_tile_follows_the_chosen_model(viewer_and_widget, tiny_model_file, qtbot):
+    """Another model, another smallest tile: a size chosen for a small model is raised for a larger one (not
+    lowered back), and 'auto' stays 'auto'."""
+    from napari_deblurgan import load_model
+    from napari_deblurgan.inference.tiling import minimum_tile_size
+
+    _, widget = viewer_and_widget
+    combo, box = widget.model_combo, widget.tile_spin
+    tiny = combo.value()
+    tiny_smallest = minimum_tile_size(load_model(tiny_model_file).receptive_radius, load_model(tiny_model_file).stride)
+    qtbot.waitUntil(lambda: box.smallest() == tiny_smallest, timeout=30_000)
+    box.setValue(200)
+    shipped = next(e for e in widget.registry.entries if e.source == "default")
+    default = load_model("default")
+    default_smallest = minimum_tile_size(default.receptive_radius, default.stride)
+    assert default_smallest > 200  # 368 px: unet_fast's seamless overlap is 352 px
+    combo.select(shipped)
+    qtbot.waitUntil(lambda: box.value() == default_smallest, timeout=30_000)  # the shipped model is read first
+    assert "200 px is too small for default (shipped)" in widget.status.text()
+    assert f"{default_smallest} px" in box.toolTip()
+    combo.select(tiny)
+    assert box.value() == default_smallest and box.smallest() == tiny_smallest
+    box.setValue(0)
+    combo.select(shipped)
+    assert box.value() == 0 and box.text() == "auto"
+
+
+def test_a_result_whose_input_was_removed_meanwhile_is_added_and_says_so(viewer_and_widget, small_image, qtbot,
+                                                                         notifications):
+    """The result is valid and may be wanted: it is added where the input was, with the removed layer's look,
+    and the status line says the input is gone. A new layer under the removed one's name is not taken for it."""
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(small_image, name="cells", scale=(0.5, 0.25), translate=(3.0, 4.0), colormap="magma",
+                             contrast_limits=(10, 2000))
+    widget.run_button.click()
+    viewer.layers.remove(layer)  # while the job runs: its result reaches the panel through the event loop
+    wait_done(qtbot, widget)
+    assert [lay.name for lay in viewer.layers] == ["cells deblurred"]
+    out = viewer.layers["cells deblurred"]
+    assert out.data.shape == small_image.shape and out.data.dtype == small_image.dtype
+    assert tuple(out.scale) == (0.5, 0.25) and tuple(out.translate) == (3.0, 4.0)
+    assert out.colormap.name == "magma" and tuple(out.contrast_limits) == (10, 2000)
+    assert "Added 'cells deblurred'" in widget.status.text()
+    assert "'cells' was removed from the viewer" in widget.status.text()
+    assert not [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+
+    viewer.add_image(small_image, name="cells")  # another layer of that name, still there when its job ends
+    widget.layer_combo.set_value(viewer.layers["cells"])
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    assert widget.status.text() == "Added 'cells deblurred [2]'."
+
+
+def test_layer_menu_result_whose_input_was_removed_meanwhile_comes_with_a_note(make_napari_viewer, tiny_model_file,
+                                                                               small_image, qtbot, monkeypatch,
+                                                                               notifications):
+    from napari_deblurgan.widgets import layer_menu
+
+    monkeypatch.setattr(layer_menu, "MODEL", str(tiny_model_file))
+    viewer = make_napari_viewer(strict_qt="raise")
+    layer = viewer.add_image(small_image, name="cells", scale=(2.0, 2.0))
+    viewer.layers.selection = {layer}
+    workers = layer_menu.deblur_selected_layers(viewer)
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: "cells deblurred" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: not workers[0].is_running, timeout=5_000)
+    assert tuple(viewer.layers["cells deblurred"].scale) == (2.0, 2.0)
+    infos = [msg for sev, msg in notifications if sev == NotificationSeverity.INFO]
+    assert any("'cells' was removed from the viewer" in msg for msg in infos), notifications
+
+
+@pytest.mark.parametrize("how", ["close", "dock close button"])
+def test_a_lazy_deblur_being_prepared_when_the_panel_closes_adds_nothing(viewer_and_widget, qtbot, how):
+    """Closing cancels the job; a lazy (dask) job, which no cancel reaches, used to add its result anyway."""
+    da = pytest.importorskip("dask.array")
+    viewer, widget = viewer_and_widget
+    data = da.from_array(np.random.default_rng(0).random((2, 64, 64)).astype(np.float32), chunks=(1, 64, 64))
+    viewer.add_image(data, name="lazy", contrast_limits=(0, 1))
+    widget.run_button.click()
+    ended: list[bool] = []
+    widget.worker.finished.connect(lambda: ended.append(True))
+    if how == "close":
+        widget.close()
+    else:
+        viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: bool(ended), timeout=60_000)
+    qtbot.wait(50)
+    assert [lay.name for lay in viewer.layers] == ["lazy"]
+    if how != "close":
+        widget.deleteLater()  # napari left it undeleted (as it does for a user); free it for the leak check
+        qtbot.wait(50)

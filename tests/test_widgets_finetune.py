@@ -382,3 +382,54 @@ def test_the_blur_preview_reads_the_controls_in_the_gui_thread_and_is_dropped_wh
     assert "sharp synthetic blur" not in [layer.name for layer in viewer.layers]
     finetune.deleteLater()
     qtbot.wait(50)
+
+
+def test_an_rgb_models_preview_is_in_colour_and_a_grey_one_replaces_it(setup, make_tiny_model, qtbot, tmp_path):
+    """A 3-channel model's preview shows all three channels as colour (it showed channel 0 in grey); a later
+    one-channel run's grey preview takes the layer's place."""
+    from napari_deblurgan.widgets.finetune_widget import PREVIEW_LAYER
+
+    viewer, finetune, _ = setup
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:64, :64]
+    photo = np.stack([(xx // 8 % 2) * 200, (yy // 8 % 2) * 200, ((xx + yy) // 11 % 2) * 200], axis=-1)
+    photo = (photo + rng.integers(0, 40, photo.shape)).astype(np.uint8)  # three different channels
+    viewer.add_image(photo, name="photo", rgb=True)
+    finetune.base_model.add_file(str(make_tiny_model(channels=3).save(tmp_path / "rgb.pt")))
+    finetune.synth_radio.setChecked(True)
+    finetune.sharp_combo.set_value(viewer.layers["photo"])
+    assert finetune.axes_edit.text() == "YXS"
+    finetune.blur_kind.setCurrentText("gaussian")
+    finetune.steps_spin.setValue(2)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    assert finetune.last_finished is not None and finetune.last_finished.step == 2, finetune.status.text()
+
+    preview = viewer.layers[PREVIEW_LAYER]
+    assert preview.rgb and preview.data.shape == (32, 96, 3) and preview.data.dtype == np.float32
+    assert tuple(preview.contrast_limits) == (0.0, 1.0)
+    sharp_third = preview.data[:, 64:]
+    assert not np.allclose(sharp_third[..., 0], sharp_third[..., 1])  # colour, not one channel three times
+    assert not np.allclose(sharp_third[..., 1], sharp_third[..., 2])
+
+    finetune.base_model.select(next(e for e in finetune.registry.entries if e.source.endswith("tiny.pt")))
+    finetune.sharp_combo.set_value(viewer.layers["sharp"])
+    finetune.save_edit.setText(str(tmp_path / "models" / "grey.pt"))
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    previews = [layer for layer in viewer.layers if layer.name.startswith("finetune preview")]
+    assert len(previews) == 1 and previews[0].name == PREVIEW_LAYER
+    assert not previews[0].rgb and previews[0].data.shape == (32, 96) and previews[0].colormap.name == "gray"
+
+
+def test_a_blur_preview_whose_layer_was_removed_meanwhile_is_added_with_a_note(setup, qtbot, notifications):
+    viewer, finetune, _ = setup
+    finetune.synth_radio.setChecked(True)
+    sharp = viewer.layers["sharp"]
+    sharp.scale = (0.5, 0.5)
+    finetune.preview_blur_button.click()
+    viewer.layers.remove(sharp)  # while the preview is made
+    qtbot.waitUntil(lambda: finetune.preview_worker is None, timeout=60_000)
+    assert tuple(viewer.layers["sharp synthetic blur"].scale) == (0.5, 0.5)
+    infos = [msg for sev, msg in notifications if sev == NotificationSeverity.INFO]
+    assert any("'sharp' was removed from the viewer" in msg for msg in infos), notifications

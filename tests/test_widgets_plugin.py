@@ -44,3 +44,22 @@ def test_a_new_baseline_layer_is_ticked_in_the_compare_panel(make_napari_viewer,
     compare.rl_button.click()
     qtbot.waitUntil(lambda: compare.worker is None, timeout=60_000)
     assert [layer.name for layer in compare.checked_layers()] == ["blurred Richardson-Lucy 3 it."]
+
+
+def test_the_deblur_panel_tells_a_removed_input_from_a_live_one_behind_the_proxy(make_napari_viewer, tiny_model_file,
+                                                                                 small_image, qtbot):
+    viewer = make_napari_viewer(strict_qt="raise")
+    _, deblur = viewer.window.add_plugin_dock_widget("napari-deblurgan", "Deblur")
+    assert type(deblur.viewer).__name__ == "PublicOnlyProxy"
+    deblur.model_combo.add_file(str(tiny_model_file))
+    deblur.device_combo.setCurrentIndex(deblur.device_combo.findData("cpu"))
+    layer = viewer.add_image(small_image, name="cells")
+    deblur.run_button.click()
+    qtbot.waitUntil(lambda: deblur.worker is None, timeout=60_000)
+    assert deblur.status.text() == "Added 'cells deblurred'."  # still there: no note
+    deblur.layer_combo.set_value(layer)
+    deblur.run_button.click()
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: deblur.worker is None, timeout=60_000)
+    assert "'cells' was removed from the viewer" in deblur.status.text()
+    assert [lay.name for lay in viewer.layers] == ["cells deblurred", "cells deblurred [2]"]

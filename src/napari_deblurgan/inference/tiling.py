@@ -70,6 +70,19 @@ def context_padding(receptive_radius: int, stride: int) -> int:
     return round_up(min(halo_for(receptive_radius, stride), 32), stride)
 
 
+def minimum_tile_size(receptive_radius: int, stride: int, overlap: int | None = None) -> int:
+    """The smallest tile :func:`check_tiling` accepts for this model and overlap (a multiple of ``stride``).
+
+    With ``overlap=None`` (the seamless :func:`default_overlap`) a tile must be one stride longer than the
+    overlap; with a given overlap it must hold two halos and a stride, and be longer than the overlap rounded
+    up to the stride. Every smaller ``tile_size`` is refused or rounded up to at least this size, so front
+    ends can offer this as the smallest size that works.
+    """
+    if overlap is None:
+        return default_overlap(receptive_radius, stride) + stride
+    return max(2 * halo_for(receptive_radius, stride) + stride, round_up(max(int(overlap), 0), stride) + stride)
+
+
 def check_tiling(tile_size: int, overlap: int | None, receptive_radius: int, stride: int) -> tuple[int, int]:
     """Validated (tile_size, overlap), both rounded up to multiples of ``stride``; ``overlap=None`` takes the
     seamless :func:`default_overlap`. Small tiles with a large overlap compute every pixel many times; how
@@ -84,7 +97,8 @@ def check_tiling(tile_size: int, overlap: int | None, receptive_radius: int, str
     halo = halo_for(receptive_radius, stride)
     seamless = default_overlap(receptive_radius, stride)
     # with the default overlap a tile must be longer than it; with a user's overlap, at least two halos long
-    minimum = seamless + stride if overlap is None else 2 * halo + stride
+    # (a tile that holds them but not the overlap itself is the overlap >= tile_size error below)
+    minimum = minimum_tile_size(receptive_radius, stride) if overlap is None else 2 * halo + stride
     if tile_size < minimum:
         why = (
             f"with this model's seamless overlap of {seamless} px each tile needs at least {minimum} px"

@@ -79,7 +79,9 @@ class Validation:
 class Preview:
     """The current restoration of one fixed validation crop, with its blurred input and sharp target.
 
-    Images are 2-D (Y, X) float32 arrays (channel 0 for multichannel models) in normalised intensity units.
+    Images are float32 arrays in normalised intensity units (each channel's percentiles of the blurred crop at
+    0 and 1): 2-D (Y, X) for a one-channel model, (C, Y, X) with every channel for a C-channel model (an RGB
+    model's preview is in colour).
     """
 
     step: int

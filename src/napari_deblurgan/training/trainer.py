@@ -352,6 +352,13 @@ def evaluate(
     return psnr, ssim, restored
 
 
+def _preview_crop(batch: np.ndarray) -> np.ndarray:
+    """The first crop of a ``(V, C, P, P)`` batch as a :class:`Preview` carries it: ``(P, P)`` for one channel,
+    ``(C, P, P)`` with every channel for more (an RGB model's preview is in colour), a float32 copy."""
+    first = np.asarray(batch[0], dtype=np.float32)
+    return np.array(first[0] if first.shape[0] == 1 else first, copy=True)
+
+
 #: What the validation PSNR is, recorded in checkpoints: a resumed run whose checkpoint scored its best weights
 #: another way re-scores them, so that "best" compares like with like.
 VALIDATION_METRIC = "mean PSNR over crops"
@@ -994,9 +1001,9 @@ class TrainingRun:
                 yield self._emit(
                     Preview(
                         step=step,
-                        image=preview[0, 0].copy(),
-                        input=vb[0, 0].float().cpu().numpy().copy(),
-                        target=vs[0, 0].float().cpu().numpy().copy(),
+                        image=_preview_crop(preview),
+                        input=_preview_crop(vb[:1].float().cpu().numpy()),
+                        target=_preview_crop(vs[:1].float().cpu().numpy()),
                     )
                 )
 

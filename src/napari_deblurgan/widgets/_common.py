@@ -247,6 +247,22 @@ def result_layer_kwargs(layer: napari.layers.Image, *, name: str) -> dict[str, A
     return kwargs
 
 
+def gone_note(viewer: napari.Viewer, layer: Any, result_name: str) -> str:
+    """What to add to "Added <result>" when ``layer``, the input of a job that has just ended, was removed from
+    the viewer while the job ran ('' while it is still there).
+
+    The result is still added (it is valid, and the user may want it): the removed layer object keeps its
+    geometry and display settings, which :func:`result_layer_kwargs` copies as for a live layer, so the result
+    sits where the input was. Identity is compared behind napari's proxies.
+    """
+    if any(unwrap(other) is unwrap(layer) for other in viewer.layers):
+        return ""
+    return (
+        f" Its input {layer.name!r} was removed from the viewer while it was made; {result_name!r} keeps that "
+        "layer's scale, position and display."
+    )
+
+
 def unique_name(viewer: napari.Viewer, name: str) -> str:
     """``name`` itself, or ``name [2]``, ``name [3]``... when a layer already has that name."""
     existing = {layer.name for layer in viewer.layers}

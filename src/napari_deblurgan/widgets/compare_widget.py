@@ -39,6 +39,7 @@ from ._common import (
     axes_for_layer,
     detached_from_dock,
     error_message,
+    gone_note,
     layer_pixels,
     result_layer_kwargs,
     show_error,
@@ -414,11 +415,12 @@ class CompareWidget(QWidget):
 
         def add(result: np.ndarray, layer: Any = layer, label: str = label) -> None:
             name = unique_name(self.viewer, f"{layer.name} {label}")
+            gone = gone_note(self.viewer, layer, name)
             kwargs = result_layer_kwargs(layer, name=name)
             kwargs["metadata"] = {**kwargs["metadata"], "napari_deblurgan_baseline": label}
             self.last_baseline = self.viewer.add_image(result, **kwargs)
             self.set_checked(self.last_baseline)
-            self.status.setText(f"Added {name!r}.")
+            self.status.setText(f"Added {name!r}.{gone}")
 
         self._cancel = threading.Event()
         self.cancel_button.setEnabled(True)

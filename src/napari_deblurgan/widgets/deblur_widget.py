@@ -7,10 +7,11 @@ collects its arguments, runs it in a napari ``thread_worker`` (so the viewer sta
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -34,6 +35,7 @@ from ._common import (
     detached_from_dock,
     device_items,
     error_message,
+    gone_note,
     layer_pixels,
     normalize_axes_text,
     result_layer_kwargs,
@@ -107,6 +109,51 @@ class ModelComboBox(QComboBox):
         return data if isinstance(data, ModelEntry) else None
 
 
+class TileSizeSpinBox(QSpinBox):
+    """Tile edge in pixels: 0 ('auto') or at least :meth:`smallest` px, the smallest tile the chosen model can
+    use (``inference.tiling.minimum_tile_size``; 0 while it is not known).
+
+    A size below it can only fail, so it is not kept: a typed or set one is raised to the smallest (with
+    ``raised(asked, given)`` emitted so the panel can say so), the arrows step from 'auto' straight to the
+    smallest and back, and a smallest that grows (another model, a larger overlap) raises the size with it.
+    """
+
+    raised = Signal(int, int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._smallest = 0
+        self.setRange(0, 8192)
+        self.setSingleStep(64)
+        self.setSpecialValueText("auto")
+        # typed digits become the value when editing ends, not one by one ('1280' would pass through 1 and 12)
+        self.setKeyboardTracking(False)
+        self.valueChanged.connect(self._raise_to_smallest)
+
+    def smallest(self) -> int:
+        """The smallest tile size offered above 'auto' (0: no limit known)."""
+        return self._smallest
+
+    def set_smallest(self, size: int) -> None:
+        """Offer no tile below ``size`` px (0: no limit); raises the current size when it is below."""
+        self._smallest = max(0, min(int(size), self.maximum()))
+        self._raise_to_smallest(self.value())
+
+    def _raise_to_smallest(self, value: int) -> None:
+        if 0 < value < self._smallest:
+            self.setValue(self._smallest)
+            self.raised.emit(value, self._smallest)
+
+    def stepBy(self, steps: int) -> None:
+        value = self.value()
+        target = value + steps * self.singleStep()
+        if value == 0 and steps > 0:  # 'auto' -> the smallest size that works
+            target = max(self._smallest, target)
+        elif 0 < target < self._smallest:  # below the smallest: to it, or from it down to 'auto'
+            target = 0 if steps < 0 and value <= self._smallest else self._smallest
+        self.setValue(max(self.minimum(), min(target, self.maximum())))
+
+
 class DeblurWidget(QWidget):
     """Dock widget that deblurs an image layer with a chosen model (in a background thread)."""
 
@@ -126,20 +173,21 @@ class DeblurWidget(QWidget):
             "Axis letters of the layer's data, slowest first: T (time), Z, C (channel), Y, X, S (RGB samples). "
             "Pre-filled from the layer; edit when napari guessed wrong (e.g. 'CYX' for a 3-channel stack)."
         )
-        self.tile_spin = QSpinBox()
-        self.tile_spin.setRange(0, 8192)
-        self.tile_spin.setSingleStep(64)
-        self.tile_spin.setSpecialValueText("auto")
-        self.tile_spin.setToolTip(
+        self.tile_spin = TileSizeSpinBox()
+        self._tile_tip = (
             "Tile edge in pixels; 'auto' picks by device. Smaller tiles use less memory but each keeps the "
-            "model's seamless overlap, so small tiles repeat work (a warning says how much); a tile too small "
-            "for the model is refused with the smallest size that works."
+            "model's seamless overlap, so small tiles repeat work (a warning says how much)."
         )
+        self.tile_spin.setToolTip(self._tile_tip)
+        self._model_loads: dict[int, Any] = {}  # id(entry) -> worker reading that model for its smallest tile
+        self._tile_note = ""  # what the panel said when it last raised the tile size
+        self._closed = False  # the panel was closed: a job that ends anyway adds nothing
         self.overlap_spin = QSpinBox()
         self.overlap_spin.setRange(-1, 1024)
         self.overlap_spin.setSpecialValueText("auto")
         self.overlap_spin.setValue(-1)
         self.overlap_spin.setToolTip("Overlap between tiles in pixels; 'auto' uses the model's receptive field.")
+        self.overlap_spin.setKeyboardTracking(False)  # the smallest tile follows the overlap typed, not its digits
         self.context_spin = QSpinBox()
         self.context_spin.setRange(-1, 512)
         self.context_spin.setSpecialValueText("model's")
@@ -195,9 +243,16 @@ class DeblurWidget(QWidget):
         layout.setAlignment(Qt.AlignmentFlag.AlignTop)
 
         self.layer_combo.currentIndexChanged.connect(self._prefill_axes)
+        self.model_combo.currentIndexChanged.connect(self._update_smallest_tile)
+        # a finetuned model re-saved to its file replaces the entry's model, which may be another architecture
+        self.registry.changed.connect(self._update_smallest_tile)
+        self.destroyed.connect(lambda *_: self.registry.changed.disconnect(self._update_smallest_tile))
+        self.overlap_spin.valueChanged.connect(self._update_smallest_tile)
+        self.tile_spin.raised.connect(self._on_tile_raised)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self._prefill_axes()
+        self._update_smallest_tile()
 
     # ------------------------------------------------------------------------------------------ helpers
     def _prefill_axes(self, *_: Any) -> None:
@@ -208,6 +263,55 @@ class DeblurWidget(QWidget):
             self.axes_edit.setText(axes_for_layer(layer))
         except Exception:  # an odd layer: leave the box for the user, deblur() will say what is wrong
             self.axes_edit.setText("")
+
+    def _overlap(self) -> int | None:
+        return None if self.overlap_spin.value() < 0 else self.overlap_spin.value()
+
+    def _update_smallest_tile(self, *_: Any) -> None:
+        """Make the tile box offer only sizes the chosen model can use with the chosen overlap.
+
+        The model's stride and receptive field come from the model itself: a model not read yet is read in a
+        worker thread (the entry keeps it, so Run does not read it again), and until then any size is offered
+        (deblur() still refuses one too small, saying the smallest that works). A model that cannot be read is
+        left to Run to report.
+        """
+        entry = self.model_combo.value()
+        if entry is None:
+            return
+        if entry.model is None:
+            self._load_for_tiles(entry)
+            return
+        from ..inference.tiling import minimum_tile_size
+
+        model = entry.model
+        smallest = minimum_tile_size(int(model.receptive_radius), int(model.stride), self._overlap())
+        self.tile_spin.setToolTip(f"{self._tile_tip} The smallest tile {entry.label} can use here: {smallest} px.")
+        self.tile_spin.set_smallest(smallest)
+
+    def _load_for_tiles(self, entry: ModelEntry) -> None:
+        if id(entry) in self._model_loads:
+            return
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(_load_quietly, entry)
+        self._model_loads[id(entry)] = worker
+        worker.returned.connect(self._on_model_loaded)
+        worker.finished.connect(functools.partial(self._model_loads.pop, id(entry), None))
+        worker.start()
+
+    def _on_model_loaded(self, entry: ModelEntry | None) -> None:
+        if entry is not None and entry is self.model_combo.value():
+            self._update_smallest_tile()
+
+    def _on_tile_raised(self, asked: int, given: int) -> None:
+        entry = self.model_combo.value()
+        model = f"{entry.label}" if entry is not None else "this model"
+        overlap = "its seamless overlap" if self._overlap() is None else f"an overlap of {self._overlap()} px"
+        self._tile_note = (
+            f"Tile size {asked} px is too small for {model} with {overlap}; set to {given} px, the smallest that "
+            "works ('auto' is below it)."
+        )
+        self.status.setText(self._tile_note)
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
@@ -232,8 +336,12 @@ class DeblurWidget(QWidget):
             show_error("Choose a model (or 'from file...' to open a .pt model file).")
             return
         axes = normalize_axes_text(self.axes_edit.text()) or None
+        self._tile_note = ""
+        for box in (self.overlap_spin, self.tile_spin):  # a size still being typed counts (and is checked)
+            box.interpretText()
         tile = self.tile_spin.value() or None
-        overlap = None if self.overlap_spin.value() < 0 else self.overlap_spin.value()
+        hint = f" {self._tile_note}" if self._tile_note else ""  # the size was raised just now: say so still
+        overlap = self._overlap()
         context = None if self.context_spin.value() < 0 else self.context_spin.value()
         device = self.device_combo.currentData() or "auto"
 
@@ -242,7 +350,7 @@ class DeblurWidget(QWidget):
 
         self._cancel = threading.Event()
         self.progress.setRange(0, 0)  # busy until the first tile batch reports
-        self.status.setText(f"Deblurring {layer.name!r} with {entry.label}...")
+        self.status.setText(f"Deblurring {layer.name!r} with {entry.label}...{hint}")
         self._set_running(True)
         hooks: dict[str, Any] = {"progress": self._relay, "cancel": self._cancel}
         pixels = layer_pixels(layer)
@@ -276,6 +384,11 @@ class DeblurWidget(QWidget):
 
     def _on_returned(self, layer: Any, outcome: tuple[str, Any]) -> None:
         kind, value = outcome
+        if self._closed:
+            # the panel was closed (or taken out of its dock) while the job ran, which cancels it; a job that
+            # ended anyway (a lazy dask result, which no cancel reaches, or its last tile batch) adds nothing
+            # behind the user's back, as in the Compare and Finetune panels
+            return
         if kind == "error":
             self.status.setText(value)
             show_error(value)
@@ -285,8 +398,9 @@ class DeblurWidget(QWidget):
             show_info("Deblur cancelled; no layer was added.")
             return
         name = unique_name(self.viewer, f"{layer.name} deblurred")
+        gone = gone_note(self.viewer, layer, name)
         self.result_layer = self.viewer.add_image(value, **result_layer_kwargs(layer, name=name))
-        self.status.setText(f"Added {name!r}.")
+        self.status.setText(f"Added {name!r}.{gone}")
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -303,14 +417,26 @@ class DeblurWidget(QWidget):
         super().changeEvent(event)
 
     def closeEvent(self, event: Any) -> None:
-        """Closing the dock cancels a running job so no thread outlives the widget."""
+        """Closing the dock cancels a running job so no thread outlives the widget (and a result that comes
+        anyway is not added)."""
         self._cancel.set()
+        self._closed = True
         super().closeEvent(event)
 
 
 def _is_dask(data: Any) -> bool:
     """True for dask arrays (checked by type so that numpy-only sessions never import dask)."""
     return type(data).__module__.split(".")[0] == "dask"
+
+
+def _load_quietly(entry: ModelEntry) -> ModelEntry | None:
+    """Worker-thread body: read the entry's model (kept on the entry); None for a model that cannot be read,
+    which Run then reports (one notification, when the user asks for the model's work, not on choosing it)."""
+    try:
+        entry.load()
+    except user_error_types():
+        return None
+    return entry
 
 
 def _deblur_job(data: Any, entry: ModelEntry, **kwargs: Any) -> tuple[str, Any]:

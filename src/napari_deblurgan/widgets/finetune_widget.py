@@ -42,6 +42,7 @@ from ._common import (
     detached_from_dock,
     device_items,
     error_message,
+    gone_note,
     layer_pixels,
     normalize_axes_text,
     result_layer_kwargs,
@@ -329,10 +330,11 @@ class FinetuneWidget(QWidget):
         # every control is read here, in the GUI thread; the worker only computes
         settings, seed, axes = self._blur_settings(), self.seed_spin.value(), self._axes()
 
+        data = layer_pixels(layer)  # the layer is read here too; the worker only reads its array
+
         def job() -> tuple[str, Any]:
             try:
-                pixels = np.asarray(layer_pixels(layer))
-                return "ok", synthesize_blur(pixels, **settings, seed=seed, axes=axes)
+                return "ok", synthesize_blur(np.asarray(data), **settings, seed=seed, axes=axes)
             except user_error_types() as exc:
                 return "error", error_message(exc)
 
@@ -344,9 +346,13 @@ class FinetuneWidget(QWidget):
                 show_error(value)
                 return
             blurred, psf = value
-            kwargs = result_layer_kwargs(layer, name=unique_name(self.viewer, f"{layer.name} synthetic blur"))
+            name = unique_name(self.viewer, f"{layer.name} synthetic blur")
+            gone = gone_note(self.viewer, layer, name)
+            kwargs = result_layer_kwargs(layer, name=name)
             kwargs["metadata"] = {"psf": psf, "napari_deblurgan_blur": settings}
             self.viewer.add_image(blurred, **kwargs)
+            if gone:  # the status line belongs to training; a note says it
+                show_info(f"Added {name!r}.{gone}")
 
         def finished() -> None:
             self.preview_worker = None
@@ -553,17 +559,27 @@ class FinetuneWidget(QWidget):
             self.last_finished = event
 
     def _show_preview(self, event: Any) -> None:
-        """Blurred | restored | sharp crop side by side in one layer, replaced at every validation."""
-        tile = np.concatenate(
-            [np.asarray(event.input), np.asarray(event.image), np.asarray(event.target)], axis=-1
-        ).astype(np.float32)
-        if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
-            self.preview_layer.data = tile
-            self.preview_layer.name = PREVIEW_LAYER
+        """Blurred | restored | sharp crop side by side in one layer, replaced at every validation.
+
+        Grey for a one-channel model; in colour for a 3-channel (RGB) one, whose preview carries every channel
+        as (C, Y, X); a stack with a channel slider for other channel counts. Contrast 0..1 is each channel's
+        percentile range of the blurred crop (the model's normalised units).
+        """
+        parts = [np.asarray(part, dtype=np.float32) for part in (event.input, event.image, event.target)]
+        tile = np.concatenate(parts, axis=-1)  # (Y, 3X), or (C, Y, 3X)
+        rgb = tile.ndim == 3 and tile.shape[0] == 3
+        if rgb:
+            tile = np.ascontiguousarray(np.moveaxis(tile, 0, -1))  # napari's RGB layout: (Y, 3X, 3)
+        layer = self.preview_layer
+        shown = layer is not None and layer in self.viewer.layers
+        if shown and bool(layer.rgb) == rgb and layer.data.ndim == tile.ndim:
+            layer.data = tile
+            layer.name = PREVIEW_LAYER
         else:
-            self.preview_layer = self.viewer.add_image(
-                tile, name=PREVIEW_LAYER, colormap="gray", contrast_limits=(0.0, 1.0)
-            )
+            if shown:  # an earlier run's model had another number of channels
+                self.viewer.layers.remove(layer)
+            look = {"rgb": True} if rgb else {"rgb": False, "colormap": "gray"}
+            self.preview_layer = self.viewer.add_image(tile, name=PREVIEW_LAYER, contrast_limits=(0.0, 1.0), **look)
         self.preview_layer.metadata["step"] = event.step
 
     def _on_returned(self, outcome: tuple[str, Any]) -> None:

@@ -16,9 +16,11 @@ from ._common import (
     avoid_triton_llvm_clash,
     axes_for_layer,
     error_message,
+    gone_note,
     layer_pixels,
     result_layer_kwargs,
     show_error,
+    show_info,
     unique_name,
 )
 
@@ -68,4 +70,8 @@ def _add_result(viewer: napari.viewer.Viewer, layer: Any, outcome: tuple[str, An
     if kind != "ok":
         show_error(f"Deblur of {layer.name!r} failed: {value}")
         return
-    viewer.add_image(value, **result_layer_kwargs(layer, name=unique_name(viewer, f"{layer.name} deblurred")))
+    name = unique_name(viewer, f"{layer.name} deblurred")
+    gone = gone_note(viewer, layer, name)
+    viewer.add_image(value, **result_layer_kwargs(layer, name=name))
+    if gone:
+        show_info(f"Added {name!r}.{gone}")
