@@ -908,3 +908,247 @@ def test_a_multichannel_models_preview_carries_every_channel(pair):
     assert preview.image.dtype == preview.input.dtype == preview.target.dtype == np.float32
     target = preview.target
     assert not np.allclose(target[0], target[1]) and not np.allclose(target[1], target[2])
+
+
+# ------------------------------------------------------------------------------------- Ctrl-C (SIGINT)
+# The interrupts are raised in the main thread, from inside the trainer's code, as a console's or Jupyter's Ctrl-C
+# lands: signal.raise_signal runs the Python handler at once, so each test is deterministic. A KeyboardInterrupt
+# that escapes where the run should have stopped is turned into a failure (pytest would end the session).
+
+
+def _ctrl_c() -> None:
+    import signal
+
+    signal.raise_signal(signal.SIGINT)
+
+
+def _interrupt_at_batches(monkeypatch, at: set[int]) -> list[int]:
+    """Ctrl-C from inside BatchSource.next_batch at these call numbers (1-based); returns the calls so far."""
+    from napari_deblurgan.data.pairs import BatchSource
+
+    real, calls = BatchSource.next_batch, []
+
+    def next_batch(self, size):
+        calls.append(size)
+        if len(calls) in at:
+            _ctrl_c()
+        return real(self, size)
+
+    monkeypatch.setattr(BatchSource, "next_batch", next_batch)
+    return calls
+
+
+def test_ctrl_c_inside_a_step_stops_after_it_as_stop_does(pair, tmp_path, monkeypatch):
+    """The first Ctrl-C while the trainer runs (here between the critic updates of a WGAN step) is run.stop():
+    the step completes, the stop path validates, checkpoints and says how to abort, and finetune() returns the
+    model; the checkpoint holds whole steps, so its resume matches a straight run."""
+    import signal
+
+    kwargs = dict(_RUN_ARGS, preset="deblurgan", steps=4, checkpoint_every=100)  # 5 critic updates + 1 per step
+    straight = _losses(_run(pair, **kwargs))
+    events = []
+    _interrupt_at_batches(monkeypatch, {6 + 2})  # the second step's second critic batch
+    try:
+        with pytest.warns(UserWarning, match="Ctrl-C"):
+            model = finetune(*pair, model=_model(), **kwargs, checkpoint_dir=tmp_path, on_event=events.append)
+    except KeyboardInterrupt:
+        pytest.fail("the first Ctrl-C inside a step escaped instead of stopping the run")
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    training = model.metadata["training"]
+    assert training["stopped"] is True and training["steps_done"] == 2
+    assert isinstance(events[-1], ev.Finished) and events[-1].stopped and events[-1].step == 2
+    notice = next(e for e in events if isinstance(e, ev.Notice) and e.kind == "interrupted")
+    assert "Ctrl-C again" in notice.message
+    assert [e.step for e in events if isinstance(e, ev.Validation)] == [0, 2]  # the newest weights were scored
+    assert load_checkpoint(tmp_path)["step"] == 2
+    got = _losses(events)
+    rest = _losses(_run(pair, **kwargs, checkpoint_dir=tmp_path, resume=tmp_path))
+    assert got + rest == straight
+
+
+def test_ctrl_c_in_an_event_hook_with_no_checkpoint_dir_still_returns_the_best_model(pair):
+    """on_event runs inside the trainer: a Ctrl-C there stops the run too, and with nothing written to disk the
+    training is not lost - finetune() returns it, and run.model is the best model of the stopped run."""
+
+    def hook(e):
+        if isinstance(e, ev.Step) and e.step == 3:
+            _ctrl_c()
+
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 50, "validate_every": 2}, on_event=hook)
+    try:
+        with pytest.warns(UserWarning, match="Ctrl-C"):
+            events = list(run)
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C inside on_event escaped instead of stopping the run")
+    assert run.finished.stopped and run.finished.step == 3
+    assert [e.step for e in events if isinstance(e, ev.Validation)] == [0, 2, 3]
+    assert run.model.metadata["training"]["best_step"] == run.provenance["best_step"]
+    assert run.finished.best_psnr == max(e.psnr for e in events if isinstance(e, ev.Validation))
+    assert list(run) == []  # the run ended: nothing more to iterate
+
+
+def test_a_second_ctrl_c_mid_step_aborts_and_keeps_the_last_whole_steps_checkpoint(pair, tmp_path, monkeypatch):
+    """The escape hatch: a second Ctrl-C raises KeyboardInterrupt at once. Inside a WGAN step (critic updates
+    applied, generator update not) the state is no step's: nothing is written, and the checkpoint stays the last
+    one written (step 2 here; step 3's state is gone with the step begun after it)."""
+    import signal
+
+    kwargs = dict(_RUN_ARGS, preset="deblurgan", steps=50, checkpoint_every=2)
+    calls = _interrupt_at_batches(monkeypatch, {6 * 3 + 2, 6 * 3 + 4})  # twice inside the fourth step
+    run = iter_finetune(*pair, model=_model(), **kwargs, checkpoint_dir=tmp_path)
+    events = []
+    with pytest.raises(KeyboardInterrupt):  # before the step ended, so before the run could say it would stop
+        for e in run:
+            events.append(e)
+    assert len(calls) == 6 * 3 + 4  # both interrupts were raised: the first did not end the run
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [e.step for e in events if isinstance(e, ev.Step)] == [1, 2, 3]
+    assert load_checkpoint(tmp_path)["step"] == 2  # not the half-done fourth step's state as step 3
+    assert run.finished is None and list(run) == []  # aborted: it cannot be resumed in memory
+
+
+def test_a_second_ctrl_c_during_the_stops_validation_still_writes_the_checkpoint(pair, tmp_path, monkeypatch):
+    """After the first Ctrl-C the step finished: a second one while the stop scores the newest weights aborts, and
+    the checkpoint of that whole step, not yet written, is written on the way out."""
+    from napari_deblurgan.training import trainer
+
+    real, calls = trainer.evaluate, []
+
+    def evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the stop's validation (the first one scored the starting model)
+            _ctrl_c()
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    kwargs = dict(_RUN_ARGS, steps=50, checkpoint_every=100)
+    _interrupt_at_batches(monkeypatch, {3})  # inside the third step
+    with pytest.warns(UserWarning, match="Ctrl-C"), pytest.raises(KeyboardInterrupt):
+        finetune(*pair, model=_model(), **kwargs, checkpoint_dir=tmp_path)
+    assert len(calls) == 2
+    assert load_checkpoint(tmp_path)["step"] == 3
+
+
+def test_ctrl_c_in_the_consumers_own_code_is_a_plain_keyboard_interrupt(pair):
+    """Between events the consumer's code runs with its own Ctrl-C: a KeyboardInterrupt there, as always; the
+    run is not stopped and goes on when iterated again."""
+    import signal
+
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 4})
+    stream = iter(run)
+    with pytest.raises(KeyboardInterrupt):
+        for e in stream:
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            if isinstance(e, ev.Step) and e.step == 2:
+                _ctrl_c()
+    assert not run.stop_requested
+    rest = list(stream)
+    assert [e.step for e in rest if isinstance(e, ev.Step)] == [3, 4] and not rest[-1].stopped
+
+
+def test_ctrl_c_is_left_to_a_handler_of_the_callers_own_and_no_handler_is_set_off_the_main_thread(pair):
+    """A program with its own SIGINT handler (the CLI's stops the run and sets its exit status) keeps it; in a
+    worker thread (napari's thread_worker, the Finetune panel) no handler can be installed, and none is tried."""
+    import signal
+
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 50})
+    caught = []
+
+    def own(signum, frame):
+        caught.append(signum)
+        run.stop()
+
+    def hook(e):
+        if isinstance(e, ev.Step) and e.step == 2:
+            _ctrl_c()
+
+    run.on_event = hook
+    previous = signal.signal(signal.SIGINT, own)
+    try:
+        events = list(run)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert caught == [signal.SIGINT] and run.finished.stopped and run.finished.step == 2
+    assert not any(isinstance(e, ev.Notice) and e.kind == "interrupted" for e in events)
+
+    threaded = iter_finetune(*pair, model=_model(), **_RUN_ARGS)
+    result = []
+    worker = threading.Thread(target=lambda: result.append(threaded.run_to_end()))
+    worker.start()
+    worker.join(120)
+    assert result and result[0].metadata["training"]["steps_done"] == 3
+
+
+def test_a_ctrl_c_just_as_the_handler_is_put_back_loses_no_event(pair, monkeypatch):
+    """A Ctrl-C that arrives while the run's handler is being swapped back runs Python's own handler: a
+    KeyboardInterrupt in the consumer, as between events; the event the run had produced is delivered next."""
+    import signal
+
+    real = signal.signal
+    restores = []
+
+    def signal_with_a_ctrl_c_pending(signum, handler):
+        previous = real(signum, handler)
+        if handler is signal.default_int_handler:
+            restores.append(1)
+            if len(restores) == 3:
+                raise KeyboardInterrupt  # what the default handler does with a Ctrl-C pending at that moment
+        return previous
+
+    straight = [(type(e).__name__, getattr(e, "step", None)) for e in _run(pair, steps=2)]
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 2})
+    stream = iter(run)
+    got = []
+    monkeypatch.setattr(signal, "signal", signal_with_a_ctrl_c_pending)
+    with pytest.raises(KeyboardInterrupt):
+        for e in stream:
+            got.append(e)
+    monkeypatch.undo()
+    got += list(stream)
+    assert [(type(e).__name__, getattr(e, "step", None)) for e in got] == straight
+
+
+def test_load_model_of_a_checkpoint_says_how_to_get_its_model_and_the_advice_works(pair, tmp_path):
+    """load_model (and so deblur, finetune(model=...)) of a checkpoint says it is one and how to get its model: the
+    Python call and the CLI line it gives, run as written, return the kept model and leave the checkpoint as it
+    was (its total included, so that a later resume without steps still finishes the run)."""
+    import re
+    import shlex
+
+    import tifffile
+
+    import napari_deblurgan
+    from napari_deblurgan.cli import main
+    from napari_deblurgan.errors import ModelFileError
+    from napari_deblurgan.model_file import load_model
+
+    folder = tmp_path / "run"
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 6, "validate_every": 1,
+                                                   "checkpoint_dir": folder, "checkpoint_every": 100})
+    _losses_until_stop(run, at_step=2)
+    path = checkpoint_path(folder)
+    before = path.read_bytes()
+    with pytest.raises(ModelFileError, match="is a training checkpoint") as info:
+        load_model(path)
+    message = str(info.value)
+
+    call = re.search(r"model = (napari_deblurgan\.finetune\(.*?\));", message).group(1)
+    assert call == f"napari_deblurgan.finetune(blurred, sharp, resume={str(path)!r}, steps=2)"
+    blurred, sharp = pair
+    model = eval(call, {"napari_deblurgan": napari_deblurgan, "blurred": blurred, "sharp": sharp})
+    kept = load_checkpoint(folder)["best_state"]
+    assert all(torch.equal(v, kept[k]) for k, v in model.generator.state_dict().items())
+    assert model.metadata["training"]["steps_done"] == 2
+    assert path.read_bytes() == before
+
+    line = re.search(r"\(or: napari-deblurgan (finetune .*?)\)\.", message).group(1)
+    tifffile.imwrite(tmp_path / "A.tif", blurred)
+    tifffile.imwrite(tmp_path / "B.tif", sharp)
+    argv = [str(tmp_path / a) if a.endswith(".tif") or a == "model.pt" else a for a in shlex.split(line)]
+    assert main([*argv, "--device", "cpu", "-q"]) == 0
+    from_cli = load_model(tmp_path / "model.pt")
+    assert all(torch.equal(v, kept[k]) for k, v in from_cli.generator.state_dict().items())
+    assert path.read_bytes() == before
+    resumed = list(iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": None, "resume": folder}))
+    assert resumed[0].total_steps == 6 and resumed[-1].step == 6

@@ -370,6 +370,26 @@ def as_model(value: Any, *, role: str = "model") -> DeblurModel:
     )
 
 
+def _checkpoint_advice(where: str, payload: dict[str, Any]) -> str:
+    """What to do with a training checkpoint given where a model file was expected: resume it with its own step
+    as the total, which trains nothing and returns the model it keeps (tests/test_training.py runs the advice)."""
+    import shlex
+
+    step = payload.get("step")
+    try:
+        synthetic = bool(json.loads(payload["json"]).get("synthetic"))
+    except (KeyError, TypeError, ValueError):
+        synthetic = False
+    data, flags = ("sharp", "--sharp B.tif") if synthetic else ("blurred, sharp", "--blurred A.tif --sharp B.tif")
+    return (
+        f"{where!r} is a training checkpoint (at step {step}), not a model file. To get the model it keeps (the "
+        f"best so far), resume it without training further, with the run's training data: "
+        f"model = napari_deblurgan.finetune({data}, resume={where!r}, steps={step}); model.save('model.pt') "
+        f"(or: napari-deblurgan finetune {flags} --resume {shlex.quote(where)} --steps {step} -o model.pt). Leave "
+        "steps unset to finish the run instead."
+    )
+
+
 def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
     """Parse and validate the bytes of a model file (read once, so the sha256 is of what was loaded)."""
     import torch
@@ -404,6 +424,8 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
                 f"m.save('model.pt')."
             )
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        if found == "napari-deblurgan-checkpoint":  # training/checkpoint.py's CHECKPOINT_FORMAT
+            raise ModelFileError(_checkpoint_advice(where, payload))
         raise ModelFileError(
             f"{where!r} is not a napari-deblurgan model file (format {found!r}, expected {FORMAT!r})."
         )

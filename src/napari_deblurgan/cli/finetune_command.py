@@ -8,7 +8,7 @@ Two kinds of data:
 A progress line on stderr shows the step, the losses, the speed and the validation PSNR (with its gain over
 the blurred input). Ctrl-C stops cleanly: the best model so far is still written to ``-o`` (and a checkpoint
 to ``--checkpoint-dir``, from which ``--resume`` continues), then the exit status is 130. A second Ctrl-C
-aborts at once without writing.
+aborts at once without writing the model (the run still writes its checkpoint if it was between two steps).
 """
 
 from __future__ import annotations

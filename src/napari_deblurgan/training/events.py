@@ -111,7 +111,7 @@ class Notice:
     ``"oom"`` (out of GPU memory: batch halved), ``"perceptual-fallback"`` (no VGG-19 weights: critic feature
     matching used instead), ``"diverged"`` (too many rollbacks: run ended), ``"resume-data"`` (resumed with
     other training data than the checkpoint's), ``"checkpoint-failed"`` (a checkpoint could not be written:
-    the run goes on), or ``"info"``.
+    the run goes on), ``"interrupted"`` (Ctrl-C: the run stops after the step in progress), or ``"info"``.
     """
 
     step: int

@@ -14,7 +14,8 @@ There is no global state: several runs can live in one process, and a distribute
 ``GanStep`` with its own sampler. Iterating a ``TrainingRun`` yields typed events
 (:mod:`~napari_deblurgan.training.events`); ``run.stop()`` may be called from any thread and is honoured
 after the current step (a whole step, so that the checkpoint resumes exactly); ``run.model`` is the best model
-so far.
+so far. Iterated in the main thread (a console, Jupyter, ``finetune()``), the first Ctrl-C that lands while the
+run's own code works is such a stop, and a second one aborts at once (:class:`_StopOnCtrlC`).
 
 Models are in train mode while they are trained and in eval mode whenever they are evaluated (validation,
 previews, the returned model) - the reference DeblurGAN code ran inference in train mode.
@@ -29,10 +30,11 @@ import json
 import math
 import numbers
 import os
+import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -385,6 +387,75 @@ def image_metrics(target: np.ndarray, image: np.ndarray) -> tuple[float, float]:
     )
 
 
+# ------------------------------------------------------------------------------------------------- Ctrl-C
+class _StopOnCtrlC(Generator):
+    """The events of a run, with Ctrl-C (SIGINT) turned into :meth:`TrainingRun.stop` while the run's own code
+    works.
+
+    A console's or Jupyter's Ctrl-C lands where the main thread happens to be, nearly always inside a training
+    step: as a KeyboardInterrupt it would end the run's generator there, with no checkpoint, no final model and a
+    step half done. So around each advance of the run's generator (and only there: the consumer's code between
+    two events keeps its own Ctrl-C), when iterated in the main thread and Python's own SIGINT handler is in
+    place, a handler is installed whose first interrupt asks the run to stop after the step in progress (which
+    then validates, checkpoints, emits an ``"interrupted"`` Notice and Finished) and whose second raises
+    KeyboardInterrupt at once. A caller with a SIGINT handler of its own (the CLI's stops the run itself and sets
+    its exit status) keeps it; outside the main thread (napari's thread_worker, the Finetune panel) no handler
+    can be installed and none is tried. ``send``, ``throw`` and ``close`` go to the run's generator.
+    """
+
+    def __init__(self, run: TrainingRun, events: Generator[TrainingEvent, Any, None]) -> None:
+        self._run = run
+        self._events = events
+        self._pending: list[TrainingEvent] = []  # an event whose handover a Ctrl-C interrupted
+
+    def __next__(self) -> TrainingEvent:
+        if self._pending:
+            return self._pending.pop()
+        return self._advance(self._events.send, None)  # as deep as send(): _notice's stacklevel counts on it
+
+    def send(self, value: Any) -> TrainingEvent:
+        if self._pending:
+            return self._pending.pop()
+        return self._advance(self._events.send, value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> TrainingEvent:
+        self._pending.clear()
+        return self._advance(self._events.throw, typ, *(() if val is None else (val,)), *(() if tb is None else (tb,)))
+
+    def close(self) -> None:
+        self._pending.clear()
+        self._events.close()
+
+    def _advance(self, how: Callable[..., TrainingEvent], *args: Any) -> TrainingEvent:
+        with self._ctrl_c_stops():
+            self._pending.append(how(*args))
+        # a Ctrl-C just as the handler is put back raises here: the event stays pending for the next call
+        return self._pending.pop()
+
+    @contextlib.contextmanager
+    def _ctrl_c_stops(self) -> Iterator[None]:
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            try:
+                # only in place of Python's own handler: one of the caller's own, or SIGINT ignored, is left as is
+                if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                    previous = signal.signal(signal.SIGINT, self._on_ctrl_c)
+            except ValueError:  # not the main interpreter
+                previous = None
+        try:
+            yield
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _on_ctrl_c(self, signum: int, frame: Any) -> None:
+        run = self._run
+        run._interrupts += 1
+        if run._interrupts > 1:
+            raise KeyboardInterrupt
+        run.stop()
+
+
 # ----------------------------------------------------------------------------------------------- the run
 class TrainingRun:
     """One finetuning run: iterate it for events; ``stop()`` from any thread; ``model`` = best so far.
@@ -400,7 +471,8 @@ class TrainingRun:
         guard_torch_inside_napari()
         self._kwargs = kwargs
         self._stop_event = threading.Event()
-        self._events: Iterator[TrainingEvent] | None = None
+        self._events: _StopOnCtrlC | None = None
+        self._interrupts = 0  # Ctrl-Cs caught while the run's code worked (_StopOnCtrlC)
         self._lock = threading.Lock()
         self._best_state: dict[str, torch.Tensor] | None = None
         self._model_cache: DeblurModel | None = None
@@ -432,7 +504,7 @@ class TrainingRun:
 
     def __iter__(self) -> Iterator[TrainingEvent]:
         if self._events is None:
-            self._events = self._run()
+            self._events = _StopOnCtrlC(self, self._run())
         return self._events
 
     def run_to_end(self) -> DeblurModel:
@@ -663,7 +735,8 @@ class TrainingRun:
 
     def _notice(self, step: int, message: str, kind: str, warn: bool = False) -> TrainingEvent:
         if warn:
-            warnings.warn(message, TrainingNoticeWarning, stacklevel=3)
+            # the consumer's line: _notice < _run < _StopOnCtrlC._advance < its __next__ or send < the consumer
+            warnings.warn(message, TrainingNoticeWarning, stacklevel=5)
         return self._emit(Notice(step=step, message=message, kind=kind))
 
     def _run(self) -> Iterator[TrainingEvent]:
@@ -694,9 +767,10 @@ class TrainingRun:
         # unless told otherwise): said, as the CLI refuses it without --force
         into = k["checkpoint_dir"]
         came_from = None if k["resume"] is None else checkpoint_path(k["resume"])
-        if into is not None and checkpoint_path(into).is_file() and (
-            came_from is None or not os.path.samefile(checkpoint_path(into), came_from)
-        ):
+        into_file = None if into is None else checkpoint_path(into)
+        into_used = into_file is not None and into_file.is_file()
+        in_place = into_used and came_from is not None and os.path.samefile(into_file, came_from)
+        if into_used and not in_place:
             pending.append(
                 (
                     f"{str(into)!r} holds the checkpoint of an earlier run; this run replaces it at its first "
@@ -935,9 +1009,12 @@ class TrainingRun:
             }
 
         # the step of the last checkpoint written, so that a stop right after one writes no twin; reset to -1
-        # whenever the state changes without the step moving (a new best, a rollback, a halved batch)
-        saved_step = -1
-        whole_steps = True  # False while the state is that of a step begun but not finished (after an OOM)
+        # whenever the state changes without the step moving (a new best, a rollback, a halved batch). A resume
+        # into its own folder starts from what is written there: one that trains nothing (to get the kept model,
+        # as load_model's message of a checkpoint advises) leaves the checkpoint, and its total, as they were
+        saved_step = step if in_place and not (rescore_best or other_validation) else -1
+        # False while the state is that of a step begun but not finished (inside a step, or after an OOM in one)
+        whole_steps = True
 
         def write_checkpoint() -> TrainingEvent | None:
             """Write the checkpoint; a failed write (disk full, folder removed) is a Notice, not the end of
@@ -976,9 +1053,10 @@ class TrainingRun:
                 psnr, ssim, restored = evaluate(net, vb, vs, batch_size, step_fn.amp_dtype)
                 is_best = math.isfinite(psnr) and (best_psnr is None or psnr > best_psnr)
                 if is_best:
-                    best_psnr, best_step, best_source = psnr, step, name
-                    self._set_best(_cpu_clone(net.state_dict()))
+                    best_state = _cpu_clone(net.state_dict())  # first: a Ctrl-C during the copy changes nothing
                     saved_step = -1  # the checkpoint's best is out of date
+                    best_psnr, best_step, best_source = psnr, step, name
+                    self._set_best(best_state)
                 if preview is None:
                     preview = restored
                 with self._lock:  # run.model's metadata describes the run so far, not its start
@@ -1021,6 +1099,7 @@ class TrainingRun:
                     break
                 lr_factor = preset.lr_factor(step, total) * lr_scale
                 step_fn.set_learning_rates(preset.learning_rate * lr_factor, preset.critic_learning_rate * lr_factor)
+                whole_steps = False  # until the step is counted: a Ctrl-C inside it must not save its state
                 try:
                     result = step_fn.run(source.next_batch, batch_size)
                 except NonFiniteLoss as exc:
@@ -1090,41 +1169,60 @@ class TrainingRun:
                     if event is not None:
                         yield event
                 last_time = time.perf_counter()
-        except GeneratorExit:
-            # The consumer closed the run between two events (left its loop, or dropped the run): keep the state,
-            # as a stop would. Nothing can be yielded any more, so the notice of a failed write goes only to
-            # on_event and the warnings.
+            if stopped and self._interrupts:
+                folder = k["checkpoint_dir"]
+                written, again = (
+                    (" and nothing is written (no checkpoint_dir)", "")
+                    if folder is None
+                    else (
+                        f", its checkpoint is written to {str(folder)!r}",
+                        f" (the checkpoint of step {step} is still written)",
+                    )
+                )
+                yield self._notice(
+                    step,
+                    f"Interrupted (Ctrl-C): stopped after step {step}, as run.stop() does. The newest weights are "
+                    f"validated, the best model is returned (run.model){written}. Press Ctrl-C again to abort at "
+                    f"once with KeyboardInterrupt{again}.",
+                    "interrupted",
+                    warn=True,
+                )
+            if stopped and step > 0 and validated_step != step:
+                # the weights trained since the last validation are scored too: a stopped run returns the best of
+                # all its weights, not of those that happened to fall on the validation schedule
+                yield from validate()
+            if validation is None:
+                # Without validation the result is the latest weights (the EMA when kept).
+                final_net = step_fn.ema if step_fn.ema is not None and step > 0 else generator
+                self._set_best(_cpu_clone(final_net.state_dict()))
+                best_source = "ema" if final_net is step_fn.ema else "generator"
+            self.provenance.update(
+                {
+                    "steps_done": step,
+                    "batch_size": batch_size,
+                    "wall_time_s": round(time.perf_counter() - t_start, 2),
+                    "val_psnr": best_psnr,
+                    "best_step": best_step,
+                    "best_source": best_source,
+                    "stopped": stopped or diverged,
+                    "rollbacks": rollbacks,
+                }
+            )
+            with self._lock:
+                self._model_version += 1  # provenance changed: rebuild the model's metadata
+            event = write_checkpoint()
+            if event is not None:
+                yield event
+        except (GeneratorExit, KeyboardInterrupt):
+            # The consumer closed the run between two events (left its loop, or dropped the run), or a Ctrl-C
+            # aborted it (the second one, or one that was not turned into a stop): keep the state of the last
+            # whole step, as a stop would; a step begun but not finished is never written (write_checkpoint
+            # skips it, and the checkpoint before it stays). Nothing can be yielded any more, so the notice of a
+            # failed write goes only to on_event and the warnings.
             with contextlib.suppress(Exception):
                 write_checkpoint()
             generator.eval()
             raise
-
-        if stopped and step > 0 and validated_step != step:
-            # the weights trained since the last validation are scored too: a stopped run returns the best of
-            # all its weights, not of those that happened to fall on the validation schedule
-            yield from validate()
-        if validation is None:
-            # Without validation the result is the latest weights (the EMA when kept).
-            final_net = step_fn.ema if step_fn.ema is not None and step > 0 else generator
-            self._set_best(_cpu_clone(final_net.state_dict()))
-            best_source = "ema" if final_net is step_fn.ema else "generator"
-        self.provenance.update(
-            {
-                "steps_done": step,
-                "batch_size": batch_size,
-                "wall_time_s": round(time.perf_counter() - t_start, 2),
-                "val_psnr": best_psnr,
-                "best_step": best_step,
-                "best_source": best_source,
-                "stopped": stopped or diverged,
-                "rollbacks": rollbacks,
-            }
-        )
-        with self._lock:
-            self._model_version += 1  # provenance changed: rebuild the model's metadata
-        event = write_checkpoint()
-        if event is not None:
-            yield event
         generator.eval()
         self.finished = Finished(model=self.model, step=step, stopped=stopped or diverged, best_psnr=best_psnr)
         yield self._emit(self.finished)
