@@ -305,3 +305,142 @@ def test_a_result_in_other_units_than_the_ground_truth_gets_a_note():
     assert len(table.notes) == 2 and "'as floats'" in table.notes[0] and "'8 bit'" in table.notes[1]
     assert "other units?" in str(table)
     assert "other units?" in table._repr_html_()  # what a notebook shows must say it too
+
+
+class _PlaneStore:
+    """A zarr-like array (shape, dtype, ndim, __getitem__) that counts the planes read and refuses to be read
+    whole: np.asarray of it raises, as a too-large zarr or h5py dataset would exhaust memory."""
+
+    def __init__(self, array: np.ndarray):
+        self._array = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+        self.reads: list[int] = []
+
+    def __getitem__(self, key):
+        region = self._array[key]
+        self.reads.append(region.size)
+        return region.copy()
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole array was read")
+
+
+def _stack_pair(planes: int = 4, axes: str = "ZYX"):
+    rng = np.random.default_rng(5)
+    sharp = (ndimage.uniform_filter(rng.random((planes, 48, 40)), (1, 5, 5)) * 3000).astype(np.uint16)
+    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), (0, 1.5, 1.5)).astype(np.uint16)
+    if axes == "ZYXC":
+        sharp, blurred = (a.reshape(planes // 2, 2, 48, 40).transpose(0, 2, 3, 1) for a in (sharp, blurred))
+    return sharp, blurred
+
+
+@pytest.mark.parametrize("axes", ["ZYX", "ZYXC"])
+@pytest.mark.parametrize("method", ["richardson_lucy", "wiener"])
+def test_baselines_on_a_dask_stack_stay_lazy_and_match_numpy(method, axes):
+    """A dask array in gives a lazy dask array out (one plane per block, as deblur() does) with the NumPy
+    result's values: the [0, 1] scaling takes the whole stack's range, read once up front."""
+    da = pytest.importorskip("dask.array")
+    _, blurred = _stack_pair(4, axes)
+    call = (lambda img: richardson_lucy(img, gaussian_psf(1.5), 5, axes=axes)) if method == "richardson_lucy" else (
+        lambda img: wiener(img, gaussian_psf(1.5), 0.05, axes=axes))
+    computed: list[tuple[int, ...]] = []
+
+    def counted(block):
+        if block.size:  # not dask's own call on an empty block, to learn the output type
+            computed.append(block.shape)
+        return block
+
+    lazy_in = da.from_array(blurred, chunks=(1, 24, 40, 1)[: blurred.ndim]).map_blocks(counted, dtype=blurred.dtype)
+    lazy = call(lazy_in)
+    assert isinstance(lazy, da.Array) and lazy.shape == blurred.shape and lazy.dtype == blurred.dtype
+    assert len(computed) == lazy_in.npartitions  # the range pass read each block once; nothing deconvolved yet
+    assert all(set(sizes) == {1} for sizes, a in zip(lazy.chunks, axes, strict=True) if a not in "YX")
+    np.testing.assert_array_equal(lazy.compute(), call(blurred))
+
+
+def test_baselines_and_compare_read_a_zarr_like_array_plane_by_plane(monkeypatch):
+    monkeypatch.setattr(comparison, "_BLOCK_ELEMENTS", 48 * 40)  # the range pass's blocks: one plane here
+    sharp, blurred = _stack_pair(4)
+    store, ref_store = _PlaneStore(blurred), _PlaneStore(sharp)
+    result = wiener(store, gaussian_psf(1.5), 0.05, axes="ZYX")
+    assert type(result) is np.ndarray
+    np.testing.assert_array_equal(result, wiener(blurred, gaussian_psf(1.5), 0.05, axes="ZYX"))
+    assert max(store.reads) == 48 * 40  # planes (and the range pass's blocks), never the stack
+    store.reads.clear()
+    table = compare({"blurred": store}, ref_store, axes="ZYX", per_slice=True)
+    expected = compare({"blurred": blurred}, sharp, axes="ZYX", per_slice=True)
+    assert store.reads == [48 * 40] * 4  # every plane read once for all the metrics, whole and per slice
+    for got, want in zip(table.rows, expected.rows, strict=True):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert got[key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
+
+
+def test_compare_reads_each_plane_of_lazy_results_once():
+    """All the metrics of a plane (whole-image and per-slice rows, the units note) come from one read: a lazy
+    result (a dask deblur() output, say) is computed once, not once per metric."""
+    da = pytest.importorskip("dask.array")
+    sharp, blurred = _stack_pair(4)
+    computed: list[int] = []
+
+    def counted(block):
+        if block.size:  # not dask's own call on an empty block, to learn the output type
+            computed.append(1)
+        return block
+
+    lazy = {name: da.from_array(a, chunks=(1, 48, 40)).map_blocks(counted, dtype=a.dtype)
+            for name, a in (("blurred", blurred), ("sharp", sharp))}
+    reference = da.from_array(sharp.astype(np.float32), chunks=(1, 48, 40)).map_blocks(counted, dtype=np.float32)
+    table = compare(lazy, reference, per_slice=True)
+    # the float reference's range (PSNR's data range) is one more pass over it
+    assert len(computed) == 4 * 3 + 4
+    expected = compare({"blurred": blurred, "sharp": sharp}, sharp.astype(np.float32), per_slice=True)
+    assert [r["psnr"] for r in table.rows] == pytest.approx([r["psnr"] for r in expected.rows], rel=1e-12)
+    assert [r["ssim"] for r in table.rows] == pytest.approx([r["ssim"] for r in expected.rows], rel=1e-12)
+
+
+def test_lazy_results_with_nan_are_one_clear_error():
+    da = pytest.importorskip("dask.array")
+    sharp, _ = _stack_pair(2)
+    bad = sharp.astype(np.float32)
+    bad[1, 3, 4] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        compare({"bad": da.from_array(bad, chunks=(1, 48, 40))}, sharp)
+    with pytest.raises(InputError, match="NaN"):
+        richardson_lucy(da.from_array(bad, chunks=(1, 48, 40)), gaussian_psf(1.0), 2)
+    with pytest.raises(InputError, match="NaN"):
+        wiener(_PlaneStore(bad), gaussian_psf(1.0))
+
+
+_LAZY_MEMORY_CALLS = {
+    "richardson_lucy": lambda ref, img, psf: richardson_lucy(img, psf, 3, axes="ZYX")[-1].compute(),
+    "wiener": lambda ref, img, psf: wiener(img, psf, 0.01, axes="ZYX")[-1].compute(),
+    "compare": lambda ref, img, psf: compare({"a": img, "b": img}, ref, axes="ZYX", per_slice=True),
+    "compare, float reference": lambda ref, img, psf: compare({"a": img}, ref, axes="ZYX"),
+}
+
+
+@pytest.mark.parametrize("what", list(_LAZY_MEMORY_CALLS))
+def test_memory_on_dask_stacks_does_not_grow_with_the_stack(what, numpy_peak):
+    """Baselines and metrics of dask stacks hold a few planes, whatever the stack: they made NumPy copies of
+    the whole input (np.asarray) and, for the baselines, a whole NumPy result, 4x larger for a 4x stack."""
+    da = pytest.importorskip("dask.array")
+    call = _LAZY_MEMORY_CALLS[what]
+    psf = gaussian_psf(1.5)
+
+    def peak(planes: int) -> tuple[int, int]:
+        rng = np.random.default_rng(2)
+        # planes large enough that their pixels, not dask's graph (a few kB a block), make the difference
+        ref = (rng.random((planes, 256, 256)) * 3000).astype(np.uint16)
+        img = (rng.random((planes, 256, 256)) * 3000).astype(np.uint16)
+        # map_blocks: the planes are made when computed (as a lazy deblur() result is), not NumPy views
+        lazy_ref, lazy_img = (da.from_array(a, chunks=(1, 256, 256)).map_blocks(np.copy) for a in (ref, img))
+        if what == "compare, float reference":
+            lazy_ref = lazy_ref.astype(np.float32)
+        # the lower of two measurements: a one-off resize of an interpreter-wide table (seen: the dict of
+        # sys.intern'ed strings, 7.7 MB, in a full test run) can land in either, and is not this code's memory
+        return min(numpy_peak(lambda: call(lazy_ref, lazy_img, psf)) for _ in range(2)), img.nbytes
+
+    small, small_bytes = peak(6)
+    large, large_bytes = peak(24)
+    assert large - small < 0.25 * (large_bytes - small_bytes), (small, large, large_bytes - small_bytes)

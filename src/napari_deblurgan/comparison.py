@@ -11,6 +11,10 @@ Images of any integer or float dtype are accepted; classical methods work on a [
 at a time (scaled with the whole image's range) and return the input's shape and dtype. nD data is processed
 per YX plane (axes letters TZCYXS as everywhere else), and metrics difference images in blocks of rows: memory
 is the result (if any) plus a few planes, never a float copy of the stack.
+
+Lazy arrays (dask, zarr, h5py: see :func:`is_lazy`) are read one YX plane at a time by :func:`compare`,
+:func:`richardson_lucy` and :func:`wiener`, never made into one NumPy array: as ``deblur()`` does, a dask
+array in gives a lazy dask array out (one plane per block), other lazy arrays a NumPy result.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -30,30 +34,119 @@ from skimage import restoration
 
 from .atomic_files import atomic_write
 from .blur.synthesize import (
+    check_image_kind,
     check_psf_array,
+    not_finite_message,
     plane_indices,
     resolve_image_axes,
     validate_image,
     yx_last,
 )
 from .errors import Cancelled, InputError
+from .inputs import reject_viewer_objects
 from .normalization import cast_like, percentile_range
+
+# ------------------------------------------------------------------------------------------- lazy arrays
+
+
+def _is_dask(image: Any) -> bool:
+    # by type, so that NumPy-only sessions never import dask
+    return type(image).__module__.split(".")[0] == "dask"
+
+
+def is_lazy(image: Any) -> bool:
+    """Whether ``image`` is read a region at a time here rather than through ``np.asarray``, which would read
+    it whole: a dask array or another array-like with a NumPy ``dtype``, a ``shape`` and ``__getitem__`` that
+    is no ndarray (zarr, h5py). A memory map is an ndarray: its planes are views that the OS reads on demand.
+    Torch tensors (a ``torch.dtype``) are not lazy: ``np.asarray`` takes them as they are."""
+    return (
+        not isinstance(image, np.ndarray)
+        and isinstance(getattr(image, "dtype", None), np.dtype)
+        and hasattr(image, "shape")
+        and hasattr(image, "__getitem__")
+    )
+
+
+def _as_image(image: Any, name: str) -> Any:
+    """``image`` as the metrics and baselines read it: an ndarray checked by ``validate_image``, or a lazy
+    array (:func:`is_lazy`) checked from its dtype and shape only; its pixels are checked as they are read."""
+    # first: napari's multiscale data has a dtype, a shape and __getitem__ too, but indexing it gives levels
+    reject_viewer_objects(image, name)
+    if is_lazy(image):
+        check_image_kind(image, name=name)
+        return image
+    return validate_image(image, name=name)
+
+
+def value_range(image: Any, *, name: str = "image") -> tuple[float, float]:
+    """``(min, max)`` of an ndarray or a lazy array in one pass that holds one block at a time (a dask array
+    by its own chunked reduction, which reads each chunk once for both); InputError for NaN or inf."""
+    if _is_dask(image):
+        import dask
+
+        lo, hi = dask.compute(image.min(), image.max())
+    elif isinstance(image, np.ndarray):
+        lo, hi = image.min(), image.max()
+    else:
+        lo = hi = None
+        for block in _blocks(tuple(image.shape)):
+            part = np.asarray(image[block])
+            # np.minimum, not min(): a NaN must stay NaN to be reported below
+            lo = part.min() if lo is None else np.minimum(lo, part.min())
+            hi = part.max() if hi is None else np.maximum(hi, part.max())
+    if image.dtype.kind == "f" and not (np.isfinite(lo) and np.isfinite(hi)):
+        raise InputError(not_finite_message(name))
+    return float(lo), float(hi)
+
+
+def _plane_reader(image: Any, axes: str) -> Callable[[tuple[int, ...]], np.ndarray]:
+    """``read(idx)``: the (Y, X) plane at ``idx`` (an index over the other axes, in their order, as
+    :func:`plane_indices` gives it): a view of an ndarray, or a NumPy copy of that plane alone from a lazy
+    array (a dask array computes the blocks that hold it, nothing else)."""
+    if isinstance(image, np.ndarray):
+        planes = yx_last(image, axes)
+        return lambda idx: planes[idx]
+    y, x = axes.index("Y"), axes.index("X")
+    others = [i for i in range(len(axes)) if i not in (y, x)]
+
+    def read(idx: tuple[int, ...]) -> np.ndarray:
+        key: list[Any] = [slice(None)] * len(axes)
+        for axis, value in zip(others, idx, strict=True):
+            key[axis] = value
+        plane = np.asarray(image[tuple(key)])
+        return plane.T if x < y else plane  # the two axes left keep their order: (X, Y) when X comes first
+
+    return read
+
+
+def _read_checked(read: Callable[[tuple[int, ...]], np.ndarray], idx: tuple[int, ...], image: Any, name: str):
+    """``read(idx)``, with the NaN/inf check that ``validate_image`` made of a whole ndarray done on this plane
+    of a lazy one (checking it up front would read it twice)."""
+    plane = read(idx)
+    if not isinstance(image, np.ndarray) and plane.dtype.kind == "f" and not (
+        np.isfinite(plane.min()) and np.isfinite(plane.max())
+    ):
+        raise InputError(not_finite_message(name))
+    return plane
+
 
 # ----------------------------------------------------------------------------------------------- metrics
 
 
-def default_data_range(reference: np.ndarray) -> float:
+def default_data_range(reference: Any) -> float:
     """Data range used by the metrics: the dtype's full range for integers, ``max - min`` for floats.
 
     Integer images use the dtype range (255 for uint8, 65535 for uint16) like scikit-image; for uint16
     data that fills only a small part of the range, pass ``data_range`` explicitly for more telling PSNRs.
-    A constant float reference falls back to 1.
+    A constant float reference falls back to 1. A lazy reference (:func:`is_lazy`) is read block by block.
     """
-    reference = np.asarray(reference)
+    if not is_lazy(reference):
+        reference = np.asarray(reference)
     if reference.dtype.kind in "iu":
         info = np.iinfo(reference.dtype)
         return float(info.max) - float(info.min)
-    span = float(reference.max()) - float(reference.min())
+    lo, hi = value_range(reference, name="reference")
+    span = hi - lo
     return span if span > 0 else 1.0
 
 
@@ -137,6 +230,23 @@ def psnr(reference: Any, image: Any, data_range: float | None = None) -> float:
     return _psnr_from_mse(_squared_error(ref, img) / ref.size, dr)
 
 
+def _ssim_window(plane_shape: tuple[int, ...]) -> int:
+    """SSIM's window side for planes of ``plane_shape`` (Y, X): 7, or the largest odd side that fits (>= 3)."""
+    side = min(plane_shape)
+    win = min(7, side if side % 2 == 1 else side - 1)
+    if win < 3:
+        raise InputError(f"SSIM needs YX planes of at least 3x3 px, got {tuple(plane_shape)}.")
+    return win
+
+
+def _plane_ssim(ref_plane: np.ndarray, plane: np.ndarray, data_range: float, win: int) -> float:
+    return float(
+        sk_metrics.structural_similarity(
+            ref_plane.astype(np.float64), plane.astype(np.float64), data_range=data_range, win_size=win
+        )
+    )
+
+
 def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: str | None = None) -> float:
     """Structural similarity (scikit-image, 7x7 uniform window), averaged over the YX planes.
 
@@ -147,16 +257,8 @@ def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     dr = _data_range(ref, data_range)
     axes = resolve_image_axes(ref, axes)
     ref_planes, img_planes = yx_last(ref, axes), yx_last(img, axes)
-    side = min(ref_planes.shape[-2:])
-    win = min(7, side if side % 2 == 1 else side - 1)
-    if win < 3:
-        raise InputError(f"SSIM needs YX planes of at least 3x3 px, got {ref_planes.shape[-2:]}.")
-    values = [
-        sk_metrics.structural_similarity(
-            ref_planes[idx].astype(np.float64), img_planes[idx].astype(np.float64), data_range=dr, win_size=win
-        )
-        for idx in np.ndindex(ref_planes.shape[:-2])
-    ]
+    win = _ssim_window(ref_planes.shape[-2:])
+    values = [_plane_ssim(ref_planes[idx], img_planes[idx], dr, win) for idx in np.ndindex(ref_planes.shape[:-2])]
     return float(np.mean(values))
 
 
@@ -166,8 +268,12 @@ def nrmse(reference: Any, image: Any) -> float:
     0 for identical images; scale-independent. ``inf`` if the reference is all zeros and the image is not.
     """
     ref, img = _pair(reference, image)
-    err, norm = _squared_sums(ref, img)
-    err, norm = math.sqrt(err / ref.size), math.sqrt(norm / ref.size)
+    return _nrmse_from_sums(*_squared_sums(ref, img), ref.size)
+
+
+def _nrmse_from_sums(err: float, norm: float, size: int) -> float:
+    """NRMSE from ``sum((reference - image) ** 2)`` and ``sum(reference ** 2)`` over ``size`` pixels."""
+    err, norm = math.sqrt(err / size), math.sqrt(norm / size)
     if norm == 0:
         return 0.0 if err == 0 else math.inf
     return err / norm
@@ -204,14 +310,20 @@ class _Scaler:
 
     Richardson-Lucy assumes non-negative data and is not offset-invariant, so data that is already
     non-negative is only divided by its maximum; data with negative values is shifted first. The range is
-    the whole image's; :meth:`forward` and :meth:`inverse` then work on any part of it (one plane at a time).
+    the whole image's (``(min, max)``); :meth:`forward` and :meth:`inverse` then work on any part of it (one
+    plane at a time, or one dask block).
     """
 
-    def __init__(self, image: np.ndarray):
-        self.low = min(0.0, float(image.min()))
-        span = float(image.max()) - self.low
+    def __init__(self, value_range: tuple[float, float], dtype: np.dtype):
+        lo, hi = value_range
+        self.low = min(0.0, float(lo))
+        span = float(hi) - self.low
         self.span = span if span > 0 else 1.0
-        self.dtype = image.dtype
+        self.dtype = dtype
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> _Scaler:
+        return cls((float(image.min()), float(image.max())), image.dtype)
 
     def forward(self, image: np.ndarray) -> np.ndarray:
         return (image.astype(np.float64) - self.low) / self.span
@@ -285,36 +397,75 @@ def _prepare(image: Any, psf: Any, axes: str | None) -> tuple[np.ndarray, np.nda
 
 
 def _per_plane(
-    arr: np.ndarray, axes: str, deconvolve: Callable[[np.ndarray], np.ndarray], cancel: Any = None
+    source: Any,
+    axes: str,
+    deconvolve: Callable[[np.ndarray], np.ndarray],
+    cancel: Any = None,
+    scaler: _Scaler | None = None,
 ) -> np.ndarray:
-    """``deconvolve(plane in [0, 1])`` of every YX plane of ``arr``, scaled back into a new array like ``arr``.
+    """``deconvolve(plane in [0, 1])`` of every YX plane of ``source`` (an ndarray, or a lazy array read one
+    plane at a time), scaled back into a new NumPy array of its shape and dtype.
 
-    One plane at a time into the preallocated result: memory is the result plus a few planes (the
-    [0, 1] scaling uses the whole image's range).
+    One plane at a time into the preallocated result: memory is the result plus a few planes. The [0, 1]
+    scaling uses the whole image's range: ``scaler``, or by default ``source``'s own (an ndarray's).
     """
-    scaler = _Scaler(arr)
-    out = np.empty(arr.shape, dtype=arr.dtype)
-    src, dst = yx_last(arr, axes), yx_last(out, axes)
-    for idx in np.ndindex(src.shape[:-2]):
+    scaler = _Scaler.of(source) if scaler is None else scaler
+    out = np.empty(source.shape, dtype=source.dtype)
+    read, dst = _plane_reader(source, axes), yx_last(out, axes)
+    for idx in np.ndindex(dst.shape[:-2]):
         _raise_if_cancelled(cancel)
-        dst[idx] = scaler.inverse(deconvolve(scaler.forward(src[idx])))
+        dst[idx] = scaler.inverse(deconvolve(scaler.forward(read(idx))))
     return out
+
+
+def _deconvolve(
+    image: Any, psf: Any, axes: str | None, deconvolve: Callable[[np.ndarray, np.ndarray], np.ndarray], cancel: Any
+) -> Any:
+    """``deconvolve(plane in [0, 1], psf)`` of every YX plane of ``image``: the driver of
+    :func:`richardson_lucy` and :func:`wiener` for every kind of input.
+
+    An ndarray (a memory map included) gives an ndarray. A lazy array (:func:`is_lazy`) is never read whole:
+    one pass finds its range (the [0, 1] scaling is the whole image's, as for an ndarray, so the result is
+    the same), then a dask array gives a lazy dask array with one plane per block, deconvolved when computed
+    (as ``deblur()`` does: no whole-stack copy, and ``cancel`` reaches the blocks), and any other lazy array
+    (zarr, h5py) a NumPy result filled one plane read at a time.
+    """
+    image = _as_image(image, "image")  # an ndarray checked whole, or a lazy array checked by dtype and shape
+    kernel = check_psf_array(psf)
+    axes = resolve_image_axes(image, axes)
+    if not is_lazy(image):
+        return _per_plane(image, axes, lambda plane: deconvolve(plane, kernel), cancel)
+    _raise_if_cancelled(cancel)
+    scaler = _Scaler(value_range(image), image.dtype)
+
+    def run(source: Any) -> np.ndarray:
+        return _per_plane(source, axes, lambda plane: deconvolve(plane, kernel), cancel, scaler)
+
+    if not _is_dask(image):
+        return run(image)
+    # one block per YX plane: a block of many planes would hold them all (in and out) while it is computed
+    planes = image.rechunk({i: -1 if a in "YX" else 1 for i, a in enumerate(axes)})
+    # meta given: otherwise dask calls run on a dummy block to guess the output type
+    return planes.map_blocks(run, dtype=image.dtype, meta=np.empty((0,) * image.ndim, image.dtype))
 
 
 def richardson_lucy(
     image: Any, psf: Any, iterations: int = 30, *, axes: str | None = None, cancel: Any = None
-) -> np.ndarray:
+) -> Any:
     """Richardson-Lucy deconvolution of every YX plane with ``psf``; same shape and dtype as ``image``.
     ``cancel`` (a ``threading.Event`` or a callable returning True) stops it between iterations with
     :class:`~napari_deblurgan.Cancelled`.
 
     Works for any dtype and value range (the image is scaled to [0, 1] floats and back; integer results
     are rounded and clipped). Borders are reflect-padded by one PSF side so they do not ring. Not clipped
-    to the input's range: deconvolution may legitimately brighten point sources.
+    to the input's range: deconvolution may legitimately brighten point sources. A dask array gives a lazy
+    dask array (one plane per block, computed when asked for; its range is read once up front), a zarr or
+    h5py array a NumPy array read one plane at a time.
     """
     iterations = _check_iterations(iterations)
-    arr, kernel, axes = _prepare(image, psf, axes)
-    return _per_plane(arr, axes, lambda plane: _richardson_lucy_plane(plane, kernel, iterations, cancel), cancel)
+    return _deconvolve(
+        image, psf, axes, lambda plane, kernel: _richardson_lucy_plane(plane, kernel, iterations, cancel), cancel
+    )
 
 
 def _wiener_plane(plane01: np.ndarray, psf: np.ndarray, balance: float) -> np.ndarray:
@@ -325,9 +476,9 @@ def _wiener_plane(plane01: np.ndarray, psf: np.ndarray, balance: float) -> np.nd
 
 def wiener(
     image: Any, psf: Any, balance: float = 0.01, *, axes: str | None = None, cancel: Any = None
-) -> np.ndarray:
+) -> Any:
     """Wiener-Hunt deconvolution (scikit-image, Laplacian regulariser) of every YX plane; same shape/dtype.
-    ``cancel`` stops it between planes, as for :func:`richardson_lucy`.
+    ``cancel`` stops it between planes, as for :func:`richardson_lucy`; lazy input as there.
 
     ``balance`` trades sharpness (small) against noise amplification (large). Any dtype/range: the image is
     scaled to [0, 1] floats, reflect-padded by one PSF side (no border ringing from the FFT's periodic
@@ -335,8 +486,7 @@ def wiener(
     """
     if isinstance(balance, bool) or not isinstance(balance, numbers.Real) or not balance > 0:
         raise InputError(f"balance must be a number > 0, got {balance!r}.")
-    arr, kernel, axes = _prepare(image, psf, axes)
-    return _per_plane(arr, axes, lambda plane: _wiener_plane(plane, kernel, float(balance)), cancel)
+    return _deconvolve(image, psf, axes, lambda plane, kernel: _wiener_plane(plane, kernel, float(balance)), cancel)
 
 
 def best_classical(
@@ -376,7 +526,7 @@ def best_classical(
         raise InputError("Wiener balances must be > 0.")
     dr = _data_range(sharp_arr, data_range)
     arr, kernel, axes = _prepare(blurred_arr, psf, axes)
-    scaler = _Scaler(arr)
+    scaler = _Scaler.of(arr)
     src, ref = yx_last(arr, axes), yx_last(sharp_arr, axes)
     lead = src.shape[:-2]
     single = math.prod(lead) == 1
@@ -519,7 +669,11 @@ def compare(
     index over the other axes). ``data_range`` is passed to :func:`psnr`/:func:`ssim` (default: from the
     reference, see :func:`default_data_range`: for integer images the dtype's range, which on a uint16 image
     that fills a small part of it raises PSNR and SSIM alike - pass the reference's own range,
-    ``float(reference.max()) - float(reference.min())``, as the Compare panel does). Dask arrays are computed.
+    ``float(reference.max()) - float(reference.min())``, as the Compare panel does).
+
+    One pass over the YX planes: each plane of each image is read once and every metric of it (whole-image
+    and per-slice) comes from that read, so memory is a few planes, whatever the stack. Dask arrays and other
+    lazy arrays (zarr, h5py; :func:`is_lazy`) are read plane by plane, never computed whole.
     """
     if isinstance(results, Mapping):
         items = [(str(name), image) for name, image in results.items()]
@@ -529,53 +683,95 @@ def compare(
         items = [(f"image {i}", image) for i, image in enumerate(results)]
     if not items:
         raise InputError("Nothing to compare: results is empty.")
-    images = [(name, validate_image(image, name=f"result {name!r}")) for name, image in items]
-    ref = None if reference is None else validate_image(reference, name="reference")
-    first_shape = images[0][1].shape if ref is None else ref.shape
+    images = [(name, _as_image(image, f"result {name!r}")) for name, image in items]
+    ref = None if reference is None else _as_image(reference, "reference")
+    first_shape = tuple(images[0][1].shape if ref is None else ref.shape)
     for name, image in images:
-        if image.shape != first_shape:
+        if tuple(image.shape) != first_shape:
             raise InputError(
-                f"Result {name!r} has shape {image.shape} but "
+                f"Result {name!r} has shape {tuple(image.shape)} but "
                 f"{'the reference' if ref is not None else 'the first result'} has {first_shape}; "
                 "all images must have the same shape."
             )
     axes = resolve_image_axes(ref if ref is not None else images[0][1], axes)
     dr = None if ref is None else _data_range(ref, data_range)
     indices = plane_indices(first_shape, axes)
-    ref_planes = None if ref is None else yx_last(ref, axes)
+    plane_shape = (first_shape[axes.index("Y")], first_shape[axes.index("X")])
+    win = None if ref is None else _ssim_window(plane_shape)
+    # the plane _units_note looks at: the middle one along every other axis
+    middle = tuple(n // 2 for i, n in enumerate(first_shape) if axes[i] not in "YX")
 
-    def score(name: str, image: np.ndarray, reference_image: np.ndarray | None, where, plane_axes: str):
-        row: dict[str, Any] = {"name": name, "slice": where, "psnr": None, "ssim": None, "nrmse": None}
-        if reference_image is not None:
-            row["psnr"] = psnr(reference_image, image, dr)
-            row["ssim"] = ssim(reference_image, image, dr, axes=plane_axes)
-            row["nrmse"] = nrmse(reference_image, image)
-        row["sharpness"] = sharpness(image, axes=plane_axes)
-        return row
+    read_ref = None if ref is None else _plane_reader(ref, axes)
+    readers = [_plane_reader(image, axes) for _, image in images]
+    scores: list[list[_PlaneScores]] = [[] for _ in images]
+    ref_range: tuple[float, float] | None = None
+    ranges: list[tuple[float, float] | None] = [None] * len(images)
+    for where in indices:
+        ref_plane = None if read_ref is None else _read_checked(read_ref, where, ref, "reference")
+        if ref_plane is not None and where == middle:
+            ref_range = _units_range(ref_plane)
+        for k, (name, image) in enumerate(images):
+            plane = _read_checked(readers[k], where, image, f"result {name!r}")
+            scores[k].append(_plane_scores(ref_plane, plane, dr, win))
+            if ref_plane is not None and where == middle:
+                ranges[k] = _units_range(plane)
 
-    notes = [] if ref_planes is None else [
-        note for name, image in images if (note := _units_note(name, yx_last(image, axes), ref_planes)) is not None
+    notes = [] if ref_range is None else [
+        note for (name, _), percentiles in zip(images, ranges, strict=True)
+        if percentiles is not None and (note := _units_note(name, percentiles, ref_range)) is not None
     ]
+    size, plane_size = math.prod(first_shape), plane_shape[0] * plane_shape[1]
     rows = []
-    for name, image in images:
-        rows.append(score(name, image, ref, None, axes))
+    for (name, _), planes in zip(images, scores, strict=True):
+        rows.append(_row(name, None, planes, size, dr))
         if per_slice and len(indices) > 1:
-            planes = yx_last(image, axes)  # views: indexing a plane copies nothing
-            for where in indices:
-                rows.append(score(name, planes[where], None if ref_planes is None else ref_planes[where], where, "YX"))
+            rows.extend(_row(name, where, [one], plane_size, dr) for where, one in zip(indices, planes, strict=True))
     return ComparisonTable(rows, notes)
 
 
-def _units_note(name: str, planes: np.ndarray, ref_planes: np.ndarray) -> str | None:
+class _PlaneScores(NamedTuple):
+    """What :func:`compare` keeps of one YX plane of one result: sums and scores, no pixels."""
+
+    error: float | None  # sum((reference - image) ** 2); None without a reference
+    norm: float | None  # sum(reference ** 2)
+    ssim: float | None
+    sharpness: float
+
+
+def _plane_scores(ref_plane: np.ndarray | None, plane: np.ndarray, dr: float | None, win: int | None) -> _PlaneScores:
+    if ref_plane is None or dr is None or win is None:
+        return _PlaneScores(None, None, None, _plane_sharpness(plane))
+    error, norm = _squared_sums(ref_plane, plane)  # in blocks of rows: no plane-sized float64 difference
+    return _PlaneScores(error, norm, _plane_ssim(ref_plane, plane, dr, win), _plane_sharpness(plane))
+
+
+def _row(name: str, where: tuple[int, ...] | None, planes: list[_PlaneScores], size: int, dr: float | None):
+    """The table row of ``planes`` (all of an image's, or one): the same numbers as :func:`psnr`,
+    :func:`ssim` (the mean over planes), :func:`nrmse` and :func:`sharpness` of those planes."""
+    row: dict[str, Any] = {"name": name, "slice": where, "psnr": None, "ssim": None, "nrmse": None}
+    if dr is not None:
+        error = math.fsum(p.error for p in planes if p.error is not None)
+        norm = math.fsum(p.norm for p in planes if p.norm is not None)
+        row["psnr"] = _psnr_from_mse(error / size, dr)
+        row["ssim"] = float(np.mean([p.ssim for p in planes]))
+        row["nrmse"] = _nrmse_from_sums(error, norm, size)
+    row["sharpness"] = float(np.mean([p.sharpness for p in planes]))
+    return row
+
+
+def _units_range(plane: np.ndarray) -> tuple[float, float]:
+    """The 1-99.8th percentiles of a plane, as :func:`_units_note` compares them."""
+    return percentile_range(np.asarray(plane, dtype=np.float64))
+
+
+def _units_note(name: str, percentiles: tuple[float, float], ref_percentiles: tuple[float, float]) -> str | None:
     """A note when a result's intensities (1-99.8 percentiles of its middle plane) are not in the reference's
-    units - a [0, 1] float copy against a uint16 ground truth, say: PSNR and NRMSE compare values as they
-    are, and would then score the units, not the restoration. Spans 10x apart, or offsets more than two
-    reference spans apart, count as other units: blur lowers a sparse scene's bright percentile, but not
-    10-fold (the blurred sample pair: 0.6-0.9 of the sharp one's), and 8 against 16 bits, or [0, 1] floats
+    (of the same plane) units - a [0, 1] float copy against a uint16 ground truth, say: PSNR and NRMSE compare
+    values as they are, and would then score the units, not the restoration. Spans 10x apart, or offsets more
+    than two reference spans apart, count as other units: blur lowers a sparse scene's bright percentile, but
+    not 10-fold (the blurred sample pair: 0.6-0.9 of the sharp one's), and 8 against 16 bits, or [0, 1] floats
     against counts, are 16x to thousands of times apart."""
-    middle = tuple(n // 2 for n in ref_planes.shape[:-2])
-    lo, hi = percentile_range(np.asarray(planes[middle], dtype=np.float64))
-    ref_lo, ref_hi = percentile_range(np.asarray(ref_planes[middle], dtype=np.float64))
+    (lo, hi), (ref_lo, ref_hi) = percentiles, ref_percentiles
     span, ref_span = hi - lo, ref_hi - ref_lo
     if 0.1 <= span / ref_span <= 10 and abs(lo - ref_lo) <= 2 * ref_span:
         return None

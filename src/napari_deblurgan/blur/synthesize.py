@@ -79,20 +79,32 @@ def validate_image(image: Any, *, name: str = "image") -> np.ndarray:
     napari layers and multiscale data (see inputs.py)."""
     reject_viewer_objects(image, name)
     arr = np.asarray(image)
+    check_image_kind(arr, name=name)
+    # min and max are NaN if any value is, and +-inf if one is: no whole-stack boolean array (np.isfinite)
+    if arr.dtype.kind == "f" and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+        raise InputError(not_finite_message(name))
+    return arr
+
+
+def not_finite_message(name: str) -> str:
+    """What :func:`validate_image` says about NaN or infinite pixels (also said by readers of lazy arrays)."""
+    return f"The {name} contains NaN or infinite values; replace them (e.g. np.nan_to_num)."
+
+
+def check_image_kind(arr: Any, *, name: str = "image") -> None:
+    """The checks of :func:`validate_image` that need only ``dtype`` and ``shape``, so that a lazy array (dask,
+    zarr) is checked without reading a pixel: InputError for bool, complex, non-numeric, empty or 1D data."""
     if arr.dtype.kind == "b":
         raise InputError(f"The {name} is boolean; convert it to an integer or float image first.")
     if arr.dtype.kind == "c":
         raise InputError(f"The {name} is complex; pass its magnitude or real part instead.")
     if arr.dtype.kind not in "iuf":
         raise InputError(f"The {name} has dtype {arr.dtype}; pass an integer or floating-point image.")
-    if arr.size == 0:
-        raise InputError(f"The {name} is empty (shape {arr.shape}).")
-    if arr.ndim < 2:
-        raise InputError(f"The {name} needs at least 2 dimensions (Y, X), got shape {arr.shape}.")
-    # min and max are NaN if any value is, and +-inf if one is: no whole-stack boolean array (np.isfinite)
-    if arr.dtype.kind == "f" and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
-        raise InputError(f"The {name} contains NaN or infinite values; replace them (e.g. np.nan_to_num).")
-    return arr
+    shape = tuple(arr.shape)  # from shape alone: not every array-like has size and ndim
+    if math.prod(shape) == 0:
+        raise InputError(f"The {name} is empty (shape {shape}).")
+    if len(shape) < 2:
+        raise InputError(f"The {name} needs at least 2 dimensions (Y, X), got shape {shape}.")
 
 
 def convolve_reflect(plane: np.ndarray, psf: np.ndarray) -> np.ndarray:

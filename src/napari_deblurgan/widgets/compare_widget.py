@@ -40,6 +40,7 @@ from ._common import (
     detached_from_dock,
     error_message,
     gone_note,
+    is_dask,
     layer_pixels,
     result_layer_kwargs,
     show_error,
@@ -423,8 +424,17 @@ class CompareWidget(QWidget):
             self.status.setText(f"Added {name!r}.{gone}")
 
         self._cancel = threading.Event()
-        self.cancel_button.setEnabled(True)
-        self._start(func, np.asarray(layer_pixels(layer)), psf, axes=axes, on_ok=add, cancel=self._cancel, **kwargs)
+        # the layer's array as it is: np.asarray would read a dask (or zarr) layer whole into memory; the
+        # baselines read it a plane at a time, and a dask layer gives a lazy result, as a deblurred one does
+        pixels = layer_pixels(layer)
+        hooks: dict[str, Any] = {"cancel": self._cancel}
+        if is_dask(pixels):
+            # the job only reads the layer's range; napari computes the result's planes as the user browses,
+            # long after it ended, and a cancel event in the lazy graph would make a closed panel break them
+            hooks = {}
+            self.status.setText(f"Preparing a lazy (dask) {label} of {layer.name!r}...")
+        self.cancel_button.setEnabled(bool(hooks))
+        self._start(func, pixels, psf, axes=axes, on_ok=add, **hooks, **kwargs)
 
     # ---------------------------------------------------------------------------------- side by side
     def side_by_side(self) -> None:
@@ -547,9 +557,10 @@ def _compare_with_range(results: dict[str, Any], reference: Any, *, range_from: 
     """Worker-thread body: :func:`compare` with PSNR's peak taken from the ground truth's own range
     (``range_from="reference"``) or left to ``compare``'s dtype rule (``"dtype"``)."""
     from .. import compare
+    from ..comparison import value_range
 
     data_range = None
     if reference is not None and range_from == "reference":
-        span = float(np.max(reference)) - float(np.min(reference))
-        data_range = span if span > 0 else None
+        lo, hi = value_range(reference, name="ground truth")  # one pass over a lazy ground truth, not two
+        data_range = hi - lo if hi > lo else None
     return compare(results, reference, data_range=data_range, **kwargs)

@@ -36,6 +36,7 @@ from ._common import (
     device_items,
     error_message,
     gone_note,
+    is_dask,
     layer_pixels,
     normalize_axes_text,
     result_layer_kwargs,
@@ -354,7 +355,7 @@ class DeblurWidget(QWidget):
         self._set_running(True)
         hooks: dict[str, Any] = {"progress": self._relay, "cancel": self._cancel}
         pixels = layer_pixels(layer)
-        if _is_dask(pixels):
+        if is_dask(pixels):
             # deblur() returns a lazy array at once; napari computes its blocks while the user browses,
             # long after this job ended, so there is nothing to report or cancel here (and the lazy graph
             # must not hold on to this widget's Qt objects).
@@ -422,11 +423,6 @@ class DeblurWidget(QWidget):
         self._cancel.set()
         self._closed = True
         super().closeEvent(event)
-
-
-def _is_dask(data: Any) -> bool:
-    """True for dask arrays (checked by type so that numpy-only sessions never import dask)."""
-    return type(data).__module__.split(".")[0] == "dask"
 
 
 def _load_quietly(entry: ModelEntry) -> ModelEntry | None:
