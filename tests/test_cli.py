@@ -135,6 +135,33 @@ def test_lazy_path_computes_each_page_once_with_channels_before_z(tiny_model_fil
     np.testing.assert_array_equal(tifffile.imread(lazy), tifffile.imread(eager))
 
 
+@pytest.mark.parametrize("axes", ["CZYX", "ZCYX"])
+def test_lazy_path_computes_each_plane_group_once_with_a_joint_model(make_tiny_model, tmp_path, monkeypatch, axes):
+    """A joint (2-channel) model deblurs each Z plane's channels together: one computation per Z, whatever the
+    order of C and Z in the file. With C outermost (CZYX) the pages of one computation lie C pages apart, and
+    each plane group was computed again for every channel's pages (C times the work)."""
+    model_file = make_tiny_model(channels=2).save(tmp_path / "joint.pt")
+    rng = np.random.default_rng(4)
+    data = (rng.random((2, 3, 40, 40)) * 3000).astype(np.uint16)
+    if axes == "ZCYX":
+        data = np.ascontiguousarray(data.transpose(1, 0, 2, 3))
+    inp, eager, lazy = tmp_path / "in.ome.tif", tmp_path / "eager.tif", tmp_path / "lazy.tif"
+    tifffile.imwrite(inp, data, ome=True, metadata={"axes": axes})
+    argv = ["--model", str(model_file), "-q"]
+    assert main(["deblur", str(inp), "-o", str(eager), *argv]) == 0
+    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
+    groups = []
+    real = deblur_module._deblur_numpy
+    monkeypatch.setattr(deblur_module, "_deblur_numpy", lambda block, *a, **k: groups.append(block.shape) or
+                        real(block, *a, **k))
+    assert main(["deblur", str(inp), "-o", str(lazy), *argv]) == 0
+    channel_axis = axes.index("C")
+    assert len(groups) == 3 and all(shape[channel_axis] == 2 for shape in groups), groups
+    np.testing.assert_array_equal(tifffile.imread(lazy), tifffile.imread(eager))
+    with tifffile.TiffFile(lazy) as tif:
+        assert tif.is_ome and tif.series[0].axes == axes
+
+
 def test_lazy_path_memory_does_not_grow_with_the_file(tiny_model_file, tmp_path, monkeypatch):
     """The lazy path exists for files larger than memory: NumPy's peak allocation stays the same for a file 4x
     larger (dask's from_array copied a memmap whole before the pages were wrapped)."""

@@ -6,12 +6,13 @@ the same shape, dtype, axes and pixel sizes (resolution tags, ImageJ ``spacing``
 interrupted run leaves no partial output; the input is never overwritten.
 
 Inputs larger than :data:`LARGE_FILE_BYTES` that are stored uncompressed are memory-mapped and processed
-lazily with dask, plane by plane, so they need not fit in memory.
+lazily with dask, plane by plane, into a memory-mapped output, so they need not fit in memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import xml.etree.ElementTree as ET
@@ -373,7 +374,8 @@ class MemmapPages:
 
 
 def _deblur_lazy(data: Any, info: TiffInfo, common: dict, out: Path, kw: dict, bar: Any) -> None:
-    """Memory-mapped input -> dask -> deblur lazily -> write page by page (bounded memory)."""
+    """Memory-mapped input -> dask -> deblur lazily -> each block computed once, straight into a
+    memory-mapped output file (bounded memory: one block at a time)."""
     import dask.array as da
     import numpy as np
     import tifffile
@@ -383,32 +385,34 @@ def _deblur_lazy(data: Any, info: TiffInfo, common: dict, out: Path, kw: dict, b
 
     # One chunk per page, or per plane with all its channels for a joint (multichannel) model, which needs
     # them together. A single-channel model gets one channel per chunk: with C before Z or T in the file
-    # (CZYX), a chunk of all channels would be computed again for every channel's pages.
+    # (CZYX), a chunk of all channels would hold the pages of every channel.
     page_axes = "YXS" if info.axes.endswith("YXS") else "YX"
     keep_whole = set(page_axes) | ({"C", "S"} if common["model"].channel_mode == "joint" else {"S"})
     chunks = tuple(-1 if a in keep_whole else 1 for a in info.axes)
     pages = MemmapPages(data)
     # meta given: otherwise dask reads a block to guess the array type
     result = deblur(da.from_array(pages, chunks=chunks, meta=np.empty((0,) * pages.ndim, pages.dtype)), **common)
-    lead = list(range(len(info.axes) - len(page_axes)))  # the leading (non-page) dimensions
-    lead_shape = tuple(info.shape[i] for i in lead)
-    total = int(np.prod(lead_shape)) if lead_shape else 1
+    page_count = math.prod(info.shape[: len(info.axes) - len(page_axes)])
+    page_size = math.prod(info.shape[len(info.axes) - len(page_axes) :])
+    bounds = [np.cumsum((0, *sizes)) for sizes in result.chunks]
 
-    def pages():
-        cached_key, cached = None, None
-        for n, idx in enumerate(np.ndindex(*lead_shape) if lead_shape else [()]):
-            # Index of the dask chunk holding this page, reused for the next page if it is in the same chunk
-            # (a joint model's channels, when C comes after the other leading axes; with C first, as in CZYX,
-            # a joint model's chunk is computed again for each channel: bounded memory over speed).
-            key = tuple(0 if info.axes[ax] in keep_whole else i for ax, i in zip(lead, idx, strict=True))
-            if key != cached_key:
-                sel = tuple(slice(None) if info.axes[ax] in keep_whole else i for ax, i in zip(lead, idx, strict=True))
-                cached, cached_key = np.asarray(result[sel].compute()), key
-            within = tuple(i for ax, i in zip(lead, idx, strict=True) if info.axes[ax] in keep_whole)
-            yield np.ascontiguousarray(cached[within] if within else cached)
-            bar(n + 1, total)
-
-    with atomic_write(out) as tmp, open(tmp, "wb") as fh:
-        tifffile.imwrite(fh, pages(), shape=info.shape, dtype=info.dtype, **kw)
-        fh.flush()
-        os.fsync(fh.fileno())
+    # Written through a memory map of the output, not as a stream of pages in file order: the pages of one
+    # block need not be neighbours in the file (a joint model's channels lie a whole channel stack apart when
+    # C comes before Z, as in CZYX), and a stream had to compute such a block again for each of its pages
+    # (C times the work) or hold its other pages until their turn (most of the output). The lazy path only
+    # takes uncompressed inputs (memory-mappable), so ``kw`` asks for no compression, which a map cannot hold.
+    with atomic_write(out) as tmp:
+        target = tifffile.memmap(tmp, shape=info.shape, dtype=info.dtype, **kw)
+        try:
+            done = 0
+            for index in np.ndindex(*result.numblocks):
+                region = tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, index, strict=True))
+                block = np.asarray(result.blocks[index].compute())
+                target[region] = block
+                done += block.size // page_size
+                bar(done, page_count)
+            target.flush()
+        finally:
+            del target  # unmapped before atomic_write renames (or removes) the file
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())  # the header imwrite wrote, and the pages flush() wrote back
