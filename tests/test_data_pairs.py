@@ -101,20 +101,38 @@ def test_plane_split_for_stacks_and_explicit_validation(pair):
 
 def test_channels_independent_or_joint():
     rgb = data.astronaut()[::4, ::4]  # (128, 128, 3) uint8 -> axes YXS
-    d1 = PairedData(rgb, rgb, channels=1, patch_size=32, validation=0.0)
+    blurred = ndimage.gaussian_filter(rgb, (1.5, 1.5, 0))
+    d1 = PairedData(blurred, rgb, channels=1, patch_size=32, validation=0.0)
     assert len(d1.train_planes) == 3
     b, _ = d1.sample(2, np.random.default_rng(0))
     assert b.shape == (2, 1, 32, 32)
-    d3 = PairedData(rgb, rgb, channels=3, patch_size=32, validation=0.0)
+    d3 = PairedData(blurred, rgb, channels=3, patch_size=32, validation=0.0)
     assert d3.sample(2, np.random.default_rng(0))[1].shape == (2, 3, 32, 32)
     with pytest.raises(InputError, match="2 channels"):
-        PairedData(rgb, rgb, channels=2, patch_size=32)
+        PairedData(blurred, rgb, channels=2, patch_size=32)
 
 
 def test_patch_reduced_to_fit_small_images(pair):
     blurred, sharp = pair
-    d = PairedData(blurred[:40, :50], sharp[:40, :50], patch_size=128, stride=8, validation=0.0)
-    assert d.patch_size == 40 and d.notes
+    d = PairedData(blurred[:40, :50], sharp[:40, :50], patch_size=130, stride=8, validation=0.0)
+    # the number asked for, not the multiple of the stride (128) it was rounded to first
+    assert d.patch_size == 40
+    assert d.notes == ["patch_size reduced from 130 to 40 px to fit the images (shorter side 40 px)"]
+
+
+def test_a_pair_of_identical_images_is_refused_and_an_identical_pair_among_others_warns(pair):
+    blurred, sharp = pair
+    with pytest.raises(InputError, match="blurred and sharp images are identical: a model trained on them learns"):
+        PairedData(sharp, sharp, patch_size=32)
+    with pytest.raises(InputError, match="In every pair the images are identical"):
+        PairedData([sharp, blurred], [sharp.copy(), blurred.copy()], patch_size=32)
+    with pytest.warns(UserWarning, match=r"Training pair 2 of 2: the blurred image is identical to the sharp one"):
+        PairedData([blurred, sharp], [sharp, sharp], patch_size=32)
+    with pytest.raises(InputError, match="validation pair's blurred and sharp images are identical"):
+        PairedData(blurred, sharp, patch_size=32, validation=(sharp, sharp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PairedData(None, sharp, patch_size=32)  # sharp images alone: blur is synthesised, nothing to compare
 
 
 def test_sampling_reads_crops_lazily(pair):

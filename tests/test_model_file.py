@@ -524,3 +524,10 @@ def test_a_killed_model_save_leaves_no_temporary_file_for_good(tiny_model, tmp_p
     tiny_model.save(target)
     assert not old_part.exists() and fresh_part.exists() and other_file_part.exists()
     assert load_model(target).architecture == tiny_model.architecture
+
+
+def test_an_architecture_name_is_said_to_be_untrained_not_missing():
+    with pytest.raises(ModelFileError, match=r"'resnet9' is an architecture, not a trained model") as info:
+        model_file.load_model("resnet9")
+    assert "create_model('resnet9')" in str(info.value) and "finetune --model resnet9" in str(info.value)
+    assert "neither" not in str(info.value)

@@ -799,12 +799,37 @@ def test_resume_names_every_recipe_argument_it_replaces_and_keeps_the_base_model
         events = _run((pair[1], None), model="unet_fast", channels=2, steps=3, resume=tmp_path,
                       blur_strength=(5.0, 6.0), noise=None)
     note = next(e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message)
-    for name in ("model 'unet_lite'", "channels 1", "blur_strength", "noise"):
+    for name in (f"model {str(tiny_model_file)!r} (not 'unet_fast')", "channels 1", "blur_strength", "noise"):
         assert name in note, (name, note)
     assert events[-1].model.metadata["training"]["base_model_sha256"] == sha
     with pytest.warns(UserWarning, match="other training data"):  # pairs now, synthetic blur then
         same = _run(pair, steps=3, resume=tmp_path, blur_strength=2.0)  # the same setting, written another way
     assert not [e for e in same if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
+
+
+def test_resume_names_a_model_given_that_is_not_the_one_the_run_started_from(pair, tmp_path, tiny_model_file):
+    """Not only another architecture: another file or shipped model of the same one (a run started from `fast`
+    resumed with model="default" had continued from `fast` without a word)."""
+    from napari_deblurgan.model_file import create_model
+
+    def notes(events):
+        return [e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
+
+    _run(pair, model=str(tiny_model_file), steps=1, checkpoint_dir=tmp_path, checkpoint_every=1)
+    other = create_model("unet_lite", 1, seed=1, **TINY).save(tmp_path / "other.pt")
+    for given, shown in ((str(other), repr(str(other))), ("unet_lite", "'unet_lite'"), ("default", "'default'")):
+        note = notes(_run(pair, model=given, steps=1, resume=tmp_path))
+        assert note == [f"Resuming keeps the checkpoint's recipe: model {str(tiny_model_file)!r} (not {shown}). Start "
+                        "a new run (without resume) to change it."], given
+    for same in (str(tiny_model_file), None):  # the file it started from, or no model: the run's own
+        assert not notes(_run(pair, model=same, steps=1, resume=tmp_path))
+    scratch = tmp_path / "scratch"
+    _run(pair, model="unet_lite", steps=1, checkpoint_dir=scratch, checkpoint_every=1)
+    assert not notes(_run(pair, model="unet_lite", steps=1, resume=scratch))
+    assert notes(_run(pair, model=str(tiny_model_file), steps=1, resume=scratch)) == [
+        f"Resuming keeps the checkpoint's recipe: model 'unet_lite' (from scratch) (not {str(tiny_model_file)!r}). "
+        "Start a new run (without resume) to change it."
+    ]
 
 
 def test_run_model_metadata_describes_the_run_so_far(pair):

@@ -538,6 +538,14 @@ def _resolve_named(name: str) -> tuple[Path, str]:
                 "The default model is not shipped in this version of napari-deblurgan. " + _HOW_TO_GET_A_MODEL
             )
         shipped = ", ".join(sorted(models)) or "none"
+        from .models import list_architectures
+
+        if name in list_architectures():
+            raise ModelFileError(
+                f"{name!r} is an architecture, not a trained model: its weights would be random. Train one from it "
+                f"and pass the saved .pt file (`napari-deblurgan finetune --model {name} ...` on the command line; "
+                f"finetune() or create_model({name!r}) in Python), or use a shipped model ({shipped})."
+            )
         raise ModelFileError(
             f"{name!r} is neither an existing model file nor a shipped model name (shipped: {shipped}). "
             + _HOW_TO_GET_A_MODEL

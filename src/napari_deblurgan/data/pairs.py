@@ -485,12 +485,15 @@ class PairedData:
             src_axes = resolve_axes(tuple(s.shape), axes)
             self.sources.append(self._make_source(s, b, src_axes, i))
         self.check_alignment = check_alignment
+        if not self.synthetic:
+            self._check_not_identical(self.sources)
         if check_alignment and not self.synthetic:
             for i, src in enumerate(self.sources):
                 self._check_alignment(src, i)
 
         # patch size: multiple of the stride that fits every plane
         smallest = min(min(src.height, src.width) for src in self.sources)
+        self._asked_patch = int(patch_size)
         self.patch_size = self._fit_patch(int(patch_size), smallest)
 
         self.train_planes: list[Plane] = []
@@ -527,8 +530,8 @@ class PairedData:
         self._check_finite(source)
         return source
 
-    def _fit_patch(self, patch: int, smallest: int) -> int:
-        patch = max(self.stride, (patch // self.stride) * self.stride)
+    def _fit_patch(self, asked: int, smallest: int) -> int:
+        patch = max(self.stride, (asked // self.stride) * self.stride)
         if patch <= smallest:
             return patch
         fitted = (smallest // self.stride) * self.stride
@@ -537,8 +540,59 @@ class PairedData:
                 f"The images are too small to train on ({smallest} px along their shorter side); they need "
                 f"at least {max(8, self.stride)} px."
             )
-        self.notes.append(f"patch_size reduced from {patch} to {fitted} px to fit the images")
+        stride = f", a multiple of the model's stride {self.stride}" if fitted != smallest else ""
+        self.notes.append(
+            f"patch_size reduced from {asked} to {fitted} px to fit the images (shorter side {smallest} px{stride})"
+        )
         return fitted
+
+    @staticmethod
+    def _identical(src: _Source) -> bool:
+        """Whether a pair's blurred and sharp images are the same: the same array, or equal values (in-memory
+        arrays compared whole; memory-mapped and lazy ones in their middle plane, one read)."""
+        if src.blurred is src.sharp:
+            return True
+        keys = src.plane_keys()
+        index, channel = keys[len(keys) // 2]
+        c_sel = (channel if channel is not None else 0) if src.c is not None else None
+        full = slice(None)
+        if not np.array_equal(src._read(src.blurred, index, c_sel, full, full),
+                              src._read(src.sharp, index, c_sel, full, full)):
+            return False
+        if type(src.blurred) is np.ndarray and type(src.sharp) is np.ndarray:
+            return bool(np.array_equal(src.blurred, src.sharp))
+        return True
+
+    def _check_not_identical(self, sources: list[_Source], validation: bool = False) -> None:
+        """A pair whose blurred image is its sharp image teaches the model to change nothing: refused when every
+        pair is one (always a mistake, e.g. the same file given twice), a warning when some are (pairs of sharp
+        images mixed in on purpose teach the model to leave sharp images alone, but are more often a slip)."""
+        same = [i for i, src in enumerate(sources) if self._identical(src)]
+        if not same:
+            return
+        fix = (
+            "Give each blurred image with its sharp counterpart, or give only the sharp images to train with "
+            "synthetic blur."
+        )
+        if validation:
+            raise InputError(
+                "The validation pair's blurred and sharp images are identical: every model would score as if it "
+                "changed nothing. Give the blurred validation image with its sharp counterpart."
+            )
+        if len(same) == len(sources):
+            which = "The blurred and sharp images are" if len(sources) == 1 else "In every pair the images are"
+            raise InputError(
+                f"{which} identical: a model trained on them learns to change nothing (validation would score "
+                f"the blurred input as perfect). {fix}"
+            )
+        listed = ", ".join(str(i + 1) for i in same)
+        warnings.warn(
+            f"Training pair{'s' if len(same) > 1 else ''} {listed} of {len(sources)}: the blurred image is identical "
+            "to the sharp one, which teaches the model to change nothing. If that is not meant (sharp images "
+            f"kept as they are), {fix[0].lower() + fix[1:]}",
+            UserWarning,
+            stacklevel=5,
+        )
 
     @staticmethod
     def _check_units(blurred: np.ndarray, sharp: np.ndarray, pair: str) -> None:
@@ -614,6 +668,8 @@ class PairedData:
             elif not self.synthetic:
                 raise InputError("Training uses real pairs: pass a blurred validation image too.")
             vsrc = self._make_source(vs, vb, resolve_axes(tuple(vs.shape), axes), 0)
+            if vb is not None:
+                self._check_not_identical([vsrc], validation=True)
             if vb is not None and self.check_alignment:
                 self._check_alignment(vsrc, None)  # a misregistered validation pair misjudges every model
             if min(vsrc.height, vsrc.width) < self.patch_size:
@@ -657,10 +713,11 @@ class PairedData:
                 self.train_planes.append(Plane(p.source, p.index, p.channel, (0, h - band_rows), p.cols))
                 self.validation_planes.append(Plane(p.source, p.index, p.channel, (h - band_rows, h), p.cols))
             else:
+                asked = "" if self._asked_patch == P else f" (from patch_size {self._asked_patch})"
                 raise InputError(
                     f"Image plane {h} x {w} is too small to hold out a {P}-px validation band and still train "
-                    f"on {P}-px patches. Use validation=0, a smaller patch_size, or pass a separate validation "
-                    "pair."
+                    f"on {P}-px patches{asked}. Use validation=0, a smaller patch_size, or pass a separate "
+                    "validation pair."
                 )
         held_px = sum(p.height * p.width for p in self.validation_planes)
         total_px = held_px + sum(p.height * p.width for p in self.train_planes)

@@ -52,7 +52,7 @@ from ..data.pairs import (
     resolve_noise,
 )
 from ..devices import resolve_device, training_autocast_dtype
-from ..errors import InputError
+from ..errors import DeblurGANError, InputError
 from ..model_file import DeblurModel, as_model, create_model, load_model
 from ..models import list_architectures
 from ..models.critic import PatchCritic
@@ -664,14 +664,31 @@ class TrainingRun:
             ignored.append(f"{name} {shown} (not {given!r})")
         header = self.resume_json.get("model", {})
         given_model = self._kwargs["model"]
-        if isinstance(given_model, str) and given_model in list_architectures() and given_model != header.get(
-            "architecture"
-        ):
-            ignored.append(f"model {header.get('architecture')!r} (not {given_model!r})")
+        if given_model is not None and not self._resumes_model(given_model, header):
+            shown = (
+                f"{given_model.metadata.get('name') or given_model.architecture!r} (a DeblurModel)"
+                if isinstance(given_model, DeblurModel)
+                else repr(str(given_model))
+            )
+            ignored.append(f"model {_checkpoint_base(header, self.resume_json)} (not {shown})")
         channels = self._kwargs["channels"]
         if channels is not None and channels != header.get("channels"):
             ignored.append(f"channels {header.get('channels')!r} (not {channels!r})")
         return ignored
+
+    def _resumes_model(self, given: Any, header: dict[str, Any]) -> bool:
+        """Whether ``model=given`` is the model the checkpoint's run started from (or cannot be told apart
+        from it): an architecture name for a run started from scratch, else the same file (sha256)."""
+        if "base_model_sha256" not in self.resume_json:  # checkpoints of older versions: the architecture only
+            return not (isinstance(given, str) and given in list_architectures() and given != header.get(
+                "architecture"))
+        started = self.resume_json["base_model_sha256"]  # None: from scratch (or from an unsaved model)
+        if isinstance(given, DeblurModel):
+            sha = given.metadata.get("sha256")
+            return sha is None or sha == started  # an unsaved model cannot be identified
+        if isinstance(given, str) and given in list_architectures():
+            return started is None and given == header.get("architecture")
+        return started is not None and _model_file_sha256(given) == started
 
     def _resolve_model(self, model: Any) -> DeblurModel:
         if self.resume_payload is not None:
@@ -685,6 +702,8 @@ class TrainingRun:
                 context_padding=header.get("context_padding"),  # absent in checkpoints before session 8
                 **header["architecture_args"],
             )
+        if model is None:
+            model = "default"
         if isinstance(model, DeblurModel):
             return _copy_model(model)
         if isinstance(model, str) and model in list_architectures():
@@ -1261,12 +1280,38 @@ def _copy_model(model: DeblurModel) -> DeblurModel:
     return model.with_generator(copy.deepcopy(model.generator).cpu())
 
 
+def _model_file_sha256(model: str | os.PathLike[str]) -> str | None:
+    """The sha256 of the file ``load_model(model)`` would read (a shipped name: its registry entry), or None when
+    there is no such file; nothing is loaded."""
+    from ..model_file import _is_shipped_name, _looks_like_name, _resolve_named
+
+    try:
+        path = Path(model)
+        if isinstance(model, str) and (_is_shipped_name(model) or (not path.exists() and _looks_like_name(model))):
+            return _resolve_named(model)[1].lower()
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, DeblurGANError):
+        return None
+
+
+def _checkpoint_base(header: dict[str, Any], saved: dict[str, Any]) -> str:
+    """The model a checkpointed run started from, in words (its name, its file, or its architecture)."""
+    meta = header.get("metadata") or {}
+    if meta.get("name"):
+        return repr(meta["name"])
+    if meta.get("path"):
+        return repr(meta["path"])
+    if saved.get("base_model_sha256") is None and meta.get("training") is None:
+        return f"{header.get('architecture')!r} (from scratch)"
+    return f"a {header.get('architecture')} model"
+
+
 # --------------------------------------------------------------------------------------------- public API
 def iter_finetune(
     blurred: Any,
     sharp: Any = None,
     *,
-    model: str | os.PathLike[str] | DeblurModel = "default",
+    model: str | os.PathLike[str] | DeblurModel | None = None,
     steps: int | None = None,
     patch_size: int = 128,
     batch_size: int = 8,
@@ -1302,7 +1347,9 @@ def iter_finetune(
         sharp: the sharp images, same shape(s) as ``blurred``.
         model: ``"default"`` (the shipped model), a :class:`DeblurModel`, a model file path, or an
             architecture name (``"unet_lite"``, ``"resnet9"``) to train from scratch (``channels`` sets its
-            channel count, default 1).
+            channel count, default 1). None (the default): ``"default"`` for a new run; a resumed run continues
+            the checkpoint's model, and a model given that is not the one the run started from is named in
+            the resume notice.
         steps: total generator updates (default 1000). A resumed run continues up to this number; left
             unset, up to the checkpoint's own total (its learning-rate schedule depends on the total).
         patch_size: side of the square training crops (a multiple of the model's stride; reduced to fit).
@@ -1381,7 +1428,7 @@ def finetune(
     blurred: Any,
     sharp: Any = None,
     *,
-    model: str | os.PathLike[str] | DeblurModel = "default",
+    model: str | os.PathLike[str] | DeblurModel | None = None,
     steps: int | None = None,
     patch_size: int = 128,
     batch_size: int = 8,
