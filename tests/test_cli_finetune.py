@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import threading
@@ -130,8 +131,12 @@ def test_an_output_that_cannot_be_written_is_said_before_training(files, capsys)
     assert code == 2 and "is a directory" in capsys.readouterr().err
     assert time.monotonic() - start < 30  # not after 100,000 steps
     code = main([*_common(files, "--sharp", str(files / "sharp.tif")), "-o", str(files / "sharp.tif"), "--force"])
-    assert code == 2 and "is a training image" in capsys.readouterr().err
+    assert code == 2 and "ends in '.tif', but finetune writes a model file" in capsys.readouterr().err
     assert tifffile.imread(files / "sharp.tif").ndim == 2  # still the image
+    tifffile.imwrite(files / "image.pt", tifffile.imread(files / "sharp.tif"))  # a TIFF, oddly named
+    code = main([*_common(files, "--sharp", str(files / "image.pt")), "-o", str(files / "image.pt"), "--force"])
+    assert code == 2 and "is a training image" in capsys.readouterr().err
+    assert tifffile.imread(files / "image.pt").ndim == 2
 
 
 def test_a_used_checkpoint_dir_needs_resume_or_force(files, capsys):
@@ -218,3 +223,235 @@ def test_a_resume_into_another_runs_checkpoint_folder_needs_force(files, capsys)
     assert (files / "b" / "checkpoint.pt").read_bytes() == before
     assert main([*resume, "--resume", str(files / "a"), "--checkpoint-dir", str(files / "a"), "-o",
                  str(files / "c.pt")]) == 0  # its own folder, named
+
+
+# ------------------------------------------------------------------ the CLI bug hunt of session 14 (cli-hunt)
+def _pair_files(d, name, shape, seed):
+    sharp = (samples.cells(shape, seed=seed) * 4000).astype(np.uint16)
+    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), 1.5).astype(np.uint16)
+    tifffile.imwrite(d / f"{name}_s.tif", sharp)
+    tifffile.imwrite(d / f"{name}_b.tif", blurred)
+    return str(d / f"{name}_b.tif"), str(d / f"{name}_s.tif")
+
+
+def test_several_blurred_and_sharp_files_are_paired_in_order(files, capsys):
+    b1, s1 = _pair_files(files, "one", (96, 96), 3)
+    b2, s2 = _pair_files(files, "two", (80, 112), 4)
+    out = files / "two_pairs.pt"
+    # several values after one flag, and the flag repeated, mixed
+    assert main([*_common(files, "--blurred", b1, b2, "--sharp", s1, "--sharp", s2), "--steps", "1", "-o",
+                 str(out), "-q"]) == 0
+    assert load_model(out).metadata["training"]["data_shapes"] == [[96, 96], [80, 112]]
+    capsys.readouterr()
+    assert main([*_common(files, "--blurred", b1, "--sharp", s1, s2), "--steps", "1", "-o", str(files / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "Got 1 --blurred but 2 --sharp files" in err and "in order" in err and not (files / "x.pt").exists()
+    sharp_only = files / "sharp_only.pt"
+    assert main([*_common(files, "--sharp", s1, "--sharp", s2), "--steps", "1", "-o", str(sharp_only), "-q"]) == 0
+    assert load_model(sharp_only).metadata["training"]["data_shapes"] == [[96, 96], [80, 112]]
+
+
+def test_finetune_help_says_the_image_flags_take_several_files(capsys):
+    assert main(["finetune", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--blurred A.tif [A.tif ...]" in text and "--sharp B.tif [B.tif ...]" in text
+    assert "(A1, B1) and (A2, B2)" in text and "image(s)" not in text
+    assert "notes and warnings are still printed" in text  # what -q hides, and what it does not
+
+
+def test_warnings_print_as_one_line_in_flags_also_with_q(files, capsys):
+    blurred = tifffile.imread(files / "blurred.tif")
+    tifffile.imwrite(files / "shifted.tif", np.roll(blurred, (7, -5), axis=(0, 1)))
+    argv = _common(files, "--blurred", str(files / "shifted.tif"), "--sharp", str(files / "sharp.tif"))
+    assert main([*argv, "--steps", "1", "-o", str(files / "m.pt"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: Training pair 1: blurred image is offset from its sharp image" in err
+    assert "UserWarning" not in err and ".py:" not in err and "PairedData(" not in err  # no location, no source line
+    # every subcommand: deblur's warnings too, with their keywords as the flags typed
+    tifffile.imwrite(files / "in.tif", blurred)
+    assert main(["deblur", str(files / "in.tif"), "-o", str(files / "out.tif"), "--model", str(files / "tiny.pt"),
+                 "--device", "cpu", "--overlap", "4", "--tile-size", "128", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --overlap 4 px is below this model's seamless overlap" in err
+    assert "leave --overlap unset" in err and "UserWarning" not in err
+
+
+def test_q_keeps_the_notes(files, capsys):
+    argv = _common(files, "--sharp", str(files / "sharp.tif"), "--validation", "0", "--patch-size", "130")
+    assert main([*argv, "--steps", "1", "-o", str(files / "m.pt"), "-q"]) == 0
+    err = capsys.readouterr().err
+    # the note reports the user's number (not the stride multiple 128 it was first rounded to), in flags
+    assert "note: --patch-size reduced from 130 to 96 px to fit the images" in err
+    assert "step 1/1" not in err and "wrote" not in err  # the progress is what -q hides
+
+
+def test_a_pair_of_identical_images_is_refused(files, capsys):
+    sharp = str(files / "sharp.tif")
+    assert main([*_common(files, "--blurred", sharp, "--sharp", sharp), "-o", str(files / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "--blurred and --sharp are the same file" in err and "learns to change nothing" in err
+    assert "--sharp alone" in err
+    tifffile.imwrite(files / "copy.tif", tifffile.imread(sharp))
+    assert main([*_common(files, "--blurred", str(files / "copy.tif"), "--sharp", sharp), "-o",
+                 str(files / "x.pt")]) == 2
+    assert "The blurred and sharp images are identical" in capsys.readouterr().err
+    assert not (files / "x.pt").exists()
+
+
+def test_messages_of_the_api_are_said_in_the_clis_words(files, capsys, tmp_path):
+    sharp = str(files / "sharp.tif")
+    assert main([*_common(files, "--sharp", sharp), "--resume", str(tmp_path / "nosuchdir"), "-o",
+                 str(files / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "Pass the --checkpoint-dir folder of an earlier run" in err and "leave --resume out" in err
+    assert "--checkpoint-dir / --checkpoint-dir" not in err
+    assert main([*_common(files, "--sharp", sharp), "--axes", "ZYX", "-o", str(files / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "error: --axes 'ZYX' has 3 letters" in err and "--axes: --axes" not in err
+    assert main([*_common(files, "--sharp", sharp), "--validation", "0.9", "-o", str(files / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "Use --validation 0, a smaller --patch-size, or pass a separate validation image (--validation-sharp" in err
+    tifffile.imwrite(files / "nan.tif", np.full((96, 96), np.nan, np.float32))
+    assert main([*_common(files, "--sharp", str(files / "nan.tif")), "-o", str(files / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "NaN or infinite values" in err and "np.nan_to_num" not in err and "(e.g. with 0" in err
+
+
+def test_with_flags_writes_keyword_values_as_flags():
+    from napari_deblurgan.cli import with_flags
+
+    flags = {"device": "--device", "validation": "--validation", "perceptual_weights": "--perceptual-weights",
+             "axes": "--axes", "resume": "--resume", "sharp": "--sharp", "steps": "--steps"}
+    assert with_flags("CUDA is not available here; use device='cpu'", flags).endswith("use --device cpu")
+    assert with_flags("Use validation=0, or", flags) == "Use --validation 0, or"
+    assert with_flags("or pass perceptual_weights=<file>)", flags) == "or pass --perceptual-weights FILE)"
+    assert with_flags("pass axes with the right channel axis", flags) == "pass --axes with the right channel axis"
+    assert with_flags("Leave steps unset to finish", flags) == "Leave --steps unset to finish"
+    assert with_flags("Start a new run (without resume).", flags) == "Start a new run (without --resume)."
+    assert with_flags("or pass sharp images alone", flags) == "or pass sharp images alone"  # prose
+
+
+def test_the_api_still_says_what_the_cli_rewords():
+    """CLI_PHRASES match the API's words: a message reworded in the API must be reworded for the CLI too."""
+    import re
+
+    from napari_deblurgan.blur.synthesize import not_finite_message
+    from napari_deblurgan.cli import CLI_PHRASES
+    from napari_deblurgan.errors import InputError
+
+    said = []
+    for call in (
+        lambda: __import__("napari_deblurgan").deblur(np.full((32, 32), np.nan, np.float32), device="cpu"),
+        lambda: __import__("napari_deblurgan.data.pairs", fromlist=["PairedData"]).PairedData(
+            np.ones((64, 64), np.float32), np.ones((64, 64), np.float32) * 2, patch_size=32, validation=0.9,
+            check_alignment=False),
+    ):
+        with pytest.raises(InputError) as info:
+            call()
+        said.append(str(info.value))
+    said.append(not_finite_message("image"))
+    for pattern, _, _ in CLI_PHRASES:
+        assert any(re.search(pattern, text) for text in said), pattern
+
+
+def test_resume_names_another_starting_model(files, capsys):
+    from napari_deblurgan.model_file import create_model
+
+    other = create_model("unet_lite", 1, seed=1, width=4, depth=2, n_blocks=1)
+    other.save(files / "other.pt")
+    argv = _common(files, "--sharp", str(files / "sharp.tif"))
+    assert main([*argv, "--steps", "2", "--checkpoint-dir", str(files / "ck"), "-o", str(files / "a.pt"), "-q"]) == 0
+    resume = [a for a in argv if a not in ("--model", str(files / "tiny.pt"))]
+    assert main([*resume, "--model", str(files / "other.pt"), "--steps", "3", "--resume", str(files / "ck"), "-o",
+                 str(files / "b.pt"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: Resuming keeps the checkpoint's recipe: --model {str(files / 'tiny.pt')!r} (not " in err
+    assert main([*resume, "--steps", "4", "--resume", str(files / "ck"), "-o", str(files / "c.pt"), "-q"]) == 0
+    assert "Resuming keeps" not in capsys.readouterr().err  # no --model: the run's own
+
+
+def test_steps_below_one_and_a_model_file_not_ending_in_pt_are_refused(files, capsys):
+    argv = _common(files, "--sharp", str(files / "sharp.tif"))
+    for steps in ("0", "-3"):
+        assert main([*argv, "--steps", steps, "-o", str(files / "x.pt")]) == 2
+        assert f"--steps {steps} would train nothing" in capsys.readouterr().err
+    for name in ("model.tif", "model"):
+        assert main([*argv, "--steps", "1", "-o", str(files / name)]) == 2
+        err = capsys.readouterr().err
+        assert "finetune writes a model file, which ends in .pt" in err and "model.pt" in err
+        assert not (files / name).exists()
+    # resuming with --steps = the checkpoint's step is the documented way to get the model a checkpoint keeps
+    assert main([*argv, "--steps", "2", "--checkpoint-dir", str(files / "ck"), "-o", str(files / "a.pt"), "-q"]) == 0
+    assert main([*argv, "--steps", "2", "--resume", str(files / "ck"), "-o", str(files / "kept.pt"), "-q"]) == 0
+    assert load_model(files / "kept.pt").metadata["training"]["steps_done"] == 2
+
+
+def test_a_separate_validation_image_and_perceptual_weights(files, capsys):
+    pair = ["--blurred", str(files / "blurred.tif"), "--sharp", str(files / "sharp.tif")]
+    _, vs = _pair_files(files, "val", (64, 64), 5)
+    vb = vs.replace("_s.tif", "_b.tif")
+    out = files / "v.pt"
+    assert main([*_common(files, *pair), "--validation-blurred", vb, "--validation-sharp", vs, "--steps", "1",
+                 "-o", str(out), "-q"]) == 0
+    assert load_model(out).metadata["training"]["validation"].endswith("from 1 planes")
+    assert main([*_common(files, *pair), "--validation-sharp", vs, "-o", str(files / "x.pt")]) == 2
+    assert "add --validation-blurred" in capsys.readouterr().err
+    assert main([*_common(files, *pair), "--validation-blurred", vs, "--validation-sharp", vs, "-o",
+                 str(files / "x.pt")]) == 2
+    assert "validation pair's blurred and sharp images are identical" in capsys.readouterr().err
+    assert main([*_common(files, "--sharp", str(files / "sharp.tif")), "--validation-sharp", vs, "--steps", "1",
+                 "-o", str(files / "syn.pt"), "-q"]) == 0  # sharp-only: blur synthesised on the validation image
+    argv = [*_common(files, *pair), "--preset", "default", "--perceptual-weights", str(files / "vgg.pth")]
+    assert main([*argv, "-o", str(files / "x.pt")]) == 2
+    assert f"--perceptual-weights file {str(files / 'vgg.pth')!r} does not exist" in capsys.readouterr().err
+
+
+def test_info_prints_the_training_provenance_readably(capsys):
+    training = load_model("default").metadata["training"]
+    assert main(["info", "default"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) < 200  # it was one line of 3,000 characters
+    assert "training:" in lines and any(line.split() == ["preset:", training["preset"]] for line in lines)
+    # the data's shapes once, summarised: not in the data description and again as a list
+    shape = training["data_shapes"][0]
+    assert out.count(f"{shape[0]} x {shape[1]}") == 1 and str(tuple(shape)) not in out and str(shape) not in out
+    assert f"data_shapes:         {len(training['data_shapes'])} images: " in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_progress_bar_closed_and_called_again_starts_afresh(monkeypatch):
+    """The demo's one bar follows two images: in a log the second one's lines show too (a one-tile image's only
+    line is at 100 %, the decile the first ended on), timed from its own start."""
+    from napari_deblurgan.cli import progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    log = io.StringIO()
+    bar = progress.ProgressBar("deblurring", stream=log)
+    for total, seconds in ((2, 100.0), (1, 3.0)):  # two images, one bar
+        now[0] += seconds
+        for done in range(1, total + 1):
+            bar(done, total)
+        bar.close()
+    lines = [line.split()[-4:-1] for line in log.getvalue().splitlines() if "100%" in line]
+    assert lines == [["100%", "2/2", "1:40"], ["100%", "1/1", "0:03"]]
+
+
+def test_a_warning_while_a_progress_line_is_drawn_starts_on_a_line_of_its_own():
+    from napari_deblurgan.cli import show_warning
+    from napari_deblurgan.cli.progress import ProgressBar
+
+    term = _Terminal()
+    bar = ProgressBar("deblur", stream=term, min_interval=0)
+    bar(1, 4)
+    show_warning(UserWarning("overlap 4 px is low"), UserWarning, "x.py", 1, file=term, flags={"overlap": "--overlap"})
+    bar(2, 4)
+    bar.close()
+    text = term.getvalue()
+    assert "elapsed\nwarning: --overlap 4 px is low\n\r" in text
+    assert text.endswith("elapsed\n") and not text.endswith("\n\n")

@@ -14,7 +14,10 @@ from napari_deblurgan.cli import main
 def test_demo_runs_and_writes_its_results(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # a log (not a terminal): each image's deblurring has its own bar, reaching 100 %
+    assert [line.split("]")[1].split()[0] for line in captured.err.splitlines() if "100%" in line] == ["100%"] * 2
     assert "Richardson-Lucy" in printed and "napari-deblurgan" in printed and "clock" in printed
     results = json.loads((out / "results.json").read_text())
     pair = results["pair"]
@@ -29,6 +32,19 @@ def test_demo_runs_and_writes_its_results(tmp_path, capsys):
 def test_demo_with_a_missing_model_is_a_clear_error(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path / "demo"), "--model", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt" in capsys.readouterr().err
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--model", "nosuch"]) == 2
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--device", "nosuch"]) == 2
+    assert not (tmp_path / "demo").exists()  # the inputs are checked before the folder is made
+
+
+def test_demo_into_a_folder_that_holds_files_needs_force(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    assert main(["demo", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not empty" in err and "--force" in err
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
 
 
 def test_demo_self_ensemble_option(tmp_path):
@@ -38,7 +54,10 @@ def test_demo_self_ensemble_option(tmp_path):
     from napari_deblurgan import deblur, load_model
 
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out), "--device", "cpu", "--model", "fast", "--self-ensemble"]) == 0
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")  # --force writes into a folder that holds files, and keeps them
+    assert main(["demo", "-o", str(out), "--device", "cpu", "--model", "fast", "--self-ensemble", "--force"]) == 0
+    assert (out / "mine.txt").read_text() == "keep me"
     results = json.loads((out / "results.json").read_text())
     assert results["model"]["name"] == "fast" and results["model"]["self_ensemble"] is True
     blurred = tifffile.imread(out / "pair_blurred.tif")

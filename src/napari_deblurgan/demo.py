@@ -37,6 +37,8 @@ def run_demo(
     """Run the demo, write its results into ``output`` and return them (also as ``results.json``).
 
     ``self_ensemble`` deblurs with ``deblur(self_ensemble=True)`` (8 flipped/rotated versions averaged).
+    ``progress(done, total)`` follows the deblurring of each image in turn (the pair, then the clock), with a
+    ``log`` call between them.
     """
     import tifffile
 
@@ -82,7 +84,7 @@ def run_demo(
         log(f"  {name:38s} {m['psnr']:10.2f} {m['ssim']:7.3f} {seconds}")
 
     clock = samples.clock()
-    clock_restored = deblur(clock, model, device=device, self_ensemble=self_ensemble)
+    clock_restored = deblur(clock, model, device=device, progress=progress, self_ensemble=self_ensemble)
     clock_metrics = {"sharpness before": sharpness(clock), "sharpness after": sharpness(clock_restored)}
     log("\nskimage.data.clock() (real motion blur, no ground truth):")
     log(f"  no-reference sharpness {clock_metrics['sharpness before']:.4f} -> {clock_metrics['sharpness after']:.4f}")

@@ -6,17 +6,24 @@ Each subcommand lives in its own module next to this one and exposes ``add_parse
 Exit status: 0 success; 1 unexpected error (traceback printed); 2 a usage or input problem the user can fix
 (bad arguments, :class:`~napari_deblurgan.errors.InputError`, :class:`~napari_deblurgan.errors.ModelFileError`;
 message only); 130 interrupted (Ctrl-C or cancelled; nothing half-written is left behind).
+
+The API's error messages and warnings name Python keywords (``tile_size``); the CLI says them in the command's
+flags (:func:`with_flags`), errors as ``napari-deblurgan: error: ...``, warnings as one ``warning: ...`` line
+on stderr (:func:`show_warning`, installed by :func:`main` for every subcommand).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 from .. import __version__
 
@@ -49,21 +56,94 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Advice of the Python API that names Python (``np.nan_to_num``) or an argument in words where a command-line user
+#: has a file or a flag: (pattern, the CLI's words, the keyword a command needs for them or None). The CLI's words
+#: may name keywords (``validation_sharp``), which then become flags. tests/test_cli_finetune.py checks that the
+#: API still says the left side.
+CLI_PHRASES: list[tuple[str, str, str | None]] = [
+    (r"\(e\.g\. np\.nan_to_num\)", "(e.g. with 0, or Fiji's Process > Math > Remove NaNs)", None),
+    (r"np\.nan_to_num\([^)]*\)", "with 0", None),
+    (
+        r"a separate validation pair",
+        "a separate validation image (validation_sharp, and validation_blurred for pairs)",
+        "validation_sharp",
+    ),
+]
+
+
 def with_flags(message: str, flags: dict[str, str]) -> str:
     """``message`` with the Python keywords it names (``tile_size``) written as this command's flags
-    (``--tile-size``): the messages come from the Python API, the user typed flags. Keywords with an
-    underscore anywhere (prose does not contain them); one-word keywords (``overlap``, ``device``) only where
-    a message or one of its clauses starts with one and a value or "must" follows (``overlap (600 px)``,
-    ``device 'cuda'``, ``steps 5``, ``model must``), which is how the API's messages name an argument; the
-    same words also occur as prose ("this model's seamless overlap", "; resume it without one")."""
+    (``--tile-size``): the messages come from the Python API, the user typed flags.
+
+    * ``keyword=value`` (``device='cpu'``, ``validation=0``, ``perceptual_weights=<file>``) becomes
+      ``--flag value`` (``--device cpu``, ``--perceptual-weights FILE``);
+    * keywords with an underscore anywhere (prose does not contain them) become the flag;
+    * one-word keywords (``overlap``, ``device``) only where a message or one of its clauses starts with one
+      and a value or "must" follows (``overlap (600 px)``, ``device 'cuda'``, ``steps 5``, ``model must``),
+      or after "pass", "leave" or "(without" and before "with", "out", "unset" or punctuation (``pass axes
+      with ...``, ``leave resume out``, ``(without resume)``; not "pass sharp images"), which is how the
+      API's messages name an argument; the same words also occur as prose ("this model's seamless overlap",
+      "; resume it without one");
+    * a flag written twice in a row by the translation (``--checkpoint-dir / --checkpoint-dir``,
+      ``--axes: --axes 'ZYX'``) is written once;
+    * advice that names Python (:data:`CLI_PHRASES`) is said in the CLI's terms.
+    """
+    for pattern, replacement, needs in CLI_PHRASES:
+        if needs is None or needs in flags:
+            message = re.sub(pattern, replacement, message)
     for dest, flag in flags.items():
+        message = re.sub(
+            rf"(?<![\w-]){re.escape(dest)}=(?:'([^']*)'|\"([^\"]*)\"|<([^>]*)>|([^\s,;()'\"<]+))",
+            lambda m, flag=flag: _flag_with_value(flag, m),
+            message,
+        )
         if "_" in dest:
             message = re.sub(rf"(?<![\w-]){re.escape(dest)}\b", flag, message)
         else:
             message = re.sub(
-                rf"(^|; |: )({re.escape(dest)})(?= (?:must\b|[('\"{{\[\d-]))", rf"\g<1>{flag}", message
+                rf"(^|; |: |, )({re.escape(dest)})(?= (?:must\b|[('\"{{\[\d-]))", rf"\g<1>{flag}", message
             )
+            verb = r"(\b[Pp]ass |\b[Ll]eave |\(without )"
+            message = re.sub(
+                rf"{verb}({re.escape(dest)})(?= with\b| out\b| unset\b|[).,;]|$)", rf"\g<1>{flag}", message
+            )
+    # a flag the message already named, named again by the translation
+    message = re.sub(r"(?<![\w-])(--[\w-]+)(?: /|:) \1(?![\w-])", r"\1", message)
     return message
+
+
+def _flag_with_value(flag: str, match: re.Match[str]) -> str:
+    """``--flag value`` for a ``keyword=value`` match of :func:`with_flags` (quotes dropped, ``<file>`` as
+    ``FILE``, ``=True`` of a switch as the bare flag)."""
+    quoted, double, placeholder, bare = match.groups()
+    if placeholder is not None:
+        return f"{flag} {placeholder.upper()}"
+    value = next(v for v in (quoted, double, bare) if v is not None)
+    return flag if value == "True" else f"{flag} {value}"
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+    *,
+    flags: dict[str, str] | None = None,
+) -> None:
+    """The CLI's ``warnings.showwarning``: ``warning: <message>`` on stderr, in the command's flags
+    (:func:`with_flags`), without Python's ``file.py:599: UserWarning:`` and source line. Every subcommand
+    runs under it (:func:`main`); a progress line being drawn is ended first."""
+    from .progress import end_progress_line
+
+    stream = file if file is not None else sys.stderr
+    end_progress_line()
+    try:
+        stream.write(f"warning: {with_flags(str(message), flags or {})}\n")
+        stream.flush()
+    except OSError:  # stderr closed: nothing to say it on (Python's own showwarning gives up the same way)
+        pass
 
 
 def error(message: str) -> None:
@@ -80,10 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, argparse usage errors: keep their status
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    flags = getattr(args, "_flags", {})
     try:
-        return int(args._run(args) or EXIT_OK)
+        with warnings.catch_warnings():  # restores the caller's warnings.showwarning (tests, scripts calling main)
+            warnings.showwarning = functools.partial(show_warning, flags=flags)
+            return int(args._run(args) or EXIT_OK)
     except (InputError, ModelFileError) as exc:
-        error(with_flags(str(exc), getattr(args, "_flags", {})))
+        error(with_flags(str(exc), flags))
         return EXIT_USAGE
     except BrokenPipeError:  # `napari-deblurgan info default | head`: the reader has all it wanted
         _silence_stdout()

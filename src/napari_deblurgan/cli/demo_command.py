@@ -27,20 +27,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="average the model over 8 flips/rotations of each tile (8x slower; docs/model-card.md)",
     )
+    parser.add_argument(
+        "--force", action="store_true", help="write into --output even if it holds files (they may be replaced)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars (the results are printed)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
+    from ..devices import resolve_device
+    from ..errors import InputError
+    from ..model_file import load_model
     from .progress import ProgressBar
 
-    bar = ProgressBar("deblurring")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"The demo writes a folder of results, but {str(out)!r} is a file; choose a folder name.")
+    if out.is_dir() and not args.force and any(out.iterdir()):
+        raise InputError(
+            f"{str(out)!r} exists and is not empty (an earlier demo's results?); pass --force to write into it "
+            "(files of the same names are replaced) or choose another -o."
+        )
+    # the inputs are checked before the folder is made: a wrong --model or --device leaves nothing behind
+    resolve_device(args.device)
+    model = load_model("default" if args.model is None else args.model)
+
+    bar = ProgressBar("deblurring", enabled=not args.quiet)
 
     def log(message: str) -> None:
-        bar.close()  # finish a progress line before printing results
+        bar.close()  # finish a progress line before printing results; the next image gets a bar of its own
         print(message, flush=True)
 
-    run_demo(
-        args.output, model=args.model, device=args.device, progress=bar, log=log, self_ensemble=args.self_ensemble
-    )
+    run_demo(out, model=model, device=args.device, progress=bar, log=log, self_ensemble=args.self_ensemble)
     return 0

@@ -3,7 +3,12 @@
 Two kinds of data:
 
 * ``--blurred A.tif --sharp B.tif``: a registered pair (same shape; stacks and multichannel are fine);
-* ``--sharp B.tif`` alone: sharp images; blur is synthesised on the fly (``--blur-kind``).
+  several files after each flag (or the flags repeated) are paired in order: ``--blurred A1.tif A2.tif
+  --sharp B1.tif B2.tif`` is (A1, B1) and (A2, B2);
+* ``--sharp B.tif [B2.tif ...]`` alone: sharp images; blur is synthesised on the fly (``--blur-kind``).
+
+Notes (``note: ...``) and warnings (``warning: ...``) are printed with ``-q`` too, in the command's flags;
+``-q`` hides the progress only.
 
 A progress line on stderr shows the step, the losses, the speed and the validation PSNR (with its gain over
 the blurred input). Ctrl-C stops cleanly: the best model so far is still written to ``-o`` (and a checkpoint
@@ -24,6 +29,7 @@ from typing import Any, TextIO
 
 from ..atomic_files import check_writable
 from ..errors import InputError
+from .progress import line_drawn, line_ended
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -31,25 +37,41 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "finetune",
         help="finetune a model on your blurred/sharp TIFF images (or sharp ones with synthetic blur)",
-        description="Finetune a deblurring model on a blurred/sharp TIFF pair, or on sharp TIFF images with "
-        "blur synthesised on the fly, and save it to OUTPUT (.pt).",
+        description="Finetune a deblurring model on blurred/sharp TIFF pairs (one or several), or on sharp TIFF "
+        "images with blur synthesised on the fly, and save it to OUTPUT (.pt).",
     )
-    p.add_argument("--blurred", metavar="A.tif", help="blurred image(s), registered to --sharp")
-    p.add_argument("--sharp", metavar="B.tif", help="sharp image(s); alone: blur is synthesised")
-    p.add_argument("-o", "--output", required=True, metavar="model.pt", help="where to save the finetuned model")
+    p.add_argument(
+        "--blurred",
+        action="extend",
+        nargs="+",
+        metavar="A.tif",
+        help="blurred image files, each registered to the --sharp file in the same place: --blurred A1.tif "
+        "A2.tif --sharp B1.tif B2.tif (or the flag repeated) gives the pairs (A1, B1) and (A2, B2)",
+    )
+    p.add_argument(
+        "--sharp",
+        action="extend",
+        nargs="+",
+        metavar="B.tif",
+        help="sharp image files (one or several, or the flag repeated); without --blurred, blur is synthesised",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, metavar="model.pt", help="where to save the finetuned model (a .pt file)"
+    )
     p.add_argument(
         "--model",
-        default="default",
+        default=None,
         metavar="M",
         help="starting model: file (.pt), shipped name, or an architecture (unet_fast, unet_lite, resnet9) to train "
-        "from scratch (default: %(default)s)",
+        "from scratch (default: default, the shipped model; with --resume, the run's own)",
     )
     p.add_argument(
         "--steps",
         type=int,
         default=None,
         metavar="N",
-        help="generator updates (default: 1000; with --resume, the resumed run's own total)",
+        help="generator updates, at least 1 (default: 1000; with --resume, the resumed run's own total; --resume "
+        "with N = the checkpoint's step trains nothing and writes the model the checkpoint keeps)",
     )
     p.add_argument("--patch-size", type=int, default=128, metavar="N", help="crop side (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="crops per step (default: %(default)s)")
@@ -63,7 +85,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (default: random, recorded)")
     p.add_argument(
-        "--validation", type=float, default=0.1, metavar="F", help="held-out fraction (default: %(default)s)"
+        "--validation",
+        type=float,
+        default=None,
+        metavar="F",
+        help="fraction of the training images held out for validation, 0 for none (default: 0.1)",
+    )
+    p.add_argument(
+        "--validation-blurred",
+        default=None,
+        metavar="A.tif",
+        help="validate on this blurred image (with --validation-sharp) instead of holding out a fraction",
+    )
+    p.add_argument(
+        "--validation-sharp",
+        default=None,
+        metavar="B.tif",
+        help="validate on this sharp image instead of holding out a fraction (its blurred counterpart is "
+        "--validation-blurred; without it, for sharp-only training, blur is synthesised)",
     )
     p.add_argument("--validate-every", type=int, default=100, metavar="N", help="default: %(default)s")
     p.add_argument("--ema", type=float, default=None, metavar="D", help="keep an EMA of the weights (e.g. 0.999)")
@@ -114,8 +153,38 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="overwrite OUTPUT if it exists, and an earlier run's checkpoint in --checkpoint-dir",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--perceptual-weights",
+        default=None,
+        metavar="FILE",
+        help="VGG-19 weight file for the perceptual loss (vgg19-dcbb9e9d.pth; default: torchvision's cache; "
+        "without either, critic feature matching is used, with a note)",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress: hides the start line, the step lines, checkpoint and end lines and 'wrote ...'; notes "
+        "and warnings are still printed",
+    )
     return p
+
+
+def read_images(paths: list[str], axes: str | None, flag: str) -> tuple[list[Any], str]:
+    """The first series of each file (:func:`read_image`) and their axes, which must be the same for all (the
+    training takes one axes string)."""
+    images, all_axes = [], []
+    for path in paths:
+        image, image_axes = read_image(path, axes)
+        images.append(image)
+        all_axes.append(image_axes)
+    if len(set(all_axes)) > 1:
+        listed = ", ".join(f"{Path(p).name}: {a}" for p, a in zip(paths, all_axes, strict=True))
+        raise InputError(
+            f"The {flag} files have different axes ({listed}); training takes one axes string for all images: "
+            "pass files of one kind, or --axes if the files' axes are wrong."
+        )
+    return images, all_axes[0]
 
 
 def read_image(path: str | Path, axes: str | None) -> tuple[Any, str]:
@@ -146,21 +215,35 @@ def read_image(path: str | Path, axes: str | None) -> tuple[Any, str]:
 
 
 class ProgressLine:
-    """Renders training events as one status line on ``stream`` (redrawn in place on a terminal)."""
+    """Renders training events on ``stream``: a start line, one status line (redrawn in place on a terminal,
+    every 10 % of the steps in a log), checkpoint and end lines, and every :class:`Notice` as ``note: ...``
+    (``warning: ...`` for the kinds other than "info"), in the command's flags (``flags``: keyword -> flag,
+    :func:`~napari_deblurgan.cli.with_flags`). ``enabled=False`` (``-q``) hides the progress, not the notes."""
 
-    def __init__(self, stream: TextIO | None = None, enabled: bool = True, min_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        min_interval: float = 0.2,
+        flags: dict[str, str] | None = None,
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.min_interval = min_interval
+        self.flags = flags or {}
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last = -float("inf")
         self._val = ""
-        self._drawn = False
         self._last_decile = -1
 
     def __call__(self, event: Any) -> None:
         from ..training import events as ev
+        from . import with_flags
 
+        if isinstance(event, ev.Notice):  # shown with -q too: a note changes what the run does
+            prefix = "note" if event.kind == "info" else "warning"
+            self._print(f"{prefix}: {with_flags(event.message, self.flags)}")
+            return
         if not self.enabled:
             return
         if isinstance(event, ev.Started):
@@ -186,14 +269,12 @@ class ProgressLine:
                     self.stream.write("\r\033[K" + line)
                     self.stream.flush()
                     self._last = now
-                    self._drawn = True
+                    line_drawn(self, self.stream)
             else:
                 decile = (10 * event.step) // max(event.total_steps, 1)
                 if decile != self._last_decile:
                     self._last_decile = decile
                     self._print(line)
-        elif isinstance(event, ev.Notice):
-            self._print(f"note: {event.message}")
         elif isinstance(event, ev.CheckpointSaved) and not self.tty:
             self._print(f"checkpoint at step {event.step}: {event.path}")
         elif isinstance(event, ev.Finished):
@@ -202,9 +283,8 @@ class ProgressLine:
             self._print(f"{how} at step {event.step}{best}")
 
     def _print(self, text: str) -> None:
-        if self._drawn and self.tty:
+        if line_ended(self):  # the status line drawn in place: end it first
             self.stream.write("\n")
-            self._drawn = False
         self.stream.write(text + "\n")
         self.stream.flush()
 
@@ -224,12 +304,45 @@ def run(args: argparse.Namespace) -> int:
             "--blurred needs its sharp counterpart: add --sharp B.tif. To train on sharp images with "
             "synthetic blur, pass them as --sharp alone."
         )
+    if args.blurred is not None and len(args.blurred) != len(args.sharp):
+        raise InputError(
+            f"Got {len(args.blurred)} --blurred but {len(args.sharp)} --sharp files: pairs are made in order "
+            "(the first --blurred with the first --sharp, ...), so give as many of each. To train on sharp images "
+            "with synthetic blur, pass them as --sharp alone."
+        )
+    for i, (b, s) in enumerate(zip(args.blurred, args.sharp, strict=True) if args.blurred else []):
+        if same_file(Path(b), Path(s)):
+            pair = f" (pair {i + 1})" if len(args.sharp) > 1 else ""
+            raise InputError(
+                f"--blurred and --sharp are the same file, {b}{pair}: a model trained on an image paired with "
+                "itself learns to change nothing. Give the blurred image and its sharp counterpart, or pass sharp "
+                "images as --sharp alone to train with synthetic blur."
+            )
+    if args.steps is not None and args.steps < 1 and args.resume is None:
+        raise InputError(
+            f"--steps {args.steps} would train nothing and write a copy of the starting model; give at least 1."
+        )
+    if args.validation is not None and (args.validation_sharp or args.validation_blurred):
+        raise InputError("Pass either --validation F (a held-out fraction) or a validation image, not both.")
+    if args.validation_blurred is not None and args.validation_sharp is None:
+        raise InputError("--validation-blurred needs its sharp counterpart: add --validation-sharp B.tif.")
+    if args.validation_sharp is not None and args.validation_blurred is None and args.blurred is not None:
+        raise InputError(
+            "Training on blurred/sharp pairs validates on a pair too: add --validation-blurred A.tif (the blurred "
+            "counterpart of --validation-sharp)."
+        )
     out = Path(args.output)
     folder = args.checkpoint_dir or (checkpoint_folder(args.resume) if args.resume is not None else None)
     if folder is not None and (same_file(out, Path(folder)) or same_file(out, checkpoint_path(folder))):
         raise InputError(
             f"-o {str(out)!r} is the run's checkpoint folder or file; the model and the checkpoint are two files: "
             "choose another path for the model."
+        )
+    if out.suffix.lower() != ".pt":
+        what = f"ends in {out.suffix!r}" if out.suffix else "has no extension"
+        raise InputError(
+            f"-o {str(out)!r} {what}, but finetune writes a model file, which ends in .pt; give e.g. "
+            f"-o {str(out.with_suffix('.pt'))!r}. (An image is deblurred with `napari-deblurgan deblur`.)"
         )
     if out.exists() and not args.force:
         raise InputError(f"{str(out)!r} exists; pass --force to overwrite it or choose another -o.")
@@ -244,21 +357,35 @@ def run(args: argparse.Namespace) -> int:
                 f"--checkpoint-dir {args.checkpoint_dir} holds an earlier run's checkpoint: pass --resume "
                 f"{args.checkpoint_dir} to continue that run, --force to replace it, or another folder."
             )
-    for given in (args.sharp, args.blurred):
-        if given is not None and same_file(Path(given), out):
+    given = [*args.sharp, *(args.blurred or []), args.validation_sharp, args.validation_blurred]
+    for path in given:
+        if path is not None and same_file(Path(path), out):
             raise InputError(f"-o {str(out)!r} is a training image; choose another path for the model.")
 
-    sharp, axes = read_image(args.sharp, args.axes)
+    sharp, axes = read_images(args.sharp, args.axes, "--sharp")
     blurred = None
     if args.blurred is not None:
-        blurred, blurred_axes = read_image(args.blurred, args.axes)
+        blurred, blurred_axes = read_images(args.blurred, args.axes, "--blurred")
         if blurred_axes != axes:
             raise InputError(
                 f"--blurred has axes {blurred_axes!r} but --sharp has {axes!r}; pass --axes or matching files."
             )
     first, second = (blurred, sharp) if blurred is not None else (sharp, None)
+    validation: Any = 0.1 if args.validation is None else args.validation
+    if args.validation_sharp is not None:
+        loaded: dict[str, Any] = {}
+        named = (("--validation-blurred", args.validation_blurred), ("--validation-sharp", args.validation_sharp))
+        for flag, path in named:
+            if path is not None:
+                loaded[flag], image_axes = read_image(path, args.axes)
+                if image_axes != axes:
+                    raise InputError(
+                        f"{flag} has axes {image_axes!r} but the training images {axes!r}; training takes one axes "
+                        "string for all images: pass --axes or matching files."
+                    )
+        validation = (loaded.get("--validation-blurred"), loaded["--validation-sharp"])
 
-    progress = ProgressLine(enabled=not args.quiet)
+    progress = ProgressLine(enabled=not args.quiet, flags=getattr(args, "_flags", {}))
     training = iter_finetune(
         first,
         second,
@@ -270,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         device=args.device,
         seed=args.seed,
-        validation=args.validation,
+        validation=validation,
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         validate_every=args.validate_every,
@@ -285,6 +412,7 @@ def run(args: argparse.Namespace) -> int:
         preview=False,
         teacher=args.teacher,
         teacher_weight=args.teacher_weight,
+        perceptual_weights=args.perceptual_weights,
     )
 
     # Ctrl-C (SIGINT) and SIGTERM (a cluster's time limit, `kill`) stop after the current step and save;

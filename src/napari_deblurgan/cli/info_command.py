@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import Any
 
 from ..errors import InputError
@@ -69,8 +70,58 @@ def _fmt_context(pixels: int | None) -> str:
     return f"{pixels} px of reflected context" if pixels else "none (the generator's own zero padding)"
 
 
+def _fmt_value(value: Any) -> str:
+    """A metadata value on one line: floats to 6 significant digits, lists and dicts compact."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return "-" if value is None else str(value)
+
+
+def _shapes(shapes: list[list[int]]) -> str:
+    """``[[512, 512], [512, 512], [384, 384]]`` as ``3 images: 2 of 512 x 512, 1 of 384 x 384`` (commonest first)."""
+    counts: dict[tuple[int, ...], int] = {}
+    for shape in shapes:
+        counts[tuple(shape)] = counts.get(tuple(shape), 0) + 1
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    listed = ", ".join(f"{n} of {' x '.join(map(str, shape))}" for shape, n in order[:6])
+    more = f", and {len(order) - 6} other shapes" if len(order) > 6 else ""
+    return f"{len(shapes)} image{'s' if len(shapes) != 1 else ''}: {listed}{more}"
+
+
+def _block(value: Any, indent: int) -> list[str]:
+    """A dict as indented ``key: value`` lines (nested dicts one level further in), anything else on one line."""
+    if not isinstance(value, dict):
+        return [" " * indent + _fmt_value(value)]
+    width = max((len(k) for k in value), default=0) + 1
+    lines = []
+    for key in sorted(value):
+        item = value[key]
+        if isinstance(item, dict) and item:
+            lines.append(" " * indent + f"{key}:")
+            lines += _block(item, indent + 2)
+        else:
+            lines.append(" " * indent + f"{key + ':':<{width}} {_fmt_value(item)}")
+    return lines
+
+
+def _training_lines(training: dict[str, Any]) -> list[str]:
+    """The training provenance, one item a line; the data's shapes once, summarised (``data`` repeats them in
+    its description, ``data_shapes`` lists them)."""
+    training = dict(training)
+    shapes = training.pop("data_shapes", None)
+    if isinstance(shapes, list) and shapes:
+        data = training.get("data")
+        if isinstance(data, str):
+            training["data"] = re.sub(r" \(\(.*\)\)$", "", data)  # "... pairs ((512, 512), ...)" -> "... pairs"
+        training["data_shapes"] = _shapes(shapes)
+    return _block(training, 2)
+
+
 def format_summary(s: dict[str, Any]) -> str:
-    """Human-readable text of :func:`model_summary`."""
+    """Human-readable text of :func:`model_summary` (the training provenance and other metadata as indented
+    blocks; ``--json`` prints everything as it is)."""
     args = ", ".join(f"{k}={v}" for k, v in s["architecture_args"].items())
     lines = [
         ("model", s["path"] or "(in memory)"),
@@ -83,14 +134,19 @@ def format_summary(s: dict[str, Any]) -> str:
         ("receptive field", f"{s['receptive_field']} px (radius {s['receptive_radius']}), stride {s['stride']}"),
         ("normalisation", _fmt_norm(s["normalization"])),
         ("border context", _fmt_context(s["context_padding"])),
-        ("training", json.dumps(s["training"], sort_keys=True) if s["training"] else "none (untrained)"),
         ("created", s["created"] or "-"),
         ("package version", s["package_version"] or "-"),
         ("sha256", s["sha256"] or "-"),
     ]
-    lines += [(k, json.dumps(v)) for k, v in s["other_metadata"].items()]
     width = max(len(k) for k, _ in lines) + 1
-    return "\n".join(f"{k + ':':<{width}} {v}" for k, v in lines)
+    text = [f"{k + ':':<{width}} {v}" for k, v in lines]
+    if s["training"]:
+        text += ["training:", *_training_lines(s["training"])]
+    else:
+        text.append(f"{'training:':<{width}} none (untrained)")
+    if s["other_metadata"]:
+        text += ["other metadata:", *_block(s["other_metadata"], 2)]
+    return "\n".join(text)
 
 
 def run(args: argparse.Namespace) -> int:
