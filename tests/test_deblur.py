@@ -582,3 +582,4 @@ def test_a_four_channel_image_read_as_rgba_warns_when_its_alpha_looks_like_an_im
         warnings.simplefilter("error")
         deblur(rgba, model, device="cpu")
         deblur(channels, model, rgb=True, device="cpu")
+        deblur(channels, model, axes="YXS", device="cpu")  # what the warning proposes to keep RGBA

@@ -198,7 +198,7 @@ def _warn_if_alpha_looks_like_a_channel(image: Any, axes: str) -> None:
             f"The last axis of this {tuple(image.shape)} image was taken as RGBA samples, so its 4th channel is "
             f"kept as opacity and not deblurred, but it holds at least {values.size} different values, like an "
             f"image channel. To deblur all four channels pass axes={leading + 'YXC'!r}; to keep the RGBA "
-            "reading without this warning pass rgb=True.",
+            f"reading without this warning pass axes={leading + 'YXS'!r}.",
             stacklevel=3,  # the caller of deblur()
         )
 
