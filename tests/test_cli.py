@@ -6,6 +6,8 @@ import io
 import json
 import os
 import re
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -546,6 +548,44 @@ def test_interrupt_while_writing_leaves_nothing(tiny_model_file, small_image, tm
     assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert _files(tmp_path) == {"in.tif", "tiny.pt"}
+
+
+@pytest.mark.parametrize(
+    ("signame", "lazy"), [("SIGTERM", False), ("SIGTERM", True), ("SIGHUP", False)]
+)
+def test_sigterm_and_sighup_stop_like_ctrl_c(tiny_model_file, imagej_stack, tmp_path, capsys, monkeypatch,
+                                             signame, lazy):
+    """A cluster's time limit (SIGTERM) or a closed terminal (SIGHUP) killed the process outright: its hidden
+    temporary file, as large as the output, stayed next to it, and nothing was said. Now the signal unwinds
+    as Ctrl-C does: the temporary file is removed, stderr says so, and the exit status is 128 + the signal."""
+    if not hasattr(signal, signame):
+        pytest.skip(f"no {signame} on this platform")
+    signum = getattr(signal, signame)
+    inp, _ = imagej_stack
+    out = tmp_path / "out.tif"
+    if lazy:
+        monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
+    parts = []
+
+    def signal_once_written(path, info):  # the whole output is in the temporary file when the signal comes
+        parts.append(path.stat().st_size)
+        os.kill(os.getpid(), signum)
+        time.sleep(10)  # the handler raises here at the latest
+
+    def unhandled(signum, frame):  # instead of the default, which would end the test session
+        raise AssertionError(f"{signame} reached the caller's handler: the command did not handle it")
+
+    monkeypatch.setattr(deblur_command, "restore_description", signal_once_written)
+    before = signal.signal(signum, unhandled)
+    try:
+        status = main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"])
+        assert signal.getsignal(signum) is unhandled  # the handler is the caller's again
+    finally:
+        signal.signal(signum, before)
+    assert status == 128 + signum
+    assert parts and parts[0] > 3 * 40 * 48 * 2  # the signal came with a full-size temporary file on disk
+    assert f"stopped by {signame}; no output was written" in capsys.readouterr().err
+    assert _files(tmp_path) == {"stack.tif", "tiny.pt"}
 
 
 def test_help_and_version(capsys):

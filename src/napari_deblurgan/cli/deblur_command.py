@@ -461,7 +461,25 @@ def check_paths(inp: Path, out: Path, force: bool) -> None:
 
 # ---------------------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
-    """Deblur ``args.input`` into ``args.output``; returns the exit status."""
+    """Deblur ``args.input`` into ``args.output``; returns the exit status. SIGTERM (a cluster's time limit,
+    ``kill``) and SIGHUP (a closed terminal) stop it as Ctrl-C does: the temporary output is removed, a message
+    says so, and the exit status is 128 + the signal's number (143, 129)."""
+    from . import PROG
+    from .signals import Terminated, terminate_like_ctrl_c
+
+    try:
+        with terminate_like_ctrl_c():
+            info = _deblur_file(args)
+    except Terminated as exc:
+        print(f"\n{PROG}: stopped by {exc.name}; no output was written.", file=sys.stderr)
+        return exc.exit_status
+    if not args.quiet:  # the output is in place: a signal from here on finds nothing to clean up
+        print(f"wrote {args.output} ({' x '.join(map(str, info.shape))} {info.axes}, {info.dtype})", file=sys.stderr)
+    return 0
+
+
+def _deblur_file(args: argparse.Namespace) -> TiffInfo:
+    """The work of :func:`run`: read, deblur, write atomically; returns what was read of the input."""
     import tifffile
 
     from ..atomic_files import atomic_write
@@ -519,9 +537,7 @@ def run(args: argparse.Namespace) -> int:
                 _fsync(tmp)
     finally:
         bar.close()
-    if not args.quiet:
-        print(f"wrote {out} ({' x '.join(map(str, info.shape))} {info.axes}, {info.dtype})", file=sys.stderr)
-    return 0
+    return info
 
 
 class MemmapPages:
