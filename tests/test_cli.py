@@ -331,9 +331,11 @@ def test_imagej_display_settings_labels_and_info_are_kept(tiny_model_file, tmp_p
             "max": 2000.0, "Ranges": (0.0, 1000.0, 5.0, 2000.0), "LUTs": luts, "Info": "objective 63x",
             "Labels": [f"plane {i}" for i in range(12)], "Properties": {"lab": "cells"}}
     tifffile.imwrite(inp, data, imagej=True, metadata=meta, resolution=(10.0, 10.0))
+    # written by other software: a non-ASCII unit, which tifffile cannot write (it failed after the work)
+    tifffile.tiffcomment(inp, tifffile.tiffcomment(inp).replace("unit=um", "unit=µm").encode())
     assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
     with tifffile.TiffFile(inp) as a, tifffile.TiffFile(out) as b:
-        assert b.pages[0].description == a.pages[0].description
+        assert b.pages[0].description == a.pages[0].description and "unit=µm" in a.pages[0].description
         kept, given = b.imagej_metadata, a.imagej_metadata
         for key in ("mode", "min", "max", "Ranges", "Info", "Labels", "Properties", "spacing", "finterval"):
             assert kept[key] == given[key], key
@@ -367,12 +369,13 @@ def test_ome_channel_names_image_name_and_description_are_kept(tiny_model_file, 
 def test_plain_tiff_description_software_datetime_and_shaped_keys_are_kept(tiny_model_file, small_image,
                                                                           tmp_path):
     inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
-    tifffile.imwrite(inp, small_image, description="Acquired on scope 3; exposure=100ms", metadata=None,
+    description = "Acquired on scope 3; exposure=100ms; pixel 0.1 µm"  # not ASCII: tifffile failed on it
+    tifffile.imwrite(inp, small_image, description=description.encode(), metadata=None,
                      software="MicroscopeSoft 2.1", datetime="2024:05:06 07:08:09")
     assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
     with tifffile.TiffFile(out) as tif:
         page = tif.pages[0]
-        assert page.description == "Acquired on scope 3; exposure=100ms"  # first: the one viewers show
+        assert page.description == description  # first: the one viewers show
         assert page.software == "MicroscopeSoft 2.1" and page.tags["DateTime"].value == "2024:05:06 07:08:09"
         assert tif.series[0].axes == "YX"
 
@@ -477,6 +480,10 @@ def test_compressed_truncated_and_multi_series_tiffs(tiny_model_file, small_imag
     assert main(["deblur", str(cut), "-o", str(tmp_path / "o2.tif"), "--model", str(tiny_model_file)]) == 2
     err = capsys.readouterr().err
     assert "Cannot read" in err and "Traceback" not in err and not (tmp_path / "o2.tif").exists()
+    cut.write_bytes(whole.read_bytes()[:8])  # cut inside the first page's header: no page at all
+    assert main(["deblur", str(cut), "-o", str(tmp_path / "o2.tif"), "--model", str(tiny_model_file)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no image" in err and "Traceback" not in err
 
     several = tmp_path / "several.tif"
     with tifffile.TiffWriter(several) as writer:

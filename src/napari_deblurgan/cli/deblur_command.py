@@ -247,6 +247,8 @@ def _size(axes: str, shape: tuple[int, ...], letter: str) -> int:
 def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
     """Axes, flavour, pixel sizes and the other metadata kept, of the first series of an open
     ``tifffile.TiffFile``; InputError for colour interpretations that the output could not keep."""
+    if not tif.series:  # a file cut short inside its first page's header, or one written without pages
+        raise InputError(f"{tif.filename!r} holds no image (no readable page); it may be truncated.")
     series = tif.series[0]
     file_axes = series.axes
     if axes_override is not None:
@@ -276,6 +278,9 @@ def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
         not_kept = set(IMAGEJ_NOT_KEPT)
         if _size(axes, shape, "C") != ij.get("channels", 1):  # --axes changed the channels
             not_kept |= IMAGEJ_PER_CHANNEL
+        # tifffile writes only ASCII descriptions (and fails after the work): other text is left to the
+        # input's description, written back as it is where it still holds (below)
+        not_kept |= {k for k, v in ij.items() if isinstance(v, str) and not v.isascii() and k not in IMAGEJ_TAG_ITEMS}
         info.imagej = {k: v for k, v in ij.items() if k not in not_kept}
         if axes == map_axes(file_axes):  # the file's own dimensions: its description is still true
             info.imagej_description = page.imagej_description
@@ -300,7 +305,7 @@ def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
             (d for d in (page.description, page.description1) if d and d != page.shaped_description), None
         )
     software, when = tags.valueof("Software"), tags.valueof("DateTime")
-    if isinstance(software, str) and software.isascii():
+    if isinstance(software, str):
         info.software = software
     if isinstance(when, str) and len(when) == 19 and when[16] == ":" and when.isascii():  # as tifffile writes it
         info.datetime = when
@@ -370,7 +375,7 @@ def write_kwargs(info: TiffInfo) -> dict[str, Any]:
     if extratags:
         kw["extratags"] = extratags
     if info.software is not None:
-        kw["software"] = info.software
+        kw["software"] = tiff_text(info.software)
     if info.datetime is not None:
         kw["datetime"] = info.datetime
     if info.flavour == "imagej":
@@ -385,7 +390,7 @@ def write_kwargs(info: TiffInfo) -> dict[str, Any]:
         # them for a description given next to metadata.
         kw["metadata"] = {"axes": info.file_axes, **info.shaped}
         if info.description is not None:
-            kw["description"] = info.description
+            kw["description"] = tiff_text(info.description)
     return kw
 
 
@@ -393,7 +398,7 @@ def restore_description(path: Path, info: TiffInfo) -> None:
     """Put the input's ImageJ description back into the written file ``path`` (or, with --axes that change
     its dimensions, one written from its kept keys): tifffile writes its own from the keys it knows, drops the
     display mode (composite) of a palette (8-bit LUT) image, and rounds or re-escapes values. Skipped,
-    keeping tifffile's, where it cannot be written (non-ASCII text, a classic TIFF past 4 GiB)."""
+    keeping tifffile's, where it cannot be written (a classic TIFF past 4 GiB)."""
     import tifffile
 
     if info.imagej_description is None:
@@ -403,9 +408,15 @@ def restore_description(path: Path, info: TiffInfo) -> None:
         if isinstance(written, bytes):
             written = written.decode("latin-1")
         if written.rstrip("\x00") != info.imagej_description:
-            tifffile.tiffcomment(path, info.imagej_description.encode("ascii"))
-    except (ValueError, UnicodeError, OSError):
+            tifffile.tiffcomment(path, tiff_text(info.imagej_description, always_bytes=True))
+    except (ValueError, OSError):
         pass
+
+
+def tiff_text(text: str, always_bytes: bool = False) -> str | bytes:
+    """``text`` as tifffile writes it into an ASCII tag: as it is if it is ASCII (tifffile refuses other
+    strings, after all the work), else its UTF-8 bytes, which tifffile reads back as the same text."""
+    return text.encode("utf-8") if always_bytes or not text.isascii() else text
 
 
 def read_series(series: Any, path: Path):
