@@ -6,6 +6,8 @@ import io
 import json
 import os
 import re
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -210,18 +212,180 @@ def test_axes_out_of_imagej_order_write_a_plain_tiff_that_keeps_them(tiny_model_
         assert tif.pages[0].resolution == pytest.approx((10.0, 10.0))
 
 
-def test_a_min_is_white_tiff_stays_min_is_white_and_a_palette_tiff_is_refused(tiny_model_file, small_image,
-                                                                               tmp_path, capsys):
+def test_a_min_is_white_tiff_stays_min_is_white(tiny_model_file, small_image, tmp_path):
     inp, out = tmp_path / "mw.tif", tmp_path / "mw_out.tif"
     tifffile.imwrite(inp, small_image, photometric="miniswhite")
     assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
     with tifffile.TiffFile(out) as tif:
         assert tif.pages[0].photometric.name == "MINISWHITE"  # else every viewer shows it inverted
-    palette = tmp_path / "palette.tif"
-    colormap = np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1))
-    tifffile.imwrite(palette, (small_image % 256).astype(np.uint8), photometric="palette", colormap=colormap)
-    assert main(["deblur", str(palette), "-o", str(tmp_path / "p_out.tif"), "--model", str(tiny_model_file)]) == 2
-    assert "palette" in capsys.readouterr().err and not (tmp_path / "p_out.tif").exists()
+
+
+def _lut(red: bool, green: bool, blue: bool) -> np.ndarray:
+    """An ImageJ LUT (3 x 256 uint8): a ramp in the given colours."""
+    return np.stack([np.arange(256, dtype=np.uint8) * on for on in (red, green, blue)]).astype(np.uint8)
+
+
+def test_imagej_8bit_images_with_a_colour_lut_are_intensities_and_keep_their_lut(tiny_model_file, tmp_path):
+    """ImageJ saves an 8-bit image with a non-grey LUT, and an 8-bit composite, as a palette TIFF whose values
+    are intensities: both were refused as indexed colour. Deblurred, they keep the ColorMap (so Fiji shows the
+    same LUT), the per-channel LUTs, display ranges and the composite mode; ``finetune`` reads them too."""
+    from napari_deblurgan.cli.finetune_command import read_image
+
+    rng = np.random.default_rng(3)
+    green = tmp_path / "green.tif"
+    image = (rng.random((48, 40)) * 200).astype(np.uint8)
+    tifffile.imwrite(green, image, imagej=True, photometric="palette", colormap=_lut(0, 1, 0).astype(np.uint16) * 257)
+    out = tmp_path / "green_out.tif"
+    assert main(["deblur", str(green), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    expected = deblur_module.deblur(image, load_model(tiny_model_file), axes="YX", device="cpu")
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_imagej and tif.pages[0].photometric.name == "PALETTE"
+        np.testing.assert_array_equal(tif.pages[0].colormap, _lut(0, 1, 0).astype(np.uint16) * 257)
+    data, axes = read_image(green, None)
+    np.testing.assert_array_equal(data, image)
+    assert axes == "YX"
+
+    # an 8-bit composite as Fiji writes it: palette (the first channel's LUT), LUTs per channel, composite
+    stack = (rng.random((3, 2, 40, 40)) * 255).astype(np.uint8)
+    comp = tmp_path / "composite.tif"
+    luts = [_lut(0, 1, 0), _lut(1, 0, 1)]
+    tifffile.imwrite(comp, stack, imagej=True, photometric="palette", colormap=luts[0].astype(np.uint16) * 257,
+                     metadata={"axes": "ZCYX", "spacing": 0.3, "unit": "micron", "LUTs": luts,
+                               "Ranges": (0.0, 200.0, 10.0, 255.0)})
+    # tifffile cannot write mode=composite for a palette image; Fiji does
+    description = tifffile.tiffcomment(comp).rstrip("\x00")
+    description = description.replace("hyperstack=false", "hyperstack=true\nmode=composite")
+    tifffile.tiffcomment(comp, description.encode())
+    out = tmp_path / "composite_out.tif"
+    assert main(["deblur", str(comp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].axes == "ZCYX" and tif.pages[0].photometric.name == "PALETTE"
+        assert tif.pages[0].description.rstrip("\x00") == description
+        meta = tif.imagej_metadata
+        assert meta["mode"] == "composite" and meta["spacing"] == pytest.approx(0.3)
+        assert meta["Ranges"] == (0.0, 200.0, 10.0, 255.0)
+        for lut, kept in zip(luts, meta["LUTs"], strict=True):
+            np.testing.assert_array_equal(lut, kept)
+
+
+def test_a_palette_tiff_that_is_a_lut_is_deblurred_and_one_of_distinct_colours_is_refused(tiny_model_file,
+                                                                                       small_image, tmp_path,
+                                                                                       capsys):
+    image = (small_image % 256).astype(np.uint8)
+    ramp = tmp_path / "ramp.tif"  # a plain (not ImageJ) palette that is a ramp: intensities with a LUT
+    inverted = _lut(1, 1, 0)[:, ::-1].astype(np.uint16) * 257
+    tifffile.imwrite(ramp, image, photometric="palette", colormap=inverted)
+    out = tmp_path / "ramp_out.tif"
+    assert main(["deblur", str(ramp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].photometric.name == "PALETTE"
+        np.testing.assert_array_equal(tif.pages[0].colormap, inverted)
+    indexed = tmp_path / "indexed.tif"  # distinct colours: the values are colour-table indices
+    colours = (np.random.default_rng(0).random((3, 256)) * 65535).astype(np.uint16)
+    tifffile.imwrite(indexed, image, photometric="palette", colormap=colours)
+    assert main(["deblur", str(indexed), "-o", str(tmp_path / "p_out.tif"), "--model", str(tiny_model_file)]) == 2
+    assert "colour-table indices" in capsys.readouterr().err and not (tmp_path / "p_out.tif").exists()
+    assert deblur_command.is_lut(_lut(1, 0, 0)) and not deblur_command.is_lut(np.zeros((3, 256)))
+
+
+def test_colour_interpretation_is_kept_or_refused(tiny_model_file, tmp_path, capsys):
+    """CMYK came back as RGB plus alpha (its black ink kept as 'alpha', not deblurred); an RGB image read with
+    --axes YXC came back as a 3-sample grayscale TIFF. Colour spaces the output cannot keep are refused."""
+    rng = np.random.default_rng(4)
+    image = (rng.random((40, 40, 4)) * 255).astype(np.uint8)
+    cmyk, out = tmp_path / "cmyk.tif", tmp_path / "cmyk_out.tif"
+    tifffile.imwrite(cmyk, image, photometric="separated")
+    assert main(["deblur", str(cmyk), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].photometric.name == "SEPARATED" and tif.pages[0].extrasamples == ()
+        result = tif.asarray()
+    expected = deblur_module.deblur(image, load_model(tiny_model_file), axes="YXC", device="cpu")
+    np.testing.assert_array_equal(result, expected)  # all four inks deblurred, black too
+
+    rgb, out = tmp_path / "rgb.tif", tmp_path / "rgb_out.tif"
+    tifffile.imwrite(rgb, image[..., :3], photometric="rgb")
+    assert main(["deblur", str(rgb), "-o", str(out), "--model", str(tiny_model_file), "-q", "--axes", "YXC"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].photometric.name == "RGB" and tif.series[0].axes == "YXS"
+
+    rgba, out = tmp_path / "rgba.tif", tmp_path / "rgba_out.tif"
+    tifffile.imwrite(rgba, image, photometric="rgb", extrasamples=["assocalpha"])
+    assert main(["deblur", str(rgba), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].photometric.name == "RGB" and tif.pages[0].extrasamples == (1,)  # associated alpha
+
+    lab = tmp_path / "lab.tif"
+    tifffile.imwrite(lab, image[..., :3], photometric="cielab")
+    assert main(["deblur", str(lab), "-o", str(tmp_path / "lab_out.tif"), "--model", str(tiny_model_file)]) == 2
+    assert "CIELAB" in capsys.readouterr().err and not (tmp_path / "lab_out.tif").exists()
+
+
+def test_imagej_display_settings_labels_and_info_are_kept(tiny_model_file, tmp_path):
+    """LUTs, composite mode, display ranges (per channel and min/max), slice labels, Info and Properties were
+    dropped; --axes that change the channels drop only what is per channel."""
+    data = (np.random.default_rng(5).random((2, 3, 2, 32, 32)) * 3000).astype(np.uint16)
+    inp, out = tmp_path / "ij.tif", tmp_path / "ij_out.tif"
+    luts = [_lut(0, 1, 0), _lut(1, 0, 1)]
+    meta = {"axes": "TZCYX", "spacing": 0.5, "unit": "um", "finterval": 2.0, "mode": "composite", "min": 10.0,
+            "max": 2000.0, "Ranges": (0.0, 1000.0, 5.0, 2000.0), "LUTs": luts, "Info": "objective 63x",
+            "Labels": [f"plane {i}" for i in range(12)], "Properties": {"lab": "cells"}}
+    tifffile.imwrite(inp, data, imagej=True, metadata=meta, resolution=(10.0, 10.0))
+    # written by other software: a non-ASCII unit, which tifffile cannot write (it failed after the work)
+    tifffile.tiffcomment(inp, tifffile.tiffcomment(inp).replace("unit=um", "unit=µm").encode())
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(inp) as a, tifffile.TiffFile(out) as b:
+        assert b.pages[0].description == a.pages[0].description and "unit=µm" in a.pages[0].description
+        kept, given = b.imagej_metadata, a.imagej_metadata
+        for key in ("mode", "min", "max", "Ranges", "Info", "Labels", "Properties", "spacing", "finterval"):
+            assert kept[key] == given[key], key
+        for lut, lut_kept in zip(luts, kept["LUTs"], strict=True):
+            np.testing.assert_array_equal(lut, lut_kept)
+    other = tmp_path / "ij_other.tif"  # the channels read as Z: per-channel settings would be wrong
+    tifffile.imwrite(inp, data.reshape(6, 2, 32, 32), imagej=True, metadata={**meta, "axes": "ZCYX"})
+    assert main(["deblur", str(inp), "-o", str(other), "--model", str(tiny_model_file), "-q", "--axes", "TZYX"]) == 0
+    with tifffile.TiffFile(other) as tif:
+        kept = tif.imagej_metadata
+        assert tif.series[0].axes == "TZYX" and "LUTs" not in kept and "Ranges" not in kept
+        assert kept["Info"] == "objective 63x" and kept["Labels"] == meta["Labels"]
+
+
+def test_ome_channel_names_image_name_and_description_are_kept(tiny_model_file, tmp_path):
+    data = (np.random.default_rng(6).random((3, 2, 32, 32)) * 200).astype(np.uint8)
+    inp, out = tmp_path / "in.ome.tif", tmp_path / "out.ome.tif"
+    channel = {"Name": ["DAPI", "GFP"], "EmissionWavelength": [461.0, 510.0], "Color": [-16776961, 16711935]}
+    meta = {"axes": "ZCYX", "PhysicalSizeX": 0.1, "PhysicalSizeZ": 0.5, "Name": "cells 1",
+            "Description": "fixed, 4% PFA", "Channel": channel}
+    tifffile.imwrite(inp, data, ome=True, metadata=meta)
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        xml = tif.ome_metadata
+    assert '<Image ID="Image:0" Name="cells 1">' in xml and "<Description>fixed, 4% PFA</Description>" in xml
+    assert re.findall(r'<Channel [^>]*Name="([^"]+)"', xml) == ["DAPI", "GFP"]
+    assert re.findall(r'EmissionWavelength="([^"]+)"', xml) == ["461.0", "510.0"]
+    assert 'PhysicalSizeZ="0.5"' in xml
+
+
+def test_plain_tiff_description_software_datetime_and_shaped_keys_are_kept(tiny_model_file, small_image,
+                                                                          tmp_path):
+    inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
+    description = "Acquired on scope 3; exposure=100ms; pixel 0.1 µm"  # not ASCII: tifffile failed on it
+    tifffile.imwrite(inp, small_image, description=description.encode(), metadata=None,
+                     software="MicroscopeSoft 2.1", datetime="2024:05:06 07:08:09")
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        page = tif.pages[0]
+        assert page.description == description  # first: the one viewers show
+        assert page.software == "MicroscopeSoft 2.1" and page.tags["DateTime"].value == "2024:05:06 07:08:09"
+        assert tif.series[0].axes == "YX"
+
+    # tifffile's own (JSON) metadata: its extra keys, e.g. the Z spacing, were dropped
+    stack = np.stack([small_image, small_image[::-1]])
+    shaped, out = tmp_path / "shaped.tif", tmp_path / "shaped_out.tif"
+    tifffile.imwrite(shaped, stack, metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "note": "hi"})
+    assert main(["deblur", str(shaped), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.shaped_metadata[0] == {"shape": [2, 64, 64], "axes": "ZYX", "PhysicalSizeZ": 2.0, "note": "hi"}
 
 
 def test_map_axes():
@@ -316,6 +480,10 @@ def test_compressed_truncated_and_multi_series_tiffs(tiny_model_file, small_imag
     assert main(["deblur", str(cut), "-o", str(tmp_path / "o2.tif"), "--model", str(tiny_model_file)]) == 2
     err = capsys.readouterr().err
     assert "Cannot read" in err and "Traceback" not in err and not (tmp_path / "o2.tif").exists()
+    cut.write_bytes(whole.read_bytes()[:8])  # cut inside the first page's header: no page at all
+    assert main(["deblur", str(cut), "-o", str(tmp_path / "o2.tif"), "--model", str(tiny_model_file)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no image" in err and "Traceback" not in err
 
     several = tmp_path / "several.tif"
     with tifffile.TiffWriter(several) as writer:
@@ -387,6 +555,44 @@ def test_interrupt_while_writing_leaves_nothing(tiny_model_file, small_image, tm
     assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert _files(tmp_path) == {"in.tif", "tiny.pt"}
+
+
+@pytest.mark.parametrize(
+    ("signame", "lazy"), [("SIGTERM", False), ("SIGTERM", True), ("SIGHUP", False)]
+)
+def test_sigterm_and_sighup_stop_like_ctrl_c(tiny_model_file, imagej_stack, tmp_path, capsys, monkeypatch,
+                                             signame, lazy):
+    """A cluster's time limit (SIGTERM) or a closed terminal (SIGHUP) killed the process outright: its hidden
+    temporary file, as large as the output, stayed next to it, and nothing was said. Now the signal unwinds
+    as Ctrl-C does: the temporary file is removed, stderr says so, and the exit status is 128 + the signal."""
+    if not hasattr(signal, signame):
+        pytest.skip(f"no {signame} on this platform")
+    signum = getattr(signal, signame)
+    inp, _ = imagej_stack
+    out = tmp_path / "out.tif"
+    if lazy:
+        monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
+    parts = []
+
+    def signal_once_written(path, info):  # the whole output is in the temporary file when the signal comes
+        parts.append(path.stat().st_size)
+        os.kill(os.getpid(), signum)
+        time.sleep(10)  # the handler raises here at the latest
+
+    def unhandled(signum, frame):  # instead of the default, which would end the test session
+        raise AssertionError(f"{signame} reached the caller's handler: the command did not handle it")
+
+    monkeypatch.setattr(deblur_command, "restore_description", signal_once_written)
+    before = signal.signal(signum, unhandled)
+    try:
+        status = main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"])
+        assert signal.getsignal(signum) is unhandled  # the handler is the caller's again
+    finally:
+        signal.signal(signum, before)
+    assert status == 128 + signum
+    assert parts and parts[0] > 3 * 40 * 48 * 2  # the signal came with a full-size temporary file on disk
+    assert f"stopped by {signame}; no output was written" in capsys.readouterr().err
+    assert _files(tmp_path) == {"stack.tif", "tiny.pt"}
 
 
 def test_help_and_version(capsys):

@@ -61,6 +61,28 @@ def test_output_is_in_the_input_units(model):
     np.testing.assert_array_equal(deblur(image16, identity, device="cpu"), image16)
 
 
+def test_a_constant_plane_comes_back_unchanged(model, rgb_model):
+    """A flat plane has nothing to deblur: it came back as the network's residual on a flat input, about
+    +-0.01 around the constant (an all-zero float32 image gave values of +-0.01), in float images visibly."""
+    for value in (0.0, 1000.5, -3.25):
+        flat = np.full((40, 36), value, np.float32)
+        np.testing.assert_array_equal(deblur(flat, model, device="cpu"), flat)
+    np.testing.assert_array_equal(deblur(np.zeros((40, 36)), model, device="cpu", normalize="local"), 0.0)
+    # in a stack only the flat plane is left alone, and the progress still counts its tiles
+    stack = np.stack([np.zeros((40, 36), np.float32), _image((40, 36), "float32")])
+    seen = []
+    out = deblur(stack, model, axes="ZYX", device="cpu", progress=lambda done, total: seen.append((done, total)))
+    np.testing.assert_array_equal(out[0], 0.0)
+    assert not np.array_equal(out[1], stack[1])
+    assert seen[-1][0] == seen[-1][1] == len(seen)
+    # a joint (RGB) model: the flat channel stays flat, the others are deblurred together as before
+    rgb = _image((40, 36, 3), "float32")
+    rgb[..., 1] = 7.0
+    out = deblur(rgb, rgb_model, axes="YXS", device="cpu")
+    np.testing.assert_array_equal(out[..., 1], 7.0)
+    assert not np.array_equal(out[..., 0], rgb[..., 0])
+
+
 @pytest.mark.parametrize(
     ("shape", "axes"),
     [

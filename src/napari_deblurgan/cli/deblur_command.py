@@ -2,8 +2,11 @@
 
 The output is written in the same TIFF flavour as the input (ImageJ hyperstack, OME-TIFF or plain TIFF) with
 the same shape, dtype, axes and pixel sizes (resolution tags, ImageJ ``spacing``/``unit``, OME
-``PhysicalSize*``). It is written to a temporary file next to the target and renamed at the end, so an
-interrupted run leaves no partial output; the input is never overwritten.
+``PhysicalSize*``), photometric interpretation (MINISWHITE, RGB(A), CMYK, a palette that is a LUT) and
+metadata (ImageJ LUTs, display mode and ranges, labels, Info; OME image and channel names; a plain TIFF's
+description, Software and DateTime; the extra keys of tifffile's JSON metadata). It is written to a
+temporary file next to the target and renamed at the end, so an interrupted run leaves no partial output; the
+input is never overwritten.
 
 Inputs larger than :data:`LARGE_FILE_BYTES` that are stored uncompressed are memory-mapped and processed
 lazily with dask, plane by plane, into a memory-mapped output, so they need not fit in memory.
@@ -95,16 +98,25 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 class TiffInfo:
     """What is read from the input file and carried over to the output."""
 
-    axes: str  # axes in our letters (TZCYXS), one per dimension of the data
+    axes: str  # axes in our letters (TZCYXS), one per dimension of the data, as the model sees them
     file_axes: str  # axes as tifffile reported them
     shape: tuple[int, ...]
     dtype: Any
     flavour: str  # "imagej" | "ome" | "plain"
     resolution: tuple[Any, Any] | None = None
     resolutionunit: Any = None
-    imagej: dict[str, Any] = field(default_factory=dict)  # spacing, unit, finterval
+    imagej: dict[str, Any] = field(default_factory=dict)  # description keys and IJMetadata items kept
+    imagej_description: str | None = None  # written over tifffile's (see restore_description)
     ome_sizes: dict[str, Any] = field(default_factory=dict)  # PhysicalSizeX, PhysicalSizeXUnit, ...
+    ome_image: dict[str, Any] = field(default_factory=dict)  # Name, Description, AcquisitionDate, Channel
+    shaped: dict[str, Any] = field(default_factory=dict)  # extra keys of tifffile's JSON ("shaped") metadata
+    description: str | None = None  # a plain TIFF's own ImageDescription (not ImageJ's, OME's or tifffile's)
+    software: str | None = None
+    datetime: str | None = None
     photometric: str | None = None
+    colormap: Any = None  # a palette TIFF's ColorMap (a LUT: its values are intensities)
+    extrasamples: tuple[int, ...] = ()  # RGBA: what the 4th sample is (associated/unassociated alpha)
+    inkset: int | None = None  # SEPARATED (CMYK)
     note: str | None = None  # how the output's flavour differs from the input's, for stderr
     compression: str | None = None  # the input's lossless compression, kept for the output
 
@@ -119,6 +131,43 @@ LOSSLESS_COMPRESSIONS = {
     "LZMA": "lzma",
     "PACKBITS": "packbits",
 }
+
+#: JPEG-type compressions: tifffile decodes their YCbCr to RGB.
+JPEG_COMPRESSIONS = {"JPEG", "OJPEG", "JPEGXL", "JPEG_LOSSY"}
+
+#: Photometric interpretations written back as they are (tifffile's PHOTOMETRIC names -> imwrite's names).
+#: Others (CIELab, CFA, LogLuv...) would come back as RGB or grayscale, another meaning for the same values.
+KEPT_PHOTOMETRICS = {
+    "MINISBLACK": "minisblack",
+    "MINISWHITE": "miniswhite",  # 0 is white: written as MINISBLACK the same values would show inverted
+    "RGB": "rgb",
+    "PALETTE": "palette",  # a LUT (checked in read_tiff_info), written with the same ColorMap
+    "SEPARATED": "separated",  # CMYK
+}
+
+#: ImageJ metadata not carried over: recomputed by tifffile from the output's shape (images, channels,
+#: slices, frames), or not about the image (Plot, a plot window's data).
+IMAGEJ_NOT_KEPT = {"images", "channels", "slices", "frames", "Plot"}
+#: ImageJ metadata per channel (display mode, display range, LUTs): kept when the channel count is the same.
+#: The display range stays meaningful: the deblurred image is in the input's intensity units (the model's
+#: output is mapped back through the input's normalisation), so the user's contrast setting shows it as it
+#: showed the input; sharper peaks may saturate it, as they would in the microscope software.
+IMAGEJ_PER_CHANNEL = {"mode", "min", "max", "Ranges", "LUTs"}
+#: ImageJ metadata stored in the IJMetadata tag, not in the description.
+IMAGEJ_TAG_ITEMS = {"Info", "Labels", "Ranges", "LUTs", "Plot", "ROI", "Overlays", "Properties"}
+
+#: OME Channel attributes kept (those tifffile writes; ID and SamplesPerPixel are the file's structure).
+OME_CHANNEL_ATTRIBUTES = (
+    "Name", "AcquisitionMode", "Color", "ContrastMethod", "EmissionWavelength", "EmissionWavelengthUnit",
+    "ExcitationWavelength", "ExcitationWavelengthUnit", "Fluor", "IlluminationType", "NDFilter", "PinholeSize",
+    "PinholeSizeUnit", "PockelCellSetting",
+)
+
+PALETTE_MESSAGE = (
+    "This is an indexed-colour (palette) TIFF: its pixel values are colour-table indices, not "
+    "intensities, so deblurring them means nothing. Save it as grayscale or RGB first (Fiji: Image > "
+    "Type > 8-bit or RGB Color)."
+)
 
 
 def in_imagej_order(axes: str) -> bool:
@@ -143,29 +192,63 @@ def map_axes(file_axes: str) -> str:
     return "".join(out)
 
 
-def _ome_physical_sizes(xml: str | None) -> dict[str, Any]:
-    """PhysicalSize{X,Y,Z} (and units) and TimeIncrement of the first OME Pixels element."""
+def is_lut(colormap: Any) -> bool:
+    """Whether a palette's ColorMap (3 x N) is a lookup table of intensities: every colour component runs
+    monotonically one way (a grey, green, or inverted ramp...), and not all of them are constant. An image
+    with such a palette stores intensities; any other palette (distinct colours) stores colour indices."""
+    import numpy as np
+
+    steps = np.diff(np.asarray(colormap, dtype=np.int64), axis=-1)
+    return bool(steps.any() and ((steps >= 0).all() or (steps <= 0).all()))
+
+
+def _ome_metadata(xml: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Of the first OME Image: its Pixels' PhysicalSize{X,Y,Z} (and units) and TimeIncrement; and its Name,
+    Description, AcquisitionDate and its Channels' attributes (names, colours, wavelengths)."""
     if not xml:
-        return {}
+        return {}, {}
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
-        return {}
-    for el in root.iter():
-        if el.tag.rsplit("}", 1)[-1] == "Pixels":
-            keys = [f"PhysicalSize{a}{u}" for a in "XYZ" for u in ("", "Unit")]
-            keys += ["TimeIncrement", "TimeIncrementUnit"]
-            sizes: dict[str, Any] = {}
-            for k in keys:
-                if k in el.attrib:
-                    v = el.attrib[k]
-                    sizes[k] = v if k.endswith("Unit") else float(v)
-            return sizes
-    return {}
+        return {}, {}
+
+    def local(el: Any) -> str:
+        return el.tag.rsplit("}", 1)[-1]
+
+    image = next((el for el in root.iter() if local(el) == "Image"), None)
+    pixels = next((el for el in (image if image is not None else root).iter() if local(el) == "Pixels"), None)
+    sizes: dict[str, Any] = {}
+    if pixels is not None:
+        keys = [f"PhysicalSize{a}{u}" for a in "XYZ" for u in ("", "Unit")]
+        keys += ["TimeIncrement", "TimeIncrementUnit"]
+        for k in keys:
+            if k in pixels.attrib:
+                v = pixels.attrib[k]
+                sizes[k] = v if k.endswith("Unit") else float(v)
+    described: dict[str, Any] = {}
+    if image is not None:
+        if image.get("Name"):
+            described["Name"] = image.get("Name")
+        for el in image:
+            if local(el) in ("Description", "AcquisitionDate") and el.text:
+                described[local(el)] = el.text
+    if pixels is not None:
+        channels = [el for el in pixels if local(el) == "Channel"]
+        kept = [{k: el.attrib[k] for k in OME_CHANNEL_ATTRIBUTES if k in el.attrib} for el in channels]
+        if any(kept):
+            described["Channel"] = kept
+    return sizes, described
+
+
+def _size(axes: str, shape: tuple[int, ...], letter: str) -> int:
+    return shape[axes.index(letter)] if letter in axes else 1
 
 
 def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
-    """Axes, flavour and pixel sizes of the first series of an open ``tifffile.TiffFile``."""
+    """Axes, flavour, pixel sizes and the other metadata kept, of the first series of an open
+    ``tifffile.TiffFile``; InputError for colour interpretations that the output could not keep."""
+    if not tif.series:  # a file cut short inside its first page's header, or one written without pages
+        raise InputError(f"{tif.filename!r} holds no image (no readable page); it may be truncated.")
     series = tif.series[0]
     file_axes = series.axes
     if axes_override is not None:
@@ -177,39 +260,101 @@ def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
             raise InputError(f"--axes: {exc} (shape {tuple(series.shape)}, file axes {file_axes!r})") from None
     else:
         axes = map_axes(file_axes)
+    shape = tuple(series.shape)
     flavour = "imagej" if tif.is_imagej else "ome" if tif.is_ome else "plain"
     page = series.pages[0] if series.pages else tif.pages[0]
-    info = TiffInfo(axes, file_axes, tuple(series.shape), series.dtype, flavour)
+    info = TiffInfo(axes, file_axes, shape, series.dtype, flavour)
     tags = page.tags
     if "XResolution" in tags and "YResolution" in tags:
         info.resolution = (tags["XResolution"].value, tags["YResolution"].value)
         info.resolutionunit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else None
-    if flavour == "imagej":
-        ij = tif.imagej_metadata or {}
-        info.imagej = {k: ij[k] for k in ("spacing", "unit", "finterval") if k in ij}
-    elif flavour == "ome":
-        info.ome_sizes = _ome_physical_sizes(tif.ome_metadata)
     photometric = getattr(page, "photometric", None)
     info.photometric = getattr(photometric, "name", None)
-    info.compression = LOSSLESS_COMPRESSIONS.get(getattr(getattr(page, "compression", None), "name", ""))
-    if info.photometric == "PALETTE":
-        raise InputError(
-            "This is an indexed-colour (palette) TIFF: its pixel values are colour-table indices, not "
-            "intensities, so deblurring them means nothing. Save it as grayscale or RGB first (Fiji: Image > "
-            "Type > 8-bit or RGB Color)."
+    compression = getattr(getattr(page, "compression", None), "name", "")
+    info.compression = LOSSLESS_COMPRESSIONS.get(compression)
+    _check_photometric(info, page, compression, tif.is_imagej)
+    if flavour == "imagej":
+        ij = dict(tif.imagej_metadata or {})
+        not_kept = set(IMAGEJ_NOT_KEPT)
+        if _size(axes, shape, "C") != ij.get("channels", 1):  # --axes changed the channels
+            not_kept |= IMAGEJ_PER_CHANNEL
+        # tifffile writes only ASCII descriptions (and fails after the work): other text is left to the
+        # input's description, written back as it is where it still holds (below)
+        not_kept |= {k for k, v in ij.items() if isinstance(v, str) and not v.isascii() and k not in IMAGEJ_TAG_ITEMS}
+        info.imagej = {k: v for k, v in ij.items() if k not in not_kept}
+        if axes == map_axes(file_axes):  # the file's own dimensions: its description is still true
+            info.imagej_description = page.imagej_description
+        elif info.photometric == "PALETTE" and in_imagej_order(axes):
+            # tifffile drops the display mode (composite) of a palette image: written from the kept keys
+            import tifffile
+
+            described = {k: v for k, v in info.imagej.items() if k not in IMAGEJ_TAG_ITEMS}
+            info.imagej_description = tifffile.imagej_description(shape, axes, **described)
+    elif flavour == "ome":
+        info.ome_sizes, info.ome_image = _ome_metadata(tif.ome_metadata)
+        mapped = map_axes(file_axes)
+        channels = _size(axes, shape, "C") * _size(axes, shape, "S")
+        if channels != _size(mapped, shape, "C") * _size(mapped, shape, "S"):  # --axes changed the channels
+            info.ome_image.pop("Channel", None)
+    else:
+        if page.shaped_description is not None:
+            info.shaped = {
+                k: v for k, v in (tif.shaped_metadata or ({},))[0].items() if k not in ("shape", "axes", "truncated")
+            }
+        info.description = next(
+            (d for d in (page.description, page.description1) if d and d != page.shaped_description), None
         )
+    software, when = tags.valueof("Software"), tags.valueof("DateTime")
+    if isinstance(software, str):
+        info.software = software
+    if isinstance(when, str) and len(when) == 19 and when[16] == ":" and when.isascii():  # as tifffile writes it
+        info.datetime = when
     if flavour == "imagej" and not in_imagej_order(axes):
         # checked here, before the work: tifffile would refuse to write it only after the deblurring
-        info.flavour, info.file_axes, info.imagej = "plain", axes, {}
+        info.flavour, info.file_axes, info.imagej, info.imagej_description = "plain", axes, {}, None
         info.note = (
             f"ImageJ files need their axes in TZCYXS order, and --axes {axes} is not: the output is a plain "
-            "TIFF that records the axes (pixel sizes kept, ImageJ's z-spacing, unit and frame interval not)."
+            "TIFF that records the axes (pixel sizes kept; ImageJ's z-spacing, unit, frame interval, LUTs and "
+            "display settings not)."
         )
     return info
 
 
+def _check_photometric(info: TiffInfo, page: Any, compression: str, imagej: bool) -> None:
+    """Refuse what the output could not show as the input shows it; note what keeps it (palette, alpha, CMYK)."""
+    name = info.photometric
+    if name == "YCBCR" and compression in JPEG_COMPRESSIONS:
+        info.photometric = "RGB"  # tifffile decodes a JPEG's YCbCr to RGB, and RGB is what is written
+    elif name == "PALETTE":
+        # ImageJ saves an 8-bit image with a colour LUT (and 8-bit composites) as palette TIFFs: their values
+        # are intensities, and so are those of any palette that is a ramp; others index distinct colours
+        if not (imagej or is_lut(page.colormap)):
+            raise InputError(PALETTE_MESSAGE)
+        info.colormap = page.colormap
+    elif name is not None and name not in KEPT_PHOTOMETRICS:
+        raise InputError(
+            f"This TIFF stores its pixels as {name} (its photometric interpretation), which the output could "
+            "not keep: written as grayscale or RGB the same values would show other colours. Save it as "
+            "grayscale or RGB first (Fiji: Image > Type)."
+        )
+    if name == "RGB":
+        info.extrasamples = tuple(int(e) for e in page.extrasamples)
+    if name == "SEPARATED":
+        # CMYK: four inks, none of them an alpha channel (as a 4th sample of 'S' would be taken): deblurred as
+        # channels of their own, and written back as CMYK
+        if "S" in info.axes:
+            if "C" in info.axes:
+                raise InputError(
+                    f"A CMYK (separated) TIFF with axes {info.axes}: its inks cannot be channels of their own "
+                    "next to C; pass --axes without C."
+                )
+            info.axes = info.axes.replace("S", "C")
+        info.inkset = page.tags.valueof("InkSet")
+
+
 def write_kwargs(info: TiffInfo) -> dict[str, Any]:
-    """``tifffile.imwrite`` keyword arguments reproducing the input's flavour, axes and pixel sizes."""
+    """``tifffile.imwrite`` keyword arguments reproducing the input's flavour, axes, pixel sizes, photometric
+    interpretation and metadata."""
     kw: dict[str, Any] = {}
     if info.compression is not None:
         kw["compression"] = info.compression
@@ -217,21 +362,61 @@ def write_kwargs(info: TiffInfo) -> dict[str, Any]:
         kw["resolution"] = info.resolution
         if info.resolutionunit is not None and info.flavour != "imagej":
             kw["resolutionunit"] = info.resolutionunit
-    if "S" in info.axes and info.photometric in ("RGB", "MINISBLACK"):
-        kw["photometric"] = info.photometric.lower()
-    elif "S" not in info.axes:
-        # MINISWHITE (0 is white) is kept: written as MINISBLACK the same values would show inverted
-        kw["photometric"] = "miniswhite" if info.photometric == "MINISWHITE" else "minisblack"
+    # From the input's photometric, not from the axes: the output has the input's layout whatever --axes
+    # called its dimensions (an RGB image read with --axes YXC is still RGB).
+    kw["photometric"] = KEPT_PHOTOMETRICS.get(info.photometric or "", "minisblack")
+    if info.colormap is not None:
+        kw["colormap"] = info.colormap
+    if info.extrasamples:
+        kw["extrasamples"] = info.extrasamples
+    extratags = []
+    if info.inkset is not None:
+        extratags.append((332, 3, 1, int(info.inkset), True))  # InkSet
+    if extratags:
+        kw["extratags"] = extratags
+    if info.software is not None:
+        kw["software"] = tiff_text(info.software)
+    if info.datetime is not None:
+        kw["datetime"] = info.datetime
     if info.flavour == "imagej":
         kw["imagej"] = True
-        kw["metadata"] = {"axes": info.axes, **info.imagej}
+        kw["metadata"] = {**info.imagej, "axes": info.axes}
     elif info.flavour == "ome":
         kw["ome"] = True
-        kw["metadata"] = {"axes": info.axes, **info.ome_sizes}
+        kw["metadata"] = {**info.ome_image, **info.ome_sizes, "axes": info.axes}
     else:
-        # tifffile's "shaped" description keeps the original letters so the file reads back the same.
-        kw["metadata"] = {"axes": info.file_axes}
+        # tifffile's "shaped" description keeps the original letters so the file reads back the same; the
+        # input's own description comes first (the one other readers show), tifffile's second, as it writes
+        # them for a description given next to metadata.
+        kw["metadata"] = {"axes": info.file_axes, **info.shaped}
+        if info.description is not None:
+            kw["description"] = tiff_text(info.description)
     return kw
+
+
+def restore_description(path: Path, info: TiffInfo) -> None:
+    """Put the input's ImageJ description back into the written file ``path`` (or, with --axes that change
+    its dimensions, one written from its kept keys): tifffile writes its own from the keys it knows, drops the
+    display mode (composite) of a palette (8-bit LUT) image, and rounds or re-escapes values. Skipped,
+    keeping tifffile's, where it cannot be written (a classic TIFF past 4 GiB)."""
+    import tifffile
+
+    if info.imagej_description is None:
+        return
+    try:
+        written = tifffile.tiffcomment(path)
+        if isinstance(written, bytes):
+            written = written.decode("latin-1")
+        if written.rstrip("\x00") != info.imagej_description:
+            tifffile.tiffcomment(path, tiff_text(info.imagej_description, always_bytes=True))
+    except (ValueError, OSError):
+        pass
+
+
+def tiff_text(text: str, always_bytes: bool = False) -> str | bytes:
+    """``text`` as tifffile writes it into an ASCII tag: as it is if it is ASCII (tifffile refuses other
+    strings, after all the work), else its UTF-8 bytes, which tifffile reads back as the same text."""
+    return text.encode("utf-8") if always_bytes or not text.isascii() else text
 
 
 def read_series(series: Any, path: Path):
@@ -287,7 +472,25 @@ def check_paths(inp: Path, out: Path, force: bool) -> None:
 
 # ---------------------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
-    """Deblur ``args.input`` into ``args.output``; returns the exit status."""
+    """Deblur ``args.input`` into ``args.output``; returns the exit status. SIGTERM (a cluster's time limit,
+    ``kill``) and SIGHUP (a closed terminal) stop it as Ctrl-C does: the temporary output is removed, a message
+    says so, and the exit status is 128 + the signal's number (143, 129)."""
+    from . import PROG
+    from .signals import Terminated, terminate_like_ctrl_c
+
+    try:
+        with terminate_like_ctrl_c():
+            info = _deblur_file(args)
+    except Terminated as exc:
+        print(f"\n{PROG}: stopped by {exc.name}; no output was written.", file=sys.stderr)
+        return exc.exit_status
+    if not args.quiet:  # the output is in place: a signal from here on finds nothing to clean up
+        print(f"wrote {args.output} ({' x '.join(map(str, info.shape))} {info.axes}, {info.dtype})", file=sys.stderr)
+    return 0
+
+
+def _deblur_file(args: argparse.Namespace) -> TiffInfo:
+    """The work of :func:`run`: read, deblur, write atomically; returns what was read of the input."""
     import tifffile
 
     from ..atomic_files import atomic_write
@@ -338,15 +541,14 @@ def run(args: argparse.Namespace) -> int:
             _deblur_lazy(data, info, common, out, kw, bar)
         else:
             result = deblur(data, progress=bar, **common)
-            with atomic_write(out) as tmp, open(tmp, "wb") as fh:
-                tifffile.imwrite(fh, result, **kw)
-                fh.flush()
-                os.fsync(fh.fileno())
+            with atomic_write(out) as tmp:
+                with open(tmp, "wb") as fh:
+                    tifffile.imwrite(fh, result, **kw)
+                restore_description(tmp, info)
+                _fsync(tmp)
     finally:
         bar.close()
-    if not args.quiet:
-        print(f"wrote {out} ({' x '.join(map(str, info.shape))} {info.axes}, {info.dtype})", file=sys.stderr)
-    return 0
+    return info
 
 
 class MemmapPages:
@@ -414,5 +616,11 @@ def _deblur_lazy(data: Any, info: TiffInfo, common: dict, out: Path, kw: dict, b
             target.flush()
         finally:
             del target  # unmapped before atomic_write renames (or removes) the file
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())  # the header imwrite wrote, and the pages flush() wrote back
+        restore_description(tmp, info)
+        _fsync(tmp)  # the header imwrite wrote, and the pages flush() wrote back
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path``'s data to the disk before it is renamed into place."""
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())

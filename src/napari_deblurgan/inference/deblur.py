@@ -126,7 +126,8 @@ def deblur(
     Returns
     -------
     numpy.ndarray, or a lazy dask array for dask input. Integer outputs are rounded and clipped to the dtype's
-    range; float outputs keep their range.
+    range; float outputs keep their range. A constant plane (or channel) has nothing to deblur and comes back
+    unchanged.
     """
     reject_viewer_objects(image)
     is_dask = _is_dask(image)
@@ -389,6 +390,16 @@ class _PlaneRunner:
         # tiles; every step works in place on those (a 4096 px plane took ~8 plane-sized buffers before).
         c, h, w = plane.shape
         wide = needs_float64(plane.dtype)
+        # A constant channel has nothing to deblur and comes back unchanged: its normalisation falls back to a
+        # unit range, and the network's small residual on a flat input (about 1e-2 of that range) would
+        # otherwise come back as noise around the constant (an all-zero float image gave values of +-0.01).
+        flat = [bool(plane[i].min() == plane[i].max()) for i in range(c)]
+        if all(flat):
+            for _ in range(self.batches_per_plane(h, w)):  # the progress still counts this plane's batches
+                if _should_cancel(cancel):
+                    raise Cancelled("deblurring was cancelled")
+                on_batch()
+            return plane.astype(np.float64 if wide else np.float32)
         # each channel's (lo, span), undone at the end: per-pixel fields ("local"), or one pair of numbers
         if self.local:
             field_dtype = np.float64 if wide else np.float32
@@ -426,11 +437,16 @@ class _PlaneRunner:
         # the inverse of the normalisation, for both kinds of scale: float64 for the dtypes that need it (the
         # offset would be rounded to float32 again on the way back), else in place
         if wide:
-            return np.stack([restored[i].astype(np.float64) * span + lo for i, (lo, span) in enumerate(scales)])
-        for i, (lo, span) in enumerate(scales):
-            restored[i] *= span
-            restored[i] += lo
-        return restored
+            result = np.stack([restored[i].astype(np.float64) * span + lo for i, (lo, span) in enumerate(scales)])
+        else:
+            result = restored
+            for i, (lo, span) in enumerate(scales):
+                result[i] *= span
+                result[i] += lo
+        for i in range(c):
+            if flat[i]:  # a constant channel of a joint model's plane: unchanged, as above
+                result[i] = plane[i]
+        return result
 
     def _generate(self, gen, x, cancel: CancelCheck) -> np.ndarray:
         """The generator's output for a batch of tiles, averaged over ``self.transforms``."""
