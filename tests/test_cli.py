@@ -491,6 +491,11 @@ def test_compressed_truncated_and_multi_series_tiffs(tiny_model_file, small_imag
         writer.write(small_image[:40, :40])
     assert main(["deblur", str(several), "-o", str(tmp_path / "o3.tif"), "--model", str(tiny_model_file)]) == 0
     assert "holds 2 image series; only the first" in capsys.readouterr().err
+    # -q hides progress, not what was left out of the file (as finetune's -q)
+    argv = ["deblur", str(several), "-o", str(tmp_path / "o4.tif"), "--model", str(tiny_model_file), "-q"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "holds 2 image series; only the first" in err and "wrote" not in err
 
 
 def test_an_unwritable_output_folder_is_said_before_the_work(tiny_model_file, small_image, tmp_path, capsys,

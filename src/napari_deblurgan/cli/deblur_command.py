@@ -89,7 +89,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists (never INPUT)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress: hides the progress bar and 'wrote ...'; notes and warnings are still printed",
+    )
     return p
 
 
@@ -429,10 +434,10 @@ def read_series(series: Any, path: Path):
         raise InputError(f"Cannot read the pixels of {str(path)!r}: {exc}{hint}") from None
 
 
-def note_other_series(tif: Any, path: Path, quiet: bool = False) -> None:
+def note_other_series(tif: Any, path: Path) -> None:
     """Say on stderr that only the first series is used when a TIFF holds several (images of other sizes,
     thumbnails, label images): never drop pages silently."""
-    if len(tif.series) > 1 and not quiet:
+    if len(tif.series) > 1:
         others = ", ".join(f"{tuple(s.shape)}" for s in tif.series[1:4]) + (" ..." if len(tif.series) > 4 else "")
         print(
             f"note: {path.name} holds {len(tif.series)} image series; only the first, {tuple(tif.series[0].shape)}, "
@@ -517,8 +522,8 @@ def _deblur_file(args: argparse.Namespace) -> TiffInfo:
             lazy = True
         else:
             data = read_series(series, inp)
-        note_other_series(tif, inp, quiet=args.quiet)
-    if info.note and not args.quiet:
+        note_other_series(tif, inp)  # notes are not progress: -q keeps them, as finetune's -q does
+    if info.note:
         print(f"note: {info.note}", file=sys.stderr)
     if data.shape != info.shape:  # tifffile squeezes the same way for series and asarray; be sure
         raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r}; pass --axes.")
