@@ -153,6 +153,20 @@ def test_a_used_checkpoint_dir_needs_resume_or_force(files, capsys):
     assert capsys.readouterr().err.count("holds the checkpoint of an earlier run") == 1
 
 
+def test_a_checkpoint_given_as_the_model_gets_advice_whose_python_call_is_not_rewritten(files, capsys):
+    """The message of a checkpoint passed where a model file goes quotes a Python call and a CLI line: the CLI
+    writes its own options as flags, but rewriting the call (``finetune(sharp, --resume ...)``) breaks it."""
+    args = [*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "2"), "--checkpoint-dir",
+            str(files / "ck")]
+    assert main([*args, "-o", str(files / "a.pt"), "-q"]) == 0
+    checkpoint = str(files / "ck" / "checkpoint.pt")
+    argv = ["finetune", "--model", checkpoint, "--sharp", str(files / "sharp.tif"), "-o", str(files / "b.pt")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"napari_deblurgan.finetune(sharp, resume='{checkpoint}', steps=2)" in err, err
+    assert "--resume" in err and "--steps 2" in err  # the CLI line of the advice
+
+
 def test_mismatched_pair_is_a_usage_error(files, capsys):
     tifffile.imwrite(files / "small.tif", np.zeros((64, 64), np.uint16))
     argv = _common(files, "--blurred", str(files / "small.tif"), "--sharp", str(files / "sharp.tif"))

@@ -86,8 +86,20 @@ def with_flags(message: str, flags: dict[str, str]) -> str:
       "; resume it without one");
     * a flag written twice in a row by the translation (``--checkpoint-dir / --checkpoint-dir``,
       ``--axes: --axes 'ZYX'``) is written once;
-    * advice that names Python (:data:`CLI_PHRASES`) is said in the CLI's terms.
+    * advice that names Python (:data:`CLI_PHRASES`) is said in the CLI's terms;
+    * a Python call quoted as advice (``napari_deblurgan.finetune(sharp, resume='...', steps=5)``) is left as it
+      is: it is code to paste, not a sentence about this command's options.
     """
+    parts = _PYTHON_CALL.split(message)  # the calls are the odd parts (the pattern's one group)
+    return "".join(part if i % 2 else _say_in_flags(part, flags) for i, part in enumerate(parts))
+
+
+#: A call of the Python API quoted in a message (one level of nested parentheses).
+_PYTHON_CALL = re.compile(r"((?:napari_deblurgan|ndg)\.\w+\((?:[^()]|\([^()]*\))*\))")
+
+
+def _say_in_flags(message: str, flags: dict[str, str]) -> str:
+    """:func:`with_flags` of a message part that quotes no Python call."""
     for pattern, replacement, needs in CLI_PHRASES:
         if needs is None or needs in flags:
             message = re.sub(pattern, replacement, message)
