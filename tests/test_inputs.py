@@ -66,3 +66,15 @@ def test_a_list_of_pyramid_levels_is_refused_but_a_list_of_training_images_is_no
     pairs = [full, full[:48, :56]]
     model = ndg.finetune(pairs, model="unet_lite", preset="content", steps=1, patch_size=32, validation=0)
     assert model is not None
+
+
+def test_multiscale_data_behind_napari_plugin_proxy_is_refused_too():
+    """A plugin's viewer is wrapped in napari's PublicOnlyProxy, and so is every layer's data it hands out:
+    the proxy's own type hides the multiscale data behind it."""
+    from napari.utils._proxies import PublicOnlyProxy
+
+    full = _pixels()
+    proxied = PublicOnlyProxy(napari_layers.Image([full, full[::2, ::2]], multiscale=True).data)
+    assert np.asarray(proxied).shape == (32, 32)
+    with pytest.raises(InputError, match="multiscale data with 2 levels"):
+        ndg.deblur(proxied)

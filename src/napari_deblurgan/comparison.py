@@ -43,15 +43,10 @@ from .blur.synthesize import (
     yx_last,
 )
 from .errors import Cancelled, InputError
-from .inputs import reject_viewer_objects
+from .inputs import is_dask, reject_viewer_objects
 from .normalization import cast_like, percentile_range
 
 # ------------------------------------------------------------------------------------------- lazy arrays
-
-
-def _is_dask(image: Any) -> bool:
-    # by type, so that NumPy-only sessions never import dask
-    return type(image).__module__.split(".")[0] == "dask"
 
 
 def is_lazy(image: Any) -> bool:
@@ -81,7 +76,7 @@ def _as_image(image: Any, name: str) -> Any:
 def value_range(image: Any, *, name: str = "image") -> tuple[float, float]:
     """``(min, max)`` of an ndarray or a lazy array in one pass that holds one block at a time (a dask array
     by its own chunked reduction, which reads each chunk once for both); InputError for NaN or inf."""
-    if _is_dask(image):
+    if is_dask(image):
         import dask
 
         lo, hi = dask.compute(image.min(), image.max())
@@ -441,7 +436,7 @@ def _deconvolve(
     def run(source: Any) -> np.ndarray:
         return _per_plane(source, axes, lambda plane: deconvolve(plane, kernel), cancel, scaler)
 
-    if not _is_dask(image):
+    if not is_dask(image):
         return run(image)
     # one block per YX plane: a block of many planes would hold them all (in and out) while it is computed
     planes = image.rechunk({i: -1 if a in "YX" else 1 for i, a in enumerate(axes)})

@@ -14,6 +14,11 @@ from typing import Any
 from .errors import InputError
 
 
+def is_dask(value: Any) -> bool:
+    """True for dask arrays (checked by type, so that NumPy-only sessions never import dask)."""
+    return type(value).__module__.split(".")[0] == "dask"
+
+
 def _from_napari(value: Any) -> bool:
     return type(value).__module__.split(".")[0] == "napari"
 
@@ -24,7 +29,10 @@ def _is_multiscale_data(value: Any) -> bool:
 
 def reject_viewer_objects(value: Any, name: str = "image") -> None:
     """InputError for a napari layer, napari multiscale data or a list of arrays of different shapes (the
-    levels of a pyramid), naming the array to pass instead; nothing for anything else."""
+    levels of a pyramid), naming the array to pass instead; nothing for anything else. Seen through napari's
+    ``PublicOnlyProxy`` too (what a plugin's ``viewer.layers[i].data`` is), which hides what it wraps."""
+    if _from_napari(value) and hasattr(value, "__wrapped__"):
+        value = value.__wrapped__
     if _is_multiscale_data(value):
         shapes = ", ".join(str(tuple(level.shape)) for level in value)
         raise InputError(

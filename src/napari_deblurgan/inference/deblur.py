@@ -23,7 +23,7 @@ import numpy as np
 
 from ..axes import channel_axis, resolve_axes
 from ..errors import Cancelled, InputError
-from ..inputs import reject_viewer_objects
+from ..inputs import is_dask, reject_viewer_objects
 from ..normalization import (
     cast_like,
     check_dtype,
@@ -130,8 +130,8 @@ def deblur(
     unchanged.
     """
     reject_viewer_objects(image)
-    is_dask = _is_dask(image)
-    if not is_dask and not isinstance(image, np.ndarray):
+    dask_input = is_dask(image)
+    if not dask_input and not isinstance(image, np.ndarray):
         image = np.asarray(image)
     _check_image(image)
     _check_callbacks(progress, cancel)
@@ -164,17 +164,13 @@ def deblur(
             f"use at most {longest}, or leave it unset for the model's own setting"
         )
     runner.warn_if_tiles_repeat_work(image.shape[axes.index("Y")], image.shape[axes.index("X")])
-    if is_dask:
+    if dask_input:
         return _deblur_dask(image, axes, runner, progress, cancel)
     _check_finite(image)
     return _deblur_numpy(image, axes, runner, progress, cancel)
 
 
 # ----------------------------------------------------------------------------------------------- checks
-
-
-def _is_dask(image: Any) -> bool:
-    return type(image).__module__.startswith("dask.")
 
 
 def _check_image(image: Any) -> None:

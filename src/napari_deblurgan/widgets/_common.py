@@ -95,11 +95,6 @@ def layer_pixels(layer: napari.layers.Image) -> Any:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
-def is_dask(data: Any) -> bool:
-    """True for dask arrays (checked by type so that numpy-only sessions never import dask)."""
-    return type(data).__module__.split(".")[0] == "dask"
-
-
 def axes_for_layer(layer: napari.layers.Image) -> str:
     """The axes string a layer most likely has: its axis labels when they are axis letters, else from ndim.
 

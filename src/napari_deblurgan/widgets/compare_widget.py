@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..inputs import is_dask
 from ._common import (
     LayerComboBox,
     avoid_triton_llvm_clash,
@@ -40,7 +41,6 @@ from ._common import (
     detached_from_dock,
     error_message,
     gone_note,
-    is_dask,
     layer_pixels,
     result_layer_kwargs,
     show_error,

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..inputs import is_dask
 from ._common import (
     LayerComboBox,
     ProgressRelay,
@@ -36,7 +37,6 @@ from ._common import (
     device_items,
     error_message,
     gone_note,
-    is_dask,
     layer_pixels,
     normalize_axes_text,
     result_layer_kwargs,
