@@ -399,6 +399,32 @@ def test_compare_reads_each_plane_of_lazy_results_once():
     assert [r["ssim"] for r in table.rows] == pytest.approx([r["ssim"] for r in expected.rows], rel=1e-12)
 
 
+def test_compare_computes_a_dask_block_of_several_planes_once():
+    """A block may hold several planes (a lazy RGB deblur() keeps its samples in one block; stacks are often
+    chunked many planes deep): computing one plane computes the block, so reading plane by plane must not
+    compute it once per plane - for a lazy deblur() result that is the network run again."""
+    da = pytest.importorskip("dask.array")
+    sharp, blurred = _stack_pair(6)
+    computed: list[int] = []
+
+    def counted(block):
+        if block.size:
+            computed.append(block.shape[0])
+        return block
+
+    lazy = da.from_array(blurred, chunks=(3, 48, 40)).map_blocks(counted, dtype=blurred.dtype)
+    table = compare({"blurred": lazy}, sharp, per_slice=True)
+    assert computed == [3, 3]  # two blocks, each computed once (it was six computations of three planes)
+    expected = compare({"blurred": blurred}, sharp, per_slice=True)
+    assert [r["psnr"] for r in table.rows] == pytest.approx([r["psnr"] for r in expected.rows], rel=1e-12)
+    # samples last, as in an RGB result: the block holds all three of a plane's samples
+    computed.clear()
+    rgb = np.moveaxis(blurred[:3], 0, -1)
+    lazy_rgb = da.from_array(rgb, chunks=(48, 40, 3)).map_blocks(counted, dtype=rgb.dtype)
+    compare({"rgb": lazy_rgb}, np.moveaxis(sharp[:3], 0, -1), axes="YXS")
+    assert len(computed) == 1
+
+
 def test_lazy_results_with_nan_are_one_clear_error():
     da = pytest.importorskip("dask.array")
     sharp, _ = _stack_pair(2)

@@ -103,6 +103,8 @@ def _plane_reader(image: Any, axes: str) -> Callable[[tuple[int, ...]], np.ndarr
         return lambda idx: planes[idx]
     y, x = axes.index("Y"), axes.index("X")
     others = [i for i in range(len(axes)) if i not in (y, x)]
+    if is_dask(image):
+        return _dask_plane_reader(image, others, transpose=x < y)
 
     def read(idx: tuple[int, ...]) -> np.ndarray:
         key: list[Any] = [slice(None)] * len(axes)
@@ -110,6 +112,35 @@ def _plane_reader(image: Any, axes: str) -> Callable[[tuple[int, ...]], np.ndarr
             key[axis] = value
         plane = np.asarray(image[tuple(key)])
         return plane.T if x < y else plane  # the two axes left keep their order: (X, Y) when X comes first
+
+    return read
+
+
+def _dask_plane_reader(image: Any, others: list[int], *, transpose: bool) -> Callable[[tuple[int, ...]], np.ndarray]:
+    """:func:`_plane_reader` of a dask array whose blocks may hold several planes (a lazy RGB ``deblur()``
+    result keeps its 3 samples in one block, a stack may be chunked 10 planes deep): computing one plane
+    computes its whole block, so the planes of the block last computed are kept (one slab: the block's depth
+    along the other axes, whole YX planes) and a block is computed once while planes are read in order."""
+    bounds = [np.cumsum((0, *image.chunks[axis])) for axis in others]
+    slab: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
+
+    def read(idx: tuple[int, ...]) -> np.ndarray:
+        spans = []
+        for edges, value in zip(bounds, idx, strict=True):
+            k = int(np.searchsorted(edges, value, side="right")) - 1
+            spans.append((int(edges[k]), int(edges[k + 1])))
+        where = tuple(spans)
+        if where not in slab:
+            slab.clear()  # before computing the next: one slab in memory
+            key: list[Any] = [slice(None)] * image.ndim
+            for axis, (lo, hi) in zip(others, where, strict=True):
+                key[axis] = slice(lo, hi)
+            slab[where] = np.asarray(image[tuple(key)])
+        key = [slice(None)] * image.ndim
+        for axis, (lo, _), value in zip(others, where, idx, strict=True):
+            key[axis] = value - lo
+        plane = slab[where][tuple(key)]
+        return plane.T if transpose else plane
 
     return read
 
