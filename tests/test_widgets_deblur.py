@@ -386,11 +386,12 @@ def test_the_result_layer_looks_and_sits_like_its_input(viewer_and_widget, small
 def test_the_tile_box_offers_no_size_the_model_cannot_use(viewer_and_widget, small_image, tiny_model_file, qtbot,
                                                           notifications):
     """A tile below the model's smallest can only fail in deblur(): the box raises it (and says so), keeps 'auto'
-    and steps from 'auto' straight to the smallest size and back."""
+    and steps from 'auto' to the smallest size whose overlap costs at most 4x (not to the smallest that works,
+    which repeats the work 50-500x), down to the smallest, and back to 'auto'."""
     from qtpy.QtCore import Qt
 
     from napari_deblurgan import load_model
-    from napari_deblurgan.inference.tiling import minimum_tile_size
+    from napari_deblurgan.inference.tiling import default_overlap, minimum_tile_size
 
     viewer, widget = viewer_and_widget
     model = load_model(tiny_model_file)
@@ -403,7 +404,12 @@ def test_the_tile_box_offers_no_size_the_model_cannot_use(viewer_and_widget, sma
 
     box.setValue(0)
     assert box.text() == "auto"  # 'auto' is not a size below the smallest
+    first = 2 * default_overlap(model.receptive_radius, model.stride)
+    assert box.first() == first > smallest
     box.stepBy(1)
+    assert box.value() == first
+    while box.value() > smallest:
+        box.stepBy(-1)
     assert box.value() == smallest
     box.stepBy(-1)
     assert box.value() == 0
