@@ -174,9 +174,10 @@ def test_mismatched_pair_is_a_usage_error(files, capsys):
     assert code == 2 and "differ in shape" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_ctrl_c_or_sigterm_stops_and_still_writes_the_model(files, signum, status):
-    """Ctrl-C, and SIGTERM (a cluster's time limit, kill): stop after the step, save, exit 128 + signal."""
+    """Ctrl-C, SIGTERM (a cluster's time limit, kill) and SIGHUP (the terminal or SSH session closed): stop after
+    the step, save, exit 128 + signal."""
     out = files / "stopped.pt"
     ckpt = files / "ckpt"
     argv = _common(files, "--blurred", str(files / "blurred.tif"), "--sharp", str(files / "sharp.tif"))

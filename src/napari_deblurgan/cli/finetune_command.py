@@ -19,6 +19,7 @@ aborts at once without writing the model (the run still writes its checkpoint if
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -30,6 +31,7 @@ from typing import Any, TextIO
 from ..atomic_files import check_writable
 from ..errors import InputError
 from .progress import line_drawn, line_ended
+from .signals import TERMINATING_SIGNALS
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -429,9 +431,11 @@ def run(args: argparse.Namespace) -> int:
             stop_signal.append(signum)
             training.stop()
             again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
-            print(f"\nstopping after this step{again}...", file=sys.stderr)
+            with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone: still stop and save
+                print(f"\nstopping after this step{again}...", file=sys.stderr)
 
-    handled = [signal.SIGINT, signal.SIGTERM]
+    # SIGHUP (the terminal or SSH session closed) as SIGTERM: stop after the step and save, not die mid-save
+    handled = [signal.SIGINT, *TERMINATING_SIGNALS]
     in_main = threading.current_thread() is threading.main_thread()
     previous = {signum: signal.signal(signum, on_signal) for signum in handled} if in_main else {}
     trained = False
@@ -455,9 +459,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {out}", file=sys.stderr)
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
     if stop_signal:
-        return EXIT_INTERRUPTED if stop_signal[0] == signal.SIGINT else 128 + signal.SIGTERM
+        return EXIT_INTERRUPTED if stop_signal[0] == signal.SIGINT else 128 + stop_signal[0]
     return 0
 
 
