@@ -560,7 +560,12 @@ class PairedData:
                               src._read(src.sharp, index, c_sel, full, full)):
             return False
         if type(src.blurred) is np.ndarray and type(src.sharp) is np.ndarray:
-            return bool(np.array_equal(src.blurred, src.sharp))
+            # plane by plane (np.array_equal of the stacks would build a stack-sized boolean array), and out
+            # at the first plane that differs
+            return all(
+                np.array_equal(src._read(src.blurred, i, ch, full, full), src._read(src.sharp, i, ch, full, full))
+                for i, ch in keys
+            )
         return True
 
     def _check_not_identical(self, sources: list[_Source], validation: bool = False) -> None:
