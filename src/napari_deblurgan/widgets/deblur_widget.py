@@ -310,6 +310,7 @@ class DeblurWidget(QWidget):
             return
         from napari.qt.threading import create_worker
 
+        avoid_triton_llvm_clash()  # the worker imports torch, as every job launcher of the panels does
         worker = create_worker(_load_quietly, entry)
         self._model_loads[id(entry)] = worker
         worker.returned.connect(self._on_model_loaded)
