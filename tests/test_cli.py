@@ -704,3 +704,21 @@ def test_with_flags_leaves_prose_alone():
     assert with_flags("model must be a DeblurModel; the seamless overlap is 5 px", flags) == (
         "--model must be a DeblurModel; the seamless overlap is 5 px"
     )
+
+
+def test_an_unspecified_extra_sample_is_said_to_be_kept_and_how_to_deblur_it(tiny_model_file, tmp_path, capsys):
+    """A 4th RGB sample marked 'unspecified' is data, not opacity; deblur() keeps a 4th sample as alpha, so the
+    note says so and names the --axes that deblur it (which it then does, keeping RGB + the extra sample)."""
+    rgbx = np.random.default_rng(0).integers(0, 255, (48, 40, 4)).astype(np.uint8)
+    inp = tmp_path / "rgbx.tif"
+    tifffile.imwrite(inp, rgbx, photometric="rgb", extrasamples=["unspecified"])
+    assert main(["deblur", str(inp), "-o", str(tmp_path / "a.tif"), "--model", str(tiny_model_file), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "extra sample is unspecified data, not alpha" in err and "--axes YXC" in err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "a.tif")[..., 3], rgbx[..., 3])
+    argv = ["deblur", str(inp), "-o", str(tmp_path / "b.tif"), "--model", str(tiny_model_file), "-q", "--axes", "YXC"]
+    assert main(argv) == 0
+    assert "extra sample" not in capsys.readouterr().err
+    assert not np.array_equal(tifffile.imread(tmp_path / "b.tif")[..., 3], rgbx[..., 3])
+    with tifffile.TiffFile(tmp_path / "b.tif") as tif:
+        assert tif.pages[0].photometric.name == "RGB" and [int(e) for e in tif.pages[0].extrasamples] == [0]

@@ -344,6 +344,12 @@ def _check_photometric(info: TiffInfo, page: Any, compression: str, imagej: bool
         )
     if name == "RGB":
         info.extrasamples = tuple(int(e) for e in page.extrasamples)
+        if 0 in info.extrasamples and info.axes.endswith("S"):
+            # EXTRASAMPLE_UNSPECIFIED: data of another kind, not opacity; deblur() keeps a 4th sample as alpha
+            info.note = (
+                "this RGB TIFF's extra sample is unspecified data, not alpha: it is kept as it is, not deblurred. "
+                f"To deblur it as a channel too, pass --axes {info.axes[:-1] + 'C'}."
+            )
     if name == "SEPARATED":
         # CMYK: four inks, none of them an alpha channel (as a 4th sample of 'S' would be taken): deblurred as
         # channels of their own, and written back as CMYK
