@@ -217,7 +217,7 @@ def test_minimum_tile_size_is_where_check_tiling_starts_to_accept(radius, stride
     smallest = minimum_tile_size(radius, stride, overlap)
     assert smallest % stride == 0
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tile sizes near the minimum warn about repeated work
+        warnings.simplefilter("ignore")  # an overlap below the seamless one warns that seams may show
         assert check_tiling(smallest, overlap, radius, stride)[0] == smallest
         for tile in range(1, smallest):
             with contextlib.suppress(InputError):  # refused, or rounded up
