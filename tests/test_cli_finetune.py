@@ -196,6 +196,55 @@ def test_ctrl_c_or_sigterm_stops_and_still_writes_the_model(files, signum, statu
     assert meta["stopped"] is True and 1 <= meta["steps_done"] < 100000
 
 
+def test_a_hangup_that_nohup_ignores_does_not_stop_the_run(files):
+    """nohup ignores SIGHUP so that a run outlives its terminal: the CLI must not take that over and stop."""
+    out, ckpt = files / "nohup.pt", files / "ck-nohup"
+    argv = _common(files, "--sharp", str(files / "sharp.tif"))
+    argv += ["--steps", "4", "-o", str(out), "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", "-q"]
+
+    def hang_up_when_training():
+        deadline = time.monotonic() + 120
+        while not checkpoint_path(ckpt).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        threading.Thread(target=hang_up_when_training, daemon=True).start()
+        assert main(argv) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN  # left as nohup set it
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    meta = load_model(out).metadata["training"]
+    assert meta["stopped"] is False and meta["steps_done"] == 4
+
+
+def test_after_a_hangup_the_streams_on_the_terminal_point_at_dev_null():
+    """Writing to a hung-up terminal fails (EIO): the clean-up's messages would end the command with an error
+    instead of the signal's exit status. Streams on a file or pipe (a log) are left alone."""
+    import pty
+    import tempfile
+
+    from napari_deblurgan.cli.signals import detach_from_terminal
+
+    class Stream:
+        def __init__(self, fd):
+            self.fd = fd
+
+        def fileno(self):
+            return self.fd
+
+    master, terminal = pty.openpty()
+    with tempfile.TemporaryFile() as log:
+        try:
+            detach_from_terminal([Stream(terminal), Stream(log.fileno()), object()])
+            assert os.readlink(f"/proc/self/fd/{terminal}") == os.devnull
+            assert os.readlink(f"/proc/self/fd/{log.fileno()}") != os.devnull
+        finally:
+            os.close(master)
+            os.close(terminal)
+
+
 def test_the_model_file_may_not_be_the_checkpoint(files, capsys):
     args = [*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "2"), "--checkpoint-dir",
             str(files / "ck")]

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from ..atomic_files import check_writable
 from ..errors import InputError
 from .progress import line_drawn, line_ended
-from .signals import TERMINATING_SIGNALS
+from .signals import TERMINATING_SIGNALS, detach_from_terminal, handled_signals
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -430,12 +430,15 @@ def run(args: argparse.Namespace) -> int:
         if not stop_signal:
             stop_signal.append(signum)
             training.stop()
+            if signum == getattr(signal, "SIGHUP", None):
+                detach_from_terminal()  # the progress lines and the save's message would fail on it (EIO)
             again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
             with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone: still stop and save
                 print(f"\nstopping after this step{again}...", file=sys.stderr)
 
     # SIGHUP (the terminal or SSH session closed) as SIGTERM: stop after the step and save, not die mid-save
-    handled = [signal.SIGINT, *TERMINATING_SIGNALS]
+    # (not a signal ignored, as nohup ignores SIGHUP: such a run goes on when the terminal closes)
+    handled = handled_signals([signal.SIGINT, *TERMINATING_SIGNALS])
     in_main = threading.current_thread() is threading.main_thread()
     previous = {signum: signal.signal(signum, on_signal) for signum in handled} if in_main else {}
     trained = False

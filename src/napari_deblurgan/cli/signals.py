@@ -12,9 +12,12 @@ number (143 for SIGTERM, 129 for SIGHUP), as a shell reports a process killed by
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 #: The signals handled, where the platform has them (Windows has no SIGHUP).
 TERMINATING_SIGNALS: tuple[int, ...] = tuple(
@@ -55,11 +58,35 @@ def terminate_like_ctrl_c(signums: tuple[int, ...] = TERMINATING_SIGNALS) -> Ite
     def handler(signum: int, frame: object) -> None:
         if not raised:
             raised.append(signum)
+            if signum == getattr(signal, "SIGHUP", None):
+                detach_from_terminal()
             raise Terminated(signum)
 
-    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    previous = {signum: signal.signal(signum, handler) for signum in handled_signals(signums)}
     try:
         yield
     finally:
         for signum, old in previous.items():
             signal.signal(signum, signal.SIG_DFL if old is None else old)  # None: set outside Python
+
+
+def handled_signals(signums: Iterable[int]) -> list[int]:
+    """The ``signums`` whose handler a command may take over: not those ignored (``SIG_IGN``), which is how
+    ``nohup`` asks a program to outlive its terminal (and a shell's ``cmd &`` to ignore Ctrl-C)."""
+    return [signum for signum in signums if signal.getsignal(signum) is not signal.SIG_IGN]
+
+
+def detach_from_terminal(streams: Iterable[Any] | None = None) -> None:
+    """After SIGHUP the terminal is gone and every write to it fails (EIO): point the streams that were on it at
+    /dev/null, so that the clean-up and its last messages run to the end (and the exit status is the signal's,
+    not an error's). Streams on a file or a pipe (a log) are left as they are. Default: stdout and stderr."""
+    for stream in (sys.stdout, sys.stderr) if streams is None else streams:
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # a replaced stream (tests, IDEs) has no descriptor
+            continue
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, fd)
+                os.close(devnull)
