@@ -425,6 +425,28 @@ def test_compare_computes_a_dask_block_of_several_planes_once():
     assert len(computed) == 1
 
 
+def test_block_planes_are_kept_only_for_shallow_blocks_deep_along_the_fastest_axis():
+    """Keeping a block's planes pays for computed blocks a few planes deep (an RGB result, a stack chunked 3
+    deep); a dask array over a file in one chunk (da.from_array of a memmap) must be read a plane at a time
+    instead (dask then reads one plane of the file, not the stack), and a block deep along a slower axis is
+    computed again for the faster one's planes anyway."""
+    da = pytest.importorskip("dask.array")
+    from napari_deblurgan.comparison import _slab_fits
+
+    def fits(shape, chunks, axes):
+        image = da.zeros(shape, chunks=chunks, dtype=np.float32)
+        others = [i for i, a in enumerate(axes) if a not in "YX"]
+        return _slab_fits(image, others, axes.index("Y"), axes.index("X"))
+
+    assert fits((64, 64, 3), (64, 64, 3), "YXS")  # a lazy RGB deblur() result
+    assert fits((6, 64, 64), (3, 64, 64), "ZYX")
+    assert fits((2, 6, 64, 64), (1, 3, 64, 64), "TZYX")
+    assert not fits((24, 64, 64), (24, 64, 64), "ZYX")  # one chunk for the stack: a plane at a time
+    assert not fits((6, 64, 64), (1, 64, 64), "ZYX")  # nothing to keep
+    assert not fits((4, 2, 64, 64), (4, 1, 64, 64), "TZYX")  # deep along T, read with Z fastest
+    assert not fits((5, 4096, 4096), (5, 4096, 4096), "ZYX")  # 320 MiB of float32 planes (over 256)
+
+
 def test_lazy_results_with_nan_are_one_clear_error():
     da = pytest.importorskip("dask.array")
     sharp, _ = _stack_pair(2)

@@ -103,7 +103,7 @@ def _plane_reader(image: Any, axes: str) -> Callable[[tuple[int, ...]], np.ndarr
         return lambda idx: planes[idx]
     y, x = axes.index("Y"), axes.index("X")
     others = [i for i in range(len(axes)) if i not in (y, x)]
-    if is_dask(image):
+    if is_dask(image) and _slab_fits(image, others, y, x):
         return _dask_plane_reader(image, others, transpose=x < y)
 
     def read(idx: tuple[int, ...]) -> np.ndarray:
@@ -114,6 +114,23 @@ def _plane_reader(image: Any, axes: str) -> Callable[[tuple[int, ...]], np.ndarr
         return plane.T if x < y else plane  # the two axes left keep their order: (X, Y) when X comes first
 
     return read
+
+
+#: :func:`_dask_plane_reader` keeps one block's planes: at most this many, and this many bytes.
+_SLAB_PLANES, _SLAB_BYTES = 16, 256 << 20
+
+
+def _slab_fits(image: Any, others: list[int], y: int, x: int) -> bool:
+    """Whether keeping a block's planes pays: the blocks are at most :data:`_SLAB_PLANES` planes deep, only
+    along the fastest of the other axes (planes are read in C order, so a block deep along a slower axis would
+    be computed again for every plane of the faster one anyway), and small. Otherwise the planes are read one by
+    one: a dask array over a file (``da.from_array`` of a memmap or h5py dataset) then reads one plane, not a
+    whole block or stack."""
+    if not others or any(max(image.chunks[axis]) > 1 for axis in others[:-1]):
+        return False
+    depth = max(image.chunks[others[-1]])
+    plane_bytes = image.shape[y] * image.shape[x] * image.dtype.itemsize
+    return 1 < depth <= _SLAB_PLANES and depth * plane_bytes <= _SLAB_BYTES
 
 
 def _dask_plane_reader(image: Any, others: list[int], *, transpose: bool) -> Callable[[tuple[int, ...]], np.ndarray]:
