@@ -722,3 +722,18 @@ def test_an_unspecified_extra_sample_is_said_to_be_kept_and_how_to_deblur_it(tin
     assert not np.array_equal(tifffile.imread(tmp_path / "b.tif")[..., 3], rgbx[..., 3])
     with tifffile.TiffFile(tmp_path / "b.tif") as tif:
         assert tif.pages[0].photometric.name == "RGB" and [int(e) for e in tif.pages[0].extrasamples] == [0]
+
+
+def test_python_calls_quoted_in_messages_stay_code():
+    """with_flags writes the API's keywords as flags, but not inside a quoted call: a path with a parenthesis,
+    a dotted module path and several calls in one message are code to paste."""
+    from napari_deblurgan.cli import with_flags
+
+    flags = {"resume": "--resume", "steps": "--steps", "tile_size": "--tile-size"}
+    call = "napari_deblurgan.finetune(blurred, sharp, resume='/data/run(1/ck.pt', steps=5)"
+    assert with_flags(f"x: {call}; leave steps unset", flags) == f"x: {call}; leave --steps unset"
+    dotted = "napari_deblurgan.inference.deblur(img, tile_size=512)"
+    assert with_flags(f"use {dotted} or tile_size=512", flags) == f"use {dotted} or --tile-size 512"
+    two = "ndg.deblur(x, tile_size=3) then ndg.finetune(y, steps=2)"
+    assert with_flags(two, flags) == two
+    assert with_flags("mndg.finetune(a, steps=5)", flags) == "mndg.finetune(a, --steps 5)"  # not the API

@@ -94,8 +94,12 @@ def with_flags(message: str, flags: dict[str, str]) -> str:
     return "".join(part if i % 2 else _say_in_flags(part, flags) for i, part in enumerate(parts))
 
 
-#: A call of the Python API quoted in a message (one level of nested parentheses).
-_PYTHON_CALL = re.compile(r"((?:napari_deblurgan|ndg)\.\w+\((?:[^()]|\([^()]*\))*\))")
+#: A call of the Python API quoted in a message: quoted strings are single units (a path may hold parentheses),
+#: and one level of nested parentheses is allowed.
+_PYTHON_CALL = re.compile(
+    r"((?<![\w.])(?:napari_deblurgan|ndg)(?:\.\w+)+"  # napari_deblurgan.finetune, ndg.inference.deblur
+    r"\((?:'[^']*'|\"[^\"]*\"|[^()'\"]|\((?:'[^']*'|\"[^\"]*\"|[^()'\"])*\))*\))"  # quoted strings whole
+)
 
 
 def _say_in_flags(message: str, flags: dict[str, str]) -> str:

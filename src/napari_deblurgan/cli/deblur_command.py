@@ -317,7 +317,7 @@ def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
     if flavour == "imagej" and not in_imagej_order(axes):
         # checked here, before the work: tifffile would refuse to write it only after the deblurring
         info.flavour, info.file_axes, info.imagej, info.imagej_description = "plain", axes, {}, None
-        info.note = (
+        info.note = (f"{info.note} " if info.note else "") + (  # after the photometric note, not instead
             f"ImageJ files need their axes in TZCYXS order, and --axes {axes} is not: the output is a plain "
             "TIFF that records the axes (pixel sizes kept; ImageJ's z-spacing, unit, frame interval, LUTs and "
             "display settings not)."
@@ -344,11 +344,13 @@ def _check_photometric(info: TiffInfo, page: Any, compression: str, imagej: bool
         )
     if name == "RGB":
         info.extrasamples = tuple(int(e) for e in page.extrasamples)
-        if 0 in info.extrasamples and info.axes.endswith("S"):
-            # EXTRASAMPLE_UNSPECIFIED: data of another kind, not opacity; deblur() keeps a 4th sample as alpha
+        if info.extrasamples == (0,) and info.axes.endswith("S"):
+            # EXTRASAMPLE_UNSPECIFIED: data of another kind, not opacity; deblur() keeps a 4th sample (only a 4th:
+            # with 5 or more samples all are deblurred) as alpha
+            advice = "" if "C" in info.axes else f" To deblur it as a channel too, pass --axes {info.axes[:-1]}C."
             info.note = (
-                "this RGB TIFF's extra sample is unspecified data, not alpha: it is kept as it is, not deblurred. "
-                f"To deblur it as a channel too, pass --axes {info.axes[:-1] + 'C'}."
+                "this RGB TIFF's extra sample is unspecified data, not alpha: it is kept as it is, not deblurred."
+                + advice
             )
     if name == "SEPARATED":
         # CMYK: four inks, none of them an alpha channel (as a 4th sample of 'S' would be taken): deblurred as
