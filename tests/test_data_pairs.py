@@ -590,6 +590,7 @@ def test_registered_bead_pairs_are_not_called_offset_and_shifted_ones_are(kind):
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message=".*is offset from its sharp image")
             PairedData(blurred, beads.astype(np.float32), patch_size=32, validation=0.0)
-        with pytest.warns(UserWarning, match="is offset from its sharp image"):
+        with pytest.warns(UserWarning, match="is offset from its sharp image") as record:
             PairedData(np.roll(blurred, (5, -3), axis=(0, 1)), beads.astype(np.float32), patch_size=32,
                        validation=0.0)
+        assert record[0].filename == __file__  # the user's line, not one inside the package

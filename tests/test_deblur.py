@@ -218,7 +218,9 @@ def test_the_small_tile_warning_states_the_work_on_these_planes():
             deblur(image, model, tile_size=384, device="cpu")
     finally:
         hook.remove()
-    message = str(next(w.message for w in record if "computes every pixel" in str(w.message)))
+    warning = next(w for w in record if "computes every pixel" in str(w.message))
+    assert warning.filename == __file__  # the caller of deblur()
+    message = str(warning.message)
     factor, count = re.search(r"about (\d+) times on these 512 x 512 px planes \((\d+) tiles", message).groups()
     assert int(count) == sum(shape[0] for shape in tiles)
     from napari_deblurgan.inference.deblur import _PlaneRunner

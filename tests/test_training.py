@@ -147,14 +147,26 @@ def test_checkpoint_contents(pair, tmp_path):
     assert not list(tmp_path.glob(".checkpoint-*"))  # no temporary files left behind
 
 
+def test_a_data_warning_of_a_run_names_the_users_line(pair):
+    """A pair's check warns from deep inside the run (the data are read when the run is set up): the warning
+    must point at the line that started the run, not at a line of the package."""
+    blurred, sharp = pair
+    with pytest.warns(UserWarning, match="is offset from its sharp image") as record:
+        shifted = np.roll(blurred, (6, -4), axis=(0, 1))
+        list(iter_finetune(shifted, sharp, model=_model(), steps=1, patch_size=32, validation=0, device="cpu"))
+    assert {w.filename for w in record if "is offset" in str(w.message)} == {__file__}
+
+
 def test_resuming_with_other_data_says_so(pair, tmp_path):
     """The docs say "pass the same data" to resume: other data is a notice and a warning, not silence."""
     _run(pair, steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
     same = _run(pair, steps=3, checkpoint_dir=tmp_path, resume=tmp_path)
     assert not [e for e in same if isinstance(e, ev.Notice) and e.kind == "resume-data"]
     blurred, sharp = pair
-    with pytest.warns(UserWarning, match="Resuming with other training data"):
+    with pytest.warns(UserWarning, match="Resuming with other training data") as record:
         other = _run((blurred[:, :-8], sharp[:, :-8]), steps=4, checkpoint_dir=tmp_path, resume=tmp_path)
+    # the consumer's line (here _run's loop), however deep the notice is raised behind the run's generator
+    assert {w.filename for w in record if "Resuming with other" in str(w.message)} == {__file__}
     assert [e for e in other if isinstance(e, ev.Notice) and e.kind == "resume-data"]
 
 

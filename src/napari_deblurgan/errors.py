@@ -22,3 +22,17 @@ class ModelFileError(DeblurGANError, OSError):
 
 class Cancelled(DeblurGANError):
     """A long operation (deblur, finetune) was cancelled by the user; nothing was written."""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` that names the first frame outside napari-deblurgan: the user's
+    line (or a library's) that called into the package, however deep the warning is raised (a generator behind
+    its Ctrl-C wrapper, a data check inside a run). Call it in the function that calls ``warnings.warn``."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1  # the caller of this function: stacklevel 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level

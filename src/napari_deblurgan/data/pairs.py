@@ -43,7 +43,7 @@ import numpy as np
 from scipy import signal
 
 from ..axes import CHANNEL_LETTERS, resolve_axes
-from ..errors import InputError
+from ..errors import InputError, user_stacklevel
 from ..inputs import reject_viewer_objects
 from ..normalization import DEFAULT_NORMALIZATION, normalize, percentile_range
 
@@ -596,7 +596,7 @@ class PairedData:
             "to the sharp one, which teaches the model to change nothing. If that is not meant (sharp images "
             f"kept as they are), {fix[0].lower() + fix[1:]}",
             UserWarning,
-            stacklevel=5,
+            stacklevel=user_stacklevel(),
         )
 
     @staticmethod
@@ -617,7 +617,7 @@ class PairedData:
                 "normalised with the blurred image's percentiles: give them in the same units (e.g. both raw "
                 "camera counts of the same exposure).",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
 
     def _check_alignment(self, src: _Source, i: int | None) -> None:
@@ -648,7 +648,7 @@ class PairedData:
                 "pixels (FFT cross-correlation). Register the pair before training, otherwise the model "
                 "learns to shift images.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
 
     def _split(self, validation: Any, axes: str | None, seed: int) -> None:

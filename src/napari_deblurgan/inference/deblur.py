@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..axes import channel_axis, resolve_axes
-from ..errors import Cancelled, InputError
+from ..errors import Cancelled, InputError, user_stacklevel
 from ..inputs import is_dask, reject_viewer_objects
 from ..normalization import (
     cast_like,
@@ -196,7 +196,7 @@ def _warn_if_alpha_looks_like_a_channel(image: Any, axes: str) -> None:
             f"kept as opacity and not deblurred, but it holds at least {values.size} different values, like an "
             f"image channel. To deblur all four channels pass axes={leading + 'YXC'!r}; to keep the RGBA "
             f"reading without this warning pass axes={leading + 'YXS'!r}.",
-            stacklevel=3,  # the caller of deblur()
+            stacklevel=user_stacklevel(),  # the caller of deblur()
         )
 
 
@@ -374,7 +374,7 @@ class _PlaneRunner:
                 f"tile_size {self.tile_size} px with an overlap of {self.overlap} px computes every pixel about "
                 f"{grid.work_factor:.0f} times on these {height} x {width} px planes ({len(grid)} tiles a plane); "
                 f"tile_size >= {2 * self.overlap} keeps it below 4x, or leave tile_size unset",
-                stacklevel=3,  # the caller of deblur()
+                stacklevel=user_stacklevel(),  # the caller of deblur()
             )
 
     def run(self, plane: np.ndarray, on_batch: Callable[[], None], cancel: CancelCheck) -> np.ndarray:

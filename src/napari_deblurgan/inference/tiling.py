@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, user_stacklevel
 
 # Weight of untrusted pixels (inside the halo): tiny but positive so that a pixel covered by no trusted
 # region (only possible with a user-chosen overlap below twice the halo) still gets the plain average.
@@ -122,7 +122,7 @@ def check_tiling(tile_size: int, overlap: int | None, receptive_radius: int, str
         warnings.warn(
             f"overlap {overlap} px is below this model's seamless overlap of {seamless} px: tile borders may "
             "show as faint seams; leave overlap unset for seamless tiles",
-            stacklevel=4,  # the caller of deblur()
+            stacklevel=user_stacklevel(),  # the caller of deblur()
         )
     return tile_size, overlap
 

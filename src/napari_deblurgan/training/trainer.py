@@ -52,7 +52,7 @@ from ..data.pairs import (
     resolve_noise,
 )
 from ..devices import resolve_device, training_autocast_dtype
-from ..errors import DeblurGANError, InputError
+from ..errors import DeblurGANError, InputError, user_stacklevel
 from ..model_file import DeblurModel, as_model, create_model, load_model
 from ..models import list_architectures
 from ..models.critic import PatchCritic
@@ -759,8 +759,8 @@ class TrainingRun:
 
     def _notice(self, step: int, message: str, kind: str, warn: bool = False) -> TrainingEvent:
         if warn:
-            # the consumer's line: _notice < _run < _StopOnCtrlC._advance < its __next__ or send < the consumer
-            warnings.warn(message, TrainingNoticeWarning, stacklevel=5)
+            # the consumer's line, however deep the run's frames (a generator behind its Ctrl-C wrapper)
+            warnings.warn(message, TrainingNoticeWarning, stacklevel=user_stacklevel())
         return self._emit(Notice(step=step, message=message, kind=kind))
 
     def _run(self) -> Iterator[TrainingEvent]:
