@@ -533,11 +533,6 @@ class TrainingRun:
         self.resume_ignored = self._ignored_on_resume(saved) if self.resume_payload is not None else []
         steps = _whole_number("steps", saved.get("steps", 1000) if k["steps"] is None else k["steps"], 0)
         resumed_at = int(self.resume_payload["step"]) if self.resume_payload is not None else 0
-        if steps == 0 and self.resume_payload is None:
-            raise InputError(
-                "steps 0 would train nothing: the run would only return a copy of the starting model. Give at "
-                "least 1 (to get a checkpoint's kept model, resume it with steps equal to its step)."
-            )
         if steps < resumed_at:
             raise InputError(
                 f"steps {steps} is below the checkpoint's step {resumed_at}: nothing would be trained. Leave steps "
