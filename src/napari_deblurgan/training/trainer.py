@@ -1351,7 +1351,8 @@ def iter_finetune(
             the checkpoint's model, and a model given that is not the one the run started from is named in
             the resume notice.
         steps: total generator updates (default 1000). A resumed run continues up to this number; left
-            unset, up to the checkpoint's own total (its learning-rate schedule depends on the total).
+            unset, up to the checkpoint's own total (its learning-rate schedule depends on the total). 0 trains
+            nothing: the starting model is validated on the data (a Validation event) and returned.
         patch_size: side of the square training crops (a multiple of the model's stride; reduced to fit).
         batch_size: crops per update (halved automatically on CUDA out-of-memory).
         preset: ``"default"``, ``"deblurgan"`` (paper recipe), ``"content"`` (L1 only), ``"content-mse"``
