@@ -437,14 +437,19 @@ def test_the_tile_box_offers_no_size_the_model_cannot_use(viewer_and_widget, sma
 
     viewer.add_image(small_image, name="cells")
     widget.overlap_spin.setValue(-1)
+    assert "an overlap of 200 px" not in widget.status.text()  # no longer true: not left standing
     box.lineEdit().selectAll()
     qtbot.keyClicks(box.lineEdit(), "30")  # still being typed when Run is clicked: raised, and said so
     widget.run_button.click()
     assert box.value() == smallest
     assert "Deblurring 'cells'" in widget.status.text() and "30 px is too small" in widget.status.text()
+    box.setValue(40)  # while the job runs: its line stays (the new size is for the next run)
+    assert "Deblurring 'cells'" in widget.status.text()
     wait_done(qtbot, widget)
     assert "cells deblurred" in viewer.layers, notifications
     assert not [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+    # the result's line replaces the one that said the size was raised: it says it again
+    assert "Added 'cells deblurred'" in widget.status.text() and "30 px is too small" in widget.status.text()
 
 
 def test_the_smallest_tile_follows_the_chosen_model(viewer_and_widget, tiny_model_file, qtbot):

@@ -192,6 +192,7 @@ class DeblurWidget(QWidget):
         self.tile_spin.setToolTip(self._tile_tip)
         self._model_loads: dict[int, Any] = {}  # id(entry) -> worker reading that model for its smallest tile
         self._tile_note = ""  # what the panel said when it last raised the tile size
+        self._job_tile_note = ""  # that note, when it was said as the running job started
         self._closed = False  # the panel was closed: a job that ends anyway adds nothing
         self.overlap_spin = QSpinBox()
         self.overlap_spin.setRange(-1, 1024)
@@ -286,6 +287,9 @@ class DeblurWidget(QWidget):
         (deblur() still refuses one too small, saying the smallest that works). A model that cannot be read is
         left to Run to report.
         """
+        if self._tile_note and self.status.text() == self._tile_note:
+            self.status.setText("")  # said for the model and overlap before: no longer true (raised anew below)
+        self._tile_note = ""
         entry = self.model_combo.value()
         if entry is None:
             return
@@ -329,7 +333,8 @@ class DeblurWidget(QWidget):
             f"Tile size {asked} px is too small for {model} with {overlap}; set to {given} px, the smallest that "
             "works ('auto' is below it)."
         )
-        self.status.setText(self._tile_note)
+        if self.worker is None:  # a running job's line stays: the new size is for the next run, not this one
+            self.status.setText(self._tile_note)
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
@@ -359,6 +364,7 @@ class DeblurWidget(QWidget):
             box.interpretText()
         tile = self.tile_spin.value() or None
         hint = f" {self._tile_note}" if self._tile_note else ""  # the size was raised just now: say so still
+        self._job_tile_note = hint  # and again with the result, which replaces this line
         overlap = self._overlap()
         context = None if self.context_spin.value() < 0 else self.context_spin.value()
         device = self.device_combo.currentData() or "auto"
@@ -418,7 +424,7 @@ class DeblurWidget(QWidget):
         name = unique_name(self.viewer, f"{layer.name} deblurred")
         gone = gone_note(self.viewer, layer, name)
         self.result_layer = self.viewer.add_image(value, **result_layer_kwargs(layer, name=name))
-        self.status.setText(f"Added {name!r}.{gone}")
+        self.status.setText(f"Added {name!r}.{gone}{self._job_tile_note}")
 
     def _on_finished(self) -> None:
         self.worker = None
