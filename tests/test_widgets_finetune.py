@@ -412,6 +412,16 @@ def test_an_rgb_models_preview_is_in_colour_and_a_grey_one_replaces_it(setup, ma
     assert not np.allclose(sharp_third[..., 0], sharp_third[..., 1])  # colour, not one channel three times
     assert not np.allclose(sharp_third[..., 1], sharp_third[..., 2])
 
+    # three fluorescence channels (CYX) are no RGB image: a stack with a channel slider, as the user's layer
+    viewer.add_image(np.moveaxis(photo, -1, 0).copy(), name="three channels")
+    finetune.sharp_combo.set_value(viewer.layers["three channels"])
+    finetune.axes_edit.setText("CYX")
+    finetune.save_edit.setText(str(tmp_path / "models" / "cyx.pt"))
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    preview = viewer.layers[PREVIEW_LAYER]
+    assert not preview.rgb and preview.data.shape == (3, 32, 96), finetune.status.text()
+
     finetune.base_model.select(next(e for e in finetune.registry.entries if e.source.endswith("tiny.pt")))
     finetune.sharp_combo.set_value(viewer.layers["sharp"])
     finetune.save_edit.setText(str(tmp_path / "models" / "grey.pt"))

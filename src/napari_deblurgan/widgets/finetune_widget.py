@@ -124,6 +124,7 @@ class FinetuneWidget(QWidget):
         self.last_finished: Any = None
         self.preview_layer: Any = None
         self._last_run_data: dict[str, Any] | None = None  # data_kwargs() of the last run, for Resume
+        self._preview_rgb = False  # the running job trains on RGB images: its 3-channel previews in colour
         self._last_saved_to: Path | None = None  # the last run's model file, for Resume
         self._pending_run: tuple[dict[str, Any], Path, Path] | None = None  # the run being started
 
@@ -454,6 +455,7 @@ class FinetuneWidget(QWidget):
             # controls show now (another layer would silently change what the run learns, another file
             # would part the model from its checkpoint); the training settings are read afresh
             data = self._last_run_data if resume and self._last_run_data is not None else self.data_kwargs()
+            self._preview_rgb = _trains_on_rgb(data)
             kwargs = {**data, **self.settings_kwargs()}
             save_to = self._last_saved_to if resume and self._last_saved_to is not None else (
                 self._save_path_for_run(resume)
@@ -561,13 +563,14 @@ class FinetuneWidget(QWidget):
     def _show_preview(self, event: Any) -> None:
         """Blurred | restored | sharp crop side by side in one layer, replaced at every validation.
 
-        Grey for a one-channel model; in colour for a 3-channel (RGB) one, whose preview carries every channel
-        as (C, Y, X); a stack with a channel slider for other channel counts. Contrast 0..1 is each channel's
-        percentile range of the blurred crop (the model's normalised units).
+        Grey for a one-channel model; in colour for a 3-channel model trained on RGB images (axes ending in
+        S), whose preview carries every channel as (C, Y, X); a stack with a channel slider otherwise. Contrast
+        0..1 is each channel's percentile range of the blurred crop (the model's normalised units).
         """
         parts = [np.asarray(part, dtype=np.float32) for part in (event.input, event.image, event.target)]
         tile = np.concatenate(parts, axis=-1)  # (Y, 3X), or (C, Y, 3X)
-        rgb = tile.ndim == 3 and tile.shape[0] == 3
+        # colour only for RGB images: three fluorescence channels are a stack with a slider, as the user's layer
+        rgb = tile.ndim == 3 and tile.shape[0] == 3 and self._preview_rgb
         if rgb:
             tile = np.ascontiguousarray(np.moveaxis(tile, 0, -1))  # napari's RGB layout: (Y, 3X, 3)
         layer = self.preview_layer
@@ -684,3 +687,14 @@ def _preset_names() -> list[str]:
 
     names = list_presets()
     return sorted(names, key=lambda n: n != "default")
+
+
+def _trains_on_rgb(data: dict[str, Any]) -> bool:
+    """Whether a run's training images are RGB (their axes, given or inferred as deblur() infers them, end in
+    S), so that its 3-channel previews are shown in colour."""
+    from ..axes import resolve_axes
+
+    try:
+        return resolve_axes(np.shape(data["blurred"]), data.get("axes")).endswith("S")
+    except Exception:  # axes the run itself will refuse, with its own message
+        return False
