@@ -275,6 +275,21 @@ def test_best_classical_result_is_the_winner_computed_alone(axes):
         assert result["ssim"] == pytest.approx(ssim(sharp, expected, axes=axes))
 
 
+def test_compare_can_be_cancelled_between_planes():
+    import threading
+
+    from napari_deblurgan import Cancelled
+
+    stack = np.random.default_rng(0).random((5, 32, 32)).astype(np.float32)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled, match="comparison was cancelled"):
+        compare({"a": stack}, stack, cancel=stop)
+    asked = []
+    compare({"a": stack}, stack, cancel=lambda: asked.append(1) or False)
+    assert len(asked) == 5  # once a plane
+
+
 def test_classical_baselines_can_be_cancelled():
     import threading
 

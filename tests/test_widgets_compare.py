@@ -312,6 +312,36 @@ def test_cancel_stops_a_long_richardson_lucy_and_adds_nothing(setup, qtbot):
     assert not widget.cancel_button.isEnabled() and widget.rl_button.isEnabled()
 
 
+def test_cancel_stops_the_metrics_of_a_long_lazy_stack(setup, qtbot):
+    """Metrics read every plane of every checked layer: on a long lazy stack that takes minutes, so Cancel works
+    for them too (it stayed disabled), between planes, and leaves no table."""
+    import time
+
+    da = pytest.importorskip("dask.array")
+    viewer, widget = setup
+    planes = 60
+
+    def slow(block):
+        time.sleep(0.1)  # a lazy result computed when read, as a lazy deblur() is
+        return block
+
+    truth = np.repeat(viewer.layers["truth"].data[None], planes, axis=0)
+    lazy = da.from_array(np.repeat(viewer.layers["blurred"].data[None], planes, axis=0), chunks=(1, 64, 64))
+    viewer.add_image(truth, name="truth stack")
+    viewer.add_image(lazy.map_blocks(slow, dtype=lazy.dtype), name="lazy stack")
+    widget.reference_combo.set_value(viewer.layers["truth stack"])
+    widget.set_checked(viewer.layers["lazy stack"])
+    start = time.monotonic()
+    widget.compute_button.click()
+    assert widget.cancel_button.isEnabled()
+    widget.cancel_button.click()
+    wait_done(qtbot, widget)
+    assert time.monotonic() - start < planes * 0.1 / 2  # stopped, not read to the end
+    assert widget.status.text() == "Cancelled; no table was made."
+    assert widget.table.rowCount() == 0 and widget.table_result is None
+    assert not widget.cancel_button.isEnabled() and widget.compute_button.isEnabled()
+
+
 @pytest.mark.parametrize("through_the_plugin", [False, True])
 def test_the_view_comes_back_after_a_second_side_by_side_and_after_the_panel_is_gone(make_napari_viewer, qtbot,
                                                                                       scene, through_the_plugin):

@@ -424,13 +424,13 @@ def _richardson_lucy_plane(plane01: np.ndarray, psf: np.ndarray, iterations: int
     return estimate
 
 
-def _raise_if_cancelled(cancel: Any) -> None:
+def _raise_if_cancelled(cancel: Any, what: str = "the deconvolution was cancelled") -> None:
     """Raise :class:`~napari_deblurgan.Cancelled` if ``cancel`` (a ``threading.Event`` or a callable
     returning True; None never) asks to stop, as ``deblur(cancel=...)`` does."""
     if cancel is None:
         return
     if cancel.is_set() if hasattr(cancel, "is_set") else cancel():
-        raise Cancelled("the deconvolution was cancelled")
+        raise Cancelled(what)
 
 
 def _prepare(image: Any, psf: Any, axes: str | None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -704,6 +704,7 @@ def compare(
     axes: str | None = None,
     per_slice: bool = False,
     data_range: float | None = None,
+    cancel: Any = None,
 ) -> ComparisonTable:
     """Score every result against ``reference`` (PSNR, SSIM, NRMSE, sharpness) or, without one, by sharpness.
 
@@ -716,7 +717,9 @@ def compare(
 
     One pass over the YX planes: each plane of each image is read once and every metric of it (whole-image
     and per-slice) comes from that read, so memory is a few planes, whatever the stack. Dask arrays and other
-    lazy arrays (zarr, h5py; :func:`is_lazy`) are read plane by plane, never computed whole.
+    lazy arrays (zarr, h5py; :func:`is_lazy`) are read plane by plane, never computed whole. ``cancel`` (a
+    ``threading.Event`` or a callable returning True) stops it between planes with
+    :class:`~napari_deblurgan.Cancelled`.
     """
     if isinstance(results, Mapping):
         items = [(str(name), image) for name, image in results.items()]
@@ -750,6 +753,7 @@ def compare(
     ref_range: tuple[float, float] | None = None
     ranges: list[tuple[float, float] | None] = [None] * len(images)
     for where in indices:
+        _raise_if_cancelled(cancel, "the comparison was cancelled")
         ref_plane = None if read_ref is None else _read_checked(read_ref, where, ref, "reference")
         if ref_plane is not None and where == middle:
             ref_range = _units_range(ref_plane)

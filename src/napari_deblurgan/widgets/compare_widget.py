@@ -266,7 +266,8 @@ class CompareWidget(QWidget):
         if self._closed:  # the panel was closed while it worked: add nothing behind the user's back
             return
         if kind == "cancelled":
-            self.status.setText("Cancelled; no layer was added.")
+            nothing = "no table was made" if on_ok == self._show_table else "no layer was added"
+            self.status.setText(f"Cancelled; {nothing}.")
             return
         if kind == "error":
             self.status.setText(value)
@@ -281,7 +282,8 @@ class CompareWidget(QWidget):
         self.cancel_button.setEnabled(False)
 
     def cancel(self) -> None:
-        """Ask the running baseline to stop (Richardson-Lucy between iterations, Wiener between planes)."""
+        """Ask the running job to stop (Richardson-Lucy between iterations, Wiener and the metrics between
+        planes)."""
         self._cancel.set()
         self.status.setText("Cancelling...")
 
@@ -308,6 +310,8 @@ class CompareWidget(QWidget):
         self.table.setRowCount(0)
         self.export_button.setEnabled(False)
         self.status.setText("Computing metrics...")
+        self._cancel = threading.Event()  # read between planes: a long lazy stack can be stopped
+        self.cancel_button.setEnabled(True)
         self._start(
             _compare_with_range,
             results,
@@ -315,6 +319,7 @@ class CompareWidget(QWidget):
             axes=axes,
             per_slice=self.per_slice.isChecked(),
             range_from=self.range_combo.currentData(),
+            cancel=self._cancel,
             on_ok=self._show_table,
         )
 
