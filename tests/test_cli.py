@@ -118,21 +118,29 @@ def test_lazy_memory_mapped_path_matches_in_memory(tiny_model_file, imagej_stack
         assert tif.series[0].axes == "ZYX" and tif.imagej_metadata["spacing"] == pytest.approx(0.5)
 
 
+def _deblur_eager_and_lazy(inp, model_file, monkeypatch):
+    """Deblur ``inp`` with the CLI in memory, then by its lazy (large-file) path; returns the shapes of the
+    blocks the lazy path computed and the two output files."""
+    eager, lazy = inp.with_name("eager.tif"), inp.with_name("lazy.tif")
+    argv = ["--model", str(model_file), "-q"]
+    assert main(["deblur", str(inp), "-o", str(eager), *argv]) == 0
+    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
+    blocks = []
+    real = deblur_module._deblur_numpy
+    monkeypatch.setattr(deblur_module, "_deblur_numpy", lambda block, *a, **k: blocks.append(block.shape) or
+                        real(block, *a, **k))
+    assert main(["deblur", str(inp), "-o", str(lazy), *argv]) == 0
+    return blocks, eager, lazy
+
+
 def test_lazy_path_computes_each_page_once_with_channels_before_z(tiny_model_file, tmp_path, monkeypatch):
     """An OME CZYX file (channels outermost): a single-channel model deblurs each (c, z) page once; chunks of
     all channels were computed again for every channel's pages (C times the work)."""
     rng = np.random.default_rng(2)
     data = (rng.random((2, 3, 40, 40)) * 3000).astype(np.uint16)
-    inp, eager, lazy = tmp_path / "czyx.ome.tif", tmp_path / "eager.tif", tmp_path / "lazy.tif"
+    inp = tmp_path / "czyx.ome.tif"
     tifffile.imwrite(inp, data, ome=True, metadata={"axes": "CZYX"})
-    argv = ["--model", str(tiny_model_file), "-q"]
-    assert main(["deblur", str(inp), "-o", str(eager), *argv]) == 0
-    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
-    planes = []
-    real = deblur_module._deblur_numpy
-    monkeypatch.setattr(deblur_module, "_deblur_numpy", lambda block, *a, **k: planes.append(block.shape) or
-                        real(block, *a, **k))
-    assert main(["deblur", str(inp), "-o", str(lazy), *argv]) == 0
+    planes, eager, lazy = _deblur_eager_and_lazy(inp, tiny_model_file, monkeypatch)
     assert len(planes) == 6 and all(int(np.prod(shape[:-2])) == 1 for shape in planes)
     np.testing.assert_array_equal(tifffile.imread(lazy), tifffile.imread(eager))
 
@@ -147,16 +155,9 @@ def test_lazy_path_computes_each_plane_group_once_with_a_joint_model(make_tiny_m
     data = (rng.random((2, 3, 40, 40)) * 3000).astype(np.uint16)
     if axes == "ZCYX":
         data = np.ascontiguousarray(data.transpose(1, 0, 2, 3))
-    inp, eager, lazy = tmp_path / "in.ome.tif", tmp_path / "eager.tif", tmp_path / "lazy.tif"
+    inp = tmp_path / "in.ome.tif"
     tifffile.imwrite(inp, data, ome=True, metadata={"axes": axes})
-    argv = ["--model", str(model_file), "-q"]
-    assert main(["deblur", str(inp), "-o", str(eager), *argv]) == 0
-    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
-    groups = []
-    real = deblur_module._deblur_numpy
-    monkeypatch.setattr(deblur_module, "_deblur_numpy", lambda block, *a, **k: groups.append(block.shape) or
-                        real(block, *a, **k))
-    assert main(["deblur", str(inp), "-o", str(lazy), *argv]) == 0
+    groups, eager, lazy = _deblur_eager_and_lazy(inp, model_file, monkeypatch)
     channel_axis = axes.index("C")
     assert len(groups) == 3 and all(shape[channel_axis] == 2 for shape in groups), groups
     np.testing.assert_array_equal(tifffile.imread(lazy), tifffile.imread(eager))
