@@ -42,7 +42,7 @@ from .blur.synthesize import (
     validate_image,
     yx_last,
 )
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, cancel_requested
 from .inputs import is_dask, reject_viewer_objects
 from .normalization import cast_like, percentile_range
 
@@ -427,9 +427,7 @@ def _richardson_lucy_plane(plane01: np.ndarray, psf: np.ndarray, iterations: int
 def _raise_if_cancelled(cancel: Any, what: str = "the deconvolution was cancelled") -> None:
     """Raise :class:`~napari_deblurgan.Cancelled` if ``cancel`` (a ``threading.Event`` or a callable
     returning True; None never) asks to stop, as ``deblur(cancel=...)`` does."""
-    if cancel is None:
-        return
-    if cancel.is_set() if hasattr(cancel, "is_set") else cancel():
+    if cancel_requested(cancel):
         raise Cancelled(what)
 
 

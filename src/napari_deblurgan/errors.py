@@ -24,6 +24,14 @@ class Cancelled(DeblurGANError):
     """A long operation (deblur, finetune) was cancelled by the user; nothing was written."""
 
 
+def cancel_requested(cancel: object) -> bool:
+    """Whether ``cancel`` - the ``cancel=`` of deblur() and the classical baselines: a ``threading.Event``
+    (anything with ``is_set``), a function returning True to stop, or None (never) - asks to stop."""
+    if cancel is None:
+        return False
+    return bool(cancel.is_set() if hasattr(cancel, "is_set") else cancel())
+
+
 def user_stacklevel() -> int:
     """The ``stacklevel`` for ``warnings.warn`` that names the first frame outside napari-deblurgan: the user's
     line (or a library's) that called into the package, however deep the warning is raised (a generator behind

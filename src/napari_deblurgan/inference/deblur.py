@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..axes import channel_axis, resolve_axes
-from ..errors import Cancelled, InputError, user_stacklevel
+from ..errors import Cancelled, InputError, cancel_requested, user_stacklevel
 from ..inputs import is_dask, reject_viewer_objects
 from ..normalization import (
     cast_like,
@@ -232,14 +232,6 @@ def _check_callbacks(progress: Any, cancel: Any) -> None:
         )
 
 
-def _should_cancel(cancel: CancelCheck) -> bool:
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
-
-
 # ----------------------------------------------------------------------------------------------- runner
 
 class _PlaneRunner:
@@ -392,7 +384,7 @@ class _PlaneRunner:
         flat = [bool(plane[i].min() == plane[i].max()) for i in range(c)]
         if all(flat):
             for _ in range(self.batches_per_plane(h, w)):  # the progress still counts this plane's batches
-                if _should_cancel(cancel):
+                if cancel_requested(cancel):
                     raise Cancelled("deblurring was cancelled")
                 on_batch()
             return plane.astype(np.float64 if wide else np.float32)
@@ -415,7 +407,7 @@ class _PlaneRunner:
         windows = grid.windows()
         gen = self._place_generator()
         for first in range(0, len(windows), self.batch_size):
-            if _should_cancel(cancel):
+            if cancel_requested(cancel):
                 raise Cancelled("deblurring was cancelled")
             batch = windows[first : first + self.batch_size]
             x = torch.from_numpy(np.stack([padded[:, ys, xs] for ys, xs, _, _ in batch])).to(self.device)
@@ -449,7 +441,7 @@ class _PlaneRunner:
         import torch
 
         def check_cancel(index: int) -> None:
-            if index and _should_cancel(cancel):
+            if index and cancel_requested(cancel):
                 raise Cancelled("deblurring was cancelled")
 
         with torch.inference_mode(), self._autocast():
