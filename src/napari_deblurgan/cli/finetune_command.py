@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from ..atomic_files import check_writable
 from ..errors import InputError
 from .progress import line_drawn, line_ended
-from .signals import TERMINATING_SIGNALS, detach_from_terminal, handled_signals
+from .signals import TERMINATING_SIGNALS, detach_from_terminal, handling
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -438,11 +438,8 @@ def run(args: argparse.Namespace) -> int:
 
     # SIGHUP (the terminal or SSH session closed) as SIGTERM: stop after the step and save, not die mid-save
     # (not a signal ignored, as nohup ignores SIGHUP: such a run goes on when the terminal closes)
-    handled = handled_signals([signal.SIGINT, *TERMINATING_SIGNALS])
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = {signum: signal.signal(signum, on_signal) for signum in handled} if in_main else {}
     trained = False
-    try:
+    with handling([signal.SIGINT, *TERMINATING_SIGNALS], on_signal):
         with warnings.catch_warnings():
             # the progress line prints every Notice as "note: ..." (or nothing with -q): not twice
             warnings.simplefilter("ignore", TrainingNoticeWarning)
@@ -460,9 +457,6 @@ def run(args: argparse.Namespace) -> int:
         training.model.save(out)
         if not args.quiet:
             print(f"wrote {out}", file=sys.stderr)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
     if stop_signal:
         return EXIT_INTERRUPTED if stop_signal[0] == signal.SIGINT else 128 + stop_signal[0]
     return 0

@@ -50,9 +50,6 @@ def terminate_like_ctrl_c(signums: tuple[int, ...] = TERMINATING_SIGNALS) -> Ite
     """Within the block, ``signums`` raise :class:`Terminated` in the main thread; the previous handlers are
     restored on exit. Only the first signal raises: one arriving while the clean-up runs is ignored, so that it
     cannot cut the clean-up short. Outside the main thread (where handlers cannot be set) it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     raised: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
@@ -62,6 +59,17 @@ def terminate_like_ctrl_c(signums: tuple[int, ...] = TERMINATING_SIGNALS) -> Ite
                 detach_from_terminal()
             raise Terminated(signum)
 
+    with handling(signums, handler):
+        yield
+
+
+@contextlib.contextmanager
+def handling(signums: Iterable[int], handler: Any) -> Iterator[None]:
+    """Within the block, ``handler`` handles ``signums`` (those not ignored: :func:`handled_signals`); the
+    previous handlers are put back on exit. Outside the main thread, where handlers cannot be set, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {signum: signal.signal(signum, handler) for signum in handled_signals(signums)}
     try:
         yield
