@@ -40,11 +40,11 @@ def reject_viewer_objects(value: Any, name: str = "image") -> None:
             "layer.data[0] for full resolution (np.asarray would give the coarsest level)."
         )
     if _from_napari(value) and hasattr(value, "data") and hasattr(value, "name"):
-        # a layer, or napari's PublicOnlyProxy of one (what plugins get)
-        kind = type(value).__name__
-        what = "a napari layer" if kind == "PublicOnlyProxy" else f"a napari {kind} layer"
+        # a layer (unwrapped above when it came through napari's proxy)
         data = "layer.data[0] (full resolution)" if getattr(value, "multiscale", False) else "layer.data"
-        raise InputError(f"The {name} is {what} ({value.name!r}); pass its pixels instead: {data}.")
+        raise InputError(
+            f"The {name} is a napari {type(value).__name__} layer ({value.name!r}); pass its pixels instead: {data}."
+        )
     if isinstance(value, list | tuple) and len(value) > 1 and all(hasattr(v, "shape") for v in value):
         shapes = [tuple(v.shape) for v in value]
         if len(set(shapes)) > 1 and all(len(s) == len(shapes[0]) for s in shapes):
