@@ -738,3 +738,41 @@ def test_python_calls_quoted_in_messages_stay_code():
     two = "ndg.deblur(x, tile_size=3) then ndg.finetune(y, steps=2)"
     assert with_flags(two, flags) == two
     assert with_flags("mndg.finetune(a, steps=5)", flags) == "mndg.finetune(a, --steps 5)"  # not the API
+
+
+def _ome_planes(xml: str) -> dict[tuple[int, int, int], dict[str, str]]:
+    planes = {}
+    for attributes in re.findall(r"<Plane ([^>]*?)/?>", xml):
+        items = dict(re.findall(r'(\w+)="([^"]*)"', attributes))
+        planes[tuple(int(items.pop(f"The{a}")) for a in "CZT")] = items
+    return planes
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["in-memory", "memory-mapped"])
+def test_ome_plane_times_exposures_and_positions_are_kept(tiny_model_file, tmp_path, monkeypatch, lazy):
+    # A time-lapse's per-plane DeltaT and stage positions are what tracking and drift correction read.
+    data = (np.random.default_rng(7).random((3, 2, 32, 32)) * 200).astype(np.uint8)
+    inp, out = tmp_path / "in.ome.tif", tmp_path / "out.ome.tif"
+    plane = {"DeltaT": [0.5 * i for i in range(6)], "DeltaTUnit": ["s"] * 6,
+             "ExposureTime": [10.0 + i for i in range(6)], "PositionZ": [1.25 * i for i in range(6)],
+             "PositionZUnit": ["µm"] * 6}
+    tifffile.imwrite(inp, data, ome=True, metadata={"axes": "TCYX", "Plane": plane})
+    with tifffile.TiffFile(inp) as tif:
+        written = _ome_planes(tif.ome_metadata)
+    assert len(written) == 6 and written[(1, 0, 2)]["PositionZUnit"] == "µm"
+    if lazy:
+        monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_ome and tif.series[0].axes == "TCYX" and tif.series[0].shape == data.shape
+        assert _ome_planes(tif.ome_metadata) == written
+        np.testing.assert_array_equal(tif.series[0].asarray().shape, data.shape)
+
+
+def test_ome_planes_are_dropped_when_axes_rename_the_dimensions(tiny_model_file, tmp_path):
+    data = (np.random.default_rng(8).random((3, 32, 32)) * 200).astype(np.uint8)
+    inp, out = tmp_path / "in.ome.tif", tmp_path / "out.ome.tif"
+    tifffile.imwrite(inp, data, ome=True, metadata={"axes": "TYX", "Plane": {"DeltaT": [0.0, 1.0, 2.0]}})
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "--axes", "ZYX", "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert "DeltaT" not in tif.ome_metadata  # plane 2 of T is not plane 2 of Z

@@ -3,10 +3,10 @@
 The output is written in the same TIFF flavour as the input (ImageJ hyperstack, OME-TIFF or plain TIFF) with
 the same shape, dtype, axes and pixel sizes (resolution tags, ImageJ ``spacing``/``unit``, OME
 ``PhysicalSize*``), photometric interpretation (MINISWHITE, RGB(A), CMYK, a palette that is a LUT) and
-metadata (ImageJ LUTs, display mode and ranges, labels, Info; OME image and channel names; a plain TIFF's
-description, Software and DateTime; the extra keys of tifffile's JSON metadata). It is written to a
-temporary file next to the target and renamed at the end, so an interrupted run leaves no partial output; the
-input is never overwritten.
+metadata (ImageJ LUTs, display mode and ranges, labels, Info; OME image and channel names, and each plane's
+DeltaT, exposure and stage position; a plain TIFF's description, Software and DateTime; the extra keys of
+tifffile's JSON metadata). It is written to a temporary file next to the target and renamed at the end, so an
+interrupted run leaves no partial output; the input is never overwritten.
 
 Inputs larger than :data:`LARGE_FILE_BYTES` that are stored uncompressed are memory-mapped and processed
 lazily with dask, plane by plane, into a memory-mapped output, so they need not fit in memory.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -114,6 +115,8 @@ class TiffInfo:
     imagej_description: str | None = None  # written over tifffile's (see restore_description)
     ome_sizes: dict[str, Any] = field(default_factory=dict)  # PhysicalSizeX, PhysicalSizeXUnit, ...
     ome_image: dict[str, Any] = field(default_factory=dict)  # Name, Description, AcquisitionDate, Channel
+    # the first Image's Plane attributes (time, exposure, stage position) by (TheC, TheZ, TheT): restore_planes
+    ome_planes: dict[tuple[int, int, int], dict[str, str]] = field(default_factory=dict)
     shaped: dict[str, Any] = field(default_factory=dict)  # extra keys of tifffile's JSON ("shaped") metadata
     description: str | None = None  # a plain TIFF's own ImageDescription (not ImageJ's, OME's or tifffile's)
     software: str | None = None
@@ -168,6 +171,12 @@ OME_CHANNEL_ATTRIBUTES = (
     "PinholeSizeUnit", "PockelCellSetting",
 )
 
+#: OME Plane attributes kept: each plane's time, exposure and stage position (TheC/TheZ/TheT say which plane).
+OME_PLANE_ATTRIBUTES = (
+    "DeltaT", "DeltaTUnit", "ExposureTime", "ExposureTimeUnit", "PositionX", "PositionXUnit", "PositionY",
+    "PositionYUnit", "PositionZ", "PositionZUnit",
+)
+
 PALETTE_MESSAGE = (
     "This is an indexed-colour (palette) TIFF: its pixel values are colour-table indices, not "
     "intensities, so deblurring them means nothing. Save it as grayscale or RGB first (Fiji: Image > "
@@ -207,15 +216,16 @@ def is_lut(colormap: Any) -> bool:
     return bool(steps.any() and ((steps >= 0).all() or (steps <= 0).all()))
 
 
-def _ome_metadata(xml: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Of the first OME Image: its Pixels' PhysicalSize{X,Y,Z} (and units) and TimeIncrement; and its Name,
-    Description, AcquisitionDate and its Channels' attributes (names, colours, wavelengths)."""
+def _ome_metadata(xml: str | None) -> tuple[dict[str, Any], dict[str, Any], dict[tuple[int, int, int], dict[str, str]]]:
+    """Of the first OME Image: its Pixels' PhysicalSize{X,Y,Z} (and units) and TimeIncrement; its Name,
+    Description, AcquisitionDate and its Channels' attributes (names, colours, wavelengths); and its Planes'
+    times, exposures and positions by (TheC, TheZ, TheT)."""
     if not xml:
-        return {}, {}
+        return {}, {}, {}
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
-        return {}, {}
+        return {}, {}, {}
 
     def local(el: Any) -> str:
         return el.tag.rsplit("}", 1)[-1]
@@ -242,7 +252,17 @@ def _ome_metadata(xml: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         kept = [{k: el.attrib[k] for k in OME_CHANNEL_ATTRIBUTES if k in el.attrib} for el in channels]
         if any(kept):
             described["Channel"] = kept
-    return sizes, described
+    planes: dict[tuple[int, int, int], dict[str, str]] = {}
+    if pixels is not None:
+        for el in pixels:
+            attributes = {k: el.attrib[k] for k in OME_PLANE_ATTRIBUTES if k in el.attrib}
+            if local(el) == "Plane" and attributes:
+                try:
+                    key = tuple(int(el.get(f"The{a}", 0)) for a in "CZT")
+                except ValueError:
+                    continue
+                planes[key] = attributes  # type: ignore[index]
+    return sizes, described, planes
 
 
 def _size(axes: str, shape: tuple[int, ...], letter: str) -> int:
@@ -296,8 +316,10 @@ def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
             described = {k: v for k, v in info.imagej.items() if k not in IMAGEJ_TAG_ITEMS}
             info.imagej_description = tifffile.imagej_description(shape, axes, **described)
     elif flavour == "ome":
-        info.ome_sizes, info.ome_image = _ome_metadata(tif.ome_metadata)
+        info.ome_sizes, info.ome_image, info.ome_planes = _ome_metadata(tif.ome_metadata)
         mapped = map_axes(file_axes)
+        if axes != mapped:  # --axes renamed the dimensions: the planes' TheC/TheZ/TheT would name others
+            info.ome_planes = {}
         channels = _size(axes, shape, "C") * _size(axes, shape, "S")
         if channels != _size(mapped, shape, "C") * _size(mapped, shape, "S"):  # --axes changed the channels
             info.ome_image.pop("Channel", None)
@@ -422,6 +444,41 @@ def restore_description(path: Path, info: TiffInfo) -> None:
             written = written.decode("latin-1")
         if written.rstrip("\x00") != info.imagej_description:
             tifffile.tiffcomment(path, tiff_text(info.imagej_description, always_bytes=True))
+    except (ValueError, OSError):
+        pass
+
+
+def restore_planes(path: Path, info: TiffInfo) -> None:
+    """Put the input's OME Plane attributes (each plane's DeltaT, exposure and stage position) into the
+    written OME-TIFF ``path``: tifffile writes Plane elements only in its own plane order, so they are added
+    to its OME-XML here, each with the TheC/TheZ/TheT it had. Skipped where the written file already has
+    Planes, has a plane the input did not, or its description cannot be rewritten (a classic TIFF past 4 GiB)."""
+    from xml.sax.saxutils import quoteattr
+
+    import tifffile
+
+    if info.flavour != "ome" or not info.ome_planes:
+        return
+    try:
+        xml = tifffile.tiffcomment(path)
+        if isinstance(xml, bytes):
+            xml = xml.decode("utf-8")
+        end = xml.find("</Pixels>")
+        if end < 0 or "<Plane " in xml[:end]:
+            return
+        pixels = re.search(r"<Pixels [^>]*>", xml[:end])
+        sizes = {a: int(v) for a, v in re.findall(r'\bSize([CZT])="(\d+)"', pixels.group(0))} if pixels else {}
+        samples = re.search(r'SamplesPerPixel="(\d+)"', xml[:end])
+        sizes["C"] = sizes.get("C", 1) // (int(samples.group(1)) if samples else 1)
+        if any(key[i] >= sizes.get(a, 1) for key in info.ome_planes for i, a in enumerate("CZT")):
+            return
+        elements = "".join(
+            f'<Plane TheC="{c}" TheZ="{z}" TheT="{t}"'
+            + "".join(f" {k}={quoteattr(v)}" for k, v in attributes.items())
+            + "/>"
+            for (c, z, t), attributes in info.ome_planes.items()
+        )
+        tifffile.tiffcomment(path, tiff_text(xml[:end] + elements + xml[end:], always_bytes=True))
     except (ValueError, OSError):
         pass
 
@@ -558,6 +615,7 @@ def _deblur_file(args: argparse.Namespace) -> TiffInfo:
                 with open(tmp, "wb") as fh:
                     tifffile.imwrite(fh, result, **kw)
                 restore_description(tmp, info)
+                restore_planes(tmp, info)
                 _fsync(tmp)
     finally:
         bar.close()
@@ -630,6 +688,7 @@ def _deblur_lazy(data: Any, info: TiffInfo, common: dict, out: Path, kw: dict, b
         finally:
             del target  # unmapped before atomic_write renames (or removes) the file
         restore_description(tmp, info)
+        restore_planes(tmp, info)
         _fsync(tmp)  # the header imwrite wrote, and the pages flush() wrote back
 
 
