@@ -83,6 +83,7 @@ def test_baseline_and_metrics_table_and_csv(setup, qtbot, tmp_path, scene):
 
 def test_wiener_with_gaussian_psf_and_no_reference(setup, qtbot):
     viewer, widget = setup
+    viewer.layers["blurred"].scale, viewer.layers["blurred"].translate = (0.5, 0.25), (10.0, -3.0)
     widget.baseline_input.set_value(viewer.layers["blurred"])
     widget.psf_source.setCurrentText("Gaussian of sigma")
     widget.psf_sigma.setValue(1.5)
@@ -90,6 +91,7 @@ def test_wiener_with_gaussian_psf_and_no_reference(setup, qtbot):
     wait_done(qtbot, widget)
     wiener = next(layer for layer in viewer.layers if "Wiener" in layer.name)
     assert wiener.data.shape == (64, 64)
+    assert tuple(wiener.scale) == (0.5, 0.25) and tuple(wiener.translate) == (10.0, -3.0)  # on its input
 
     widget.compute_button.click()  # no ground truth chosen: sharpness only
     wait_done(qtbot, widget)
