@@ -1004,6 +1004,84 @@ def test_ctrl_c_inside_a_step_stops_after_it_as_stop_does(pair, tmp_path, monkey
     assert got + rest == straight
 
 
+def test_the_first_ctrl_c_says_at_once_that_the_run_stops_after_the_step_and_how_to_abort(
+    pair, tmp_path, monkeypatch, capsys
+):
+    """A GAN step on a CPU can take many seconds: the first Ctrl-C says in one line on stderr, while the step is
+    still in progress (not when it ends), that training stops after it and saves, and that a second Ctrl-C aborts
+    at once keeping the last checkpoint. Said once; the second Ctrl-C aborts without another line."""
+    from napari_deblurgan.data.pairs import BatchSource
+    from napari_deblurgan.training import trainer
+
+    real, calls, said_mid_step = BatchSource.next_batch, [], []
+
+    def next_batch(self, size):
+        calls.append(size)
+        if len(calls) in (6 + 2, 6 + 4):  # twice inside the second WGAN step
+            try:
+                _ctrl_c()  # the second one raises KeyboardInterrupt here
+            finally:
+                assert trainer._announcer.flush()
+                said_mid_step.append(capsys.readouterr().err)
+        return real(self, size)
+
+    monkeypatch.setattr(BatchSource, "next_batch", next_batch)
+    kwargs = dict(_RUN_ARGS, preset="deblurgan", steps=50, checkpoint_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(*pair, model=_model(), **kwargs, checkpoint_dir=tmp_path)
+    first, second = said_mid_step
+    assert first.count("\n") == 1 and first.startswith("napari-deblurgan: Ctrl-C")
+    assert "stops after the step in progress" in first and str(tmp_path) in first
+    assert "Ctrl-C again to abort at once, keeping the last checkpoint" in first
+    assert second == ""  # the second Ctrl-C aborts; nothing more is said
+    assert load_checkpoint(tmp_path)["step"] == 1
+
+
+def test_the_first_ctrl_c_line_is_not_written_from_the_signal_handler(pair, monkeypatch):
+    """A Ctrl-C that lands while the run's code is writing to stderr (an on_event progress line) must not write
+    to the stream from inside that write (a re-entrant write raises in a terminal, or waits forever for a lock the
+    interrupted code holds): the line comes after the interrupted write, from the announcing thread."""
+    import io
+    import sys
+
+    from napari_deblurgan.training import trainer
+
+    class LockedStream(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.lock = threading.Lock()
+            self.reentered = False
+
+        def write(self, text):
+            if not self.lock.acquire(timeout=2):
+                self.reentered = True
+                return 0
+            try:
+                written = super().write(text[:5])
+                if text.startswith("progress"):
+                    _ctrl_c()  # lands in the middle of this write
+                return written + super().write(text[5:])
+            finally:
+                self.lock.release()
+
+    stream = LockedStream()
+
+    def hook(e):
+        if isinstance(e, ev.Step) and e.step == 2:
+            sys.stderr.write("progress: step 2\n")
+
+    monkeypatch.setattr(sys, "stderr", stream)
+    with pytest.warns(UserWarning, match="Ctrl-C"):
+        model = finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 50}, on_event=hook)
+    assert trainer._announcer.flush()
+    monkeypatch.undo()
+    assert model.metadata["training"]["steps_done"] == 2
+    assert not stream.reentered
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "progress: step 2" and lines[1].startswith("napari-deblurgan: Ctrl-C: training stops")
+    assert "no checkpoint_dir: nothing is written" in lines[1] and lines[1].endswith("abort at once.")
+
+
 def test_ctrl_c_in_an_event_hook_with_no_checkpoint_dir_still_returns_the_best_model(pair):
     """on_event runs inside the trainer: a Ctrl-C there stops the run too, and with nothing written to disk the
     training is not lost - finetune() returns it, and run.model is the best model of the stopped run."""
@@ -1084,7 +1162,7 @@ def test_ctrl_c_in_the_consumers_own_code_is_a_plain_keyboard_interrupt(pair):
     assert [e.step for e in rest if isinstance(e, ev.Step)] == [3, 4] and not rest[-1].stopped
 
 
-def test_ctrl_c_is_left_to_a_handler_of_the_callers_own_and_no_handler_is_set_off_the_main_thread(pair):
+def test_ctrl_c_is_left_to_a_handler_of_the_callers_own_and_no_handler_is_set_off_the_main_thread(pair, capsys):
     """A program with its own SIGINT handler (the CLI's stops the run and sets its exit status) keeps it; in a
     worker thread (napari's thread_worker, the Finetune panel) no handler can be installed, and none is tried."""
     import signal
@@ -1108,6 +1186,10 @@ def test_ctrl_c_is_left_to_a_handler_of_the_callers_own_and_no_handler_is_set_of
         signal.signal(signal.SIGINT, previous)
     assert caught == [signal.SIGINT] and run.finished.stopped and run.finished.step == 2
     assert not any(isinstance(e, ev.Notice) and e.kind == "interrupted" for e in events)
+    from napari_deblurgan.training import trainer
+
+    assert trainer._announcer.flush()
+    assert "napari-deblurgan: Ctrl-C" not in capsys.readouterr().err  # the caller's handler says what it does
 
     threaded = iter_finetune(*pair, model=_model(), **_RUN_ARGS)
     result = []

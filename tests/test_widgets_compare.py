@@ -83,6 +83,7 @@ def test_baseline_and_metrics_table_and_csv(setup, qtbot, tmp_path, scene):
 
 def test_wiener_with_gaussian_psf_and_no_reference(setup, qtbot):
     viewer, widget = setup
+    viewer.layers["blurred"].scale, viewer.layers["blurred"].translate = (0.5, 0.25), (10.0, -3.0)
     widget.baseline_input.set_value(viewer.layers["blurred"])
     widget.psf_source.setCurrentText("Gaussian of sigma")
     widget.psf_sigma.setValue(1.5)
@@ -90,6 +91,7 @@ def test_wiener_with_gaussian_psf_and_no_reference(setup, qtbot):
     wait_done(qtbot, widget)
     wiener = next(layer for layer in viewer.layers if "Wiener" in layer.name)
     assert wiener.data.shape == (64, 64)
+    assert tuple(wiener.scale) == (0.5, 0.25) and tuple(wiener.translate) == (10.0, -3.0)  # on its input
 
     widget.compute_button.click()  # no ground truth chosen: sharpness only
     wait_done(qtbot, widget)
@@ -436,3 +438,30 @@ def test_a_dask_layer_gets_a_lazy_baseline_and_is_never_read_whole(setup, qtbot,
     assert result.data.dtype == np.float32 and set(result.data.chunks[0]) == {1}
     expected = richardson_lucy(np.broadcast_to(plane, (2, *plane.shape)), psf, 2, axes="ZYX")[1]
     np.testing.assert_array_equal(np.asarray(result.data[5]), expected)
+
+
+def test_the_side_by_side_grid_shows_the_results_in_the_tables_order_and_says_that_order(
+    setup, qtbot, notifications
+):
+    """The grid's cells, read row by row, show the results in the order of the metrics table (the layer list's,
+    top first), and the notification names the layers in the grid's reading order (the grid showed them bottom
+    layer first, the reverse of the table, while the notification listed them in yet another order)."""
+    viewer, widget = setup
+    for name in ("half", "quarter"):
+        viewer.add_image(viewer.layers["blurred"].data * 0.5, name=name, contrast_limits=(0, 1))
+    widget.reference_combo.set_value(viewer.layers["truth"])
+    for name in ("blurred", "half", "quarter"):
+        widget.set_checked(viewer.layers[name])
+    widget.compute_button.click()
+    wait_done(qtbot, widget)
+    table_order = [row["layer"] for row in table_rows(widget)]
+    assert table_order == ["quarter", "half", "blurred"]
+
+    widget.side_button.click()
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+    layers = list(viewer.layers)
+    cells = {grid.position(i, layers): layer.name for i, layer in enumerate(layers) if layer.visible}
+    reading_order = [cells[position] for position in sorted(cells)]
+    assert [name for name in reading_order if name != "truth"] == table_order
+    said = next(message for _, message in reversed(notifications) if message.startswith("Side by side"))
+    assert said.startswith(f"Side by side: {', '.join(reading_order)} (")

@@ -177,6 +177,7 @@ def test_sharp_only_with_synthetic_blur_and_preview(setup, qtbot):
     assert not finetune.blurred_combo.isEnabled() and finetune.preview_blur_button.isEnabled()
     finetune.blur_kind.setCurrentText("gaussian")
     finetune.blur_strength.setValue(2.0)
+    viewer.layers["sharp"].scale, viewer.layers["sharp"].translate = (0.5, 0.25), (10.0, -3.0)
     finetune.preview_blur_button.click()
     assert not finetune.preview_blur_button.isEnabled()  # made in a worker: napari does not freeze
     qtbot.waitUntil(lambda: finetune.preview_worker is None, timeout=60_000)
@@ -186,6 +187,7 @@ def test_sharp_only_with_synthetic_blur_and_preview(setup, qtbot):
     assert preview.data.shape == sharp.shape and preview.data.dtype == sharp.dtype
     assert not np.array_equal(preview.data, sharp)
     assert preview.metadata["psf"].ndim == 2
+    assert tuple(preview.scale) == (0.5, 0.25) and tuple(preview.translate) == (10.0, -3.0)  # on its input
 
     finetune.blur_noise.setValue(300)
     kwargs = finetune.training_kwargs()  # the panel's blur settings are what training uses
@@ -443,3 +445,68 @@ def test_a_blur_preview_whose_layer_was_removed_meanwhile_is_added_with_a_note(s
     assert tuple(viewer.layers["sharp synthetic blur"].scale) == (0.5, 0.5)
     infos = [msg for sev, msg in notifications if sev == NotificationSeverity.INFO]
     assert any("'sharp' was removed from the viewer" in msg for msg in infos), notifications
+
+
+def test_the_preview_sits_on_its_validation_layers_plane_not_at_the_origin_at_unit_scale(setup, qtbot, pair):
+    """The preview is a crop of one YX plane of the run's validation layer (here of a ZYX stack with a scale and
+    a translate): it takes that plane's YX scale, translate and units, so it is drawn at its input's size,
+    instead of unit scale at the world origin (a 0.1 um-pixel image's preview was ten times too large)."""
+    from napari_deblurgan.widgets.finetune_widget import PREVIEW_LAYER
+
+    viewer, finetune, _ = setup
+    blurred, sharp = pair
+    geometry = dict(scale=(2.0, 0.5, 0.25), translate=(7.0, 10.0, -3.0), units=("um", "um", "um"))
+    viewer.add_image(np.stack([sharp, sharp[::-1]]), name="sharp stack", **geometry)
+    viewer.add_image(np.stack([blurred, blurred[::-1]]), name="blurred stack", **geometry)
+    finetune.blurred_combo.set_value(viewer.layers["blurred stack"])
+    finetune.sharp_combo.set_value(viewer.layers["sharp stack"])
+    assert finetune.axes_edit.text() == "ZYX"
+    finetune.steps_spin.setValue(2)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    assert finetune.last_finished is not None, finetune.status.text()
+    preview = viewer.layers[PREVIEW_LAYER]
+    assert preview.data.ndim == 2
+    assert tuple(preview.scale) == (0.5, 0.25) and tuple(preview.translate) == (10.0, -3.0)
+    assert [str(unit) for unit in preview.units] == ["micrometer", "micrometer"]
+
+    # a later run on other layers moves the preview layer it reuses onto their plane
+    finetune.blurred_combo.set_value(viewer.layers["blurred"])
+    finetune.sharp_combo.set_value(viewer.layers["sharp"])
+    finetune.save_edit.setText(str(Path(finetune.save_edit.text()).with_name("second.pt")))
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    assert viewer.layers[PREVIEW_LAYER] is preview
+    assert tuple(preview.scale) == (1.0, 1.0) and tuple(preview.translate) == (0.0, 0.0)
+
+
+def test_layer_geometry_of_a_plane_is_the_yx_part_of_the_layers_transforms():
+    """widgets._common.layer_geometry: a whole-layer result copies every axis; a plane result (2-D, or 3-D with
+    an axis of its own first) gets the YX scale, translate, rotation, extra affine, labels and units, and so
+    maps its pixels where the layer maps that plane's pixels."""
+    from napari.layers import Image
+
+    from napari_deblurgan.widgets._common import layer_geometry
+
+    stack = Image(
+        np.zeros((3, 16, 20), np.float32),
+        scale=(2.0, 0.5, 0.25),
+        translate=(7.0, 10.0, -3.0),
+        rotate=30.0,  # in the YX plane
+        affine=np.diag([1.0, 1.5, 1.5, 1.0]),
+        axis_labels=("z", "y", "x"),
+        units=("um", "nm", "nm"),
+    )
+    whole = layer_geometry(stack)
+    assert whole["scale"] == (2.0, 0.5, 0.25) and whole["translate"] == (7.0, 10.0, -3.0)
+
+    plane = Image(np.zeros((16, 20), np.float32), **layer_geometry(stack, 2))
+    assert tuple(plane.scale) == (0.5, 0.25) and tuple(plane.translate) == (10.0, -3.0)
+    assert tuple(plane.axis_labels) == ("y", "x") and [str(u) for u in plane.units] == ["nanometer", "nanometer"]
+    for y, x in [(0, 0), (5, 0), (0, 7), (11, 13)]:
+        np.testing.assert_allclose(plane.data_to_world((y, x)), stack.data_to_world((1, y, x))[1:], atol=1e-9)
+
+    channels = Image(np.zeros((3, 16, 20), np.float32), **layer_geometry(stack, 3))  # (C, Y, X) of its own
+    assert tuple(channels.scale) == (1.0, 0.5, 0.25) and tuple(channels.translate) == (0.0, 10.0, -3.0)
+    np.testing.assert_allclose(channels.data_to_world((2, 11, 13))[1:], stack.data_to_world((1, 11, 13))[1:])
+    assert tuple(channels.axis_labels) == ("-3", "y", "x")

@@ -216,6 +216,50 @@ class LayerComboBox(QComboBox):
         self.setCurrentIndex(index)
 
 
+def layer_geometry(layer: napari.layers.Image, ndim: int | None = None) -> dict[str, Any]:
+    """The keyword arguments that place a result layer where its part of ``layer`` is in the world: ``scale``,
+    ``translate``, ``rotate``, ``shear``, ``affine``, ``axis_labels`` and ``units``. The one place every result
+    layer of the widgets (a deblurred or blurred copy, a baseline, the Finetune preview) gets its geometry.
+
+    ``ndim=None``: a result of the layer's own shape, every axis as the input's (rotate, shear and the extra
+    affine too: without them a rotated or sheared input's result is drawn somewhere else).
+    ``ndim=2`` (or more): a result whose last two axes are pixels of one YX plane of ``layer`` (a crop of a
+    ZYX stack's plane, the Finetune preview), with any axes before them its own (a channel stack): the YX part of
+    the layer's transforms, and the identity on the other axes. Such a result sits at the plane's scale and
+    origin instead of the world origin at unit scale, so it is drawn at the size and in the units of its input.
+    The YX axes are those labelled Y and X when the layer's labels are axis letters, else its last two.
+    """
+    if ndim is None:
+        return {
+            "scale": tuple(layer.scale),
+            "translate": tuple(layer.translate),
+            "rotate": layer.rotate,
+            "shear": layer.shear,
+            "affine": layer.affine,
+            "axis_labels": tuple(layer.axis_labels),
+            "units": tuple(layer.units),
+        }
+    from napari.utils.transforms import CompositeAffine
+
+    labels = [str(label).strip().upper() for label in layer.axis_labels]
+    yx = [labels.index("Y"), labels.index("X")] if "Y" in labels and "X" in labels else [layer.ndim - 2, layer.ndim - 1]
+    extra = list(range(ndim - 2))  # the result's own leading axes
+    physical = CompositeAffine(
+        scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear, ndim=layer.ndim
+    )
+    plane = physical.set_slice(yx).expand_dims(extra)
+    affine = layer.affine.set_slice(yx).expand_dims(extra)
+    return {
+        "scale": tuple(plane.scale),
+        "translate": tuple(plane.translate),
+        "rotate": plane.rotate,
+        "shear": plane.shear,
+        "affine": affine,
+        "axis_labels": tuple(str(i - ndim) for i in extra) + tuple(layer.axis_labels[i] for i in yx),
+        "units": ("pixel",) * len(extra) + tuple(layer.units[i] for i in yx),
+    }
+
+
 def result_layer_kwargs(layer: napari.layers.Image, *, name: str) -> dict[str, Any]:
     """Keyword arguments that give a result layer the same geometry and display as ``layer``.
 
@@ -226,15 +270,7 @@ def result_layer_kwargs(layer: napari.layers.Image, *, name: str) -> dict[str, A
     """
     kwargs: dict[str, Any] = {
         "name": name,
-        "scale": tuple(layer.scale),
-        "translate": tuple(layer.translate),
-        # rotate, shear and the extra affine too: without them a rotated or sheared input's result is drawn
-        # somewhere else
-        "rotate": layer.rotate,
-        "shear": layer.shear,
-        "affine": layer.affine,
-        "axis_labels": tuple(layer.axis_labels),
-        "units": tuple(layer.units),
+        **layer_geometry(layer),
         "contrast_limits": tuple(layer.contrast_limits),
         "gamma": layer.gamma,
         "rgb": bool(layer.rgb),

@@ -446,7 +446,10 @@ class CompareWidget(QWidget):
         """Grid view of the ground truth and the checked layers, all with the same contrast limits.
 
         Other layers are hidden (not removed); the shared contrast limits are the ground truth's, or the
-        widest range of the compared layers when there is none, so equal grey means equal intensity.
+        widest range of the compared layers when there is none, so equal grey means equal intensity. The cells,
+        read row by row, follow the layer list from the top (``grid.stride = -1``), which is the order of the
+        checked layers and so of the metrics table; the ground truth is where it is in the layer list (nothing
+        is moved there), and the notification names the layers in the cells' order.
         """
         reference = self.reference_combo.value()
         layers = ([reference] if reference is not None else []) + self.checked_layers()
@@ -467,14 +470,15 @@ class CompareWidget(QWidget):
         for layer in layers:
             if not layer.rgb:
                 layer.contrast_limits = limits
-        grid.stride = 1
+        grid.stride = -1  # top layer first: the table's order (with 1, napari fills the cells bottom layer first)
         canvas_hw = tuple(getattr(canvas, "size", None) or (1, 1))
         image_hw = tuple(np.ptp(np.asarray(layers[0].extent.world)[:, -2:], axis=0))
         grid.shape = grid_shape(len(layers), canvas_hw, image_hw)
         grid.enabled = True
         self.viewer.reset_view()
+        in_cells = [layer for layer in reversed(list(self.viewer.layers)) if id(unwrap(layer)) in shown]
         show_info(
-            f"Side by side: {', '.join(layer.name for layer in layers)} (press Ctrl+G to leave grid mode; the "
+            f"Side by side: {', '.join(layer.name for layer in in_cells)} (press Ctrl+G to leave grid mode; the "
             "layers' visibility and contrast come back as they were)."
         )
 

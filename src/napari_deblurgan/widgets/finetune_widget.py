@@ -43,6 +43,7 @@ from ._common import (
     device_items,
     error_message,
     gone_note,
+    layer_geometry,
     layer_pixels,
     normalize_axes_text,
     result_layer_kwargs,
@@ -126,7 +127,11 @@ class FinetuneWidget(QWidget):
         self._last_run_data: dict[str, Any] | None = None  # data_kwargs() of the last run, for Resume
         self._preview_rgb = False  # the running job trains on RGB images: its 3-channel previews in colour
         self._last_saved_to: Path | None = None  # the last run's model file, for Resume
-        self._pending_run: tuple[dict[str, Any], Path, Path] | None = None  # the run being started
+        self._pending_run: tuple[dict[str, Any], Any, Path, Path] | None = None  # the run being started
+        # the layer the running job's validation crops come from: the preview is placed on its YX plane
+        self._preview_source: Any = None
+        self._last_run_source: Any = None  # the same for the last run, for Resume
+        self._preview_placed = False  # the preview layer has the running job's geometry
 
         # ---- data
         self.pair_radio = QRadioButton("blurred + sharp pair")
@@ -407,6 +412,13 @@ class FinetuneWidget(QWidget):
             kwargs["validation"] = float(self.val_fraction.value()) or None
         return kwargs
 
+    def _validation_layer(self) -> Any:
+        """The layer whose crops the run validates on, so the preview shows one of them: the validation pair's
+        blurred layer, else the blurred layer of the pair, else the sharp layer (synthetic blur)."""
+        if self.val_mode.currentData() == "pair":
+            return self.val_blurred_combo.value()
+        return self.blurred_combo.value() if self.pair_radio.isChecked() else self.sharp_combo.value()
+
     def settings_kwargs(self) -> dict[str, Any]:
         """How to train, from the training controls: base model, steps, crops, optimiser, device, seed."""
         from ..errors import InputError
@@ -454,7 +466,10 @@ class FinetuneWidget(QWidget):
             # Resume continues the last run on that run's data and into that run's file, whatever the
             # controls show now (another layer would silently change what the run learns, another file
             # would part the model from its checkpoint); the training settings are read afresh
-            data = self._last_run_data if resume and self._last_run_data is not None else self.data_kwargs()
+            if resume and self._last_run_data is not None:
+                data, source = self._last_run_data, self._last_run_source
+            else:
+                data, source = self.data_kwargs(), self._validation_layer()
             self._preview_rgb = _trains_on_rgb(data)
             kwargs = {**data, **self.settings_kwargs()}
             save_to = self._last_saved_to if resume and self._last_saved_to is not None else (
@@ -474,7 +489,8 @@ class FinetuneWidget(QWidget):
         kwargs["resume"] = checkpoint_dir if resume else None
         # what Resume will continue, once this run has written a checkpoint (a run that fails before its
         # first one must not replace the last good run)
-        self._pending_run = (data, save_to, checkpoint_dir)
+        self._pending_run = (data, source, save_to, checkpoint_dir)
+        self._preview_source, self._preview_placed = source, False
 
         from napari.qt.threading import create_worker
         avoid_triton_llvm_clash()
@@ -552,7 +568,9 @@ class FinetuneWidget(QWidget):
             self._show_preview(event)
         elif isinstance(event, CheckpointSaved):
             if self._pending_run is not None:  # this run has a checkpoint: Resume continues it from now on
-                self._last_run_data, self._last_saved_to, self.last_checkpoint_dir = self._pending_run
+                self._last_run_data, self._last_run_source, self._last_saved_to, self.last_checkpoint_dir = (
+                    self._pending_run
+                )
                 self._pending_run = None
             self.last_checkpoint_dir = Path(event.path) if Path(event.path).is_dir() else Path(event.path).parent
         elif isinstance(event, Notice):
@@ -565,7 +583,9 @@ class FinetuneWidget(QWidget):
 
         Grey for a one-channel model; in colour for a 3-channel model trained on RGB images (axes ending in
         S), whose preview carries every channel as (C, Y, X); a stack with a channel slider otherwise. Contrast
-        0..1 is each channel's percentile range of the blurred crop (the model's normalised units).
+        0..1 is each channel's percentile range of the blurred crop (the model's normalised units). The crop is
+        a piece of one YX plane of the run's validation layer: the preview has that plane's scale, origin and
+        orientation (:func:`layer_geometry`), so it is drawn at its input's size and units, not at unit scale.
         """
         parts = [np.asarray(part, dtype=np.float32) for part in (event.input, event.image, event.target)]
         tile = np.concatenate(parts, axis=-1)  # (Y, 3X), or (C, Y, 3X)
@@ -575,14 +595,22 @@ class FinetuneWidget(QWidget):
             tile = np.ascontiguousarray(np.moveaxis(tile, 0, -1))  # napari's RGB layout: (Y, 3X, 3)
         layer = self.preview_layer
         shown = layer is not None and layer in self.viewer.layers
+        source = self._preview_source
+        geometry = layer_geometry(source, tile.ndim - rgb) if source is not None else {}
         if shown and bool(layer.rgb) == rgb and layer.data.ndim == tile.ndim:
             layer.data = tile
             layer.name = PREVIEW_LAYER
+            if not self._preview_placed:  # the layer of an earlier run, whose data may have had another geometry
+                for key, value in geometry.items():
+                    setattr(layer, key, value)
         else:
             if shown:  # an earlier run's model had another number of channels
                 self.viewer.layers.remove(layer)
             look = {"rgb": True} if rgb else {"rgb": False, "colormap": "gray"}
-            self.preview_layer = self.viewer.add_image(tile, name=PREVIEW_LAYER, contrast_limits=(0.0, 1.0), **look)
+            self.preview_layer = self.viewer.add_image(
+                tile, name=PREVIEW_LAYER, contrast_limits=(0.0, 1.0), **look, **geometry
+            )
+        self._preview_placed = True
         self.preview_layer.metadata["step"] = event.step
 
     def _on_returned(self, outcome: tuple[str, Any]) -> None:
