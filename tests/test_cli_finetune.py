@@ -175,9 +175,11 @@ def test_mismatched_pair_is_a_usage_error(files, capsys):
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_ctrl_c_or_sigterm_stops_and_still_writes_the_model(files, signum, status):
+def test_ctrl_c_or_sigterm_stops_and_still_writes_the_model(files, signum, status, capsys):
     """Ctrl-C, SIGTERM (a cluster's time limit, kill) and SIGHUP (the terminal or SSH session closed): stop after
-    the step, save, exit 128 + signal."""
+    the step, save, exit 128 + signal; saying so at once (from the writer thread, not the handler)."""
+    from napari_deblurgan.signal_safe_stderr import stderr_from_signal_handlers
+
     out = files / "stopped.pt"
     ckpt = files / "ckpt"
     argv = _common(files, "--blurred", str(files / "blurred.tif"), "--sharp", str(files / "sharp.tif"))
@@ -194,6 +196,9 @@ def test_ctrl_c_or_sigterm_stops_and_still_writes_the_model(files, signum, statu
     assert code == status
     meta = load_model(out).metadata["training"]
     assert meta["stopped"] is True and 1 <= meta["steps_done"] < 100000
+    assert stderr_from_signal_handlers.flush()
+    again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
+    assert f"stopping after this step{again}..." in capsys.readouterr().err
 
 
 def test_a_hangup_that_nohup_ignores_does_not_stop_the_run(files):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from napari_deblurgan.errors import InputError
+from napari_deblurgan.signal_safe_stderr import stderr_from_signal_handlers
 from napari_deblurgan.training import events as ev
 from napari_deblurgan.training import losses
 from napari_deblurgan.training.checkpoint import checkpoint_path, load_checkpoint
@@ -1011,7 +1012,6 @@ def test_the_first_ctrl_c_says_at_once_that_the_run_stops_after_the_step_and_how
     still in progress (not when it ends), that training stops after it and saves, and that a second Ctrl-C aborts
     at once keeping the last checkpoint. Said once; the second Ctrl-C aborts without another line."""
     from napari_deblurgan.data.pairs import BatchSource
-    from napari_deblurgan.training import trainer
 
     real, calls, said_mid_step = BatchSource.next_batch, [], []
 
@@ -1021,7 +1021,7 @@ def test_the_first_ctrl_c_says_at_once_that_the_run_stops_after_the_step_and_how
             try:
                 _ctrl_c()  # the second one raises KeyboardInterrupt here
             finally:
-                assert trainer._announcer.flush()
+                assert stderr_from_signal_handlers.flush()
                 said_mid_step.append(capsys.readouterr().err)
         return real(self, size)
 
@@ -1044,7 +1044,6 @@ def test_the_first_ctrl_c_line_is_not_written_from_the_signal_handler(pair, monk
     import io
     import sys
 
-    from napari_deblurgan.training import trainer
 
     class LockedStream(io.StringIO):
         def __init__(self):
@@ -1073,7 +1072,7 @@ def test_the_first_ctrl_c_line_is_not_written_from_the_signal_handler(pair, monk
     monkeypatch.setattr(sys, "stderr", stream)
     with pytest.warns(UserWarning, match="Ctrl-C"):
         model = finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 50}, on_event=hook)
-    assert trainer._announcer.flush()
+    assert stderr_from_signal_handlers.flush()
     monkeypatch.undo()
     assert model.metadata["training"]["steps_done"] == 2
     assert not stream.reentered
@@ -1186,9 +1185,7 @@ def test_ctrl_c_is_left_to_a_handler_of_the_callers_own_and_no_handler_is_set_of
         signal.signal(signal.SIGINT, previous)
     assert caught == [signal.SIGINT] and run.finished.stopped and run.finished.step == 2
     assert not any(isinstance(e, ev.Notice) and e.kind == "interrupted" for e in events)
-    from napari_deblurgan.training import trainer
-
-    assert trainer._announcer.flush()
+    assert stderr_from_signal_handlers.flush()
     assert "napari-deblurgan: Ctrl-C" not in capsys.readouterr().err  # the caller's handler says what it does
 
     threaded = iter_finetune(*pair, model=_model(), **_RUN_ARGS)

@@ -19,7 +19,6 @@ aborts at once without writing the model (the run still writes its checkpoint if
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
 import threading
@@ -30,6 +29,7 @@ from typing import Any, TextIO
 
 from ..atomic_files import check_writable
 from ..errors import InputError
+from ..signal_safe_stderr import stderr_from_signal_handlers
 from .progress import line_drawn, line_ended
 from .signals import TERMINATING_SIGNALS, detach_from_terminal, handling
 
@@ -433,12 +433,14 @@ def run(args: argparse.Namespace) -> int:
             if signum == getattr(signal, "SIGHUP", None):
                 detach_from_terminal()  # the progress lines and the save's message would fail on it (EIO)
             again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
-            with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone: still stop and save
-                print(f"\nstopping after this step{again}...", file=sys.stderr)
+            # not printed here: a handler that writes to stderr inside an interrupted progress line raises
+            # (a re-entrant write); the writer thread prints it at once (and ignores a terminal gone after SIGHUP)
+            stderr_from_signal_handlers.say(f"\nstopping after this step{again}...")
 
     # SIGHUP (the terminal or SSH session closed) as SIGTERM: stop after the step and save, not die mid-save
     # (not a signal ignored, as nohup ignores SIGHUP: such a run goes on when the terminal closes)
     trained = False
+    stderr_from_signal_handlers.ready()
     with handling([signal.SIGINT, *TERMINATING_SIGNALS], on_signal):
         with warnings.catch_warnings():
             # the progress line prints every Notice as "note: ..." (or nothing with -q): not twice

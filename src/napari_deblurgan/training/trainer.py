@@ -30,9 +30,7 @@ import json
 import math
 import numbers
 import os
-import queue
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -58,6 +56,7 @@ from ..errors import DeblurGANError, InputError, user_stacklevel
 from ..model_file import DeblurModel, as_model, create_model, load_model
 from ..models import list_architectures
 from ..models.critic import PatchCritic
+from ..signal_safe_stderr import stderr_from_signal_handlers
 from . import losses
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -390,56 +389,6 @@ def image_metrics(target: np.ndarray, image: np.ndarray) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------------------- Ctrl-C
-class _Announcer:
-    """Lines that a signal handler has to say, written to ``sys.stderr`` by a daemon thread.
-
-    A Python signal handler runs in the main thread between two bytecodes of whatever it interrupted, possibly in
-    the middle of a write to the same stream (a progress line from ``on_event``; in a terminal a re-entrant write
-    to a BufferedWriter raises RuntimeError, and another stream's lock, such as Jupyter's, may be held by the very
-    code the handler interrupted). So the handler only puts the line on a :class:`queue.SimpleQueue`, whose
-    ``put`` is documented re-entrant, and this thread writes it as soon as it gets the GIL: at once, not when the
-    step ends. ``sys.stderr`` is looked up at each write, so it is Jupyter's or napari's console stream, or
-    pytest's capture, whichever is in place then. The thread is started from ordinary code (:meth:`ready`, when
-    a handler is installed), never from a handler.
-    """
-
-    def __init__(self) -> None:
-        self._lines: queue.SimpleQueue[str | threading.Event] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-
-    def ready(self) -> None:
-        """Start the writing thread if it is not running (once per process; again in a forked child)."""
-        with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._write, name="napari-deblurgan Ctrl-C", daemon=True)
-                self._thread.start()
-
-    def say(self, line: str) -> None:
-        """Queue one line; safe inside a signal handler."""
-        self._lines.put(line)
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every line queued so far is written (tests); False after ``timeout`` seconds."""
-        done = threading.Event()
-        self._lines.put(done)
-        return done.wait(timeout)
-
-    def _write(self) -> None:
-        while True:
-            line = self._lines.get()
-            if isinstance(line, threading.Event):
-                line.set()
-                continue
-            with contextlib.suppress(Exception):  # a closed or detached stream: the stop itself still happens
-                stream = sys.stderr
-                stream.write(line + "\n")
-                stream.flush()
-
-
-_announcer = _Announcer()
-
-
 class _StopOnCtrlC(Generator):
     """The events of a run, with Ctrl-C (SIGINT) turned into :meth:`TrainingRun.stop` while the run's own code
     works.
@@ -450,7 +399,7 @@ class _StopOnCtrlC(Generator):
     two events keeps its own Ctrl-C), when iterated in the main thread and Python's own SIGINT handler is in
     place, a handler is installed whose first interrupt asks the run to stop after the step in progress (which
     then validates, checkpoints, emits an ``"interrupted"`` Notice and Finished) and whose second raises
-    KeyboardInterrupt at once. The first one says so at once, in one line on stderr (:class:`_Announcer`): a GAN
+    KeyboardInterrupt at once. The first one says so at once, in one line on stderr (:mod:`..signal_safe_stderr`): a GAN
     step on a CPU can take many seconds, and a user who saw nothing happen would press Ctrl-C again. A caller with
     a SIGINT handler of its own (the CLI's stops the run itself, says so and sets its exit status) keeps it;
     outside the main thread (napari's thread_worker, the Finetune panel) no handler can be installed and none is
@@ -505,7 +454,7 @@ class _StopOnCtrlC(Generator):
             try:
                 # only in place of Python's own handler: one of the caller's own, or SIGINT ignored, is left as is
                 if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                    _announcer.ready()
+                    stderr_from_signal_handlers.ready()
                     previous = signal.signal(signal.SIGINT, self._on_ctrl_c)
             except ValueError:  # not the main interpreter
                 previous = None
@@ -521,7 +470,7 @@ class _StopOnCtrlC(Generator):
         if run._interrupts > 1:
             raise KeyboardInterrupt
         run.stop()
-        _announcer.say(self._first_ctrl_c)  # no stream touched here: see _Announcer
+        stderr_from_signal_handlers.say(self._first_ctrl_c)  # no stream touched here: see SignalSafeStderr
 
 
 # ----------------------------------------------------------------------------------------------- the run
