@@ -12,9 +12,11 @@ at a time (scaled with the whole image's range) and return the input's shape and
 per YX plane (axes letters TZCYXS as everywhere else), and metrics difference images in blocks of rows: memory
 is the result (if any) plus a few planes, never a float copy of the stack.
 
-Lazy arrays (dask, zarr, h5py: see :func:`is_lazy`) are read one YX plane at a time by :func:`compare`,
-:func:`richardson_lucy` and :func:`wiener`, never made into one NumPy array: as ``deblur()`` does, a dask
-array in gives a lazy dask array out (one plane per block), other lazy arrays a NumPy result.
+Lazy arrays (dask, zarr, h5py: see :func:`is_lazy`) are read one YX plane at a time by every function here
+(a dask block that holds several planes is computed once), never made into one NumPy array, and give the
+values of their NumPy copies to the last bit. As ``deblur()`` does, :func:`richardson_lucy`, :func:`wiener`
+and :func:`best_classical` give a lazy dask array out (one plane per block) for a dask array in, and a NumPy
+result for other lazy arrays.
 """
 
 from __future__ import annotations
@@ -403,7 +405,8 @@ def sharpness(image: Any, *, axes: str | None = None) -> float:
     Per plane: ``var(laplace(G * I)) / var(G * I)`` where ``G`` is a Gaussian of sigma 1 px (it damps
     pixel noise, which would otherwise look like detail). Dividing by the image variance makes the measure
     independent of brightness and contrast; higher means more fine detail. A constant plane scores 0. Use
-    it to rank versions of the *same* image (before/after deblurring), not to compare different scenes.
+    it to rank versions of the *same* image (before/after deblurring), not to compare different scenes. Lazy
+    arrays are read a plane at a time.
     """
     arr = _as_image(image, "image")
     axes = resolve_image_axes(arr, axes)
@@ -629,7 +632,11 @@ def best_classical(
 
     Stacks are scanned plane by plane (each candidate's squared error summed over the planes), then the
     winner is computed again into the result: memory is the result plus a few planes, not one stack per
-    candidate. A single plane keeps its best result instead of computing it twice.
+    candidate. A single plane keeps its best result instead of computing it twice. Lazy ``blurred`` and
+    ``sharp`` (:func:`is_lazy`) are read a plane at a time (``blurred``'s range in one pass first, as
+    :func:`richardson_lucy` does); a dask ``blurred`` gives a lazy dask ``image`` (one plane per block, the
+    winner computed again when it is computed: once for ``ssim``, once more when used), other lazy arrays a
+    NumPy one.
     """
     sharp_arr, arr = _pair(sharp, blurred)  # ndarrays, or lazy arrays read a plane at a time
     iterations = sorted({_check_iterations(int(n)) for n in rl_iterations})
