@@ -476,6 +476,11 @@ def test_lazy_results_with_nan_are_one_clear_error():
 
 
 _LAZY_MEMORY_CALLS = {
+    "psnr": lambda ref, img, psf: psnr(ref, img),
+    "nrmse": lambda ref, img, psf: nrmse(ref, img),
+    "ssim": lambda ref, img, psf: ssim(ref, img, axes="ZYX"),
+    "sharpness": lambda ref, img, psf: sharpness(img, axes="ZYX"),
+    "best_classical": lambda ref, img, psf: best_classical(img, ref, psf, rl_iterations=[1, 3], wiener_balances=[0.01]),
     "richardson_lucy": lambda ref, img, psf: richardson_lucy(img, psf, 3, axes="ZYX")[-1].compute(),
     "wiener": lambda ref, img, psf: wiener(img, psf, 0.01, axes="ZYX")[-1].compute(),
     "compare": lambda ref, img, psf: compare({"a": img, "b": img}, ref, axes="ZYX", per_slice=True),
@@ -484,10 +489,14 @@ _LAZY_MEMORY_CALLS = {
 
 
 @pytest.mark.parametrize("what", list(_LAZY_MEMORY_CALLS))
-def test_memory_on_dask_stacks_does_not_grow_with_the_stack(what, numpy_peak):
+def test_memory_on_dask_stacks_does_not_grow_with_the_stack(what, numpy_peak, monkeypatch):
     """Baselines and metrics of dask stacks hold a few planes, whatever the stack: they made NumPy copies of
-    the whole input (np.asarray) and, for the baselines, a whole NumPy result, 4x larger for a 4x stack."""
+    the whole input (np.asarray) and, for the baselines, a whole NumPy result, 4x larger for a 4x stack
+    (psnr, nrmse, ssim, sharpness and best_classical did until the fifteenth session)."""
     da = pytest.importorskip("dask.array")
+    # psnr's and nrmse's float64 blocks: one plane here, so that 6 and 24 planes both span several of them
+    # (1M elements by default: 16 of these planes, a bounded size that a 6-plane stack would not reach)
+    monkeypatch.setattr(comparison, "_BLOCK_ELEMENTS", 256 * 256)
     call = _LAZY_MEMORY_CALLS[what]
     psf = gaussian_psf(1.5)
 
@@ -507,3 +516,145 @@ def test_memory_on_dask_stacks_does_not_grow_with_the_stack(what, numpy_peak):
     small, small_bytes = peak(6)
     large, large_bytes = peak(24)
     assert large - small < 0.25 * (large_bytes - small_bytes), (small, large, large_bytes - small_bytes)
+
+
+def _metrics_of(ref, img, axes, float_ref):
+    """Every metric of a pair (and of each image alone): the values a lazy pair must give to the last bit."""
+    values = {
+        "psnr": psnr(ref, img, axes=axes),
+        "psnr, data_range": psnr(ref, img, 300.0, axes=axes),
+        "nrmse": nrmse(ref, img, axes=axes),
+        "ssim": ssim(ref, img, axes=axes),
+        "sharpness": sharpness(img, axes=axes),
+        "sharpness of the reference": sharpness(ref, axes=axes),
+    }
+    if float_ref is not None:  # the data range from a float reference's own range: one more pass over it
+        values["psnr, float reference"] = psnr(float_ref, img, axes=axes)
+        values["ssim, float reference"] = ssim(float_ref, img, axes=axes)
+    return values
+
+
+# (axes, shape, dask chunkings): a plane per chunk, chunks that split a plane (rows, and rows and columns),
+# chunks of several planes (uneven too), one chunk for the whole stack; RGB samples in one chunk or split
+_CHUNKINGS = [
+    ("ZYX", (6, 48, 40), [(1, 48, 40), (1, 24, 40), (1, 20, 16), (3, 48, 40), (4, 48, 40), (6, 48, 40)]),
+    ("TZYX", (2, 3, 48, 40), [(1, 1, 48, 40), (1, 3, 48, 40), (2, 1, 24, 40)]),
+    ("YXS", (48, 40, 3), [(48, 40, 3), (24, 40, 3), (48, 40, 1), (16, 20, 2)]),
+    ("ZYXC", (2, 48, 40, 2), [(1, 48, 40, 2), (1, 24, 40, 1), (2, 48, 40, 2)]),
+]
+
+
+@pytest.mark.parametrize("block_elements", [1 << 20, 4000, 1000])
+@pytest.mark.parametrize(("axes", "shape", "chunkings"), _CHUNKINGS, ids=[c[0] for c in _CHUNKINGS])
+def test_metrics_of_a_dask_array_are_those_of_its_numpy_copy(axes, shape, chunkings, block_elements, monkeypatch):
+    """psnr, nrmse, ssim and sharpness read a dask array a plane at a time and give its NumPy copy's values
+    bit for bit, whatever its chunks, and also when the metrics' blocks (``_BLOCK_ELEMENTS``) hold several
+    planes (1 << 20 and 4000 here) or rows of one (1000). A zarr-like array too."""
+    da = pytest.importorskip("dask.array")
+    monkeypatch.setattr(comparison, "_BLOCK_ELEMENTS", block_elements)
+    rng = np.random.default_rng(11)
+    ref = (ndimage.uniform_filter(rng.random(shape), 3) * 3000).astype(np.uint16)
+    img = (ref + rng.normal(0, 40, shape)).clip(0, 3000).astype(np.uint16)
+    float_ref = ref.astype(np.float32) / 7
+    expected = _metrics_of(ref, img, axes, float_ref)
+    for chunks in chunkings:
+        lazy = [da.from_array(a, chunks=chunks).map_blocks(np.copy) for a in (ref, img, float_ref)]
+        assert _metrics_of(*lazy[:2], axes, lazy[2]) == expected, chunks
+        # one of the two lazy, the other not
+        assert _metrics_of(ref, lazy[1], axes, None) == _metrics_of(ref, img, axes, None), chunks
+        assert _metrics_of(lazy[0], img, axes, None) == _metrics_of(ref, img, axes, None), chunks
+    stores = [_PlaneStore(a) for a in (ref, img, float_ref)]  # refuses to be read whole
+    assert _metrics_of(*stores[:2], axes, stores[2]) == expected
+    assert max(stores[0].reads + stores[1].reads) == 48 * 40  # a plane at a time
+    # and the float reference's range pass (value_range), in the metrics' blocks
+    assert max(stores[2].reads) <= max(48 * 40, block_elements)
+
+
+@pytest.mark.parametrize("block_elements", [1000, 1 << 20])
+@pytest.mark.parametrize(("shape", "chunks", "axes"), [
+    ((4, 48, 40), (1, 48, 40), "ZYX"),  # a lazy deblur() result of a stack: a plane per block
+    ((4, 48, 40), (1, 24, 40), "ZYX"),  # blocks that split a plane
+    ((4, 48, 40), (2, 48, 40), "ZYX"),  # blocks of several planes
+    ((48, 40, 3), (48, 40, 3), "YXS"),  # a lazy RGB deblur() result: the samples in one block
+])
+def test_metrics_compute_each_dask_block_once(shape, chunks, axes, block_elements, monkeypatch):
+    """Reading a plane computes its dask block: the metrics must compute each block once (for a lazy deblur()
+    result, a block computed again is the network run again), also when psnr's and nrmse's blocks are rows
+    of a plane (``_BLOCK_ELEMENTS`` of 1000 here: planes over 1M pixels) or several planes."""
+    monkeypatch.setattr(comparison, "_BLOCK_ELEMENTS", block_elements)
+    da = pytest.importorskip("dask.array")
+    rng = np.random.default_rng(3)
+    ref = (rng.random(shape) * 3000).astype(np.uint16)
+    img = (rng.random(shape) * 3000).astype(np.uint16)
+    computed: list[tuple[int, ...]] = []
+
+    def counted(block):
+        if block.size:  # not dask's own call on an empty block, to learn the output type
+            computed.append(block.shape)
+        return block.copy()
+
+    lazy = da.from_array(img, chunks=chunks).map_blocks(counted, dtype=img.dtype)
+    for metric in (lambda a: psnr(ref, a), lambda a: nrmse(ref, a), lambda a: ssim(ref, a, axes=axes),
+                   lambda a: sharpness(a, axes=axes)):
+        computed.clear()
+        assert metric(lazy) == metric(img)
+        assert len(computed) == lazy.npartitions, computed
+
+
+def test_lazy_metrics_say_what_the_numpy_ones_say():
+    """Bad lazy input gets the NumPy input's messages: the shape mismatch before any pixel is read, NaN when
+    the plane that holds it is read (it is not read twice to check it up front)."""
+    da = pytest.importorskip("dask.array")
+    sharp, blurred = _stack_pair(2)
+    bad = sharp.astype(np.float32)
+    bad[1, 3, 4] = np.nan
+    for lazy in (lambda a: da.from_array(a, chunks=(1, 24, 40)), _PlaneStore):
+        for call, name in [
+            (lambda ref, img: psnr(ref, img), None),
+            (lambda ref, img: psnr(ref, img, 1.0), None),
+            (lambda ref, img: nrmse(ref, img), None),
+            (lambda ref, img: ssim(ref, img, 1.0), None),
+            (lambda ref, img: sharpness(img), "image"),
+            (lambda ref, img: best_classical(img, ref, gaussian_psf(1.0), rl_iterations=[1], wiener_balances=[]),
+             None),
+        ]:
+            with pytest.raises(InputError) as numpy_error:
+                call(sharp, bad)
+            with pytest.raises(InputError) as lazy_error:
+                call(lazy(sharp), lazy(bad))
+            assert str(lazy_error.value) == str(numpy_error.value) == comparison.not_finite_message("image")
+            if name is None:  # a reference with NaN
+                with pytest.raises(InputError) as lazy_error:
+                    call(lazy(bad), lazy(sharp))
+                assert str(lazy_error.value) == comparison.not_finite_message("reference")
+                with pytest.raises(InputError) as numpy_error:
+                    call(sharp, blurred[:, :-1])
+                with pytest.raises(InputError) as lazy_error:
+                    call(lazy(sharp), lazy(np.ascontiguousarray(blurred[:, :-1])))
+                assert str(lazy_error.value) == str(numpy_error.value)
+                assert "same shape" in str(lazy_error.value)
+
+
+@pytest.mark.parametrize("axes", ["ZYX", "YX"])
+def test_best_classical_of_a_dask_stack_is_that_of_its_numpy_copy(axes):
+    """A dask pair is scanned a plane at a time with the NumPy pair's scores to the last bit, and gives a lazy
+    winner (as richardson_lucy() and wiener() of a dask array do) with the NumPy winner's pixels; a zarr-like
+    pair gives a NumPy winner."""
+    da = pytest.importorskip("dask.array")
+    sharp, blurred = _stack_pair(3)
+    if axes == "YX":
+        sharp, blurred = sharp[1], blurred[1]
+    chunks = (2, 24, 40)[-sharp.ndim:]
+
+    def run(ref, img):
+        return best_classical(img, ref, gaussian_psf(1.5), rl_iterations=[1, 4], wiener_balances=[0.01, 1.0],
+                              axes=axes)
+
+    expected = run(sharp, blurred)
+    for pair, kind in [((da.from_array(sharp, chunks=chunks), da.from_array(blurred, chunks=chunks)), da.Array),
+                       ((_PlaneStore(sharp), _PlaneStore(blurred)), np.ndarray)]:
+        got = run(*pair)
+        assert isinstance(got["image"], kind)
+        np.testing.assert_array_equal(np.asarray(got["image"]), expected["image"])
+        for key in ("method", "parameters", "psnr", "ssim", "richardson_lucy", "wiener"):
+            assert got[key] == expected[key], key

@@ -357,6 +357,86 @@ def test_pickled_code_is_refused_and_never_runs(tiny_model_file, tmp_path, conta
     assert not marker.exists()
 
 
+# -------------------------------------------------------------------------------------- file objects
+def test_save_to_and_load_from_binary_file_objects(tiny_model, tmp_path):
+    """As torch.save and torch.load take file objects: save() writes into one (and returns it), load_model()
+    reads one from its position, with a file's checks; the bytes are those a file gets."""
+    import io
+
+    tiny_model.metadata.update(name="in memory")
+    buffer = io.BytesIO()
+    buffer.write(b"header")  # written at the stream's position: what came before is left alone
+    assert tiny_model.save(buffer) is buffer
+    assert not buffer.closed
+    buffer.seek(len(b"header"))
+    loaded = load_model(buffer)
+    data = buffer.getvalue()[len(b"header"):]
+    assert loaded.metadata["sha256"] == hashlib.sha256(data).hexdigest()
+    assert loaded.metadata["name"] == "in memory" and "path" not in loaded.metadata
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(tiny_model.generator(x), loaded.generator(x))
+    # an open file, both ways; a model loaded from a file and saved into a stream does not name that file
+    path = tmp_path / "m.pt"
+    with open(path, "wb") as fh:
+        tiny_model.save(fh)
+    with open(path, "rb") as fh:
+        from_file = load_model(fh)
+    assert from_file.metadata["sha256"] == load_model(path).metadata["sha256"]
+    again = io.BytesIO()
+    load_model(path).save(again)
+    again.seek(0)
+    assert "path" not in load_model(again).metadata
+
+
+def test_file_objects_get_a_files_checks(tiny_model_file, tmp_path):
+    """weights_only, the zip check and the format check apply to a stream's bytes as to a file's."""
+    import io
+    import pickle
+
+    data = tiny_model_file.read_bytes()
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        load_model(io.BytesIO(data[: len(data) // 2]))
+    with pytest.raises(ModelFileError, match="not a napari-deblurgan model file"):
+        load_model(io.BytesIO(b"hello"))
+    marker = tmp_path / "marker"
+    payload = _payload(tiny_model_file)
+    payload["state_dict"] = _Payload(marker)
+    evil = io.BytesIO()
+    torch.save(payload, evil)
+    evil.seek(0)
+    with pytest.raises(ModelFileError, match="Refusing"):
+        load_model(evil)
+    assert not marker.exists()
+    evil = io.BytesIO(pickle.dumps({"format": FORMAT, "x": _Payload(marker)}))
+    with pytest.raises(ModelFileError, match="not a napari-deblurgan"):
+        load_model(evil)
+    assert not marker.exists()
+    payload = _payload(tiny_model_file)
+    payload["format"] = "something else"
+    other = io.BytesIO()
+    torch.save(payload, other)
+    other.seek(0)
+    with pytest.raises(ModelFileError, match="format 'something else'"):
+        load_model(other)
+
+
+def test_text_streams_and_other_objects_are_one_clear_error(tiny_model, tmp_path):
+    import io
+
+    with pytest.raises(InputError, match="mode 'wb'"):
+        tiny_model.save(io.StringIO())
+    with pytest.raises(InputError, match="binary file object open for writing"):
+        tiny_model.save(42)
+    with pytest.raises(InputError, match="mode 'rb'"):
+        load_model(io.StringIO("x"))
+    with pytest.raises(InputError, match="binary file object open for reading"):
+        load_model(42)
+    path = tiny_model.save(tmp_path / "m.pt")
+    with open(path, "ab") as fh, pytest.raises(ModelFileError, match="Cannot read a model"):
+        load_model(fh)  # open for writing only
+
+
 # ---------------------------------------------------------------------------------------- named models
 @pytest.fixture
 def registry(tmp_path, monkeypatch):

@@ -12,9 +12,11 @@ at a time (scaled with the whole image's range) and return the input's shape and
 per YX plane (axes letters TZCYXS as everywhere else), and metrics difference images in blocks of rows: memory
 is the result (if any) plus a few planes, never a float copy of the stack.
 
-Lazy arrays (dask, zarr, h5py: see :func:`is_lazy`) are read one YX plane at a time by :func:`compare`,
-:func:`richardson_lucy` and :func:`wiener`, never made into one NumPy array: as ``deblur()`` does, a dask
-array in gives a lazy dask array out (one plane per block), other lazy arrays a NumPy result.
+Lazy arrays (dask, zarr, h5py: see :func:`is_lazy`) are read one YX plane at a time by every function here
+(a dask block that holds several planes is computed once), never made into one NumPy array, and give the
+values of their NumPy copies to the last bit. As ``deblur()`` does, :func:`richardson_lucy`, :func:`wiener`
+and :func:`best_classical` give a lazy dask array out (one plane per block) for a dask array in, and a NumPy
+result for other lazy arrays.
 """
 
 from __future__ import annotations
@@ -207,15 +209,31 @@ def _data_range(reference: np.ndarray, data_range: Any) -> float:
     return float(data_range)
 
 
-def _pair(reference: Any, image: Any) -> tuple[np.ndarray, np.ndarray]:
-    ref = validate_image(reference, name="reference")
-    img = validate_image(image, name="image")
-    if ref.shape != img.shape:
+def _pair(reference: Any, image: Any) -> tuple[Any, Any]:
+    """``reference`` and ``image`` as :func:`_as_image` takes them (ndarrays checked whole, lazy arrays by dtype
+    and shape: their pixels are checked as they are read), of the same shape."""
+    ref = _as_image(reference, "reference")
+    img = _as_image(image, "image")
+    if tuple(ref.shape) != tuple(img.shape):
         raise InputError(
-            f"The image has shape {img.shape} but the reference has {ref.shape}; compare images of the "
-            "same shape (crop or resample one of them)."
+            f"The image has shape {tuple(img.shape)} but the reference has {tuple(ref.shape)}; compare images of "
+            "the same shape (crop or resample one of them)."
         )
     return ref, img
+
+
+def _reading_axes(image: Any, axes: str | None) -> str | None:
+    """The axes that :func:`psnr` and :func:`nrmse` read a lazy ``image`` by (its YX planes, which a dask
+    block holds whole): ``axes``, or inferred from the shape; for shapes that need explicit axes (5D and more)
+    the last two. None for an ndarray, which is read as it is. The value does not depend on them."""
+    if not is_lazy(image):
+        return None
+    if axes is not None:
+        return resolve_image_axes(image, axes)
+    try:
+        return resolve_image_axes(image, None)
+    except InputError:
+        return "." * (len(image.shape) - 2) + "YX"
 
 
 # Elements per block when metrics difference two images in float64: temporaries of ~8 MB, not stack-sized.
@@ -239,22 +257,63 @@ def _blocks(shape: tuple[int, ...]) -> Iterator[tuple[Any, ...]]:
             yield (*outer, slice(start, start + step))
 
 
-def _squared_sums(reference: np.ndarray, image: np.ndarray) -> tuple[float, float]:
-    """``sum((reference - image) ** 2)`` and ``sum(reference ** 2)`` in float64, block by block."""
+def _read_blocks(image: Any, axes: str | None, name: str) -> Iterator[np.ndarray]:
+    """``image[block]`` for every block of :func:`_blocks` in turn: views of an ndarray; for a lazy array the
+    same values, put together from its YX planes (read once each by :func:`_plane_reader`, which computes a
+    dask block once, and checked by :func:`_read_checked`), so that sums over them are the ndarray's to the
+    last bit. A block holds at most ``_BLOCK_ELEMENTS`` pixels: rows of one plane, or a few whole planes; the
+    planes of a block that does not cover them (rows of a large plane) are kept for the next block."""
+    shape = tuple(image.shape)
+    if not is_lazy(image):
+        for block in _blocks(shape):
+            yield image[block]
+        return
+    assert axes is not None
+    read = _plane_reader(image, axes)
+    y, x = axes.index("Y"), axes.index("X")
+    others = [i for i in range(len(shape)) if i not in (y, x)]
+    kept: dict[tuple[int, ...], np.ndarray] = {}
+    for block in _blocks(shape):
+        key = (*block, *[slice(None)] * (len(shape) - len(block)))
+        spans = [range(k, k + 1) if isinstance(k, numbers.Integral) else range(*k.indices(n))
+                 for k, n in zip(key, shape, strict=True)]
+        rows, cols = slice(spans[y].start, spans[y].stop), slice(spans[x].start, spans[x].stop)
+        wanted = [tuple(idx) for idx in np.ndindex(*(len(spans[i]) for i in others))]
+        wanted = [tuple(spans[i][j] for i, j in zip(others, idx, strict=True)) for idx in wanted]
+        kept = {idx: kept[idx] for idx in wanted if idx in kept}  # before reading more: the planes in use only
+        out = np.empty([len(span) for span in spans], dtype=image.dtype)
+        view = yx_last(out, axes)
+        for pos, idx in zip(np.ndindex(view.shape[:-2]), wanted, strict=True):
+            if idx not in kept:
+                kept[idx] = _read_checked(read, idx, image, name)
+            view[pos] = kept[idx][rows, cols]
+        if len(spans[y]) == shape[y] and len(spans[x]) == shape[x]:
+            kept = {}  # whole planes: the next block needs none of them
+        yield out.reshape([len(span) for span, k in zip(spans, key, strict=True) if isinstance(k, slice)])
+
+
+def _block_pairs(reference: Any, image: Any, axes: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The blocks of :func:`_read_blocks` of ``reference`` and ``image`` (same shape) side by side."""
+    return zip(_read_blocks(reference, axes, "reference"), _read_blocks(image, axes, "image"), strict=True)
+
+
+def _squared_sums(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """``sum((reference - image) ** 2)`` and ``sum(reference ** 2)`` in float64 over ``pairs`` of blocks
+    (:func:`_block_pairs`)."""
     err = norm = 0.0
-    for block in _blocks(reference.shape):
-        ref = reference[block].astype(np.float64)
-        diff = ref - image[block]
+    for reference, image in pairs:
+        ref = reference.astype(np.float64)
+        diff = ref - image
         err += float(np.square(diff, out=diff).sum())
         norm += float(np.square(ref, out=ref).sum())
     return err, norm
 
 
-def _squared_error(reference: np.ndarray, image: np.ndarray) -> float:
-    """``sum((reference - image) ** 2)`` in float64, block by block."""
+def _squared_error(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """``sum((reference - image) ** 2)`` in float64 over ``pairs`` of blocks (:func:`_block_pairs`)."""
     err = 0.0
-    for block in _blocks(reference.shape):
-        diff = reference[block].astype(np.float64) - image[block]
+    for reference, image in pairs:
+        diff = reference.astype(np.float64) - image
         err += float(np.square(diff, out=diff).sum())
     return err
 
@@ -263,14 +322,17 @@ def _psnr_from_mse(mse: float, data_range: float) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(data_range * data_range / mse)
 
 
-def psnr(reference: Any, image: Any, data_range: float | None = None) -> float:
+def psnr(reference: Any, image: Any, data_range: float | None = None, *, axes: str | None = None) -> float:
     """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)``; ``inf`` for identical images.
 
-    ``data_range`` defaults to :func:`default_data_range` of the reference.
+    ``data_range`` defaults to :func:`default_data_range` of the reference. Lazy arrays (dask, zarr, h5py:
+    :func:`is_lazy`) are read a YX plane at a time (``axes``, inferred when None, says which axes those are;
+    the value does not depend on it), never whole; the result is the same as for their NumPy copies.
     """
     ref, img = _pair(reference, image)
     dr = _data_range(ref, data_range)
-    return _psnr_from_mse(_squared_error(ref, img) / ref.size, dr)
+    axes = _reading_axes(ref if is_lazy(ref) else img, axes)
+    return _psnr_from_mse(_squared_error(_block_pairs(ref, img, axes)) / math.prod(ref.shape), dr)
 
 
 def _ssim_window(plane_shape: tuple[int, ...]) -> int:
@@ -294,24 +356,29 @@ def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     """Structural similarity (scikit-image, 7x7 uniform window), averaged over the YX planes.
 
     Each YX plane (of every other axis, RGB samples included) is compared separately; planes smaller than
-    7 px use the largest odd window that fits (at least 3 px).
+    7 px use the largest odd window that fits (at least 3 px). Lazy arrays are read a plane at a time.
     """
     ref, img = _pair(reference, image)
     dr = _data_range(ref, data_range)
     axes = resolve_image_axes(ref, axes)
-    ref_planes, img_planes = yx_last(ref, axes), yx_last(img, axes)
-    win = _ssim_window(ref_planes.shape[-2:])
-    values = [_plane_ssim(ref_planes[idx], img_planes[idx], dr, win) for idx in np.ndindex(ref_planes.shape[:-2])]
+    win = _ssim_window((ref.shape[axes.index("Y")], ref.shape[axes.index("X")]))
+    read_ref, read_img = _plane_reader(ref, axes), _plane_reader(img, axes)
+    values = [
+        _plane_ssim(_read_checked(read_ref, idx, ref, "reference"), _read_checked(read_img, idx, img, "image"), dr, win)
+        for idx in plane_indices(tuple(ref.shape), axes)
+    ]
     return float(np.mean(values))
 
 
-def nrmse(reference: Any, image: Any) -> float:
+def nrmse(reference: Any, image: Any, *, axes: str | None = None) -> float:
     """Normalised root-mean-square error ``||reference - image|| / ||reference||`` (Euclidean).
 
     0 for identical images; scale-independent. ``inf`` if the reference is all zeros and the image is not.
+    Lazy arrays are read a plane at a time, as for :func:`psnr`.
     """
     ref, img = _pair(reference, image)
-    return _nrmse_from_sums(*_squared_sums(ref, img), ref.size)
+    axes = _reading_axes(ref if is_lazy(ref) else img, axes)
+    return _nrmse_from_sums(*_squared_sums(_block_pairs(ref, img, axes)), math.prod(ref.shape))
 
 
 def _nrmse_from_sums(err: float, norm: float, size: int) -> float:
@@ -338,11 +405,14 @@ def sharpness(image: Any, *, axes: str | None = None) -> float:
     Per plane: ``var(laplace(G * I)) / var(G * I)`` where ``G`` is a Gaussian of sigma 1 px (it damps
     pixel noise, which would otherwise look like detail). Dividing by the image variance makes the measure
     independent of brightness and contrast; higher means more fine detail. A constant plane scores 0. Use
-    it to rank versions of the *same* image (before/after deblurring), not to compare different scenes.
+    it to rank versions of the *same* image (before/after deblurring), not to compare different scenes. Lazy
+    arrays are read a plane at a time.
     """
-    arr = validate_image(image)
-    planes = yx_last(arr, resolve_image_axes(arr, axes))
-    return float(np.mean([_plane_sharpness(planes[idx]) for idx in np.ndindex(planes.shape[:-2])]))
+    arr = _as_image(image, "image")
+    axes = resolve_image_axes(arr, axes)
+    read = _plane_reader(arr, axes)
+    values = [_plane_sharpness(_read_checked(read, idx, arr, "image")) for idx in plane_indices(tuple(arr.shape), axes)]
+    return float(np.mean(values))
 
 
 # --------------------------------------------------------------------------------- classical deconvolution
@@ -431,12 +501,6 @@ def _raise_if_cancelled(cancel: Any, what: str = "the deconvolution was cancelle
         raise Cancelled(what)
 
 
-def _prepare(image: Any, psf: Any, axes: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    arr = validate_image(image)
-    kernel = check_psf_array(psf)
-    return arr, kernel, resolve_image_axes(arr, axes)
-
-
 def _per_plane(
     source: Any,
     axes: str,
@@ -477,10 +541,22 @@ def _deconvolve(
     if not is_lazy(image):
         return _per_plane(image, axes, lambda plane: deconvolve(plane, kernel), cancel)
     _raise_if_cancelled(cancel)
-    scaler = _Scaler(value_range(image), image.dtype)
+    return _deconvolve_lazy(image, axes, lambda plane: deconvolve(plane, kernel), cancel, value_range(image))
+
+
+def _deconvolve_lazy(
+    image: Any,
+    axes: str,
+    deconvolve: Callable[[np.ndarray], np.ndarray],
+    cancel: Any,
+    image_range: tuple[float, float],
+) -> Any:
+    """``deconvolve(plane in [0, 1])`` of every YX plane of a lazy ``image`` whose range is ``image_range``:
+    a dask array gives a lazy dask array (one plane per block), another lazy array a NumPy array."""
+    scaler = _Scaler(image_range, image.dtype)
 
     def run(source: Any) -> np.ndarray:
-        return _per_plane(source, axes, lambda plane: deconvolve(plane, kernel), cancel, scaler)
+        return _per_plane(source, axes, deconvolve, cancel, scaler)
 
     if not is_dask(image):
         return run(image)
@@ -556,9 +632,13 @@ def best_classical(
 
     Stacks are scanned plane by plane (each candidate's squared error summed over the planes), then the
     winner is computed again into the result: memory is the result plus a few planes, not one stack per
-    candidate. A single plane keeps its best result instead of computing it twice.
+    candidate. A single plane keeps its best result instead of computing it twice. Lazy ``blurred`` and
+    ``sharp`` (:func:`is_lazy`) are read a plane at a time (``blurred``'s range in one pass first, as
+    :func:`richardson_lucy` does); a dask ``blurred`` gives a lazy dask ``image`` (one plane per block, the
+    winner computed again when it is computed: once for ``ssim``, once more when used), other lazy arrays a
+    NumPy one.
     """
-    sharp_arr, blurred_arr = _pair(sharp, blurred)
+    sharp_arr, arr = _pair(sharp, blurred)  # ndarrays, or lazy arrays read a plane at a time
     iterations = sorted({_check_iterations(int(n)) for n in rl_iterations})
     balances = [float(b) for b in wiener_balances]
     if not iterations and not balances:
@@ -566,11 +646,14 @@ def best_classical(
     if any(not b > 0 for b in balances):
         raise InputError("Wiener balances must be > 0.")
     dr = _data_range(sharp_arr, data_range)
-    arr, kernel, axes = _prepare(blurred_arr, psf, axes)
-    scaler = _Scaler.of(arr)
-    src, ref = yx_last(arr, axes), yx_last(sharp_arr, axes)
-    lead = src.shape[:-2]
-    single = math.prod(lead) == 1
+    kernel = check_psf_array(psf)
+    axes = resolve_image_axes(arr, axes)
+    blurred_range = (float(arr.min()), float(arr.max())) if not is_lazy(arr) else value_range(arr)
+    scaler = _Scaler(blurred_range, arr.dtype)
+    read_src, read_ref = _plane_reader(arr, axes), _plane_reader(sharp_arr, axes)
+    indices = plane_indices(tuple(arr.shape), axes)
+    single = len(indices) == 1
+    size = math.prod(arr.shape)
 
     # candidates in scan order (ties keep the first): Richardson-Lucy iteration counts, then Wiener balances
     candidates = [("richardson_lucy", {"iterations": n}) for n in iterations]
@@ -579,23 +662,24 @@ def best_classical(
     kept: tuple[int, np.ndarray] | None = None  # single plane: the best result so far
 
     def score(k: int) -> float:
-        return _psnr_from_mse(errors[k] / arr.size, dr)
+        return _psnr_from_mse(errors[k] / size, dr)
 
     def record(k: int, plane_ref: np.ndarray, result: np.ndarray) -> None:
         nonlocal kept
-        errors[k] += _squared_error(plane_ref, result)
+        errors[k] += _squared_error(_block_pairs(plane_ref, result))
         if single and (kept is None or score(k) > score(kept[0])):
             kept = (k, result)
 
     wanted = {n: k for k, n in enumerate(iterations)}
-    for idx in np.ndindex(lead):
-        plane01 = scaler.forward(src[idx])
+    for idx in indices:
+        plane01 = scaler.forward(_read_checked(read_src, idx, arr, "image"))
+        plane_ref = _read_checked(read_ref, idx, sharp_arr, "reference")
         if iterations:
             for n, estimate in enumerate(_iter_richardson_lucy(plane01, kernel, max(iterations)), start=1):
                 if n in wanted:
-                    record(wanted[n], ref[idx], scaler.inverse(estimate))
+                    record(wanted[n], plane_ref, scaler.inverse(estimate))
         for j, balance in enumerate(balances):
-            record(len(iterations) + j, ref[idx], scaler.inverse(_wiener_plane(plane01, kernel, balance)))
+            record(len(iterations) + j, plane_ref, scaler.inverse(_wiener_plane(plane01, kernel, balance)))
 
     scores = [score(k) for k in range(len(candidates))]
     best_k = 0
@@ -603,13 +687,19 @@ def best_classical(
         if score > scores[best_k]:
             best_k = k
     method, parameters = candidates[best_k]
-    if single and kept is not None and kept[0] == best_k:
-        image = np.empty(arr.shape, dtype=arr.dtype)
-        yx_last(image, axes)[(0,) * len(lead)] = kept[1]
-    elif method == "richardson_lucy":
-        image = _per_plane(arr, axes, lambda plane: _richardson_lucy_plane(plane, kernel, parameters["iterations"]))
+    if method == "richardson_lucy":
+        def winner(plane: np.ndarray) -> np.ndarray:
+            return _richardson_lucy_plane(plane, kernel, parameters["iterations"])
     else:
-        image = _per_plane(arr, axes, lambda plane: _wiener_plane(plane, kernel, parameters["balance"]))
+        def winner(plane: np.ndarray) -> np.ndarray:
+            return _wiener_plane(plane, kernel, parameters["balance"])
+    if single and kept is not None and kept[0] == best_k and not is_dask(arr):
+        image = np.empty(arr.shape, dtype=arr.dtype)
+        yx_last(image, axes)[(0,) * (len(arr.shape) - 2)] = kept[1]
+    elif is_lazy(arr):
+        image = _deconvolve_lazy(arr, axes, winner, None, blurred_range)
+    else:
+        image = _per_plane(arr, axes, winner)
     best: dict[str, Any] = {"method": method, "parameters": parameters, "image": image, "psnr": scores[best_k]}
     best["ssim"] = ssim(sharp_arr, image, dr, axes=axes)
     best["richardson_lucy"] = {"iterations": iterations, "psnr": scores[: len(iterations)]}
@@ -786,7 +876,7 @@ class _PlaneScores(NamedTuple):
 def _plane_scores(ref_plane: np.ndarray | None, plane: np.ndarray, dr: float | None, win: int | None) -> _PlaneScores:
     if ref_plane is None or dr is None or win is None:
         return _PlaneScores(None, None, None, _plane_sharpness(plane))
-    error, norm = _squared_sums(ref_plane, plane)  # in blocks of rows: no plane-sized float64 difference
+    error, norm = _squared_sums(_block_pairs(ref_plane, plane))  # in blocks of rows: no plane-sized float64 difference
     return _PlaneScores(error, norm, _plane_ssim(ref_plane, plane, dr, win), _plane_sharpness(plane))
 
 

@@ -28,7 +28,7 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .atomic_files import atomic_write
 from .errors import InputError, ModelFileError
@@ -187,11 +187,15 @@ class DeblurModel:
             "metadata": meta,
         }
 
-    def save(self, path: str | os.PathLike[str], *, weights_dtype: str = "float32") -> Path:
+    def save(self, path: str | os.PathLike[str] | BinaryIO, *, weights_dtype: str = "float32") -> Any:
         """Write the model to ``path`` (conventionally ``*.pt``) atomically; returns the path.
 
         The file is written to a temporary file in the same directory, flushed to disk and renamed over
         ``path``, so an interrupted save leaves either the old file or none - never half a file.
+
+        ``path`` may also be a binary file object open for writing (``io.BytesIO()``, ``open(p, "wb")``, as
+        ``torch.save`` takes): the model is written into it at its position, and it is returned (not closed,
+        and not written atomically: that is then the caller's business). :func:`load_model` reads it back.
 
         ``weights_dtype="float16"`` stores the floating-point weights at half the size (for shipping a large
         model; the generator still computes in float32 after loading, because loading copies the weights into
@@ -204,7 +208,7 @@ class DeblurModel:
         if weights_dtype not in WEIGHTS_DTYPES:
             raise InputError(f"weights_dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {weights_dtype!r}")
         stored = getattr(torch, weights_dtype)
-        path = Path(path)
+        stream = _writable_stream(path)
         header = self._header()
         header["metadata"].setdefault("created", _utc_now())
         header["metadata"].setdefault("package_version", __version__)
@@ -222,13 +226,31 @@ class DeblurModel:
             "metadata": json.dumps(header, sort_keys=True),
             "state_dict": state,
         }
-        with atomic_write(path) as tmp, open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        if stream is not None:
+            torch.save(payload, stream)
+        else:
+            path = Path(path)  # type: ignore[arg-type]  # not a stream: a str or os.PathLike
+            with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+                torch.save(payload, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
         self.metadata.setdefault("created", header["metadata"]["created"])
         self.metadata.setdefault("package_version", header["metadata"]["package_version"])
         return path
+
+
+def _writable_stream(target: Any) -> BinaryIO | None:
+    """``target`` if it is a binary file object to write a model into, None for a path; InputError otherwise."""
+    if isinstance(target, str | os.PathLike):
+        return None
+    if isinstance(target, io.TextIOBase):
+        raise InputError("DeblurModel.save needs a binary file object; open the file with mode 'wb', not 'w'.")
+    if callable(getattr(target, "write", None)):
+        return target
+    raise InputError(
+        f"DeblurModel.save takes a file path (e.g. 'model.pt') or a binary file object open for writing "
+        f"(io.BytesIO(), open(path, 'wb')); got {type(target).__name__}."
+    )
 
 
 def check_context_padding(value: Any) -> int | None:
@@ -299,7 +321,7 @@ def create_model(
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_model(
-    path_or_name: str | os.PathLike[str] | DeblurModel = "default", *, device: Any = "cpu"
+    path_or_name: str | os.PathLike[str] | BinaryIO | DeblurModel = "default", *, device: Any = "cpu"
 ) -> DeblurModel:
     """Load a :class:`DeblurModel` from a file path or a shipped model name.
 
@@ -309,7 +331,10 @@ def load_model(
             (returned as is, moved to ``device`` only if ``device`` is given explicitly other than the default).
             A shipped name given as a ``str`` is always the shipped model, whatever the working directory holds
             (a file or folder called ``default`` there must not change what ``deblur(image)`` does); a file of
-            that name is ``"./default"`` or a ``Path``.
+            that name is ``"./default"`` or a ``Path``. A binary file object open for reading (what
+            ``DeblurModel.save(io.BytesIO())`` wrote, an ``open(path, "rb")``) is read from its position to
+            its end, with the same checks as a file (``weights_only``, the format); its metadata gets the
+            ``sha256`` of what was read and no ``path``.
         device: where to put the generator ("cpu", "cuda", "cuda:1", "mps", "auto").
 
     Raises:
@@ -317,15 +342,21 @@ def load_model(
             napari-deblurgan model, names an unknown architecture, its weights do not fit the architecture,
             or a shipped file fails its sha256 check.
     """
-    if not isinstance(path_or_name, DeblurModel | str | os.PathLike):
+    if isinstance(path_or_name, io.TextIOBase):
+        raise InputError("load_model needs a binary file object; open the file with mode 'rb', not 'r'.")
+    if not isinstance(path_or_name, DeblurModel | str | os.PathLike) and not callable(
+        getattr(path_or_name, "read", None)
+    ):
         raise InputError(
-            f"load_model takes a model file path, a shipped model name (e.g. 'default') or a DeblurModel; "
-            f"got {type(path_or_name).__name__}."
+            f"load_model takes a model file path, a shipped model name (e.g. 'default'), a binary file object "
+            f"open for reading or a DeblurModel; got {type(path_or_name).__name__}."
         )
     if isinstance(path_or_name, DeblurModel):
         if device != "cpu":
             path_or_name.to(device)
         return path_or_name
+    if not isinstance(path_or_name, str | os.PathLike):
+        return _load_stream(path_or_name, device)
 
     expected_sha: str | None = None
     path = Path(path_or_name)
@@ -355,6 +386,25 @@ def load_model(
     model = _model_from_bytes(data, str(path), device)
     model.metadata["sha256"] = sha256
     model.metadata["path"] = str(path)
+    return model
+
+
+def _load_stream(stream: Any, device: Any) -> DeblurModel:
+    """:func:`load_model` of a binary file object: its bytes from its position on, as a file's are checked."""
+    name = getattr(stream, "name", None)
+    where = name if isinstance(name, str) else f"<{type(stream).__name__}>"
+    try:
+        data = stream.read()
+    except OSError as exc:  # io.UnsupportedOperation (a file open for writing only) is an OSError
+        raise ModelFileError(f"Cannot read a model from {where!r}: {exc}") from exc
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InputError(
+            f"load_model read {type(data).__name__}, not bytes, from {where!r}; open the file with mode 'rb'."
+        )
+    data = bytes(data)
+    model = _model_from_bytes(data, where, device)
+    model.metadata["sha256"] = hashlib.sha256(data).hexdigest()
+    model.metadata.pop("path", None)  # saved from a loaded model, it names the file that one came from
     return model
 
 
