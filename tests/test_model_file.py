@@ -611,3 +611,13 @@ def test_an_architecture_name_is_said_to_be_untrained_not_missing():
         model_file.load_model("resnet9")
     assert "create_model('resnet9')" in str(info.value) and "finetune --model resnet9" in str(info.value)
     assert "neither" not in str(info.value)
+
+
+def test_a_saved_file_does_not_name_the_file_its_model_was_loaded_from(tiny_model, tmp_path):
+    first = tiny_model.save(tmp_path / "first.pt")
+    loaded = load_model(first)
+    assert loaded.metadata["path"] == str(first)
+    second = loaded.save(tmp_path / "second.pt")
+    header = json.loads(torch.load(second, weights_only=True)["metadata"])
+    assert "path" not in header["metadata"] and "sha256" not in header["metadata"]
+    assert load_model(second).metadata["path"] == str(second)

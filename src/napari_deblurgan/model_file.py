@@ -176,7 +176,8 @@ class DeblurModel:
     # -- file I/O --------------------------------------------------------------------------------------
     def _header(self) -> dict[str, Any]:
         """JSON part of the file: everything except the weights."""
-        meta = {k: v for k, v in self.metadata.items() if k != "sha256"}  # sha256 describes the old file
+        # sha256 and path describe the file this model was loaded from, not the one being written
+        meta = {k: v for k, v in self.metadata.items() if k not in ("sha256", "path")}
         return {
             "architecture": self.architecture,
             "architecture_args": self.architecture_args,
