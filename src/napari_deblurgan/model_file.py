@@ -176,8 +176,7 @@ class DeblurModel:
     # -- file I/O --------------------------------------------------------------------------------------
     def _header(self) -> dict[str, Any]:
         """JSON part of the file: everything except the weights."""
-        # sha256 and path describe the file this model was loaded from, not the one being written
-        meta = {k: v for k, v in self.metadata.items() if k not in ("sha256", "path")}
+        meta = {k: v for k, v in self.metadata.items() if k != "sha256"}  # sha256 describes the old file
         return {
             "architecture": self.architecture,
             "architecture_args": self.architecture_args,
@@ -211,6 +210,9 @@ class DeblurModel:
         stored = getattr(torch, weights_dtype)
         stream = _writable_stream(path)
         header = self._header()
+        # like sha256, the path of the file this model was loaded from; a checkpoint's copy of the base model's
+        # header (_header itself) keeps it, to say which model a run started from
+        header["metadata"].pop("path", None)
         header["metadata"].setdefault("created", _utc_now())
         header["metadata"].setdefault("package_version", __version__)
         header["metadata"]["torch_version"] = torch.__version__
