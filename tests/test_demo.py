@@ -73,3 +73,24 @@ def test_demo_into_an_existing_file_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is a file; choose a folder name" in err and "Traceback" not in err
     assert afile.read_text() == "keep me"
+
+
+def test_demo_into_a_closed_pipe_still_writes_its_results(tiny_model_file, tmp_path, monkeypatch):
+    """`napari-deblurgan demo | head -3`: the reader closes the pipe after the first lines; the results folder
+    is still written in full, and the exit status is 141 (the pipe closed), as for the other subcommands."""
+    import io
+    import sys
+
+    class ClosedAfterFirstLine(io.StringIO):
+        def write(self, text):
+            if self.getvalue():
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+    out = tmp_path / "demo"
+    monkeypatch.setattr(sys, "stdout", ClosedAfterFirstLine())
+    assert main(["demo", "-o", str(out), "--device", "cpu", "--model", str(tiny_model_file), "-q"]) == 141
+    monkeypatch.undo()
+    assert json.loads((out / "results.json").read_text())["pair"]
+    for name in ("pair_deblurred.tif", "clock_deblurred.tif", "pair_side_by_side.png", "clock_side_by_side.png"):
+        assert (out / name).stat().st_size > 0, name

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..errors import InputError
     from ..model_file import load_model
+    from . import EXIT_BROKEN_PIPE, _silence_stdout
     from .progress import ProgressBar
 
     out = Path(args.output)
@@ -54,10 +55,20 @@ def run(args: argparse.Namespace) -> int:
     model = load_model("default" if args.model is None else args.model)
 
     bar = ProgressBar("deblurring", enabled=not args.quiet)
+    pipe_closed = False
 
     def log(message: str) -> None:
+        nonlocal pipe_closed
         bar.close()  # finish a progress line before printing results; the next image gets a bar of its own
-        print(message, flush=True)
+        if pipe_closed:
+            return
+        try:
+            print(message, flush=True)
+        except BrokenPipeError:
+            # `demo | head`: the reader has what it wanted, but the results folder is the demo's product and
+            # is still written in full; the exit status says the pipe closed, as for the other subcommands
+            pipe_closed = True
+            _silence_stdout()
 
     run_demo(out, model=model, device=args.device, progress=bar, log=log, self_ensemble=args.self_ensemble)
-    return 0
+    return EXIT_BROKEN_PIPE if pipe_closed else 0
