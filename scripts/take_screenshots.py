@@ -35,7 +35,12 @@ def wait_for(app, condition, timeout: float = 1800.0) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "docs" / "images",
+        help="folder for the PNGs (default: docs/images, the tracked pictures; give a scratch folder to check)",
+    )
     parser.add_argument("--steps", type=int, default=150, help="finetuning steps (default 150)")
     parser.add_argument("--crop", type=int, default=256, help="side of the sample crop in pixels")
     parser.add_argument("--no-finetune", action="store_true", help="deblur with the shipped default model")
@@ -48,7 +53,13 @@ def main() -> int:
     parser.add_argument("--only-finetune", action="store_true", help="take finetune.png only")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    # the finetuned model file and its checkpoint folder: removed afterwards, whatever happens
+    with tempfile.TemporaryDirectory(prefix="deblurgan-shots-") as workdir:
+        return take(args, Path(workdir))
 
+
+def take(args: argparse.Namespace, workdir: Path) -> int:
+    """Drive the panels and write the PNGs into ``args.out``; scratch files go to ``workdir``."""
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -72,7 +83,6 @@ def main() -> int:
     blurred = viewer.layers["cells blurred"]
     truth.visible = False
 
-    workdir = Path(tempfile.mkdtemp(prefix="deblurgan-shots-"))
     finetune = FinetuneWidget(viewer)
     deblur = DeblurWidget(viewer)
     compare = CompareWidget(viewer)
