@@ -14,10 +14,13 @@ the CPU); ``--minutes`` stops it cooperatively after a wall-time budget, keeping
     python scripts/train_default_model.py --steps 6000 --minutes 40 --checkpoint-dir runs/default
     python scripts/train_default_model.py --steps 6000 --checkpoint-dir runs/default --install
 
-The shipped default was made in three stages (docs/model-card.md): 24,000 steps from scratch, then 6,000 steps
-from that model with smoothed copies of 16 training images added (``--init ... --smooth-copies 16``), both with
-``--selection evaluation-images``, then 16,000 steps from that with half of the crops motion-blurred
-(``--blur-kind motion:2,defocus,gaussian``) and the default selection on unseen scenes.
+The shipped default (stage 9) is the last of seven stages (1, 2, 3, 6, 7, 8, 9; the others were rejected
+candidates), each a run of this script from the one before; docs/model-card.md ("Recipe", "Reproduce") has
+every command: 24,000 steps from scratch, 6,000 steps with smoothed copies of 16 training images added
+(``--init ... --smooth-copies 16``), 16,000 steps with half of the crops motion-blurred (``--blur-kind
+motion:2,defocus,gaussian``), 15,000 steps with a linear residual, 4,000 with the ``content-psnr`` preset, a
+network grown to width 32 and trained on a GPU (through scripts/gpu_sweep.py) then 3,000 CPU steps, and 3,000
+CPU steps distilled from the previous stage's self-ensemble (``--teacher``).
 
 ``--install`` writes the kept model to the package's weights folder as ``--name`` (``default`` unless told) and
 records its sha256 in ``weights/registry.json`` (atomically).
