@@ -64,7 +64,7 @@ def test_finetune_pair_writes_a_model_and_prints_progress(files, capsys):
     code = main([*argv, "--steps", "4", "-o", str(out)])
     assert code == 0
     err = capsys.readouterr().err
-    assert "step 4/4" in err and "val PSNR" in err and "dB" in err and f"wrote {out}" in err
+    assert "step 4/4" in err and "val@2 PSNR" in err and "dB" in err and f"wrote {out}" in err
     model = load_model(out)
     assert model.metadata["training"]["steps_done"] == 4
     assert model.metadata["training"]["data_shapes"] == [[96, 96]]
@@ -398,6 +398,7 @@ def test_with_flags_writes_keyword_values_as_flags():
     assert with_flags("Leave steps unset to finish", flags) == "Leave --steps unset to finish"
     assert with_flags("Start a new run (without resume).", flags) == "Start a new run (without --resume)."
     assert with_flags("or pass sharp images alone", flags) == "or pass sharp images alone"  # prose
+    assert with_flags("split; lower `validation`.", flags) == "split; lower --validation."  # in backticks
 
 
 def test_the_api_still_says_what_the_cli_rewords():
@@ -524,3 +525,47 @@ def test_a_warning_while_a_progress_line_is_drawn_starts_on_a_line_of_its_own():
     text = term.getvalue()
     assert "elapsed\nwarning: --overlap 4 px is low\n\r" in text
     assert text.endswith("elapsed\n") and not text.endswith("\n\n")
+
+
+def test_the_step_lines_say_which_step_the_validation_psnr_was_measured_at():
+    """The last validation stays on every step line until the next one: it says its step, and "best" only of
+    the validation that was the best when it was made."""
+    from napari_deblurgan.cli.finetune_command import ProgressLine
+    from napari_deblurgan.training import events as ev
+
+    def step(n):
+        return ev.Step(step=n, total_steps=10, losses={"total": 0.5, "content": 0.5}, learning_rate=1e-4,
+                       images_per_second=10.0)
+
+    def validation(n, psnr, best):
+        return ev.Validation(step=n, psnr=psnr, ssim=0.5, psnr_input=15.36, ssim_input=0.4, is_best=best)
+
+    for stream in (io.StringIO(), _Terminal()):
+        progress = ProgressLine(stream=stream, min_interval=0)
+        progress(validation(0, 18.13, True))
+        for n in range(1, 11):
+            progress(step(n))
+            if n == 5:
+                progress(validation(5, 17.9, False))
+        lines = stream.getvalue().replace("\r\033[K", "\n").splitlines()
+        at = {int(line.split()[1].split("/")[0]): line for line in lines if line.startswith("step ")}
+        assert at[1].endswith("| val@0 PSNR 18.13 dB (+2.77, best)") and "*" not in at[1]
+        assert at[10].endswith("| val@5 PSNR 17.90 dB (+2.54)")
+    quiet = io.StringIO()
+    progress = ProgressLine(stream=quiet, enabled=False)
+    for event in (validation(0, 18.13, True), step(1)):
+        progress(event)
+    assert quiet.getvalue() == ""  # -q: no progress
+
+
+def test_precision_flag_reaches_the_training(files, capsys):
+    argv = _common(files, "--sharp", str(files / "sharp.tif"), "--steps", "1", "-q")
+    assert main([*argv, "--precision", "bfloat16", "-o", str(files / "b.pt")]) == 0
+    assert load_model(files / "b.pt").metadata["training"]["precision"] == "bfloat16"
+    assert main([*argv, "-o", str(files / "a.pt")]) == 0
+    assert load_model(files / "a.pt").metadata["training"]["precision"] == "auto"
+    capsys.readouterr()
+    assert main([*argv, "--precision", "half", "-o", str(files / "h.pt")]) == 2
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+    assert main(["finetune", "--help"]) == 0
+    assert "--precision {auto,float32,bfloat16,float16}" in capsys.readouterr().out

@@ -1268,3 +1268,21 @@ def test_load_model_of_a_checkpoint_says_how_to_get_its_model_and_the_advice_wor
     assert path.read_bytes() == before
     resumed = list(iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": None, "resume": folder}))
     assert resumed[0].total_steps == 6 and resumed[-1].step == 6
+
+
+def test_notice_warnings_off_keeps_the_notice_and_drops_its_warning(pair, tmp_path):
+    """A consumer that shows Notice events itself (the Finetune panel, in a worker thread where a warnings filter is
+    not safe) turns the accompanying TrainingNoticeWarning off on the run; the Notice stays."""
+    import warnings
+
+    folder = tmp_path / "ck"
+    _run(pair, steps=1, checkpoint_dir=folder)
+    for say in (True, False):
+        run = iter_finetune(*pair, **{**dict(model=_model(), **_RUN_ARGS), "steps": 1, "checkpoint_dir": folder})
+        if not say:
+            run.notice_warnings = False
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            notices = [e for e in run if isinstance(e, ev.Notice) and "holds the checkpoint" in e.message]
+        warned = [w for w in caught if issubclass(w.category, ev.TrainingNoticeWarning)]
+        assert len(notices) == 1 and len(warned) == (1 if say else 0), (say, warned)

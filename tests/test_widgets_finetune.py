@@ -510,3 +510,189 @@ def test_layer_geometry_of_a_plane_is_the_yx_part_of_the_layers_transforms():
     assert tuple(channels.scale) == (1.0, 0.5, 0.25) and tuple(channels.translate) == (0.0, 10.0, -3.0)
     np.testing.assert_allclose(channels.data_to_world((2, 11, 13))[1:], stack.data_to_world((1, 11, 13))[1:])
     assert tuple(channels.axis_labels) == ("-3", "y", "x")
+
+
+# ------------------------------------------------------------------------------ the API's words, the panel's words
+def _form_labels(widget) -> set[str]:
+    """The labels of the panel's form rows, alone and after their box's title ("validation" "fraction")."""
+    from qtpy.QtWidgets import QFormLayout, QGroupBox, QLabel
+
+    labels = set()
+    for box in widget.findChildren(QGroupBox):
+        form = box.layout()
+        if not isinstance(form, QFormLayout):
+            continue
+        for row in range(form.rowCount()):
+            item = form.itemAt(row, QFormLayout.ItemRole.LabelRole)
+            if item is not None and isinstance(item.widget(), QLabel):
+                text = item.widget().text()
+                labels |= {text, f"{box.title()} {text}"}
+    return labels
+
+
+def _named_in_trainer_messages() -> set[str]:
+    """The ``iter_finetune`` keywords that string literals of the trainer's modules (its notices and errors,
+    docstrings left out) name as keywords: ``patch_size``, ``device='cpu'``, ```validation```, ``model must``."""
+    import ast
+    import inspect
+    import re
+
+    import napari_deblurgan
+    from napari_deblurgan.training.trainer import iter_finetune
+
+    keywords = set(inspect.signature(iter_finetune).parameters)
+    root = Path(napari_deblurgan.__file__).parent
+    modules = ["training/trainer.py", "training/perceptual.py", "training/checkpoint.py", "training/presets.py",
+               "training/distillation.py", "data/pairs.py", "devices.py", "axes.py", "blur/synthesize.py"]
+    named = set()
+    for module in modules:
+        tree = ast.parse((root / module).read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in docstrings:
+                continue
+            for name in keywords:
+                forms = [rf"`{name}`", rf"(?<![\w-]){name}="]
+                forms.append(rf"(?<![\w-]){name}\b" if "_" in name else rf"(?:^|; |: |, ){name} must\b")
+                if any(re.search(form, node.value) for form in forms):
+                    named.add(name)
+    return named
+
+
+def test_every_keyword_the_trainer_names_and_a_control_sets_has_the_panels_label(setup):
+    import inspect
+
+    from napari_deblurgan.training.trainer import iter_finetune
+    from napari_deblurgan.widgets.finetune_widget import PANEL_LABELS
+
+    _viewer, finetune, _ = setup
+    labels = _form_labels(finetune)
+    for keyword, label in PANEL_LABELS.items():
+        assert keyword in inspect.signature(iter_finetune).parameters, keyword
+        assert label in labels, (keyword, label, sorted(labels))
+    # what the controls set; the layers' rows are labelled "blurred" and "sharp", the API's own words
+    set_by_controls = set(finetune.training_kwargs()) - {"blurred", "sharp"}
+    named = _named_in_trainer_messages()
+    assert {"patch_size", "perceptual_weights", "learning_rate", "validation", "device"} <= named  # the scan works
+    assert (named & set_by_controls) - set(PANEL_LABELS) == set()
+    assert set_by_controls <= set(PANEL_LABELS)
+
+
+def test_the_api_still_says_what_the_panel_rewords(tmp_path, monkeypatch):
+    """PANEL_PHRASES and the labels at work on real messages of the API: a message reworded in the API must be
+    reworded for the panel too."""
+    import re
+
+    from napari_deblurgan import iter_finetune
+    from napari_deblurgan.data.pairs import PairedData
+    from napari_deblurgan.errors import InputError
+    from napari_deblurgan.model_file import create_model
+    from napari_deblurgan.training import events as ev
+    from napari_deblurgan.training import perceptual
+    from napari_deblurgan.widgets.finetune_widget import PANEL_LABELS, PANEL_PHRASES, in_panel_words
+
+    monkeypatch.setattr(perceptual, "cached_vgg19_path", lambda: tmp_path / "no-vgg.pth")
+    monkeypatch.delenv(perceptual.ALLOW_DOWNLOAD_ENV, raising=False)
+    said = [perceptual.load_vgg_features(None)[1]]
+    ones = np.ones((64, 64), np.float32)
+
+    def error(call) -> str:
+        with pytest.raises(InputError) as info:
+            call()
+        return str(info.value)
+
+    said.append(error(lambda: perceptual.load_vgg_features(tmp_path / "vgg.pth")))
+    said.append(error(lambda: PairedData(ones, ones * 2, patch_size=32, validation=0.9, check_alignment=False)))
+    tall = np.ones((96, 64), np.float32)
+    said += PairedData(tall, tall * 2, patch_size=32, validation=0.1, check_alignment=False).notes
+    said += PairedData(None, ones, patch_size=130, validation=0.0).notes
+    said.append(error(lambda: __import__("napari_deblurgan.devices", fromlist=["x"]).resolve_device("cuda:99")))
+    # a run with a checkpoint, then: its resume asked for fewer steps, resumed with another recipe, and a new
+    # run into its folder
+    model = create_model("unet_lite", 1, seed=0, width=4, depth=2, n_blocks=1)
+    common = dict(model=model, patch_size=32, batch_size=2, preset="content", device="cpu", seed=0, validation=None)
+    folder = tmp_path / "ck"
+    list(iter_finetune(ones * np.arange(64), **common, steps=2, checkpoint_dir=folder))
+    said.append(error(lambda: iter_finetune(ones * np.arange(64), **common, steps=1, resume=folder)))
+    for run in (iter_finetune(ones * np.arange(64), **{**common, "batch_size": 3}, steps=3, resume=folder),
+                iter_finetune(ones * np.arange(64), **common, steps=1, checkpoint_dir=folder)):
+        run.notice_warnings = False
+        said += [e.message for e in run if isinstance(e, ev.Notice)]
+
+    for pattern, _, _ in PANEL_PHRASES:
+        assert any(re.search(pattern, text) for text in said), pattern
+    for text in said:
+        panel = in_panel_words(text)
+        for keyword in PANEL_LABELS:
+            # no keyword left in Python's spelling: keyword=value, a keyword with an underscore, in backticks
+            assert not re.search(rf"(?<![\w-]){keyword}=|`{keyword}`", panel), (keyword, panel)
+            if "_" in keyword:
+                assert not re.search(rf"(?<![\w-]){keyword}\b", panel), (keyword, panel)
+    joined = "\n".join(in_panel_words(text) for text in said)
+    assert "under 'VGG-19 weights'" in joined and "a smaller patch size" in joined
+    assert "batch size 2 (not 3)" in joined and "(Start, not Resume)" in joined
+
+
+def test_the_vgg19_weights_field_reaches_the_run_and_the_fallback_notice_names_it_once(
+    setup, qtbot, tmp_path, monkeypatch, notifications
+):
+    """Without VGG-19 weights the notice points at the panel's field (not at ``perceptual_weights=<file>``), is
+    shown once (a notification, not also a TrainingNoticeWarning in the terminal), and a file given in the field
+    is what the run's perceptual loss uses."""
+    import warnings
+
+    import torch
+    import torchvision
+
+    from napari_deblurgan import load_model
+    from napari_deblurgan.training import perceptual
+    from napari_deblurgan.training.events import TrainingNoticeWarning
+    from napari_deblurgan.widgets import finetune_widget
+
+    _viewer, finetune, _ = setup
+    monkeypatch.setattr(perceptual, "cached_vgg19_path", lambda: tmp_path / "no-vgg.pth")
+    monkeypatch.delenv(perceptual.ALLOW_DOWNLOAD_ENV, raising=False)
+    # a warning in the worker thread leaves it as the worker's `warned` signal (superqt's worker catches them)
+    relayed: list[tuple] = []
+    worker_class = finetune_widget._training_worker_class()
+
+    class Recording(worker_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.warned.connect(relayed.append)
+
+    monkeypatch.setattr(finetune_widget, "_training_worker_class", lambda: Recording)
+    finetune.preset_combo.setCurrentText("default")
+    finetune.steps_spin.setValue(1)
+    with warnings.catch_warnings(record=True) as caught:  # and should one reach the process's warnings
+        warnings.simplefilter("always")
+        finetune.start_button.click()
+        wait_done(qtbot, finetune)
+    assert finetune.last_saved is not None
+    notes = [msg for _, msg in notifications if "Perceptual loss" in msg]
+    assert len(notes) == 1, notifications
+    assert "under 'VGG-19 weights'" in notes[0] and "perceptual_weights" not in notes[0]
+    said_twice = [str(w[0]) for w in relayed if issubclass(w[1], TrainingNoticeWarning)]
+    said_twice += [str(w.message) for w in caught if issubclass(w.category, TrainingNoticeWarning)]
+    assert not said_twice
+    assert load_model(finetune.last_saved).metadata["training"]["perceptual"] == "critic-features"
+
+    torch.manual_seed(0)
+    features = torchvision.models.vgg19(weights=None).features[: perceptual.CONV3_3_END]
+    torch.save(features.state_dict(), tmp_path / "vgg.pth")
+    finetune.vgg_edit.setText(str(tmp_path / "vgg.pth"))
+    finetune.save_edit.setText(str(tmp_path / "models" / "with-vgg.pt"))
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    assert load_model(finetune.last_saved).metadata["training"]["perceptual"] == "vgg19"
+    finetune.vgg_edit.setText(str(tmp_path / "nothing.pth"))
+    finetune.save_edit.setText(str(tmp_path / "models" / "missing-vgg.pt"))
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    assert finetune.status.text().startswith(f"VGG-19 weights file {str(tmp_path / 'nothing.pth')!r} does not exist")
+    assert finetune.status.text().endswith("or leave the field empty.")

@@ -71,13 +71,20 @@ CLI_PHRASES: list[tuple[str, str, str | None]] = [
 ]
 
 
-def with_flags(message: str, flags: dict[str, str]) -> str:
+def with_flags(
+    message: str, flags: dict[str, str], *, phrases: Sequence[tuple[str, str, str | None]] | None = None
+) -> str:
     """``message`` with the Python keywords it names (``tile_size``) written as this command's flags
     (``--tile-size``): the messages come from the Python API, the user typed flags.
 
+    ``flags`` maps keywords to what the front end calls them, and ``phrases`` (default :data:`CLI_PHRASES`) is
+    its table of advice said in its own terms: the Finetune panel uses the same rules with its control labels
+    (``patch_size`` -> ``patch size``; ``widgets/finetune_widget.py``, ``in_panel_words``).
+
     * ``keyword=value`` (``device='cpu'``, ``validation=0``, ``perceptual_weights=<file>``) becomes
       ``--flag value`` (``--device cpu``, ``--perceptual-weights FILE``);
-    * keywords with an underscore anywhere (prose does not contain them) become the flag;
+    * keywords with an underscore anywhere (prose does not contain them), and any keyword in backticks
+      (```validation```), become the flag;
     * one-word keywords (``overlap``, ``device``) only where a message or one of its clauses starts with one
       and a value or "must" follows (``overlap (600 px)``, ``device 'cuda'``, ``steps 5``, ``model must``),
       or after "pass", "leave" or "(without" and before "with", "out", "unset" or punctuation (``pass axes
@@ -90,8 +97,9 @@ def with_flags(message: str, flags: dict[str, str]) -> str:
     * a Python call quoted as advice (``napari_deblurgan.finetune(sharp, resume='...', steps=5)``) is left as it
       is: it is code to paste, not a sentence about this command's options.
     """
+    table = CLI_PHRASES if phrases is None else phrases
     parts = _PYTHON_CALL.split(message)  # the calls are the odd parts (the pattern's one group)
-    return "".join(part if i % 2 else _say_in_flags(part, flags) for i, part in enumerate(parts))
+    return "".join(part if i % 2 else _say_in_flags(part, flags, table) for i, part in enumerate(parts))
 
 
 #: A call of the Python API quoted in a message: quoted strings are single units (a path may hold parentheses),
@@ -102,12 +110,13 @@ _PYTHON_CALL = re.compile(
 )
 
 
-def _say_in_flags(message: str, flags: dict[str, str]) -> str:
+def _say_in_flags(message: str, flags: dict[str, str], phrases: Sequence[tuple[str, str, str | None]]) -> str:
     """:func:`with_flags` of a message part that quotes no Python call."""
-    for pattern, replacement, needs in CLI_PHRASES:
+    for pattern, replacement, needs in phrases:
         if needs is None or needs in flags:
             message = re.sub(pattern, replacement, message)
     for dest, flag in flags.items():
+        message = message.replace(f"`{dest}`", flag)
         message = re.sub(
             rf"(?<![\w-]){re.escape(dest)}=(?:'([^']*)'|\"([^\"]*)\"|<([^>]*)>|([^\s,;()'\"<]+))",
             lambda m, flag=flag: _flag_with_value(flag, m),

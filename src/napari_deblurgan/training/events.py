@@ -100,7 +100,9 @@ class CheckpointSaved:
 
 class TrainingNoticeWarning(UserWarning):
     """The Python warning that accompanies a :class:`Notice` the user must not miss (a UserWarning, so the usual
-    filters apply). Front ends that show the Notice events themselves, like the CLI, ignore this category."""
+    filters apply). Front ends that show the Notice events themselves ignore this category: the CLI with a
+    warnings filter, the Finetune panel (whose run is in a worker thread, where a process-wide filter is not
+    safe) with ``TrainingRun.notice_warnings = False``."""
 
 
 @dataclass(frozen=True)

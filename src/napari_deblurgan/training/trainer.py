@@ -479,7 +479,15 @@ class TrainingRun:
 
     Create it with :func:`iter_finetune`. Iterating a second time continues where the first iteration
     stopped (the events come from one generator).
+
+    ``notice_warnings`` (default True): the :class:`Notice` events a user must not miss are also raised as a
+    :class:`~napari_deblurgan.training.events.TrainingNoticeWarning`. A consumer that shows the Notice events
+    itself sets it to False before iterating, so they are not said twice; unlike a warnings filter, it is safe
+    in a worker thread (the Finetune panel's). A notice that can no longer be yielded (the run closed between
+    two events) is still a warning.
     """
+
+    notice_warnings: bool = True
 
     def __init__(self, **kwargs: Any) -> None:
         from ..devices import guard_torch_inside_napari
@@ -770,7 +778,7 @@ class TrainingRun:
         return event
 
     def _notice(self, step: int, message: str, kind: str, warn: bool = False) -> TrainingEvent:
-        if warn:
+        if warn and self.notice_warnings:
             # the consumer's line, however deep the run's frames (a generator behind its Ctrl-C wrapper)
             warnings.warn(message, TrainingNoticeWarning, stacklevel=user_stacklevel())
         return self._emit(Notice(step=step, message=message, kind=kind))
@@ -1254,7 +1262,9 @@ class TrainingRun:
             # aborted it (the second one, or one that was not turned into a stop): keep the state of the last
             # whole step, as a stop would; a step begun but not finished is never written (write_checkpoint
             # skips it, and the checkpoint before it stays). Nothing can be yielded any more, so the notice of a
-            # failed write goes only to on_event and the warnings.
+            # failed write goes only to on_event and the warnings (also where the consumer turned them off: it
+            # will not see the event).
+            self.notice_warnings = True
             with contextlib.suppress(Exception):
                 write_checkpoint()
             generator.eval()

@@ -64,6 +64,65 @@ if TYPE_CHECKING:
 PREVIEW_LAYER = "finetune preview: blurred | restored | sharp"
 BLUR_KINDS = ("mixed", "motion", "defocus", "gaussian", "airy")
 
+#: The ``iter_finetune`` keywords that the API's notices and errors name, and the panel's label of the control
+#: that sets each (the box's title first where the row's label alone is ambiguous): the panel says the API's
+#: messages in these words (:func:`in_panel_words`). tests/test_widgets_finetune.py checks that every label is
+#: the panel's and that every keyword the trainer's messages name and a control sets is here.
+PANEL_LABELS: dict[str, str] = {
+    "model": "base model",
+    "preset": "preset",
+    "steps": "steps",
+    "patch_size": "patch size",
+    "batch_size": "batch size",
+    "learning_rate": "learning rate",
+    "device": "device",
+    "seed": "seed",
+    "validate_every": "validate every",
+    "validation": "validation fraction",
+    "axes": "axes",
+    "blur_kind": "blur kind",
+    "blur_strength": "preview strength (px)",
+    "noise": "preview noise",
+    "perceptual_weights": "VGG-19 weights",
+}
+
+#: Advice of the API that a panel user cannot follow as worded (a keyword with no control of that name, a
+#: Python value): (pattern, the panel's words, None), as the CLI's ``CLI_PHRASES``. Applied before the labels;
+#: tests/test_widgets_finetune.py checks that the API still says the left side.
+PANEL_PHRASES: list[tuple[str, str, str | None]] = [
+    (
+        r"\(set (\w+)=1 or pass perceptual_weights=<file>\)",
+        r"(choose a VGG-19 weight file, e.g. torchvision's vgg19-dcbb9e9d.pth, under 'VGG-19 weights', or start "
+        r"napari with \1=1 to let it download one)",
+        None,
+    ),
+    (r"\(or another VGG-19 state dict\), or leave it out", "(or another VGG-19 state dict), or leave the field empty",
+     None),
+    (r"\(without resume\)", "(Start, not Resume)", None),
+    (
+        r"Pass resume= that folder to continue the earlier run instead\.",
+        "The panel's Resume continues only its own last run; to keep that checkpoint, save to another file.",
+        None,
+    ),
+    (
+        r"Leave steps unset to finish the run's own (\S+) steps, or pass more than",
+        r"Set steps to \1 to finish the run, or to more than",
+        None,
+    ),
+    (r"pass a separate validation pair", "validate on a separate blurred/sharp pair", None),
+    (r"a separate validation pair", "a separate blurred/sharp pair for validation", None),
+]
+
+
+def in_panel_words(message: str) -> str:
+    """A message of the API (a Notice, an error) with the keywords it names (``patch_size``,
+    ``perceptual_weights=<file>``) said as the panel's controls (``patch size``, the ``VGG-19 weights`` field):
+    the CLI's rules (:func:`napari_deblurgan.cli.with_flags`) with :data:`PANEL_LABELS` and
+    :data:`PANEL_PHRASES`."""
+    from ..cli import with_flags
+
+    return with_flags(message, PANEL_LABELS, phrases=PANEL_PHRASES)
+
 
 def default_model_dir() -> Path:
     """Where finetuned models go unless the user picks another place: ``~/.napari-deblurgan/models``."""
@@ -212,6 +271,19 @@ class FinetuneWidget(QWidget):
         self.seed_spin = _spin(0, 2**31 - 1, 0)
         self.validate_every_spin = _spin(1, 100_000, 100)
         self.validate_every_spin.setToolTip("Validation (PSNR point and preview update) every this many steps.")
+        self.vgg_edit = QLineEdit()
+        self.vgg_edit.setPlaceholderText("optional: torchvision's cache")
+        self.vgg_edit.setToolTip(
+            "A VGG-19 weight file for the perceptual loss of the default and deblurgan presets: torchvision's "
+            "vgg19-dcbb9e9d.pth, or a state dict of VGG-19 or of its features. Empty: the file in torchvision's "
+            "cache; without either, the critic's features stand in (a note says so). Other presets ignore it."
+        )
+        vgg_browse = QPushButton("...")
+        vgg_browse.setMaximumWidth(30)
+        vgg_browse.clicked.connect(self._browse_vgg)
+        vgg_row = QHBoxLayout()
+        vgg_row.addWidget(self.vgg_edit)
+        vgg_row.addWidget(vgg_browse)
         self.save_edit = QLineEdit(str(default_model_path()))
         self._proposed_save_path = self.save_edit.text()  # replaced by a fresh name once a run has used it
         self.save_edit.setToolTip("Where the finetuned model is saved when the run finishes or is stopped.")
@@ -232,6 +304,7 @@ class FinetuneWidget(QWidget):
         train_form.addRow("device", self.device_combo)
         train_form.addRow("seed", self.seed_spin)
         train_form.addRow("validate every", self.validate_every_spin)
+        train_form.addRow("VGG-19 weights", vgg_row)
         train_form.addRow("save model to", save_row)
 
         # ---- run controls
@@ -296,6 +369,16 @@ class FinetuneWidget(QWidget):
         if path:
             self.save_edit.setText(path if path.endswith(".pt") else path + ".pt")
 
+    def _browse_vgg(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "VGG-19 weights for the perceptual loss",
+            self.vgg_edit.text(),
+            "PyTorch weights (*.pth *.pt);;All files (*)",
+        )
+        if path:
+            self.vgg_edit.setText(path)
+
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
@@ -349,7 +432,7 @@ class FinetuneWidget(QWidget):
             if self._closed:  # the panel was closed meanwhile: add nothing behind the user's back
                 return
             if kind == "error":
-                show_error(value)
+                show_error(in_panel_words(value))
                 return
             blurred, psf = value
             name = unique_name(self.viewer, f"{layer.name} synthetic blur")
@@ -439,6 +522,7 @@ class FinetuneWidget(QWidget):
             device=self.device_combo.currentData() or "auto",
             seed=self.seed_spin.value(),
             validate_every=self.validate_every_spin.value(),
+            perceptual_weights=Path(vgg).expanduser() if (vgg := self.vgg_edit.text().strip()) else None,
         )
         return kwargs
 
@@ -476,8 +560,9 @@ class FinetuneWidget(QWidget):
                 self._save_path_for_run(resume)
             )
         except user_error_types() as exc:
-            self.status.setText(error_message(exc))
-            show_error(error_message(exc))
+            message = in_panel_words(error_message(exc))
+            self.status.setText(message)
+            show_error(message)
             return
         if resume:
             assert self.last_checkpoint_dir is not None
@@ -574,7 +659,7 @@ class FinetuneWidget(QWidget):
                 self._pending_run = None
             self.last_checkpoint_dir = Path(event.path) if Path(event.path).is_dir() else Path(event.path).parent
         elif isinstance(event, Notice):
-            show_info(f"Finetune: {event.message}")
+            show_info(f"Finetune: {in_panel_words(event.message)}")
         elif isinstance(event, Finished):
             self.last_finished = event
 
@@ -616,8 +701,9 @@ class FinetuneWidget(QWidget):
     def _on_returned(self, outcome: tuple[str, Any]) -> None:
         kind, value = outcome
         if kind == "error":
-            self.status.setText(value)
-            show_error(value)
+            message = in_panel_words(value)
+            self.status.setText(message)
+            show_error(message)
             return
         path, model, finished = value
         self.last_saved = path
@@ -684,6 +770,9 @@ def _training_job(kwargs: dict[str, Any], save_to: Path, control: _RunControl):
     finished = None
     try:
         run = iter_finetune(blurred, **kwargs)
+        # the panel shows every Notice itself: not again as a TrainingNoticeWarning in the terminal (and napari's
+        # notifications); a warnings filter would be process-wide, and this is a worker thread
+        run.notice_warnings = False
         control.run = run
         if control.stop_requested:
             run.stop()
