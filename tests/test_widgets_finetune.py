@@ -696,3 +696,58 @@ def test_the_vgg19_weights_field_reaches_the_run_and_the_fallback_notice_names_i
     wait_done(qtbot, finetune)
     assert finetune.status.text().startswith(f"VGG-19 weights file {str(tmp_path / 'nothing.pth')!r} does not exist")
     assert finetune.status.text().endswith("or leave the field empty.")
+
+
+def test_a_typed_name_that_holds_an_earlier_run_is_replaced_only_when_the_user_agrees(setup, qtbot, tmp_path,
+                                                                                     monkeypatch):
+    """Nothing is lost: Start with a typed file name where an earlier run saved its model and checkpoint asks
+    first (default No); No starts nothing and leaves both as they were, Yes replaces them. The save dialog's own
+    "replace?" counts for the file alone, not for a checkpoint folder beside it."""
+    from napari_deblurgan.training.checkpoint import checkpoint_path
+    from napari_deblurgan.widgets import finetune_widget
+
+    _viewer, finetune, _ = setup
+    finetune.steps_spin.setValue(2)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    saved = tmp_path / "models" / "mine.pt"
+    checkpoint = finetune_widget.checkpoint_dir_for(saved)
+    model_bytes, checkpoint_bytes = saved.read_bytes(), checkpoint_path(checkpoint).read_bytes()
+
+    asked = []
+    monkeypatch.setattr(finetune, "_confirm_replace", lambda path: asked.append(path) or False)
+    finetune.start_button.click()
+    assert asked == [saved] and finetune.worker is None and "Not started" in finetune.status.text()
+    assert saved.read_bytes() == model_bytes and checkpoint_path(checkpoint).read_bytes() == checkpoint_bytes
+
+    finetune._replace_confirmed = saved  # as if chosen in the save dialog: it did not ask about the checkpoint
+    finetune.start_button.click()
+    assert len(asked) == 2 and finetune.worker is None
+
+    monkeypatch.setattr(finetune, "_confirm_replace", lambda path: asked.append(path) or True)
+    finetune.steps_spin.setValue(3)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    assert len(asked) == 3 and finetune.last_saved == saved and saved.read_bytes() != model_bytes
+
+
+def test_the_replace_question_names_the_file_and_the_checkpoint_and_defaults_to_no(setup, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QMessageBox
+
+    from napari_deblurgan.widgets import finetune_widget
+
+    _viewer, finetune, _ = setup
+    saved = tmp_path / "old.pt"
+    saved.write_bytes(b"x")
+    finetune_widget.checkpoint_dir_for(saved).mkdir()
+    seen = []
+
+    def question(parent, title, text, buttons, default):
+        seen.append((text, default))
+        return QMessageBox.StandardButton.No
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    assert finetune._confirm_replace(saved) is False
+    (text, default), = seen
+    assert str(saved) in text and "old.checkpoint" in text and "Resume" in text
+    assert default == QMessageBox.StandardButton.No

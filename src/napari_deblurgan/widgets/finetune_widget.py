@@ -180,6 +180,7 @@ class FinetuneWidget(QWidget):
         self._closed = False  # the panel was closed: a preview still being made is not added
         self.control = _RunControl()
         self.last_checkpoint_dir: Path | None = None
+        self._replace_confirmed: Path | None = None  # the existing file the save dialog agreed to replace
         self.last_saved: Path | None = None
         self.last_finished: Any = None
         self.preview_layer: Any = None
@@ -367,7 +368,36 @@ class FinetuneWidget(QWidget):
     def _browse_save(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save the finetuned model as", self.save_edit.text(), "*.pt")
         if path:
-            self.save_edit.setText(path if path.endswith(".pt") else path + ".pt")
+            path = path if path.endswith(".pt") else path + ".pt"
+            self.save_edit.setText(path)
+            # the dialog asked about replacing the file itself (not its checkpoint folder)
+            self._replace_confirmed = Path(path).expanduser() if Path(path).exists() else None
+
+    def _replace_agreed(self, save_to: Path) -> bool:
+        """Whether a new run may replace what an earlier run saved at ``save_to``: the file dialog already asked
+        about the file itself when there is no checkpoint folder beside it; else ask."""
+        if self._replace_confirmed == save_to and not checkpoint_dir_for(save_to).exists():
+            return True
+        return self._confirm_replace(save_to)
+
+    def _confirm_replace(self, save_to: Path) -> bool:
+        """Ask before a new run replaces an earlier run's model file or checkpoint at ``save_to`` (typed by the
+        user: the proposed name moves on to a fresh one by itself). Default: No."""
+        from qtpy.QtWidgets import QMessageBox
+
+        checkpoint = checkpoint_dir_for(save_to)
+        what = [f"the model file {str(save_to)!r}"] if save_to.exists() else []
+        if checkpoint.exists():
+            what.append(f"the checkpoint folder {str(checkpoint)!r} (what Resume continues)")
+        answer = QMessageBox.question(
+            self,
+            "Replace an earlier run?",
+            f"An earlier run is saved at {' and '.join(what)}. Start a new run that replaces it?\n\n"
+            "No: nothing is started; choose another file name to keep it.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def _browse_vgg(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -563,6 +593,9 @@ class FinetuneWidget(QWidget):
             message = in_panel_words(error_message(exc))
             self.status.setText(message)
             show_error(message)
+            return
+        if not resume and _taken(save_to) and not self._replace_agreed(save_to):
+            self.status.setText(f"Not started: {str(save_to)!r} holds an earlier run; choose another file name.")
             return
         if resume:
             assert self.last_checkpoint_dir is not None
