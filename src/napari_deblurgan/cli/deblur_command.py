@@ -1,6 +1,8 @@
-"""``napari-deblurgan deblur INPUT.tif -o OUTPUT.tif``: deblur a TIFF file, keeping its axes and pixel sizes.
+"""``napari-deblurgan deblur INPUT.tif -o OUTPUT.tif``: deblur a TIFF file, keeping its axes and pixel sizes;
+or a photo (``INPUT.jpg -o OUTPUT.png``: PNG, JPEG and the other still-image formats, read and written by
+:mod:`.photo_files`, through the same checks, deblur() call, progress and atomic write).
 
-The output is written in the same TIFF flavour as the input (ImageJ hyperstack, OME-TIFF or plain TIFF) with
+A TIFF's output is written in the same TIFF flavour as the input (ImageJ hyperstack, OME-TIFF or plain TIFF) with
 the same shape, dtype, axes and pixel sizes (resolution tags, ImageJ ``spacing``/``unit``, OME
 ``PhysicalSize*``), photometric interpretation (MINISWHITE, RGB(A), CMYK, a palette that is a LUT) and
 metadata (ImageJ LUTs, display mode and ranges, labels, Info; OME image and channel names, and each plane's
@@ -38,12 +40,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``deblur`` subcommand."""
     p = subparsers.add_parser(
         "deblur",
-        help="deblur a TIFF image (2D, stacks, time series, multichannel)",
-        description="Deblur INPUT (TIFF) with a DeblurGAN-style model and write OUTPUT (TIFF) with the same "
-        "shape, dtype, axes and pixel sizes.",
+        help="deblur a TIFF image (2D, stacks, time series, multichannel) or a photo (PNG, JPEG, ...)",
+        description="Deblur INPUT with a DeblurGAN-style model and write OUTPUT with the same shape, dtype, axes "
+        "and pixel sizes. A TIFF is written as TIFF; a photo (PNG, JPEG, BMP, WebP, ...) as the extension of "
+        "OUTPUT says: .png (lossless, the input's bit depth), .jpg/.jpeg (quality 95: lossy) or .tif/.tiff, "
+        "upright as viewers show it (EXIF orientation), with its ICC colour profile.",
     )
-    p.add_argument("input", metavar="INPUT", help="input TIFF file (ImageJ, OME or plain)")
-    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output TIFF file")
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        help="input image: a TIFF (ImageJ, OME or plain) or a photo (PNG, JPEG, BMP, WebP, single-frame GIF, ...)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTPUT",
+        help="output file: .tif/.tiff; for a photo also .png or .jpg/.jpeg",
+    )
     p.add_argument(
         "--model",
         default="default",
@@ -526,8 +540,18 @@ def check_paths(inp: Path, out: Path, force: bool) -> None:
     """InputError if the input is missing, the output would overwrite the input, or exists without --force."""
     if not inp.is_file():
         raise InputError(f"Input file {str(inp)!r} does not exist (or is not a file).")
-    if out.suffix.lower() not in (".tif", ".tiff"):
-        raise InputError(f"Output {str(out)!r} must end in .tif or .tiff (the output is written as TIFF).")
+    from .photo_files import OUTPUT_FORMATS, is_tiff
+
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise InputError(
+            f"Output {str(out)!r} must end in .tif or .tiff, or for a photo .png, .jpg or .jpeg (the extension "
+            "says the format)."
+        )
+    if OUTPUT_FORMATS[out.suffix.lower()] != "TIFF" and is_tiff(inp):
+        raise InputError(
+            f"Output {str(out)!r}: a TIFF input is written as TIFF (only TIFF keeps its axes, pixel sizes and "
+            "metadata); give an output ending in .tif or .tiff."
+        )
     if same_file(inp, out):
         raise InputError(
             f"Output {str(out)!r} is the input file; choose a different output path (the input is never "
@@ -559,18 +583,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _deblur_file(args: argparse.Namespace) -> TiffInfo:
-    """The work of :func:`run`: read, deblur, write atomically; returns what was read of the input."""
+def _deblur_file(args: argparse.Namespace) -> Any:
+    """The work of :func:`run`: read, deblur, write atomically; returns what was read of the input (a
+    :class:`TiffInfo`, or a photo's :class:`~.photo_files.PhotoInfo`)."""
     import tifffile
 
     from ..atomic_files import atomic_write
     from ..inference.deblur import deblur
     from ..model_file import load_model
+    from .photo_files import is_tiff
     from .progress import ProgressBar
 
     inp, out = Path(args.input), Path(args.output)
     check_paths(inp, out, args.force)
     model = load_model(args.model, device="cpu")
+    if not is_tiff(inp):
+        return _deblur_photo(args, inp, out, model)
 
     try:
         tif = tifffile.TiffFile(inp)
@@ -595,9 +623,25 @@ def _deblur_file(args: argparse.Namespace) -> TiffInfo:
 
     bar = ProgressBar("deblur", enabled=not args.quiet)
     kw = write_kwargs(info)
-    common = dict(
+    common = _deblur_common(args, model, info.axes)
+    try:
+        if lazy:
+            _deblur_lazy(data, info, common, out, kw, bar)
+        else:
+            result = deblur(data, progress=bar, **common)
+            with atomic_write(out) as tmp:
+                write_tiff(tmp, result, info, kw)
+                _fsync(tmp)
+    finally:
+        bar.close()
+    return info
+
+
+def _deblur_common(args: argparse.Namespace, model: Any, axes: str) -> dict[str, Any]:
+    """The keyword arguments of deblur() that the command's flags set."""
+    return dict(
         model=model,
-        axes=info.axes,
+        axes=axes,
         tile_size=args.tile_size,
         overlap=args.overlap,
         device=args.device,
@@ -606,20 +650,46 @@ def _deblur_file(args: argparse.Namespace) -> TiffInfo:
         percentiles=args.percentiles,
         normalize=args.normalize,
     )
+
+
+def _deblur_photo(args: argparse.Namespace, inp: Path, out: Path, model: Any) -> Any:
+    """:func:`_deblur_file` for a photo (PNG, JPEG, ...): read (upright), check that the output's format holds
+    it, deblur, write atomically in the format of the output's extension."""
+    import numpy as np
+
+    from ..atomic_files import atomic_write
+    from ..inference.deblur import deblur
+    from . import photo_files
+    from .progress import ProgressBar
+
+    data, info = photo_files.read_photo(inp, args.axes)
+    photo_files.check_output(info, out)  # before the work
+    for note in info.notes:  # notes are not progress: -q keeps them
+        print(f"note: {note}", file=sys.stderr)
+    pixels, axes, alpha = photo_files.without_grey_alpha(data, info)
+    bar = ProgressBar("deblur", enabled=not args.quiet)
     try:
-        if lazy:
-            _deblur_lazy(data, info, common, out, kw, bar)
-        else:
-            result = deblur(data, progress=bar, **common)
-            with atomic_write(out) as tmp:
-                with open(tmp, "wb") as fh:
-                    tifffile.imwrite(fh, result, **kw)
-                restore_description(tmp, info)
-                restore_planes(tmp, info)
-                _fsync(tmp)
+        result = deblur(pixels, progress=bar, **_deblur_common(args, model, axes))
+        if alpha is not None:
+            result = np.stack((result, alpha), axis=-1)
+        result = photo_files.clip_to_palette(result, info)
+        with atomic_write(out) as tmp:
+            photo_files.write_photo(tmp, result, info, out)
+            _fsync(tmp)
     finally:
         bar.close()
     return info
+
+
+def write_tiff(tmp: Path, result: Any, info: TiffInfo, kw: dict[str, Any]) -> None:
+    """Write ``result`` to the temporary file ``tmp`` with the ``tifffile.imwrite`` keywords ``kw``
+    (:func:`write_kwargs`), then put back what tifffile does not write itself."""
+    import tifffile
+
+    with open(tmp, "wb") as fh:
+        tifffile.imwrite(fh, result, **kw)
+    restore_description(tmp, info)
+    restore_planes(tmp, info)
 
 
 class MemmapPages:

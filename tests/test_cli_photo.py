@@ -1,0 +1,361 @@
+"""``napari-deblurgan deblur`` on photographs: PNG, JPEG and other still images in; PNG, JPEG or TIFF out by the
+output's extension, with bit depth, alpha, EXIF orientation, ICC profile and resolution kept; the same checks,
+exit codes and atomic writes as the TIFF path (tests/test_cli.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image, ImageCms, ImageOps
+
+from napari_deblurgan.cli import main, photo_files
+from napari_deblurgan.inference.deblur import deblur
+from napari_deblurgan.model_file import load_model
+
+
+@pytest.fixture(scope="module")
+def srgb_profile() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _photo(shape, dtype=np.uint8, seed=0) -> np.ndarray:
+    """A photo-like image: smooth shapes, edges and noise, full range of ``dtype``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    base = 0.5 + 0.3 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + 0.2 * ((xx // 10 + yy // 10) % 2)
+    if len(shape) == 3:
+        base = base[..., None] * np.linspace(0.6, 1.0, shape[2])
+    top = np.iinfo(dtype).max
+    return np.clip((base + rng.normal(0, 0.03, shape)) * 0.8 * top, 0, top).astype(dtype)
+
+
+def _expected(image, model_file, axes) -> np.ndarray:
+    return deblur(image, load_model(model_file), axes=axes, device="cpu")
+
+
+def _run(inp, out, model_file, *extra) -> int:
+    return main(["deblur", str(inp), "-o", str(out), "--model", str(model_file), *extra])
+
+
+def _png_bit_depth(path) -> int:
+    return path.read_bytes()[24]
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def test_png_8bit_rgb_in_png_out(tiny_model_file, tmp_path, capsys):
+    """The report: a photo was 'not a TIFF file'. An 8-bit RGB PNG is deblurred as RGB and written 8-bit."""
+    image = _photo((40, 48, 3))
+    inp, out = tmp_path / "photo.png", tmp_path / "sharp.png"
+    Image.fromarray(image).save(inp)
+    assert _run(inp, out, tiny_model_file) == 0
+    err = capsys.readouterr().err
+    assert "100%" in err and "wrote" in err and "YXS" in err
+    with Image.open(out) as im:
+        assert im.mode == "RGB" and im.format == "PNG"
+        result = np.asarray(im)
+    assert _png_bit_depth(out) == 8
+    np.testing.assert_array_equal(result, _expected(image, tiny_model_file, "YXS"))
+    assert not np.array_equal(result, image)
+    assert {p.name for p in tmp_path.iterdir()} == {"photo.png", "sharp.png", "tiny.pt"}  # no temp file left
+
+
+def test_png_16bit_grey_stays_16bit(tiny_model_file, tmp_path):
+    image = _photo((40, 44), np.uint16)
+    inp, out = tmp_path / "grey16.png", tmp_path / "out.png"
+    Image.fromarray(image).save(inp)
+    assert _png_bit_depth(inp) == 16
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    assert _png_bit_depth(out) == 16
+    with Image.open(out) as im:
+        result = np.asarray(im)
+    assert result.dtype == np.uint16
+    np.testing.assert_array_equal(result, _expected(image, tiny_model_file, "YX"))
+
+
+def test_png_16bit_colour_keeps_16_bits_and_alpha(tiny_model_file, tmp_path):
+    """Pillow reads a 16-bit RGB(A) PNG as 8-bit: read (and written) through imagecodecs instead."""
+    import imagecodecs
+
+    image = _photo((36, 40, 4), np.uint16)
+    image[..., 3] = np.linspace(0, 65535, 40, dtype=np.uint16)  # opacity ramp
+    inp, out = tmp_path / "rgba16.png", tmp_path / "out.png"
+    inp.write_bytes(imagecodecs.png_encode(image))
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    assert _png_bit_depth(out) == 16
+    result = imagecodecs.png_decode(out.read_bytes())
+    assert result.dtype == np.uint16 and result.shape == image.shape
+    np.testing.assert_array_equal(result[..., 3], image[..., 3])  # alpha kept as it is
+    np.testing.assert_array_equal(result, _expected(image, tiny_model_file, "YXS"))
+
+
+def test_rgba_and_grey_alpha_keep_their_alpha(tiny_model_file, tmp_path):
+    """Alpha is opacity, not an image: kept as it is (deblur() keeps RGBA's; grey + alpha is split here)."""
+    rgba = _photo((40, 40, 4))
+    rgba[..., 3] = np.where(np.arange(40) < 20, 0, 255).astype(np.uint8)[None, :]
+    inp, out = tmp_path / "rgba.png", tmp_path / "rgba_out.png"
+    Image.fromarray(rgba).save(inp)
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    with Image.open(out) as im:
+        assert im.mode == "RGBA"
+        result = np.asarray(im)
+    np.testing.assert_array_equal(result[..., 3], rgba[..., 3])
+    np.testing.assert_array_equal(result, _expected(rgba, tiny_model_file, "YXS"))
+
+    grey_alpha = np.stack((_photo((40, 40)), rgba[..., 3]), axis=-1)
+    inp, out = tmp_path / "la.png", tmp_path / "la_out.png"
+    Image.fromarray(grey_alpha).save(inp)
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    with Image.open(out) as im:
+        assert im.mode == "LA"
+        result = np.asarray(im)
+    np.testing.assert_array_equal(result[..., 1], grey_alpha[..., 1])  # without the split: deblurred as a channel
+    np.testing.assert_array_equal(result[..., 0], _expected(grey_alpha[..., 0], tiny_model_file, "YX"))
+
+
+def test_jpeg_in_png_out(tiny_model_file, tmp_path):
+    image = _photo((48, 40, 3))
+    inp, out = tmp_path / "photo.jpg", tmp_path / "photo-sharp.png"
+    Image.fromarray(image).save(inp, quality=90)
+    with Image.open(inp) as im:
+        decoded = np.asarray(im)
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    with Image.open(out) as im:
+        np.testing.assert_array_equal(np.asarray(im), _expected(decoded, tiny_model_file, "YXS"))
+
+
+def test_a_photo_is_read_by_its_content_not_its_name(tiny_model_file, tmp_path):
+    """A PNG named .tif is a PNG (and its output may be a TIFF: -o decides the format)."""
+    image = _photo((32, 32))
+    inp, out = tmp_path / "misnamed.tif", tmp_path / "out.tif"
+    Image.fromarray(image).save(inp, format="PNG")
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    np.testing.assert_array_equal(tifffile.imread(out), _expected(image, tiny_model_file, "YX"))
+
+
+# ------------------------------------------------------------------------------------------ EXIF orientation
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_turns_as_viewers_do(orientation):
+    """orient() (used for every input, 16-bit PNGs too) does what Pillow's exif_transpose does."""
+    image = _photo((6, 9, 3))
+    exif = Image.Exif()
+    exif[photo_files.ORIENTATION_TAG] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", exif=exif.tobytes())
+    with Image.open(buf) as im:
+        viewed = np.asarray(ImageOps.exif_transpose(im))
+    turned = image if orientation == 1 else photo_files.orient(image, orientation)
+    np.testing.assert_array_equal(turned, viewed)
+
+
+def test_jpeg_exif_orientation_is_written_upright(tiny_model_file, tmp_path, capsys):
+    """A phone photo stored sideways (Orientation 6): the output is upright, as viewers showed the input, with
+    the tag removed (a viewer that ignores it shows the output right too) and the rest of the EXIF kept."""
+    stored = _photo((32, 48, 3))
+    exif = Image.Exif()
+    exif[photo_files.ORIENTATION_TAG] = 6
+    exif[0x010F] = "PhoneMaker"  # Make
+    inp, out, out_jpg = tmp_path / "phone.jpg", tmp_path / "phone.png", tmp_path / "phone-sharp.jpg"
+    Image.fromarray(stored).save(inp, quality=95, exif=exif.tobytes())
+    with Image.open(inp) as im:
+        upright = np.asarray(ImageOps.exif_transpose(im))
+    assert upright.shape == (48, 32, 3)
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    assert "Orientation 6" in capsys.readouterr().err  # -q keeps notes
+    with Image.open(out) as im:
+        result = np.asarray(im)
+        written = im.getexif()
+    np.testing.assert_array_equal(result, _expected(upright, tiny_model_file, "YXS"))
+    assert photo_files.ORIENTATION_TAG not in written and written[0x010F] == "PhoneMaker"
+    assert _run(inp, out_jpg, tiny_model_file, "-q") == 0
+    with Image.open(out_jpg) as im:
+        assert im.size == (32, 48)  # width x height: upright
+        assert photo_files.ORIENTATION_TAG not in im.getexif() and im.getexif()[0x010F] == "PhoneMaker"
+
+
+# ---------------------------------------------------------------------------------- colour profile, dpi
+@pytest.mark.parametrize(("src", "dst"), [("png", "png"), ("jpg", "jpg"), ("jpg", "png"), ("png", "jpg"),
+                                          ("png", "tif")])
+def test_icc_profile_and_resolution_are_kept(tiny_model_file, tmp_path, srgb_profile, src, dst):
+    """Without its ICC profile a photo's colours shift in colour-managed viewers."""
+    image = _photo((32, 32, 3))
+    inp, out = tmp_path / f"in.{src}", tmp_path / f"out.{dst}"
+    Image.fromarray(image).save(inp, icc_profile=srgb_profile, dpi=(300, 300))
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    if dst == "tif":
+        with tifffile.TiffFile(out) as tif:
+            page = tif.pages[0]
+            assert page.iccprofile == srgb_profile
+            assert page.photometric.name == "RGB" and page.compression.name == "ADOBE_DEFLATE"  # lossless
+            assert page.resolution == pytest.approx((300, 300)) and page.resolutionunit.name == "INCH"
+        return
+    with Image.open(out) as im:
+        assert im.info.get("icc_profile") == srgb_profile
+        assert im.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+
+
+def test_a_16bit_colour_png_keeps_its_profile(tiny_model_file, tmp_path, srgb_profile):
+    """The imagecodecs-written PNG (16-bit colour) carries the profile in its own iCCP chunk."""
+    import imagecodecs
+
+    image = _photo((24, 24, 3), np.uint16)
+    inp, out = tmp_path / "rgb16.png", tmp_path / "out.png"
+    inp.write_bytes(photo_files._with_chunks(bytes(imagecodecs.png_encode(image)), [
+        (b"iCCP", b"ICC Profile\x00\x00" + __import__("zlib").compress(srgb_profile))]))
+    with Image.open(inp) as im:
+        assert im.info["icc_profile"] == srgb_profile  # the test's input is a valid PNG with a profile
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    with Image.open(out) as im:
+        assert im.info.get("icc_profile") == srgb_profile
+    assert imagecodecs.png_decode(out.read_bytes()).dtype == np.uint16
+
+
+# ----------------------------------------------------------------------------------------- JPEG output
+def test_jpeg_output_is_allowed_with_a_note_and_refused_where_it_cannot_hold_the_image(tiny_model_file, tmp_path,
+                                                                                       capsys):
+    image = _photo((40, 40, 3))
+    inp, out = tmp_path / "photo.png", tmp_path / "photo-sharp.jpeg"
+    Image.fromarray(image).save(inp)
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    err = capsys.readouterr().err
+    assert err.count("note: JPEG is lossy") == 1 and "quality 95" in err
+    with Image.open(out) as im:
+        assert im.format == "JPEG" and im.mode == "RGB"
+        result = np.asarray(im)
+    reference = io.BytesIO()  # the deblurred pixels at quality 95 with full-resolution colour (4:4:4)
+    Image.fromarray(_expected(image, tiny_model_file, "YXS")).save(reference, "JPEG", quality=95, subsampling=0)
+    with Image.open(reference) as im:
+        np.testing.assert_array_equal(result, np.asarray(im))
+
+    for name, array in [("rgba.png", _photo((40, 40, 4))), ("grey16.png", _photo((40, 40), np.uint16))]:
+        Image.fromarray(array).save(tmp_path / name)
+        assert _run(tmp_path / name, tmp_path / "o.jpg", tiny_model_file) == 2
+        err = capsys.readouterr().err
+        assert "write .png or .tif" in err and "100%" not in err  # said before the work
+        assert not (tmp_path / "o.jpg").exists()
+
+
+# ------------------------------------------------------------------------------------------ refusals
+def test_output_extensions_and_tiff_inputs(tiny_model_file, small_image, tmp_path, capsys):
+    inp = tmp_path / "photo.png"
+    Image.fromarray(_photo((32, 32))).save(inp)
+    assert _run(inp, tmp_path / "o.webp", tiny_model_file) == 2
+    err = capsys.readouterr().err
+    assert ".tif or .tiff" in err and ".png, .jpg or .jpeg" in err
+    tif = tmp_path / "in.tif"  # a TIFF keeps axes, pixel sizes and metadata only as TIFF
+    tifffile.imwrite(tif, small_image)
+    assert _run(tif, tmp_path / "o.png", tiny_model_file) == 2
+    assert "a TIFF input is written as TIFF" in capsys.readouterr().err
+    assert {p.name for p in tmp_path.iterdir()} == {"photo.png", "in.tif", "tiny.pt"}
+
+
+def test_what_is_no_image_names_the_accepted_formats(tiny_model_file, tmp_path, capsys):
+    junk = tmp_path / "notes.jpg"
+    junk.write_bytes(b"this is neither a TIFF nor a photo" * 10)
+    assert _run(junk, tmp_path / "o.png", tiny_model_file) == 2
+    err = capsys.readouterr().err
+    assert "neither a TIFF file nor an image" in err and "PNG, JPEG" in err and "Traceback" not in err
+
+    truncated = tmp_path / "cut.jpg"
+    buf = io.BytesIO()
+    Image.fromarray(_photo((64, 64, 3))).save(buf, format="JPEG")
+    truncated.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    assert _run(truncated, tmp_path / "o.png", tiny_model_file) == 2
+    assert "Cannot read the pixels" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_palettes_and_colour_spaces_as_in_the_tiff_path(tiny_model_file, tmp_path, capsys):
+    """A palette that is a ramp holds intensities: deblurred, written with its palette. Distinct colours are
+    colour-table indices: refused, as an indexed-colour TIFF is."""
+    image = np.minimum(_photo((40, 40)) // 3, 63).astype(np.uint8)  # indices 0..63 of a 64-entry ramp
+    ramp = np.repeat(np.linspace(0, 255, 64).astype(np.uint8)[:, None], 3, axis=1)
+    inp, out, out_tif = tmp_path / "ramp.png", tmp_path / "ramp_out.png", tmp_path / "ramp_out.tif"
+    im = Image.fromarray(image)
+    im.putpalette(ramp.ravel().tobytes(), "RGB")
+    im.save(inp)
+    with Image.open(inp) as check:
+        assert check.mode == "P"
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    expected = _expected(image, tiny_model_file, "YX")
+    assert expected.max() > 63  # the deblurred indices overshoot the palette ...
+    expected = np.minimum(expected, 63)  # ... and are kept within its 64 entries
+    with Image.open(out) as written:
+        assert written.mode == "P"
+        np.testing.assert_array_equal(np.asarray(written), expected)
+        np.testing.assert_array_equal(np.asarray(written.getpalette("RGB")).reshape(-1, 3)[:64], ramp)
+    assert _run(inp, out_tif, tiny_model_file, "-q") == 0
+    with tifffile.TiffFile(out_tif) as tif:
+        assert tif.pages[0].photometric.name == "PALETTE"
+        np.testing.assert_array_equal(tif.asarray(), expected)
+
+    colours = (np.random.default_rng(0).random((256, 3)) * 255).astype(np.uint8)
+    im = Image.fromarray(_photo((40, 40)))
+    im.putpalette(colours.ravel().tobytes(), "RGB")
+    for name in ("indexed.png", "indexed.gif"):
+        im.save(tmp_path / name)
+        assert _run(tmp_path / name, tmp_path / "o.png", tiny_model_file) == 2
+        err = capsys.readouterr().err
+        assert "error: This is an indexed-colour" in err and not (tmp_path / "o.png").exists()
+
+    cmyk = tmp_path / "cmyk.jpg"  # printers' JPEGs: as a colour space the TIFF path does not keep
+    Image.fromarray(_photo((40, 40, 3))).convert("CMYK").save(cmyk)
+    assert _run(cmyk, tmp_path / "o.png", tiny_model_file) == 2
+    assert "error: cmyk.jpg stores its pixels as CMYK" in capsys.readouterr().err
+
+
+def test_animations_are_refused_and_a_phones_extra_images_are_noted(tiny_model_file, tmp_path, capsys):
+    frames = [Image.fromarray(_photo((32, 32, 3), seed=s)) for s in range(3)]
+    for name in ("anim.gif", "anim.webp", "anim.png"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
+        assert _run(tmp_path / name, tmp_path / "o.tif", tiny_model_file) == 2, name
+        err = capsys.readouterr().err
+        assert "holds 3 frames" in err and "TIFF stack" in err, name
+    mpo = tmp_path / "phone.jpg"  # MPO: the photo and, here, one more image (a phone's depth map, a preview)
+    frames[0].save(mpo, format="MPO", save_all=True, append_images=frames[1:2])
+    assert _run(mpo, tmp_path / "o.png", tiny_model_file, "-q") == 0
+    assert "only the photo is used" in capsys.readouterr().err
+    with Image.open(mpo) as im:
+        first = np.asarray(im)
+    with Image.open(tmp_path / "o.png") as im:
+        np.testing.assert_array_equal(np.asarray(im), _expected(first, tiny_model_file, "YXS"))
+
+
+# ------------------------------------------------------------------------------- the TIFF path's rules
+def test_never_overwrites_input_force_and_atomic_writes(tiny_model_file, tmp_path, capsys, monkeypatch):
+    inp, out = tmp_path / "photo.png", tmp_path / "out.png"
+    Image.fromarray(_photo((32, 32, 3))).save(inp)
+    before = inp.read_bytes()
+    assert _run(inp, inp, tiny_model_file, "--force") == 2
+    assert "input" in capsys.readouterr().err and inp.read_bytes() == before
+    out.write_bytes(b"precious")
+    assert _run(inp, out, tiny_model_file) == 2
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == b"precious"
+
+    real_write = photo_files.write_photo
+
+    def write_then_interrupt(tmp, *args):
+        real_write(tmp, *args)  # the file is on disk ...
+        raise KeyboardInterrupt  # ... when Ctrl-C arrives
+
+    monkeypatch.setattr(photo_files, "write_photo", write_then_interrupt)
+    assert _run(inp, out, tiny_model_file, "--force", "-q") == 130
+    assert out.read_bytes() == b"precious"
+    assert {p.name for p in tmp_path.iterdir()} == {"photo.png", "out.png", "tiny.pt"}
+
+
+def test_black_and_white_images_and_axes(tiny_model_file, tmp_path, capsys):
+    bw = _photo((32, 32)) > 100
+    inp, out = tmp_path / "bw.png", tmp_path / "bw_out.png"
+    Image.fromarray(bw).save(inp)
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    assert "deblurred and written as 8-bit grey" in capsys.readouterr().err
+    with Image.open(out) as im:
+        assert im.mode == "L"
+        np.testing.assert_array_equal(np.asarray(im), _expected(bw.astype(np.uint8) * 255, tiny_model_file, "YX"))
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(_photo((32, 32, 3))).save(rgb)
+    assert _run(rgb, tmp_path / "o.png", tiny_model_file, "--axes", "YX") == 2
+    assert "--axes 'YX' has 2 letters but the image has 3 dimensions" in capsys.readouterr().err
