@@ -776,3 +776,12 @@ def test_ome_planes_are_dropped_when_axes_rename_the_dimensions(tiny_model_file,
     assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "--axes", "ZYX", "-q"]) == 0
     with tifffile.TiffFile(out) as tif:
         assert "DeltaT" not in tif.ome_metadata  # plane 2 of T is not plane 2 of Z
+
+
+def test_python_dash_m_runs_the_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "napari_deblurgan.cli", "info", "--list"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "unet_fast" in done.stdout

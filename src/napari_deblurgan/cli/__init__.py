@@ -215,7 +215,3 @@ def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
     os.close(devnull)
-
-
-if __name__ == "__main__":  # python -m napari_deblurgan.cli
-    sys.exit(main())
