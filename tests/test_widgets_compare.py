@@ -465,3 +465,33 @@ def test_the_side_by_side_grid_shows_the_results_in_the_tables_order_and_says_th
     assert [name for name in reading_order if name != "truth"] == table_order
     said = next(message for _, message in reversed(notifications) if message.startswith("Side by side"))
     assert said.startswith(f"Side by side: {', '.join(reading_order)} (")
+
+
+def test_the_grid_stride_is_asked_of_napari_not_assumed():
+    """napari 0.6.2 reversed the grid's order (napari PR #8053): before it, stride 1 put the top layer of the
+    list in the first cell; since, the bottom one. The side-by-side view asks the grid which stride puts the
+    top layer first, so it is the table's order in both (this napari's grid is checked by the test above)."""
+    from napari_deblurgan.widgets.compare_widget import _top_first_stride
+
+    class Layer:
+        pass
+
+    layers = [Layer(), Layer(), Layer()]
+    shown = {id(layer) for layer in layers[:2]}  # the top one is not shown: the top shown is index 1
+
+    class OldGrid:  # napari < 0.6.2: position(index, nlayers), stride 1 = top layer first
+        stride = 1
+
+        def position(self, index, nlayers):
+            if not isinstance(nlayers, int):
+                raise TypeError("nlayers must be an int")
+            return (0, 0) if index == 1 else (0, 1)
+
+    class NewGrid:  # napari >= 0.6.2: position(index, layers), stride 1 = bottom layer first
+        stride = 1
+
+        def position(self, index, layers):
+            return (0, 0) if index == 0 else (0, index)
+
+    assert _top_first_stride(OldGrid(), layers, shown) == 1
+    assert _top_first_stride(NewGrid(), layers, shown) == -1

@@ -58,6 +58,25 @@ NO_REFERENCE = "(no ground truth)"
 PSF_FROM_METADATA = "sample's PSF (layer metadata)"
 PSF_FROM_LAYER = "PSF layer"
 PSF_GAUSSIAN = "Gaussian of sigma"
+def _top_first_stride(grid: Any, layers: Any, shown: set[int]) -> int:
+    """The grid stride (1 or -1) that puts the top shown layer of the layer list in the first cell, as the
+    metrics table lists it first. napari 0.6.2 reversed what the sign means (napari PR #8053: before it, stride 1
+    filled the cells top layer first; since, bottom layer first), so it is asked, not assumed: ``grid`` must be
+    enabled with stride 1."""
+    everything = list(layers)
+    top = max((i for i, layer in enumerate(everything) if id(unwrap(layer)) in shown), default=None)
+    if top is None:
+        return -1
+    try:
+        try:
+            cell = grid.position(top, everything)  # napari >= 0.6.2: the layers
+        except TypeError:
+            cell = grid.position(top, len(everything))  # before: their number
+    except Exception:  # an API this does not know: the current napari's order
+        return -1
+    return 1 if tuple(cell) == (0, 0) else -1
+
+
 def grid_shape(
     n_images: int, canvas_hw: tuple[float, float] = (1.0, 1.0), image_hw: tuple[float, float] = (1.0, 1.0)
 ) -> tuple[int, int]:
@@ -470,11 +489,12 @@ class CompareWidget(QWidget):
         for layer in layers:
             if not layer.rgb:
                 layer.contrast_limits = limits
-        grid.stride = -1  # top layer first: the table's order (with 1, napari fills the cells bottom layer first)
         canvas_hw = tuple(getattr(canvas, "size", None) or (1, 1))
         image_hw = tuple(np.ptp(np.asarray(layers[0].extent.world)[:, -2:], axis=0))
         grid.shape = grid_shape(len(layers), canvas_hw, image_hw)
+        grid.stride = 1
         grid.enabled = True
+        grid.stride = _top_first_stride(grid, self.viewer.layers, shown)
         self.viewer.reset_view()
         in_cells = [layer for layer in reversed(list(self.viewer.layers)) if id(unwrap(layer)) in shown]
         show_info(
