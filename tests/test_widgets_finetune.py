@@ -751,3 +751,28 @@ def test_the_replace_question_names_the_file_and_the_checkpoint_and_defaults_to_
     (text, default), = seen
     assert str(saved) in text and "old.checkpoint" in text and "Resume" in text
     assert default == QMessageBox.StandardButton.No
+
+
+@pytest.mark.parametrize("chosen", ["old.pt", "old"])
+def test_the_save_dialog_counts_as_asked_only_for_the_file_it_returned(setup, qtbot, tmp_path, monkeypatch, chosen):
+    """The save dialog asked about replacing the file it returned: Start does not ask again ("old.pt"). A name
+    chosen without .pt ("old") gets .pt added, and the dialog never asked about an existing "old.pt": Start
+    asks (a model saved there without a checkpoint folder is not lost on a No)."""
+    from qtpy.QtWidgets import QFileDialog
+
+    _viewer, finetune, _ = setup
+    finetune.steps_spin.setValue(2)
+    (tmp_path / "old.pt").write_bytes(b"an earlier model")
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / chosen), "*.pt"))
+    finetune._browse_save()
+    assert finetune.save_edit.text() == str(tmp_path / "old.pt")
+    questions = []
+    monkeypatch.setattr(finetune, "_confirm_replace", lambda path: questions.append(path) or False)
+    finetune.start_button.click()
+    if chosen == "old":
+        assert questions == [tmp_path / "old.pt"] and finetune.worker is None
+        assert (tmp_path / "old.pt").read_bytes() == b"an earlier model"
+    else:
+        wait_done(qtbot, finetune)
+        assert questions == [] and finetune.last_saved == tmp_path / "old.pt"
+        assert (tmp_path / "old.pt").read_bytes() != b"an earlier model"

@@ -368,10 +368,12 @@ class FinetuneWidget(QWidget):
     def _browse_save(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save the finetuned model as", self.save_edit.text(), "*.pt")
         if path:
+            # the dialog asked about replacing the file it returned, if that exists (not its checkpoint folder,
+            # and not "old.pt" when it returned "old": that file it never looked at)
+            asked = path.endswith(".pt") and Path(path).exists()
             path = path if path.endswith(".pt") else path + ".pt"
             self.save_edit.setText(path)
-            # the dialog asked about replacing the file itself (not its checkpoint folder)
-            self._replace_confirmed = Path(path).expanduser() if Path(path).exists() else None
+            self._replace_confirmed = Path(path).expanduser() if asked else None
 
     def _replace_agreed(self, save_to: Path) -> bool:
         """Whether a new run may replace what an earlier run saved at ``save_to``: the file dialog already asked
