@@ -658,3 +658,13 @@ def test_best_classical_of_a_dask_stack_is_that_of_its_numpy_copy(axes):
         np.testing.assert_array_equal(np.asarray(got["image"]), expected["image"])
         for key in ("method", "parameters", "psnr", "ssim", "richardson_lucy", "wiener"):
             assert got[key] == expected[key], key
+
+
+def test_a_wrong_axes_string_is_an_error_for_numpy_images_too():
+    from napari_deblurgan.comparison import nrmse, psnr
+
+    a = np.zeros((16, 16), np.float32)
+    b = np.ones((16, 16), np.float32)
+    for metric in (psnr, nrmse):
+        with pytest.raises(InputError, match="axes"):
+            metric(a, b, axes="TZYX")

@@ -621,3 +621,10 @@ def test_a_saved_file_does_not_name_the_file_its_model_was_loaded_from(tiny_mode
     header = json.loads(torch.load(second, weights_only=True)["metadata"])
     assert "path" not in header["metadata"] and "sha256" not in header["metadata"]
     assert load_model(second).metadata["path"] == str(second)
+
+
+def test_saving_into_a_file_opened_for_reading_says_to_open_it_for_writing(tiny_model, tmp_path):
+    path = tmp_path / "existing.pt"
+    path.write_bytes(b"")
+    with open(path, "rb") as fh, pytest.raises(InputError, match="mode 'wb'"):
+        tiny_model.save(fh)

@@ -226,10 +226,11 @@ def _reading_axes(image: Any, axes: str | None) -> str | None:
     """The axes that :func:`psnr` and :func:`nrmse` read a lazy ``image`` by (its YX planes, which a dask
     block holds whole): ``axes``, or inferred from the shape; for shapes that need explicit axes (5D and more)
     the last two. None for an ndarray, which is read as it is. The value does not depend on them."""
+    if axes is not None:
+        checked = resolve_image_axes(image, axes)  # a wrong axes string is an error for an ndarray too
+        return checked if is_lazy(image) else None
     if not is_lazy(image):
         return None
-    if axes is not None:
-        return resolve_image_axes(image, axes)
     try:
         return resolve_image_axes(image, None)
     except InputError:

@@ -230,7 +230,12 @@ class DeblurModel:
             "state_dict": state,
         }
         if stream is not None:
-            torch.save(payload, stream)
+            try:
+                torch.save(payload, stream)
+            except io.UnsupportedOperation as exc:  # a file object open for reading only
+                raise InputError(
+                    f"DeblurModel.save cannot write to this file object ({exc}); open the file with mode 'wb'."
+                ) from None
         else:
             path = Path(path)  # type: ignore[arg-type]  # not a stream: a str or os.PathLike
             with atomic_write(path) as tmp, open(tmp, "wb") as fh:
