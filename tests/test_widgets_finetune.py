@@ -511,6 +511,12 @@ def test_layer_geometry_of_a_plane_is_the_yx_part_of_the_layers_transforms():
     np.testing.assert_allclose(channels.data_to_world((2, 11, 13))[1:], stack.data_to_world((1, 11, 13))[1:])
     assert tuple(channels.axis_labels) == ("-3", "y", "x")
 
+    # a channel-last stack with napari's default labels: the run's axes string says which axes are Y and X
+    last = Image(np.zeros((16, 20, 5), np.float32), scale=(0.5, 0.25, 7.0), translate=(10.0, -3.0, 40.0))
+    assert layer_geometry(last, 2, "YXC")["scale"] == (0.5, 0.25)
+    assert layer_geometry(last, 2, "YXC")["translate"] == (10.0, -3.0)
+    assert layer_geometry(last, 2, "ZYX")["scale"] == (0.25, 7.0)  # as the axes say (and as without them)
+
 
 # ------------------------------------------------------------------------------ the API's words, the panel's words
 def _form_labels(widget) -> set[str]:

@@ -216,7 +216,7 @@ class LayerComboBox(QComboBox):
         self.setCurrentIndex(index)
 
 
-def layer_geometry(layer: napari.layers.Image, ndim: int | None = None) -> dict[str, Any]:
+def layer_geometry(layer: napari.layers.Image, ndim: int | None = None, axes: str | None = None) -> dict[str, Any]:
     """The keyword arguments that place a result layer where its part of ``layer`` is in the world: ``scale``,
     ``translate``, ``rotate``, ``shear``, ``affine``, ``axis_labels`` and ``units``. The one place every result
     layer of the widgets (a deblurred or blurred copy, a baseline, the Finetune preview) gets its geometry.
@@ -227,7 +227,9 @@ def layer_geometry(layer: napari.layers.Image, ndim: int | None = None) -> dict[
     ZYX stack's plane, the Finetune preview), with any axes before them its own (a channel stack): the YX part of
     the layer's transforms, and the identity on the other axes. Such a result sits at the plane's scale and
     origin instead of the world origin at unit scale, so it is drawn at the size and in the units of its input.
-    The YX axes are those labelled Y and X when the layer's labels are axis letters, else its last two.
+    The YX axes are those of ``axes`` (the run's axes string for the layer's data, e.g. ``YXC`` for a
+    channel-last stack) when given and it fits the layer, else those labelled Y and X when the layer's labels
+    are axis letters, else its last two.
     """
     if ndim is None:
         return {
@@ -242,7 +244,13 @@ def layer_geometry(layer: napari.layers.Image, ndim: int | None = None) -> dict[
     from napari.utils.transforms import CompositeAffine
 
     labels = [str(label).strip().upper() for label in layer.axis_labels]
-    yx = [labels.index("Y"), labels.index("X")] if "Y" in labels and "X" in labels else [layer.ndim - 2, layer.ndim - 1]
+    spatial = None if axes is None else axes.upper().replace("S", "")  # an RGB layer's samples are no axis
+    if spatial is not None and len(spatial) == layer.ndim and "Y" in spatial and "X" in spatial:
+        yx = [spatial.index("Y"), spatial.index("X")]
+    elif "Y" in labels and "X" in labels:
+        yx = [labels.index("Y"), labels.index("X")]
+    else:
+        yx = [layer.ndim - 2, layer.ndim - 1]
     extra = list(range(ndim - 2))  # the result's own leading axes
     physical = CompositeAffine(
         scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear, ndim=layer.ndim

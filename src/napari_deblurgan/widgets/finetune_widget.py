@@ -190,6 +190,7 @@ class FinetuneWidget(QWidget):
         self._pending_run: tuple[dict[str, Any], Any, Path, Path] | None = None  # the run being started
         # the layer the running job's validation crops come from: the preview is placed on its YX plane
         self._preview_source: Any = None
+        self._preview_axes: str | None = None  # the running job's axes string, for the preview's YX axes
         self._last_run_source: Any = None  # the same for the last run, for Resume
         self._preview_placed = False  # the preview layer has the running job's geometry
 
@@ -611,6 +612,7 @@ class FinetuneWidget(QWidget):
         # first one must not replace the last good run)
         self._pending_run = (data, source, save_to, checkpoint_dir)
         self._preview_source, self._preview_placed = source, False
+        self._preview_axes = data.get("axes")  # which of the layer's axes are Y and X (e.g. YXC)
 
         from napari.qt.threading import create_worker
         avoid_triton_llvm_clash()
@@ -716,7 +718,7 @@ class FinetuneWidget(QWidget):
         layer = self.preview_layer
         shown = layer is not None and layer in self.viewer.layers
         source = self._preview_source
-        geometry = layer_geometry(source, tile.ndim - rgb) if source is not None else {}
+        geometry = layer_geometry(source, tile.ndim - rgb, self._preview_axes) if source is not None else {}
         if shown and bool(layer.rgb) == rgb and layer.data.ndim == tile.ndim:
             layer.data = tile
             layer.name = PREVIEW_LAYER
