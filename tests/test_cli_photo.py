@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
@@ -359,3 +360,41 @@ def test_black_and_white_images_and_axes(tiny_model_file, tmp_path, capsys):
     Image.fromarray(_photo((32, 32, 3))).save(rgb)
     assert _run(rgb, tmp_path / "o.png", tiny_model_file, "--axes", "YX") == 2
     assert "--axes 'YX' has 2 letters but the image has 3 dimensions" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ review 2
+def _keyed(image, key):
+    """``image`` with the alpha a PNG tRNS colour key ``key`` stands for (0 where the pixel is the key)."""
+    opaque = (image != np.asarray(key)).reshape(*image.shape[:2], -1).any(axis=-1)
+    top = np.iinfo(image.dtype).max
+    return np.dstack([image, (opaque * top).astype(image.dtype)])
+
+
+@pytest.mark.parametrize("kind", ["rgb", "grey", "grey16"])
+def test_a_png_transparent_colour_key_becomes_alpha(tiny_model_file, tmp_path, capsys, kind):
+    """Review 2: a tRNS colour key (RGB, grey, 16-bit grey) was lost, and the image was accepted for JPEG
+    although the same image as RGBA is refused. It is read as an alpha channel of the input's pixels."""
+    if kind == "rgb":
+        image = _photo((40, 48, 3))
+        key = tuple(int(v) for v in image[3, 5])
+    else:
+        image = _photo((40, 48), np.uint16 if kind == "grey16" else np.uint8)
+        key = int(image[3, 5])
+    image[:4, :4] = key  # a transparent corner
+    inp, out = tmp_path / "keyed.png", tmp_path / "out.png"
+    Image.fromarray(image).save(inp, transparency=key)
+    with Image.open(inp) as check:
+        assert check.info["transparency"] == key
+    keyed = _keyed(image, key)
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    assert "transparent (PNG tRNS)" in capsys.readouterr().err
+    result = np.asarray(imagecodecs.png_decode(out.read_bytes()))
+    if kind == "rgb":
+        expected = _expected(keyed, tiny_model_file, "YXS")
+    else:
+        expected = np.dstack([_expected(image, tiny_model_file, "YX"), keyed[..., 1]])
+    np.testing.assert_array_equal(result, expected)
+    assert (result[:4, :4, -1] == 0).all() and result[..., -1].dtype == image.dtype
+    assert _run(inp, tmp_path / "out.jpg", tiny_model_file) == 2
+    why = "16-bit samples" if kind == "grey16" else "an alpha channel"
+    assert why in capsys.readouterr().err and not (tmp_path / "out.jpg").exists()

@@ -165,6 +165,32 @@ def read_photo(path: Path, axes_override: str | None) -> tuple[np.ndarray, Photo
 
 
 def _pixels(im: Any, path: Path, info: PhotoInfo) -> np.ndarray:
+    """The pixels of an open, loaded Pillow image, in the dtype of their bit depth; a PNG's transparent colour
+    (tRNS of a grey or RGB image: one value that stands for "transparent") as an alpha channel."""
+    data = _stored_pixels(im, path, info)
+    key = im.info.get("transparency")
+    if key is None or info.alpha or info.palette is not None or im.mode not in (
+        "1", "L", "I", "RGB", "I;16", "I;16L", "I;16B", "I;16N"
+    ):
+        return data
+    top = np.iinfo(data.dtype).max
+    if data.ndim == 2 and isinstance(key, int):
+        bits = 1 if im.mode == "1" else _png_bit_depth(path) if info.format == "PNG" and im.mode == "L" else 8
+        if bits < 8:  # the key is in the stored bit depth; Pillow scales 1/2/4-bit values to 0..255
+            key = key * 255 // (2**bits - 1)
+        opaque = data != key
+    elif data.ndim == 3 and data.shape[-1] == 3 and isinstance(key, tuple) and len(key) == 3:
+        opaque = (data != np.asarray(key, dtype=data.dtype)).any(axis=-1)
+    else:
+        return data
+    info.alpha = True
+    info.notes.append(
+        f"{path.name} marks one colour as transparent (PNG tRNS); that transparency is kept as an alpha channel."
+    )
+    return np.concatenate((data.reshape(*data.shape[:2], -1), (opaque * top).astype(data.dtype)[..., None]), -1)
+
+
+def _stored_pixels(im: Any, path: Path, info: PhotoInfo) -> np.ndarray:
     """The pixels of an open, loaded Pillow image, in the dtype of their bit depth."""
     from .deblur_command import is_lut
 
