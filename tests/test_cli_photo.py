@@ -269,8 +269,8 @@ def test_what_is_no_image_names_the_accepted_formats(tiny_model_file, tmp_path, 
 
 
 def test_palettes_and_colour_spaces_as_in_the_tiff_path(tiny_model_file, tmp_path, capsys):
-    """A palette that is a ramp holds intensities: deblurred, written with its palette. Distinct colours are
-    colour-table indices: refused, as an indexed-colour TIFF is."""
+    """A palette that is a ramp holds intensities: deblurred, written with its palette. (Distinct colours:
+    test_colour_palettes_and_transparent_palettes_are_read_as_their_colours.)"""
     image = np.minimum(_photo((40, 40)) // 3, 63).astype(np.uint8)  # indices 0..63 of a 64-entry ramp
     ramp = np.repeat(np.linspace(0, 255, 64).astype(np.uint8)[:, None], 3, axis=1)
     inp, out, out_tif = tmp_path / "ramp.png", tmp_path / "ramp_out.png", tmp_path / "ramp_out.tif"
@@ -292,14 +292,7 @@ def test_palettes_and_colour_spaces_as_in_the_tiff_path(tiny_model_file, tmp_pat
         assert tif.pages[0].photometric.name == "PALETTE"
         np.testing.assert_array_equal(tif.asarray(), expected)
 
-    colours = (np.random.default_rng(0).random((256, 3)) * 255).astype(np.uint8)
-    im = Image.fromarray(_photo((40, 40)))
-    im.putpalette(colours.ravel().tobytes(), "RGB")
-    for name in ("indexed.png", "indexed.gif"):
-        im.save(tmp_path / name)
-        assert _run(tmp_path / name, tmp_path / "o.png", tiny_model_file) == 2
-        err = capsys.readouterr().err
-        assert "error: This is an indexed-colour" in err and not (tmp_path / "o.png").exists()
+    capsys.readouterr()
 
     cmyk = tmp_path / "cmyk.jpg"  # printers' JPEGs: as a colour space the TIFF path does not keep
     Image.fromarray(_photo((40, 40, 3))).convert("CMYK").save(cmyk)
@@ -398,3 +391,58 @@ def test_a_png_transparent_colour_key_becomes_alpha(tiny_model_file, tmp_path, c
     assert _run(inp, tmp_path / "out.jpg", tiny_model_file) == 2
     why = "16-bit samples" if kind == "grey16" else "an alpha channel"
     assert why in capsys.readouterr().err and not (tmp_path / "out.jpg").exists()
+
+
+@pytest.mark.parametrize("name", ["indexed.png", "indexed.gif", "transparent.gif", "greys.png", "ramp_trns.png",
+                                  "alpha_entries.png"])
+def test_colour_palettes_and_transparent_palettes_are_read_as_their_colours(tiny_model_file, tmp_path, capsys,
+                                                                             name):
+    """Review 2: colour palettes (every GIF, quantised PNGs) and grey palettes that are no ramp were refused;
+    a ramp with transparency was deblurred as indices, its transparency then following the deblurred values.
+    They are read as their colours without loss (grey or RGB, transparency as alpha) and written so."""
+    rng = np.random.default_rng(1)
+    indices = _photo((40, 44))
+    if name.startswith(("greys", "ramp")):
+        entries = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+        if name.startswith("greys"):
+            entries = entries[rng.permutation(256)]  # grey, but no ramp
+    else:
+        entries = (rng.random((256, 3)) * 255).astype(np.uint8)
+    im = Image.fromarray(indices)
+    im.putpalette(entries.ravel().tobytes(), "RGB")
+    opacity = np.full(256, 255, np.uint8)
+    kw = {}
+    if name in ("transparent.gif", "ramp_trns.png"):
+        kw["transparency"] = int(indices[0, 0])
+        opacity[int(indices[0, 0])] = 0
+    elif name == "alpha_entries.png":
+        opacity = rng.integers(0, 256, 256).astype(np.uint8)
+        kw["transparency"] = opacity.tobytes()
+    inp = tmp_path / name
+    im.save(inp, **kw)
+    with Image.open(inp) as check:
+        assert check.mode == "P"
+        stored = np.asarray(check)
+        entries = np.asarray(check.getpalette("RGB")).reshape(-1, 3).astype(np.uint8)  # GIF: as stored
+        if name == "transparent.gif":  # GIF's writer reorders the palette
+            opacity = np.full(256, 255, np.uint8)
+            opacity[check.info["transparency"]] = 0
+    entries = np.concatenate([entries, np.zeros((256 - len(entries), 3), np.uint8)])
+    colours = entries[stored]
+    grey = name.startswith(("greys", "ramp"))
+    image = colours[..., 0] if grey else colours
+    out = tmp_path / "out.png"
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    err = capsys.readouterr().err
+    result = np.asarray(imagecodecs.png_decode(out.read_bytes()))
+    if kw:
+        alpha = opacity[stored]
+        if grey:
+            expected = np.dstack([_expected(image, tiny_model_file, "YX"), alpha])
+        else:
+            expected = _expected(np.dstack([image, alpha]), tiny_model_file, "YXS")
+        assert "written as " + ("grey + alpha" if grey else "RGBA") in err
+    else:
+        expected = _expected(image, tiny_model_file, "YX" if grey else "YXS")
+        assert "written as " + ("grey" if grey else "RGB") + ", not with a palette" in err
+    np.testing.assert_array_equal(result, expected)

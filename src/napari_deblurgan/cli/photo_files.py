@@ -10,8 +10,11 @@ What a photo is read as, and what it keeps:
   upright with the Orientation tag removed: a viewer that ignores the tag (many do for PNG) shows it right too.
 * the ICC colour profile (colour-managed viewers need it to show the colours the camera or editor meant), EXIF
   (PNG and JPEG outputs) and the resolution (dpi).
-* a palette (indexed-colour) image is refused unless its palette is a ramp (a LUT of intensities), as the
-  TIFF path does; a ramp is deblurred and written with its palette (PNG, TIFF).
+* a palette (indexed-colour) image whose palette is a ramp (a LUT of intensities) is deblurred and written with
+  its palette (PNG, TIFF); any other (a colour palette: every GIF, quantised PNGs), or a ramp with transparency,
+  is read as its colours without loss (grey or RGB, with the transparency as alpha) and written so, with a note.
+  (The TIFF path refuses indexed colour.)
+* a PNG's transparent colour (tRNS of a grey or RGB image) is read as an alpha channel.
 * an animation or a multi-page file is refused (a still image per file; a TIFF stack holds frames); the extra
   images a phone stores next to the photo (MPO: a depth map, a preview) are left out with a note.
 
@@ -77,7 +80,6 @@ class PhotoInfo:
     format: str  # Pillow's name of the input's format: PNG, JPEG, GIF, ...
     alpha: bool = False  # the last sample is opacity (LA, RGBA)
     palette: Any = None  # (N, 3) uint8: a palette that is a ramp (a LUT), written back with the indices
-    transparency: Any = None  # a palette PNG's tRNS (opacity per palette entry), kept with the palette
     icc_profile: bytes | None = None
     exif: bytes | None = None  # as Pillow gives it ("Exif\0\0" + TIFF structure), Orientation removed
     dpi: tuple[float, float] | None = None
@@ -211,11 +213,13 @@ def _stored_pixels(im: Any, path: Path, info: PhotoInfo) -> np.ndarray:
             raise InputError(f"{path.name} holds 32-bit integers beyond 16 bits; save it as a 16-bit TIFF first.")
         return data.astype(np.uint16)
     if mode == "P":
-        palette = np.asarray(im.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
-        if not len(palette) or not is_lut(palette.T):
+        palette = np.asarray(im.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)[:256]
+        if not len(palette):
             raise InputError(PALETTE_PHOTO_MESSAGE)
-        info.palette = palette
-        info.transparency = im.info.get("transparency")
+        if is_lut(palette.T) and im.info.get("transparency") is None:
+            info.palette = palette  # intensities: deblurred as they are, written with the palette
+        else:
+            return _unpalette(im, palette, path, info)
     elif mode not in MODES:
         raise InputError(
             f"{path.name} stores its pixels as {mode} (Pillow's name of its colour mode), which the output could "
@@ -225,6 +229,36 @@ def _stored_pixels(im: Any, path: Path, info: PhotoInfo) -> np.ndarray:
     info.alpha = mode in ("LA", "RGBA")
     data = np.asarray(im)
     return data.astype(data.dtype.newbyteorder("="), copy=False)  # I;16B: big-endian in, native out
+
+
+def _unpalette(im: Any, palette: np.ndarray, path: Path, info: PhotoInfo) -> np.ndarray:
+    """A palette image's colours, without loss: grey if every palette entry is grey, else RGB; with its
+    transparency (an index, or an opacity per entry) as an alpha channel. Its indices are no intensities (a
+    colour palette), or they are but with a transparency that belongs to the stored indices, not to the
+    deblurred values (a ramp with tRNS)."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[: len(palette)] = palette
+    grey = bool((palette == palette[:, :1]).all())
+    colours = lut[np.asarray(im, dtype=np.uint8)]
+    data = colours[..., 0] if grey else colours
+    transparency = im.info.get("transparency")
+    opacity = np.full(256, 255, np.uint8)
+    if isinstance(transparency, int) and 0 <= transparency < 256:
+        opacity[transparency] = 0
+    elif isinstance(transparency, (bytes, bytearray)):
+        opacity[: min(len(transparency), 256)] = np.frombuffer(bytes(transparency[:256]), np.uint8)
+    else:
+        transparency = None
+    kind = "grey" if grey else "RGB"
+    if transparency is not None:
+        data = np.concatenate((data.reshape(*data.shape[:2], -1), opacity[np.asarray(im)][..., None]), -1)
+        info.alpha = True
+        kind = "grey + alpha" if grey else "RGBA"
+    info.notes.append(
+        f"{path.name} is an indexed-colour (palette) image: its colours are deblurred and written as {kind}, "
+        "not with a palette."
+    )
+    return data
 
 
 def _png_bit_depth(path: Path) -> int:
@@ -300,9 +334,7 @@ def write_photo(tmp: Path, result: np.ndarray, info: PhotoInfo, out: Path) -> No
         if fmt == "JPEG":
             im.save(tmp, format="JPEG", quality=JPEG_QUALITY, subsampling=0, **kw)
         else:
-            im.putpalette(info.palette.ravel().tobytes(), "RGB")
-            if info.transparency is not None:
-                kw["transparency"] = info.transparency
+            im.putpalette(info.palette.ravel().tobytes(), "RGB")  # a ramp without transparency
             im.save(tmp, format="PNG", **kw)
 
 
