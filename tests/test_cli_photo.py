@@ -446,3 +446,33 @@ def test_colour_palettes_and_transparent_palettes_are_read_as_their_colours(tiny
         expected = _expected(image, tiny_model_file, "YX" if grey else "YXS")
         assert "written as " + ("grey" if grey else "RGB") + ", not with a palette" in err
     np.testing.assert_array_equal(result, expected)
+
+
+def _jpeg_app1(path) -> bytes:
+    """The payload of the first APP1 segment of a JPEG file."""
+    data = path.read_bytes()
+    at = data.index(b"\xff\xe1")
+    length = int.from_bytes(data[at + 2 : at + 4], "big")
+    return data[at + 4 : at + 2 + length]
+
+
+@pytest.mark.parametrize("order", [b"MM\x00*", b"II*\x00"])
+def test_exif_without_its_prefix_is_written_as_jpeg_holds_it(tiny_model_file, tmp_path, order):
+    """Review 2: WebP stores EXIF as the TIFF structure alone (libwebp; no ``Exif\\0\\0``); written as it is
+    into a JPEG's APP1 it was malformed (readers found no EXIF)."""
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    tiff = exif.tobytes()[6:]
+    if order == b"II*\x00":  # a little-endian one, by hand: one ASCII tag
+        tiff = b"II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little") + (0x010F).to_bytes(
+            2, "little") + (2).to_bytes(2, "little") + (4).to_bytes(4, "little") + b"abc\x00" + bytes(4)
+    inp = tmp_path / "phone.webp"
+    Image.fromarray(_photo((32, 40, 3))).save(inp, lossless=True, exif=tiff)
+    with Image.open(inp) as check:
+        assert check.info["exif"][:4] == order
+    for out in (tmp_path / "o.jpg", tmp_path / "o.png"):
+        assert _run(inp, out, tiny_model_file, "-q") == 0
+        with Image.open(out) as written:
+            assert written.getexif().get(0x010F) in ("PhoneMaker", "abc")
+    app1 = _jpeg_app1(tmp_path / "o.jpg")
+    assert app1.startswith(b"Exif\x00\x00" + order)

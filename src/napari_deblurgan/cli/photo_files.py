@@ -140,7 +140,7 @@ def read_photo(path: Path, axes_override: str | None) -> tuple[np.ndarray, Photo
             if dpi and len(dpi) == 2 and all(float(d) > 0 for d in dpi):
                 # a PNG stores pixels per metre: 300 dpi comes back as 299.9994, 72 as 72.009
                 info.dpi = tuple(round(d) if abs(d - round(d)) < 0.05 else d for d in map(float, dpi[:2]))
-            raw_exif = im.info.get("exif")
+            raw_exif = _exif_bytes(im.info.get("exif"))
     orientation = exif.get(ORIENTATION_TAG, 1) if exif else 1
     if orientation in (2, 3, 4, 5, 6, 7, 8):
         data = orient(data, orientation)
@@ -164,6 +164,15 @@ def read_photo(path: Path, axes_override: str | None) -> tuple[np.ndarray, Photo
         except InputError as exc:
             raise InputError(f"--axes: {exc} (shape {info.shape}, a {info.format} image)") from None
     return data, info
+
+
+def _exif_bytes(raw: Any) -> bytes | None:
+    """EXIF as JPEG's APP1 holds it and Pillow writes it as it is: ``Exif\0\0`` + the TIFF structure. WebP
+    (libwebp) and some PNGs store the TIFF structure alone; a JPEG written with it would have a malformed APP1."""
+    if not raw:
+        return None
+    raw = bytes(raw)
+    return b"Exif\x00\x00" + raw if raw[:4] in TIFF_MAGIC[:2] else raw
 
 
 def _pixels(im: Any, path: Path, info: PhotoInfo) -> np.ndarray:
