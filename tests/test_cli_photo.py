@@ -476,3 +476,21 @@ def test_exif_without_its_prefix_is_written_as_jpeg_holds_it(tiny_model_file, tm
             assert written.getexif().get(0x010F) in ("PhoneMaker", "abc")
     app1 = _jpeg_app1(tmp_path / "o.jpg")
     assert app1.startswith(b"Exif\x00\x00" + order)
+
+
+def test_exif_too_large_for_jpeg_is_left_out_with_a_note(tiny_model_file, tmp_path, capsys):
+    """Review 2: EXIF over ~64 KB (a maker note, an embedded preview) failed the JPEG write after the whole
+    deblur (Pillow: 'EXIF data is too long', exit 1). The JPEG is written without it, with a note; PNG keeps it."""
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    exif[0x010E] = "x" * 70000  # ImageDescription
+    inp = tmp_path / "big_exif.png"
+    Image.fromarray(_photo((32, 40, 3))).save(inp, exif=exif)
+    assert _run(inp, tmp_path / "o.jpg", tiny_model_file, "-q") == 0
+    assert "is written without it" in capsys.readouterr().err
+    with Image.open(tmp_path / "o.jpg") as written:
+        assert not written.getexif()
+    assert _run(inp, tmp_path / "o.png", tiny_model_file, "-q") == 0
+    assert "without it" not in capsys.readouterr().err
+    with Image.open(tmp_path / "o.png") as written:
+        assert written.getexif()[0x010F] == "PhoneMaker"

@@ -53,6 +53,9 @@ JPEG_QUALITY = 95
 MODES = {"L": np.uint8, "LA": np.uint8, "RGB": np.uint8, "RGBA": np.uint8, "P": np.uint8,
          "I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16, "I;16N": np.uint16}
 
+#: The most bytes of EXIF a JPEG holds: one APP1 segment (Pillow refuses more, after the work).
+JPEG_MAX_EXIF = 65533
+
 ORIENTATION_TAG = 0x0112
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
@@ -310,6 +313,12 @@ def check_output(info: PhotoInfo, out: Path) -> None:
         )
         if problem:
             raise InputError(f"Output {str(out)!r}: the image has {problem}; write .png or .tif instead.")
+        if info.exif and len(info.exif) > JPEG_MAX_EXIF:
+            info.notes.append(
+                f"the input's EXIF ({len(info.exif):,} bytes) is larger than a JPEG's EXIF segment holds (64 KB); "
+                f"{out.name} is written without it (write .png or .tif to keep it)."
+            )
+            info.exif = None
         info.notes.append(
             f"JPEG is lossy: {out.name} is written at quality {JPEG_QUALITY}; write .png or .tif to keep every "
             "pixel of the result."
