@@ -494,3 +494,19 @@ def test_exif_too_large_for_jpeg_is_left_out_with_a_note(tiny_model_file, tmp_pa
     assert "without it" not in capsys.readouterr().err
     with Image.open(tmp_path / "o.png") as written:
         assert written.getexif()[0x010F] == "PhoneMaker"
+
+
+def test_an_input_that_cannot_be_read_is_an_input_error(tiny_model_file, tmp_path, capsys, monkeypatch):
+    """Review 2: a PermissionError (or another OSError) reading the input's first bytes escaped as a
+    traceback. It is one error message saying why (exit 2)."""
+    inp = tmp_path / "locked.png"
+    Image.fromarray(_photo((16, 16))).save(inp)
+
+    def no_permission(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(photo_files, "open", no_permission, raising=False)
+    for out in ("o.png", "o.tif"):
+        assert _run(inp, tmp_path / out, tiny_model_file) == 2
+        err = capsys.readouterr().err
+        assert "error: Cannot read" in err and "Permission denied" in err and "Traceback" not in err

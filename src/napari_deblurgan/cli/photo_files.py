@@ -68,9 +68,13 @@ PALETTE_PHOTO_MESSAGE = (
 
 
 def is_tiff(path: Path) -> bool:
-    """Whether ``path`` starts like a TIFF (read by the TIFF path whatever its name)."""
-    with open(path, "rb") as fh:
-        return fh.read(4) in TIFF_MAGIC
+    """Whether ``path`` starts like a TIFF (read by the TIFF path whatever its name); InputError if it cannot be
+    read (no permission, an I/O error)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in TIFF_MAGIC
+    except OSError as exc:
+        raise InputError(f"Cannot read {str(path)!r}: {exc.strerror or exc}.") from None
 
 
 @dataclass
