@@ -5,6 +5,7 @@ exit codes and atomic writes as the TIFF path (tests/test_cli.py)."""
 from __future__ import annotations
 
 import io
+import struct
 
 import imagecodecs
 import numpy as np
@@ -510,3 +511,65 @@ def test_an_input_that_cannot_be_read_is_an_input_error(tiny_model_file, tmp_pat
         assert _run(inp, tmp_path / out, tiny_model_file) == 2
         err = capsys.readouterr().err
         assert "error: Cannot read" in err and "Permission denied" in err and "Traceback" not in err
+
+
+def _png_chunk(path, kind):
+    """The data of the first ``kind`` chunk of a PNG file, or None."""
+    data = path.read_bytes()
+    at = 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        if data[at + 4 : at + 8] == kind:
+            return data[at + 8 : at + 8 + length]
+        at += 12 + length
+    return None
+
+
+@pytest.mark.parametrize("kind", ["grey", "rgb", "ramp"])
+def test_png_colour_chunks_are_kept_and_what_is_not_is_noted(tiny_model_file, tmp_path, capsys, kind):
+    """Review 2: a PNG's gAMA, cHRM, sRGB (how its values are colours) were lost in a PNG output; sBIT is kept
+    where the output's sample layout is the input's. XMP and text, not kept, are named in a note."""
+    from PIL.PngImagePlugin import PngInfo
+
+    chunks = {b"gAMA": struct.pack(">I", 45455), b"cHRM": struct.pack(">8I", 31270, 32900, 64000, 33000, 30000,
+                                                                        60000, 15000, 6000),
+              b"sRGB": b"\x00", b"sBIT": b"\x05" if kind != "rgb" else b"\x05\x06\x05"}
+    meta = PngInfo()
+    for name, data in chunks.items():
+        meta.add(name, data)
+    meta.add_text("Author", "me")
+    meta.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")
+    im = Image.fromarray(_photo((24, 32, 3) if kind == "rgb" else (24, 32)))
+    if kind == "ramp":
+        im = im.convert("P")
+        im.putpalette(np.repeat(np.arange(256, dtype=np.uint8), 3).tobytes(), "RGB")
+    inp, out = tmp_path / "colour.png", tmp_path / "o.png"
+    im.save(inp, pnginfo=meta)
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    err = capsys.readouterr().err
+    assert "not written to o.png (no output keeps it): colour.png's XMP, text (Author)" in err
+    for name, data in chunks.items():
+        assert _png_chunk(out, name) == data, name
+    with Image.open(out) as written:
+        assert written.info["gamma"] == pytest.approx(0.45455)
+    assert _run(inp, tmp_path / "o.tif", tiny_model_file, "-q") == 0
+    assert "colour.png's XMP, text (Author), the PNG's gAMA/cHRM/sRGB/sBIT" in capsys.readouterr().err
+
+    plain = tmp_path / "plain.png"
+    Image.fromarray(_photo((24, 32))).save(plain)
+    assert _run(plain, tmp_path / "p.png", tiny_model_file, "-q") == 0
+    assert "not written" not in capsys.readouterr().err
+
+
+def test_sbit_is_left_out_where_the_output_has_another_sample_layout(tiny_model_file, tmp_path):
+    """sBIT gives bits per stored sample: a colour key read as alpha adds a sample, so it is left out there."""
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    meta.add(b"sBIT", b"\x05\x05\x05")
+    meta.add(b"gAMA", struct.pack(">I", 45455))
+    image = _photo((24, 32, 3))
+    inp, out = tmp_path / "keyed.png", tmp_path / "o.png"
+    Image.fromarray(image).save(inp, pnginfo=meta, transparency=tuple(int(v) for v in image[0, 0]))
+    assert _run(inp, out, tiny_model_file, "-q") == 0
+    assert _png_chunk(out, b"sBIT") is None and _png_chunk(out, b"gAMA") == struct.pack(">I", 45455)

@@ -9,7 +9,9 @@ What a photo is read as, and what it keeps:
 * a phone photo stored sideways with an EXIF Orientation is turned upright, as viewers show it, and written
   upright with the Orientation tag removed: a viewer that ignores the tag (many do for PNG) shows it right too.
 * the ICC colour profile (colour-managed viewers need it to show the colours the camera or editor meant), EXIF
-  (PNG and JPEG outputs) and the resolution (dpi).
+  (PNG and JPEG outputs; left out of a JPEG, with a note, where over 64 KB) and the resolution (dpi); a PNG's
+  gAMA, cHRM, sRGB, cICP (and sBIT, where the output's sample layout is the input's) in a PNG output. XMP and
+  text (PNG tEXt/iTXt/zTXt, a JPEG comment) are not kept: a note says so where the input has them.
 * a palette (indexed-colour) image whose palette is a ramp (a LUT of intensities) is deblurred and written with
   its palette (PNG, TIFF); any other (a colour palette: every GIF, quantised PNGs), or a ramp with transparency,
   is read as its colours without loss (grey or RGB, with the transparency as alpha) and written so, with a note.
@@ -91,6 +93,11 @@ class PhotoInfo:
     exif: bytes | None = None  # as Pillow gives it ("Exif\0\0" + TIFF structure), Orientation removed
     dpi: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
+    name: str = ""  # the input's file name, for notes
+    #: a PNG's colour chunks (gAMA, cHRM, sRGB, cICP, sBIT) as stored, written back into a PNG output
+    png_colour: list[tuple[bytes, bytes]] = field(default_factory=list)
+    png_ihdr: bytes = b""  # a PNG input's bit depth and colour type (sBIT is kept only where they are the same)
+    unkept: list[str] = field(default_factory=list)  # what the input has and no output keeps (XMP, text)
 
 
 @contextlib.contextmanager
@@ -122,7 +129,7 @@ def read_photo(path: Path, axes_override: str | None) -> tuple[np.ndarray, Photo
             ) from None
         with im:
             frames = getattr(im, "n_frames", 1)
-            info = PhotoInfo("", (), None, im.format or "image")
+            info = PhotoInfo("", (), None, im.format or "image", name=path.name)
             if frames > 1:
                 if im.format != "MPO":
                     raise InputError(
@@ -148,6 +155,9 @@ def read_photo(path: Path, axes_override: str | None) -> tuple[np.ndarray, Photo
                 # a PNG stores pixels per metre: 300 dpi comes back as 299.9994, 72 as 72.009
                 info.dpi = tuple(round(d) if abs(d - round(d)) < 0.05 else d for d in map(float, dpi[:2]))
             raw_exif = _exif_bytes(im.info.get("exif"))
+            info.unkept = _unkept(im)
+            if info.format == "PNG":
+                info.png_ihdr, info.png_colour = _png_colour_chunks(path)
     orientation = exif.get(ORIENTATION_TAG, 1) if exif else 1
     if orientation in (2, 3, 4, 5, 6, 7, 8):
         data = orient(data, orientation)
@@ -171,6 +181,45 @@ def read_photo(path: Path, axes_override: str | None) -> tuple[np.ndarray, Photo
         except InputError as exc:
             raise InputError(f"--axes: {exc} (shape {info.shape}, a {info.format} image)") from None
     return data, info
+
+
+#: A PNG's chunks that say how its values are colours, kept in a PNG output (Pillow reads some, writes none).
+PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB", b"cICP", b"sBIT")
+
+
+def _png_colour_chunks(path: Path) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A PNG's IHDR bit depth and colour type, and its :data:`PNG_COLOUR_CHUNKS` (they come before IDAT)."""
+    chunks = []
+    with open(path, "rb") as fh:
+        head = fh.read(33)
+        if not (head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR"):
+            return b"", []
+        while True:
+            header = fh.read(8)
+            if len(header) < 8 or header[4:] in (b"IDAT", b"IEND"):
+                break
+            length, kind = struct.unpack(">I", header[:4])[0], header[4:]
+            if kind in PNG_COLOUR_CHUNKS and length <= 64:
+                chunks.append((kind, fh.read(length)))
+                fh.seek(4, 1)
+            else:
+                fh.seek(length + 4, 1)
+    return head[24:26], chunks
+
+
+def _unkept(im: Any) -> list[str]:
+    """What of the input's metadata no output keeps, in words: XMP, text (PNG tEXt/iTXt/zTXt, a JPEG
+    comment)."""
+    unkept = []
+    text = dict(getattr(im, "text", None) or {}) if im.format == "PNG" else {}
+    png_xmp = text.pop("XML:com.adobe.xmp", None)
+    if im.info.get("xmp") or png_xmp:
+        unkept.append("XMP")
+    if text:
+        unkept.append(f"text ({', '.join(sorted(text))})")
+    if im.info.get("comment"):
+        unkept.append("a comment")
+    return unkept
 
 
 def _exif_bytes(raw: Any) -> bytes | None:
@@ -329,6 +378,11 @@ def check_output(info: PhotoInfo, out: Path) -> None:
         )
     elif fmt == "PNG" and info.dtype not in (np.uint8, np.uint16):
         raise InputError(f"Output {str(out)!r}: PNG holds 8 or 16 bits, the image is {info.dtype}; write .tif.")
+    unkept = list(info.unkept)
+    if info.png_colour and fmt != "PNG":
+        unkept.append(f"the PNG's {'/'.join(k.decode() for k, _ in info.png_colour)} (how its values are colours)")
+    if unkept:
+        info.notes.append(f"not written to {out.name} (no output keeps it): {info.name}'s {', '.join(unkept)}.")
 
 
 def write_photo(tmp: Path, result: np.ndarray, info: PhotoInfo, out: Path) -> None:
@@ -341,7 +395,7 @@ def write_photo(tmp: Path, result: np.ndarray, info: PhotoInfo, out: Path) -> No
         import imagecodecs
 
         png = bytes(imagecodecs.png_encode(np.ascontiguousarray(result)))
-        tmp.write_bytes(_with_chunks(png, _png_chunks(info)))
+        tmp.write_bytes(_with_chunks(png, _png_chunks(info) + _colour_chunks(info, png[24:26])))
     else:  # JPEG, and a palette PNG (Pillow writes both with their metadata)
         from PIL import Image
 
@@ -357,6 +411,11 @@ def write_photo(tmp: Path, result: np.ndarray, info: PhotoInfo, out: Path) -> No
             im.save(tmp, format="JPEG", quality=JPEG_QUALITY, subsampling=0, **kw)
         else:
             im.putpalette(info.palette.ravel().tobytes(), "RGB")  # a ramp without transparency
+            from PIL.PngImagePlugin import PngInfo
+
+            kw["pnginfo"] = PngInfo()
+            for kind, data in _colour_chunks(info, b"\x08\x03"):  # 8-bit, palette
+                kw["pnginfo"].add(kind, data)
             im.save(tmp, format="PNG", **kw)
 
 
@@ -380,6 +439,12 @@ def _png_chunks(info: PhotoInfo) -> list[tuple[bytes, bytes]]:
         per_metre = [max(1, round(d / 0.0254)) for d in info.dpi]
         chunks.append((b"pHYs", struct.pack(">IIB", *per_metre, 1)))
     return chunks
+
+
+def _colour_chunks(info: PhotoInfo, ihdr: bytes) -> list[tuple[bytes, bytes]]:
+    """The input PNG's colour chunks for an output PNG of bit depth and colour type ``ihdr``: sBIT (bits per
+    sample) only where those are the input's."""
+    return [(kind, data) for kind, data in info.png_colour if kind != b"sBIT" or ihdr == info.png_ihdr]
 
 
 def _with_chunks(png: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
