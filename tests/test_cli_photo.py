@@ -4,6 +4,7 @@ exit codes and atomic writes as the TIFF path (tests/test_cli.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 
@@ -573,3 +574,18 @@ def test_sbit_is_left_out_where_the_output_has_another_sample_layout(tiny_model_
     Image.fromarray(image).save(inp, pnginfo=meta, transparency=tuple(int(v) for v in image[0, 0]))
     assert _run(inp, out, tiny_model_file, "-q") == 0
     assert _png_chunk(out, b"sBIT") is None and _png_chunk(out, b"gAMA") == struct.pack(">I", 45455)
+
+
+def test_help_and_messages_say_what_a_photo_gets(tiny_model_file, tmp_path, capsys):
+    """Review 2: the help said OUTPUT has the input's shape and dtype (not so for a turned photo or a 1/2/4-bit
+    image) and --axes came from ImageJ/OME metadata; a directory output was asked to end in .tif."""
+    with contextlib.suppress(SystemExit):
+        main(["deblur", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "photos: YX or YXS" in text and "1/2/4-bit images as 8-bit" in text
+    assert "A TIFF is written as TIFF with the same shape, dtype, axes and pixel sizes" in text
+    photo, folder = tmp_path / "p.png", tmp_path / "out.png"
+    Image.fromarray(_photo((16, 16))).save(photo)
+    folder.mkdir()
+    assert _run(photo, folder, tiny_model_file, "--force") == 2
+    assert "ending in .png, .jpg, .jpeg, .tif or .tiff" in capsys.readouterr().err

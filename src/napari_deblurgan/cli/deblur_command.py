@@ -41,10 +41,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "deblur",
         help="deblur a TIFF image (2D, stacks, time series, multichannel) or a photo (PNG, JPEG, ...)",
-        description="Deblur INPUT with a DeblurGAN-style model and write OUTPUT with the same shape, dtype, axes "
-        "and pixel sizes. A TIFF is written as TIFF; a photo (PNG, JPEG, BMP, WebP, ...) as the extension of "
-        "OUTPUT says: .png (lossless, the input's bit depth), .jpg/.jpeg (quality 95: lossy) or .tif/.tiff, "
-        "upright as viewers show it (EXIF orientation), with its ICC colour profile.",
+        description="Deblur INPUT with a DeblurGAN-style model and write OUTPUT. A TIFF is written as TIFF with "
+        "the same shape, dtype, axes and pixel sizes. A photo (PNG, JPEG, BMP, WebP, single-frame GIF, ...) is "
+        "written as the extension of OUTPUT says: .png (lossless; 8 or 16 bits as the input, 1/2/4-bit images "
+        "as 8-bit), .jpg/.jpeg (quality 95: lossy) or .tif/.tiff, upright as viewers show it (EXIF orientation: "
+        "a sideways photo comes out turned), with its alpha and ICC colour profile; a palette image other than "
+        "a grey ramp is written as its colours (grey or RGB).",
     )
     p.add_argument(
         "input",
@@ -68,7 +70,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--axes",
         default=None,
         metavar="A",
-        help="axes of the image, e.g. ZYX, TCYX, YXS (default: from the file's ImageJ/OME metadata; "
+        help="axes of the image, e.g. ZYX, TCYX, YXS (default: from the file's ImageJ/OME metadata (photos: YX "
+        "or YXS); "
         "unnamed leading axes are treated as Z, which is fine because every YX plane is deblurred)",
     )
     p.add_argument("--tile-size", type=int, default=None, metavar="N", help="tile edge in pixels (default: auto)")
@@ -560,7 +563,8 @@ def check_paths(inp: Path, out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise InputError(f"Output {str(out)!r} already exists; pass --force to overwrite it.")
     if out.is_dir():
-        raise InputError(f"Output {str(out)!r} is a directory; give a file name ending in .tif.")
+        endings = ".tif or .tiff" if is_tiff(inp) else ".png, .jpg, .jpeg, .tif or .tiff"
+        raise InputError(f"Output {str(out)!r} is a directory; give a file name ending in {endings}.")
     check_writable(out)  # folder exists and is writable: before the work, not after it
 
 
