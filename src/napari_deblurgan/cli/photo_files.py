@@ -382,7 +382,7 @@ def check_output(info: PhotoInfo, out: Path) -> None:
     if info.png_colour and fmt != "PNG":
         unkept.append(f"the PNG's {'/'.join(k.decode() for k, _ in info.png_colour)} (how its values are colours)")
     if unkept:
-        info.notes.append(f"not written to {out.name} (no output keeps it): {info.name}'s {', '.join(unkept)}.")
+        info.notes.append(f"not written to {out.name}: {info.name}'s {', '.join(unkept)}.")
 
 
 def write_photo(tmp: Path, result: np.ndarray, info: PhotoInfo, out: Path) -> None:
