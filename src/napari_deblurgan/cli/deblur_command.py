@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -592,8 +593,6 @@ def _deblur_file(args: argparse.Namespace) -> Any:
     :class:`TiffInfo`, or a photo's :class:`~.photo_files.PhotoInfo`)."""
     import tifffile
 
-    from ..atomic_files import atomic_write
-    from ..inference.deblur import deblur
     from ..model_file import load_model
     from .photo_files import is_tiff
     from .progress import ProgressBar
@@ -625,20 +624,36 @@ def _deblur_file(args: argparse.Namespace) -> Any:
     if data.shape != info.shape:  # tifffile squeezes the same way for series and asarray; be sure
         raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r}; pass --axes.")
 
-    bar = ProgressBar("deblur", enabled=not args.quiet)
     kw = write_kwargs(info)
-    common = _deblur_common(args, model, info.axes)
+    if not lazy:
+        _deblur_and_write(args, model, data, info.axes, out, lambda tmp, result: write_tiff(tmp, result, info, kw))
+        return info
+    bar = ProgressBar("deblur", enabled=not args.quiet)
     try:
-        if lazy:
-            _deblur_lazy(data, info, common, out, kw, bar)
-        else:
-            result = deblur(data, progress=bar, **common)
-            with atomic_write(out) as tmp:
-                write_tiff(tmp, result, info, kw)
-                _fsync(tmp)
+        _deblur_lazy(data, info, _deblur_common(args, model, info.axes), out, kw, bar)
     finally:
         bar.close()
     return info
+
+
+def _deblur_and_write(
+    args: argparse.Namespace, model: Any, pixels: Any, axes: str, out: Path, write: Callable[[Path, Any], None]
+) -> None:
+    """deblur() of in-memory ``pixels`` with the command's flags and a progress bar, then ``write(tmp, result)``
+    into the atomic temporary file of ``out``, flushed to the disk before it is renamed into place: the one
+    tail of the TIFF and the photo paths."""
+    from ..atomic_files import atomic_write
+    from ..inference.deblur import deblur
+    from .progress import ProgressBar
+
+    bar = ProgressBar("deblur", enabled=not args.quiet)
+    try:
+        result = deblur(pixels, progress=bar, **_deblur_common(args, model, axes))
+        with atomic_write(out) as tmp:
+            write(tmp, result)
+            _fsync(tmp)
+    finally:
+        bar.close()
 
 
 def _deblur_common(args: argparse.Namespace, model: Any, axes: str) -> dict[str, Any]:
@@ -661,27 +676,20 @@ def _deblur_photo(args: argparse.Namespace, inp: Path, out: Path, model: Any) ->
     it, deblur, write atomically in the format of the output's extension."""
     import numpy as np
 
-    from ..atomic_files import atomic_write
-    from ..inference.deblur import deblur
     from . import photo_files
-    from .progress import ProgressBar
 
     data, info = photo_files.read_photo(inp, args.axes)
     photo_files.check_output(info, out)  # before the work
     for note in info.notes:  # notes are not progress: -q keeps them
         print(f"note: {note}", file=sys.stderr)
     pixels, axes, alpha = photo_files.without_grey_alpha(data, info)
-    bar = ProgressBar("deblur", enabled=not args.quiet)
-    try:
-        result = deblur(pixels, progress=bar, **_deblur_common(args, model, axes))
-        if alpha is not None:
+
+    def write(tmp: Path, result: Any) -> None:
+        if alpha is not None:  # the grey+alpha photo's alpha, kept as it was
             result = np.stack((result, alpha), axis=-1)
-        result = photo_files.clip_to_palette(result, info)
-        with atomic_write(out) as tmp:
-            photo_files.write_photo(tmp, result, info, out)
-            _fsync(tmp)
-    finally:
-        bar.close()
+        photo_files.write_photo(tmp, photo_files.clip_to_palette(result, info), info, out)
+
+    _deblur_and_write(args, model, pixels, axes, out, write)
     return info
 
 
