@@ -649,7 +649,7 @@ def best_classical(
     dr = _data_range(sharp_arr, data_range)
     kernel = check_psf_array(psf)
     axes = resolve_image_axes(arr, axes)
-    blurred_range = (float(arr.min()), float(arr.max())) if not is_lazy(arr) else value_range(arr)
+    blurred_range = value_range(arr)  # one pass, a block at a time for a lazy array
     scaler = _Scaler(blurred_range, arr.dtype)
     read_src, read_ref = _plane_reader(arr, axes), _plane_reader(sharp_arr, axes)
     indices = plane_indices(tuple(arr.shape), axes)

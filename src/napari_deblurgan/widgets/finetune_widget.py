@@ -280,21 +280,11 @@ class FinetuneWidget(QWidget):
             "vgg19-dcbb9e9d.pth, or a state dict of VGG-19 or of its features. Empty: the file in torchvision's "
             "cache; without either, the critic's features stand in (a note says so). Other presets ignore it."
         )
-        vgg_browse = QPushButton("...")
-        vgg_browse.setMaximumWidth(30)
-        vgg_browse.clicked.connect(self._browse_vgg)
-        vgg_row = QHBoxLayout()
-        vgg_row.addWidget(self.vgg_edit)
-        vgg_row.addWidget(vgg_browse)
+        vgg_row = _file_row(self.vgg_edit, self._browse_vgg)
         self.save_edit = QLineEdit(str(default_model_path()))
         self._proposed_save_path = self.save_edit.text()  # replaced by a fresh name once a run has used it
         self.save_edit.setToolTip("Where the finetuned model is saved when the run finishes or is stopped.")
-        browse = QPushButton("...")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse_save)
-        save_row = QHBoxLayout()
-        save_row.addWidget(self.save_edit)
-        save_row.addWidget(browse)
+        save_row = _file_row(self.save_edit, self._browse_save)
         train_box = QGroupBox("training")
         train_form = QFormLayout(train_box)
         train_form.addRow("base model", self.base_model)
@@ -770,6 +760,17 @@ class FinetuneWidget(QWidget):
         self.control.stop()
         self._closed = True
         super().closeEvent(event)
+
+
+def _file_row(edit: QLineEdit, browse: Any) -> QHBoxLayout:
+    """A file name box with its "..." button, which calls ``browse`` (a file dialog)."""
+    button = QPushButton("...")
+    button.setMaximumWidth(30)
+    button.clicked.connect(browse)
+    row = QHBoxLayout()
+    row.addWidget(edit)
+    row.addWidget(button)
+    return row
 
 
 def _training_worker_class() -> type:
