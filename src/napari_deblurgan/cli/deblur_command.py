@@ -209,6 +209,17 @@ def in_imagej_order(axes: str) -> bool:
     return -1 not in positions and positions == sorted(positions)
 
 
+def axes_flag(axes: str, shape: tuple[int, ...], what: str) -> str:
+    """``--axes`` checked against the input's ``shape``; its error names the flag, the shape and ``what`` the
+    file says of itself (its axes, its format)."""
+    from ..axes import validate_axes
+
+    try:
+        return validate_axes(axes, len(shape))
+    except InputError as exc:
+        raise InputError(f"--axes: {exc} (shape {shape}, {what})") from None
+
+
 def map_axes(file_axes: str) -> str:
     """tifffile axes -> our letters: unknown letters ('Q', 'I', ...) become Z, then T; else InputError."""
     out = [a if a in OUR_AXES else "?" for a in file_axes.upper()]
@@ -295,12 +306,7 @@ def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
     series = tif.series[0]
     file_axes = series.axes
     if axes_override is not None:
-        from ..axes import validate_axes
-
-        try:
-            axes = validate_axes(axes_override, len(series.shape))
-        except InputError as exc:
-            raise InputError(f"--axes: {exc} (shape {tuple(series.shape)}, file axes {file_axes!r})") from None
+        axes = axes_flag(axes_override, tuple(series.shape), f"file axes {file_axes!r}")
     else:
         axes = map_axes(file_axes)
     shape = tuple(series.shape)

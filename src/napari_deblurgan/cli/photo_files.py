@@ -141,6 +141,8 @@ def read_photo(path: Path, axes_override: str | None) -> tuple[np.ndarray, Photo
                     f"{path.name} also holds {frames - 1} other image(s) next to the photo (MPO, as phones and "
                     "cameras store a depth map or a preview); only the photo is used."
                 )
+            if info.format == "PNG":  # first: its bit depth tells how Pillow read the pixels
+                info.png_ihdr, info.png_colour = _png_colour_chunks(path)
             try:
                 im.load()
                 data = _pixels(im, path, info)
@@ -156,8 +158,6 @@ def read_photo(path: Path, axes_override: str | None) -> tuple[np.ndarray, Photo
                 info.dpi = tuple(round(d) if abs(d - round(d)) < 0.05 else d for d in map(float, dpi[:2]))
             raw_exif = _exif_bytes(im.info.get("exif"))
             info.unkept = _unkept(im)
-            if info.format == "PNG":
-                info.png_ihdr, info.png_colour = _png_colour_chunks(path)
     orientation = exif.get(ORIENTATION_TAG, 1) if exif else 1
     if orientation in (2, 3, 4, 5, 6, 7, 8):
         data = orient(data, orientation)
@@ -174,12 +174,9 @@ def read_photo(path: Path, axes_override: str | None) -> tuple[np.ndarray, Photo
     info.shape, info.dtype = tuple(data.shape), data.dtype
     info.axes = "YX" if data.ndim == 2 else "YXS"
     if axes_override is not None:
-        from ..axes import validate_axes
+        from .deblur_command import axes_flag
 
-        try:
-            info.axes = validate_axes(axes_override, data.ndim)
-        except InputError as exc:
-            raise InputError(f"--axes: {exc} (shape {info.shape}, a {info.format} image)") from None
+        info.axes = axes_flag(axes_override, info.shape, f"a {info.format} image")
     return data, info
 
 
@@ -242,7 +239,7 @@ def _pixels(im: Any, path: Path, info: PhotoInfo) -> np.ndarray:
         return data
     top = np.iinfo(data.dtype).max
     if data.ndim == 2 and isinstance(key, int):
-        bits = 1 if im.mode == "1" else _png_bit_depth(path) if info.format == "PNG" and im.mode == "L" else 8
+        bits = 1 if im.mode == "1" else _png_bit_depth(info) if info.format == "PNG" and im.mode == "L" else 8
         if bits < 8:  # the key is in the stored bit depth; Pillow scales 1/2/4-bit values to 0..255
             key = key * 255 // (2**bits - 1)
         opaque = data != key
@@ -262,7 +259,7 @@ def _stored_pixels(im: Any, path: Path, info: PhotoInfo) -> np.ndarray:
     from .deblur_command import is_lut
 
     mode = im.mode
-    if info.format == "PNG" and _png_bit_depth(path) == 16 and mode not in ("I;16", "I;16B", "I", "P"):
+    if info.format == "PNG" and _png_bit_depth(info) == 16 and mode not in ("I;16", "I;16B", "I", "P"):
         # 16-bit grey+alpha and colour: Pillow has no such modes and reads them as 8-bit
         import imagecodecs
 
@@ -326,10 +323,9 @@ def _unpalette(im: Any, palette: np.ndarray, path: Path, info: PhotoInfo) -> np.
     return data
 
 
-def _png_bit_depth(path: Path) -> int:
-    with open(path, "rb") as fh:
-        head = fh.read(26)
-    return head[24] if len(head) == 26 and head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR" else 8
+def _png_bit_depth(info: PhotoInfo) -> int:
+    """A PNG input's bits per sample (from its IHDR, read by :func:`_png_colour_chunks`); 8 for other inputs."""
+    return info.png_ihdr[0] if info.png_ihdr else 8
 
 
 def orient(data: np.ndarray, orientation: int) -> np.ndarray:
