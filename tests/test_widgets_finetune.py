@@ -217,6 +217,31 @@ def test_bad_settings_give_notification(setup, qtbot, notifications):
     assert any("same layer" in msg for sev, msg in notifications if sev == NotificationSeverity.ERROR)
 
 
+def test_the_precision_box_offers_every_precision_and_its_choice_reaches_the_run(setup, qtbot, tmp_path,
+                                                                                notifications):
+    from napari_deblurgan import load_model
+    from napari_deblurgan.devices import PRECISIONS
+
+    _viewer, finetune, _ = setup
+    combo = finetune.precision_combo
+    assert [combo.itemData(i) for i in range(combo.count())] == list(PRECISIONS)
+    assert finetune.settings_kwargs()["precision"] == "auto"  # the API's default unless the user picks one
+    combo.setCurrentIndex(combo.findData("bfloat16"))
+    finetune.steps_spin.setValue(2)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    training = load_model(tmp_path / "models" / "mine.pt").metadata["training"]
+    assert (training["precision"], training["autocast_dtype"]) == ("bfloat16", "bfloat16")
+
+    combo.setCurrentIndex(combo.findData("float16"))  # needs a GPU; the device is the CPU here
+    finetune.save_edit.setText(str(tmp_path / "models" / "other.pt"))
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    errors = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+    assert any("precision" in msg and "needs a GPU" in msg and "precision=" not in msg for msg in errors), errors
+    assert not (tmp_path / "models" / "other.pt").exists()
+
+
 def test_a_second_start_never_overwrites_the_first_runs_model(setup, qtbot, tmp_path, monkeypatch):
     """The proposed file name is replaced by a fresh one once a run has written there."""
     from napari_deblurgan.widgets import finetune_widget

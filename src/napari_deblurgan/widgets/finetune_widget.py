@@ -63,6 +63,13 @@ if TYPE_CHECKING:
 #: name of the layer that shows the current restoration of the fixed validation crop
 PREVIEW_LAYER = "finetune preview: blurred | restored | sharp"
 BLUR_KINDS = ("mixed", "motion", "defocus", "gaussian", "airy")
+#: ``(label, precision=)`` of the precision box (devices.PRECISIONS; tests check that they agree)
+PRECISION_ITEMS = (
+    ("auto (bfloat16 on a GPU)", "auto"),
+    ("float32", "float32"),
+    ("bfloat16", "bfloat16"),
+    ("float16 (GPU only)", "float16"),
+)
 
 #: The ``iter_finetune`` keywords that the API's notices and errors name, and the panel's label of the control
 #: that sets each (the box's title first where the row's label alone is ambiguous): the panel says the API's
@@ -76,6 +83,7 @@ PANEL_LABELS: dict[str, str] = {
     "batch_size": "batch size",
     "learning_rate": "learning rate",
     "device": "device",
+    "precision": "precision",
     "seed": "seed",
     "validate_every": "validate every",
     "validation": "validation fraction",
@@ -270,6 +278,13 @@ class FinetuneWidget(QWidget):
         self.preset_combo.addItems(_preset_names())
         self.device_combo = QComboBox()
         set_items(self.device_combo, device_items())
+        self.precision_combo = QComboBox()
+        set_items(self.precision_combo, PRECISION_ITEMS)
+        self.precision_combo.setToolTip(
+            "The arithmetic of the training steps (autocast). auto: bfloat16 on a GPU, float32 on the CPU (where "
+            "bfloat16 is much slower). float32 on a GPU for high-SNR data that must be restored to 40 dB and more "
+            "(docs/training.md, Precision); float16 needs a GPU. The saved weights are float32 either way."
+        )
         self.seed_spin = _spin(0, 2**31 - 1, 0)
         self.validate_every_spin = _spin(1, 100_000, 100)
         self.validate_every_spin.setToolTip("Validation (PSNR point and preview update) every this many steps.")
@@ -294,6 +309,7 @@ class FinetuneWidget(QWidget):
         train_form.addRow("batch size", self.batch_spin)
         train_form.addRow("learning rate", self.lr_spin)
         train_form.addRow("device", self.device_combo)
+        train_form.addRow("precision", self.precision_combo)
         train_form.addRow("seed", self.seed_spin)
         train_form.addRow("validate every", self.validate_every_spin)
         train_form.addRow("VGG-19 weights", vgg_row)
@@ -543,6 +559,7 @@ class FinetuneWidget(QWidget):
             learning_rate=self.lr_spin.value() or None,
             preset=self.preset_combo.currentText(),
             device=self.device_combo.currentData() or "auto",
+            precision=self.precision_combo.currentData() or "auto",
             seed=self.seed_spin.value(),
             validate_every=self.validate_every_spin.value(),
             perceptual_weights=Path(vgg).expanduser() if (vgg := self.vgg_edit.text().strip()) else None,
