@@ -189,6 +189,38 @@ def test_float64_and_wide_integer_precision_survives(model):
         deblur(np.random.default_rng(3).random((40, 36)) * 1e-320, identity, device="cpu")
 
 
+@pytest.mark.parametrize("normalize", ["plane", "local"])
+def test_float32_planes_of_extreme_range_deblur_like_their_rescaled_copy_not_to_nan(model, normalize):
+    """Normalisation makes deblur() scale-invariant: a float32 plane spanning 1e-40 (below float32's normal
+    numbers) or reaching +-3e38 restores like a rescaled copy of itself. Both came back all NaN, with exit
+    status 0 from the CLI, when 1 / span or the offset overflowed float32."""
+    base = np.random.default_rng(4).random((40, 36))
+    reference = deblur(base.astype(np.float32), model, device="cpu", normalize=normalize).astype(np.float64)
+    for factor in (1e-40, 3e38):
+        image = (base * factor).astype(np.float32)
+        out = deblur(image, model, device="cpu", normalize=normalize)
+        assert out.dtype == np.float32 and np.isfinite(out).all(), factor
+        np.testing.assert_allclose(out / factor, reference, rtol=1e-3, atol=2e-3 if factor < 1 else 1e-5)
+    wide = (base * 2 - 1) * 3e38  # +-3e38: the span itself exceeds float32's largest value
+    out = deblur(wide.astype(np.float32), model, device="cpu", normalize=normalize)
+    expected = deblur(base * 2 - 1, model, device="cpu", normalize=normalize) * 3e38
+    big = float(np.finfo(np.float32).max)
+    # where the restoration exceeds float32's largest value, it is clipped to it
+    np.testing.assert_allclose(out / 3e38, np.clip(expected, -big, big) / 3e38, rtol=1e-3, atol=1e-5)
+
+
+def test_a_range_float64_cannot_hold_is_one_error_and_a_sentinel_pixel_stays_finite(model):
+    with pytest.raises(InputError, match=r"too large to normalise.*divide it by a power of ten"):
+        deblur((np.random.default_rng(5).random((40, 36)) * 2 - 1) * 1.5e308, model, device="cpu")
+    # "no data" marked with float32's largest value: before, the network overflowed into NaN around it
+    image = np.random.default_rng(6).random((48, 48)).astype(np.float32)
+    image[10, 10] = np.finfo(np.float32).max
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no overflow warnings either
+        out = deblur(image, model, device="cpu")
+    assert np.isfinite(out).all()
+
+
 def test_a_too_small_tile_size_gets_a_recommendation_that_works():
     """The minimum that the error recommends must itself be accepted with the default overlap, and small
     tiles that multiply the work get a warning that says by how much."""

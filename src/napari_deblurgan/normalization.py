@@ -63,6 +63,7 @@ def local_percentile_fields(
     object then sets the scale of its own neighbourhood only, not of the whole plane. ``dtype``: float64 for
     images that :func:`needs_float64` (an offset of 1e4 in float32 keeps only 1e-3 of precision)."""
     plane_lo, plane_hi = percentile_range(plane, low, high)
+    check_range(plane_lo, plane_hi)
     plane_span = plane_hi - plane_lo
     height, width = plane.shape
     ny, nx = max(1, round(height / block)), max(1, round(width / block))
@@ -106,31 +107,64 @@ def needs_float64(dtype: np.dtype) -> bool:
     return dtype.itemsize >= 4 and dtype != np.float32
 
 
+#: A plane whose percentile span or offset lies outside these is normalised (and its output denormalised) in
+#: float64 whatever its dtype: float32's normal numbers run from 1.2e-38 to 3.4e38, and ``1 / span``, the offset
+#: and the denormalised output need room on both sides (a float32 plane spanning 1e-40, or values of +-3e38,
+#: came back as NaN).
+FLOAT32_SAFE_RANGE = (1e-30, 1e30)
+
+#: Normalised values are clipped to +-this before the network sees them: a pixel a million times the plane's
+#: percentile span away from it (a sentinel such as float32's largest value for "no data") would overflow
+#: float32 inside the network and spread NaN over its neighbourhood. Real signal lies far inside (a bright bead
+#: on a dim background reaches some hundreds to thousands).
+NORMALIZED_LIMIT = 1e6
+
+
+def check_range(lo: float, hi: float) -> None:
+    """Raise :class:`InputError` when ``lo .. hi`` cannot be normalised even in float64."""
+    span = hi - lo
+    if not np.isfinite(span):
+        raise InputError(
+            f"the image's intensity range ({lo:g} to {hi:g}) is too large to normalise; rescale the image "
+            "(e.g. divide it by a power of ten) and try again"
+        )
+    if not np.isfinite(1.0 / span):
+        raise InputError(
+            f"the image's intensity range ({span:g}) is too small to normalise; rescale the image "
+            "(e.g. multiply it by a power of ten) and try again"
+        )
+
+
+def needs_float64_range(lo: float, hi: float) -> bool:
+    """Whether a plane normalised with ``lo .. hi`` must be computed in float64 (:data:`FLOAT32_SAFE_RANGE`)."""
+    small, large = FLOAT32_SAFE_RANGE
+    return not (small <= hi - lo <= large and max(abs(lo), abs(hi)) <= large)
+
+
 # Rows per block when normalising in float64, so that the float64 temporaries stay ~8 MB, not plane-sized.
 _FLOAT64_BLOCK_PIXELS = 1 << 20
 
 
 def normalize(plane: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """float32 ``(plane - lo) / (hi - lo)``.
+    """float32 ``(plane - lo) / (hi - lo)``, clipped to +-:data:`NORMALIZED_LIMIT`.
 
     For float64 and wide-integer planes the offset is removed in float64 first: in float32, an image of
-    ``1e4 + small variations`` (or a 32-bit count near 1e9) would round to a handful of distinct values.
+    ``1e4 + small variations`` (or a 32-bit count near 1e9) would round to a handful of distinct values. So are
+    planes whose range float32 cannot scale (:func:`needs_float64_range`).
     """
+    check_range(lo, hi)
     scale = 1.0 / (hi - lo)
-    if not np.isfinite(scale):
-        raise InputError(
-            f"the image's intensity range ({hi - lo:g}) is too small to normalise; rescale the image "
-            "(e.g. multiply it by a power of ten) and try again"
-        )
-    if not needs_float64(plane.dtype):
-        return ((plane.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(scale)).astype(
-            np.float32, copy=False
-        )
-    out = np.empty(plane.shape, dtype=np.float32)
-    rows = max(1, _FLOAT64_BLOCK_PIXELS // max(1, plane[:1].size))
-    for start in range(0, plane.shape[0], rows):
-        out[start : start + rows] = (plane[start : start + rows].astype(np.float64) - lo) * scale
-    return out
+    if not needs_float64(plane.dtype) and not needs_float64_range(lo, hi):
+        with np.errstate(over="ignore"):  # a sentinel near float32's largest value: clipped below
+            out = (plane.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(scale)
+        out = out.astype(np.float32, copy=False)
+    else:
+        out = np.empty(plane.shape, dtype=np.float32)
+        rows = max(1, _FLOAT64_BLOCK_PIXELS // max(1, plane[:1].size))
+        for start in range(0, plane.shape[0], rows):
+            block = (plane[start : start + rows].astype(np.float64) - lo) * scale
+            out[start : start + rows] = np.clip(block, -NORMALIZED_LIMIT, NORMALIZED_LIMIT, out=block)
+    return np.clip(out, -NORMALIZED_LIMIT, NORMALIZED_LIMIT, out=out)
 
 
 def integer_clip_bounds(dtype: np.dtype, float_dtype: np.dtype) -> tuple[np.floating, np.floating]:

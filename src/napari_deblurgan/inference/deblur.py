@@ -25,10 +25,12 @@ from ..axes import channel_axis, resolve_axes
 from ..errors import Cancelled, InputError, cancel_requested, user_stacklevel
 from ..inputs import is_dask, reject_viewer_objects
 from ..normalization import (
+    NORMALIZED_LIMIT,
     cast_like,
     check_dtype,
     local_percentile_fields,
     needs_float64,
+    needs_float64_range,
     normalize,
     percentile_range,
 )
@@ -371,17 +373,20 @@ class _PlaneRunner:
 
     def run(self, plane: np.ndarray, on_batch: Callable[[], None], cancel: CancelCheck) -> np.ndarray:
         """Deblur a (C, Y, X) plane in any dtype; returns (C, Y, X) in the input's units: float32, or
-        float64 for float64 and wide-integer planes (``normalization.needs_float64``)."""
+        float64 for float64 and wide-integer planes and for ranges float32 cannot scale
+        (``normalization.needs_float64``, ``needs_float64_range``)."""
         import torch
 
         # Memory: two padded float32 planes (the normalised input and the blended output) and one batch of
         # tiles; every step works in place on those (a 4096 px plane took ~8 plane-sized buffers before).
         c, h, w = plane.shape
-        wide = needs_float64(plane.dtype)
         # A constant channel has nothing to deblur and comes back unchanged: its normalisation falls back to a
         # unit range, and the network's small residual on a flat input (about 1e-2 of that range) would
         # otherwise come back as noise around the constant (an all-zero float image gave values of +-0.01).
         flat = [bool(plane[i].min() == plane[i].max()) for i in range(c)]
+        ranges = [percentile_range(plane[i], self.low, self.high) for i in range(c)]
+        # float64 for the dtypes that need it, and for ranges that float32 cannot scale (spans of 1e-40, 1e38)
+        wide = needs_float64(plane.dtype) or any(needs_float64_range(lo, hi) for lo, hi in ranges)
         if all(flat):
             for _ in range(self.batches_per_plane(h, w)):  # the progress still counts this plane's batches
                 if cancel_requested(cancel):
@@ -393,14 +398,18 @@ class _PlaneRunner:
             field_dtype = np.float64 if wide else np.float32
             scales = [local_percentile_fields(plane[i], self.low, self.high, dtype=field_dtype) for i in range(c)]
         else:
-            ranges = [percentile_range(plane[i], self.low, self.high) for i in range(c)]
             scales = [(lo, hi - lo) for lo, hi in ranges]
         hp, wp = self.padded_shape(h, w)
         p = self.pad
         padded = np.empty((c, hp, wp), dtype=np.float32)
         for i, (lo, span) in enumerate(scales):
             # normalize() removes a scalar offset in float64 where the dtype needs it; fields already are float64
-            padded[i, p : p + h, p : p + w] = (plane[i] - lo) / span if self.local else normalize(plane[i], *ranges[i])
+            if self.local:
+                region = padded[i, p : p + h, p : p + w]
+                region[...] = (plane[i] - lo) / span
+                np.clip(region, -NORMALIZED_LIMIT, NORMALIZED_LIMIT, out=region)
+            else:
+                padded[i, p : p + h, p : p + w] = normalize(plane[i], *ranges[i])
         reflect_fill(padded, (p, p + h), (p, p + w))
         grid = plan_tiles((hp, wp), tile_size=self.tile_size, overlap=self.overlap, halo=self.halo, stride=self.stride)
         accum = np.zeros_like(padded)
