@@ -199,6 +199,36 @@ def test_synthesize_rgb_axes():
         np.testing.assert_array_equal(blurred[..., ch], np.clip(np.rint(ref), 0, 255).astype(np.uint8))
 
 
+@pytest.mark.parametrize("axes", [None, "SYX"])
+def test_an_rgba_images_alpha_is_copied_and_its_colours_blur_and_noise_like_the_rgb_image(axes):
+    """deblur() keeps alpha (opacity, not an image); synthetic blur did blur and noise it, which then made
+    deblur() warn that the blurred alpha looked like a fourth image channel."""
+    rng = np.random.default_rng(2)
+    rgba = rng.uniform(0, 255, (32, 32, 4)).astype(np.uint8)
+    rgba[..., 3] = 0
+    rgba[8:24, 8:24, 3] = 255  # a sharp transparency edge
+    if axes == "SYX":
+        rgba = np.moveaxis(rgba, -1, 0)
+    blurred, _ = synthesize_blur(rgba, "motion", noise=50, seed=3, axes=axes)
+    colours = rgba[:3] if axes == "SYX" else rgba[..., :3]
+    alpha = (lambda a: a[3]) if axes == "SYX" else (lambda a: a[..., 3])
+    np.testing.assert_array_equal(alpha(blurred), alpha(rgba))
+    rgb_blurred, _ = synthesize_blur(colours, "motion", noise=50, seed=3, axes=axes and "SYX")
+    np.testing.assert_array_equal(blurred[:3] if axes == "SYX" else blurred[..., :3], rgb_blurred)
+
+
+def test_noise_on_an_image_with_no_positive_intensity_is_refused_not_silently_skipped():
+    negative = -1 - np.random.default_rng(3).random((32, 32))  # e.g. background-subtracted, all below zero
+    with pytest.raises(InputError, match=r"none \(it is <= 0 everywhere\).*image - image.min\(\)"):
+        synthesize_blur(negative, "gaussian", noise=100, seed=0)
+    blurred, _ = synthesize_blur(negative, "gaussian", seed=0)  # without noise it is fine
+    assert blurred.shape == negative.shape
+    partly = negative + 1.5  # some positive signal: shot noise on it, the negative part noise-free
+    noisy, _ = synthesize_blur(partly, "gaussian", strength=1.0, noise=100, seed=0)
+    clean, _ = synthesize_blur(partly, "gaussian", strength=1.0, seed=0)
+    assert not np.array_equal(noisy[clean > 0], clean[clean > 0])
+
+
 def test_integer_output_is_rounded_and_clipped_not_wrapped():
     sharp = np.zeros((32, 32), np.uint8)
     sharp[10:20, 10:20] = 255

@@ -356,6 +356,18 @@ def synthesize_blur_with_params(
     work = _work_dtype(arr.dtype)
     out = np.empty(arr.shape, dtype=arr.dtype)
     dst = yx_last(out, axes)
+    if "S" in axes and arr.shape[axes.index("S")] == 4:
+        # RGBA, as deblur() reads it: alpha is opacity, not an image; it is copied, not blurred or made noisy
+        at = [a for a in axes if a not in "YX"].index("S")
+        colours, alpha = (slice(None),) * at + (slice(0, 3),), (slice(None),) * at + (3,)
+        dst[alpha] = src[alpha]
+        src, dst = src[colours], dst[colours]
+    if noise_settings and max(float(src[idx].max()) for idx in np.ndindex(src.shape[:-2])) <= 0:
+        raise InputError(
+            "noise is drawn as photons from the positive intensities, and this image has none (it is <= 0 "
+            "everywhere), so it would come back without noise; shift it first (e.g. image - image.min()) or "
+            "pass noise=None."
+        )
     if noise_settings:
         # one gain for the whole array: a stack is one acquisition with one exposure setting
         _noisy_planes_into(dst, src, psf, work, noise_settings["photons"], noise_settings["read_noise"], rng)
@@ -394,12 +406,14 @@ def synthesize_blur(
         blurred image's 99.9th-percentile intensity (which fixes one gain, photons per intensity unit, for
         the whole array) and ``R`` is the read-noise standard deviation in photons. A number is shorthand for
         ``{"photons": number, "read_noise": 0}``. ``"realistic"`` draws ``P`` log-uniformly in 30..1000 and
-        ``R`` uniformly in 1..4.
+        ``R`` uniformly in 1..4. Shot noise is drawn from the positive intensities only (the negative part
+        of a background-subtracted float image stays noise-free); an image that is <= 0 everywhere is refused.
     seed
         Seed (or ``np.random.Generator``) for the PSF and the noise; the same seed gives the same result.
     axes
         Axes letters (TZCYXS) of ``sharp``; None infers them (last two axes are YX, a trailing axis of 3 or
-        4 is RGB(A) samples, as in :func:`deblur`). One PSF is applied to every YX plane.
+        4 is RGB(A) samples, as in :func:`deblur`). One PSF is applied to every YX plane; an RGBA image's
+        alpha (opacity, not an image) is copied unchanged, as :func:`deblur` keeps it.
 
     Returns
     -------
