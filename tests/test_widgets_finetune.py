@@ -472,7 +472,7 @@ def test_a_blur_preview_whose_layer_was_removed_meanwhile_is_added_with_a_note(s
     assert any("'sharp' was removed from the viewer" in msg for msg in infos), notifications
 
 
-def test_the_preview_sits_on_its_validation_layers_plane_not_at_the_origin_at_unit_scale(setup, qtbot, pair):
+def test_the_preview_sits_below_its_validation_layers_plane_not_at_the_origin_at_unit_scale(setup, qtbot, pair):
     """The preview is a crop of one YX plane of the run's validation layer (here of a ZYX stack with a scale and
     a translate): it takes that plane's YX scale, translate and units, so it is drawn at its input's size,
     instead of unit scale at the world origin (a 0.1 um-pixel image's preview was ten times too large)."""
@@ -492,7 +492,8 @@ def test_the_preview_sits_on_its_validation_layers_plane_not_at_the_origin_at_un
     assert finetune.last_finished is not None, finetune.status.text()
     preview = viewer.layers[PREVIEW_LAYER]
     assert preview.data.ndim == 2
-    assert tuple(preview.scale) == (0.5, 0.25) and tuple(preview.translate) == (10.0, -3.0)
+    # just below the plane (64 rows of 0.5 um, then a gap of 4 rows), where it hides none of the image
+    assert tuple(preview.scale) == (0.5, 0.25) and tuple(preview.translate) == (10.0 + 0.5 * (64 + 4), -3.0)
     assert [str(unit) for unit in preview.units] == ["micrometer", "micrometer"]
 
     # a later run on other layers moves the preview layer it reuses onto their plane
@@ -502,7 +503,7 @@ def test_the_preview_sits_on_its_validation_layers_plane_not_at_the_origin_at_un
     finetune.start_button.click()
     wait_done(qtbot, finetune)
     assert viewer.layers[PREVIEW_LAYER] is preview
-    assert tuple(preview.scale) == (1.0, 1.0) and tuple(preview.translate) == (0.0, 0.0)
+    assert tuple(preview.scale) == (1.0, 1.0) and tuple(preview.translate) == (64.0 + 4, 0.0)
 
 
 def test_layer_geometry_of_a_plane_is_the_yx_part_of_the_layers_transforms():
@@ -530,6 +531,11 @@ def test_layer_geometry_of_a_plane_is_the_yx_part_of_the_layers_transforms():
     assert tuple(plane.axis_labels) == ("y", "x") and [str(u) for u in plane.units] == ["nanometer", "nanometer"]
     for y, x in [(0, 0), (5, 0), (0, 7), (11, 13)]:
         np.testing.assert_allclose(plane.data_to_world((y, x)), stack.data_to_world((1, y, x))[1:], atol=1e-9)
+
+    # below=True: the result's first row lies 16 + 4 rows down the rotated plane, where the plane's row 20 would
+    under = Image(np.zeros((16, 20), np.float32), **layer_geometry(stack, 2, below=True))
+    for y, x in [(0, 0), (3, 7)]:
+        np.testing.assert_allclose(under.data_to_world((y, x)), stack.data_to_world((1, y + 20, x))[1:], atol=1e-9)
 
     channels = Image(np.zeros((3, 16, 20), np.float32), **layer_geometry(stack, 3))  # (C, Y, X) of its own
     assert tuple(channels.scale) == (1.0, 0.5, 0.25) and tuple(channels.translate) == (0.0, 10.0, -3.0)

@@ -216,7 +216,9 @@ class LayerComboBox(QComboBox):
         self.setCurrentIndex(index)
 
 
-def layer_geometry(layer: napari.layers.Image, ndim: int | None = None, axes: str | None = None) -> dict[str, Any]:
+def layer_geometry(
+    layer: napari.layers.Image, ndim: int | None = None, axes: str | None = None, *, below: bool = False
+) -> dict[str, Any]:
     """The keyword arguments that place a result layer where its part of ``layer`` is in the world: ``scale``,
     ``translate``, ``rotate``, ``shear``, ``affine``, ``axis_labels`` and ``units``. The one place every result
     layer of the widgets (a deblurred or blurred copy, a baseline, the Finetune preview) gets its geometry.
@@ -229,7 +231,9 @@ def layer_geometry(layer: napari.layers.Image, ndim: int | None = None, axes: st
     origin instead of the world origin at unit scale, so it is drawn at the size and in the units of its input.
     The YX axes are those of ``axes`` (the run's axes string for the layer's data, e.g. ``YXC`` for a
     channel-last stack) when given and it fits the layer, else those labelled Y and X when the layer's labels
-    are axis letters, else its last two.
+    are axis letters, else its last two. ``below=True`` (with ``ndim``): the result starts just below the plane
+    instead of at its origin, a gap of a few pixels under its last row (the Finetune preview, which would
+    otherwise hide part of the image it comes from).
     """
     if ndim is None:
         return {
@@ -241,6 +245,7 @@ def layer_geometry(layer: napari.layers.Image, ndim: int | None = None, axes: st
             "axis_labels": tuple(layer.axis_labels),
             "units": tuple(layer.units),
         }
+    import numpy as np
     from napari.utils.transforms import CompositeAffine
 
     labels = [str(label).strip().upper() for label in layer.axis_labels]
@@ -257,9 +262,17 @@ def layer_geometry(layer: napari.layers.Image, ndim: int | None = None, axes: st
     )
     plane = physical.set_slice(yx).expand_dims(extra)
     affine = layer.affine.set_slice(yx).expand_dims(extra)
+    translate = tuple(float(v) for v in plane.translate)
+    if below:
+        shape = layer.data.shape if not getattr(layer, "multiscale", False) else layer.data[0].shape
+        height = int(shape[yx[0]])
+        # the plane's own transform of a pixel offset, so a rotated or sheared plane gets it along its own Y
+        offset = np.zeros(len(extra) + 2)
+        offset[-2] = height + max(4, height // 32)
+        translate = tuple(float(v) for v in plane(offset))
     return {
         "scale": tuple(plane.scale),
-        "translate": tuple(plane.translate),
+        "translate": translate,
         "rotate": plane.rotate,
         "shear": plane.shear,
         "affine": affine,

@@ -713,8 +713,9 @@ class FinetuneWidget(QWidget):
         Grey for a one-channel model; in colour for a 3-channel model trained on RGB images (axes ending in
         S), whose preview carries every channel as (C, Y, X); a stack with a channel slider otherwise. Contrast
         0..1 is each channel's percentile range of the blurred crop (the model's normalised units). The crop is
-        a piece of one YX plane of the run's validation layer: the preview has that plane's scale, origin and
-        orientation (:func:`layer_geometry`), so it is drawn at its input's size and units, not at unit scale.
+        a piece of one YX plane of the run's validation layer: the preview has that plane's scale and orientation
+        (:func:`layer_geometry`), so it is drawn at its input's size and units, not at unit scale, and it sits
+        just below the plane, where it hides none of the image.
         """
         parts = [np.asarray(part, dtype=np.float32) for part in (event.input, event.image, event.target)]
         tile = np.concatenate(parts, axis=-1)  # (Y, 3X), or (C, Y, 3X)
@@ -725,7 +726,7 @@ class FinetuneWidget(QWidget):
         layer = self.preview_layer
         shown = layer is not None and layer in self.viewer.layers
         source = self._preview_source
-        geometry = layer_geometry(source, tile.ndim - rgb, self._preview_axes) if source is not None else {}
+        geometry = layer_geometry(source, tile.ndim - rgb, self._preview_axes, below=True) if source is not None else {}
         if shown and bool(layer.rgb) == rgb and layer.data.ndim == tile.ndim:
             layer.data = tile
             layer.name = PREVIEW_LAYER
