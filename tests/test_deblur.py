@@ -345,6 +345,8 @@ def test_inference_runs_in_eval_mode_and_restores_the_mode():
         (np.zeros((20, 20), np.float32), {"tile_size": 16}, "tile_size 16 is too small"),
         (np.zeros((20, 20), np.float32), {"batch_size": True}, "batch_size must be a positive integer"),
         (np.zeros((20, 20), np.float32), {"tile_size": 128, "overlap": 128}, "must be smaller than tile_size"),
+        (np.zeros((20, 20), np.float32), {"tile_size": 128, "overlap": 4999},
+         r"^overlap \(4999 px, rounded up to a multiple of \d+ px: \d+ px\) must be smaller than tile_size"),
         (np.zeros((20, 20), np.float32), {"device": "tpu"}, "unknown device|unsupported device"),
         (np.zeros((20, 20), np.float32), {"batch_size": 0}, "batch_size"),
         (np.zeros((20, 20), np.float32), {"context_padding": -4}, "context_padding must be >= 0"),

@@ -113,7 +113,7 @@ def check_tiling(tile_size: int, overlap: int | None, receptive_radius: int, str
     tile_size = round_up(int(tile_size), stride)
     overlap = seamless if overlap is None else round_up(int(overlap), stride)
     if overlap >= tile_size:
-        rounded = "" if overlap == given_overlap else f" (rounded up to a multiple of {stride} px: {overlap})"
+        rounded = "" if overlap == given_overlap else f", rounded up to a multiple of {stride} px: {overlap} px"
         raise InputError(
             f"overlap ({given_overlap} px{rounded}) must be smaller than tile_size ({tile_size} px); "
             f"the default overlap for this model is {seamless} px"
