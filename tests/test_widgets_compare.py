@@ -301,6 +301,41 @@ def test_a_baseline_still_running_when_the_panel_is_closed_adds_no_layer(setup, 
     qtbot.wait(50)
 
 
+def test_napari_quitting_cancels_a_running_baseline(setup, qtbot):
+    """napari's quit calls quit() on every worker and waits (WorkerBase.await_workers): a 1000-iteration
+    Richardson-Lucy kept it waiting to the end, since closing the window never reaches the panel."""
+    viewer, widget = setup
+    _choose_a_long_richardson_lucy(viewer, widget, planes=6, iterations=1000)
+    widget.rl_button.click()
+    worker = widget.worker
+    finished: list[bool] = []
+    worker.finished.connect(lambda: finished.append(True))
+    worker.quit()
+    assert widget._cancel.is_set()
+    qtbot.waitUntil(lambda: bool(finished), timeout=30_000)
+    assert [layer.name for layer in viewer.layers] == ["truth", "blurred", "stack"]
+
+
+def test_a_table_names_the_ground_truth_it_was_computed_against_and_a_refused_compute_clears_it(setup, qtbot,
+                                                                                                 notifications):
+    viewer, widget = setup
+    viewer.add_image(viewer.layers["truth"].data.copy(), name="truth B")
+    widget.reference_combo.set_value(viewer.layers["truth"])
+    widget.set_checked(viewer.layers["blurred"])
+    widget.compute_button.click()
+    widget.reference_combo.set_value(viewer.layers["truth B"])  # changed while the job runs
+    wait_done(qtbot, widget)
+    assert widget.table_result is not None
+    assert "ground truth: 'truth'." in widget.status.text(), widget.status.text()
+
+    for layer in list(viewer.layers):  # nothing checked: Compute is refused, and the old table goes
+        widget.set_checked(layer, False)
+    widget.compute_button.click()
+    assert any("Check at least one" in msg for _, msg in notifications)
+    assert widget.table_result is None and widget.table.rowCount() == 0
+    assert not widget.export_button.isEnabled() and "ground truth" not in widget.status.text()
+
+
 def test_cancel_stops_a_long_richardson_lucy_and_adds_nothing(setup, qtbot):
     viewer, widget = setup
     _choose_a_long_richardson_lucy(viewer, widget, planes=6, iterations=1000)

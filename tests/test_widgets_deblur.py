@@ -199,6 +199,49 @@ def test_cancel_stops_quickly_and_adds_nothing(viewer_and_widget, qtbot):
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
+def test_napari_quitting_cancels_the_job_instead_of_waiting_for_it(viewer_and_widget, qtbot):
+    """napari's quit calls quit() on every worker and waits for it (WorkerBase.await_workers); closing the
+    window never reaches the panel's closeEvent, so a plain worker ran the whole stack while napari waited."""
+    viewer, widget = viewer_and_widget
+    start_long_job(viewer, widget)
+    qtbot.waitUntil(lambda: widget.progress.value() > 0 or widget.worker is None, timeout=60_000)
+    worker = widget.worker
+    assert worker is not None, "finished before it could be cancelled; make the image bigger"
+    returned: list = []
+    worker.returned.connect(returned.append)
+    worker.quit()  # what napari's quit does to it
+    assert widget._cancel.is_set()
+    wait_done(qtbot, widget, timeout=5_000)
+    assert widget.progress.value() < widget.progress.maximum()  # stopped part-way, not run to the end
+    assert [lay.name for lay in viewer.layers] == ["big"]
+
+
+def test_napari_quitting_cancels_a_layer_menu_job(make_napari_viewer, tiny_model_file, qtbot, monkeypatch):
+    from napari_deblurgan.widgets import layer_menu
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(layer_menu, "MODEL", str(tiny_model_file))
+    viewer = make_napari_viewer(strict_qt="raise")
+    layer = viewer.add_image((np.random.default_rng(0).random((64, 128, 128)) * 4000).astype(np.uint16), name="big")
+    viewer.layers.selection = {layer}
+    import napari_deblurgan
+
+    deblur = napari_deblurgan.deblur
+
+    def counting_deblur(*args, **kwargs):  # counts the planes that reach the progress hook
+        return deblur(*args, progress=lambda done, total: calls.append((done, total)), **kwargs)
+
+    monkeypatch.setattr(napari_deblurgan, "deblur", counting_deblur)
+    (worker,) = layer_menu.deblur_selected_layers(viewer)
+    qtbot.waitUntil(lambda: bool(calls), timeout=60_000)
+    worker.quit()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=10_000)
+    qtbot.wait(50)
+    done, total = calls[-1]
+    assert done < total  # stopped part-way, not run to the end
+    assert [lay.name for lay in viewer.layers] == ["big"]
+
+
 def test_run_without_an_image_layer_says_what_to_do(viewer_and_widget, notifications):
     viewer, widget = viewer_and_widget
     assert len(viewer.layers) == 0

@@ -86,6 +86,25 @@ def detached_from_dock(widget: QWidget, event: Any) -> bool:
     return False
 
 
+def create_cancellable_worker(func: Callable[..., Any], *args: Any, _cancel: Any, **kwargs: Any) -> Any:
+    """napari's ``create_worker(func, *args, **kwargs)`` whose ``quit()`` also sets ``_cancel`` (the
+    ``threading.Event`` that the job reads between planes, tiles or iterations; ``kwargs`` go to ``func``).
+
+    When napari quits, ``WorkerBase.await_workers`` calls ``quit()`` on every worker and waits for its thread,
+    and closing the window never reaches the panels' ``closeEvent``: a plain function worker cannot be
+    interrupted, so quitting waited for a whole deblur or a 1000-iteration baseline to finish. Now it stops at
+    the job's next check, as the panel's Cancel does.
+    """
+    from napari.qt.threading import FunctionWorker, create_worker
+
+    class CancellableWorker(FunctionWorker):
+        def quit(self) -> None:
+            _cancel.set()
+            super().quit()
+
+    return create_worker(func, *args, _worker_class=CancellableWorker, **kwargs)
+
+
 def layer_pixels(layer: napari.layers.Image) -> Any:
     """The layer's full-resolution data: level 0 of a multiscale (pyramid) layer, else ``layer.data``.
 

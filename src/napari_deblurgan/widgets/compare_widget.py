@@ -7,6 +7,7 @@ and :func:`napari_deblurgan.wiener`; the widget only picks layers, runs those ca
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import weakref
@@ -38,6 +39,7 @@ from ._common import (
     LayerComboBox,
     avoid_triton_llvm_clash,
     axes_for_layer,
+    create_cancellable_worker,
     detached_from_dock,
     error_message,
     gone_note,
@@ -270,10 +272,10 @@ class CompareWidget(QWidget):
         return False
 
     def _start(self, func: Any, *args: Any, on_ok: Any, **kwargs: Any) -> None:
-        from napari.qt.threading import create_worker
         avoid_triton_llvm_clash()
 
-        self.worker = create_worker(_guarded, func, *args, **kwargs)
+        # napari quitting sets the current cancel event, as Cancel does (read between planes and iterations)
+        self.worker = create_cancellable_worker(_guarded, func, *args, _cancel=self._cancel, **kwargs)
         self.worker.returned.connect(lambda outcome: self._on_returned(outcome, on_ok))
         self.worker.finished.connect(self._on_finished)
         for button in (self.compute_button, self.rl_button, self.wiener_button):
@@ -285,7 +287,8 @@ class CompareWidget(QWidget):
         if self._closed:  # the panel was closed while it worked: add nothing behind the user's back
             return
         if kind == "cancelled":
-            nothing = "no table was made" if on_ok == self._show_table else "no layer was added"
+            makes_table = getattr(on_ok, "func", None) == self._show_table
+            nothing = "no table was made" if makes_table else "no layer was added"
             self.status.setText(f"Cancelled; {nothing}.")
             return
         if kind == "error":
@@ -311,6 +314,12 @@ class CompareWidget(QWidget):
         """Score the checked layers (against the ground truth when one is chosen) in a worker thread."""
         if self._busy():
             return
+        # the last table goes now: if this computation is refused or fails, old numbers must not stay on screen
+        # (or be exported) as if they were the answer to the new question
+        self.table_result = None
+        self.table.setRowCount(0)
+        self.export_button.setEnabled(False)
+        self.status.setText("")
         layers = self.checked_layers()
         if not layers:
             show_error("Check at least one result layer in the list to compare.")
@@ -323,11 +332,6 @@ class CompareWidget(QWidget):
             return
         results = {layer.name: layer_pixels(layer) for layer in layers}
         ref_data = None if reference is None else layer_pixels(reference)
-        # the last table goes now: if this computation fails, old numbers must not stay on screen (or be
-        # exported) as if they were the answer to the new question
-        self.table_result = None
-        self.table.setRowCount(0)
-        self.export_button.setEnabled(False)
         self.status.setText("Computing metrics...")
         self._cancel = threading.Event()  # read between planes: a long lazy stack can be stopped
         self.cancel_button.setEnabled(True)
@@ -339,10 +343,11 @@ class CompareWidget(QWidget):
             per_slice=self.per_slice.isChecked(),
             range_from=self.range_combo.currentData(),
             cancel=self._cancel,
-            on_ok=self._show_table,
+            # the table names the ground truth it was computed against, whatever the box shows by then
+            on_ok=functools.partial(self._show_table, reference_name=None if reference is None else reference.name),
         )
 
-    def _show_table(self, table: Any) -> None:
+    def _show_table(self, table: Any, reference_name: str | None = None) -> None:
         self.table_result = table
         columns = list(getattr(table, "columns", None) or (table.rows[0].keys() if table.rows else []))
         if all(row.get("slice") is None for row in table.rows) and "slice" in columns:
@@ -361,8 +366,7 @@ class CompareWidget(QWidget):
                 self.table.setItem(r, c, item)
         self.table.resizeColumnsToContents()
         self.export_button.setEnabled(True)
-        ref = self.reference_combo.value()
-        against = f"ground truth: {ref.name!r}." if ref else "no ground truth: sharpness only."
+        against = f"ground truth: {reference_name!r}." if reference_name else "no ground truth: sharpness only."
         notes = list(getattr(table, "notes", []))
         self.status.setText(f"{len(table.rows)} rows; {against}" + "".join(f"\nNote: {n}" for n in notes))
         for note in notes:

@@ -33,6 +33,7 @@ from ._common import (
     ProgressRelay,
     avoid_triton_llvm_clash,
     axes_for_layer,
+    create_cancellable_worker,
     detached_from_dock,
     device_items,
     error_message,
@@ -369,7 +370,6 @@ class DeblurWidget(QWidget):
         context = None if self.context_spin.value() < 0 else self.context_spin.value()
         device = self.device_combo.currentData() or "auto"
 
-        from napari.qt.threading import create_worker
         avoid_triton_llvm_clash()
 
         self._cancel = threading.Event()
@@ -384,7 +384,7 @@ class DeblurWidget(QWidget):
             # must not hold on to this widget's Qt objects).
             hooks = {}
             self.status.setText(f"Preparing a lazy (dask) deblur of {layer.name!r}...")
-        self.worker = create_worker(
+        self.worker = create_cancellable_worker(
             _deblur_job,
             pixels,
             entry,
@@ -395,6 +395,7 @@ class DeblurWidget(QWidget):
             self_ensemble=self.ensemble_check.isChecked(),
             normalize=self.normalize_combo.currentData(),
             device=device,
+            _cancel=self._cancel,  # napari quitting sets it too
             **hooks,
         )
         self.worker.returned.connect(lambda outcome, layer=layer: self._on_returned(layer, outcome))

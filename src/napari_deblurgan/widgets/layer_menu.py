@@ -7,14 +7,17 @@ Deblurs every selected image layer with the shipped default model and the layer'
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import napari.layers
 import napari.viewer
 
+from ..inputs import is_dask
 from ._common import (
     avoid_triton_llvm_clash,
     axes_for_layer,
+    create_cancellable_worker,
     error_message,
     gone_note,
     layer_pixels,
@@ -33,7 +36,6 @@ def deblur_selected_layers(viewer: napari.viewer.Viewer) -> list[Any]:
 
     napari injects ``viewer`` (app-model provider) when the menu item is clicked.
     """
-    from napari.qt.threading import create_worker
     avoid_triton_llvm_clash()
 
     layers = [layer for layer in viewer.layers.selection if isinstance(layer, napari.layers.Image)]
@@ -47,26 +49,38 @@ def deblur_selected_layers(viewer: napari.viewer.Viewer) -> list[Any]:
         except Exception as exc:
             show_error(f"{layer.name!r}: cannot tell its axes ({error_message(exc)}); use the Deblur widget.")
             continue
-        worker = create_worker(_job, layer_pixels(layer), MODEL, axes, _progress={"desc": f"Deblurring {layer.name}"})
+        pixels = layer_pixels(layer)
+        # napari quitting stops the job at its next tile batch instead of waiting for the whole layer (a dask
+        # layer's lazy result is not cancellable: napari computes it later, as the user browses)
+        cancel = threading.Event()
+        hooks = {} if is_dask(pixels) else {"cancel": cancel}
+        worker = create_cancellable_worker(
+            _job, pixels, MODEL, axes, _cancel=cancel, _progress={"desc": f"Deblurring {layer.name}"}, **hooks
+        )
         worker.returned.connect(lambda outcome, layer=layer: _add_result(viewer, layer, outcome))
         worker.start()
         workers.append(worker)
     return workers
 
 
-def _job(data: Any, model: str, axes: str) -> tuple[str, Any]:
+def _job(data: Any, model: str, axes: str, cancel: threading.Event | None = None) -> tuple[str, Any]:
     """Worker-thread body: ``deblur(data, model)``; user errors come back as a message."""
     from .. import deblur
+    from ..errors import Cancelled
     from ._common import user_error_types
 
     try:
-        return "ok", deblur(data, model, axes=axes)
+        return "ok", deblur(data, model, axes=axes, cancel=cancel)
+    except Cancelled:
+        return "cancelled", None
     except user_error_types() as exc:
         return "error", error_message(exc)
 
 
 def _add_result(viewer: napari.viewer.Viewer, layer: Any, outcome: tuple[str, Any]) -> None:
     kind, value = outcome
+    if kind == "cancelled":  # napari is quitting
+        return
     if kind != "ok":
         show_error(f"Deblur of {layer.name!r} failed: {value}")
         return
