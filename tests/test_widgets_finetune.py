@@ -316,6 +316,15 @@ def test_a_folder_as_save_path_is_refused_not_turned_into_folder_dot_pt(setup, t
     assert (beside == folder or not beside.exists()) and not list(folder.iterdir())
 
 
+@pytest.mark.parametrize(("typed", "saved"), [("cells.v2", "cells.v2.pt"), ("run-2026.05", "run-2026.05.pt"),
+                                              ("plain", "plain.pt"), ("mine.pt", "mine.pt")])
+def test_a_typed_name_gets_pt_appended_as_the_file_dialog_does_not_its_dotted_part_replaced(setup, tmp_path, typed,
+                                                                                             saved):
+    _, finetune, _ = setup
+    finetune.save_edit.setText(str(tmp_path / typed))
+    assert finetune._save_path_for_run(resume=False) == tmp_path / saved
+
+
 def test_lazy_layers_reach_training_unread(setup):
     """A dask layer is handed to training as it is (crops are read lazily), not computed whole first."""
     da = pytest.importorskip("dask.array")

@@ -660,7 +660,7 @@ class FinetuneWidget(QWidget):
                 f"{str(save_to)!r} is a folder; give a file name inside it, e.g. {str(save_to / 'finetuned.pt')!r}."
             )
         if save_to.suffix != ".pt":
-            save_to = save_to.with_suffix(".pt")
+            save_to = save_to.with_name(save_to.name + ".pt")  # "cells.v2" -> "cells.v2.pt", as the dialog does
         try:
             save_to.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
