@@ -153,6 +153,50 @@ def test_bad_axes_gives_notification_not_traceback(viewer_and_widget, small_imag
     assert widget.run_button.isEnabled()
 
 
+def test_errors_are_said_in_the_panels_words_and_the_api_still_says_what_it_rewords(viewer_and_widget, qtbot,
+                                                                                     notifications):
+    """The Deblur panel's errors name its controls and give advice a panel user can follow (no `image.astype`, no
+    'leave tile_size unset'); every phrase it rewords must still be in the API's real messages."""
+    import re
+
+    from napari_deblurgan import InputError, create_model, deblur
+    from napari_deblurgan.widgets.deblur_widget import PANEL_LABELS, PANEL_PHRASES, in_panel_words
+
+    model = create_model("unet_lite", 1, seed=0, width=4, depth=2, n_blocks=1)
+    rgb_model = create_model("unet_lite", 3, seed=0, width=4, depth=2, n_blocks=1)
+    flat = np.zeros((20, 20), np.float32)
+    said = []
+    for image, kwargs in [
+        (np.zeros((20, 20), bool), {}),
+        (np.full((20, 20), np.nan, np.float32), {}),
+        (np.zeros((2, 3, 4, 5, 20, 20), np.float32), {}),
+        (np.zeros((5, 5), np.float32), {}),
+        (flat, {"tile_size": 16}),
+        (flat, {"context_padding": 100_000}),
+        (np.zeros((3, 20, 20), np.float32), {"model": rgb_model, "axes": "ZYX"}),
+    ]:
+        with pytest.raises(InputError) as info:
+            deblur(image, **{"model": model, **kwargs})
+        said.append(str(info.value))
+    for pattern, _, _ in PANEL_PHRASES:
+        assert any(re.search(pattern, text) for text in said), pattern
+    for text in said:
+        panel = in_panel_words(text)
+        assert not re.search(r"image\.astype|np\.nan_to_num\(image|axes=|argument|leave it unset", panel), panel
+        for keyword in PANEL_LABELS:
+            assert not re.search(rf"(?<![\w-]){keyword}=", panel), (keyword, panel)
+            if "_" in keyword:
+                assert not re.search(rf"(?<![\w-]){keyword}\b", panel), (keyword, panel)
+
+    # and in the panel itself: a bool layer
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.zeros((32, 32), bool), name="mask")
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    errors = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+    assert any("convert the layer to an integer or float type first" in msg for msg in errors), errors
+
+
 def test_bad_model_file_gives_notification(make_napari_viewer, tmp_path, small_image, qtbot, notifications):
     from napari_deblurgan.widgets.deblur_widget import DeblurWidget
 

@@ -56,6 +56,51 @@ if TYPE_CHECKING:
 _FROM_FILE = "__from_file__"
 
 
+
+#: The ``deblur`` keywords its messages name, and the label of the panel's control that sets each: the panel says
+#: the API's errors in these words (:func:`in_panel_words`, the rules of the CLI's ``with_flags``).
+PANEL_LABELS: dict[str, str] = {
+    "axes": "axes",
+    "tile_size": "tile size",
+    "overlap": "tile overlap",
+    "context_padding": "border context",
+    "self_ensemble": "flip/rotate ensemble",
+    "normalize": "intensity scaling",
+    "device": "device",
+}
+
+#: Advice of the API that a panel user cannot follow as worded (Python on an array, a keyword to leave unset):
+#: (pattern, the panel's words, None). tests/test_widgets_deblur.py checks that the API still says the left side.
+_ACTIVE = "viewer.layers.selection.active.data"
+PANEL_PHRASES: list[tuple[str, str, str | None]] = [
+    (
+        r"convert to an integer or float dtype \(e\.g\. image\.astype\('float32'\)\)",
+        f"convert the layer to an integer or float type first (in napari's console, "
+        f"viewer.add_image({_ACTIVE}.astype('float32')) adds a float copy of the selected layer)",
+        None,
+    ),
+    (
+        r"replace them first, e\.g\. np\.nan_to_num\(image, nan=0\.0\)",
+        f"replace them first (in napari's console, import numpy as np; viewer.add_image(np.nan_to_num({_ACTIVE}, "
+        "nan=0.0)) adds a copy of the selected layer with 0 for them)",
+        None,
+    ),
+    (r"pass axes, e\.g\. axes='([A-Z]+)'", r"write them in the axes field, e.g. \1", None),
+    (r"pass axes with the right channel axis", "write the axes with the right channel axis in the axes field", None),
+    (r"check the axes argument", "check the axes field", None),
+    (r"(tile_size >= \d+.*), or leave it unset", r"\1, or set it to auto", None),
+    (r"or leave it unset for the model's own setting", "or set it to model's", None),
+]
+
+
+def in_panel_words(message: str) -> str:
+    """An error of :func:`napari_deblurgan.deblur` in the panel's words: its controls' labels for the keywords
+    it names (``tile_size`` -> ``tile size``), and its own advice where the API's is Python."""
+    from ..cli import with_flags
+
+    return with_flags(message, PANEL_LABELS, phrases=PANEL_PHRASES)
+
+
 class ModelComboBox(QComboBox):
     """Model picker: the session's models (see :class:`ModelRegistry`) and a "from file..." item.
 
@@ -474,4 +519,4 @@ def _deblur_job(data: Any, entry: ModelEntry, **kwargs: Any) -> tuple[str, Any]:
     except Cancelled:
         return "cancelled", None
     except user_error_types() as exc:
-        return "error", error_message(exc)
+        return "error", in_panel_words(error_message(exc))
