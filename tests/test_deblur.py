@@ -209,16 +209,64 @@ def test_float32_planes_of_extreme_range_deblur_like_their_rescaled_copy_not_to_
     np.testing.assert_allclose(out / 3e38, np.clip(expected, -big, big) / 3e38, rtol=1e-3, atol=1e-5)
 
 
-def test_a_range_float64_cannot_hold_is_one_error_and_a_sentinel_pixel_stays_finite(model):
+def test_a_range_float64_cannot_hold_is_one_error(model):
     with pytest.raises(InputError, match=r"too large to normalise.*divide it by a power of ten"):
         deblur((np.random.default_rng(5).random((40, 36)) * 2 - 1) * 1.5e308, model, device="cpu")
-    # "no data" marked with float32's largest value: before, the network overflowed into NaN around it
+
+
+@pytest.mark.parametrize("normalize", ["plane", "local"])
+def test_a_sentinel_pixel_comes_back_unchanged_and_leaves_its_neighbours_alone(model, normalize):
+    """'No data' marked with float32's largest value: the network overflowed into NaN around it. It is taken as
+    missing (the low percentile, to the network) and returned as it was."""
     image = np.random.default_rng(6).random((48, 48)).astype(np.float32)
-    image[10, 10] = np.finfo(np.float32).max
+    low = np.float32(np.percentile(image, 1))
+    with_sentinel = image.copy()
+    with_sentinel[10, 10] = np.finfo(np.float32).max
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no overflow warnings either
-        out = deblur(image, model, device="cpu")
+        out = deblur(with_sentinel, model, device="cpu", normalize=normalize)
+    assert out[10, 10] == with_sentinel[10, 10] and np.isfinite(out).all()
+    image[10, 10] = low  # what the network saw there
+    expected = deblur(image, model, device="cpu", normalize=normalize)
+    out[10, 10] = expected[10, 10]
+    np.testing.assert_allclose(out, expected, atol=0.02)  # (one pixel moves the upper percentile a little)
+
+
+def test_bright_beads_on_a_tiny_float_floor_are_restored_not_clipped(model):
+    """Huge dynamic range is legal: beads at 1e3 on a floor of 1e-7 are 1e10 in normalised units. A limit of
+    1e6 there once clipped them to 0.3."""
+    rng = np.random.default_rng(7)
+    image = (rng.random((64, 64)) * 1e-7).astype(np.float32)
+    ys, xs = np.array([10, 20, 40, 50]), np.array([50, 12, 30, 44])  # 0.1 % of the pixels: above the 99.8th percentile
+    image[ys, xs] = 1000
+    assert np.percentile(image, 99.8) < 1e-6
+    out = deblur(image, model, device="cpu")
     assert np.isfinite(out).all()
+    assert out[ys, xs].min() > 100, out[ys, xs]
+
+
+def test_a_float16_batch_that_overflows_is_computed_again_in_float32(model, monkeypatch):
+    """float16 autocast (MPS, GPUs without bfloat16) overflows beyond 65504, which a bright outlier's
+    activations can reach. The CPU's float16 autocast does not overflow where a GPU's does, so the overflow is
+    simulated: the autocast pass returns inf, and the batch must be recomputed without autocast."""
+    from napari_deblurgan import devices
+    from napari_deblurgan.inference import deblur as deblur_module
+
+    image = np.random.default_rng(8).random((40, 36)).astype(np.float32)
+    expected = deblur(image, model, device="cpu")
+    monkeypatch.setattr(devices, "autocast_dtype", lambda device: torch.float16)
+    forward = deblur_module.ensemble_forward
+    passes: list[bool] = []
+
+    def overflowing_in_float16(gen, x, **kwargs):
+        passes.append(torch.is_autocast_enabled("cpu"))
+        y = forward(gen, x, **kwargs)
+        return y + float("inf") if passes[-1] else y
+
+    monkeypatch.setattr(deblur_module, "ensemble_forward", overflowing_in_float16)
+    out = deblur(image, model, device="cpu")
+    assert passes == [True, False]
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_a_too_small_tile_size_gets_a_recommendation_that_works():

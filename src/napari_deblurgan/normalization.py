@@ -113,11 +113,12 @@ def needs_float64(dtype: np.dtype) -> bool:
 #: came back as NaN).
 FLOAT32_SAFE_RANGE = (1e-30, 1e30)
 
-#: Normalised values are clipped to +-this before the network sees them: a pixel a million times the plane's
-#: percentile span away from it (a sentinel such as float32's largest value for "no data") would overflow
-#: float32 inside the network and spread NaN over its neighbourhood. Real signal lies far inside (a bright bead
-#: on a dim background reaches some hundreds to thousands).
-NORMALIZED_LIMIT = 1e6
+#: Normalised values are clipped to +-this. A value 1e30 times the plane's percentile span away from it is no
+#: image but a sentinel (float32's largest value marking "no data", say), which would overflow float32 inside the
+#: network and spread NaN over its neighbourhood: deblur() takes such pixels as missing (the network sees the low
+#: percentile there, so their neighbours are restored as if they were dark) and returns them unchanged. Real
+#: signal lies far inside, even in float images of huge dynamic range (beads at 1e3 on a 1e-7 floor: 1e10).
+NORMALIZED_LIMIT = 1e30
 
 
 def check_range(lo: float, hi: float) -> None:

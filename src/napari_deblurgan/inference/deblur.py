@@ -118,7 +118,9 @@ def deblur(
         sees it. Default: the model's own (``DeblurModel.normalization``, 1 and 99.8 for the shipped models).
         A bright object covering more than ``100 - high`` % of a plane (debris, a saturated cell) raises
         the high percentile and compresses everything else, which the model then over-corrects
-        (docs/model-card.md, "Limitations"); a lower ``high`` (e.g. 99) lets larger objects pass.
+        (docs/model-card.md, "Limitations"); a lower ``high`` (e.g. 99) lets larger objects pass. A pixel
+        1e30 percentile spans or more away is no image but a sentinel (float32's largest value for "no data",
+        say): the model sees it as missing (the low percentile) and it comes back unchanged.
     normalize
         ``"plane"`` (default): one pair of percentiles per plane and channel. ``"local"``: the percentiles of
         128 px blocks, interpolated smoothly, as training scaled its 128 px crops, so that a bright object
@@ -406,10 +408,17 @@ class _PlaneRunner:
             # normalize() removes a scalar offset in float64 where the dtype needs it; fields already are float64
             if self.local:
                 region = padded[i, p : p + h, p : p + w]
-                region[...] = (plane[i] - lo) / span
+                with np.errstate(over="ignore"):  # a sentinel near float32's largest value: clipped next
+                    region[...] = (plane[i] - lo) / span
                 np.clip(region, -NORMALIZED_LIMIT, NORMALIZED_LIMIT, out=region)
             else:
                 padded[i, p : p + h, p : p + w] = normalize(plane[i], *ranges[i])
+        # pixels at the limit are sentinels, not image (NORMALIZED_LIMIT): missing to the network, returned as they were
+        beyond = np.abs(padded[:, p : p + h, p : p + w]) >= NORMALIZED_LIMIT
+        if beyond.any():
+            padded[:, p : p + h, p : p + w][beyond] = 0.0
+        else:
+            beyond = None
         reflect_fill(padded, (p, p + h), (p, p + w))
         grid = plan_tiles((hp, wp), tile_size=self.tile_size, overlap=self.overlap, halo=self.halo, stride=self.stride)
         accum = np.zeros_like(padded)
@@ -433,16 +442,19 @@ class _PlaneRunner:
         restored *= (1.0 / sum_x[p : p + w]).astype(np.float32)[None, :]
         # the inverse of the normalisation, for both kinds of scale: float64 for the dtypes that need it (the
         # offset would be rounded to float32 again on the way back), else in place
-        if wide:
-            result = np.stack([restored[i].astype(np.float64) * span + lo for i, (lo, span) in enumerate(scales)])
-        else:
-            result = restored
-            for i, (lo, span) in enumerate(scales):
-                result[i] *= span
-                result[i] += lo
+        with np.errstate(over="ignore"):  # beyond the dtype's range: clipped to it by the caller (cast_like)
+            if wide:
+                result = np.stack([restored[i].astype(np.float64) * span + lo for i, (lo, span) in enumerate(scales)])
+            else:
+                result = restored
+                for i, (lo, span) in enumerate(scales):
+                    result[i] *= span
+                    result[i] += lo
         for i in range(c):
             if flat[i]:  # a constant channel of a joint model's plane: unchanged, as above
                 result[i] = plane[i]
+        if beyond is not None:
+            result[beyond] = plane[beyond]
         return result
 
     def _generate(self, gen, x, cancel: CancelCheck) -> np.ndarray:
@@ -457,7 +469,15 @@ class _PlaneRunner:
             y = ensemble_forward(
                 gen, x, transforms=self.transforms, channels_last=self.channels_last, before_pass=check_cancel
             )
-        return y.cpu().numpy()
+            # float16 (MPS, GPUs without bfloat16) overflows beyond 65504, which a bright outlier's activations can
+            # reach: a batch that did is computed again in float32 (bfloat16 has float32's range)
+            overflowed = self.autocast == torch.float16 and not bool(torch.isfinite(y).all())
+        if overflowed:
+            with torch.inference_mode():
+                y = ensemble_forward(
+                    gen, x, transforms=self.transforms, channels_last=self.channels_last, before_pass=check_cancel
+                )
+        return y.float().cpu().numpy()
 
     def _autocast(self):
         import contextlib
