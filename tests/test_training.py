@@ -1286,3 +1286,36 @@ def test_notice_warnings_off_keeps_the_notice_and_drops_its_warning(pair, tmp_pa
             notices = [e for e in run if isinstance(e, ev.Notice) and "holds the checkpoint" in e.message]
         warned = [w for w in caught if issubclass(w.category, ev.TrainingNoticeWarning)]
         assert len(notices) == 1 and len(warned) == (1 if say else 0), (say, warned)
+
+
+def test_an_exception_from_on_event_keeps_a_checkpoint_of_the_last_whole_step(pair, tmp_path):
+    def boom(event):
+        if isinstance(event, ev.Step) and event.step == 5:
+            raise RuntimeError("consumer failed")
+
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 8, "checkpoint_dir": tmp_path,
+                                                   "checkpoint_every": 3, "on_event": boom})
+    with pytest.raises(RuntimeError, match="consumer failed"):  # the consumer's own exception, not masked
+        list(run)
+    assert load_checkpoint(tmp_path)["step"] == 5  # not 3, the last checkpoint_every step
+
+
+def test_an_exception_inside_a_step_writes_no_checkpoint_of_the_half_done_step(pair, tmp_path, monkeypatch):
+    from napari_deblurgan.training import trainer
+
+    original = trainer.GanStep.run
+    calls = []
+
+    def failing(self, next_batch, batch_size):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("device lost")
+        return original(self, next_batch, batch_size)
+
+    monkeypatch.setattr(trainer.GanStep, "run", failing)
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 8, "checkpoint_dir": tmp_path,
+                                                   "checkpoint_every": 2})
+    with pytest.raises(RuntimeError, match="device lost"):
+        list(run)
+    # the fourth step was begun: its state may be half updated, so the checkpoint stays the last one written
+    assert load_checkpoint(tmp_path)["step"] == 2

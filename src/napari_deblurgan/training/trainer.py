@@ -1257,15 +1257,17 @@ class TrainingRun:
             event = write_checkpoint()
             if event is not None:
                 yield event
-        except (GeneratorExit, KeyboardInterrupt):
-            # The consumer closed the run between two events (left its loop, or dropped the run), or a Ctrl-C
-            # aborted it (the second one, or one that was not turned into a stop): keep the state of the last
-            # whole step, as a stop would; a step begun but not finished is never written (write_checkpoint
-            # skips it, and the checkpoint before it stays). Nothing can be yielded any more, so the notice of a
-            # failed write goes only to on_event and the warnings (also where the consumer turned them off: it
-            # will not see the event).
+        except BaseException:
+            # The consumer closed the run between two events (left its loop, or dropped the run), a Ctrl-C
+            # aborted it (the second one, or one that was not turned into a stop), or an exception ended it (an
+            # on_event callback that raised, a progress line on a closed pipe, a device error): keep the state
+            # of the last whole step, as a stop would; a step begun but not finished is never written
+            # (write_checkpoint skips it, and the checkpoint before it stays). Nothing can be yielded any more,
+            # so the notice of a failed write goes only to on_event and the warnings (also where the consumer
+            # turned them off: it will not see the event). Whatever the write does, the exception that ended
+            # the run is the one raised.
             self.notice_warnings = True
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):
                 write_checkpoint()
             generator.eval()
             raise
