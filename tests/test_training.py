@@ -1319,3 +1319,9 @@ def test_an_exception_inside_a_step_writes_no_checkpoint_of_the_half_done_step(p
         list(run)
     # the fourth step was begun: its state may be half updated, so the checkpoint stays the last one written
     assert load_checkpoint(tmp_path)["step"] == 2
+
+
+def test_without_validation_the_provenance_names_the_last_step_as_the_returned_ones(pair):
+    model = finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 4, "validation": 0})
+    training = model.metadata["training"]
+    assert training["steps_done"] == 4 and training["best_step"] == 4 and training["best_source"] == "generator"

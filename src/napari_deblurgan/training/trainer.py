@@ -1240,6 +1240,7 @@ class TrainingRun:
                 final_net = step_fn.ema if step_fn.ema is not None and step > 0 else generator
                 self._set_best(_cpu_clone(final_net.state_dict()))
                 best_source = "ema" if final_net is step_fn.ema else "generator"
+                best_step = step  # the returned weights are the last step's
             self.provenance.update(
                 {
                     "steps_done": step,
