@@ -245,6 +245,15 @@ def test_recipe_arguments_that_a_resume_replaces_are_named(pair, tmp_path):
     notes = [e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
     assert len(notes) == 1 and "batch_size 2 (not 4)" in notes[0]
     assert "learning_rate the preset's (not 1e-05)" in notes[0]
+    assert "ema" not in notes[0]  # not given
+
+
+def test_resuming_a_run_without_ema_with_one_says_the_checkpoint_had_none(pair, tmp_path):
+    _run(pair, steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    events = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path,
+                                          "ema": 0.99}))
+    notes = [e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
+    assert len(notes) == 1 and "ema None (not 0.99)" in notes[0] and "preset's" not in notes[0], notes
     same = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 4, "resume": tmp_path}))
     assert not [e for e in same if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
 

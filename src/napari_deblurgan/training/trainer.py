@@ -682,10 +682,12 @@ class TrainingRun:
                 continue
             if name in ("blur_strength", "noise") and _same_setting(name, given, had):
                 continue  # the same setting, written another way (3.0 vs [3.0, 3.0])
-            if had is not None or name == "noise":
+            if had is None and name == "blur_strength":
+                shown = "each kind's default range"
+            elif had is None and name == "learning_rate":
+                shown = "the preset's"
+            else:  # None for noise, ema and teacher_weight: the run had none (presets have no EMA)
                 shown = repr(had)
-            else:
-                shown = "each kind's default range" if name == "blur_strength" else "the preset's"
             ignored.append(f"{name} {shown} (not {given!r})")
         header = self.resume_json.get("model", {})
         given_model = self._kwargs["model"]
