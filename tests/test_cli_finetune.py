@@ -109,6 +109,10 @@ def test_finetune_with_a_teacher(files, capsys):
     assert teacher["weight"] == 0.3 and teacher["file_sha256"] == load_model(files / "tiny.pt").metadata["sha256"]
     assert main([*argv, "--force", "--teacher", str(files / "tiny.pt"), "--teacher-weight", "2"]) == 2
     assert "--teacher-weight must be a number in (0, 1]" in capsys.readouterr().err
+    assert main([*argv, "--force", "--teacher-weight", "3"]) == 2  # without --teacher: refused, not ignored
+    assert "--teacher-weight must be a number in (0, 1]" in capsys.readouterr().err
+    assert main([*argv, "--force", "--teacher-weight", "0.3"]) == 0
+    assert "note: --teacher-weight 0.3 is ignored: no teacher was given" in capsys.readouterr().err
 
 
 def test_blurred_without_sharp_is_a_usage_error(files, capsys):

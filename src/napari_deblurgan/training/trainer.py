@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import json
 import math
 import numbers
@@ -640,6 +641,15 @@ class TrainingRun:
         k = self._kwargs
         teacher = k["teacher"]
         self.teacher_model: DeblurModel | None = None
+        self.setup_notices: list[str] = []  # said (and warned) after Started
+        given_weight = check_teacher_weight(k["teacher_weight"])  # with or without a teacher: a typo is a typo
+        default_weight = inspect.signature(iter_finetune).parameters["teacher_weight"].default
+        named_on_resume = any(note.startswith("teacher_weight ") for note in self.resume_ignored)
+        if teacher is None and given_weight != default_weight and not named_on_resume:
+            self.setup_notices.append(
+                f"teacher_weight {k['teacher_weight']!r} is ignored: no teacher was given (teacher_weight is the "
+                "teacher's share of the training targets). Give a teacher to distil from, or leave teacher_weight out."
+            )
         if teacher is not None:
             self.teacher_model = as_model(teacher, role="teacher")
             if (self.teacher_model.channels, self.teacher_model.channel_mode) != (
@@ -668,8 +678,6 @@ class TrainingRun:
 
     def _ignored_on_resume(self, saved: dict[str, Any]) -> list[str]:
         """The recipe arguments given (other than their defaults) that a resume replaces with the checkpoint's."""
-        import inspect
-
         defaults = {name: p.default for name, p in inspect.signature(iter_finetune).parameters.items()}
         ignored = []
         names = ("preset", "learning_rate", "batch_size", "patch_size", "ema", "seed", "precision", "blur_kind")
@@ -1018,6 +1026,8 @@ class TrainingRun:
             yield self._notice(step, note, "info")
         for message, kind in pending:
             yield self._notice(step, message, kind, warn=True)
+        for message in self.setup_notices:
+            yield self._notice(step, message, "info", warn=True)
         for message in resume_notes:
             yield self._notice(step, message, "info")
         if self.resume_ignored:
@@ -1423,7 +1433,8 @@ def iter_finetune(
             :class:`DeblurModel`, often the one being finetuned) whose mean output over the 8 flips/rotations
             of each crop is mixed into the generator's content targets: ``(1 - teacher_weight) * sharp +
             teacher_weight * teacher``. Costs 8 teacher passes per step. None: plain targets.
-        teacher_weight: the teacher's share of the targets, in (0, 1].
+        teacher_weight: the teacher's share of the targets, in (0, 1] (checked also without a teacher, where
+            a weight other than the default is ignored with a notice).
     """
     return TrainingRun(
         blurred=blurred,
