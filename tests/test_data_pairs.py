@@ -275,6 +275,41 @@ def test_bad_blur_kind_and_validation_args(pair):
         PairedData(blurred, sharp, patch_size=32, validation=1.5)
     with pytest.raises(InputError, match="too small"):
         PairedData(blurred[:40, :40], sharp[:40, :40], patch_size=32, validation=0.5)
+    for bad in ("abc", "0.1", True, np.array([0.1, 0.2])):  # one InputError, never float()'s ValueError
+        with pytest.raises(InputError, match=r"validation must be a fraction in \[0, 1\) such as 0.1"):
+            PairedData(blurred, sharp, patch_size=32, validation=bad)
+
+
+def test_torch_tensors_as_training_images_are_one_input_error_saying_what_to_pass(pair):
+    import torch
+
+    blurred, sharp = pair
+    tensor = torch.from_numpy(sharp.astype(np.float32))
+    for args in ((torch.from_numpy(blurred.astype(np.float32)), tensor), (blurred, tensor), (None, tensor)):
+        with pytest.raises(InputError, match=r"is a torch tensor; pass a NumPy array: tensor.detach\(\).cpu\(\)"):
+            PairedData(*args, patch_size=32)
+    with pytest.raises(InputError, match="The validation sharp image is a torch tensor"):
+        PairedData(blurred, sharp, patch_size=32, validation=(blurred[:64, :64], tensor[:64, :64]))
+
+
+def test_tensors_numpy_cannot_read_are_one_input_error_in_deblur_synthesize_blur_and_compare():
+    import torch
+
+    from napari_deblurgan import compare, deblur, synthesize_blur
+    from napari_deblurgan.model_file import create_model
+
+    plain = torch.rand(64, 64)
+    grad = torch.rand(64, 64, requires_grad=True)
+    model = create_model("unet_lite", 1, seed=0, width=4, depth=2, n_blocks=1)
+    assert deblur(plain, model=model, device="cpu").shape == (64, 64)  # a CPU tensor NumPy reads is fine
+    for call in (
+        lambda: deblur(grad, model=model, device="cpu"),
+        lambda: synthesize_blur(grad),
+        lambda: compare({"a": grad}, plain),
+        lambda: compare({"a": plain}, grad),
+    ):
+        with pytest.raises(InputError, match=r"torch tensor that requires grad; pass a NumPy array"):
+            call()
 
 
 def test_weighted_blur_mix():

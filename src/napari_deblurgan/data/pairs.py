@@ -34,6 +34,7 @@ more than a pixel raises a warning that names it - misaligned pairs teach a mode
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from scipy import signal
 
 from ..axes import CHANNEL_LETTERS, resolve_axes
 from ..errors import InputError, user_stacklevel
-from ..inputs import reject_viewer_objects
+from ..inputs import reject_torch_tensor, reject_viewer_objects
 from ..normalization import DEFAULT_NORMALIZATION, normalize, percentile_range
 
 if TYPE_CHECKING:
@@ -355,6 +356,7 @@ def _as_list(value: Any) -> list[Any]:
 
 def _check_array(array: Any, name: str) -> Any:
     """``array`` itself (kept lazy) after checking that it looks like a numeric image."""
+    reject_torch_tensor(array, name)  # training reads arrays lazily, with NumPy indexing and dtypes
     reject_viewer_objects(array, name)
     if not hasattr(array, "shape") or not hasattr(array, "dtype"):
         array = np.asarray(array)
@@ -688,6 +690,12 @@ class PairedData:
                 Plane(0, idx, ch, (0, vsrc.height), (0, vsrc.width)) for idx, ch in vsrc.plane_keys()
             ]
             return
+        fraction_like = isinstance(validation, numbers.Real) and not isinstance(validation, bool)
+        if validation is not None and not fraction_like:
+            raise InputError(
+                f"validation must be a fraction in [0, 1) such as 0.1, 0 or None for none, or a (blurred, sharp) "
+                f"pair; got {validation!r}."
+            )
         fraction = 0.0 if validation is None else float(validation)
         if not 0.0 <= fraction < 1.0:
             raise InputError(f"validation must be a fraction in [0, 1) or a (blurred, sharp) pair, got {validation!r}.")
