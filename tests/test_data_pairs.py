@@ -629,3 +629,32 @@ def test_registered_bead_pairs_are_not_called_offset_and_shifted_ones_are(kind):
             PairedData(np.roll(blurred, (5, -3), axis=(0, 1)), beads.astype(np.float32), patch_size=32,
                        validation=0.0)
         assert record[0].filename == __file__  # the user's line, not one inside the package
+
+
+def test_blank_validation_crops_are_left_out_and_said_once(pair):
+    """A constant held-out plane (an empty frame) scores ~100 dB for the input whatever the model does: its crops
+    would dominate the mean validation PSNR. They are left out, the notes say how many, and all-blank is refused."""
+    blurred, sharp = pair
+    stack_b, stack_s = np.stack([blurred[:64, :64]] * 5), np.stack([sharp[:64, :64]] * 5)
+    stack_b[1:] = stack_s[1:] = 7  # planes 1-4 blank: whichever two are held out, one at least is blank
+    args = dict(patch_size=32, validation=0.4, check_alignment=False)
+    d = PairedData(stack_b, stack_s, seed=3, **args)
+    assert sorted(p.index for p in d.validation_planes) == [(0,), (3,)]  # seed 3 holds out plane 0 and a blank one
+    assert len(d.validation_grid) == 4 and {p.index for p, _, _ in d.validation_grid} == {(0,)}
+    assert [n for n in d.notes if "blank" in n] == [
+        "4 of 8 validation crops are blank (constant) and are left out of validation: the blurred input already "
+        "scores ~100 dB on them, whatever the model does"
+    ]
+    assert d.describe_validation() == "4 crops of 32 px from 1 planes"
+    _, vs = d.validation_arrays()
+    assert vs.shape == (4, 1, 32, 32) and all(np.ptp(c) > 0 for c in vs)
+    with pytest.raises(InputError, match="All 8 validation crops are blank"):
+        PairedData(stack_b, stack_s, seed=0, **args)  # holds out two blank planes
+    blank = np.zeros((64, 64), np.uint16)
+    with pytest.raises(InputError, match=r"All 4 validation crops are blank .*validation pair's sharp image"):
+        PairedData(blurred, sharp, patch_size=32, validation=(blank, blank + 1), check_alignment=False)
+    # sharp-only data with a blank band, and a plane whose band is partly blank: only the blank crops go
+    image = sharp.copy()
+    image[224:, 128:] = 0
+    band = PairedData(None, image, patch_size=32, validation=0.125)
+    assert len(band.validation_grid) == 4 and all(x0 < 128 for _, _, x0 in band.validation_grid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -1334,3 +1335,22 @@ def test_without_validation_the_provenance_names_the_last_step_as_the_returned_o
     model = finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 4, "validation": 0})
     training = model.metadata["training"]
     assert training["steps_done"] == 4 and training["best_step"] == 4 and training["best_source"] == "generator"
+
+
+def test_blank_validation_crops_are_left_out_of_validation_and_stay_out_on_resume(pair, tmp_path):
+    """An empty held-out frame scores ~100 dB for the input whatever the model does; with its crops in, the mean
+    validation PSNR would be decided there. They are left out (one notice), also by the resumed run."""
+    blurred, sharp = (np.stack([image] * 5) for image in pair)
+    blurred[3] = sharp[3] = 0  # seed 3 holds out planes 0 and 3
+    args = {**_RUN_ARGS, "seed": 3, "validation": 0.4, "axes": "ZYX", "checkpoint_dir": tmp_path, "steps": 2,
+            "validate_every": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the blank pair's alignment cannot be measured
+        first = list(iter_finetune(blurred, sharp, model=_model(), **args))
+        blank = [e for e in first if isinstance(e, ev.Notice) and "are blank (constant)" in e.message]
+        assert len(blank) == 1 and blank[0].message.startswith("9 of 16 validation crops are blank")
+        scores = [e for e in first if isinstance(e, ev.Validation)]
+        assert scores and all(e.psnr_input < 50 and e.psnr < 50 for e in scores)  # not ~100 dB crops averaged in
+        resumed = list(iter_finetune(blurred, sharp, model=_model(), **{**args, "steps": 3, "resume": tmp_path}))
+    assert not [e for e in resumed if isinstance(e, ev.Notice) and "validation crops differ" in e.message]
+    assert next(e.psnr_input for e in resumed if isinstance(e, ev.Validation)) == scores[0].psnr_input

@@ -501,6 +501,7 @@ class PairedData:
         self.train_planes: list[Plane] = []
         self.validation_planes: list[Plane] = []
         self.validation_sources: list[_Source] = []
+        self._explicit_validation = isinstance(validation, (tuple, list))
         self._split(validation, axes, seed)
         if not self.train_planes:
             raise InputError("No training data left after the validation split; lower `validation`.")
@@ -753,7 +754,36 @@ class PairedData:
         if len(grid) > max_crops:
             picks = np.linspace(0, len(grid) - 1, max_crops).round().astype(int)
             grid = [grid[i] for i in picks]
-        return grid
+        return self._without_blank_crops(grid)
+
+    def _without_blank_crops(self, grid: list[tuple[Plane, int, int]]) -> list[tuple[Plane, int, int]]:
+        """``grid`` without the crops whose sharp target is constant (an empty frame, a zero-padded slice): the
+        input already scores ~100 dB on them (the MSE floor), so they would dominate the mean validation PSNR
+        and let tiny errors there decide which weights are best, while saying nothing about deblurring. The
+        grid depends on the data only (not on training), so a resumed run validates on the same crops."""
+        P = self.patch_size
+        kept = []
+        for plane, y0, x0 in grid:
+            src = self.validation_sources[plane.source]
+            raw = src._read(src.sharp, plane.index, plane.channel, slice(y0, y0 + P), slice(x0, x0 + P))
+            flat = raw.reshape(raw.shape[0], -1)
+            if not np.all(flat.max(axis=1) == flat.min(axis=1)):  # constant in every channel: blank
+                kept.append((plane, y0, x0))
+        blank = len(grid) - len(kept)
+        if blank and not kept:
+            what = "the validation pair's sharp image is" if self._explicit_validation else "the held-out data is"
+            raise InputError(
+                f"All {len(grid)} validation crops are blank (constant): {what} empty there, and blank crops "
+                "cannot tell a better model from a worse one. Pass a separate validation pair with content, "
+                "another validation fraction, or validation=0 to train without validation (the last weights are "
+                "returned)."
+            )
+        if blank:
+            self.notes.append(
+                f"{blank} of {len(grid)} validation crops are blank (constant) and are left out of validation: "
+                "the blurred input already scores ~100 dB on them, whatever the model does"
+            )
+        return kept
 
     # -- reading ---------------------------------------------------------------------------------------
     @property
@@ -773,7 +803,8 @@ class PairedData:
         """One line about the validation data."""
         if not self.validation_grid:
             return "none"
-        return f"{len(self.validation_grid)} crops of {self.patch_size} px from {len(self.validation_planes)} planes"
+        planes = len({id(plane) for plane, _, _ in self.validation_grid})  # a plane left with no crop is not counted
+        return f"{len(self.validation_grid)} crops of {self.patch_size} px from {planes} planes"
 
     def sample(
         self, batch_size: int, rng: np.random.Generator, margin: int = 0
