@@ -1354,3 +1354,22 @@ def test_blank_validation_crops_are_left_out_of_validation_and_stay_out_on_resum
         resumed = list(iter_finetune(blurred, sharp, model=_model(), **{**args, "steps": 3, "resume": tmp_path}))
     assert not [e for e in resumed if isinstance(e, ev.Notice) and "validation crops differ" in e.message]
     assert next(e.psnr_input for e in resumed if isinstance(e, ev.Validation)) == scores[0].psnr_input
+
+
+def test_a_damaged_checkpoint_or_another_file_given_to_resume_says_what_it_is_not_torchs_advice(pair, tmp_path):
+    from napari_deblurgan.errors import ModelFileError
+
+    _run(pair, steps=1, checkpoint_dir=tmp_path / "run", checkpoint_every=1)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "checkpoint.pt").write_bytes((tmp_path / "run" / "checkpoint.pt").read_bytes()[:5000])
+    with pytest.raises(ModelFileError, match=r"the file is damaged or incomplete .* leave resume out") as damaged:
+        iter_finetune(*pair, model=_model(), device="cpu", resume=cut)
+    image = tmp_path / "image.tif"
+    import tifffile
+
+    tifffile.imwrite(image, pair[0])
+    with pytest.raises(ModelFileError, match="is not a napari-deblurgan training checkpoint") as other:
+        iter_finetune(*pair, model=_model(), device="cpu", resume=image)
+    for error in (damaged, other):  # torch's text advises weights_only=False, which would run the file's code
+        assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
