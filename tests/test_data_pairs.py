@@ -658,3 +658,26 @@ def test_blank_validation_crops_are_left_out_and_said_once(pair):
     image[224:, 128:] = 0
     band = PairedData(None, image, patch_size=32, validation=0.125)
     assert len(band.validation_grid) == 4 and all(x0 < 128 for _, _, x0 in band.validation_grid)
+
+
+def test_messages_name_what_is_wrong(pair):
+    from napari_deblurgan.data.pairs import resolve_blur_strength, resolve_noise
+
+    blurred, sharp = pair
+    rgb = np.stack([sharp] * 3)
+    with pytest.raises(InputError, match=r"has 1\. Use a 1-channel model\.$"):  # not "a 1-channel model, or a 1-..."
+        PairedData(blurred, sharp, channels=3, patch_size=32)
+    with pytest.raises(InputError, match=r"^validation 0\.99 holds out so much of each 256 x 256 image plane"):
+        PairedData(blurred, sharp, patch_size=32, validation=0.99)
+    with pytest.raises(InputError, match=r"^The validation pair \(shape \(64, 64\)\) must have the same axes as the "
+                                         r"training images \(axes 'CYX'\): the axes apply to it too\. axes 'CYX'"):
+        PairedData(rgb + 1, rgb, axes="CYX", patch_size=32, validation=(blurred[:64, :64], sharp[:64, :64]),
+                   check_alignment=False)
+    with pytest.raises(InputError, match=r"but the validation image .* has 2\. Give a validation pair with 3 channels"):
+        PairedData(None, rgb, axes="CYX", channels=3, patch_size=32, validation=(None, rgb[:2, :64, :64]))
+    with pytest.raises(InputError, match=r"noise photons must be > 0 \(fewer photons = noisier\), got -3"):
+        resolve_noise({"photons": -3})
+    with pytest.raises(InputError, match=r"noise \(photons\) must be > 0"):
+        resolve_noise((-3, 5))
+    with pytest.raises(InputError, match="blur_strength must be > 0 pixels"):
+        resolve_blur_strength((-1, 2), ("motion",))

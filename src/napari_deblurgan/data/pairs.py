@@ -519,15 +519,22 @@ class PairedData:
                 for index, channel in src.plane_keys():
                     _check_finite_plane(src._read(array, index, channel, slice(None), slice(None)), index)
 
-    def _make_source(self, sharp: Any, blurred: Any | None, axes: str, i: int) -> _Source:
+    def _make_source(self, sharp: Any, blurred: Any | None, axes: str, i: int | None) -> _Source:
+        """The source of training pair ``i`` (0-based), or of the validation pair (``i`` None)."""
         c_axis = next((axes.index(a) for a in CHANNEL_LETTERS if a in axes), None)
         n_ch = int(sharp.shape[c_axis]) if c_axis is not None else 1
         joint = self.channels > 1
         if joint and n_ch != self.channels:
+            which = "the validation image" if i is None else f"image {i + 1}"
+            if i is None:
+                fix = f"Give a validation pair with {self.channels} channels, as the training images have"
+            elif n_ch == 1:
+                fix = "Use a 1-channel model"
+            else:
+                fix = f"Use a {n_ch}-channel model, or a 1-channel model to treat channels independently"
             raise InputError(
-                f"The model takes {self.channels} channels jointly but image {i + 1} (axes {axes!r}, shape "
-                f"{tuple(sharp.shape)}) has {n_ch}. Use a {n_ch}-channel model, or a 1-channel model to "
-                "treat channels independently."
+                f"The model takes {self.channels} channels jointly but {which} (axes {axes!r}, shape "
+                f"{tuple(sharp.shape)}) has {n_ch}. {fix}."
             )
         source = _Source(sharp, blurred, axes, joint, self._cache)
         self._check_finite(source)
@@ -675,7 +682,15 @@ class PairedData:
                     )
             elif not self.synthetic:
                 raise InputError("Training uses real pairs: pass a blurred validation image too.")
-            vsrc = self._make_source(vs, vb, resolve_axes(tuple(vs.shape), axes), 0)
+            try:
+                validation_axes = resolve_axes(tuple(vs.shape), axes)
+            except InputError as exc:
+                given = f" (axes {axes!r}): the axes apply to it too" if axes else ""
+                raise InputError(
+                    f"The validation pair (shape {tuple(vs.shape)}) must have the same axes as the training "
+                    f"images{given}. {exc}"
+                ) from None
+            vsrc = self._make_source(vs, vb, validation_axes, None)
             if vb is not None:
                 self._check_not_identical([vsrc], validation=True)
             if vb is not None and self.check_alignment:
@@ -726,6 +741,12 @@ class PairedData:
             elif h - band_rows >= P:
                 self.train_planes.append(Plane(p.source, p.index, p.channel, (0, h - band_rows), p.cols))
                 self.validation_planes.append(Plane(p.source, p.index, p.channel, (h - band_rows, h), p.cols))
+            elif max(h, w) - P >= P:  # a band one patch deep would leave room: the fraction is too large
+                raise InputError(
+                    f"validation {fraction:g} holds out so much of each {h} x {w} image plane that no {P}-px "
+                    f"training patch fits in the rest. Use a smaller fraction (such as 0.1), validation=0, or pass "
+                    "a separate validation pair."
+                )
             else:
                 asked = "" if self._asked_patch == P else f" (from patch_size {self._asked_patch})"
                 raise InputError(
@@ -883,16 +904,24 @@ def _dihedral(x: np.ndarray, k: int) -> np.ndarray:
 REALISTIC_NOISE: dict[str, tuple[float, float]] = {"photons": (30.0, 1000.0), "read_noise": (0.5, 4.0)}
 
 
-def _range(value: Any, name: str) -> tuple[float, float]:
+def _range(value: Any, name: str, positive: str | None = None) -> tuple[float, float]:
+    """``(low, high)`` of a number or a pair, 0 <= low <= high; with ``positive`` (what the message adds after
+    "must be > 0", e.g. " pixels"), also > 0."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         lo = hi = float(value)
     elif isinstance(value, (tuple, list)) and len(value) == 2:
         lo, hi = (float(v) for v in value)
     else:
         raise InputError(f"{name} must be a number or a (low, high) pair, got {value!r}.")
+    if positive is not None and math.isfinite(lo) and math.isfinite(hi) and min(lo, hi) <= 0:
+        raise InputError(f"{name} must be > 0{positive}, got {value!r}.")
     if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
         raise InputError(f"{name} needs 0 <= low <= high, got {(lo, hi)}.")
     return lo, hi
+
+
+#: Why photon counts must be > 0, said with the error (``positive`` of :func:`_range`).
+_FEWER_PHOTONS = " (fewer photons = noisier)"
 
 
 def resolve_noise(noise: Any) -> dict[str, tuple[float, float]] | None:
@@ -906,10 +935,10 @@ def resolve_noise(noise: Any) -> dict[str, tuple[float, float]] | None:
         unknown = set(noise) - {"photons", "read_noise"}
         if unknown or "photons" not in noise:
             raise InputError(f"noise needs the keys 'photons' and optionally 'read_noise', got {sorted(noise)}.")
-        photons = _range(noise["photons"], "noise photons")
+        photons = _range(noise["photons"], "noise photons", _FEWER_PHOTONS)
         read = _range(noise.get("read_noise", 0.0), "noise read_noise")
     else:
-        photons, read = _range(noise, "noise (photons)"), (0.0, 0.0)
+        photons, read = _range(noise, "noise (photons)", _FEWER_PHOTONS), (0.0, 0.0)
     if photons[0] <= 0:
         raise InputError(f"noise photons must be > 0 (fewer photons = noisier), got {photons}.")
     return {"photons": photons, "read_noise": read}
@@ -920,7 +949,7 @@ def resolve_blur_strength(strength: Any, kinds: Sequence[str]) -> dict[str, tupl
     every kind: None (each kind's default random range), a number, or a (low, high) pair."""
     if strength is None:
         return None
-    lo, hi = _range(strength, "blur_strength")
+    lo, hi = _range(strength, "blur_strength", " pixels")
     if lo <= 0:
         raise InputError(f"blur_strength must be > 0 pixels, got {strength!r}.")
     return {kind: (lo, hi) for kind in kinds}
