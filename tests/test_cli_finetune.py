@@ -109,6 +109,10 @@ def test_finetune_with_a_teacher(files, capsys):
     assert teacher["weight"] == 0.3 and teacher["file_sha256"] == load_model(files / "tiny.pt").metadata["sha256"]
     assert main([*argv, "--force", "--teacher", str(files / "tiny.pt"), "--teacher-weight", "2"]) == 2
     assert "--teacher-weight must be a number in (0, 1]" in capsys.readouterr().err
+    assert main([*argv, "--force", "--teacher-weight", "3"]) == 2  # without --teacher: refused, not ignored
+    assert "--teacher-weight must be a number in (0, 1]" in capsys.readouterr().err
+    assert main([*argv, "--force", "--teacher-weight", "0.3"]) == 0
+    assert "note: --teacher-weight 0.3 is ignored: no teacher was given" in capsys.readouterr().err
 
 
 def test_blurred_without_sharp_is_a_usage_error(files, capsys):
@@ -379,7 +383,11 @@ def test_messages_of_the_api_are_said_in_the_clis_words(files, capsys, tmp_path)
     assert "error: --axes 'ZYX' has 3 letters" in err and "--axes: --axes" not in err
     assert main([*_common(files, "--sharp", sharp), "--validation", "0.9", "-o", str(files / "x.pt")]) == 2
     err = capsys.readouterr().err
-    assert "Use --validation 0, a smaller --patch-size, or pass a separate validation image (--validation-sharp" in err
+    assert ("Use a smaller fraction (such as 0.1), --validation 0, or pass a separate validation image "
+            "(--validation-sharp") in err
+    assert "--validation 0.9 holds out so much of each 96 x 96 image plane" in err
+    assert main([*_common(files, "--sharp", sharp), "--noise-photons", "-3", "-o", str(files / "x.pt")]) == 2
+    assert "error: --noise-photons must be > 0 (fewer photons = noisier), got -3.0." in capsys.readouterr().err
     tifffile.imwrite(files / "nan.tif", np.full((96, 96), np.nan, np.float32))
     assert main([*_common(files, "--sharp", str(files / "nan.tif")), "-o", str(files / "x.pt")]) == 2
     err = capsys.readouterr().err
@@ -415,6 +423,7 @@ def test_the_api_still_says_what_the_cli_rewords():
         lambda: __import__("napari_deblurgan.data.pairs", fromlist=["PairedData"]).PairedData(
             np.ones((64, 64), np.float32), np.ones((64, 64), np.float32) * 2, patch_size=32, validation=0.9,
             check_alignment=False),
+        lambda: __import__("napari_deblurgan.data.pairs", fromlist=["resolve_noise"]).resolve_noise({"photons": -3}),
     ):
         with pytest.raises(InputError) as info:
             call()

@@ -275,6 +275,41 @@ def test_bad_blur_kind_and_validation_args(pair):
         PairedData(blurred, sharp, patch_size=32, validation=1.5)
     with pytest.raises(InputError, match="too small"):
         PairedData(blurred[:40, :40], sharp[:40, :40], patch_size=32, validation=0.5)
+    for bad in ("abc", "0.1", True, np.array([0.1, 0.2])):  # one InputError, never float()'s ValueError
+        with pytest.raises(InputError, match=r"validation must be a fraction in \[0, 1\) such as 0.1"):
+            PairedData(blurred, sharp, patch_size=32, validation=bad)
+
+
+def test_torch_tensors_as_training_images_are_one_input_error_saying_what_to_pass(pair):
+    import torch
+
+    blurred, sharp = pair
+    tensor = torch.from_numpy(sharp.astype(np.float32))
+    for args in ((torch.from_numpy(blurred.astype(np.float32)), tensor), (blurred, tensor), (None, tensor)):
+        with pytest.raises(InputError, match=r"is a torch tensor; pass a NumPy array: tensor.detach\(\).cpu\(\)"):
+            PairedData(*args, patch_size=32)
+    with pytest.raises(InputError, match="The validation sharp image is a torch tensor"):
+        PairedData(blurred, sharp, patch_size=32, validation=(blurred[:64, :64], tensor[:64, :64]))
+
+
+def test_tensors_numpy_cannot_read_are_one_input_error_in_deblur_synthesize_blur_and_compare():
+    import torch
+
+    from napari_deblurgan import compare, deblur, synthesize_blur
+    from napari_deblurgan.model_file import create_model
+
+    plain = torch.rand(64, 64)
+    grad = torch.rand(64, 64, requires_grad=True)
+    model = create_model("unet_lite", 1, seed=0, width=4, depth=2, n_blocks=1)
+    assert deblur(plain, model=model, device="cpu").shape == (64, 64)  # a CPU tensor NumPy reads is fine
+    for call in (
+        lambda: deblur(grad, model=model, device="cpu"),
+        lambda: synthesize_blur(grad),
+        lambda: compare({"a": grad}, plain),
+        lambda: compare({"a": plain}, grad),
+    ):
+        with pytest.raises(InputError, match=r"torch tensor that requires grad; pass a NumPy array"):
+            call()
 
 
 def test_weighted_blur_mix():
@@ -594,3 +629,55 @@ def test_registered_bead_pairs_are_not_called_offset_and_shifted_ones_are(kind):
             PairedData(np.roll(blurred, (5, -3), axis=(0, 1)), beads.astype(np.float32), patch_size=32,
                        validation=0.0)
         assert record[0].filename == __file__  # the user's line, not one inside the package
+
+
+def test_blank_validation_crops_are_left_out_and_said_once(pair):
+    """A constant held-out plane (an empty frame) scores ~100 dB for the input whatever the model does: its crops
+    would dominate the mean validation PSNR. They are left out, the notes say how many, and all-blank is refused."""
+    blurred, sharp = pair
+    stack_b, stack_s = np.stack([blurred[:64, :64]] * 5), np.stack([sharp[:64, :64]] * 5)
+    stack_b[1:] = stack_s[1:] = 7  # planes 1-4 blank: whichever two are held out, one at least is blank
+    args = dict(patch_size=32, validation=0.4, check_alignment=False)
+    d = PairedData(stack_b, stack_s, seed=3, **args)
+    assert sorted(p.index for p in d.validation_planes) == [(0,), (3,)]  # seed 3 holds out plane 0 and a blank one
+    assert len(d.validation_grid) == 4 and {p.index for p, _, _ in d.validation_grid} == {(0,)}
+    assert [n for n in d.notes if "blank" in n] == [
+        "4 of 8 validation crops are blank (constant) and are left out of validation: the blurred input already "
+        "scores ~100 dB on them, whatever the model does"
+    ]
+    assert d.describe_validation() == "4 crops of 32 px from 1 planes"
+    _, vs = d.validation_arrays()
+    assert vs.shape == (4, 1, 32, 32) and all(np.ptp(c) > 0 for c in vs)
+    with pytest.raises(InputError, match="All 8 validation crops are blank"):
+        PairedData(stack_b, stack_s, seed=0, **args)  # holds out two blank planes
+    blank = np.zeros((64, 64), np.uint16)
+    with pytest.raises(InputError, match=r"All 4 validation crops are blank .*validation pair's sharp image"):
+        PairedData(blurred, sharp, patch_size=32, validation=(blank, blank + 1), check_alignment=False)
+    # sharp-only data with a blank band, and a plane whose band is partly blank: only the blank crops go
+    image = sharp.copy()
+    image[224:, 128:] = 0
+    band = PairedData(None, image, patch_size=32, validation=0.125)
+    assert len(band.validation_grid) == 4 and all(x0 < 128 for _, _, x0 in band.validation_grid)
+
+
+def test_messages_name_what_is_wrong(pair):
+    from napari_deblurgan.data.pairs import resolve_blur_strength, resolve_noise
+
+    blurred, sharp = pair
+    rgb = np.stack([sharp] * 3)
+    with pytest.raises(InputError, match=r"has 1\. Use a 1-channel model\.$"):  # not "a 1-channel model, or a 1-..."
+        PairedData(blurred, sharp, channels=3, patch_size=32)
+    with pytest.raises(InputError, match=r"^validation 0\.99 holds out so much of each 256 x 256 image plane"):
+        PairedData(blurred, sharp, patch_size=32, validation=0.99)
+    with pytest.raises(InputError, match=r"^The validation pair \(shape \(64, 64\)\) must have the same axes as the "
+                                         r"training images \(axes 'CYX'\): the axes apply to it too\. axes 'CYX'"):
+        PairedData(rgb + 1, rgb, axes="CYX", patch_size=32, validation=(blurred[:64, :64], sharp[:64, :64]),
+                   check_alignment=False)
+    with pytest.raises(InputError, match=r"but the validation image .* has 2\. Give a validation pair with 3 channels"):
+        PairedData(None, rgb, axes="CYX", channels=3, patch_size=32, validation=(None, rgb[:2, :64, :64]))
+    with pytest.raises(InputError, match=r"noise photons must be > 0 \(fewer photons = noisier\), got -3"):
+        resolve_noise({"photons": -3})
+    with pytest.raises(InputError, match=r"noise \(photons\) must be > 0"):
+        resolve_noise((-3, 5))
+    with pytest.raises(InputError, match="blur_strength must be > 0 pixels"):
+        resolve_blur_strength((-1, 2), ("motion",))

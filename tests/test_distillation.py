@@ -113,6 +113,20 @@ def test_bad_teacher_weight(training_pair, weight):
         _run(training_pair, teacher=_model(seed=1), teacher_weight=weight)
 
 
+@pytest.mark.parametrize("weight", [3, 0, "half"])
+def test_a_bad_teacher_weight_is_refused_without_a_teacher_too(training_pair, weight):
+    with pytest.raises(InputError, match=r"teacher_weight must be a number in \(0, 1\]"):
+        _run(training_pair, teacher_weight=weight)
+
+
+def test_a_teacher_weight_without_a_teacher_is_said_to_be_ignored(training_pair):
+    with pytest.warns(UserWarning, match="teacher_weight 0.3 is ignored: no teacher was given"):
+        events = list(_run(training_pair, steps=1, teacher_weight=0.3))
+    assert [e for e in events if isinstance(e, ev.Notice) and "teacher_weight 0.3 is ignored" in e.message]
+    quiet = list(_run(training_pair, steps=1))  # the default weight, no teacher: nothing to say
+    assert not [e for e in quiet if isinstance(e, ev.Notice) and "teacher_weight" in e.message]
+
+
 def test_bad_teacher(training_pair, tmp_path):
     with pytest.raises(InputError, match="teacher must be"):
         _run(training_pair, teacher=3)

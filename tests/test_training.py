@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +246,15 @@ def test_recipe_arguments_that_a_resume_replaces_are_named(pair, tmp_path):
     notes = [e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
     assert len(notes) == 1 and "batch_size 2 (not 4)" in notes[0]
     assert "learning_rate the preset's (not 1e-05)" in notes[0]
+    assert "ema" not in notes[0]  # not given
+
+
+def test_resuming_a_run_without_ema_with_one_says_the_checkpoint_had_none(pair, tmp_path):
+    _run(pair, steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    events = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path,
+                                          "ema": 0.99}))
+    notes = [e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
+    assert len(notes) == 1 and "ema None (not 0.99)" in notes[0] and "preset's" not in notes[0], notes
     same = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 4, "resume": tmp_path}))
     assert not [e for e in same if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
 
@@ -1286,3 +1296,80 @@ def test_notice_warnings_off_keeps_the_notice_and_drops_its_warning(pair, tmp_pa
             notices = [e for e in run if isinstance(e, ev.Notice) and "holds the checkpoint" in e.message]
         warned = [w for w in caught if issubclass(w.category, ev.TrainingNoticeWarning)]
         assert len(notices) == 1 and len(warned) == (1 if say else 0), (say, warned)
+
+
+def test_an_exception_from_on_event_keeps_a_checkpoint_of_the_last_whole_step(pair, tmp_path):
+    def boom(event):
+        if isinstance(event, ev.Step) and event.step == 5:
+            raise RuntimeError("consumer failed")
+
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 8, "checkpoint_dir": tmp_path,
+                                                   "checkpoint_every": 3, "on_event": boom})
+    with pytest.raises(RuntimeError, match="consumer failed"):  # the consumer's own exception, not masked
+        list(run)
+    assert load_checkpoint(tmp_path)["step"] == 5  # not 3, the last checkpoint_every step
+
+
+def test_an_exception_inside_a_step_writes_no_checkpoint_of_the_half_done_step(pair, tmp_path, monkeypatch):
+    from napari_deblurgan.training import trainer
+
+    original = trainer.GanStep.run
+    calls = []
+
+    def failing(self, next_batch, batch_size):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("device lost")
+        return original(self, next_batch, batch_size)
+
+    monkeypatch.setattr(trainer.GanStep, "run", failing)
+    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 8, "checkpoint_dir": tmp_path,
+                                                   "checkpoint_every": 2})
+    with pytest.raises(RuntimeError, match="device lost"):
+        list(run)
+    # the fourth step was begun: its state may be half updated, so the checkpoint stays the last one written
+    assert load_checkpoint(tmp_path)["step"] == 2
+
+
+def test_without_validation_the_provenance_names_the_last_step_as_the_returned_ones(pair):
+    model = finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 4, "validation": 0})
+    training = model.metadata["training"]
+    assert training["steps_done"] == 4 and training["best_step"] == 4 and training["best_source"] == "generator"
+
+
+def test_blank_validation_crops_are_left_out_of_validation_and_stay_out_on_resume(pair, tmp_path):
+    """An empty held-out frame scores ~100 dB for the input whatever the model does; with its crops in, the mean
+    validation PSNR would be decided there. They are left out (one notice), also by the resumed run."""
+    blurred, sharp = (np.stack([image] * 5) for image in pair)
+    blurred[3] = sharp[3] = 0  # seed 3 holds out planes 0 and 3
+    args = {**_RUN_ARGS, "seed": 3, "validation": 0.4, "axes": "ZYX", "checkpoint_dir": tmp_path, "steps": 2,
+            "validate_every": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the blank pair's alignment cannot be measured
+        first = list(iter_finetune(blurred, sharp, model=_model(), **args))
+        blank = [e for e in first if isinstance(e, ev.Notice) and "are blank (constant)" in e.message]
+        assert len(blank) == 1 and blank[0].message.startswith("9 of 16 validation crops are blank")
+        scores = [e for e in first if isinstance(e, ev.Validation)]
+        assert scores and all(e.psnr_input < 50 and e.psnr < 50 for e in scores)  # not ~100 dB crops averaged in
+        resumed = list(iter_finetune(blurred, sharp, model=_model(), **{**args, "steps": 3, "resume": tmp_path}))
+    assert not [e for e in resumed if isinstance(e, ev.Notice) and "validation crops differ" in e.message]
+    assert next(e.psnr_input for e in resumed if isinstance(e, ev.Validation)) == scores[0].psnr_input
+
+
+def test_a_damaged_checkpoint_or_another_file_given_to_resume_says_what_it_is_not_torchs_advice(pair, tmp_path):
+    from napari_deblurgan.errors import ModelFileError
+
+    _run(pair, steps=1, checkpoint_dir=tmp_path / "run", checkpoint_every=1)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "checkpoint.pt").write_bytes((tmp_path / "run" / "checkpoint.pt").read_bytes()[:5000])
+    with pytest.raises(ModelFileError, match=r"the file is damaged or incomplete .* leave resume out") as damaged:
+        iter_finetune(*pair, model=_model(), device="cpu", resume=cut)
+    image = tmp_path / "image.tif"
+    import tifffile
+
+    tifffile.imwrite(image, pair[0])
+    with pytest.raises(ModelFileError, match="is not a napari-deblurgan training checkpoint") as other:
+        iter_finetune(*pair, model=_model(), device="cpu", resume=image)
+    for error in (damaged, other):  # torch's text advises weights_only=False, which would run the file's code
+        assert "weights_only" not in str(error.value) and "\n" not in str(error.value)

@@ -654,7 +654,9 @@ def test_the_api_still_says_what_the_panel_rewords(tmp_path, monkeypatch):
 
     said.append(error(lambda: perceptual.load_vgg_features(tmp_path / "vgg.pth")))
     said.append(error(lambda: PairedData(ones, ones * 2, patch_size=32, validation=0.9, check_alignment=False)))
-    tall = np.ones((96, 64), np.float32)
+    small = ones[:48, :48]  # too small for a band and a patch whatever the fraction
+    said.append(error(lambda: PairedData(small, small * 2, patch_size=32, validation=0.1, check_alignment=False)))
+    tall = np.ones((96, 64), np.float32) * np.arange(64)  # not constant: blank validation crops are left out
     said += PairedData(tall, tall * 2, patch_size=32, validation=0.1, check_alignment=False).notes
     said += PairedData(None, ones, patch_size=130, validation=0.0).notes
     said.append(error(lambda: __import__("napari_deblurgan.devices", fromlist=["x"]).resolve_device("cuda:99")))

@@ -27,10 +27,34 @@ def _is_multiscale_data(value: Any) -> bool:
     return _from_napari(value) and type(value).__name__ == "MultiScaleData"
 
 
+def is_torch_tensor(value: Any) -> bool:
+    """True for torch tensors (and their subclasses, such as parameters), told by type: no torch import."""
+    return any(c.__name__ == "Tensor" and c.__module__ == "torch" for c in type(value).__mro__)
+
+
+def reject_torch_tensor(value: Any, name: str = "image", *, cpu_ok: bool = False) -> None:
+    """InputError for a torch tensor, saying to pass a NumPy array; with ``cpu_ok``, only for one that NumPy
+    cannot read as it is (one that requires grad, or one on a GPU), since ``np.asarray`` reads a plain CPU
+    tensor."""
+    if not is_torch_tensor(value):
+        return
+    device = getattr(getattr(value, "device", None), "type", "cpu")
+    grad = bool(getattr(value, "requires_grad", False))
+    if cpu_ok and device == "cpu" and not grad:
+        return
+    where = f" on {value.device}" if device != "cpu" else ""
+    why = f"{where}{' that requires grad' if grad else ''}"
+    raise InputError(
+        f"The {name} is a torch tensor{why}; pass a NumPy array: tensor.detach().cpu().numpy()."
+    )
+
+
 def reject_viewer_objects(value: Any, name: str = "image") -> None:
     """InputError for a napari layer, napari multiscale data or a list of arrays of different shapes (the
     levels of a pyramid), naming the array to pass instead; nothing for anything else. Seen through napari's
-    ``PublicOnlyProxy`` too (what a plugin's ``viewer.layers[i].data`` is), which hides what it wraps."""
+    ``PublicOnlyProxy`` too (what a plugin's ``viewer.layers[i].data`` is), which hides what it wraps. A torch
+    tensor that NumPy cannot read as it is (on a GPU, or requiring grad) is one too."""
+    reject_torch_tensor(value, name, cpu_ok=True)
     if _from_napari(value) and hasattr(value, "__wrapped__"):
         value = value.__wrapped__
     if _is_multiscale_data(value):

@@ -68,6 +68,7 @@ CLI_PHRASES: list[tuple[str, str, str | None]] = [
         "a separate validation image (validation_sharp, and validation_blurred for pairs)",
         "validation_sharp",
     ),
+    (r"\bnoise(?: \(photons\)| photons)(?= must be > 0)", "noise_photons", "noise_photons"),
 ]
 
 

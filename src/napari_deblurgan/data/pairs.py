@@ -34,6 +34,7 @@ more than a pixel raises a warning that names it - misaligned pairs teach a mode
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from scipy import signal
 
 from ..axes import CHANNEL_LETTERS, resolve_axes
 from ..errors import InputError, user_stacklevel
-from ..inputs import reject_viewer_objects
+from ..inputs import reject_torch_tensor, reject_viewer_objects
 from ..normalization import DEFAULT_NORMALIZATION, normalize, percentile_range
 
 if TYPE_CHECKING:
@@ -355,6 +356,7 @@ def _as_list(value: Any) -> list[Any]:
 
 def _check_array(array: Any, name: str) -> Any:
     """``array`` itself (kept lazy) after checking that it looks like a numeric image."""
+    reject_torch_tensor(array, name)  # training reads arrays lazily, with NumPy indexing and dtypes
     reject_viewer_objects(array, name)
     if not hasattr(array, "shape") or not hasattr(array, "dtype"):
         array = np.asarray(array)
@@ -499,6 +501,7 @@ class PairedData:
         self.train_planes: list[Plane] = []
         self.validation_planes: list[Plane] = []
         self.validation_sources: list[_Source] = []
+        self._explicit_validation = isinstance(validation, (tuple, list))
         self._split(validation, axes, seed)
         if not self.train_planes:
             raise InputError("No training data left after the validation split; lower `validation`.")
@@ -516,15 +519,22 @@ class PairedData:
                 for index, channel in src.plane_keys():
                     _check_finite_plane(src._read(array, index, channel, slice(None), slice(None)), index)
 
-    def _make_source(self, sharp: Any, blurred: Any | None, axes: str, i: int) -> _Source:
+    def _make_source(self, sharp: Any, blurred: Any | None, axes: str, i: int | None) -> _Source:
+        """The source of training pair ``i`` (0-based), or of the validation pair (``i`` None)."""
         c_axis = next((axes.index(a) for a in CHANNEL_LETTERS if a in axes), None)
         n_ch = int(sharp.shape[c_axis]) if c_axis is not None else 1
         joint = self.channels > 1
         if joint and n_ch != self.channels:
+            which = "the validation image" if i is None else f"image {i + 1}"
+            if i is None:
+                fix = f"Give a validation pair with {self.channels} channels, as the training images have"
+            elif n_ch == 1:
+                fix = "Use a 1-channel model"
+            else:
+                fix = f"Use a {n_ch}-channel model, or a 1-channel model to treat channels independently"
             raise InputError(
-                f"The model takes {self.channels} channels jointly but image {i + 1} (axes {axes!r}, shape "
-                f"{tuple(sharp.shape)}) has {n_ch}. Use a {n_ch}-channel model, or a 1-channel model to "
-                "treat channels independently."
+                f"The model takes {self.channels} channels jointly but {which} (axes {axes!r}, shape "
+                f"{tuple(sharp.shape)}) has {n_ch}. {fix}."
             )
         source = _Source(sharp, blurred, axes, joint, self._cache)
         self._check_finite(source)
@@ -672,7 +682,15 @@ class PairedData:
                     )
             elif not self.synthetic:
                 raise InputError("Training uses real pairs: pass a blurred validation image too.")
-            vsrc = self._make_source(vs, vb, resolve_axes(tuple(vs.shape), axes), 0)
+            try:
+                validation_axes = resolve_axes(tuple(vs.shape), axes)
+            except InputError as exc:
+                given = f" (axes {axes!r}): the axes apply to it too" if axes else ""
+                raise InputError(
+                    f"The validation pair (shape {tuple(vs.shape)}) must have the same axes as the training "
+                    f"images{given}. {exc}"
+                ) from None
+            vsrc = self._make_source(vs, vb, validation_axes, None)
             if vb is not None:
                 self._check_not_identical([vsrc], validation=True)
             if vb is not None and self.check_alignment:
@@ -688,6 +706,12 @@ class PairedData:
                 Plane(0, idx, ch, (0, vsrc.height), (0, vsrc.width)) for idx, ch in vsrc.plane_keys()
             ]
             return
+        fraction_like = isinstance(validation, numbers.Real) and not isinstance(validation, bool)
+        if validation is not None and not fraction_like:
+            raise InputError(
+                f"validation must be a fraction in [0, 1) such as 0.1, 0 or None for none, or a (blurred, sharp) "
+                f"pair; got {validation!r}."
+            )
         fraction = 0.0 if validation is None else float(validation)
         if not 0.0 <= fraction < 1.0:
             raise InputError(f"validation must be a fraction in [0, 1) or a (blurred, sharp) pair, got {validation!r}.")
@@ -717,6 +741,12 @@ class PairedData:
             elif h - band_rows >= P:
                 self.train_planes.append(Plane(p.source, p.index, p.channel, (0, h - band_rows), p.cols))
                 self.validation_planes.append(Plane(p.source, p.index, p.channel, (h - band_rows, h), p.cols))
+            elif max(h, w) - P >= P:  # a band one patch deep would leave room: the fraction is too large
+                raise InputError(
+                    f"validation {fraction:g} holds out so much of each {h} x {w} image plane that no {P}-px "
+                    f"training patch fits in the rest. Use a smaller fraction (such as 0.1), validation=0, or pass "
+                    "a separate validation pair."
+                )
             else:
                 asked = "" if self._asked_patch == P else f" (from patch_size {self._asked_patch})"
                 raise InputError(
@@ -745,7 +775,36 @@ class PairedData:
         if len(grid) > max_crops:
             picks = np.linspace(0, len(grid) - 1, max_crops).round().astype(int)
             grid = [grid[i] for i in picks]
-        return grid
+        return self._without_blank_crops(grid)
+
+    def _without_blank_crops(self, grid: list[tuple[Plane, int, int]]) -> list[tuple[Plane, int, int]]:
+        """``grid`` without the crops whose sharp target is constant (an empty frame, a zero-padded slice): the
+        input already scores ~100 dB on them (the MSE floor), so they would dominate the mean validation PSNR
+        and let tiny errors there decide which weights are best, while saying nothing about deblurring. The
+        grid depends on the data only (not on training), so a resumed run validates on the same crops."""
+        P = self.patch_size
+        kept = []
+        for plane, y0, x0 in grid:
+            src = self.validation_sources[plane.source]
+            raw = src._read(src.sharp, plane.index, plane.channel, slice(y0, y0 + P), slice(x0, x0 + P))
+            flat = raw.reshape(raw.shape[0], -1)
+            if not np.all(flat.max(axis=1) == flat.min(axis=1)):  # constant in every channel: blank
+                kept.append((plane, y0, x0))
+        blank = len(grid) - len(kept)
+        if blank and not kept:
+            what = "the validation pair's sharp image is" if self._explicit_validation else "the held-out data is"
+            raise InputError(
+                f"All {len(grid)} validation crops are blank (constant): {what} empty there, and blank crops "
+                "cannot tell a better model from a worse one. Pass a separate validation pair with content, "
+                "another validation fraction, or validation=0 to train without validation (the last weights are "
+                "returned)."
+            )
+        if blank:
+            self.notes.append(
+                f"{blank} of {len(grid)} validation crops are blank (constant) and are left out of validation: "
+                "the blurred input already scores ~100 dB on them, whatever the model does"
+            )
+        return kept
 
     # -- reading ---------------------------------------------------------------------------------------
     @property
@@ -765,7 +824,8 @@ class PairedData:
         """One line about the validation data."""
         if not self.validation_grid:
             return "none"
-        return f"{len(self.validation_grid)} crops of {self.patch_size} px from {len(self.validation_planes)} planes"
+        planes = len({id(plane) for plane, _, _ in self.validation_grid})  # a plane left with no crop is not counted
+        return f"{len(self.validation_grid)} crops of {self.patch_size} px from {planes} planes"
 
     def sample(
         self, batch_size: int, rng: np.random.Generator, margin: int = 0
@@ -844,16 +904,24 @@ def _dihedral(x: np.ndarray, k: int) -> np.ndarray:
 REALISTIC_NOISE: dict[str, tuple[float, float]] = {"photons": (30.0, 1000.0), "read_noise": (0.5, 4.0)}
 
 
-def _range(value: Any, name: str) -> tuple[float, float]:
+def _range(value: Any, name: str, positive: str | None = None) -> tuple[float, float]:
+    """``(low, high)`` of a number or a pair, 0 <= low <= high; with ``positive`` (what the message adds after
+    "must be > 0", e.g. " pixels"), also > 0."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         lo = hi = float(value)
     elif isinstance(value, (tuple, list)) and len(value) == 2:
         lo, hi = (float(v) for v in value)
     else:
         raise InputError(f"{name} must be a number or a (low, high) pair, got {value!r}.")
+    if positive is not None and math.isfinite(lo) and math.isfinite(hi) and min(lo, hi) <= 0:
+        raise InputError(f"{name} must be > 0{positive}, got {value!r}.")
     if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
         raise InputError(f"{name} needs 0 <= low <= high, got {(lo, hi)}.")
     return lo, hi
+
+
+#: Why photon counts must be > 0, said with the error (``positive`` of :func:`_range`).
+_FEWER_PHOTONS = " (fewer photons = noisier)"
 
 
 def resolve_noise(noise: Any) -> dict[str, tuple[float, float]] | None:
@@ -867,10 +935,10 @@ def resolve_noise(noise: Any) -> dict[str, tuple[float, float]] | None:
         unknown = set(noise) - {"photons", "read_noise"}
         if unknown or "photons" not in noise:
             raise InputError(f"noise needs the keys 'photons' and optionally 'read_noise', got {sorted(noise)}.")
-        photons = _range(noise["photons"], "noise photons")
+        photons = _range(noise["photons"], "noise photons", _FEWER_PHOTONS)
         read = _range(noise.get("read_noise", 0.0), "noise read_noise")
     else:
-        photons, read = _range(noise, "noise (photons)"), (0.0, 0.0)
+        photons, read = _range(noise, "noise (photons)", _FEWER_PHOTONS), (0.0, 0.0)
     if photons[0] <= 0:
         raise InputError(f"noise photons must be > 0 (fewer photons = noisier), got {photons}.")
     return {"photons": photons, "read_noise": read}
@@ -881,7 +949,7 @@ def resolve_blur_strength(strength: Any, kinds: Sequence[str]) -> dict[str, tupl
     every kind: None (each kind's default random range), a number, or a (low, high) pair."""
     if strength is None:
         return None
-    lo, hi = _range(strength, "blur_strength")
+    lo, hi = _range(strength, "blur_strength", " pixels")
     if lo <= 0:
         raise InputError(f"blur_strength must be > 0 pixels, got {strength!r}.")
     return {kind: (lo, hi) for kind in kinds}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -115,18 +116,35 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
             f"No training checkpoint at {path}. Pass the --checkpoint-dir / checkpoint_dir folder of an earlier "
             "run to resume, or leave resume out to start a new run."
         )
+    not_a_checkpoint = (
+        f"{path} is not a napari-deblurgan training checkpoint (the checkpoint.pt a run writes into its "
+        "checkpoint_dir); pass the checkpoint_dir folder of an earlier run, or its checkpoint.pt."
+    )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated file, not a torch file, or pickled code
-        raise ModelFileError(f"Cannot read the training checkpoint {path}: {exc}") from exc
+    except pickle.UnpicklingError:
+        # another kind of file (an image, text), or pickled objects other than tensors: torch's own text would
+        # advise weights_only=False, which runs any code the file holds
+        raise ModelFileError(not_a_checkpoint) from None
+    except Exception as exc:  # zip/stream errors of a truncated or corrupt file, EOFError, an I/O error
+        raise ModelFileError(
+            f"Cannot read the training checkpoint {path}: the file is damaged or incomplete (a copy cut short, or "
+            "a disk that filled up). Resume from an intact copy of it, or leave resume out to start a new run. "
+            f"({_first_line(exc)})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ModelFileError(f"{path} is not a napari-deblurgan training checkpoint.")
+        raise ModelFileError(not_a_checkpoint)
     if payload.get("version") != CHECKPOINT_VERSION:
         raise ModelFileError(
             f"{path} is a version {payload.get('version')} checkpoint; this napari-deblurgan reads version "
             f"{CHECKPOINT_VERSION}."
         )
     return payload
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
 
 
 def _jsonable(value: Any) -> Any:

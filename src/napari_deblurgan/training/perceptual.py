@@ -22,6 +22,7 @@ This module imports torch; only the trainer imports it (lazily).
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from pathlib import Path
 
@@ -67,10 +68,20 @@ def _features_from_file(path: Path) -> nn.Sequential:
             f"perceptual_weights file {str(path)!r} does not exist. Pass the path of torchvision's "
             "vgg19-dcbb9e9d.pth (or another VGG-19 state dict), or leave it out."
         )
+    expected = "give torchvision's vgg19-dcbb9e9d.pth (or another VGG-19 state dict saved with torch.save)"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"Cannot read VGG-19 weights from {str(path)!r}: {exc}") from exc
+    except pickle.UnpicklingError:
+        # another kind of file, or pickled objects other than tensors: torch's own text would advise
+        # weights_only=False, which runs any code the file holds
+        raise InputError(
+            f"Cannot read VGG-19 weights from {str(path)!r}: it is not a file of tensors; {expected}."
+        ) from None
+    except Exception as exc:  # a truncated or corrupt file
+        text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise InputError(
+            f"Cannot read VGG-19 weights from {str(path)!r}: the file is damaged or incomplete ({text}); {expected}."
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

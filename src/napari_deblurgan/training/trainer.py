@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import json
 import math
 import numbers
@@ -640,6 +641,15 @@ class TrainingRun:
         k = self._kwargs
         teacher = k["teacher"]
         self.teacher_model: DeblurModel | None = None
+        self.setup_notices: list[str] = []  # said (and warned) after Started
+        given_weight = check_teacher_weight(k["teacher_weight"])  # with or without a teacher: a typo is a typo
+        default_weight = inspect.signature(iter_finetune).parameters["teacher_weight"].default
+        named_on_resume = any(note.startswith("teacher_weight ") for note in self.resume_ignored)
+        if teacher is None and given_weight != default_weight and not named_on_resume:
+            self.setup_notices.append(
+                f"teacher_weight {k['teacher_weight']!r} is ignored: no teacher was given (teacher_weight is the "
+                "teacher's share of the training targets). Give a teacher to distil from, or leave teacher_weight out."
+            )
         if teacher is not None:
             self.teacher_model = as_model(teacher, role="teacher")
             if (self.teacher_model.channels, self.teacher_model.channel_mode) != (
@@ -668,8 +678,6 @@ class TrainingRun:
 
     def _ignored_on_resume(self, saved: dict[str, Any]) -> list[str]:
         """The recipe arguments given (other than their defaults) that a resume replaces with the checkpoint's."""
-        import inspect
-
         defaults = {name: p.default for name, p in inspect.signature(iter_finetune).parameters.items()}
         ignored = []
         names = ("preset", "learning_rate", "batch_size", "patch_size", "ema", "seed", "precision", "blur_kind")
@@ -682,10 +690,12 @@ class TrainingRun:
                 continue
             if name in ("blur_strength", "noise") and _same_setting(name, given, had):
                 continue  # the same setting, written another way (3.0 vs [3.0, 3.0])
-            if had is not None or name == "noise":
+            if had is None and name == "blur_strength":
+                shown = "each kind's default range"
+            elif had is None and name == "learning_rate":
+                shown = "the preset's"
+            else:  # None for noise, ema and teacher_weight: the run had none (presets have no EMA)
                 shown = repr(had)
-            else:
-                shown = "each kind's default range" if name == "blur_strength" else "the preset's"
             ignored.append(f"{name} {shown} (not {given!r})")
         header = self.resume_json.get("model", {})
         given_model = self._kwargs["model"]
@@ -1016,6 +1026,8 @@ class TrainingRun:
             yield self._notice(step, note, "info")
         for message, kind in pending:
             yield self._notice(step, message, kind, warn=True)
+        for message in self.setup_notices:
+            yield self._notice(step, message, "info", warn=True)
         for message in resume_notes:
             yield self._notice(step, message, "info")
         if self.resume_ignored:
@@ -1240,6 +1252,7 @@ class TrainingRun:
                 final_net = step_fn.ema if step_fn.ema is not None and step > 0 else generator
                 self._set_best(_cpu_clone(final_net.state_dict()))
                 best_source = "ema" if final_net is step_fn.ema else "generator"
+                best_step = step  # the returned weights are the last step's
             self.provenance.update(
                 {
                     "steps_done": step,
@@ -1257,15 +1270,17 @@ class TrainingRun:
             event = write_checkpoint()
             if event is not None:
                 yield event
-        except (GeneratorExit, KeyboardInterrupt):
-            # The consumer closed the run between two events (left its loop, or dropped the run), or a Ctrl-C
-            # aborted it (the second one, or one that was not turned into a stop): keep the state of the last
-            # whole step, as a stop would; a step begun but not finished is never written (write_checkpoint
-            # skips it, and the checkpoint before it stays). Nothing can be yielded any more, so the notice of a
-            # failed write goes only to on_event and the warnings (also where the consumer turned them off: it
-            # will not see the event).
+        except BaseException:
+            # The consumer closed the run between two events (left its loop, or dropped the run), a Ctrl-C
+            # aborted it (the second one, or one that was not turned into a stop), or an exception ended it (an
+            # on_event callback that raised, a progress line on a closed pipe, a device error): keep the state
+            # of the last whole step, as a stop would; a step begun but not finished is never written
+            # (write_checkpoint skips it, and the checkpoint before it stays). Nothing can be yielded any more,
+            # so the notice of a failed write goes only to on_event and the warnings (also where the consumer
+            # turned them off: it will not see the event). Whatever the write does, the exception that ended
+            # the run is the one raised.
             self.notice_warnings = True
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):
                 write_checkpoint()
             generator.eval()
             raise
@@ -1418,7 +1433,8 @@ def iter_finetune(
             :class:`DeblurModel`, often the one being finetuned) whose mean output over the 8 flips/rotations
             of each crop is mixed into the generator's content targets: ``(1 - teacher_weight) * sharp +
             teacher_weight * teacher``. Costs 8 teacher passes per step. None: plain targets.
-        teacher_weight: the teacher's share of the targets, in (0, 1].
+        teacher_weight: the teacher's share of the targets, in (0, 1] (checked also without a teacher, where
+            a weight other than the default is ignored with a notice).
     """
     return TrainingRun(
         blurred=blurred,
