@@ -85,3 +85,57 @@ def test_sample_data_layers():
 
     clock = sample_data.clock()
     assert len(clock) == 1 and clock[0][0].ndim == 2
+
+
+@pytest.mark.parametrize("panels_first", [False, True])
+def test_with_a_sample_open_every_panel_starts_on_its_blurred_layer_and_ground_truth(make_napari_viewer, qtbot,
+                                                                                    panels_first):
+    """The panels' layer boxes choose a sample's layers by their role: Run, Start and Richardson-Lucy work with
+    the defaults. They chose the top layer (the sample's PSF) when the sample was opened first, and its ground
+    truth (the first layer inserted) when the panels were opened first."""
+    import numpy as np
+
+    from napari_deblurgan.widgets.compare_widget import CompareWidget
+    from napari_deblurgan.widgets.deblur_widget import DeblurWidget
+    from napari_deblurgan.widgets.finetune_widget import FinetuneWidget
+
+    viewer = make_napari_viewer(strict_qt="raise")
+    viewer.add_image(np.zeros((32, 32), np.float32), name="mine")  # the user's own layer, below the sample
+
+    def panels():
+        return DeblurWidget(viewer), FinetuneWidget(viewer), CompareWidget(viewer)
+
+    if panels_first:
+        deblur, finetune, compare = panels()
+    viewer.open_sample("napari-deblurgan", "blurred_sharp_pair")
+    if not panels_first:
+        deblur, finetune, compare = panels()
+    names = {
+        "deblur image": deblur.layer_combo.value().name,
+        "finetune blurred": finetune.blurred_combo.value().name,
+        "finetune sharp": finetune.sharp_combo.value().name,
+        "compare ground truth": compare.reference_combo.value().name,
+        "compare baseline input": compare.baseline_input.value().name,
+        "compare PSF layer": compare.psf_layer.value().name,
+    }
+    assert names == {
+        "deblur image": "cells blurred",
+        "finetune blurred": "cells blurred",
+        "finetune sharp": "cells sharp (ground truth)",
+        "compare ground truth": "cells sharp (ground truth)",
+        "compare baseline input": "cells blurred",
+        "compare PSF layer": "cells PSF",
+    }
+    assert viewer.layers[-1].name == "cells blurred"  # the top layer
+
+    # a choice the user made stays, whatever arrives later
+    deblur.layer_combo.set_value(viewer.layers["mine"])
+    compare.reference_combo.set_value(None)
+    viewer.open_sample("napari-deblurgan", "blurred_sharp_pair")
+    assert deblur.layer_combo.value().name == "mine" and compare.reference_combo.value() is None
+    # without sample layers, the boxes keep their old defaults: the top layer, and no ground truth
+    for layer in [layer for layer in viewer.layers if layer.name != "mine"]:
+        viewer.layers.remove(layer)
+    other = FinetuneWidget(viewer), CompareWidget(viewer)
+    assert other[0].blurred_combo.value().name == other[0].sharp_combo.value().name == "mine"
+    assert other[1].reference_combo.value() is None

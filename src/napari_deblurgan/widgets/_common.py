@@ -144,6 +144,35 @@ def unwrap(obj: Any) -> Any:
     return getattr(obj, "__wrapped__", obj)
 
 
+#: ``layer.metadata`` key of a plugin sample layer's role ("blurred", "sharp", "psf"; widgets/sample_data.py)
+SAMPLE_ROLE = "napari_deblurgan_sample"
+
+
+def _role(layer: Any) -> str | None:
+    get = getattr(getattr(layer, "metadata", None), "get", None)
+    return get(SAMPLE_ROLE) if callable(get) else None
+
+
+def prefer_blurred(layer: Any) -> int:
+    """``LayerComboBox(prefer=...)`` for boxes of an image to deblur: a sample's blurred layer first, then any
+    layer but a sample's ground truth or PSF (among equals, the top one)."""
+    role = _role(layer)
+    return 0 if role == "blurred" else 2 if role in ("sharp", "psf") else 1
+
+
+def prefer_sharp(layer: Any) -> int:
+    """``prefer=`` for ground-truth boxes: a sample's sharp layer first; then "none" where the box offers it
+    (a ground truth is not guessed), then the other layers."""
+    if layer is None:
+        return 1
+    return 0 if _role(layer) == "sharp" else 2
+
+
+def prefer_psf(layer: Any) -> int:
+    """``prefer=`` for PSF boxes: a sample's PSF layer first."""
+    return 0 if _role(layer) == "psf" else 1
+
+
 class LayerComboBox(QComboBox):
     """A combo box of the viewer's layers of one type, kept in sync with the layer list.
 
@@ -159,6 +188,7 @@ class LayerComboBox(QComboBox):
         allow_none: str | None = None,
         parent: QWidget | None = None,
         predicate: Callable[[Any], bool] | None = None,
+        prefer: Callable[[Any], int] | None = None,
     ) -> None:
         super().__init__(parent)
         import napari.layers
@@ -167,7 +197,11 @@ class LayerComboBox(QComboBox):
         self._layer_type = layer_type or napari.layers.Image
         self._allow_none = allow_none
         self._predicate = predicate
+        # the box's own choice (until the user makes one): the lowest rank, the top layer among equals
+        self._prefer = prefer
+        self._chosen = False  # the user (or code, through set_value) chose the current layer
         self._offered: list[Any] = []  # the layer (or None for the "none" item) behind each row
+        self.activated.connect(self._on_activated)  # the user's choices only, not programmatic changes
         self.refresh()
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
@@ -175,6 +209,17 @@ class LayerComboBox(QComboBox):
         # layer renames: napari emits `name` on the layer; listen through the list's generic event
         viewer.layers.events.connect(self._on_any)
         self.destroyed.connect(self._disconnect)
+
+    def _on_activated(self, *_: Any) -> None:
+        self._chosen = True
+
+    def _rank(self, item: Any) -> int:
+        return 0 if self._prefer is None else self._prefer(item)
+
+    def _own_choice(self) -> int:
+        """The row the box chooses itself: the lowest rank, the first (top) among equals."""
+        ranks = [self._rank(item) for item in self._offered]
+        return ranks.index(min(ranks)) if ranks else -1
 
     def _on_any(self, event: Any) -> None:
         if getattr(event, "type", None) == "name":
@@ -213,12 +258,17 @@ class LayerComboBox(QComboBox):
             self.addItem(layer.name)
             self._offered.append(unwrap(layer))
         index = next((i for i, item in enumerate(self._offered) if item is unwrap(previous)), -1)
+        if index < 0:
+            self._chosen = False  # the chosen layer is gone: the box chooses again
+        elif not self._chosen and self._rank(self._offered[self._own_choice()]) < self._rank(self._offered[index]):
+            index = -1  # its own choice, and a better one arrived (a sample's blurred layer after its PSF)
         if index >= 0:
             self.setCurrentIndex(index)
         self.blockSignals(False)
         if index < 0 and self.count():
-            self.setCurrentIndex(0)
-            self.currentIndexChanged.emit(0)
+            own = self._own_choice()
+            self.setCurrentIndex(own)
+            self.currentIndexChanged.emit(own)
         elif index < 0 and had_selection:
             self.currentIndexChanged.emit(-1)
 
@@ -232,6 +282,7 @@ class LayerComboBox(QComboBox):
         index = next((i for i, item in enumerate(self._offered) if item is unwrap(layer)), -1)
         if index < 0:
             raise ValueError(f"layer {getattr(layer, 'name', layer)!r} is not offered here")
+        self._chosen = True
         self.setCurrentIndex(index)
 
 

@@ -44,6 +44,9 @@ from ._common import (
     error_message,
     gone_note,
     layer_pixels,
+    prefer_blurred,
+    prefer_psf,
+    prefer_sharp,
     result_layer_kwargs,
     show_error,
     show_info,
@@ -115,7 +118,7 @@ class CompareWidget(QWidget):
         self._closed = False  # the panel was closed (or taken out of its dock): a running job's result is dropped
 
         # ---- what to compare
-        self.reference_combo = LayerComboBox(viewer, allow_none=NO_REFERENCE)
+        self.reference_combo = LayerComboBox(viewer, allow_none=NO_REFERENCE, prefer=prefer_sharp)
         self.layer_list = QListWidget()
         self.layer_list.setMinimumHeight(90)
         self.layer_list.itemChanged.connect(self._remember_check)
@@ -139,10 +142,10 @@ class CompareWidget(QWidget):
         what_form.addRow("PSNR range", self.range_combo)
 
         # ---- classical baselines
-        self.baseline_input = LayerComboBox(viewer)
+        self.baseline_input = LayerComboBox(viewer, prefer=prefer_blurred)
         self.psf_source = QComboBox()
         self.psf_source.addItems([PSF_FROM_METADATA, PSF_FROM_LAYER, PSF_GAUSSIAN])
-        self.psf_layer = LayerComboBox(viewer, napari.layers.Image)
+        self.psf_layer = LayerComboBox(viewer, napari.layers.Image, prefer=prefer_psf)
         self.psf_sigma = QDoubleSpinBox()
         self.psf_sigma.setRange(0.1, 50.0)
         self.psf_sigma.setValue(2.0)

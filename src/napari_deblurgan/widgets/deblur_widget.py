@@ -40,6 +40,7 @@ from ._common import (
     gone_note,
     layer_pixels,
     normalize_axes_text,
+    prefer_blurred,
     result_layer_kwargs,
     set_items,
     show_error,
@@ -223,7 +224,7 @@ class DeblurWidget(QWidget):
         self._relay = ProgressRelay(self)
         self._relay.progressed.connect(self._on_progress)
 
-        self.layer_combo = LayerComboBox(viewer)
+        self.layer_combo = LayerComboBox(viewer, prefer=prefer_blurred)
         self.model_combo = ModelComboBox(self.registry)
         self.axes_edit = QLineEdit()
         self.axes_edit.setToolTip(

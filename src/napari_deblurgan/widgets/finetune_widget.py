@@ -46,6 +46,8 @@ from ._common import (
     layer_geometry,
     layer_pixels,
     normalize_axes_text,
+    prefer_blurred,
+    prefer_sharp,
     result_layer_kwargs,
     set_items,
     show_error,
@@ -209,8 +211,8 @@ class FinetuneWidget(QWidget):
         mode_group = QButtonGroup(self)
         mode_group.addButton(self.pair_radio)
         mode_group.addButton(self.synth_radio)
-        self.blurred_combo = LayerComboBox(viewer)
-        self.sharp_combo = LayerComboBox(viewer)
+        self.blurred_combo = LayerComboBox(viewer, prefer=prefer_blurred)
+        self.sharp_combo = LayerComboBox(viewer, prefer=prefer_sharp)
         self.axes_edit = QLineEdit()
         self.axes_edit.setToolTip("Axis letters of the sharp layer (TZCYXS); pre-filled from the layer.")
         self.blur_kind = QComboBox()

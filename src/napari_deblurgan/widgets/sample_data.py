@@ -12,16 +12,25 @@ from typing import Any
 LayerData = tuple[Any, dict[str, Any], str]
 
 
+#: ``layer.metadata`` key of a sample layer's role ("blurred", "sharp", "psf"): the panels' layer boxes choose
+#: by it (``_common.LayerComboBox``'s ``prefer``), so a sample works with every panel's defaults (the same
+#: string as ``_common.SAMPLE_ROLE``; this module must not import Qt)
+SAMPLE_ROLE = "napari_deblurgan_sample"
+
+
 def _pair_layers(sample: dict[str, Any], prefix: str, axis_labels: tuple[str, ...]) -> list[LayerData]:
-    """Blurred, sharp (ground truth) and PSF layers of one ``samples`` dict."""
+    """PSF, sharp (ground truth) and blurred layers of one ``samples`` dict, in that order: napari puts the
+    last on top, so the blurred image, the one to deblur, is the top layer (and the selected one)."""
     sharp = sample["sharp"]
     limits = (float(sharp.min()), float(sharp.max()))  # same grey scale for both, so they compare by eye
-    meta = {"psf": sample["psf"], "blur_params": sample.get("params", {})}
+    meta = {"psf": sample["psf"], "blur_params": sample.get("params", {}), SAMPLE_ROLE: "blurred"}
     return [
+        (sample["psf"], {"name": f"{prefix} PSF", "colormap": "magma", "visible": False,
+                         "metadata": {SAMPLE_ROLE: "psf"}}, "image"),
         (
             sample["sharp"],
             {"name": f"{prefix} sharp (ground truth)", "contrast_limits": limits, "axis_labels": axis_labels,
-             "visible": False},
+             "visible": False, "metadata": {SAMPLE_ROLE: "sharp"}},
             "image",
         ),
         (
@@ -29,7 +38,6 @@ def _pair_layers(sample: dict[str, Any], prefix: str, axis_labels: tuple[str, ..
             {"name": f"{prefix} blurred", "contrast_limits": limits, "axis_labels": axis_labels, "metadata": meta},
             "image",
         ),
-        (sample["psf"], {"name": f"{prefix} PSF", "colormap": "magma", "visible": False}, "image"),
     ]
 
 
