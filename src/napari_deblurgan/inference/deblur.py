@@ -309,8 +309,13 @@ class _PlaneRunner:
         gen = self.generator
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         with self._move_lock:
-            weight = next((p for p in gen.parameters() if p.dim() == 4), None)
-            if weight is None or weight.device != self.device or not weight.is_contiguous(memory_format=fmt):
+            # every 4-D weight: a (W, 1, k, k) first convolution (one input channel) counts as channels_last in
+            # either layout, so it alone says nothing (1-channel unet_lite/resnet9 were never converted)
+            weights = [p for p in gen.parameters() if p.dim() == 4]
+            placed = bool(weights) and all(
+                w.device == self.device and w.is_contiguous(memory_format=fmt) for w in weights
+            )
+            if not placed:
                 if self.channels_last:
                     gen.to(self.device, memory_format=fmt)
                 else:
@@ -443,8 +448,11 @@ class _PlaneRunner:
         # the inverse of the normalisation, for both kinds of scale: float64 for the dtypes that need it (the
         # offset would be rounded to float32 again on the way back), else in place
         with np.errstate(over="ignore"):  # beyond the dtype's range: clipped to it by the caller (cast_like)
-            if wide:
-                result = np.stack([restored[i].astype(np.float64) * span + lo for i, (lo, span) in enumerate(scales)])
+            if wide:  # into one float64 array, channel by channel and in place (no per-channel temporaries)
+                result = np.empty(restored.shape, np.float64)
+                for i, (lo, span) in enumerate(scales):
+                    np.multiply(restored[i], span, out=result[i])
+                    result[i] += lo
             else:
                 result = restored
                 for i, (lo, span) in enumerate(scales):
