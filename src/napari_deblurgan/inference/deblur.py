@@ -451,7 +451,8 @@ class _PlaneRunner:
             if wide:  # into one float64 array, channel by channel and in place (no per-channel temporaries)
                 result = np.empty(restored.shape, np.float64)
                 for i, (lo, span) in enumerate(scales):
-                    np.multiply(restored[i], span, out=result[i])
+                    result[i] = restored[i]  # float64 first: span and lo may be beyond float32 (1e-40, 1e38)
+                    result[i] *= span
                     result[i] += lo
             else:
                 result = restored
