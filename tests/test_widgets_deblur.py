@@ -363,6 +363,44 @@ def test_layer_menu_deblurs_selected_layer(make_napari_viewer, tiny_model_file, 
     assert tuple(out.scale) == (2.0, 2.0)
 
 
+def test_layer_menu_deblurs_several_layers_one_after_the_other(make_napari_viewer, tiny_model_file, small_image,
+                                                                qtbot, monkeypatch):
+    """Each job uses every core already: several at once only competed for them (and for memory)."""
+    from napari_deblurgan.widgets import layer_menu
+
+    monkeypatch.setattr(layer_menu, "MODEL", str(tiny_model_file))
+    viewer = make_napari_viewer(strict_qt="raise")
+    selected = [viewer.add_image(small_image, name=name) for name in ("a", "b", "c")]
+    viewer.layers.selection = set(selected)
+    log: list[tuple[str, int]] = []
+    workers = layer_menu.deblur_selected_layers(viewer)
+    for i, worker in enumerate(workers):
+        worker.started.connect(lambda i=i: log.append(("started", i)))
+        worker.finished.connect(lambda i=i: log.append(("finished", i)))
+    qtbot.waitUntil(lambda: ("finished", 2) in log, timeout=60_000)
+    qtbot.wait(50)
+    log = [entry for entry in log if entry != ("started", 0)]  # (it may start before its signal is connected)
+    expected = [("finished", 0), ("started", 1), ("finished", 1), ("started", 2), ("finished", 2)]
+    assert log == expected, log  # never two at once
+    assert {f"{name} deblurred" for name in "abc"} <= {layer.name for layer in viewer.layers}
+
+
+def test_napari_quitting_during_the_first_layer_menu_job_starts_no_other(make_napari_viewer, tiny_model_file,
+                                                                         qtbot, monkeypatch):
+    from napari_deblurgan.widgets import layer_menu
+
+    monkeypatch.setattr(layer_menu, "MODEL", str(tiny_model_file))
+    viewer = make_napari_viewer(strict_qt="raise")
+    big = (np.random.default_rng(0).random((64, 128, 128)) * 4000).astype(np.uint16)
+    viewer.layers.selection = {viewer.add_image(big, name="one"), viewer.add_image(big, name="two")}
+    first, second = layer_menu.deblur_selected_layers(viewer)
+    qtbot.waitUntil(lambda: first.is_running, timeout=10_000)
+    first.quit()  # what napari's quit does to the running worker
+    qtbot.waitUntil(lambda: not first.is_running, timeout=10_000)
+    qtbot.wait(200)
+    assert not second.is_running and not any(layer.name.endswith("deblurred") for layer in viewer.layers)
+
+
 def test_layer_menu_without_an_image_layer_says_what_to_select(make_napari_viewer, small_image, notifications):
     from napari_deblurgan.widgets import layer_menu
 

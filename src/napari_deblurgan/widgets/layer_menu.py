@@ -7,6 +7,7 @@ Deblurs every selected image layer with the shipped default model and the layer'
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
@@ -32,9 +33,11 @@ MODEL = "default"
 
 
 def deblur_selected_layers(viewer: napari.viewer.Viewer) -> list[Any]:
-    """Start deblurring the selected image layers with the default model; returns the started workers.
+    """Deblur the selected image layers with the default model, one after the other; returns their workers
+    (the first started, each next one started when the one before it has finished).
 
-    napari injects ``viewer`` (app-model provider) when the menu item is clicked.
+    One at a time: each job already uses every core (torch's threads) and a plane's buffers, so several at once
+    would only compete for them. napari injects ``viewer`` (app-model provider) when the menu item is clicked.
     """
     avoid_triton_llvm_clash()
 
@@ -42,6 +45,10 @@ def deblur_selected_layers(viewer: napari.viewer.Viewer) -> list[Any]:
     if not layers:
         show_error("Select an image layer in the layer list, then choose Deblur (default model) again.")
         return []
+    # shared by the chain: napari quitting stops the running job at its next tile batch (instead of waiting
+    # for the whole layer) and starts no other; a dask layer's lazy result is not cancellable (napari computes
+    # it later, as the user browses)
+    cancel = threading.Event()
     workers = []
     for layer in layers:
         try:
@@ -50,16 +57,16 @@ def deblur_selected_layers(viewer: napari.viewer.Viewer) -> list[Any]:
             show_error(f"{layer.name!r}: cannot tell its axes ({error_message(exc)}); use the Deblur widget.")
             continue
         pixels = layer_pixels(layer)
-        # napari quitting stops the job at its next tile batch instead of waiting for the whole layer (a dask
-        # layer's lazy result is not cancellable: napari computes it later, as the user browses)
-        cancel = threading.Event()
         hooks = {} if is_dask(pixels) else {"cancel": cancel}
         worker = create_cancellable_worker(
             _job, pixels, MODEL, axes, _cancel=cancel, _progress={"desc": f"Deblurring {layer.name}"}, **hooks
         )
         worker.returned.connect(lambda outcome, layer=layer: _add_result(viewer, layer, outcome))
-        worker.start()
         workers.append(worker)
+    for current, following in itertools.pairwise(workers):
+        current.finished.connect(lambda following=following: None if cancel.is_set() else following.start())
+    if workers:
+        workers[0].start()
     return workers
 
 
