@@ -515,6 +515,29 @@ def test_the_preview_sits_below_its_validation_layers_plane_not_at_the_origin_at
     assert tuple(preview.scale) == (1.0, 1.0) and tuple(preview.translate) == (64.0 + 4, 0.0)
 
 
+def test_a_2d_validation_pair_validates_a_3d_training_stack(setup, qtbot, pair):
+    """One axes box serves the training layers and the validation pair: ZYX for a stack made the YX validation
+    pair 'wrong' (the run was refused); the pair is now given the stack's axes as a view."""
+    viewer, finetune, _ = setup
+    blurred, sharp = pair
+    viewer.add_image(np.stack([sharp, sharp[::-1]]), name="sharp stack")
+    viewer.add_image(np.stack([blurred, blurred[::-1]]), name="blurred stack")
+    finetune.blurred_combo.set_value(viewer.layers["blurred stack"])
+    finetune.sharp_combo.set_value(viewer.layers["sharp stack"])
+    assert finetune.axes_edit.text() == "ZYX"
+    finetune.val_mode.setCurrentIndex(finetune.val_mode.findData("pair"))
+    finetune.val_blurred_combo.set_value(viewer.layers["blurred"])
+    finetune.val_sharp_combo.set_value(viewer.layers["sharp"])
+    validation = finetune.data_kwargs()["validation"]
+    assert [v.shape for v in validation] == [(1, *blurred.shape), (1, *sharp.shape)]
+    layers = (viewer.layers["blurred"], viewer.layers["sharp"])
+    assert all(np.shares_memory(v, layer.data) for v, layer in zip(validation, layers, strict=True))  # views
+    finetune.steps_spin.setValue(2)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    assert finetune.last_finished is not None, finetune.status.text()
+
+
 def test_layer_geometry_of_a_plane_is_the_yx_part_of_the_layers_transforms():
     """widgets._common.layer_geometry: a whole-layer result copies every axis; a plane result (2-D, or 3-D with
     an axis of its own first) gets the YX scale, translate, rotation, extra affine, labels and units, and so

@@ -531,7 +531,8 @@ class FinetuneWidget(QWidget):
             vb, vs = self.val_blurred_combo.value(), self.val_sharp_combo.value()
             if vb is None or vs is None:
                 raise InputError("Choose both validation layers, or validate on a fraction of the crops.")
-            kwargs["validation"] = (layer_pixels(vb), layer_pixels(vs))
+            axes = kwargs["axes"]
+            kwargs["validation"] = tuple(_with_axes(layer_pixels(layer), layer, axes) for layer in (vb, vs))
         else:
             kwargs["validation"] = float(self.val_fraction.value()) or None
         return kwargs
@@ -791,6 +792,25 @@ def _file_row(edit: QLineEdit, browse: Any) -> QHBoxLayout:
     row.addWidget(edit)
     row.addWidget(button)
     return row
+
+
+def _with_axes(array: Any, layer: Any, axes: str | None) -> Any:
+    """A validation layer's array as a view with the training ``axes`` (one axes box serves both): a YX pair
+    that validates a ZYX or TZYX stack gets length-1 axes where its own axes lack the stack's (a 2-D validation
+    pair for a 3-D stack was refused, its axes "wrong"). Anything else is left as it is, for the API to judge."""
+    if axes is None or len(axes) == array.ndim:
+        return array
+    try:
+        own = axes_for_layer(layer)
+    except Exception:  # the API says what is wrong with it
+        return array
+    missing = [letter for letter in axes if letter not in own]
+    if len(own) != array.ndim or [a for a in axes if a in own] != list(own) or set(missing) & set("YXCS"):
+        return array
+    try:
+        return array[tuple(None if letter in missing else slice(None) for letter in axes)]
+    except Exception:  # an array type that cannot add axes in a view (zarr): the API says what is wrong
+        return array
 
 
 def _training_worker_class() -> type:
