@@ -140,6 +140,19 @@ def test_side_by_side_grid_and_matched_contrast(setup):
         assert grid.actual_shape(shown) == expected
 
 
+def test_side_by_side_without_ground_truth_leaves_an_rgb_layers_range_out_of_the_grey_ones(setup):
+    viewer, widget = setup
+    widget.reference_combo.set_value(None)
+    rgb = viewer.add_image(np.zeros((*viewer.layers["blurred"].data.shape, 3), np.uint8), name="photo", rgb=True)
+    rgb_limits = tuple(rgb.contrast_limits)
+    for name in ("truth", "blurred", "photo"):
+        widget.set_checked(viewer.layers[name])
+    widget.side_button.click()
+    # the grey layers' widest range (0..1), not 0..255: a 0..1 result is not drawn black
+    assert tuple(viewer.layers["blurred"].contrast_limits) == tuple(viewer.layers["truth"].contrast_limits) == (0, 1)
+    assert tuple(rgb.contrast_limits) == rgb_limits
+
+
 @pytest.mark.parametrize(
     ("n", "canvas", "shape"),
     [

@@ -482,10 +482,13 @@ class CompareWidget(QWidget):
         if not layers:
             show_error("Check the layers to show side by side (and optionally choose a ground truth).")
             return
+        # RGB layers keep their own look (their contrast limits are not set below), so they do not widen the range
+        # of the grey ones either: a uint8 RGB layer's 0..255 drew a 0..1 float result black
+        grey = [lay for lay in layers if not lay.rgb] or layers
         if reference is not None:
             limits = tuple(reference.contrast_limits)
         else:
-            limits = (min(lay.contrast_limits[0] for lay in layers), max(lay.contrast_limits[1] for lay in layers))
+            limits = (min(lay.contrast_limits[0] for lay in grey), max(lay.contrast_limits[1] for lay in grey))
         # napari 0.9 moved the grid to viewer.canvas.grid (viewer.grid is deprecated there)
         canvas = getattr(self.viewer, "canvas", None)
         grid = getattr(canvas, "grid", None) or self.viewer.grid
