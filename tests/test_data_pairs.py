@@ -275,9 +275,15 @@ def test_bad_blur_kind_and_validation_args(pair):
         PairedData(blurred, sharp, patch_size=32, validation=1.5)
     with pytest.raises(InputError, match="too small"):
         PairedData(blurred[:40, :40], sharp[:40, :40], patch_size=32, validation=0.5)
-    for bad in ("abc", "0.1", True, np.array([0.1, 0.2])):  # one InputError, never float()'s ValueError
+    for bad in ("abc", "0.1", True, np.array([0.1, 0.2]), np.array(True)):  # one InputError, never a ValueError
         with pytest.raises(InputError, match=r"validation must be a fraction in \[0, 1\) such as 0.1"):
             PairedData(blurred, sharp, patch_size=32, validation=bad)
+    import torch
+
+    reference = PairedData(blurred, sharp, patch_size=32, validation=0.25, check_alignment=False).validation_grid
+    for number in (np.array(0.25), np.float32(0.25), torch.tensor(0.25)):  # 0-d numbers, as float() took them
+        grid = PairedData(blurred, sharp, patch_size=32, validation=number, check_alignment=False).validation_grid
+        assert [(y, x) for _, y, x in grid] == [(y, x) for _, y, x in reference]
 
 
 def test_torch_tensors_as_training_images_are_one_input_error_saying_what_to_pass(pair):
@@ -642,8 +648,8 @@ def test_blank_validation_crops_are_left_out_and_said_once(pair):
     assert sorted(p.index for p in d.validation_planes) == [(0,), (3,)]  # seed 3 holds out plane 0 and a blank one
     assert len(d.validation_grid) == 4 and {p.index for p, _, _ in d.validation_grid} == {(0,)}
     assert [n for n in d.notes if "blank" in n] == [
-        "4 of 8 validation crops are blank (constant) and are left out of validation: the blurred input already "
-        "scores ~100 dB on them, whatever the model does"
+        "4 blank (constant) validation crops were left out of validation (others of the held-out grid take their "
+        "place where there are any): the blurred input already scores ~100 dB on them, whatever the model does"
     ]
     assert d.describe_validation() == "4 crops of 32 px from 1 planes"
     _, vs = d.validation_arrays()
@@ -658,6 +664,29 @@ def test_blank_validation_crops_are_left_out_and_said_once(pair):
     image[224:, 128:] = 0
     band = PairedData(None, image, patch_size=32, validation=0.125)
     assert len(band.validation_grid) == 4 and all(x0 < 128 for _, _, x0 in band.validation_grid)
+
+
+def test_blank_validation_crops_are_replaced_by_other_crops_of_the_held_out_grid(pair):
+    """Blank crops are left out before the grid is thinned to max_validation_crops, not after: content in two
+    of ten held-out planes gave 2 validation crops of 16 (and content in one crop was refused as all-blank)."""
+    blurred, sharp = (image[:64, :64] for image in pair)
+    stack_b, stack_s = np.zeros((10, 64, 64), np.float32), np.zeros((10, 64, 64), np.float32)
+    for z in (1, 6):
+        stack_b[z], stack_s[z] = blurred, sharp
+    d = PairedData(stack_b, stack_s, patch_size=32, validation=(stack_b, stack_s), axes="ZYX",
+                   check_alignment=False, max_validation_crops=16)
+    assert len(d.validation_grid) == 8 and {p.index for p, _, _ in d.validation_grid} == {(1,), (6,)}
+    one = np.zeros((10, 64, 64), np.float32), np.zeros((10, 64, 64), np.float32)
+    one[0][4, :32, :32], one[1][4, :32, :32] = blurred[:32, :32], sharp[:32, :32]
+    d = PairedData(stack_b, stack_s, patch_size=32, validation=one, axes="ZYX", check_alignment=False)
+    assert [(p.index, y0, x0) for p, y0, x0 in d.validation_grid] == [((4,), 0, 0)]
+    # without blank crops the thinned grid is the evenly spaced one, as before
+    full = PairedData(np.stack([blurred] * 10), np.stack([sharp] * 10), patch_size=32,
+                      validation=(np.stack([blurred] * 10), np.stack([sharp] * 10)), axes="ZYX",
+                      check_alignment=False, max_validation_crops=16)
+    grid = [(p.index[0], y0, x0) for p, y0, x0 in full.validation_grid]
+    everything = [(z, y0, x0) for z in range(10) for y0 in (0, 32) for x0 in (0, 32)]
+    assert grid == [everything[i] for i in np.linspace(0, 39, 16).round().astype(int)]
 
 
 def test_messages_name_what_is_wrong(pair):

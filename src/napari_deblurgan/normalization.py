@@ -142,6 +142,19 @@ def needs_float64_range(lo: float, hi: float) -> bool:
     return not (small <= hi - lo <= large and max(abs(lo), abs(hi)) <= large)
 
 
+def without_sentinels(plane: np.ndarray) -> np.ndarray:
+    """``plane``, or a float64 copy with its sentinel pixels (:data:`NORMALIZED_LIMIT` percentile spans or more
+    from its percentile range) set to its low percentile: for whole-plane arithmetic (registration's FFT) that
+    a "no data" value at float32's largest would turn into inf and NaN."""
+    lo, hi = percentile_range(plane)
+    if np.isfinite(hi - lo) and float(np.max(np.abs(plane))) < abs(lo) + NORMALIZED_LIMIT * (hi - lo):
+        return plane
+    values = plane.astype(np.float64)
+    with np.errstate(over="ignore"):
+        values[np.abs((values - lo) / (hi - lo)) >= NORMALIZED_LIMIT] = lo
+    return values
+
+
 # Rows per block when normalising in float64, so that the float64 temporaries stay ~8 MB, not plane-sized.
 _FLOAT64_BLOCK_PIXELS = 1 << 20
 

@@ -46,7 +46,7 @@ from scipy import signal
 from ..axes import CHANNEL_LETTERS, resolve_axes
 from ..errors import InputError, user_stacklevel
 from ..inputs import reject_torch_tensor, reject_viewer_objects
-from ..normalization import DEFAULT_NORMALIZATION, normalize, percentile_range
+from ..normalization import DEFAULT_NORMALIZATION, NORMALIZED_LIMIT, normalize, percentile_range, without_sentinels
 
 if TYPE_CHECKING:
     import torch
@@ -310,6 +310,9 @@ class _Source:
         out = np.empty(raw.shape, dtype=np.float32)
         for c, (lo, hi) in enumerate(ranges):
             out[c] = normalize(raw[c], lo, hi)
+        # sentinels ("no data" at float32's largest value) are missing here too, as deblur() takes them: at
+        # NORMALIZED_LIMIT they overflowed Adam's second moment and every update became 0, without a word
+        out[np.abs(out) >= NORMALIZED_LIMIT] = 0.0
         return out
 
     def _cached_plane(
@@ -382,6 +385,20 @@ def _registration_planes(blurred_plane: np.ndarray, sharp_plane: np.ndarray) -> 
     block means down to at most ``_REGISTRATION_SIZE`` px along the longer side), and the factor."""
     factor = max(1, math.ceil(max(sharp_plane.shape) / _REGISTRATION_SIZE))
     return _downsample(sharp_plane, factor), _downsample(blurred_plane, factor), factor
+
+
+def _fraction_like(value: Any) -> bool:
+    """A number for ``validation=``: 0.1, np.float32(0.1), or a 0-d array or tensor of a number (np.array(0.1));
+    not a bool."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    if getattr(value, "ndim", None) != 0:
+        return False
+    dtype = getattr(value, "dtype", None)
+    kind = getattr(dtype, "kind", None)  # NumPy; torch dtypes have none
+    return kind in ("f", "i", "u") if kind is not None else dtype is not None and str(dtype) != "torch.bool"
 
 
 def measure_offset(blurred_plane: np.ndarray, sharp_plane: np.ndarray) -> tuple[float, float]:
@@ -646,6 +663,7 @@ class PairedData:
                 f"{pair} contains NaN or infinite values; replace them (e.g. np.nan_to_num)."
             )
         self._check_units(b, s, pair)
+        b, s = without_sentinels(b), without_sentinels(s)  # "no data" pixels: missing to training, and here
         dy, dx = measure_offset(b, s)
         # the correlation peak is precise on textured images but lands off-centre for motion blur, defocus disks
         # and sparse beads (51 false alarms in 120 registered bead pairs); the blur kernel's centre of mass
@@ -706,7 +724,7 @@ class PairedData:
                 Plane(0, idx, ch, (0, vsrc.height), (0, vsrc.width)) for idx, ch in vsrc.plane_keys()
             ]
             return
-        fraction_like = isinstance(validation, numbers.Real) and not isinstance(validation, bool)
+        fraction_like = _fraction_like(validation)
         if validation is not None and not fraction_like:
             raise InputError(
                 f"validation must be a fraction in [0, 1) such as 0.1, 0 or None for none, or a (blurred, sharp) "
@@ -765,46 +783,58 @@ class PairedData:
             )
 
     def _validation_grid(self, max_crops: int) -> list[tuple[Plane, int, int]]:
-        """Fixed validation crops: (plane, y0, x0) on a non-overlapping grid, evenly thinned to max_crops."""
+        """Fixed validation crops: (plane, y0, x0) on a non-overlapping grid, evenly thinned to max_crops,
+        leaving out blank crops (:meth:`_is_blank`) and taking others of the grid in their place.
+
+        The first picks are the evenly spaced ones; crops are read only to check the picks (and, for each blank
+        one, a replacement spread evenly over the rest), not the whole held-out grid. The grid depends on the
+        data only (not on training), so a resumed run validates on the same crops.
+        """
         P = self.patch_size
         grid = []
         for p in self.validation_planes:
             for y0 in range(p.rows[0], p.rows[1] - P + 1, P):
                 for x0 in range(p.cols[0], p.cols[1] - P + 1, P):
                     grid.append((p, y0, x0))
-        if len(grid) > max_crops:
-            picks = np.linspace(0, len(grid) - 1, max_crops).round().astype(int)
-            grid = [grid[i] for i in picks]
-        return self._without_blank_crops(grid)
-
-    def _without_blank_crops(self, grid: list[tuple[Plane, int, int]]) -> list[tuple[Plane, int, int]]:
-        """``grid`` without the crops whose sharp target is constant (an empty frame, a zero-padded slice): the
-        input already scores ~100 dB on them (the MSE floor), so they would dominate the mean validation PSNR
-        and let tiny errors there decide which weights are best, while saying nothing about deblurring. The
-        grid depends on the data only (not on training), so a resumed run validates on the same crops."""
-        P = self.patch_size
-        kept = []
-        for plane, y0, x0 in grid:
-            src = self.validation_sources[plane.source]
-            raw = src._read(src.sharp, plane.index, plane.channel, slice(y0, y0 + P), slice(x0, x0 + P))
-            flat = raw.reshape(raw.shape[0], -1)
-            if not np.all(flat.max(axis=1) == flat.min(axis=1)):  # constant in every channel: blank
-                kept.append((plane, y0, x0))
-        blank = len(grid) - len(kept)
-        if blank and not kept:
+        chosen: list[int] = []
+        blank = 0
+        remaining = list(range(len(grid)))
+        while len(chosen) < max_crops and remaining:
+            need = min(max_crops - len(chosen), len(remaining))
+            picks = sorted({remaining[i] for i in np.linspace(0, len(remaining) - 1, need).round().astype(int)})
+            for i in picks:
+                if self._is_blank(*grid[i]):
+                    blank += 1
+                else:
+                    chosen.append(i)
+            taken = set(picks)
+            remaining = [i for i in remaining if i not in taken]
+        if blank and not chosen:
             what = "the validation pair's sharp image is" if self._explicit_validation else "the held-out data is"
             raise InputError(
-                f"All {len(grid)} validation crops are blank (constant): {what} empty there, and blank crops "
+                f"All {blank} validation crops are blank (constant): {what} empty there, and blank crops "
                 "cannot tell a better model from a worse one. Pass a separate validation pair with content, "
                 "another validation fraction, or validation=0 to train without validation (the last weights are "
                 "returned)."
             )
         if blank:
             self.notes.append(
-                f"{blank} of {len(grid)} validation crops are blank (constant) and are left out of validation: "
-                "the blurred input already scores ~100 dB on them, whatever the model does"
+                f"{blank} blank (constant) validation crops were left out of validation (others of the held-out "
+                "grid take their place where there are any): the blurred input already scores ~100 dB on them, "
+                "whatever the model does"
             )
-        return kept
+        return [grid[i] for i in sorted(chosen)]
+
+    def _is_blank(self, plane: Plane, y0: int, x0: int) -> bool:
+        """Whether the sharp target of a validation crop is constant in every channel (an empty frame, a
+        zero-padded slice): the input already scores ~100 dB on it (the MSE floor), so it would dominate the
+        mean validation PSNR and let tiny errors there decide which weights are best, while saying nothing
+        about deblurring."""
+        P = self.patch_size
+        src = self.validation_sources[plane.source]
+        raw = src._read(src.sharp, plane.index, plane.channel, slice(y0, y0 + P), slice(x0, x0 + P))
+        flat = raw.reshape(raw.shape[0], -1)
+        return bool(np.all(flat.max(axis=1) == flat.min(axis=1)))
 
     # -- reading ---------------------------------------------------------------------------------------
     @property
