@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,25 @@ def test_with_a_sample_open_every_panel_starts_on_its_blurred_layer_and_ground_t
     other = FinetuneWidget(viewer), CompareWidget(viewer)
     assert other[0].blurred_combo.value().name == other[0].sharp_combo.value().name == "mine"
     assert other[1].reference_combo.value() is None
+
+
+def test_the_boxes_leave_a_samples_ground_truth_and_psf_when_its_blurred_layer_goes(make_napari_viewer):
+    """A sample's ground truth and PSF are the right choice only next to their own blurred image: after it was
+    removed, the boxes stayed on them (a 2-D motion PSF offered next to a 3-D stack)."""
+    from napari_deblurgan.widgets.compare_widget import CompareWidget
+    from napari_deblurgan.widgets.deblur_widget import DeblurWidget
+
+    viewer = make_napari_viewer(strict_qt="raise")
+    deblur, compare = DeblurWidget(viewer), CompareWidget(viewer)
+    signals: list[int] = []
+    compare.reference_combo.currentIndexChanged.connect(signals.append)
+    viewer.open_sample("napari-deblurgan", "blurred_sharp_pair")
+    assert compare.reference_combo.value().name == "cells sharp (ground truth)"
+    assert all(a != b for a, b in itertools.pairwise(signals)), signals  # each change signalled once
+    viewer.open_sample("napari-deblurgan", "blurred_stack_3d")
+    assert deblur.layer_combo.value().name == "cells blurred"  # its own choice stays while it is as good
+    viewer.layers.remove("cells blurred")
+    assert deblur.layer_combo.value().name == "stack blurred"
+    assert compare.reference_combo.value().name == "stack sharp (ground truth)"
+    assert compare.psf_layer.value().name == "stack PSF"
+    assert compare.baseline_input.value().name == "stack blurred"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QEvent, QObject, Signal
@@ -148,29 +148,41 @@ def unwrap(obj: Any) -> Any:
 SAMPLE_ROLE = "napari_deblurgan_sample"
 
 
+#: ``layer.metadata`` key of the id shared by one opened sample's layers (its blurred, sharp and PSF layers)
+SAMPLE_GROUP = "napari_deblurgan_sample_group"
+
+
 def _role(layer: Any) -> str | None:
     get = getattr(getattr(layer, "metadata", None), "get", None)
     return get(SAMPLE_ROLE) if callable(get) else None
 
 
-def prefer_blurred(layer: Any) -> int:
+def _partnered(layer: Any, layers: Sequence[Any]) -> bool:
+    """Whether the blurred layer of ``layer``'s sample is among ``layers``: a sample's ground truth or PSF is
+    the right choice only while the image it belongs to is there (not after that was removed, or next to
+    another sample's image)."""
+    group = layer.metadata.get(SAMPLE_GROUP)
+    return any(_role(other) == "blurred" and other.metadata.get(SAMPLE_GROUP) == group for other in layers)
+
+
+def prefer_blurred(layer: Any, layers: Sequence[Any]) -> int:
     """``LayerComboBox(prefer=...)`` for boxes of an image to deblur: a sample's blurred layer first, then any
     layer but a sample's ground truth or PSF (among equals, the top one)."""
     role = _role(layer)
     return 0 if role == "blurred" else 2 if role in ("sharp", "psf") else 1
 
 
-def prefer_sharp(layer: Any) -> int:
-    """``prefer=`` for ground-truth boxes: a sample's sharp layer first; then "none" where the box offers it
-    (a ground truth is not guessed), then the other layers."""
+def prefer_sharp(layer: Any, layers: Sequence[Any]) -> int:
+    """``prefer=`` for ground-truth boxes: a sample's sharp layer while its blurred one is there; then "none"
+    where the box offers it (a ground truth is not guessed), then the other layers."""
     if layer is None:
         return 1
-    return 0 if _role(layer) == "sharp" else 2
+    return 0 if _role(layer) == "sharp" and _partnered(layer, layers) else 2
 
 
-def prefer_psf(layer: Any) -> int:
-    """``prefer=`` for PSF boxes: a sample's PSF layer first."""
-    return 0 if _role(layer) == "psf" else 1
+def prefer_psf(layer: Any, layers: Sequence[Any]) -> int:
+    """``prefer=`` for PSF boxes: a sample's PSF layer while its blurred one is there."""
+    return 0 if _role(layer) == "psf" and _partnered(layer, layers) else 1
 
 
 class LayerComboBox(QComboBox):
@@ -188,7 +200,7 @@ class LayerComboBox(QComboBox):
         allow_none: str | None = None,
         parent: QWidget | None = None,
         predicate: Callable[[Any], bool] | None = None,
-        prefer: Callable[[Any], int] | None = None,
+        prefer: Callable[[Any, Sequence[Any]], int] | None = None,
     ) -> None:
         super().__init__(parent)
         import napari.layers
@@ -214,7 +226,8 @@ class LayerComboBox(QComboBox):
         self._chosen = True
 
     def _rank(self, item: Any) -> int:
-        return 0 if self._prefer is None else self._prefer(item)
+        """``prefer(item, the offered layers)``: the lower, the likelier the box's own choice."""
+        return 0 if self._prefer is None else self._prefer(item, [i for i in self._offered if i is not None])
 
     def _own_choice(self) -> int:
         """The row the box chooses itself: the lowest rank, the first (top) among equals."""
@@ -261,14 +274,17 @@ class LayerComboBox(QComboBox):
         if index < 0:
             self._chosen = False  # the chosen layer is gone: the box chooses again
         elif not self._chosen and self._rank(self._offered[self._own_choice()]) < self._rank(self._offered[index]):
-            index = -1  # its own choice, and a better one arrived (a sample's blurred layer after its PSF)
+            index = -1  # its own choice, and a better one arrived (a sample's blurred layer after its PSF), or
+            # its own choice got worse (its sample's blurred layer was removed)
         if index >= 0:
             self.setCurrentIndex(index)
         self.blockSignals(False)
         if index < 0 and self.count():
             own = self._own_choice()
-            self.setCurrentIndex(own)
-            self.currentIndexChanged.emit(own)
+            if self.currentIndex() == own:  # setCurrentIndex would not signal the (new) layer in this row
+                self.currentIndexChanged.emit(own)
+            else:
+                self.setCurrentIndex(own)
         elif index < 0 and had_selection:
             self.currentIndexChanged.emit(-1)
 

@@ -7,6 +7,7 @@ nothing is downloaded). Blurred layers carry their PSF in ``metadata["psf"]`` an
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -16,6 +17,8 @@ LayerData = tuple[Any, dict[str, Any], str]
 #: by it (``_common.LayerComboBox``'s ``prefer``), so a sample works with every panel's defaults (the same
 #: string as ``_common.SAMPLE_ROLE``; this module must not import Qt)
 SAMPLE_ROLE = "napari_deblurgan_sample"
+#: ``layer.metadata`` key of the id that one opened sample's layers share (``_common.SAMPLE_GROUP``)
+SAMPLE_GROUP = "napari_deblurgan_sample_group"
 
 
 def _pair_layers(sample: dict[str, Any], prefix: str, axis_labels: tuple[str, ...]) -> list[LayerData]:
@@ -23,14 +26,15 @@ def _pair_layers(sample: dict[str, Any], prefix: str, axis_labels: tuple[str, ..
     last on top, so the blurred image, the one to deblur, is the top layer (and the selected one)."""
     sharp = sample["sharp"]
     limits = (float(sharp.min()), float(sharp.max()))  # same grey scale for both, so they compare by eye
-    meta = {"psf": sample["psf"], "blur_params": sample.get("params", {}), SAMPLE_ROLE: "blurred"}
+    group = uuid.uuid4().hex  # each opening of a sample is its own group
+    meta = {"psf": sample["psf"], "blur_params": sample.get("params", {}), SAMPLE_ROLE: "blurred", SAMPLE_GROUP: group}
     return [
         (sample["psf"], {"name": f"{prefix} PSF", "colormap": "magma", "visible": False,
-                         "metadata": {SAMPLE_ROLE: "psf"}}, "image"),
+                         "metadata": {SAMPLE_ROLE: "psf", SAMPLE_GROUP: group}}, "image"),
         (
             sample["sharp"],
             {"name": f"{prefix} sharp (ground truth)", "contrast_limits": limits, "axis_labels": axis_labels,
-             "visible": False, "metadata": {SAMPLE_ROLE: "sharp"}},
+             "visible": False, "metadata": {SAMPLE_ROLE: "sharp", SAMPLE_GROUP: group}},
             "image",
         ),
         (
