@@ -151,6 +151,9 @@ def test_side_by_side_without_ground_truth_leaves_an_rgb_layers_range_out_of_the
     # the grey layers' widest range (0..1), not 0..255: a 0..1 result is not drawn black
     assert tuple(viewer.layers["blurred"].contrast_limits) == tuple(viewer.layers["truth"].contrast_limits) == (0, 1)
     assert tuple(rgb.contrast_limits) == rgb_limits
+    widget.reference_combo.set_value(rgb)  # an RGB ground truth's 0..255 is not applied to the grey ones either
+    widget.side_button.click()
+    assert tuple(viewer.layers["blurred"].contrast_limits) == (0, 1)
 
 
 @pytest.mark.parametrize(

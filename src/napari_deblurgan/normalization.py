@@ -142,10 +142,23 @@ def needs_float64_range(lo: float, hi: float) -> bool:
     return not (small <= hi - lo <= large and max(abs(lo), abs(hi)) <= large)
 
 
+#: Float values at least this large (half of float32's largest) are "no data" to :func:`without_sentinels`, however
+#: many there are: a no-data region wider than the upper percentile's share is the percentile itself.
+_SENTINEL_MAGNITUDE = float(np.finfo(np.float32).max) / 2
+
+
 def without_sentinels(plane: np.ndarray) -> np.ndarray:
-    """``plane``, or a float64 copy with its sentinel pixels (:data:`NORMALIZED_LIMIT` percentile spans or more
-    from its percentile range) set to its low percentile: for whole-plane arithmetic (registration's FFT) that
-    a "no data" value at float32's largest would turn into inf and NaN."""
+    """``plane``, or a float64 copy with its sentinel pixels set to the low percentile of the rest: values of at
+    least half float32's largest, and values :data:`NORMALIZED_LIMIT` percentile spans or more from the
+    percentile range. For whole-plane arithmetic (registration's FFT), which such values turn into inf and NaN;
+    normalisation itself recognises only the second kind (deblur() and training)."""
+    if plane.dtype.kind == "f":
+        huge = np.abs(plane) >= _SENTINEL_MAGNITUDE
+        if huge.any():
+            values = plane.astype(np.float64)
+            rest = values[~huge]
+            values[huge] = np.percentile(rest, 1) if rest.size else 0.0
+            plane = values
     lo, hi = percentile_range(plane)
     if np.isfinite(hi - lo) and float(np.max(np.abs(plane))) < abs(lo) + NORMALIZED_LIMIT * (hi - lo):
         return plane

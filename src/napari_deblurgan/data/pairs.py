@@ -398,7 +398,9 @@ def _fraction_like(value: Any) -> bool:
         return False
     dtype = getattr(value, "dtype", None)
     kind = getattr(dtype, "kind", None)  # NumPy; torch dtypes have none
-    return kind in ("f", "i", "u") if kind is not None else dtype is not None and str(dtype) != "torch.bool"
+    if kind is not None:
+        return kind in ("f", "i", "u")
+    return dtype is not None and str(dtype) != "torch.bool" and not getattr(dtype, "is_complex", False)
 
 
 def measure_offset(blurred_plane: np.ndarray, sharp_plane: np.ndarray) -> tuple[float, float]:
@@ -796,23 +798,28 @@ class PairedData:
             for y0 in range(p.rows[0], p.rows[1] - P + 1, P):
                 for x0 in range(p.cols[0], p.cols[1] - P + 1, P):
                     grid.append((p, y0, x0))
+        # the visiting order: the evenly spaced picks (the whole grid when it is small), then the rest spread
+        # out (bit-reversed order), so that replacements for blank picks come from all over the held-out data
+        # and a blank run of planes (zero-padded first slices) is not walked crop by crop
+        picks = sorted({int(i) for i in np.linspace(0, len(grid) - 1, min(max_crops, len(grid))).round()})
+        taken = set(picks)
+        rest = [i for i in range(len(grid)) if i not in taken]
+        bits = max(1, (len(rest) - 1).bit_length())
+        rest = [rest[j] for j in sorted(range(len(rest)), key=lambda j: int(f"{j:0{bits}b}"[::-1], 2))]
+        reads = max(16 * max_crops, 256)  # at most: a mostly blank grid is judged on a sample, not read whole
         chosen: list[int] = []
         blank = 0
-        remaining = list(range(len(grid)))
-        while len(chosen) < max_crops and remaining:
-            need = min(max_crops - len(chosen), len(remaining))
-            picks = sorted({remaining[i] for i in np.linspace(0, len(remaining) - 1, need).round().astype(int)})
-            for i in picks:
-                if self._is_blank(*grid[i]):
-                    blank += 1
-                else:
-                    chosen.append(i)
-            taken = set(picks)
-            remaining = [i for i in remaining if i not in taken]
+        for i in [*picks, *rest][:reads]:
+            if len(chosen) >= max_crops:
+                break
+            if self._is_blank(*grid[i]):
+                blank += 1
+            else:
+                chosen.append(i)
         if blank and not chosen:
             what = "the validation pair's sharp image is" if self._explicit_validation else "the held-out data is"
             raise InputError(
-                f"All {blank} validation crops are blank (constant): {what} empty there, and blank crops "
+                f"All {blank} validation crops checked are blank (constant): {what} empty there, and blank crops "
                 "cannot tell a better model from a worse one. Pass a separate validation pair with content, "
                 "another validation fraction, or validation=0 to train without validation (the last weights are "
                 "returned)."

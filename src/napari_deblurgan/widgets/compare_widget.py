@@ -485,9 +485,9 @@ class CompareWidget(QWidget):
         # RGB layers keep their own look (their contrast limits are not set below), so they do not widen the range
         # of the grey ones either: a uint8 RGB layer's 0..255 drew a 0..1 float result black
         grey = [lay for lay in layers if not lay.rgb] or layers
-        if reference is not None:
+        if reference is not None and not reference.rgb:
             limits = tuple(reference.contrast_limits)
-        else:
+        else:  # no ground truth, or an RGB one (whose 0..255 would draw grey 0..1 results black too)
             limits = (min(lay.contrast_limits[0] for lay in grey), max(lay.contrast_limits[1] for lay in grey))
         # napari 0.9 moved the grid to viewer.canvas.grid (viewer.grid is deprecated there)
         canvas = getattr(self.viewer, "canvas", None)
