@@ -422,8 +422,19 @@ def save_result(run: Any, args: argparse.Namespace, wall: float) -> None:
     output = args.output or args.checkpoint_dir / "model.pt"
     model.save(output, weights_dtype=args.weights_dtype)
     print(f"saved {output}; wall={wall:.0f}s")
+    finished = run.finished is not None and not run.finished.stopped
+    if not finished:
+        training = model.metadata.get("training")
+        training = training if isinstance(training, dict) else {}
+        done, total = training.get("steps_done", "?"), training.get("steps", args.steps)
+        print(f"stopped early ({done} of {total} steps done): rerun the same command to resume from "
+              f"{args.checkpoint_dir}", flush=True)
     if args.install:
-        install(Path(output), args.name)
+        if finished:
+            install(Path(output), args.name)
+        else:  # an unfinished run must not replace the shipped weights and their checksum
+            print(f"not installed: the run did not finish all its steps; rerun the same command (with --install) "
+                  f"to resume it from {args.checkpoint_dir} and install it when it finishes", flush=True)
 
 
 if __name__ == "__main__":

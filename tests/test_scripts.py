@@ -214,3 +214,18 @@ def _smallest_training_side(train_default_model) -> int:
         images = train_default_model.training_images(extra_scenes=0)
         _SMALLEST_SIDE.append(min(min(image.shape[-2:]) for image in images))
     return _SMALLEST_SIDE[0]
+
+
+def test_train_script_does_not_install_a_run_stopped_early(train_script, tmp_path, capsys):
+    """A run stopped by --minutes (or Ctrl-C) writes its model, but --install must not replace the shipped
+    weights with it: only a run that finished all its steps is installed."""
+    registry = (train_script.WEIGHTS / "registry.json").read_text()
+    argv = [*TINY_TRAINING, "--steps", "100000", "--minutes", "0.0001", "--checkpoint-dir", str(tmp_path / "run"),
+            "--name", "tiny", "--install"]  # fmt: skip
+    assert train_script.main(argv) == 0  # a --minutes stop is cooperative
+    out = capsys.readouterr().out
+    assert (tmp_path / "run" / "model.pt").exists() and "stopped early" in out
+    assert "not installed" in out and "rerun the same command" in out
+    assert not (train_script.WEIGHTS / "tiny.pt").exists()
+    assert (train_script.WEIGHTS / "registry.json").read_text() == registry
+
