@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     images += smoothed_copies(images, args.smooth_copies)
     budget_start = time.monotonic()
 
-    def make_run(model: Any, steps: int, checkpoint_dir: Path | None, validate_every: int) -> Any:
+    def make_run(model: Any, steps: int | None, checkpoint_dir: Path | None, validate_every: int) -> Any:
         return iter_finetune(
             images,
             None,
@@ -354,13 +354,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.minutes is None:
             parser.error("--fit-steps needs --minutes (the budget the schedule must fit)")
         if resume is None:  # a resumed run keeps the schedule it started with
-            probe_seconds = min(20.0, 6.0 * args.minutes)  # 6 % of the budget, at most 20 s
+            probe_seconds = min(20.0, 6.0 * args.minutes)  # 10 % of the budget (6 s a minute), at most 20 s
             rate = probe_steps_per_second(lambda: make_run(model, 10**7, None, 10**7), probe_seconds)
             remaining = 60 * args.minutes - (time.monotonic() - budget_start)
             args.steps = max(int(rate * remaining * FIT_MARGIN), 100)
             validate_every = max(args.validate_every, args.steps // 12)
             print(f"fit-steps: {rate:.2f} steps/s measured; {args.steps} steps fit the {remaining:.0f} s left "
                   f"(x{FIT_MARGIN}); validating every {validate_every}", flush=True)
+        else:  # the checkpoint's own total (None), not --steps: a different total would change the schedule
+            args.steps = None
+            print("fit-steps: resuming the fitted run with its checkpoint's own total of steps", flush=True)
     run = make_run(model, args.steps, args.checkpoint_dir, validate_every)
     start = time.monotonic()
     try:

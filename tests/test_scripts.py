@@ -229,3 +229,15 @@ def test_train_script_does_not_install_a_run_stopped_early(train_script, tmp_pat
     assert not (train_script.WEIGHTS / "tiny.pt").exists()
     assert (train_script.WEIGHTS / "registry.json").read_text() == registry
 
+
+def test_train_script_resumes_a_fitted_run_with_its_own_total(train_script, tmp_path, capsys):
+    """--fit-steps sets the total once; re-running the same command resumes with that total, not --steps."""
+    from napari_deblurgan import load_model
+
+    argv = [*TINY_TRAINING, "--minutes", "0.01", "--fit-steps", "--checkpoint-dir", str(tmp_path / "run")]
+    assert train_script.main(argv) == 0
+    fitted = load_model(tmp_path / "run" / "model.pt").metadata["training"]["steps"]
+    assert fitted != 4 and "steps fit the" in capsys.readouterr().out
+    assert train_script.main(argv) == 0  # the re-run: no probe, the fitted total kept
+    assert load_model(tmp_path / "run" / "model.pt").metadata["training"]["steps"] == fitted
+    assert "resuming the fitted run" in capsys.readouterr().out
