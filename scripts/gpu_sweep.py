@@ -34,7 +34,10 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent / "train_default_model.py"
 #: Log lines kept in ``sweep.log`` besides every 20th progress line.
-_KEPT = re.compile(r"^(fit-steps|validation|notice|saved|installed|Traceback|\w*Error|\s+File )")
+_KEPT = re.compile(
+    r"^(fit-steps|validation|notice|saved|installed|not installed|stopped|Traceback|\s+File "
+    r"|[\w.]*(Error|Exception|Interrupt)\b)"  # also dotted names: torch.OutOfMemoryError, ...errors.InputError
+)
 
 
 def machine_description() -> str:
@@ -123,6 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     jobs = load_jobs(args.jobs)
     args.out.mkdir(parents=True, exist_ok=True)
     header = machine_description()
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():  # before the jobs, not after each has failed on its own
+            text = (f"{header}\nno CUDA device here for --device {args.device}: no job started "
+                    "(--device cpu runs them on the CPU)\n")
+            (args.out / "sweep.log").write_text(text)
+            print(text, end="", flush=True)
+            return 1
     threads = max(1, (os.cpu_count() or 1) // len(jobs))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     src = str(SCRIPT.parents[1] / "src")

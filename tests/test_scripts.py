@@ -241,3 +241,24 @@ def test_train_script_resumes_a_fitted_run_with_its_own_total(train_script, tmp_
     assert train_script.main(argv) == 0  # the re-run: no probe, the fitted total kept
     assert load_model(tmp_path / "run" / "model.pt").metadata["training"]["steps"] == fitted
     assert "resuming the fitted run" in capsys.readouterr().out
+
+
+def test_gpu_sweep_log_keeps_dotted_exception_lines(scripts_on_path):
+    import gpu_sweep
+
+    log = "Traceback (most recent call last):\n  File \"x.py\", line 1\n    boom()\n"
+    for last in ("napari_deblurgan.errors.InputError: bad", "torch.OutOfMemoryError: CUDA out of memory",
+                 "ValueError: x", "KeyboardInterrupt"):  # fmt: skip
+        assert last in gpu_sweep.summarize(log + last), last
+    assert "    boom()" not in gpu_sweep.summarize(log)
+
+
+def test_gpu_sweep_without_cuda_says_so_before_any_job(scripts_on_path, tmp_path, capsys):
+    import gpu_sweep
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here")
+    jobs = '[{"name": "a", "args": []}]'
+    assert gpu_sweep.main(["--jobs", jobs, "--minutes", "1", "--out", str(tmp_path)]) != 0
+    assert "no CUDA device" in (tmp_path / "sweep.log").read_text()
+    assert "started a" not in capsys.readouterr().out
