@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -119,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--part-mib", type=float, default=15.0, help="split model files above this size")
-    parser.add_argument("--grace", type=float, default=90.0, help="seconds past the budget before a job is killed")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=90.0,
+        help="seconds past the budget before a job is stopped (SIGINT: it saves its model; killed if it still runs "
+        "a third of this later, at most 30 s)",
+    )
     parser.add_argument("--run-tests", action="store_true", help="run the GPU code paths' tests first")
     args = parser.parse_args(argv)
 
@@ -157,18 +164,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"started {job['name']}: {' '.join(command[1:])}", flush=True)
 
     deadline = time.monotonic() + 60 * args.minutes + args.grace
-    for job, _command, _log, handle, process in running:
+    overrun = []
+    for job, _command, _log, _handle, process in running:
         try:
             process.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.kill()  # its best weights are in its checkpoint folder, not here: say so in the log
+            overrun.append((job, process))
+    # Past the budget and grace: first the training script's cooperative stop (SIGINT, as Ctrl-C: it saves its
+    # model), and only a job that still runs a short while later is killed (its work then only in its checkpoints).
+    stop_grace = min(30.0, args.grace / 3)
+    notes: dict[str, str] = {}
+    for _job, process in overrun:
+        process.send_signal(signal.SIGINT)
+    stop_deadline = time.monotonic() + stop_grace
+    for job, process in overrun:
+        try:
+            process.wait(timeout=max(0.1, stop_deadline - time.monotonic()))
+            notes[job["name"]] = f"stopped (SIGINT) after the budget and {args.grace:.0f} s of grace"
+        except subprocess.TimeoutExpired:
+            process.kill()
             process.wait()
-            print(f"{job['name']}: killed after the budget and grace", flush=True)
+            notes[job["name"]] = (
+                f"killed (SIGKILL) after the budget, {args.grace:.0f} s of grace and {stop_grace:.0f} s more after a "
+                "SIGINT: no model written; its last checkpoint stayed on the machine"
+            )
+        print(f"{job['name']}: {notes[job['name']]}", flush=True)
+    for *_, handle, _process in running:
         handle.close()
 
     report = [header, ""]
     for job, command, log, _handle, process in running:
         report.append(f"## {job['name']} (exit {process.returncode}): {' '.join(command[1:])}")
+        if job["name"] in notes:
+            report.append(notes[job["name"]])
         report.extend(summarize(log.read_text(errors="replace")))
         model = args.out / f"{job['name']}.pt"
         if model.exists():

@@ -262,3 +262,33 @@ def test_gpu_sweep_without_cuda_says_so_before_any_job(scripts_on_path, tmp_path
     assert gpu_sweep.main(["--jobs", jobs, "--minutes", "1", "--out", str(tmp_path)]) != 0
     assert "no CUDA device" in (tmp_path / "sweep.log").read_text()
     assert "started a" not in capsys.readouterr().out
+
+
+_FAKE_JOB = """
+import signal, sys, time
+def stop(*_):
+    print("saved fake.pt", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGINT, signal.SIG_IGN if "--stubborn" in sys.argv else stop)
+print("step 1/9", flush=True)
+time.sleep(60)
+"""
+
+
+def test_gpu_sweep_stops_an_overrunning_job_with_sigint_before_killing_it(scripts_on_path, tmp_path, monkeypatch):
+    """Past budget + grace a job first gets the cooperative stop (SIGINT: the training script saves its model);
+    only one that still runs is killed, and sweep.log says which."""
+    import gpu_sweep
+
+    fake = tmp_path / "fake.py"
+    fake.write_text(_FAKE_JOB)
+    monkeypatch.setattr(gpu_sweep, "SCRIPT", fake)
+    jobs = '[{"name": "polite", "args": []}, {"name": "stubborn", "args": ["--stubborn"]}]'
+    out = tmp_path / "out"
+    argv = ["--jobs", jobs, "--minutes", "0.001", "--grace", "1.5", "--device", "cpu", "--out", str(out)]
+    code = gpu_sweep.main(argv)
+    assert code == 1  # the killed one
+    log = (out / "sweep.log").read_text()
+    polite, stubborn = log.split("## polite")[1].split("## stubborn")
+    assert "(exit 0)" in polite and "stopped (SIGINT)" in polite and "saved fake.pt" in polite
+    assert "killed (SIGKILL)" in stubborn
