@@ -83,12 +83,38 @@ def run_gpu_tests(env: dict[str, str], timeout: float = 180.0) -> str:
 
 
 def load_jobs(text: str) -> list[dict]:
-    path = Path(text)
-    jobs = json.loads(path.read_text() if path.is_file() else text)
+    """The jobs of ``--jobs``: JSON text (starting with ``[`` or ``{``) or the path of a file holding it.
+    Raises ValueError with a one-line reason."""
+    if text.lstrip().startswith(("[", "{")):
+        source, raw = "the --jobs text", text
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"the jobs file {text} does not exist (or give the JSON list itself)")
+        source, raw = str(path), path.read_text()
+    try:
+        jobs = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source} is not valid JSON: {exc}") from None
+    if not isinstance(jobs, list) or not jobs:
+        raise ValueError(f"{source} must be a non-empty JSON list of {{\"name\": ..., \"args\": [...]}}")
+    for i, job in enumerate(jobs):
+        if not isinstance(job, dict) or "name" not in job:
+            raise ValueError(f"job {i} in {source} has no \"name\" key: {job!r}")
+        if not isinstance(job.get("args", []), list) or not all(isinstance(a, str) for a in job.get("args", [])):
+            raise ValueError(f"job {job['name']!r}: \"args\" must be a list of strings")
     names = [job["name"] for job in jobs]
-    if len(set(names)) != len(names) or not all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names):
-        raise SystemExit(f"job names must be unique and plain (letters, digits, . _ -): {names}")
+    if len(set(names)) != len(names) or not all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", n)
+                                                 for n in names):
+        raise ValueError(f"job names must be unique and plain (letters, digits, . _ -): {names}")
     return jobs
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value * 2**20 >= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, not {text}")
+    return value
 
 
 def split_file(path: Path, part_bytes: int) -> list[Path]:
@@ -119,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, required=True, help="each job's budget (its schedule is fitted)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--part-mib", type=float, default=15.0, help="split model files above this size")
+    parser.add_argument("--part-mib", type=_positive_float, default=15.0, help="split model files above this size")
     parser.add_argument(
         "--grace",
         type=float,
@@ -130,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-tests", action="store_true", help="run the GPU code paths' tests first")
     args = parser.parse_args(argv)
 
-    jobs = load_jobs(args.jobs)
+    try:
+        jobs = load_jobs(args.jobs)
+    except ValueError as exc:
+        parser.error(f"--jobs: {exc}")
     args.out.mkdir(parents=True, exist_ok=True)
     header = machine_description()
     if args.device.startswith("cuda"):

@@ -292,3 +292,33 @@ def test_gpu_sweep_stops_an_overrunning_job_with_sigint_before_killing_it(script
     polite, stubborn = log.split("## polite")[1].split("## stubborn")
     assert "(exit 0)" in polite and "stopped (SIGINT)" in polite and "saved fake.pt" in polite
     assert "killed (SIGKILL)" in stubborn
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (["--part-mib", "0"], "--part-mib"),
+        (["--part-mib", "-2"], "--part-mib"),
+        (["--jobs", "[]"], "non-empty"),
+        (["--jobs", '[{"args": []}]'], '"name"'),
+        (["--jobs", "no/such/jobs.json"], "does not exist"),
+        (["--jobs", "[" + " " * 300 + "{oops}]"], "not valid JSON"),
+    ],
+)
+def test_gpu_sweep_refuses_bad_arguments_before_any_job(scripts_on_path, tmp_path, bad, says, capsys):
+    import gpu_sweep
+
+    argv = ["--jobs", '[{"name": "a"}]', "--minutes", "1", "--device", "cpu", "--out", str(tmp_path / "o"), *bad]
+    with pytest.raises(SystemExit) as exc:
+        gpu_sweep.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_gpu_sweep_reads_long_inline_jobs(scripts_on_path):
+    import gpu_sweep
+
+    jobs = [{"name": f"job{i}", "args": ["--batch-size", "2", "--patch-size", "32"]} for i in range(8)]
+    assert gpu_sweep.load_jobs(json.dumps(jobs)) == jobs  # longer than a file name may be
