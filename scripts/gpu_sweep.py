@@ -7,7 +7,7 @@ share of the CPU threads, fits its learning-rate schedule into the same wall-tim
 and writes its kept model to ``--out``.
 
 Only small files come back from the device tool (at most 8 files of at most 16 MiB each, 64 MiB together), so
-a model file larger than ``--part-mib`` is written in numbered parts (``name.pt.part0``, ``.part1``...): join
+a model file larger than ``--part-mib`` is written in numbered parts (``name.pt.part00``, ``.part01``...): join
 them with ``cat name.pt.part* > name.pt``. One log, ``sweep.log``, holds the machine, each job's command and
 the lines of its log that matter (fitted steps, validations, notices, every 20th progress line, the result).
 
@@ -118,13 +118,15 @@ def _positive_float(text: str) -> float:
 
 
 def split_file(path: Path, part_bytes: int) -> list[Path]:
-    """Replace ``path`` by numbered parts of at most ``part_bytes`` (unchanged when it is small enough)."""
+    """Replace ``path`` by numbered parts of at most ``part_bytes`` (unchanged when it is small enough), numbered
+    with leading zeros so that the shell's sorted ``name.pt.part*`` joins them in order."""
     data = path.read_bytes()
     if len(data) <= part_bytes:
         return [path]
     parts = []
+    digits = max(2, len(str((len(data) - 1) // part_bytes)))  # zero-padded: `cat name.pt.part*` sorts them right
     for i in range(0, len(data), part_bytes):
-        part = path.with_name(f"{path.name}.part{i // part_bytes}")
+        part = path.with_name(f"{path.name}.part{i // part_bytes:0{digits}d}")
         part.write_bytes(data[i : i + part_bytes])
         parts.append(part)
     path.unlink()

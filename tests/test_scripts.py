@@ -322,3 +322,14 @@ def test_gpu_sweep_reads_long_inline_jobs(scripts_on_path):
 
     jobs = [{"name": f"job{i}", "args": ["--batch-size", "2", "--patch-size", "32"]} for i in range(8)]
     assert gpu_sweep.load_jobs(json.dumps(jobs)) == jobs  # longer than a file name may be
+
+
+def test_gpu_sweep_parts_join_in_order_with_the_documented_glob(scripts_on_path, tmp_path):
+    import gpu_sweep
+
+    data = bytes(range(256)) * 5
+    model = tmp_path / "m.pt"
+    model.write_bytes(data)
+    parts = gpu_sweep.split_file(model, 100)  # 13 parts: part10 would sort before part2 without padding
+    assert len(parts) == 13 and not model.exists()
+    assert b"".join(p.read_bytes() for p in sorted(tmp_path.glob("m.pt.part*"))) == data  # cat m.pt.part*
