@@ -31,3 +31,10 @@ def test_bench_inference_times_a_shipped_model_with_and_without_self_ensemble(tm
     assert all(r["seconds"] > 0 and r["mp_per_s"] > 0 for r in rows)
     printed = capsys.readouterr().out
     assert "fast +self-ensemble" in printed and "x RL" in printed
+
+
+def test_bench_memory_shows_why_a_case_failed(tmp_path, capsys):
+    bench = _load("bench_memory")
+    assert bench.main(["--model", str(tmp_path / "missing.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "failed (exit" in err and "missing.pt" in err  # the child's error, not only its exit status
