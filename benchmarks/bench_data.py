@@ -49,18 +49,29 @@ def rates(fn, batch: int, repeats: int, rounds: int) -> list[float]:
     return out
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (0 or less would divide by zero or time nothing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--phases", action="store_true", help="also time a batch's parts (see above)")
-    parser.add_argument("--phase-batches", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--phase-batches", type=positive_int, nargs="+", default=[32, 128])
     args = parser.parse_args(argv)
 
     import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():  # before the work, not after it
+        parser.error(f"--device {args.device}: no CUDA device here (torch {torch.__version__})")
 
     sys.path.insert(0, str(ROOT / "scripts"))
     from train_default_model import selection_stack, smoothed_copies, training_images

@@ -70,10 +70,18 @@ def time_call(fn, repeats: int) -> list[float]:
     return times
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (0 or less would divide by zero or time nothing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
+    parser.add_argument("--size", type=positive_int, default=1024, help="image side in pixels (default 1024)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per case (median reported)")
     parser.add_argument("--arch", action="append", help="architecture(s) to time (default: all)")
     parser.add_argument(
         "--model",
@@ -81,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         help="model file(s) or shipped name(s) to time with their own architecture arguments (with --model "
         "alone, no untrained architectures are timed)",
     )
-    parser.add_argument("--rl-iterations", type=int, default=30)
+    parser.add_argument("--rl-iterations", type=positive_int, default=30)
     parser.add_argument("--no-cuda", action="store_true", help="time the CPU only")
     parser.add_argument(
         "--self-ensemble", action="store_true", help="also time every case with deblur(self_ensemble=True)"
@@ -95,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     import napari_deblurgan as ndg
     from napari_deblurgan.models.complexity import count_parameters, macs_per_megapixel
 
+    models = {}
+    for name in args.model or []:  # every one before any timing: a mistyped second one fails at once
+        try:
+            models[name] = ndg.load_model(name)
+        except Exception as exc:  # any reason, reported in one line
+            parser.error(f"--model {name}: {exc}")
     info = machine_info()
     image = test_image(args.size)
     mp = image.size / 1e6
@@ -110,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     archs = args.arch or ([] if args.model else ndg.list_architectures())
     cases = [(arch, lambda arch=arch: ndg.create_model(arch, channels=1, seed=0)) for arch in archs]
-    cases += [(str(name), lambda name=name: ndg.load_model(name)) for name in args.model or []]
+    cases += [(str(name), lambda name=name: models.pop(name)) for name in args.model or []]
     for label, make_model in cases:
         model = make_model()
         params = count_parameters(model.generator)

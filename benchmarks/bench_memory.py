@@ -90,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, __file__, "--child", case, "--model", args.model],
             capture_output=True,
             text=True,
-            check=True,
         )
+        if done.returncode != 0:  # the child's own reason, not only its exit status
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            print(f"case {case} failed (exit {done.returncode}):\n{tail}", file=sys.stderr)
+            return 1
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(f"machine: {platform.platform()}, python {platform.python_version()}; model {args.model!r}, CPU")
     header = ("input MB", "plane f32 MB", "peak +MB", "x input", "x plane", "s")

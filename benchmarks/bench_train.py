@@ -193,15 +193,23 @@ def time_steps(fn, device, warmup: int, repeats: int) -> list[float]:
     return times
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (0 or less would divide by zero or time nothing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (64 px, width 16, 2 blocks) for a CPU")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--size", type=int, default=None, help="crop side (default 256; 64 with --quick)")
-    parser.add_argument("--batch-size", type=int, default=None, help="our batch (default 8 on CUDA, 2 on CPU)")
-    parser.add_argument("--channels", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--size", type=positive_int, default=None, help="crop side (default 256; 64 with --quick)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="our batch (default 8 on CUDA, 2 on CPU)")
+    parser.add_argument("--channels", type=positive_int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=None)
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
 

@@ -191,10 +191,18 @@ def _save_pictures(folder: Path, name: str, kind: str, sharp: np.ndarray, images
     imsave(folder / f"model-card-{name}-{kind}.png", (strip * 255).astype(np.uint8), check_contrast=False)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (0 or less would divide by zero or time nothing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
-    parser.add_argument("--kernels", type=int, default=3, help="PSFs per blur kind and image")
+    parser.add_argument("--kernels", type=positive_int, default=3, help="PSFs per blur kind and image")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--pictures", type=Path, default=None)

@@ -7,7 +7,7 @@ share of the CPU threads, fits its learning-rate schedule into the same wall-tim
 and writes its kept model to ``--out``.
 
 Only small files come back from the device tool (at most 8 files of at most 16 MiB each, 64 MiB together), so
-a model file larger than ``--part-mib`` is written in numbered parts (``name.pt.part0``, ``.part1``...): join
+a model file larger than ``--part-mib`` is written in numbered parts (``name.pt.part00``, ``.part01``...): join
 them with ``cat name.pt.part* > name.pt``. One log, ``sweep.log``, holds the machine, each job's command and
 the lines of its log that matter (fitted steps, validations, notices, every 20th progress line, the result).
 
@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -34,7 +35,10 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent / "train_default_model.py"
 #: Log lines kept in ``sweep.log`` besides every 20th progress line.
-_KEPT = re.compile(r"^(fit-steps|validation|notice|saved|installed|Traceback|\w*Error|\s+File )")
+_KEPT = re.compile(
+    r"^(fit-steps|validation|notice|saved|installed|not installed|stopped|Traceback|\s+File "
+    r"|[\w.]*(Error|Exception|Interrupt)\b)"  # also dotted names: torch.OutOfMemoryError, ...errors.InputError
+)
 
 
 def machine_description() -> str:
@@ -79,22 +83,50 @@ def run_gpu_tests(env: dict[str, str], timeout: float = 180.0) -> str:
 
 
 def load_jobs(text: str) -> list[dict]:
-    path = Path(text)
-    jobs = json.loads(path.read_text() if path.is_file() else text)
+    """The jobs of ``--jobs``: JSON text (starting with ``[`` or ``{``) or the path of a file holding it.
+    Raises ValueError with a one-line reason."""
+    if text.lstrip().startswith(("[", "{")):
+        source, raw = "the --jobs text", text
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"the jobs file {text} does not exist (or give the JSON list itself)")
+        source, raw = str(path), path.read_text()
+    try:
+        jobs = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source} is not valid JSON: {exc}") from None
+    if not isinstance(jobs, list) or not jobs:
+        raise ValueError(f"{source} must be a non-empty JSON list of {{\"name\": ..., \"args\": [...]}}")
+    for i, job in enumerate(jobs):
+        if not isinstance(job, dict) or "name" not in job:
+            raise ValueError(f"job {i} in {source} has no \"name\" key: {job!r}")
+        if not isinstance(job.get("args", []), list) or not all(isinstance(a, str) for a in job.get("args", [])):
+            raise ValueError(f"job {job['name']!r}: \"args\" must be a list of strings")
     names = [job["name"] for job in jobs]
-    if len(set(names)) != len(names) or not all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names):
-        raise SystemExit(f"job names must be unique and plain (letters, digits, . _ -): {names}")
+    if len(set(names)) != len(names) or not all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", n)
+                                                 for n in names):
+        raise ValueError(f"job names must be unique and plain (letters, digits, . _ -): {names}")
     return jobs
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value * 2**20 >= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, not {text}")
+    return value
+
+
 def split_file(path: Path, part_bytes: int) -> list[Path]:
-    """Replace ``path`` by numbered parts of at most ``part_bytes`` (unchanged when it is small enough)."""
+    """Replace ``path`` by numbered parts of at most ``part_bytes`` (unchanged when it is small enough), numbered
+    with leading zeros so that the shell's sorted ``name.pt.part*`` joins them in order."""
     data = path.read_bytes()
     if len(data) <= part_bytes:
         return [path]
     parts = []
+    digits = max(2, len(str((len(data) - 1) // part_bytes)))  # zero-padded: `cat name.pt.part*` sorts them right
     for i in range(0, len(data), part_bytes):
-        part = path.with_name(f"{path.name}.part{i // part_bytes}")
+        part = path.with_name(f"{path.name}.part{i // part_bytes:0{digits}d}")
         part.write_bytes(data[i : i + part_bytes])
         parts.append(part)
     path.unlink()
@@ -115,14 +147,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, required=True, help="each job's budget (its schedule is fitted)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--part-mib", type=float, default=15.0, help="split model files above this size")
-    parser.add_argument("--grace", type=float, default=90.0, help="seconds past the budget before a job is killed")
+    parser.add_argument("--part-mib", type=_positive_float, default=15.0, help="split model files above this size")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=90.0,
+        help="seconds past the budget before a job is stopped (SIGINT: it saves its model; killed if it still runs "
+        "a third of this later, at most 30 s)",
+    )
     parser.add_argument("--run-tests", action="store_true", help="run the GPU code paths' tests first")
     args = parser.parse_args(argv)
 
-    jobs = load_jobs(args.jobs)
+    try:
+        jobs = load_jobs(args.jobs)
+    except ValueError as exc:
+        parser.error(f"--jobs: {exc}")
     args.out.mkdir(parents=True, exist_ok=True)
     header = machine_description()
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():  # before the jobs, not after each has failed on its own
+            text = (f"{header}\nno CUDA device here for --device {args.device}: no job started "
+                    "(--device cpu runs them on the CPU)\n")
+            (args.out / "sweep.log").write_text(text)
+            print(text, end="", flush=True)
+            return 1
     threads = max(1, (os.cpu_count() or 1) // len(jobs))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     src = str(SCRIPT.parents[1] / "src")
@@ -145,18 +195,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"started {job['name']}: {' '.join(command[1:])}", flush=True)
 
     deadline = time.monotonic() + 60 * args.minutes + args.grace
-    for job, _command, _log, handle, process in running:
+    overrun = []
+    for job, _command, _log, _handle, process in running:
         try:
             process.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.kill()  # its best weights are in its checkpoint folder, not here: say so in the log
+            overrun.append((job, process))
+    # Past the budget and grace: first the training script's cooperative stop (SIGINT, as Ctrl-C: it saves its
+    # model), and only a job that still runs a short while later is killed (its work then only in its checkpoints).
+    stop_grace = min(30.0, args.grace / 3)
+    notes: dict[str, str] = {}
+    for _job, process in overrun:
+        process.send_signal(signal.SIGINT)
+    stop_deadline = time.monotonic() + stop_grace
+    for job, process in overrun:
+        try:
+            process.wait(timeout=max(0.1, stop_deadline - time.monotonic()))
+            notes[job["name"]] = f"stopped (SIGINT) after the budget and {args.grace:.0f} s of grace"
+        except subprocess.TimeoutExpired:
+            process.kill()
             process.wait()
-            print(f"{job['name']}: killed after the budget and grace", flush=True)
+            notes[job["name"]] = (
+                f"killed (SIGKILL) after the budget, {args.grace:.0f} s of grace and {stop_grace:.0f} s more after a "
+                "SIGINT: no model written; its last checkpoint stayed on the machine"
+            )
+        print(f"{job['name']}: {notes[job['name']]}", flush=True)
+    for *_, handle, _process in running:
         handle.close()
 
     report = [header, ""]
     for job, command, log, _handle, process in running:
         report.append(f"## {job['name']} (exit {process.returncode}): {' '.join(command[1:])}")
+        if job["name"] in notes:
+            report.append(notes[job["name"]])
         report.extend(summarize(log.read_text(errors="replace")))
         model = args.out / f"{job['name']}.pt"
         if model.exists():

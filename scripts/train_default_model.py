@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     images += smoothed_copies(images, args.smooth_copies)
     budget_start = time.monotonic()
 
-    def make_run(model: Any, steps: int, checkpoint_dir: Path | None, validate_every: int) -> Any:
+    def make_run(model: Any, steps: int | None, checkpoint_dir: Path | None, validate_every: int) -> Any:
         return iter_finetune(
             images,
             None,
@@ -354,13 +354,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.minutes is None:
             parser.error("--fit-steps needs --minutes (the budget the schedule must fit)")
         if resume is None:  # a resumed run keeps the schedule it started with
-            probe_seconds = min(20.0, 6.0 * args.minutes)  # 6 % of the budget, at most 20 s
+            probe_seconds = min(20.0, 6.0 * args.minutes)  # 10 % of the budget (6 s a minute), at most 20 s
             rate = probe_steps_per_second(lambda: make_run(model, 10**7, None, 10**7), probe_seconds)
             remaining = 60 * args.minutes - (time.monotonic() - budget_start)
             args.steps = max(int(rate * remaining * FIT_MARGIN), 100)
             validate_every = max(args.validate_every, args.steps // 12)
             print(f"fit-steps: {rate:.2f} steps/s measured; {args.steps} steps fit the {remaining:.0f} s left "
                   f"(x{FIT_MARGIN}); validating every {validate_every}", flush=True)
+        else:  # the checkpoint's own total (None), not --steps: a different total would change the schedule
+            args.steps = None
+            print("fit-steps: resuming the fitted run with its checkpoint's own total of steps", flush=True)
     run = make_run(model, args.steps, args.checkpoint_dir, validate_every)
     start = time.monotonic()
     try:
@@ -422,8 +425,19 @@ def save_result(run: Any, args: argparse.Namespace, wall: float) -> None:
     output = args.output or args.checkpoint_dir / "model.pt"
     model.save(output, weights_dtype=args.weights_dtype)
     print(f"saved {output}; wall={wall:.0f}s")
+    finished = run.finished is not None and not run.finished.stopped
+    if not finished:
+        training = model.metadata.get("training")
+        training = training if isinstance(training, dict) else {}
+        done, total = training.get("steps_done", "?"), training.get("steps", args.steps)
+        print(f"stopped early ({done} of {total} steps done): rerun the same command to resume from "
+              f"{args.checkpoint_dir}", flush=True)
     if args.install:
-        install(Path(output), args.name)
+        if finished:
+            install(Path(output), args.name)
+        else:  # an unfinished run must not replace the shipped weights and their checksum
+            print(f"not installed: the run did not finish all its steps; rerun the same command (with --install) "
+                  f"to resume it from {args.checkpoint_dir} and install it when it finishes", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,3 +31,55 @@ def test_bench_inference_times_a_shipped_model_with_and_without_self_ensemble(tm
     assert all(r["seconds"] > 0 and r["mp_per_s"] > 0 for r in rows)
     printed = capsys.readouterr().out
     assert "fast +self-ensemble" in printed and "x RL" in printed
+
+
+def test_bench_memory_shows_why_a_case_failed(tmp_path, capsys):
+    bench = _load("bench_memory")
+    assert bench.main(["--model", str(tmp_path / "missing.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "failed (exit" in err and "missing.pt" in err  # the child's error, not only its exit status
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "says"),
+    [
+        ("bench_inference", ["--repeats", "0"], "--repeats"),
+        ("bench_inference", ["--size", "0"], "--size"),
+        ("bench_inference", ["--model", "fast", "--model", "no_such_model"], "no_such_model"),
+        ("bench_data", ["--repeats", "0"], "--repeats"),
+        ("bench_data", ["--rounds", "-1"], "--rounds"),
+        ("bench_train", ["--repeats", "0"], "--repeats"),
+        ("bench_train", ["--size", "0"], "--size"),
+        ("bench_train", ["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_benchmarks_refuse_bad_arguments_before_any_work(name, bad, says, monkeypatch, capsys):
+    bench = _load(name)
+    monkeypatch.setattr("sys.argv", [name, *bad])  # bench_train reads sys.argv
+    with pytest.raises(SystemExit) as exc:
+        bench.main(bad) if name != "bench_train" else bench.main()
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert says in captured.err and not captured.out  # nothing timed first
+
+
+def test_bench_data_without_cuda_says_so_first(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here")
+    with pytest.raises(SystemExit):
+        _load("bench_data").main(["--device", "cuda"])
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kernels", ["0", "-2"])
+def test_evaluate_script_refuses_no_kernels(kernels, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_default_model", BENCHMARKS.parent / "scripts" / "evaluate_default_model.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--kernels", kernels])
+    assert exc.value.code == 2 and "--kernels" in capsys.readouterr().err

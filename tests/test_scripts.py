@@ -214,3 +214,122 @@ def _smallest_training_side(train_default_model) -> int:
         images = train_default_model.training_images(extra_scenes=0)
         _SMALLEST_SIDE.append(min(min(image.shape[-2:]) for image in images))
     return _SMALLEST_SIDE[0]
+
+
+def test_train_script_does_not_install_a_run_stopped_early(train_script, tmp_path, capsys):
+    """A run stopped by --minutes (or Ctrl-C) writes its model, but --install must not replace the shipped
+    weights with it: only a run that finished all its steps is installed."""
+    registry = (train_script.WEIGHTS / "registry.json").read_text()
+    argv = [*TINY_TRAINING, "--steps", "100000", "--minutes", "0.0001", "--checkpoint-dir", str(tmp_path / "run"),
+            "--name", "tiny", "--install"]  # fmt: skip
+    assert train_script.main(argv) == 0  # a --minutes stop is cooperative
+    out = capsys.readouterr().out
+    assert (tmp_path / "run" / "model.pt").exists() and "stopped early" in out
+    assert "not installed" in out and "rerun the same command" in out
+    assert not (train_script.WEIGHTS / "tiny.pt").exists()
+    assert (train_script.WEIGHTS / "registry.json").read_text() == registry
+
+
+def test_train_script_resumes_a_fitted_run_with_its_own_total(train_script, tmp_path, capsys):
+    """--fit-steps sets the total once; re-running the same command resumes with that total, not --steps."""
+    from napari_deblurgan import load_model
+
+    argv = [*TINY_TRAINING, "--minutes", "0.01", "--fit-steps", "--checkpoint-dir", str(tmp_path / "run")]
+    assert train_script.main(argv) == 0
+    fitted = load_model(tmp_path / "run" / "model.pt").metadata["training"]["steps"]
+    assert fitted != 4 and "steps fit the" in capsys.readouterr().out
+    assert train_script.main(argv) == 0  # the re-run: no probe, the fitted total kept
+    assert load_model(tmp_path / "run" / "model.pt").metadata["training"]["steps"] == fitted
+    assert "resuming the fitted run" in capsys.readouterr().out
+
+
+def test_gpu_sweep_log_keeps_dotted_exception_lines(scripts_on_path):
+    import gpu_sweep
+
+    log = "Traceback (most recent call last):\n  File \"x.py\", line 1\n    boom()\n"
+    for last in ("napari_deblurgan.errors.InputError: bad", "torch.OutOfMemoryError: CUDA out of memory",
+                 "ValueError: x", "KeyboardInterrupt"):  # fmt: skip
+        assert last in gpu_sweep.summarize(log + last), last
+    assert "    boom()" not in gpu_sweep.summarize(log)
+
+
+def test_gpu_sweep_without_cuda_says_so_before_any_job(scripts_on_path, tmp_path, capsys):
+    import gpu_sweep
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here")
+    jobs = '[{"name": "a", "args": []}]'
+    assert gpu_sweep.main(["--jobs", jobs, "--minutes", "1", "--out", str(tmp_path)]) != 0
+    assert "no CUDA device" in (tmp_path / "sweep.log").read_text()
+    assert "started a" not in capsys.readouterr().out
+
+
+_FAKE_JOB = """
+import signal, sys, time
+def stop(*_):
+    print("saved fake.pt", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGINT, signal.SIG_IGN if "--stubborn" in sys.argv else stop)
+print("step 1/9", flush=True)
+time.sleep(60)
+"""
+
+
+def test_gpu_sweep_stops_an_overrunning_job_with_sigint_before_killing_it(scripts_on_path, tmp_path, monkeypatch):
+    """Past budget + grace a job first gets the cooperative stop (SIGINT: the training script saves its model);
+    only one that still runs is killed, and sweep.log says which."""
+    import gpu_sweep
+
+    fake = tmp_path / "fake.py"
+    fake.write_text(_FAKE_JOB)
+    monkeypatch.setattr(gpu_sweep, "SCRIPT", fake)
+    jobs = '[{"name": "polite", "args": []}, {"name": "stubborn", "args": ["--stubborn"]}]'
+    out = tmp_path / "out"
+    argv = ["--jobs", jobs, "--minutes", "0.001", "--grace", "1.5", "--device", "cpu", "--out", str(out)]
+    code = gpu_sweep.main(argv)
+    assert code == 1  # the killed one
+    log = (out / "sweep.log").read_text()
+    polite, stubborn = log.split("## polite")[1].split("## stubborn")
+    assert "(exit 0)" in polite and "stopped (SIGINT)" in polite and "saved fake.pt" in polite
+    assert "killed (SIGKILL)" in stubborn
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (["--part-mib", "0"], "--part-mib"),
+        (["--part-mib", "-2"], "--part-mib"),
+        (["--jobs", "[]"], "non-empty"),
+        (["--jobs", '[{"args": []}]'], '"name"'),
+        (["--jobs", "no/such/jobs.json"], "does not exist"),
+        (["--jobs", "[" + " " * 300 + "{oops}]"], "not valid JSON"),
+    ],
+)
+def test_gpu_sweep_refuses_bad_arguments_before_any_job(scripts_on_path, tmp_path, bad, says, capsys):
+    import gpu_sweep
+
+    argv = ["--jobs", '[{"name": "a"}]', "--minutes", "1", "--device", "cpu", "--out", str(tmp_path / "o"), *bad]
+    with pytest.raises(SystemExit) as exc:
+        gpu_sweep.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_gpu_sweep_reads_long_inline_jobs(scripts_on_path):
+    import gpu_sweep
+
+    jobs = [{"name": f"job{i}", "args": ["--batch-size", "2", "--patch-size", "32"]} for i in range(8)]
+    assert gpu_sweep.load_jobs(json.dumps(jobs)) == jobs  # longer than a file name may be
+
+
+def test_gpu_sweep_parts_join_in_order_with_the_documented_glob(scripts_on_path, tmp_path):
+    import gpu_sweep
+
+    data = bytes(range(256)) * 5
+    model = tmp_path / "m.pt"
+    model.write_bytes(data)
+    parts = gpu_sweep.split_file(model, 100)  # 13 parts: part10 would sort before part2 without padding
+    assert len(parts) == 13 and not model.exists()
+    assert b"".join(p.read_bytes() for p in sorted(tmp_path.glob("m.pt.part*"))) == data  # cat m.pt.part*
