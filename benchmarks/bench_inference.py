@@ -3,7 +3,8 @@
 For every architecture (untrained weights: speed does not depend on the weight values) this times
 ``napari_deblurgan.deblur`` on one 1024 x 1024 float32 image on the CPU (and on CUDA when available), and in
 the same run scikit-image's ``restoration.richardson_lucy`` with 30 iterations and a Gaussian PSF on the same
-image, as an anchor that is comparable across machines. It prints the machine, a table with parameters,
+image, as an anchor that is comparable across machines: its runs alternate with each CPU case's runs, so that
+both are timed under the same load. It prints the machine, a table with parameters,
 MACs per megapixel (models/complexity.py), seconds, MP/s and the ratio model MP/s / RL MP/s.
 
     python benchmarks/bench_inference.py                 # all architectures, CPU (+ CUDA if present)
@@ -70,6 +71,21 @@ def time_call(fn, repeats: int) -> list[float]:
     return times
 
 
+def time_alternately(first, second, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall-clock seconds of ``repeats`` calls each of ``first`` and ``second``, alternated (after one untimed
+    warm-up call of each): both then run under the same load, so their ratio stays meaningful on a busy
+    machine, where timing one before the other compared them under different loads."""
+    first()
+    second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((first, times[0]), (second, times[1])):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return times
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1 (0 or less would divide by zero or time nothing)."""
     value = int(text)
@@ -114,11 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     mp = image.size / 1e6
     psf = gaussian_psf()
 
-    rl_times = time_call(
-        lambda: restoration.richardson_lucy(image, psf, num_iter=args.rl_iterations, clip=False),
-        args.repeats,
-    )
-    rl_mps = mp / statistics.median(rl_times)
+    def richardson_lucy():
+        return restoration.richardson_lucy(image, psf, num_iter=args.rl_iterations, clip=False)
+
+    rl_times: list[float] = []  # every case's anchor runs, for the summary line
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
     rows = []
@@ -139,8 +154,13 @@ def main(argv: list[str] | None = None) -> int:
                         torch.cuda.synchronize()
                     return out
 
-                times = time_call(run, args.repeats)
+                if device == "cpu":  # the anchor alternated with this case's runs: the ratio is side by side
+                    anchor, times = time_alternately(richardson_lucy, run, args.repeats)
+                    rl_times += anchor
+                else:  # a GPU does not compete with the CPU's Richardson-Lucy: time it alone
+                    anchor, times = [], time_call(run, args.repeats)
                 sec = statistics.median(times)
+                case_rl = statistics.median(anchor) if anchor else None
                 rows.append(
                     {
                         "architecture": label + (" +self-ensemble" if ensemble else ""),
@@ -151,10 +171,17 @@ def main(argv: list[str] | None = None) -> int:
                         "seconds": sec,
                         "seconds_all": times,
                         "mp_per_s": mp / sec,
-                        "ratio_to_rl": (mp / sec) / rl_mps,
+                        "rl_seconds": anchor,
+                        "ratio_to_rl": None if case_rl is None else case_rl / sec,
                     }
                 )
             model.to("cpu")
+    if not rl_times:  # only GPU cases (there are none without a CPU row, but keep the anchor defined)
+        rl_times = time_call(richardson_lucy, args.repeats)
+    rl_mps = mp / statistics.median(rl_times)
+    for r in rows:  # GPU rows: against the CPU anchor of the whole run
+        if r["ratio_to_rl"] is None:
+            r["ratio_to_rl"] = (mp / r["seconds"]) / rl_mps
     if hasattr(os, "getloadavg"):
         info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
@@ -162,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"image: {args.size} x {args.size} float32 ({mp:.3f} MP), median of {args.repeats} runs after a warm-up")
     print(
         f"anchor: skimage richardson_lucy, {args.rl_iterations} iterations, 15x15 Gaussian PSF (sigma 2), CPU: "
-        f"{statistics.median(rl_times):.2f} s = {rl_mps:.3f} MP/s"
+        f"{statistics.median(rl_times):.2f} s = {rl_mps:.3f} MP/s (median of all its runs); each CPU case's x RL "
+        "uses the RL runs alternated with it"
     )
     width = max([12] + [len(r["architecture"]) for r in rows])
     header = (

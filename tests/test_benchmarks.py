@@ -31,6 +31,16 @@ def test_bench_inference_times_a_shipped_model_with_and_without_self_ensemble(tm
     assert all(r["seconds"] > 0 and r["mp_per_s"] > 0 for r in rows)
     printed = capsys.readouterr().out
     assert "fast +self-ensemble" in printed and "x RL" in printed
+    for r in rows:  # each case against the Richardson-Lucy runs alternated with it
+        assert len(r["rl_seconds"]) == 1 and r["ratio_to_rl"] == pytest.approx(r["rl_seconds"][0] / r["seconds"])
+
+
+def test_the_anchor_alternates_with_the_case_it_is_compared_with():
+    bench = _load("bench_inference")
+    calls: list[str] = []
+    first, second = bench.time_alternately(lambda: calls.append("rl"), lambda: calls.append("model"), 3)
+    assert calls == ["rl", "model"] * 4  # a warm-up of each, then alternating
+    assert len(first) == len(second) == 3
 
 
 def test_bench_memory_shows_why_a_case_failed(tmp_path, capsys):
