@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_deblurgan.cli import positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,14 +49,6 @@ def rates(fn, batch: int, repeats: int, rounds: int) -> list[float]:
             fn()
         out.append(batch * repeats / (time.perf_counter() - t0))
     return out
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (0 or less would divide by zero or time nothing)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_deblurgan.cli import positive_int
+
 
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on."""
@@ -84,14 +86,6 @@ def time_alternately(first, second, repeats: int) -> tuple[list[float], list[flo
             fn()
             out.append(time.perf_counter() - t0)
     return times
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (0 or less would divide by zero or time nothing)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

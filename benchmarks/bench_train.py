@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_deblurgan.cli import positive_int
+
 # ------------------------------------------------------------------------ reference re-implementation
 
 
@@ -191,14 +193,6 @@ def time_steps(fn, device, warmup: int, repeats: int) -> list[float]:
         _sync(device)
         times.append(time.perf_counter() - t0)
     return times
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (0 or less would divide by zero or time nothing)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
-    return value
 
 
 def main() -> None:

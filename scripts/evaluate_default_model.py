@@ -26,6 +26,7 @@ import numpy as np
 
 from napari_deblurgan import deblur, load_model
 from napari_deblurgan.blur.synthesize import synthesize_blur_with_params
+from napari_deblurgan.cli import positive_int
 from napari_deblurgan.comparison import best_classical, psnr, richardson_lucy, ssim, wiener
 
 #: Wiener balances scanned for the oracle: best_classical's 1e-4..1e2 in thirds of a decade (the same points),
@@ -189,14 +190,6 @@ def _save_pictures(folder: Path, name: str, kind: str, sharp: np.ndarray, images
     gap = np.ones((128, 4), np.float32)
     strip = np.concatenate([c if i == 0 else np.concatenate([gap, c], 1) for i, c in enumerate(crop)], 1)
     imsave(folder / f"model-card-{name}-{kind}.png", (strip * 255).astype(np.uint8), check_contrast=False)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (0 or less would divide by zero or time nothing)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,6 +72,15 @@ CLI_PHRASES: list[tuple[str, str, str | None]] = [
 ]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (0 or less would divide by zero or time nothing). Shared by
+    the benchmarks and scripts/evaluate_default_model.py."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
+    return value
+
+
 def with_flags(
     message: str, flags: dict[str, str], *, phrases: Sequence[tuple[str, str, str | None]] | None = None
 ) -> str:
