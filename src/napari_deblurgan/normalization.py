@@ -54,15 +54,21 @@ LOCAL_SPAN_LIMITS = (0.1, 2.0)
 
 
 def local_percentile_fields(
-    plane: np.ndarray, low: float, high: float, block: int = LOCAL_BLOCK, dtype: Any = np.float32
+    plane: np.ndarray,
+    low: float,
+    high: float,
+    block: int = LOCAL_BLOCK,
+    dtype: Any = np.float32,
+    plane_range: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smooth per-pixel ``(lo, span)`` fields (of ``dtype``) for ``normalize="local"``: the ``low``/``high``
     percentiles of blocks of about ``block`` px, bilinearly interpolated between the blocks' centres (held
     constant beyond the outer ones), with each block's offset kept within half the plane's span of the plane's
     own and its span within :data:`LOCAL_SPAN_LIMITS` of the plane's, as training bounds a crop's. A bright
     object then sets the scale of its own neighbourhood only, not of the whole plane. ``dtype``: float64 for
-    images that :func:`needs_float64` (an offset of 1e4 in float32 keeps only 1e-3 of precision)."""
-    plane_lo, plane_hi = percentile_range(plane, low, high)
+    images that :func:`needs_float64` (an offset of 1e4 in float32 keeps only 1e-3 of precision).
+    ``plane_range``: the plane's own ``percentile_range(plane, low, high)`` when the caller has it already."""
+    plane_lo, plane_hi = percentile_range(plane, low, high) if plane_range is None else plane_range
     check_range(plane_lo, plane_hi)
     plane_span = plane_hi - plane_lo
     height, width = plane.shape

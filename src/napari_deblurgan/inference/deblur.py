@@ -403,7 +403,10 @@ class _PlaneRunner:
         # each channel's (lo, span), undone at the end: per-pixel fields ("local"), or one pair of numbers
         if self.local:
             field_dtype = np.float64 if wide else np.float32
-            scales = [local_percentile_fields(plane[i], self.low, self.high, dtype=field_dtype) for i in range(c)]
+            scales = [
+                local_percentile_fields(plane[i], self.low, self.high, dtype=field_dtype, plane_range=ranges[i])
+                for i in range(c)
+            ]  # each plane's range once: it also decided `wide` above
         else:
             scales = [(lo, hi - lo) for lo, hi in ranges]
         hp, wp = self.padded_shape(h, w)
