@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QComboBox, QWidget
 
 # re-exported for the widgets; devices.py is torch-free at import time
 from ..devices import avoid_triton_llvm_clash as avoid_triton_llvm_clash
+from .sample_data import SAMPLE_GROUP, SAMPLE_ROLE  # the sample layers' metadata keys (Qt-free there)
 
 if TYPE_CHECKING:
     import napari
@@ -142,14 +143,6 @@ def unwrap(obj: Any) -> Any:
     and ``viewer.add_image`` through it returns a wrapped layer, while iterating ``viewer.layers`` gives the
     layers themselves: identity (``is``, ``id()``, weak keys) must compare the objects behind the proxies."""
     return getattr(obj, "__wrapped__", obj)
-
-
-#: ``layer.metadata`` key of a plugin sample layer's role ("blurred", "sharp", "psf"; widgets/sample_data.py)
-SAMPLE_ROLE = "napari_deblurgan_sample"
-
-
-#: ``layer.metadata`` key of the id shared by one opened sample's layers (its blurred, sharp and PSF layers)
-SAMPLE_GROUP = "napari_deblurgan_sample_group"
 
 
 def _role(layer: Any) -> str | None:

@@ -14,10 +14,9 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 
 #: ``layer.metadata`` key of a sample layer's role ("blurred", "sharp", "psf"): the panels' layer boxes choose
-#: by it (``_common.LayerComboBox``'s ``prefer``), so a sample works with every panel's defaults (the same
-#: string as ``_common.SAMPLE_ROLE``; this module must not import Qt)
+#: by it (``_common.LayerComboBox``'s ``prefer``), so a sample works with every panel's defaults
 SAMPLE_ROLE = "napari_deblurgan_sample"
-#: ``layer.metadata`` key of the id that one opened sample's layers share (``_common.SAMPLE_GROUP``)
+#: ``layer.metadata`` key of the id that one opened sample's layers share
 SAMPLE_GROUP = "napari_deblurgan_sample_group"
 
 
