@@ -450,18 +450,14 @@ class _PlaneRunner:
         restored *= (1.0 / sum_x[p : p + w]).astype(np.float32)[None, :]
         # the inverse of the normalisation, for both kinds of scale: float64 for the dtypes that need it (the
         # offset would be rounded to float32 again on the way back), else in place
+        # wide: into one float64 array, channel by channel and in place (no per-channel temporaries)
+        result = np.empty(restored.shape, np.float64) if wide else restored
         with np.errstate(over="ignore"):  # beyond the dtype's range: clipped to it by the caller (cast_like)
-            if wide:  # into one float64 array, channel by channel and in place (no per-channel temporaries)
-                result = np.empty(restored.shape, np.float64)
-                for i, (lo, span) in enumerate(scales):
+            for i, (lo, span) in enumerate(scales):
+                if wide:
                     result[i] = restored[i]  # float64 first: span and lo may be beyond float32 (1e-40, 1e38)
-                    result[i] *= span
-                    result[i] += lo
-            else:
-                result = restored
-                for i, (lo, span) in enumerate(scales):
-                    result[i] *= span
-                    result[i] += lo
+                result[i] *= span
+                result[i] += lo
         for i in range(c):
             if flat[i]:  # a constant channel of a joint model's plane: unchanged, as above
                 result[i] = plane[i]
