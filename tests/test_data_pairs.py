@@ -742,3 +742,21 @@ def test_messages_name_what_is_wrong(pair):
         resolve_noise((-3, 5))
     with pytest.raises(InputError, match="blur_strength must be > 0 pixels"):
         resolve_blur_strength((-1, 2), ("motion",))
+
+
+def test_a_wide_no_data_border_is_missing_to_training_not_its_range():
+    """A border at float32's largest value ("no data") wider than the upper percentile's share (0.2 %) became
+    the upper percentile itself: every training crop was squeezed to ~0 and the border read as image at 1.
+    Sentinels are recognised by magnitude: the plane's range is its image's, and they are 0 in the crops."""
+    rng = np.random.default_rng(4)
+    sharp = rng.uniform(0.0, 1.0, (96, 96)).astype(np.float32)
+    blurred = ndimage.gaussian_filter(sharp, 1.0)
+    for image in (sharp, blurred):
+        image[:, :8] = np.finfo(np.float32).max  # 8 % of the plane
+    d = PairedData(blurred, sharp, patch_size=32, validation=0)
+    lo, hi = d.sources[0].norm_range((), 0)
+    assert 0.2 < lo < hi < 0.8, (lo, hi)  # the blurred plane's percentiles
+    crops_blurred, crops_sharp = d.sample(64, np.random.default_rng(1), 0)
+    for crops in (crops_blurred, crops_sharp):
+        assert np.isfinite(crops).all() and np.abs(crops).max() < 2.0
+        assert crops.max() > 0.5  # the image in unit range, not squeezed to ~0

@@ -232,6 +232,37 @@ def test_a_sentinel_pixel_comes_back_unchanged_and_leaves_its_neighbours_alone(m
     np.testing.assert_allclose(out, expected, atol=0.02)  # (one pixel moves the upper percentile a little)
 
 
+@pytest.mark.parametrize("normalize", ["plane", "local"])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_wide_no_data_border_is_missing_not_the_images_range(model, normalize, sign):
+    """A "no data" border at +-float32's largest value wider than the upper percentile's share (0.2 %) became
+    the percentile itself: the rest of the plane was squeezed to ~0 and came back as values of 1e36. Sentinels
+    are recognised by magnitude, however many there are."""
+    image = (np.random.default_rng(16).random((48, 64)) * 200 + 10).astype(np.float32)
+    with_border = image.copy()
+    with_border[:, :10] = sign * np.finfo(np.float32).max  # 21 % of the plane
+    out = deblur(with_border, model, device="cpu", normalize=normalize)
+    np.testing.assert_array_equal(out[:, :10], with_border[:, :10])
+    image[:, :10] = np.percentile(image[:, 10:], 1)  # what the network saw there
+    expected = deblur(image, model, device="cpu", normalize=normalize)
+    np.testing.assert_allclose(out[:, 10:], expected[:, 10:], rtol=1e-3, atol=0.2)  # of a 200 range
+
+
+@pytest.mark.parametrize("span", [1.0, 1e12])
+def test_sentinels_are_missing_however_wide_the_planes_range(model, span):
+    """A plane spanning 1e12 scales a float32-max sentinel to 3e26 normalised units, below the limit at which
+    pixels count as missing: it must be recognised by its magnitude."""
+    image = (np.random.default_rng(17).random((40, 40)) * span).astype(np.float32)
+    with_sentinel = image.copy()
+    with_sentinel[20, 20] = np.finfo(np.float32).max
+    out = deblur(with_sentinel, model, device="cpu")
+    assert out[20, 20] == with_sentinel[20, 20]
+    image[20, 20] = np.percentile(image, 1)
+    expected = deblur(image, model, device="cpu")
+    out[20, 20] = expected[20, 20]
+    np.testing.assert_allclose(out / span, expected / span, atol=0.02)
+
+
 def test_bright_beads_on_a_tiny_float_floor_are_restored_not_clipped(model):
     """Huge dynamic range is legal: beads at 1e3 on a floor of 1e-7 are 1e10 in normalised units. A limit of
     1e6 there once clipped them to 0.3."""

@@ -20,6 +20,26 @@ DEFAULT_NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
 # normalisation, and it keeps a 100-megapixel plane from being sorted.
 _MAX_PERCENTILE_SAMPLES = 1 << 20
 
+#: "No data" marks of float rasters: pixels of +-float32's largest value (or float64's) are sentinels, however many
+#: there are: percentiles leave them out, and :func:`normalize` sends them to :data:`NORMALIZED_LIMIT`, where
+#: deblur() and training take them as missing. Counting on the percentiles alone failed once such a region (a
+#: stitched border, an unmapped area) was wider than the upper percentile's share of the plane (0.2 %): it then
+#: became the upper percentile itself, and a 15 % border turned the rest of a deblurred photo into values of 1e36.
+#: Exact values, not a magnitude: real values near them (3e38 in float32, 1e300 in float64) remain image.
+SENTINEL_VALUES = (float(np.finfo(np.float32).max), float(np.finfo(np.float64).max))
+
+
+def sentinel_mask(values: np.ndarray) -> np.ndarray | None:
+    """Where ``values`` (any dtype) holds :data:`SENTINEL_VALUES`, or None where it holds none (integer and
+    float16 arrays never do)."""
+    if values.dtype.kind != "f" or values.dtype.itemsize < 4:
+        return None
+    mask = np.zeros(values.shape, dtype=bool)
+    for value in SENTINEL_VALUES[: 1 if values.dtype.itemsize == 4 else 2]:
+        mask |= values == value
+        mask |= values == -value
+    return mask if mask.any() else None
+
 
 def check_dtype(dtype: np.dtype) -> None:
     """Raise for dtypes that are not images (bool, complex, object, strings, ...)."""
@@ -32,10 +52,16 @@ def check_dtype(dtype: np.dtype) -> None:
 
 
 def percentile_range(plane: np.ndarray, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
-    """(lo, hi) intensities at the given percentiles of a 2D plane; hi > lo always."""
+    """(lo, hi) intensities at the given percentiles of a 2D plane, sentinels (:data:`SENTINEL_VALUES`) left out;
+    hi > lo always."""
     flat = plane.reshape(-1)
     if flat.size > _MAX_PERCENTILE_SAMPLES:
         flat = flat[:: flat.size // _MAX_PERCENTILE_SAMPLES + 1]
+    sentinels = sentinel_mask(flat)
+    if sentinels is not None:
+        flat = flat[~sentinels]
+        if not flat.size:  # nothing but "no data": any unit range (the pixels come back unchanged)
+            return 0.0, 1.0
     lo, hi = np.percentile(flat, [low, high]).astype(np.float64)
     if not hi > lo:  # flat images (or a few bright pixels): fall back to min/max, then to a unit range
         lo, hi = float(flat.min()), float(flat.max())
@@ -148,23 +174,17 @@ def needs_float64_range(lo: float, hi: float) -> bool:
     return not (small <= hi - lo <= large and max(abs(lo), abs(hi)) <= large)
 
 
-#: Float values at least this large (half of float32's largest) are "no data" to :func:`without_sentinels`, however
-#: many there are: a no-data region wider than the upper percentile's share is the percentile itself.
-_SENTINEL_MAGNITUDE = float(np.finfo(np.float32).max) / 2
-
-
 def without_sentinels(plane: np.ndarray) -> np.ndarray:
-    """``plane``, or a float64 copy with its sentinel pixels set to the low percentile of the rest: values of at
-    least half float32's largest, and values :data:`NORMALIZED_LIMIT` percentile spans or more from the
+    """``plane``, or a float64 copy with its sentinel pixels set to the low percentile of the rest:
+    :data:`SENTINEL_VALUES`, and values :data:`NORMALIZED_LIMIT` percentile spans or more from the
     percentile range. For whole-plane arithmetic (registration's FFT), which such values turn into inf and NaN;
-    normalisation itself recognises only the second kind (deblur() and training)."""
-    if plane.dtype.kind == "f":
-        huge = np.abs(plane) >= _SENTINEL_MAGNITUDE
-        if huge.any():
-            values = plane.astype(np.float64)
-            rest = values[~huge]
-            values[huge] = np.percentile(rest, 1) if rest.size else 0.0
-            plane = values
+    normalisation sends both kinds to the limit instead (:func:`normalize`)."""
+    huge = sentinel_mask(plane)
+    if huge is not None:
+        values = plane.astype(np.float64)
+        rest = values[~huge]
+        values[huge] = np.percentile(rest, 1) if rest.size else 0.0
+        plane = values
     lo, hi = percentile_range(plane)
     if np.isfinite(hi - lo) and float(np.max(np.abs(plane))) < abs(lo) + NORMALIZED_LIMIT * (hi - lo):
         return plane
@@ -179,7 +199,7 @@ _FLOAT64_BLOCK_PIXELS = 1 << 20
 
 
 def normalize(plane: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """float32 ``(plane - lo) / (hi - lo)``, clipped to +-:data:`NORMALIZED_LIMIT`.
+    """float32 ``(plane - lo) / (hi - lo)``, clipped to +-:data:`NORMALIZED_LIMIT`; sentinels at the limit.
 
     For float64 and wide-integer planes the offset is removed in float64 first: in float32, an image of
     ``1e4 + small variations`` (or a 32-bit count near 1e9) would round to a handful of distinct values. So are
@@ -197,7 +217,18 @@ def normalize(plane: np.ndarray, lo: float, hi: float) -> np.ndarray:
         for start in range(0, plane.shape[0], rows):
             block = (plane[start : start + rows].astype(np.float64) - lo) * scale
             out[start : start + rows] = np.clip(block, -NORMALIZED_LIMIT, NORMALIZED_LIMIT, out=block)
-    return np.clip(out, -NORMALIZED_LIMIT, NORMALIZED_LIMIT, out=out)
+    np.clip(out, -NORMALIZED_LIMIT, NORMALIZED_LIMIT, out=out)
+    return limit_sentinels(out, plane)
+
+
+def limit_sentinels(normalised: np.ndarray, plane: np.ndarray) -> np.ndarray:
+    """``normalised`` (``plane`` normalised), with ``plane``'s :data:`SENTINEL_VALUES` set to
+    +-:data:`NORMALIZED_LIMIT` in place: a plane spanning more than ~1e8 would otherwise scale them to values
+    below the limit, which deblur() and training would take as image."""
+    sentinels = sentinel_mask(plane)
+    if sentinels is not None:
+        normalised[sentinels] = np.where(plane[sentinels] > 0, NORMALIZED_LIMIT, -NORMALIZED_LIMIT)
+    return normalised
 
 
 def integer_clip_bounds(dtype: np.dtype, float_dtype: np.dtype) -> tuple[np.floating, np.floating]:

@@ -28,6 +28,7 @@ from ..normalization import (
     NORMALIZED_LIMIT,
     cast_like,
     check_dtype,
+    limit_sentinels,
     local_percentile_fields,
     needs_float64,
     needs_float64_range,
@@ -118,9 +119,11 @@ def deblur(
         sees it. Default: the model's own (``DeblurModel.normalization``, 1 and 99.8 for the shipped models).
         A bright object covering more than ``100 - high`` % of a plane (debris, a saturated cell) raises
         the high percentile and compresses everything else, which the model then over-corrects
-        (docs/model-card.md, "Limitations"); a lower ``high`` (e.g. 99) lets larger objects pass. A pixel
-        1e30 percentile spans or more away is no image but a sentinel (float32's largest value for "no data",
-        say): the model sees it as missing (the low percentile) and it comes back unchanged.
+        (docs/model-card.md, "Limitations"); a lower ``high`` (e.g. 99) lets larger objects pass. Pixels of
+        +-float32's (or float64's) largest value ("no data" sentinels), however many, and pixels 1e30
+        percentile spans or more away are no image: the percentiles leave them out, the model sees them as
+        missing (the low percentile) and they come back unchanged. Other no-data values (-9999, 0) are image
+        to it: replace them first (e.g. with the plane's median).
     normalize
         ``"plane"`` (default): one pair of percentiles per plane and channel. ``"local"``: the percentiles of
         128 px blocks, interpolated smoothly, as training scaled its 128 px crops, so that a bright object
@@ -419,6 +422,7 @@ class _PlaneRunner:
                 with np.errstate(over="ignore"):  # a sentinel near float32's largest value: clipped next
                     region[...] = (plane[i] - lo) / span
                 np.clip(region, -NORMALIZED_LIMIT, NORMALIZED_LIMIT, out=region)
+                limit_sentinels(region, plane[i])
             else:
                 padded[i, p : p + h, p : p + w] = normalize(plane[i], *ranges[i])
         # pixels at the limit are sentinels, not image (NORMALIZED_LIMIT): missing to the network, returned as they were
