@@ -48,6 +48,51 @@ def show_info(message: str) -> None:
     _show_info(message)
 
 
+def show_warning(message: str) -> None:
+    """Show ``message`` as a napari warning notification."""
+    from napari.utils.notifications import show_warning as _show_warning
+
+    _show_warning(message)
+
+
+#: Categories a panel does not show: Python's own defaults hide them from users (they are for developers), but
+#: superqt's worker shows every warning ("always"), e.g. a library's deprecation raised while a job runs.
+_DEVELOPER_WARNINGS: tuple[type[Warning], ...] = (DeprecationWarning, PendingDeprecationWarning)
+
+
+def relay_warnings(worker: Any, in_words: Callable[[str], str] | None = None, *, prefix: str = "") -> None:
+    """Show each warning raised while ``worker``'s job runs once, as a napari warning notification: ``prefix``
+    and the message in the panel's words (``in_words``, the panel's translation of the API's messages, the one
+    its errors use: ``tile size`` for ``tile_size``, the axes field for ``axes='YXC'``).
+
+    superqt's workers run their job with ``warnings.showwarning`` sending each warning to the worker's ``warned``
+    signal (so nothing reaches the terminal), and napari's worker classes mean to relay that signal to its
+    notifications, in the API's words; but their mixin's ``__init__`` never runs (napari 0.9, superqt 0.9: the Qt
+    base class ends the ``__init__`` chain), so such warnings (a misaligned training pair, tiles that repeat
+    work) reached the user nowhere. napari's relay, where a binding does run it, is taken off, so that each
+    warning is said once, in the panel's words. The same message raised again in one job (a warning per plane)
+    is shown once; a TrainingNoticeWarning is not shown (the Finetune panel shows the Notice it comes with), nor
+    are deprecation warnings (:data:`_DEVELOPER_WARNINGS`).
+    """
+    seen: set[str] = set()
+
+    def show(args: tuple[Any, ...]) -> None:
+        message, category = args[0], args[1]
+        from ..training.events import TrainingNoticeWarning  # torch-free
+
+        if issubclass(category, (*_DEVELOPER_WARNINGS, TrainingNoticeWarning)):
+            return
+        text = str(message)
+        text = prefix + (in_words(text) if in_words is not None else text)
+        if text not in seen:
+            seen.add(text)
+            show_warning(text)
+
+    with contextlib.suppress(AttributeError, TypeError, RuntimeError):  # not connected (napari 0.9 / PyQt6)
+        worker.warned.disconnect(worker._relay_warning)
+    worker.warned.connect(show)
+
+
 def error_message(exc: BaseException) -> str:
     """One readable line for ``exc``: our own errors carry their message, others get their type name."""
     if isinstance(exc, user_error_types()):
@@ -87,9 +132,18 @@ def detached_from_dock(widget: QWidget, event: Any) -> bool:
     return False
 
 
-def create_cancellable_worker(func: Callable[..., Any], *args: Any, _cancel: Any, **kwargs: Any) -> Any:
+def create_cancellable_worker(
+    func: Callable[..., Any],
+    *args: Any,
+    _cancel: Any,
+    _in_words: Callable[[str], str] | None = None,
+    _warning_prefix: str = "",
+    **kwargs: Any,
+) -> Any:
     """napari's ``create_worker(func, *args, **kwargs)`` whose ``quit()`` also sets ``_cancel`` (the
-    ``threading.Event`` that the job reads between planes, tiles or iterations; ``kwargs`` go to ``func``).
+    ``threading.Event`` that the job reads between planes, tiles or iterations; ``kwargs`` go to ``func``), and
+    whose job's warnings are shown as notifications in the panel's words (:func:`relay_warnings` with
+    ``_in_words`` and ``_warning_prefix``).
 
     When napari quits, ``WorkerBase.await_workers`` calls ``quit()`` on every worker and waits for its thread,
     and closing the window never reaches the panels' ``closeEvent``: a plain function worker cannot be
@@ -103,7 +157,9 @@ def create_cancellable_worker(func: Callable[..., Any], *args: Any, _cancel: Any
             _cancel.set()
             super().quit()
 
-    return create_worker(func, *args, _worker_class=CancellableWorker, **kwargs)
+    worker = create_worker(func, *args, _worker_class=CancellableWorker, **kwargs)
+    relay_warnings(worker, _in_words, prefix=_warning_prefix)
+    return worker
 
 
 def layer_pixels(layer: napari.layers.Image) -> Any:

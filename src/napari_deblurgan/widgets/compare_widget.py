@@ -278,7 +278,11 @@ class CompareWidget(QWidget):
         avoid_triton_llvm_clash()
 
         # napari quitting sets the current cancel event, as Cancel does (read between planes and iterations)
-        self.worker = create_cancellable_worker(_guarded, func, *args, _cancel=self._cancel, **kwargs)
+        # its warnings as notifications (the API's words: the panel has no translation, and no warning of compare()
+        # or the baselines names a keyword)
+        self.worker = create_cancellable_worker(
+            _guarded, func, *args, _cancel=self._cancel, _warning_prefix="Compare: ", **kwargs
+        )
         self.worker.returned.connect(lambda outcome: self._on_returned(outcome, on_ok))
         self.worker.finished.connect(self._on_finished)
         for button in (self.compute_button, self.rl_button, self.wiener_button):

@@ -27,6 +27,7 @@ from ._common import (
     show_info,
     unique_name,
 )
+from .deblur_widget import in_panel_words
 
 #: what "default model" means: the shipped model of that name (tests point this at a tiny model file)
 MODEL = "default"
@@ -59,7 +60,16 @@ def deblur_selected_layers(viewer: napari.viewer.Viewer) -> list[Any]:
         pixels = layer_pixels(layer)
         hooks = {} if is_dask(pixels) else {"cancel": cancel}
         worker = create_cancellable_worker(
-            _job, pixels, MODEL, axes, _cancel=cancel, _progress={"desc": f"Deblurring {layer.name}"}, **hooks
+            _job,
+            pixels,
+            MODEL,
+            axes,
+            _cancel=cancel,
+            _progress={"desc": f"Deblurring {layer.name}"},
+            # deblur()'s warnings as the Deblur panel says them (where its settings are)
+            _in_words=in_panel_words,
+            _warning_prefix=f"Deblur of {layer.name!r}: ",
+            **hooks,
         )
         worker.returned.connect(lambda outcome, layer=layer: _add_result(viewer, layer, outcome))
         workers.append(worker)
