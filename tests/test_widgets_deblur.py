@@ -178,11 +178,22 @@ def test_errors_are_said_in_the_panels_words_and_the_api_still_says_what_it_rewo
         with pytest.raises(InputError) as info:
             deblur(image, **{"model": model, **kwargs})
         said.append(str(info.value))
+    # and its warnings (shown by the panel as notifications): tiles that repeat work, an overlap below the seamless
+    # one, an RGBA image whose alpha looks like a 4th channel
+    rgba = (np.random.default_rng(0).random((64, 64, 4)) * 255).astype(np.uint8)
+    for image, kwargs in [
+        (np.zeros((100, 100), np.float32), {"tile_size": 80}),
+        (np.zeros((100, 100), np.float32), {"overlap": 8}),
+        (rgba, {"model": rgb_model}),
+    ]:
+        with pytest.warns(UserWarning) as record:
+            deblur(image, **{"model": model, "device": "cpu", **kwargs})
+        said += [str(w.message) for w in record]
     for pattern, _, _ in PANEL_PHRASES:
         assert any(re.search(pattern, text) for text in said), pattern
     for text in said:
         panel = in_panel_words(text)
-        assert not re.search(r"image\.astype|np\.nan_to_num\(image|axes=|argument|leave it unset", panel), panel
+        assert not re.search(r"image\.astype|np\.nan_to_num\(image|axes=|argument|unset", panel), panel
         for keyword in PANEL_LABELS:
             assert not re.search(rf"(?<![\w-]){keyword}=", panel), (keyword, panel)
             if "_" in keyword:
@@ -195,6 +206,77 @@ def test_errors_are_said_in_the_panels_words_and_the_api_still_says_what_it_rewo
     wait_done(qtbot, widget)
     errors = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
     assert any("convert the layer to an integer or float type first" in msg for msg in errors), errors
+
+
+def warnings_shown(notifications) -> list[str]:
+    return [msg for sev, msg in notifications if sev == NotificationSeverity.WARNING]
+
+
+def test_deblurs_warnings_are_notifications_in_the_panels_words(viewer_and_widget, make_tiny_model, tmp_path, qtbot,
+                                                                notifications):
+    """A warning of deblur() in the panel's job reaches the user once, as a warning notification that names the
+    panel's controls (superqt's worker sent it to a signal nobody listened to: it reached neither napari nor the
+    terminal, and it named keywords: tile_size, overlap unset, axes='YXC')."""
+    import re
+
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.random.default_rng(0).random((100, 100)).astype(np.float32), name="cells")
+    widget.tile_spin.setValue(80)  # the smallest this model can use is 76: every pixel is computed many times
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    qtbot.wait(50)
+    assert "cells deblurred" in viewer.layers
+    (shown,) = warnings_shown(notifications)
+    assert shown.startswith("Deblur: tile size 80 px with an overlap of 72 px computes every pixel about"), shown
+    assert shown.endswith("tile size >= 144 keeps it below 4x, or set tile size to auto"), shown
+
+    notifications.clear()
+    widget.tile_spin.setValue(0)
+    widget.overlap_spin.setValue(8)  # below the model's seamless 72 px
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    qtbot.wait(50)
+    (shown,) = warnings_shown(notifications)
+    assert shown.startswith("Deblur: tile overlap 8 px is below this model's seamless overlap of 72 px"), shown
+    assert shown.endswith("set tile overlap to auto for seamless tiles"), shown
+
+    # an RGBA image with the axes field left empty: its alpha holds an image
+    notifications.clear()
+    widget.overlap_spin.setValue(-1)
+    widget.model_combo.add_file(str(make_tiny_model(channels=3).save(tmp_path / "rgb.pt")))
+    rgba = (np.random.default_rng(1).random((64, 64, 4)) * 255).astype(np.uint8)
+    viewer.add_image(rgba, name="photo", rgb=True)
+    widget.layer_combo.set_value(viewer.layers["photo"])
+    widget.axes_edit.setText("")
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    qtbot.wait(50)
+    assert "photo deblurred" in viewer.layers
+    (shown,) = warnings_shown(notifications)
+    assert "its 4th channel is kept as opacity" in shown, shown
+    assert "write YXC in the axes field" in shown and "write YXS in the axes field" in shown, shown
+    for text in warnings_shown(notifications):
+        assert not re.search(r"(?<![\w-])\w+=|tile_size|unset", text), text
+    assert not [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+
+
+def test_the_layer_menus_warnings_are_notifications(make_napari_viewer, tiny_model_file, qtbot, monkeypatch,
+                                                    notifications):
+    """The layer menu's jobs show deblur()'s warnings too, once, naming the layer."""
+    import napari_deblurgan
+    from napari_deblurgan.widgets import layer_menu
+
+    monkeypatch.setattr(layer_menu, "MODEL", str(tiny_model_file))
+    deblur = napari_deblurgan.deblur
+    monkeypatch.setattr(napari_deblurgan, "deblur", lambda *args, **kwargs: deblur(*args, tile_size=80, **kwargs))
+    viewer = make_napari_viewer(strict_qt="raise")
+    layer = viewer.add_image(np.random.default_rng(0).random((100, 100)).astype(np.float32), name="cells")
+    viewer.layers.selection = {layer}
+    assert len(layer_menu.deblur_selected_layers(viewer)) == 1
+    qtbot.waitUntil(lambda: "cells deblurred" in viewer.layers, timeout=60_000)
+    qtbot.wait(50)
+    (shown,) = warnings_shown(notifications)
+    assert shown.startswith("Deblur of 'cells': tile size 80 px with an overlap of 72 px"), shown
 
 
 def test_bad_model_file_gives_notification(make_napari_viewer, tmp_path, small_image, qtbot, notifications):

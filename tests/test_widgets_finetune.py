@@ -96,6 +96,27 @@ def test_finetune_pair_end_to_end(setup, qtbot, tmp_path):
     assert viewer.layers["blurred deblurred"].data.shape == (64, 64)
 
 
+def test_a_misaligned_pair_is_a_warning_notification(setup, qtbot, pair, notifications):
+    """The data checks' warnings (here: the blurred layer is offset from the sharp one) reach the user once, as a
+    warning notification of the panel (superqt's worker sent them to a signal nobody listened to: they reached
+    neither napari nor the terminal)."""
+    import re
+
+    viewer, finetune, _ = setup
+    blurred, _sharp = pair
+    viewer.layers["blurred"].data = np.roll(blurred, (5, -3), axis=(0, 1))
+    finetune.steps_spin.setValue(1)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    qtbot.wait(50)
+    assert finetune.last_saved is not None  # a warning, not an error: the run went on
+    shown = [msg for sev, msg in notifications if sev == NotificationSeverity.WARNING]
+    assert len(shown) == 1, notifications
+    assert shown[0].startswith("Finetune: Training pair 1: blurred image is offset from its sharp image"), shown
+    assert "Register the pair before training" in shown[0]
+    assert not re.search(r"(?<![\w-])\w+=", shown[0])
+
+
 def start_long_training(finetune, qtbot):
     """Start a 100,000-step run, wait until it has taken two steps, and return its worker (still running)."""
     finetune.steps_spin.setValue(100_000)

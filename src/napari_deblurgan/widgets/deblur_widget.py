@@ -41,6 +41,7 @@ from ._common import (
     layer_pixels,
     normalize_axes_text,
     prefer_blurred,
+    relay_warnings,
     result_layer_kwargs,
     set_items,
     show_error,
@@ -70,8 +71,9 @@ PANEL_LABELS: dict[str, str] = {
     "device": "device",
 }
 
-#: Advice of the API that a panel user cannot follow as worded (Python on an array, a keyword to leave unset):
-#: (pattern, the panel's words, None). tests/test_widgets_deblur.py checks that the API still says the left side.
+#: Advice of the API's errors and warnings that a panel user cannot follow as worded (Python on an array, a keyword to
+#: leave unset or pass): (pattern, the panel's words, None). tests/test_widgets_deblur.py checks that the API still
+#: says the left side.
 _ACTIVE = "viewer.layers.selection.active.data"
 PANEL_PHRASES: list[tuple[str, str, str | None]] = [
     (
@@ -91,12 +93,16 @@ PANEL_PHRASES: list[tuple[str, str, str | None]] = [
     (r"check the axes argument", "check the axes field", None),
     (r"(tile_size >= \d+.*), or leave it unset", r"\1, or set it to auto", None),
     (r"or leave it unset for the model's own setting", "or set it to model's", None),
+    # warnings: tiles that repeat work, an overlap below the seamless one, an RGBA alpha that looks like a channel
+    (r"or leave tile_size unset", "or set tile size to auto", None),
+    (r"leave overlap unset for seamless tiles", "set tile overlap to auto for seamless tiles", None),
+    (r"pass axes='([A-Z]+)'", r"write \1 in the axes field", None),
 ]
 
 
 def in_panel_words(message: str) -> str:
-    """An error of :func:`napari_deblurgan.deblur` in the panel's words: its controls' labels for the keywords
-    it names (``tile_size`` -> ``tile size``), and its own advice where the API's is Python."""
+    """An error or warning of :func:`napari_deblurgan.deblur` in the panel's words: its controls' labels for the
+    keywords it names (``tile_size`` -> ``tile size``), and its own advice where the API's is Python."""
     from ..cli import with_flags
 
     return with_flags(message, PANEL_LABELS, phrases=PANEL_PHRASES)
@@ -363,6 +369,7 @@ class DeblurWidget(QWidget):
 
         avoid_triton_llvm_clash()  # the worker imports torch, as every job launcher of the panels does
         worker = create_worker(_load_quietly, entry)
+        relay_warnings(worker, in_panel_words, prefix="Deblur: ")
         self._model_loads[id(entry)] = worker
         worker.returned.connect(self._on_model_loaded)
         worker.finished.connect(functools.partial(self._model_loads.pop, id(entry), None))
@@ -442,6 +449,8 @@ class DeblurWidget(QWidget):
             normalize=self.normalize_combo.currentData(),
             device=device,
             _cancel=self._cancel,  # napari quitting sets it too
+            _in_words=in_panel_words,  # its warnings too are said in the panel's words
+            _warning_prefix="Deblur: ",
             **hooks,
         )
         self.worker.returned.connect(lambda outcome, layer=layer: self._on_returned(layer, outcome))

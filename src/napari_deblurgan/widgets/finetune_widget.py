@@ -48,6 +48,7 @@ from ._common import (
     normalize_axes_text,
     prefer_blurred,
     prefer_sharp,
+    relay_warnings,
     result_layer_kwargs,
     set_items,
     show_error,
@@ -125,7 +126,7 @@ PANEL_PHRASES: list[tuple[str, str, str | None]] = [
 
 
 def in_panel_words(message: str) -> str:
-    """A message of the API (a Notice, an error) with the keywords it names (``patch_size``,
+    """A message of the API (a Notice, a warning, an error) with the keywords it names (``patch_size``,
     ``perceptual_weights=<file>``) said as the panel's controls (``patch size``, the ``VGG-19 weights`` field):
     the CLI's rules (:func:`napari_deblurgan.cli.with_flags`) with :data:`PANEL_LABELS` and
     :data:`PANEL_PHRASES`."""
@@ -491,6 +492,7 @@ class FinetuneWidget(QWidget):
 
         self.preview_blur_button.setEnabled(False)
         self.preview_worker = create_worker(job)
+        relay_warnings(self.preview_worker, in_panel_words, prefix="Finetune: ")
         self.preview_worker.returned.connect(done)
         self.preview_worker.finished.connect(finished)
         self.preview_worker.start()
@@ -635,6 +637,8 @@ class FinetuneWidget(QWidget):
             _training_job, kwargs, save_to, self.control, _worker_class=_training_worker_class()
         )
         self.worker.control = self.control
+        # the data checks' warnings (a misaligned or differently scaled pair), said as the Notices are
+        relay_warnings(self.worker, in_panel_words, prefix="Finetune: ")
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_returned)
         self.worker.finished.connect(self._on_finished)
