@@ -463,9 +463,113 @@ def test_nan_pixels_are_counted(model):
         deblur(image, model, device="cpu")
     np.testing.assert_array_equal(image, before)
     stack = np.ones((3, 20, 20), np.float32)
-    stack[0, 1, 1] = stack[2, 5, 5] = stack[2, 6, 6] = np.nan
-    with pytest.raises(InputError, match="3 NaN/inf"):  # a non-contiguous view of a stack
+    stack[2, 5, 5] = stack[2, 6, 6] = np.nan
+    stack[2, 7, 7] = -np.inf
+    # each plane is checked as it is read: the error names the plane and counts its NaN/inf pixels
+    with pytest.raises(InputError, match=r"plane Z=2 has 3 NaN/inf .*np\.nan_to_num"):  # a non-contiguous view
         deblur(stack.transpose(1, 0, 2), model, axes="YZX", device="cpu")
+    da = pytest.importorskip("dask.array")
+    with pytest.raises(InputError, match="plane Z=2 has 3 NaN/inf"):  # named by its place in the whole stack
+        deblur(da.from_array(stack, chunks=(1, 20, 20)), model, device="cpu").compute()
+
+
+class PlaneReads:
+    """An array-like over a NumPy stack as zarr and h5py arrays look (shape, dtype, ndim, tuple ``__getitem__``):
+    records every key, refuses a read of more than ``plane_size`` pixels at once and refuses to be read whole
+    through ``np.asarray`` (which a stack larger than the memory would exhaust it with)."""
+
+    def __init__(self, array: np.ndarray, plane_size: int) -> None:
+        self._array = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+        self.plane_size = plane_size
+        self.keys: list = []
+
+    def __getitem__(self, key):
+        self.keys.append(key)
+        region = self._array[key]
+        if region.size > self.plane_size:
+            raise AssertionError(f"read {region.shape} at once ({key!r}), more than one plane")
+        return np.array(region)
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("the array-like was read whole")
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes", "joint", "plane"),
+    [
+        ((4, 40, 36), "ZYX", False, 40 * 36),
+        ((2, 3, 40, 36), "CZYX", False, 2 * 40 * 36),  # a channel before Z: the plane's channels read together
+        ((3, 40, 36, 3), "ZYXS", True, 40 * 36 * 3),
+        ((2, 40, 36, 4), None, True, 40 * 36 * 4),  # RGBA inferred: the alpha check reads one plane's alpha
+    ],
+)
+def test_an_array_like_is_read_one_plane_at_a_time_and_matches_numpy(model, rgb_model, shape, axes, joint, plane):
+    image = _image(shape, "uint16", seed=5)
+    wrapped = PlaneReads(image, plane)
+    kwargs = {"axes": axes, "device": "cpu"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = deblur(wrapped, rgb_model if joint else model, **kwargs)
+        expected = deblur(image, rgb_model if joint else model, **kwargs)
+    assert type(out) is np.ndarray and out.dtype == image.dtype
+    np.testing.assert_array_equal(out, expected)
+    # the alpha check works on an array-like too (from one plane's alpha): the same warning for both
+    assert sum("RGBA samples" in str(w.message) for w in caught) == (2 if axes is None else 0)
+    assert all(isinstance(key, tuple) for key in wrapped.keys)
+    planes = int(np.prod(shape)) // plane
+    alpha_reads = 1 if axes is None else 0
+    assert len(wrapped.keys) == planes + alpha_reads  # every plane read once
+
+
+def test_a_zarr_array_is_deblurred_plane_by_plane(model, monkeypatch):
+    zarr = pytest.importorskip("zarr")
+    image = _image((3, 40, 36), "float32", seed=6)
+    z = zarr.array(image, chunks=(1, 40, 36))
+
+    def whole(self, *args, **kwargs):
+        raise AssertionError("the zarr array was read whole")
+
+    monkeypatch.setattr(type(z), "__array__", whole)
+    out = deblur(z, model, device="cpu")
+    monkeypatch.undo()
+    assert type(out) is np.ndarray
+    np.testing.assert_array_equal(out, deblur(np.asarray(z), model, device="cpu"))
+
+
+def _nan_in_last_plane(tmp_path, shape=(4, 40, 36)):
+    stack = np.lib.format.open_memmap(tmp_path / "stack.npy", mode="w+", dtype=np.float32, shape=shape)
+    stack[...] = _image(shape, "float32", seed=7)
+    stack[-1, 3, 4] = np.nan
+    stack.flush()
+    return np.load(tmp_path / "stack.npy", mmap_mode="r")
+
+
+def test_nan_in_the_last_plane_is_refused_when_that_plane_is_read(model, tmp_path):
+    stack = _nan_in_last_plane(tmp_path)
+    calls = []
+    with pytest.raises(InputError, match=r"plane Z=3 has 1 NaN/inf pixel\(s\) out of 1440.*np\.nan_to_num"):
+        deblur(stack, model, device="cpu", progress=lambda d, t: calls.append((d, t)))
+    # the planes before it were deblurred (progress counted them), then the error: no result is returned
+    assert calls and calls[-1][0] == 3 * calls[-1][1] // 4
+    wrapped = PlaneReads(np.asarray(stack), 40 * 36)
+    with pytest.raises(InputError, match="plane Z=3 has 1 NaN/inf"):
+        deblur(wrapped, model, device="cpu")
+    assert len(wrapped.keys) == 4
+
+
+def test_cancel_set_before_the_call_stops_before_a_stack_is_read(model, tmp_path):
+    stack = _nan_in_last_plane(tmp_path)
+    stop = threading.Event()
+    stop.set()
+    calls = []
+    # Cancelled, not the NaN of the last plane: the stack is not scanned up front
+    with pytest.raises(Cancelled):
+        deblur(stack, model, device="cpu", cancel=stop, progress=lambda d, t: calls.append(d))
+    wrapped = PlaneReads(np.asarray(stack), 40 * 36)
+    with pytest.raises(Cancelled):
+        deblur(wrapped, model, device="cpu", cancel=stop, progress=lambda d, t: calls.append(d))
+    assert len(wrapped.keys) <= 1 and not calls
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU exists")

@@ -45,23 +45,10 @@ from .blur.synthesize import (
     yx_last,
 )
 from .errors import Cancelled, InputError, cancel_requested
-from .inputs import is_dask, reject_viewer_objects
+from .inputs import is_dask, is_lazy, reject_viewer_objects
 from .normalization import cast_like, percentile_range
 
 # ------------------------------------------------------------------------------------------- lazy arrays
-
-
-def is_lazy(image: Any) -> bool:
-    """Whether ``image`` is read a region at a time here rather than through ``np.asarray``, which would read
-    it whole: a dask array or another array-like with a NumPy ``dtype``, a ``shape`` and ``__getitem__`` that
-    is no ndarray (zarr, h5py). A memory map is an ndarray: its planes are views that the OS reads on demand.
-    Torch tensors (a ``torch.dtype``) are not lazy: ``np.asarray`` takes them as they are."""
-    return (
-        not isinstance(image, np.ndarray)
-        and isinstance(getattr(image, "dtype", None), np.dtype)
-        and hasattr(image, "shape")
-        and hasattr(image, "__getitem__")
-    )
 
 
 def _as_image(image: Any, name: str) -> Any:

@@ -11,12 +11,27 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .errors import InputError
 
 
 def is_dask(value: Any) -> bool:
     """True for dask arrays (checked by type, so that NumPy-only sessions never import dask)."""
     return type(value).__module__.split(".")[0] == "dask"
+
+
+def is_lazy(image: Any) -> bool:
+    """Whether ``image`` is read a region at a time rather than through ``np.asarray``, which would read it
+    whole: a dask array or another array-like with a NumPy ``dtype``, a ``shape`` and ``__getitem__`` that is
+    no ndarray (zarr, h5py, tifffile's zarr store). A memory map is an ndarray: its planes are views that the
+    OS reads on demand. Torch tensors (a ``torch.dtype``) are not lazy: ``np.asarray`` takes them as they are."""
+    return (
+        not isinstance(image, np.ndarray)
+        and isinstance(getattr(image, "dtype", None), np.dtype)
+        and hasattr(image, "shape")
+        and hasattr(image, "__getitem__")
+    )
 
 
 def _from_napari(value: Any) -> bool:

@@ -7,7 +7,8 @@ The one path every front end (widget, CLI, console, tests) takes::
         -> blend tiles -> crop -> denormalise -> clip/cast to the input dtype
 
 Memory: one plane's float32 buffers plus one batch of tiles; the stack is never copied as a whole. A dask
-array in gives a lazy dask array out, computed block by block.
+array in gives a lazy dask array out, computed block by block; another array-like (zarr, h5py) is read one
+plane at a time, and every plane is checked for NaN/inf as it is read (never the whole stack up front).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..axes import channel_axis, resolve_axes
 from ..errors import Cancelled, InputError, cancel_requested, user_stacklevel
-from ..inputs import is_dask, reject_viewer_objects
+from ..inputs import is_dask, is_lazy, reject_viewer_objects
 from ..normalization import (
     NORMALIZED_LIMIT,
     cast_like,
@@ -77,8 +78,13 @@ def deblur(
     Parameters
     ----------
     image
-        NumPy array (or anything ``np.asarray`` takes) or dask array; uint8/uint16/int*/float16/32/64.
-        Never modified.
+        NumPy array (a memory map included), dask array, or another array-like with a NumPy ``dtype``, a
+        ``shape`` and ``__getitem__`` (zarr, h5py, tifffile's zarr store), or anything else ``np.asarray``
+        takes (read whole first); uint8/uint16/int*/float16/32/64. Never modified. Only the planes being
+        deblurred are read: an array-like one plane (with all its channels) at a time, with
+        ``np.asarray(image[key])``, and a memory map's planes as they come. Float pixels are checked for
+        NaN/inf plane by plane as they are read, so a NaN in a later plane is refused after the earlier
+        planes were computed (and nothing is returned).
     model
         A :class:`~napari_deblurgan.DeblurModel`, a model file path, a shipped model name, or None for the
         shipped default.
@@ -132,13 +138,14 @@ def deblur(
 
     Returns
     -------
-    numpy.ndarray, or a lazy dask array for dask input. Integer outputs are rounded and clipped to the dtype's
-    range; float outputs keep their range. A constant plane (or channel) has nothing to deblur and comes back
-    unchanged.
+    numpy.ndarray (allocated once, for array-like input too), or a lazy dask array for dask input. Integer
+    outputs are rounded and clipped to the dtype's range; float outputs keep their range. A constant plane (or
+    channel) has nothing to deblur and comes back unchanged.
     """
     reject_viewer_objects(image)
     dask_input = is_dask(image)
-    if not dask_input and not isinstance(image, np.ndarray):
+    # array-likes (zarr, h5py) are read one plane at a time by the plane loop; np.asarray would read them whole
+    if not isinstance(image, np.ndarray) and not is_lazy(image):
         image = np.asarray(image)
     _check_image(image)
     _check_callbacks(progress, cancel)
@@ -173,7 +180,6 @@ def deblur(
     runner.warn_if_tiles_repeat_work(image.shape[axes.index("Y")], image.shape[axes.index("X")])
     if dask_input:
         return _deblur_dask(image, axes, runner, progress, cancel)
-    _check_finite(image)
     return _deblur_numpy(image, axes, runner, progress, cancel)
 
 
@@ -181,20 +187,23 @@ def deblur(
 
 
 def _check_image(image: Any) -> None:
+    """dtype and shape only (no pixels read): an array-like need not have ``size``."""
     check_dtype(image.dtype)
-    if image.ndim < 2:
-        raise InputError(f"expected an image with at least 2 dimensions (Y, X), got shape {tuple(image.shape)}")
-    if image.size == 0 or 0 in image.shape:
-        raise InputError(f"the image is empty (shape {tuple(image.shape)}); every axis needs at least one pixel")
+    shape = tuple(image.shape)
+    if len(shape) < 2:
+        raise InputError(f"expected an image with at least 2 dimensions (Y, X), got shape {shape}")
+    if 0 in shape:
+        raise InputError(f"the image is empty (shape {shape}); every axis needs at least one pixel")
 
 
 def _warn_if_alpha_looks_like_a_channel(image: Any, axes: str) -> None:
     """A last axis of 4 is taken as RGBA (as napari does), and alpha is kept, not deblurred: warn when the
     first plane's 4th sample looks like an image (more than two values) rather than opacity (constant, or a
-    mask), e.g. a 4-channel microscopy image stored channels-last, which a user would want deblurred."""
+    mask), e.g. a 4-channel microscopy image stored channels-last, which a user would want deblurred. Reads
+    one plane's alpha channel only (of an array-like too), subsampled to about 256 x 256 values."""
     if not axes.endswith("S") or image.shape[-1] != 4:
         return
-    alpha = np.asarray(image[(0,) * (image.ndim - 3) + (slice(None), slice(None), 3)])
+    alpha = np.asarray(image[(0,) * (len(image.shape) - 3) + (slice(None), slice(None), 3)])
     values = np.unique(alpha[:: max(1, alpha.shape[0] // 256), :: max(1, alpha.shape[1] // 256)])
     if values.size > 2:
         leading = axes[:-3]
@@ -216,15 +225,19 @@ def _check_plane_size(shape: tuple[int, ...], axes: str) -> None:
         )
 
 
-def _check_finite(image: np.ndarray) -> None:
-    if image.dtype.kind != "f":
+def _check_finite(plane: np.ndarray, where: str = "") -> None:
+    """InputError for NaN/inf in ``plane`` (one plane as it is read, never the whole stack: a memory map's
+    pages are then read once, when that plane is deblurred, and cancel stops before the next plane).
+    ``where`` names the plane in a stack (e.g. ``"plane Z=3"``)."""
+    if plane.dtype.kind != "f":
         return
-    # counted over the last two axes at a time: no full-size boolean temporary, and no copy of a
+    # counted a channel (the last two axes) at a time: boolean temporaries of one channel, and no copy of a
     # non-contiguous view (reshape(-1, ...) would copy one)
-    bad = sum(int(np.count_nonzero(~np.isfinite(image[index]))) for index in np.ndindex(*image.shape[:-2]))
+    bad = sum(int(np.count_nonzero(~np.isfinite(plane[index]))) for index in np.ndindex(*plane.shape[:-2]))
     if bad:
+        which = f"the image's {where}" if where else "the image"
         raise InputError(
-            f"the image has {bad} NaN/inf pixel(s) out of {image.size}; replace them first, e.g. "
+            f"{which} has {bad} NaN/inf pixel(s) out of {plane.size}; replace them first, e.g. "
             "np.nan_to_num(image, nan=0.0) or with a local median"
         )
 
@@ -558,20 +571,54 @@ def _plane_views(array: np.ndarray, axes: str) -> tuple[np.ndarray, bool]:
     return np.moveaxis(array, source, dest), c_ax is not None
 
 
+def _plane_reader(image: Any, axes: str) -> tuple[Callable[[tuple[int, ...]], np.ndarray], list[int]]:
+    """``read(index)``: the (C, Y, X) plane at ``index`` over the other axes (in their order in ``axes``, as
+    :func:`_plane_views` orders them), with C of 1 where there is no channel axis; and those other axes. An
+    ndarray's plane is a view (a memory map's pages are read when it is used); an array-like's is read alone,
+    with ``np.asarray(image[key])``, and only then transposed (a view of that one plane)."""
+    c_ax = channel_axis(axes)
+    inner = [a for a in (c_ax, axes.index("Y"), axes.index("X")) if a is not None]
+    other = [i for i in range(len(axes)) if i not in inner]
+    order = [sorted(inner).index(a) for a in inner]  # the axes an integer key leaves, in (C,) Y, X order
+    expected = tuple(int(image.shape[a]) for a in sorted(inner))
+    dtype = np.dtype(image.dtype)
+
+    def read(index: tuple[int, ...]) -> np.ndarray:
+        key: list[Any] = [slice(None)] * len(axes)
+        for axis, value in zip(other, index, strict=True):
+            key[axis] = value
+        plane = np.asarray(image[tuple(key)])
+        if plane.shape != expected:  # an array-like whose indexing gives no plane (e.g. a scipy sparse matrix)
+            raise InputError(
+                f"reading one plane of this {type(image).__name__} gave {type(plane).__name__} of shape "
+                f"{plane.shape}, not {expected}; pass its pixels as a NumPy array or a dask array"
+            )
+        plane = plane.transpose(order) if plane.dtype == dtype else plane.astype(dtype).transpose(order)
+        return plane if c_ax is not None else plane[None]
+
+    return read, other
+
+
 def _deblur_numpy(
-    image: np.ndarray,
+    image: Any,
     axes: str,
     runner: _PlaneRunner,
     progress: ProgressCallback | None,
     cancel: CancelCheck,
+    origin: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    out = np.empty_like(image, subok=False)  # a memmap input must not give an unbacked memmap result
-    src, has_channels = _plane_views(image, axes)
-    dst, _ = _plane_views(out, axes)
+    """``image``: an ndarray (a memory map included) or an array-like read one plane at a time. ``origin``:
+    where a dask block starts in its image, for the plane named in a NaN/inf error."""
+    if isinstance(image, np.ndarray):
+        out = np.empty_like(image, subok=False)  # a memmap input must not give an unbacked memmap result
+    else:
+        out = np.empty(tuple(image.shape), image.dtype)
+    read, other = _plane_reader(image, axes)
+    dst, has_channels = _plane_views(out, axes)
     if not has_channels:
-        src, dst = src[..., None, :, :], dst[..., None, :, :]
-    outer = src.shape[:-3]
-    c, h, w = src.shape[-3:]
+        dst = dst[..., None, :, :]
+    outer = dst.shape[:-3]
+    c, h, w = dst.shape[-3:]
     # RGBA: the alpha channel is opacity, not an image; it is kept as it is, not deblurred like a colour
     alpha = "S" in axes and c == 4
     colours = c - 1 if alpha else c
@@ -586,7 +633,12 @@ def _deblur_numpy(
             progress(done, total)
 
     for index in np.ndindex(*outer):
-        plane = src[index]
+        if cancel_requested(cancel):  # before the plane is read: a cancelled run reads nothing more
+            raise Cancelled("deblurring was cancelled")
+        plane = read(index)
+        if plane.dtype.kind == "f":
+            at = [f"{axes[axis]}={v + (origin[axis] if origin else 0)}" for axis, v in zip(other, index, strict=True)]
+            _check_finite(plane, f"plane {', '.join(at)}" if at else "")
         if runner.joint:
             # the runner's output is its own scratch buffer: rounded and clipped in place
             dst[index][:colours] = cast_like(runner.run(plane[:colours], on_batch, cancel), image.dtype, overwrite=True)
@@ -618,8 +670,9 @@ def _deblur_dask(image: Any, axes: str, runner: _PlaneRunner, progress: Progress
     finished: set[tuple[int, ...]] = set()
 
     def deblur_block(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
-        _check_finite(block)
-        result = _deblur_numpy(block, axes, runner, None, cancel)
+        # NaN/inf checked in _deblur_numpy, plane by plane, named by its place in the whole image
+        origin = tuple(start for start, _ in block_info[0]["array-location"]) if block_info else None
+        result = _deblur_numpy(block, axes, runner, None, cancel, origin)
         if progress is not None:
             location = tuple(block_info[0]["chunk-location"]) if block_info else (len(finished),)
             with lock:
