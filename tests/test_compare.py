@@ -668,3 +668,70 @@ def test_a_wrong_axes_string_is_an_error_for_numpy_images_too():
     for metric in (psnr, nrmse):
         with pytest.raises(InputError, match="axes"):
             metric(a, b, axes="TZYX")
+
+
+def _old_plane_sharpness(plane: np.ndarray) -> float:
+    """The whole-plane sharpness that compare() computed before its bands: float64 copy, filters, np.var."""
+    smooth = ndimage.gaussian_filter(plane.astype(np.float64), 1.0, mode="reflect")
+    variance = float(smooth.var())
+    return 0.0 if variance == 0 else float(ndimage.laplace(smooth, mode="reflect").var()) / variance
+
+
+def _metric_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    camera = data.camera().astype(np.float64)
+    pairs = []
+    for shape in [(512, 512), (301, 777), (3000, 45), (130, 2100), (40, 3), (7, 9), (3, 5)]:
+        base = camera[: shape[0], : shape[1]] if shape[0] <= 512 and shape[1] <= 512 else np.resize(camera, shape)
+        blurred = ndimage.gaussian_filter(base, 1.5) + rng.normal(0, 5, shape)
+        pairs += [
+            (f"uint8 {shape}", base.astype(np.uint8), blurred.clip(0, 255).astype(np.uint8)),
+            (f"uint16 {shape}", (base * 200).astype(np.uint16), (blurred * 200).clip(0, 65535).astype(np.uint16)),
+            (f"int16 {shape}", (base * 100 - 20000).astype(np.int16), (blurred * 100 - 20000).astype(np.int16)),
+            (f"tiny floats {shape}", (base * 1e-7 - 3e-5).astype(np.float32),
+             (blurred * 1e-7 - 3e-5).astype(np.float32)),
+            (f"large offset {shape}", base * 1e9 + 1e12, blurred * 1e9 + 1e12),
+        ]
+    flat = np.full((200, 300), 7, np.uint16)
+    return [*pairs, ("constant", flat, flat), ("two constants", flat + 0.5, np.full((200, 300), 3.25))]
+
+
+@pytest.mark.parametrize("band_elements", [None, 50])
+def test_banded_ssim_and_sharpness_equal_the_whole_plane_computation(band_elements, monkeypatch):
+    """SSIM and sharpness are computed in bands of rows (memory: a few bands, not 16 float64 planes); they give
+    scikit-image's ``structural_similarity`` of float64 copies (the computation they replace: 7x7 uniform window,
+    sample covariance, border cropped) and the whole-plane sharpness to 1e-9, for every dtype and range, both the
+    dtype's and the data's own data_range, planes narrower than the window's band, transposed views, and bands of
+    a few rows (band_elements=50)."""
+    if band_elements is not None:
+        monkeypatch.setattr(comparison, "_BAND_ELEMENTS", band_elements)
+    for name, ref, img in _metric_pairs():
+        ranges = {comparison.default_data_range(ref), float(ref.max()) - float(ref.min()) or 1.0}
+        for a, b in ((ref, img), (ref.T, img.T)):
+            win = comparison._ssim_window(a.shape)
+            for dr in ranges:
+                expected = sk_metrics.structural_similarity(
+                    a.astype(np.float64), b.astype(np.float64), data_range=dr, win_size=win
+                )
+                assert comparison._plane_ssim(a, b, dr, win) == pytest.approx(expected, rel=1e-9, abs=1e-12), name
+            for plane in (a, b):
+                assert comparison._plane_sharpness(plane) == pytest.approx(
+                    _old_plane_sharpness(plane), rel=1e-9, abs=0
+                ), name
+    ref, img = _metric_pairs()[1][1:]
+    table = compare({"img": img}, ref, data_range=1000.0)
+    expected = sk_metrics.structural_similarity(ref.astype(float), img.astype(float), data_range=1000.0)
+    assert table.rows[0]["ssim"] == pytest.approx(expected, rel=1e-9)
+    assert table.rows[0]["sharpness"] == pytest.approx(_old_plane_sharpness(img), rel=1e-9)
+
+
+def test_compare_needs_a_few_planes_of_memory_not_dozens(numpy_peak):
+    """compare() on one 1024x1024 uint16 pair: its SSIM took 16 float64 copies of the plane (scikit-image's
+    buffers, 32 float32 planes' worth) and its sharpness 4; the bands need a fixed few MB."""
+    rng = np.random.default_rng(3)
+    ref = ndimage.zoom(data.camera(), 2, order=1).astype(np.uint16) * 200
+    img = (ref + rng.normal(0, 300, ref.shape)).clip(0, 65535).astype(np.uint16)
+    plane = ref.size * 4  # one float32 plane
+    assert numpy_peak(lambda: compare({"img": img}, ref, data_range=50000.0)) < 6 * plane
+    assert numpy_peak(lambda: ssim(ref, img, 50000.0)) < 3 * plane
+    assert numpy_peak(lambda: sharpness(img)) < 1.5 * plane

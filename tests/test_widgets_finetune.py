@@ -502,6 +502,92 @@ def test_a_blur_preview_whose_layer_was_removed_meanwhile_is_added_with_a_note(s
     assert any("'sharp' was removed from the viewer" in msg for msg in infos), notifications
 
 
+def _stack(pair, planes):
+    sharp = pair[1]
+    return np.stack([np.roll(sharp, 5 * z, axis=1) for z in range(planes)])
+
+
+def test_a_dask_stacks_blur_preview_computes_the_shown_plane_only(setup, qtbot, pair):
+    """The synthetic blur preview reads and blurs the plane on view, not the layer: a dask (or zarr, or very
+    large) stack was computed and blurred whole in the worker for one plane's look."""
+    import threading
+
+    import dask
+    import dask.array as da
+
+    viewer, finetune, _ = setup
+    stack = _stack(pair, 6)
+    computed = []  # (plane, in the GUI thread): napari computes the planes it draws there, the preview in its worker
+
+    def plane(z):
+        computed.append((z, threading.current_thread() is threading.main_thread()))
+        return stack[z]
+
+    lazy = da.stack([da.from_delayed(dask.delayed(plane)(z), (64, 64), np.uint16) for z in range(6)])
+    with dask.config.set(scheduler="synchronous"):  # tasks run in the thread that computes them
+        layer = viewer.add_image(lazy, name="lazy", scale=(2.0, 0.5, 0.25), translate=(100.0, 10.0, -3.0),
+                                 contrast_limits=(0, 4000))
+        viewer.dims.set_point(0, 100 + 2 * 4)  # world coordinates: plane 4 of 6
+        finetune.sharp_combo.set_value(layer)
+        finetune.synth_radio.setChecked(True)
+        finetune.preview_blur_button.click()
+        qtbot.waitUntil(lambda: finetune.preview_worker is None, timeout=60_000)
+    assert [z for z, gui in computed if not gui] == [4]
+    preview = viewer.layers["lazy synthetic blur"]
+    assert isinstance(preview.data, np.ndarray) and preview.data.shape == (1, 64, 64)
+    # on its plane: a slider elsewhere shows nothing of it
+    assert tuple(preview.scale) == (2.0, 0.5, 0.25) and tuple(preview.translate) == (108.0, 10.0, -3.0)
+
+
+def test_a_numpy_stacks_blur_preview_is_the_shown_planes_blur(setup, qtbot, pair):
+    """A NumPy stack's preview is the synthetic blur of the plane on view (the same PSF as the whole stack's
+    with that seed), placed on that plane."""
+    from napari_deblurgan import synthesize_blur
+
+    viewer, finetune, _ = setup
+    stack = _stack(pair, 3)
+    layer = viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.25), translate=(100.0, 10.0, -3.0))
+    viewer.dims.set_point(0, 100 + 2 * 1)  # plane 1 of 3
+    finetune.sharp_combo.set_value(layer)
+    finetune.synth_radio.setChecked(True)
+    finetune.blur_kind.setCurrentText("gaussian")
+    finetune.blur_strength.setValue(2.0)
+    finetune.preview_blur_button.click()
+    qtbot.waitUntil(lambda: finetune.preview_worker is None, timeout=60_000)
+    preview = viewer.layers["stack synthetic blur"]
+    settings, seed = finetune._blur_settings(), finetune.seed_spin.value()
+    expected, psf = synthesize_blur(stack[1:2], **settings, seed=seed, axes="ZYX")
+    np.testing.assert_array_equal(preview.data, expected)
+    np.testing.assert_array_equal(preview.metadata["psf"], psf)
+    np.testing.assert_array_equal(psf, synthesize_blur(stack, **settings, seed=seed)[1])
+    assert tuple(preview.translate) == (102.0, 10.0, -3.0) and preview.metadata["napari_deblurgan_start"] == (1, 0, 0)
+
+
+def test_the_blur_preview_takes_what_the_viewer_shows():
+    """The part of a layer the preview blurs: the plane at the sliders (all samples of RGB), whole axes that a
+    3D view displays, and the viewer's extra leading dimensions ignored."""
+    from types import SimpleNamespace
+
+    import napari
+
+    from napari_deblurgan.widgets.finetune_widget import shown_part
+
+    def viewer(point, displayed):
+        return SimpleNamespace(dims=SimpleNamespace(point=point, ndim=len(point), displayed=displayed))
+
+    data = np.zeros((4, 5, 16, 16), np.uint16)
+    layer = napari.layers.Image(data, scale=(1, 2, 1, 1), translate=(0, 10, 0, 0))
+    # a 5D viewer (another layer has one more axis): the layer is its last four dimensions
+    assert shown_part(viewer((7, 2.4, 13.9, 0, 0), (3, 4)), layer, data, None) == (
+        "TZYX", (slice(2, 3), slice(2, 3), slice(None), slice(None)), (2, 2, 0, 0))
+    assert shown_part(viewer((0, 99, -5, 0, 0), (2, 3, 4)), layer, data, None)[1:] == (
+        (slice(3, 4), slice(None), slice(None), slice(None)), (3, 0, 0, 0))  # clipped; Z displayed (3D)
+    rgb = np.zeros((3, 16, 16, 3), np.uint8)
+    layer = napari.layers.Image(rgb, rgb=True)
+    assert shown_part(viewer((1, 0, 0), (1, 2)), layer, rgb, None) == (
+        "ZYXS", (slice(1, 2), slice(None), slice(None), slice(None)), (1, 0, 0))
+
+
 def test_the_preview_sits_below_its_validation_layers_plane_not_at_the_origin_at_unit_scale(setup, qtbot, pair):
     """The preview is a crop of one YX plane of the run's validation layer (here of a ZYX stack with a scale and
     a translate): it takes that plane's YX scale, translate and units, so it is drawn at its input's size,

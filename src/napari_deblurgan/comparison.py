@@ -9,8 +9,9 @@
 
 Images of any integer or float dtype are accepted; classical methods work on a [0, 1] float copy of one plane
 at a time (scaled with the whole image's range) and return the input's shape and dtype. nD data is processed
-per YX plane (axes letters TZCYXS as everywhere else), and metrics difference images in blocks of rows: memory
-is the result (if any) plus a few planes, never a float copy of the stack.
+per YX plane (axes letters TZCYXS as everywhere else), metrics difference images in blocks of rows, and SSIM
+and sharpness filter a plane in bands of rows (a few MB of float64 buffers, whatever the plane's size): memory
+is the result (if any) plus about a plane, never a float copy of the stack or a dozen of one plane.
 
 Lazy arrays (dask, zarr, h5py: see :func:`is_lazy`) are read one YX plane at a time by every function here
 (a dask block that holds several planes is computed once), never made into one NumPy array, and give the
@@ -31,7 +32,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage
-from skimage import metrics as sk_metrics
 from skimage import restoration
 
 from .atomic_files import atomic_write
@@ -46,7 +46,7 @@ from .blur.synthesize import (
 )
 from .errors import Cancelled, InputError, cancel_requested
 from .inputs import is_dask, is_lazy, reject_viewer_objects
-from .normalization import cast_like, percentile_range
+from .normalization import cast_like, percentile_range, percentile_samples
 
 # ------------------------------------------------------------------------------------------- lazy arrays
 
@@ -332,12 +332,75 @@ def _ssim_window(plane_shape: tuple[int, ...]) -> int:
     return win
 
 
+#: :func:`_plane_ssim` and :func:`_plane_sharpness` work on bands of rows of a plane: float64 buffers of about
+#: this many elements each (a band of at least :data:`_MIN_BAND_ROWS` rows), 8 of them for SSIM and 4 for
+#: sharpness - about 8 MB and 4 MB, whatever the plane. Whole planes made 16 float64 copies (SSIM: 537 MB for a
+#: 2048x2048 plane) and 4 (sharpness).
+_BAND_ELEMENTS = 1 << 17
+_MIN_BAND_ROWS = 32
+
+
+def _bands(height: int, width: int, halo: int, first: int = 0, stop: int | None = None) -> Iterator[tuple[int, int]]:
+    """``(top, bottom)`` rows of the bands that cover rows ``first`` to ``stop`` (default: the last) of a plane
+    ``height`` x ``width``, each to be read with ``halo`` more rows on either side."""
+    stop = height if stop is None else stop
+    rows = max(_MIN_BAND_ROWS, _BAND_ELEMENTS // max(width, 1) - 2 * halo)
+    for top in range(first, stop, rows):
+        yield top, min(top + rows, stop)
+
+
 def _plane_ssim(ref_plane: np.ndarray, plane: np.ndarray, data_range: float, win: int) -> float:
-    return float(
-        sk_metrics.structural_similarity(
-            ref_plane.astype(np.float64), plane.astype(np.float64), data_range=data_range, win_size=win
-        )
-    )
+    """``skimage.metrics.structural_similarity(ref_plane, plane, data_range=data_range, win_size=win)`` of
+    float64 copies (7x7 uniform window, sample covariance, the mean over the plane less ``(win - 1) // 2`` px
+    on each side), computed in bands of rows with that many rows of overlap: memory is a few bands
+    (:data:`_BAND_ELEMENTS`), not 16 float64 planes. The same arithmetic in the same order, pixel by pixel; the
+    window sums along Y start at each band's top (scipy's running sums), so values agree with scikit-image's
+    to about 1e-15, not bit for bit."""
+    height, width = ref_plane.shape
+    pad = (win - 1) // 2
+    points = win * win
+    cov_norm = points / (points - 1)  # sample covariance, as scikit-image's default
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    bands = list(_bands(height, width, pad, pad, height - pad))
+    rows = max(bottom - top for top, bottom in bands) + 2 * pad
+    x, y, t, ux, uy, uxx, uyy, uxy = (np.empty((rows, width)) for _ in range(8))
+    sums = []
+    for top, bottom in bands:
+        n = bottom - top + 2 * pad
+        bx, by, bt, bux, buy, buxx, buyy, buxy = (a[:n] for a in (x, y, t, ux, uy, uxx, uyy, uxy))
+        np.copyto(bx, ref_plane[top - pad : bottom + pad], casting="unsafe")
+        np.copyto(by, plane[top - pad : bottom + pad], casting="unsafe")
+        ndimage.uniform_filter(bx, size=win, output=bux)
+        ndimage.uniform_filter(by, size=win, output=buy)
+        ndimage.uniform_filter(np.multiply(bx, bx, out=bt), size=win, output=buxx)
+        ndimage.uniform_filter(np.multiply(by, by, out=bt), size=win, output=buyy)
+        ndimage.uniform_filter(np.multiply(bx, by, out=bt), size=win, output=buxy)
+        # scikit-image's formula on the cropped part only, in its order (2 * ux * uy == (ux * uy) * 2 exactly)
+        kept = (slice(pad, n - pad), slice(pad, width - pad))
+        mx, my, mt, mux, muy, mxx, myy, mxy = (a[kept] for a in (bx, by, bt, bux, buy, buxx, buyy, buxy))
+        np.multiply(mux, muy, out=mt)
+        np.subtract(mxy, mt, out=mxy)
+        np.multiply(mxy, cov_norm, out=mxy)  # vxy
+        np.multiply(mt, 2, out=mt)
+        np.add(mt, c1, out=mt)  # A1 = 2 ux uy + C1
+        np.multiply(mxy, 2, out=mxy)
+        np.add(mxy, c2, out=mxy)  # A2 = 2 vxy + C2
+        np.multiply(mux, mux, out=mx)
+        np.subtract(mxx, mx, out=mxx)
+        np.multiply(mxx, cov_norm, out=mxx)  # vx
+        np.multiply(muy, muy, out=my)
+        np.subtract(myy, my, out=myy)
+        np.multiply(myy, cov_norm, out=myy)  # vy
+        np.add(mx, my, out=mx)
+        np.add(mx, c1, out=mx)  # B1 = ux^2 + uy^2 + C1
+        np.add(mxx, myy, out=mxx)
+        np.add(mxx, c2, out=mxx)  # B2 = vx + vy + C2
+        np.multiply(mx, mxx, out=mx)  # D = B1 B2
+        np.multiply(mt, mxy, out=mt)
+        np.divide(mt, mx, out=mt)  # S = A1 A2 / D
+        sums.append(float(mt.sum()))
+    return math.fsum(sums) / ((height - 2 * pad) * (width - 2 * pad))
 
 
 def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: str | None = None) -> float:
@@ -377,14 +440,58 @@ def _nrmse_from_sums(err: float, norm: float, size: int) -> float:
     return err / norm
 
 
+#: :func:`_plane_sharpness`'s Gaussian: sigma 1 px, scipy's default truncation (4 sigma); with the Laplacian's
+#: 1 px, a band of rows needs this many rows more on either side.
+_SHARPNESS_SIGMA = 1.0
+_SHARPNESS_HALO = int(4.0 * _SHARPNESS_SIGMA + 0.5) + 1
+
+
 def _plane_sharpness(plane: np.ndarray) -> float:
-    plane = plane.astype(np.float64)
-    # light smoothing first so single-pixel noise does not count as sharpness
-    smooth = ndimage.gaussian_filter(plane, 1.0, mode="reflect")
-    variance = float(smooth.var())
+    """``var(laplace(G * plane)) / var(G * plane)`` (float64, reflected borders), in bands of rows with
+    :data:`_SHARPNESS_HALO` rows of overlap: the filtered values are those of the whole plane bit for bit, and
+    the variances are combined over bands (Chan et al.), as exact as NumPy's to about 1e-15; memory is a few
+    bands (:data:`_BAND_ELEMENTS`), not 4 float64 planes."""
+    height, width = plane.shape
+    halo = _SHARPNESS_HALO
+    bands = list(_bands(height, width, halo))
+    rows = min(height, max(bottom - top for top, bottom in bands) + 2 * halo)
+    x, smooth, lap = (np.empty((rows, width)) for _ in range(3))
+    smooth_stats, lap_stats = [], []
+    for top, bottom in bands:
+        lo, hi = max(0, top - halo), min(height, bottom + halo)
+        bx, bsmooth, blap = x[: hi - lo], smooth[: hi - lo], lap[: hi - lo]
+        np.copyto(bx, plane[lo:hi], casting="unsafe")
+        # light smoothing first so single-pixel noise does not count as sharpness
+        ndimage.gaussian_filter(bx, _SHARPNESS_SIGMA, mode="reflect", output=bsmooth)
+        ndimage.laplace(bsmooth, mode="reflect", output=blap)
+        kept = slice(top - lo, bottom - lo)
+        smooth_stats.append(_moments(bsmooth[kept], bx[kept]))
+        lap_stats.append(_moments(blap[kept], bx[kept]))
+    variance = _combined_variance(smooth_stats)
     if variance == 0:
         return 0.0
-    return float(ndimage.laplace(smooth, mode="reflect").var()) / variance
+    return _combined_variance(lap_stats) / variance
+
+
+def _moments(values: np.ndarray, scratch: np.ndarray) -> tuple[int, float, float]:
+    """``(count, mean, sum of squared deviations)`` of ``values`` as ``np.var`` computes them (``scratch``, of
+    the same shape, is overwritten)."""
+    mean = float(values.sum()) / values.size
+    np.subtract(values, mean, out=scratch)
+    return values.size, mean, float(np.square(scratch, out=scratch).sum())
+
+
+def _combined_variance(parts: Sequence[tuple[int, float, float]]) -> float:
+    """The population variance of the union of parts given by :func:`_moments` (Chan, Golub and LeVeque's
+    pairwise update: no cancellation of large sums of squares)."""
+    count, mean, m2 = parts[0]
+    for n, part_mean, part_m2 in parts[1:]:
+        delta = part_mean - mean
+        total = count + n
+        mean += delta * n / total
+        m2 += part_m2 + delta * delta * count * n / total
+        count = total
+    return m2 / count
 
 
 def sharpness(image: Any, *, axes: str | None = None) -> float:
@@ -883,8 +990,10 @@ def _row(name: str, where: tuple[int, ...] | None, planes: list[_PlaneScores], s
 
 
 def _units_range(plane: np.ndarray) -> tuple[float, float]:
-    """The 1-99.8th percentiles of a plane, as :func:`_units_note` compares them."""
-    return percentile_range(np.asarray(plane, dtype=np.float64))
+    """The 1-99.8th percentiles of a plane, as :func:`_units_note` compares them: of a float64 copy of the
+    pixels that :func:`percentile_range` takes (every k-th of a large plane), made after choosing them - the
+    same values as from a float64 copy of the whole plane, which was two float32 planes of memory."""
+    return percentile_range(np.asarray(percentile_samples(plane), dtype=np.float64))
 
 
 def _units_note(name: str, percentiles: tuple[float, float], ref_percentiles: tuple[float, float]) -> str | None:

@@ -51,12 +51,19 @@ def check_dtype(dtype: np.dtype) -> None:
         )
 
 
-def percentile_range(plane: np.ndarray, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
-    """(lo, hi) intensities at the given percentiles of a 2D plane, sentinels (:data:`SENTINEL_VALUES`) left out;
-    hi > lo always."""
+def percentile_samples(plane: np.ndarray) -> np.ndarray:
+    """The pixels of ``plane`` that :func:`percentile_range` takes, flat: all of them, or every k-th of a plane
+    over :data:`_MAX_PERCENTILE_SAMPLES` pixels (a view where the plane is contiguous)."""
     flat = plane.reshape(-1)
     if flat.size > _MAX_PERCENTILE_SAMPLES:
         flat = flat[:: flat.size // _MAX_PERCENTILE_SAMPLES + 1]
+    return flat
+
+
+def percentile_range(plane: np.ndarray, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
+    """(lo, hi) intensities at the given percentiles of a 2D plane, sentinels (:data:`SENTINEL_VALUES`) left out;
+    hi > lo always."""
+    flat = percentile_samples(plane)
     sentinels = sentinel_mask(flat)
     if sentinels is not None:
         flat = flat[~sentinels]

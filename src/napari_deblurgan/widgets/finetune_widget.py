@@ -442,14 +442,19 @@ class FinetuneWidget(QWidget):
 
     # ------------------------------------------------------------------------------- synthetic preview
     def preview_synthetic_blur(self) -> None:
-        """Blur the sharp layer once with the current settings and add it as a layer (for a visual check).
+        """Blur what the viewer shows of the sharp layer once with the current settings and add it as a layer
+        (for a visual check).
 
-        In a worker thread: a large stack takes a while, and napari must not freeze meanwhile. The layer is
-        added when it is done (``self.preview_worker`` is None again then).
+        Only the shown part is read and blurred (:func:`shown_part`): the YX plane at the sliders' position
+        (every sample of an RGB image; a whole volume in a 3D view), a layer of the input's dimensions with
+        length 1 along the other axes, placed on that plane. A large or lazy (dask, zarr) stack was read and
+        blurred whole for one plane's preview. In a worker thread: a large plane takes a while, and napari must
+        not freeze meanwhile. The layer is added when it is done (``self.preview_worker`` is None again then).
         """
         from napari.qt.threading import create_worker
 
         from .. import synthesize_blur
+        from ..errors import InputError
 
         layer = self.sharp_combo.value()
         if layer is None:
@@ -459,13 +464,19 @@ class FinetuneWidget(QWidget):
             show_error("The synthetic blur preview is still being made; wait for it.")
             return
         # every control is read here, in the GUI thread; the worker only computes
-        settings, seed, axes = self._blur_settings(), self.seed_spin.value(), self._axes()
+        settings, seed = self._blur_settings(), self.seed_spin.value()
 
         data = layer_pixels(layer)  # the layer is read here too; the worker only reads its array
+        try:
+            axes, key, offset = shown_part(self.viewer, layer, data, self._axes())
+        except InputError as exc:
+            show_error(in_panel_words(error_message(exc)))
+            return
 
         def job() -> tuple[str, Any]:
             try:
-                return "ok", synthesize_blur(np.asarray(data), **settings, seed=seed, axes=axes)
+                # data[key] of a dask array is lazy: np.asarray computes the blocks of the shown plane only
+                return "ok", synthesize_blur(np.asarray(data[key]), **settings, seed=seed, axes=axes)
             except user_error_types() as exc:
                 return "error", error_message(exc)
 
@@ -480,7 +491,8 @@ class FinetuneWidget(QWidget):
             name = unique_name(self.viewer, f"{layer.name} synthetic blur")
             gone = gone_note(self.viewer, layer, name)
             kwargs = result_layer_kwargs(layer, name=name)
-            kwargs["metadata"] = {"psf": psf, "napari_deblurgan_blur": settings}
+            kwargs["translate"] = offset_translate(layer, offset)  # on the plane it comes from
+            kwargs["metadata"] = {"psf": psf, "napari_deblurgan_blur": settings, "napari_deblurgan_start": offset}
             self.viewer.add_image(blurred, **kwargs)
             if gone:  # the status line belongs to training; a note says it
                 show_info(f"Added {name!r}.{gone}")
@@ -897,3 +909,46 @@ def _trains_on_rgb(data: dict[str, Any]) -> bool:
         return resolve_axes(np.shape(data["blurred"]), data.get("axes")).endswith("S")
     except Exception:  # axes the run itself will refuse, with its own message
         return False
+
+
+def shown_part(
+    viewer: napari.Viewer, layer: Any, data: Any, axes: str | None
+) -> tuple[str, tuple[slice, ...], tuple[int, ...]]:
+    """What the synthetic blur preview blurs of ``layer`` (its pixels ``data``): the part the viewer shows.
+
+    Returns ``(axes, key, start)``: the axes string of ``data`` (``axes``, or inferred from its shape; an
+    InputError when it does not fit), ``data[key]`` (every axis kept, with length 1 along the axes that a
+    slider sets: the YX plane at the sliders' position, rounded as napari rounds it, with all of an RGB
+    image's samples; an axis that the viewer displays, as Z in a 3D view, whole) and ``start``, the first
+    index along each of the layer's dimensions (the data's, less an RGB layer's samples)."""
+    from ..blur.synthesize import resolve_image_axes
+
+    axes = resolve_image_axes(data, axes)
+    shape = tuple(data.shape)
+    ndim = layer.ndim  # the layer's dimensions: data axes without an RGB layer's trailing samples
+    position = np.asarray(layer.world_to_data(viewer.dims.point), dtype=float)
+    offset = viewer.dims.ndim - ndim  # napari aligns a layer's dimensions with the trailing world ones
+    displayed = {w - offset for w in viewer.dims.displayed if w >= offset}
+    key: list[slice] = []
+    start: list[int] = []
+    for i, letter in enumerate(axes):
+        if letter in "YXS" or i >= ndim or i in displayed:
+            key.append(slice(None))
+            start.append(0)
+        else:
+            index = int(np.clip(np.round(position[i]), 0, shape[i] - 1))
+            key.append(slice(index, index + 1))
+            start.append(index)
+    return axes, tuple(key), tuple(start[:ndim])
+
+
+def offset_translate(layer: Any, start: tuple[int, ...]) -> tuple[float, ...]:
+    """The ``translate`` that puts a part of ``layer``'s data that starts at index ``start`` (one per layer
+    dimension) where that part is in the world: the layer's own transform of ``start`` (scale, rotation and
+    shear included)."""
+    from napari.utils.transforms import CompositeAffine
+
+    physical = CompositeAffine(
+        scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear, ndim=layer.ndim
+    )
+    return tuple(float(v) for v in physical(np.asarray(start, dtype=float)))
