@@ -165,9 +165,11 @@ def test_lazy_path_computes_each_plane_group_once_with_a_joint_model(make_tiny_m
         assert tif.is_ome and tif.series[0].axes == axes
 
 
-def test_lazy_path_memory_does_not_grow_with_the_file(tiny_model_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_lazy_path_memory_does_not_grow_with_the_file(tiny_model_file, tmp_path, monkeypatch, compression):
     """The lazy path exists for files larger than memory: NumPy's peak allocation stays the same for a file 4x
-    larger (dask's from_array copied a memmap whole before the pages were wrapped)."""
+    larger (dask's from_array copied a memmap whole before the pages were wrapped; a compressed file was read
+    whole, and its result held whole)."""
     import tracemalloc
 
     monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
@@ -175,7 +177,7 @@ def test_lazy_path_memory_does_not_grow_with_the_file(tiny_model_file, tmp_path,
     def peak_bytes(planes: int) -> tuple[int, int]:
         data = (np.random.default_rng(3).random((planes, 128, 128)) * 3000).astype(np.uint16)
         inp, out = tmp_path / f"in{planes}.tif", tmp_path / f"out{planes}.tif"
-        tifffile.imwrite(inp, data, imagej=True, metadata={"axes": "ZYX"})
+        tifffile.imwrite(inp, data, imagej=True, metadata={"axes": "ZYX"}, compression=compression)
         del data
         tracemalloc.start()
         try:
@@ -188,6 +190,104 @@ def test_lazy_path_memory_does_not_grow_with_the_file(tiny_model_file, tmp_path,
     small, small_file = peak_bytes(48)
     large, large_file = peak_bytes(192)
     assert large - small < 0.25 * (large_file - small_file), (small, large)
+
+
+def _refuse_whole_reads(monkeypatch):
+    """Make any read of a whole TIFF series fail (the CLI's read_series, and tifffile's asarray without a page
+    key); returns the list of the page keys read one at a time."""
+    keys = []
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the whole series was read into memory")
+
+    real_asarray = tifffile.TiffFile.asarray
+
+    def page_by_page(self, *args, **kwargs):
+        if kwargs.get("key") is None:
+            refuse()
+        keys.append(kwargs["key"])
+        return real_asarray(self, *args, **kwargs)
+
+    monkeypatch.setattr(deblur_command, "read_series", refuse)
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", page_by_page)
+    return keys
+
+
+def _without_uuids(xml):
+    return re.sub(r'UUID="[^"]*"', "", xml or "")
+
+
+@pytest.mark.parametrize(
+    ("kind", "compression"),
+    [("imagej", "zlib"), ("ome-czyx-joint", "lzw"), ("ome-zcyx-joint", "zlib"), ("plain-tiled", "zlib")],
+)
+def test_a_compressed_stack_is_deblurred_page_by_page(make_tiny_model, tmp_path, monkeypatch, kind, compression):
+    """A compressed stack above the lazy threshold was read whole (tifffile cannot memory-map it), whatever its
+    size: now its pages are decoded one at a time, and the output, compressed as the input, is the in-memory
+    path's to the last bit, with the same axes and metadata. The joint (2-channel) cases put a plane's pages
+    next to each other in the file (ZCYX) or a channel stack apart (CZYX)."""
+    rng = np.random.default_rng(5)
+    channels = 2 if "joint" in kind else 1
+    model_file = make_tiny_model(channels=channels).save(tmp_path / "model.pt")
+    inp = tmp_path / "in.tif"
+    if kind == "imagej":
+        data = (rng.random((4, 40, 48)) * 4000).astype(np.uint16)
+        kw = dict(imagej=True, metadata={"axes": "ZYX", "spacing": 0.5, "unit": "um"}, resolution=(10.0, 10.0))
+    elif kind.startswith("ome"):
+        axes = kind.split("-")[1].upper()
+        data = (rng.random((2, 3, 40, 40) if axes == "CZYX" else (3, 2, 40, 40)) * 4000).astype(np.uint16)
+        kw = dict(ome=True, metadata={"axes": axes, "PhysicalSizeX": 0.2, "Channel": {"Name": ["a", "b"]}})
+    else:
+        data = (rng.random((3, 40, 48)) * 4000).astype(np.uint16)
+        kw = dict(tile=(16, 16), description="a plain stack", metadata=None, photometric="minisblack")
+    tifffile.imwrite(inp, data, compression=compression, **kw)
+    eager, lazy = tmp_path / "eager.tif", tmp_path / "lazy.tif"
+    assert main(["deblur", str(inp), "-o", str(eager), "--model", str(model_file), "-q"]) == 0
+
+    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 100)  # far below this stack
+    keys = _refuse_whole_reads(monkeypatch)
+    assert main(["deblur", str(inp), "-o", str(lazy), "--model", str(model_file), "-q"]) == 0
+    monkeypatch.undo()
+    pages = int(np.prod(data.shape[:-2]))
+    assert sorted(keys) == list(range(pages)), keys  # each page decoded on its own, once
+    assert _files(tmp_path) == {"in.tif", "model.pt", "eager.tif", "lazy.tif"}  # no scratch file left
+    np.testing.assert_array_equal(tifffile.imread(lazy), tifffile.imread(eager))
+    with tifffile.TiffFile(eager) as e, tifffile.TiffFile(lazy) as z:
+        assert z.series[0].dtype == e.series[0].dtype == data.dtype
+        assert z.series[0].axes == e.series[0].axes and z.series[0].shape == data.shape
+        assert z.pages[0].compression == e.pages[0].compression == {"zlib": 8, "lzw": 5}[compression]
+        assert len(z.pages) == len(e.pages) == pages
+        assert _without_uuids(z.pages[0].description) == _without_uuids(e.pages[0].description)
+        assert z.pages[0].resolution == e.pages[0].resolution
+        assert z.imagej_metadata == e.imagej_metadata
+
+
+def test_a_compressed_stack_is_written_as_it_is_deblurred_and_atomically(tiny_model_file, tmp_path,
+                                                                         monkeypatch, capsys):
+    """The lazy path writes each plane as it is done (the in-memory one only at the end): the temporary file
+    grows while later planes are deblurred, and an interruption mid-way leaves neither the output nor its
+    temporary file."""
+    rng = np.random.default_rng(6)
+    data = (rng.random((5, 256, 256)) * 4000).astype(np.uint16)
+    inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
+    tifffile.imwrite(inp, data, imagej=True, metadata={"axes": "ZYX"}, compression="zlib")
+    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 100)
+    monkeypatch.setenv("TIFFFILE_NUM_THREADS", "1")  # tifffile compresses each page as it comes
+    sizes = []
+    real = deblur_module._deblur_numpy
+
+    def deblur_then_interrupt(block, *args, **kwargs):
+        sizes.append(sum(p.stat().st_size for p in tmp_path.glob(".out.tif.*.part")))
+        if len(sizes) == 4:
+            raise KeyboardInterrupt  # Ctrl-C while the 4th plane is deblurred
+        return real(block, *args, **kwargs)
+
+    monkeypatch.setattr(deblur_module, "_deblur_numpy", deblur_then_interrupt)
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert len(sizes) == 4 and sizes[3] > sizes[1] > 0, sizes
+    print(sizes)  # planes 1-3 went to disk as they were done
+    assert _files(tmp_path) == {"in.tif", "tiny.pt"}
 
 
 def test_axes_override_and_bad_axes(tiny_model_file, imagej_stack, tmp_path, capsys):
@@ -564,7 +664,7 @@ def test_interrupt_while_writing_leaves_nothing(tiny_model_file, small_image, tm
 
 
 @pytest.mark.parametrize(
-    ("signame", "lazy"), [("SIGTERM", False), ("SIGTERM", True), ("SIGHUP", False)]
+    ("signame", "lazy"), [("SIGTERM", False), ("SIGTERM", True), ("SIGTERM", "zlib"), ("SIGHUP", False)]
 )
 def test_sigterm_and_sighup_stop_like_ctrl_c(tiny_model_file, imagej_stack, tmp_path, capsys, monkeypatch,
                                              signame, lazy):
@@ -578,6 +678,10 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(tiny_model_file, imagej_stack, tmp_
     out = tmp_path / "out.tif"
     if lazy:
         monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
+    if lazy == "zlib":  # compressed: read page by page, and the output streamed, compressed as the input
+        with tifffile.TiffFile(inp) as tif:
+            metadata = tif.imagej_metadata
+        tifffile.imwrite(inp, tifffile.imread(inp), imagej=True, metadata=metadata, compression="zlib")
     parts = []
 
     def signal_once_written(path, info):  # the whole output is in the temporary file when the signal comes
@@ -596,7 +700,8 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(tiny_model_file, imagej_stack, tmp_
     finally:
         signal.signal(signum, before)
     assert status == 128 + signum
-    assert parts and parts[0] > 3 * 40 * 48 * 2  # the signal came with a full-size temporary file on disk
+    # the signal came with a full-size temporary file on disk (compressed: with all its pages)
+    assert parts and parts[0] > (3 * 40 * 48 if lazy == "zlib" else 3 * 40 * 48 * 2)
     assert f"stopped by {signame}; no output was written" in capsys.readouterr().err
     assert _files(tmp_path) == {"stack.tif", "tiny.pt"}
 

@@ -10,13 +10,16 @@ DeltaT, exposure and stage position; a plain TIFF's description, Software and Da
 tifffile's JSON metadata). It is written to a temporary file next to the target and renamed at the end, so an
 interrupted run leaves no partial output; the input is never overwritten.
 
-Inputs larger than :data:`LARGE_FILE_BYTES` that are stored uncompressed are memory-mapped and processed
-lazily with dask, plane by plane, into a memory-mapped output, so they need not fit in memory.
+Images larger than :data:`LARGE_FILE_BYTES` (decoded) are processed lazily with dask, plane by plane, whatever
+their compression: read a page at a time (memory-mapped where stored uncompressed and contiguous, else
+decoded page by page by tifffile) and written as each plane is done (into a memory-mapped output, or, for a
+compressed output, as a stream of compressed pages), so they need not fit in memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -30,8 +33,12 @@ from typing import Any
 from ..atomic_files import check_writable
 from ..errors import InputError
 
-#: Uncompressed inputs bigger than this are memory-mapped and deblurred lazily (plane by plane).
-LARGE_FILE_BYTES = 1 << 30
+#: Images bigger than this (decoded: ``series.nbytes``, whatever the file's compression) are read and deblurred
+#: lazily, plane by plane, and written as each plane is done. 64 MiB: the in-memory path holds the input, its
+#: float32 work copies and the result (about 3.6x the image measured, 1.5 GB for a 419 MB stack), which stays
+#: small below this; above it, the lazy path's cost (one dask block per plane, a page decoded or mapped per
+#: read) is nothing next to the model's work on each plane, and memory follows a plane, not the file.
+LARGE_FILE_BYTES = 64 << 20
 
 #: Axis letters napari-deblurgan understands (see axes.py); tifffile may report others.
 OUR_AXES = "TZCYXS"
@@ -613,32 +620,30 @@ def _deblur_file(args: argparse.Namespace) -> Any:
         tif = tifffile.TiffFile(inp)
     except (tifffile.TiffFileError, ValueError) as exc:
         raise InputError(f"Cannot read {str(inp)!r} as TIFF: {exc}") from None
-    with tif:
+    with tif:  # open until the end: the lazy path reads its pages as it goes
         info = read_tiff_info(tif, args.axes)
         series = tif.series[0]
-        lazy = False
+        pages = None
         # The lazy path writes page by page, so the planes must be the trailing YX (or YXS) axes.
         trailing_planes = info.axes.endswith(("YX", "YXS"))
-        if series.nbytes > LARGE_FILE_BYTES and series.dataoffset is not None and trailing_planes:
-            data = tifffile.memmap(inp, series=0, mode="r")
-            lazy = True
-        else:
-            data = read_series(series, inp)
+        if series.nbytes > LARGE_FILE_BYTES and trailing_planes:
+            pages = lazy_pages(tif, inp)
+        data = pages if pages is not None else read_series(series, inp)
         note_other_series(tif, inp)  # notes are not progress: -q keeps them, as finetune's -q does
-    if info.note:
-        print(f"note: {info.note}", file=sys.stderr)
-    if data.shape != info.shape:  # tifffile squeezes the same way for series and asarray; be sure
-        raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r}; pass --axes.")
+        if info.note:
+            print(f"note: {info.note}", file=sys.stderr)
+        if data.shape != info.shape:  # tifffile squeezes the same way for series and asarray; be sure
+            raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r}; pass --axes.")
 
-    kw = write_kwargs(info)
-    if not lazy:
-        _deblur_and_write(args, model, data, info.axes, out, lambda tmp, result: write_tiff(tmp, result, info, kw))
-        return info
-    bar = ProgressBar("deblur", enabled=not args.quiet)
-    try:
-        _deblur_lazy(data, info, _deblur_common(args, model, info.axes), out, kw, bar)
-    finally:
-        bar.close()
+        kw = write_kwargs(info)
+        if pages is None:
+            _deblur_and_write(args, model, data, info.axes, out, lambda tmp, result: write_tiff(tmp, result, info, kw))
+            return info
+        bar = ProgressBar("deblur", enabled=not args.quiet)
+        try:
+            _deblur_lazy(pages, info, _deblur_common(args, model, info.axes), out, kw, bar)
+        finally:
+            bar.close()
     return info
 
 
@@ -710,6 +715,25 @@ def write_tiff(tmp: Path, result: Any, info: TiffInfo, kw: dict[str, Any]) -> No
     restore_planes(tmp, info)
 
 
+def lazy_pages(tif: Any, path: Path, raw_memmap: bool = False) -> Any:
+    """The first series of the open ``tifffile.TiffFile`` ``tif`` (of ``path``) as a lazy array that reads only
+    the regions asked for: a memory map where its pixels are stored uncompressed in one piece (wrapped for
+    dask in :class:`MemmapPages`, unless ``raw_memmap``), else a :class:`TiffPages` reader that decodes the
+    pages a region needs, one at a time (compressed, tiled or scattered pages; it keeps ``tif`` open); None
+    where the series' pages do not tile its shape (then it is read whole)."""
+    import tifffile
+
+    series = tif.series[0]
+    if series.dataoffset is not None:  # uncompressed and contiguous: mapped, the fastest way to read it
+        try:
+            mapped = tifffile.memmap(path, series=0, mode="r")
+        except ValueError:
+            pass
+        else:
+            return mapped if raw_memmap else MemmapPages(mapped)
+    return TiffPages.of(tif)
+
+
 class MemmapPages:
     """A read-only memory-mapped array as dask should see it: shape, dtype and region reads, nothing else.
 
@@ -717,6 +741,10 @@ class MemmapPages:
     issue #11850), which is the very thing the lazy path exists to avoid; and it would tokenize one by hashing
     its bytes. This wrapper has no ``.copy`` and a token made of the file's identity.
     """
+
+    #: the size of one page of the file, in elements: see TiffPages.page_size (not used for a memory map,
+    #: whose output is itself a memory map)
+    page_size = None
 
     def __init__(self, array: Any) -> None:
         self._array = array
@@ -734,9 +762,108 @@ class MemmapPages:
                 str(self.dtype), stamp)
 
 
-def _deblur_lazy(data: Any, info: TiffInfo, common: dict, out: Path, kw: dict, bar: Any) -> None:
-    """Memory-mapped input -> dask -> deblur lazily -> each block computed once, straight into a
-    memory-mapped output file (bounded memory: one block at a time)."""
+class TiffPages:
+    """The first series of an open TIFF as a lazy array, read page by page through tifffile (``series.asarray(
+    key=i)``, tifffile's own reader of one page of a series): a region read decodes only the pages it covers,
+    one at a time, so memory follows a page, not the file, whatever the compression. For data that cannot be
+    memory-mapped (zlib, LZW, ... or pages scattered through the file); the reader keeps ``tif`` open and
+    closes it with :meth:`close` (or when it is garbage-collected)."""
+
+    def __init__(self, tif: Any, lead_ndim: int) -> None:
+        import threading
+
+        series = tif.series[0]
+        self._tif, self._series, self._lock = tif, series, threading.Lock()
+        self.shape, self.dtype, self.ndim = tuple(series.shape), series.dtype, len(series.shape)
+        self._lead = self.shape[:lead_ndim]  # one page per index of these axes, in C order, as asarray stacks them
+        self._page_shape = self.shape[lead_ndim:]
+        #: elements in one page of the file: the unit a compressed output is streamed in
+        self.page_size = math.prod(self._page_shape)
+
+    @classmethod
+    def of(cls, tif: Any) -> TiffPages | None:
+        """A reader of ``tif``'s first series, or None if its pages are not the trailing axes of its shape
+        (tifffile's squeezed shape: the page's own axes of length 1 may be gone, which changes nothing)."""
+        series = tif.series[0]
+        shape = tuple(series.shape)
+        try:
+            count, page_size = len(series), math.prod(series.keyframe.shape)
+        except (TypeError, AttributeError, ValueError):
+            return None
+        if count * page_size != math.prod(shape) or page_size == 0 or getattr(series, "transform", None):
+            return None
+        for lead_ndim in range(len(shape) + 1):
+            if math.prod(shape[lead_ndim:]) == page_size:
+                return cls(tif, lead_ndim)
+        return None
+
+    def _page(self, index: int) -> Any:
+        """Page ``index`` (C order over the leading axes) in the page axes' shape; zeros for a missing page,
+        as tifffile's whole-series read gives them."""
+        import numpy as np
+
+        with self._lock:  # one file handle: its seeks and reads must not interleave
+            try:
+                if self._series[index] is None:
+                    return np.zeros(self._page_shape, self.dtype)
+                return self._series.asarray(key=index).reshape(self._page_shape)
+            except (ValueError, OSError, RuntimeError) as exc:  # as read_series says it of a whole read
+                hint = " (install it: pip install imagecodecs)" if "imagecodecs" in str(exc) else ""
+                raise InputError(f"Cannot read the pixels of {self._tif.filehandle.path!r}: {exc}{hint}") from None
+
+    def __getitem__(self, key: Any) -> Any:
+        import numpy as np
+
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        if len(key) != self.ndim or not all(isinstance(k, (slice, int, np.integer)) for k in key):
+            raise IndexError(f"TiffPages takes integers and slices, one per axis (of {self.ndim}); got {key!r}")
+        lead, within = key[: len(self._lead)], key[len(self._lead) :]
+        ranges = [range(n)[k] for k, n in zip(lead, self._lead, strict=True)]
+        kept = [len(r) for r in ranges if isinstance(r, range)]
+        picks = [r if isinstance(r, range) else (r,) for r in ranges]
+        planes = [
+            self._page(int(np.ravel_multi_index(index, self._lead)) if self._lead else 0)[within]
+            for index in _product(picks)
+        ]
+        if not planes:  # an empty selection along a leading axis
+            return np.empty((*kept, *np.empty(self._page_shape, self.dtype)[within].shape), self.dtype)
+        out = np.empty((len(planes), *planes[0].shape), self.dtype)
+        for i, plane in enumerate(planes):
+            out[i] = plane
+        return out.reshape(*kept, *planes[0].shape)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def close(self) -> None:
+        self._tif.close()
+
+    def __dask_tokenize__(self) -> tuple:
+        filename = self._tif.filehandle.path
+        return ("napari-deblurgan-tiffpages", filename, os.stat(filename).st_mtime_ns, self.shape, str(self.dtype))
+
+
+def _product(ranges: list[Any]) -> Any:
+    """itertools.product of ``ranges`` (C order)."""
+    import itertools
+
+    return itertools.product(*ranges)
+
+
+def _deblur_lazy(pages: Any, info: TiffInfo, common: dict, out: Path, kw: dict, bar: Any) -> None:
+    """Lazy input (:func:`lazy_pages`) -> dask -> deblur lazily -> each block computed once and written as it is
+    done: into a memory-mapped output, or, for a compressed output, as a stream of compressed pages (bounded
+    memory: one block at a time)."""
+    import tempfile
+
     import dask.array as da
     import numpy as np
     import tifffile
@@ -750,34 +877,104 @@ def _deblur_lazy(data: Any, info: TiffInfo, common: dict, out: Path, kw: dict, b
     page_axes = "YXS" if info.axes.endswith("YXS") else "YX"
     keep_whole = set(page_axes) | ({"C", "S"} if common["model"].channel_mode == "joint" else {"S"})
     chunks = tuple(-1 if a in keep_whole else 1 for a in info.axes)
-    pages = MemmapPages(data)
     # meta given: otherwise dask reads a block to guess the array type
     result = deblur(da.from_array(pages, chunks=chunks, meta=np.empty((0,) * pages.ndim, pages.dtype)), **common)
     page_count = math.prod(info.shape[: len(info.axes) - len(page_axes)])
     page_size = math.prod(info.shape[len(info.axes) - len(page_axes) :])
     bounds = [np.cumsum((0, *sizes)) for sizes in result.chunks]
 
-    # Written through a memory map of the output, not as a stream of pages in file order: the pages of one
-    # block need not be neighbours in the file (a joint model's channels lie a whole channel stack apart when
-    # C comes before Z, as in CZYX), and a stream had to compute such a block again for each of its pages
-    # (C times the work) or hold its other pages until their turn (most of the output). The lazy path only
-    # takes uncompressed inputs (memory-mappable), so ``kw`` asks for no compression, which a map cannot hold.
+    def blocks() -> Any:
+        """(region, block) of each block of the result, computed one at a time in the order of the block grid
+        (C order), the progress bar moved as each is handed on (written)."""
+        done = 0
+        for index in np.ndindex(*result.numblocks):
+            region = tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, index, strict=True))
+            block = np.asarray(result.blocks[index].compute())
+            yield region, block
+            done += block.size // page_size
+            bar(done, page_count)
+
+    def fill(target: Any) -> None:
+        for region, block in blocks():
+            target[region] = block
+
+    # An uncompressed output is written through a memory map of the output, not as a stream of pages in file
+    # order: the pages of one block need not be neighbours in the file (a joint model's channels lie a whole
+    # channel stack apart when C comes before Z, as in CZYX), and a stream had to compute such a block again
+    # for each of its pages (C times the work) or hold its other pages until their turn (most of the output).
+    # A compressed output (the input's lossless compression, kept) cannot be mapped: it is streamed, page by
+    # page in file order, through the same writer as the in-memory path (write_tiff) - straight from the
+    # blocks where they come in file order (every block but such a joint CZYX one), else from an uncompressed
+    # scratch map of the output that the blocks are written into first (disk, not memory).
     with atomic_write(out) as tmp:
-        target = tifffile.memmap(tmp, shape=info.shape, dtype=info.dtype, **kw)
-        try:
-            done = 0
-            for index in np.ndindex(*result.numblocks):
-                region = tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, index, strict=True))
-                block = np.asarray(result.blocks[index].compute())
-                target[region] = block
-                done += block.size // page_size
-                bar(done, page_count)
-            target.flush()
-        finally:
-            del target  # unmapped before atomic_write renames (or removes) the file
-        restore_description(tmp, info)
-        restore_planes(tmp, info)
-        _fsync(tmp)  # the header imwrite wrote, and the pages flush() wrote back
+        if "compression" not in kw:
+            target = tifffile.memmap(tmp, shape=info.shape, dtype=info.dtype, **kw)
+            try:
+                fill(target)
+                target.flush()
+            finally:
+                del target  # unmapped before atomic_write renames (or removes) the file
+            restore_description(tmp, info)
+            restore_planes(tmp, info)
+        else:
+            unit = pages.page_size or page_size  # what tifffile takes per item: one page of the file
+            # tifffile's encoder holds buffersize bytes of strips at a time (512 MiB by default: the whole
+            # output of a smaller file): one page's worth keeps the stream as small as the blocks
+            stream = {"shape": info.shape, "dtype": info.dtype, "buffersize": unit * np.dtype(info.dtype).itemsize}
+            if _in_file_order(result.numblocks, info.shape):
+                write_tiff(tmp, _split_pages((block for _, block in blocks()), unit), info, {**kw, **stream})
+            else:
+                # named as atomic_write names its temporary files: a killed run's one is removed as stale too
+                fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=tmp.parent)
+                os.close(fd)
+                try:
+                    _write_through_scratch(name, fill, info, unit, lambda items: write_tiff(tmp, items, info,
+                                                                                            {**kw, **stream}))
+                finally:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name)
+        _fsync(tmp)  # the header imwrite wrote, and the pages flush() (or the stream) wrote
+
+
+def _write_through_scratch(name: str, fill: Callable[[Any], None], info: TiffInfo, unit: int,
+                           write: Callable[[Any], None]) -> None:
+    """``fill`` an uncompressed memory map of the output in the file ``name``, then ``write`` its pages, in
+    file order, ``unit`` elements each."""
+    import numpy as np
+
+    scratch = np.memmap(name, dtype=info.dtype, mode="w+", shape=info.shape)
+    fill(scratch)
+    flat = scratch.reshape(-1)
+    write(flat[i : i + unit] for i in range(0, flat.size, unit))
+
+
+def _in_file_order(numblocks: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a result's blocks, taken in C order and each flattened, run through the image in C (file)
+    order: no axis split into blocks after an axis (longer than 1) that each block holds whole."""
+    whole_seen = False
+    for blocks, size in zip(numblocks, shape, strict=True):
+        if blocks > 1 and whole_seen:
+            return False
+        whole_seen = whole_seen or (blocks == 1 and size > 1)
+    return True
+
+
+def _split_pages(blocks: Any, unit: int) -> Any:
+    """The C-order elements of ``blocks`` (arrays, in file order) as flat pieces of ``unit`` elements (one
+    page of the file each, as tifffile's writer takes an iterator), whatever the blocks' own sizes."""
+    import numpy as np
+
+    rest = None
+    for block in blocks:
+        flat = np.ascontiguousarray(block).reshape(-1)
+        if rest is not None:
+            flat = np.concatenate((rest, flat))
+        whole = flat.size - flat.size % unit
+        for i in range(0, whole, unit):
+            yield flat[i : i + unit]
+        rest = flat[whole:] if whole < flat.size else None
+    if rest is not None:
+        raise ValueError(f"the blocks hold {rest.size} elements past the last whole page of {unit}")
 
 
 def _fsync(path: Path) -> None:

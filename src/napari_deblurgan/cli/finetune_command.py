@@ -200,10 +200,12 @@ def read_images(paths: list[str], axes: str | None, flag: str) -> tuple[list[Any
 
 
 def read_image(path: str | Path, axes: str | None) -> tuple[Any, str]:
-    """The first series of a TIFF file (memory-mapped when large and uncompressed) and its axes."""
+    """The first series of a TIFF file and its axes: in memory when small; when larger than
+    :data:`~.deblur_command.LARGE_FILE_BYTES` (decoded), a lazy array that training reads crops from, whatever
+    the file's compression (a memory map of uncompressed pixels, else pages decoded one at a time)."""
     import tifffile
 
-    from .deblur_command import LARGE_FILE_BYTES, note_other_series, read_series, read_tiff_info
+    from .deblur_command import LARGE_FILE_BYTES, lazy_pages, note_other_series, read_series, read_tiff_info
 
     path = Path(path)
     if not path.is_file():
@@ -212,15 +214,20 @@ def read_image(path: str | Path, axes: str | None) -> tuple[Any, str]:
         tif = tifffile.TiffFile(path)
     except (tifffile.TiffFileError, ValueError) as exc:
         raise InputError(f"Cannot read {str(path)!r} as TIFF: {exc}") from None
-    with tif:
+    data = None
+    try:
         info = read_tiff_info(tif, axes)
         series = tif.series[0]
-        # Training reads random crops: a memory map keeps a large stack on disk.
-        if series.nbytes > LARGE_FILE_BYTES and series.dataoffset is not None:
-            data = tifffile.memmap(path, series=0, mode="r")
-        else:
+        # Training reads random crops (np.asarray(array[key]) in data/pairs.py): a large stack stays on disk,
+        # memory-mapped, or read through a TiffPages reader (compressed), which keeps the file open
+        if series.nbytes > LARGE_FILE_BYTES:
+            data = lazy_pages(tif, path, raw_memmap=True)
+        if data is None:
             data = read_series(series, path)
         note_other_series(tif, path)
+    finally:
+        if getattr(data, "_tif", None) is not tif:
+            tif.close()
     if data.shape != info.shape:
         raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r} in {path}; pass --axes.")
     return data, info.axes
