@@ -583,13 +583,13 @@ def test_precision_flag_reaches_the_training(files, capsys):
 def test_a_compressed_training_stack_is_read_a_page_at_a_time(files, capsys, monkeypatch):
     """A compressed stack above the lazy threshold was loaded whole for training (tifffile cannot memory-map
     it), whatever its size: training now reads its crops through a reader that decodes one page at a time."""
-    from napari_deblurgan.cli import deblur_command
+    from napari_deblurgan.cli import deblur_command, finetune_command
 
     sharp = np.stack([(samples.cells((96, 96), seed=s) * 4000).astype(np.uint16) for s in (2, 3, 4)])
     blurred = ndimage.gaussian_filter(sharp.astype(np.float32), (0, 1.5, 1.5)).astype(np.uint16)
     for name, data in (("sharp_z.tif", sharp), ("blurred_z.tif", blurred)):
         tifffile.imwrite(files / name, data, imagej=True, metadata={"axes": "ZYX"}, compression="zlib")
-    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 100)  # far below these stacks
+    monkeypatch.setattr(finetune_command, "TRAINING_IN_MEMORY_BYTES", 100)  # far below these stacks
     keys = []
     real_asarray = tifffile.TiffFile.asarray
 

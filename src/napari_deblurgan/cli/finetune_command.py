@@ -199,13 +199,19 @@ def read_images(paths: list[str], axes: str | None, flag: str) -> tuple[list[Any
     return images, all_axes[0]
 
 
+#: Training stacks up to this size (decoded) are read into memory, above it lazily. Higher than deblur's
+#: LARGE_FILE_BYTES (64 MiB): training reads random crops over and over, which an in-memory array serves from
+#: the normalised plane cache (data/pairs.py), while a compressed lazy stack decodes a whole page per crop.
+TRAINING_IN_MEMORY_BYTES = 1 << 30
+
+
 def read_image(path: str | Path, axes: str | None) -> tuple[Any, str]:
-    """The first series of a TIFF file and its axes: in memory when small; when larger than
-    :data:`~.deblur_command.LARGE_FILE_BYTES` (decoded), a lazy array that training reads crops from, whatever
-    the file's compression (a memory map of uncompressed pixels, else pages decoded one at a time)."""
+    """The first series of a TIFF file and its axes: in memory up to :data:`TRAINING_IN_MEMORY_BYTES`
+    (decoded); larger, a lazy array that training reads crops from, whatever the file's compression (a memory
+    map of uncompressed pixels, else pages decoded one at a time)."""
     import tifffile
 
-    from .deblur_command import LARGE_FILE_BYTES, lazy_pages, note_other_series, read_series, read_tiff_info
+    from .deblur_command import lazy_pages, note_other_series, read_series, read_tiff_info
 
     path = Path(path)
     if not path.is_file():
@@ -220,7 +226,7 @@ def read_image(path: str | Path, axes: str | None) -> tuple[Any, str]:
         series = tif.series[0]
         # Training reads random crops (np.asarray(array[key]) in data/pairs.py): a large stack stays on disk,
         # memory-mapped, or read through a TiffPages reader (compressed), which keeps the file open
-        if series.nbytes > LARGE_FILE_BYTES:
+        if series.nbytes > TRAINING_IN_MEMORY_BYTES:
             data = lazy_pages(tif, path, raw_memmap=True)
         if data is None:
             data = read_series(series, path)

@@ -325,7 +325,7 @@ class _Source:
     ) -> np.ndarray | None:
         """The whole normalised plane from the cache (normalised and stored on first use while the budget
         allows), or None: not an in-memory NumPy array (a memory map or lazy reader stays on disk: the CLI
-        reads TIFFs over 64 MiB lazily precisely to keep them there), or over budget."""
+        reads training TIFFs over 1 GiB lazily precisely to keep them there), or over budget."""
         if self.cache is None or not isinstance(array, np.ndarray) or isinstance(array, np.memmap):
             return None
         key = (id(self), which, index, channel)
