@@ -260,6 +260,48 @@ def test_deblurs_warnings_are_notifications_in_the_panels_words(viewer_and_widge
     assert not [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
 
 
+def test_two_jobs_at_once_each_show_their_own_warnings_and_leave_the_hook_as_it_was(qtbot, notifications):
+    """superqt swaps the process-wide ``warnings.showwarning`` inside ``catch_warnings()`` in each worker thread:
+    with two jobs at once, one job's warning came out with the other panel's prefix, the other's reached only
+    the terminal, and the last job to end left its hook behind, so that later main-thread warnings were shown
+    as a panel's."""
+    import threading
+    import warnings
+
+    from napari_deblurgan.widgets._common import create_cancellable_worker
+
+    original = warnings.showwarning
+    filters = list(warnings.filters)
+    a_started, b_started, a_ended = threading.Event(), threading.Event(), threading.Event()
+
+    def job_a():
+        a_started.set()
+        assert b_started.wait(10)
+        warnings.warn("from A", UserWarning, stacklevel=1)
+
+    def job_b():
+        b_started.set()
+        assert a_ended.wait(10)  # A's job is over (its worker thread has left the job): B warns after it
+        warnings.warn("from B", UserWarning, stacklevel=1)
+
+    worker_a = create_cancellable_worker(job_a, _cancel=threading.Event(), _warning_prefix="Deblur: ")
+    worker_b = create_cancellable_worker(job_b, _cancel=threading.Event(), _warning_prefix="Compare: ")
+    worker_a.finished.connect(a_ended.set)
+    with qtbot.waitSignal(worker_b.finished, timeout=20_000):
+        worker_a.start()
+        assert a_started.wait(10)
+        worker_b.start()
+    qtbot.wait(50)
+    assert sorted(warnings_shown(notifications)) == ["Compare: from B", "Deblur: from A"], notifications
+    assert warnings.showwarning is original
+    assert warnings.filters == filters
+    notifications.clear()
+    with pytest.warns(UserWarning, match="from the main thread"):
+        warnings.warn("from the main thread", UserWarning, stacklevel=1)
+    qtbot.wait(50)
+    assert not warnings_shown(notifications)
+
+
 def test_the_layer_menus_warnings_are_notifications(make_napari_viewer, tiny_model_file, qtbot, monkeypatch,
                                                     notifications):
     """The layer menu's jobs show deblur()'s warnings too, once, naming the layer."""

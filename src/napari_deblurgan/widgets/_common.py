@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QEvent, QObject, Signal
@@ -58,6 +60,111 @@ def show_warning(message: str) -> None:
 #: Categories a panel does not show: Python's own defaults hide them from users (they are for developers), but
 #: superqt's worker shows every warning ("always"), e.g. a library's deprecation raised while a job runs.
 _DEVELOPER_WARNINGS: tuple[type[Warning], ...] = (DeprecationWarning, PendingDeprecationWarning)
+
+
+class _WarningRoutes:
+    """Sends each warning to the worker job running in the thread that raised it.
+
+    ``warnings.showwarning`` and the filters are process-wide, and superqt's ``WorkerBase.run`` swaps them inside
+    ``warnings.catch_warnings()``, which is not thread-safe: with two jobs at once (a training and a Deblur run)
+    one job's warning came out in the other panel's words, another reached only the terminal, and the last job
+    to end left its hook installed, so that later main-thread warnings were shown as that panel's. Here one
+    hook, installed while any job runs, picks the job by thread and passes other threads' warnings on to the
+    hook it found; while it is installed, an "always" filter (superqt's too) shows every warning every time
+    (Python's default shows one once per code location, so a second run's would be lost).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.routes: dict[int, Callable[..., None]] = {}
+        self.previous: Callable[..., None] | None = None
+        self.filter: tuple[Any, ...] | None = None
+
+    def show(self, message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        route = self.routes.get(threading.get_ident())
+        if route is not None:
+            route(message, category, filename, lineno, file, line)
+        else:
+            (self.previous or warnings._showwarning_orig)(message, category, filename, lineno, file, line)
+
+    @contextlib.contextmanager
+    def route(self, emit: Callable[..., None]) -> Iterator[None]:
+        """While the ``with`` block runs, this thread's warnings go to ``emit(message, category, filename,
+        lineno, file, line)``."""
+        with self.lock:
+            if not self.routes:
+                self.previous = warnings.showwarning
+                warnings.showwarning = self.show
+                warnings.filterwarnings("always")  # as superqt's run: every warning of a job, every time
+                self.filter = warnings.filters[0]
+            self.routes[threading.get_ident()] = emit
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.routes.pop(threading.get_ident(), None)
+                if not self.routes:
+                    if warnings.showwarning == self.show:  # left alone where someone else has replaced it since
+                        warnings.showwarning = self.previous
+                    with contextlib.suppress(ValueError):
+                        warnings.filters.remove(self.filter)
+                        warnings._filters_mutated()
+                    self.previous = self.filter = None
+
+
+#: the one router of this process (``warnings.showwarning`` is one per process too)
+WARNING_ROUTES = _WarningRoutes()
+
+
+class RoutedWarningsRun:
+    """Mixin for napari's worker classes: superqt's ``WorkerBase.run`` (the same signals in the same order),
+    with the job's warnings routed to the worker's ``warned`` signal by :data:`WARNING_ROUTES` instead of a
+    ``warnings.catch_warnings()`` that other threads' jobs undo (see :class:`_WarningRoutes`)."""
+
+    def run(self) -> None:
+        self.started.emit()
+        self._running = True
+        try:
+            with WARNING_ROUTES.route(lambda *w: self.warned.emit(w)):
+                result = self.work()
+            if isinstance(result, Exception):
+                if isinstance(result, RuntimeError):
+                    # as superqt: the worker object has likely been deleted; only say so
+                    warnings.warn(f"RuntimeError in aborted thread: {result}", RuntimeWarning, stacklevel=2)
+                    return
+                raise result
+            if not self.abort_requested:
+                self.returned.emit(result)
+        except Exception as exc:
+            self.errored.emit(exc)
+        self._running = False
+        self.finished.emit()
+        self._finished.emit(self)
+
+
+def create_relayed_worker(
+    func: Callable[..., Any],
+    *args: Any,
+    _in_words: Callable[[str], str] | None = None,
+    _warning_prefix: str = "",
+    _worker_class: type | None = None,
+    **kwargs: Any,
+) -> Any:
+    """napari's ``create_worker(func, *args, **kwargs)`` whose job's warnings reach the user as notifications
+    in the panel's words (:func:`relay_warnings`), also when other jobs run at the same time
+    (:class:`RoutedWarningsRun`). ``_worker_class`` must have :class:`RoutedWarningsRun` first in its bases."""
+    from napari.qt.threading import FunctionWorker, GeneratorWorker, create_worker
+
+    if _worker_class is None:
+        import inspect
+
+        base = GeneratorWorker if inspect.isgeneratorfunction(func) else FunctionWorker
+        _worker_class = type(f"Relayed{base.__name__}", (RoutedWarningsRun, base), {})
+    elif not issubclass(_worker_class, RoutedWarningsRun):
+        raise TypeError(f"{_worker_class.__name__} must derive from RoutedWarningsRun")
+    worker = create_worker(func, *args, _worker_class=_worker_class, **kwargs)
+    relay_warnings(worker, _in_words, prefix=_warning_prefix)
+    return worker
 
 
 def relay_warnings(worker: Any, in_words: Callable[[str], str] | None = None, *, prefix: str = "") -> None:
@@ -150,16 +257,16 @@ def create_cancellable_worker(
     interrupted, so quitting waited for a whole deblur or a 1000-iteration baseline to finish. Now it stops at
     the job's next check, as the panel's Cancel does.
     """
-    from napari.qt.threading import FunctionWorker, create_worker
+    from napari.qt.threading import FunctionWorker
 
-    class CancellableWorker(FunctionWorker):
+    class CancellableWorker(RoutedWarningsRun, FunctionWorker):
         def quit(self) -> None:
             _cancel.set()
             super().quit()
 
-    worker = create_worker(func, *args, _worker_class=CancellableWorker, **kwargs)
-    relay_warnings(worker, _in_words, prefix=_warning_prefix)
-    return worker
+    return create_relayed_worker(
+        func, *args, _in_words=_in_words, _warning_prefix=_warning_prefix, _worker_class=CancellableWorker, **kwargs
+    )
 
 
 def layer_pixels(layer: napari.layers.Image) -> Any:

@@ -34,6 +34,7 @@ from ._common import (
     avoid_triton_llvm_clash,
     axes_for_layer,
     create_cancellable_worker,
+    create_relayed_worker,
     detached_from_dock,
     device_items,
     error_message,
@@ -41,7 +42,6 @@ from ._common import (
     layer_pixels,
     normalize_axes_text,
     prefer_blurred,
-    relay_warnings,
     result_layer_kwargs,
     set_items,
     show_error,
@@ -365,11 +365,8 @@ class DeblurWidget(QWidget):
     def _load_for_tiles(self, entry: ModelEntry) -> None:
         if id(entry) in self._model_loads:
             return
-        from napari.qt.threading import create_worker
-
         avoid_triton_llvm_clash()  # the worker imports torch, as every job launcher of the panels does
-        worker = create_worker(_load_quietly, entry)
-        relay_warnings(worker, in_panel_words, prefix="Deblur: ")
+        worker = create_relayed_worker(_load_quietly, entry, _in_words=in_panel_words, _warning_prefix="Deblur: ")
         self._model_loads[id(entry)] = worker
         worker.returned.connect(self._on_model_loaded)
         worker.finished.connect(functools.partial(self._model_loads.pop, id(entry), None))

@@ -37,8 +37,10 @@ from qtpy.QtWidgets import (
 
 from ._common import (
     LayerComboBox,
+    RoutedWarningsRun,
     avoid_triton_llvm_clash,
     axes_for_layer,
+    create_relayed_worker,
     detached_from_dock,
     device_items,
     error_message,
@@ -48,7 +50,6 @@ from ._common import (
     normalize_axes_text,
     prefer_blurred,
     prefer_sharp,
-    relay_warnings,
     result_layer_kwargs,
     set_items,
     show_error,
@@ -451,8 +452,6 @@ class FinetuneWidget(QWidget):
         blurred whole for one plane's preview. In a worker thread: a large plane takes a while, and napari must
         not freeze meanwhile. The layer is added when it is done (``self.preview_worker`` is None again then).
         """
-        from napari.qt.threading import create_worker
-
         from .. import synthesize_blur
         from ..errors import InputError
 
@@ -503,8 +502,7 @@ class FinetuneWidget(QWidget):
                 self.preview_blur_button.setEnabled(not self.pair_radio.isChecked())
 
         self.preview_blur_button.setEnabled(False)
-        self.preview_worker = create_worker(job)
-        relay_warnings(self.preview_worker, in_panel_words, prefix="Finetune: ")
+        self.preview_worker = create_relayed_worker(job, _in_words=in_panel_words, _warning_prefix="Finetune: ")
         self.preview_worker.returned.connect(done)
         self.preview_worker.finished.connect(finished)
         self.preview_worker.start()
@@ -638,19 +636,23 @@ class FinetuneWidget(QWidget):
         self._preview_source, self._preview_placed = source, False
         self._preview_axes = data.get("axes")  # which of the layer's axes are Y and X (e.g. YXC)
 
-        from napari.qt.threading import create_worker
         avoid_triton_llvm_clash()
 
         self.control = _RunControl()
         self.progress.setRange(0, 0)
         self.status.setText("Preparing the run (loading data and model)...")
         self._set_running(True)
-        self.worker = create_worker(
-            _training_job, kwargs, save_to, self.control, _worker_class=_training_worker_class()
+        # the data checks' warnings (a misaligned or differently scaled pair), said as the Notices are
+        self.worker = create_relayed_worker(
+            _training_job,
+            kwargs,
+            save_to,
+            self.control,
+            _in_words=in_panel_words,
+            _warning_prefix="Finetune: ",
+            _worker_class=_training_worker_class(),
         )
         self.worker.control = self.control
-        # the data checks' warnings (a misaligned or differently scaled pair), said as the Notices are
-        relay_warnings(self.worker, in_panel_words, prefix="Finetune: ")
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_returned)
         self.worker.finished.connect(self._on_finished)
@@ -839,7 +841,7 @@ def _training_worker_class() -> type:
     """
     from napari.qt.threading import GeneratorWorker
 
-    class TrainingWorker(GeneratorWorker):
+    class TrainingWorker(RoutedWarningsRun, GeneratorWorker):
         control: _RunControl | None = None
 
         def quit(self) -> None:
