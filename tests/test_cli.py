@@ -890,3 +890,93 @@ def test_python_dash_m_runs_the_command():
     done = subprocess.run([sys.executable, "-m", "napari_deblurgan.cli", "info", "--list"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "unet_fast" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("shape", "planarconfig"),
+    [((2, 40, 48, 2), "contig"), ((2, 2, 40, 48), "separate"), ((2, 40, 48), "separate")],
+    ids=["QYXS", "QSYX", "SYX"],
+)
+def test_grey_images_with_several_samples_keep_their_pages_lazily_and_in_memory(tiny_model_file, tmp_path,
+                                                                                 monkeypatch, shape, planarconfig):
+    """A compressed MINISBLACK image with 2 samples per pixel, contiguous (YXS pages) or planar (SYX pages): both
+    paths write the input's pages (not one page per row or per sample, as tifffile does when not told the
+    planar configuration), and the lazy path's stream, cut into pages of the output, gives the same pixels."""
+    data = (np.random.default_rng(9).random(shape) * 4000).astype(np.uint16)
+    inp = tmp_path / "in.tif"
+    tifffile.imwrite(inp, data, photometric="minisblack", planarconfig=planarconfig, extrasamples=["unassalpha"],
+                     compression="zlib")
+    monkeypatch.setenv("TIFFFILE_NUM_THREADS", "1")
+    argv = ["--model", str(tiny_model_file), "-q"]
+    assert main(["deblur", str(inp), "-o", str(tmp_path / "eager.tif"), *argv]) == 0
+    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 100)
+    assert main(["deblur", str(inp), "-o", str(tmp_path / "lazy.tif"), *argv]) == 0
+    with tifffile.TiffFile(inp) as tif:
+        pages = [(p.shape, p.planarconfig, p.extrasamples, p.compression) for p in tif.pages]
+    for name in ("eager.tif", "lazy.tif"):
+        with tifffile.TiffFile(tmp_path / name) as tif:
+            assert [(p.shape, p.planarconfig, p.extrasamples, p.compression) for p in tif.pages] == pages, name
+            assert tif.series[0].shape == data.shape
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "lazy.tif"), tifffile.imread(tmp_path / "eager.tif"))
+
+
+def test_the_lazy_stream_is_cut_into_the_pages_tifffile_writes(tiny_model_file, tmp_path, monkeypatch):
+    """Where the output's pages are not the input's (here: write keywords without the planar configuration,
+    so tifffile writes every row of a YXS page as a page of its own), the lazy path still writes what the
+    in-memory path writes, not a crash after the first page."""
+    data = (np.random.default_rng(10).random((2, 40, 48, 2)) * 4000).astype(np.uint16)
+    inp = tmp_path / "in.tif"
+    tifffile.imwrite(inp, data, photometric="minisblack", planarconfig="contig", compression="zlib")
+    real = deblur_command.write_kwargs
+    monkeypatch.setattr(deblur_command, "write_kwargs",
+                        lambda info: {k: v for k, v in real(info).items() if k not in ("planarconfig", "extrasamples")})
+    argv = ["--model", str(tiny_model_file), "-q"]
+    assert main(["deblur", str(inp), "-o", str(tmp_path / "eager.tif"), *argv]) == 0
+    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 100)
+    assert main(["deblur", str(inp), "-o", str(tmp_path / "lazy.tif"), *argv]) == 0
+    with tifffile.TiffFile(tmp_path / "eager.tif") as e, tifffile.TiffFile(tmp_path / "lazy.tif") as z:
+        assert len(z.pages) == len(e.pages) == 80  # 2 x 40 rows of 48 x 2
+        np.testing.assert_array_equal(z.series[0].asarray(), e.series[0].asarray())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads the process's memory maps (Linux)")
+@pytest.mark.parametrize(("channels", "axes", "compression"), [(1, "ZYX", None), (2, "CZYX", "zlib")],
+                         ids=["memory-mapped-output", "scratch-map"])
+def test_a_failed_lazy_run_unmaps_its_files_before_removing_them(make_tiny_model, tmp_path, monkeypatch, capsys,
+                                                                 channels, axes, compression):
+    """An error in a later plane: the temporary output (mapped, for an uncompressed output) and the scratch map
+    (a joint model's CZYX compressed output) are no longer mapped when they are deleted (Windows refuses to
+    delete a mapped file, and the run would leave a file the size of the output behind)."""
+    import pathlib
+
+    model = tmp_path / "m.pt"
+    make_tiny_model(channels=channels).save(model)
+    shape = (2, 4, 48, 48)[4 - len(axes):]
+    data = np.random.default_rng(11).random(shape).astype(np.float32)
+    data[(slice(None),) * (len(shape) - 3) + (2, 5, 5)] = np.nan  # in the 3rd plane: after the first are written
+    inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
+    tifffile.imwrite(inp, data, ome=True, metadata={"axes": axes}, compression=compression)
+
+    def mapped(path) -> bool:
+        with open("/proc/self/maps") as maps:
+            return os.path.basename(str(path)) in maps.read()
+
+    deleted = []
+    real_unlink, real_path_unlink = os.unlink, pathlib.Path.unlink
+
+    def unlink(path, *args, **kwargs):
+        deleted.append((os.path.basename(str(path)), mapped(path)))
+        return real_unlink(path, *args, **kwargs)
+
+    def path_unlink(self, *args, **kwargs):
+        deleted.append((self.name, mapped(self)))
+        return real_path_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(pathlib.Path, "unlink", path_unlink)
+    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(model), "-q"]) == 2
+    assert "NaN" in capsys.readouterr().err
+    assert len({name for name, _ in deleted if name.endswith(".part")}) == (2 if compression else 1), deleted
+    assert not any(is_mapped for _, is_mapped in deleted), deleted
+    assert _files(tmp_path) == {"in.tif", "m.pt"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -610,3 +611,41 @@ def test_a_compressed_training_stack_is_read_a_page_at_a_time(files, capsys, mon
     monkeypatch.undo()
     assert keys and set(keys) <= {0, 1, 2}
     assert load_model(out).metadata["training"]["data_shapes"] == [[3, 96, 96]]
+
+
+def _open_tiffs() -> list[str]:
+    """The TIFF files this process holds open (file descriptors, Linux)."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.endswith(".tif"):
+                names.append(os.path.basename(target))
+    return sorted(names)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads the process's open files (Linux)")
+def test_large_training_files_read_lazily_are_closed_when_the_run_ends_or_fails(files, monkeypatch, capsys):
+    """Training files above TRAINING_IN_MEMORY_BYTES are read through lazy readers that keep them open: closed
+    when the run returns, and when it fails after some were opened (here: --sharp files of different axes)."""
+    from napari_deblurgan.cli import finetune_command
+
+    sharp = np.stack([(samples.cells((96, 96), seed=s) * 4000).astype(np.uint16) for s in (2, 3, 4)])
+    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), (0, 1.5, 1.5)).astype(np.uint16)
+    for name, image, axes in (("s.tif", sharp, "ZYX"), ("b.tif", blurred, "ZYX"), ("t.tif", sharp, "TYX")):
+        tifffile.imwrite(files / name, image, imagej=True, metadata={"axes": axes}, compression="zlib")
+    monkeypatch.setattr(finetune_command, "TRAINING_IN_MEMORY_BYTES", 100)
+    opened = []
+    real = finetune_command.read_image
+    monkeypatch.setattr(finetune_command, "read_image", lambda *a, **k: opened.append(_open_tiffs()) or
+                        real(*a, **k))
+    before = _open_tiffs()
+    argv = _common(files, "--sharp", str(files / "s.tif"), "--blurred", str(files / "b.tif"),
+                   "--validation-sharp", str(files / "s.tif"), "--validation-blurred", str(files / "b.tif"))
+    assert main([*argv, "--steps", "2", "-o", str(files / "ok.pt"), "-q"]) == 0
+    assert opened[-1], "the files were not read lazily"  # the earlier ones open while the last was read
+    assert _open_tiffs() == before
+    argv = _common(files, "--sharp", str(files / "s.tif"), str(files / "t.tif"))
+    assert main([*argv, "--steps", "2", "-o", str(files / "bad.pt"), "-q"]) == 2
+    assert "different axes" in capsys.readouterr().err
+    assert _open_tiffs() == before

@@ -148,7 +148,10 @@ class TiffInfo:
     datetime: str | None = None
     photometric: str | None = None
     colormap: Any = None  # a palette TIFF's ColorMap (a LUT: its values are intensities)
-    extrasamples: tuple[int, ...] = ()  # RGBA: what the 4th sample is (associated/unassociated alpha)
+    extrasamples: tuple[int, ...] = ()  # RGBA: what the 4th sample is (associated/unassociated alpha); others'
+    # more than one sample per pixel: "contig" (YXS pages) or "separate" (SYX pages), kept so that the output's
+    # pages are the input's (a grey image with 2 samples would otherwise be written as YX pages of 2 columns)
+    planarconfig: str | None = None
     inkset: int | None = None  # SEPARATED (CMYK)
     note: str | None = None  # how the output's flavour differs from the input's, for stderr
     compression: str | None = None  # the input's lossless compression, kept for the output
@@ -329,6 +332,10 @@ def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
     compression = getattr(getattr(page, "compression", None), "name", "")
     info.compression = LOSSLESS_COMPRESSIONS.get(compression)
     _check_photometric(info, page, compression, tif.is_imagej)
+    if getattr(page, "samplesperpixel", 1) > 1:
+        info.planarconfig = {1: "contig", 2: "separate"}.get(int(getattr(page, "planarconfig", 1) or 1))
+        if info.photometric != "RGB":  # RGB's are read (and noted) in _check_photometric
+            info.extrasamples = tuple(int(e) for e in getattr(page, "extrasamples", ()))
     if flavour == "imagej":
         ij = dict(tif.imagej_metadata or {})
         not_kept = set(IMAGEJ_NOT_KEPT)
@@ -435,6 +442,8 @@ def write_kwargs(info: TiffInfo) -> dict[str, Any]:
         kw["colormap"] = info.colormap
     if info.extrasamples:
         kw["extrasamples"] = info.extrasamples
+    if info.planarconfig is not None and info.flavour != "imagej":  # ImageJ's own: RGB contiguous, else 1 sample
+        kw["planarconfig"] = info.planarconfig
     extratags = []
     if info.inkset is not None:
         extratags.append((332, 3, 1, int(info.inkset), True))  # InkSet
@@ -742,9 +751,9 @@ class MemmapPages:
     its bytes. This wrapper has no ``.copy`` and a token made of the file's identity.
     """
 
-    #: the size of one page of the file, in elements: see TiffPages.page_size (not used for a memory map,
-    #: whose output is itself a memory map)
-    page_size = None
+    #: the size and shape of one page of the file, in elements: see TiffPages.page_size (not used for a memory
+    #: map, whose output is itself a memory map)
+    page_size = page_shape = None
 
     def __init__(self, array: Any) -> None:
         self._array = array
@@ -776,8 +785,9 @@ class TiffPages:
         self._tif, self._series, self._lock = tif, series, threading.Lock()
         self.shape, self.dtype, self.ndim = tuple(series.shape), series.dtype, len(series.shape)
         self._lead = self.shape[:lead_ndim]  # one page per index of these axes, in C order, as asarray stacks them
-        self._page_shape = self.shape[lead_ndim:]
-        #: elements in one page of the file: the unit a compressed output is streamed in
+        self._page_shape = self.page_shape = self.shape[lead_ndim:]
+        #: elements in one page of the file (the unit a compressed output is streamed in where tifffile writes
+        #: the output's pages as the input's: _written_page_size)
         self.page_size = math.prod(self._page_shape)
 
     @classmethod
@@ -908,44 +918,99 @@ def _deblur_lazy(pages: Any, info: TiffInfo, common: dict, out: Path, kw: dict, 
     # scratch map of the output that the blocks are written into first (disk, not memory).
     with atomic_write(out) as tmp:
         if "compression" not in kw:
-            target = tifffile.memmap(tmp, shape=info.shape, dtype=info.dtype, **kw)
-            try:
+            with _mapped(tifffile.memmap(tmp, shape=info.shape, dtype=info.dtype, **kw)) as target:
                 fill(target)
-                target.flush()
-            finally:
-                del target  # unmapped before atomic_write renames (or removes) the file
             restore_description(tmp, info)
             restore_planes(tmp, info)
         else:
-            unit = pages.page_size or page_size  # what tifffile takes per item: one page of the file
+            # what tifffile takes per item of a stream: one page of the OUTPUT, as it will write it with kw (the
+            # input's page, for the layouts write_kwargs keeps; None where that cannot be told)
+            unit = _written_page_size(info, kw, pages.page_shape)
             # tifffile's encoder holds buffersize bytes of strips at a time (512 MiB by default: the whole
             # output of a smaller file): one page's worth keeps the stream as small as the blocks
-            stream = {"shape": info.shape, "dtype": info.dtype, "buffersize": unit * np.dtype(info.dtype).itemsize}
-            if _in_file_order(result.numblocks, info.shape):
+            itemsize = np.dtype(info.dtype).itemsize
+            stream = {"shape": info.shape, "dtype": info.dtype,
+                      "buffersize": (unit or pages.page_size or page_size) * itemsize}
+            if unit is not None and _in_file_order(result.numblocks, info.shape):
                 write_tiff(tmp, _split_pages((block for _, block in blocks()), unit), info, {**kw, **stream})
             else:
-                # named as atomic_write names its temporary files: a killed run's one is removed as stale too
+                # blocks out of file order, or output pages of unknown size: the whole output in a scratch map
+                # first, handed to tifffile as an array (it cuts its own pages); named as atomic_write names its
+                # temporary files: a killed run's one is removed as stale too
                 fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=tmp.parent)
                 os.close(fd)
                 try:
-                    _write_through_scratch(name, fill, info, unit, lambda items: write_tiff(tmp, items, info,
-                                                                                            {**kw, **stream}))
+                    _write_through_scratch(name, fill, info, lambda array: write_tiff(tmp, array, info,
+                                                                                      {**kw, **stream}))
                 finally:
                     with contextlib.suppress(OSError):
                         os.unlink(name)
         _fsync(tmp)  # the header imwrite wrote, and the pages flush() (or the stream) wrote
 
 
-def _write_through_scratch(name: str, fill: Callable[[Any], None], info: TiffInfo, unit: int,
+@contextlib.contextmanager
+def _mapped(array: Any) -> Any:
+    """``array`` (a ``numpy.memmap``) for the body; then flushed and unmapped, also when the body fails, so
+    that no map of its file is left when the file is removed or renamed (Windows refuses to delete a mapped
+    file). An error's traceback holds the frames that used the array (``fill(target)``...): their references
+    are dropped first (``traceback.clear_frames``), as nothing may read a closed map."""
+    import traceback
+
+    try:
+        yield array
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)  # the frames below this one, done with: not the running ones
+        raise
+    finally:
+        mapping = getattr(array, "_mmap", None)
+        try:
+            if mapping is not None and not mapping.closed:
+                array.flush()
+        finally:
+            del array
+            if mapping is not None:
+                mapping.close()
+
+
+def _written_page_size(info: TiffInfo, kw: dict[str, Any], page_shape: Any) -> int | None:
+    """Elements in one page of the output as ``tifffile.imwrite`` writes it with ``kw``: found by writing (in
+    memory, uncompressed, with the layout's keywords) an image whose leading axes are 1 and whose page axes
+    ``page_shape`` are those of one input page; tifffile lays a file's pages out from its trailing axes. None
+    where it cannot be told (then the output is written from a scratch map, whole, not as a stream)."""
+    import io
+    import warnings
+
+    import tifffile
+
+    if not page_shape or tuple(info.shape[len(info.shape) - len(page_shape) :]) != tuple(page_shape):
+        return None
+    shape = (1,) * (len(info.shape) - len(page_shape)) + tuple(page_shape)
+    layout = {k: v for k, v in kw.items() if k in ("photometric", "planarconfig", "extrasamples", "colormap",
+                                                   "imagej", "ome")}
+    if "metadata" in kw:
+        layout["metadata"] = {"axes": kw["metadata"]["axes"]}
+    try:
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tifffile.imwrite(buffer, shape=shape, dtype=info.dtype, **layout)
+            buffer.seek(0)
+            with tifffile.TiffFile(buffer) as written:
+                count, size = len(written.pages), math.prod(written.pages[0].shape)
+    except Exception:  # any failure: the scratch path, which needs no page size
+        return None
+    return size if count * size == math.prod(page_shape) else None
+
+
+def _write_through_scratch(name: str, fill: Callable[[Any], None], info: TiffInfo,
                            write: Callable[[Any], None]) -> None:
-    """``fill`` an uncompressed memory map of the output in the file ``name``, then ``write`` its pages, in
-    file order, ``unit`` elements each."""
+    """``fill`` an uncompressed memory map of the output in the file ``name``, then ``write`` it (the map, as
+    an array: tifffile reads it page by page); unmapped before this returns or raises."""
     import numpy as np
 
-    scratch = np.memmap(name, dtype=info.dtype, mode="w+", shape=info.shape)
-    fill(scratch)
-    flat = scratch.reshape(-1)
-    write(flat[i : i + unit] for i in range(0, flat.size, unit))
+    with _mapped(np.memmap(name, dtype=info.dtype, mode="w+", shape=info.shape)) as scratch:
+        fill(scratch)
+        write(scratch)
 
 
 def _in_file_order(numblocks: tuple[int, ...], shape: tuple[int, ...]) -> bool:

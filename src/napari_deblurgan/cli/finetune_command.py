@@ -21,6 +21,7 @@ between two steps).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -182,12 +183,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def read_images(paths: list[str], axes: str | None, flag: str) -> tuple[list[Any], str]:
+def read_images(paths: list[str], axes: str | None, flag: str,
+                opened: contextlib.ExitStack | None = None) -> tuple[list[Any], str]:
     """The first series of each file (:func:`read_image`) and their axes, which must be the same for all (the
-    training takes one axes string)."""
+    training takes one axes string); the lazy readers that keep a file open are closed by ``opened``."""
     images, all_axes = [], []
     for path in paths:
-        image, image_axes = read_image(path, axes)
+        image, image_axes = read_image(path, axes, opened)
         images.append(image)
         all_axes.append(image_axes)
     if len(set(all_axes)) > 1:
@@ -205,10 +207,11 @@ def read_images(paths: list[str], axes: str | None, flag: str) -> tuple[list[Any
 TRAINING_IN_MEMORY_BYTES = 1 << 30
 
 
-def read_image(path: str | Path, axes: str | None) -> tuple[Any, str]:
+def read_image(path: str | Path, axes: str | None, opened: contextlib.ExitStack | None = None) -> tuple[Any, str]:
     """The first series of a TIFF file and its axes: in memory up to :data:`TRAINING_IN_MEMORY_BYTES`
     (decoded); larger, a lazy array that training reads crops from, whatever the file's compression (a memory
-    map of uncompressed pixels, else pages decoded one at a time)."""
+    map of uncompressed pixels, else pages decoded one at a time by a reader that keeps the file open: closed
+    when ``opened`` closes, given one)."""
     import tifffile
 
     from .deblur_command import lazy_pages, note_other_series, read_series, read_tiff_info
@@ -234,6 +237,8 @@ def read_image(path: str | Path, axes: str | None) -> tuple[Any, str]:
     finally:
         if getattr(data, "_tif", None) is not tif:
             tif.close()
+        elif opened is not None:
+            opened.callback(data.close)
     if data.shape != info.shape:
         raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r} in {path}; pass --axes.")
     return data, info.axes
@@ -317,7 +322,14 @@ class ProgressLine:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Finetune on the given files and save the model; returns the exit status."""
+    """Finetune on the given files and save the model; returns the exit status. The training files read lazily
+    (above :data:`TRAINING_IN_MEMORY_BYTES`) are closed when it returns or fails."""
+    with contextlib.ExitStack() as opened:
+        return _run(args, opened)
+
+
+def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
+    """:func:`run`, with the files it reads lazily closed by ``opened``."""
     from ..training.checkpoint import checkpoint_folder, checkpoint_path
     from ..training.events import TrainingNoticeWarning
     from ..training.trainer import iter_finetune
@@ -389,10 +401,10 @@ def run(args: argparse.Namespace) -> int:
         if path is not None and same_file(Path(path), out):
             raise InputError(f"-o {str(out)!r} is a training image; choose another path for the model.")
 
-    sharp, axes = read_images(args.sharp, args.axes, "--sharp")
+    sharp, axes = read_images(args.sharp, args.axes, "--sharp", opened)
     blurred = None
     if args.blurred is not None:
-        blurred, blurred_axes = read_images(args.blurred, args.axes, "--blurred")
+        blurred, blurred_axes = read_images(args.blurred, args.axes, "--blurred", opened)
         if blurred_axes != axes:
             raise InputError(
                 f"--blurred has axes {blurred_axes!r} but --sharp has {axes!r}; pass --axes or matching files."
@@ -404,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
         named = (("--validation-blurred", args.validation_blurred), ("--validation-sharp", args.validation_sharp))
         for flag, path in named:
             if path is not None:
-                loaded[flag], image_axes = read_image(path, args.axes)
+                loaded[flag], image_axes = read_image(path, args.axes, opened)
                 if image_axes != axes:
                     raise InputError(
                         f"{flag} has axes {image_axes!r} but the training images {axes!r}; training takes one axes "
