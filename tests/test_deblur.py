@@ -465,12 +465,50 @@ def test_nan_pixels_are_counted(model):
     stack = np.ones((3, 20, 20), np.float32)
     stack[2, 5, 5] = stack[2, 6, 6] = np.nan
     stack[2, 7, 7] = -np.inf
-    # each plane is checked as it is read: the error names the plane and counts its NaN/inf pixels
-    with pytest.raises(InputError, match=r"plane Z=2 has 3 NaN/inf .*np\.nan_to_num"):  # a non-contiguous view
-        deblur(stack.transpose(1, 0, 2), model, axes="YZX", device="cpu")
+    # an array in memory is checked whole: the count over the image, and the first plane holding one
+    with pytest.raises(InputError, match=r"has 3 NaN/inf .* out of 1200 \(the first in plane Z=2\).*np\.nan_to_num"):
+        deblur(stack.transpose(1, 0, 2), model, axes="YZX", device="cpu")  # a non-contiguous view
+    # a dask block is checked as it is computed: the error names the plane and counts its NaN/inf pixels
     da = pytest.importorskip("dask.array")
     with pytest.raises(InputError, match="plane Z=2 has 3 NaN/inf"):  # named by its place in the whole stack
         deblur(da.from_array(stack, chunks=(1, 20, 20)), model, device="cpu").compute()
+
+
+def test_nan_in_a_later_plane_of_an_array_in_memory_is_refused_before_any_work(model, tmp_path):
+    """A NumPy array in memory is scanned whole up front (fast): a NaN in its last plane fails at once, not
+    after the planes before it were deblurred (minutes wasted in the panel or the CLI)."""
+    stack = _image((4, 40, 36), "float32", seed=7)
+    stack[3, 3, 4] = np.nan
+    calls = []
+    with pytest.raises(InputError, match=r"the image has 1 NaN/inf pixel\(s\) out of 5760 \(the first in plane Z=3\)"):
+        deblur(stack, model, device="cpu", progress=lambda d, t: calls.append(d))
+    assert not calls  # no plane was deblurred
+    # the channel holding it is named too: a single-channel model deblurs each channel on its own
+    czyx = _image((3, 2, 40, 36), "float32", seed=8)
+    czyx[2, 1, 5, 5] = np.nan
+    with pytest.raises(InputError, match=r"out of 8640 \(the first in plane Z=2, C=1\)"):
+        deblur(czyx, model, axes="ZCYX", device="cpu", progress=lambda d, t: calls.append(d))
+    assert not calls
+    # a memory map, even seen as a plain ndarray, is checked plane by plane (a whole scan reads the file)
+    mapped = np.asarray(_nan_in_last_plane(tmp_path))
+    assert type(mapped) is np.ndarray
+    with pytest.raises(InputError, match=r"the image's plane Z=3 has 1 NaN/inf pixel\(s\) out of 1440;"):
+        deblur(mapped, model, device="cpu", progress=lambda d, t: calls.append((d, t)))
+    assert calls and calls[-1][0] == 3 * calls[-1][1] // 4
+
+
+def test_a_dask_block_of_one_channel_names_its_channel_in_a_nan_error(model):
+    """A single-channel model on ZCYX: dask blocks are one channel of one plane, and the error names both (it
+    named the plane only, from a block that does not know which channel it is)."""
+    da = pytest.importorskip("dask.array")
+    czyx = _image((3, 2, 40, 36), "float32", seed=8)
+    czyx[2, 1, 5, 5] = np.nan
+    with pytest.raises(InputError, match=r"the image's plane Z=2, C=1 has 1 NaN/inf pixel\(s\) out of 1440;"):
+        deblur(da.from_array(czyx), model, axes="ZCYX", device="cpu").compute()
+    # a plane of an array-like is read with all its channels: only the channel holding NaN is named and counted
+    wrapped = PlaneReads(czyx, 2 * 40 * 36)
+    with pytest.raises(InputError, match=r"the image's plane Z=2, C=1 has 1 NaN/inf pixel\(s\) out of 1440;"):
+        deblur(wrapped, model, axes="ZCYX", device="cpu")
 
 
 class PlaneReads:
@@ -535,6 +573,96 @@ def test_a_zarr_array_is_deblurred_plane_by_plane(model, monkeypatch):
     monkeypatch.undo()
     assert type(out) is np.ndarray
     np.testing.assert_array_equal(out, deblur(np.asarray(z), model, device="cpu"))
+
+
+class ChunkedReads(PlaneReads):
+    """:class:`PlaneReads` with zarr's ``chunks`` (and no limit on a read's size: what was read is checked)."""
+
+    def __init__(self, array: np.ndarray, chunks: tuple[int, ...]) -> None:
+        super().__init__(array, array.size)
+        self.chunks = chunks
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes", "chunks", "slab_planes", "reads"),
+    [
+        # a chunk 4 planes deep: read 4 planes at once, each chunk once
+        ((8, 40, 36), "ZYX", (4, 40, 36), None, [(slice(0, 4),), (slice(4, 8),)]),
+        # SLAB_BYTES holds 3 planes: slabs of 3 within each chunk, never across chunks
+        ((8, 40, 36), "ZYX", (4, 40, 36), 3, [(slice(0, 3),), (slice(3, 4),), (slice(4, 7),), (slice(7, 8),)]),
+        # chunks across T and Z: a slab of whole chunks over both, slab by slab
+        ((2, 4, 40, 36), "TZYX", (2, 2, 20, 36), None, [(slice(0, 2), slice(0, 2)), (slice(0, 2), slice(2, 4))]),
+        # SLAB_BYTES holds 2 planes: the outer axis gives up its depth first
+        (
+            (2, 4, 40, 36), "TZYX", (2, 2, 20, 36), 2,
+            [(slice(t, t + 1), slice(z, z + 2)) for t in (0, 1) for z in (0, 2)],
+        ),
+        # channels are in the plane: a chunk of all of them, 3 Z planes deep
+        ((2, 3, 40, 36), "CZYX", (1, 3, 40, 36), None, [(slice(0, 3),)]),
+        # chunks one plane deep: one plane per read (integer keys), as without chunks
+        ((3, 40, 36), "ZYX", (1, 40, 36), None, [(0,), (1,), (2,)]),
+    ],
+)
+def test_a_chunked_array_like_is_read_a_slab_of_whole_chunks_at_a_time(
+    model, monkeypatch, shape, axes, chunks, slab_planes, reads
+):
+    """zarr arrays chunked across Z (OME-Zarr's usual layout) decoded a whole Z chunk for every plane read
+    (64x the data for 64-deep chunks): now a slab of whole chunks is read at once, up to SLAB_BYTES."""
+    from napari_deblurgan.inference import deblur as deblur_module
+
+    image = _image(shape, "uint16", seed=9)
+    if slab_planes is not None:  # ZYX and TZYX planes: 40 x 36 uint16 pixels
+        monkeypatch.setattr(deblur_module, "SLAB_BYTES", slab_planes * 40 * 36 * 2)
+    wrapped = ChunkedReads(image, chunks)
+    out = deblur(wrapped, model, axes=axes, device="cpu")
+    np.testing.assert_array_equal(out, deblur(image, model, axes=axes, device="cpu"))
+    other = [i for i, a in enumerate(axes) if a in "TZ"]
+    assert [tuple(key[i] for i in other) for key in wrapped.keys] == reads
+
+
+def test_a_zarr_array_chunked_across_z_decodes_each_chunk_once(model):
+    zarr = pytest.importorskip("zarr")
+    store_type = getattr(getattr(zarr, "storage", None), "MemoryStore", None)
+    if store_type is None or not hasattr(zarr, "create_array"):
+        pytest.skip("needs zarr 3")
+
+    class CountingStore(store_type):
+        async def get(self, key, prototype=None, byte_range=None):
+            if not key.endswith(".json"):
+                chunk_reads.append(key)
+            return await super().get(key, prototype, byte_range)
+
+    chunk_reads: list[str] = []
+    image = _image((8, 40, 36), "uint16", seed=10)
+    z = zarr.create_array(store=CountingStore(), shape=image.shape, dtype=image.dtype, chunks=(4, 20, 36))
+    z[...] = image
+    chunk_reads.clear()
+    out = deblur(z, model, axes="ZYX", device="cpu")
+    np.testing.assert_array_equal(out, deblur(image, model, axes="ZYX", device="cpu"))
+    # 2 x 2 chunks, each decoded once (plane by plane: every plane decoded both chunks it crosses, 16 reads)
+    assert sorted(chunk_reads) == ["c/0/0/0", "c/0/1/0", "c/1/0/0", "c/1/1/0"]
+
+
+def test_an_array_like_whose_indexing_gives_no_pixels_is_refused_clearly(model, tmp_path):
+    """tifffile's TiffPageSeries has a NumPy dtype, a shape and __getitem__ (that gives pages, not pixels):
+    it failed with a bare TypeError from deep inside the reader."""
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, _image((3, 40, 36), "uint16", seed=11), photometric="minisblack")
+    with tifffile.TiffFile(path) as tif, pytest.raises(
+        InputError, match=r"reading one plane of this TiffPageSeries failed \(TypeError.*pass its pixels as a NumPy"
+    ) as caught:
+        deblur(tif.series[0], model, axes="ZYX", device="cpu")
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+    class KeyedOnly:  # a mapping-like with a dtype and a shape: KeyError for a key it does not hold
+        dtype, shape = np.dtype(np.uint16), (3, 40, 36)
+
+        def __getitem__(self, key):
+            return {"pixels": None}[str(key)]
+
+    with pytest.raises(InputError, match=r"failed \(KeyError.*pass its pixels as a NumPy array or a dask array"):
+        deblur(KeyedOnly(), model, axes="ZYX", device="cpu")
 
 
 def _nan_in_last_plane(tmp_path, shape=(4, 40, 36)):
