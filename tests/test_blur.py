@@ -391,3 +391,25 @@ def test_synthesize_memory_does_not_grow_with_the_stack(axes, noise, numpy_peak)
     extra_input = large_bytes - small_bytes
     # the result grows with the input (same dtype): anything beyond that must be a small fraction of it
     assert large - small < 1.25 * extra_input, (small, large, extra_input)
+
+
+@pytest.mark.parametrize("noise", [None, {"photons": 200.0, "read_noise": 1.0}])
+@pytest.mark.parametrize("value", [float(np.finfo(np.float32).max), -float(np.finfo(np.float32).max)])
+def test_a_no_data_border_stays_no_data_and_out_of_the_blur(noise, value):
+    """A border at float32's largest value ("no data") made synthesize_blur's FFT overflow: NaN everywhere.
+    It is filled (the plane's low percentile) for the blur and comes back unchanged; far from it the blurred
+    image is the one without the border."""
+    rng = np.random.default_rng(0)
+    sharp = ndimage.gaussian_filter(rng.random((96, 96)), 1).astype(np.float32)
+    sharp /= sharp.max()
+    with_border = sharp.copy()
+    with_border[:, :10] = value
+    with np.errstate(all="raise"):
+        blurred, psf = synthesize_blur(with_border, "gaussian", strength=2.0, seed=0, noise=noise)
+    assert np.array_equal(blurred[:, :10], with_border[:, :10])
+    assert np.isfinite(blurred).all() and blurred[:, 10:].min() >= 0.0 and blurred[:, 10:].max() < 1.5
+    if noise is None:
+        clean, _ = synthesize_blur(sharp, "gaussian", strength=2.0, seed=0)
+        np.testing.assert_allclose(blurred[:, 30:], clean[:, 30:], atol=1e-5)
+        np.testing.assert_allclose(apply_psf(with_border, psf)[:, 30:], clean[:, 30:], atol=1e-5)
+        assert np.array_equal(apply_psf(with_border, psf)[:, :10], with_border[:, :10])

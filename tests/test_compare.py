@@ -747,3 +747,74 @@ def test_best_classicals_default_wiener_scan_reaches_the_model_cards_balances():
     result = best_classical(blurred, sharp, psf, rl_iterations=[])
     assert result["method"] == "wiener" and result["parameters"]["balance"] > 1e2, result["parameters"]
     assert max(result["wiener"]["balance"]) == pytest.approx(1e4)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _with_border(image: np.ndarray, value: float = _F32_MAX, columns: int = 10) -> np.ndarray:
+    out = image.copy()
+    out[:, :columns] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def smooth_pair() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    sharp = ndimage.gaussian_filter(rng.random((96, 96)), 2).astype(np.float32)
+    sharp = (sharp / sharp.max()).astype(np.float32)
+    return sharp, ndimage.gaussian_filter(sharp, 2)
+
+
+def test_metrics_leave_the_references_no_data_out(smooth_pair):
+    """A no-data border (float32's largest value) in both images made the data range 3.4e38: PSNR 803 dB and
+    SSIM 1.0 whatever the images. The range, the squared errors and SSIM's windows leave it out: the scores are
+    those of the images without the border."""
+    da = pytest.importorskip("dask.array")
+    sharp, blurred = smooth_pair
+    ref, img = _with_border(sharp), _with_border(blurred)
+    inner_ref, inner_img = sharp[:, 10:], blurred[:, 10:]
+    inner_range = float(inner_ref.max()) - float(inner_ref.min())
+    assert comparison.default_data_range(ref) == pytest.approx(inner_range)
+    assert comparison.default_data_range(da.from_array(ref, chunks=(32, 32))) == pytest.approx(inner_range)
+    assert comparison.value_range(np.full((8, 8), _F32_MAX, np.float32)) == (0.0, 0.0)
+    assert psnr(ref, img) == pytest.approx(psnr(inner_ref, inner_img), rel=1e-9)
+    assert 20 < psnr(ref, img) < 40
+    assert ssim(ref, img) == pytest.approx(ssim(inner_ref, inner_img), rel=1e-9)
+    assert nrmse(ref, img) == pytest.approx(nrmse(inner_ref, inner_img), rel=1e-9)
+    row = compare({"blurred": img}, ref).rows[0]
+    want = compare({"blurred": inner_img}, inner_ref).rows[0]
+    for key in ("psnr", "ssim", "nrmse"):
+        assert row[key] == pytest.approx(want[key], rel=1e-9), key
+    nothing = np.full((16, 16), _F32_MAX, np.float32)
+    assert math.isnan(psnr(nothing, nothing)) and math.isnan(ssim(nothing, nothing))
+
+
+@pytest.mark.parametrize("method", ["richardson_lucy", "wiener"])
+@pytest.mark.parametrize("value", [_F32_MAX, -_F32_MAX])
+def test_classical_baselines_keep_no_data_pixels_out_of_the_image(smooth_pair, method, value):
+    """Richardson-Lucy and Wiener scaled a plane by its range, 3.4e38 with a no-data border: the image part
+    came back 0..1e24 from 0.59..0.93. Sentinels are filled for the deconvolution and come back unchanged;
+    away from the border the result is the one without it (both methods are linear in the scale)."""
+    _, blurred = smooth_pair
+    psf = np.ones((5, 5)) / 25
+    run = (lambda image: richardson_lucy(image, psf, iterations=10)) if method == "richardson_lucy" else (
+        lambda image: wiener(image, psf, balance=0.1))
+    with_border = _with_border(blurred, value)
+    with np.errstate(all="raise"):
+        out = run(with_border)
+    assert np.array_equal(out[:, :10], with_border[:, :10])
+    part = out[:, 10:]
+    assert np.isfinite(part).all() and part.min() > 0.3 and part.max() < 1.5
+    clean = run(blurred)
+    np.testing.assert_allclose(out[:, 40:70], clean[:, 40:70], atol=1e-3)  # (the FFT wraps the border round)
+
+
+def test_best_classical_scores_beside_a_no_data_border(smooth_pair):
+    sharp, blurred = smooth_pair
+    best = best_classical(_with_border(blurred), _with_border(sharp), gaussian_psf(2.0),
+                          rl_iterations=[5, 10], wiener_balances=[0.01, 0.1], data_range=None)
+    clean = best_classical(blurred[:, 10:], sharp[:, 10:], gaussian_psf(2.0),
+                           rl_iterations=[5, 10], wiener_balances=[0.01, 0.1], data_range=None)
+    assert 20 < best["psnr"] < 80 and abs(best["psnr"] - clean["psnr"]) < 3
+    assert np.all(best["image"][:, :10] == _F32_MAX)

@@ -760,3 +760,90 @@ def test_a_wide_no_data_border_is_missing_to_training_not_its_range():
     for crops in (crops_blurred, crops_sharp):
         assert np.isfinite(crops).all() and np.abs(crops).max() < 2.0
         assert crops.max() > 0.5  # the image in unit range, not squeezed to ~0
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_F64_MAX = float(np.finfo(np.float64).max)
+
+
+def _sentinel_pair(dtype, value, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A 96 px float pair with a no-data border (8 columns) at ``value`` in ``where`` ("sharp", "blurred")."""
+    rng = np.random.default_rng(4)
+    sharp = rng.uniform(0.2, 1.0, (96, 96)).astype(dtype)
+    blurred = ndimage.gaussian_filter(sharp, 1.0)
+    (sharp if where == "sharp" else blurred)[:, :8] = value
+    return blurred, sharp
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 2**26])
+@pytest.mark.parametrize(("dtype", "value"), [(np.float32, _F32_MAX), (np.float64, -_F64_MAX)])
+@pytest.mark.parametrize("where", ["sharp", "blurred"])
+def test_no_data_in_one_image_of_a_pair_is_missing_in_both_crops(cache_bytes, dtype, value, where):
+    """A no-data border in the sharp image only: its mean (2.8e37) raised a false "different units" warning
+    (and overflowed at float64's largest value), and its crops had target 0 where the blurred input was image,
+    which teaches the model to darken image to 0. Either image's sentinels are 0 in both crops."""
+    blurred, sharp = _sentinel_pair(dtype, value, where)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no units warning, no overflow, no misalignment warning
+        d = PairedData(blurred, sharp, patch_size=32, validation=0, cache_bytes=cache_bytes)
+    b, s = d.sources[0].crop((), None, 10, 0, 32)
+    assert np.all(b[:, :, :8] == 0) and np.all(s[:, :, :8] == 0)
+    assert np.all(b[:, :, 8:] != 0) and np.all(s[:, :, 8:] != 0)  # image (normalised: may be < 0)
+    crops_b, crops_s = d.sample(64, np.random.default_rng(1), 0)
+    assert np.array_equal(crops_b == 0, crops_s == 0)  # nowhere input image with target 0, or the reverse
+    assert (crops_s == 0).any() and np.abs(crops_s).max() < 3 and np.abs(crops_b).max() < 3
+
+
+def test_a_units_mismatch_is_still_said_beside_a_no_data_border():
+    """The control: the units check leaves out the no-data pixels, not the check."""
+    blurred, sharp = _sentinel_pair(np.float32, _F32_MAX, "sharp")
+    sharp[:, 8:] *= 1000
+    with pytest.warns(UserWarning, match="different units"):
+        PairedData(blurred, sharp, patch_size=32, validation=0, check_alignment=True)
+
+
+def test_synthetic_blur_of_a_no_data_border_stays_out_of_its_neighbours():
+    """Sharp-only training: the crops are normalised (sentinels 0) before blur is synthesised, so the border
+    blurs into its neighbours as a dark region, never as 1e30 (a NaN or a 1e29 input)."""
+    import torch
+
+    _, sharp = _sentinel_pair(np.float32, _F32_MAX, "sharp")
+    d = PairedData(None, sharp, patch_size=32, validation=0)
+    batches = BatchSource(d, torch.device("cpu"), seed=0, noise=True)
+    blurred, target = batches.next_batch(32)
+    assert torch.isfinite(blurred).all() and torch.isfinite(target).all()
+    assert blurred.abs().max() < 10 and target.abs().max() < 10
+
+
+def test_normalize_of_float64_sentinels_warns_nothing():
+    """float64's largest value overflowed ``(plane - lo) * scale`` with a RuntimeWarning, which the napari
+    panel shows as a notification; it is clipped to the limit anyway."""
+    from napari_deblurgan.normalization import NORMALIZED_LIMIT
+
+    plane = np.random.default_rng(0).uniform(0, 1, (32, 32))
+    plane[:, :3] = _F64_MAX
+    plane[:, 3] = -_F64_MAX
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = normalize(plane, 0.0, 1e-3)
+    assert np.all(out[:, :3] == NORMALIZED_LIMIT) and np.all(out[:, 3] == -NORMALIZED_LIMIT)
+
+
+def test_float32_max_written_as_text_is_a_sentinel_in_float64_data():
+    """GDAL and rasterio write float32's largest value as -3.4028235e+38, which parses to a float64 a little off
+    it: only the exact value was taken as "no data". Every float64 that rounds to it in float32 is; values
+    farther off (3.4e38, half a float32 step off exactly) remain image."""
+    from napari_deblurgan.normalization import NORMALIZED_LIMIT, sentinel_mask
+
+    half_step = 2.0**103
+    sentinels = [float("-3.4028235e+38"), float("3.4028235e+38"), -_F32_MAX, _F64_MAX,
+                 np.nextafter(_F32_MAX + half_step, 0.0), np.nextafter(_F32_MAX - half_step, np.inf)]
+    image = [3.4e38, -3e38, _F32_MAX + half_step, _F32_MAX - half_step, 1e300, 0.5]
+    mask = sentinel_mask(np.array(sentinels + image))
+    assert mask is not None and mask.tolist() == [True] * len(sentinels) + [False] * len(image)
+    assert sentinel_mask(np.array(image, dtype=np.float64)) is None
+    plane = np.random.default_rng(0).uniform(0, 1, (64, 64))
+    plane[:, :20] = float("-3.4028235e+38")  # 31 % of the plane
+    lo, hi = percentile_range(plane)
+    assert 0 <= lo < hi <= 1
+    assert np.all(normalize(plane, lo, hi)[:, :20] == -NORMALIZED_LIMIT)

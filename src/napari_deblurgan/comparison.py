@@ -46,7 +46,14 @@ from .blur.synthesize import (
 )
 from .errors import Cancelled, InputError, cancel_requested
 from .inputs import is_dask, is_lazy, reject_viewer_objects
-from .normalization import cast_like, percentile_range, percentile_samples
+from .normalization import (
+    SENTINEL_VALUES,
+    cast_like,
+    percentile_range,
+    percentile_samples,
+    sentinel_mask,
+    without_sentinels,
+)
 
 # ------------------------------------------------------------------------------------------- lazy arrays
 
@@ -62,9 +69,29 @@ def _as_image(image: Any, name: str) -> Any:
     return validate_image(image, name=name)
 
 
+#: The smallest magnitude a "no data" sentinel can have (:func:`~napari_deblurgan.normalization.sentinel_mask`):
+#: an image whose extremes stay below it has none, and its range needs no second look.
+_SENTINEL_FLOOR = SENTINEL_VALUES[0] - 2.0**103
+
+
+def _block_range(part: np.ndarray) -> tuple[Any, Any] | None:
+    """``(min, max)`` of ``part`` without its sentinels, or None where it holds nothing else."""
+    missing = sentinel_mask(part)
+    if missing is not None:
+        part = part[~missing]
+        if not part.size:
+            return None
+    return part.min(), part.max()
+
+
 def value_range(image: Any, *, name: str = "image") -> tuple[float, float]:
     """``(min, max)`` of an ndarray or a lazy array in one pass that holds one block at a time (a dask array
-    by its own chunked reduction, which reads each chunk once for both); InputError for NaN or inf."""
+    by its own chunked reduction, which reads each chunk once for both); InputError for NaN or inf.
+
+    "No data" sentinels (:data:`~napari_deblurgan.normalization.SENTINEL_VALUES`) are left out: a no-data
+    border made a range of 3.4e38, which gave PSNRs of 800 dB and SSIMs of 1 whatever the images, and
+    scaled the classical baselines' images to nothing. An image of nothing but sentinels has the range
+    ``(0, 0)``. Only an image whose extremes could be sentinels is read a second time, block by block."""
     if is_dask(image):
         import dask
 
@@ -72,15 +99,26 @@ def value_range(image: Any, *, name: str = "image") -> tuple[float, float]:
     elif isinstance(image, np.ndarray):
         lo, hi = image.min(), image.max()
     else:
-        lo = hi = None
-        for block in _blocks(tuple(image.shape)):
-            part = np.asarray(image[block])
-            # np.minimum, not min(): a NaN must stay NaN to be reported below
-            lo = part.min() if lo is None else np.minimum(lo, part.min())
-            hi = part.max() if hi is None else np.maximum(hi, part.max())
+        lo, hi = _blockwise_range(image, lambda part: (part.min(), part.max()))
     if image.dtype.kind == "f" and not (np.isfinite(lo) and np.isfinite(hi)):
         raise InputError(not_finite_message(name))
+    if image.dtype.kind == "f" and max(abs(float(lo)), abs(float(hi))) >= _SENTINEL_FLOOR:
+        lo, hi = _blockwise_range(image, _block_range)
     return float(lo), float(hi)
+
+
+def _blockwise_range(image: Any, block_range: Callable[[np.ndarray], tuple[Any, Any] | None]) -> tuple[Any, Any]:
+    """The extremes of ``block_range`` over the blocks of :func:`_blocks` of ``image`` (views of an ndarray,
+    one block read at a time of a lazy one); ``(0, 0)`` where every block gave None."""
+    lo = hi = None
+    for block in _blocks(tuple(image.shape)):
+        found = block_range(np.asarray(image[block]))
+        if found is None:
+            continue
+        # np.minimum, not min(): a NaN must stay NaN to be reported
+        lo = found[0] if lo is None else np.minimum(lo, found[0])
+        hi = found[1] if hi is None else np.maximum(hi, found[1])
+    return (0.0, 0.0) if lo is None else (lo, hi)
 
 
 def _plane_reader(image: Any, axes: str) -> Callable[[tuple[int, ...]], np.ndarray]:
@@ -166,7 +204,8 @@ def _read_checked(read: Callable[[tuple[int, ...]], np.ndarray], idx: tuple[int,
 
 
 def default_data_range(reference: Any) -> float:
-    """Data range used by the metrics: the dtype's full range for integers, ``max - min`` for floats.
+    """Data range used by the metrics: the dtype's full range for integers, ``max - min`` for floats, "no
+    data" sentinels left out (:func:`value_range`).
 
     Integer images use the dtype range (255 for uint8, 65535 for uint16) like scikit-image; for uint16
     data that fills only a small part of the range, pass ``data_range`` explicitly for more telling PSNRs.
@@ -285,28 +324,48 @@ def _block_pairs(reference: Any, image: Any, axes: str | None = None) -> Iterato
     return zip(_read_blocks(reference, axes, "reference"), _read_blocks(image, axes, "image"), strict=True)
 
 
-def _squared_sums(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+def _with_data(reference: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels of a block pair where ``reference`` has data (flat), or the blocks themselves where it has
+    no sentinel (:data:`~napari_deblurgan.normalization.SENTINEL_VALUES`)."""
+    missing = sentinel_mask(reference)
+    if missing is None:
+        return reference, image
+    return reference[~missing], image[~missing]
+
+
+def _squared_sums(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float, int]:
     """``sum((reference - image) ** 2)`` and ``sum(reference ** 2)`` in float64 over ``pairs`` of blocks
-    (:func:`_block_pairs`)."""
+    (:func:`_block_pairs`), and the number of pixels summed: the reference's "no data" pixels are left out."""
     err = norm = 0.0
+    count = 0
     for reference, image in pairs:
+        reference, image = _with_data(reference, image)
         ref = reference.astype(np.float64)
         diff = ref - image
         err += float(np.square(diff, out=diff).sum())
         norm += float(np.square(ref, out=ref).sum())
-    return err, norm
+        count += ref.size
+    return err, norm, count
 
 
-def _squared_error(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
-    """``sum((reference - image) ** 2)`` in float64 over ``pairs`` of blocks (:func:`_block_pairs`)."""
+def _squared_error(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, int]:
+    """``sum((reference - image) ** 2)`` in float64 over ``pairs`` of blocks (:func:`_block_pairs`), and the
+    number of pixels summed: the reference's "no data" pixels are left out."""
     err = 0.0
+    count = 0
     for reference, image in pairs:
+        reference, image = _with_data(reference, image)
         diff = reference.astype(np.float64) - image
         err += float(np.square(diff, out=diff).sum())
-    return err
+        count += diff.size
+    return err, count
 
 
-def _psnr_from_mse(mse: float, data_range: float) -> float:
+def _psnr_from_sums(err: float, count: int, data_range: float) -> float:
+    """PSNR of a squared error summed over ``count`` pixels; NaN for none (a reference of no data only)."""
+    if count == 0:
+        return math.nan
+    mse = err / count
     return math.inf if mse == 0 else 10.0 * math.log10(data_range * data_range / mse)
 
 
@@ -316,11 +375,15 @@ def psnr(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     ``data_range`` defaults to :func:`default_data_range` of the reference. Lazy arrays (dask, zarr, h5py:
     :func:`is_lazy`) are read a YX plane at a time (``axes``, inferred when None, says which axes those are;
     the value does not depend on it), never whole; the result is the same as for their NumPy copies.
+
+    Pixels with no data in the reference ("no data" sentinels, +-float32's or float64's largest value:
+    :data:`~napari_deblurgan.normalization.SENTINEL_VALUES`) are left out of the mean squared error and of
+    the default data range: there is nothing to compare with there. NaN when the reference has no data at all.
     """
     ref, img = _pair(reference, image)
     dr = _data_range(ref, data_range)
     axes = _reading_axes(ref if is_lazy(ref) else img, axes)
-    return _psnr_from_mse(_squared_error(_block_pairs(ref, img, axes)) / math.prod(ref.shape), dr)
+    return _psnr_from_sums(*_squared_error(_block_pairs(ref, img, axes)), dr)
 
 
 def _ssim_window(plane_shape: tuple[int, ...]) -> int:
@@ -355,7 +418,11 @@ def _plane_ssim(ref_plane: np.ndarray, plane: np.ndarray, data_range: float, win
     on each side), computed in bands of rows with that many rows of overlap: memory is a few bands
     (:data:`_BAND_ELEMENTS`), not 16 float64 planes. The same arithmetic in the same order, pixel by pixel; the
     window sums along Y start at each band's top (scipy's running sums), so values agree with scikit-image's
-    to about 1e-15, not bit for bit."""
+    to about 1e-15, not bit for bit.
+
+    Windows that hold a "no data" pixel of the reference (:data:`~napari_deblurgan.normalization.SENTINEL_VALUES`)
+    are left out of the mean (such pixels are set to 0 in both copies, so that they overflow nothing); NaN
+    when no window is left."""
     height, width = ref_plane.shape
     pad = (win - 1) // 2
     points = win * win
@@ -366,11 +433,18 @@ def _plane_ssim(ref_plane: np.ndarray, plane: np.ndarray, data_range: float, win
     rows = max(bottom - top for top, bottom in bands) + 2 * pad
     x, y, t, ux, uy, uxx, uyy, uxy = (np.empty((rows, width)) for _ in range(8))
     sums = []
+    windows = (height - 2 * pad) * (width - 2 * pad)
     for top, bottom in bands:
         n = bottom - top + 2 * pad
         bx, by, bt, bux, buy, buxx, buyy, buxy = (a[:n] for a in (x, y, t, ux, uy, uxx, uyy, uxy))
         np.copyto(bx, ref_plane[top - pad : bottom + pad], casting="unsafe")
         np.copyto(by, plane[top - pad : bottom + pad], casting="unsafe")
+        missing = sentinel_mask(ref_plane[top - pad : bottom + pad])
+        if missing is not None:
+            bx[missing] = 0.0
+            by[missing] = 0.0
+            # the windows (by their centres) that hold one
+            missing = ndimage.maximum_filter(missing, size=win, mode="constant")[pad : n - pad, pad : width - pad]
         ndimage.uniform_filter(bx, size=win, output=bux)
         ndimage.uniform_filter(by, size=win, output=buy)
         ndimage.uniform_filter(np.multiply(bx, bx, out=bt), size=win, output=buxx)
@@ -399,8 +473,12 @@ def _plane_ssim(ref_plane: np.ndarray, plane: np.ndarray, data_range: float, win
         np.multiply(mx, mxx, out=mx)  # D = B1 B2
         np.multiply(mt, mxy, out=mt)
         np.divide(mt, mx, out=mt)  # S = A1 A2 / D
-        sums.append(float(mt.sum()))
-    return math.fsum(sums) / ((height - 2 * pad) * (width - 2 * pad))
+        if missing is None:
+            sums.append(float(mt.sum()))
+        else:
+            sums.append(float(mt[~missing].sum()))
+            windows -= int(missing.sum())
+    return math.fsum(sums) / windows if windows else math.nan
 
 
 def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: str | None = None) -> float:
@@ -408,6 +486,8 @@ def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: s
 
     Each YX plane (of every other axis, RGB samples included) is compared separately; planes smaller than
     7 px use the largest odd window that fits (at least 3 px). Lazy arrays are read a plane at a time.
+    Windows that hold a pixel with no data in the reference (a "no data" sentinel, as for :func:`psnr`) are
+    left out, and so are planes left without any; NaN when no plane has a window with data.
     """
     ref, img = _pair(reference, image)
     dr = _data_range(ref, data_range)
@@ -418,22 +498,31 @@ def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: s
         _plane_ssim(_read_checked(read_ref, idx, ref, "reference"), _read_checked(read_img, idx, img, "image"), dr, win)
         for idx in plane_indices(tuple(ref.shape), axes)
     ]
-    return float(np.mean(values))
+    return _mean_of_planes(values)
+
+
+def _mean_of_planes(values: Sequence[float]) -> float:
+    """The mean of planes' SSIMs, leaving out planes without data (NaN); NaN when no plane has any."""
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
 
 
 def nrmse(reference: Any, image: Any, *, axes: str | None = None) -> float:
     """Normalised root-mean-square error ``||reference - image|| / ||reference||`` (Euclidean).
 
     0 for identical images; scale-independent. ``inf`` if the reference is all zeros and the image is not.
-    Lazy arrays are read a plane at a time, as for :func:`psnr`.
+    Lazy arrays are read a plane at a time, as for :func:`psnr`. The reference's "no data" pixels are left
+    out, as for :func:`psnr`; NaN when the reference has no data at all.
     """
     ref, img = _pair(reference, image)
     axes = _reading_axes(ref if is_lazy(ref) else img, axes)
-    return _nrmse_from_sums(*_squared_sums(_block_pairs(ref, img, axes)), math.prod(ref.shape))
+    return _nrmse_from_sums(*_squared_sums(_block_pairs(ref, img, axes)))
 
 
 def _nrmse_from_sums(err: float, norm: float, size: int) -> float:
     """NRMSE from ``sum((reference - image) ** 2)`` and ``sum(reference ** 2)`` over ``size`` pixels."""
+    if size == 0:
+        return math.nan
     err, norm = math.sqrt(err / size), math.sqrt(norm / size)
     if norm == 0:
         return 0.0 if err == 0 else math.inf
@@ -530,8 +619,9 @@ class _Scaler:
         self.dtype = dtype
 
     @classmethod
-    def of(cls, image: np.ndarray) -> _Scaler:
-        return cls((float(image.min()), float(image.max())), image.dtype)
+    def of(cls, image: Any) -> _Scaler:
+        """The scaler of ``image``'s own range (:func:`value_range`: "no data" sentinels left out)."""
+        return cls(value_range(image), image.dtype)
 
     def forward(self, image: np.ndarray) -> np.ndarray:
         return (image.astype(np.float64) - self.low) / self.span
@@ -607,15 +697,29 @@ def _per_plane(
     plane at a time), scaled back into a new NumPy array of its shape and dtype.
 
     One plane at a time into the preallocated result: memory is the result plus a few planes. The [0, 1]
-    scaling uses the whole image's range: ``scaler``, or by default ``source``'s own (an ndarray's).
+    scaling uses the whole image's range: ``scaler``, or by default ``source``'s own (an ndarray's). "No
+    data" sentinels are left out of that range, filled as ``normalization.without_sentinels`` fills them
+    for the deconvolution, and put back in the result unchanged.
     """
     scaler = _Scaler.of(source) if scaler is None else scaler
     out = np.empty(source.shape, dtype=source.dtype)
     read, dst = _plane_reader(source, axes), yx_last(out, axes)
     for idx in np.ndindex(dst.shape[:-2]):
         _raise_if_cancelled(cancel)
-        dst[idx] = scaler.inverse(deconvolve(scaler.forward(read(idx))))
+        plane = read(idx)
+        missing = sentinel_mask(plane)
+        # "no data" sentinels: filled for the arithmetic (their 3.4e38 scaled the rest to nothing, and the FFT
+        # spread them), and back in the result unchanged
+        values = plane if missing is None else without_sentinels(plane)
+        dst[idx] = _put_back(scaler.inverse(deconvolve(scaler.forward(values))), plane, missing)
     return out
+
+
+def _put_back(result: np.ndarray, plane: np.ndarray, missing: np.ndarray | None) -> np.ndarray:
+    """``result`` (a deconvolved ``plane``) with ``plane``'s "no data" pixels (``missing``) as they were."""
+    if missing is not None:
+        result[missing] = plane[missing]
+    return result
 
 
 def _deconvolve(
@@ -670,7 +774,9 @@ def richardson_lucy(
 
     Works for any dtype and value range (the image is scaled to [0, 1] floats and back; integer results
     are rounded and clipped). Borders are reflect-padded by one PSF side so they do not ring. Not clipped
-    to the input's range: deconvolution may legitimately brighten point sources. A dask array gives a lazy
+    to the input's range: deconvolution may legitimately brighten point sources. "No data" sentinels
+    (+-float32's or float64's largest value) are left out of the scaling, filled with the plane's low
+    percentile for the deconvolution, and come back unchanged (as in :func:`wiener`). A dask array gives a lazy
     dask array (one plane per block, computed when asked for; its range is read once up front), a zarr or
     h5py array a NumPy array read one plane at a time.
     """
@@ -755,7 +861,7 @@ def best_classical(
     read_src, read_ref = _plane_reader(arr, axes), _plane_reader(sharp_arr, axes)
     indices = plane_indices(tuple(arr.shape), axes)
     single = len(indices) == 1
-    size = math.prod(arr.shape)
+    size = 0  # the reference's pixels with data, as the scores count them
 
     # candidates in scan order (ties keep the first): Richardson-Lucy iteration counts, then Wiener balances
     candidates = [("richardson_lucy", {"iterations": n}) for n in iterations]
@@ -764,24 +870,32 @@ def best_classical(
     kept: tuple[int, np.ndarray] | None = None  # single plane: the best result so far
 
     def score(k: int) -> float:
-        return _psnr_from_mse(errors[k] / size, dr)
+        return _psnr_from_sums(errors[k], size, dr)
 
     def record(k: int, plane_ref: np.ndarray, result: np.ndarray) -> None:
         nonlocal kept
-        errors[k] += _squared_error(_block_pairs(plane_ref, result))
+        errors[k] += _squared_error(_block_pairs(plane_ref, result))[0]
         if single and (kept is None or score(k) > score(kept[0])):
             kept = (k, result)
 
     wanted = {n: k for k, n in enumerate(iterations)}
     for idx in indices:
-        plane01 = scaler.forward(_read_checked(read_src, idx, arr, "image"))
+        plane = _read_checked(read_src, idx, arr, "image")
+        missing = sentinel_mask(plane)
+        plane01 = scaler.forward(plane if missing is None else without_sentinels(plane))
         plane_ref = _read_checked(read_ref, idx, sharp_arr, "reference")
+        ref_missing = sentinel_mask(plane_ref)
+        size += plane_ref.size - (0 if ref_missing is None else int(ref_missing.sum()))
+
+        def result(values: np.ndarray) -> np.ndarray:
+            return _put_back(scaler.inverse(values), plane, missing)  # noqa: B023 (called in this iteration)
+
         if iterations:
             for n, estimate in enumerate(_iter_richardson_lucy(plane01, kernel, max(iterations)), start=1):
                 if n in wanted:
-                    record(wanted[n], plane_ref, scaler.inverse(estimate))
+                    record(wanted[n], plane_ref, result(estimate))
         for j, balance in enumerate(balances):
-            record(len(iterations) + j, plane_ref, scaler.inverse(_wiener_plane(plane01, kernel, balance)))
+            record(len(iterations) + j, plane_ref, result(_wiener_plane(plane01, kernel, balance)))
 
     scores = [score(k) for k in range(len(candidates))]
     best_k = 0
@@ -957,12 +1071,11 @@ def compare(
         note for (name, _), percentiles in zip(images, ranges, strict=True)
         if percentiles is not None and (note := _units_note(name, percentiles, ref_range)) is not None
     ]
-    size, plane_size = math.prod(first_shape), plane_shape[0] * plane_shape[1]
     rows = []
     for (name, _), planes in zip(images, scores, strict=True):
-        rows.append(_row(name, None, planes, size, dr))
+        rows.append(_row(name, None, planes, dr))
         if per_slice and len(indices) > 1:
-            rows.extend(_row(name, where, [one], plane_size, dr) for where, one in zip(indices, planes, strict=True))
+            rows.extend(_row(name, where, [one], dr) for where, one in zip(indices, planes, strict=True))
     return ComparisonTable(rows, notes)
 
 
@@ -971,26 +1084,29 @@ class _PlaneScores(NamedTuple):
 
     error: float | None  # sum((reference - image) ** 2); None without a reference
     norm: float | None  # sum(reference ** 2)
+    count: int | None  # the pixels in those sums: the reference's "no data" pixels are left out
     ssim: float | None
     sharpness: float
 
 
 def _plane_scores(ref_plane: np.ndarray | None, plane: np.ndarray, dr: float | None, win: int | None) -> _PlaneScores:
     if ref_plane is None or dr is None or win is None:
-        return _PlaneScores(None, None, None, _plane_sharpness(plane))
-    error, norm = _squared_sums(_block_pairs(ref_plane, plane))  # in blocks of rows: no plane-sized float64 difference
-    return _PlaneScores(error, norm, _plane_ssim(ref_plane, plane, dr, win), _plane_sharpness(plane))
+        return _PlaneScores(None, None, None, None, _plane_sharpness(plane))
+    # in blocks of rows: no plane-sized float64 difference
+    error, norm, count = _squared_sums(_block_pairs(ref_plane, plane))
+    return _PlaneScores(error, norm, count, _plane_ssim(ref_plane, plane, dr, win), _plane_sharpness(plane))
 
 
-def _row(name: str, where: tuple[int, ...] | None, planes: list[_PlaneScores], size: int, dr: float | None):
+def _row(name: str, where: tuple[int, ...] | None, planes: list[_PlaneScores], dr: float | None):
     """The table row of ``planes`` (all of an image's, or one): the same numbers as :func:`psnr`,
     :func:`ssim` (the mean over planes), :func:`nrmse` and :func:`sharpness` of those planes."""
     row: dict[str, Any] = {"name": name, "slice": where, "psnr": None, "ssim": None, "nrmse": None}
     if dr is not None:
         error = math.fsum(p.error for p in planes if p.error is not None)
         norm = math.fsum(p.norm for p in planes if p.norm is not None)
-        row["psnr"] = _psnr_from_mse(error / size, dr)
-        row["ssim"] = float(np.mean([p.ssim for p in planes]))
+        size = sum(p.count for p in planes if p.count is not None)
+        row["psnr"] = _psnr_from_sums(error, size, dr)
+        row["ssim"] = _mean_of_planes([p.ssim for p in planes if p.ssim is not None])
         row["nrmse"] = _nrmse_from_sums(error, norm, size)
     row["sharpness"] = float(np.mean([p.sharpness for p in planes]))
     return row

@@ -25,19 +25,36 @@ _MAX_PERCENTILE_SAMPLES = 1 << 20
 #: deblur() and training take them as missing. Counting on the percentiles alone failed once such a region (a
 #: stitched border, an unmapped area) was wider than the upper percentile's share of the plane (0.2 %): it then
 #: became the upper percentile itself, and a 15 % border turned the rest of a deblurred photo into values of 1e36.
-#: Exact values, not a magnitude: real values near them (3e38 in float32, 1e300 in float64) remain image.
+#: Exact values, not a magnitude: real values near them (3e38 in float32, 1e300 in float64) remain image. In
+#: float64 data, float32's largest value is taken as written in text too: GDAL and rasterio spell it
+#: -3.4028235e+38, which parses to a float64 a little off the exact value; every float64 that rounds to it in
+#: float32 (within half a float32 step of it, :data:`_FLOAT32_MAX_HALF_STEP`) is a sentinel. 3.4e38 is not.
 SENTINEL_VALUES = (float(np.finfo(np.float32).max), float(np.finfo(np.float64).max))
+#: Half the spacing of float32 numbers at its largest value (2**104 apart there).
+_FLOAT32_MAX_HALF_STEP = 2.0**103
 
 
 def sentinel_mask(values: np.ndarray) -> np.ndarray | None:
     """Where ``values`` (any dtype) holds :data:`SENTINEL_VALUES`, or None where it holds none (integer and
-    float16 arrays never do)."""
-    if values.dtype.kind != "f" or values.dtype.itemsize < 4:
+    float16 arrays never do). In float64 arrays, values that round to +-float32's largest value in float32
+    count as it (the text spelling -3.4028235e+38)."""
+    if values.dtype.kind != "f" or values.dtype.itemsize < 4 or not values.size:
         return None
-    mask = np.zeros(values.shape, dtype=bool)
-    for value in SENTINEL_VALUES[: 1 if values.dtype.itemsize == 4 else 2]:
-        mask |= values == value
-        mask |= values == -value
+    lowest = SENTINEL_VALUES[0] - _FLOAT32_MAX_HALF_STEP
+    if not (values.max() > lowest or values.min() < -lowest):  # two reductions, no temporaries: most images
+        return None
+    if values.dtype.itemsize == 4:
+        mask = values == SENTINEL_VALUES[0]
+        mask |= values == -SENTINEL_VALUES[0]
+    else:
+        # strictly inside the half step: a value exactly half a step away rounds to the even neighbour in
+        # float32 (the one below, or inf above); comparisons only, no float64 temporaries
+        highest = SENTINEL_VALUES[0] + _FLOAT32_MAX_HALF_STEP
+        mask = values > lowest
+        mask &= values < highest
+        mask |= (values < -lowest) & (values > -highest)
+        mask |= values == SENTINEL_VALUES[1]
+        mask |= values == -SENTINEL_VALUES[1]
     return mask if mask.any() else None
 
 
@@ -222,7 +239,8 @@ def normalize(plane: np.ndarray, lo: float, hi: float) -> np.ndarray:
         out = np.empty(plane.shape, dtype=np.float32)
         rows = max(1, _FLOAT64_BLOCK_PIXELS // max(1, plane[:1].size))
         for start in range(0, plane.shape[0], rows):
-            block = (plane[start : start + rows].astype(np.float64) - lo) * scale
+            with np.errstate(over="ignore"):  # a sentinel at float64's largest value: clipped next
+                block = (plane[start : start + rows].astype(np.float64) - lo) * scale
             out[start : start + rows] = np.clip(block, -NORMALIZED_LIMIT, NORMALIZED_LIMIT, out=block)
     np.clip(out, -NORMALIZED_LIMIT, NORMALIZED_LIMIT, out=out)
     return limit_sentinels(out, plane)

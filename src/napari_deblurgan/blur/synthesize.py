@@ -19,7 +19,7 @@ from scipy import signal
 from ..axes import resolve_axes
 from ..errors import InputError
 from ..inputs import reject_viewer_objects
-from ..normalization import cast_like, needs_float64
+from ..normalization import cast_like, needs_float64, sentinel_mask, without_sentinels
 from .psf import PSF_KINDS, random_psf
 
 #: Ranges drawn by ``noise="realistic"``: photons at the bright end (log-uniform) and read noise (uniform).
@@ -153,6 +153,7 @@ def apply_psf(image: Any, psf: Any, *, axes: str | None = None) -> np.ndarray:
     dst = yx_last(out, axes)
     for idx, blurred in _blurred_planes(yx_last(arr, axes), kernel, _work_dtype(arr.dtype)):
         dst[idx] = cast_like(blurred, arr.dtype)
+    _keep_sentinels(dst, yx_last(arr, axes))
     return out
 
 
@@ -160,11 +161,24 @@ def _blurred_planes(src: np.ndarray, psf: np.ndarray, work: type) -> Iterator[tu
     """``(index, convolve_reflect(plane))`` of every YX plane of ``src`` (..., Y, X), in the float dtype ``work``.
 
     One plane at a time (a new C-contiguous array each), in plane order: memory stays a few planes whatever
-    the stack's size.
+    the stack's size. "No data" sentinels (``normalization.SENTINEL_VALUES``) are filled for the convolution
+    as ``without_sentinels`` fills them (the plane's low percentile: their 3.4e38 made the FFT's result NaN
+    everywhere); the writers put them back unchanged (:func:`_keep_sentinels`).
     """
     kernel = psf.astype(work)
     for idx in np.ndindex(src.shape[:-2]):
-        yield idx, convolve_reflect(src[idx].astype(work), kernel).astype(work, copy=False)
+        plane = src[idx]
+        if sentinel_mask(plane) is not None:
+            plane = without_sentinels(plane)
+        yield idx, convolve_reflect(plane.astype(work), kernel).astype(work, copy=False)
+
+
+def _keep_sentinels(dst: np.ndarray, src: np.ndarray) -> None:
+    """Set the "no data" sentinels of ``src`` (..., Y, X) in ``dst`` (its blurred copy) as they were."""
+    for idx in np.ndindex(src.shape[:-2]):
+        missing = sentinel_mask(src[idx])
+        if missing is not None:
+            dst[idx][missing] = src[idx][missing]
 
 
 def _rng_from_seed(seed: Any) -> np.random.Generator:
@@ -374,6 +388,7 @@ def synthesize_blur_with_params(
     else:
         for idx, blurred in _blurred_planes(src, psf, work):
             dst[idx] = cast_like(blurred, arr.dtype)
+    _keep_sentinels(dst, src)  # "no data" stays no data, neither blurred nor made noisy
     params["noise"] = noise_settings
     return out, psf, params
 
@@ -421,7 +436,8 @@ def synthesize_blur(
         ``blurred`` has the shape and dtype of ``sharp``: integer images are rounded and clipped to their
         dtype's range, float images keep their value range (no rescaling). ``psf`` is float32, 2D,
         non-negative and sums to 1; odd sized for the named kinds (a given array keeps its shape).
-        Convolution reflect-pads the borders, so the mean is preserved.
+        Convolution reflect-pads the borders, so the mean is preserved. "No data" sentinels (+-float32's or
+        float64's largest value) come back unchanged; for the blur they count as the plane's low percentile.
     """
     blurred, psf, _ = synthesize_blur_with_params(sharp, kind, strength=strength, noise=noise, seed=seed, axes=axes)
     return blurred, psf

@@ -167,6 +167,7 @@ class _PlaneCache:
     def __init__(self, budget_bytes: int) -> None:
         self.remaining = int(budget_bytes)
         self.planes: dict[tuple[int, str, tuple[int, ...], int | None], np.ndarray] = {}
+        self.with_sentinels: set[tuple[int, str, tuple[int, ...], int | None]] = set()  # keys of planes that have any
 
     def reserve(self, nbytes: int) -> bool:
         if nbytes > self.remaining:
@@ -258,6 +259,13 @@ class _Source:
         cols)`` ``(start, stop)`` the crop may read, by default the whole plane: a training crop next to a
         held-out validation band must not blur the band's pixels into its own. ``copy=False`` may return
         read-only views of the plane cache (for a caller that copies them anyway).
+
+        "No data" sentinels (:data:`~napari_deblurgan.normalization.SENTINEL_VALUES`, and values at
+        ``NORMALIZED_LIMIT``) of *either* image are 0 in *both* crops: deblur() shows the network 0 there,
+        and a pixel with no data in the sharp image only would otherwise teach the model to darken real image
+        to 0 (and one in the blurred image only, to invent image from nothing). Input 0 and target 0 cost the
+        loss nothing to learn; synthetic blur is made from the sharp crop after this, so a no-data region
+        blurs into its neighbours as a dark one (0, the low percentile), never as its 1e30.
         """
         height, width = (size, size) if isinstance(size, int) else size
         (r0, r1), (c0, c1) = bounds if bounds is not None else ((0, self.height), (0, self.width))
@@ -270,20 +278,28 @@ class _Source:
         channels = [channel] if channel is not None else (list(range(self.n_channels)))
         ranges = [self.norm_range(index, ch) for ch in channels]
 
-        def prepare(array: Any, which: str) -> np.ndarray:
-            plane = self._cached_plane(array, which, index, channel, ranges)
-            if plane is not None:
+        def prepare(array: Any, which: str) -> tuple[np.ndarray, bool]:
+            cached = self._cached_plane(array, which, index, channel, ranges)
+            if cached is not None:
+                plane, missing = cached
                 out = plane[:, rows, cols]
             else:
-                out = self._normalized(array, index, channel, rows, cols, ranges)
+                out, missing = self._normalized(array, index, channel, rows, cols, ranges)
             if any(p != (0, 0) for p in pad):
                 out = np.pad(out, pad, mode="reflect")  # a new array in any case
-            elif plane is not None and copy:
+            elif cached is not None and copy:
                 out = out.copy()  # callers may modify a copy, never the cache
-            return out
+            return out, missing
 
-        sharp = prepare(self.sharp, "sharp")
-        blurred = prepare(self.blurred, "blurred") if self.blurred is not None else None
+        sharp, sharp_missing = prepare(self.sharp, "sharp")
+        blurred, blurred_missing = prepare(self.blurred, "blurred") if self.blurred is not None else (None, False)
+        if sharp_missing or blurred_missing:  # one image's "no data" is missing in both (see above)
+            missing = np.abs(sharp) >= NORMALIZED_LIMIT
+            if blurred is not None:
+                missing |= np.abs(blurred) >= NORMALIZED_LIMIT
+            zero = np.float32(0.0)
+            sharp = np.where(missing, zero, sharp)  # new arrays: never the cache's
+            blurred = None if blurred is None else np.where(missing, zero, blurred)
         return blurred, sharp
 
     def padded_region(
@@ -303,17 +319,17 @@ class _Source:
         rows: slice,
         cols: slice,
         ranges: list[tuple[float, float]],
-    ) -> np.ndarray:
-        """Normalised float32 (C, h, w) region of ``array``."""
+    ) -> tuple[np.ndarray, bool]:
+        """Normalised float32 (C, h, w) region of ``array``, its sentinels at +-``NORMALIZED_LIMIT``, and
+        whether it has any. :meth:`crop` sets them to 0 in both images of the pair: they are missing to
+        training as to deblur() (at the limit they overflowed Adam's second moment and every update became 0,
+        without a word)."""
         raw = self._read(array, index, channel, rows, cols)
         _check_finite_plane(raw, index)
         out = np.empty(raw.shape, dtype=np.float32)
         for c, (lo, hi) in enumerate(ranges):
             out[c] = normalize(raw[c], lo, hi)
-        # sentinels ("no data" at float32's largest value) are missing here too, as deblur() takes them: at
-        # NORMALIZED_LIMIT they overflowed Adam's second moment and every update became 0, without a word
-        out[np.abs(out) >= NORMALIZED_LIMIT] = 0.0
-        return out
+        return out, bool((np.abs(out) >= NORMALIZED_LIMIT).any())
 
     def _cached_plane(
         self,
@@ -322,10 +338,11 @@ class _Source:
         index: tuple[int, ...],
         channel: int | None,
         ranges: list[tuple[float, float]],
-    ) -> np.ndarray | None:
+    ) -> tuple[np.ndarray, bool] | None:
         """The whole normalised plane from the cache (normalised and stored on first use while the budget
-        allows), or None: not an in-memory NumPy array (a memory map or lazy reader stays on disk: the CLI
-        reads training TIFFs over 1 GiB lazily precisely to keep them there), or over budget."""
+        allows) and whether it has sentinels (as :meth:`_normalized`), or None: not an in-memory NumPy array
+        (a memory map or lazy reader stays on disk: the CLI reads training TIFFs over 1 GiB lazily precisely
+        to keep them there), or over budget."""
         if self.cache is None or not isinstance(array, np.ndarray) or isinstance(array, np.memmap):
             return None
         key = (id(self), which, index, channel)
@@ -334,10 +351,12 @@ class _Source:
             nbytes = len(ranges) * self.height * self.width * 4
             if not self.cache.reserve(nbytes):
                 return None
-            plane = self._normalized(array, index, channel, slice(None), slice(None), ranges)
+            plane, missing = self._normalized(array, index, channel, slice(None), slice(None), ranges)
             plane.flags.writeable = False  # views of it are handed out (copy=False)
             self.cache.planes[key] = plane
-        return plane
+            if missing:
+                self.cache.with_sentinels.add(key)
+        return plane, key in self.cache.with_sentinels
 
 
 def _check_finite_plane(plane: np.ndarray, index: tuple[int, ...]) -> None:
@@ -629,12 +648,28 @@ class PairedData:
         )
 
     @staticmethod
-    def _check_units(blurred: np.ndarray, sharp: np.ndarray, pair: str) -> None:
+    def _missing(blurred: np.ndarray, sharp: np.ndarray) -> np.ndarray | None:
+        """Where either plane of a pair has no data, as :meth:`_Source.crop` takes it (sentinels, and values
+        ``NORMALIZED_LIMIT`` spans or more from the blurred plane's percentile range, with which both are
+        normalised), or None where neither has any."""
+        lo, hi = percentile_range(blurred)
+        missing = np.abs(normalize(blurred, lo, hi)) >= NORMALIZED_LIMIT
+        missing |= np.abs(normalize(sharp, lo, hi)) >= NORMALIZED_LIMIT
+        return missing if missing.any() else None
+
+    @staticmethod
+    def _check_units(blurred: np.ndarray, sharp: np.ndarray, pair: str, missing: np.ndarray | None = None) -> None:
         """Warn when a pair is in different intensity units (e.g. a [0, 1] float blurred image with a raw
         uint16 sharp one, or two exposures): both are normalised with the blurred plane's percentiles, so the
         model would learn to scale intensities. Blur keeps the mean (it moves light, it does not add any), so
         the means are compared - not the ranges, which blur legitimately shrinks (a defocused bead's peak
-        drops 100-fold)."""
+        drops 100-fold). ``missing``: pixels with no data in either image (:meth:`_missing`), left out of
+        both means (a sharp-only no-data border made a sharp mean of 1e37, and overflowed at float64's
+        largest value)."""
+        if missing is not None:
+            blurred, sharp = blurred[~missing], sharp[~missing]
+            if not blurred.size:
+                return
         b_lo, b_hi = percentile_range(blurred)
         mean_b, mean_s = float(np.mean(blurred, dtype=np.float64)), float(np.mean(sharp, dtype=np.float64))
         shift = (mean_s - mean_b) / (b_hi - b_lo)  # in units of the normalised range
@@ -664,8 +699,14 @@ class PairedData:
             raise InputError(
                 f"{pair} contains NaN or infinite values; replace them (e.g. np.nan_to_num)."
             )
-        self._check_units(b, s, pair)
-        b, s = without_sentinels(b), without_sentinels(s)  # "no data" pixels: missing to training, and here
+        missing = self._missing(b, s)
+        self._check_units(b, s, pair, missing)
+        if missing is not None:  # "no data" in either image: missing to training, and in both images here
+            b, s = b.astype(np.float64), s.astype(np.float64)
+            for values in (b, s):
+                rest = values[~missing]
+                values[missing] = np.percentile(rest, 1) if rest.size else 0.0
+        b, s = without_sentinels(b), without_sentinels(s)
         dy, dx = measure_offset(b, s)
         # the correlation peak is precise on textured images but lands off-centre for motion blur, defocus disks
         # and sparse beads (51 false alarms in 120 registered bead pairs); the blur kernel's centre of mass
