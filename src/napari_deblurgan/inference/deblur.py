@@ -134,7 +134,8 @@ def deblur(
         A bright object covering more than ``100 - high`` % of a plane (debris, a saturated cell) raises
         the high percentile and compresses everything else, which the model then over-corrects
         (docs/model-card.md, "Limitations"); a lower ``high`` (e.g. 99) lets larger objects pass. Pixels of
-        +-float32's (or float64's) largest value ("no data" sentinels), however many, and pixels 1e30
+        +-float32's (or float64's) largest value ("no data" sentinels; in float64 data also a value that rounds
+        to float32's, such as -3.4028235e+38 as GDAL writes it), however many, and pixels 1e30
         percentile spans or more away are no image: the percentiles leave them out, the model sees them as
         missing (the low percentile) and they come back unchanged. Other no-data values (-9999, 0) are image
         to it: replace them first (e.g. with the plane's median).
