@@ -302,6 +302,66 @@ def test_two_jobs_at_once_each_show_their_own_warnings_and_leave_the_hook_as_it_
     assert not warnings_shown(notifications)
 
 
+def test_a_hook_put_back_by_another_threads_catch_warnings_never_calls_itself(monkeypatch):
+    """A thread inside ``warnings.catch_warnings()`` when the last job ends puts the routing hook back when it
+    leaves; the next job then took that hook as the one to pass other threads' warnings on to, and every
+    main-thread ``warnings.warn`` raised RecursionError."""
+    import threading
+    import warnings
+
+    from napari_deblurgan.widgets._common import _WarningRoutes
+
+    routes = _WarningRoutes()
+    printed = []  # what Python's own hook would print, where warnings from no job go
+    monkeypatch.setattr(warnings, "_showwarnmsg_impl", lambda msg: printed.append(str(msg.message)))
+    with warnings.catch_warnings():  # this test's changes to the warnings module end with it
+        first = routes.route(lambda *w: None)
+        first.__enter__()
+        other_thread = warnings.catch_warnings()  # in the real case, another thread's; the order is what matters
+        other_thread.__enter__()
+        first.__exit__(None, None, None)
+        other_thread.__exit__(None, None, None)
+        assert warnings.showwarning == routes.show  # put back, with no job running
+        job_running, main_warned = threading.Event(), threading.Event()
+        seen = []
+
+        def job():
+            with routes.route(lambda *w: seen.append(str(w[0]))):
+                job_running.set()
+                assert main_warned.wait(10)
+                warnings.warn("from the job", UserWarning, stacklevel=1)
+
+        thread = threading.Thread(target=job)
+        thread.start()
+        assert job_running.wait(10)
+        warnings.simplefilter("always")
+        assert warnings.showwarning == routes.show
+        warnings.warn("from the main thread", UserWarning, stacklevel=1)  # RecursionError before
+        main_warned.set()
+        thread.join(10)
+        assert seen == ["from the job"] and printed == ["from the main thread"]
+
+
+def test_warnings_of_a_thread_the_job_started_reach_its_panel(qtbot, notifications):
+    """A job that computes in threads of its own (dask's pool) warns from them: superqt's process-wide hook sent
+    those warnings to the job, and the routing by thread must too (while it is the only job)."""
+    import threading
+    import warnings
+
+    from napari_deblurgan.widgets._common import create_cancellable_worker
+
+    def job():
+        helper = threading.Thread(target=lambda: warnings.warn("from a helper thread", UserWarning, stacklevel=1))
+        helper.start()
+        helper.join(10)
+
+    worker = create_cancellable_worker(job, _cancel=threading.Event(), _warning_prefix="Compare: ")
+    with qtbot.waitSignal(worker.finished, timeout=20_000):
+        worker.start()
+    qtbot.wait(50)
+    assert warnings_shown(notifications) == ["Compare: from a helper thread"], notifications
+
+
 def test_the_layer_menus_warnings_are_notifications(make_napari_viewer, tiny_model_file, qtbot, monkeypatch,
                                                     notifications):
     """The layer menu's jobs show deblur()'s warnings too, once, naming the layer."""

@@ -82,10 +82,18 @@ class _WarningRoutes:
 
     def show(self, message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         route = self.routes.get(threading.get_ident())
+        if route is None and threading.current_thread() is not threading.main_thread():
+            # a thread that a job started itself (dask's pool computing in a Compare job): its job's, where
+            # only one job runs (superqt's process-wide hook sent these to the job too)
+            running = list(self.routes.values())
+            route = running[0] if len(running) == 1 else None
         if route is not None:
             route(message, category, filename, lineno, file, line)
-        else:
-            (self.previous or warnings._showwarning_orig)(message, category, filename, lineno, file, line)
+            return
+        previous = self.previous
+        if previous is None or previous == self.show:  # never itself: a RecursionError out of warnings.warn
+            previous = warnings._showwarning_orig
+        previous(message, category, filename, lineno, file, line)
 
     @contextlib.contextmanager
     def route(self, emit: Callable[..., None]) -> Iterator[None]:
@@ -93,7 +101,9 @@ class _WarningRoutes:
         lineno, file, line)``."""
         with self.lock:
             if not self.routes:
-                self.previous = warnings.showwarning
+                # another thread's catch_warnings() that began while a job ran puts this hook back when it
+                # ends, after the job has taken it off: then it is not "previous" (it would call itself)
+                self.previous = None if warnings.showwarning == self.show else warnings.showwarning
                 warnings.showwarning = self.show
                 warnings.filterwarnings("always")  # as superqt's run: every warning of a job, every time
                 self.filter = warnings.filters[0]
