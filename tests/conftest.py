@@ -110,3 +110,32 @@ def numpy_peak() -> Callable[[Callable[[], object]], int]:
             tracemalloc.stop()
 
     return measure
+
+
+@pytest.fixture
+def refuse_whole_tiff_reads(monkeypatch) -> Callable[[], list[int]]:
+    """``refuse_whole_tiff_reads()``: from then on, any read of a whole TIFF series fails (the CLI's
+    ``read_series``, and tifffile's ``asarray`` without a page key); returns the list of the page keys read one at
+    a time (filled as the test goes on)."""
+    import tifffile
+
+    from napari_deblurgan.cli import deblur_command
+
+    def install() -> list[int]:
+        keys: list[int] = []
+        real_asarray = tifffile.TiffFile.asarray
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the whole series was read into memory")
+
+        def page_by_page(self, *args, **kwargs):
+            if kwargs.get("key") is None:
+                refuse()
+            keys.append(kwargs["key"])
+            return real_asarray(self, *args, **kwargs)
+
+        monkeypatch.setattr(deblur_command, "read_series", refuse)
+        monkeypatch.setattr(tifffile.TiffFile, "asarray", page_by_page)
+        return keys
+
+    return install

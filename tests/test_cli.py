@@ -192,27 +192,6 @@ def test_lazy_path_memory_does_not_grow_with_the_file(tiny_model_file, tmp_path,
     assert large - small < 0.25 * (large_file - small_file), (small, large)
 
 
-def _refuse_whole_reads(monkeypatch):
-    """Make any read of a whole TIFF series fail (the CLI's read_series, and tifffile's asarray without a page
-    key); returns the list of the page keys read one at a time."""
-    keys = []
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the whole series was read into memory")
-
-    real_asarray = tifffile.TiffFile.asarray
-
-    def page_by_page(self, *args, **kwargs):
-        if kwargs.get("key") is None:
-            refuse()
-        keys.append(kwargs["key"])
-        return real_asarray(self, *args, **kwargs)
-
-    monkeypatch.setattr(deblur_command, "read_series", refuse)
-    monkeypatch.setattr(tifffile.TiffFile, "asarray", page_by_page)
-    return keys
-
-
 def _without_uuids(xml):
     return re.sub(r'UUID="[^"]*"', "", xml or "")
 
@@ -221,7 +200,8 @@ def _without_uuids(xml):
     ("kind", "compression"),
     [("imagej", "zlib"), ("ome-czyx-joint", "lzw"), ("ome-zcyx-joint", "zlib"), ("plain-tiled", "zlib")],
 )
-def test_a_compressed_stack_is_deblurred_page_by_page(make_tiny_model, tmp_path, monkeypatch, kind, compression):
+def test_a_compressed_stack_is_deblurred_page_by_page(make_tiny_model, tmp_path, monkeypatch, kind, compression,
+                                                      refuse_whole_tiff_reads):
     """A compressed stack above the lazy threshold was read whole (tifffile cannot memory-map it), whatever its
     size: now its pages are decoded one at a time, and the output, compressed as the input, is the in-memory
     path's to the last bit, with the same axes and metadata. The joint (2-channel) cases put a plane's pages
@@ -245,7 +225,7 @@ def test_a_compressed_stack_is_deblurred_page_by_page(make_tiny_model, tmp_path,
     assert main(["deblur", str(inp), "-o", str(eager), "--model", str(model_file), "-q"]) == 0
 
     monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 100)  # far below this stack
-    keys = _refuse_whole_reads(monkeypatch)
+    keys = refuse_whole_tiff_reads()
     assert main(["deblur", str(inp), "-o", str(lazy), "--model", str(model_file), "-q"]) == 0
     monkeypatch.undo()
     pages = int(np.prod(data.shape[:-2]))

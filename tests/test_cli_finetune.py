@@ -581,30 +581,17 @@ def test_precision_flag_reaches_the_training(files, capsys):
     assert "--precision {auto,float32,bfloat16,float16}" in capsys.readouterr().out
 
 
-def test_a_compressed_training_stack_is_read_a_page_at_a_time(files, capsys, monkeypatch):
+def test_a_compressed_training_stack_is_read_a_page_at_a_time(files, capsys, monkeypatch, refuse_whole_tiff_reads):
     """A compressed stack above the lazy threshold was loaded whole for training (tifffile cannot memory-map
     it), whatever its size: training now reads its crops through a reader that decodes one page at a time."""
-    from napari_deblurgan.cli import deblur_command, finetune_command
+    from napari_deblurgan.cli import finetune_command
 
     sharp = np.stack([(samples.cells((96, 96), seed=s) * 4000).astype(np.uint16) for s in (2, 3, 4)])
     blurred = ndimage.gaussian_filter(sharp.astype(np.float32), (0, 1.5, 1.5)).astype(np.uint16)
     for name, data in (("sharp_z.tif", sharp), ("blurred_z.tif", blurred)):
         tifffile.imwrite(files / name, data, imagej=True, metadata={"axes": "ZYX"}, compression="zlib")
     monkeypatch.setattr(finetune_command, "TRAINING_IN_MEMORY_BYTES", 100)  # far below these stacks
-    keys = []
-    real_asarray = tifffile.TiffFile.asarray
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a whole training stack was read into memory")
-
-    def page_by_page(self, *args, **kwargs):
-        if kwargs.get("key") is None:
-            refuse()
-        keys.append(kwargs["key"])
-        return real_asarray(self, *args, **kwargs)
-
-    monkeypatch.setattr(deblur_command, "read_series", refuse)
-    monkeypatch.setattr(tifffile.TiffFile, "asarray", page_by_page)
+    keys = refuse_whole_tiff_reads()
     out = files / "z.pt"
     argv = _common(files, "--blurred", str(files / "blurred_z.tif"), "--sharp", str(files / "sharp_z.tif"))
     assert main([*argv, "--steps", "2", "-o", str(out), "-q"]) == 0, capsys.readouterr().err
