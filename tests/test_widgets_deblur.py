@@ -212,6 +212,35 @@ def warnings_shown(notifications) -> list[str]:
     return [msg for sev, msg in notifications if sev == NotificationSeverity.WARNING]
 
 
+def test_the_nan_advice_names_the_layer_that_was_run_at_full_resolution(viewer_and_widget, tiny_model_file, qtbot,
+                                                                        notifications, monkeypatch):
+    """The NaN advice said ``viewer.layers.selection.active.data``: that copied whichever layer was selected (not
+    the panel's), and the coarsest level of a pyramid. The layer menu said the API's ``np.nan_to_num(image``."""
+    viewer, widget = viewer_and_widget
+    full = np.random.default_rng(0).random((2, 64, 64)).astype(np.float32)
+    full[1, 5, 5] = np.nan
+    viewer.add_image([full, full[:, ::2, ::2]], name="pyr", multiscale=True)
+    viewer.add_image(np.zeros((8, 8), np.float32), name="other")  # selected last
+    widget.layer_combo.set_value(viewer.layers["pyr"])
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    (error,) = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+    assert "np.nan_to_num(viewer.layers['pyr'].data[0], nan=0.0)" in error and "copy of 'pyr'" in error, error
+    assert "selection" not in error
+
+    from napari_deblurgan.widgets import layer_menu
+
+    notifications.clear()
+    monkeypatch.setattr(layer_menu, "MODEL", str(tiny_model_file))
+    layer = viewer.add_image(full, name="stack")
+    viewer.layers.selection = {layer}
+    assert len(layer_menu.deblur_selected_layers(viewer)) == 1
+    qtbot.waitUntil(lambda: any(sev == NotificationSeverity.ERROR for sev, _ in notifications), timeout=30_000)
+    qtbot.wait(50)
+    (error,) = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+    assert error.startswith("Deblur of 'stack' failed:") and "viewer.layers['stack'].data, nan=0.0" in error, error
+
+
 def test_deblurs_warnings_are_notifications_in_the_panels_words(viewer_and_widget, make_tiny_model, tmp_path, qtbot,
                                                                 notifications):
     """A warning of deblur() in the panel's job reaches the user once, as a warning notification that names the

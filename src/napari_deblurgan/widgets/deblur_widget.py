@@ -108,6 +108,14 @@ def in_panel_words(message: str) -> str:
     return with_flags(message, PANEL_LABELS, phrases=PANEL_PHRASES)
 
 
+def for_layer(message: str, layer: Any) -> str:
+    """A message in the panel's words (:func:`in_panel_words`) whose console advice names the layer the job ran
+    on, at full resolution (level 0 of a pyramid), instead of the selected layer, which may be another one (or,
+    for a pyramid, ``np.asarray`` of it its coarsest level)."""
+    data = f"viewer.layers[{layer.name!r}].data" + ("[0]" if getattr(layer, "multiscale", False) else "")
+    return message.replace(_ACTIVE, data).replace("of the selected layer", f"of {layer.name!r}")
+
+
 class ModelComboBox(QComboBox):
     """Model picker: the session's models (see :class:`ModelRegistry`) and a "from file..." item.
 
@@ -467,6 +475,7 @@ class DeblurWidget(QWidget):
             # behind the user's back, as in the Compare and Finetune panels
             return
         if kind == "error":
+            value = for_layer(value, layer)
             self.status.setText(value)
             show_error(value)
             return

@@ -27,7 +27,7 @@ from ._common import (
     show_info,
     unique_name,
 )
-from .deblur_widget import in_panel_words
+from .deblur_widget import for_layer, in_panel_words
 
 #: what "default model" means: the shipped model of that name (tests point this at a tiny model file)
 MODEL = "default"
@@ -91,7 +91,7 @@ def _job(data: Any, model: str, axes: str, cancel: threading.Event | None = None
     except Cancelled:
         return "cancelled", None
     except user_error_types() as exc:
-        return "error", error_message(exc)
+        return "error", in_panel_words(error_message(exc))  # the Deblur panel's words, as its warnings
 
 
 def _add_result(viewer: napari.viewer.Viewer, layer: Any, outcome: tuple[str, Any]) -> None:
@@ -99,7 +99,7 @@ def _add_result(viewer: napari.viewer.Viewer, layer: Any, outcome: tuple[str, An
     if kind == "cancelled":  # napari is quitting
         return
     if kind != "ok":
-        show_error(f"Deblur of {layer.name!r} failed: {value}")
+        show_error(f"Deblur of {layer.name!r} failed: {for_layer(value, layer)}")
         return
     name = unique_name(viewer, f"{layer.name} deblurred")
     gone = gone_note(viewer, layer, name)
