@@ -199,11 +199,13 @@ def test_memory_maps_are_not_cached(pair, tmp_path):
 @pytest.mark.parametrize("cache_bytes", [0, 2**26])
 def test_nan_in_training_images_is_an_input_error_up_front_naming_the_plane(cache_bytes):
     """Any plane of an in-memory stack, not only the middle one the pair check looks at: said before
-    training, not when a crop first reaches it (as the percentiles' 'range (nan) too small' message)."""
-    stack = np.random.default_rng(0).random((6, 64, 64)).astype(np.float32)
-    stack[4, 40, 40] = np.nan
-    with pytest.raises(InputError, match=r"NaN or infinite values \(in the plane at index \(4,\)"):
-        PairedData(stack, stack * 0.5, axes="ZYX", patch_size=32, validation=0.0, cache_bytes=cache_bytes)
+    training, not when a crop first reaches it (as the percentiles' 'range (nan) too small' message). The plane
+    is named by its axes' letters, as deblur() names it ("plane T=2, Z=4"; it said "the plane at index (2, 4) of
+    the non-YX axes")."""
+    stack = np.random.default_rng(0).random((3, 6, 64, 64)).astype(np.float32)
+    stack[2, 4, 40, 40] = np.nan
+    with pytest.raises(InputError, match=r"NaN or infinite values \(in plane T=2, Z=4\)"):
+        PairedData(stack, stack * 0.5, axes="TZYX", patch_size=32, validation=0.0, cache_bytes=cache_bytes)
 
 
 @pytest.mark.parametrize("cache_bytes", [0, 2**26])
@@ -212,7 +214,7 @@ def test_nan_in_a_memory_mapped_image_is_an_input_error_when_read(cache_bytes, t
     image[:] = np.random.default_rng(0).random((3, 64, 64))
     image[2, 40, 40] = np.nan
     d = PairedData(None, image, axes="ZYX", patch_size=32, validation=0.0, cache_bytes=cache_bytes)
-    with pytest.raises(InputError, match="NaN or infinite"):
+    with pytest.raises(InputError, match=r"NaN or infinite values \(in plane Z=2\)"):
         for seed in range(50):  # some crop reaches the NaN plane
             d.sample(8, np.random.default_rng(seed))
 

@@ -203,6 +203,12 @@ class _Source:
     def width(self) -> int:
         return self.shape[self.x]
 
+    def plane_name(self, index: tuple[int, ...]) -> str:
+        """``"plane Z=3"`` (the axes' letters, as deblur() names planes) for ``index`` over the non-YX,
+        non-channel axes; "" for a single plane."""
+        parts = [f"{self.axes[axis]}={value}" for axis, value in zip(self.other, index, strict=True)]
+        return f"plane {', '.join(parts)}" if parts else ""
+
     def plane_keys(self) -> list[tuple[tuple[int, ...], int | None]]:
         """(index, channel) of every plane the model sees."""
         other_shape = [self.shape[i] for i in self.other]
@@ -235,7 +241,7 @@ class _Source:
         if key not in self._ranges:
             reference = self.blurred if self.blurred is not None else self.sharp
             plane = self._read(reference, index, channel if self.c is not None else None, slice(None), slice(None))
-            _check_finite_plane(plane, index)  # else the percentiles are NaN and the message would mislead
+            _check_finite_plane(plane, self.plane_name(index))  # else the percentiles are NaN and mislead
             self._ranges[key] = percentile_range(plane[0], DEFAULT_NORMALIZATION["low"], DEFAULT_NORMALIZATION["high"])
         return self._ranges[key]
 
@@ -325,7 +331,7 @@ class _Source:
         training as to deblur() (at the limit they overflowed Adam's second moment and every update became 0,
         without a word)."""
         raw = self._read(array, index, channel, rows, cols)
-        _check_finite_plane(raw, index)
+        _check_finite_plane(raw, self.plane_name(index))
         out = np.empty(raw.shape, dtype=np.float32)
         for c, (lo, hi) in enumerate(ranges):
             out[c] = normalize(raw[c], lo, hi)
@@ -359,10 +365,11 @@ class _Source:
         return plane, key in self.cache.with_sentinels
 
 
-def _check_finite_plane(plane: np.ndarray, index: tuple[int, ...]) -> None:
-    """InputError naming the plane when ``plane`` (a float region of a training image) has NaN or inf."""
+def _check_finite_plane(plane: np.ndarray, name: str) -> None:
+    """InputError naming the plane (``name``, :meth:`_Source.plane_name`) when ``plane`` (a float region of a
+    training image) has NaN or inf."""
     if plane.dtype.kind in "fc" and not np.all(np.isfinite(plane)):
-        where = f" (in the plane at index {index} of the non-YX axes)" if index else ""
+        where = f" (in {name})" if name else ""
         raise InputError(
             f"The training images contain NaN or infinite values{where}; replace them (e.g. np.nan_to_num)."
         )
@@ -555,7 +562,8 @@ class PairedData:
         for array in (src.sharp, src.blurred):
             if type(array) is np.ndarray and array.dtype.kind in "fc":
                 for index, channel in src.plane_keys():
-                    _check_finite_plane(src._read(array, index, channel, slice(None), slice(None)), index)
+                    plane = src._read(array, index, channel, slice(None), slice(None))
+                    _check_finite_plane(plane, src.plane_name(index))
 
     def _make_source(self, sharp: Any, blurred: Any | None, axes: str, i: int | None) -> _Source:
         """The source of training pair ``i`` (0-based), or of the validation pair (``i`` None)."""
