@@ -84,3 +84,14 @@ def channel_axis(axes: str) -> int | None:
         if letter in axes:
             return axes.index(letter)
     return None
+
+
+def plane_name(axes: str, named: dict[int, list[int]]) -> str:
+    """``"plane Z=2, C=1"``, as error messages name a plane of a stack: ``named`` maps axes (their positions in
+    ``axes``) to the indices to name, given in the axes' order; "" when there is nothing to name (a single
+    plane)."""
+    parts = [f"{axes[a]}={','.join(map(str, named[a]))}" for a in sorted(named)]
+    if not parts:
+        return ""
+    only_channels = all(axes[a] in "CS" for a in named)
+    return f"{'channel' if only_channels else 'plane'} {', '.join(parts)}"

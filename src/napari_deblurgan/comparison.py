@@ -47,7 +47,7 @@ from .blur.synthesize import (
 from .errors import Cancelled, InputError, cancel_requested
 from .inputs import is_dask, is_lazy, reject_viewer_objects
 from .normalization import (
-    SENTINEL_VALUES,
+    SENTINEL_FLOOR,
     cast_like,
     percentile_range,
     percentile_samples,
@@ -67,11 +67,6 @@ def _as_image(image: Any, name: str) -> Any:
         check_image_kind(image, name=name)
         return image
     return validate_image(image, name=name)
-
-
-#: The smallest magnitude a "no data" sentinel can have (:func:`~napari_deblurgan.normalization.sentinel_mask`):
-#: an image whose extremes stay below it has none, and its range needs no second look.
-_SENTINEL_FLOOR = SENTINEL_VALUES[0] - 2.0**103
 
 
 def _block_range(part: np.ndarray) -> tuple[Any, Any] | None:
@@ -102,7 +97,8 @@ def value_range(image: Any, *, name: str = "image") -> tuple[float, float]:
         lo, hi = _blockwise_range(image, lambda part: (part.min(), part.max()))
     if image.dtype.kind == "f" and not (np.isfinite(lo) and np.isfinite(hi)):
         raise InputError(not_finite_message(name))
-    if image.dtype.kind == "f" and max(abs(float(lo)), abs(float(hi))) >= _SENTINEL_FLOOR:
+    # extremes below SENTINEL_FLOOR: no sentinel, and the range needs no second look
+    if image.dtype.kind == "f" and max(abs(float(lo)), abs(float(hi))) >= SENTINEL_FLOOR:
         lo, hi = _blockwise_range(image, _block_range)
     return float(lo), float(hi)
 

@@ -32,6 +32,8 @@ _MAX_PERCENTILE_SAMPLES = 1 << 20
 SENTINEL_VALUES = (float(np.finfo(np.float32).max), float(np.finfo(np.float64).max))
 #: Half the spacing of float32 numbers at its largest value (2**104 apart there).
 _FLOAT32_MAX_HALF_STEP = 2.0**103
+#: The smallest magnitude a sentinel has (:func:`sentinel_mask`): values whose extremes stay below it hold none.
+SENTINEL_FLOOR = SENTINEL_VALUES[0] - _FLOAT32_MAX_HALF_STEP
 
 
 def sentinel_mask(values: np.ndarray) -> np.ndarray | None:
@@ -40,7 +42,7 @@ def sentinel_mask(values: np.ndarray) -> np.ndarray | None:
     count as it (the text spelling -3.4028235e+38)."""
     if values.dtype.kind != "f" or values.dtype.itemsize < 4 or not values.size:
         return None
-    lowest = SENTINEL_VALUES[0] - _FLOAT32_MAX_HALF_STEP
+    lowest = SENTINEL_FLOOR
     if not (values.max() > lowest or values.min() < -lowest):  # two reductions, no temporaries: most images
         return None
     if values.dtype.itemsize == 4:

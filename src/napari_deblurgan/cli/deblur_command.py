@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import math
 import os
 import re
@@ -837,7 +838,7 @@ class TiffPages:
         picks = [r if isinstance(r, range) else (r,) for r in ranges]
         planes = [
             self._page(int(np.ravel_multi_index(index, self._lead)) if self._lead else 0)[within]
-            for index in _product(picks)
+            for index in itertools.product(*picks)
         ]
         if not planes:  # an empty selection along a leading axis
             return np.empty((*kept, *np.empty(self._page_shape, self.dtype)[within].shape), self.dtype)
@@ -859,13 +860,6 @@ class TiffPages:
     def __dask_tokenize__(self) -> tuple:
         filename = self._tif.filehandle.path
         return ("napari-deblurgan-tiffpages", filename, os.stat(filename).st_mtime_ns, self.shape, str(self.dtype))
-
-
-def _product(ranges: list[Any]) -> Any:
-    """itertools.product of ``ranges`` (C order)."""
-    import itertools
-
-    return itertools.product(*ranges)
 
 
 def _deblur_lazy(pages: Any, info: TiffInfo, common: dict, out: Path, kw: dict, bar: Any) -> None:

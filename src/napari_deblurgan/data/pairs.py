@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import signal
 
-from ..axes import CHANNEL_LETTERS, resolve_axes
+from ..axes import CHANNEL_LETTERS, plane_name, resolve_axes
 from ..errors import InputError, user_stacklevel
 from ..inputs import reject_torch_tensor, reject_viewer_objects
 from ..normalization import DEFAULT_NORMALIZATION, NORMALIZED_LIMIT, normalize, percentile_range, without_sentinels
@@ -206,8 +206,7 @@ class _Source:
     def plane_name(self, index: tuple[int, ...]) -> str:
         """``"plane Z=3"`` (the axes' letters, as deblur() names planes) for ``index`` over the non-YX,
         non-channel axes; "" for a single plane."""
-        parts = [f"{self.axes[axis]}={value}" for axis, value in zip(self.other, index, strict=True)]
-        return f"plane {', '.join(parts)}" if parts else ""
+        return plane_name(self.axes, {axis: [value] for axis, value in zip(self.other, index, strict=True)})
 
     def plane_keys(self) -> list[tuple[tuple[int, ...], int | None]]:
         """(index, channel) of every plane the model sees."""

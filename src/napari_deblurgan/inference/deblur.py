@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..axes import channel_axis, resolve_axes
+from ..axes import channel_axis, plane_name, resolve_axes
 from ..errors import Cancelled, InputError, cancel_requested, user_stacklevel
 from ..inputs import is_dask, is_lazy, reject_viewer_objects
 from ..normalization import (
@@ -251,16 +251,6 @@ def _is_mapped(array: np.ndarray) -> bool:
     return False
 
 
-def _plane_name(axes: str, named: dict[int, list[int]]) -> str:
-    """``"plane Z=2, C=1"``: ``named`` maps axes (their positions in ``axes``) to the indices to name, given
-    in the axes' order; "" when there is nothing to name (a single plane)."""
-    parts = [f"{axes[a]}={','.join(map(str, named[a]))}" for a in sorted(named)]
-    if not parts:
-        return ""
-    only_channels = all(axes[a] in "CS" for a in named)
-    return f"{'channel' if only_channels else 'plane'} {', '.join(parts)}"
-
-
 def _nonfinite_counts(plane: np.ndarray) -> list[int]:
     """NaN/inf pixels of each channel of a (C, Y, X) plane: boolean temporaries of one channel at a time, and
     no copy of a non-contiguous view (reshape(-1, ...) would copy one)."""
@@ -290,7 +280,7 @@ def _check_finite_whole(image: np.ndarray, axes: str) -> None:
     for index in np.ndindex(*src.shape[:-3]):
         counts = _nonfinite_counts(src[index])
         if any(counts) and not bad:
-            first = _plane_name(axes, _named(axes, other, index, counts, c_ax))
+            first = plane_name(axes, _named(axes, other, index, counts, c_ax))
         bad += sum(counts)
     if bad:
         raise _nonfinite_error("", bad, int(image.size), first)
@@ -327,7 +317,7 @@ def _check_finite_plane(
     # counted out of the named channels' pixels (all of the plane where no channel is named)
     channels = len(named[c_ax]) if c_ax is not None and c_ax in named else plane.shape[0]
     size = channels * plane.shape[1] * plane.shape[2]
-    raise _nonfinite_error(_plane_name(axes, named), bad, size)
+    raise _nonfinite_error(plane_name(axes, named), bad, size)
 
 
 def _check_callbacks(progress: Any, cancel: Any) -> None:
