@@ -476,6 +476,28 @@ def test_map_axes():
     assert deblur_command.map_axes("TZCYX") == "TZCYX"
     with pytest.raises(Exception, match="--axes"):
         deblur_command.map_axes("TZQYX")
+    assert deblur_command.map_axes("CYXS") == "ZYXS"  # RGB pages described as ImageJ channels
+    assert deblur_command.map_axes("TCYXS") == "TZYXS"
+
+
+def test_imagej_stack_of_rgb_pages(tiny_model_file, tmp_path):
+    """``tifffile.imwrite(stack_of_rgb, imagej=True)`` describes the pages as channels (axes CYXS): it was
+    refused ("has both 'C' and 'S'", naming an --axes flag that was not given); each RGB page is a plane now,
+    deblurred as the same page of a ZYXS stack is, and the output keeps the input's layout."""
+    rng = np.random.default_rng(5)
+    stack = (rng.random((3, 48, 40, 3)) * 255).astype(np.uint8)
+    inp, out = tmp_path / "rgb_stack.tif", tmp_path / "rgb_stack_out.tif"
+    tifffile.imwrite(inp, stack, imagej=True, photometric="rgb")
+    with tifffile.TiffFile(inp) as tif:
+        assert tif.series[0].axes == "CYXS"  # the case: tifffile's reading of its own ImageJ RGB stack
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    as_z, out_z = tmp_path / "as_z.tif", tmp_path / "as_z_out.tif"
+    tifffile.imwrite(as_z, stack, imagej=True, photometric="rgb", metadata={"axes": "ZYXS"})
+    assert main(["deblur", str(as_z), "-o", str(out_z), "--model", str(tiny_model_file), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif, tifffile.TiffFile(inp) as before:
+        assert tif.series[0].axes == "CYXS" and len(tif.pages) == len(before.pages) == 3
+        assert tif.imagej_metadata["channels"] == 3 and tif.pages[0].photometric == before.pages[0].photometric
+        np.testing.assert_array_equal(tif.asarray(), tifffile.imread(out_z))
 
 
 # ----------------------------------------------------------------------------------- never overwrite input

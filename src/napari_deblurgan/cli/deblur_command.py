@@ -232,8 +232,14 @@ def axes_flag(axes: str, shape: tuple[int, ...], what: str) -> str:
 
 
 def map_axes(file_axes: str) -> str:
-    """tifffile axes -> our letters: unknown letters ('Q', 'I', ...) become Z, then T; else InputError."""
+    """tifffile axes -> our letters: unknown letters ('Q', 'I', ...) become Z, then T; else InputError. A C
+    next to S becomes Z or T too: tifffile reads an ImageJ file of RGB pages described as channels (what
+    ``tifffile.imwrite(..., imagej=True)`` writes for a stack of RGB images) as CYXS, and an image has one
+    channel axis at most; each RGB page is then deblurred as a plane of its own, and the file is written back
+    as it was."""
     out = [a if a in OUR_AXES else "?" for a in file_axes.upper()]
+    if "C" in out and "S" in out:
+        out[out.index("C")] = "?"
     free = [a for a in "ZT" if a not in out]
     for i, a in enumerate(out):
         if a == "?":
