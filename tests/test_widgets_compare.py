@@ -546,3 +546,41 @@ def test_the_grid_stride_is_asked_of_napari_not_assumed():
 
     assert _top_first_stride(OldGrid(), layers, shown) == 1
     assert _top_first_stride(NewGrid(), layers, shown) == -1
+
+
+def test_a_nan_error_names_the_plane_and_the_layer_it_is_in(setup, qtbot, notifications):
+    """compare()'s NaN/inf error names the image and the plane (as deblur()'s does); the panel's advice names the
+    layer to fix in napari's console, not the API's ``np.nan_to_num(image, ...)`` (the user has no ``image``)."""
+    from napari_deblurgan.widgets.compare_widget import PSF_GAUSSIAN
+
+    viewer, widget = setup
+    stack = np.repeat(viewer.layers["truth"].data[None], 3, axis=0)
+    bad = stack.copy()
+    bad[2, 5, 6] = np.nan
+    viewer.add_image(stack, name="truth stack", contrast_limits=(0, 1))
+    viewer.add_image(bad, name="bad stack", contrast_limits=(0, 1))
+    widget.reference_combo.set_value(viewer.layers["truth stack"])
+    widget.set_checked(viewer.layers["bad stack"])
+    widget.compute_button.click()
+    wait_done(qtbot, widget)
+    said = widget.status.text()
+    assert said.startswith("plane Z=2 of the result 'bad stack' has 1 NaN/inf pixel(s)"), said
+    assert "np.nan_to_num(viewer.layers['bad stack'].data, nan=0.0)" in said and "np.nan_to_num(image" not in said
+    assert any(msg == said for sev, msg in notifications if sev == NotificationSeverity.ERROR)
+
+    widget.set_checked(viewer.layers["bad stack"], False)
+    widget.set_checked(viewer.layers["truth stack"])
+    widget.reference_combo.set_value(viewer.layers["bad stack"])
+    widget.compute_button.click()
+    wait_done(qtbot, widget)
+    said = widget.status.text()
+    assert said.startswith("the ground truth's plane Z=2 has 1 NaN/inf pixel(s)"), said
+    assert "np.nan_to_num(viewer.layers['bad stack'].data, nan=0.0)" in said
+
+    widget.baseline_input.set_value(viewer.layers["bad stack"])
+    widget.psf_source.setCurrentText(PSF_GAUSSIAN)
+    widget.rl_button.click()
+    wait_done(qtbot, widget)
+    said = widget.status.text()
+    assert said.startswith("the image's plane Z=2 has 1 NaN/inf pixel(s)"), said
+    assert "np.nan_to_num(viewer.layers['bad stack'].data, nan=0.0)" in said

@@ -14,8 +14,10 @@ and sharpness filter a plane in bands of rows (a few MB of float64 buffers, what
 is the result (if any) plus about a plane, never a float copy of the stack or a dozen of one plane.
 
 Lazy arrays (dask, zarr, h5py: see :func:`is_lazy`) are read one YX plane at a time by every function here
-(a dask block that holds several planes is computed once), never made into one NumPy array, and give the
-values of their NumPy copies to the last bit. As ``deblur()`` does, :func:`richardson_lucy`, :func:`wiener`
+(by :class:`~napari_deblurgan.inputs.PlaneReader`, as ``deblur()`` reads them: a dask block that holds several
+planes is computed once, a chunked zarr array read a slab of whole chunks at a time), never made into one NumPy
+array, and give the values of their NumPy copies to the last bit. NaN or inf is an error that names the image
+and the plane, as ``deblur()``'s does. As ``deblur()`` does, :func:`richardson_lucy`, :func:`wiener`
 and :func:`best_classical` give a lazy dask array out (one plane per block) for a dask array in, and a NumPy
 result for other lazy arrays.
 """
@@ -41,11 +43,10 @@ from .blur.synthesize import (
     not_finite_message,
     plane_indices,
     resolve_image_axes,
-    validate_image,
     yx_last,
 )
 from .errors import Cancelled, InputError, cancel_requested
-from .inputs import is_dask, is_lazy, reject_viewer_objects
+from .inputs import PlaneReader, is_dask, is_lazy, reject_viewer_objects
 from .normalization import (
     SENTINEL_FLOOR,
     cast_like,
@@ -58,15 +59,21 @@ from .normalization import (
 # ------------------------------------------------------------------------------------------- lazy arrays
 
 
-def _as_image(image: Any, name: str) -> Any:
-    """``image`` as the metrics and baselines read it: an ndarray checked by ``validate_image``, or a lazy
-    array (:func:`is_lazy`) checked from its dtype and shape only; its pixels are checked as they are read."""
+def _as_image(image: Any, name: str, axes: str | None = None) -> Any:
+    """``image`` as the metrics and baselines read it: an ndarray checked as ``validate_image`` checks it (NaN
+    or inf: an error naming the first plane that holds one, by ``axes``), or a lazy array (:func:`is_lazy`)
+    checked from its dtype and shape only; its pixels are checked as they are read."""
     # first: napari's multiscale data has a dtype, a shape and __getitem__ too, but indexing it gives levels
     reject_viewer_objects(image, name)
     if is_lazy(image):
         check_image_kind(image, name=name)
         return image
-    return validate_image(image, name=name)
+    arr = np.asarray(image)
+    check_image_kind(arr, name=name)
+    # min and max are NaN if any value is, and +-inf if one is: no whole-stack boolean array (np.isfinite)
+    if arr.dtype.kind == "f" and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+        raise _not_finite(arr, name, axes)
+    return arr
 
 
 def _block_range(part: np.ndarray) -> tuple[Any, Any] | None:
@@ -79,9 +86,10 @@ def _block_range(part: np.ndarray) -> tuple[Any, Any] | None:
     return part.min(), part.max()
 
 
-def value_range(image: Any, *, name: str = "image") -> tuple[float, float]:
+def value_range(image: Any, *, name: str = "image", axes: str | None = None) -> tuple[float, float]:
     """``(min, max)`` of an ndarray or a lazy array in one pass that holds one block at a time (a dask array
-    by its own chunked reduction, which reads each chunk once for both); InputError for NaN or inf.
+    by its own chunked reduction, which reads each chunk once for both); InputError for NaN or inf, naming the
+    first plane (by ``axes``, or those inferred from the shape) that holds one.
 
     "No data" sentinels (:data:`~napari_deblurgan.normalization.SENTINEL_VALUES`) are left out: a no-data
     border made a range of 3.4e38, which gave PSNRs of 800 dB and SSIMs of 1 whatever the images, and
@@ -96,7 +104,7 @@ def value_range(image: Any, *, name: str = "image") -> tuple[float, float]:
     else:
         lo, hi = _blockwise_range(image, lambda part: (part.min(), part.max()))
     if image.dtype.kind == "f" and not (np.isfinite(lo) and np.isfinite(hi)):
-        raise InputError(not_finite_message(name))
+        raise _not_finite(image, name, axes)
     # extremes below SENTINEL_FLOOR: no sentinel, and the range needs no second look
     if image.dtype.kind == "f" and max(abs(float(lo)), abs(float(hi))) >= SENTINEL_FLOOR:
         lo, hi = _blockwise_range(image, _block_range)
@@ -117,110 +125,67 @@ def _blockwise_range(image: Any, block_range: Callable[[np.ndarray], tuple[Any, 
     return (0.0, 0.0) if lo is None else (lo, hi)
 
 
-def _plane_reader(image: Any, axes: str) -> Callable[[tuple[int, ...]], np.ndarray]:
-    """``read(idx)``: the (Y, X) plane at ``idx`` (an index over the other axes, in their order, as
-    :func:`plane_indices` gives it): a view of an ndarray, or a NumPy copy of that plane alone from a lazy
-    array (a dask array computes the blocks that hold it, nothing else)."""
-    if isinstance(image, np.ndarray):
-        planes = yx_last(image, axes)
-        return lambda idx: planes[idx]
-    y, x = axes.index("Y"), axes.index("X")
-    others = [i for i in range(len(axes)) if i not in (y, x)]
-    if is_dask(image) and _slab_fits(image, others, y, x):
-        return _dask_plane_reader(image, others, transpose=x < y)
-
-    def read(idx: tuple[int, ...]) -> np.ndarray:
-        key: list[Any] = [slice(None)] * len(axes)
-        for axis, value in zip(others, idx, strict=True):
-            key[axis] = value
-        plane = np.asarray(image[tuple(key)])
-        return plane.T if x < y else plane  # the two axes left keep their order: (X, Y) when X comes first
-
-    return read
+def _plane_reader(image: Any, axes: str) -> PlaneReader:
+    """The (Y, X) planes of ``image`` (:class:`~napari_deblurgan.inputs.PlaneReader`, read in the C order of
+    :func:`plane_indices`): views of an ndarray, NumPy copies of one plane (or one slab of whole chunks, or the
+    planes of one dask block: computed once) at a time from a lazy array."""
+    return PlaneReader(image, axes, channels_in_plane=False, c_order=True)
 
 
-#: :func:`_dask_plane_reader` keeps one block's planes: at most this many, and this many bytes.
-_SLAB_PLANES, _SLAB_BYTES = 16, 256 << 20
-
-
-def _slab_fits(image: Any, others: list[int], y: int, x: int) -> bool:
-    """Whether keeping a block's planes pays: the blocks are at most :data:`_SLAB_PLANES` planes deep, only
-    along the fastest of the other axes (planes are read in C order, so a block deep along a slower axis would
-    be computed again for every plane of the faster one anyway), and small. Otherwise the planes are read one by
-    one: a dask array over a file (``da.from_array`` of a memmap or h5py dataset) then reads one plane, not a
-    whole block or stack."""
-    if not others or any(max(image.chunks[axis]) > 1 for axis in others[:-1]):
-        return False
-    depth = max(image.chunks[others[-1]])
-    plane_bytes = image.shape[y] * image.shape[x] * image.dtype.itemsize
-    return 1 < depth <= _SLAB_PLANES and depth * plane_bytes <= _SLAB_BYTES
-
-
-def _dask_plane_reader(image: Any, others: list[int], *, transpose: bool) -> Callable[[tuple[int, ...]], np.ndarray]:
-    """:func:`_plane_reader` of a dask array whose blocks may hold several planes (a lazy RGB ``deblur()``
-    result keeps its 3 samples in one block, a stack may be chunked 10 planes deep): computing one plane
-    computes its whole block, so the planes of the block last computed are kept (one slab: the block's depth
-    along the other axes, whole YX planes) and a block is computed once while planes are read in order."""
-    bounds = [np.cumsum((0, *image.chunks[axis])) for axis in others]
-    slab: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
-
-    def read(idx: tuple[int, ...]) -> np.ndarray:
-        spans = []
-        for edges, value in zip(bounds, idx, strict=True):
-            k = int(np.searchsorted(edges, value, side="right")) - 1
-            spans.append((int(edges[k]), int(edges[k + 1])))
-        where = tuple(spans)
-        if where not in slab:
-            slab.clear()  # before computing the next: one slab in memory
-            key: list[Any] = [slice(None)] * image.ndim
-            for axis, (lo, hi) in zip(others, where, strict=True):
-                key[axis] = slice(lo, hi)
-            slab[where] = np.asarray(image[tuple(key)])
-        key = [slice(None)] * image.ndim
-        for axis, (lo, _), value in zip(others, where, idx, strict=True):
-            key[axis] = value - lo
-        plane = slab[where][tuple(key)]
-        return plane.T if transpose else plane
-
-    return read
-
-
-def _read_checked(read: Callable[[tuple[int, ...]], np.ndarray], idx: tuple[int, ...], image: Any, name: str):
-    """``read(idx)``, with the NaN/inf check that ``validate_image`` made of a whole ndarray done on this plane
-    of a lazy one (checking it up front would read it twice)."""
+def _read_checked(read: PlaneReader, idx: tuple[int, ...], image: Any, name: str) -> np.ndarray:
+    """``read(idx)``, with the NaN/inf check that :func:`_as_image` made of a whole ndarray done on this plane
+    of a lazy one (checking it up front would read it twice), naming the plane."""
     plane = read(idx)
-    if not isinstance(image, np.ndarray) and plane.dtype.kind == "f" and not (
-        np.isfinite(plane.min()) and np.isfinite(plane.max())
-    ):
-        raise InputError(not_finite_message(name))
+    if not isinstance(image, np.ndarray):
+        read.check_finite(plane, idx, name)
     return plane
+
+
+def _naming_axes(image: Any, axes: str | None) -> str:
+    """The axes that name a plane in an error: ``axes`` or those inferred from the shape, or for a shape that
+    needs explicit axes (5D and more) with none given, or with wrong ones, dots and the last two as YX."""
+    try:
+        return resolve_image_axes(image, axes)
+    except InputError:
+        return "." * (len(image.shape) - 2) + "YX"
+
+
+def _not_finite(image: Any, name: str, axes: str | None) -> InputError:
+    """The InputError for NaN/inf in ``image`` (found by a reduction over it), naming the first plane that holds
+    one as :meth:`~napari_deblurgan.inputs.PlaneReader.check_finite` does as a plane is read: the planes are
+    read again to find it (an error path: the cost is paid once)."""
+    planes = _plane_reader(image, _naming_axes(image, axes))
+    for idx in planes.indices():
+        planes.check_finite(planes(idx), idx, name)
+    return InputError(not_finite_message(name))  # a NaN the reduction saw but no plane holds: not expected
 
 
 # ----------------------------------------------------------------------------------------------- metrics
 
 
-def default_data_range(reference: Any) -> float:
+def default_data_range(reference: Any, *, axes: str | None = None) -> float:
     """Data range used by the metrics: the dtype's full range for integers, ``max - min`` for floats, "no
     data" sentinels left out (:func:`value_range`).
 
     Integer images use the dtype range (255 for uint8, 65535 for uint16) like scikit-image; for uint16
     data that fills only a small part of the range, pass ``data_range`` explicitly for more telling PSNRs.
     A constant float reference falls back to 1. A lazy reference (:func:`is_lazy`) is read block by block.
+    ``axes`` (or those inferred from the shape) name the plane that holds a NaN or inf, in the error.
     """
     if not is_lazy(reference):
         reference = np.asarray(reference)
     if reference.dtype.kind in "iu":
         info = np.iinfo(reference.dtype)
         return float(info.max) - float(info.min)
-    lo, hi = value_range(reference, name="reference")
+    lo, hi = value_range(reference, name="reference", axes=axes)
     span = hi - lo
     return span if span > 0 else 1.0
 
 
-def _data_range(reference: np.ndarray, data_range: Any) -> float:
+def _data_range(reference: np.ndarray, data_range: Any, axes: str | None = None) -> float:
     """``data_range`` checked (a finite number > 0), or :func:`default_data_range` of ``reference`` for None."""
     if data_range is None:
-        return default_data_range(reference)
+        return default_data_range(reference, axes=axes)
     if isinstance(data_range, bool) or not isinstance(data_range, numbers.Real) or not (
         math.isfinite(float(data_range)) and float(data_range) > 0
     ):
@@ -231,11 +196,11 @@ def _data_range(reference: np.ndarray, data_range: Any) -> float:
     return float(data_range)
 
 
-def _pair(reference: Any, image: Any) -> tuple[Any, Any]:
+def _pair(reference: Any, image: Any, axes: str | None = None) -> tuple[Any, Any]:
     """``reference`` and ``image`` as :func:`_as_image` takes them (ndarrays checked whole, lazy arrays by dtype
     and shape: their pixels are checked as they are read), of the same shape."""
-    ref = _as_image(reference, "reference")
-    img = _as_image(image, "image")
+    ref = _as_image(reference, "reference", axes)
+    img = _as_image(image, "image", axes)
     if tuple(ref.shape) != tuple(img.shape):
         raise InputError(
             f"The image has shape {tuple(img.shape)} but the reference has {tuple(ref.shape)}; compare images of "
@@ -376,8 +341,8 @@ def psnr(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     :data:`~napari_deblurgan.normalization.SENTINEL_VALUES`) are left out of the mean squared error and of
     the default data range: there is nothing to compare with there. NaN when the reference has no data at all.
     """
-    ref, img = _pair(reference, image)
-    dr = _data_range(ref, data_range)
+    ref, img = _pair(reference, image, axes)
+    dr = _data_range(ref, data_range, axes)
     axes = _reading_axes(ref if is_lazy(ref) else img, axes)
     return _psnr_from_sums(*_squared_error(_block_pairs(ref, img, axes)), dr)
 
@@ -485,8 +450,8 @@ def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     Windows that hold a pixel with no data in the reference (a "no data" sentinel, as for :func:`psnr`) are
     left out, and so are planes left without any; NaN when no plane has a window with data.
     """
-    ref, img = _pair(reference, image)
-    dr = _data_range(ref, data_range)
+    ref, img = _pair(reference, image, axes)
+    dr = _data_range(ref, data_range, axes)
     axes = resolve_image_axes(ref, axes)
     win = _ssim_window((ref.shape[axes.index("Y")], ref.shape[axes.index("X")]))
     read_ref, read_img = _plane_reader(ref, axes), _plane_reader(img, axes)
@@ -510,7 +475,7 @@ def nrmse(reference: Any, image: Any, *, axes: str | None = None) -> float:
     Lazy arrays are read a plane at a time, as for :func:`psnr`. The reference's "no data" pixels are left
     out, as for :func:`psnr`; NaN when the reference has no data at all.
     """
-    ref, img = _pair(reference, image)
+    ref, img = _pair(reference, image, axes)
     axes = _reading_axes(ref if is_lazy(ref) else img, axes)
     return _nrmse_from_sums(*_squared_sums(_block_pairs(ref, img, axes)))
 
@@ -588,7 +553,7 @@ def sharpness(image: Any, *, axes: str | None = None) -> float:
     it to rank versions of the *same* image (before/after deblurring), not to compare different scenes. Lazy
     arrays are read a plane at a time.
     """
-    arr = _as_image(image, "image")
+    arr = _as_image(image, "image", axes)
     axes = resolve_image_axes(arr, axes)
     read = _plane_reader(arr, axes)
     values = [_plane_sharpness(_read_checked(read, idx, arr, "image")) for idx in plane_indices(tuple(arr.shape), axes)]
@@ -730,13 +695,14 @@ def _deconvolve(
     (as ``deblur()`` does: no whole-stack copy, and ``cancel`` reaches the blocks), and any other lazy array
     (zarr, h5py) a NumPy result filled one plane read at a time.
     """
-    image = _as_image(image, "image")  # an ndarray checked whole, or a lazy array checked by dtype and shape
+    image = _as_image(image, "image", axes)  # an ndarray checked whole, or a lazy array checked by dtype and shape
     kernel = check_psf_array(psf)
     axes = resolve_image_axes(image, axes)
     if not is_lazy(image):
         return _per_plane(image, axes, lambda plane: deconvolve(plane, kernel), cancel)
     _raise_if_cancelled(cancel)
-    return _deconvolve_lazy(image, axes, lambda plane: deconvolve(plane, kernel), cancel, value_range(image))
+    image_range = value_range(image, axes=axes)
+    return _deconvolve_lazy(image, axes, lambda plane: deconvolve(plane, kernel), cancel, image_range)
 
 
 def _deconvolve_lazy(
@@ -842,17 +808,17 @@ def best_classical(
     winner computed again when it is computed: once for ``ssim``, once more when used), other lazy arrays a
     NumPy one.
     """
-    sharp_arr, arr = _pair(sharp, blurred)  # ndarrays, or lazy arrays read a plane at a time
+    sharp_arr, arr = _pair(sharp, blurred, axes)  # ndarrays, or lazy arrays read a plane at a time
     iterations = sorted({_check_iterations(int(n)) for n in rl_iterations})
     balances = [float(b) for b in wiener_balances]
     if not iterations and not balances:
         raise InputError("Give at least one Richardson-Lucy iteration count or one Wiener balance.")
     if any(not b > 0 for b in balances):
         raise InputError("Wiener balances must be > 0.")
-    dr = _data_range(sharp_arr, data_range)
+    dr = _data_range(sharp_arr, data_range, axes)
     kernel = check_psf_array(psf)
     axes = resolve_image_axes(arr, axes)
-    blurred_range = value_range(arr)  # one pass, a block at a time for a lazy array
+    blurred_range = value_range(arr, axes=axes)  # one pass, a block at a time for a lazy array
     scaler = _Scaler(blurred_range, arr.dtype)
     read_src, read_ref = _plane_reader(arr, axes), _plane_reader(sharp_arr, axes)
     indices = plane_indices(tuple(arr.shape), axes)
@@ -1029,8 +995,8 @@ def compare(
         items = [(f"image {i}", image) for i, image in enumerate(results)]
     if not items:
         raise InputError("Nothing to compare: results is empty.")
-    images = [(name, _as_image(image, f"result {name!r}")) for name, image in items]
-    ref = None if reference is None else _as_image(reference, "reference")
+    images = [(name, _as_image(image, f"result {name!r}", axes)) for name, image in items]
+    ref = None if reference is None else _as_image(reference, "reference", axes)
     first_shape = tuple(images[0][1].shape if ref is None else ref.shape)
     for name, image in images:
         if tuple(image.shape) != first_shape:
@@ -1040,7 +1006,7 @@ def compare(
                 "all images must have the same shape."
             )
     axes = resolve_image_axes(ref if ref is not None else images[0][1], axes)
-    dr = None if ref is None else _data_range(ref, data_range)
+    dr = None if ref is None else _data_range(ref, data_range, axes)
     indices = plane_indices(first_shape, axes)
     plane_shape = (first_shape[axes.index("Y")], first_shape[axes.index("X")])
     win = None if ref is None else _ssim_window(plane_shape)

@@ -5,14 +5,22 @@ napari's multiscale data into its *coarsest* level, so a deblurred "image" would
 pyramid level. The public functions call :func:`reject_viewer_objects` before converting their inputs, so
 that both get one message that says what to pass instead. No napari import: recognised by their types'
 modules and names.
+
+Also how the planes of any of the arrays they accept are read (:class:`PlaneReader`: views of an ndarray or a
+memory map, a slab of whole chunks of a zarr array or a dask block's planes at a time, one at a time otherwise)
+and checked for NaN/inf as they are read, with errors that name the plane (``deblur()`` and the comparison
+functions share both).
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from .axes import channel_axis, plane_name
 from .errors import InputError
 
 
@@ -91,3 +99,251 @@ def reject_viewer_objects(value: Any, name: str = "image") -> None:
                 f"The {name} is a list of {len(value)} arrays of different shapes ({', '.join(map(str, shapes))}), "
                 "like the levels of a multiscale image; pass one array, e.g. the first (full resolution)."
             )
+
+
+# ------------------------------------------------------------------------------------------- plane reader
+
+#: The most bytes one read of a chunked array may hold: a slab of whole chunks (zarr, chunked h5py) or dask
+#: blocks along the axes outside the plane, so that a chunk several planes deep is decoded (a block computed)
+#: once, not once per plane. A deeper chunk of large planes is read in slabs of as many planes as fit.
+SLAB_BYTES = 256 * 2**20
+
+#: A dask block's planes are kept only for blocks at most this many planes deep: a deeper block is often a
+#: dask array over a file in one chunk (``da.from_array`` of a memory map or an h5py dataset), which is read
+#: one plane at a time instead (dask then reads one plane of the file, not the stack).
+DASK_SLAB_PLANES = 16
+
+
+def read_region(image: Any, key: tuple[Any, ...], what: str) -> np.ndarray:
+    """``np.asarray(image[key])``, with the errors of an object whose indexing gives no pixels (tifffile's
+    ``TiffPageSeries`` gives pages) turned into one InputError that says what to pass instead. A dask array's
+    errors are its graph's (an InputError of a lazy ``deblur()`` result among them): passed on as they are."""
+    if is_dask(image):
+        return np.asarray(image[key])
+    try:
+        return np.asarray(image[key])
+    except (TypeError, IndexError, KeyError, ValueError) as error:
+        raise InputError(
+            f"reading {what} of this {type(image).__name__} failed ({type(error).__name__}: {str(error)[:200]}); "
+            "pass its pixels as a NumPy array or a dask array"
+        ) from None
+
+
+def chunk_slab_depths(
+    image: Any, other: list[int], plane_bytes: int, *, c_order: bool = False, slab_bytes: int | None = None
+) -> list[int] | None:
+    """Planes per read along each of ``other`` for an array-like with ``chunks`` (one int per axis, as zarr
+    and chunked h5py arrays have): the chunks' extents, as far as ``slab_bytes`` (default :data:`SLAB_BYTES`)
+    allows (the outer axes give up theirs first, then the innermost is cut to as many planes as fit). With
+    ``c_order`` (planes read in C order), only the innermost keeps its extent: a slab deep along an outer axis
+    would be read again for every plane of the inner ones. None: one plane per read (no chunks, chunks one plane
+    deep, an ndarray, a dask array)."""
+    chunks = getattr(image, "chunks", None)
+    if isinstance(image, np.ndarray) or is_dask(image) or not other or chunks is None:
+        return None
+    try:
+        chunks = tuple(int(c) for c in chunks)
+    except (TypeError, ValueError):  # e.g. xarray's tuple of dask block sizes per axis
+        return None
+    if len(chunks) != len(image.shape) or min(chunks) < 1:
+        return None
+    depths = [min(chunks[a], int(image.shape[a])) for a in other]
+    budget = max(1, (SLAB_BYTES if slab_bytes is None else slab_bytes) // max(1, plane_bytes))  # planes per read
+    for i in range(len(depths) - 1):
+        if not c_order and int(np.prod(depths)) <= budget:
+            break
+        depths[i] = 1
+    depths[-1] = min(depths[-1], max(1, budget // int(np.prod(depths[:-1]))))
+    return None if int(np.prod(depths)) == 1 else depths
+
+
+def dask_slab_fits(image: Any, other: list[int], plane_bytes: int, *, c_order: bool = True) -> bool:
+    """Whether keeping a dask block's planes pays: the blocks are at most :data:`DASK_SLAB_PLANES` planes deep
+    and :data:`SLAB_BYTES` large, and with ``c_order`` (planes read in C order) deep only along the fastest of
+    ``other`` (a block deep along a slower axis would be computed again for every plane of the faster one
+    anyway). Otherwise the planes are read one by one: a dask array over a file then reads one plane."""
+    if not other:
+        return False
+    outer = other[:-1] if c_order else []
+    if any(max(image.chunks[axis]) > 1 for axis in outer):
+        return False
+    depth = int(np.prod([max(image.chunks[axis]) for axis in other]))
+    return 1 < depth <= DASK_SLAB_PLANES and depth * plane_bytes <= SLAB_BYTES
+
+
+def nonfinite_error(where: str, bad: int, size: int, first: str = "", name: str = "image") -> InputError:
+    """The InputError for ``bad`` NaN/inf pixels out of ``size`` in the ``name`` (e.g. "reference"), or in its
+    ``where`` (a :func:`~napari_deblurgan.axes.plane_name`), ``first`` naming the first plane holding one."""
+    if not where:
+        which = f"the {name}"
+    elif name.endswith("'"):  # "result 'sharp'": no possessive after a quote
+        which = f"{where} of the {name}"
+    else:
+        which = f"the {name}'s {where}"
+    first = f" (the first in {first})" if first else ""
+    return InputError(
+        f"{which} has {bad} NaN/inf pixel(s) out of {size}{first}; replace them first, e.g. "
+        "np.nan_to_num(image, nan=0.0) or with a local median"
+    )
+
+
+class PlaneReader:
+    """The planes of an image, read one at a time: ``reader(index)`` is the plane at ``index`` over
+    :attr:`other` (the axes outside the plane, in their order in ``axes``), and :meth:`indices` the indices in
+    the order to read them.
+
+    The plane is (Y, X), or (C, Y, X) with ``channels_in_plane`` (C of 1 where there is no channel axis; the
+    channel axis is then not among :attr:`other`). How it is read:
+
+    * an ndarray (a memory map too): a view, whose pages the OS reads when it is used; never the whole;
+    * an array-like with integer ``chunks`` (zarr, chunked h5py): a slab of whole chunks at a time
+      (:func:`chunk_slab_depths`), one slab held at once;
+    * a dask array whose blocks are a few planes deep (:func:`dask_slab_fits`): a block's planes at a time, one
+      block held at once, so that a block is computed once;
+    * any other array-like, and a dask array of deep blocks: ``np.asarray(image[key])`` of one plane alone.
+
+    A read plane is transposed to (C,) Y, X order (a view of it). An array-like whose indexing gives no pixels
+    is an InputError (:func:`read_region`). With ``c_order`` the planes are read in C order over :attr:`other`
+    (as ``np.ndindex``), and slabs are deep along the fastest axis only; without, :meth:`indices` goes slab by
+    slab (each slab's planes in C order).
+    """
+
+    def __init__(
+        self,
+        image: Any,
+        axes: str,
+        *,
+        channels_in_plane: bool,
+        c_order: bool = False,
+        slab_bytes: int | None = None,
+    ) -> None:
+        self.image, self.axes = image, axes
+        c_ax = channel_axis(axes)
+        #: the channel axis that is in the plane, if any (a C or S axis with ``channels_in_plane``)
+        self.plane_channel_axis = c_ax if channels_in_plane else None
+        inner = [a for a in (self.plane_channel_axis, axes.index("Y"), axes.index("X")) if a is not None]
+        #: the axes outside the plane, in their order in ``axes``
+        self.other = [i for i in range(len(axes)) if i not in inner]
+        self._channel_added = channels_in_plane and c_ax is None
+        self._order = [sorted(inner).index(a) for a in inner]  # an integer key leaves the inner axes sorted
+        self._expected = tuple(int(image.shape[a]) for a in sorted(inner))
+        self._dtype = np.dtype(image.dtype)
+        self._outer = tuple(int(image.shape[a]) for a in self.other)
+        plane_bytes = int(np.prod(self._expected)) * self._dtype.itemsize
+        # per axis of ``other``: where its slabs start, and its length last; None: one plane per read
+        self._edges: list[np.ndarray] | None = None
+        if isinstance(image, np.ndarray):
+            pass
+        elif is_dask(image):
+            if dask_slab_fits(image, self.other, plane_bytes, c_order=c_order):
+                self._edges = [np.cumsum((0, *image.chunks[a])) for a in self.other]
+        else:
+            depths = chunk_slab_depths(image, self.other, plane_bytes, c_order=c_order, slab_bytes=slab_bytes)
+            if depths is not None:
+                self._edges = [
+                    self._chunk_edges(int(image.chunks[a]), depth, n)
+                    for a, depth, n in zip(self.other, depths, self._outer, strict=True)
+                ]
+        self._held: dict[tuple[tuple[int, int], ...], np.ndarray] = {}  # the one slab read last
+
+    @staticmethod
+    def _chunk_edges(chunk: int, depth: int, length: int) -> np.ndarray:
+        """Where the slabs along one axis start (and its length): ``depth`` planes deep within each chunk,
+        never across two chunks."""
+        chunk = min(chunk, length)
+        starts = [s for c in range(0, length, chunk) for s in range(c, min(c + chunk, length), depth)]
+        return np.array([*starts, length])
+
+    def _region_key(self, spans: Any) -> tuple[Any, ...]:
+        key: list[Any] = [slice(None)] * len(self.axes)
+        for axis, value in zip(self.other, spans, strict=True):
+            key[axis] = value
+        return tuple(key)
+
+    def _as_plane(self, plane: np.ndarray) -> np.ndarray:
+        if plane.shape != self._expected:  # an array-like whose indexing gives no plane (e.g. scipy sparse)
+            raise InputError(
+                f"reading one plane of this {type(self.image).__name__} gave {type(plane).__name__} of shape "
+                f"{plane.shape}, not {self._expected}; pass its pixels as a NumPy array or a dask array"
+            )
+        if plane.dtype != self._dtype:
+            plane = plane.astype(self._dtype)
+        plane = plane.transpose(self._order)
+        return plane[None] if self._channel_added else plane
+
+    def _spans(self, index: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        """The slab that holds the plane at ``index``: its (start, stop) along each of :attr:`other`."""
+        assert self._edges is not None
+        spans = []
+        for edges, value in zip(self._edges, index, strict=True):
+            k = int(np.searchsorted(edges, value, side="right")) - 1
+            spans.append((int(edges[k]), int(edges[k + 1])))
+        return tuple(spans)
+
+    def __call__(self, index: tuple[int, ...]) -> np.ndarray:
+        """The plane at ``index`` (over :attr:`other`)."""
+        if self._edges is None:
+            return self._as_plane(read_region(self.image, self._region_key(index), "one plane"))
+        spans = self._spans(index)
+        if spans not in self._held:
+            self._held.clear()  # before the next read: one slab in memory at a time
+            slab = read_region(
+                self.image, self._region_key([slice(start, stop) for start, stop in spans]), "a slab of planes"
+            )
+            want = tuple(stop - start for start, stop in spans)
+            if slab.ndim != len(self.axes) or tuple(slab.shape[a] for a in self.other) != want:
+                raise InputError(
+                    f"reading planes {want} of this {type(self.image).__name__} gave {type(slab).__name__} of "
+                    f"shape {slab.shape}; pass its pixels as a NumPy array or a dask array"
+                )
+            self._held[spans] = slab
+        local = self._region_key([value - start for value, (start, _) in zip(index, spans, strict=True)])
+        return self._as_plane(self._held[spans][local])
+
+    def indices(self) -> Iterator[tuple[int, ...]]:
+        """Every plane's index over :attr:`other`, slab by slab (each slab's planes in C order): C order where
+        the slabs are deep along the fastest axis only (``c_order``), or there are none."""
+        if self._edges is None:
+            yield from np.ndindex(*self._outer)
+            return
+        pairs = [list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)) for edges in self._edges]
+        for block in itertools.product(*pairs):
+            yield from itertools.product(*(range(start, stop) for start, stop in block))
+
+    def nonfinite_counts(self, plane: np.ndarray) -> list[int]:
+        """NaN/inf pixels of each channel of a (C, Y, X) plane, or of a (Y, X) one as one count: boolean
+        temporaries of one channel at a time, and no copy of a non-contiguous view (reshape would copy one)."""
+        channels = plane if plane.ndim == 3 else plane[None]
+        return [int(np.count_nonzero(~np.isfinite(channels[ch]))) for ch in range(channels.shape[0])]
+
+    def named(
+        self, index: tuple[int, ...], counts: list[int], origin: tuple[int, ...] | None = None
+    ) -> dict[int, list[int]]:
+        """The axes and indices that name a plane with NaN/inf (for :func:`~napari_deblurgan.axes.plane_name`):
+        ``index`` over :attr:`other`, and the channels of ``counts`` that hold any (a C axis in the plane; RGB
+        samples are one plane), each shifted by ``origin`` (where a dask block starts in its image)."""
+        shift = (lambda axis: origin[axis]) if origin else (lambda axis: 0)
+        named = {axis: [v + shift(axis)] for axis, v in zip(self.other, index, strict=True)}
+        c_ax = self.plane_channel_axis
+        if c_ax is not None and self.axes[c_ax] == "C":
+            named[c_ax] = [ch + shift(c_ax) for ch, n in enumerate(counts) if n]
+        return named
+
+    def check_finite(
+        self, plane: np.ndarray, index: tuple[int, ...], name: str = "image", origin: tuple[int, ...] | None = None
+    ) -> None:
+        """InputError for NaN/inf in ``plane`` (the one at ``index``) as it is read (a whole scan of a memory
+        map or an array-like would read it twice), naming it by its place in the whole image (``origin``: where
+        a dask block starts in it) and the channels holding NaN/inf, e.g. "the image's plane Z=2, C=1 has ..."."""
+        if plane.dtype.kind != "f":
+            return
+        counts = self.nonfinite_counts(plane)
+        bad = sum(counts)
+        if not bad:
+            return
+        named = self.named(index, counts, origin)
+        # counted out of the named channels' pixels (all of the plane where no channel is named)
+        c_ax = self.plane_channel_axis
+        channels = len(named[c_ax]) if c_ax is not None and c_ax in named else len(counts)
+        size = channels * plane.shape[-2] * plane.shape[-1]
+        raise nonfinite_error(plane_name(self.axes, named), bad, size, name=name)

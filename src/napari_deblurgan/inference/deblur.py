@@ -17,7 +17,6 @@ plane by plane, as an array-like (a whole scan would read the whole file).
 from __future__ import annotations
 
 import copy
-import itertools
 import mmap
 import threading
 import warnings
@@ -29,7 +28,15 @@ import numpy as np
 
 from ..axes import channel_axis, plane_name, resolve_axes
 from ..errors import Cancelled, InputError, cancel_requested, user_stacklevel
-from ..inputs import is_dask, is_lazy, reject_viewer_objects
+from ..inputs import (
+    SLAB_BYTES,
+    PlaneReader,
+    is_dask,
+    is_lazy,
+    nonfinite_error,
+    read_region,
+    reject_viewer_objects,
+)
 from ..normalization import (
     NORMALIZED_LIMIT,
     cast_like,
@@ -218,7 +225,7 @@ def _warn_if_alpha_looks_like_a_channel(image: Any, axes: str) -> None:
     one plane's alpha channel only (of an array-like too), subsampled to about 256 x 256 values."""
     if not axes.endswith("S") or image.shape[-1] != 4:
         return
-    alpha = _read_region(image, (0,) * (len(image.shape) - 3) + (slice(None), slice(None), 3), "one plane's alpha")
+    alpha = read_region(image, (0,) * (len(image.shape) - 3) + (slice(None), slice(None), 3), "one plane's alpha")
     values = np.unique(alpha[:: max(1, alpha.shape[0] // 256), :: max(1, alpha.shape[1] // 256)])
     if values.size > 2:
         leading = axes[:-3]
@@ -251,73 +258,20 @@ def _is_mapped(array: np.ndarray) -> bool:
     return False
 
 
-def _nonfinite_counts(plane: np.ndarray) -> list[int]:
-    """NaN/inf pixels of each channel of a (C, Y, X) plane: boolean temporaries of one channel at a time, and
-    no copy of a non-contiguous view (reshape(-1, ...) would copy one)."""
-    return [int(np.count_nonzero(~np.isfinite(plane[ch]))) for ch in range(plane.shape[0])]
-
-
-def _nonfinite_error(where: str, bad: int, size: int, first: str = "") -> InputError:
-    which = f"the image's {where}" if where else "the image"
-    first = f" (the first in {first})" if first else ""
-    return InputError(
-        f"{which} has {bad} NaN/inf pixel(s) out of {size}{first}; replace them first, e.g. "
-        "np.nan_to_num(image, nan=0.0) or with a local median"
-    )
-
-
 def _check_finite_whole(image: np.ndarray, axes: str) -> None:
     """InputError for NaN/inf anywhere in an in-memory ``image``, before any plane is deblurred: the count
     over the whole image, and the first plane (and channel) holding one."""
     if image.dtype.kind != "f":
         return
-    src, has_channels = _plane_views(image, axes)
-    if not has_channels:
-        src = src[..., None, :, :]
-    other = _other_axes(axes)
-    c_ax = channel_axis(axes)
+    planes = PlaneReader(image, axes, channels_in_plane=True)  # views of the ndarray
     bad, first = 0, ""
-    for index in np.ndindex(*src.shape[:-3]):
-        counts = _nonfinite_counts(src[index])
+    for index in planes.indices():
+        counts = planes.nonfinite_counts(planes(index))
         if any(counts) and not bad:
-            first = plane_name(axes, _named(axes, other, index, counts, c_ax))
+            first = plane_name(axes, planes.named(index, counts))
         bad += sum(counts)
     if bad:
-        raise _nonfinite_error("", bad, int(image.size), first)
-
-
-def _named(
-    axes: str, other: list[int], index: tuple[int, ...], counts: list[int], c_ax: int | None,
-    origin: tuple[int, ...] | None = None,
-) -> dict[int, list[int]]:
-    """The axes and indices that name a plane with NaN/inf: ``index`` over ``other``, and the channels of
-    ``counts`` that hold any (a C axis; RGB samples are one plane), each shifted by ``origin`` (where a dask
-    block starts in its image)."""
-    shift = (lambda axis: origin[axis]) if origin else (lambda axis: 0)
-    named = {axis: [v + shift(axis)] for axis, v in zip(other, index, strict=True)}
-    if c_ax is not None and axes[c_ax] == "C":
-        named[c_ax] = [ch + shift(c_ax) for ch, n in enumerate(counts) if n]
-    return named
-
-
-def _check_finite_plane(
-    plane: np.ndarray, axes: str, other: list[int], index: tuple[int, ...], origin: tuple[int, ...] | None
-) -> None:
-    """InputError for NaN/inf in one (C, Y, X) plane as it is read (a memory map's or an array-like's, or a
-    dask block's: a whole scan would read the stack twice), naming it by its place in the whole image: its
-    index along ``other`` and the channels holding NaN/inf (e.g. ``"plane Z=2, C=1"``)."""
-    if plane.dtype.kind != "f":
-        return
-    counts = _nonfinite_counts(plane)
-    bad = sum(counts)
-    if not bad:
-        return
-    c_ax = channel_axis(axes)
-    named = _named(axes, other, index, counts, c_ax, origin)
-    # counted out of the named channels' pixels (all of the plane where no channel is named)
-    channels = len(named[c_ax]) if c_ax is not None and c_ax in named else plane.shape[0]
-    size = channels * plane.shape[1] * plane.shape[2]
-    raise _nonfinite_error(plane_name(axes, named), bad, size)
+        raise nonfinite_error("", bad, int(image.size), first)
 
 
 def _check_callbacks(progress: Any, cancel: Any) -> None:
@@ -649,128 +603,6 @@ def _plane_views(array: np.ndarray, axes: str) -> tuple[np.ndarray, bool]:
     return np.moveaxis(array, source, dest), c_ax is not None
 
 
-#: The most bytes one read of a chunked array-like (zarr, chunked h5py) may hold: a slab of whole chunks
-#: along the axes outside the plane, so that a chunk several planes deep is decoded once, not once per plane.
-#: A deeper chunk of large planes is read in slabs of as many planes as fit (decoded once per slab).
-SLAB_BYTES = 256 * 2**20
-
-
-def _other_axes(axes: str) -> list[int]:
-    """The axes outside a (C, Y, X) plane, in their order in ``axes``."""
-    c_ax = channel_axis(axes)
-    return [i for i, letter in enumerate(axes) if letter not in "YX" and i != c_ax]
-
-
-def _read_region(image: Any, key: tuple[Any, ...], what: str) -> np.ndarray:
-    """``np.asarray(image[key])``, with the errors of an object whose indexing gives no pixels (tifffile's
-    ``TiffPageSeries`` gives pages) turned into one InputError that says what to pass instead."""
-    try:
-        return np.asarray(image[key])
-    except (TypeError, IndexError, KeyError, ValueError) as error:
-        raise InputError(
-            f"reading {what} of this {type(image).__name__} failed ({type(error).__name__}: {str(error)[:200]}); "
-            "pass its pixels as a NumPy array or a dask array"
-        ) from None
-
-
-def _slab_depths(image: Any, other: list[int], plane_bytes: int) -> list[int] | None:
-    """Planes per read along each of ``other`` for an array-like with ``chunks`` (one int per axis, as zarr
-    and chunked h5py arrays have): the chunks' extents, as far as ``SLAB_BYTES`` allows (the outer axes give
-    up theirs first, then the innermost is cut to as many planes as fit). None: one plane per read (no
-    chunks, chunks one plane deep, an ndarray)."""
-    chunks = getattr(image, "chunks", None)
-    if isinstance(image, np.ndarray) or not other or chunks is None:
-        return None
-    try:
-        chunks = tuple(int(c) for c in chunks)
-    except (TypeError, ValueError):  # e.g. xarray's tuple of dask block sizes per axis
-        return None
-    if len(chunks) != len(image.shape) or min(chunks) < 1:
-        return None
-    depths = [min(chunks[a], int(image.shape[a])) for a in other]
-    budget = max(1, SLAB_BYTES // max(1, plane_bytes))  # planes one read may hold
-    for i in range(len(depths) - 1):
-        if int(np.prod(depths)) <= budget:
-            break
-        depths[i] = 1
-    depths[-1] = min(depths[-1], max(1, budget // int(np.prod(depths[:-1]))))
-    return None if int(np.prod(depths)) == 1 else depths
-
-
-def _plane_reader(image: Any, axes: str) -> tuple[Callable[[tuple[int, ...]], np.ndarray], list[int], Any]:
-    """``read(index)``: the (C, Y, X) plane at ``index`` over the other axes (in their order in ``axes``, as
-    :func:`_plane_views` orders them), with C of 1 where there is no channel axis; those other axes; and the
-    indices to read, in the order to read them. An ndarray's plane is a view (a memory map's pages are read
-    when it is used); an array-like's is read alone, with ``np.asarray(image[key])``, and only then transposed
-    (a view of that one plane). A chunked array-like (:func:`_slab_depths`) is read a slab of whole chunks at
-    a time instead, one slab held at once, and its indices come slab by slab."""
-    c_ax = channel_axis(axes)
-    inner = [a for a in (c_ax, axes.index("Y"), axes.index("X")) if a is not None]
-    other = _other_axes(axes)
-    order = [sorted(inner).index(a) for a in inner]  # the axes an integer key leaves, in (C,) Y, X order
-    expected = tuple(int(image.shape[a]) for a in sorted(inner))
-    dtype = np.dtype(image.dtype)
-    outer = tuple(int(image.shape[a]) for a in other)
-    depths = _slab_depths(image, other, int(np.prod(expected)) * dtype.itemsize)
-
-    def as_plane(plane: np.ndarray) -> np.ndarray:
-        if plane.shape != expected:  # an array-like whose indexing gives no plane (e.g. a scipy sparse matrix)
-            raise InputError(
-                f"reading one plane of this {type(image).__name__} gave {type(plane).__name__} of shape "
-                f"{plane.shape}, not {expected}; pass its pixels as a NumPy array or a dask array"
-            )
-        plane = plane.transpose(order) if plane.dtype == dtype else plane.astype(dtype).transpose(order)
-        return plane if c_ax is not None else plane[None]
-
-    if depths is None:
-
-        def read(index: tuple[int, ...]) -> np.ndarray:
-            key: list[Any] = [slice(None)] * len(axes)
-            for axis, value in zip(other, index, strict=True):
-                key[axis] = value
-            return as_plane(_read_region(image, tuple(key), "one plane"))
-
-        return read, other, np.ndindex(*outer)
-
-    chunks = [min(int(image.chunks[a]), n) for a, n in zip(other, outer, strict=True)]
-
-    def span(i: int, value: int) -> tuple[int, int]:
-        """The slab along ``other[i]`` that holds ``value``: within its chunk, ``depths[i]`` planes deep."""
-        chunk_start = value // chunks[i] * chunks[i]
-        start = chunk_start + (value - chunk_start) // depths[i] * depths[i]
-        return start, min(start + depths[i], chunk_start + chunks[i], outer[i])
-
-    held: dict[tuple[tuple[int, int], ...], np.ndarray] = {}  # the one slab read last
-
-    def read(index: tuple[int, ...]) -> np.ndarray:
-        spans = tuple(span(i, v) for i, v in enumerate(index))
-        if spans not in held:
-            held.clear()  # before the next read: one slab in memory at a time
-            key: list[Any] = [slice(None)] * len(axes)
-            for axis, (start, stop) in zip(other, spans, strict=True):
-                key[axis] = slice(start, stop)
-            slab = _read_region(image, tuple(key), "a slab of planes")
-            want = tuple(stop - start for start, stop in spans)
-            if slab.ndim != len(axes) or tuple(slab.shape[a] for a in other) != want:
-                raise InputError(
-                    f"reading planes {want} of this {type(image).__name__} gave {type(slab).__name__} of shape "
-                    f"{slab.shape}; pass its pixels as a NumPy array or a dask array"
-                )
-            held[spans] = slab
-        local: list[Any] = [slice(None)] * len(axes)
-        for axis, value, (start, _) in zip(other, index, spans, strict=True):
-            local[axis] = value - start
-        return as_plane(held[spans][tuple(local)])
-
-    def indices():
-        starts = [sorted({span(i, v)[0] for v in range(n)}) for i, n in enumerate(outer)]
-        for block in itertools.product(*starts):  # slab by slab, each slab's planes in C order
-            stops = [span(i, start)[1] for i, start in enumerate(block)]
-            yield from itertools.product(*(range(a, b) for a, b in zip(block, stops, strict=True)))
-
-    return read, other, indices()
-
-
 def _deblur_numpy(
     image: Any,
     axes: str,
@@ -788,7 +620,8 @@ def _deblur_numpy(
         out = np.empty_like(image, subok=False)  # a memmap input must not give an unbacked memmap result
     else:
         out = np.empty(tuple(image.shape), image.dtype)
-    read, other, indices = _plane_reader(image, axes)
+    # a slab of whole chunks at a time for a chunked array-like (at most SLAB_BYTES), else a plane at a time
+    planes = PlaneReader(image, axes, channels_in_plane=True, slab_bytes=SLAB_BYTES)
     dst, has_channels = _plane_views(out, axes)
     if not has_channels:
         dst = dst[..., None, :, :]
@@ -807,12 +640,12 @@ def _deblur_numpy(
         if progress is not None:
             progress(done, total)
 
-    for index in indices:
+    for index in planes.indices():
         if cancel_requested(cancel):  # before the plane is read: a cancelled run reads nothing more
             raise Cancelled("deblurring was cancelled")
-        plane = read(index)
+        plane = planes(index)
         if not checked:
-            _check_finite_plane(plane, axes, other, index, origin)
+            planes.check_finite(plane, index, origin=origin)
         if runner.joint:
             # the runner's output is its own scratch buffer: rounded and clipped in place
             dst[index][:colours] = cast_like(runner.run(plane[:colours], on_batch, cancel), image.dtype, overwrite=True)

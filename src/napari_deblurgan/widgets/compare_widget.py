@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -274,7 +275,9 @@ class CompareWidget(QWidget):
             return True
         return False
 
-    def _start(self, func: Any, *args: Any, on_ok: Any, **kwargs: Any) -> None:
+    def _start(self, func: Any, *args: Any, on_ok: Any, layers: dict[str, Any], **kwargs: Any) -> None:
+        """Run ``func`` in a worker; ``layers``: the layers it reads, by what its errors call them ("reference",
+        "result 'name'", "image"), so that a NaN/inf error's advice names the layer (:func:`_naming_the_layer`)."""
         avoid_triton_llvm_clash()
 
         # napari quitting sets the current cancel event, as Cancel does (read between planes and iterations)
@@ -283,13 +286,13 @@ class CompareWidget(QWidget):
         self.worker = create_cancellable_worker(
             _guarded, func, *args, _cancel=self._cancel, _warning_prefix="Compare: ", **kwargs
         )
-        self.worker.returned.connect(lambda outcome: self._on_returned(outcome, on_ok))
+        self.worker.returned.connect(lambda outcome: self._on_returned(outcome, on_ok, layers))
         self.worker.finished.connect(self._on_finished)
         for button in (self.compute_button, self.rl_button, self.wiener_button):
             button.setEnabled(False)
         self.worker.start()
 
-    def _on_returned(self, outcome: tuple[str, Any], on_ok: Any) -> None:
+    def _on_returned(self, outcome: tuple[str, Any], on_ok: Any, layers: dict[str, Any]) -> None:
         kind, value = outcome
         if self._closed:  # the panel was closed while it worked: add nothing behind the user's back
             return
@@ -299,6 +302,7 @@ class CompareWidget(QWidget):
             self.status.setText(f"Cancelled; {nothing}.")
             return
         if kind == "error":
+            value = _naming_the_layer(value, layers)
             self.status.setText(value)
             show_error(value)
         else:
@@ -352,6 +356,10 @@ class CompareWidget(QWidget):
             cancel=self._cancel,
             # the table names the ground truth it was computed against, whatever the box shows by then
             on_ok=functools.partial(self._show_table, reference_name=None if reference is None else reference.name),
+            layers={
+                **{f"result {layer.name!r}": layer for layer in layers},
+                **({} if reference is None else {"reference": reference, "ground truth": reference}),
+            },
         )
 
     def _show_table(self, table: Any, reference_name: str | None = None) -> None:
@@ -469,7 +477,7 @@ class CompareWidget(QWidget):
             hooks = {}
             self.status.setText(f"Preparing a lazy (dask) {label} of {layer.name!r}...")
         self.cancel_button.setEnabled(bool(hooks))
-        self._start(func, pixels, psf, axes=axes, on_ok=add, **hooks, **kwargs)
+        self._start(func, pixels, psf, axes=axes, on_ok=add, layers={"image": layer}, **hooks, **kwargs)
 
     # ---------------------------------------------------------------------------------- side by side
     def side_by_side(self) -> None:
@@ -580,6 +588,27 @@ def _guarded(func: Any, *args: Any, **kwargs: Any) -> tuple[str, Any]:
         return "error", error_message(exc)
 
 
+def _naming_the_layer(message: str, layers: dict[str, Any]) -> str:
+    """A NaN/inf error of the API (``inputs.nonfinite_error``: "the reference's plane Z=2 has ...", "plane Z=2 of
+    the result 'x' has ...") in the panel's words: its advice ``np.nan_to_num(image, ...)``, Python the user has no
+    variable for, becomes the Deblur panel's console advice for the layer it is about (``for_layer``), found
+    among ``layers`` by what the message calls it; the reference is called the ground truth, as in the panel.
+    Any other message is returned as it is."""
+    from .deblur_widget import PANEL_PHRASES, for_layer
+
+    for what, layer in layers.items():
+        name = re.escape(what)
+        if not re.search(rf"(^the {name}(?:'s | has )|of the {name} has )", message):
+            continue
+        for pattern, words, _ in PANEL_PHRASES:
+            if "nan_to_num" in pattern:
+                message = re.sub(pattern, words, message)
+        if what == "reference":
+            message = re.sub(r"^the reference\b", "the ground truth", message)
+        return for_layer(message, layer)
+    return message
+
+
 _HEADERS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "nrmse": "NRMSE", "sharpness": "sharpness", "name": "layer"}
 
 
@@ -604,6 +633,7 @@ def _compare_with_range(results: dict[str, Any], reference: Any, *, range_from: 
 
     data_range = None
     if reference is not None and range_from == "reference":
-        lo, hi = value_range(reference, name="ground truth")  # one pass over a lazy ground truth, not two
+        # one pass over a lazy ground truth, not two; the axes name the plane of a NaN/inf error
+        lo, hi = value_range(reference, name="ground truth", axes=kwargs.get("axes"))
         data_range = hi - lo if hi > lo else None
     return compare(results, reference, data_range=data_range, **kwargs)
