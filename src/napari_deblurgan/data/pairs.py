@@ -161,7 +161,8 @@ class _PlaneCache:
     Reading a crop lazily (slice, NaN check, normalise, pad) costs ~0.2 ms, which bounds a GPU's training
     speed by the CPU (measured: ~1,400-1,900 crops/s per process on an H100 machine). For data already in
     memory as NumPy arrays a plane is normalised once and crops are slices of it; the budget keeps large
-    stacks lazy (no whole-stack copies), and dask/zarr arrays are never cached.
+    stacks lazy (no whole-stack copies), and dask/zarr arrays are never cached (the few most recent planes of a
+    compressed lazy stack are: ``_DecodedPlanes``).
     """
 
     def __init__(self, budget_bytes: int) -> None:
@@ -176,15 +177,71 @@ class _PlaneCache:
         return True
 
 
+#: Bytes of decoded planes that one :class:`PairedData` keeps of page-decoding lazy readers (see
+#: ``_DecodedPlanes``): 32 planes of 1024 x 1024 uint16, 2 of 4096 x 4096.
+DEFAULT_DECODED_CACHE_BYTES = 64 * 2**20
+
+
+def _decodes_whole_pages(array: Any) -> bool:
+    """Whether reading any region of ``array`` decodes the whole page(s) it touches: the CLI's reader of
+    compressed TIFF stacks (``cli.deblur_command.TiffPages``, which says its ``page_shape``). Memory maps, dask
+    and zarr arrays read only the region (or chunks) asked for, so whole planes of them are never cached."""
+    return not isinstance(array, np.ndarray) and getattr(array, "page_shape", None) is not None
+
+
+class _DecodedPlanes:
+    """The most recently used whole planes (native dtype, ``(C, H, W)``) of page-decoding lazy readers, up to
+    ``budget_bytes`` in all, least recently used evicted first.
+
+    A compressed TIFF page is decoded whole for any crop of it (~8 ms for 1024 x 1024 zlib uint16), where the
+    crop itself costs ~0.2 ms. Training picks a random plane per crop, so a plane's crops seldom follow each
+    other; but :meth:`PairedData.read_crops` reads the crops it is given plane by plane (and
+    :class:`BatchSource` gives it several batches' crops at once), so a plane is decoded once for its
+    percentiles and all of those crops, as for the validation grid's crops. Across those reads a plane is
+    found here only in proportion to the share of the planes that fit: the budget keeps memory small (a few
+    planes), not the whole stack. A plane larger than the budget is not kept (read per crop, as without the
+    cache)."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        from collections import OrderedDict
+
+        self.budget_bytes = int(budget_bytes)
+        self.used_bytes = 0
+        self.planes: OrderedDict[tuple[int, tuple[int, ...], int | None], np.ndarray] = OrderedDict()
+
+    def get(self, key: tuple[int, tuple[int, ...], int | None]) -> np.ndarray | None:
+        plane = self.planes.get(key)
+        if plane is not None:
+            self.planes.move_to_end(key)
+        return plane
+
+    def put(self, key: tuple[int, tuple[int, ...], int | None], plane: np.ndarray) -> None:
+        if plane.nbytes > self.budget_bytes:
+            return
+        plane.flags.writeable = False  # views of it are handed out: a caller that writes to one raises
+        self.planes[key] = plane
+        self.used_bytes += plane.nbytes
+        while self.used_bytes > self.budget_bytes:
+            _, evicted = self.planes.popitem(last=False)
+            self.used_bytes -= evicted.nbytes
+
+
 class _Source:
     """One array (pair) with its axes; reads normalised crops lazily (or from the plane cache)."""
 
     def __init__(
-        self, sharp: Any, blurred: Any | None, axes: str, joint: bool, cache: _PlaneCache | None = None
+        self,
+        sharp: Any,
+        blurred: Any | None,
+        axes: str,
+        joint: bool,
+        cache: _PlaneCache | None = None,
+        decoded: _DecodedPlanes | None = None,
     ) -> None:
         self.sharp = sharp
         self.blurred = blurred
         self.cache = cache
+        self.decoded = decoded
         self.axes = axes
         self.joint = joint
         self.y = axes.index("Y")
@@ -216,7 +273,29 @@ class _Source:
         return [(idx, ch) for idx in indices for ch in channels]
 
     def _read(self, array: Any, index: tuple[int, ...], channel: int | None, rows: slice, cols: slice) -> np.ndarray:
-        """(C, h, w) array (native dtype) of one plane region; only that region is read."""
+        """(C, h, w) array (native dtype) of one plane region; only that region is read, except from a reader
+        that decodes whole pages anyway (:func:`_decodes_whole_pages`), whose whole plane is read and kept in
+        the decoded-plane cache for the next crops (then the region is a read-only view of it)."""
+        if self.decoded is None or not _decodes_whole_pages(array):
+            return self._read_region(array, index, channel, rows, cols)
+        # a single-channel model reads one channel per crop; when the channels are in the page (YXS), one decode
+        # gives them all: keep the whole plane once, not once per channel. Without a channel axis, channel 0
+        # (a crop's) and None (the percentiles') are the same plane
+        channels_in_page = self.c is None or self.c >= len(self.axes) - len(array.page_shape)
+        kept_channel = None if channels_in_page else channel
+        key = (id(array), index, kept_channel)
+        plane = self.decoded.get(key)
+        if plane is None:
+            plane = self._read_region(array, index, kept_channel, slice(None), slice(None))
+            self.decoded.put(key, plane)
+        if kept_channel is None and channel is not None and self.c is not None:
+            plane = plane[channel : channel + 1]
+        return plane[:, rows, cols]
+
+    def _read_region(
+        self, array: Any, index: tuple[int, ...], channel: int | None, rows: slice, cols: slice
+    ) -> np.ndarray:
+        """:meth:`_read` without the decoded-plane cache: the region only."""
         key: list[Any] = [slice(None)] * len(self.axes)
         for axis, value in zip(self.other, index, strict=True):
             key[axis] = value
@@ -488,6 +567,8 @@ class PairedData:
         check_alignment: measure the offset of every pair (a warning names misaligned pairs).
         cache_bytes: memory for normalised copies of whole in-memory (NumPy) planes, which makes reading a
             crop several times faster; planes beyond it are read lazily. 0 turns the cache off.
+        decoded_cache_bytes: memory for the most recently decoded whole planes of lazy readers that decode a
+            whole page for any crop (compressed TIFF stacks read by the CLI, ``_DecodedPlanes``); 0 turns it off.
     """
 
     def __init__(
@@ -504,9 +585,11 @@ class PairedData:
         max_validation_crops: int = 16,
         check_alignment: bool = True,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        decoded_cache_bytes: int = DEFAULT_DECODED_CACHE_BYTES,
     ) -> None:
         self.notes: list[str] = []
         self._cache = _PlaneCache(cache_bytes)
+        self._decoded = _DecodedPlanes(decoded_cache_bytes) if decoded_cache_bytes > 0 else None
         blurred_list = [_check_array(a, "blurred image") for a in _as_list(blurred)]
         sharp_list = [_check_array(a, "sharp image") for a in _as_list(sharp)]
         if not sharp_list:
@@ -581,7 +664,7 @@ class PairedData:
                 f"The model takes {self.channels} channels jointly but {which} (axes {axes!r}, shape "
                 f"{tuple(sharp.shape)}) has {n_ch}. {fix}."
             )
-        source = _Source(sharp, blurred, axes, joint, self._cache)
+        source = _Source(sharp, blurred, axes, joint, self._cache, self._decoded)
         self._check_finite(source)
         return source
 
@@ -919,13 +1002,29 @@ class PairedData:
 
         Shapes ``(B, C, P + 2 margin, P + 2 margin)``; ``blurred`` is None for sharp-only data.
         """
-        P = self.patch_size
         plane_ids, positions = self.draw_crops(batch_size, rng)
-        shape = (batch_size, self.channels, P + 2 * margin, P + 2 * margin)
+        return self.read_crops(plane_ids, positions, margin)
+
+    @property
+    def decodes_whole_pages(self) -> bool:
+        """Whether a training image is read through a reader that decodes a whole page for any crop (a
+        compressed TIFF stack read lazily, :func:`_decodes_whole_pages`): then reading many crops at once,
+        plane by plane, saves decodes (:class:`BatchSource` reads batches ahead)."""
+        return any(_decodes_whole_pages(array) for src in self.sources for array in (src.sharp, src.blurred))
+
+    def read_crops(
+        self, plane_ids: np.ndarray, positions: np.ndarray, margin: int = 0
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """The crops :meth:`draw_crops` drew, as :meth:`sample` returns them (``(N, C, P + 2m, P + 2m)``)."""
+        P = self.patch_size
+        count = len(plane_ids)
+        shape = (count, self.channels, P + 2 * margin, P + 2 * margin)
         blurred_out = None if self.synthetic else np.empty(shape, np.float32)
         sharp_out = np.empty(shape, np.float32)
-        for i, pid in enumerate(plane_ids):
-            plane = self.train_planes[int(pid)]
+        # crops of one plane one after another (each still written to its own place in the batch): a plane
+        # decoded whole for its first crop (a compressed lazy stack, _DecodedPlanes) serves the others
+        for i in np.argsort(plane_ids, kind="stable"):
+            plane = self.train_planes[int(plane_ids[i])]
             y0, x0, transform = (int(v) for v in positions[i])
             b, s = self.sources[plane.source].crop(
                 plane.index, plane.channel, y0, x0, P, margin, bounds=(plane.rows, plane.cols), copy=False
@@ -1079,6 +1178,23 @@ def renormalize_like_inference(blurred: torch.Tensor, sharp: torch.Tensor) -> tu
 #: Batches of PSFs made at once on a CUDA device (:class:`BatchSource`'s ``psf_block``).
 GPU_PSF_BLOCK = 16
 
+#: Bytes of float32 crops that :class:`BatchSource` reads ahead from a compressed lazy stack (32 batches of 8
+#: pairs of 128 px crops), and at most so many batches (small crops: a resume or a new batch size draws the
+#: unused ones again, and the first batch waits for all of them).
+READ_AHEAD_BYTES = 32 * 2**20
+READ_AHEAD_BATCHES = 32
+
+
+@dataclass
+class _ReadAhead:
+    """A batch read ahead: the NumPy generator's state before its draws (what a checkpoint saves while it has
+    not been used), its size and its crops."""
+
+    rng_state: dict[str, Any]
+    batch_size: int
+    blurred: np.ndarray | None
+    sharp: np.ndarray
+
 
 class BatchSource:
     """Batches of training tensors on ``device`` (and the fixed validation batch), blur synthesised there.
@@ -1093,6 +1209,15 @@ class BatchSource:
     own generator (seeded from ``seed``), whose state at the block's start and the number of PSFs used
     :meth:`state_dict` keeps, so resuming is still exact. ``None`` (default): 16 on CUDA, 1 elsewhere, which
     keeps CPU runs drawing exactly what they drew before blocks existed (the shipped model's recipe).
+
+    ``read_ahead_bytes``: for a compressed TIFF stack read lazily (:attr:`PairedData.decodes_whole_pages`),
+    whose every crop decodes a whole page of each image (~10 ms for 1024 x 1024 px), the crops of the next
+    batches (up to this many bytes of them) are drawn and read at once, plane by plane: a plane's page is
+    decoded once for all of its crops among them rather than once per crop (up to :data:`READ_AHEAD_BATCHES`
+    batches). The draws are those the batches
+    would make one by one, in the same order, so the batches are the same bit for bit; a checkpoint saves the
+    generator's state before the first batch not yet used, and a change of batch size (halved after running
+    out of GPU memory) draws again from there. 0 reads one batch at a time.
     """
 
     def __init__(
@@ -1108,7 +1233,10 @@ class BatchSource:
         strength_ranges: Mapping[str, tuple[float, float]] | None = None,
         psf_block: int | None = None,
         device_crops: bool | None = None,
+        read_ahead_bytes: int = READ_AHEAD_BYTES,
     ) -> None:
+        from collections import deque
+
         import torch
 
         from ..blur.torch_synthesis import default_psf_size
@@ -1145,6 +1273,47 @@ class BatchSource:
         self._validation: tuple[torch.Tensor, torch.Tensor] | None = None
         self._validation_seed = int(seed) + 2
         self._validation_fingerprint: str | None = None
+        self.read_ahead_bytes = int(read_ahead_bytes) if data.decodes_whole_pages else 0
+        self._read_ahead: deque[_ReadAhead] = deque()
+
+    def _sample(self, batch_size: int) -> tuple[np.ndarray | None, np.ndarray]:
+        """:meth:`PairedData.sample`'s next batch, from the batches read ahead where the data is read so."""
+        if self.read_ahead_bytes <= 0:
+            return self.data.sample(batch_size, self.rng, self.margin)
+        if self._read_ahead and self._read_ahead[0].batch_size != batch_size:
+            self._forget_read_ahead()  # drawn for another batch size: draw again from the first unused batch
+        if not self._read_ahead:
+            self._fill_read_ahead(batch_size)
+        batch = self._read_ahead.popleft()
+        return batch.blurred, batch.sharp
+
+    def _fill_read_ahead(self, batch_size: int) -> None:
+        side = self.data.patch_size + 2 * self.margin
+        images = 1 if self.data.synthetic else 2
+        batch_bytes = images * batch_size * self.data.channels * side * side * 4
+        count = min(READ_AHEAD_BATCHES, max(1, self.read_ahead_bytes // batch_bytes))
+        states, plane_ids, positions = [], [], []
+        for _ in range(count):  # the draws of `count` calls of sample(), in their order
+            states.append(self.rng.bit_generator.state)
+            ids, where = self.data.draw_crops(batch_size, self.rng)
+            plane_ids.append(ids)
+            positions.append(where)
+        try:
+            blurred, sharp = self.data.read_crops(np.concatenate(plane_ids), np.concatenate(positions), self.margin)
+        except BaseException:  # a NaN plane, Ctrl-C: no batch was read, so none was drawn
+            self.rng.bit_generator.state = states[0]
+            raise
+        for i, state in enumerate(states):
+            part = slice(i * batch_size, (i + 1) * batch_size)
+            self._read_ahead.append(
+                _ReadAhead(state, batch_size, None if blurred is None else blurred[part], sharp[part])
+            )
+
+    def _forget_read_ahead(self) -> None:
+        """Drop the batches read ahead, the generator back where the first of them was drawn."""
+        if self._read_ahead:
+            self.rng.bit_generator.state = self._read_ahead[0].rng_state
+            self._read_ahead.clear()
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         import torch
@@ -1231,7 +1400,7 @@ class BatchSource:
             if blurred_t is not None:
                 return blurred_t, sharp_t
         else:
-            blurred, sharp = self.data.sample(batch_size, self.rng, self.margin)
+            blurred, sharp = self._sample(batch_size)
             sharp_t = self._to_device(sharp)
             if blurred is not None:
                 return self._to_device(blurred), sharp_t
@@ -1273,8 +1442,10 @@ class BatchSource:
         PSF blocks, the PSF generator's state at the current block's start, the block's size and the PSFs used."""
         import json
 
+        # batches read ahead and not used yet are drawn again after a resume, as they would have been drawn
+        rng_state = self._read_ahead[0].rng_state if self._read_ahead else self.rng.bit_generator.state
         state: dict[str, Any] = {
-            "numpy_json": json.dumps(self.rng.bit_generator.state),
+            "numpy_json": json.dumps(rng_state),
             "torch": self.torch_generator.get_state(),
         }
         if self.psf_block > 1:
@@ -1290,6 +1461,7 @@ class BatchSource:
         """Restore what :meth:`state_dict` returned."""
         import json
 
+        self._read_ahead.clear()
         self.rng.bit_generator.state = json.loads(state["numpy_json"])
         self.torch_generator.set_state(state["torch"].cpu())
         block = state.get("psf_block")

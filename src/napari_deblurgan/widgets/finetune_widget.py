@@ -448,11 +448,12 @@ class FinetuneWidget(QWidget):
 
         Only the shown part is read and blurred (:func:`shown_part`): the YX plane at the sliders' position
         (every sample of an RGB image; a whole volume in a 3D view), a layer of the input's dimensions with
-        length 1 along the other axes, placed on that plane. A large or lazy (dask, zarr) stack was read and
-        blurred whole for one plane's preview. In a worker thread: a large plane takes a while, and napari must
-        not freeze meanwhile. The layer is added when it is done (``self.preview_worker`` is None again then).
+        length 1 along the other axes, placed on that plane. In a view that displays Z and X (or Z and Y), the
+        shown part is a row (column) of every plane: only the band around it that the PSF reaches is read and
+        blurred (:func:`blur_shown_part`). A large or lazy (dask, zarr) stack was read and blurred whole for one
+        plane's preview. In a worker thread: a large plane takes a while, and napari must not freeze meanwhile.
+        The layer is added when it is done (``self.preview_worker`` is None again then).
         """
-        from .. import synthesize_blur
         from ..errors import InputError
 
         layer = self.sharp_combo.value()
@@ -474,8 +475,7 @@ class FinetuneWidget(QWidget):
 
         def job() -> tuple[str, Any]:
             try:
-                # data[key] of a dask array is lazy: np.asarray computes the blocks of the shown plane only
-                return "ok", synthesize_blur(np.asarray(data[key]), **settings, seed=seed, axes=axes)
+                return "ok", blur_shown_part(data, axes, key, settings, seed)
             except user_error_types() as exc:
                 return "error", error_message(exc)
 
@@ -922,7 +922,8 @@ def shown_part(
     InputError when it does not fit), ``data[key]`` (every axis kept, with length 1 along the axes that a
     slider sets: the YX plane at the sliders' position, rounded as napari rounds it, with all of an RGB
     image's samples; an axis that the viewer displays, as Z in a 3D view, whole) and ``start``, the first
-    index along each of the layer's dimensions (the data's, less an RGB layer's samples)."""
+    index along each of the layer's dimensions (the data's, less an RGB layer's samples). Y and X are whole
+    unless the view does not display them (Z and X displayed: the row at the Y slider), as any other axis."""
     from ..blur.synthesize import resolve_image_axes
 
     axes = resolve_image_axes(data, axes)
@@ -934,7 +935,7 @@ def shown_part(
     key: list[slice] = []
     start: list[int] = []
     for i, letter in enumerate(axes):
-        if letter in "YXS" or i >= ndim or i in displayed:
+        if letter == "S" or i >= ndim or i in displayed:
             key.append(slice(None))
             start.append(0)
         else:
@@ -942,6 +943,42 @@ def shown_part(
             key.append(slice(index, index + 1))
             start.append(index)
     return axes, tuple(key), tuple(start[:ndim])
+
+
+#: Rows (columns) of context read on each side of a shown row (column) for the blur preview: more than the
+#: default PSFs reach (motion up to 25 px, Airy rings ~20 px); a larger PSF is blurred again with its reach.
+PREVIEW_CONTEXT = 64
+
+
+def blur_shown_part(
+    data: Any, axes: str, key: tuple[slice, ...], settings: dict[str, Any], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``synthesize_blur(data[key])`` of the part :func:`shown_part` chose: ``(blurred, psf)``.
+
+    A shown row or column (Y or X of length 1 in ``key``: a view that displays Z and X) is blurred from the
+    band of rows or columns around it that the PSF reaches, not from the whole planes, and cut back to that
+    row: the same blur as the whole planes' there (the band is reflect-padded only where it is cut, which the
+    PSF does not reach; at the image's edge as the whole plane is). The PSF is drawn from ``seed`` before
+    anything depends on the image, so it is the whole image's. The noise's gain is the band's (for a YX
+    view it is the plane's), so the noise level may differ a little from the whole volume's, as may pixels
+    next to "no data" ones (which blur as the band's low percentile, not the plane's)."""
+    from .. import synthesize_blur
+
+    banded = [i for i, letter in enumerate(axes) if letter in "YX" and key[i] != slice(None)]
+    strength = settings.get("strength") or 0
+    context = max(PREVIEW_CONTEXT, int(np.ceil(strength)))  # a band wider than the strength that is asked for
+    while True:
+        read, cut = list(key), [slice(None)] * len(key)
+        for i in banded:
+            index, size = key[i].start, int(data.shape[i])
+            read[i] = slice(max(0, index - context), min(size, index + 1 + context))
+            cut[i] = slice(index - read[i].start, index - read[i].start + 1)
+        # data[read] of a dask array is lazy: np.asarray computes the blocks of the shown part only
+        blurred, psf = synthesize_blur(np.asarray(data[tuple(read)]), **settings, seed=seed, axes=axes)
+        whole = all(read[i] == slice(0, int(data.shape[i])) for i in banded)
+        if whole or max(psf.shape) // 2 <= context:
+            return blurred[tuple(cut)], psf
+        context = max(psf.shape)  # a PSF reaching beyond the band: again, with a band it does not leave
 
 
 def offset_translate(layer: Any, start: tuple[int, ...]) -> tuple[float, ...]:

@@ -1,0 +1,199 @@
+"""Training crops from compressed TIFF stacks read lazily (the CLI's TiffPages): decoded planes are kept in a
+small byte-bounded cache, so a plane is not decoded again for each crop, and the crops are the same."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_deblurgan.cli import finetune_command
+from napari_deblurgan.cli.deblur_command import TiffPages
+from napari_deblurgan.data.pairs import BatchSource, PairedData
+
+PLANES, SIDE, PATCH = 6, 64, 16
+
+
+@pytest.fixture
+def page_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A one-item list counting TiffPages page decodes."""
+    count = [0]
+    decode_page = TiffPages._page
+
+    def counted(self: TiffPages, index: int) -> np.ndarray:
+        count[0] += 1
+        return decode_page(self, index)
+
+    monkeypatch.setattr(TiffPages, "_page", counted)
+    return count
+
+
+def _stacks(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A (blurred, sharp) uint16 pair: the blurred one a box blur of the sharp one (registered, same units)."""
+    rng = np.random.default_rng(1)
+    sharp = rng.integers(100, 4000, size=shape).astype(np.uint16)
+    blurred = sharp.astype(np.float64)
+    for axis in (1, 2):
+        blurred = (blurred + np.roll(blurred, 1, axis) + np.roll(blurred, -1, axis)) / 3
+    return blurred.astype(np.uint16), sharp
+
+
+@contextlib.contextmanager
+def _lazy_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...] = (PLANES, SIDE, SIDE)
+) -> Iterator[tuple[TiffPages, TiffPages, np.ndarray, np.ndarray, str]]:
+    """The pair written as zlib TIFFs and read back as `finetune` reads stacks over its in-memory limit."""
+    blurred, sharp = _stacks(shape)
+    for name, stack in (("blurred", blurred), ("sharp", sharp)):
+        photometric = "rgb" if shape[-1] == 3 else "minisblack"
+        tifffile.imwrite(tmp_path / f"{name}.tif", stack, compression="zlib", photometric=photometric)
+    monkeypatch.setattr(finetune_command, "TRAINING_IN_MEMORY_BYTES", 1)
+    with contextlib.ExitStack() as opened:
+        lazy_blurred, axes = finetune_command.read_image(tmp_path / "blurred.tif", None, opened)
+        lazy_sharp, _ = finetune_command.read_image(tmp_path / "sharp.tif", None, opened)
+        assert isinstance(lazy_blurred, TiffPages) and isinstance(lazy_sharp, TiffPages)
+        yield lazy_blurred, lazy_sharp, blurred, sharp, axes
+
+
+def test_crops_of_a_plane_decode_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page_decodes: list[int]):
+    with _lazy_pair(tmp_path, monkeypatch) as (blurred, sharp, _, _, axes):
+        data = PairedData(blurred, sharp, axes=axes, patch_size=PATCH, validation=0.0)
+        page_decodes[0] = 0
+        crops = 64
+        data.sample(crops, np.random.default_rng(0))
+        # the percentiles' read and every crop of a plane share one decode of each of its two pages; without
+        # the cache each crop decoded both pages (128 decodes, and 6 more for the percentiles)
+        assert page_decodes[0] <= 2 * PLANES
+        page_decodes[0] = 0
+        data.sample(crops, np.random.default_rng(1))
+        assert page_decodes[0] == 0  # 12 planes of 8 KiB fit the default budget
+
+
+def test_cache_is_bounded_and_evicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page_decodes: list[int]):
+    plane_bytes = SIDE * SIDE * 2  # uint16
+    with _lazy_pair(tmp_path, monkeypatch) as (blurred, sharp, _, _, axes):
+        data = PairedData(
+            blurred, sharp, axes=axes, patch_size=PATCH, validation=0.0, decoded_cache_bytes=3 * plane_bytes
+        )
+        decoded = data._decoded
+        assert decoded is not None
+        page_decodes[0] = 0
+        rng = np.random.default_rng(0)
+        for _ in range(10):
+            data.sample(8, rng)
+            assert decoded.used_bytes <= 3 * plane_bytes and len(decoded.planes) <= 3
+        # 12 pages do not fit in 3: planes were evicted and decoded again, yet a batch's crops of one plane
+        # (read one after another) still share a decode
+        assert 2 * PLANES < page_decodes[0] < 2 * 10 * 8
+        # a plane larger than the budget is not kept at all
+        small = PairedData(blurred, sharp, axes=axes, patch_size=PATCH, validation=0.0, decoded_cache_bytes=100)
+        small.sample(8, np.random.default_rng(0))
+        assert small._decoded is not None and not small._decoded.planes and small._decoded.used_bytes == 0
+
+
+@pytest.mark.parametrize("synthetic", [False, True])
+def test_batches_are_the_same_as_uncached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic: bool):
+    """Cached, uncached and in-memory data give bit-identical batches (and validation crops) for a seed."""
+    with _lazy_pair(tmp_path, monkeypatch) as (blurred, sharp, blurred_array, sharp_array, axes):
+        variants = {
+            "cached": (blurred, sharp, {"decoded_cache_bytes": 3 * SIDE * SIDE * 2}),  # evicts, too
+            "uncached": (blurred, sharp, {"decoded_cache_bytes": 0}),
+            "in memory": (blurred_array, sharp_array, {"cache_bytes": 0}),
+        }
+        batches: dict[str, list[np.ndarray]] = {}
+        for name, (b, s, options) in variants.items():
+            data = PairedData(None if synthetic else b, s, axes=axes, patch_size=PATCH, validation=0.2, **options)
+            rng = np.random.default_rng(7)
+            arrays: list[np.ndarray] = []
+            for _ in range(5):
+                batch_blurred, batch_sharp = data.sample(8, rng, margin=3)
+                arrays += [batch_sharp] + ([] if batch_blurred is None else [batch_blurred])
+            validation = data.validation_arrays(margin=3)
+            assert validation is not None
+            arrays += [a for a in validation if a is not None]
+            batches[name] = arrays
+        for name in ("uncached", "in memory"):
+            assert len(batches[name]) == len(batches["cached"])
+            for cached, other in zip(batches["cached"], batches[name], strict=True):
+                np.testing.assert_array_equal(cached, other)
+                assert cached.tobytes() == other.tobytes()
+
+
+def test_channels_in_the_page_share_one_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page_decodes: list[int]
+):
+    """A single-channel model on RGB pages (ZYXS) reads each channel as a plane of its own: one decode of the
+    page serves all three, and the crops are those of the in-memory stack."""
+    shape = (3, SIDE, SIDE, 3)
+    with _lazy_pair(tmp_path, monkeypatch, shape) as (blurred, sharp, blurred_array, sharp_array, axes):
+        assert axes == "ZYXS"
+        data = PairedData(blurred, sharp, axes=axes, patch_size=PATCH, validation=0.0)
+        page_decodes[0] = 0
+        lazy = data.sample(48, np.random.default_rng(3))
+        assert page_decodes[0] <= 2 * 3  # 2 files x 3 pages, whatever the channel of the crop
+        in_memory = PairedData(blurred_array, sharp_array, axes=axes, patch_size=PATCH, validation=0.0)
+        for got, expected in zip(lazy, in_memory.sample(48, np.random.default_rng(3)), strict=True):
+            assert got is not None and expected is not None
+            np.testing.assert_array_equal(got, expected)
+
+
+def _batches(source: BatchSource, sizes: list[int]) -> list[np.ndarray]:
+    arrays = []
+    for size in sizes:
+        blurred, sharp = source.next_batch(size)
+        arrays += [blurred.numpy().copy(), sharp.numpy().copy()]
+    return arrays
+
+
+@pytest.mark.parametrize("synthetic", [False, True])
+def test_batches_read_ahead_are_the_batches_read_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page_decodes: list[int], synthetic: bool
+):
+    """BatchSource reads the crops of several batches of a compressed lazy stack at once, plane by plane: the
+    batches are those read one by one (and those of the stack in memory), a change of batch size included,
+    with fewer page decodes."""
+    import torch
+
+    sizes = [4] * 20 + [2] * 4 + [4] * 20  # a batch size halved (out of GPU memory) and back
+    with _lazy_pair(tmp_path, monkeypatch) as (blurred, sharp, blurred_array, sharp_array, axes):
+        results, decodes = {}, {}
+        variants = {
+            "read ahead": (blurred, sharp, {}),  # 32 batches at a time (READ_AHEAD_BATCHES)
+            "one by one": (blurred, sharp, {"read_ahead_bytes": 0}),
+            "in memory": (blurred_array, sharp_array, {}),
+        }
+        for name, (b, s, options) in variants.items():
+            data = PairedData(None if synthetic else b, s, axes=axes, patch_size=PATCH, validation=0.0,
+                              decoded_cache_bytes=2 * SIDE * SIDE * 2)  # one pair of planes
+            source = BatchSource(data, torch.device("cpu"), seed=5, **options)
+            assert (source.read_ahead_bytes > 0) == (name == "read ahead")
+            page_decodes[0] = 0
+            results[name] = _batches(source, sizes)
+            decodes[name] = page_decodes[0]
+        for name in ("one by one", "in memory"):
+            for got, expected in zip(results["read ahead"], results[name], strict=True):
+                assert got.tobytes() == expected.tobytes()
+        # 32 batches' crops share a decode of each of the 6 planes; one by one, a batch's 4 crops share only
+        # the decodes of the planes they have in common
+        assert decodes["read ahead"] < decodes["one by one"] / 2
+
+
+def test_a_resumed_run_draws_the_batches_read_ahead_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A checkpoint taken while batches read ahead are unused resumes with exactly those batches."""
+    import torch
+
+    with _lazy_pair(tmp_path, monkeypatch) as (blurred, sharp, _, _, axes):
+        data = PairedData(blurred, sharp, axes=axes, patch_size=PATCH, validation=0.0)
+        source = BatchSource(data, torch.device("cpu"), seed=5, read_ahead_bytes=2**20)
+        _batches(source, [4, 4])
+        assert source._read_ahead  # some batches were read ahead and are not used yet
+        state = source.state_dict()
+        expected = _batches(source, [4, 4, 4])
+        resumed = BatchSource(data, torch.device("cpu"), seed=99, read_ahead_bytes=2**20)
+        resumed.load_state_dict(state)
+        for got, want in zip(_batches(resumed, [4, 4, 4]), expected, strict=True):
+            assert got.tobytes() == want.tobytes()
