@@ -69,6 +69,17 @@ def test_measure_offset_subpixel_scale():
     assert abs(dy - 2.0) <= 0.5 and abs(dx) <= 0.5
 
 
+def test_a_constant_plane_has_no_offset_and_no_scikit_image_warning():
+    """scikit-image warned "Could not determine RMS error ... may be empty" for a constant plane (it reached a
+    user training on a blank pair next to the project's own message about blank data)."""
+    img = data.camera().astype(np.float32)
+    flat = np.full_like(img, 7.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert measure_offset(flat, img) == (0.0, 0.0)
+        assert measure_offset(img, flat) == (0.0, 0.0)
+
+
 def test_both_normalised_with_the_blurred_planes_percentiles(pair):
     blurred, sharp = pair
     d = PairedData(blurred, sharp, patch_size=32, validation=0.0)

@@ -518,6 +518,10 @@ def measure_offset(blurred_plane: np.ndarray, sharp_plane: np.ndarray) -> tuple[
     ref, mov, factor = _registration_planes(blurred_plane, sharp_plane)
     ref = ref - ref.mean()
     mov = mov - mov.mean()
+    if not (ref.any() and mov.any()):
+        # a constant plane has no offset to measure (scikit-image would warn that it "may be empty"); the
+        # blank-data checks say what is wrong with such data
+        return 0.0, 0.0
     shift, _, _ = phase_cross_correlation(ref, mov, upsample_factor=10, normalization=None)
     # phase_cross_correlation returns the shift that registers `mov` onto `ref`: the offset is its negative
     return float(-shift[0] * factor), float(-shift[1] * factor)
