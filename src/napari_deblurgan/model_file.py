@@ -10,7 +10,8 @@ intensity normalisation, the border context to use at inference (``context_paddi
 and free-form metadata (name, description, training provenance, package version,
 creation time). Files are read with ``torch.load(weights_only=True)``: PyTorch's restricted unpickler builds
 tensors and plain containers only, so a file that tries to run code (a pickled ``__reduce__`` payload) is
-refused before anything in it executes.
+refused before anything in it executes. Before that, the CRC-32 the zip archive stores for each of its parts is
+checked (torch.load does not), so that a damaged file is refused rather than loaded with changed weights.
 
 A bare generator state dict (what the original DeblurGAN code saves) is *not* accepted by
 :func:`load_model`, because it says nothing about the architecture or normalisation; the error message says
@@ -346,9 +347,9 @@ def load_model(
         device: where to put the generator ("cpu", "cuda", "cuda:1", "mps", "auto").
 
     Raises:
-        ModelFileError: the file is missing, truncated, corrupt, contains pickled code, is not a
-            napari-deblurgan model, names an unknown architecture, its weights do not fit the architecture,
-            or a shipped file fails its sha256 check.
+        ModelFileError: the file is missing, truncated, corrupt (a zip CRC-32 of its parts does not match),
+            contains pickled code, is not a napari-deblurgan model, names an unknown architecture, its weights
+            do not fit the architecture or are not finite, or a shipped file fails its sha256 check.
     """
     if isinstance(path_or_name, io.TextIOBase):
         raise InputError("load_model needs a binary file object; open the file with mode 'rb', not 'r'.")
@@ -374,7 +375,7 @@ def load_model(
         path, expected_sha = _resolve_named(path_or_name)
 
     if path.is_dir():
-        raise ModelFileError(f"{str(path)!r} is a directory; pass the model file (.pt) inside it.")
+        raise ModelFileError(_directory_advice(path))
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -448,6 +449,74 @@ def _checkpoint_advice(where: str, payload: dict[str, Any]) -> str:
     )
 
 
+def _directory_advice(path: Path) -> str:
+    """What to pass instead of the folder ``path`` where a model file was expected."""
+    import shlex
+
+    # training/checkpoint.py's CHECKPOINT_NAME: a run's checkpoint folder holds only that file, no model file
+    if (path / "checkpoint.pt").is_file():
+        return (
+            f"{str(path)!r} is a training checkpoint folder, not a model file. To continue its run, resume it "
+            f"(napari-deblurgan finetune ... --resume {shlex.quote(str(path))}, or finetune(..., resume=...)); to "
+            "deblur, pass the model file that run saved (finetune's -o / --output)."
+        )
+    return f"{str(path)!r} is a directory; pass the model file (.pt) inside it."
+
+
+#: The first bytes of every file ``torch.save`` writes (a zip archive's local file header).
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def archive_damage(data: bytes) -> str | None:
+    """Why ``data``, the bytes of a ``torch.save`` file, is not an intact zip archive, or None if it is.
+
+    ``torch.load`` reads the archive without checking the CRC-32 stored for each part, so a flipped bit in a
+    weight would load as a changed weight; ``testzip`` checks them all (on the bytes in memory, no second read
+    from disk). An archive cut short lacks its end record, which ``ZipFile`` refuses.
+    """
+    import zipfile
+
+    if not data:
+        return "empty"
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            bad_part = archive.testzip()
+    except zipfile.BadZipFile as exc:
+        if str(exc) == "File is not a zip file":  # zipfile's words for an archive without its end record
+            return "cut short: the end of its zip archive is missing"
+        return f"its zip structure is broken: {_first_line(exc)}"
+    except Exception as exc:  # zlib/struct errors, EOFError, ... of other damage
+        return f"its zip structure is broken: {_first_line(exc)}"
+    if bad_part is not None:
+        return f"the checksum stored for its part {bad_part!r} does not match that part's bytes"
+    return None
+
+
+def _damaged_file_error(where: str, data: bytes, damage: str) -> ModelFileError:
+    """The one message for a model file that is damaged or cut short (the checkpoint loader's wording)."""
+    return ModelFileError(
+        f"{where!r} is damaged or incomplete ({len(data)} bytes; {damage}), e.g. from an interrupted copy or "
+        "download or a faulty disk: copy it again from an intact source, or save it again."
+    )
+
+
+def _first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point tensor of ``state_dict`` holding a NaN or infinity, or None."""
+    import torch
+
+    for name, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            continue
+        # a float64 sum of float32/16 values cannot overflow, so it is finite exactly when they all are: ~10x
+        # faster than isfinite() on the CPU; isfinite() decides otherwise (a float64 tensor's sum may overflow,
+        # and MPS has no float64)
+        if tensor.device.type == "cpu" and bool(torch.isfinite(tensor.sum(dtype=torch.float64))):
+            continue
+        if not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
 def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
     """Parse and validate the bytes of a model file (read once, so the sha256 is of what was loaded)."""
     import torch
@@ -455,11 +524,17 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
     from .models import build_generator, list_architectures
 
     map_location = _resolve_device(device)
-    if not data.startswith(b"PK\x03\x04"):  # every file torch.save writes is a zip archive
+    if not data.startswith(ZIP_MAGIC):  # every file torch.save writes is a zip archive
+        if ZIP_MAGIC.startswith(data):  # empty, or cut short within the first 4 bytes
+            raise _damaged_file_error(where, data, "empty" if not data else "cut short")
         raise ModelFileError(
             f"{where!r} is not a napari-deblurgan model file (a .pt file written by DeblurModel.save or "
             "napari-deblurgan finetune); check the path."
         )
+    # before torch.load, whose errors for a file cut short are a seek offset or paragraphs of zip-reader advice
+    damage = archive_damage(data)
+    if damage is not None:
+        raise _damaged_file_error(where, data, damage)
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -468,10 +543,8 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
             f"Refusing to load {where!r}: it contains pickled Python objects other than tensors, which could "
             f"run code. napari-deblurgan model files hold only tensors and JSON. ({_first_line(exc)})"
         ) from None
-    except Exception as exc:  # zip/stream errors of truncated or corrupt files, EOFError, ...
-        raise ModelFileError(
-            f"{where!r} is not a readable model file (truncated or corrupt?): {_first_line(exc)}"
-        ) from None
+    except Exception as exc:  # an intact archive that is not a torch.save file, EOFError, ...
+        raise _damaged_file_error(where, data, f"unreadable: {_first_line(exc)[:200]}") from None
 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -503,6 +576,12 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
         raise ModelFileError(f"{where!r} has damaged metadata: {_first_line(exc)}") from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ModelFileError(f"{where!r}: 'state_dict' must map parameter names to tensors.")
+    bad_tensor = _first_non_finite(state_dict)
+    if bad_tensor is not None:  # save() refuses these; deblur would turn every image into NaN or zeros
+        raise ModelFileError(
+            f"{where!r} holds weights that are not finite (NaN or infinite), first in {bad_tensor!r}: a model "
+            "whose training diverged, or a damaged file. Use another model file, or train this one again."
+        )
 
     known = list(list_architectures())
     if architecture not in known:

@@ -13,6 +13,7 @@ unpickler cannot hold (NumPy/Python RNG states with 128-bit integers, the config
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..atomic_files import atomic_write
 from ..errors import InputError, ModelFileError
+from ..model_file import ZIP_MAGIC, archive_damage
 
 CHECKPOINT_FORMAT = "napari-deblurgan-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -120,18 +122,33 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
         f"{path} is not a napari-deblurgan training checkpoint (the checkpoint.pt a run writes into its "
         "checkpoint_dir); pass the checkpoint_dir folder of an earlier run, or its checkpoint.pt."
     )
+
+    def damaged(detail: str) -> ModelFileError:
+        """The error for a checkpoint cut short or changed on disk (``data`` is its bytes, read below)."""
+        return ModelFileError(
+            f"Cannot read the training checkpoint {path}: the file is damaged or incomplete ({len(data)} bytes; "
+            f"{detail}), e.g. a copy cut short or a disk that filled up. Resume from an intact copy of it, or "
+            "leave resume out to start a new run."
+        )
+
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()  # read once: the zip check and torch.load both read these bytes
+    except OSError as exc:
+        raise ModelFileError(f"Cannot read the training checkpoint {path}: {exc}") from exc
+    if not data.startswith(ZIP_MAGIC) and not ZIP_MAGIC.startswith(data):
+        raise ModelFileError(not_a_checkpoint)  # another kind of file (an image, text): torch.save writes zips
+    # torch.load does not check the archive's CRC-32s: a flipped bit would resume from changed weights or state
+    damage = archive_damage(data)
+    if damage is not None:
+        raise damaged(damage)
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        # another kind of file (an image, text), or pickled objects other than tensors: torch's own text would
-        # advise weights_only=False, which runs any code the file holds
+        # pickled objects other than tensors: torch's own text would advise weights_only=False, which runs any
+        # code the file holds
         raise ModelFileError(not_a_checkpoint) from None
-    except Exception as exc:  # zip/stream errors of a truncated or corrupt file, EOFError, an I/O error
-        raise ModelFileError(
-            f"Cannot read the training checkpoint {path}: the file is damaged or incomplete (a copy cut short, or "
-            "a disk that filled up). Resume from an intact copy of it, or leave resume out to start a new run. "
-            f"({_first_line(exc)})"
-        ) from None
+    except Exception as exc:  # an intact archive that is not a torch.save file, EOFError, ...
+        raise damaged(f"unreadable: {_first_line(exc)[:200]}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelFileError(not_a_checkpoint)
     if payload.get("version") != CHECKPOINT_VERSION:
