@@ -8,15 +8,79 @@ target (atomic within one filesystem). No torch here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
+import shutil
 import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import InputError
+from .errors import DeblurGANError, InputError
+
+
+class WriteFailed(InputError, OSError):
+    """A file could not be written where asked (disk full, read-only, no permission, the folder gone). The
+    message names the file, the cause in words and what to do; :attr:`reason` is the cause alone ("no space left
+    on device"), :attr:`target` the file. An :class:`InputError` (the CLI prints it without a traceback) and an
+    ``OSError`` (code that catches failed writes as OSError still does)."""
+
+    def __init__(self, message: str, target: Path, reason: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.target = target
+        self.reason = reason
+        self.errno = code  # type: ignore[misc]  # OSError's field: ENOSPC etc., None where not known
+
+
+#: The causes of a failed write that the user can act on, in words, and what to do about each. ``strerror``
+#: is not used: a read-only file system has been reported as "(no permission)", and torch and tifffile report
+#: a full disk as "unexpected pos 704 vs 598" or "9216 requested and 6008 written".
+WRITE_FAILURES: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on device", "free some space there or choose another location"),
+    errno.EDQUOT: ("disk quota exceeded", "free some of your quota or choose another location"),
+    errno.EROFS: ("read-only file system", "choose a location on a writable disk"),
+    errno.EACCES: ("permission denied", "choose a folder you may write to"),
+    errno.EPERM: ("operation not permitted", "choose a folder you may write to"),
+    errno.EFBIG: ("file too large for this file system", "choose a location on another disk"),
+}
+
+#: Below this much free space a write that failed without saying why (torch's RuntimeError, tifffile's short
+#: write) failed because the disk is full: a write that runs out of space fills it to the last block.
+LOW_SPACE_BYTES = 1 << 20
+
+
+def write_failure(exc: BaseException, path: Path) -> WriteFailed | None:
+    """The :class:`WriteFailed` that says why writing ``path`` raised ``exc``, or None when ``exc`` is no failure
+    to write (a bug, a bad value, a failed read of an input: passed on as it is). Call it before the partly
+    written temporary file is removed: the free space it took is how a full disk is recognised."""
+    if isinstance(exc, DeblurGANError) or not isinstance(exc, (OSError, RuntimeError)):
+        return None
+    directory = path.parent if str(path.parent) else Path(".")
+    failure: tuple[str, str] | None = None
+    code: int | None = None
+    seen: BaseException | None = exc
+    for _ in range(8):  # torch's RuntimeError holds the OSError that caused it (a few links at most)
+        if seen is None or failure is not None:
+            break
+        code = getattr(seen, "errno", None) if isinstance(seen, OSError) else None
+        failure = WRITE_FAILURES.get(code) if code is not None else None
+        seen = seen.__cause__ or seen.__context__
+    if failure is None and not directory.is_dir():
+        failure = ("its folder no longer exists", "the folder was removed or unmounted: create it again or choose "
+                   "another location")
+        code = errno.ENOENT
+    if failure is None:
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(directory).free < LOW_SPACE_BYTES:
+                failure, code = WRITE_FAILURES[errno.ENOSPC], errno.ENOSPC
+    if failure is None:
+        return None
+    reason, advice = failure
+    return WriteFailed(
+        f"Cannot write {str(path)!r}: {reason}; {advice} (any earlier file there is unchanged).", path, reason, code
+    )
 
 
 def _umask() -> int:
@@ -39,11 +103,19 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
-        raise InputError(f"Output directory {str(directory)!r} does not exist; create it first.")
+        raise WriteFailed(
+            f"Output directory {str(directory)!r} does not exist; create it first.", path,
+            "its folder does not exist", errno.ENOENT,
+        )
     if path.is_dir():
-        raise InputError(f"{str(path)!r} is a directory; give a file name inside it.")
+        raise WriteFailed(
+            f"{str(path)!r} is a directory; give a file name inside it.", path, "it is a directory", errno.EISDIR
+        )
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise InputError(f"Cannot write into {str(directory)!r} (no permission); choose another folder.")
+        raise WriteFailed(
+            f"Cannot write into {str(directory)!r} (no permission); choose another folder.", path,
+            "no permission to write into its folder", errno.EACCES,
+        )
     return path
 
 
@@ -67,7 +139,9 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Context manager yielding a temporary path next to ``path``; renamed onto ``path`` on success.
 
     On any exception (including ``KeyboardInterrupt``) the temporary file is removed and ``path`` is left
-    untouched. The caller writes (and should fsync) the temporary file. The file gets the permissions a plain
+    untouched. A failure to write, sync or rename that the user can act on (disk full, quota, read-only, no
+    permission, the folder gone) is raised as :class:`WriteFailed`, which says so in words (:func:`write_failure`).
+    The caller writes (and should fsync) the temporary file. The file gets the permissions a plain
     ``open(path, "w")`` would give (a replaced file keeps its own), not the temporary file's owner-only 0600.
     """
     path = check_writable(path)
@@ -76,7 +150,13 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
     except OSError as exc:
-        raise InputError(f"Cannot write {str(path)!r}: {exc.strerror or exc}; choose another location.") from None
+        failed = write_failure(exc, path)
+        if failed is not None:
+            raise failed from None
+        raise WriteFailed(
+            f"Cannot write {str(path)!r}: {exc.strerror or exc}; choose another location.", path,
+            str(exc.strerror or exc), exc.errno,
+        ) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -88,9 +168,12 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        failed = write_failure(exc, path)  # before the unlink: a full disk is seen by its free space
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if failed is not None:
+            raise failed from exc
         raise
     # Make the rename itself durable (best effort: not every platform can fsync a directory).
     with contextlib.suppress(OSError):

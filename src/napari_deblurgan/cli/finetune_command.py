@@ -15,7 +15,11 @@ was measured at (``val@200 PSNR 18.13 dB (+2.77, best)``: its gain over the blur
 the best so far, the model the run returns). Ctrl-C stops cleanly: the best model so far is still written to
 ``-o`` (and a checkpoint to ``--checkpoint-dir``, from which ``--resume`` continues), then the exit status is
 130. A second Ctrl-C aborts at once without writing the model (the run still writes its checkpoint if it was
-between two steps).
+between two steps, and says that ``--resume`` continues from the last one).
+
+Where ``-o`` cannot be written at the end (a full disk, its folder removed during the run), the trained model is
+not lost: it is saved next to the checkpoints, in ``~/.napari-deblurgan/models`` or in the system's temporary
+folder instead (:func:`save_model`), and the error says where.
 """
 
 from __future__ import annotations
@@ -484,23 +488,99 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
         with warnings.catch_warnings():
             # the progress line prints every Notice as "note: ..." (or nothing with -q): not twice
             warnings.simplefilter("ignore", TrainingNoticeWarning)
+            checkpointed: Any = None  # the last CheckpointSaved of this run
             try:
                 for event in training:
                     trained = trained or type(event).__name__ == "Step"
+                    if type(event).__name__ == "CheckpointSaved":
+                        checkpointed = event
+            except KeyboardInterrupt:
+                # a second Ctrl-C: no model, but the run so far is not lost when a checkpoint holds it
+                if checkpointed is None:
+                    raise
+                print(f"\n{PROG}: interrupted; the model was not written.{_checkpoint_kept(checkpointed)}",
+                      file=sys.stderr)
+                return EXIT_INTERRUPTED
             except Exception:
                 # a failure mid-run (unreadable data, a device error): the best model so far is still saved
                 if trained:
                     saving.set()
-                    training.model.save(out)
-                    print(f"{PROG}: training failed; the model so far is saved to {out}", file=sys.stderr)
+                    try:
+                        saved, not_written = save_model(training.model, out, args.checkpoint_dir,
+                                                        _checkpoint_kept(checkpointed))
+                    except InputError as exc:
+                        print(f"{PROG}: training failed; {exc}", file=sys.stderr)
+                    else:
+                        instead = f" (could not write {str(out)!r}: {not_written})" if not_written else ""
+                        print(f"{PROG}: training failed; the model so far is saved to {saved}{instead}",
+                              file=sys.stderr)
                 raise
         saving.set()
-        training.model.save(out)
+        saved, not_written = save_model(training.model, out, args.checkpoint_dir, _checkpoint_kept(checkpointed))
+        if not_written is not None:
+            raise InputError(
+                f"Could not write {str(out)!r} ({not_written}); the trained model was saved to {str(saved)!r} "
+                "instead: move it where you want it."
+            )
         if not args.quiet:
             print(f"wrote {out}", file=sys.stderr)
     if stop_signal:
         return EXIT_INTERRUPTED if stop_signal[0] == signal.SIGINT else 128 + stop_signal[0]
     return 0
+
+
+def save_model(model: Any, out: Path, checkpoint_dir: str | None, checkpoint_note: str = "") -> tuple[Path, str | None]:
+    """Save the trained ``model`` to ``out``; where that fails (a full disk, a read-only one, its folder removed
+    during the run), to ``<stem>-unsaved-<date>-<time>.pt`` in the first of :func:`fallback_folders` that takes
+    it: hours of training are not lost to a full disk. Returns where it was saved and, if not to ``out``, why
+    ``out`` could not be written ("no space left on device"). Raises :class:`InputError` when nothing could be
+    saved, naming each place tried and why, then ``checkpoint_note`` (a checkpoint that keeps the run, if any)."""
+    try:
+        model.save(out)
+        return out, None
+    except (OSError, RuntimeError) as exc:  # atomic_write's WriteFailed, or a failure it could not put in words
+        not_written = _cause(exc)
+    name = f"{out.stem}-unsaved-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+    tried: list[str] = []
+    for folder in fallback_folders(checkpoint_dir):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return model.save(folder / name), not_written
+        except (OSError, RuntimeError) as exc:
+            tried.append(f"{str(folder)!r} ({_cause(exc)})")
+    raise InputError(
+        f"Could not write {str(out)!r} ({not_written}), nor a copy in {' or '.join(tried)}: the trained model could "
+        f"not be saved anywhere; free some space before the next run.{checkpoint_note}"
+    )
+
+
+def fallback_folders(checkpoint_dir: str | None) -> list[Path]:
+    """Where :func:`save_model` puts a model that ``-o`` cannot take, in order: the run's checkpoint folder (the
+    user chose it and looks there), the Finetune panel's models folder ``~/.napari-deblurgan/models``, and the
+    system's temporary folder (another disk, often, than a full one)."""
+    import tempfile
+
+    folders = [Path(checkpoint_dir)] if checkpoint_dir is not None else []
+    with contextlib.suppress(RuntimeError):  # no home folder (a service account): the others
+        folders.append(Path.home() / ".napari-deblurgan" / "models")
+    folders.append(Path(tempfile.gettempdir()))
+    return folders
+
+
+def _cause(exc: BaseException) -> str:
+    """Why a save failed, in words: a WriteFailed's reason ("no space left on device"), else the error's own."""
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return str(reason).strip().splitlines()[0]
+
+
+def _checkpoint_kept(event: Any) -> str:
+    """The sentence that a checkpoint of this run keeps it and how to continue it; "" where none was written."""
+    if event is None:
+        return ""
+    from ..training.checkpoint import checkpoint_folder
+
+    folder = checkpoint_folder(event.path)
+    return f" The checkpoint of step {event.step} in {str(folder)!r} is kept: --resume {folder} continues the run."
 
 
 def _one_or_range(values: list[float] | None, flag: str) -> float | tuple[float, float] | None:

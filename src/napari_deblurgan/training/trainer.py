@@ -1082,9 +1082,11 @@ class TrainingRun:
             try:
                 path = save_checkpoint(k["checkpoint_dir"], checkpoint_payload())
             except (OSError, RuntimeError, InputError) as exc:
+                # a WriteFailed says its cause in words ("no space left on device"), not torch's internals
+                cause = getattr(exc, "reason", None) or exc
                 return self._notice(
                     step,
-                    f"Could not write the checkpoint at step {step} to {str(k['checkpoint_dir'])!r} ({exc}); "
+                    f"Could not write the checkpoint at step {step} to {str(k['checkpoint_dir'])!r} ({cause}); "
                     "training goes on, and the run still returns its model. The previous checkpoint, if any, "
                     "is intact.",
                     "checkpoint-failed",

@@ -1,0 +1,253 @@
+"""A failed write says why in words and loses nothing: atomic_write's WriteFailed (disk full, read-only, the
+folder gone), the finetune command's fallback save of a trained model that ``-o`` cannot take, the checkpoint
+warning on a full disk, the message of a second Ctrl-C after a checkpoint, and ``deblur`` onto a full disk.
+
+A full disk is simulated (monkeypatched writes raising ENOSPC, ``shutil.disk_usage`` reporting no free space),
+not mounted."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage
+
+from napari_deblurgan import atomic_files, samples
+from napari_deblurgan.atomic_files import WriteFailed, atomic_write
+from napari_deblurgan.cli import main
+from napari_deblurgan.errors import InputError
+from napari_deblurgan.model_file import create_model, load_model
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Perceptual loss:UserWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),  # conftest.py
+]
+
+#: What torch says when the disk fills up during torch.save (its RuntimeError, no errno).
+TORCH_DISK_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+
+
+def _no_free_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    usage = shutil.disk_usage(".")
+    monkeypatch.setattr(atomic_files.shutil, "disk_usage", lambda path: usage._replace(free=4096))
+
+
+def _write_raising(exc: BaseException):
+    """A body for atomic_write: writes a little of the temporary file, then fails with ``exc``."""
+
+    def body(tmp: Path) -> None:
+        tmp.write_bytes(b"half a file")
+        raise exc
+
+    return body
+
+
+# --------------------------------------------------------------------------------------------- atomic_write
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system"),
+     (errno.EDQUOT, "disk quota exceeded"), (errno.EACCES, "permission denied")],
+)
+def test_a_failed_write_says_the_cause_in_words_and_keeps_the_old_file(tmp_path, code, words):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"the old file")
+    with pytest.raises(WriteFailed) as raised, atomic_write(target) as tmp:
+        _write_raising(OSError(code, os.strerror(code)))(tmp)
+    error = raised.value
+    assert isinstance(error, InputError) and isinstance(error, OSError)  # the CLI prints it without a traceback
+    assert error.reason == words and error.errno == code and error.target == target
+    assert str(target) in str(error) and words in str(error)
+    assert target.read_bytes() == b"the old file" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_a_failed_rename_or_fsync_is_said_in_words_too(tmp_path, monkeypatch):
+    target = tmp_path / "out.bin"
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(atomic_files.os, "replace", read_only)
+    with pytest.raises(WriteFailed, match="read-only file system"), atomic_write(target) as tmp:
+        tmp.write_bytes(b"x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_reported_without_errno_is_recognised_by_its_free_space(tmp_path, monkeypatch):
+    # torch's RuntimeError and tifffile's short write say nothing of the disk
+    _no_free_space(monkeypatch)
+    for failure in (RuntimeError(TORCH_DISK_FULL), OSError("9216 requested and 6008 written")):
+        with pytest.raises(WriteFailed, match="no space left on device"), atomic_write(tmp_path / "m.pt") as tmp:
+            _write_raising(failure)(tmp)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_errors_that_are_no_failed_write_pass_through_unchanged(tmp_path):
+    # plenty of space: a RuntimeError is a bug, not a full disk; a missing input read inside the block is no write
+    for failure in (RuntimeError("a bug"), FileNotFoundError(errno.ENOENT, "No such file", "input.tif")):
+        with pytest.raises(type(failure)) as raised, atomic_write(tmp_path / "m.pt") as tmp:
+            _write_raising(failure)(tmp)
+        assert not isinstance(raised.value, WriteFailed)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_saved_onto_a_full_disk_is_one_clear_error(tiny_model, tmp_path, monkeypatch):
+    import torch
+
+    def full(*args, **kwargs):
+        raise RuntimeError(TORCH_DISK_FULL)
+
+    _no_free_space(monkeypatch)
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(WriteFailed, match=r"Cannot write .*m\.pt.*no space left on device") as raised:
+        tiny_model.save(tmp_path / "m.pt")
+    assert "enforce" not in str(raised.value) and list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------ finetune
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the fallback folder ~/.napari-deblurgan/models
+    sharp = (samples.cells((96, 96), seed=2) * 4000).astype(np.uint16)
+    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), 1.5).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "sharp.tif", sharp)
+    tifffile.imwrite(tmp_path / "blurred.tif", blurred)
+    create_model("unet_lite", 1, seed=0, width=4, depth=2, n_blocks=1).save(tmp_path / "tiny.pt")
+    return tmp_path
+
+
+def _finetune(d: Path, *extra: str) -> list[str]:
+    return ["finetune", "--model", str(d / "tiny.pt"), "--blurred", str(d / "blurred.tif"), "--sharp",
+            str(d / "sharp.tif"), "--patch-size", "32", "--batch-size", "2", "--preset", "content", "--device",
+            "cpu", "--seed", "0", "--validation", "0", "-q", *extra]
+
+
+def _refuse_writing(monkeypatch: pytest.MonkeyPatch, refused: Path, fallbacks: bool = False) -> None:
+    """Renames onto ``refused`` (and with ``fallbacks``, onto any fallback copy of it) fail with ENOSPC, as on a
+    full disk."""
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        dst = Path(dst)
+        if dst == refused or (fallbacks and dst.name.startswith(f"{refused.stem}-unsaved-")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(atomic_files.os, "replace", replace)
+
+
+def test_a_model_that_output_cannot_take_is_saved_in_the_checkpoint_folder(files, monkeypatch, capsys):
+    out, checkpoints = files / "m.pt", files / "ck"
+    _refuse_writing(monkeypatch, out)
+    assert main([*_finetune(files, "--steps", "2", "--checkpoint-dir", str(checkpoints)), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    (kept,) = checkpoints.glob("m-unsaved-*.pt")
+    assert f"Could not write {str(out)!r} (no space left on device); the trained model was saved to " \
+           f"{str(kept)!r} instead" in err
+    assert "Traceback" not in err and not out.exists()
+    assert load_model(kept).metadata["training"]["steps_done"] == 2
+
+
+def test_without_a_checkpoint_folder_the_model_goes_to_the_users_models_folder(files, monkeypatch, capsys):
+    out = files / "m.pt"
+    _refuse_writing(monkeypatch, out)
+    assert main([*_finetune(files, "--steps", "1"), "-o", str(out)]) == 2
+    (kept,) = (files / "home" / ".napari-deblurgan" / "models").glob("m-unsaved-*.pt")
+    assert str(kept) in capsys.readouterr().err and load_model(kept) is not None
+
+
+def test_when_nothing_can_be_saved_the_error_says_so_and_where_the_checkpoint_is(files, monkeypatch, capsys):
+    out, checkpoints = files / "m.pt", files / "ck"
+    _refuse_writing(monkeypatch, out, fallbacks=True)
+    code = main([*_finetune(files, "--steps", "2", "--checkpoint-dir", str(checkpoints), "--checkpoint-every",
+                            "1"), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "could not be saved anywhere" in err and err.count("no space left on device") == 4  # -o, 3 copies
+    assert not list(files.rglob("m*.pt"))
+    assert f"--resume {checkpoints} continues the run" in err
+
+
+def test_an_output_folder_removed_during_the_run_does_not_lose_the_model(tiny_model, tmp_path, monkeypatch):
+    from napari_deblurgan.cli.finetune_command import save_model
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    saved, not_written = save_model(tiny_model, tmp_path / "gone" / "m.pt", None)
+    assert not_written == "its folder does not exist"
+    assert saved.parent == tmp_path / "home" / ".napari-deblurgan" / "models" and saved.is_file()
+
+
+def test_a_checkpoint_onto_a_full_disk_warns_in_words(files, monkeypatch, capsys):
+    import torch
+
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if "checkpoint.pt" in str(getattr(f, "name", "")):
+            raise RuntimeError(TORCH_DISK_FULL)
+        return real_save(obj, f, *args, **kwargs)
+
+    _no_free_space(monkeypatch)
+    monkeypatch.setattr(torch, "save", save)
+    out = files / "m.pt"
+    assert main([*_finetune(files, "--steps", "2", "--checkpoint-dir", str(files / "ck")), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Could not write the checkpoint at step 2" in err and "(no space left on device)" in err
+    assert "enforce" not in err and out.is_file()
+
+
+def test_a_second_ctrl_c_after_a_checkpoint_says_resume_continues(files, monkeypatch, capsys):
+    from napari_deblurgan.training import trainer
+
+    real = trainer.iter_finetune
+
+    class SecondCtrlC:
+        """The training run, interrupted (as by a second Ctrl-C) at the step after its first checkpoint."""
+
+        def __init__(self, run):
+            self.run, self.model, self.stop = run, None, run.stop
+
+        def __iter__(self):
+            checkpointed = False
+            for event in self.run:
+                if checkpointed and type(event).__name__ == "Step":
+                    raise KeyboardInterrupt
+                checkpointed = checkpointed or type(event).__name__ == "CheckpointSaved"
+                yield event
+
+    @functools.wraps(real)  # the trainer reads iter_finetune's signature
+    def interrupted(*args, **kwargs):
+        return SecondCtrlC(real(*args, **kwargs))
+
+    monkeypatch.setattr(trainer, "iter_finetune", interrupted)
+    checkpoints, out = files / "ck", files / "m.pt"
+    code = main([*_finetune(files, "--steps", "6", "--checkpoint-dir", str(checkpoints), "--checkpoint-every",
+                            "2"), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 130 and not out.exists(), err
+    assert "the model was not written" in err and "no output was written" not in err
+    assert f"The checkpoint of step 2 in {str(checkpoints)!r} is kept: --resume {checkpoints} continues" in err
+
+
+# -------------------------------------------------------------------------------------------------- deblur
+def test_deblur_onto_a_full_disk_is_one_clear_error(tiny_model_file, tmp_path, monkeypatch, capsys):
+    inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
+    tifffile.imwrite(inp, (samples.cells((64, 64), seed=1) * 4000).astype(np.uint16))
+    real_imwrite = tifffile.imwrite
+
+    def short_write(file, *args, **kwargs):  # what tifffile raises when the disk fills up mid-write
+        if ".part" in str(getattr(file, "name", file)):
+            raise OSError("9216 requested and 6008 written")
+        return real_imwrite(file, *args, **kwargs)
+
+    _no_free_space(monkeypatch)
+    monkeypatch.setattr(tifffile, "imwrite", short_write)
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"Cannot write {str(out)!r}: no space left on device" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "tiny.pt"]
