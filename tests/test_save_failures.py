@@ -251,3 +251,33 @@ def test_deblur_onto_a_full_disk_is_one_clear_error(tiny_model_file, tmp_path, m
     err = capsys.readouterr().err
     assert f"Cannot write {str(out)!r}: no space left on device" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "tiny.pt"]
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])  # a map of the output; a scratch map (joint CZYX) below
+def test_a_mapped_output_reserves_its_space_before_any_work(tiny_model_file, tmp_path, monkeypatch, capsys,
+                                                           compression):
+    """A large output is filled through a memory map of a sparse file (the output itself, or a scratch file
+    before a compressed one): on a full disk a write to one of its pages kills the process with SIGBUS, mid-run
+    and without a message. Its blocks are allocated before the first plane is deblurred now: a full disk is one
+    clear error, and neither file is left."""
+    from napari_deblurgan.cli import deblur_command
+
+    inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
+    stack = (np.random.default_rng(3).random((3, 40, 48)) * 4000).astype(np.uint16)
+    tifffile.imwrite(inp, stack, compression=compression, photometric="minisblack")
+    reserved: list[int] = []
+
+    def full_disk(fd: int, offset: int, length: int) -> None:
+        reserved.append(length)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 100)  # the lazy path, which maps its output
+    monkeypatch.setattr(os, "posix_fallocate", full_disk, raising=False)
+    if compression is not None:
+        # a compressed stream needs no map unless its blocks come out of file order: force the scratch map
+        monkeypatch.setattr(deblur_command, "_in_file_order", lambda numblocks, shape: False)
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"Cannot write {str(out)!r}: no space left on device" in err and "Traceback" not in err
+    assert reserved and reserved[0] >= stack.nbytes  # the whole output (or scratch map) at once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "tiny.pt"]

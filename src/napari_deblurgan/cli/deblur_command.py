@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import itertools
 import math
 import os
@@ -919,6 +920,7 @@ def _deblur_lazy(pages: Any, info: TiffInfo, common: dict, out: Path, kw: dict, 
     with atomic_write(out) as tmp:
         if "compression" not in kw:
             with _mapped(tifffile.memmap(tmp, shape=info.shape, dtype=info.dtype, **kw)) as target:
+                reserve_disk_space(tmp)
                 fill(target)
             restore_description(tmp, info)
             restore_planes(tmp, info)
@@ -946,6 +948,27 @@ def _deblur_lazy(pages: Any, info: TiffInfo, common: dict, out: Path, kw: dict, 
                     with contextlib.suppress(OSError):
                         os.unlink(name)
         _fsync(tmp)  # the header imwrite wrote, and the pages flush() (or the stream) wrote
+
+
+def reserve_disk_space(path: str | os.PathLike[str]) -> None:
+    """Allocate the disk blocks of a file that is about to be filled through a memory map (its size already
+    set): a map of a sparse file gets its blocks only as its pages are written, and on a full disk such a write
+    kills the process with SIGBUS, mid-run and without a message. Allocated up front, a full disk (or quota)
+    is an OSError now, before any work, which ``atomic_write`` says in words. Where the platform or the file
+    system cannot allocate (no ``posix_fallocate``, EOPNOTSUPP, EINVAL) the map stays sparse, as before."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -1009,6 +1032,7 @@ def _write_through_scratch(name: str, fill: Callable[[Any], None], info: TiffInf
     import numpy as np
 
     with _mapped(np.memmap(name, dtype=info.dtype, mode="w+", shape=info.shape)) as scratch:
+        reserve_disk_space(name)
         fill(scratch)
         write(scratch)
 
