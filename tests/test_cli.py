@@ -876,13 +876,44 @@ def test_ome_plane_times_exposures_and_positions_are_kept(tiny_model_file, tmp_p
         np.testing.assert_array_equal(tif.series[0].asarray().shape, data.shape)
 
 
-def test_ome_planes_are_dropped_when_axes_rename_the_dimensions(tiny_model_file, tmp_path):
+def test_ome_planes_are_dropped_when_axes_rename_the_dimensions(tiny_model_file, tmp_path, capsys):
     data = (np.random.default_rng(8).random((3, 32, 32)) * 200).astype(np.uint8)
     inp, out = tmp_path / "in.ome.tif", tmp_path / "out.ome.tif"
     tifffile.imwrite(inp, data, ome=True, metadata={"axes": "TYX", "Plane": {"DeltaT": [0.0, 1.0, 2.0]}})
     assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "--axes", "ZYX", "-q"]) == 0
     with tifffile.TiffFile(out) as tif:
         assert "DeltaT" not in tif.ome_metadata  # plane 2 of T is not plane 2 of Z
+    assert "the input's per-plane OME metadata (DeltaT" in capsys.readouterr().err  # said, not silently dropped
+
+
+@pytest.mark.parametrize("flavour", ["imagej", "ome"])
+def test_metadata_that_cannot_be_written_back_is_said_in_a_note(tiny_model_file, tmp_path, monkeypatch, capsys,
+                                                                flavour):
+    """The ImageJ description and the OME Plane attributes are written back into the output after tifffile wrote
+    it; where that failed (a classic TIFF past 4 GiB, an unwritable description), they were dropped silently."""
+    data = (np.random.default_rng(9).random((3, 32, 32)) * 200).astype(np.uint8)
+    inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
+    if flavour == "imagej":
+        tifffile.imwrite(inp, data, imagej=True, metadata={"axes": "ZYX", "spacing": 0.5, "unit": "um"})
+        # written by other software: a non-ASCII unit, which tifffile cannot write: the description is put back
+        tifffile.tiffcomment(inp, tifffile.tiffcomment(inp).replace("unit=um", "unit=µm").encode())
+    else:
+        tifffile.imwrite(inp, data, ome=True, metadata={"axes": "TYX", "Plane": {"DeltaT": [0.0, 1.0, 2.0]}})
+    real = tifffile.tiffcomment
+
+    def unwritable(path, comment=None, **kwargs):
+        if comment is not None:
+            raise ValueError("description too large to rewrite")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(tifffile, "tiffcomment", unwritable)
+    if flavour == "imagej":
+        # tifffile's own description differs from the input's (it leaves out what it does not know)
+        monkeypatch.setattr(deblur_command, "restore_planes", lambda path, info: None)
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
+    err = capsys.readouterr().err
+    expected = "ImageJ description, not the input's" if flavour == "imagej" else "per-plane OME metadata"
+    assert expected in err and "description too large to rewrite" in err
 
 
 def test_python_dash_m_runs_the_command():

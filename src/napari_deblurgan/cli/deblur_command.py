@@ -364,8 +364,12 @@ def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
     elif flavour == "ome":
         info.ome_sizes, info.ome_image, info.ome_planes = _ome_metadata(tif.ome_metadata)
         mapped = map_axes(file_axes)
-        if axes != mapped:  # --axes renamed the dimensions: the planes' TheC/TheZ/TheT would name others
+        if axes != mapped and info.ome_planes:  # --axes renamed the dimensions: TheC/TheZ/TheT would name others
             info.ome_planes = {}
+            info.note = (f"{info.note} " if info.note else "") + (
+                f"--axes {axes} renames the file's dimensions ({mapped}): the input's per-plane OME metadata "
+                "(DeltaT, exposure times, stage positions) is not in the output, as it would name other planes."
+            )
         channels = _size(axes, shape, "C") * _size(axes, shape, "S")
         if channels != _size(mapped, shape, "C") * _size(mapped, shape, "S"):  # --axes changed the channels
             info.ome_image.pop("Channel", None)
@@ -492,8 +496,13 @@ def restore_description(path: Path, info: TiffInfo) -> None:
             written = written.decode("latin-1")
         if written.rstrip("\x00") != info.imagej_description:
             tifffile.tiffcomment(path, tiff_text(info.imagej_description, always_bytes=True))
-    except (ValueError, OSError):
-        pass
+    except (ValueError, OSError) as exc:
+        # the output is still right (its pixels, axes and tifffile's own ImageJ keys); what it lacks is said
+        print(
+            f"note: the output keeps tifffile's ImageJ description, not the input's (which could not be written "
+            f"back: {exc}); ImageJ settings tifffile does not write (display ranges, LUT mode) are not in it.",
+            file=sys.stderr,
+        )
 
 
 def restore_planes(path: Path, info: TiffInfo) -> None:
@@ -513,12 +522,14 @@ def restore_planes(path: Path, info: TiffInfo) -> None:
             xml = xml.decode("utf-8")
         end = xml.find("</Pixels>")
         if end < 0 or "<Plane " in xml[:end]:
+            _note_planes_left_out("the written OME-XML has Plane elements of its own")
             return
         pixels = re.search(r"<Pixels [^>]*>", xml[:end])
         sizes = {a: int(v) for a, v in re.findall(r'\bSize([CZT])="(\d+)"', pixels.group(0))} if pixels else {}
         samples = re.search(r'SamplesPerPixel="(\d+)"', xml[:end])
         sizes["C"] = sizes.get("C", 1) // (int(samples.group(1)) if samples else 1)
         if any(key[i] >= sizes.get(a, 1) for key in info.ome_planes for i, a in enumerate("CZT")):
+            _note_planes_left_out("the output's planes are not the input's (--axes changed them)")
             return
         elements = "".join(
             f'<Plane TheC="{c}" TheZ="{z}" TheT="{t}"'
@@ -527,8 +538,18 @@ def restore_planes(path: Path, info: TiffInfo) -> None:
             for (c, z, t), attributes in info.ome_planes.items()
         )
         tifffile.tiffcomment(path, tiff_text(xml[:end] + elements + xml[end:], always_bytes=True))
-    except (ValueError, OSError):
-        pass
+    except (ValueError, OSError) as exc:
+        _note_planes_left_out(f"the description could not be written back: {exc}")
+
+
+def _note_planes_left_out(why: str) -> None:
+    """Say that the input's OME Plane attributes are not in the output (the README promises a note for
+    metadata that is not kept)."""
+    print(
+        f"note: the input's per-plane OME metadata (DeltaT, exposure times, stage positions) is not in the output: "
+        f"{why}.",
+        file=sys.stderr,
+    )
 
 
 def tiff_text(text: str, always_bytes: bool = False) -> str | bytes:
