@@ -2,13 +2,11 @@
 
 The model starts untrained (its random residual makes it *worse* than the input, about -0.4 dB), so the test
 fails with 0 steps, and it fails if the optimiser, the data pipeline or the validation were broken.
-Measured on the 2-core CPU dev machine (shared with other jobs): +2.3 dB after 200 steps, in 7 s when the
-machine was quiet and 39 s when it was busy.
+Measured on the 2-core CPU dev machine: +2.3 dB after 200 steps. How long the steps take is not checked here
+(it depends on the machine and its load): training speed is measured in benchmarks/bench_train.py.
 """
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -55,14 +53,12 @@ def test_untrained_model_does_not_beat_the_input():
 
 
 def test_finetuning_raises_validation_psnr_by_one_db():
-    t0 = time.perf_counter()
     events = _finetune(200)
-    elapsed = time.perf_counter() - t0
     vals = [e for e in events if isinstance(e, ev.Validation)]
     finished = events[-1]
     assert isinstance(finished, ev.Finished) and not finished.stopped
+    assert finished.step == 200  # the gain below is that of 200 steps, all of them run
     gain = finished.best_psnr - vals[0].psnr_input
-    print(f"validation PSNR gain {gain:+.2f} dB in {elapsed:.1f} s ({[round(v.psnr, 2) for v in vals]})")
+    print(f"validation PSNR gain {gain:+.2f} dB after {finished.step} steps ({[round(v.psnr, 2) for v in vals]})")
     assert gain >= 1.0, f"only {gain:+.2f} dB after 200 steps"
     assert finished.model.metadata["training"]["val_psnr"] == pytest.approx(finished.best_psnr)
-    assert elapsed < 60

@@ -368,28 +368,42 @@ def test_cancel_stops_a_long_richardson_lucy_and_adds_nothing(setup, qtbot):
 def test_cancel_stops_the_metrics_of_a_long_lazy_stack(setup, qtbot):
     """Metrics read every plane of every checked layer: on a long lazy stack that takes minutes, so Cancel works
     for them too (it stayed disabled), between planes, and leaves no table."""
-    import time
+    import threading
 
     da = pytest.importorskip("dask.array")
     viewer, widget = setup
     planes = 60
+    # the planes computed (one a block), each with whether Cancel had been clicked before it began; the second
+    # plane waits until Cancel was clicked, so what is counted does not depend on how fast anything runs
+    computed: list[tuple[int, bool]] = []
+    in_second, clicked = threading.Event(), threading.Event()
 
-    def slow(block):
-        time.sleep(0.1)  # a lazy result computed when read, as a lazy deblur() is
+    def counted(block, block_info=None):  # a lazy result computed when read, as a lazy deblur() is
+        if block.size == 0:  # dask's call to learn the result's type, not a plane
+            return block
+        plane = block_info[0]["chunk-location"][0]
+        computed.append((plane, clicked.is_set()))
+        if plane == 1 and not in_second.is_set():
+            in_second.set()
+            assert clicked.wait(30), "Cancel was never clicked"
         return block
 
     truth = np.repeat(viewer.layers["truth"].data[None], planes, axis=0)
     lazy = da.from_array(np.repeat(viewer.layers["blurred"].data[None], planes, axis=0), chunks=(1, 64, 64))
     viewer.add_image(truth, name="truth stack")
-    viewer.add_image(lazy.map_blocks(slow, dtype=lazy.dtype), name="lazy stack")
+    viewer.add_image(lazy.map_blocks(counted, dtype=lazy.dtype), name="lazy stack")
     widget.reference_combo.set_value(viewer.layers["truth stack"])
     widget.set_checked(viewer.layers["lazy stack"])
-    start = time.monotonic()
     widget.compute_button.click()
     assert widget.cancel_button.isEnabled()
+    qtbot.waitUntil(in_second.is_set, timeout=60_000)
     widget.cancel_button.click()
+    clicked.set()
     wait_done(qtbot, widget)
-    assert time.monotonic() - start < planes * 0.1 / 2  # stopped, not read to the end
+    # stopped between planes: the plane being read when Cancel came is the last, not read to the end
+    after = [plane for plane, late in computed if late]
+    assert after == [], f"{len(after)} of {planes} planes were computed after Cancel"
+    assert {0, 1} <= {plane for plane, _ in computed}
     assert widget.status.text() == "Cancelled; no table was made."
     assert widget.table.rowCount() == 0 and widget.table_result is None
     assert not widget.cancel_button.isEnabled() and widget.compute_button.isEnabled()
