@@ -36,7 +36,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +313,18 @@ class GanStep:
         self.ema_updates = int(state.get("ema_updates", 0))
 
 
+@dataclass(frozen=True)
+class _BestWeights:
+    """The best weights so far and what scored them, in one object: a new best replaces it by one assignment,
+    so an interrupt (a second Ctrl-C) at any bytecode leaves either the old record or the new one, and a
+    checkpoint or ``run.model`` never describes weights it does not hold."""
+
+    state: dict[str, torch.Tensor] | None
+    psnr: float | None = None  # the validation PSNR of ``state``; None before a validation scored it
+    step: int = 0
+    source: str = "initial"  # "generator" or "ema" once trained weights are kept
+
+
 def _cpu_clone(tree: Any) -> Any:
     """Deep copy of a (nested) state dict with every tensor cloned to the CPU."""
     if isinstance(tree, torch.Tensor):
@@ -500,10 +512,11 @@ class TrainingRun:
         self._events: _StopOnCtrlC | None = None
         self._interrupts = 0  # Ctrl-Cs caught while the run's code worked (_StopOnCtrlC)
         self._lock = threading.Lock()
-        self._best_state: dict[str, torch.Tensor] | None = None
+        self._best = _BestWeights(state=None)
         self._model_cache: DeblurModel | None = None
         self._model_version = 0
         self._cached_version = -1
+        self._cached_best: _BestWeights | None = None  # the record run.model's cache was built from
         self.finished: Finished | None = None
         self._setup_inputs()
 
@@ -511,7 +524,8 @@ class TrainingRun:
     def stop(self) -> None:
         """Ask the run to stop after the step in progress (never inside one); it then validates the weights
         trained since the last validation, writes its checkpoint (with ``checkpoint_dir``) and emits
-        ``Finished``."""
+        ``Finished``. Resumed, the run trains on exactly as the uninterrupted run would, but this off-schedule
+        validation may have made the newest weights the best, and then they stay its returned model."""
         self._stop_event.set()
 
     @property
@@ -523,9 +537,12 @@ class TrainingRun:
     def model(self) -> DeblurModel:
         """The best model so far (by validation PSNR; the last/EMA weights without validation), on the CPU."""
         with self._lock:
-            if self._cached_version != self._model_version or self._model_cache is None:
-                self._model_cache = self._build_model(self._best_state)
-                self._cached_version = self._model_version
+            best = self._best
+            # the record too: an interrupt between _set_best's two lines must not leave the old model cached
+            if self._cached_version != self._model_version or self._cached_best is not best:
+                self._model_cache = self._build_model(best)
+                self._cached_version, self._cached_best = self._model_version, best
+            assert self._model_cache is not None
             return self._model_cache
 
     def __iter__(self) -> Iterator[TrainingEvent]:
@@ -634,7 +651,7 @@ class TrainingRun:
         )
         self.config.patch_size = self.data.patch_size
         self._setup_teacher(saved)
-        self._best_state = _cpu_clone(self.base.generator.state_dict())
+        self._best = _BestWeights(state=_cpu_clone(self.base.generator.state_dict()))
 
     def _setup_teacher(self, saved: dict[str, Any]) -> None:
         """Resolve ``teacher`` (self-ensemble distillation); a resumed run must get the teacher it started with."""
@@ -753,10 +770,10 @@ class TrainingRun:
             f"({', '.join(list_architectures())}); got {type(model).__name__}."
         )
 
-    def _build_model(self, state: dict[str, torch.Tensor] | None) -> DeblurModel:
+    def _build_model(self, best: _BestWeights) -> DeblurModel:
         generator = copy.deepcopy(self.base.generator).cpu()
-        if state is not None:
-            generator.load_state_dict(state)
+        if best.state is not None:
+            generator.load_state_dict(best.state)
         meta = dict(self.base.metadata)
         # the base file's identity, date, name and description are not this model's: save() stamps its own
         # date and version, and `info` must not call a finetuned model "default" (its lineage is in training)
@@ -764,7 +781,14 @@ class TrainingRun:
         for key in ("sha256", "path", "created", "package_version", "name", "description"):
             meta.pop(key, None)
         meta["description"] = f"finetuned from {base_name} ({self.base.architecture})"
-        meta["training"] = getattr(self, "provenance", None)
+        provenance = getattr(self, "provenance", None)
+        # the score and step of these weights come from their own record, never from a provenance update
+        # that an interrupt may have kept from running
+        meta["training"] = (
+            None
+            if provenance is None
+            else {**provenance, "val_psnr": best.psnr, "best_step": best.step, "best_source": best.source}
+        )
         return DeblurModel(
             generator.eval(),
             self.base.architecture,
@@ -776,9 +800,9 @@ class TrainingRun:
             context_padding=self.base.context_padding,
         )
 
-    def _set_best(self, state: dict[str, torch.Tensor]) -> None:
+    def _set_best(self, best: _BestWeights) -> None:
         with self._lock:
-            self._best_state = state
+            self._best = best  # one assignment: the weights and their numbers change together
             self._model_version += 1
 
     # -- the loop --------------------------------------------------------------------------------------
@@ -881,12 +905,11 @@ class TrainingRun:
         step = 0
         lr_scale = 1.0
         batch_size = cfg.batch_size
-        best_psnr: float | None = None
-        best_step = 0
-        best_source = "initial"
         rollbacks = 0
         rescore_best = False  # a checkpoint that scored its best weights with another validation metric
         saved_validation: str | None = None  # the checkpoint's validation_fingerprint
+        # False: the checkpoint's weights were not validated (a second Ctrl-C aborted their validation)
+        checkpoint_validated = True
         if self.resume_payload is not None:
             payload = self.resume_payload
             step_fn.load_state_dict(payload["state"])
@@ -908,9 +931,8 @@ class TrainingRun:
             lr_scale = float(saved["lr_scale"])
             batch_size = int(saved["batch_size"])
             best_psnr = saved.get("best_psnr")
-            best_step = int(saved.get("best_step", 0))
-            best_source = saved.get("best_source", "generator")
             rescore_best = best_psnr is not None and saved.get("validation_metric") != VALIDATION_METRIC
+            checkpoint_validated = bool(saved.get("validated", True))  # absent in older versions: as before
             saved_validation = saved.get("validation_fingerprint")  # absent in checkpoints of older versions
             saved_shapes = saved.get("data_shapes")  # absent in checkpoints of older versions
             shapes_now = [list(s) for s in self.data.shapes()]
@@ -931,8 +953,15 @@ class TrainingRun:
                         "resume-data",
                     )
                 )
-            if payload.get("best_state") is not None:
-                self._set_best(payload["best_state"])
+            kept = payload.get("best_state")
+            self._set_best(
+                _BestWeights(
+                    state=self._best.state if kept is None else kept,
+                    psnr=best_psnr,
+                    step=int(saved.get("best_step", 0)),
+                    source=saved.get("best_source", "generator"),
+                )
+            )
             self.resume_payload = None  # free the memory
 
         total = cfg.steps
@@ -945,20 +974,21 @@ class TrainingRun:
         # The checkpoint's best was scored on its own validation crops: with other crops now (other data or
         # validation given on resume), new scores would be compared with a number from another test
         other_validation = (
-            best_psnr is not None
+            self._best.psnr is not None
             and validation is not None
             and saved_validation is not None
             and saved_validation != source.validation_fingerprint()
         )
         if rescore_best or other_validation:
-            old_psnr = best_psnr
-            best_psnr = None  # without kept weights or validation data, the next validation sets it afresh
-            if validation is not None and self._best_state is not None:
+            old_psnr, best_step = self._best.psnr, self._best.step
+            rescored_psnr = None  # without kept weights or validation data, the next validation sets it afresh
+            if validation is not None and self._best.state is not None:
                 scratch = copy.deepcopy(generator)
-                scratch.load_state_dict(self._best_state)
-                best_psnr = evaluate(scratch, vb, vs, batch_size, step_fn.amp_dtype)[0]
+                scratch.load_state_dict(self._best.state)
+                rescored_psnr = evaluate(scratch, vb, vs, batch_size, step_fn.amp_dtype)[0]
                 del scratch
-            rescored = "no kept weights to score." if best_psnr is None else f"{best_psnr:.2f} dB."
+            self._set_best(replace(self._best, psnr=rescored_psnr))
+            rescored = "no kept weights to score." if rescored_psnr is None else f"{rescored_psnr:.2f} dB."
             if other_validation:
                 resume_notes.append(
                     f"The validation crops differ from the checkpoint's, where its best weights (step {best_step}) "
@@ -1002,7 +1032,7 @@ class TrainingRun:
             # a resumed run rebuilds its base from the checkpoint, which records the original file's sha256
             "base_model_sha256": self.resume_json.get("base_model_sha256", self.base.metadata.get("sha256")),
             "wall_time_s": 0.0,
-            "val_psnr": best_psnr,
+            "val_psnr": self._best.psnr,
             "val_psnr_input": None if input_metrics is None else input_metrics[0],
             "validation_metric": VALIDATION_METRIC,
             "teacher": None if step_fn.teacher is None else step_fn.teacher.describe(),
@@ -1039,20 +1069,23 @@ class TrainingRun:
             )
 
         def checkpoint_payload() -> dict[str, Any]:
+            best = self._best  # read once: the weights and the numbers that describe them, from one record
             return {
                 "step": step,
                 "state": step_fn.state_dict(),
                 "sampler": source.state_dict(),
                 "global_rng": capture_global_rng(),
-                "best_state": self._best_state,
+                "best_state": best.state,
                 "json": json.dumps(
                     {
                         "config": asdict(cfg),
                         "lr_scale": lr_scale,
                         "batch_size": batch_size,
-                        "best_psnr": best_psnr,
-                        "best_step": best_step,
-                        "best_source": best_source,
+                        "best_psnr": best.psnr,
+                        "best_step": best.step,
+                        "best_source": best.source,
+                        # False when a second Ctrl-C aborted this step's validation: the resumed run does it
+                        "validated": validated_step == step,
                         "validation_metric": VALIDATION_METRIC,
                         "validation_fingerprint": source.validation_fingerprint(),
                         "data_shapes": [list(s) for s in self.data.shapes()],
@@ -1098,10 +1131,9 @@ class TrainingRun:
         validated_step = -1
 
         def validate() -> Iterator[TrainingEvent]:
-            nonlocal best_psnr, best_step, best_source, validated_step, saved_step
+            nonlocal validated_step, saved_step
             if validation is None or input_metrics is None:
                 return
-            validated_step = step
             vb, vs = validation
             candidates: list[tuple[str, nn.Module]] = [("generator", generator)]
             if step_fn.ema is not None and step > 0:
@@ -1109,17 +1141,18 @@ class TrainingRun:
             preview = None
             for name, net in candidates:
                 psnr, ssim, restored = evaluate(net, vb, vs, batch_size, step_fn.amp_dtype)
-                is_best = math.isfinite(psnr) and (best_psnr is None or psnr > best_psnr)
+                best = self._best
+                is_best = math.isfinite(psnr) and (best.psnr is None or psnr > best.psnr)
                 if is_best:
-                    best_state = _cpu_clone(net.state_dict())  # first: a Ctrl-C during the copy changes nothing
+                    # built whole first: a Ctrl-C during the copy changes nothing
+                    best = _BestWeights(state=_cpu_clone(net.state_dict()), psnr=psnr, step=step, source=name)
                     saved_step = -1  # the checkpoint's best is out of date
-                    best_psnr, best_step, best_source = psnr, step, name
-                    self._set_best(best_state)
+                    self._set_best(best)
                 if preview is None:
                     preview = restored
                 with self._lock:  # run.model's metadata describes the run so far, not its start
                     self.provenance.update(
-                        {"steps_done": step, "val_psnr": best_psnr, "best_step": best_step, "best_source": best_source}
+                        {"steps_done": step, "val_psnr": best.psnr, "best_step": best.step, "best_source": best.source}
                     )
                     self._model_version += 1
                 yield self._emit(
@@ -1133,6 +1166,9 @@ class TrainingRun:
                         source=name,
                     )
                 )
+            # only once every candidate is scored: a validation aborted halfway (a second Ctrl-C) leaves the
+            # step unvalidated in the checkpoint, and the resumed run validates it
+            validated_step = step
             if k["preview"] and preview is not None:
                 yield self._emit(
                     Preview(
@@ -1143,8 +1179,11 @@ class TrainingRun:
                     )
                 )
 
-        # Validate the starting model: if finetuning never beats it, the run returns it unchanged.
-        if step == 0:
+        # Validate the starting model: if finetuning never beats it, the run returns it unchanged. A resumed
+        # run whose checkpoint was written while the validation of its step was aborted (a second Ctrl-C)
+        # validates the restored weights first, as the uninterrupted run did at that step; a checkpoint of a
+        # step off the validation schedule is not validated, as the uninterrupted run did not validate it.
+        if step == 0 or (not checkpoint_validated and (step % cfg.validate_every == 0 or step == total)):
             yield from validate()
         snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
         stopped = False
@@ -1252,17 +1291,22 @@ class TrainingRun:
             if validation is None:
                 # Without validation the result is the latest weights (the EMA when kept).
                 final_net = step_fn.ema if step_fn.ema is not None and step > 0 else generator
-                self._set_best(_cpu_clone(final_net.state_dict()))
-                best_source = "ema" if final_net is step_fn.ema else "generator"
-                best_step = step  # the returned weights are the last step's
+                self._set_best(
+                    replace(
+                        self._best,
+                        state=_cpu_clone(final_net.state_dict()),
+                        step=step,  # the returned weights are the last step's
+                        source="ema" if final_net is step_fn.ema else "generator",
+                    )
+                )
             self.provenance.update(
                 {
                     "steps_done": step,
                     "batch_size": batch_size,
                     "wall_time_s": round(time.perf_counter() - t_start, 2),
-                    "val_psnr": best_psnr,
-                    "best_step": best_step,
-                    "best_source": best_source,
+                    "val_psnr": self._best.psnr,
+                    "best_step": self._best.step,
+                    "best_source": self._best.source,
                     "stopped": stopped or diverged,
                     "rollbacks": rollbacks,
                 }
@@ -1287,7 +1331,7 @@ class TrainingRun:
             generator.eval()
             raise
         generator.eval()
-        self.finished = Finished(model=self.model, step=step, stopped=stopped or diverged, best_psnr=best_psnr)
+        self.finished = Finished(model=self.model, step=step, stopped=stopped or diverged, best_psnr=self._best.psnr)
         yield self._emit(self.finished)
 
 
@@ -1423,8 +1467,10 @@ def iter_finetune(
         on_event: called with every event (also when iterating).
         resume: a ``checkpoint_dir`` of an earlier run, or its ``checkpoint.pt``: continues its step count,
             optimisers, schedule, random streams and recipe (its preset, even a custom one) exactly (pass the
-            same data: other data is a ``resume-data`` notice). Checkpoints go on into that folder unless
-            ``checkpoint_dir`` is given.
+            same data: other data is a ``resume-data`` notice): every step's losses and weights are those of
+            the uninterrupted run, bit for bit on the CPU. The weights returned as best can differ: a stop
+            validates the newest weights off the validation schedule, and if they score best they stay the
+            best. Checkpoints go on into that folder unless ``checkpoint_dir`` is given.
         axes: axes of the images (inferred when None).
         perceptual_weights: a VGG-19 weight file for the perceptual loss (otherwise torchvision's cache).
         allow_download: allow downloading VGG-19 weights (default: env ``NAPARI_DEBLURGAN_ALLOW_DOWNLOAD``).
