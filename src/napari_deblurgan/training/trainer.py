@@ -651,7 +651,45 @@ class TrainingRun:
         )
         self.config.patch_size = self.data.patch_size
         self._setup_teacher(saved)
+        self.setup_notices.extend(self._unused_settings())
         self._best = _BestWeights(state=_cpu_clone(self.base.generator.state_dict()))
+
+    def _unused_settings(self) -> list[str]:
+        """Notices for settings given that this run cannot use, which were dropped silently: the synthetic
+        blur's settings with blurred/sharp pairs (their blur is the images' own), and ``channels`` with a model
+        that has its channels already (a file, a shipped name, a DeblurModel). A resumed run names what it
+        ignored in its own notice."""
+        k = self._kwargs
+        defaults = inspect.signature(iter_finetune).parameters
+        named_on_resume = {note.split(" ", 1)[0] for note in self.resume_ignored}
+        notices = []
+        if not self.data.synthetic:
+            given = [
+                name
+                for name in ("blur_kind", "blur_strength", "noise")
+                if name not in named_on_resume and not _is_default(k[name], defaults[name].default)
+            ]
+            if given:
+                verb, them = ("is", "it") if len(given) == 1 else ("are", "them")
+                notices.append(
+                    f"{' and '.join(given)} {verb} ignored: blurred/sharp pairs were given, whose blur is their own "
+                    f"(synthetic blur is made only for sharp images given alone). Pass only sharp images to train on "
+                    f"synthetic blur, or leave {them} out."
+                )
+        channels, model = k["channels"], k["model"]
+        from_architecture = isinstance(model, str) and model in list_architectures()
+        if (
+            channels is not None
+            and not from_architecture
+            and "channels" not in named_on_resume
+            and channels != self.base.channels
+        ):
+            notices.append(
+                f"channels {channels!r} is ignored: the model takes {self.base.channels} channel(s) "
+                f"({self.base.channel_mode}). channels sets the channels of a new model only (model= an "
+                f"architecture name: {', '.join(list_architectures())})."
+            )
+        return notices
 
     def _setup_teacher(self, saved: dict[str, Any]) -> None:
         """Resolve ``teacher`` (self-ensemble distillation); a resumed run must get the teacher it started with."""
@@ -1380,6 +1418,14 @@ def _model_file_sha256(model: str | os.PathLike[str]) -> str | None:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except (OSError, DeblurGANError):
         return None
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    """Whether a setting is its default (False where the comparison cannot tell, e.g. for an array)."""
+    try:
+        return bool(value == default)
+    except (TypeError, ValueError):
+        return False
 
 
 def _checkpoint_base(header: dict[str, Any], saved: dict[str, Any]) -> str:

@@ -1,0 +1,50 @@
+"""Settings a finetuning run cannot use are said in a notice, not dropped silently: the synthetic blur's
+settings with blurred/sharp pairs, and ``channels`` with a model whose channels are fixed."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from napari_deblurgan.model_file import create_model
+from napari_deblurgan.training import events as ev
+from napari_deblurgan.training.trainer import iter_finetune
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Perceptual loss:UserWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),  # conftest.py
+]
+
+TINY = {"width": 4, "depth": 2}
+
+
+def _notices(blurred, sharp, **kw) -> list[str]:
+    args = dict(model=create_model("unet_lite", 1, seed=0, **TINY), steps=1, patch_size=32, batch_size=2,
+                preset="content-mse", device="cpu", seed=0, validate_every=100)
+    args.update(kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # each notice is a warning too; the events are what is checked
+        return [e.message for e in iter_finetune(blurred, sharp, **args) if isinstance(e, ev.Notice)]
+
+
+def test_synthetic_blur_settings_with_pairs_are_said_to_be_ignored(training_pair):
+    said = _notices(*training_pair, blur_kind="motion", noise={"photons": [50, 100], "read_noise": [1, 2]})
+    assert [m for m in said if m.startswith("blur_kind and noise are ignored: blurred/sharp pairs were given")]
+    said = _notices(*training_pair, blur_strength=3)
+    assert [m for m in said if m.startswith("blur_strength is ignored")]
+    assert not [m for m in _notices(*training_pair) if " ignored" in m]  # the defaults: nothing to say
+
+
+def test_synthetic_blur_settings_with_sharp_images_alone_are_used(training_pair):
+    said = _notices(training_pair[1], None, blur_kind="motion", blur_strength=3)
+    assert not [m for m in said if " ignored" in m]
+
+
+def test_channels_with_a_model_of_fixed_channels_is_said_to_be_ignored(training_pair):
+    said = _notices(*training_pair, channels=3)
+    assert [m for m in said if m.startswith("channels 3 is ignored: the model takes 1 channel(s)")]
+    assert not [m for m in _notices(*training_pair, channels=1) if " ignored" in m]  # what it has: nothing to say
+    # an architecture name: channels sets the new model's channels (a grey pair on a 3-channel model is refused)
+    said = _notices(*training_pair, model="unet_lite", channels=1)
+    assert not [m for m in said if " ignored" in m]
