@@ -815,8 +815,9 @@ def test_resume_names_every_recipe_argument_it_replaces_and_keeps_the_base_model
                                                                                          tiny_model_file):
     from napari_deblurgan import load_model
 
-    first = _run(pair, model=str(tiny_model_file), steps=2, checkpoint_dir=tmp_path, checkpoint_every=1,
-                 blur_strength=2.0)
+    with pytest.warns(UserWarning, match="blur_strength is ignored: blurred/sharp pairs were given"):
+        first = _run(pair, model=str(tiny_model_file), steps=2, checkpoint_dir=tmp_path, checkpoint_every=1,
+                     blur_strength=2.0)
     sha = first[-1].model.metadata["training"]["base_model_sha256"]
     assert sha == load_model(tiny_model_file).metadata["sha256"]
     with pytest.warns(UserWarning):  # other data: sharp-only now
@@ -1110,7 +1111,8 @@ def test_ctrl_c_in_an_event_hook_with_no_checkpoint_dir_still_returns_the_best_m
     assert [e.step for e in events if isinstance(e, ev.Validation)] == [0, 2, 3]
     assert run.model.metadata["training"]["best_step"] == run.provenance["best_step"]
     assert run.finished.best_psnr == max(e.psnr for e in events if isinstance(e, ev.Validation))
-    assert list(run) == []  # the run ended: nothing more to iterate
+    with pytest.raises(RuntimeError, match="finished at step 3: it has no events left"):
+        list(run)  # the run ended: nothing more to iterate, and a loop over it says so
 
 
 def test_a_second_ctrl_c_mid_step_aborts_and_keeps_the_last_whole_steps_checkpoint(pair, tmp_path, monkeypatch):
@@ -1130,7 +1132,9 @@ def test_a_second_ctrl_c_mid_step_aborts_and_keeps_the_last_whole_steps_checkpoi
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert [e.step for e in events if isinstance(e, ev.Step)] == [1, 2, 3]
     assert load_checkpoint(tmp_path)["step"] == 2  # not the half-done fourth step's state as step 3
-    assert run.finished is None and list(run) == []  # aborted: it cannot be resumed in memory
+    assert run.finished is None  # aborted: it cannot be resumed in memory, and a loop over it says so
+    with pytest.raises(RuntimeError, match="ended by an exception: it has no events left"):
+        list(run)
 
 
 def test_a_second_ctrl_c_during_the_stops_validation_still_writes_the_checkpoint(pair, tmp_path, monkeypatch):

@@ -435,6 +435,7 @@ class _StopOnCtrlC(Generator):
             f"Press Ctrl-C again to abort at once{kept}."
         )
         self._pending: list[TrainingEvent] = []  # an event whose handover a Ctrl-C interrupted
+        self.ended = False  # the run's generator finished, was closed or raised: it has no events left
 
     def __next__(self) -> TrainingEvent:
         if self._pending:
@@ -452,11 +453,19 @@ class _StopOnCtrlC(Generator):
 
     def close(self) -> None:
         self._pending.clear()
+        self.ended = True
         self._events.close()
 
     def _advance(self, how: Callable[..., TrainingEvent], *args: Any) -> TrainingEvent:
         with self._ctrl_c_stops():
-            self._pending.append(how(*args))
+            try:
+                self._pending.append(how(*args))
+            except BaseException as exc:
+                # StopIteration (finished) or the exception that ended it; a Ctrl-C turned into a stop does not
+                # end it, and one that aborts it ends it inside the generator (then this is that exception)
+                if not isinstance(exc, KeyboardInterrupt) or getattr(self._events, "gi_frame", None) is None:
+                    self.ended = True
+                raise
         # a Ctrl-C just as the handler is put back raises here: the event stays pending for the next call
         return self._pending.pop()
 
@@ -548,12 +557,23 @@ class TrainingRun:
     def __iter__(self) -> Iterator[TrainingEvent]:
         if self._events is None:
             self._events = _StopOnCtrlC(self, self._run())
+        elif self._events.ended:
+            # a generator would just yield nothing: a loop over an ended run would do nothing, silently
+            how = (
+                f"finished at step {self.finished.step}" if self.finished is not None
+                else "was closed or ended by an exception"
+            )
+            raise RuntimeError(
+                f"This training run {how}: it has no events left, and run.model holds its best model. To train "
+                "more, start a new run (iter_finetune(..., resume=<its checkpoint_dir>) continues a checkpointed one)."
+            )
         return self._events
 
     def run_to_end(self) -> DeblurModel:
-        """Consume every event and return the final model."""
-        for _ in self:
-            pass
+        """Consume every event (those left, where some were consumed already) and return the final model."""
+        if self._events is None or not self._events.ended:
+            for _ in self:
+                pass
         return self.model
 
     # -- setup -----------------------------------------------------------------------------------------

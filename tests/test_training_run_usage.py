@@ -1,5 +1,6 @@
-"""Settings a finetuning run cannot use are said in a notice, not dropped silently: the synthetic blur's
-settings with blurred/sharp pairs, and ``channels`` with a model whose channels are fixed."""
+"""How a finetuning run answers what a user asks of it: settings it cannot use are said in a notice, not
+dropped silently (the synthetic blur's settings with blurred/sharp pairs, ``channels`` with a model whose
+channels are fixed), and iterating a run that has ended says so instead of doing nothing."""
 
 from __future__ import annotations
 
@@ -48,3 +49,39 @@ def test_channels_with_a_model_of_fixed_channels_is_said_to_be_ignored(training_
     # an architecture name: channels sets the new model's channels (a grey pair on a 3-channel model is refused)
     said = _notices(*training_pair, model="unet_lite", channels=1)
     assert not [m for m in said if " ignored" in m]
+
+
+# ------------------------------------------------------------------------------------- an ended run, again
+def _run(training_pair, **kw):
+    args = dict(model=create_model("unet_lite", 1, seed=0, **TINY), steps=3, patch_size=32, batch_size=2,
+                preset="content-mse", device="cpu", seed=0, validate_every=100)
+    args.update(kw)
+    return iter_finetune(*training_pair, **args)
+
+
+def test_iterating_an_ended_run_again_says_so(training_pair):
+    """A loop over a run that had ended did nothing, silently (a generator yields nothing once it is done)."""
+    run = _run(training_pair)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert isinstance(list(run)[-1], ev.Finished)
+    with pytest.raises(RuntimeError, match=r"finished at step 3: it has no events left, and run\.model holds"):
+        list(run)
+    assert run.run_to_end() is run.model  # nothing left to consume: still the result
+
+    closed = _run(training_pair)
+    next(iter(closed))
+    closed._events.close()
+    with pytest.raises(RuntimeError, match="was closed or ended by an exception"):
+        next(iter(closed))
+
+
+def test_a_run_left_with_break_goes_on_where_it_was(training_pair):
+    run = _run(training_pair)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for event in run:
+            if isinstance(event, ev.Step):
+                break
+        rest = list(run)  # not ended: the remaining events
+    assert [e.step for e in rest if isinstance(e, ev.Step)] == [2, 3] and isinstance(rest[-1], ev.Finished)
