@@ -258,8 +258,8 @@ def test_deblurs_warnings_are_notifications_in_the_panels_words(viewer_and_widge
     assert shown.endswith("tile size >= 144 keeps it below 4x, or set tile size to auto"), shown
 
     notifications.clear()
-    widget.tile_spin.setValue(0)
     widget.overlap_spin.setValue(8)  # below the model's seamless 72 px
+    widget.tile_spin.setValue(72)  # several tiles a plane: one tile alone has no seams, and no warning
     widget.run_button.click()
     wait_done(qtbot, widget)
     qtbot.wait(50)
@@ -269,6 +269,7 @@ def test_deblurs_warnings_are_notifications_in_the_panels_words(viewer_and_widge
 
     # an RGBA image with the axes field left empty: its alpha holds an image
     notifications.clear()
+    widget.tile_spin.setValue(0)
     widget.overlap_spin.setValue(-1)
     widget.model_combo.add_file(str(make_tiny_model(channels=3).save(tmp_path / "rgb.pt")))
     rgba = (np.random.default_rng(1).random((64, 64, 4)) * 255).astype(np.uint8)

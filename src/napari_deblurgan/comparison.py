@@ -1017,22 +1017,28 @@ def compare(
     readers = [_plane_reader(image, axes) for _, image in images]
     scores: list[list[_PlaneScores]] = [[] for _ in images]
     ref_range: tuple[float, float] | None = None
+    ref_constant: float | None = None
     ranges: list[tuple[float, float] | None] = [None] * len(images)
     for where in indices:
         _raise_if_cancelled(cancel, "the comparison was cancelled")
         ref_plane = None if read_ref is None else _read_checked(read_ref, where, ref, "reference")
         if ref_plane is not None and where == middle:
             ref_range = _units_range(ref_plane)
+            ref_constant = _constant_value(ref_plane)
         for k, (name, image) in enumerate(images):
             plane = _read_checked(readers[k], where, image, f"result {name!r}")
             scores[k].append(_plane_scores(ref_plane, plane, dr, win))
             if ref_plane is not None and where == middle:
                 ranges[k] = _units_range(plane)
 
-    notes = [] if ref_range is None else [
-        note for (name, _), percentiles in zip(images, ranges, strict=True)
-        if percentiles is not None and (note := _units_note(name, percentiles, ref_range)) is not None
-    ]
+    if ref_constant is not None:  # no units to compare with: the percentiles of a constant are a unit range
+        assert dr is not None
+        notes = [_constant_reference_note(ref_constant, dr, data_range is None and ref.dtype.kind == "f")]
+    else:
+        notes = [] if ref_range is None else [
+            note for (name, _), percentiles in zip(images, ranges, strict=True)
+            if percentiles is not None and (note := _units_note(name, percentiles, ref_range)) is not None
+        ]
     rows = []
     for (name, _), planes in zip(images, scores, strict=True):
         rows.append(_row(name, None, planes, dr))
@@ -1079,6 +1085,25 @@ def _units_range(plane: np.ndarray) -> tuple[float, float]:
     pixels that :func:`percentile_range` takes (every k-th of a large plane), made after choosing them - the
     same values as from a float64 copy of the whole plane, which was two float32 planes of memory."""
     return percentile_range(np.asarray(percentile_samples(plane), dtype=np.float64))
+
+
+def _constant_value(plane: np.ndarray) -> float | None:
+    """The value of a constant plane ("no data" sentinels left out), None for any other."""
+    values = without_sentinels(plane)
+    if values.size == 0 or values.min() != values.max():
+        return None
+    return float(values.min())
+
+
+def _constant_reference_note(value: float, data_range: float, fallback: bool) -> str:
+    """The note of :func:`compare` for a ground truth that is constant (in the plane the units are compared
+    on): it has no intensity range to compare the results' with, and PSNR/SSIM use ``data_range`` (1 where a
+    constant float reference falls back to it, else the dtype's range or the caller's)."""
+    which = "data range 1 assumed" if fallback else f"data range {data_range:.6g} used"
+    return (
+        f"ground truth constant ({value:.4g}); {which} for PSNR and SSIM: pass data_range= to set the span of "
+        "possible intensities"
+    )
 
 
 def _units_note(name: str, percentiles: tuple[float, float], ref_percentiles: tuple[float, float]) -> str | None:

@@ -72,11 +72,34 @@ def reject_torch_tensor(value: Any, name: str = "image", *, cpu_ok: bool = False
     )
 
 
+def reject_non_arrays(value: Any, name: str = "image") -> None:
+    """InputError for None and for a file path (a ``str``, ``bytes`` or ``os.PathLike``, or a list of them)
+    given where pixels are expected: ``np.asarray`` would make a string array whose error talks about dtypes."""
+    import os
+
+    if value is None:
+        raise InputError(f"The {name} is None; pass an array.")
+    paths = (str, bytes, os.PathLike)
+    if isinstance(value, paths) or (
+        isinstance(value, list | tuple) and value and all(isinstance(v, paths) for v in value)
+    ):
+        shown = (
+            " " + repr(os.fsdecode(value))
+            if isinstance(value, paths)
+            else "s " + ", ".join(repr(os.fsdecode(v)) for v in value[:3]) + (", ..." if len(value) > 3 else "")
+        )
+        raise InputError(
+            f"pass the {name} as an array, e.g. tifffile.imread(path) or skimage.io.imread(path); got the path{shown}"
+        )
+
+
 def reject_viewer_objects(value: Any, name: str = "image") -> None:
-    """InputError for a napari layer, napari multiscale data or a list of arrays of different shapes (the
-    levels of a pyramid), naming the array to pass instead; nothing for anything else. Seen through napari's
-    ``PublicOnlyProxy`` too (what a plugin's ``viewer.layers[i].data`` is), which hides what it wraps. A torch
-    tensor that NumPy cannot read as it is (on a GPU, or requiring grad) is one too."""
+    """InputError for None or a file path (:func:`reject_non_arrays`), a napari layer, napari multiscale data or
+    a list of arrays of different shapes (the levels of a pyramid), naming the array to pass instead; nothing for
+    anything else. Seen through napari's ``PublicOnlyProxy`` too (what a plugin's ``viewer.layers[i].data``
+    is), which hides what it wraps. A torch tensor that NumPy cannot read as it is (on a GPU, or requiring
+    grad) is one too."""
+    reject_non_arrays(value, name)
     reject_torch_tensor(value, name, cpu_ok=True)
     if _from_napari(value) and hasattr(value, "__wrapped__"):
         value = value.__wrapped__

@@ -351,6 +351,24 @@ def load_model(
             contains pickled code, is not a napari-deblurgan model, names an unknown architecture, its weights
             do not fit the architecture or are not finite, or a shipped file fails its sha256 check.
     """
+    return _load_model(path_or_name, device)
+
+
+def load_base_model(model: str | os.PathLike[str] | DeblurModel, *, device: Any = "cpu") -> DeblurModel:
+    """:func:`load_model` for ``finetune(model=...)``: the same, but where no file or shipped model of that
+    name exists the message also lists the architecture names finetune trains from scratch."""
+    return _load_model(model, device, architectures=True)
+
+
+def _architectures_clause() -> str:
+    """What finetune takes besides files and shipped names (for its not-found messages)."""
+    from .models import list_architectures
+
+    return f"; finetune also takes an architecture name to train from scratch ({', '.join(list_architectures())})"
+
+
+def _load_model(path_or_name: Any, device: Any, *, architectures: bool = False) -> DeblurModel:
+    """:func:`load_model`; with ``architectures``, its not-found messages name the architectures too."""
     if isinstance(path_or_name, io.TextIOBase):
         raise InputError("load_model needs a binary file object; open the file with mode 'rb', not 'r'.")
     if not isinstance(path_or_name, DeblurModel | str | os.PathLike) and not callable(
@@ -372,16 +390,19 @@ def load_model(
     if isinstance(path_or_name, str) and (
         _is_shipped_name(path_or_name) or (not path.exists() and _looks_like_name(path_or_name))
     ):
-        path, expected_sha = _resolve_named(path_or_name)
+        path, expected_sha = _resolve_named(path_or_name, architectures=architectures)
 
     if path.is_dir():
         raise ModelFileError(_directory_advice(path))
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        shipped = ", ".join(map(repr, sorted(list_named_models()))) or "none in this version"
+        also = _architectures_clause() if architectures else ""
         raise ModelFileError(
-            f"Model file {str(path)!r} not found. Pass the path of a .pt file saved by napari-deblurgan or "
-            f"a shipped model name. {_HOW_TO_GET_A_MODEL}"
+            f"Model file {os.fspath(path_or_name)!r} not found. Pass the path of a .pt file saved by "
+            f"napari-deblurgan, or a shipped model by its name alone, without a path ({shipped}){also}. "
+            f"{_HOW_TO_GET_A_MODEL}"
         ) from None
     except OSError as exc:
         raise ModelFileError(f"Cannot read model file {str(path)!r}: {exc}") from exc
@@ -666,8 +687,9 @@ def _looks_like_name(text: str) -> bool:
     return text == "default" or text in list_named_models() or (os.sep not in text and "." not in text)
 
 
-def _resolve_named(name: str) -> tuple[Path, str]:
-    """Path and expected sha256 of a shipped model."""
+def _resolve_named(name: str, *, architectures: bool = False) -> tuple[Path, str]:
+    """Path and expected sha256 of a shipped model; with ``architectures`` (finetune's ``model``), the message
+    for an unknown name also lists the architecture names."""
     models = list_named_models()
     if name not in models:
         if name == "default":
@@ -683,8 +705,9 @@ def _resolve_named(name: str) -> tuple[Path, str]:
                 f"and pass the saved .pt file (`napari-deblurgan finetune --model {name} ...` on the command line; "
                 f"finetune() or create_model({name!r}) in Python), or use a shipped model ({shipped})."
             )
+        also = _architectures_clause() if architectures else ""
         raise ModelFileError(
-            f"{name!r} is neither an existing model file nor a shipped model name (shipped: {shipped}). "
+            f"{name!r} is neither an existing model file nor a shipped model name (shipped: {shipped}){also}. "
             + _HOW_TO_GET_A_MODEL
         )
     entry = models[name]

@@ -23,6 +23,8 @@ from ..normalization import cast_like, needs_float64, sentinel_mask, without_sen
 from .psf import PSF_KINDS, random_psf
 
 #: Ranges drawn by ``noise="realistic"``: photons at the bright end (log-uniform) and read noise (uniform).
+#: finetune's "realistic" training noise draws read noise from 0.5..4 instead (data/pairs.py REALISTIC_NOISE):
+#: training covers lower read noise too; these ranges are the evaluation protocol's and stay as they are.
 REALISTIC_PHOTONS = (30.0, 1000.0)
 # Beyond any detector's well depth, and far below where NumPy's Poisson sampler gives up (~9e18 counts).
 MAX_PHOTONS = 1e12
@@ -190,6 +192,30 @@ def _rng_from_seed(seed: Any) -> np.random.Generator:
     return np.random.default_rng(int(seed))
 
 
+#: The keys of a ``noise`` dict (synthesize_blur's and finetune's): "photons" is required.
+NOISE_KEYS = ("photons", "read_noise")
+
+
+def noise_keys_error(noise: Mapping[Any, Any], example: str) -> InputError | None:
+    """The InputError for a ``noise`` dict with keys other than :data:`NOISE_KEYS` or without "photons",
+    naming the unknown and the missing keys and what is accepted (``example``: a dict that works); None for a
+    dict whose keys are right."""
+    unknown = [k for k in noise if k not in NOISE_KEYS]
+    missing = "photons" not in noise
+    if not unknown and not missing:
+        return None
+    problems = []
+    if unknown:
+        problems.append(f"the unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}")
+    if missing:
+        problems.append("no 'photons' key")
+    return InputError(
+        f"noise {dict(noise)!r} has {' and '.join(problems)}; noise takes the keys 'photons' (required: expected "
+        f"photons at the bright end) and 'read_noise' (optional, default 0: read-noise standard deviation in "
+        f"photons), e.g. {example}."
+    )
+
+
 def _noise_settings(noise: Any, rng: np.random.Generator) -> dict[str, float] | None:
     """Normalise the ``noise`` argument to ``{"photons": p, "read_noise": r}`` (or None)."""
     if noise is None:
@@ -203,7 +229,9 @@ def _noise_settings(noise: Any, rng: np.random.Generator) -> dict[str, float] | 
         return {"photons": photons, "read_noise": read_noise}
     if isinstance(noise, numbers.Real) and not isinstance(noise, bool):
         noise = {"photons": float(noise), "read_noise": 0.0}
-    if not isinstance(noise, Mapping) or "photons" not in noise or set(noise) - {"photons", "read_noise"}:
+    if isinstance(noise, Mapping) and (error := noise_keys_error(noise, "{'photons': 100.0, 'read_noise': 2.0}")):
+        raise error
+    if not isinstance(noise, Mapping):
         raise InputError(
             "noise must be None, 'realistic', a number of photons, or a dict like "
             "{'photons': 100.0, 'read_noise': 2.0}."
@@ -421,8 +449,11 @@ def synthesize_blur(
         blurred image's 99.9th-percentile intensity (which fixes one gain, photons per intensity unit, for
         the whole array) and ``R`` is the read-noise standard deviation in photons. A number is shorthand for
         ``{"photons": number, "read_noise": 0}``. ``"realistic"`` draws ``P`` log-uniformly in 30..1000 and
-        ``R`` uniformly in 1..4. Shot noise is drawn from the positive intensities only (the negative part
-        of a background-subtracted float image stays noise-free); an image that is <= 0 everywhere is refused.
+        ``R`` uniformly in 1..4. (``finetune``'s ``noise="realistic"`` draws the same photon range but read noise
+        in 0.5..4: training covers lower read noise too, so that a model also learns nearly read-noise-free
+        images; 1..4 here is the evaluation protocol's range, kept as it is.) Shot noise is drawn from the
+        positive intensities only (the negative part of a background-subtracted float image stays noise-free);
+        an image that is <= 0 everywhere is refused.
     seed
         Seed (or ``np.random.Generator``) for the PSF and the noise; the same seed gives the same result.
     axes

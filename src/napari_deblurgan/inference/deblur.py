@@ -51,10 +51,12 @@ from ..normalization import (
 from .self_ensemble import DIHEDRAL_TRANSFORMS, ensemble_forward
 from .tiling import (
     TileGrid,
+    as_given,
     check_tiling,
     context_padding,
     default_tile_size,
     halo_for,
+    overlap_warning,
     plan_tiles,
     round_up,
 )
@@ -116,7 +118,10 @@ def deblur(
         computed several times (up to (tile / (tile - overlap))^2 times on planes far larger than a tile);
         over 4x warns with the factor for the image's planes, and a tile too small to hold the overlap is
         an InputError that names the smallest size that works. An ``overlap`` below the seamless one warns
-        that tile borders may show.
+        that tile borders may show (only where a plane takes more than one tile: a single tile has no
+        borders). Both are rounded up to multiples of the model's stride (``model.generator.stride``, e.g.
+        16), so that every tile sees the down-sampling grid of the whole image: ``overlap=4`` runs with 16,
+        ``tile_size=130`` with 144; the warnings and errors name both the number passed and the one used.
     device
         "auto" (CUDA > MPS > CPU), "cpu", "cuda", "cuda:1", "mps". GPUs run in bfloat16/float16 autocast.
     progress
@@ -323,6 +328,7 @@ class _PlaneRunner:
         self.stride, radius = int(gen.stride), int(gen.receptive_radius)
         self.halo = halo_for(radius, self.stride)
         self.pad = self.context_padding_for(model, check_context_padding(context_padding))
+        self.given_tile_size, self.given_overlap = tile_size, overlap  # as the caller wrote them, for warnings
         self.tile_size, self.overlap = check_tiling(
             default_tile_size(radius, self.stride) if tile_size is None else tile_size,
             overlap,
@@ -416,15 +422,24 @@ class _PlaneRunner:
 
     def warn_if_tiles_repeat_work(self, height: int, width: int) -> None:
         """Warn when a small tile_size makes the seamless overlap compute every pixel over 4 times, with the
-        factor for these planes (it depends on the plane: the same tiles cost 14x on 512 px, 144x on huge)."""
+        factor for these planes (it depends on the plane: the same tiles cost 14x on 512 px, 144x on huge), and
+        when an overlap below the seamless one may show seams (not where a plane is one tile: no seams)."""
         grid = self.plane_grid(height, width)
         if grid.work_factor > 4:
+            tile = (
+                f"tile_size {self.tile_size} px"
+                if self.given_tile_size is None
+                else as_given("tile_size", self.given_tile_size, self.tile_size, self.stride)
+            )
             warnings.warn(
-                f"tile_size {self.tile_size} px with an overlap of {self.overlap} px computes every pixel about "
+                f"{tile} with an overlap of {self.overlap} px computes every pixel about "
                 f"{grid.work_factor:.0f} times on these {height} x {width} px planes ({len(grid)} tiles a plane); "
                 f"tile_size >= {2 * self.overlap} keeps it below 4x, or leave tile_size unset",
                 stacklevel=user_stacklevel(),  # the caller of deblur()
             )
+        seams = overlap_warning(self.given_overlap, self.overlap, int(self.generator.receptive_radius), self.stride)
+        if seams is not None and len(grid) > 1:
+            warnings.warn(seams, stacklevel=user_stacklevel())  # the caller of deblur()
 
     def run(self, plane: np.ndarray, on_batch: Callable[[], None], cancel: CancelCheck) -> np.ndarray:
         """Deblur a (C, Y, X) plane in any dtype; returns (C, Y, X) in the input's units: float32, or

@@ -16,12 +16,11 @@ this for every architecture). No torch here.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError, user_stacklevel
+from ..errors import InputError
 
 # Weight of untrusted pixels (inside the halo): tiny but positive so that a pixel covered by no trusted
 # region (only possible with a user-chosen overlap below twice the halo) still gets the plain average.
@@ -83,10 +82,20 @@ def minimum_tile_size(receptive_radius: int, stride: int, overlap: int | None = 
     return max(2 * halo_for(receptive_radius, stride) + stride, round_up(max(int(overlap), 0), stride) + stride)
 
 
+def as_given(name: str, given: int, used: int, stride: int) -> str:
+    """How a message names a tile setting: ``"overlap 16 px"``, or, where it was rounded up to the stride,
+    ``"overlap 4 px (rounded up to 16, a multiple of the model's stride 16)"`` (what the user passed first)."""
+    if int(given) == int(used):
+        return f"{name} {used} px"
+    return f"{name} {given} px (rounded up to {used}, a multiple of the model's stride {stride})"
+
+
 def check_tiling(tile_size: int, overlap: int | None, receptive_radius: int, stride: int) -> tuple[int, int]:
     """Validated (tile_size, overlap), both rounded up to multiples of ``stride``; ``overlap=None`` takes the
-    seamless :func:`default_overlap`. Small tiles with a large overlap compute every pixel many times; how
-    many depends on the plane (:attr:`TileGrid.work_factor`), so the caller, who knows the planes, warns."""
+    seamless :func:`default_overlap`. Small tiles with a large overlap compute every pixel many times, and an
+    overlap below the seamless one may show seams where tiles meet; both depend on the plane (one tile has no
+    seams; :attr:`TileGrid.work_factor`), so the caller, who knows the planes, warns
+    (:func:`overlap_warning`)."""
     for name, value in (("tile_size", tile_size), ("overlap", overlap)):
         if value is None and name == "overlap":
             continue
@@ -109,22 +118,32 @@ def check_tiling(tile_size: int, overlap: int | None, receptive_radius: int, str
             f"tile_size {tile_size} is too small: {why}; use tile_size >= {minimum} "
             f"(>= {2 * seamless} keeps the overlap's extra work below 4x), or leave it unset"
         )
-    given_overlap = overlap
+    given_tile, given_overlap = int(tile_size), overlap
     tile_size = round_up(int(tile_size), stride)
     overlap = seamless if overlap is None else round_up(int(overlap), stride)
-    if overlap >= tile_size:
-        rounded = "" if overlap == given_overlap else f", rounded up to a multiple of {stride} px: {overlap} px"
+    if overlap >= tile_size:  # only a user's overlap can be: the seamless one is below the smallest tile
+
+        def said(given: int, used: int) -> str:
+            return f"{given} px" if given == used else f"{given} px, rounded up to a multiple of {stride} px: {used} px"
+
         raise InputError(
-            f"overlap ({given_overlap} px{rounded}) must be smaller than tile_size ({tile_size} px); "
-            f"the default overlap for this model is {seamless} px"
-        )
-    if given_overlap is not None and overlap < seamless:
-        warnings.warn(
-            f"overlap {overlap} px is below this model's seamless overlap of {seamless} px: tile borders may "
-            "show as faint seams; leave overlap unset for seamless tiles",
-            stacklevel=user_stacklevel(),  # the caller of deblur()
+            f"overlap ({said(int(given_overlap), overlap)}) must be smaller than tile_size "
+            f"({said(given_tile, tile_size)}); the default overlap for this model is {seamless} px"
         )
     return tile_size, overlap
+
+
+def overlap_warning(given_overlap: int | None, overlap: int, receptive_radius: int, stride: int) -> str | None:
+    """What to warn when a user's ``overlap`` (``given_overlap``, rounded up to ``overlap``) is below the
+    model's seamless one: tile borders may show. None otherwise. Only said where a plane takes more than one
+    tile (the caller checks): a single tile has no borders with another."""
+    seamless = default_overlap(receptive_radius, stride)
+    if given_overlap is None or overlap >= seamless:
+        return None
+    return (
+        f"{as_given('overlap', given_overlap, overlap, stride)} is below this model's seamless overlap of "
+        f"{seamless} px: tile borders may show as faint seams; leave overlap unset for seamless tiles"
+    )
 
 
 def tile_starts(length: int, tile: int, overlap: int, stride: int) -> list[int]:

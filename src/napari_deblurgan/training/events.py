@@ -64,6 +64,15 @@ class Validation:
     ``psnr_input``/``ssim_input`` are the metrics of the blurred input itself: the gain is
     ``psnr - psnr_input``. ``is_best`` is True when this is the best validation PSNR so far (that model is
     what the run returns).
+
+    Scale: the metrics are computed on *normalised* crops, as the network sees them: each channel plane is
+    scaled by the 1st-99.8th percentiles of its blurred plane (the sharp one where there is no blurred one),
+    ``(x - p1) / (p99.8 - p1)``, and PSNR and SSIM take data range 1, that percentile span. So the PSNR (in dB)
+    is not comparable to :func:`~napari_deblurgan.compare`'s, which takes the ground truth's dtype range or
+    min-max (or ``data_range=``) on the whole image: on the cells sample the blurred input scores
+    ``psnr_input`` 15.35 dB here and 22.92 dB in ``compare()``. A crop whose error exceeds the percentile span
+    (bright objects above the 99.8th percentile) can score below 0 dB. Compare validation values with each
+    other (within one run, or runs on the same data), not with ``compare()``.
     """
 
     step: int
