@@ -85,3 +85,10 @@ def test_a_run_left_with_break_goes_on_where_it_was(training_pair):
                 break
         rest = list(run)  # not ended: the remaining events
     assert [e.step for e in rest if isinstance(e, ev.Step)] == [2, 3] and isinstance(rest[-1], ev.Finished)
+
+
+def test_an_unknown_model_name_lists_the_architectures_finetune_also_takes(training_pair):
+    from napari_deblurgan.errors import ModelFileError
+
+    with pytest.raises(ModelFileError, match=r"finetune also takes an architecture name to train from scratch \("):
+        _run(training_pair, model="nope")

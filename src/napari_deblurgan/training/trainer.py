@@ -54,7 +54,7 @@ from ..data.pairs import (
 )
 from ..devices import resolve_device, training_autocast_dtype
 from ..errors import DeblurGANError, InputError, user_stacklevel
-from ..model_file import DeblurModel, as_model, create_model, load_model
+from ..model_file import DeblurModel, as_model, create_model, load_base_model
 from ..models import list_architectures
 from ..models.critic import PatchCritic
 from ..signal_safe_stderr import stderr_from_signal_handlers
@@ -822,7 +822,7 @@ class TrainingRun:
                 model, channels=1 if channels is None else _whole_number("channels", channels, 1), seed=self.config.seed
             )
         if isinstance(model, (str, os.PathLike)):
-            return load_model(model, device="cpu")
+            return load_base_model(model, device="cpu")  # its not-found message names the architectures too
         raise InputError(
             f"model must be 'default', a DeblurModel, a model file path or an architecture name "
             f"({', '.join(list_architectures())}); got {type(model).__name__}."
@@ -1528,7 +1528,8 @@ def iter_finetune(
             every kind: a number, a ``(low, high)`` range drawn per crop, or None for each kind's default
             range (motion 5-25, defocus 1.5-6, Gaussian 0.8-3.5).
         noise: synthetic noise: ``"realistic"`` (default: 30-1000 photons at the bright end, read noise
-            0.5-4 photons, drawn per crop), None for none, a photon count, or
+            0.5-4 photons, drawn per crop; ``synthesize_blur``'s "realistic" draws read noise from 1-4: training
+            covers lower read noise too), None for none, a photon count, or
             ``{"photons": P or (lo, hi), "read_noise": R or (lo, hi)}``.
         on_event: called with every event (also when iterating).
         resume: a ``checkpoint_dir`` of an earlier run, or its ``checkpoint.pt``: continues its step count,
