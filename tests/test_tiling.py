@@ -1,9 +1,10 @@
 """Tile consistency: tiled inference equals whole-image inference, for every architecture.
 
 Property (hypothesis): for random images of random shapes - odd sizes, sizes that are not multiples of the
-stride, images smaller than one tile - the tiled output with the default overlap matches the whole-image
-output within 1e-3 of the output range (max abs, float32, CPU), and the error has no structure along tile
-borders. A negative control shows the border check does detect seams when the overlap is too small.
+stride, up to two tiles long, always more than one tile (checked on the grid deblur itself plans) - the tiled
+output with the default overlap matches the whole-image output within 2e-6 of the output range (max abs,
+float32, CPU; see TOLERANCE), and the error has no structure along tile borders. A negative control shows the
+border check does detect seams when the overlap is too small.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
@@ -50,16 +51,25 @@ def test_every_architecture_is_covered():
     assert set(SMALL) == set(list_architectures())
 
 
-def _tile_boundaries(length: int, model, tile: int) -> list[int]:
-    """Positions (in image coordinates) where a tile edge falls inside the image."""
-    from napari_deblurgan.inference.tiling import context_padding, round_up
+#: Max |tiled - whole| over the output range that tiling may add (float32 on CPU). Correct tiling measured
+#: 1e-7..3.6e-7 over ~180 random examples like the property test's (the summation order inside the
+#: convolutions differs between a tile and the whole plane: a few float32 ulps of the range) and 5e-8..1.3e-7
+#: on the default-size networks. Trusting the tiles' untrusted borders (halo 0) measured 1e-5..6.6e-5 in most
+#: property examples (rarely below 2e-6; six examples together failed in every run) and 3.3e-6..6.5e-6 on the
+#: default-size networks: 1e-5 would let those pass.
+TOLERANCE = 2e-6
 
-    stride, radius = model.stride, model.receptive_radius
-    pad = context_padding(radius, stride)
-    padded = round_up(length + 2 * pad, stride)
-    overlap = default_overlap(radius, stride)
-    tile = balanced_tile_length(padded, tile, overlap, stride)
-    starts = tile_starts(padded, tile, overlap, stride)
+
+def _plane_grid(model, shape: tuple[int, int], tile: int):
+    """(context padding, tile grid) that deblur itself uses for a plane of ``shape`` with ``tile_size=tile``."""
+    from napari_deblurgan.inference.deblur import _PlaneRunner
+
+    runner = _PlaneRunner(model, device="cpu", tile_size=tile, overlap=None, batch_size=None)
+    return runner.pad, runner.plane_grid(*shape)
+
+
+def _tile_boundaries(length: int, starts: tuple[int, ...], tile: int, pad: int) -> list[int]:
+    """Positions (in image coordinates) where a tile edge falls inside the image."""
     edges = [s - pad for s in starts[1:]] + [s + tile - pad for s in starts[:-1]]
     return [e for e in edges if 0 < e < length]
 
@@ -79,26 +89,34 @@ def _border_structure(err: np.ndarray, rows: list[int], cols: list[int], width: 
 @pytest.mark.parametrize("arch", sorted(SMALL))
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    height=st.integers(min_value=8, max_value=150),
-    width=st.integers(min_value=8, max_value=150),
+    data=st.data(),
     seed=st.integers(min_value=0, max_value=2**16),
     extra=st.integers(min_value=0, max_value=3),
+    transpose=st.booleans(),
 )
-def test_tiled_equals_whole_image(arch, height, width, seed, extra):
+def test_tiled_equals_whole_image(arch, data, seed, extra, transpose):
     model = _model(arch)
     overlap = default_overlap(model.receptive_radius, model.stride)
     tile = overlap + model.stride * (8 + 4 * extra)  # small tiles: several per axis
+    # one side up to two tiles long, the other narrow (cheap): sizes relative to the tile, whatever the
+    # architecture's halo (unet_fast's tiles are 208-304 px)
+    long = data.draw(st.integers(min_value=8, max_value=2 * tile), label="long side")
+    short = data.draw(st.integers(min_value=8, max_value=48), label="short side")
+    height, width = (short, long) if transpose else (long, short)
+    pad, grid = _plane_grid(model, (height, width), tile)
+    assume(len(grid) > 1)  # one tile would compare the whole image with itself
     rng = np.random.default_rng(seed)
     image = (rng.random((height, width)) * 1000).astype(np.float32)
     whole = deblur(image, model, tile_size=4096, device="cpu")
     tiled = deblur(image, model, tile_size=tile, device="cpu")
     err = tiled.astype(np.float64) - whole
     out_range = float(whole.max() - whole.min()) or 1.0
-    assert np.abs(err).max() <= 1e-3 * out_range
+    assert np.abs(err).max() <= TOLERANCE * out_range, np.abs(err).max() / out_range
+    th, tw = grid.tile_shape
     band, rest = _border_structure(
-        err, _tile_boundaries(height, model, tile), _tile_boundaries(width, model, tile)
+        err, _tile_boundaries(height, grid.starts_y, th, pad), _tile_boundaries(width, grid.starts_x, tw, pad)
     )
-    assert band <= 2 * rest + 1e-5 * out_range, (band, rest)
+    assert band <= 2 * rest + 1e-6 * out_range, (band, rest)
 
 
 @pytest.mark.parametrize("arch", sorted(SMALL))
@@ -119,14 +137,18 @@ def test_too_small_overlap_leaves_detectable_seams(arch):
 
 @pytest.mark.parametrize("arch", sorted(SMALL))
 def test_default_sized_architectures_tile_seamlessly(arch):
-    """The real (default-size) networks, once each: default overlap, tiles forced small along Y (a narrow
-    image keeps this affordable on a CPU: X fits in one tile)."""
+    """The real (default-size) networks, once each: default overlap, tiles forced small along Y, the image 40 px
+    shorter than a tile, so that with its 32 px of context on each side Y takes two tiles (a narrow image keeps
+    this affordable on a CPU: X fits in one)."""
     model = create_model(arch, channels=1, seed=3)
     overlap = default_overlap(model.receptive_radius, model.stride)
-    image = (np.random.default_rng(2).random((overlap + 60, 36)) * 60000).astype(np.float32)
+    tile = overlap + 8 * model.stride
+    image = (np.random.default_rng(2).random((tile - 40, 36)) * 60000).astype(np.float32)
+    assert len(_plane_grid(model, image.shape, tile)[1].starts_y) == 2
     whole = deblur(image, model, tile_size=8192, device="cpu")
-    tiled = deblur(image, model, tile_size=overlap + 8 * model.stride, device="cpu")
-    assert np.abs(tiled - whole).max() <= 1e-3 * float(whole.max() - whole.min())
+    tiled = deblur(image, model, tile_size=tile, device="cpu")
+    err = np.abs(tiled.astype(np.float64) - whole).max() / float(whole.max() - whole.min())
+    assert err <= TOLERANCE, err
 
 
 # ------------------------------------------------------------------------------------------ unit pieces

@@ -859,11 +859,13 @@ def test_resume_names_a_model_given_that_is_not_the_one_the_run_started_from(pai
 
 def test_run_model_metadata_describes_the_run_so_far(pair):
     run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 6, "validate_every": 2})
+    at_step_4 = []  # the metadata as it was when step 4's validation came (asserted after the loop: it must come)
     for e in run:
         if isinstance(e, ev.Validation) and e.step == 4:
-            training = run.model.metadata["training"]
-            assert training["steps_done"] == 4 and training["val_psnr"] is not None
+            at_step_4.append(dict(run.model.metadata["training"]))
             run.stop()
+    assert len(at_step_4) == 1
+    assert at_step_4[0]["steps_done"] == 4 and at_step_4[0]["val_psnr"] is not None
 
 
 def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_notice(pair, tmp_path):
