@@ -181,7 +181,7 @@ def test_errors_are_said_in_the_panels_words_and_the_api_still_says_what_it_rewo
     rgba = (np.random.default_rng(0).random((64, 64, 4)) * 255).astype(np.uint8)
     for image, kwargs in [
         (np.zeros((100, 100), np.float32), {"tile_size": 80}),
-        (np.zeros((100, 100), np.float32), {"overlap": 8}),
+        (np.zeros((100, 100), np.float32), {"overlap": 8, "tile_size": 80}),  # several tiles: seams possible
         (rgba, {"model": rgb_model}),
     ]:
         with pytest.warns(UserWarning) as record:
