@@ -188,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     width = max([12] + [len(r["architecture"]) for r in rows])
     header = (
-        f"{'architecture':<{width}} {'device':<6} {'params':>10} {'GMAC/MP':>8} {'s/image':>8} {'MP/s':>8} "
-        f"{'x RL':>7}"
+        f"{'architecture':<{width}} {'device':<6} {'params':>10} {'GMAC/MP':>8} {'s/image':>8} {'MP/s':>8} {'x RL':>7}"
     )
     print(header)
     print("-" * len(header))

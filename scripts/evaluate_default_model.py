@@ -78,8 +78,11 @@ def evaluate(
                 rl_best = max(zip(rl_scan["iterations"], rl_scan["psnr"], strict=True), key=lambda t: t[1])
                 if wiener_best[0] in (min(wiener_scan["balance"]), max(wiener_scan["balance"])):
                     # an optimum at the end of the scan means the oracle is understated: widen the scan
-                    print(f"warning: {name}/{kind}/{seed}: Wiener's best balance {wiener_best[0]:g} is at the "
-                          "end of the scanned range", file=sys.stderr)
+                    print(
+                        f"warning: {name}/{kind}/{seed}: Wiener's best balance {wiener_best[0]:g} is at the "
+                        "end of the scanned range",
+                        file=sys.stderr,
+                    )
                 outputs = {
                     "input": blurred,
                     "wiener": wiener(blurred, psf, balance=wiener_best[0]),
@@ -93,8 +96,12 @@ def evaluate(
                         normalize=normalize,
                     ),
                 }
-                row = {"image": name, "kind": kind, "seed": seed, "psf": {k_: v for k_, v in params.items()
-                                                                          if k_ != "trajectory"}}
+                row = {
+                    "image": name,
+                    "kind": kind,
+                    "seed": seed,
+                    "psf": {k_: v for k_, v in params.items() if k_ != "trajectory"},
+                }
                 for method, img in outputs.items():
                     row[method] = {"psnr": psnr(sharp, img, 1.0), "ssim": ssim(sharp, img, 1.0)}
                 row["wiener"]["balance"] = float(wiener_best[0])

@@ -97,15 +97,16 @@ def load_jobs(text: str) -> list[dict]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(jobs, list) or not jobs:
-        raise ValueError(f"{source} must be a non-empty JSON list of {{\"name\": ..., \"args\": [...]}}")
+        raise ValueError(f'{source} must be a non-empty JSON list of {{"name": ..., "args": [...]}}')
     for i, job in enumerate(jobs):
         if not isinstance(job, dict) or "name" not in job:
-            raise ValueError(f"job {i} in {source} has no \"name\" key: {job!r}")
+            raise ValueError(f'job {i} in {source} has no "name" key: {job!r}')
         if not isinstance(job.get("args", []), list) or not all(isinstance(a, str) for a in job.get("args", [])):
-            raise ValueError(f"job {job['name']!r}: \"args\" must be a list of strings")
+            raise ValueError(f'job {job["name"]!r}: "args" must be a list of strings')
     names = [job["name"] for job in jobs]
-    if len(set(names)) != len(names) or not all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", n)
-                                                 for n in names):
+    if len(set(names)) != len(names) or not all(
+        isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names
+    ):
         raise ValueError(f"job names must be unique and plain (letters, digits, . _ -): {names}")
     return jobs
 
@@ -168,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         if not torch.cuda.is_available():  # before the jobs, not after each has failed on its own
-            text = (f"{header}\nno CUDA device here for --device {args.device}: no job started "
-                    "(--device cpu runs them on the CPU)\n")
+            text = (
+                f"{header}\nno CUDA device here for --device {args.device}: no job started "
+                "(--device cpu runs them on the CPU)\n"
+            )
             (args.out / "sweep.log").write_text(text)
             print(text, end="", flush=True)
             return 1

@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--grow",
         type=json.loads,
         default=None,
-        help='with --init: first grow the model, e.g. \'{"n_blocks": 4}\' (same output, more capacity; '
+        help="with --init: first grow the model, e.g. '{\"n_blocks\": 4}' (same output, more capacity; "
         "models/growth.py)",
     )
     parser.add_argument(
@@ -359,8 +359,11 @@ def main(argv: list[str] | None = None) -> int:
             remaining = 60 * args.minutes - (time.monotonic() - budget_start)
             args.steps = max(int(rate * remaining * FIT_MARGIN), 100)
             validate_every = max(args.validate_every, args.steps // 12)
-            print(f"fit-steps: {rate:.2f} steps/s measured; {args.steps} steps fit the {remaining:.0f} s left "
-                  f"(x{FIT_MARGIN}); validating every {validate_every}", flush=True)
+            print(
+                f"fit-steps: {rate:.2f} steps/s measured; {args.steps} steps fit the {remaining:.0f} s left "
+                f"(x{FIT_MARGIN}); validating every {validate_every}",
+                flush=True,
+            )
         else:  # the checkpoint's own total (None), not --steps: a different total would change the schedule
             args.steps = None
             print("fit-steps: resuming the fitted run with its checkpoint's own total of steps", flush=True)
@@ -381,8 +384,11 @@ def report(run: Any, budget_start: float, minutes: float | None) -> Finished | N
             losses = " ".join(f"{k}={v:.4f}" for k, v in event.losses.items())
             print(f"step {event.step}/{event.total_steps} {losses} {event.images_per_second:.1f} img/s", flush=True)
         elif isinstance(event, Validation):
-            print(f"validation @ {event.step}: {event.psnr:.2f} dB (input {event.psnr_input:.2f} dB)"
-                  f"{' best' if event.is_best else ''}", flush=True)
+            print(
+                f"validation @ {event.step}: {event.psnr:.2f} dB (input {event.psnr_input:.2f} dB)"
+                f"{' best' if event.is_best else ''}",
+                flush=True,
+            )
         elif isinstance(event, Notice):
             print(f"notice: {event.message}", flush=True)
         elif isinstance(event, Finished):
@@ -430,14 +436,20 @@ def save_result(run: Any, args: argparse.Namespace, wall: float) -> None:
         training = model.metadata.get("training")
         training = training if isinstance(training, dict) else {}
         done, total = training.get("steps_done", "?"), training.get("steps", args.steps)
-        print(f"stopped early ({done} of {total} steps done): rerun the same command to resume from "
-              f"{args.checkpoint_dir}", flush=True)
+        print(
+            f"stopped early ({done} of {total} steps done): rerun the same command to resume from "
+            f"{args.checkpoint_dir}",
+            flush=True,
+        )
     if args.install:
         if finished:
             install(Path(output), args.name)
         else:  # an unfinished run must not replace the shipped weights and their checksum
-            print(f"not installed: the run did not finish all its steps; rerun the same command (with --install) "
-                  f"to resume it from {args.checkpoint_dir} and install it when it finishes", flush=True)
+            print(
+                f"not installed: the run did not finish all its steps; rerun the same command (with --install) "
+                f"to resume it from {args.checkpoint_dir} and install it when it finishes",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,12 @@ def _load(name: str):
 def test_bench_inference_times_a_shipped_model_with_and_without_self_ensemble(tmp_path, capsys):
     bench = _load("bench_inference")
     out = tmp_path / "speed.json"
-    assert bench.main(["--model", "fast", "--self-ensemble", "--size", "96", "--repeats", "1", "--no-cuda",
-                       "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            ["--model", "fast", "--self-ensemble", "--size", "96", "--repeats", "1", "--no-cuda", "--json", str(out)]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["rows"]
     assert [(r["architecture"], r["self_ensemble"]) for r in rows] == [("fast", False), ("fast +self-ensemble", True)]
     assert rows[1]["gmac_per_mp"] == pytest.approx(8 * rows[0]["gmac_per_mp"])

@@ -128,8 +128,9 @@ def _deblur_eager_and_lazy(inp, model_file, monkeypatch):
     monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 0)
     blocks = []
     real = deblur_module._deblur_numpy
-    monkeypatch.setattr(deblur_module, "_deblur_numpy", lambda block, *a, **k: blocks.append(block.shape) or
-                        real(block, *a, **k))
+    monkeypatch.setattr(
+        deblur_module, "_deblur_numpy", lambda block, *a, **k: blocks.append(block.shape) or real(block, *a, **k)
+    )
     assert main(["deblur", str(inp), "-o", str(lazy), *argv]) == 0
     return blocks, eager, lazy
 
@@ -201,8 +202,9 @@ def _without_uuids(xml):
     ("kind", "compression"),
     [("imagej", "zlib"), ("ome-czyx-joint", "lzw"), ("ome-zcyx-joint", "zlib"), ("plain-tiled", "zlib")],
 )
-def test_a_compressed_stack_is_deblurred_page_by_page(make_tiny_model, tmp_path, monkeypatch, kind, compression,
-                                                      refuse_whole_tiff_reads):
+def test_a_compressed_stack_is_deblurred_page_by_page(
+    make_tiny_model, tmp_path, monkeypatch, kind, compression, refuse_whole_tiff_reads
+):
     """A compressed stack above the lazy threshold was read whole (tifffile cannot memory-map it), whatever its
     size: now its pages are decoded one at a time, and the output, compressed as the input, is the in-memory
     path's to the last bit, with the same axes and metadata. The joint (2-channel) cases put a plane's pages
@@ -243,8 +245,9 @@ def test_a_compressed_stack_is_deblurred_page_by_page(make_tiny_model, tmp_path,
         assert z.imagej_metadata == e.imagej_metadata
 
 
-def test_a_compressed_stack_is_written_as_it_is_deblurred_and_atomically(tiny_model_file, tmp_path,
-                                                                         monkeypatch, capsys):
+def test_a_compressed_stack_is_written_as_it_is_deblurred_and_atomically(
+    tiny_model_file, tmp_path, monkeypatch, capsys
+):
     """The lazy path writes each plane as it is done (the in-memory one only at the end): the temporary file
     grows while later planes are deblurred, and an interruption mid-way leaves neither the output nor its
     temporary file."""
@@ -332,9 +335,14 @@ def test_imagej_8bit_images_with_a_colour_lut_are_intensities_and_keep_their_lut
     stack = (rng.random((3, 2, 40, 40)) * 255).astype(np.uint8)
     comp = tmp_path / "composite.tif"
     luts = [_lut(0, 1, 0), _lut(1, 0, 1)]
-    tifffile.imwrite(comp, stack, imagej=True, photometric="palette", colormap=luts[0].astype(np.uint16) * 257,
-                     metadata={"axes": "ZCYX", "spacing": 0.3, "unit": "micron", "LUTs": luts,
-                               "Ranges": (0.0, 200.0, 10.0, 255.0)})
+    tifffile.imwrite(
+        comp,
+        stack,
+        imagej=True,
+        photometric="palette",
+        colormap=luts[0].astype(np.uint16) * 257,
+        metadata={"axes": "ZCYX", "spacing": 0.3, "unit": "micron", "LUTs": luts, "Ranges": (0.0, 200.0, 10.0, 255.0)},
+    )
     # tifffile cannot write mode=composite for a palette image; Fiji does
     description = tifffile.tiffcomment(comp).rstrip("\x00")
     description = description.replace("hyperstack=false", "hyperstack=true\nmode=composite")
@@ -351,9 +359,9 @@ def test_imagej_8bit_images_with_a_colour_lut_are_intensities_and_keep_their_lut
             np.testing.assert_array_equal(lut, kept)
 
 
-def test_a_palette_tiff_that_is_a_lut_is_deblurred_and_one_of_distinct_colours_is_refused(tiny_model_file,
-                                                                                       small_image, tmp_path,
-                                                                                       capsys):
+def test_a_palette_tiff_that_is_a_lut_is_deblurred_and_one_of_distinct_colours_is_refused(
+    tiny_model_file, small_image, tmp_path, capsys
+):
     image = (small_image % 256).astype(np.uint8)
     ramp = tmp_path / "ramp.tif"  # a plain (not ImageJ) palette that is a ramp: intensities with a LUT
     inverted = _lut(1, 1, 0)[:, ::-1].astype(np.uint16) * 257
@@ -409,9 +417,20 @@ def test_imagej_display_settings_labels_and_info_are_kept(tiny_model_file, tmp_p
     data = (np.random.default_rng(5).random((2, 3, 2, 32, 32)) * 3000).astype(np.uint16)
     inp, out = tmp_path / "ij.tif", tmp_path / "ij_out.tif"
     luts = [_lut(0, 1, 0), _lut(1, 0, 1)]
-    meta = {"axes": "TZCYX", "spacing": 0.5, "unit": "um", "finterval": 2.0, "mode": "composite", "min": 10.0,
-            "max": 2000.0, "Ranges": (0.0, 1000.0, 5.0, 2000.0), "LUTs": luts, "Info": "objective 63x",
-            "Labels": [f"plane {i}" for i in range(12)], "Properties": {"lab": "cells"}}
+    meta = {
+        "axes": "TZCYX",
+        "spacing": 0.5,
+        "unit": "um",
+        "finterval": 2.0,
+        "mode": "composite",
+        "min": 10.0,
+        "max": 2000.0,
+        "Ranges": (0.0, 1000.0, 5.0, 2000.0),
+        "LUTs": luts,
+        "Info": "objective 63x",
+        "Labels": [f"plane {i}" for i in range(12)],
+        "Properties": {"lab": "cells"},
+    }
     tifffile.imwrite(inp, data, imagej=True, metadata=meta, resolution=(10.0, 10.0))
     # written by other software: a non-ASCII unit, which tifffile cannot write (it failed after the work)
     tifffile.tiffcomment(inp, tifffile.tiffcomment(inp).replace("unit=um", "unit=µm").encode())
@@ -436,8 +455,14 @@ def test_ome_channel_names_image_name_and_description_are_kept(tiny_model_file, 
     data = (np.random.default_rng(6).random((3, 2, 32, 32)) * 200).astype(np.uint8)
     inp, out = tmp_path / "in.ome.tif", tmp_path / "out.ome.tif"
     channel = {"Name": ["DAPI", "GFP"], "EmissionWavelength": [461.0, 510.0], "Color": [-16776961, 16711935]}
-    meta = {"axes": "ZCYX", "PhysicalSizeX": 0.1, "PhysicalSizeZ": 0.5, "Name": "cells 1",
-            "Description": "fixed, 4% PFA", "Channel": channel}
+    meta = {
+        "axes": "ZCYX",
+        "PhysicalSizeX": 0.1,
+        "PhysicalSizeZ": 0.5,
+        "Name": "cells 1",
+        "Description": "fixed, 4% PFA",
+        "Channel": channel,
+    }
     tifffile.imwrite(inp, data, ome=True, metadata=meta)
     assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
     with tifffile.TiffFile(out) as tif:
@@ -448,12 +473,17 @@ def test_ome_channel_names_image_name_and_description_are_kept(tiny_model_file, 
     assert 'PhysicalSizeZ="0.5"' in xml
 
 
-def test_plain_tiff_description_software_datetime_and_shaped_keys_are_kept(tiny_model_file, small_image,
-                                                                          tmp_path):
+def test_plain_tiff_description_software_datetime_and_shaped_keys_are_kept(tiny_model_file, small_image, tmp_path):
     inp, out = tmp_path / "in.tif", tmp_path / "out.tif"
     description = "Acquired on scope 3; exposure=100ms; pixel 0.1 µm"  # not ASCII: tifffile failed on it
-    tifffile.imwrite(inp, small_image, description=description.encode(), metadata=None,
-                     software="MicroscopeSoft 2.1", datetime="2024:05:06 07:08:09")
+    tifffile.imwrite(
+        inp,
+        small_image,
+        description=description.encode(),
+        metadata=None,
+        software="MicroscopeSoft 2.1",
+        datetime="2024:05:06 07:08:09",
+    )
     assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file), "-q"]) == 0
     with tifffile.TiffFile(out) as tif:
         page = tif.pages[0]
@@ -602,8 +632,9 @@ def test_compressed_truncated_and_multi_series_tiffs(tiny_model_file, small_imag
     assert "holds 2 image series; only the first" in err and "wrote" not in err
 
 
-def test_an_unwritable_output_folder_is_said_before_the_work(tiny_model_file, small_image, tmp_path, capsys,
-                                                             monkeypatch):
+def test_an_unwritable_output_folder_is_said_before_the_work(
+    tiny_model_file, small_image, tmp_path, capsys, monkeypatch
+):
     from napari_deblurgan import atomic_files
 
     inp = tmp_path / "in.tif"
@@ -669,8 +700,9 @@ def test_interrupt_while_writing_leaves_nothing(tiny_model_file, small_image, tm
 @pytest.mark.parametrize(
     ("signame", "lazy"), [("SIGTERM", False), ("SIGTERM", True), ("SIGTERM", "zlib"), ("SIGHUP", False)]
 )
-def test_sigterm_and_sighup_stop_like_ctrl_c(tiny_model_file, imagej_stack, tmp_path, capsys, monkeypatch,
-                                             signame, lazy):
+def test_sigterm_and_sighup_stop_like_ctrl_c(
+    tiny_model_file, imagej_stack, tmp_path, capsys, monkeypatch, signame, lazy
+):
     """A cluster's time limit (SIGTERM) or a closed terminal (SIGHUP) killed the process outright: its hidden
     temporary file, as large as the output, stayed next to it, and nothing was said. Now the signal unwinds
     as Ctrl-C does: the temporary file is removed, stderr says so, and the exit status is 128 + the signal."""
@@ -868,9 +900,13 @@ def test_ome_plane_times_exposures_and_positions_are_kept(tiny_model_file, tmp_p
     # A time-lapse's per-plane DeltaT and stage positions are what tracking and drift correction read.
     data = (np.random.default_rng(7).random((3, 2, 32, 32)) * 200).astype(np.uint8)
     inp, out = tmp_path / "in.ome.tif", tmp_path / "out.ome.tif"
-    plane = {"DeltaT": [0.5 * i for i in range(6)], "DeltaTUnit": ["s"] * 6,
-             "ExposureTime": [10.0 + i for i in range(6)], "PositionZ": [1.25 * i for i in range(6)],
-             "PositionZUnit": ["µm"] * 6}
+    plane = {
+        "DeltaT": [0.5 * i for i in range(6)],
+        "DeltaTUnit": ["s"] * 6,
+        "ExposureTime": [10.0 + i for i in range(6)],
+        "PositionZ": [1.25 * i for i in range(6)],
+        "PositionZUnit": ["µm"] * 6,
+    }
     tifffile.imwrite(inp, data, ome=True, metadata={"axes": "TCYX", "Plane": plane})
     with tifffile.TiffFile(inp) as tif:
         written = _ome_planes(tif.ome_metadata)
@@ -895,8 +931,9 @@ def test_ome_planes_are_dropped_when_axes_rename_the_dimensions(tiny_model_file,
 
 
 @pytest.mark.parametrize("flavour", ["imagej", "ome"])
-def test_metadata_that_cannot_be_written_back_is_said_in_a_note(tiny_model_file, tmp_path, monkeypatch, capsys,
-                                                                flavour):
+def test_metadata_that_cannot_be_written_back_is_said_in_a_note(
+    tiny_model_file, tmp_path, monkeypatch, capsys, flavour
+):
     """The ImageJ description and the OME Plane attributes are written back into the output after tifffile wrote
     it; where that failed (a classic TIFF past 4 GiB, an unwritable description), they were dropped silently."""
     data = (np.random.default_rng(9).random((3, 32, 32)) * 200).astype(np.uint8)
@@ -928,8 +965,9 @@ def test_python_dash_m_runs_the_command():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "napari_deblurgan.cli", "info", "--list"], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "napari_deblurgan.cli", "info", "--list"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and "unet_fast" in done.stdout
 
 
@@ -938,15 +976,17 @@ def test_python_dash_m_runs_the_command():
     [((2, 40, 48, 2), "contig"), ((2, 2, 40, 48), "separate"), ((2, 40, 48), "separate")],
     ids=["QYXS", "QSYX", "SYX"],
 )
-def test_grey_images_with_several_samples_keep_their_pages_lazily_and_in_memory(tiny_model_file, tmp_path,
-                                                                                 monkeypatch, shape, planarconfig):
+def test_grey_images_with_several_samples_keep_their_pages_lazily_and_in_memory(
+    tiny_model_file, tmp_path, monkeypatch, shape, planarconfig
+):
     """A compressed MINISBLACK image with 2 samples per pixel, contiguous (YXS pages) or planar (SYX pages): both
     paths write the input's pages (not one page per row or per sample, as tifffile does when not told the
     planar configuration), and the lazy path's stream, cut into pages of the output, gives the same pixels."""
     data = (np.random.default_rng(9).random(shape) * 4000).astype(np.uint16)
     inp = tmp_path / "in.tif"
-    tifffile.imwrite(inp, data, photometric="minisblack", planarconfig=planarconfig, extrasamples=["unassalpha"],
-                     compression="zlib")
+    tifffile.imwrite(
+        inp, data, photometric="minisblack", planarconfig=planarconfig, extrasamples=["unassalpha"], compression="zlib"
+    )
     monkeypatch.setenv("TIFFFILE_NUM_THREADS", "1")
     argv = ["--model", str(tiny_model_file), "-q"]
     assert main(["deblur", str(inp), "-o", str(tmp_path / "eager.tif"), *argv]) == 0
@@ -969,8 +1009,11 @@ def test_the_lazy_stream_is_cut_into_the_pages_tifffile_writes(tiny_model_file, 
     inp = tmp_path / "in.tif"
     tifffile.imwrite(inp, data, photometric="minisblack", planarconfig="contig", compression="zlib")
     real = deblur_command.write_kwargs
-    monkeypatch.setattr(deblur_command, "write_kwargs",
-                        lambda info: {k: v for k, v in real(info).items() if k not in ("planarconfig", "extrasamples")})
+    monkeypatch.setattr(
+        deblur_command,
+        "write_kwargs",
+        lambda info: {k: v for k, v in real(info).items() if k not in ("planarconfig", "extrasamples")},
+    )
     argv = ["--model", str(tiny_model_file), "-q"]
     assert main(["deblur", str(inp), "-o", str(tmp_path / "eager.tif"), *argv]) == 0
     monkeypatch.setattr(deblur_command, "LARGE_FILE_BYTES", 100)
@@ -981,10 +1024,14 @@ def test_the_lazy_stream_is_cut_into_the_pages_tifffile_writes(tiny_model_file, 
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads the process's memory maps (Linux)")
-@pytest.mark.parametrize(("channels", "axes", "compression"), [(1, "ZYX", None), (2, "CZYX", "zlib")],
-                         ids=["memory-mapped-output", "scratch-map"])
-def test_a_failed_lazy_run_unmaps_its_files_before_removing_them(make_tiny_model, tmp_path, monkeypatch, capsys,
-                                                                 channels, axes, compression):
+@pytest.mark.parametrize(
+    ("channels", "axes", "compression"),
+    [(1, "ZYX", None), (2, "CZYX", "zlib")],
+    ids=["memory-mapped-output", "scratch-map"],
+)
+def test_a_failed_lazy_run_unmaps_its_files_before_removing_them(
+    make_tiny_model, tmp_path, monkeypatch, capsys, channels, axes, compression
+):
     """An error in a later plane: the temporary output (mapped, for an uncompressed output) and the scratch map
     (a joint model's CZYX compressed output) are no longer mapped when they are deleted (Windows refuses to
     delete a mapped file, and the run would leave a file the size of the output behind)."""
@@ -992,7 +1039,7 @@ def test_a_failed_lazy_run_unmaps_its_files_before_removing_them(make_tiny_model
 
     model = tmp_path / "m.pt"
     make_tiny_model(channels=channels).save(model)
-    shape = (2, 4, 48, 48)[4 - len(axes):]
+    shape = (2, 4, 48, 48)[4 - len(axes) :]
     data = np.random.default_rng(11).random(shape).astype(np.float32)
     data[(slice(None),) * (len(shape) - 3) + (2, 5, 5)] = np.nan  # in the 3rd plane: after the first are written
     inp, out = tmp_path / "in.tif", tmp_path / "out.tif"

@@ -26,7 +26,6 @@ pytestmark = [
 ]
 
 
-
 @pytest.fixture
 def files(tmp_path):
     sharp = (samples.cells((96, 96), seed=2) * 4000).astype(np.uint16)
@@ -91,14 +90,46 @@ def test_finetune_sharp_only_synthesises_blur(files):
 
 def test_finetune_blur_strength_and_noise_options(files):
     out = files / "syn2.pt"
-    code = main([*_common(files, "--sharp", str(files / "sharp.tif")), "--steps", "2", "-o", str(out), "-q",
-                 "--blur-kind", "gaussian", "--blur-strength", "1", "2", "--noise-photons", "0"])
+    code = main(
+        [
+            *_common(files, "--sharp", str(files / "sharp.tif")),
+            "--steps",
+            "2",
+            "-o",
+            str(out),
+            "-q",
+            "--blur-kind",
+            "gaussian",
+            "--blur-strength",
+            "1",
+            "2",
+            "--noise-photons",
+            "0",
+        ]
+    )
     assert code == 0
     recorded = load_model(out).metadata["training"]["synthetic_blur"]
-    assert recorded == {"kinds": ["gaussian"], "kind_weights": None, "strength_px": [1.0, 2.0], "noise": None,
-                        "psf_block": 1}
-    bad = main([*_common(files, "--sharp", str(files / "sharp.tif")), "--steps", "2", "-o", str(files / "b.pt"),
-                "-q", "--blur-strength", "1", "2", "3"])
+    assert recorded == {
+        "kinds": ["gaussian"],
+        "kind_weights": None,
+        "strength_px": [1.0, 2.0],
+        "noise": None,
+        "psf_block": 1,
+    }
+    bad = main(
+        [
+            *_common(files, "--sharp", str(files / "sharp.tif")),
+            "--steps",
+            "2",
+            "-o",
+            str(files / "b.pt"),
+            "-q",
+            "--blur-strength",
+            "1",
+            "2",
+            "3",
+        ]
+    )
     assert bad == 2
 
 
@@ -146,8 +177,14 @@ def no_training_batches(monkeypatch) -> list[int]:
 def test_an_output_that_cannot_be_written_is_said_before_training(files, capsys, monkeypatch):
     drawn = no_training_batches(monkeypatch)
     (files / "folder.pt").mkdir()
-    code = main([*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "100000"), "-o",
-                 str(files / "folder.pt"), "--force"])
+    code = main(
+        [
+            *_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "100000"),
+            "-o",
+            str(files / "folder.pt"),
+            "--force",
+        ]
+    )
     assert drawn == []  # said before the first step, not after 100,000 steps
     assert code == 2 and "is a directory" in capsys.readouterr().err
     code = main([*_common(files, "--sharp", str(files / "sharp.tif")), "-o", str(files / "sharp.tif"), "--force"])
@@ -161,8 +198,7 @@ def test_an_output_that_cannot_be_written_is_said_before_training(files, capsys,
 
 
 def test_a_used_checkpoint_dir_needs_resume_or_force(files, capsys):
-    args = [*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "2"), "--checkpoint-dir",
-            str(files / "ck")]
+    args = [*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "2"), "--checkpoint-dir", str(files / "ck")]
     assert main([*args, "-o", str(files / "a.pt")]) == 0
     before = (files / "ck" / "checkpoint.pt").read_bytes()
     assert main([*args, "-o", str(files / "b.pt")]) == 2
@@ -177,8 +213,7 @@ def test_a_used_checkpoint_dir_needs_resume_or_force(files, capsys):
 def test_a_checkpoint_given_as_the_model_gets_advice_whose_python_call_is_not_rewritten(files, capsys):
     """The message of a checkpoint passed where a model file goes quotes a Python call and a CLI line: the CLI
     writes its own options as flags, but rewriting the call (``finetune(sharp, --resume ...)``) breaks it."""
-    args = [*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "2"), "--checkpoint-dir",
-            str(files / "ck")]
+    args = [*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "2"), "--checkpoint-dir", str(files / "ck")]
     assert main([*args, "-o", str(files / "a.pt"), "-q"]) == 0
     checkpoint = str(files / "ck" / "checkpoint.pt")
     argv = ["finetune", "--model", checkpoint, "--sharp", str(files / "sharp.tif"), "-o", str(files / "b.pt")]
@@ -272,8 +307,7 @@ def test_after_a_hangup_the_streams_on_the_terminal_point_at_dev_null():
 
 
 def test_the_model_file_may_not_be_the_checkpoint(files, capsys, monkeypatch):
-    args = [*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "2"), "--checkpoint-dir",
-            str(files / "ck")]
+    args = [*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "2"), "--checkpoint-dir", str(files / "ck")]
     with monkeypatch.context() as refusing:
         drawn = no_training_batches(refusing)
         for out in (files / "ck" / "checkpoint.pt", files / "ck"):
@@ -281,8 +315,19 @@ def test_the_model_file_may_not_be_the_checkpoint(files, capsys, monkeypatch):
             assert drawn == []  # refused before the first step, not after the training
             assert code == 2 and "checkpoint folder or file" in capsys.readouterr().err
     assert main([*args, "-o", str(files / "m.pt")]) == 0
-    assert main([*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "3"), "--resume",
-                 str(files / "ck" / "checkpoint.pt"), "-o", str(files / "ck" / "checkpoint.pt"), "--force"]) == 2
+    assert (
+        main(
+            [
+                *_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "3"),
+                "--resume",
+                str(files / "ck" / "checkpoint.pt"),
+                "-o",
+                str(files / "ck" / "checkpoint.pt"),
+                "--force",
+            ]
+        )
+        == 2
+    )
 
 
 def test_a_failure_mid_run_still_saves_the_model_so_far(files, capsys, monkeypatch):
@@ -309,12 +354,16 @@ def test_a_resume_into_another_runs_checkpoint_folder_needs_force(files, capsys)
     assert main([*common, "--checkpoint-dir", str(files / "b"), "-o", str(files / "b.pt")]) == 0
     before = (files / "b" / "checkpoint.pt").read_bytes()
     resume = _common(files, "--sharp", str(files / "sharp.tif"), "--steps", "3")
-    assert main([*resume, "--resume", str(files / "a"), "--checkpoint-dir", str(files / "b"), "-o",
-                 str(files / "c.pt")]) == 2
+    assert (
+        main([*resume, "--resume", str(files / "a"), "--checkpoint-dir", str(files / "b"), "-o", str(files / "c.pt")])
+        == 2
+    )
     assert "holds an earlier run's checkpoint" in capsys.readouterr().err
     assert (files / "b" / "checkpoint.pt").read_bytes() == before
-    assert main([*resume, "--resume", str(files / "a"), "--checkpoint-dir", str(files / "a"), "-o",
-                 str(files / "c.pt")]) == 0  # its own folder, named
+    assert (
+        main([*resume, "--resume", str(files / "a"), "--checkpoint-dir", str(files / "a"), "-o", str(files / "c.pt")])
+        == 0
+    )  # its own folder, named
 
 
 # ------------------------------------------------------------------ the CLI bug hunt of session 14 (cli-hunt)
@@ -331,8 +380,10 @@ def test_several_blurred_and_sharp_files_are_paired_in_order(files, capsys):
     b2, s2 = _pair_files(files, "two", (80, 112), 4)
     out = files / "two_pairs.pt"
     # several values after one flag, and the flag repeated, mixed
-    assert main([*_common(files, "--blurred", b1, b2, "--sharp", s1, "--sharp", s2), "--steps", "1", "-o",
-                 str(out), "-q"]) == 0
+    assert (
+        main([*_common(files, "--blurred", b1, b2, "--sharp", s1, "--sharp", s2), "--steps", "1", "-o", str(out), "-q"])
+        == 0
+    )
     assert load_model(out).metadata["training"]["data_shapes"] == [[96, 96], [80, 112]]
     capsys.readouterr()
     assert main([*_common(files, "--blurred", b1, "--sharp", s1, s2), "--steps", "1", "-o", str(files / "x.pt")]) == 2
@@ -361,8 +412,26 @@ def test_warnings_print_as_one_line_in_flags_also_with_q(files, capsys):
     assert "UserWarning" not in err and ".py:" not in err and "PairedData(" not in err  # no location, no source line
     # every subcommand: deblur's warnings too, with their keywords as the flags typed
     tifffile.imwrite(files / "in.tif", blurred)
-    assert main(["deblur", str(files / "in.tif"), "-o", str(files / "out.tif"), "--model", str(files / "tiny.pt"),
-                 "--device", "cpu", "--overlap", "4", "--tile-size", "128", "-q"]) == 0
+    assert (
+        main(
+            [
+                "deblur",
+                str(files / "in.tif"),
+                "-o",
+                str(files / "out.tif"),
+                "--model",
+                str(files / "tiny.pt"),
+                "--device",
+                "cpu",
+                "--overlap",
+                "4",
+                "--tile-size",
+                "128",
+                "-q",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "warning: --overlap 4 px is below this model's seamless overlap" in err
     assert "leave --overlap unset" in err and "UserWarning" not in err
@@ -384,16 +453,19 @@ def test_a_pair_of_identical_images_is_refused(files, capsys):
     assert "--blurred and --sharp are the same file" in err and "learns to change nothing" in err
     assert "--sharp alone" in err
     tifffile.imwrite(files / "copy.tif", tifffile.imread(sharp))
-    assert main([*_common(files, "--blurred", str(files / "copy.tif"), "--sharp", sharp), "-o",
-                 str(files / "x.pt")]) == 2
+    assert (
+        main([*_common(files, "--blurred", str(files / "copy.tif"), "--sharp", sharp), "-o", str(files / "x.pt")]) == 2
+    )
     assert "The blurred and sharp images are identical" in capsys.readouterr().err
     assert not (files / "x.pt").exists()
 
 
 def test_messages_of_the_api_are_said_in_the_clis_words(files, capsys, tmp_path):
     sharp = str(files / "sharp.tif")
-    assert main([*_common(files, "--sharp", sharp), "--resume", str(tmp_path / "nosuchdir"), "-o",
-                 str(files / "x.pt")]) == 2
+    assert (
+        main([*_common(files, "--sharp", sharp), "--resume", str(tmp_path / "nosuchdir"), "-o", str(files / "x.pt")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Pass the --checkpoint-dir folder of an earlier run" in err and "leave --resume out" in err
     assert "--checkpoint-dir / --checkpoint-dir" not in err
@@ -402,8 +474,9 @@ def test_messages_of_the_api_are_said_in_the_clis_words(files, capsys, tmp_path)
     assert "error: --axes 'ZYX' has 3 letters" in err and "--axes: --axes" not in err
     assert main([*_common(files, "--sharp", sharp), "--validation", "0.9", "-o", str(files / "x.pt")]) == 2
     err = capsys.readouterr().err
-    assert ("Use a smaller fraction (such as 0.1), --validation 0, or pass a separate validation image "
-            "(--validation-sharp") in err
+    assert (
+        "Use a smaller fraction (such as 0.1), --validation 0, or pass a separate validation image (--validation-sharp"
+    ) in err
     assert "--validation 0.9 holds out so much of each 96 x 96 image plane" in err
     assert main([*_common(files, "--sharp", sharp), "--noise-photons", "-3", "-o", str(files / "x.pt")]) == 2
     assert "error: --noise-photons must be > 0 (fewer photons = noisier), got -3.0." in capsys.readouterr().err
@@ -416,8 +489,15 @@ def test_messages_of_the_api_are_said_in_the_clis_words(files, capsys, tmp_path)
 def test_with_flags_writes_keyword_values_as_flags():
     from napari_deblurgan.cli import with_flags
 
-    flags = {"device": "--device", "validation": "--validation", "perceptual_weights": "--perceptual-weights",
-             "axes": "--axes", "resume": "--resume", "sharp": "--sharp", "steps": "--steps"}
+    flags = {
+        "device": "--device",
+        "validation": "--validation",
+        "perceptual_weights": "--perceptual-weights",
+        "axes": "--axes",
+        "resume": "--resume",
+        "sharp": "--sharp",
+        "steps": "--steps",
+    }
     assert with_flags("CUDA is not available here; use device='cpu'", flags).endswith("use --device cpu")
     assert with_flags("Use validation=0, or", flags) == "Use --validation 0, or"
     assert with_flags("or pass perceptual_weights=<file>)", flags) == "or pass --perceptual-weights FILE)"
@@ -440,8 +520,12 @@ def test_the_api_still_says_what_the_cli_rewords():
     for call in (
         lambda: __import__("napari_deblurgan").deblur(np.full((32, 32), np.nan, np.float32), device="cpu"),
         lambda: __import__("napari_deblurgan.data.pairs", fromlist=["PairedData"]).PairedData(
-            np.ones((64, 64), np.float32), np.ones((64, 64), np.float32) * 2, patch_size=32, validation=0.9,
-            check_alignment=False),
+            np.ones((64, 64), np.float32),
+            np.ones((64, 64), np.float32) * 2,
+            patch_size=32,
+            validation=0.9,
+            check_alignment=False,
+        ),
         lambda: __import__("napari_deblurgan.data.pairs", fromlist=["resolve_noise"]).resolve_noise({"photons": -3}),
     ):
         with pytest.raises(InputError) as info:
@@ -460,8 +544,23 @@ def test_resume_names_another_starting_model(files, capsys):
     argv = _common(files, "--sharp", str(files / "sharp.tif"))
     assert main([*argv, "--steps", "2", "--checkpoint-dir", str(files / "ck"), "-o", str(files / "a.pt"), "-q"]) == 0
     resume = [a for a in argv if a not in ("--model", str(files / "tiny.pt"))]
-    assert main([*resume, "--model", str(files / "other.pt"), "--steps", "3", "--resume", str(files / "ck"), "-o",
-                 str(files / "b.pt"), "-q"]) == 0
+    assert (
+        main(
+            [
+                *resume,
+                "--model",
+                str(files / "other.pt"),
+                "--steps",
+                "3",
+                "--resume",
+                str(files / "ck"),
+                "-o",
+                str(files / "b.pt"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"note: Resuming keeps the checkpoint's recipe: --model {str(files / 'tiny.pt')!r} (not " in err
     assert main([*resume, "--steps", "4", "--resume", str(files / "ck"), "-o", str(files / "c.pt"), "-q"]) == 0
@@ -489,16 +588,46 @@ def test_a_separate_validation_image_and_perceptual_weights(files, capsys):
     _, vs = _pair_files(files, "val", (64, 64), 5)
     vb = vs.replace("_s.tif", "_b.tif")
     out = files / "v.pt"
-    assert main([*_common(files, *pair), "--validation-blurred", vb, "--validation-sharp", vs, "--steps", "1",
-                 "-o", str(out), "-q"]) == 0
+    assert (
+        main(
+            [
+                *_common(files, *pair),
+                "--validation-blurred",
+                vb,
+                "--validation-sharp",
+                vs,
+                "--steps",
+                "1",
+                "-o",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert load_model(out).metadata["training"]["validation"].endswith("from 1 planes")
     assert main([*_common(files, *pair), "--validation-sharp", vs, "-o", str(files / "x.pt")]) == 2
     assert "add --validation-blurred" in capsys.readouterr().err
-    assert main([*_common(files, *pair), "--validation-blurred", vs, "--validation-sharp", vs, "-o",
-                 str(files / "x.pt")]) == 2
+    assert (
+        main([*_common(files, *pair), "--validation-blurred", vs, "--validation-sharp", vs, "-o", str(files / "x.pt")])
+        == 2
+    )
     assert "validation pair's blurred and sharp images are identical" in capsys.readouterr().err
-    assert main([*_common(files, "--sharp", str(files / "sharp.tif")), "--validation-sharp", vs, "--steps", "1",
-                 "-o", str(files / "syn.pt"), "-q"]) == 0  # sharp-only: blur synthesised on the validation image
+    assert (
+        main(
+            [
+                *_common(files, "--sharp", str(files / "sharp.tif")),
+                "--validation-sharp",
+                vs,
+                "--steps",
+                "1",
+                "-o",
+                str(files / "syn.pt"),
+                "-q",
+            ]
+        )
+        == 0
+    )  # sharp-only: blur synthesised on the validation image
     argv = [*_common(files, *pair), "--preset", "default", "--perceptual-weights", str(files / "vgg.pth")]
     assert main([*argv, "-o", str(files / "x.pt")]) == 2
     assert f"--perceptual-weights file {str(files / 'vgg.pth')!r} does not exist" in capsys.readouterr().err
@@ -562,8 +691,9 @@ def test_the_step_lines_say_which_step_the_validation_psnr_was_measured_at():
     from napari_deblurgan.training import events as ev
 
     def step(n):
-        return ev.Step(step=n, total_steps=10, losses={"total": 0.5, "content": 0.5}, learning_rate=1e-4,
-                       images_per_second=10.0)
+        return ev.Step(
+            step=n, total_steps=10, losses={"total": 0.5, "content": 0.5}, learning_rate=1e-4, images_per_second=10.0
+        )
 
     def validation(n, psnr, best):
         return ev.Validation(step=n, psnr=psnr, ssim=0.5, psnr_input=15.36, ssim_input=0.4, is_best=best)
@@ -642,11 +772,19 @@ def test_large_training_files_read_lazily_are_closed_when_the_run_ends_or_fails(
     monkeypatch.setattr(finetune_command, "TRAINING_IN_MEMORY_BYTES", 100)
     opened = []
     real = finetune_command.read_image
-    monkeypatch.setattr(finetune_command, "read_image", lambda *a, **k: opened.append(_open_tiffs()) or
-                        real(*a, **k))
+    monkeypatch.setattr(finetune_command, "read_image", lambda *a, **k: opened.append(_open_tiffs()) or real(*a, **k))
     before = _open_tiffs()
-    argv = _common(files, "--sharp", str(files / "s.tif"), "--blurred", str(files / "b.tif"),
-                   "--validation-sharp", str(files / "s.tif"), "--validation-blurred", str(files / "b.tif"))
+    argv = _common(
+        files,
+        "--sharp",
+        str(files / "s.tif"),
+        "--blurred",
+        str(files / "b.tif"),
+        "--validation-sharp",
+        str(files / "s.tif"),
+        "--validation-blurred",
+        str(files / "b.tif"),
+    )
     assert main([*argv, "--steps", "2", "-o", str(files / "ok.pt"), "-q"]) == 0
     assert opened[-1], "the files were not read lazily"  # the earlier ones open while the last was read
     assert _open_tiffs() == before

@@ -179,8 +179,9 @@ def test_jpeg_exif_orientation_is_written_upright(tiny_model_file, tmp_path, cap
 
 
 # ---------------------------------------------------------------------------------- colour profile, dpi
-@pytest.mark.parametrize(("src", "dst"), [("png", "png"), ("jpg", "jpg"), ("jpg", "png"), ("png", "jpg"),
-                                          ("png", "tif")])
+@pytest.mark.parametrize(
+    ("src", "dst"), [("png", "png"), ("jpg", "jpg"), ("jpg", "png"), ("png", "jpg"), ("png", "tif")]
+)
 def test_icc_profile_and_resolution_are_kept(tiny_model_file, tmp_path, srgb_profile, src, dst):
     """Without its ICC profile a photo's colours shift in colour-managed viewers."""
     image = _photo((32, 32, 3))
@@ -205,8 +206,12 @@ def test_a_16bit_colour_png_keeps_its_profile(tiny_model_file, tmp_path, srgb_pr
 
     image = _photo((24, 24, 3), np.uint16)
     inp, out = tmp_path / "rgb16.png", tmp_path / "out.png"
-    inp.write_bytes(photo_files._with_chunks(bytes(imagecodecs.png_encode(image)), [
-        (b"iCCP", b"ICC Profile\x00\x00" + __import__("zlib").compress(srgb_profile))]))
+    inp.write_bytes(
+        photo_files._with_chunks(
+            bytes(imagecodecs.png_encode(image)),
+            [(b"iCCP", b"ICC Profile\x00\x00" + __import__("zlib").compress(srgb_profile))],
+        )
+    )
     with Image.open(inp) as im:
         assert im.info["icc_profile"] == srgb_profile  # the test's input is a valid PNG with a profile
     assert _run(inp, out, tiny_model_file, "-q") == 0
@@ -216,8 +221,9 @@ def test_a_16bit_colour_png_keeps_its_profile(tiny_model_file, tmp_path, srgb_pr
 
 
 # ----------------------------------------------------------------------------------------- JPEG output
-def test_jpeg_output_is_allowed_with_a_note_and_refused_where_it_cannot_hold_the_image(tiny_model_file, tmp_path,
-                                                                                       capsys):
+def test_jpeg_output_is_allowed_with_a_note_and_refused_where_it_cannot_hold_the_image(
+    tiny_model_file, tmp_path, capsys
+):
     image = _photo((40, 40, 3))
     inp, out = tmp_path / "photo.png", tmp_path / "photo-sharp.jpeg"
     Image.fromarray(image).save(inp)
@@ -395,10 +401,10 @@ def test_a_png_transparent_colour_key_becomes_alpha(tiny_model_file, tmp_path, c
     assert why in capsys.readouterr().err and not (tmp_path / "out.jpg").exists()
 
 
-@pytest.mark.parametrize("name", ["indexed.png", "indexed.gif", "transparent.gif", "greys.png", "ramp_trns.png",
-                                  "alpha_entries.png"])
-def test_colour_palettes_and_transparent_palettes_are_read_as_their_colours(tiny_model_file, tmp_path, capsys,
-                                                                             name):
+@pytest.mark.parametrize(
+    "name", ["indexed.png", "indexed.gif", "transparent.gif", "greys.png", "ramp_trns.png", "alpha_entries.png"]
+)
+def test_colour_palettes_and_transparent_palettes_are_read_as_their_colours(tiny_model_file, tmp_path, capsys, name):
     """Review 2: colour palettes (every GIF, quantised PNGs) and grey palettes that are no ramp were refused;
     a ramp with transparency was deblurred as indices, its transparency then following the deblurred values.
     They are read as their colours without loss (grey or RGB, transparency as alpha) and written so."""
@@ -466,8 +472,16 @@ def test_exif_without_its_prefix_is_written_as_jpeg_holds_it(tiny_model_file, tm
     exif[0x010F] = "PhoneMaker"
     tiff = exif.tobytes()[6:]
     if order == b"II*\x00":  # a little-endian one, by hand: one ASCII tag
-        tiff = b"II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little") + (0x010F).to_bytes(
-            2, "little") + (2).to_bytes(2, "little") + (4).to_bytes(4, "little") + b"abc\x00" + bytes(4)
+        tiff = (
+            b"II*\x00"
+            + (8).to_bytes(4, "little")
+            + (1).to_bytes(2, "little")
+            + (0x010F).to_bytes(2, "little")
+            + (2).to_bytes(2, "little")
+            + (4).to_bytes(4, "little")
+            + b"abc\x00"
+            + bytes(4)
+        )
     inp = tmp_path / "phone.webp"
     Image.fromarray(_photo((32, 40, 3))).save(inp, lossless=True, exif=tiff)
     with Image.open(inp) as check:
@@ -532,9 +546,12 @@ def test_png_colour_chunks_are_kept_and_what_is_not_is_noted(tiny_model_file, tm
     where the output's sample layout is the input's. XMP and text, not kept, are named in a note."""
     from PIL.PngImagePlugin import PngInfo
 
-    chunks = {b"gAMA": struct.pack(">I", 45455), b"cHRM": struct.pack(">8I", 31270, 32900, 64000, 33000, 30000,
-                                                                        60000, 15000, 6000),
-              b"sRGB": b"\x00", b"sBIT": b"\x05" if kind != "rgb" else b"\x05\x06\x05"}
+    chunks = {
+        b"gAMA": struct.pack(">I", 45455),
+        b"cHRM": struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000),
+        b"sRGB": b"\x00",
+        b"sBIT": b"\x05" if kind != "rgb" else b"\x05\x06\x05",
+    }
     meta = PngInfo()
     for name, data in chunks.items():
         meta.add(name, data)

@@ -38,8 +38,11 @@ def test_psnr_data_range_and_values(camera_crop):
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "a", True])
 def test_a_bad_data_range_is_one_clear_error(camera_crop, bad):
     noisy = camera_crop + 0.01
-    for call in (lambda: psnr(camera_crop, noisy, bad), lambda: ssim(camera_crop, noisy, bad),
-                 lambda: compare({"noisy": noisy}, camera_crop, data_range=bad)):
+    for call in (
+        lambda: psnr(camera_crop, noisy, bad),
+        lambda: ssim(camera_crop, noisy, bad),
+        lambda: compare({"noisy": noisy}, camera_crop, data_range=bad),
+    ):
         with pytest.raises(InputError, match="data_range must be a finite number > 0"):
             call()
     assert psnr(camera_crop, noisy, np.float32(2.0)) == pytest.approx(psnr(camera_crop, noisy, 2.0))
@@ -356,8 +359,11 @@ def test_baselines_on_a_dask_stack_stay_lazy_and_match_numpy(method, axes):
     result's values: the [0, 1] scaling takes the whole stack's range, read once up front."""
     da = pytest.importorskip("dask.array")
     _, blurred = _stack_pair(4, axes)
-    call = (lambda img: richardson_lucy(img, gaussian_psf(1.5), 5, axes=axes)) if method == "richardson_lucy" else (
-        lambda img: wiener(img, gaussian_psf(1.5), 0.05, axes=axes))
+    call = (
+        (lambda img: richardson_lucy(img, gaussian_psf(1.5), 5, axes=axes))
+        if method == "richardson_lucy"
+        else (lambda img: wiener(img, gaussian_psf(1.5), 0.05, axes=axes))
+    )
     computed: list[tuple[int, ...]] = []
 
     def counted(block):
@@ -403,8 +409,10 @@ def test_compare_reads_each_plane_of_lazy_results_once():
             computed.append(1)
         return block
 
-    lazy = {name: da.from_array(a, chunks=(1, 48, 40)).map_blocks(counted, dtype=a.dtype)
-            for name, a in (("blurred", blurred), ("sharp", sharp))}
+    lazy = {
+        name: da.from_array(a, chunks=(1, 48, 40)).map_blocks(counted, dtype=a.dtype)
+        for name, a in (("blurred", blurred), ("sharp", sharp))
+    }
     reference = da.from_array(sharp.astype(np.float32), chunks=(1, 48, 40)).map_blocks(counted, dtype=np.float32)
     table = compare(lazy, reference, per_slice=True)
     # the float reference's range (PSNR's data range) is one more pass over it
@@ -572,12 +580,15 @@ def test_metrics_of_a_dask_array_are_those_of_its_numpy_copy(axes, shape, chunki
 
 
 @pytest.mark.parametrize("block_elements", [1000, 1 << 20])
-@pytest.mark.parametrize(("shape", "chunks", "axes"), [
-    ((4, 48, 40), (1, 48, 40), "ZYX"),  # a lazy deblur() result of a stack: a plane per block
-    ((4, 48, 40), (1, 24, 40), "ZYX"),  # blocks that split a plane
-    ((4, 48, 40), (2, 48, 40), "ZYX"),  # blocks of several planes
-    ((48, 40, 3), (48, 40, 3), "YXS"),  # a lazy RGB deblur() result: the samples in one block
-])
+@pytest.mark.parametrize(
+    ("shape", "chunks", "axes"),
+    [
+        ((4, 48, 40), (1, 48, 40), "ZYX"),  # a lazy deblur() result of a stack: a plane per block
+        ((4, 48, 40), (1, 24, 40), "ZYX"),  # blocks that split a plane
+        ((4, 48, 40), (2, 48, 40), "ZYX"),  # blocks of several planes
+        ((48, 40, 3), (48, 40, 3), "YXS"),  # a lazy RGB deblur() result: the samples in one block
+    ],
+)
 def test_metrics_compute_each_dask_block_once(shape, chunks, axes, block_elements, monkeypatch):
     """Reading a plane computes its dask block: the metrics must compute each block once (for a lazy deblur()
     result, a block computed again is the network run again), also when psnr's and nrmse's blocks are rows
@@ -595,8 +606,12 @@ def test_metrics_compute_each_dask_block_once(shape, chunks, axes, block_element
         return block.copy()
 
     lazy = da.from_array(img, chunks=chunks).map_blocks(counted, dtype=img.dtype)
-    for metric in (lambda a: psnr(ref, a), lambda a: nrmse(ref, a), lambda a: ssim(ref, a, axes=axes),
-                   lambda a: sharpness(a, axes=axes)):
+    for metric in (
+        lambda a: psnr(ref, a),
+        lambda a: nrmse(ref, a),
+        lambda a: ssim(ref, a, axes=axes),
+        lambda a: sharpness(a, axes=axes),
+    ):
         computed.clear()
         assert metric(lazy) == metric(img)
         assert len(computed) == lazy.npartitions, computed
@@ -611,8 +626,10 @@ def test_lazy_metrics_say_what_the_numpy_ones_say():
     bad[1, 3, 4] = np.nan
 
     def said(name):  # as deblur() says it: the image and the plane
-        return (f"the {name}'s plane Z=1 has 1 NaN/inf pixel(s) out of 1920; replace them first, e.g. "
-                "np.nan_to_num(image, nan=0.0) or with a local median")
+        return (
+            f"the {name}'s plane Z=1 has 1 NaN/inf pixel(s) out of 1920; replace them first, e.g. "
+            "np.nan_to_num(image, nan=0.0) or with a local median"
+        )
 
     for lazy in (lambda a: da.from_array(a, chunks=(1, 24, 40)), _PlaneStore):
         for call, name in [
@@ -621,8 +638,7 @@ def test_lazy_metrics_say_what_the_numpy_ones_say():
             (lambda ref, img: nrmse(ref, img), None),
             (lambda ref, img: ssim(ref, img, 1.0), None),
             (lambda ref, img: sharpness(img), "image"),
-            (lambda ref, img: best_classical(img, ref, gaussian_psf(1.0), rl_iterations=[1], wiener_balances=[]),
-             None),
+            (lambda ref, img: best_classical(img, ref, gaussian_psf(1.0), rl_iterations=[1], wiener_balances=[]), None),
         ]:
             with pytest.raises(InputError) as numpy_error:
                 call(sharp, bad)
@@ -650,15 +666,16 @@ def test_best_classical_of_a_dask_stack_is_that_of_its_numpy_copy(axes):
     sharp, blurred = _stack_pair(3)
     if axes == "YX":
         sharp, blurred = sharp[1], blurred[1]
-    chunks = (2, 24, 40)[-sharp.ndim:]
+    chunks = (2, 24, 40)[-sharp.ndim :]
 
     def run(ref, img):
-        return best_classical(img, ref, gaussian_psf(1.5), rl_iterations=[1, 4], wiener_balances=[0.01, 1.0],
-                              axes=axes)
+        return best_classical(img, ref, gaussian_psf(1.5), rl_iterations=[1, 4], wiener_balances=[0.01, 1.0], axes=axes)
 
     expected = run(sharp, blurred)
-    for pair, kind in [((da.from_array(sharp, chunks=chunks), da.from_array(blurred, chunks=chunks)), da.Array),
-                       ((_PlaneStore(sharp), _PlaneStore(blurred)), np.ndarray)]:
+    for pair, kind in [
+        ((da.from_array(sharp, chunks=chunks), da.from_array(blurred, chunks=chunks)), da.Array),
+        ((_PlaneStore(sharp), _PlaneStore(blurred)), np.ndarray),
+    ]:
         got = run(*pair)
         assert isinstance(got["image"], kind)
         np.testing.assert_array_equal(np.asarray(got["image"]), expected["image"])
@@ -694,8 +711,11 @@ def _metric_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
             (f"uint8 {shape}", base.astype(np.uint8), blurred.clip(0, 255).astype(np.uint8)),
             (f"uint16 {shape}", (base * 200).astype(np.uint16), (blurred * 200).clip(0, 65535).astype(np.uint16)),
             (f"int16 {shape}", (base * 100 - 20000).astype(np.int16), (blurred * 100 - 20000).astype(np.int16)),
-            (f"tiny floats {shape}", (base * 1e-7 - 3e-5).astype(np.float32),
-             (blurred * 1e-7 - 3e-5).astype(np.float32)),
+            (
+                f"tiny floats {shape}",
+                (base * 1e-7 - 3e-5).astype(np.float32),
+                (blurred * 1e-7 - 3e-5).astype(np.float32),
+            ),
             (f"large offset {shape}", base * 1e9 + 1e12, blurred * 1e9 + 1e12),
         ]
     flat = np.full((200, 300), 7, np.uint16)
@@ -804,8 +824,11 @@ def test_classical_baselines_keep_no_data_pixels_out_of_the_image(smooth_pair, m
     away from the border the result is the one without it (both methods are linear in the scale)."""
     _, blurred = smooth_pair
     psf = np.ones((5, 5)) / 25
-    run = (lambda image: richardson_lucy(image, psf, iterations=10)) if method == "richardson_lucy" else (
-        lambda image: wiener(image, psf, balance=0.1))
+    run = (
+        (lambda image: richardson_lucy(image, psf, iterations=10))
+        if method == "richardson_lucy"
+        else (lambda image: wiener(image, psf, balance=0.1))
+    )
     with_border = _with_border(blurred, value)
     with np.errstate(all="raise"):
         out = run(with_border)
@@ -818,9 +841,21 @@ def test_classical_baselines_keep_no_data_pixels_out_of_the_image(smooth_pair, m
 
 def test_best_classical_scores_beside_a_no_data_border(smooth_pair):
     sharp, blurred = smooth_pair
-    best = best_classical(_with_border(blurred), _with_border(sharp), gaussian_psf(2.0),
-                          rl_iterations=[5, 10], wiener_balances=[0.01, 0.1], data_range=None)
-    clean = best_classical(blurred[:, 10:], sharp[:, 10:], gaussian_psf(2.0),
-                           rl_iterations=[5, 10], wiener_balances=[0.01, 0.1], data_range=None)
+    best = best_classical(
+        _with_border(blurred),
+        _with_border(sharp),
+        gaussian_psf(2.0),
+        rl_iterations=[5, 10],
+        wiener_balances=[0.01, 0.1],
+        data_range=None,
+    )
+    clean = best_classical(
+        blurred[:, 10:],
+        sharp[:, 10:],
+        gaussian_psf(2.0),
+        rl_iterations=[5, 10],
+        wiener_balances=[0.01, 0.1],
+        data_range=None,
+    )
     assert 20 < best["psnr"] < 80 and abs(best["psnr"] - clean["psnr"]) < 3
     assert np.all(best["image"][:, :10] == _F32_MAX)

@@ -247,11 +247,19 @@ def test_batch_source_uses_the_kind_weights(pair):
     d = PairedData(None, sharp, patch_size=32, validation=0.0)
 
     def batch(weights):
-        src = BatchSource(d, torch.device("cpu"), seed=3, blur_kinds=("gaussian", "motion"), blur_weights=weights,
-                          noise=False, strength_ranges={"gaussian": (0.8, 0.8), "motion": (12.0, 12.0)})
+        src = BatchSource(
+            d,
+            torch.device("cpu"),
+            seed=3,
+            blur_kinds=("gaussian", "motion"),
+            blur_weights=weights,
+            noise=False,
+            strength_ranges={"gaussian": (0.8, 0.8), "motion": (12.0, 12.0)},
+        )
         return src.next_batch(4)
 
     gaussian_only, motion_only, again = batch((1.0, 0.0)), batch((0.0, 1.0)), batch((1.0, 0.0))
+
     def standardized(t):  # both crops are rescaled by their blurred crop's percentiles: compare up to that
         return (t - t.mean(dim=(2, 3), keepdim=True)) / t.std(dim=(2, 3), keepdim=True)
 
@@ -383,7 +391,11 @@ def test_batch_source_uses_the_given_strength_and_noise():
 
     def mean_abs_change(strength: float, noise) -> float:
         source = BatchSource(
-            pairs, torch.device("cpu"), seed=0, blur_kinds=("gaussian",), noise=noise,
+            pairs,
+            torch.device("cpu"),
+            seed=0,
+            blur_kinds=("gaussian",),
+            noise=noise,
             strength_ranges={"gaussian": (strength, strength)},
         )
         blurred, target = source.next_batch(4)
@@ -404,7 +416,11 @@ def test_synthetic_crops_are_scaled_as_inference_scales_the_blurred_image():
     sharp = samples.filaments((256, 256), seed=11).astype(np.float32)
     pairs = PairedData(None, sharp, patch_size=128, validation=0.0)
     source = BatchSource(
-        pairs, torch.device("cpu"), seed=0, blur_kinds=("gaussian",), noise=None,
+        pairs,
+        torch.device("cpu"),
+        seed=0,
+        blur_kinds=("gaussian",),
+        noise=None,
         strength_ranges={"gaussian": (3.0, 3.0)},
     )
     blurred, target = source.next_batch(6)
@@ -523,8 +539,14 @@ def test_training_crops_never_read_the_held_out_band_nor_validation_crops_the_tr
     d = PairedData(None, image, patch_size=32, validation=0.25)
     lo, hi = d.sources[0].norm_range((), 0)
     train_ceiling, band_floor = (1.0 - lo) / (hi - lo), (10.0 - lo) / (hi - lo)
-    src = BatchSource(d, torch.device("cpu"), seed=3, blur_kinds=("motion",), strength_ranges={"motion": (20.0, 25.0)},
-                      device_crops=device_crops)
+    src = BatchSource(
+        d,
+        torch.device("cpu"),
+        seed=3,
+        blur_kinds=("motion",),
+        strength_ranges={"motion": (20.0, 25.0)},
+        device_crops=device_crops,
+    )
     assert src.margin >= 10
     _, sharp = d.sample(256, np.random.default_rng(1), src.margin)
     assert sharp.max() < train_ceiling  # the margins included
@@ -547,13 +569,20 @@ def test_device_crops_fall_back_to_the_cpu_path_when_the_data_does_not_qualify(p
     assert DeviceCrops.build(d, torch.device("cpu"), margin=16) is None  # patch not larger than the margin
     assert DeviceCrops.build(d, torch.device("cpu"), margin=8, budget_bytes=1000) is None  # over the budget
     assert DeviceCrops.build(d, torch.device("cpu"), margin=8) is not None
-    mapped = np.lib.format.open_memmap(str(Path(tempfile.mkdtemp()) / "s.npy"), mode="w+", dtype=sharp.dtype,
-                                       shape=sharp.shape)
+    mapped = np.lib.format.open_memmap(
+        str(Path(tempfile.mkdtemp()) / "s.npy"), mode="w+", dtype=sharp.dtype, shape=sharp.shape
+    )
     mapped[:] = sharp
     lazy = PairedData(None, mapped, patch_size=16, validation=0.0)
     assert DeviceCrops.build(lazy, torch.device("cpu"), margin=8) is None  # stays on disk, never copied whole
-    src = BatchSource(d, torch.device("cpu"), seed=1, device_crops=True, blur_kinds=("motion",),
-                      strength_ranges={"motion": (30.0, 40.0)})  # margin 22 > patch 16
+    src = BatchSource(
+        d,
+        torch.device("cpu"),
+        seed=1,
+        device_crops=True,
+        blur_kinds=("motion",),
+        strength_ranges={"motion": (30.0, 40.0)},
+    )  # margin 22 > patch 16
     b, s = src.next_batch(3)
     assert src._device_crops is False and b.shape == s.shape == (3, 1, 16, 16)
 
@@ -607,8 +636,9 @@ def test_a_validation_band_far_above_the_fraction_is_noted():
     image = np.random.default_rng(0).random((256, 256)).astype(np.float32)
     small = PairedData(None, image, patch_size=128, validation=0.1)
     assert any("validation holds out 50 % of the image area, not 10 %" in n for n in small.notes)
-    large = PairedData(None, np.random.default_rng(0).random((640, 640)).astype(np.float32), patch_size=64,
-                       validation=0.1)
+    large = PairedData(
+        None, np.random.default_rng(0).random((640, 640)).astype(np.float32), patch_size=64, validation=0.1
+    )
     assert not any("validation holds out" in n for n in large.notes)
 
 
@@ -646,8 +676,7 @@ def test_registered_bead_pairs_are_not_called_offset_and_shifted_ones_are(kind):
             warnings.filterwarnings("error", message=".*is offset from its sharp image")
             PairedData(blurred, beads.astype(np.float32), patch_size=32, validation=0.0)
         with pytest.warns(UserWarning, match="is offset from its sharp image") as record:
-            PairedData(np.roll(blurred, (5, -3), axis=(0, 1)), beads.astype(np.float32), patch_size=32,
-                       validation=0.0)
+            PairedData(np.roll(blurred, (5, -3), axis=(0, 1)), beads.astype(np.float32), patch_size=32, validation=0.0)
         assert record[0].filename == __file__  # the user's line, not one inside the package
 
 
@@ -687,17 +716,30 @@ def test_blank_validation_crops_are_replaced_by_other_crops_of_the_held_out_grid
     stack_b, stack_s = np.zeros((10, 64, 64), np.float32), np.zeros((10, 64, 64), np.float32)
     for z in (1, 6):
         stack_b[z], stack_s[z] = blurred, sharp
-    d = PairedData(stack_b, stack_s, patch_size=32, validation=(stack_b, stack_s), axes="ZYX",
-                   check_alignment=False, max_validation_crops=16)
+    d = PairedData(
+        stack_b,
+        stack_s,
+        patch_size=32,
+        validation=(stack_b, stack_s),
+        axes="ZYX",
+        check_alignment=False,
+        max_validation_crops=16,
+    )
     assert len(d.validation_grid) == 8 and {p.index for p, _, _ in d.validation_grid} == {(1,), (6,)}
     one = np.zeros((10, 64, 64), np.float32), np.zeros((10, 64, 64), np.float32)
     one[0][4, :32, :32], one[1][4, :32, :32] = blurred[:32, :32], sharp[:32, :32]
     d = PairedData(stack_b, stack_s, patch_size=32, validation=one, axes="ZYX", check_alignment=False)
     assert [(p.index, y0, x0) for p, y0, x0 in d.validation_grid] == [((4,), 0, 0)]
     # without blank crops the thinned grid is the evenly spaced one, as before
-    full = PairedData(np.stack([blurred] * 10), np.stack([sharp] * 10), patch_size=32,
-                      validation=(np.stack([blurred] * 10), np.stack([sharp] * 10)), axes="ZYX",
-                      check_alignment=False, max_validation_crops=16)
+    full = PairedData(
+        np.stack([blurred] * 10),
+        np.stack([sharp] * 10),
+        patch_size=32,
+        validation=(np.stack([blurred] * 10), np.stack([sharp] * 10)),
+        axes="ZYX",
+        check_alignment=False,
+        max_validation_crops=16,
+    )
     grid = [(p.index[0], y0, x0) for p, y0, x0 in full.validation_grid]
     everything = [(z, y0, x0) for z in range(10) for y0 in (0, 32) for x0 in (0, 32)]
     assert grid == [everything[i] for i in np.linspace(0, 39, 16).round().astype(int)]
@@ -722,15 +764,29 @@ def test_a_long_blank_run_of_planes_is_not_walked_crop_by_crop(pair, monkeypatch
     reads: list[int] = []
     is_blank = PairedData._is_blank
     monkeypatch.setattr(PairedData, "_is_blank", lambda self, *crop: reads.append(1) or is_blank(self, *crop))
-    d = PairedData(stack_b, stack_s, patch_size=32, validation=(stack_b, stack_s), axes="ZYX",
-                   check_alignment=False, max_validation_crops=16)
+    d = PairedData(
+        stack_b,
+        stack_s,
+        patch_size=32,
+        validation=(stack_b, stack_s),
+        axes="ZYX",
+        check_alignment=False,
+        max_validation_crops=16,
+    )
     assert len(d.validation_grid) == 16 and all(p.index[0] >= 300 for p, _, _ in d.validation_grid)
     assert len(reads) < 200, len(reads)  # 1,600 crops, 1,200 of them blank
     reads.clear()
     empty = np.zeros((400, 64, 64), np.float32)
     with pytest.raises(InputError, match="All 256 validation crops checked are blank"):
-        PairedData(stack_b, stack_s, patch_size=32, validation=(empty, empty + 1), axes="ZYX",
-                   check_alignment=False, max_validation_crops=16)
+        PairedData(
+            stack_b,
+            stack_s,
+            patch_size=32,
+            validation=(empty, empty + 1),
+            axes="ZYX",
+            check_alignment=False,
+            max_validation_crops=16,
+        )
     assert len(reads) == 256
 
 
@@ -743,10 +799,19 @@ def test_messages_name_what_is_wrong(pair):
         PairedData(blurred, sharp, channels=3, patch_size=32)
     with pytest.raises(InputError, match=r"^validation 0\.99 holds out so much of each 256 x 256 image plane"):
         PairedData(blurred, sharp, patch_size=32, validation=0.99)
-    with pytest.raises(InputError, match=r"^The validation pair \(shape \(64, 64\)\) must have the same axes as the "
-                                         r"training images \(axes 'CYX'\): the axes apply to it too\. axes 'CYX'"):
-        PairedData(rgb + 1, rgb, axes="CYX", patch_size=32, validation=(blurred[:64, :64], sharp[:64, :64]),
-                   check_alignment=False)
+    with pytest.raises(
+        InputError,
+        match=r"^The validation pair \(shape \(64, 64\)\) must have the same axes as the "
+        r"training images \(axes 'CYX'\): the axes apply to it too\. axes 'CYX'",
+    ):
+        PairedData(
+            rgb + 1,
+            rgb,
+            axes="CYX",
+            patch_size=32,
+            validation=(blurred[:64, :64], sharp[:64, :64]),
+            check_alignment=False,
+        )
     with pytest.raises(InputError, match=r"but the validation image .* has 2\. Give a validation pair with 3 channels"):
         PairedData(None, rgb, axes="CYX", channels=3, patch_size=32, validation=(None, rgb[:2, :64, :64]))
     with pytest.raises(InputError, match=r"noise photons must be > 0 \(fewer photons = noisier\), got -3"):
@@ -849,8 +914,14 @@ def test_float32_max_written_as_text_is_a_sentinel_in_float64_data():
     from napari_deblurgan.normalization import NORMALIZED_LIMIT, sentinel_mask
 
     half_step = 2.0**103
-    sentinels = [float("-3.4028235e+38"), float("3.4028235e+38"), -_F32_MAX, _F64_MAX,
-                 np.nextafter(_F32_MAX + half_step, 0.0), np.nextafter(_F32_MAX - half_step, np.inf)]
+    sentinels = [
+        float("-3.4028235e+38"),
+        float("3.4028235e+38"),
+        -_F32_MAX,
+        _F64_MAX,
+        np.nextafter(_F32_MAX + half_step, 0.0),
+        np.nextafter(_F32_MAX - half_step, np.inf),
+    ]
     image = [3.4e38, -3e38, _F32_MAX + half_step, _F32_MAX - half_step, 1e300, 0.5]
     mask = sentinel_mask(np.array(sentinels + image))
     assert mask is not None and mask.tolist() == [True] * len(sentinels) + [False] * len(image)

@@ -34,9 +34,7 @@ def _image(shape, dtype, seed=0):
     return (values * 100 - 20).astype(dtype)
 
 
-@pytest.mark.parametrize(
-    "dtype", ["uint8", "uint16", "int8", "int16", "int32", "float16", "float32", "float64"]
-)
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int8", "int16", "int32", "float16", "float32", "float64"])
 def test_same_shape_and_dtype_and_input_untouched(model, dtype):
     image = _image((40, 36), dtype)
     before = image.copy()
@@ -136,8 +134,9 @@ def test_dask_progress_restarts_when_blocks_are_computed_again(model):
     da = pytest.importorskip("dask.array")
     image = _image((3, 32, 32), "uint16", seed=3)
     calls = []
-    lazy = deblur(da.from_array(image, chunks=(1, 32, 32)), model, device="cpu",
-                  progress=lambda d, t: calls.append((d, t)))
+    lazy = deblur(
+        da.from_array(image, chunks=(1, 32, 32)), model, device="cpu", progress=lambda d, t: calls.append((d, t))
+    )
     lazy.compute(scheduler="synchronous")
     lazy.compute(scheduler="synchronous")
     assert calls == [(1, 3), (2, 3), (3, 3)] * 2
@@ -305,8 +304,11 @@ def test_every_convolution_runs_channels_last_on_the_cpu(architecture):
     """NHWC weights and activations (docs: faster on the CPU). A 1-channel model's first weight, (W, 1, k, k),
     counts as channels_last in either layout, and the check looked only at it: 1-channel unet_lite and resnet9
     kept every weight NCHW while their inputs were NHWC (measured 1.3-1.45x slower)."""
-    small = {"unet_lite": {"width": 4, "depth": 2, "n_blocks": 1}, "resnet9": {"width": 4, "n_blocks": 1},
-             "unet_fast": {"width": 8, "depth": 2}}[architecture]
+    small = {
+        "unet_lite": {"width": 4, "depth": 2, "n_blocks": 1},
+        "resnet9": {"width": 4, "n_blocks": 1},
+        "unet_fast": {"width": 8, "depth": 2},
+    }[architecture]
     model = create_model(architecture, 1, seed=0, **small)
     deblur(np.random.default_rng(9).random((40, 36)).astype(np.float32), model, device="cpu")
     weights = [p for p in model.generator.parameters() if p.dim() == 4]
@@ -374,8 +376,14 @@ def test_rgba_keeps_its_alpha_and_deblurs_the_colours_as_rgb(model, rgb_model, j
 
 def test_progress_reports_every_batch(model):
     seen = []
-    deblur(_image((2, 200, 200), "float32"), model, tile_size=96, batch_size=3, device="cpu",
-           progress=lambda done, total: seen.append((done, total)))
+    deblur(
+        _image((2, 200, 200), "float32"),
+        model,
+        tile_size=96,
+        batch_size=3,
+        device="cpu",
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert seen[-1][0] == seen[-1][1] and [d for d, _ in seen] == list(range(1, len(seen) + 1))
     assert len(seen) > 2
 
@@ -401,8 +409,15 @@ def test_cancel_stops_within_one_batch(model):
             stop.set()
 
     with pytest.raises(Cancelled):
-        deblur(_image((3, 200, 200), "float32"), model, tile_size=96, batch_size=1, device="cpu",
-               progress=progress, cancel=stop)
+        deblur(
+            _image((3, 200, 200), "float32"),
+            model,
+            tile_size=96,
+            batch_size=1,
+            device="cpu",
+            progress=progress,
+            cancel=stop,
+        )
     assert batches == [1, 2]
     with pytest.raises(Cancelled):
         deblur(_image((64, 64), "float32"), model, device="cpu", cancel=lambda: True)
@@ -437,8 +452,11 @@ def test_inference_runs_in_eval_mode_and_restores_the_mode():
         (np.zeros((20, 20), np.float32), {"tile_size": 16}, "tile_size 16 is too small"),
         (np.zeros((20, 20), np.float32), {"batch_size": True}, "batch_size must be a positive integer"),
         (np.zeros((20, 20), np.float32), {"tile_size": 128, "overlap": 128}, "must be smaller than tile_size"),
-        (np.zeros((20, 20), np.float32), {"tile_size": 128, "overlap": 4999},
-         r"^overlap \(4999 px, rounded up to a multiple of \d+ px: \d+ px\) must be smaller than tile_size"),
+        (
+            np.zeros((20, 20), np.float32),
+            {"tile_size": 128, "overlap": 4999},
+            r"^overlap \(4999 px, rounded up to a multiple of \d+ px: \d+ px\) must be smaller than tile_size",
+        ),
         (np.zeros((20, 20), np.float32), {"device": "tpu"}, "unknown device|unsupported device"),
         (np.zeros((20, 20), np.float32), {"batch_size": 0}, "batch_size"),
         (np.zeros((20, 20), np.float32), {"context_padding": -4}, "context_padding must be >= 0"),
@@ -594,7 +612,10 @@ class ChunkedReads(PlaneReads):
         ((2, 4, 40, 36), "TZYX", (2, 2, 20, 36), None, [(slice(0, 2), slice(0, 2)), (slice(0, 2), slice(2, 4))]),
         # SLAB_BYTES holds 2 planes: the outer axis gives up its depth first
         (
-            (2, 4, 40, 36), "TZYX", (2, 2, 20, 36), 2,
+            (2, 4, 40, 36),
+            "TZYX",
+            (2, 2, 20, 36),
+            2,
             [(slice(t, t + 1), slice(z, z + 2)) for t in (0, 1) for z in (0, 2)],
         ),
         # channels are in the plane: a chunk of all of them, 3 Z planes deep
@@ -649,9 +670,12 @@ def test_an_array_like_whose_indexing_gives_no_pixels_is_refused_clearly(model, 
     tifffile = pytest.importorskip("tifffile")
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, _image((3, 40, 36), "uint16", seed=11), photometric="minisblack")
-    with tifffile.TiffFile(path) as tif, pytest.raises(
-        InputError, match=r"reading one plane of this TiffPageSeries failed \(TypeError.*pass its pixels as a NumPy"
-    ) as caught:
+    with (
+        tifffile.TiffFile(path) as tif,
+        pytest.raises(
+            InputError, match=r"reading one plane of this TiffPageSeries failed \(TypeError.*pass its pixels as a NumPy"
+        ) as caught,
+    ):
         deblur(tif.series[0], model, axes="ZYX", device="cpu")
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 

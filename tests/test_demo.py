@@ -38,8 +38,14 @@ def test_demo_runs_and_writes_its_results(default_demo):
     pair = results["pair"]
     assert pair["napari-deblurgan"]["psnr"] > pair["blurred input"]["psnr"]
     assert pair["napari-deblurgan"]["ssim"] > pair["blurred input"]["ssim"]
-    for name in ("pair_blurred.tif", "pair_deblurred.tif", "pair_richardson_lucy.tif", "clock_deblurred.tif",
-                 "pair_side_by_side.png", "clock_side_by_side.png"):
+    for name in (
+        "pair_blurred.tif",
+        "pair_deblurred.tif",
+        "pair_richardson_lucy.tif",
+        "clock_deblurred.tif",
+        "pair_side_by_side.png",
+        "clock_side_by_side.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left behind
 
@@ -64,21 +70,46 @@ def test_the_docs_quote_what_the_demo_measures(default_demo):
     rl = pair["Richardson-Lucy (30 it., true PSF)"]
     db, ssim2, ssim3 = 0.02, 0.0051, 0.00051  # PSNR; SSIM quoted with 2 / 3 decimals
     quoted = [  # (doc, pattern, [(measured, tolerance) or None for a number the demo does not compute])
-        ("README.md", "the demo pair goes from NUM to NUM dB PSNR with the model, while Richardson-Lucy *given the "
-         "true PSF* reaches NUM dB", [(blurred["psnr"], db), (model["psnr"], db), (rl["psnr"], db)]),
-        ("README.md", "its sharpness score goes down, NUM -> NUM)",
-         [(clock["sharpness before"], 0.000051), (clock["sharpness after"], 0.000051)]),
-        ("docs/quickstart-napari.md", "on the whole sample Richardson-Lucy (30 iterations) NUM dB and Wiener "
-         "(balance 0.01) NUM dB against the model's NUM dB (the blurred input: NUM dB)",
-         [(rl["psnr"], db), None, (model["psnr"], db), (blurred["psnr"], db)]),  # Wiener: not in the demo
-        ("docs/quickstart-napari.md", "while the model leads in SSIM (NUM against NUM and",
-         [(model["ssim"], ssim2), (rl["ssim"], ssim2)]),
+        (
+            "README.md",
+            "the demo pair goes from NUM to NUM dB PSNR with the model, while Richardson-Lucy *given the "
+            "true PSF* reaches NUM dB",
+            [(blurred["psnr"], db), (model["psnr"], db), (rl["psnr"], db)],
+        ),
+        (
+            "README.md",
+            "its sharpness score goes down, NUM -> NUM)",
+            [(clock["sharpness before"], 0.000051), (clock["sharpness after"], 0.000051)],
+        ),
+        (
+            "docs/quickstart-napari.md",
+            "on the whole sample Richardson-Lucy (30 iterations) NUM dB and Wiener "
+            "(balance 0.01) NUM dB against the model's NUM dB (the blurred input: NUM dB)",
+            [(rl["psnr"], db), None, (model["psnr"], db), (blurred["psnr"], db)],
+        ),  # Wiener: not in the demo
+        (
+            "docs/quickstart-napari.md",
+            "while the model leads in SSIM (NUM against NUM and",
+            [(model["ssim"], ssim2), (rl["ssim"], ssim2)],
+        ),
         ("docs/model-card.md", "| demo pair (README) | NUM -> NUM dB |", [(blurred["psnr"], db), (model["psnr"], db)]),
-        ("docs/model-card.md", "it gains **+NUM dB** PSNR (NUM -> NUM dB) and +NUM SSIM (NUM -> NUM;",
-         [(model["psnr"] - blurred["psnr"], db), (blurred["psnr"], db), (model["psnr"], db),
-          (model["ssim"] - blurred["ssim"], ssim2), (blurred["ssim"], ssim3), (model["ssim"], ssim3)]),
-        ("docs/model-card.md", "Richardson-Lucy with 30 iterations *and the true PSF* gains +NUM dB (NUM dB, SSIM NUM;",
-         [(rl["psnr"] - blurred["psnr"], 0.051), (rl["psnr"], db), (rl["ssim"], ssim3)]),
+        (
+            "docs/model-card.md",
+            "it gains **+NUM dB** PSNR (NUM -> NUM dB) and +NUM SSIM (NUM -> NUM;",
+            [
+                (model["psnr"] - blurred["psnr"], db),
+                (blurred["psnr"], db),
+                (model["psnr"], db),
+                (model["ssim"] - blurred["ssim"], ssim2),
+                (blurred["ssim"], ssim3),
+                (model["ssim"], ssim3),
+            ],
+        ),
+        (
+            "docs/model-card.md",
+            "Richardson-Lucy with 30 iterations *and the true PSF* gains +NUM dB (NUM dB, SSIM NUM;",
+            [(rl["psnr"] - blurred["psnr"], 0.051), (rl["psnr"], db), (rl["ssim"], ssim3)],
+        ),
     ]
     for doc, pattern, measured in quoted:
         numbers = _numbers(pattern, doc)
@@ -124,8 +155,11 @@ def test_demo_self_ensemble_option(tmp_path):
     np.testing.assert_array_equal(tifffile.imread(out / "pair_deblurred.tif"), expected)
     assert results["pair"]["napari-deblurgan"]["psnr"] > results["pair"]["blurred input"]["psnr"]
     # the model card quotes this run's PSNR (`fast` column of the self_ensemble row)
-    quoted = _numbers("| with `self_ensemble=True` (8x slower: NUM / NUM MP/s) | -NUM dB vs the oracle, SSIM NUM, "
-                      "demo NUM dB | -NUM dB, SSIM NUM, demo NUM dB |", "docs/model-card.md")
+    quoted = _numbers(
+        "| with `self_ensemble=True` (8x slower: NUM / NUM MP/s) | -NUM dB vs the oracle, SSIM NUM, "
+        "demo NUM dB | -NUM dB, SSIM NUM, demo NUM dB |",
+        "docs/model-card.md",
+    )
     assert quoted[-1] == pytest.approx(results["pair"]["napari-deblurgan"]["psnr"], abs=0.02), quoted
 
 

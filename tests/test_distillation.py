@@ -26,8 +26,16 @@ def _model(seed: int = 0, channels: int = 1):
 
 
 def _run(training_pair, **kw):
-    args = dict(model=_model(), steps=3, patch_size=32, batch_size=2, preset="content-mse", device="cpu", seed=0,
-                validate_every=100)
+    args = dict(
+        model=_model(),
+        steps=3,
+        patch_size=32,
+        batch_size=2,
+        preset="content-mse",
+        device="cpu",
+        seed=0,
+        validate_every=100,
+    )
     args.update(kw)
     return iter_finetune(*training_pair, **args)
 

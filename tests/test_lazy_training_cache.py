@@ -167,8 +167,14 @@ def test_batches_read_ahead_are_the_batches_read_one_by_one(
             "in memory": (blurred_array, sharp_array, {}),
         }
         for name, (b, s, options) in variants.items():
-            data = PairedData(None if synthetic else b, s, axes=axes, patch_size=PATCH, validation=0.0,
-                              decoded_cache_bytes=2 * SIDE * SIDE * 2)  # one pair of planes
+            data = PairedData(
+                None if synthetic else b,
+                s,
+                axes=axes,
+                patch_size=PATCH,
+                validation=0.0,
+                decoded_cache_bytes=2 * SIDE * SIDE * 2,
+            )  # one pair of planes
             source = BatchSource(data, torch.device("cpu"), seed=5, **options)
             assert (source.read_ahead_bytes > 0) == (name == "read ahead")
             page_decodes[0] = 0

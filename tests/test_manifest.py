@@ -61,9 +61,13 @@ def test_every_command_resolves(manifest):
 
 def test_widget_modules_do_not_import_torch():
     """napari imports widget modules while building its menus: torch must wait until a job runs."""
-    code = "import sys\n" + "".join(f"import {m}\n" for m in WIDGET_MODULES) + (
-        "bad = sorted(m for m in ('torch', 'torchvision') if m in sys.modules)\n"
-        "print('LOADED', bad)\nsys.exit(1 if bad else 0)\n"
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in WIDGET_MODULES)
+        + (
+            "bad = sorted(m for m in ('torch', 'torchvision') if m in sys.modules)\n"
+            "print('LOADED', bad)\nsys.exit(1 if bad else 0)\n"
+        )
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -89,8 +93,9 @@ def test_sample_data_layers():
 
 
 @pytest.mark.parametrize("panels_first", [False, True])
-def test_with_a_sample_open_every_panel_starts_on_its_blurred_layer_and_ground_truth(make_napari_viewer, qtbot,
-                                                                                    panels_first):
+def test_with_a_sample_open_every_panel_starts_on_its_blurred_layer_and_ground_truth(
+    make_napari_viewer, qtbot, panels_first
+):
     """The panels' layer boxes choose a sample's layers by their role: Run, Start and Richardson-Lucy work with
     the defaults. They chose the top layer (the sample's PSF) when the sample was opened first, and its ground
     truth (the first layer inserted) when the panels were opened first."""

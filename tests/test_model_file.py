@@ -249,8 +249,13 @@ def test_a_file_that_is_not_a_model_is_named_as_such(tmp_path, content):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("normalization", {"low": "a"}), ("normalization", {"low": 99.0, "high": 1.0}), ("normalization", [1, 99]),
-     ("metadata", "a string"), ("metadata", [1, 2])],
+    [
+        ("normalization", {"low": "a"}),
+        ("normalization", {"low": 99.0, "high": 1.0}),
+        ("normalization", [1, 99]),
+        ("metadata", "a string"),
+        ("metadata", [1, 2]),
+    ],
 )
 def test_damaged_header_fields_are_model_file_errors_at_load(tiny_model_file, key, value):
     """Found at load, not as a TypeError at load or a ValueError deep inside deblur() later."""
@@ -370,7 +375,7 @@ def test_save_to_and_load_from_binary_file_objects(tiny_model, tmp_path):
     assert not buffer.closed
     buffer.seek(len(b"header"))
     loaded = load_model(buffer)
-    data = buffer.getvalue()[len(b"header"):]
+    data = buffer.getvalue()[len(b"header") :]
     assert loaded.metadata["sha256"] == hashlib.sha256(data).hexdigest()
     assert loaded.metadata["name"] == "in memory" and "path" not in loaded.metadata
     x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -528,14 +533,23 @@ def test_shipped_registry_is_valid():
 
 def test_with_generator_keeps_the_wrapping_and_copies_the_metadata():
     model = model_file.create_model(
-        "unet_lite", channels=1, width=4, depth=2, n_blocks=1, seed=0,
-        normalization={"method": "percentile", "low": 2.0, "high": 99.0}, metadata={"name": "orig"},
+        "unet_lite",
+        channels=1,
+        width=4,
+        depth=2,
+        n_blocks=1,
+        seed=0,
+        normalization={"method": "percentile", "low": 2.0, "high": 99.0},
+        metadata={"name": "orig"},
     )
     other = model_file.create_model("unet_lite", channels=1, width=4, depth=2, n_blocks=1, seed=1).generator
     derived = model.with_generator(other)
     assert derived.generator is other
     assert (derived.architecture, derived.architecture_args, derived.channel_mode, derived.normalization) == (
-        model.architecture, model.architecture_args, model.channel_mode, model.normalization
+        model.architecture,
+        model.architecture_args,
+        model.channel_mode,
+        model.normalization,
     )
     derived.metadata["name"] = "changed"
     assert model.metadata["name"] == "orig"  # a copy, not the same dict
@@ -561,8 +575,12 @@ def test_border_context_is_saved_copied_and_defaults_to_none(tmp_path):
     assert load_model(model.save(tmp_path / "zero.pt")).context_padding == 0  # 0 is kept, not taken for "unset"
     model.context_padding = 24
     assert load_model(model.save(tmp_path / "m.pt")).context_padding == 24
-    assert model.with_generator(model_file.create_model("unet_lite", width=4, depth=2, n_blocks=1).generator
-                                ).context_padding == 24
+    assert (
+        model.with_generator(
+            model_file.create_model("unet_lite", width=4, depth=2, n_blocks=1).generator
+        ).context_padding
+        == 24
+    )
     # files written before the setting existed have no key: the default rule applies
     payload = _payload(tmp_path / "m.pt")
     header = json.loads(payload["metadata"])

@@ -137,7 +137,7 @@ def test_perceptual_loss_compares_conv3_3_features(vgg_features_state):
     rng = np.random.default_rng(0)
     real = torch.from_numpy(rng.random((2, 1, 32, 32), dtype=np.float32))
     assert loss_fn(real, real).item() == 0.0
-    fake = (real + 0.1 * torch.from_numpy(rng.standard_normal((2, 1, 32, 32)).astype(np.float32)))
+    fake = real + 0.1 * torch.from_numpy(rng.standard_normal((2, 1, 32, 32)).astype(np.float32))
     fake.requires_grad_(True)
     loss = loss_fn(fake, real)
     assert loss.item() > 0

@@ -58,8 +58,11 @@ def test_an_ndarray_and_a_memmap_give_views_of_their_planes(tmp_path, axes, chan
             key = [slice(None)] * len(axes)
             for axis, value in zip(reader.other, index, strict=True):
                 key[axis] = value
-            expected = np.moveaxis(image[tuple(key)], [sorted(axes.index(a) for a in inner).index(axes.index(a))
-                                                        for a in inner], range(len(inner)))
+            expected = np.moveaxis(
+                image[tuple(key)],
+                [sorted(axes.index(a) for a in inner).index(axes.index(a)) for a in inner],
+                range(len(inner)),
+            )
             if channels_in_plane and not any(a in axes for a in "CS"):
                 expected = expected[None]
             np.testing.assert_array_equal(plane, expected)
@@ -200,8 +203,11 @@ def test_compare_names_the_image_and_the_plane_with_nan(tmp_path):
     bad = _with_nan(tmp_path)
     good = _stack(bad.shape, seed=1)
     for kind in (bad, da.from_array(np.asarray(bad), chunks=(1, 1, 16, 20)), CountedReads(np.asarray(bad))):
-        with pytest.raises(InputError, match=r"^plane T=1, Z=2 of the result 'bad' has 1 NaN/inf pixel\(s\) out of 320;"
-                                             r" replace them first, e\.g\. np\.nan_to_num"):
+        with pytest.raises(
+            InputError,
+            match=r"^plane T=1, Z=2 of the result 'bad' has 1 NaN/inf pixel\(s\) out of 320;"
+            r" replace them first, e\.g\. np\.nan_to_num",
+        ):
             compare({"bad": kind}, good)
         with pytest.raises(InputError, match=r"^the reference's plane T=1, Z=2 has 1 NaN/inf pixel\(s\) out of 320;"):
             compare({"good": good}, kind)

@@ -51,8 +51,12 @@ def _write_raising(exc: BaseException):
 # --------------------------------------------------------------------------------------------- atomic_write
 @pytest.mark.parametrize(
     ("code", "words"),
-    [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system"),
-     (errno.EDQUOT, "disk quota exceeded"), (errno.EACCES, "permission denied")],
+    [
+        (errno.ENOSPC, "no space left on device"),
+        (errno.EROFS, "read-only file system"),
+        (errno.EDQUOT, "disk quota exceeded"),
+        (errno.EACCES, "permission denied"),
+    ],
 )
 def test_a_failed_write_says_the_cause_in_words_and_keeps_the_old_file(tmp_path, code, words):
     target = tmp_path / "out.bin"
@@ -122,9 +126,29 @@ def files(tmp_path, monkeypatch):
 
 
 def _finetune(d: Path, *extra: str) -> list[str]:
-    return ["finetune", "--model", str(d / "tiny.pt"), "--blurred", str(d / "blurred.tif"), "--sharp",
-            str(d / "sharp.tif"), "--patch-size", "32", "--batch-size", "2", "--preset", "content", "--device",
-            "cpu", "--seed", "0", "--validation", "0", "-q", *extra]
+    return [
+        "finetune",
+        "--model",
+        str(d / "tiny.pt"),
+        "--blurred",
+        str(d / "blurred.tif"),
+        "--sharp",
+        str(d / "sharp.tif"),
+        "--patch-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--preset",
+        "content",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--validation",
+        "0",
+        "-q",
+        *extra,
+    ]
 
 
 def _refuse_writing(monkeypatch: pytest.MonkeyPatch, refused: Path, fallbacks: bool = False) -> None:
@@ -147,8 +171,10 @@ def test_a_model_that_output_cannot_take_is_saved_in_the_checkpoint_folder(files
     assert main([*_finetune(files, "--steps", "2", "--checkpoint-dir", str(checkpoints)), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     (kept,) = checkpoints.glob("m-unsaved-*.pt")
-    assert f"Could not write {str(out)!r} (no space left on device); the trained model was saved to " \
-           f"{str(kept)!r} instead" in err
+    assert (
+        f"Could not write {str(out)!r} (no space left on device); the trained model was saved to "
+        f"{str(kept)!r} instead" in err
+    )
     assert "Traceback" not in err and not out.exists()
     assert load_model(kept).metadata["training"]["steps_done"] == 2
 
@@ -164,8 +190,13 @@ def test_without_a_checkpoint_folder_the_model_goes_to_the_users_models_folder(f
 def test_when_nothing_can_be_saved_the_error_says_so_and_where_the_checkpoint_is(files, monkeypatch, capsys):
     out, checkpoints = files / "m.pt", files / "ck"
     _refuse_writing(monkeypatch, out, fallbacks=True)
-    code = main([*_finetune(files, "--steps", "2", "--checkpoint-dir", str(checkpoints), "--checkpoint-every",
-                            "1"), "-o", str(out)])
+    code = main(
+        [
+            *_finetune(files, "--steps", "2", "--checkpoint-dir", str(checkpoints), "--checkpoint-every", "1"),
+            "-o",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "could not be saved anywhere" in err and err.count("no space left on device") == 4  # -o, 3 copies
@@ -226,8 +257,13 @@ def test_a_second_ctrl_c_after_a_checkpoint_says_resume_continues(files, monkeyp
 
     monkeypatch.setattr(trainer, "iter_finetune", interrupted)
     checkpoints, out = files / "ck", files / "m.pt"
-    code = main([*_finetune(files, "--steps", "6", "--checkpoint-dir", str(checkpoints), "--checkpoint-every",
-                            "2"), "-o", str(out)])
+    code = main(
+        [
+            *_finetune(files, "--steps", "6", "--checkpoint-dir", str(checkpoints), "--checkpoint-every", "2"),
+            "-o",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 130 and not out.exists(), err
     assert "the model was not written" in err and "no output was written" not in err
@@ -254,8 +290,9 @@ def test_deblur_onto_a_full_disk_is_one_clear_error(tiny_model_file, tmp_path, m
 
 
 @pytest.mark.parametrize("compression", [None, "zlib"])  # a map of the output; a scratch map (joint CZYX) below
-def test_a_mapped_output_reserves_its_space_before_any_work(tiny_model_file, tmp_path, monkeypatch, capsys,
-                                                           compression):
+def test_a_mapped_output_reserves_its_space_before_any_work(
+    tiny_model_file, tmp_path, monkeypatch, capsys, compression
+):
     """A large output is filled through a memory map of a sparse file (the output itself, or a scratch file
     before a compressed one): on a full disk a write to one of its pages kills the process with SIGBUS, mid-run
     and without a message. Its blocks are allocated before the first plane is deblurred now: a full disk is one

@@ -101,8 +101,10 @@ def test_train_script_distils_from_a_teacher(train_script, tmp_path):
     teacher = taught.metadata["training"]["teacher"]
     assert teacher["file_sha256"] == load_model(tmp_path / "start.pt").metadata["sha256"] and teacher["weight"] == 0.5
     assert plain.metadata["training"]["teacher"] is None
-    assert any(not torch.equal(a, b) for a, b in zip(taught.generator.state_dict().values(),
-                                                     plain.generator.state_dict().values(), strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(taught.generator.state_dict().values(), plain.generator.state_dict().values(), strict=True)
+    )
 
 
 def test_train_script_grows_a_context_window_and_resumes_it(train_script, tmp_path, capsys):
@@ -246,7 +248,7 @@ def test_train_script_resumes_a_fitted_run_with_its_own_total(train_script, tmp_
 def test_gpu_sweep_log_keeps_dotted_exception_lines(scripts_on_path):
     import gpu_sweep
 
-    log = "Traceback (most recent call last):\n  File \"x.py\", line 1\n    boom()\n"
+    log = 'Traceback (most recent call last):\n  File "x.py", line 1\n    boom()\n'
     for last in ("napari_deblurgan.errors.InputError: bad", "torch.OutOfMemoryError: CUDA out of memory",
                  "ValueError: x", "KeyboardInterrupt"):  # fmt: skip
         assert last in gpu_sweep.summarize(log + last), last

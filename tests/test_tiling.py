@@ -201,8 +201,15 @@ def test_blend_windows_form_a_partition_of_unity_with_exact_overlap():
     assert np.all(w[:halo] < 1e-6) and np.all(w[-halo:] < 1e-6)  # the halo is never trusted
 
 
-@pytest.mark.parametrize(("shape", "rows", "cols"), [((1, 40, 52), (8, 30), (4, 44)), ((2, 16, 16), (0, 16), (3, 9)),
-                                                     ((1, 20, 20), (6, 10), (2, 18)), ((3, 12, 12), (0, 12), (0, 12))])
+@pytest.mark.parametrize(
+    ("shape", "rows", "cols"),
+    [
+        ((1, 40, 52), (8, 30), (4, 44)),
+        ((2, 16, 16), (0, 16), (3, 9)),
+        ((1, 20, 20), (6, 10), (2, 18)),
+        ((3, 12, 12), (0, 12), (0, 12)),
+    ],
+)
 def test_reflect_fill_matches_numpy_reflect_padding(shape, rows, cols):
     """deblur pads each plane in place (no second plane-sized buffer); the values are np.pad's 'reflect'."""
     from napari_deblurgan.inference.deblur import reflect_fill

@@ -29,7 +29,6 @@ pytestmark = [
 ]
 
 
-
 @pytest.fixture(scope="module")
 def pair(training_pair) -> tuple[np.ndarray, np.ndarray]:
     return training_pair  # conftest.py
@@ -134,8 +133,9 @@ def test_a_stop_requested_inside_a_step_still_resumes_exactly(pair, tmp_path, mo
     got = _losses(list(run))
     monkeypatch.undo()
     assert run.finished.stopped and run.finished.step == 1 and len(got) == 1
-    rest = _losses(list(iter_finetune(*pair, model=_model(), **{**kwargs, "checkpoint_dir": tmp_path,
-                                                                  "resume": tmp_path})))
+    rest = _losses(
+        list(iter_finetune(*pair, model=_model(), **{**kwargs, "checkpoint_dir": tmp_path, "resume": tmp_path}))
+    )
     assert got + rest == straight
 
 
@@ -180,8 +180,17 @@ def test_resume_keeps_the_runs_total_its_folder_and_its_exact_preset(pair, tmp_p
 
     custom = get_preset("content").replace(name="mine", content_loss="mse", learning_rate=3e-4)
     straight = _losses(_run(pair, preset=custom, steps=6))
-    first = iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "preset": custom, "steps": 6,
-                                     "checkpoint_dir": tmp_path, "checkpoint_every": 1})
+    first = iter_finetune(
+        *pair,
+        **{
+            **_RUN_ARGS,
+            "model": _model(),
+            "preset": custom,
+            "steps": 6,
+            "checkpoint_dir": tmp_path,
+            "checkpoint_every": 1,
+        },
+    )
     got = _losses_until_stop(first, at_step=2)
     resumed = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": None, "resume": tmp_path}))
     assert resumed[0].total_steps == 6 and resumed[0].start_step == 2
@@ -233,8 +242,7 @@ def test_neither_a_run_nor_its_resume_touches_the_callers_global_rng(pair, tmp_p
     assert same(before, states())
     torch.rand(3), np.random.rand(3), random.random()  # the caller's own draws between the two runs
     before = states()
-    run = iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "preset": "default", "steps": 4,
-                                  "resume": tmp_path})
+    run = iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "preset": "default", "steps": 4, "resume": tmp_path})
     assert same(before, states())
     list(run)
     assert same(before, states())
@@ -242,8 +250,12 @@ def test_neither_a_run_nor_its_resume_touches_the_callers_global_rng(pair, tmp_p
 
 def test_recipe_arguments_that_a_resume_replaces_are_named(pair, tmp_path):
     _run(pair, steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
-    events = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path,
-                                          "batch_size": 4, "learning_rate": 1e-5}))
+    events = list(
+        iter_finetune(
+            *pair,
+            **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path, "batch_size": 4, "learning_rate": 1e-5},
+        )
+    )
     notes = [e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
     assert len(notes) == 1 and "batch_size 2 (not 4)" in notes[0]
     assert "learning_rate the preset's (not 1e-05)" in notes[0]
@@ -252,8 +264,7 @@ def test_recipe_arguments_that_a_resume_replaces_are_named(pair, tmp_path):
 
 def test_resuming_a_run_without_ema_with_one_says_the_checkpoint_had_none(pair, tmp_path):
     _run(pair, steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
-    events = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path,
-                                          "ema": 0.99}))
+    events = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path, "ema": 0.99}))
     notes = [e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
     assert len(notes) == 1 and "ema None (not 0.99)" in notes[0] and "preset's" not in notes[0], notes
     same = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 4, "resume": tmp_path}))
@@ -520,8 +531,15 @@ def test_a_checkpoint_dir_that_is_a_file_is_refused(pair, tmp_path):
 
 
 def test_numpy_scalars_are_accepted_as_options(pair):
-    run = iter_finetune(*pair, model=_model(), device="cpu", steps=np.int64(2), batch_size=np.int64(2),
-                        patch_size=np.int64(32), learning_rate=np.float32(1e-4))
+    run = iter_finetune(
+        *pair,
+        model=_model(),
+        device="cpu",
+        steps=np.int64(2),
+        batch_size=np.int64(2),
+        patch_size=np.int64(32),
+        learning_rate=np.float32(1e-4),
+    )
     list(run)
     assert run.model is not None
 
@@ -619,20 +637,44 @@ def test_synthetic_blur_settings_are_used_recorded_and_resumed(pair, tmp_path):
     noisy = synthetic_run(blur_strength=3.0, noise={"photons": 5, "read_noise": 1})
     assert _losses(quiet) != _losses(noisy)
     provenance = quiet[-1].model.metadata["training"]["synthetic_blur"]
-    assert provenance == {"kinds": ["gaussian"], "kind_weights": None, "strength_px": [1.0, 1.0], "noise": None,
-                          "psf_block": 1}  # one batch's PSFs at a time on a CPU
+    assert provenance == {
+        "kinds": ["gaussian"],
+        "kind_weights": None,
+        "strength_px": [1.0, 1.0],
+        "noise": None,
+        "psf_block": 1,
+    }  # one batch's PSFs at a time on a CPU
 
-    first = iter_finetune(sharp, None, model=_model(), steps=4, patch_size=32, batch_size=2, preset="content",
-                          device="cpu", seed=0, validation=0.0, checkpoint_dir=tmp_path, checkpoint_every=2,
-                          blur_kind="gaussian:3,defocus", blur_strength=2.0, noise=None)
+    first = iter_finetune(
+        sharp,
+        None,
+        model=_model(),
+        steps=4,
+        patch_size=32,
+        batch_size=2,
+        preset="content",
+        device="cpu",
+        seed=0,
+        validation=0.0,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=2,
+        blur_kind="gaussian:3,defocus",
+        blur_strength=2.0,
+        noise=None,
+    )
     for e in first:
         if isinstance(e, ev.Step) and e.step == 2:
             first.stop()
     # resumed without repeating the settings: the checkpoint's recipe wins
     resumed = list(iter_finetune(sharp, None, model=_model(), steps=4, device="cpu", resume=tmp_path))
     meta = resumed[-1].model.metadata["training"]["synthetic_blur"]
-    assert meta == {"kinds": ["gaussian", "defocus"], "kind_weights": [3.0, 1.0], "strength_px": [2.0, 2.0],
-                    "noise": None, "psf_block": 1}
+    assert meta == {
+        "kinds": ["gaussian", "defocus"],
+        "kind_weights": [3.0, 1.0],
+        "strength_px": [2.0, 2.0],
+        "noise": None,
+        "psf_block": 1,
+    }
 
 
 def test_a_finetuned_model_gets_its_own_date_not_its_bases(pair, tmp_path):
@@ -657,13 +699,17 @@ def test_a_finetuned_model_keeps_its_bases_border_context_also_when_resumed(pair
     base.context_padding = 0
     assert _run(pair, model=base, steps=2)[-1].model.context_padding == 0
 
-    first = iter_finetune(*pair, **{**_RUN_ARGS, "model": base, "steps": 4, "checkpoint_dir": tmp_path,
-                                    "checkpoint_every": 2})
+    first = iter_finetune(
+        *pair, **{**_RUN_ARGS, "model": base, "steps": 4, "checkpoint_dir": tmp_path, "checkpoint_every": 2}
+    )
     for e in first:
         if isinstance(e, ev.Step) and e.step == 2:
             first.stop()
-    resumed = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 4,
-                                           "checkpoint_dir": tmp_path, "resume": tmp_path}))
+    resumed = list(
+        iter_finetune(
+            *pair, **{**_RUN_ARGS, "model": _model(), "steps": 4, "checkpoint_dir": tmp_path, "resume": tmp_path}
+        )
+    )
     assert resumed[-1].model.context_padding == 0  # from the checkpoint, not from the model passed in
     assert _run(pair, steps=2)[-1].model.context_padding is None
 
@@ -790,8 +836,11 @@ def test_a_failed_checkpoint_write_is_a_notice_and_the_run_goes_on(pair, tmp_pat
 
 
 def test_a_stop_right_after_a_checkpoint_writes_it_once(pair, tmp_path):
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 6, "checkpoint_dir": tmp_path,
-                                                   "checkpoint_every": 2, "validate_every": 2})
+    run = iter_finetune(
+        *pair,
+        model=_model(),
+        **{**_RUN_ARGS, "steps": 6, "checkpoint_dir": tmp_path, "checkpoint_every": 2, "validate_every": 2},
+    )
     events = []
     for e in run:
         events.append(e)
@@ -801,8 +850,9 @@ def test_a_stop_right_after_a_checkpoint_writes_it_once(pair, tmp_path):
 
 
 def test_closing_the_event_stream_early_keeps_a_checkpoint_of_the_last_step(pair, tmp_path):
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 50, "checkpoint_dir": tmp_path,
-                                                   "checkpoint_every": 100})
+    run = iter_finetune(
+        *pair, model=_model(), **{**_RUN_ARGS, "steps": 50, "checkpoint_dir": tmp_path, "checkpoint_every": 100}
+    )
     stream = iter(run)
     for e in stream:
         if isinstance(e, ev.Step) and e.step == 3:
@@ -811,18 +861,27 @@ def test_closing_the_event_stream_early_keeps_a_checkpoint_of_the_last_step(pair
     assert load_checkpoint(tmp_path)["step"] == 3
 
 
-def test_resume_names_every_recipe_argument_it_replaces_and_keeps_the_base_models_sha256(pair, tmp_path,
-                                                                                         tiny_model_file):
+def test_resume_names_every_recipe_argument_it_replaces_and_keeps_the_base_models_sha256(
+    pair, tmp_path, tiny_model_file
+):
     from napari_deblurgan import load_model
 
     with pytest.warns(UserWarning, match="blur_strength is ignored: blurred/sharp pairs were given"):
-        first = _run(pair, model=str(tiny_model_file), steps=2, checkpoint_dir=tmp_path, checkpoint_every=1,
-                     blur_strength=2.0)
+        first = _run(
+            pair, model=str(tiny_model_file), steps=2, checkpoint_dir=tmp_path, checkpoint_every=1, blur_strength=2.0
+        )
     sha = first[-1].model.metadata["training"]["base_model_sha256"]
     assert sha == load_model(tiny_model_file).metadata["sha256"]
     with pytest.warns(UserWarning):  # other data: sharp-only now
-        events = _run((pair[1], None), model="unet_fast", channels=2, steps=3, resume=tmp_path,
-                      blur_strength=(5.0, 6.0), noise=None)
+        events = _run(
+            (pair[1], None),
+            model="unet_fast",
+            channels=2,
+            steps=3,
+            resume=tmp_path,
+            blur_strength=(5.0, 6.0),
+            noise=None,
+        )
     note = next(e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message)
     for name in (f"model {str(tiny_model_file)!r} (not 'unet_fast')", "channels 1", "blur_strength", "noise"):
         assert name in note, (name, note)
@@ -844,8 +903,10 @@ def test_resume_names_a_model_given_that_is_not_the_one_the_run_started_from(pai
     other = create_model("unet_lite", 1, seed=1, **TINY).save(tmp_path / "other.pt")
     for given, shown in ((str(other), repr(str(other))), ("unet_lite", "'unet_lite'"), ("default", "'default'")):
         note = notes(_run(pair, model=given, steps=1, resume=tmp_path))
-        assert note == [f"Resuming keeps the checkpoint's recipe: model {str(tiny_model_file)!r} (not {shown}). Start "
-                        "a new run (without resume) to change it."], given
+        assert note == [
+            f"Resuming keeps the checkpoint's recipe: model {str(tiny_model_file)!r} (not {shown}). Start "
+            "a new run (without resume) to change it."
+        ], given
     for same in (str(tiny_model_file), None):  # the file it started from, or no model: the run's own
         assert not notes(_run(pair, model=same, steps=1, resume=tmp_path))
     scratch = tmp_path / "scratch"
@@ -911,9 +972,18 @@ def test_the_final_checkpoint_is_rewritten_when_the_stop_finds_a_new_best(pair, 
     must say so (it kept the older best: a resume would never score the newer weights again)."""
     import json
 
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 20, "validate_every": 3,
-                                                   "checkpoint_every": 4, "checkpoint_dir": tmp_path,
-                                                   "learning_rate": 1e-2})
+    run = iter_finetune(
+        *pair,
+        model=_model(),
+        **{
+            **_RUN_ARGS,
+            "steps": 20,
+            "validate_every": 3,
+            "checkpoint_every": 4,
+            "checkpoint_dir": tmp_path,
+            "learning_rate": 1e-2,
+        },
+    )
     for e in run:
         if isinstance(e, ev.CheckpointSaved) and e.step == 4:
             run.stop()
@@ -937,8 +1007,9 @@ def test_a_rollback_after_a_checkpoint_is_saved_at_the_stop(pair, tmp_path, monk
         return value * float("nan") if calls["n"] == 6 else value
 
     monkeypatch.setattr(losses, "content_loss", nan_at_step_6)
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 20, "checkpoint_every": 4,
-                                                   "checkpoint_dir": tmp_path})
+    run = iter_finetune(
+        *pair, model=_model(), **{**_RUN_ARGS, "steps": 20, "checkpoint_every": 4, "checkpoint_dir": tmp_path}
+    )
     for e in run:
         if isinstance(e, ev.Notice) and e.kind == "rollback":
             run.stop()
@@ -953,8 +1024,14 @@ def test_a_multichannel_models_preview_carries_every_channel(pair):
     from napari_deblurgan.model_file import create_model
 
     blurred, sharp = (np.stack([image, image[::-1], image.T], axis=-1) for image in pair)  # three different channels
-    events = _run((blurred, sharp), model=create_model("unet_lite", 3, seed=0, **TINY), axes="YXS", steps=1,
-                  validate_every=1, validation=0.25)
+    events = _run(
+        (blurred, sharp),
+        model=create_model("unet_lite", 3, seed=0, **TINY),
+        axes="YXS",
+        steps=1,
+        validate_every=1,
+        validation=0.25,
+    )
     preview = next(e for e in events if isinstance(e, ev.Preview))
     assert preview.image.shape == preview.input.shape == preview.target.shape == (3, 32, 32)
     assert preview.image.dtype == preview.input.dtype == preview.target.dtype == np.float32
@@ -1057,7 +1134,6 @@ def test_the_first_ctrl_c_line_is_not_written_from_the_signal_handler(pair, monk
     interrupted code holds): the line comes after the interrupted write, from the announcing thread."""
     import io
     import sys
-
 
     class LockedStream(io.StringIO):
         def __init__(self):
@@ -1257,8 +1333,11 @@ def test_load_model_of_a_checkpoint_says_how_to_get_its_model_and_the_advice_wor
     from napari_deblurgan.model_file import load_model
 
     folder = tmp_path / "run"
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 6, "validate_every": 1,
-                                                   "checkpoint_dir": folder, "checkpoint_every": 100})
+    run = iter_finetune(
+        *pair,
+        model=_model(),
+        **{**_RUN_ARGS, "steps": 6, "validate_every": 1, "checkpoint_dir": folder, "checkpoint_every": 100},
+    )
     _losses_until_stop(run, at_step=2)
     path = checkpoint_path(folder)
     before = path.read_bytes()
@@ -1310,8 +1389,11 @@ def test_an_exception_from_on_event_keeps_a_checkpoint_of_the_last_whole_step(pa
         if isinstance(event, ev.Step) and event.step == 5:
             raise RuntimeError("consumer failed")
 
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 8, "checkpoint_dir": tmp_path,
-                                                   "checkpoint_every": 3, "on_event": boom})
+    run = iter_finetune(
+        *pair,
+        model=_model(),
+        **{**_RUN_ARGS, "steps": 8, "checkpoint_dir": tmp_path, "checkpoint_every": 3, "on_event": boom},
+    )
     with pytest.raises(RuntimeError, match="consumer failed"):  # the consumer's own exception, not masked
         list(run)
     assert load_checkpoint(tmp_path)["step"] == 5  # not 3, the last checkpoint_every step
@@ -1330,8 +1412,9 @@ def test_an_exception_inside_a_step_writes_no_checkpoint_of_the_half_done_step(p
         return original(self, next_batch, batch_size)
 
     monkeypatch.setattr(trainer.GanStep, "run", failing)
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 8, "checkpoint_dir": tmp_path,
-                                                   "checkpoint_every": 2})
+    run = iter_finetune(
+        *pair, model=_model(), **{**_RUN_ARGS, "steps": 8, "checkpoint_dir": tmp_path, "checkpoint_every": 2}
+    )
     with pytest.raises(RuntimeError, match="device lost"):
         list(run)
     # the fourth step was begun: its state may be half updated, so the checkpoint stays the last one written
@@ -1349,8 +1432,15 @@ def test_blank_validation_crops_are_left_out_of_validation_and_stay_out_on_resum
     validation PSNR would be decided there. They are left out (one notice), also by the resumed run."""
     blurred, sharp = (np.stack([image] * 5) for image in pair)
     blurred[3] = sharp[3] = 0  # seed 3 holds out planes 0 and 3
-    args = {**_RUN_ARGS, "seed": 3, "validation": 0.4, "axes": "ZYX", "checkpoint_dir": tmp_path, "steps": 2,
-            "validate_every": 1}
+    args = {
+        **_RUN_ARGS,
+        "seed": 3,
+        "validation": 0.4,
+        "axes": "ZYX",
+        "checkpoint_dir": tmp_path,
+        "steps": 2,
+        "validate_every": 1,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the blank pair's alignment cannot be measured
         first = list(iter_finetune(blurred, sharp, model=_model(), **args))

@@ -21,8 +21,16 @@ TINY = {"width": 4, "depth": 2}
 
 
 def _notices(blurred, sharp, **kw) -> list[str]:
-    args = dict(model=create_model("unet_lite", 1, seed=0, **TINY), steps=1, patch_size=32, batch_size=2,
-                preset="content-mse", device="cpu", seed=0, validate_every=100)
+    args = dict(
+        model=create_model("unet_lite", 1, seed=0, **TINY),
+        steps=1,
+        patch_size=32,
+        batch_size=2,
+        preset="content-mse",
+        device="cpu",
+        seed=0,
+        validate_every=100,
+    )
     args.update(kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each notice is a warning too; the events are what is checked
@@ -53,8 +61,16 @@ def test_channels_with_a_model_of_fixed_channels_is_said_to_be_ignored(training_
 
 # ------------------------------------------------------------------------------------- an ended run, again
 def _run(training_pair, **kw):
-    args = dict(model=create_model("unet_lite", 1, seed=0, **TINY), steps=3, patch_size=32, batch_size=2,
-                preset="content-mse", device="cpu", seed=0, validate_every=100)
+    args = dict(
+        model=create_model("unet_lite", 1, seed=0, **TINY),
+        steps=3,
+        patch_size=32,
+        batch_size=2,
+        preset="content-mse",
+        device="cpu",
+        seed=0,
+        validate_every=100,
+    )
     args.update(kw)
     return iter_finetune(*training_pair, **args)
 

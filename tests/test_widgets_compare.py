@@ -46,9 +46,7 @@ def wait_done(qtbot, widget):
 
 def table_rows(widget):
     headers = [widget.table.horizontalHeaderItem(c).text() for c in range(widget.table.columnCount())]
-    return [
-        {h: widget.table.item(r, c).text() for c, h in enumerate(headers)} for r in range(widget.table.rowCount())
-    ]
+    return [{h: widget.table.item(r, c).text() for c, h in enumerate(headers)} for r in range(widget.table.rowCount())]
 
 
 def test_baseline_and_metrics_table_and_csv(setup, qtbot, tmp_path, scene):
@@ -332,8 +330,9 @@ def test_napari_quitting_cancels_a_running_baseline(setup, qtbot):
     assert [layer.name for layer in viewer.layers] == ["truth", "blurred", "stack"]
 
 
-def test_a_table_names_the_ground_truth_it_was_computed_against_and_a_refused_compute_clears_it(setup, qtbot,
-                                                                                                 notifications):
+def test_a_table_names_the_ground_truth_it_was_computed_against_and_a_refused_compute_clears_it(
+    setup, qtbot, notifications
+):
     viewer, widget = setup
     viewer.add_image(viewer.layers["truth"].data.copy(), name="truth B")
     widget.reference_combo.set_value(viewer.layers["truth"])
@@ -410,8 +409,9 @@ def test_cancel_stops_the_metrics_of_a_long_lazy_stack(setup, qtbot):
 
 
 @pytest.mark.parametrize("through_the_plugin", [False, True])
-def test_the_view_comes_back_after_a_second_side_by_side_and_after_the_panel_is_gone(make_napari_viewer, qtbot,
-                                                                                      scene, through_the_plugin):
+def test_the_view_comes_back_after_a_second_side_by_side_and_after_the_panel_is_gone(
+    make_napari_viewer, qtbot, scene, through_the_plugin
+):
     """A layer added while in grid mode (a new baseline) is put back as it was when the second side-by-side
     hid it; and leaving grid mode restores the view even after the panel was closed and deleted."""
     import gc
@@ -505,9 +505,7 @@ def test_a_dask_layer_gets_a_lazy_baseline_and_is_never_read_whole(setup, qtbot,
     np.testing.assert_array_equal(np.asarray(result.data[5]), expected)
 
 
-def test_the_side_by_side_grid_shows_the_results_in_the_tables_order_and_says_that_order(
-    setup, qtbot, notifications
-):
+def test_the_side_by_side_grid_shows_the_results_in_the_tables_order_and_says_that_order(setup, qtbot, notifications):
     """The grid's cells, read row by row, show the results in the order of the metrics table (the layer list's,
     top first), and the notification names the layers in the grid's reading order (the grid showed them bottom
     layer first, the reverse of the table, while the notification listed them in yet another order)."""

@@ -151,8 +151,9 @@ def test_bad_axes_gives_notification_not_traceback(viewer_and_widget, small_imag
     assert widget.run_button.isEnabled()
 
 
-def test_errors_are_said_in_the_panels_words_and_the_api_still_says_what_it_rewords(viewer_and_widget, qtbot,
-                                                                                     notifications):
+def test_errors_are_said_in_the_panels_words_and_the_api_still_says_what_it_rewords(
+    viewer_and_widget, qtbot, notifications
+):
     """The Deblur panel's errors name its controls and give advice a panel user can follow (no `image.astype`, no
     'leave tile_size unset'); every phrase it rewords must still be in the API's real messages."""
     import re
@@ -210,8 +211,9 @@ def warnings_shown(notifications) -> list[str]:
     return [msg for sev, msg in notifications if sev == NotificationSeverity.WARNING]
 
 
-def test_the_nan_advice_names_the_layer_that_was_run_at_full_resolution(viewer_and_widget, tiny_model_file, qtbot,
-                                                                        notifications, monkeypatch):
+def test_the_nan_advice_names_the_layer_that_was_run_at_full_resolution(
+    viewer_and_widget, tiny_model_file, qtbot, notifications, monkeypatch
+):
     """The NaN advice said ``viewer.layers.selection.active.data``: that copied whichever layer was selected (not
     the panel's), and the coarsest level of a pyramid. The layer menu said the API's ``np.nan_to_num(image``."""
     viewer, widget = viewer_and_widget
@@ -239,8 +241,9 @@ def test_the_nan_advice_names_the_layer_that_was_run_at_full_resolution(viewer_a
     assert error.startswith("Deblur of 'stack' failed:") and "viewer.layers['stack'].data, nan=0.0" in error, error
 
 
-def test_deblurs_warnings_are_notifications_in_the_panels_words(viewer_and_widget, make_tiny_model, tmp_path, qtbot,
-                                                                notifications):
+def test_deblurs_warnings_are_notifications_in_the_panels_words(
+    viewer_and_widget, make_tiny_model, tmp_path, qtbot, notifications
+):
     """A warning of deblur() in the panel's job reaches the user once, as a warning notification that names the
     panel's controls (superqt's worker sent it to a signal nobody listened to: it reached neither napari nor the
     terminal, and it named keywords: tile_size, overlap unset, axes='YXC')."""
@@ -390,8 +393,9 @@ def test_warnings_of_a_thread_the_job_started_reach_its_panel(qtbot, notificatio
     assert warnings_shown(notifications) == ["Compare: from a helper thread"], notifications
 
 
-def test_the_layer_menus_warnings_are_notifications(make_napari_viewer, tiny_model_file, qtbot, monkeypatch,
-                                                    notifications):
+def test_the_layer_menus_warnings_are_notifications(
+    make_napari_viewer, tiny_model_file, qtbot, monkeypatch, notifications
+):
     """The layer menu's jobs show deblur()'s warnings too, once, naming the layer."""
     import napari_deblurgan
     from napari_deblurgan.widgets import layer_menu
@@ -589,8 +593,9 @@ def test_layer_menu_deblurs_selected_layer(make_napari_viewer, tiny_model_file, 
     assert tuple(out.scale) == (2.0, 2.0)
 
 
-def test_layer_menu_deblurs_several_layers_one_after_the_other(make_napari_viewer, tiny_model_file, small_image,
-                                                                qtbot, monkeypatch):
+def test_layer_menu_deblurs_several_layers_one_after_the_other(
+    make_napari_viewer, tiny_model_file, small_image, qtbot, monkeypatch
+):
     """Each job uses every core already: several at once only competed for them (and for memory)."""
     from napari_deblurgan.widgets import layer_menu
 
@@ -611,8 +616,9 @@ def test_layer_menu_deblurs_several_layers_one_after_the_other(make_napari_viewe
     assert {f"{name} deblurred" for name in "abc"} <= {layer.name for layer in viewer.layers}
 
 
-def test_napari_quitting_during_the_first_layer_menu_job_starts_no_other(make_napari_viewer, tiny_model_file,
-                                                                         qtbot, monkeypatch):
+def test_napari_quitting_during_the_first_layer_menu_job_starts_no_other(
+    make_napari_viewer, tiny_model_file, qtbot, monkeypatch
+):
     from napari_deblurgan.widgets import layer_menu
 
     monkeypatch.setattr(layer_menu, "MODEL", str(tiny_model_file))
@@ -700,8 +706,9 @@ def test_the_dock_close_button_cancels_the_job_too(viewer_and_widget, qtbot):
 
 def test_a_rotated_or_sheared_layers_result_lies_on_it(viewer_and_widget, small_image, qtbot):
     viewer, widget = viewer_and_widget
-    layer = viewer.add_image(small_image, name="tilted", scale=(0.5, 0.25), translate=(3.0, -2.0), rotate=30.0,
-                             shear=[0.2])
+    layer = viewer.add_image(
+        small_image, name="tilted", scale=(0.5, 0.25), translate=(3.0, -2.0), rotate=30.0, shear=[0.2]
+    )
     widget.run_button.click()
     wait_done(qtbot, widget)
     out = viewer.layers["tilted deblurred"]
@@ -722,8 +729,17 @@ def test_typed_axes_survive_new_layers_and_a_renamed_layer_stays_selected(viewer
 
 def test_the_result_layer_looks_and_sits_like_its_input(viewer_and_widget, small_image, qtbot):
     viewer, widget = viewer_and_widget
-    layer = viewer.add_image(small_image, name="cells", scale=(0.5, 0.25), translate=(3, 4), colormap="magma",
-                             gamma=0.8, opacity=0.6, blending="additive", contrast_limits=(10, 2000))
+    layer = viewer.add_image(
+        small_image,
+        name="cells",
+        scale=(0.5, 0.25),
+        translate=(3, 4),
+        colormap="magma",
+        gamma=0.8,
+        opacity=0.6,
+        blending="additive",
+        contrast_limits=(10, 2000),
+    )
     widget.layer_combo.set_value(viewer.layers["cells"])
     widget.run_button.click()
     wait_done(qtbot, widget)
@@ -734,8 +750,9 @@ def test_the_result_layer_looks_and_sits_like_its_input(viewer_and_widget, small
     assert tuple(result.contrast_limits) == (10, 2000)
 
 
-def test_the_tile_box_offers_no_size_the_model_cannot_use(viewer_and_widget, small_image, tiny_model_file, qtbot,
-                                                          notifications):
+def test_the_tile_box_offers_no_size_the_model_cannot_use(
+    viewer_and_widget, small_image, tiny_model_file, qtbot, notifications
+):
     """A tile below the model's smallest can only fail in deblur(): the box raises it (and says so), keeps 'auto'
     and steps from 'auto' to the smallest size whose overlap costs at most 4x (not to the smallest that works,
     which repeats the work 50-500x), down to the smallest, and back to 'auto'."""
@@ -830,13 +847,15 @@ def test_the_smallest_tile_follows_the_chosen_model(viewer_and_widget, tiny_mode
     assert box.value() == 0 and box.text() == "auto"
 
 
-def test_a_result_whose_input_was_removed_meanwhile_is_added_and_says_so(viewer_and_widget, small_image, qtbot,
-                                                                         notifications):
+def test_a_result_whose_input_was_removed_meanwhile_is_added_and_says_so(
+    viewer_and_widget, small_image, qtbot, notifications
+):
     """The result is valid and may be wanted: it is added where the input was, with the removed layer's look,
     and the status line says the input is gone. A new layer under the removed one's name is not taken for it."""
     viewer, widget = viewer_and_widget
-    layer = viewer.add_image(small_image, name="cells", scale=(0.5, 0.25), translate=(3.0, 4.0), colormap="magma",
-                             contrast_limits=(10, 2000))
+    layer = viewer.add_image(
+        small_image, name="cells", scale=(0.5, 0.25), translate=(3.0, 4.0), colormap="magma", contrast_limits=(10, 2000)
+    )
     widget.run_button.click()
     viewer.layers.remove(layer)  # while the job runs: its result reaches the panel through the event loop
     wait_done(qtbot, widget)
@@ -856,9 +875,9 @@ def test_a_result_whose_input_was_removed_meanwhile_is_added_and_says_so(viewer_
     assert widget.status.text() == "Added 'cells deblurred [2]'."
 
 
-def test_layer_menu_result_whose_input_was_removed_meanwhile_comes_with_a_note(make_napari_viewer, tiny_model_file,
-                                                                               small_image, qtbot, monkeypatch,
-                                                                               notifications):
+def test_layer_menu_result_whose_input_was_removed_meanwhile_comes_with_a_note(
+    make_napari_viewer, tiny_model_file, small_image, qtbot, monkeypatch, notifications
+):
     from napari_deblurgan.widgets import layer_menu
 
     monkeypatch.setattr(layer_menu, "MODEL", str(tiny_model_file))

@@ -238,8 +238,7 @@ def test_bad_settings_give_notification(setup, qtbot, notifications):
     assert any("same layer" in msg for sev, msg in notifications if sev == NotificationSeverity.ERROR)
 
 
-def test_the_precision_box_offers_every_precision_and_its_choice_reaches_the_run(setup, qtbot, tmp_path,
-                                                                                notifications):
+def test_the_precision_box_offers_every_precision_and_its_choice_reaches_the_run(setup, qtbot, tmp_path, notifications):
     from napari_deblurgan import load_model
     from napari_deblurgan.devices import PRECISIONS
 
@@ -337,10 +336,13 @@ def test_a_folder_as_save_path_is_refused_not_turned_into_folder_dot_pt(setup, t
     assert (beside == folder or not beside.exists()) and not list(folder.iterdir())
 
 
-@pytest.mark.parametrize(("typed", "saved"), [("cells.v2", "cells.v2.pt"), ("run-2026.05", "run-2026.05.pt"),
-                                              ("plain", "plain.pt"), ("mine.pt", "mine.pt")])
-def test_a_typed_name_gets_pt_appended_as_the_file_dialog_does_not_its_dotted_part_replaced(setup, tmp_path, typed,
-                                                                                             saved):
+@pytest.mark.parametrize(
+    ("typed", "saved"),
+    [("cells.v2", "cells.v2.pt"), ("run-2026.05", "run-2026.05.pt"), ("plain", "plain.pt"), ("mine.pt", "mine.pt")],
+)
+def test_a_typed_name_gets_pt_appended_as_the_file_dialog_does_not_its_dotted_part_replaced(
+    setup, tmp_path, typed, saved
+):
     _, finetune, _ = setup
     finetune.save_edit.setText(str(tmp_path / typed))
     assert finetune._save_path_for_run(resume=False) == tmp_path / saved
@@ -358,8 +360,9 @@ def test_lazy_layers_reach_training_unread(setup):
     assert data["blurred"] is viewer.layers["lazy sharp"].data  # sharp-only: the images go first
 
 
-def test_resume_goes_on_into_the_last_runs_file_and_a_refused_start_keeps_it_resumable(setup, qtbot, tmp_path,
-                                                                                        notifications):
+def test_resume_goes_on_into_the_last_runs_file_and_a_refused_start_keeps_it_resumable(
+    setup, qtbot, tmp_path, notifications
+):
     viewer, finetune, _ = setup
     start_long_training(finetune, qtbot)
     finetune.stop_button.click()
@@ -386,8 +389,9 @@ def test_resume_goes_on_into_the_last_runs_file_and_a_refused_start_keeps_it_res
     assert finetune.last_finished.step == stopped_at + 1
 
 
-def test_a_run_that_fails_before_its_first_checkpoint_leaves_resume_to_the_last_good_run(setup, qtbot, tmp_path,
-                                                                                          monkeypatch):
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_resume_to_the_last_good_run(
+    setup, qtbot, tmp_path, monkeypatch
+):
     import napari_deblurgan
     from napari_deblurgan.errors import InputError
 
@@ -525,8 +529,9 @@ def test_a_dask_stacks_blur_preview_computes_the_shown_plane_only(setup, qtbot, 
 
     lazy = da.stack([da.from_delayed(dask.delayed(plane)(z), (64, 64), np.uint16) for z in range(6)])
     with dask.config.set(scheduler="synchronous"):  # tasks run in the thread that computes them
-        layer = viewer.add_image(lazy, name="lazy", scale=(2.0, 0.5, 0.25), translate=(100.0, 10.0, -3.0),
-                                 contrast_limits=(0, 4000))
+        layer = viewer.add_image(
+            lazy, name="lazy", scale=(2.0, 0.5, 0.25), translate=(100.0, 10.0, -3.0), contrast_limits=(0, 4000)
+        )
         viewer.dims.set_point(0, 100 + 2 * 4)  # world coordinates: plane 4 of 6
         finetune.sharp_combo.set_value(layer)
         finetune.synth_radio.setChecked(True)
@@ -579,13 +584,21 @@ def test_the_blur_preview_takes_what_the_viewer_shows():
     layer = napari.layers.Image(data, scale=(1, 2, 1, 1), translate=(0, 10, 0, 0))
     # a 5D viewer (another layer has one more axis): the layer is its last four dimensions
     assert shown_part(viewer((7, 2.4, 13.9, 0, 0), (3, 4)), layer, data, None) == (
-        "TZYX", (slice(2, 3), slice(2, 3), slice(None), slice(None)), (2, 2, 0, 0))
+        "TZYX",
+        (slice(2, 3), slice(2, 3), slice(None), slice(None)),
+        (2, 2, 0, 0),
+    )
     assert shown_part(viewer((0, 99, -5, 0, 0), (2, 3, 4)), layer, data, None)[1:] == (
-        (slice(3, 4), slice(None), slice(None), slice(None)), (3, 0, 0, 0))  # clipped; Z displayed (3D)
+        (slice(3, 4), slice(None), slice(None), slice(None)),
+        (3, 0, 0, 0),
+    )  # clipped; Z displayed (3D)
     rgb = np.zeros((3, 16, 16, 3), np.uint8)
     layer = napari.layers.Image(rgb, rgb=True)
     assert shown_part(viewer((1, 0, 0), (1, 2)), layer, rgb, None) == (
-        "ZYXS", (slice(1, 2), slice(None), slice(None), slice(None)), (1, 0, 0))
+        "ZYXS",
+        (slice(1, 2), slice(None), slice(None), slice(None)),
+        (1, 0, 0),
+    )
 
 
 def test_the_preview_sits_below_its_validation_layers_plane_not_at_the_origin_at_unit_scale(setup, qtbot, pair):
@@ -718,16 +731,27 @@ def _named_in_trainer_messages() -> set[str]:
 
     keywords = set(inspect.signature(iter_finetune).parameters)
     root = Path(napari_deblurgan.__file__).parent
-    modules = ["training/trainer.py", "training/perceptual.py", "training/checkpoint.py", "training/presets.py",
-               "training/distillation.py", "data/pairs.py", "devices.py", "axes.py", "blur/synthesize.py"]
+    modules = [
+        "training/trainer.py",
+        "training/perceptual.py",
+        "training/checkpoint.py",
+        "training/presets.py",
+        "training/distillation.py",
+        "data/pairs.py",
+        "devices.py",
+        "axes.py",
+        "blur/synthesize.py",
+    ]
     named = set()
     for module in modules:
         tree = ast.parse((root / module).read_text())
         docstrings = {
             id(node.body[0].value)
             for node in ast.walk(tree)
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
-            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
         }
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in docstrings:
@@ -797,8 +821,10 @@ def test_the_api_still_says_what_the_panel_rewords(tmp_path, monkeypatch):
     folder = tmp_path / "ck"
     list(iter_finetune(ones * np.arange(64), **common, steps=2, checkpoint_dir=folder))
     said.append(error(lambda: iter_finetune(ones * np.arange(64), **common, steps=1, resume=folder)))
-    for run in (iter_finetune(ones * np.arange(64), **{**common, "batch_size": 3}, steps=3, resume=folder),
-                iter_finetune(ones * np.arange(64), **common, steps=1, checkpoint_dir=folder)):
+    for run in (
+        iter_finetune(ones * np.arange(64), **{**common, "batch_size": 3}, steps=3, resume=folder),
+        iter_finetune(ones * np.arange(64), **common, steps=1, checkpoint_dir=folder),
+    ):
         run.notice_warnings = False
         said += [e.message for e in run if isinstance(e, ev.Notice)]
 
@@ -876,8 +902,9 @@ def test_the_vgg19_weights_field_reaches_the_run_and_the_fallback_notice_names_i
     assert finetune.status.text().endswith("or leave the field empty.")
 
 
-def test_a_typed_name_that_holds_an_earlier_run_is_replaced_only_when_the_user_agrees(setup, qtbot, tmp_path,
-                                                                                     monkeypatch):
+def test_a_typed_name_that_holds_an_earlier_run_is_replaced_only_when_the_user_agrees(
+    setup, qtbot, tmp_path, monkeypatch
+):
     """Nothing is lost: Start with a typed file name where an earlier run saved its model and checkpoint asks
     first (default No); No starts nothing and leaves both as they were, Yes replaces them. The save dialog's own
     "replace?" counts for the file alone, not for a checkpoint folder beside it."""
@@ -926,7 +953,7 @@ def test_the_replace_question_names_the_file_and_the_checkpoint_and_defaults_to_
 
     monkeypatch.setattr(QMessageBox, "question", question)
     assert finetune._confirm_replace(saved) is False
-    (text, default), = seen
+    ((text, default),) = seen
     assert str(saved) in text and "old.checkpoint" in text and "Resume" in text
     assert default == QMessageBox.StandardButton.No
 

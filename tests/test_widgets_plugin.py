@@ -46,8 +46,9 @@ def test_a_new_baseline_layer_is_ticked_in_the_compare_panel(make_napari_viewer,
     assert [layer.name for layer in compare.checked_layers()] == ["blurred Richardson-Lucy 3 it."]
 
 
-def test_the_deblur_panel_tells_a_removed_input_from_a_live_one_behind_the_proxy(make_napari_viewer, tiny_model_file,
-                                                                                 small_image, qtbot):
+def test_the_deblur_panel_tells_a_removed_input_from_a_live_one_behind_the_proxy(
+    make_napari_viewer, tiny_model_file, small_image, qtbot
+):
     viewer = make_napari_viewer(strict_qt="raise")
     _, deblur = viewer.window.add_plugin_dock_widget("napari-deblurgan", "Deblur")
     assert type(deblur.viewer).__name__ == "PublicOnlyProxy"

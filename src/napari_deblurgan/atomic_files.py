@@ -68,8 +68,10 @@ def write_failure(exc: BaseException, path: Path) -> WriteFailed | None:
         failure = WRITE_FAILURES.get(code) if code is not None else None
         seen = seen.__cause__ or seen.__context__
     if failure is None and not directory.is_dir():
-        failure = ("its folder no longer exists", "the folder was removed or unmounted: create it again or choose "
-                   "another location")
+        failure = (
+            "its folder no longer exists",
+            "the folder was removed or unmounted: create it again or choose another location",
+        )
         code = errno.ENOENT
     if failure is None:
         with contextlib.suppress(OSError):
@@ -104,8 +106,10 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise WriteFailed(
-            f"Output directory {str(directory)!r} does not exist; create it first.", path,
-            "its folder does not exist", errno.ENOENT,
+            f"Output directory {str(directory)!r} does not exist; create it first.",
+            path,
+            "its folder does not exist",
+            errno.ENOENT,
         )
     if path.is_dir():
         raise WriteFailed(
@@ -113,8 +117,10 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
         )
     if not os.access(directory, os.W_OK | os.X_OK):
         raise WriteFailed(
-            f"Cannot write into {str(directory)!r} (no permission); choose another folder.", path,
-            "no permission to write into its folder", errno.EACCES,
+            f"Cannot write into {str(directory)!r} (no permission); choose another folder.",
+            path,
+            "no permission to write into its folder",
+            errno.EACCES,
         )
     return path
 
@@ -154,8 +160,10 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
         if failed is not None:
             raise failed from None
         raise WriteFailed(
-            f"Cannot write {str(path)!r}: {exc.strerror or exc}; choose another location.", path,
-            str(exc.strerror or exc), exc.errno,
+            f"Cannot write {str(path)!r}: {exc.strerror or exc}; choose another location.",
+            path,
+            str(exc.strerror or exc),
+            exc.errno,
         ) from None
     os.close(fd)
     tmp = Path(tmp_name)

@@ -72,8 +72,9 @@ def resolve_axes(shape: Sequence[int], axes: str | None = None, *, rgb: bool | N
     resolved = validate_axes(axes, len(shape))
     if rgb is not None and bool(rgb) != resolved.endswith("S"):
         raise InputError(
-            f"rgb={bool(rgb)} contradicts axes {resolved!r} (" + ("RGB samples are the last axis, 'S'" if rgb
-            else "the last axis 'S' holds RGB samples") + "); pass only axes, or axes that agree with rgb"
+            f"rgb={bool(rgb)} contradicts axes {resolved!r} ("
+            + ("RGB samples are the last axis, 'S'" if rgb else "the last axis 'S' holds RGB samples")
+            + "); pass only axes, or axes that agree with rgb"
         )
     return resolved
 

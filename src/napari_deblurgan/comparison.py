@@ -186,8 +186,10 @@ def _data_range(reference: np.ndarray, data_range: Any, axes: str | None = None)
     """``data_range`` checked (a finite number > 0), or :func:`default_data_range` of ``reference`` for None."""
     if data_range is None:
         return default_data_range(reference, axes=axes)
-    if isinstance(data_range, bool) or not isinstance(data_range, numbers.Real) or not (
-        math.isfinite(float(data_range)) and float(data_range) > 0
+    if (
+        isinstance(data_range, bool)
+        or not isinstance(data_range, numbers.Real)
+        or not (math.isfinite(float(data_range)) and float(data_range) > 0)
     ):
         raise InputError(
             f"data_range must be a finite number > 0 (the span of possible intensities, e.g. 255 for uint8), "
@@ -263,8 +265,10 @@ def _read_blocks(image: Any, axes: str | None, name: str) -> Iterator[np.ndarray
     kept: dict[tuple[int, ...], np.ndarray] = {}
     for block in _blocks(shape):
         key = (*block, *[slice(None)] * (len(shape) - len(block)))
-        spans = [range(k, k + 1) if isinstance(k, numbers.Integral) else range(*k.indices(n))
-                 for k, n in zip(key, shape, strict=True)]
+        spans = [
+            range(k, k + 1) if isinstance(k, numbers.Integral) else range(*k.indices(n))
+            for k, n in zip(key, shape, strict=True)
+        ]
         rows, cols = slice(spans[y].start, spans[y].stop), slice(spans[x].start, spans[x].stop)
         wanted = [tuple(idx) for idx in np.ndindex(*(len(spans[i]) for i in others))]
         wanted = [tuple(spans[i][j] for i, j in zip(others, idx, strict=True)) for idx in wanted]
@@ -727,9 +731,7 @@ def _deconvolve_lazy(
     return planes.map_blocks(run, dtype=image.dtype, meta=np.empty((0,) * image.ndim, image.dtype))
 
 
-def richardson_lucy(
-    image: Any, psf: Any, iterations: int = 30, *, axes: str | None = None, cancel: Any = None
-) -> Any:
+def richardson_lucy(image: Any, psf: Any, iterations: int = 30, *, axes: str | None = None, cancel: Any = None) -> Any:
     """Richardson-Lucy deconvolution of every YX plane with ``psf``; same shape and dtype as ``image``.
     ``cancel`` (a ``threading.Event`` or a callable returning True) stops it between iterations with
     :class:`~napari_deblurgan.Cancelled`.
@@ -754,9 +756,7 @@ def _wiener_plane(plane01: np.ndarray, psf: np.ndarray, balance: float) -> np.nd
     return restoration.wiener(padded, psf, balance, clip=False)[pad:-pad, pad:-pad]
 
 
-def wiener(
-    image: Any, psf: Any, balance: float = 0.01, *, axes: str | None = None, cancel: Any = None
-) -> Any:
+def wiener(image: Any, psf: Any, balance: float = 0.01, *, axes: str | None = None, cancel: Any = None) -> Any:
     """Wiener-Hunt deconvolution (scikit-image, Laplacian regulariser) of every YX plane; same shape/dtype.
     ``cancel`` stops it between planes, as for :func:`richardson_lucy`; lazy input as there.
 
@@ -866,11 +866,14 @@ def best_classical(
             best_k = k
     method, parameters = candidates[best_k]
     if method == "richardson_lucy":
+
         def winner(plane: np.ndarray) -> np.ndarray:
             return _richardson_lucy_plane(plane, kernel, parameters["iterations"])
     else:
+
         def winner(plane: np.ndarray) -> np.ndarray:
             return _wiener_plane(plane, kernel, parameters["balance"])
+
     if single and kept is not None and kept[0] == best_k and not is_dask(arr):
         image = np.empty(arr.shape, dtype=arr.dtype)
         yx_last(image, axes)[(0,) * (len(arr.shape) - 2)] = kept[1]
@@ -1035,10 +1038,15 @@ def compare(
         assert dr is not None
         notes = [_constant_reference_note(ref_constant, dr, data_range is None and ref.dtype.kind == "f")]
     else:
-        notes = [] if ref_range is None else [
-            note for (name, _), percentiles in zip(images, ranges, strict=True)
-            if percentiles is not None and (note := _units_note(name, percentiles, ref_range)) is not None
-        ]
+        notes = (
+            []
+            if ref_range is None
+            else [
+                note
+                for (name, _), percentiles in zip(images, ranges, strict=True)
+                if percentiles is not None and (note := _units_note(name, percentiles, ref_range)) is not None
+            ]
+        )
     rows = []
     for (name, _), planes in zip(images, scores, strict=True):
         rows.append(_row(name, None, planes, dr))

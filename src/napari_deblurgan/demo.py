@@ -51,8 +51,10 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     check_writable(out / "results.json")  # no permission: said now, not after the deblurring
     model = load_model("default" if model is None else model)
-    log(f"model: {model.metadata.get('name') or model.architecture} ({model.architecture})"
-        + (", self-ensemble of 8 flips/rotations" if self_ensemble else ""))
+    log(
+        f"model: {model.metadata.get('name') or model.architecture} ({model.architecture})"
+        + (", self-ensemble of 8 flips/rotations" if self_ensemble else "")
+    )
 
     pair = samples.blurred_sharp_pair(seed=0)
     blurred, sharp, psf = pair["blurred"], pair["sharp"], pair["psf"]
@@ -72,8 +74,7 @@ def run_demo(
         "napari-deblurgan": restored,
     }
     metrics = {
-        name: {"psnr": psnr(sharp, img, data_range), "ssim": ssim(sharp, img, data_range)}
-        for name, img in rows.items()
+        name: {"psnr": psnr(sharp, img, data_range), "ssim": ssim(sharp, img, data_range)} for name, img in rows.items()
     }
     metrics["Richardson-Lucy (30 it., true PSF)"]["seconds"] = rl_s
     metrics["napari-deblurgan"]["seconds"] = model_s
@@ -97,8 +98,12 @@ def run_demo(
     _write_png(out / "pair_side_by_side.png", [blurred, rl, restored, sharp], lo=0.0, hi=float(sharp.max()))
     _write_png(out / "clock_side_by_side.png", [clock, clock_restored], lo=0.0, hi=255.0)
     results = {
-        "model": {"name": model.metadata.get("name"), "architecture": model.architecture,
-                  "sha256": model.metadata.get("sha256"), "self_ensemble": bool(self_ensemble)},
+        "model": {
+            "name": model.metadata.get("name"),
+            "architecture": model.architecture,
+            "sha256": model.metadata.get("sha256"),
+            "self_ensemble": bool(self_ensemble),
+        },
         "pair": metrics,
         "pair_data_range": data_range,
         "clock": clock_metrics,

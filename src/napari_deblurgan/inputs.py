@@ -67,9 +67,7 @@ def reject_torch_tensor(value: Any, name: str = "image", *, cpu_ok: bool = False
         return
     where = f" on {value.device}" if device != "cpu" else ""
     why = f"{where}{' that requires grad' if grad else ''}"
-    raise InputError(
-        f"The {name} is a torch tensor{why}; pass a NumPy array: tensor.detach().cpu().numpy()."
-    )
+    raise InputError(f"The {name} is a torch tensor{why}; pass a NumPy array: tensor.detach().cpu().numpy().")
 
 
 def reject_non_arrays(value: Any, name: str = "image") -> None:

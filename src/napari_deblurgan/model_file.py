@@ -578,9 +578,7 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         if found == "napari-deblurgan-checkpoint":  # training/checkpoint.py's CHECKPOINT_FORMAT
             raise ModelFileError(_checkpoint_advice(where, payload))
-        raise ModelFileError(
-            f"{where!r} is not a napari-deblurgan model file (format {found!r}, expected {FORMAT!r})."
-        )
+        raise ModelFileError(f"{where!r} is not a napari-deblurgan model file (format {found!r}, expected {FORMAT!r}).")
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise ModelFileError(
@@ -619,15 +617,13 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
             generator = build_generator(architecture, channels, **architecture_args)
     except Exception as exc:
         raise ModelFileError(
-            f"{where!r}: cannot build architecture {architecture!r} with {architecture_args}: "
-            f"{_first_line(exc)}"
+            f"{where!r}: cannot build architecture {architecture!r} with {architecture_args}: {_first_line(exc)}"
         ) from None
     try:
         generator.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         raise ModelFileError(
-            f"{where!r}: the weights do not fit architecture {architecture!r} "
-            f"({_first_line(exc)[:500]})"
+            f"{where!r}: the weights do not fit architecture {architecture!r} ({_first_line(exc)[:500]})"
         ) from None
     normalization, metadata = header.get("normalization"), header.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -718,8 +714,7 @@ def _resolve_named(name: str, *, architectures: bool = False) -> tuple[Path, str
         raise ModelFileError(f"The registry entry of model {name!r} lacks {exc}; reinstall.") from None
     if not path.is_file():
         raise ModelFileError(
-            f"Shipped model {name!r} is registered but its file {str(path)!r} is missing; reinstall "
-            f"napari-deblurgan."
+            f"Shipped model {name!r} is registered but its file {str(path)!r} is missing; reinstall napari-deblurgan."
         )
     return path, sha
 

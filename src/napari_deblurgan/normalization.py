@@ -135,8 +135,9 @@ def local_percentile_fields(
                 plane[edges_y[i] : edges_y[i + 1], edges_x[j] : edges_x[j + 1]], low, high
             )
             lo[i, j] = min(max(block_lo, plane_lo - 0.5 * plane_span), plane_lo + 0.5 * plane_span)
-            span[i, j] = min(max(block_hi - block_lo, LOCAL_SPAN_LIMITS[0] * plane_span),
-                             LOCAL_SPAN_LIMITS[1] * plane_span)
+            span[i, j] = min(
+                max(block_hi - block_lo, LOCAL_SPAN_LIMITS[0] * plane_span), LOCAL_SPAN_LIMITS[1] * plane_span
+            )
 
     def along(length: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         centres = (edges[:-1] + edges[1:]) / 2 - 0.5

@@ -380,7 +380,9 @@ def synthesize_blur_with_params(
         if kind not in PSF_KINDS:
             raise InputError(f"Unknown blur kind {kind!r}; use one of {', '.join(PSF_KINDS)} or a 2D PSF array.")
         if strength is not None and (
-            isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not strength > 0
+            isinstance(strength, bool)
+            or not isinstance(strength, numbers.Real)
+            or not strength > 0
             or not strength <= max(ny, nx)
         ):
             raise InputError(

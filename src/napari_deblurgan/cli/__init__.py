@@ -135,9 +135,7 @@ def _say_in_flags(message: str, flags: dict[str, str], phrases: Sequence[tuple[s
         if "_" in dest:
             message = re.sub(rf"(?<![\w-]){re.escape(dest)}\b", flag, message)
         else:
-            message = re.sub(
-                rf"(^|; |: |, )({re.escape(dest)})(?= (?:must\b|[('\"{{\[\d-]))", rf"\g<1>{flag}", message
-            )
+            message = re.sub(rf"(^|; |: |, )({re.escape(dest)})(?= (?:must\b|[('\"{{\[\d-]))", rf"\g<1>{flag}", message)
             verb = r"(\b[Pp]ass |\b[Ll]eave |\(without )"
             message = re.sub(
                 rf"{verb}({re.escape(dest)})(?= with\b| out\b| unset\b|[).,;]|$)", rf"\g<1>{flag}", message

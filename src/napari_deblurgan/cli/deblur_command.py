@@ -196,15 +196,34 @@ IMAGEJ_TAG_ITEMS = {"Info", "Labels", "Ranges", "LUTs", "Plot", "ROI", "Overlays
 
 #: OME Channel attributes kept (those tifffile writes; ID and SamplesPerPixel are the file's structure).
 OME_CHANNEL_ATTRIBUTES = (
-    "Name", "AcquisitionMode", "Color", "ContrastMethod", "EmissionWavelength", "EmissionWavelengthUnit",
-    "ExcitationWavelength", "ExcitationWavelengthUnit", "Fluor", "IlluminationType", "NDFilter", "PinholeSize",
-    "PinholeSizeUnit", "PockelCellSetting",
+    "Name",
+    "AcquisitionMode",
+    "Color",
+    "ContrastMethod",
+    "EmissionWavelength",
+    "EmissionWavelengthUnit",
+    "ExcitationWavelength",
+    "ExcitationWavelengthUnit",
+    "Fluor",
+    "IlluminationType",
+    "NDFilter",
+    "PinholeSize",
+    "PinholeSizeUnit",
+    "PockelCellSetting",
 )
 
 #: OME Plane attributes kept: each plane's time, exposure and stage position (TheC/TheZ/TheT say which plane).
 OME_PLANE_ATTRIBUTES = (
-    "DeltaT", "DeltaTUnit", "ExposureTime", "ExposureTimeUnit", "PositionX", "PositionXUnit", "PositionY",
-    "PositionYUnit", "PositionZ", "PositionZUnit",
+    "DeltaT",
+    "DeltaTUnit",
+    "ExposureTime",
+    "ExposureTimeUnit",
+    "PositionX",
+    "PositionXUnit",
+    "PositionY",
+    "PositionYUnit",
+    "PositionZ",
+    "PositionZUnit",
 )
 
 PALETTE_MESSAGE = (
@@ -609,8 +628,7 @@ def check_paths(inp: Path, out: Path, force: bool) -> None:
         )
     if same_file(inp, out):
         raise InputError(
-            f"Output {str(out)!r} is the input file; choose a different output path (the input is never "
-            f"overwritten)."
+            f"Output {str(out)!r} is the input file; choose a different output path (the input is never overwritten)."
         )
     if out.exists() and not force:
         raise InputError(f"Output {str(out)!r} already exists; pass --force to overwrite it.")
@@ -796,8 +814,14 @@ class MemmapPages:
     def __dask_tokenize__(self) -> tuple:
         filename = getattr(self._array, "filename", None)
         stamp = os.stat(filename).st_mtime_ns if filename else id(self._array)
-        return ("napari-deblurgan-memmap", str(filename), getattr(self._array, "offset", 0), self.shape,
-                str(self.dtype), stamp)
+        return (
+            "napari-deblurgan-memmap",
+            str(filename),
+            getattr(self._array, "offset", 0),
+            self.shape,
+            str(self.dtype),
+            stamp,
+        )
 
 
 class TiffPages:
@@ -952,8 +976,11 @@ def _deblur_lazy(pages: Any, info: TiffInfo, common: dict, out: Path, kw: dict, 
             # tifffile's encoder holds buffersize bytes of strips at a time (512 MiB by default: the whole
             # output of a smaller file): one page's worth keeps the stream as small as the blocks
             itemsize = np.dtype(info.dtype).itemsize
-            stream = {"shape": info.shape, "dtype": info.dtype,
-                      "buffersize": (unit or pages.page_size or page_size) * itemsize}
+            stream = {
+                "shape": info.shape,
+                "dtype": info.dtype,
+                "buffersize": (unit or pages.page_size or page_size) * itemsize,
+            }
             if unit is not None and _in_file_order(result.numblocks, info.shape):
                 write_tiff(tmp, _split_pages((block for _, block in blocks()), unit), info, {**kw, **stream})
             else:
@@ -963,8 +990,9 @@ def _deblur_lazy(pages: Any, info: TiffInfo, common: dict, out: Path, kw: dict, 
                 fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=tmp.parent)
                 os.close(fd)
                 try:
-                    _write_through_scratch(name, fill, info, lambda array: write_tiff(tmp, array, info,
-                                                                                      {**kw, **stream}))
+                    _write_through_scratch(
+                        name, fill, info, lambda array: write_tiff(tmp, array, info, {**kw, **stream})
+                    )
                 finally:
                     with contextlib.suppress(OSError):
                         os.unlink(name)
@@ -1029,8 +1057,9 @@ def _written_page_size(info: TiffInfo, kw: dict[str, Any], page_shape: Any) -> i
     if not page_shape or tuple(info.shape[len(info.shape) - len(page_shape) :]) != tuple(page_shape):
         return None
     shape = (1,) * (len(info.shape) - len(page_shape)) + tuple(page_shape)
-    layout = {k: v for k, v in kw.items() if k in ("photometric", "planarconfig", "extrasamples", "colormap",
-                                                   "imagej", "ome")}
+    layout = {
+        k: v for k, v in kw.items() if k in ("photometric", "planarconfig", "extrasamples", "colormap", "imagej", "ome")
+    }
     if "metadata" in kw:
         layout["metadata"] = {"axes": kw["metadata"]["axes"]}
     try:
@@ -1046,8 +1075,9 @@ def _written_page_size(info: TiffInfo, kw: dict[str, Any], page_shape: Any) -> i
     return size if count * size == math.prod(page_shape) else None
 
 
-def _write_through_scratch(name: str, fill: Callable[[Any], None], info: TiffInfo,
-                           write: Callable[[Any], None]) -> None:
+def _write_through_scratch(
+    name: str, fill: Callable[[Any], None], info: TiffInfo, write: Callable[[Any], None]
+) -> None:
     """``fill`` an uncompressed memory map of the output in the file ``name``, then ``write`` it (the map, as
     an array: tifffile reads it page by page); unmapped before this returns or raises."""
     import numpy as np

@@ -187,8 +187,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def read_images(paths: list[str], axes: str | None, flag: str,
-                opened: contextlib.ExitStack | None = None) -> tuple[list[Any], str]:
+def read_images(
+    paths: list[str], axes: str | None, flag: str, opened: contextlib.ExitStack | None = None
+) -> tuple[list[Any], str]:
     """The first series of each file (:func:`read_image`) and their axes, which must be the same for all (the
     training takes one axes string); the lazy readers that keep a file open are closed by ``opened``."""
     images, all_axes = [], []
@@ -394,8 +395,9 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
     used = args.checkpoint_dir is not None and Path(args.checkpoint_dir).is_dir()
     if used and not args.force and checkpoint_path(args.checkpoint_dir).is_file():
         # a new run, or a resume told to checkpoint into another run's folder
-        same_run = args.resume is not None and same_file(checkpoint_path(args.checkpoint_dir),
-                                                         checkpoint_path(args.resume))
+        same_run = args.resume is not None and same_file(
+            checkpoint_path(args.checkpoint_dir), checkpoint_path(args.resume)
+        )
         if not same_run:
             raise InputError(
                 f"--checkpoint-dir {args.checkpoint_dir} holds an earlier run's checkpoint: pass --resume "
@@ -498,22 +500,26 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
                 # a second Ctrl-C: no model, but the run so far is not lost when a checkpoint holds it
                 if checkpointed is None:
                     raise
-                print(f"\n{PROG}: interrupted; the model was not written.{_checkpoint_kept(checkpointed)}",
-                      file=sys.stderr)
+                print(
+                    f"\n{PROG}: interrupted; the model was not written.{_checkpoint_kept(checkpointed)}",
+                    file=sys.stderr,
+                )
                 return EXIT_INTERRUPTED
             except Exception:
                 # a failure mid-run (unreadable data, a device error): the best model so far is still saved
                 if trained:
                     saving.set()
                     try:
-                        saved, not_written = save_model(training.model, out, args.checkpoint_dir,
-                                                        _checkpoint_kept(checkpointed))
+                        saved, not_written = save_model(
+                            training.model, out, args.checkpoint_dir, _checkpoint_kept(checkpointed)
+                        )
                     except InputError as exc:
                         print(f"{PROG}: training failed; {exc}", file=sys.stderr)
                     else:
                         instead = f" (could not write {str(out)!r}: {not_written})" if not_written else ""
-                        print(f"{PROG}: training failed; the model so far is saved to {saved}{instead}",
-                              file=sys.stderr)
+                        print(
+                            f"{PROG}: training failed; the model so far is saved to {saved}{instead}", file=sys.stderr
+                        )
                 raise
         saving.set()
         saved, not_written = save_model(training.model, out, args.checkpoint_dir, _checkpoint_kept(checkpointed))

@@ -52,8 +52,17 @@ ACCEPTED_INPUTS = (
 JPEG_QUALITY = 95
 
 #: Pillow modes read as they are, and the dtype their pixels have (I;16 variants: uint16 in native order).
-MODES = {"L": np.uint8, "LA": np.uint8, "RGB": np.uint8, "RGBA": np.uint8, "P": np.uint8,
-         "I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16, "I;16N": np.uint16}
+MODES = {
+    "L": np.uint8,
+    "LA": np.uint8,
+    "RGB": np.uint8,
+    "RGBA": np.uint8,
+    "P": np.uint8,
+    "I;16": np.uint16,
+    "I;16L": np.uint16,
+    "I;16B": np.uint16,
+    "I;16N": np.uint16,
+}
 
 #: The most bytes of EXIF a JPEG holds: one APP1 segment (Pillow refuses more, after the work).
 JPEG_MAX_EXIF = 65533
@@ -233,8 +242,11 @@ def _pixels(im: Any, path: Path, info: PhotoInfo) -> np.ndarray:
     (tRNS of a grey or RGB image: one value that stands for "transparent") as an alpha channel."""
     data = _stored_pixels(im, path, info)
     key = im.info.get("transparency")
-    if key is None or info.alpha or info.palette is not None or im.mode not in (
-        "1", "L", "I", "RGB", "I;16", "I;16L", "I;16B", "I;16N"
+    if (
+        key is None
+        or info.alpha
+        or info.palette is not None
+        or im.mode not in ("1", "L", "I", "RGB", "I;16", "I;16L", "I;16B", "I;16N")
     ):
         return data
     top = np.iinfo(data.dtype).max
@@ -355,9 +367,12 @@ def check_output(info: PhotoInfo, out: Path) -> None:
     fmt = OUTPUT_FORMATS[out.suffix.lower()]
     if fmt == "JPEG":
         problem = (
-            "16-bit samples (JPEG holds 8)" if info.dtype != np.uint8
-            else "an alpha channel (transparency), which JPEG cannot hold" if info.alpha
-            else "a palette, which JPEG cannot hold" if info.palette is not None
+            "16-bit samples (JPEG holds 8)"
+            if info.dtype != np.uint8
+            else "an alpha channel (transparency), which JPEG cannot hold"
+            if info.alpha
+            else "a palette, which JPEG cannot hold"
+            if info.palette is not None
             else None
         )
         if problem:

@@ -698,8 +698,9 @@ class PairedData:
         index, channel = keys[len(keys) // 2]
         c_sel = (channel if channel is not None else 0) if src.c is not None else None
         full = slice(None)
-        if not np.array_equal(src._read(src.blurred, index, c_sel, full, full),
-                              src._read(src.sharp, index, c_sel, full, full)):
+        if not np.array_equal(
+            src._read(src.blurred, index, c_sel, full, full), src._read(src.sharp, index, c_sel, full, full)
+        ):
             return False
         if type(src.blurred) is np.ndarray and type(src.sharp) is np.ndarray:
             # plane by plane (np.array_equal of the stacks would build a stack-sized boolean array), and out
@@ -790,9 +791,7 @@ class PairedData:
         b = src._read(src.blurred, index, c_sel, full, full)[0]
         s = src._read(src.sharp, index, c_sel, full, full)[0]
         if not (np.isfinite(b).all() and np.isfinite(s).all()):  # before the FFT, whose error would be obscure
-            raise InputError(
-                f"{pair} contains NaN or infinite values; replace them (e.g. np.nan_to_num)."
-            )
+            raise InputError(f"{pair} contains NaN or infinite values; replace them (e.g. np.nan_to_num).")
         missing = self._missing(b, s)
         self._check_units(b, s, pair, missing)
         if missing is not None:  # "no data" in either image: missing to training, and in both images here

@@ -291,6 +291,7 @@ def _check_callbacks(progress: Any, cancel: Any) -> None:
 
 # ----------------------------------------------------------------------------------------------- runner
 
+
 class _PlaneRunner:
     """Runs the generator over one (channels, Y, X) plane: normalisation, padding, tiles, blending."""
 

@@ -20,14 +20,28 @@ ARCHITECTURES: dict[str, tuple[type, dict[str, Any], str]] = {
     ),
     "unet_lite": (
         UNetGenerator,
-        {"width": 16, "depth": 3, "n_blocks": 2, "stem": "conv", "padding_mode": "reflect",
-         "residual": "tanh", "context_window": 0},
+        {
+            "width": 16,
+            "depth": 3,
+            "n_blocks": 2,
+            "stem": "conv",
+            "padding_mode": "reflect",
+            "residual": "tanh",
+            "context_window": 0,
+        },
         "light residual U-Net for CPUs: no normalisation, ~1/20 of resnet9's arithmetic",
     ),
     "unet_fast": (
         UNetGenerator,
-        {"width": 24, "depth": 3, "n_blocks": 2, "stem": "unshuffle", "padding_mode": "zeros",
-         "residual": "tanh", "context_window": 0},
+        {
+            "width": 24,
+            "depth": 3,
+            "n_blocks": 2,
+            "stem": "unshuffle",
+            "padding_mode": "zeros",
+            "residual": "tanh",
+            "context_window": 0,
+        },
         "U-Net at half resolution and below (pixel unshuffle/shuffle), zero padding: ~2.8x unet_lite's CPU speed",
     ),
 }
@@ -45,16 +59,12 @@ def build_generator(architecture: str, channels: int = 1, **arch_args: Any):
     try:
         cls, defaults, _ = ARCHITECTURES[architecture]
     except KeyError:
-        raise InputError(
-            f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
-        ) from None
+        raise InputError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}") from None
     if not isinstance(channels, int) or channels < 1:
         raise InputError(f"channels must be a positive integer, got {channels!r}")
     unknown = set(arch_args) - set(defaults)
     if unknown:
-        raise InputError(
-            f"{architecture} takes no argument(s) {sorted(unknown)}; it takes {sorted(defaults)}"
-        )
+        raise InputError(f"{architecture} takes no argument(s) {sorted(unknown)}; it takes {sorted(defaults)}")
     try:
         return cls(channels=channels, **{**defaults, **arch_args})
     except ValueError as exc:  # a value the generator rejects (e.g. an even context window): say which model

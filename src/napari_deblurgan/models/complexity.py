@@ -28,9 +28,15 @@ def macs_per_megapixel(module: nn.Module, channels: int, side: int = 256) -> flo
         if isinstance(layer, nn.ConvTranspose2d):
             # every input pixel scatters a full kernel into the output
             x = inputs[0]
-            total += x.shape[2] * x.shape[3] * layer.in_channels * layer.out_channels * layer.kernel_size[0] * (
-                layer.kernel_size[1]
-            ) // layer.groups
+            total += (
+                x.shape[2]
+                * x.shape[3]
+                * layer.in_channels
+                * layer.out_channels
+                * layer.kernel_size[0]
+                * (layer.kernel_size[1])
+                // layer.groups
+            )
         else:
             k = layer.kernel_size[0] * layer.kernel_size[1] * layer.in_channels // layer.groups
             total += output.shape[2] * output.shape[3] * layer.out_channels * k

@@ -560,7 +560,8 @@ class TrainingRun:
         elif self._events.ended:
             # a generator would just yield nothing: a loop over an ended run would do nothing, silently
             how = (
-                f"finished at step {self.finished.step}" if self.finished is not None
+                f"finished at step {self.finished.step}"
+                if self.finished is not None
                 else "was closed or ended by an exception"
             )
             raise RuntimeError(
@@ -790,8 +791,9 @@ class TrainingRun:
         """Whether ``model=given`` is the model the checkpoint's run started from (or cannot be told apart
         from it): an architecture name for a run started from scratch, else the same file (sha256)."""
         if "base_model_sha256" not in self.resume_json:  # checkpoints of older versions: the architecture only
-            return not (isinstance(given, str) and given in list_architectures() and given != header.get(
-                "architecture"))
+            return not (
+                isinstance(given, str) and given in list_architectures() and given != header.get("architecture")
+            )
         started = self.resume_json["base_model_sha256"]  # None: from scratch (or from an unsaved model)
         if isinstance(given, DeblurModel):
             sha = given.metadata.get("sha256")

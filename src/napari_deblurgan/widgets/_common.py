@@ -297,9 +297,11 @@ def axes_for_layer(layer: napari.layers.Image) -> str:
     """
     labels = [str(label).strip().upper() for label in layer.axis_labels]
     rgb = bool(getattr(layer, "rgb", False))
-    if labels and all(len(lab) == 1 and lab in AXIS_LETTERS.replace("S", "") for lab in labels) and len(
-        set(labels)
-    ) == len(labels):
+    if (
+        labels
+        and all(len(lab) == 1 and lab in AXIS_LETTERS.replace("S", "") for lab in labels)
+        and len(set(labels)) == len(labels)
+    ):
         return "".join(labels) + ("S" if rgb else "")
     from ..axes import infer_axes
 

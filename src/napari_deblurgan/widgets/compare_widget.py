@@ -64,6 +64,8 @@ NO_REFERENCE = "(no ground truth)"
 PSF_FROM_METADATA = "sample's PSF (layer metadata)"
 PSF_FROM_LAYER = "PSF layer"
 PSF_GAUSSIAN = "Gaussian of sigma"
+
+
 def _top_first_stride(grid: Any, layers: Any, shown: set[int]) -> int:
     """The grid stride (1 or -1) that puts the top shown layer of the layer list in the first cell, as the
     metrics table lists it first. napari 0.6.2 reversed what the sign means (napari PR #8053: before it, stride 1
@@ -523,7 +525,6 @@ class CompareWidget(QWidget):
             f"Side by side: {', '.join(layer.name for layer in in_cells)} (press Ctrl+G to leave grid mode; the "
             "layers' visibility and contrast come back as they were)."
         )
-
 
     def _remember_view(self, grid: Any) -> None:
         """Keep what side-by-side changes (each layer's visibility and contrast limits, the grid's settings),

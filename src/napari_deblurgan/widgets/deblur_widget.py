@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 _FROM_FILE = "__from_file__"
 
 
-
 #: The ``deblur`` keywords its messages name, and the label of the panel's control that sets each: the panel says
 #: the API's errors in these words (:func:`in_panel_words`, the rules of the CLI's ``with_flags``).
 PANEL_LABELS: dict[str, str] = {

@@ -108,8 +108,11 @@ PANEL_PHRASES: list[tuple[str, str, str | None]] = [
         r"napari with \1=1 to let it download one)",
         None,
     ),
-    (r"\(or another VGG-19 state dict\), or leave it out", "(or another VGG-19 state dict), or leave the field empty",
-     None),
+    (
+        r"\(or another VGG-19 state dict\), or leave it out",
+        "(or another VGG-19 state dict), or leave the field empty",
+        None,
+    ),
     (r"\(without resume\)", "(Start, not Resume)", None),
     (
         r"Pass resume= that folder to continue the earlier run instead\.",
@@ -611,8 +614,8 @@ class FinetuneWidget(QWidget):
                 data, source = self.data_kwargs(), self._validation_layer()
             self._preview_rgb = _trains_on_rgb(data)
             kwargs = {**data, **self.settings_kwargs()}
-            save_to = self._last_saved_to if resume and self._last_saved_to is not None else (
-                self._save_path_for_run(resume)
+            save_to = (
+                self._last_saved_to if resume and self._last_saved_to is not None else (self._save_path_for_run(resume))
             )
         except user_error_types() as exc:
             message = in_panel_words(error_message(exc))

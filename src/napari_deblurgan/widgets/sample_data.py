@@ -28,12 +28,25 @@ def _pair_layers(sample: dict[str, Any], prefix: str, axis_labels: tuple[str, ..
     group = uuid.uuid4().hex  # each opening of a sample is its own group
     meta = {"psf": sample["psf"], "blur_params": sample.get("params", {}), SAMPLE_ROLE: "blurred", SAMPLE_GROUP: group}
     return [
-        (sample["psf"], {"name": f"{prefix} PSF", "colormap": "magma", "visible": False,
-                         "metadata": {SAMPLE_ROLE: "psf", SAMPLE_GROUP: group}}, "image"),
+        (
+            sample["psf"],
+            {
+                "name": f"{prefix} PSF",
+                "colormap": "magma",
+                "visible": False,
+                "metadata": {SAMPLE_ROLE: "psf", SAMPLE_GROUP: group},
+            },
+            "image",
+        ),
         (
             sample["sharp"],
-            {"name": f"{prefix} sharp (ground truth)", "contrast_limits": limits, "axis_labels": axis_labels,
-             "visible": False, "metadata": {SAMPLE_ROLE: "sharp", SAMPLE_GROUP: group}},
+            {
+                "name": f"{prefix} sharp (ground truth)",
+                "contrast_limits": limits,
+                "axis_labels": axis_labels,
+                "visible": False,
+                "metadata": {SAMPLE_ROLE: "sharp", SAMPLE_GROUP: group},
+            },
             "image",
         ),
         (
