@@ -108,3 +108,28 @@ def test_an_unknown_model_name_lists_the_architectures_finetune_also_takes(train
 
     with pytest.raises(ModelFileError, match=r"finetune also takes an architecture name to train from scratch \("):
         _run(training_pair, model="nope")
+
+
+def test_training_notices_can_be_filtered_by_their_top_level_warning_class(training_pair):
+    """A script whose on_event prints every event saw each notice twice (the event and its warning); the warning's
+    class was reachable only from napari_deblurgan.training.events."""
+    import napari_deblurgan
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", napari_deblurgan.TrainingNoticeWarning)
+        events = list(_run(training_pair, steps=1, teacher_weight=0.3))
+    assert [e for e in events if isinstance(e, ev.Notice) and "teacher_weight 0.3 is ignored" in e.message]
+    assert not [w for w in seen if "teacher_weight" in str(w.message)]
+
+
+def test_synthetic_blur_kinds_are_taken_in_any_case_as_finetune_takes_them():
+    import numpy as np
+
+    from napari_deblurgan import samples, synthesize_blur
+
+    sharp = (samples.cells((64, 64), seed=2) * 1000).astype(np.float32)
+    blurred, psf = synthesize_blur(sharp, kind="Motion", seed=4)
+    same, same_psf = synthesize_blur(sharp, kind="motion", seed=4)
+    np.testing.assert_array_equal(blurred, same)
+    np.testing.assert_array_equal(psf, same_psf)

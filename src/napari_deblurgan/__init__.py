@@ -36,6 +36,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "InputError": ".errors",
     "ModelFileError": ".errors",
     "Cancelled": ".errors",
+    # the warning every training notice is also raised as (to filter it where on_event already shows them)
+    "TrainingNoticeWarning": ".training.events",
 }
 
 __all__ = [  # noqa: RUF022 - kept in the order of _LAZY_EXPORTS (a test checks they agree)
@@ -56,6 +58,7 @@ __all__ = [  # noqa: RUF022 - kept in the order of _LAZY_EXPORTS (a test checks 
     "InputError",
     "ModelFileError",
     "Cancelled",
+    "TrainingNoticeWarning",
 ]
 
 
@@ -80,4 +83,5 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real objects
     from .inference.deblur import deblur
     from .model_file import DeblurModel, create_model, list_named_models, load_model
     from .models import list_architectures
+    from .training.events import TrainingNoticeWarning
     from .training.trainer import finetune, iter_finetune

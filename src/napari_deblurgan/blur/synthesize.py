@@ -377,6 +377,7 @@ def synthesize_blur_with_params(
         )
     rng = _rng_from_seed(seed)
     if isinstance(kind, str):
+        kind = kind.strip().lower()  # "Motion" as finetune(blur_kind=) takes it
         if kind not in PSF_KINDS:
             raise InputError(f"Unknown blur kind {kind!r}; use one of {', '.join(PSF_KINDS)} or a 2D PSF array.")
         if strength is not None and (
