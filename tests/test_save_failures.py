@@ -91,6 +91,23 @@ def test_a_full_disk_reported_without_errno_is_recognised_by_its_free_space(tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_input_error_or_a_bug_near_a_full_disk_is_not_called_a_failed_write(tmp_path, monkeypatch):
+    """An input page that cannot be read (EACCES, naming the input) while the output is written was reported as
+    "Cannot write the output: permission denied"; a CUDA error while the disk happened to be nearly full, as "no
+    space left on device". Both are passed on as they are now."""
+    unreadable = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "input_2.ome.tif"))
+    _no_free_space(monkeypatch)
+    for failure in (unreadable, RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")):
+        with pytest.raises(type(failure)) as raised, atomic_write(tmp_path / "out.tif") as tmp:
+            _write_raising(failure)(tmp)
+        assert raised.value is failure
+    # the output's own temporary file refused, or a short write near a full disk: still said in words
+    own = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".out.tif.abc123.part"))
+    with pytest.raises(WriteFailed, match="permission denied"), atomic_write(tmp_path / "out.tif") as tmp:
+        _write_raising(own)(tmp)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_errors_that_are_no_failed_write_pass_through_unchanged(tmp_path):
     # plenty of space: a RuntimeError is a bug, not a full disk; a missing input read inside the block is no write
     for failure in (RuntimeError("a bug"), FileNotFoundError(errno.ENOENT, "No such file", "input.tif")):

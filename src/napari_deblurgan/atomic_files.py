@@ -11,6 +11,7 @@ import contextlib
 import errno
 import glob
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -64,6 +65,8 @@ def write_failure(exc: BaseException, path: Path) -> WriteFailed | None:
     for _ in range(8):  # torch's RuntimeError holds the OSError that caused it (a few links at most)
         if seen is None or failure is not None:
             break
+        if isinstance(seen, OSError) and not _names_the_output(seen, path):
+            return None  # another file's error (an input page read as the output is written): as it is
         code = getattr(seen, "errno", None) if isinstance(seen, OSError) else None
         failure = WRITE_FAILURES.get(code) if code is not None else None
         seen = seen.__cause__ or seen.__context__
@@ -73,7 +76,7 @@ def write_failure(exc: BaseException, path: Path) -> WriteFailed | None:
             "the folder was removed or unmounted: create it again or choose another location",
         )
         code = errno.ENOENT
-    if failure is None:
+    if failure is None and _says_a_write_fell_short(exc):
         with contextlib.suppress(OSError):
             if shutil.disk_usage(directory).free < LOW_SPACE_BYTES:
                 failure, code = WRITE_FAILURES[errno.ENOSPC], errno.ENOSPC
@@ -83,6 +86,37 @@ def write_failure(exc: BaseException, path: Path) -> WriteFailed | None:
     return WriteFailed(
         f"Cannot write {str(path)!r}: {reason}; {advice} (any earlier file there is unchanged).", path, reason, code
     )
+
+
+def _names_the_output(error: OSError, path: Path) -> bool:
+    """Whether an OSError may be the output's: it names no file, or ``path`` or one of its temporary files
+    (``atomic_write``'s ``.<name>.*.part``). An error naming another file (an input that cannot be read) is no
+    failure to write ``path``."""
+    for name in (error.filename, error.filename2):
+        if name is None or isinstance(name, int):
+            continue
+        other = Path(os.fsdecode(name))
+        if other.name != path.name and not other.name.startswith(f".{path.name}."):
+            return False
+    return True
+
+
+#: How a writer says that a write fell short without an errno: torch's zip writer ("unexpected pos 704 vs
+#: 598"), tifffile/NumPy's short writes ("9216 requested and 6008 written"), and messages that say "write".
+_SHORT_WRITE = re.compile(r"unexpected pos|requested and \d+ written|writ", re.IGNORECASE)
+
+
+def _says_a_write_fell_short(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) reads as a write that fell short: only then does a nearly full disk
+    explain it (a CUDA error or a failed decode while the disk happens to be nearly full is passed on)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (OSError, RuntimeError)) and _SHORT_WRITE.search(str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _umask() -> int:
