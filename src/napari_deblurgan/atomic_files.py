@@ -61,15 +61,13 @@ def write_failure(exc: BaseException, path: Path) -> WriteFailed | None:
     directory = path.parent if str(path.parent) else Path(".")
     failure: tuple[str, str] | None = None
     code: int | None = None
-    seen: BaseException | None = exc
-    for _ in range(8):  # torch's RuntimeError holds the OSError that caused it (a few links at most)
-        if seen is None or failure is not None:
-            break
+    for seen in _causes(exc):
         if isinstance(seen, OSError) and not _names_the_output(seen, path):
             return None  # another file's error (an input page read as the output is written): as it is
         code = getattr(seen, "errno", None) if isinstance(seen, OSError) else None
         failure = WRITE_FAILURES.get(code) if code is not None else None
-        seen = seen.__cause__ or seen.__context__
+        if failure is not None:
+            break
     if failure is None and not directory.is_dir():
         failure = (
             "its folder no longer exists",
@@ -109,14 +107,18 @@ _SHORT_WRITE = re.compile(r"unexpected pos|requested and \d+ written|writ", re.I
 def _says_a_write_fell_short(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) reads as a write that fell short: only then does a nearly full disk
     explain it (a CUDA error or a failed decode while the disk happens to be nearly full is passed on)."""
+    return any(isinstance(seen, (OSError, RuntimeError)) and _SHORT_WRITE.search(str(seen)) for seen in _causes(exc))
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it, nearest first: torch's RuntimeError holds the OSError that caused it (a few
+    links at most, so the walk stops after 8)."""
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
-            return False
-        if isinstance(seen, (OSError, RuntimeError)) and _SHORT_WRITE.search(str(seen)):
-            return True
+            return
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _umask() -> int:

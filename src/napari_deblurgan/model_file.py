@@ -659,6 +659,12 @@ def _valid_normalization(value: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ named models
+def default_model_dir() -> Path:
+    """Where finetuned models go unless the user picks another place: ``~/.napari-deblurgan/models`` (the
+    Finetune panel's folder, and where ``napari-deblurgan finetune`` saves a model its ``-o`` cannot take)."""
+    return Path.home() / ".napari-deblurgan" / "models"
+
+
 def list_named_models() -> dict[str, dict[str, Any]]:
     """Shipped models from ``weights/registry.json``: ``{name: {"file", "sha256", "description", ...}}``."""
     try:

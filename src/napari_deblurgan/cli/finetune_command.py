@@ -566,9 +566,11 @@ def fallback_folders(checkpoint_dir: str | None) -> list[Path]:
     system's temporary folder (another disk, often, than a full one)."""
     import tempfile
 
+    from ..model_file import default_model_dir
+
     folders = [Path(checkpoint_dir)] if checkpoint_dir is not None else []
     with contextlib.suppress(RuntimeError):  # no home folder (a service account): the others
-        folders.append(Path.home() / ".napari-deblurgan" / "models")
+        folders.append(default_model_dir())
     folders.append(Path(tempfile.gettempdir()))
     return folders
 

@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..model_file import default_model_dir
 from ._common import (
     LayerComboBox,
     RoutedWarningsRun,
@@ -137,11 +138,6 @@ def in_panel_words(message: str) -> str:
     from ..cli import with_flags
 
     return with_flags(message, PANEL_LABELS, phrases=PANEL_PHRASES)
-
-
-def default_model_dir() -> Path:
-    """Where finetuned models go unless the user picks another place: ``~/.napari-deblurgan/models``."""
-    return Path.home() / ".napari-deblurgan" / "models"
 
 
 def default_model_path() -> Path:
