@@ -199,3 +199,81 @@ def test_validation_psnr_scale_is_documented():
     docs = (Path(__file__).parents[1] / "docs" / "scripting.md").read_text()
     line = docs.index('print(f"step {event.step}: PSNR')
     assert "not compare()'s dB scale" in docs[line - 300 : line]
+
+
+# ------------------------------------------------------------------------------ device= across the API
+
+
+def test_load_model_moves_a_given_model_only_to_a_device_asked_for(tiny_model, monkeypatch):
+    """``device="cpu"`` was the default, so an explicit "cpu" could not move a model off a GPU: None is now."""
+    moved: list[object] = []
+    monkeypatch.setattr(type(tiny_model), "to", lambda self, device: moved.append(device) or self)
+    assert ndg.load_model(tiny_model) is tiny_model  # not copied
+    assert ndg.load_model(tiny_model, device=None) is tiny_model
+    assert moved == []  # no device asked for: it stays where it is
+    assert ndg.load_model(tiny_model, device="cpu") is tiny_model
+    assert moved == ["cpu"]
+
+
+def test_load_model_puts_a_file_on_the_cpu_unless_told(tiny_model_file):
+    assert ndg.load_model(tiny_model_file).device.type == "cpu"
+    assert ndg.load_model(tiny_model_file, device=None).device.type == "cpu"
+
+
+def test_device_none_is_documented_wherever_device_is_taken():
+    """None means the default device in every function that takes one (and the docstrings say so)."""
+    import inspect
+
+    assert inspect.signature(ndg.load_model).parameters["device"].default is None
+    for function in (ndg.deblur, ndg.iter_finetune):
+        assert inspect.signature(function).parameters["device"].default == "auto"
+        assert "None means the same" in function.__doc__
+    assert "None (the default) is the CPU" in ndg.load_model.__doc__
+    # why the CPU and not "auto": deblur moves the model itself, finetune trains a copy
+    assert "moves the model's generator, in" in ndg.load_model.__doc__
+    assert "not copied: its generator is moved to this device in place" in " ".join(ndg.deblur.__doc__.split())
+
+
+def test_deblur_moves_a_given_model_in_place_and_device_none_is_auto(tiny_model):
+    from napari_deblurgan.devices import resolve_device
+
+    out = ndg.deblur(IMAGE, tiny_model, device=None)
+    assert out.shape == IMAGE.shape
+    assert tiny_model.device.type == resolve_device("auto").type  # the caller's model, not a copy, was moved
+
+
+# --------------------------------------------------------------------------- synthesize_blur: one kind
+
+
+@pytest.mark.parametrize("kind", ["motion,defocus", "Motion:2", ["motion", "defocus"], ("gaussian",), {"motion": 1}])
+def test_synthesize_blur_refuses_a_mix_of_kinds_and_says_how_to_mix(kind):
+    """A list used to be called a bad PSF array ("A PSF must be a 2D array of numbers, got list")."""
+    with pytest.raises(InputError, match="one blur kind per call") as info:
+        ndg.synthesize_blur(IMAGE, kind)
+    said = str(info.value)
+    assert "'mixed'" in said and "kind=rng.choice(['motion', 'defocus'])" in said and "finetune's blur_kind" in said
+
+
+def test_synthesize_blur_takes_a_kind_drawn_per_call_and_a_psf_as_nested_lists():
+    kind = np.random.default_rng(0).choice(["motion", "defocus"])  # a numpy str, as the advice writes it
+    blurred, psf = ndg.synthesize_blur(IMAGE, kind, seed=0)
+    assert blurred.shape == IMAGE.shape and psf.ndim == 2
+    _, psf = ndg.synthesize_blur(IMAGE, [[0, 1, 0], [1, 4, 1], [0, 1, 0]])  # a list of numbers is still a PSF
+    assert psf.shape == (3, 3)
+
+
+# --------------------------------------------------------------------------- rgb: deblur only, axes elsewhere
+
+
+def test_a_grey_stack_three_pixels_wide_is_scored_as_grey_planes_with_axes():
+    """compare has no ``rgb``: ``axes`` says what deblur's ``rgb=False`` says, and its docstring says so."""
+    rng = np.random.default_rng(0)
+    truth = rng.random((4, 24, 3)).astype(np.float32)  # Z=4 planes of 24 x 3 px, not a 4 x 24 RGB image
+    result = truth + np.float32(0.01)
+    as_rgb = ndg.compare({"r": result}, truth, per_slice=True)
+    as_grey = ndg.compare({"r": result}, truth, axes="ZYX", per_slice=True)
+    assert [row["slice"] for row in as_rgb.rows[1:]] == [(0,), (1,), (2,)]  # one row per colour
+    assert [row["slice"] for row in as_grey.rows[1:]] == [(0,), (1,), (2,), (3,)]  # one row per Z plane
+    for function in (ndg.compare, ndg.iter_finetune):
+        doc = " ".join(function.__doc__.split())
+        assert "rgb=False" in doc and '``"ZYX"``' in doc

@@ -295,7 +295,7 @@ def test_custom_psf_array_and_apply_psf():
         (np.zeros((16, 16)), {"noise": {"photons": 10, "gain": 2}}, "noise"),
         (np.zeros((16, 16)), {"axes": "ZYX"}, "axes"),
         (np.zeros((16, 16)), {"kind": np.zeros((3, 3))}, "PSF"),
-        (np.zeros((16, 16)), {"kind": ["motion"]}, "PSF must be a 2D array of numbers"),
+        (np.zeros((16, 16)), {"kind": ["motion"]}, "one blur kind per call"),  # a list of kinds, not a PSF
         (np.zeros((16, 16)), {"seed": -1}, "seed must be an integer >= 0"),
         (np.zeros((16, 16)), {"seed": 1.5}, "seed must be an integer >= 0"),
         (np.zeros((16, 16)), {"noise": {"photons": "a"}}, "'photons' must be one number"),

@@ -989,6 +989,12 @@ def compare(
     lazy arrays (zarr, h5py; :func:`is_lazy`) are read plane by plane, never computed whole. ``cancel`` (a
     ``threading.Event`` or a callable returning True) stops it between planes with
     :class:`~napari_deblurgan.Cancelled`.
+
+    ``axes`` (letters over ``TZCYXS``, the same for every image) is inferred from the shape when None, by
+    :func:`deblur`'s rules: a last axis of 3 or 4 is RGB(A) samples (``S``), each colour scored as a plane. A
+    grey stack whose last axis happens to be 3 or 4 long needs ``axes`` (``"ZYX"``): that is what
+    :func:`deblur`'s ``rgb=False`` spells, and ``axes`` already says it here (there is no ``rgb`` argument:
+    two ways to say one thing, and napari's Compare panel passes each layer's axes, ``S`` for an RGB layer).
     """
     if isinstance(results, Mapping):
         items = [(str(name), image) for name, image in results.items()]

@@ -330,21 +330,28 @@ def create_model(
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_model(
-    path_or_name: str | os.PathLike[str] | BinaryIO | DeblurModel = "default", *, device: Any = "cpu"
+    path_or_name: str | os.PathLike[str] | BinaryIO | DeblurModel = "default", *, device: Any = None
 ) -> DeblurModel:
     """Load a :class:`DeblurModel` from a file path or a shipped model name.
 
     Args:
         path_or_name: a ``.pt`` file written by :meth:`DeblurModel.save`, a shipped model name
             (``"default"``, the default, or a name from :func:`list_named_models`), or a ``DeblurModel``
-            (returned as is, moved to ``device`` only if ``device`` is given explicitly other than the default).
+            (returned as is, not copied; moved to ``device`` only if one is given).
             A shipped name given as a ``str`` is always the shipped model, whatever the working directory holds
             (a file or folder called ``default`` there must not change what ``deblur(image)`` does); a file of
             that name is ``"./default"`` or a ``Path``. A binary file object open for reading (what
             ``DeblurModel.save(io.BytesIO())`` wrote, an ``open(path, "rb")``) is read from its position to
             its end, with the same checks as a file (``weights_only``, the format); its metadata gets the
             ``sha256`` of what was read and no ``path``.
-        device: where to put the generator ("cpu", "cuda", "cuda:1", "mps", "auto").
+        device: where to put the generator ("cpu", "cuda", "cuda:1", "mps", "auto" or a ``torch.device``).
+            None (the default) is the CPU for a file, a name or a file object, and leaves a ``DeblurModel``
+            where it is. The CPU, not ``deblur``'s and ``finetune``'s "auto", on purpose: neither needs the
+            model anywhere beforehand (``deblur(image, model, device=...)`` moves the model's generator, in
+            place, to its own ``device``, "auto" by default, and it stays there after the call; ``finetune``
+            trains a copy on its ``device`` and returns a model on the CPU), and loading onto a GPU would start
+            CUDA (a few hundred MB of GPU memory and seconds) for a model that is only inspected
+            (``metadata``, ``napari-deblurgan info``) or saved. Pass ``device="cuda"`` to place it now.
 
     Raises:
         ModelFileError: the file is missing, truncated, corrupt (a zip CRC-32 of its parts does not match),
@@ -354,7 +361,7 @@ def load_model(
     return _load_model(path_or_name, device)
 
 
-def load_base_model(model: str | os.PathLike[str] | DeblurModel, *, device: Any = "cpu") -> DeblurModel:
+def load_base_model(model: str | os.PathLike[str] | DeblurModel, *, device: Any = None) -> DeblurModel:
     """:func:`load_model` for ``finetune(model=...)``: the same, but where no file or shipped model of that
     name exists the message also lists the architecture names finetune trains from scratch."""
     return _load_model(model, device, architectures=True)
@@ -379,7 +386,8 @@ def _load_model(path_or_name: Any, device: Any, *, architectures: bool = False) 
             f"open for reading or a DeblurModel; got {type(path_or_name).__name__}."
         )
     if isinstance(path_or_name, DeblurModel):
-        if device != "cpu":
+        # None, not "cpu", is the default: so that an explicit device="cpu" moves a model that is on a GPU
+        if device is not None:
             path_or_name.to(device)
         return path_or_name
     if not isinstance(path_or_name, str | os.PathLike):

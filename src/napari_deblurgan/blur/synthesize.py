@@ -358,6 +358,29 @@ def _noisy_planes_into(
         rng.bit_generator.state = normal.bit_generator.state
 
 
+def _refuse_a_mix_of_kinds(kind: Any) -> None:
+    """InputError for a mix of kinds as ``finetune(blur_kind=)`` takes it ("motion:2,defocus", a list, a dict).
+
+    One call draws one PSF for the whole image and returns only that PSF, which cannot say which kind of a mix
+    was drawn; a known ground truth is what the function is for (evaluation, demos), so the caller picks the
+    kind (and knows it). A list would otherwise reach the PSF-array check and be called a bad PSF.
+    """
+    if isinstance(kind, str):
+        mixed = "," in kind or ":" in kind
+    elif isinstance(kind, Mapping):
+        mixed = True
+    else:
+        mixed = isinstance(kind, list | tuple) and bool(kind) and all(isinstance(k, str) for k in kind)
+    if mixed:
+        raise InputError(
+            f"synthesize_blur takes one blur kind per call, not a mix such as {kind!r}: it draws one PSF for the "
+            f"whole image and returns it, so that you know the blur. Use one of {', '.join(PSF_KINDS)} ('mixed' "
+            "draws motion, defocus or gaussian at random), or pick a kind per call yourself, e.g. "
+            "kind=rng.choice(['motion', 'defocus']) with rng = np.random.default_rng(seed). finetune's blur_kind "
+            "takes mixes ('motion:2,defocus') because it draws a kind per training crop."
+        )
+
+
 def synthesize_blur_with_params(
     sharp: Any,
     kind: str | np.ndarray = "motion",
@@ -376,6 +399,7 @@ def synthesize_blur_with_params(
             f"The YX planes are {ny}x{nx} px; synthetic blur needs at least {MIN_PLANE_SIZE}x{MIN_PLANE_SIZE} px."
         )
     rng = _rng_from_seed(seed)
+    _refuse_a_mix_of_kinds(kind)
     if isinstance(kind, str):
         kind = kind.strip().lower()  # "Motion" as finetune(blur_kind=) takes it
         if kind not in PSF_KINDS:
@@ -442,7 +466,10 @@ def synthesize_blur(
     kind
         "motion" (camera-shake trajectory), "defocus" (disk or Airy), "airy" (Airy only), "gaussian", "mixed"
         (motion, defocus or Gaussian at random), or a 2D array used as the PSF (normalised to sum 1; give it odd
-        sides: an even-sized PSF has no centre pixel and shifts the image by half a pixel).
+        sides: an even-sized PSF has no centre pixel and shifts the image by half a pixel). One kind per call:
+        unlike ``finetune(blur_kind=)``, which draws a kind per training crop, a mix (``"motion:2,defocus"``, a
+        list, a dict) is refused, since the one PSF returned could not say which kind was drawn; pick a kind
+        per call instead (``kind=rng.choice(["motion", "defocus"])``).
     strength
         Blur size in pixels for the kind: motion extent, defocus radius or Gaussian sigma. None draws it
         from :data:`napari_deblurgan.blur.psf.DEFAULT_STRENGTH_RANGES`.

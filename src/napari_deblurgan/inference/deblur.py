@@ -123,7 +123,11 @@ def deblur(
         16), so that every tile sees the down-sampling grid of the whole image: ``overlap=4`` runs with 16,
         ``tile_size=130`` with 144; the warnings and errors name both the number passed and the one used.
     device
-        "auto" (CUDA > MPS > CPU), "cpu", "cuda", "cuda:1", "mps". GPUs run in bfloat16/float16 autocast.
+        "auto" (CUDA > MPS > CPU; None means the same), "cpu", "cuda", "cuda:1", "mps" or a ``torch.device``.
+        GPUs run in bfloat16/float16 autocast. A :class:`~napari_deblurgan.DeblurModel` passed as ``model`` is
+        not copied: its generator is moved to this device in place (once per call, only if it is elsewhere)
+        and stays there afterwards, so ``load_model``'s CPU placement needs no ``.to()`` first (a generator in
+        training mode is the exception: it is run as an eval-mode copy, and the original is left alone).
     progress
         Called as ``progress(done, total)`` after every tile batch (after every block for dask input).
     cancel

@@ -1473,7 +1473,7 @@ def iter_finetune(
     batch_size: int = 8,
     preset: str | Preset = "default",
     learning_rate: float | None = None,
-    device: str = "auto",
+    device: str | None = "auto",
     seed: int | None = None,
     validation: float | tuple[Any, Any] | None = 0.1,
     checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -1514,7 +1514,10 @@ def iter_finetune(
         preset: ``"default"``, ``"deblurgan"`` (paper recipe), ``"content"`` (L1 only), ``"content-mse"``
             (MSE only) or ``"content-psnr"`` (mean over crops of log MSE); see presets.py.
         learning_rate: overrides the preset's generator learning rate (the critic's scales with it).
-        device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``.
+        device: ``"auto"`` (CUDA > MPS > CPU; None means the same), ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``.
+            Training runs on a copy of ``model`` (a given :class:`DeblurModel` is never moved or changed), and
+            the model returned is on the CPU, as :func:`load_model` returns one: ``deblur`` moves it to its own
+            ``device``.
         seed: makes the run reproducible (on the CPU exactly); None picks one and records it.
         validation: held-out fraction, 0/None for none, or an explicit ``(blurred, sharp)`` pair.
         checkpoint_dir: folder for the resumable checkpoint (written every ``checkpoint_every`` steps, on
@@ -1540,7 +1543,11 @@ def iter_finetune(
             the uninterrupted run, bit for bit on the CPU. The weights returned as best can differ: a stop
             validates the newest weights off the validation schedule, and if they score best they stay the
             best. Checkpoints go on into that folder unless ``checkpoint_dir`` is given.
-        axes: axes of the images (inferred when None).
+        axes: axes of the images (letters over ``TZCYXS``, the same for every image); None infers them from
+            each image's shape by :func:`deblur`'s rules: a last axis of 3 or 4 is RGB(A) samples (``S``). A
+            grey stack whose last axis happens to be 3 or 4 long needs ``axes`` (``"ZYX"``), which is what
+            ``deblur``'s ``rgb=False`` spells; there is no ``rgb`` argument here, as ``axes`` says it (the
+            Finetune panel passes each layer's axes, ``S`` for an RGB layer).
         perceptual_weights: a VGG-19 weight file for the perceptual loss (otherwise torchvision's cache).
         allow_download: allow downloading VGG-19 weights (default: env ``NAPARI_DEBLURGAN_ALLOW_DOWNLOAD``).
         preview: emit :class:`Preview` events (restoration of a fixed validation crop) at each validation.
@@ -1595,7 +1602,7 @@ def finetune(
     batch_size: int = 8,
     preset: str | Preset = "default",
     learning_rate: float | None = None,
-    device: str = "auto",
+    device: str | None = "auto",
     seed: int | None = None,
     validation: float | tuple[Any, Any] | None = 0.1,
     checkpoint_dir: str | os.PathLike[str] | None = None,
