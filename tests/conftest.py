@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-#: Smallest sensible unet_lite: a few thousand parameters, stride 4; enough to exercise every code path.
-TINY_UNET_ARGS = {"width": 4, "depth": 2, "n_blocks": 1}
+from _helpers import TINY_UNET_ARGS  # the training tests' tiny model is this one too
 
 
 @pytest.fixture

@@ -7,41 +7,20 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import tiny_run, tiny_unet
 from napari_deblurgan.errors import InputError, ModelFileError
-from napari_deblurgan.model_file import create_model
 from napari_deblurgan.training import events as ev
 from napari_deblurgan.training import losses
 from napari_deblurgan.training.distillation import SelfEnsembleTeacher, weights_digest
-from napari_deblurgan.training.trainer import iter_finetune
 
-TINY = {"width": 4, "depth": 2, "n_blocks": 1}
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Perceptual loss:UserWarning"),
     pytest.mark.usefixtures("one_torch_thread"),  # conftest.py
 ]
 
 
-def _model(seed: int = 0, channels: int = 1):
-    return create_model("unet_lite", channels, seed=seed, **TINY)
-
-
-def _run(training_pair, **kw):
-    args = dict(
-        model=_model(),
-        steps=3,
-        patch_size=32,
-        batch_size=2,
-        preset="content-mse",
-        device="cpu",
-        seed=0,
-        validate_every=100,
-    )
-    args.update(kw)
-    return iter_finetune(*training_pair, **args)
-
-
 def test_targets_mix_sharp_with_the_teachers_mean_over_the_eight_symmetries():
-    teacher = _model(seed=3)
+    teacher = tiny_unet(seed=3)
     g = torch.Generator().manual_seed(0)
     blurred, sharp = torch.rand(2, 1, 32, 24, generator=g), torch.rand(2, 1, 32, 24, generator=g)  # not square
     got = SelfEnsembleTeacher(teacher, 0.25, torch.device("cpu")).targets(blurred, sharp)
@@ -61,7 +40,7 @@ def test_targets_mix_sharp_with_the_teachers_mean_over_the_eight_symmetries():
 
 def test_a_run_trains_toward_the_teacher(training_pair):
     """With the whole target from the teacher, a student moves toward the teacher's ensemble output."""
-    teacher = _model(seed=7)
+    teacher = tiny_unet(seed=7)
     probe = torch.from_numpy(training_pair[0][None, None, :64, :64].astype(np.float32) / 4000)
     reference = SelfEnsembleTeacher(teacher, 1.0, torch.device("cpu")).ensemble(probe)
 
@@ -70,23 +49,23 @@ def test_a_run_trains_toward_the_teacher(training_pair):
             return float(torch.mean((model.generator.eval()(probe) - reference) ** 2))
 
     kw = dict(steps=40, learning_rate=2e-3, validation=None)
-    taught = _run(training_pair, teacher=teacher, teacher_weight=1.0, **kw).run_to_end()
-    plain = _run(training_pair, **kw).run_to_end()
-    start = distance(_model())
+    taught = tiny_run(training_pair, teacher=teacher, teacher_weight=1.0, **kw).run_to_end()
+    plain = tiny_run(training_pair, **kw).run_to_end()
+    start = distance(tiny_unet())
     assert distance(taught) < 0.5 * start
     assert distance(taught) < 0.5 * distance(plain)
 
 
 def test_teacher_is_recorded_and_left_untouched(training_pair):
-    teacher = _model(seed=5)
+    teacher = tiny_unet(seed=5)
     before = {k: v.clone() for k, v in teacher.generator.state_dict().items()}
-    model = _run(training_pair, teacher=teacher, teacher_weight=0.5).run_to_end()
+    model = tiny_run(training_pair, teacher=teacher, teacher_weight=0.5).run_to_end()
     recorded = model.metadata["training"]["teacher"]
     assert recorded["weights_sha256"] == weights_digest(teacher) and recorded["weight"] == 0.5
     assert recorded["self_ensemble"] == 8
     for k, v in teacher.generator.state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert _run(training_pair).run_to_end().metadata["training"]["teacher"] is None
+    assert tiny_run(training_pair).run_to_end().metadata["training"]["teacher"] is None
 
 
 def test_the_critic_sees_the_true_sharp_crops(training_pair, monkeypatch):
@@ -98,8 +77,8 @@ def test_the_critic_sees_the_true_sharp_crops(training_pair, monkeypatch):
         return real_critic_loss(critic, real, fake, **kw)
 
     monkeypatch.setattr(losses, "critic_loss", recording)
-    teacher = _model(seed=5)
-    run = _run(training_pair, preset="default", steps=1, teacher=teacher, teacher_weight=1.0)
+    teacher = tiny_unet(seed=5)
+    run = tiny_run(training_pair, preset="default", steps=1, teacher=teacher, teacher_weight=1.0)
     step_fn_batches = []
     from napari_deblurgan.data import pairs as data_pairs
 
@@ -118,52 +97,52 @@ def test_the_critic_sees_the_true_sharp_crops(training_pair, monkeypatch):
 @pytest.mark.parametrize("weight", [0, 1.5, -0.1, True, "half"])
 def test_bad_teacher_weight(training_pair, weight):
     with pytest.raises(InputError, match=r"teacher_weight must be a number in \(0, 1\]"):
-        _run(training_pair, teacher=_model(seed=1), teacher_weight=weight)
+        tiny_run(training_pair, teacher=tiny_unet(seed=1), teacher_weight=weight)
 
 
 @pytest.mark.parametrize("weight", [3, 0, "half"])
 def test_a_bad_teacher_weight_is_refused_without_a_teacher_too(training_pair, weight):
     with pytest.raises(InputError, match=r"teacher_weight must be a number in \(0, 1\]"):
-        _run(training_pair, teacher_weight=weight)
+        tiny_run(training_pair, teacher_weight=weight)
 
 
 def test_a_teacher_weight_without_a_teacher_is_said_to_be_ignored(training_pair):
     with pytest.warns(UserWarning, match="teacher_weight 0.3 is ignored: no teacher was given"):
-        events = list(_run(training_pair, steps=1, teacher_weight=0.3))
+        events = list(tiny_run(training_pair, steps=1, teacher_weight=0.3))
     assert [e for e in events if isinstance(e, ev.Notice) and "teacher_weight 0.3 is ignored" in e.message]
-    quiet = list(_run(training_pair, steps=1))  # the default weight, no teacher: nothing to say
+    quiet = list(tiny_run(training_pair, steps=1))  # the default weight, no teacher: nothing to say
     assert not [e for e in quiet if isinstance(e, ev.Notice) and "teacher_weight" in e.message]
 
 
 def test_bad_teacher(training_pair, tmp_path):
     with pytest.raises(InputError, match="teacher must be"):
-        _run(training_pair, teacher=3)
+        tiny_run(training_pair, teacher=3)
     with pytest.raises(InputError, match="the teacher takes 3 channel"):
-        _run(training_pair, teacher=_model(seed=1, channels=3))
+        tiny_run(training_pair, teacher=tiny_unet(3, seed=1))
     with pytest.raises(ModelFileError, match="missing"):
-        _run(training_pair, teacher=tmp_path / "missing.pt")
+        tiny_run(training_pair, teacher=tmp_path / "missing.pt")
 
 
 def test_resume_needs_the_same_teacher(training_pair, tmp_path):
-    teacher = _model(seed=5)
-    first = _run(training_pair, steps=4, checkpoint_dir=tmp_path, checkpoint_every=2, teacher=teacher)
+    teacher = tiny_unet(seed=5)
+    first = tiny_run(training_pair, steps=4, checkpoint_dir=tmp_path, checkpoint_every=2, teacher=teacher)
     for e in first:
         if isinstance(e, ev.Step) and e.step == 2:
             first.stop()
     assert first.finished.stopped
     with pytest.raises(InputError, match="started with a teacher; pass the same teacher"):
-        _run(training_pair, steps=4, checkpoint_dir=tmp_path, resume=tmp_path)
+        tiny_run(training_pair, steps=4, checkpoint_dir=tmp_path, resume=tmp_path)
     with pytest.raises(InputError, match="started with another teacher"):
-        _run(training_pair, steps=4, checkpoint_dir=tmp_path, resume=tmp_path, teacher=_model(seed=6))
-    resumed = _run(
+        tiny_run(training_pair, steps=4, checkpoint_dir=tmp_path, resume=tmp_path, teacher=tiny_unet(seed=6))
+    resumed = tiny_run(
         training_pair, steps=4, checkpoint_dir=tmp_path, resume=tmp_path, teacher=teacher, teacher_weight=0.9
     )
     assert resumed.config.teacher_weight == 0.5  # the checkpoint's recipe wins, as for every other setting
     assert resumed.run_to_end().metadata["training"]["steps_done"] == 4
     plain_dir = tmp_path / "plain"
-    plain = _run(training_pair, steps=4, checkpoint_dir=plain_dir, checkpoint_every=2)
+    plain = tiny_run(training_pair, steps=4, checkpoint_dir=plain_dir, checkpoint_every=2)
     for e in plain:
         if isinstance(e, ev.Step) and e.step == 2:
             plain.stop()
     with pytest.raises(InputError, match="started without a teacher"):
-        _run(training_pair, steps=4, checkpoint_dir=plain_dir, resume=plain_dir, teacher=teacher)
+        tiny_run(training_pair, steps=4, checkpoint_dir=plain_dir, resume=plain_dir, teacher=teacher)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import tiny_unet
 from napari_deblurgan.training import events as ev
 from napari_deblurgan.training import trainer
 from napari_deblurgan.training.checkpoint import load_checkpoint, save_checkpoint
@@ -31,16 +32,9 @@ pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),  # conftest.py
 ]
 
-TINY = {"width": 4, "depth": 2, "n_blocks": 1}
 RUN_ARGS: dict[str, Any] = dict(
     patch_size=32, batch_size=2, preset="content", device="cpu", seed=0, ema=0.9, checkpoint_every=100
 )
-
-
-def _model():
-    from napari_deblurgan.model_file import create_model
-
-    return create_model("unet_lite", 1, seed=0, **TINY)
 
 
 def _validations(events) -> list[tuple[int, str, float]]:
@@ -54,7 +48,7 @@ def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
 def _best_weights_by_validation(pair, **kw) -> dict[tuple[int, str], tuple[float, dict[str, torch.Tensor]]]:
     """An uninterrupted run: (step, source) of every new best -> its PSNR and its weights (run.model then)."""
     bests: dict[tuple[int, str], tuple[float, dict[str, torch.Tensor]]] = {}
-    run = iter_finetune(*pair, model=_model(), **RUN_ARGS, **kw)
+    run = iter_finetune(*pair, model=tiny_unet(), **RUN_ARGS, **kw)
     for event in run:
         if isinstance(event, ev.Validation) and event.is_best:
             state = {key: value.clone() for key, value in run.model.generator.state_dict().items()}
@@ -101,7 +95,7 @@ def test_an_interrupt_at_any_line_of_a_new_best_leaves_a_checkpoint_that_describ
     lines: list[int] = []
     sys.settrace(_tracer_of_validate(10, lines.append))
     try:
-        list(iter_finetune(*training_pair, model=_model(), **RUN_ARGS, **kw))
+        list(iter_finetune(*training_pair, model=tiny_unet(), **RUN_ARGS, **kw))
     finally:
         sys.settrace(None)
     assert lines
@@ -114,7 +108,7 @@ def test_an_interrupt_at_any_line_of_a_new_best_leaves_a_checkpoint_that_describ
                 raise KeyboardInterrupt("a second Ctrl-C, simulated")
 
         folder = tmp_path / f"at_{stop_at}"
-        run = iter_finetune(*training_pair, model=_model(), checkpoint_dir=folder, **RUN_ARGS, **kw)
+        run = iter_finetune(*training_pair, model=tiny_unet(), checkpoint_dir=folder, **RUN_ARGS, **kw)
         sys.settrace(_tracer_of_validate(10, interrupt_at_line))
         try:
             with pytest.raises(KeyboardInterrupt):
@@ -137,7 +131,7 @@ def test_an_interrupt_at_any_line_of_a_new_best_leaves_a_checkpoint_that_describ
 
 def test_a_validation_aborted_by_a_second_ctrl_c_is_done_by_the_resumed_run(training_pair, tmp_path, monkeypatch):
     kw = dict(steps=20, validate_every=10, learning_rate=0.02)
-    straight_run = iter_finetune(*training_pair, model=_model(), **RUN_ARGS, **kw)
+    straight_run = iter_finetune(*training_pair, model=tiny_unet(), **RUN_ARGS, **kw)
     straight = _validations(straight_run)
 
     real_evaluate = trainer.evaluate
@@ -150,7 +144,7 @@ def test_a_validation_aborted_by_a_second_ctrl_c_is_done_by_the_resumed_run(trai
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "evaluate", second_ctrl_c_in_the_validation_of_step_10)
-    first = iter_finetune(*training_pair, model=_model(), checkpoint_dir=tmp_path, **RUN_ARGS, **kw)
+    first = iter_finetune(*training_pair, model=tiny_unet(), checkpoint_dir=tmp_path, **RUN_ARGS, **kw)
     with pytest.raises(KeyboardInterrupt):
         for _ in first:
             pass
@@ -168,9 +162,9 @@ def test_a_validation_aborted_by_a_second_ctrl_c_is_done_by_the_resumed_run(trai
 
 def test_a_checkpoint_off_the_validation_schedule_is_not_validated_on_resume(training_pair, tmp_path):
     kw = dict(steps=10, validate_every=5)
-    straight = _validations(iter_finetune(*training_pair, model=_model(), **RUN_ARGS, **kw))
+    straight = _validations(iter_finetune(*training_pair, model=tiny_unet(), **RUN_ARGS, **kw))
 
-    first = iter(iter_finetune(*training_pair, model=_model(), checkpoint_dir=tmp_path, **RUN_ARGS, **kw))
+    first = iter(iter_finetune(*training_pair, model=tiny_unet(), checkpoint_dir=tmp_path, **RUN_ARGS, **kw))
     for event in first:
         if isinstance(event, ev.Step) and event.step == 3:
             break
@@ -195,7 +189,7 @@ def test_a_checkpoint_without_the_validated_field_resumes_as_validated(training_
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "evaluate", second_ctrl_c)
-    first = iter_finetune(*training_pair, model=_model(), checkpoint_dir=tmp_path, **RUN_ARGS, **kw)
+    first = iter_finetune(*training_pair, model=tiny_unet(), checkpoint_dir=tmp_path, **RUN_ARGS, **kw)
     with pytest.raises(KeyboardInterrupt):
         for _ in first:
             pass

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import TINY_RUN_ARGS, tiny_run, tiny_unet
 from napari_deblurgan.errors import InputError
 from napari_deblurgan.signal_safe_stderr import stderr_from_signal_handlers
 from napari_deblurgan.training import events as ev
@@ -19,8 +20,6 @@ from napari_deblurgan.training import losses
 from napari_deblurgan.training.checkpoint import checkpoint_path, load_checkpoint
 from napari_deblurgan.training.presets import get_preset
 from napari_deblurgan.training.trainer import GanStep, evaluate, finetune, iter_finetune
-
-TINY = {"width": 4, "depth": 2, "n_blocks": 1}
 
 # No VGG-19 weights offline: presets with a perceptual term warn about the fallback (tested explicitly below).
 pytestmark = [
@@ -32,12 +31,6 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def pair(training_pair) -> tuple[np.ndarray, np.ndarray]:
     return training_pair  # conftest.py
-
-
-def _model():
-    from napari_deblurgan.model_file import create_model
-
-    return create_model("unet_lite", 1, seed=0, **TINY)
 
 
 def _losses(run_events) -> list[dict[str, float]]:
@@ -55,13 +48,13 @@ def _losses_until_stop(run, at_step: int) -> list[dict[str, float]]:
     return got
 
 
-_RUN_ARGS = dict(steps=3, patch_size=32, batch_size=2, preset="content", device="cpu", seed=0, validate_every=100)
+# this file's runs train with L1 content loss ("content"), not the shared runs' MSE
+_RUN_ARGS = {**TINY_RUN_ARGS, "preset": "content"}
 
 
-def _run(pair, **kw):
-    args = dict(model=_model(), **_RUN_ARGS)
-    args.update(kw)
-    return list(iter_finetune(*pair, **args))
+def _run(pair, **kw) -> list[ev.TrainingEvent]:
+    """The events of a whole tiny run (:func:`tiny_run` with this file's preset)."""
+    return list(tiny_run(pair, **{**_RUN_ARGS, **kw}))
 
 
 def test_same_seed_same_losses_on_cpu(pair):
@@ -77,7 +70,7 @@ def test_resume_continues_exactly(pair, tmp_path):
 
     first = iter_finetune(
         *pair,
-        model=_model(),
+        model=tiny_unet(),
         steps=4,
         patch_size=32,
         batch_size=2,
@@ -94,7 +87,7 @@ def test_resume_continues_exactly(pair, tmp_path):
 
     resumed = iter_finetune(
         *pair,
-        model=_model(),
+        model=tiny_unet(),
         steps=4,
         patch_size=32,
         batch_size=2,
@@ -120,7 +113,7 @@ def test_a_stop_requested_inside_a_step_still_resumes_exactly(pair, tmp_path, mo
 
     kwargs = dict(_RUN_ARGS, preset="deblurgan", steps=3, checkpoint_every=2)  # 5 critic updates per step
     straight = _losses(_run(pair, **kwargs))
-    run = iter_finetune(*pair, model=_model(), **{**kwargs, "checkpoint_dir": tmp_path})
+    run = iter_finetune(*pair, model=tiny_unet(), **{**kwargs, "checkpoint_dir": tmp_path})
     real, calls = BatchSource.next_batch, []
 
     def next_batch(self, size):
@@ -134,7 +127,7 @@ def test_a_stop_requested_inside_a_step_still_resumes_exactly(pair, tmp_path, mo
     monkeypatch.undo()
     assert run.finished.stopped and run.finished.step == 1 and len(got) == 1
     rest = _losses(
-        list(iter_finetune(*pair, model=_model(), **{**kwargs, "checkpoint_dir": tmp_path, "resume": tmp_path}))
+        list(iter_finetune(*pair, model=tiny_unet(), **{**kwargs, "checkpoint_dir": tmp_path, "resume": tmp_path}))
     )
     assert got + rest == straight
 
@@ -156,7 +149,7 @@ def test_a_data_warning_of_a_run_names_the_users_line(pair):
     blurred, sharp = pair
     with pytest.warns(UserWarning, match="is offset from its sharp image") as record:
         shifted = np.roll(blurred, (6, -4), axis=(0, 1))
-        list(iter_finetune(shifted, sharp, model=_model(), steps=1, patch_size=32, validation=0, device="cpu"))
+        list(iter_finetune(shifted, sharp, model=tiny_unet(), steps=1, patch_size=32, validation=0, device="cpu"))
     assert {w.filename for w in record if "is offset" in str(w.message)} == {__file__}
 
 
@@ -184,7 +177,7 @@ def test_resume_keeps_the_runs_total_its_folder_and_its_exact_preset(pair, tmp_p
         *pair,
         **{
             **_RUN_ARGS,
-            "model": _model(),
+            "model": tiny_unet(),
             "preset": custom,
             "steps": 6,
             "checkpoint_dir": tmp_path,
@@ -192,19 +185,19 @@ def test_resume_keeps_the_runs_total_its_folder_and_its_exact_preset(pair, tmp_p
         },
     )
     got = _losses_until_stop(first, at_step=2)
-    resumed = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": None, "resume": tmp_path}))
+    resumed = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": tiny_unet(), "steps": None, "resume": tmp_path}))
     assert resumed[0].total_steps == 6 and resumed[0].start_step == 2
     assert got + _losses(resumed) == straight  # the mse recipe, not stock content (L1)
     assert load_checkpoint(tmp_path)["step"] == 6  # written into the resumed folder
     with pytest.raises(InputError, match="below the checkpoint's step 6"):
-        iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path})
+        iter_finetune(*pair, **{**_RUN_ARGS, "model": tiny_unet(), "steps": 3, "resume": tmp_path})
 
 
 def test_resuming_pairs_as_synthetic_blur_says_so(pair, tmp_path):
     _run(pair, steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
     _blurred, sharp = pair
     with pytest.warns(UserWarning, match="sharp images with synthetic blur now, blurred/sharp pairs then"):
-        events = list(iter_finetune(sharp, None, **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path}))
+        events = list(iter_finetune(sharp, None, **{**_RUN_ARGS, "model": tiny_unet(), "steps": 3, "resume": tmp_path}))
     assert [e for e in events if isinstance(e, ev.Notice) and e.kind == "resume-data"]
 
 
@@ -242,7 +235,9 @@ def test_neither_a_run_nor_its_resume_touches_the_callers_global_rng(pair, tmp_p
     assert same(before, states())
     torch.rand(3), np.random.rand(3), random.random()  # the caller's own draws between the two runs
     before = states()
-    run = iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "preset": "default", "steps": 4, "resume": tmp_path})
+    run = iter_finetune(
+        *pair, **{**_RUN_ARGS, "model": tiny_unet(), "preset": "default", "steps": 4, "resume": tmp_path}
+    )
     assert same(before, states())
     list(run)
     assert same(before, states())
@@ -253,7 +248,14 @@ def test_recipe_arguments_that_a_resume_replaces_are_named(pair, tmp_path):
     events = list(
         iter_finetune(
             *pair,
-            **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path, "batch_size": 4, "learning_rate": 1e-5},
+            **{
+                **_RUN_ARGS,
+                "model": tiny_unet(),
+                "steps": 3,
+                "resume": tmp_path,
+                "batch_size": 4,
+                "learning_rate": 1e-5,
+            },
         )
     )
     notes = [e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
@@ -264,10 +266,12 @@ def test_recipe_arguments_that_a_resume_replaces_are_named(pair, tmp_path):
 
 def test_resuming_a_run_without_ema_with_one_says_the_checkpoint_had_none(pair, tmp_path):
     _run(pair, steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
-    events = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 3, "resume": tmp_path, "ema": 0.99}))
+    events = list(
+        iter_finetune(*pair, **{**_RUN_ARGS, "model": tiny_unet(), "steps": 3, "resume": tmp_path, "ema": 0.99})
+    )
     notes = [e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
     assert len(notes) == 1 and "ema None (not 0.99)" in notes[0] and "preset's" not in notes[0], notes
-    same = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": _model(), "steps": 4, "resume": tmp_path}))
+    same = list(iter_finetune(*pair, **{**_RUN_ARGS, "model": tiny_unet(), "steps": 4, "resume": tmp_path}))
     assert not [e for e in same if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
 
 
@@ -280,13 +284,13 @@ def test_a_new_run_into_a_used_checkpoint_dir_says_it_replaces_it(pair, tmp_path
 
 def test_resume_from_missing_dir_is_input_error(pair, tmp_path):
     with pytest.raises(InputError, match="No training checkpoint"):
-        iter_finetune(*pair, model=_model(), resume=tmp_path / "nope", device="cpu")
+        iter_finetune(*pair, model=tiny_unet(), resume=tmp_path / "nope", device="cpu")
 
 
 def test_stop_from_another_thread_ends_the_run_after_the_step_in_progress(pair):
     run = iter_finetune(
         *pair,
-        model=_model(),
+        model=tiny_unet(),
         steps=100_000,
         patch_size=32,
         batch_size=2,
@@ -390,7 +394,7 @@ def test_missing_perceptual_weight_file_is_input_error(tmp_path):
 
 
 def test_event_sequence_and_result(pair, tmp_path):
-    model = _model()
+    model = tiny_unet()
     model.metadata.update(name="mybase", description="the base model")
     before = {k: v.clone() for k, v in model.generator.state_dict().items()}
     seen = []
@@ -480,7 +484,7 @@ def test_sharp_only_data_trains_with_synthetic_blur(pair):
     events = list(
         iter_finetune(
             sharp,
-            model=_model(),
+            model=tiny_unet(),
             steps=2,
             patch_size=32,
             batch_size=2,
@@ -503,11 +507,11 @@ def test_train_from_architecture_name(pair):
 
 def test_bad_arguments_raise_input_errors(pair):
     with pytest.raises(InputError, match="preset"):
-        iter_finetune(*pair, model=_model(), preset="magic", device="cpu")
+        iter_finetune(*pair, model=tiny_unet(), preset="magic", device="cpu")
     with pytest.raises(InputError, match="steps"):
-        iter_finetune(*pair, model=_model(), steps=-1, device="cpu")
+        iter_finetune(*pair, model=tiny_unet(), steps=-1, device="cpu")
     with pytest.raises(InputError, match="ema"):
-        iter_finetune(*pair, model=_model(), ema=1.5, device="cpu")
+        iter_finetune(*pair, model=tiny_unet(), ema=1.5, device="cpu")
     with pytest.raises(InputError, match="architecture"):
         iter_finetune(*pair, model=3, device="cpu")
     for kwargs, match in [
@@ -519,21 +523,21 @@ def test_bad_arguments_raise_input_errors(pair):
         ({"model": "unet_lite", "channels": 0}, "channels must be a whole number >= 1"),
     ]:
         with pytest.raises(InputError, match=match):
-            iter_finetune(*pair, **{"model": _model(), "device": "cpu", **kwargs})
+            iter_finetune(*pair, **{"model": tiny_unet(), "device": "cpu", **kwargs})
 
 
 def test_a_checkpoint_dir_that_is_a_file_is_refused(pair, tmp_path):
     afile = tmp_path / "not_a_folder"
     afile.write_text("x")
     with pytest.raises(InputError, match="is a file; give a folder"):
-        iter_finetune(*pair, model=_model(), device="cpu", checkpoint_dir=afile)
+        iter_finetune(*pair, model=tiny_unet(), device="cpu", checkpoint_dir=afile)
     assert afile.read_text() == "x"
 
 
 def test_numpy_scalars_are_accepted_as_options(pair):
     run = iter_finetune(
         *pair,
-        model=_model(),
+        model=tiny_unet(),
         device="cpu",
         steps=np.int64(2),
         batch_size=np.int64(2),
@@ -555,9 +559,9 @@ def test_auto_precision_reduces_only_on_cuda():
 
 def test_precision_is_checked_up_front(pair):
     with pytest.raises(InputError, match="precision must be one of"):
-        iter_finetune(*pair, model=_model(), precision="int8", device="cpu")
+        iter_finetune(*pair, model=tiny_unet(), precision="int8", device="cpu")
     with pytest.raises(InputError, match="float16' needs a GPU"):
-        iter_finetune(*pair, model=_model(), precision="float16", device="cpu")
+        iter_finetune(*pair, model=tiny_unet(), precision="float16", device="cpu")
 
 
 def test_bfloat16_precision_autocasts_on_the_cpu_and_is_recorded_and_resumed(pair, tmp_path):
@@ -583,13 +587,13 @@ def test_bfloat16_precision_autocasts_on_the_cpu_and_is_recorded_and_resumed(pai
     assert plain.metadata["training"]["autocast_dtype"] is None
     # a resumed run keeps the checkpoint's precision whatever it is given
     resumed = iter_finetune(
-        *pair, model=_model(), steps=3, patch_size=32, batch_size=2, preset="content", device="cpu", seed=0,
+        *pair, model=tiny_unet(), steps=3, patch_size=32, batch_size=2, preset="content", device="cpu", seed=0,
         validate_every=100, checkpoint_dir=tmp_path, resume=tmp_path, precision="float32",
     )  # fmt: skip
     assert resumed.config.precision == "bfloat16"
 
     step = GanStep(
-        Spy(_model().generator),
+        Spy(tiny_unet().generator),
         None,
         get_preset("content"),
         torch.device("cpu"),
@@ -648,7 +652,7 @@ def test_synthetic_blur_settings_are_used_recorded_and_resumed(pair, tmp_path):
     first = iter_finetune(
         sharp,
         None,
-        model=_model(),
+        model=tiny_unet(),
         steps=4,
         patch_size=32,
         batch_size=2,
@@ -666,7 +670,7 @@ def test_synthetic_blur_settings_are_used_recorded_and_resumed(pair, tmp_path):
         if isinstance(e, ev.Step) and e.step == 2:
             first.stop()
     # resumed without repeating the settings: the checkpoint's recipe wins
-    resumed = list(iter_finetune(sharp, None, model=_model(), steps=4, device="cpu", resume=tmp_path))
+    resumed = list(iter_finetune(sharp, None, model=tiny_unet(), steps=4, device="cpu", resume=tmp_path))
     meta = resumed[-1].model.metadata["training"]["synthetic_blur"]
     assert meta == {
         "kinds": ["gaussian", "defocus"],
@@ -679,7 +683,7 @@ def test_synthetic_blur_settings_are_used_recorded_and_resumed(pair, tmp_path):
 
 def test_a_finetuned_model_gets_its_own_date_not_its_bases(pair, tmp_path):
     """The shipped stage-6 file said it was created on stage 1's date: the base's metadata was copied whole."""
-    base = _model()
+    base = tiny_unet()
     base.metadata["created"] = "2001-01-01T00:00:00+00:00"
     base.metadata["package_version"] = "0.0.1"
     events = _run(pair, model=base, steps=2)
@@ -695,7 +699,7 @@ def test_a_finetuned_model_gets_its_own_date_not_its_bases(pair, tmp_path):
 
 def test_a_finetuned_model_keeps_its_bases_border_context_also_when_resumed(pair, tmp_path):
     """``context_padding`` is a property measured for the base's weights: finetuning starts from them."""
-    base = _model()
+    base = tiny_unet()
     base.context_padding = 0
     assert _run(pair, model=base, steps=2)[-1].model.context_padding == 0
 
@@ -707,7 +711,7 @@ def test_a_finetuned_model_keeps_its_bases_border_context_also_when_resumed(pair
             first.stop()
     resumed = list(
         iter_finetune(
-            *pair, **{**_RUN_ARGS, "model": _model(), "steps": 4, "checkpoint_dir": tmp_path, "resume": tmp_path}
+            *pair, **{**_RUN_ARGS, "model": tiny_unet(), "steps": 4, "checkpoint_dir": tmp_path, "resume": tmp_path}
         )
     )
     assert resumed[-1].model.context_padding == 0  # from the checkpoint, not from the model passed in
@@ -738,7 +742,7 @@ def test_resuming_a_checkpoint_scored_another_way_rescores_its_best_weights(pair
     from napari_deblurgan.training.checkpoint import save_checkpoint
 
     kwargs = dict(_RUN_ARGS, steps=4, validate_every=2, checkpoint_dir=tmp_path, checkpoint_every=2, ema=None)
-    first = iter_finetune(*pair, model=_model(), **kwargs)
+    first = iter_finetune(*pair, model=tiny_unet(), **kwargs)
     for e in first:
         if isinstance(e, ev.Step) and e.step == 2:
             first.stop()
@@ -753,7 +757,7 @@ def test_resuming_a_checkpoint_scored_another_way_rescores_its_best_weights(pair
     payload = {k: v for k, v in payload.items() if k not in ("format", "version")}
     save_checkpoint(tmp_path, payload)
 
-    events = list(iter_finetune(*pair, model=_model(), resume=tmp_path, **kwargs))
+    events = list(iter_finetune(*pair, model=tiny_unet(), resume=tmp_path, **kwargs))
     notes = [e.message for e in events if isinstance(e, ev.Notice) and "re-scored" in e.message]
     assert len(notes) == 1 and "999.00" in notes[0]
     finished = events[-1]
@@ -763,7 +767,7 @@ def test_resuming_a_checkpoint_scored_another_way_rescores_its_best_weights(pair
     saved["validation_metric"] = "mean PSNR over crops"
     payload["json"] = json.dumps(saved)
     save_checkpoint(tmp_path, payload)
-    events = list(iter_finetune(*pair, model=_model(), resume=tmp_path, **kwargs))
+    events = list(iter_finetune(*pair, model=tiny_unet(), resume=tmp_path, **kwargs))
     assert not [e for e in events if isinstance(e, ev.Notice) and "re-scored" in e.message]
     assert events[-1].best_psnr == 999.0
 
@@ -776,18 +780,18 @@ def test_resuming_with_other_validation_crops_rescores_the_kept_best_on_them(pai
 
     blurred, sharp = pair
     kwargs = dict(_RUN_ARGS, steps=4, validate_every=2, checkpoint_dir=tmp_path, checkpoint_every=2, ema=None)
-    first = iter_finetune(blurred, sharp, model=_model(), **kwargs)
+    first = iter_finetune(blurred, sharp, model=tiny_unet(), **kwargs)
     for e in first:
         if isinstance(e, ev.Step) and e.step == 2:
             first.stop()
     saved = json.loads(load_checkpoint(tmp_path)["json"])
     assert len(saved["validation_fingerprint"]) == 16
-    same = list(iter_finetune(blurred, sharp, model=_model(), resume=tmp_path, **{**kwargs, "steps": 2}))
+    same = list(iter_finetune(blurred, sharp, model=tiny_unet(), resume=tmp_path, **{**kwargs, "steps": 2}))
     assert not [e for e in same if isinstance(e, ev.Notice) and "re-scored" in e.message]
     assert same[-1].best_psnr == saved["best_psnr"]
 
     other = (np.ascontiguousarray(blurred[::-1, :64]), np.ascontiguousarray(sharp[::-1, :64]))
-    events = list(iter_finetune(blurred, sharp, model=_model(), resume=tmp_path, validation=other, **kwargs))
+    events = list(iter_finetune(blurred, sharp, model=tiny_unet(), resume=tmp_path, validation=other, **kwargs))
     notes = [e.message for e in events if isinstance(e, ev.Notice) and "re-scored" in e.message]
     assert len(notes) == 1 and "validation crops differ" in notes[0] and f"{saved['best_psnr']:.2f}" in notes[0]
     rescored = float(notes[0].rsplit(": ", 1)[1].rstrip(" dB."))
@@ -838,7 +842,7 @@ def test_a_failed_checkpoint_write_is_a_notice_and_the_run_goes_on(pair, tmp_pat
 def test_a_stop_right_after_a_checkpoint_writes_it_once(pair, tmp_path):
     run = iter_finetune(
         *pair,
-        model=_model(),
+        model=tiny_unet(),
         **{**_RUN_ARGS, "steps": 6, "checkpoint_dir": tmp_path, "checkpoint_every": 2, "validate_every": 2},
     )
     events = []
@@ -851,7 +855,7 @@ def test_a_stop_right_after_a_checkpoint_writes_it_once(pair, tmp_path):
 
 def test_closing_the_event_stream_early_keeps_a_checkpoint_of_the_last_step(pair, tmp_path):
     run = iter_finetune(
-        *pair, model=_model(), **{**_RUN_ARGS, "steps": 50, "checkpoint_dir": tmp_path, "checkpoint_every": 100}
+        *pair, model=tiny_unet(), **{**_RUN_ARGS, "steps": 50, "checkpoint_dir": tmp_path, "checkpoint_every": 100}
     )
     stream = iter(run)
     for e in stream:
@@ -894,13 +898,12 @@ def test_resume_names_every_recipe_argument_it_replaces_and_keeps_the_base_model
 def test_resume_names_a_model_given_that_is_not_the_one_the_run_started_from(pair, tmp_path, tiny_model_file):
     """Not only another architecture: another file or shipped model of the same one (a run started from `fast`
     resumed with model="default" had continued from `fast` without a word)."""
-    from napari_deblurgan.model_file import create_model
 
     def notes(events):
         return [e.message for e in events if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
 
     _run(pair, model=str(tiny_model_file), steps=1, checkpoint_dir=tmp_path, checkpoint_every=1)
-    other = create_model("unet_lite", 1, seed=1, **TINY).save(tmp_path / "other.pt")
+    other = tiny_unet(seed=1).save(tmp_path / "other.pt")
     for given, shown in ((str(other), repr(str(other))), ("unet_lite", "'unet_lite'"), ("default", "'default'")):
         note = notes(_run(pair, model=given, steps=1, resume=tmp_path))
         assert note == [
@@ -919,7 +922,7 @@ def test_resume_names_a_model_given_that_is_not_the_one_the_run_started_from(pai
 
 
 def test_run_model_metadata_describes_the_run_so_far(pair):
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 6, "validate_every": 2})
+    run = iter_finetune(*pair, model=tiny_unet(), **{**_RUN_ARGS, "steps": 6, "validate_every": 2})
     at_step_4 = []  # the metadata as it was when step 4's validation came (asserted after the loop: it must come)
     for e in run:
         if isinstance(e, ev.Validation) and e.step == 4:
@@ -956,7 +959,7 @@ def test_a_resume_told_to_checkpoint_into_another_runs_folder_says_so(pair, tmp_
 
 
 def test_a_stopped_run_validates_its_last_weights_before_choosing(pair):
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 50, "validate_every": 4})
+    run = iter_finetune(*pair, model=tiny_unet(), **{**_RUN_ARGS, "steps": 50, "validate_every": 4})
     events = []
     for e in run:
         events.append(e)
@@ -974,7 +977,7 @@ def test_the_final_checkpoint_is_rewritten_when_the_stop_finds_a_new_best(pair, 
 
     run = iter_finetune(
         *pair,
-        model=_model(),
+        model=tiny_unet(),
         **{
             **_RUN_ARGS,
             "steps": 20,
@@ -1008,7 +1011,7 @@ def test_a_rollback_after_a_checkpoint_is_saved_at_the_stop(pair, tmp_path, monk
 
     monkeypatch.setattr(losses, "content_loss", nan_at_step_6)
     run = iter_finetune(
-        *pair, model=_model(), **{**_RUN_ARGS, "steps": 20, "checkpoint_every": 4, "checkpoint_dir": tmp_path}
+        *pair, model=tiny_unet(), **{**_RUN_ARGS, "steps": 20, "checkpoint_every": 4, "checkpoint_dir": tmp_path}
     )
     for e in run:
         if isinstance(e, ev.Notice) and e.kind == "rollback":
@@ -1021,12 +1024,11 @@ def test_a_rollback_after_a_checkpoint_is_saved_at_the_stop(pair, tmp_path, monk
 def test_a_multichannel_models_preview_carries_every_channel(pair):
     """Preview images are (Y, X) for a one-channel model and (C, Y, X) for a C-channel one (an RGB model's
     preview was its red channel alone): the channels of the first validation crop, in the model's units."""
-    from napari_deblurgan.model_file import create_model
 
     blurred, sharp = (np.stack([image, image[::-1], image.T], axis=-1) for image in pair)  # three different channels
     events = _run(
         (blurred, sharp),
-        model=create_model("unet_lite", 3, seed=0, **TINY),
+        model=tiny_unet(3),
         axes="YXS",
         steps=1,
         validate_every=1,
@@ -1079,7 +1081,7 @@ def test_ctrl_c_inside_a_step_stops_after_it_as_stop_does(pair, tmp_path, monkey
     _interrupt_at_batches(monkeypatch, {6 + 2})  # the second step's second critic batch
     try:
         with pytest.warns(UserWarning, match="Ctrl-C"):
-            model = finetune(*pair, model=_model(), **kwargs, checkpoint_dir=tmp_path, on_event=events.append)
+            model = finetune(*pair, model=tiny_unet(), **kwargs, checkpoint_dir=tmp_path, on_event=events.append)
     except KeyboardInterrupt:
         pytest.fail("the first Ctrl-C inside a step escaped instead of stopping the run")
     monkeypatch.undo()
@@ -1119,7 +1121,7 @@ def test_the_first_ctrl_c_says_at_once_that_the_run_stops_after_the_step_and_how
     monkeypatch.setattr(BatchSource, "next_batch", next_batch)
     kwargs = dict(_RUN_ARGS, preset="deblurgan", steps=50, checkpoint_every=1)
     with pytest.raises(KeyboardInterrupt):
-        finetune(*pair, model=_model(), **kwargs, checkpoint_dir=tmp_path)
+        finetune(*pair, model=tiny_unet(), **kwargs, checkpoint_dir=tmp_path)
     first, second = said_mid_step
     assert first.count("\n") == 1 and first.startswith("napari-deblurgan: Ctrl-C")
     assert "stops after the step in progress" in first and str(tmp_path) in first
@@ -1161,7 +1163,7 @@ def test_the_first_ctrl_c_line_is_not_written_from_the_signal_handler(pair, monk
 
     monkeypatch.setattr(sys, "stderr", stream)
     with pytest.warns(UserWarning, match="Ctrl-C"):
-        model = finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 50}, on_event=hook)
+        model = finetune(*pair, model=tiny_unet(), **{**_RUN_ARGS, "steps": 50}, on_event=hook)
     assert stderr_from_signal_handlers.flush()
     monkeypatch.undo()
     assert model.metadata["training"]["steps_done"] == 2
@@ -1179,7 +1181,7 @@ def test_ctrl_c_in_an_event_hook_with_no_checkpoint_dir_still_returns_the_best_m
         if isinstance(e, ev.Step) and e.step == 3:
             _ctrl_c()
 
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 50, "validate_every": 2}, on_event=hook)
+    run = iter_finetune(*pair, model=tiny_unet(), **{**_RUN_ARGS, "steps": 50, "validate_every": 2}, on_event=hook)
     try:
         with pytest.warns(UserWarning, match="Ctrl-C"):
             events = list(run)
@@ -1201,7 +1203,7 @@ def test_a_second_ctrl_c_mid_step_aborts_and_keeps_the_last_whole_steps_checkpoi
 
     kwargs = dict(_RUN_ARGS, preset="deblurgan", steps=50, checkpoint_every=2)
     calls = _interrupt_at_batches(monkeypatch, {6 * 3 + 2, 6 * 3 + 4})  # twice inside the fourth step
-    run = iter_finetune(*pair, model=_model(), **kwargs, checkpoint_dir=tmp_path)
+    run = iter_finetune(*pair, model=tiny_unet(), **kwargs, checkpoint_dir=tmp_path)
     events = []
     with pytest.raises(KeyboardInterrupt):  # before the step ended, so before the run could say it would stop
         for e in run:
@@ -1232,7 +1234,7 @@ def test_a_second_ctrl_c_during_the_stops_validation_still_writes_the_checkpoint
     kwargs = dict(_RUN_ARGS, steps=50, checkpoint_every=100)
     _interrupt_at_batches(monkeypatch, {3})  # inside the third step
     with pytest.warns(UserWarning, match="Ctrl-C"), pytest.raises(KeyboardInterrupt):
-        finetune(*pair, model=_model(), **kwargs, checkpoint_dir=tmp_path)
+        finetune(*pair, model=tiny_unet(), **kwargs, checkpoint_dir=tmp_path)
     assert len(calls) == 2
     assert load_checkpoint(tmp_path)["step"] == 3
 
@@ -1242,7 +1244,7 @@ def test_ctrl_c_in_the_consumers_own_code_is_a_plain_keyboard_interrupt(pair):
     run is not stopped and goes on when iterated again."""
     import signal
 
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 4})
+    run = iter_finetune(*pair, model=tiny_unet(), **{**_RUN_ARGS, "steps": 4})
     stream = iter(run)
     with pytest.raises(KeyboardInterrupt):
         for e in stream:
@@ -1259,7 +1261,7 @@ def test_ctrl_c_is_left_to_a_handler_of_the_callers_own_and_no_handler_is_set_of
     worker thread (napari's thread_worker, the Finetune panel) no handler can be installed, and none is tried."""
     import signal
 
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 50})
+    run = iter_finetune(*pair, model=tiny_unet(), **{**_RUN_ARGS, "steps": 50})
     caught = []
 
     def own(signum, frame):
@@ -1281,7 +1283,7 @@ def test_ctrl_c_is_left_to_a_handler_of_the_callers_own_and_no_handler_is_set_of
     assert stderr_from_signal_handlers.flush()
     assert "napari-deblurgan: Ctrl-C" not in capsys.readouterr().err  # the caller's handler says what it does
 
-    threaded = iter_finetune(*pair, model=_model(), **_RUN_ARGS)
+    threaded = iter_finetune(*pair, model=tiny_unet(), **_RUN_ARGS)
     result = []
     worker = threading.Thread(target=lambda: result.append(threaded.run_to_end()))
     worker.start()
@@ -1306,7 +1308,7 @@ def test_a_ctrl_c_just_as_the_handler_is_put_back_loses_no_event(pair, monkeypat
         return previous
 
     straight = [(type(e).__name__, getattr(e, "step", None)) for e in _run(pair, steps=2)]
-    run = iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 2})
+    run = iter_finetune(*pair, model=tiny_unet(), **{**_RUN_ARGS, "steps": 2})
     stream = iter(run)
     got = []
     monkeypatch.setattr(signal, "signal", signal_with_a_ctrl_c_pending)
@@ -1335,7 +1337,7 @@ def test_load_model_of_a_checkpoint_says_how_to_get_its_model_and_the_advice_wor
     folder = tmp_path / "run"
     run = iter_finetune(
         *pair,
-        model=_model(),
+        model=tiny_unet(),
         **{**_RUN_ARGS, "steps": 6, "validate_every": 1, "checkpoint_dir": folder, "checkpoint_every": 100},
     )
     _losses_until_stop(run, at_step=2)
@@ -1362,7 +1364,7 @@ def test_load_model_of_a_checkpoint_says_how_to_get_its_model_and_the_advice_wor
     from_cli = load_model(tmp_path / "model.pt")
     assert all(torch.equal(v, kept[k]) for k, v in from_cli.generator.state_dict().items())
     assert path.read_bytes() == before
-    resumed = list(iter_finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": None, "resume": folder}))
+    resumed = list(iter_finetune(*pair, model=tiny_unet(), **{**_RUN_ARGS, "steps": None, "resume": folder}))
     assert resumed[0].total_steps == 6 and resumed[-1].step == 6
 
 
@@ -1374,7 +1376,7 @@ def test_notice_warnings_off_keeps_the_notice_and_drops_its_warning(pair, tmp_pa
     folder = tmp_path / "ck"
     _run(pair, steps=1, checkpoint_dir=folder)
     for say in (True, False):
-        run = iter_finetune(*pair, **{**dict(model=_model(), **_RUN_ARGS), "steps": 1, "checkpoint_dir": folder})
+        run = iter_finetune(*pair, **{**dict(model=tiny_unet(), **_RUN_ARGS), "steps": 1, "checkpoint_dir": folder})
         if not say:
             run.notice_warnings = False
         with warnings.catch_warnings(record=True) as caught:
@@ -1391,7 +1393,7 @@ def test_an_exception_from_on_event_keeps_a_checkpoint_of_the_last_whole_step(pa
 
     run = iter_finetune(
         *pair,
-        model=_model(),
+        model=tiny_unet(),
         **{**_RUN_ARGS, "steps": 8, "checkpoint_dir": tmp_path, "checkpoint_every": 3, "on_event": boom},
     )
     with pytest.raises(RuntimeError, match="consumer failed"):  # the consumer's own exception, not masked
@@ -1413,7 +1415,7 @@ def test_an_exception_inside_a_step_writes_no_checkpoint_of_the_half_done_step(p
 
     monkeypatch.setattr(trainer.GanStep, "run", failing)
     run = iter_finetune(
-        *pair, model=_model(), **{**_RUN_ARGS, "steps": 8, "checkpoint_dir": tmp_path, "checkpoint_every": 2}
+        *pair, model=tiny_unet(), **{**_RUN_ARGS, "steps": 8, "checkpoint_dir": tmp_path, "checkpoint_every": 2}
     )
     with pytest.raises(RuntimeError, match="device lost"):
         list(run)
@@ -1422,7 +1424,7 @@ def test_an_exception_inside_a_step_writes_no_checkpoint_of_the_half_done_step(p
 
 
 def test_without_validation_the_provenance_names_the_last_step_as_the_returned_ones(pair):
-    model = finetune(*pair, model=_model(), **{**_RUN_ARGS, "steps": 4, "validation": 0})
+    model = finetune(*pair, model=tiny_unet(), **{**_RUN_ARGS, "steps": 4, "validation": 0})
     training = model.metadata["training"]
     assert training["steps_done"] == 4 and training["best_step"] == 4 and training["best_source"] == "generator"
 
@@ -1443,12 +1445,12 @@ def test_blank_validation_crops_are_left_out_of_validation_and_stay_out_on_resum
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the blank pair's alignment cannot be measured
-        first = list(iter_finetune(blurred, sharp, model=_model(), **args))
+        first = list(iter_finetune(blurred, sharp, model=tiny_unet(), **args))
         blank = [e for e in first if isinstance(e, ev.Notice) and "blank (constant)" in e.message]
         assert len(blank) == 1 and re.match(r"\d+ blank \(constant\) validation crops were left out", blank[0].message)
         scores = [e for e in first if isinstance(e, ev.Validation)]
         assert scores and all(e.psnr_input < 50 and e.psnr < 50 for e in scores)  # not ~100 dB crops averaged in
-        resumed = list(iter_finetune(blurred, sharp, model=_model(), **{**args, "steps": 3, "resume": tmp_path}))
+        resumed = list(iter_finetune(blurred, sharp, model=tiny_unet(), **{**args, "steps": 3, "resume": tmp_path}))
     assert not [e for e in resumed if isinstance(e, ev.Notice) and "validation crops differ" in e.message]
     assert next(e.psnr_input for e in resumed if isinstance(e, ev.Validation)) == scores[0].psnr_input
 
@@ -1461,13 +1463,13 @@ def test_a_damaged_checkpoint_or_another_file_given_to_resume_says_what_it_is_no
     cut.mkdir()
     (cut / "checkpoint.pt").write_bytes((tmp_path / "run" / "checkpoint.pt").read_bytes()[:5000])
     with pytest.raises(ModelFileError, match=r"the file is damaged or incomplete .* leave resume out") as damaged:
-        iter_finetune(*pair, model=_model(), device="cpu", resume=cut)
+        iter_finetune(*pair, model=tiny_unet(), device="cpu", resume=cut)
     image = tmp_path / "image.tif"
     import tifffile
 
     tifffile.imwrite(image, pair[0])
     with pytest.raises(ModelFileError, match="is not a napari-deblurgan training checkpoint") as other:
-        iter_finetune(*pair, model=_model(), device="cpu", resume=image)
+        iter_finetune(*pair, model=tiny_unet(), device="cpu", resume=image)
     for error in (damaged, other):  # torch's text advises weights_only=False, which would run the file's code
         assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
 
@@ -1479,7 +1481,7 @@ def test_training_on_images_with_no_data_sentinels_still_learns(pair):
     blurred, sharp = (image.astype(np.float32) for image in pair)
     for image in (blurred, sharp):
         image[5::24, 5::24] = np.finfo(np.float32).max
-    model = _model()
+    model = tiny_unet()
     before = [p.detach().clone() for p in model.generator.parameters()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the alignment check on the sentinels

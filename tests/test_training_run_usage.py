@@ -8,33 +8,25 @@ import warnings
 
 import pytest
 
-from napari_deblurgan.model_file import create_model
+from _helpers import tiny_run, tiny_unet
 from napari_deblurgan.training import events as ev
-from napari_deblurgan.training.trainer import iter_finetune
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Perceptual loss:UserWarning"),
     pytest.mark.usefixtures("one_torch_thread"),  # conftest.py
 ]
 
-TINY = {"width": 4, "depth": 2}
+
+def _model():
+    # unet_lite's default 2 bottom blocks, as this file's runs always had (the shared tiny model has 1)
+    return tiny_unet(n_blocks=2)
 
 
 def _notices(blurred, sharp, **kw) -> list[str]:
-    args = dict(
-        model=create_model("unet_lite", 1, seed=0, **TINY),
-        steps=1,
-        patch_size=32,
-        batch_size=2,
-        preset="content-mse",
-        device="cpu",
-        seed=0,
-        validate_every=100,
-    )
-    args.update(kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each notice is a warning too; the events are what is checked
-        return [e.message for e in iter_finetune(blurred, sharp, **args) if isinstance(e, ev.Notice)]
+        run = tiny_run((blurred, sharp), **{"model": _model(), "steps": 1, **kw})
+        return [e.message for e in run if isinstance(e, ev.Notice)]
 
 
 def test_synthetic_blur_settings_with_pairs_are_said_to_be_ignored(training_pair):
@@ -60,24 +52,9 @@ def test_channels_with_a_model_of_fixed_channels_is_said_to_be_ignored(training_
 
 
 # ------------------------------------------------------------------------------------- an ended run, again
-def _run(training_pair, **kw):
-    args = dict(
-        model=create_model("unet_lite", 1, seed=0, **TINY),
-        steps=3,
-        patch_size=32,
-        batch_size=2,
-        preset="content-mse",
-        device="cpu",
-        seed=0,
-        validate_every=100,
-    )
-    args.update(kw)
-    return iter_finetune(*training_pair, **args)
-
-
 def test_iterating_an_ended_run_again_says_so(training_pair):
     """A loop over a run that had ended did nothing, silently (a generator yields nothing once it is done)."""
-    run = _run(training_pair)
+    run = tiny_run(training_pair, model=_model())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert isinstance(list(run)[-1], ev.Finished)
@@ -85,7 +62,7 @@ def test_iterating_an_ended_run_again_says_so(training_pair):
         list(run)
     assert run.run_to_end() is run.model  # nothing left to consume: still the result
 
-    closed = _run(training_pair)
+    closed = tiny_run(training_pair, model=_model())
     next(iter(closed))
     closed._events.close()
     with pytest.raises(RuntimeError, match="was closed or ended by an exception"):
@@ -93,7 +70,7 @@ def test_iterating_an_ended_run_again_says_so(training_pair):
 
 
 def test_a_run_left_with_break_goes_on_where_it_was(training_pair):
-    run = _run(training_pair)
+    run = tiny_run(training_pair, model=_model())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for event in run:
@@ -107,7 +84,7 @@ def test_an_unknown_model_name_lists_the_architectures_finetune_also_takes(train
     from napari_deblurgan.errors import ModelFileError
 
     with pytest.raises(ModelFileError, match=r"finetune also takes an architecture name to train from scratch \("):
-        _run(training_pair, model="nope")
+        tiny_run(training_pair, model="nope")
 
 
 def test_training_notices_can_be_filtered_by_their_top_level_warning_class(training_pair):
@@ -118,7 +95,7 @@ def test_training_notices_can_be_filtered_by_their_top_level_warning_class(train
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         warnings.simplefilter("ignore", napari_deblurgan.TrainingNoticeWarning)
-        events = list(_run(training_pair, steps=1, teacher_weight=0.3))
+        events = list(tiny_run(training_pair, model=_model(), steps=1, teacher_weight=0.3))
     assert [e for e in events if isinstance(e, ev.Notice) and "teacher_weight 0.3 is ignored" in e.message]
     assert not [w for w in seen if "teacher_weight" in str(w.message)]
 
