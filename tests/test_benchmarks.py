@@ -65,6 +65,8 @@ def test_bench_memory_shows_why_a_case_failed(tmp_path, capsys):
         ("bench_train", ["--repeats", "0"], "--repeats"),
         ("bench_train", ["--size", "0"], "--size"),
         ("bench_train", ["--batch-size", "0"], "--batch-size"),
+        ("bench_tiff_reads", ["--side", "0"], "--side"),
+        ("bench_tiff_reads", ["--side", "64", "--crop", "65"], "--crop"),
     ],
 )
 def test_benchmarks_refuse_bad_arguments_before_any_work(name, bad, says, monkeypatch, capsys):
@@ -97,3 +99,17 @@ def test_evaluate_script_refuses_no_kernels(kernels, capsys):
     with pytest.raises(SystemExit) as exc:
         script.main(["--kernels", kernels])
     assert exc.value.code == 2 and "--kernels" in capsys.readouterr().err
+
+
+def test_bench_tiff_reads_compares_whole_page_and_strip_reads(tmp_path, capsys):
+    bench = _load("bench_tiff_reads")
+    out = tmp_path / "reads.json"
+    argv = ["--side", "512", "--crop", "40", "--crops", "3", "--rounds", "2", "--strip-repeats", "1"]
+    assert bench.main([*argv, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["strips_per_page"] == 2  # tifffile's default strips: ~256 KiB, 256 rows of 512 uint16
+    assert [len(v) for v in report["crops_per_s"].values()] == [2, 2]
+    assert report["ratio"] == pytest.approx(
+        report["median_crops_per_s"]["strips"] / report["median_crops_per_s"]["whole page"]
+    )
+    assert "ratio" in capsys.readouterr().out

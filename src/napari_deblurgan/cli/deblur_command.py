@@ -824,12 +824,42 @@ class MemmapPages:
         )
 
 
+#: tifffile's codes of the compressions whose strips or tiles a region read of :class:`TiffPages` decodes one by
+#: one (only those the region covers): none, LZW, deflate (both codes), PackBits, LZMA and Zstandard - lossless
+#: byte codecs that tifffile decodes per segment through one function (``TiffPage.decode``), exactly as its own
+#: whole-page read does. JPEG (a whole NDPI strip, JPEG tables), image codecs (PNG, JPEG 2000, WebP...), CCITT,
+#: EER and others are left to the whole-page read.
+_SEGMENT_COMPRESSIONS = frozenset({1, 5, 8, 32773, 32946, 34925, 50000})
+
+
+@dataclass(frozen=True)
+class _PageLayout:
+    """Where a page's pixels lie, for a region read of part of it (:meth:`TiffPages._page_layout`).
+
+    ``shaped``: tifffile's normalised page shape (separate samples, depth, length, width, contiguous samples),
+    depth 1. ``tail``: the page's own axes as they end ``TiffPages.page_shape`` (YX, YXS or SYX, ``S`` only
+    for more than one sample); the axes before them have length 1. ``segment``: rows and columns of one
+    strip or tile; ``grid``: strips or tiles down and across one sample plane. ``contiguous``: uncompressed,
+    unpredicted pixels in one piece in ``shaped`` order from the page's first data offset (tifffile reads such
+    a page with one read, not per strip), whose rows are read as bytes, without any decode."""
+
+    shaped: tuple[int, int, int, int, int]
+    tail: str
+    segment: tuple[int, int]
+    grid: tuple[int, int]
+    contiguous: bool
+
+
 class TiffPages:
-    """The first series of an open TIFF as a lazy array, read page by page through tifffile (``series.asarray(
-    key=i)``, tifffile's own reader of one page of a series): a region read decodes only the pages it covers,
-    one at a time, so memory follows a page, not the file, whatever the compression. For data that cannot be
-    memory-mapped (zlib, LZW, ... or pages scattered through the file); the reader keeps ``tif`` open and
-    closes it with :meth:`close` (or when it is garbage-collected)."""
+    """The first series of an open TIFF as a lazy array, read page by page through tifffile: a region read
+    decodes only the pages it covers, one at a time, so memory follows a page, not the file, whatever the
+    compression. Within a page, a region that needs only some of its strips or tiles reads and decodes just
+    those, through tifffile's own per-segment decoder (``TiffPage.decode``), and an uncompressed page stored in
+    one piece has only the region's rows read (:meth:`_page_region`); where that does not apply (JPEG, volumes,
+    bit order, a page read whole...) the page is decoded whole by tifffile (``series.asarray(key=i)``) and
+    sliced - the same pixels either way. For data that cannot be memory-mapped (zlib, LZW, ... or pages
+    scattered through the file); the reader keeps ``tif`` open and closes it with :meth:`close` (or when it is
+    garbage-collected)."""
 
     def __init__(self, tif: Any, lead_ndim: int) -> None:
         import threading
@@ -860,6 +890,10 @@ class TiffPages:
                 return cls(tif, lead_ndim)
         return None
 
+    def _cannot_read(self, exc: Exception) -> InputError:
+        hint = " (install it: pip install imagecodecs)" if "imagecodecs" in str(exc) else ""
+        return InputError(f"Cannot read the pixels of {self._tif.filehandle.path!r}: {exc}{hint}")
+
     def _page(self, index: int) -> Any:
         """Page ``index`` (C order over the leading axes) in the page axes' shape; zeros for a missing page,
         as tifffile's whole-series read gives them."""
@@ -871,8 +905,170 @@ class TiffPages:
                     return np.zeros(self._page_shape, self.dtype)
                 return self._series.asarray(key=index).reshape(self._page_shape)
             except (ValueError, OSError, RuntimeError) as exc:  # as read_series says it of a whole read
-                hint = " (install it: pip install imagecodecs)" if "imagecodecs" in str(exc) else ""
-                raise InputError(f"Cannot read the pixels of {self._tif.filehandle.path!r}: {exc}{hint}") from None
+                raise self._cannot_read(exc) from None
+
+    def _page_layout(self, keyframe: Any) -> _PageLayout | None:
+        """How a page of ``keyframe`` is stored, where a region of it can be read strip by strip (or tile by
+        tile, or row by row) with the very pixels tifffile's whole-page read gives; None where it cannot be
+        told so for certain (then the page is read whole): only the plain layouts are taken - 8 to 64 bits per
+        sample, integers or floats, no chroma subsampling, no reversed bit order, a 2D page (no depth), one
+        of ``_SEGMENT_COMPRESSIONS`` with no predictor, the horizontal one or the floating-point one."""
+        try:
+            sep, depth, length, width, samples = (int(n) for n in keyframe.shaped)
+            contiguous = bool(keyframe.is_contiguous)
+            plain = (
+                keyframe.dtype is not None
+                and keyframe.dtype == self.dtype
+                and keyframe.compression in _SEGMENT_COMPRESSIONS
+                and keyframe.predictor in (1, 2, 3)
+                and keyframe.fillorder == 1
+                and keyframe.sampleformat in (1, 2, 3)
+                and keyframe.bitspersample in (8, 16, 32, 64)
+                and not keyframe.is_subsampled
+                and depth == 1
+                and (not keyframe.is_tiled or keyframe.tiledepth == 1)
+                and min(sep, length, width, samples) >= 1
+                and (sep == 1 or samples == 1)
+            )
+            if not plain:
+                return None
+            # tifffile reads a contiguous page in one piece and unpredicts it whole: only an unpredicted one
+            # reads the same row by row
+            if contiguous and keyframe.predictor != 1:
+                return None
+            if keyframe.is_tiled:
+                segment = (int(keyframe.tilelength), int(keyframe.tilewidth))
+            else:
+                segment = (int(keyframe.rowsperstrip), width)  # tifffile's own: at most the page's length
+        except (AttributeError, TypeError, ValueError):  # a tag that is not there or not a number
+            return None
+        if min(segment) < 1:
+            return None
+        tail, tail_shape = "YX", (length, width)
+        if samples > 1:
+            tail, tail_shape = "YXS", (length, width, samples)
+        elif sep > 1:
+            tail, tail_shape = "SYX", (sep, length, width)
+        # the page as the series shapes it: its own axes last, any others of length 1 (then a page's pixels, in
+        # C order, are tifffile's shaped ones: a region of them is a region of the page)
+        shape = self._page_shape
+        if tuple(shape[len(shape) - len(tail) :]) != tail_shape or math.prod(shape[: len(shape) - len(tail)]) != 1:
+            return None
+        grid = (-(-length // segment[0]), -(-width // segment[1]))
+        return _PageLayout((sep, depth, length, width, samples), tail, segment, grid, contiguous)
+
+    def _page_region(self, index: int, within: tuple) -> Any:
+        """``page[within]`` of page ``index``: where the region needs only some of the page's strips or tiles
+        (or, uncompressed in one piece, some of its rows), only those are read and decoded; else the whole
+        page (:meth:`_page`). Zeros (a read-only view) for a missing page."""
+        import numpy as np
+
+        with self._lock:  # one file handle: its seeks and reads must not interleave
+            try:
+                page = self._series[index]
+                if page is None:
+                    return np.broadcast_to(np.zeros((), self.dtype), self._page_shape)[within]
+                # worked out per read, not kept by page: a few of tifffile's (cached) attributes, and a page
+                # object tifffile drops and makes again would not keep its identity
+                layout = self._page_layout(page.keyframe)
+            except (ValueError, OSError, RuntimeError) as exc:
+                raise self._cannot_read(exc) from None
+        if layout is None:
+            return self._page(index)[within]
+        # the region's bounds along the page's own axes (rows, columns and, for separate samples, sample
+        # planes): what is read; the key taken relative to those bounds then picks the region out of it
+        sep, _, length, width, samples = layout.shaped
+        offset = len(self._page_shape) - len(layout.tail)
+        bounds = {"S": (0, sep), "Y": (0, length), "X": (0, width)}
+        relative = list(within)
+        for i, axis in enumerate(layout.tail):
+            if axis == "S" and samples > 1:
+                continue  # contiguous samples are always read whole: they come together in every pixel
+            picked = range(self._page_shape[offset + i])[within[offset + i]]
+            if isinstance(picked, int):
+                bounds[axis] = (picked, picked + 1)
+                relative[offset + i] = 0
+            elif len(picked) == 0:
+                return self._page(index)[within]  # an empty region: no fast path needed
+            else:
+                lo, hi = min(picked), max(picked) + 1
+                stop = picked.stop - lo
+                bounds[axis] = (lo, hi)
+                relative[offset + i] = slice(picked.start - lo, stop if stop >= 0 else None, picked.step)
+        try:
+            block = self._read_block(page, layout, bounds)
+        except (ValueError, OSError, RuntimeError) as exc:  # as _page says it
+            raise self._cannot_read(exc) from None
+        if block is None:  # the region needs the whole page
+            return self._page(index)[within]
+        (s0, s1), (y0, y1), (x0, x1) = bounds["S"], bounds["Y"], bounds["X"]
+        # (sample planes, rows, columns, contiguous samples) as the page's own axes lay them out
+        if layout.tail == "YX":
+            block = block.reshape(y1 - y0, x1 - x0)
+        elif layout.tail == "YXS":
+            block = block.reshape(y1 - y0, x1 - x0, samples)
+        else:
+            block = block.reshape(s1 - s0, y1 - y0, x1 - x0)
+        return block.reshape((1,) * offset + block.shape)[tuple(relative)]
+
+    def _read_block(self, page: Any, layout: _PageLayout, bounds: dict[str, tuple[int, int]]) -> Any:
+        """The pixels of ``page`` within ``bounds`` (sample planes, rows, columns) as ``(planes, rows,
+        columns, samples)``, read and decoded as tifffile does it for the whole page, but only for the strips or
+        tiles (or rows) they need; None where they need them all (the whole-page read is as cheap, and keeps
+        tifffile's threads)."""
+        import numpy as np
+
+        sep, _, length, width, samples = layout.shaped
+        (s0, s1), (y0, y1), (x0, x1) = bounds["S"], bounds["Y"], bounds["X"]
+        keyframe = page.keyframe
+        fh = self._tif.filehandle
+        if layout.contiguous:
+            # uncompressed in one piece (tifffile reads it with one read from the first offset): rows s, y0..y1
+            # of each sample plane, all columns (a row's columns are next to each other in the file)
+            if (s0, y0, s1, y1) == (0, 0, sep, length):
+                return None
+            typecode = keyframe.parent.byteorder + keyframe._dtype.char
+            itemsize = np.dtype(typecode).itemsize
+            row = width * samples
+            block = np.empty((s1 - s0, y1 - y0, width, samples), self.dtype)
+            with self._lock:
+                if fh.closed:
+                    return None
+                start = int(page.dataoffsets[0])
+                for s in range(s0, s1):
+                    fh.seek(start + (s * length + y0) * row * itemsize)
+                    block[s - s0] = fh.read_array(typecode, (y1 - y0) * row).reshape(y1 - y0, width, samples)
+            return block[:, :, x0:x1]
+        seg_rows, seg_cols = layout.segment
+        down, across = layout.grid
+        wanted = [
+            s * down * across + r * across + c  # tifffile's segment order: sample plane, then row-major
+            for s in range(s0, s1)
+            for r in range((y0 // seg_rows), (y1 - 1) // seg_rows + 1)
+            for c in range((x0 // seg_cols), (x1 - 1) // seg_cols + 1)
+        ]
+        if len(wanted) == sep * down * across:
+            return None
+        with self._lock:
+            offsets, counts = page.dataoffsets, page.databytecounts
+            if fh.closed or len(offsets) < sep * down * across or len(counts) < sep * down * across:
+                return None  # a damaged page: tifffile's whole-page read says what it says of it
+            decode = keyframe.decode  # built (and cached by tifffile) on first use: under the lock too
+            segments = list(
+                fh.read_segments([offsets[i] for i in wanted], [counts[i] for i in wanted], indices=wanted, sort=True)
+            )
+        # decoded outside the lock (other threads read meanwhile), each placed as TiffPage.asarray places it
+        block = np.empty((s1 - s0, y1 - y0, x1 - x0, samples), self.dtype)
+        for data, segment_index in segments:
+            segment, (s, _, h, w, _), shape = decode(data, segment_index, _fullsize=False)
+            top, bottom = max(h, y0), min(h + shape[1], y1, length)
+            left, right = max(w, x0), min(w + shape[2], x1, width)
+            target = block[s - s0, top - y0 : bottom - y0, left - x0 : right - x0]
+            if segment is None:  # a strip or tile not written: tifffile fills it with the page's nodata
+                target[...] = keyframe.nodata
+            else:
+                target[...] = segment[0, top - h : bottom - h, left - w : right - w]
+        return block
 
     def __getitem__(self, key: Any) -> Any:
         import numpy as np
@@ -889,7 +1085,7 @@ class TiffPages:
         kept = [len(r) for r in ranges if isinstance(r, range)]
         picks = [r if isinstance(r, range) else (r,) for r in ranges]
         planes = [
-            self._page(int(np.ravel_multi_index(index, self._lead)) if self._lead else 0)[within]
+            self._page_region(int(np.ravel_multi_index(index, self._lead)) if self._lead else 0, within)
             for index in itertools.product(*picks)
         ]
         if not planes:  # an empty selection along a leading axis
@@ -897,7 +1093,7 @@ class TiffPages:
         out = np.empty((len(planes), *planes[0].shape), self.dtype)
         for i, plane in enumerate(planes):
             out[i] = plane
-        return out.reshape(*kept, *planes[0].shape)
+        return out.reshape((*kept, *planes[0].shape))  # a tuple: all-integer keys give shape ()
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
         data = self[...]

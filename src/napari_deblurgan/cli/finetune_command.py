@@ -208,8 +208,9 @@ def read_images(
 
 #: Training stacks up to this size (decoded) are read into memory, above it lazily. Higher than deblur's
 #: LARGE_FILE_BYTES (64 MiB): training reads random crops over and over, which an in-memory array serves from
-#: the normalised plane cache (data/pairs.py), while a compressed lazy stack decodes a whole page for a crop
-#: (shared only by the crops of that plane among the batches read ahead: BatchSource, _DecodedPlanes).
+#: the normalised plane cache (data/pairs.py), while a compressed lazy stack decodes for a crop a whole page
+#: (shared only by the crops of that plane among the batches read ahead: BatchSource, _DecodedPlanes) or, for a
+#: page too big for that cache, the strips or tiles the crop covers (TiffPages).
 TRAINING_IN_MEMORY_BYTES = 1 << 30
 
 

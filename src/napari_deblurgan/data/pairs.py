@@ -183,9 +183,11 @@ DEFAULT_DECODED_CACHE_BYTES = 64 * 2**20
 
 
 def _decodes_whole_pages(array: Any) -> bool:
-    """Whether reading any region of ``array`` decodes the whole page(s) it touches: the CLI's reader of
-    compressed TIFF stacks (``cli.deblur_command.TiffPages``, which says its ``page_shape``). Memory maps, dask
-    and zarr arrays read only the region (or chunks) asked for, so whole planes of them are never cached."""
+    """Whether ``array`` is the CLI's reader of compressed TIFF stacks (``cli.deblur_command.TiffPages``, which
+    says its ``page_shape``), whose crops cost a decode: of the strips or tiles they cover where the page's
+    layout allows it, else of the whole page. A whole plane decoded once then serves many crops, so planes that
+    fit ``_DecodedPlanes`` are kept. Memory maps, dask and zarr arrays read only the region (or chunks) asked
+    for, at no decode cost worth saving, so whole planes of them are never cached."""
     return not isinstance(array, np.ndarray) and getattr(array, "page_shape", None) is not None
 
 
@@ -193,14 +195,15 @@ class _DecodedPlanes:
     """The most recently used whole planes (native dtype, ``(C, H, W)``) of page-decoding lazy readers, up to
     ``budget_bytes`` in all, least recently used evicted first.
 
-    A compressed TIFF page is decoded whole for any crop of it (~8 ms for 1024 x 1024 zlib uint16), where the
-    crop itself costs ~0.2 ms. Training picks a random plane per crop, so a plane's crops seldom follow each
-    other; but :meth:`PairedData.read_crops` reads the crops it is given plane by plane (and
-    :class:`BatchSource` gives it several batches' crops at once), so a plane is decoded once for its
-    percentiles and all of those crops, as for the validation grid's crops. Across those reads a plane is
+    Decoding a compressed TIFF page costs far more than a crop of it (~8 ms for 1024 x 1024 zlib uint16,
+    against ~0.2 ms), and a crop needs at least its strips decoded (the whole page, for layouts that cannot be
+    read strip by strip: ``TiffPages._page_region``). Training picks a random plane per crop, so a plane's
+    crops seldom follow each other; but :meth:`PairedData.read_crops` reads the crops it is given plane by
+    plane (and :class:`BatchSource` gives it several batches' crops at once), so a plane is decoded once for
+    its percentiles and all of those crops, as for the validation grid's crops. Across those reads a plane is
     found here only in proportion to the share of the planes that fit: the budget keeps memory small (a few
-    planes), not the whole stack. A plane larger than the budget is not kept (read per crop, as without the
-    cache)."""
+    planes), not the whole stack. A plane larger than the budget is not kept: its crops are read as regions
+    (:meth:`_Source._read`), which decodes only the strips or tiles each covers."""
 
     def __init__(self, budget_bytes: int) -> None:
         from collections import OrderedDict
@@ -274,8 +277,8 @@ class _Source:
 
     def _read(self, array: Any, index: tuple[int, ...], channel: int | None, rows: slice, cols: slice) -> np.ndarray:
         """(C, h, w) array (native dtype) of one plane region; only that region is read, except from a reader
-        that decodes whole pages anyway (:func:`_decodes_whole_pages`), whose whole plane is read and kept in
-        the decoded-plane cache for the next crops (then the region is a read-only view of it)."""
+        of compressed pages (:func:`_decodes_whole_pages`) whose plane fits the decoded-plane cache: that plane
+        is read whole once and kept for the next crops (then the region is a read-only view of it)."""
         if self.decoded is None or not _decodes_whole_pages(array):
             return self._read_region(array, index, channel, rows, cols)
         # a single-channel model reads one channel per crop; when the channels are in the page (YXS), one decode
@@ -283,6 +286,14 @@ class _Source:
         # (a crop's) and None (the percentiles') are the same plane
         channels_in_page = self.c is None or self.c >= len(self.axes) - len(array.page_shape)
         kept_channel = None if channels_in_page else channel
+        # A plane too big for the budget would not be kept (_DecodedPlanes.put), so its whole decode would serve
+        # one crop only: read just the region instead. For strip- or tile-compressed pages that decodes only the
+        # strips or tiles the crop covers (TiffPages._page_region); elsewhere the reader decodes the page and
+        # slices it, which is what the whole-plane read cost too. The pixels are the same either way.
+        plane_channels = self.n_channels if kept_channel is None and self.c is not None else 1
+        plane_bytes = plane_channels * self.height * self.width * np.dtype(array.dtype).itemsize
+        if plane_bytes > self.decoded.budget_bytes:
+            return self._read_region(array, index, channel, rows, cols)
         key = (id(array), index, kept_channel)
         plane = self.decoded.get(key)
         if plane is None:
@@ -571,8 +582,9 @@ class PairedData:
         check_alignment: measure the offset of every pair (a warning names misaligned pairs).
         cache_bytes: memory for normalised copies of whole in-memory (NumPy) planes, which makes reading a
             crop several times faster; planes beyond it are read lazily. 0 turns the cache off.
-        decoded_cache_bytes: memory for the most recently decoded whole planes of lazy readers that decode a
-            whole page for any crop (compressed TIFF stacks read by the CLI, ``_DecodedPlanes``); 0 turns it off.
+        decoded_cache_bytes: memory for the most recently decoded whole planes of lazy readers of compressed
+            pages (compressed TIFF stacks read by the CLI, ``_DecodedPlanes``); 0 turns it off. A larger plane
+            is read per crop, as a region (only the strips or tiles a crop covers, where the layout allows).
     """
 
     def __init__(
@@ -1010,9 +1022,9 @@ class PairedData:
 
     @property
     def decodes_whole_pages(self) -> bool:
-        """Whether a training image is read through a reader that decodes a whole page for any crop (a
-        compressed TIFF stack read lazily, :func:`_decodes_whole_pages`): then reading many crops at once,
-        plane by plane, saves decodes (:class:`BatchSource` reads batches ahead)."""
+        """Whether a training image is read through a reader whose crops cost a decode (a compressed TIFF
+        stack read lazily, :func:`_decodes_whole_pages`): then reading many crops at once, plane by plane, saves
+        decodes of the planes that fit the decoded-plane cache (:class:`BatchSource` reads batches ahead)."""
         return any(_decodes_whole_pages(array) for src in self.sources for array in (src.sharp, src.blurred))
 
     def read_crops(
@@ -1220,8 +1232,8 @@ class BatchSource:
     keeps CPU runs drawing exactly what they drew before blocks existed (the shipped model's recipe).
 
     ``read_ahead_bytes``: for a compressed TIFF stack read lazily (:attr:`PairedData.decodes_whole_pages`),
-    whose every crop decodes a whole page of each image (~10 ms for 1024 x 1024 px), the crops of the next
-    batches (up to this many bytes of them) are drawn and read at once, plane by plane: a plane's page is
+    whose planes that fit the decoded-plane cache are decoded whole (~10 ms for 1024 x 1024 px), the crops of
+    the next batches (up to this many bytes of them) are drawn and read at once, plane by plane: a plane's page is
     decoded once for all of its crops among them rather than once per crop (up to :data:`READ_AHEAD_BATCHES`
     batches). The draws are those the batches
     would make one by one, in the same order, so the batches are the same bit for bit; a checkpoint saves the
