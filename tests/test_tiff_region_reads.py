@@ -229,6 +229,26 @@ def test_jpeg_pages_are_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert keys == [1, 2]
 
 
+def test_a_tifffile_without_the_private_decoder_api_falls_back_to_whole_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The segment reads use tifffile's per-segment decoder with its private ``_fullsize`` keyword (and its
+    ``_dtype``); a tifffile version that spells them otherwise (a TypeError or AttributeError in the segment
+    reader) must cost speed (whole-page reads), not a crash or other pixels."""
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, _stack("uint16"), photometric="minisblack", compression="zlib", rowsperstrip=16)
+    keys: list[int] = []
+    whole_read = TiffPages._page
+    monkeypatch.setattr(TiffPages, "_page", lambda self, index: keys.append(index) or whole_read(self, index))
+
+    def reader_of_another_tifffile(*args: Any) -> Any:
+        raise TypeError("decode() got an unexpected keyword argument '_fullsize'")
+
+    monkeypatch.setattr(TiffPages, "_read_block", reader_of_another_tifffile)
+    _check_regions(path, [(1, slice(10, 42), slice(20, 52))])
+    assert keys == [1]
+
+
 @contextlib.contextmanager
 def _lazy_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> Iterator[tuple[Any, ...]]:
     """A (blurred, sharp) pair of zlib stacks read back as `finetune` reads stacks over its in-memory limit."""

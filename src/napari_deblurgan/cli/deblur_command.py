@@ -999,6 +999,11 @@ class TiffPages:
             block = self._read_block(page, layout, bounds)
         except (ValueError, OSError, RuntimeError) as exc:  # as _page says it
             raise self._cannot_read(exc) from None
+        except (TypeError, AttributeError, KeyError, IndexError):
+            # the segment reads lean on tifffile's per-segment decoder and a private attribute or two
+            # (``_fullsize``, ``_dtype``): where another tifffile version spells them otherwise, the page is
+            # read whole, as before this fast path existed - slower, the same pixels
+            block = None
         if block is None:  # the region needs the whole page
             return self._page(index)[within]
         (s0, s1), (y0, y1), (x0, x1) = bounds["S"], bounds["Y"], bounds["X"]
