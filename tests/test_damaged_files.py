@@ -6,8 +6,10 @@ load_checkpoint check them first; a truncated file is "damaged or incomplete" to
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -134,3 +136,85 @@ def test_an_empty_or_truncated_checkpoint_is_damaged_or_incomplete(tmp_path, cut
     path.write_bytes(kept)
     with pytest.raises(ModelFileError, match=rf"the file is damaged or incomplete \({len(kept)} bytes; "):
         load_checkpoint(tmp_path / "run")
+
+
+def _trainer_like_checkpoint(directory: Path) -> Path:
+    """A checkpoint laid out as a run writes it: the step's weights and optimiser state under "state", the best
+    weights under "best_state" (training/trainer.py's checkpoint_payload)."""
+    generator, critic = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(1, 1, 3)
+    ema = torch.nn.Conv2d(1, 4, 3)
+    optimiser = torch.optim.Adam(generator.parameters())
+    generator(torch.ones(1, 1, 5, 5)).sum().backward()
+    optimiser.step()  # Adam's moments exist from the first step on
+    state = {
+        "generator": generator.state_dict(),
+        "critic": critic.state_dict(),
+        "ema": ema.state_dict(),
+        "opt_g": optimiser.state_dict(),
+        "opt_d": None,
+        "gp_generator": torch.Generator().get_state(),
+    }
+    return save_checkpoint(directory, {"step": 7, "state": state, "best_state": generator.state_dict(), "json": "{}"})
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        ("state", "generator", "weight"),
+        ("state", "critic", "bias"),
+        ("state", "ema", "weight"),
+        ("state", "opt_g", "state", 0, "exp_avg_sq"),
+        ("best_state", "bias"),
+    ],
+)
+@pytest.mark.parametrize("bad_value", [math.nan, math.inf])
+def test_a_checkpoint_with_non_finite_weights_or_moments_is_refused_naming_the_tensor(tmp_path, where, bad_value):
+    """Intact by its CRCs, but written from a run that had diverged: resuming it would train on NaN."""
+    path = _trainer_like_checkpoint(tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run")["step"] == 7  # finite: loads
+    payload = torch.load(path, weights_only=True)
+    *parents, last = where
+    holder = payload
+    for key in parents:
+        holder = holder[key]
+    holder[last] = holder[last].clone().fill_(bad_value)
+    save_checkpoint(tmp_path / "run", {k: v for k, v in payload.items() if k not in ("format", "version")})
+    name = ".".join(map(str, where))
+    with pytest.raises(ModelFileError, match=r"holds values that are not finite \(NaN or infinite\), first in") as info:
+        load_checkpoint(tmp_path / "run")
+    message = str(info.value)
+    assert repr(name) in message and str(path) in message and "\n" not in message
+    assert "earlier copy" in message and "leave resume out" in message
+
+
+def test_checking_and_loading_a_checkpoint_does_not_hold_a_second_copy_of_the_file(tmp_path):
+    """The CRC check and torch.load read the file part by part: the file's bytes are never all in memory at
+    once besides its tensors. What tracemalloc sees is the Python heap, where that copy (one bytes object of
+    the whole file) lived; torch's storages are outside it, so the peak measured is the reading alone."""
+    path = save_checkpoint(tmp_path / "run", {"step": 1, "state": {"w": torch.randn(2, 2**20)}, "json": "{}"})
+    size = path.stat().st_size
+    assert size > 8 * 2**20
+    tracemalloc.start()
+    try:
+        load_checkpoint(tmp_path / "run")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < size / 4, f"{peak} bytes at peak reading a {size}-byte checkpoint"
+
+
+def test_checking_and_loading_a_model_file_does_not_hold_a_second_copy_of_the_file(tmp_path):
+    """load_model hashes, checks and loads the file from one open file, never read whole (as for checkpoints)."""
+    from napari_deblurgan.model_file import create_model
+
+    path = create_model("unet_lite", 1, seed=0, width=24).save(tmp_path / "wide.pt")
+    size = path.stat().st_size
+    assert size > 8 * 2**20
+    tracemalloc.start()
+    try:
+        model = load_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < size / 4, f"{peak} bytes at peak reading a {size}-byte model file"
+    assert model.metadata["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()  # still of what was loaded

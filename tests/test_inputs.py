@@ -78,3 +78,22 @@ def test_multiscale_data_behind_napari_plugin_proxy_is_refused_too():
     assert np.asarray(proxied).shape == (32, 32)
     with pytest.raises(InputError, match="multiscale data with 2 levels"):
         ndg.deblur(proxied)
+
+
+@pytest.mark.parametrize("function", list(_calls(None)))
+@pytest.mark.parametrize("made_by", ["boolean indexing", "from_delayed"])
+def test_a_dask_array_with_unknown_chunk_sizes_says_to_compute_them(function, made_by):
+    """Dask's shape holds NaN where chunk sizes are unknown; read, it was "cannot convert float NaN to integer"."""
+    da = pytest.importorskip("dask.array")
+    import dask
+
+    pixels = da.from_array(_pixels(), chunks=32)
+    if made_by == "boolean indexing":
+        unknown = pixels[pixels[:, 0] > 0.5]
+    else:
+        unknown = da.from_delayed(dask.delayed(_pixels)(), shape=(np.nan, 64), dtype=np.float32)
+    assert np.isnan(unknown.shape[0])
+    with pytest.raises(
+        InputError, match=r"dask array whose chunk sizes are unknown \(shape \(\?, 64\).*compute_chunk_sizes\(\)"
+    ):
+        _calls(unknown)[function]()

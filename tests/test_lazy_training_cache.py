@@ -203,3 +203,105 @@ def test_a_resumed_run_draws_the_batches_read_ahead_again(tmp_path: Path, monkey
         resumed.load_state_dict(state)
         for got, want in zip(_batches(resumed, [4, 4, 4]), expected, strict=True):
             assert got.tobytes() == want.tobytes()
+
+
+def test_read_ahead_reads_no_batch_the_run_will_not_take(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Near the end of a run (batches_needed, set by the trainer before each step) and in a whole short run."""
+    import torch
+
+    from napari_deblurgan.model_file import create_model
+    from napari_deblurgan.training.trainer import iter_finetune
+
+    with _lazy_pair(tmp_path, monkeypatch) as (blurred, sharp, _, _, axes):
+        data = PairedData(blurred, sharp, axes=axes, patch_size=PATCH, validation=0.0)
+        source = BatchSource(data, torch.device("cpu"), seed=5)
+        assert source.read_ahead_bytes > 0
+        source.batches_needed = 3
+        _batches(source, [4])
+        assert len(source._read_ahead) == 2  # 3 read, 1 taken: not READ_AHEAD_BATCHES
+
+        crops_read: list[int] = []
+        read_crops = PairedData.read_crops
+
+        def counted(self: PairedData, plane_ids: np.ndarray, *args, **kwargs):
+            crops_read.append(len(plane_ids))
+            return read_crops(self, plane_ids, *args, **kwargs)
+
+        monkeypatch.setattr(PairedData, "read_crops", counted)
+        steps, batch_size = 3, 2
+        run = iter_finetune(
+            blurred,
+            sharp,
+            axes=axes,
+            model=create_model("unet_lite", 1, seed=0, width=4, depth=2, n_blocks=1),
+            preset="content",  # no critic: one batch a step
+            steps=steps,
+            batch_size=batch_size,
+            patch_size=PATCH,
+            validation=0.0,
+            device="cpu",
+            seed=0,
+        )
+        run.run_to_end()
+        assert sum(crops_read) == steps * batch_size
+
+
+def _stacks_with_a_nan_plane(tmp_path: Path, nan_plane: int) -> None:
+    """float32 zlib stacks (6 planes of 64 x 64 px) whose sharp plane ``nan_plane`` holds a NaN."""
+    blurred, sharp = (stack.astype(np.float32) for stack in _stacks((PLANES, SIDE, SIDE)))
+    sharp[nan_plane, 10, 10] = np.nan
+    for name, stack in (("blurred", blurred), ("sharp", sharp)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", stack, compression="zlib")
+
+
+def test_a_nan_plane_read_ahead_fails_the_step_that_takes_it_not_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """Read ahead with many batches, a NaN crop in a later one failed the run before its first step (no "model so
+    far"); now the steps before it train, as they do when batches are read one by one, and the CLI saves them."""
+    import warnings
+
+    from napari_deblurgan.cli import main
+    from napari_deblurgan.errors import InputError
+    from napari_deblurgan.model_file import create_model, load_model
+    from napari_deblurgan.training import events
+    from napari_deblurgan.training.trainer import iter_finetune
+
+    _stacks_with_a_nan_plane(tmp_path, nan_plane=4)
+    monkeypatch.setattr(finetune_command, "TRAINING_IN_MEMORY_BYTES", 1)
+    tiny = create_model("unet_lite", 1, seed=0, width=4, depth=2, n_blocks=1)
+    tiny.save(tmp_path / "tiny.pt")
+
+    def steps_before_the_error(read_ahead: bool) -> tuple[int, str]:
+        with contextlib.ExitStack() as opened:
+            blurred, axes = finetune_command.read_image(tmp_path / "blurred.tif", None, opened)
+            sharp, _ = finetune_command.read_image(tmp_path / "sharp.tif", None, opened)
+            assert isinstance(sharp, TiffPages)
+            with monkeypatch.context() as patched:
+                if not read_ahead:
+                    patched.setattr(PairedData, "decodes_whole_pages", property(lambda self: False))
+                run = iter_finetune(
+                    blurred, sharp, axes=axes, model=tiny, preset="content", steps=40, batch_size=2, patch_size=16,
+                    validation=0.0, device="cpu", seed=0,
+                )  # fmt: skip
+                done = 0
+                with warnings.catch_warnings(), pytest.raises(InputError) as error:
+                    warnings.simplefilter("ignore")
+                    for event in run:
+                        done += isinstance(event, events.Step)
+        return done, str(error.value)
+
+    one_by_one, message = steps_before_the_error(read_ahead=False)
+    assert 0 < one_by_one < 40, "the NaN plane must be met after the first step for this test to mean anything"
+    assert "NaN or infinite values" in message
+    assert steps_before_the_error(read_ahead=True) == (one_by_one, message)
+
+    out = tmp_path / "so_far.pt"
+    args = ["finetune", "--blurred", str(tmp_path / "blurred.tif"), "--sharp", str(tmp_path / "sharp.tif")]
+    args += ["--model", str(tmp_path / "tiny.pt"), "--preset", "content", "--steps", "40", "--batch-size", "2"]
+    args += ["--patch-size", "16", "--validation", "0", "--device", "cpu", "--seed", "0", "-o", str(out)]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err  # an InputError (the data), after the model so far is saved
+    assert "training failed; the model so far is saved to" in err and "NaN or infinite" in err
+    assert load_model(out).metadata["training"]["base_model"]

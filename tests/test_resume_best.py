@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 import json
-import linecache
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,9 +71,8 @@ def _tracer_of_validate(at_step: int, on_line: Callable[[int], None]) -> Callabl
                     and validating is not None
                     and validating.f_code.co_name == "validate"
                     and validating.f_locals.get("step") == at_step
-                    # not a with statement's line: an exception there, before __exit__, leaves the lock held
-                    # (a CPython limitation, bpo-29988, that no ordering of the run's own statements changes)
-                    and not linecache.getline(code, frame.f_lineno).strip().startswith("with ")
+                    # every line, a with statement's too: an exception on one (as its block ends, before __exit__)
+                    # would leave a lock held (CPython, bpo-29988), so run.model takes no lock
                 ):
                     on_line(frame.f_lineno)
                 return local
@@ -122,11 +121,22 @@ def test_an_interrupt_at_any_line_of_a_new_best_leaves_a_checkpoint_that_describ
         psnr, weights = reference[(said["best_step"], said["best_source"])]
         assert said["best_psnr"] == psnr, where
         assert _same_weights(checkpoint["best_state"], weights), where
-        # and run.model, after the abort, is the model its metadata describes
-        training = run.model.metadata["training"]
+        # and run.model, after the abort, is the model its metadata describes (and does not hang)
+        model = _model_within_a_minute(run)
+        assert model is not None, f"run.model hangs after an abort {where}"
+        training = model.metadata["training"]
         psnr, weights = reference[(training["best_step"], training["best_source"])]
         assert training["val_psnr"] == psnr, where
-        assert _same_weights(run.model.generator.state_dict(), weights), where
+        assert _same_weights(model.generator.state_dict(), weights), where
+
+
+def _model_within_a_minute(run) -> Any:
+    """``run.model``, or None when it does not return within a minute (a lock left held by an interrupt)."""
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(run.model), daemon=True)  # a hung one dies with pytest
+    thread.start()
+    thread.join(60)
+    return got[0] if got else None
 
 
 def test_a_validation_aborted_by_a_second_ctrl_c_is_done_by_the_resumed_run(training_pair, tmp_path, monkeypatch):
@@ -203,3 +213,16 @@ def test_a_checkpoint_without_the_validated_field_resumes_as_validated(training_
     resumed = _validations(iter_finetune(*training_pair, resume=tmp_path, **RUN_ARGS, **kw))
     assert [step for step, _, _ in resumed] == [20, 20]  # generator and EMA at the end, not step 10
     assert np.isfinite([psnr for _, _, psnr in resumed]).all()
+
+
+def test_resuming_a_checkpoint_whose_weights_are_nan_is_refused_before_training(training_pair, tmp_path):
+    from napari_deblurgan.errors import ModelFileError
+
+    kw = dict(steps=4, validate_every=2)
+    list(iter_finetune(*training_pair, model=_model(), checkpoint_dir=tmp_path, **RUN_ARGS, **kw))
+    payload = load_checkpoint(tmp_path)
+    name = next(key for key, value in payload["state"]["ema"].items() if value.is_floating_point())
+    payload["state"]["ema"][name] = torch.full_like(payload["state"]["ema"][name], float("nan"))
+    save_checkpoint(tmp_path, {key: value for key, value in payload.items() if key not in ("format", "version")})
+    with pytest.raises(ModelFileError, match=rf"not finite \(NaN or infinite\), first in 'state\.ema\.{name}'"):
+        iter_finetune(*training_pair, resume=tmp_path, **RUN_ARGS, steps=6)

@@ -19,7 +19,7 @@ import tifffile
 from scipy import ndimage
 
 from napari_deblurgan import atomic_files, samples
-from napari_deblurgan.atomic_files import WriteFailed, atomic_write
+from napari_deblurgan.atomic_files import WriteFailed, atomic_write, check_writable
 from napari_deblurgan.cli import main
 from napari_deblurgan.errors import InputError
 from napari_deblurgan.model_file import create_model, load_model
@@ -68,6 +68,27 @@ def test_a_failed_write_says_the_cause_in_words_and_keeps_the_old_file(tmp_path,
     assert error.reason == words and error.errno == code and error.target == target
     assert str(target) in str(error) and words in str(error)
     assert target.read_bytes() == b"the old file" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+@pytest.mark.parametrize("target_exists", [True, False])
+def test_a_symlink_is_written_through_not_replaced_by_a_file(tmp_path, target_exists):
+    """``-o link.pt`` where link.pt points at a model elsewhere: the model it points at gets the new contents
+    (atomically, its temporary file next to it) and the link stays a link, as open(link, "w") would do."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "out").mkdir()
+    real = tmp_path / "models" / "model.pt"
+    if target_exists:
+        real.write_bytes(b"the old model")
+    link = tmp_path / "out" / "link.pt"
+    link.symlink_to(real)
+    with atomic_write(link) as tmp:
+        assert tmp.parent == real.parent  # os.replace within the target's file system
+        tmp.write_bytes(b"the new model")
+    assert link.is_symlink() and link.readlink() == real
+    assert real.read_bytes() == b"the new model"
+    assert sorted(p.name for p in real.parent.iterdir()) == ["model.pt"]  # no temporary file left
+    assert sorted(p.name for p in link.parent.iterdir()) == ["link.pt"]
+    assert check_writable(link) == real  # the up-front check looks at the folder written into too
 
 
 def test_a_failed_rename_or_fsync_is_said_in_words_too(tmp_path, monkeypatch):

@@ -136,9 +136,10 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     """``path`` if a file can be written there: its folder exists and is writable and ``path`` is no folder.
 
     Writers call it before the work (a deblur, a training run) so that a bad output location is one clear
-    InputError up front, not a failure after the work is done.
+    InputError up front, not a failure after the work is done. A symbolic link is checked (and returned) as the
+    file it points to, which :func:`atomic_write` writes.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise WriteFailed(
@@ -185,7 +186,11 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     permission, the folder gone) is raised as :class:`WriteFailed`, which says so in words (:func:`write_failure`).
     The caller writes (and should fsync) the temporary file. The file gets the permissions a plain
     ``open(path, "w")`` would give (a replaced file keeps its own), not the temporary file's owner-only 0600.
+    A symbolic link is written through, as ``open(path, "w")`` does: the file it points to is replaced (its
+    temporary file in that file's folder, so the rename stays atomic) and the link is kept.
     """
+    # a symlink resolved (check_writable): os.replace onto the link itself would replace the link with a plain
+    # file, and the file it names (e.g. a model kept under a stable name) would keep its old contents
     path = check_writable(path)
     directory = path.parent if str(path.parent) else Path(".")
     remove_stale_parts(path)

@@ -15,6 +15,7 @@ functions share both).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,6 +92,22 @@ def reject_non_arrays(value: Any, name: str = "image") -> None:
         )
 
 
+def reject_unknown_chunks(value: Any, name: str = "image") -> None:
+    """InputError for a dask array whose chunk sizes are unknown (after boolean indexing, ``x[x > 0]``, or
+    ``da.from_delayed`` with a NaN shape): its shape holds NaN, which every reader here would meet as "cannot
+    convert float NaN to integer". Dask's own fix is ``compute_chunk_sizes()``."""
+    if not is_dask(value):
+        return
+    shape = tuple(getattr(value, "shape", ()))
+    if any(isinstance(s, float) and math.isnan(s) for s in shape):
+        shown = "(" + ", ".join("?" if isinstance(s, float) and math.isnan(s) else str(s) for s in shape) + ")"
+        raise InputError(
+            f"The {name} is a dask array whose chunk sizes are unknown (shape {shown}, e.g. after boolean "
+            "indexing); call its .compute_chunk_sizes() first (dask computes them in place and returns the "
+            "array), then pass it."
+        )
+
+
 def reject_viewer_objects(value: Any, name: str = "image") -> None:
     """InputError for None or a file path (:func:`reject_non_arrays`), a napari layer, napari multiscale data or
     a list of arrays of different shapes (the levels of a pyramid), naming the array to pass instead; nothing for
@@ -99,6 +116,7 @@ def reject_viewer_objects(value: Any, name: str = "image") -> None:
     grad) is one too."""
     reject_non_arrays(value, name)
     reject_torch_tensor(value, name, cpu_ok=True)
+    reject_unknown_chunks(value, name)
     if _from_napari(value) and hasattr(value, "__wrapped__"):
         value = value.__wrapped__
     if _is_multiscale_data(value):

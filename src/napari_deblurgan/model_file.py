@@ -403,7 +403,7 @@ def _load_model(path_or_name: Any, device: Any, *, architectures: bool = False) 
     if path.is_dir():
         raise ModelFileError(_directory_advice(path))
     try:
-        data = path.read_bytes()
+        handle = open(path, "rb")  # noqa: SIM115 (closed below, after the loading that reads from it)
     except FileNotFoundError:
         shipped = ", ".join(map(repr, sorted(list_named_models()))) or "none in this version"
         also = _architectures_clause() if architectures else ""
@@ -415,13 +415,20 @@ def _load_model(path_or_name: Any, device: Any, *, architectures: bool = False) 
     except OSError as exc:
         raise ModelFileError(f"Cannot read model file {str(path)!r}: {exc}") from exc
 
-    sha256 = hashlib.sha256(data).hexdigest()
-    if expected_sha is not None and sha256.lower() != expected_sha.lower():
-        raise ModelFileError(
-            f"Shipped model file {str(path)!r} is damaged or was replaced: sha256 {sha256} does not match "
-            f"the registered {expected_sha}. Reinstall napari-deblurgan."
-        )
-    model = _model_from_bytes(data, str(path), device)
+    with handle:
+        # hashed, checked and loaded from one open file, never read whole into memory (that copy doubled the
+        # peak memory of loading a large model): the sha256 is still of what is loaded, since a file replaced
+        # meanwhile (a rename over it) leaves this handle reading the old one
+        try:
+            sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as exc:
+            raise ModelFileError(f"Cannot read model file {str(path)!r}: {exc}") from exc
+        if expected_sha is not None and sha256.lower() != expected_sha.lower():
+            raise ModelFileError(
+                f"Shipped model file {str(path)!r} is damaged or was replaced: sha256 {sha256} does not match "
+                f"the registered {expected_sha}. Reinstall napari-deblurgan."
+            )
+        model = _model_from_file(handle, str(path), device)
     model.metadata["sha256"] = sha256
     model.metadata["path"] = str(path)
     return model
@@ -440,7 +447,7 @@ def _load_stream(stream: Any, device: Any) -> DeblurModel:
             f"load_model read {type(data).__name__}, not bytes, from {where!r}; open the file with mode 'rb'."
         )
     data = bytes(data)
-    model = _model_from_bytes(data, where, device)
+    model = _model_from_file(io.BytesIO(data), where, device)
     model.metadata["sha256"] = hashlib.sha256(data).hexdigest()
     model.metadata.pop("path", None)  # saved from a loaded model, it names the file that one came from
     return model
@@ -496,19 +503,23 @@ def _directory_advice(path: Path) -> str:
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-def archive_damage(data: bytes) -> str | None:
-    """Why ``data``, the bytes of a ``torch.save`` file, is not an intact zip archive, or None if it is.
+def archive_damage(data: bytes | BinaryIO) -> str | None:
+    """Why ``data``, a ``torch.save`` file (its bytes, or a seekable binary file open at its start), is not an
+    intact zip archive, or None if it is.
 
     ``torch.load`` reads the archive without checking the CRC-32 stored for each part, so a flipped bit in a
-    weight would load as a changed weight; ``testzip`` checks them all (on the bytes in memory, no second read
-    from disk). An archive cut short lacks its end record, which ``ZipFile`` refuses.
+    weight would load as a changed weight; ``testzip`` checks them all, reading each part in chunks (from a file,
+    the file is never held whole in memory). An archive cut short lacks its end record, which ``ZipFile`` refuses.
     """
     import zipfile
 
-    if not data:
+    stream = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+    start = stream.tell()
+    if stream.seek(0, os.SEEK_END) == start:
         return "empty"
+    stream.seek(start)
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        with zipfile.ZipFile(stream) as archive:
             bad_part = archive.testzip()
     except zipfile.BadZipFile as exc:
         if str(exc) == "File is not a zip file":  # zipfile's words for an archive without its end record
@@ -521,16 +532,18 @@ def archive_damage(data: bytes) -> str | None:
     return None
 
 
-def _damaged_file_error(where: str, data: bytes, damage: str) -> ModelFileError:
-    """The one message for a model file that is damaged or cut short (the checkpoint loader's wording)."""
+def _damaged_file_error(where: str, size: int, damage: str) -> ModelFileError:
+    """The one message for a model file of ``size`` bytes that is damaged or cut short (the checkpoint loader's
+    wording)."""
     return ModelFileError(
-        f"{where!r} is damaged or incomplete ({len(data)} bytes; {damage}), e.g. from an interrupted copy or "
+        f"{where!r} is damaged or incomplete ({size} bytes; {damage}), e.g. from an interrupted copy or "
         "download or a faulty disk: copy it again from an intact source, or save it again."
     )
 
 
-def _first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """Name of the first floating-point tensor of ``state_dict`` holding a NaN or infinity, or None."""
+def first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point tensor of ``state_dict`` holding a NaN or infinity, or None (also the
+    check of a training checkpoint's weights and optimiser state, training/checkpoint.py)."""
     import torch
 
     for name, tensor in state_dict.items():
@@ -546,26 +559,33 @@ def _first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
-    """Parse and validate the bytes of a model file (read once, so the sha256 is of what was loaded)."""
+def _model_from_file(handle: BinaryIO, where: str, device: Any) -> DeblurModel:
+    """Parse and validate a model file from ``handle``, a seekable binary file at its start (an open file, or a
+    stream's bytes in a BytesIO). The zip check and torch.load both read from it, so a file is never held whole
+    in memory besides the weights it holds."""
     import torch
 
     from .models import build_generator, list_architectures
 
     map_location = _resolve_device(device)
-    if not data.startswith(ZIP_MAGIC):  # every file torch.save writes is a zip archive
-        if ZIP_MAGIC.startswith(data):  # empty, or cut short within the first 4 bytes
-            raise _damaged_file_error(where, data, "empty" if not data else "cut short")
+    size = handle.seek(0, os.SEEK_END)
+    handle.seek(0)
+    head = handle.read(len(ZIP_MAGIC))
+    handle.seek(0)
+    if not head.startswith(ZIP_MAGIC):  # every file torch.save writes is a zip archive
+        if ZIP_MAGIC.startswith(head) and size == len(head):  # empty, or cut short within the first 4 bytes
+            raise _damaged_file_error(where, size, "empty" if not size else "cut short")
         raise ModelFileError(
             f"{where!r} is not a napari-deblurgan model file (a .pt file written by DeblurModel.save or "
             "napari-deblurgan finetune); check the path."
         )
     # before torch.load, whose errors for a file cut short are a seek offset or paragraphs of zip-reader advice
-    damage = archive_damage(data)
+    damage = archive_damage(handle)
     if damage is not None:
-        raise _damaged_file_error(where, data, damage)
+        raise _damaged_file_error(where, size, damage)
+    handle.seek(0)
     try:
-        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        payload = torch.load(handle, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only=True refuses any global that is not a tensor/container type before calling it.
         raise ModelFileError(
@@ -573,7 +593,7 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
             f"run code. napari-deblurgan model files hold only tensors and JSON. ({_first_line(exc)})"
         ) from None
     except Exception as exc:  # an intact archive that is not a torch.save file, EOFError, ...
-        raise _damaged_file_error(where, data, f"unreadable: {_first_line(exc)[:200]}") from None
+        raise _damaged_file_error(where, size, f"unreadable: {_first_line(exc)[:200]}") from None
 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -603,7 +623,7 @@ def _model_from_bytes(data: bytes, where: str, device: Any) -> DeblurModel:
         raise ModelFileError(f"{where!r} has damaged metadata: {_first_line(exc)}") from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ModelFileError(f"{where!r}: 'state_dict' must map parameter names to tensors.")
-    bad_tensor = _first_non_finite(state_dict)
+    bad_tensor = first_non_finite(state_dict)
     if bad_tensor is not None:  # save() refuses these; deblur would turn every image into NaN or zeros
         raise ModelFileError(
             f"{where!r} holds weights that are not finite (NaN or infinite), first in {bad_tensor!r}: a model "

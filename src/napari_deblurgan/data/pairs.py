@@ -1238,7 +1238,9 @@ class BatchSource:
     batches). The draws are those the batches
     would make one by one, in the same order, so the batches are the same bit for bit; a checkpoint saves the
     generator's state before the first batch not yet used, and a change of batch size (halved after running
-    out of GPU memory) draws again from there. 0 reads one batch at a time.
+    out of GPU memory) draws again from there. 0 reads one batch at a time. :attr:`batches_needed` (set by the
+    trainer) keeps it from reading batches the run will never take; a crop that cannot be read (a NaN plane)
+    fails the batch that holds it, when the run takes that batch, not the first batch read ahead with it.
     """
 
     def __init__(
@@ -1296,6 +1298,9 @@ class BatchSource:
         self._validation_fingerprint: str | None = None
         self.read_ahead_bytes = int(read_ahead_bytes) if data.decodes_whole_pages else 0
         self._read_ahead: deque[_ReadAhead] = deque()
+        #: How many more batches the run will take (the trainer sets it before each step), or None when not
+        #: known: read-ahead reads no more than that, so the last steps of a run do not decode 32 batches' pages.
+        self.batches_needed: int | None = None
 
     def _sample(self, batch_size: int) -> tuple[np.ndarray | None, np.ndarray]:
         """:meth:`PairedData.sample`'s next batch, from the batches read ahead where the data is read so."""
@@ -1306,6 +1311,8 @@ class BatchSource:
         if not self._read_ahead:
             self._fill_read_ahead(batch_size)
         batch = self._read_ahead.popleft()
+        if self.batches_needed is not None:
+            self.batches_needed = max(0, self.batches_needed - 1)
         return batch.blurred, batch.sharp
 
     def _fill_read_ahead(self, batch_size: int) -> None:
@@ -1313,6 +1320,8 @@ class BatchSource:
         images = 1 if self.data.synthetic else 2
         batch_bytes = images * batch_size * self.data.channels * side * side * 4
         count = min(READ_AHEAD_BATCHES, max(1, self.read_ahead_bytes // batch_bytes))
+        if self.batches_needed is not None:
+            count = min(count, max(1, self.batches_needed))
         states, plane_ids, positions = [], [], []
         for _ in range(count):  # the draws of `count` calls of sample(), in their order
             states.append(self.rng.bit_generator.state)
@@ -1321,7 +1330,16 @@ class BatchSource:
             positions.append(where)
         try:
             blurred, sharp = self.data.read_crops(np.concatenate(plane_ids), np.concatenate(positions), self.margin)
-        except BaseException:  # a NaN plane, Ctrl-C: no batch was read, so none was drawn
+        except Exception:
+            if count == 1:
+                self.rng.bit_generator.state = states[0]  # no batch was read, so none was drawn
+                raise
+            # a crop that cannot be read (a NaN plane): the batches before the one that holds it are kept and the
+            # run takes them, so that its error comes at the step that would use that batch, as it does read one
+            # by one (the steps before it train, and a stopped run's "model so far" holds them)
+            self._read_batch_by_batch(batch_size, states, plane_ids, positions)
+            return
+        except BaseException:  # Ctrl-C: no batch was read, so none was drawn
             self.rng.bit_generator.state = states[0]
             raise
         for i, state in enumerate(states):
@@ -1329,6 +1347,30 @@ class BatchSource:
             self._read_ahead.append(
                 _ReadAhead(state, batch_size, None if blurred is None else blurred[part], sharp[part])
             )
+
+    def _read_batch_by_batch(
+        self,
+        batch_size: int,
+        states: list[dict[str, Any]],
+        plane_ids: list[np.ndarray],
+        positions: list[np.ndarray],
+    ) -> None:
+        """Read the batches drawn (``states``: the generator's before each) one at a time, up to the first that
+        fails, which is raised only when it is the first; the generator goes back to before the first batch not
+        read, which is drawn again (and fails again) when the run asks for it."""
+        kept = 0
+        try:
+            for state, ids, where in zip(states, plane_ids, positions, strict=True):
+                blurred, sharp = self.data.read_crops(ids, where, self.margin)
+                self._read_ahead.append(_ReadAhead(state, batch_size, blurred, sharp))
+                kept += 1
+        except Exception:
+            self.rng.bit_generator.state = states[kept]
+            if kept == 0:
+                raise
+        except BaseException:  # Ctrl-C: the batches read are kept, the others drawn again
+            self.rng.bit_generator.state = states[kept]
+            raise
 
     def _forget_read_ahead(self) -> None:
         """Drop the batches read ahead, the generator back where the first of them was drawn."""

@@ -8,16 +8,17 @@ Python, and the data sampler's own generators) and the run configuration.
 Writes are atomic: the file is written next to its destination under a temporary name, flushed to disk and
 renamed over the old one (``os.replace``), so a crash or Ctrl-C during a save leaves the previous checkpoint
 intact. Files are read back with ``torch.load(weights_only=True)``: non-tensor state that the restricted
-unpickler cannot hold (NumPy/Python RNG states with 128-bit integers, the config) is stored as JSON text.
+unpickler cannot hold (NumPy/Python RNG states with 128-bit integers, the config) is stored as JSON text. Before
+that the zip CRC-32s are checked, streaming through the file; after it, every tensor is checked for NaN/inf.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..atomic_files import atomic_write
 from ..errors import InputError, ModelFileError
-from ..model_file import ZIP_MAGIC, archive_damage
+from ..model_file import ZIP_MAGIC, archive_damage, first_non_finite
 
 CHECKPOINT_FORMAT = "napari-deblurgan-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -123,32 +124,46 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
         "checkpoint_dir); pass the checkpoint_dir folder of an earlier run, or its checkpoint.pt."
     )
 
+    size = 0  # the file's size in bytes, for the message of a damaged file
+
     def damaged(detail: str) -> ModelFileError:
-        """The error for a checkpoint cut short or changed on disk (``data`` is its bytes, read below)."""
+        """The error for a checkpoint cut short or changed on disk."""
         return ModelFileError(
-            f"Cannot read the training checkpoint {path}: the file is damaged or incomplete ({len(data)} bytes; "
+            f"Cannot read the training checkpoint {path}: the file is damaged or incomplete ({size} bytes; "
             f"{detail}), e.g. a copy cut short or a disk that filled up. Resume from an intact copy of it, or "
             "leave resume out to start a new run."
         )
 
     try:
-        data = path.read_bytes()  # read once: the zip check and torch.load both read these bytes
+        # the zip check and torch.load both read from this one open file, part by part: reading the file whole
+        # into memory first would double the peak memory of a resume (a large model's checkpoint holds its
+        # weights three times over, with the EMA and the best weights, plus the optimiser's moments)
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(len(ZIP_MAGIC))
+            if not head.startswith(ZIP_MAGIC) and not (ZIP_MAGIC.startswith(head) and size == len(head)):
+                raise ModelFileError(not_a_checkpoint)  # another kind of file (an image, text): torch.save writes zips
+            handle.seek(0)
+            # torch.load does not check the archive's CRC-32s: a flipped bit would resume from changed weights or
+            # state
+            damage = archive_damage(handle)
+            if damage is not None:
+                raise damaged(damage)
+            handle.seek(0)
+            try:
+                payload = torch.load(handle, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                # pickled objects other than tensors: torch's own text would advise weights_only=False, which runs
+                # any code the file holds
+                raise ModelFileError(not_a_checkpoint) from None
+            except OSError:
+                raise  # the disk failed while reading: said below, not called damage
+            except Exception as exc:  # an intact archive that is not a torch.save file, EOFError, ...
+                raise damaged(f"unreadable: {_first_line(exc)[:200]}") from None
+    except ModelFileError:
+        raise
     except OSError as exc:
         raise ModelFileError(f"Cannot read the training checkpoint {path}: {exc}") from exc
-    if not data.startswith(ZIP_MAGIC) and not ZIP_MAGIC.startswith(data):
-        raise ModelFileError(not_a_checkpoint)  # another kind of file (an image, text): torch.save writes zips
-    # torch.load does not check the archive's CRC-32s: a flipped bit would resume from changed weights or state
-    damage = archive_damage(data)
-    if damage is not None:
-        raise damaged(damage)
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # pickled objects other than tensors: torch's own text would advise weights_only=False, which runs any
-        # code the file holds
-        raise ModelFileError(not_a_checkpoint) from None
-    except Exception as exc:  # an intact archive that is not a torch.save file, EOFError, ...
-        raise damaged(f"unreadable: {_first_line(exc)[:200]}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelFileError(not_a_checkpoint)
     if payload.get("version") != CHECKPOINT_VERSION:
@@ -156,7 +171,33 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path} is a version {payload.get('version')} checkpoint; this napari-deblurgan reads version "
             f"{CHECKPOINT_VERSION}."
         )
+    # the CRCs only say that the file is as it was written: weights that were already NaN then (a run that had
+    # diverged, a device fault) would resume into a run whose every loss is NaN, rolled back to the same NaN
+    # state until it gives up. The optimiser's moments are checked too (an inf there poisons the next update);
+    # the float64 sum of model_file's check makes this cheap next to the reading of the file
+    bad = first_non_finite(dict(_named_tensors(payload)))
+    if bad is not None:
+        raise ModelFileError(
+            f"Cannot resume from the training checkpoint {path}: it holds values that are not finite (NaN or "
+            f"infinite), first in {bad!r}, so the run had diverged or the file was changed before it was "
+            "written. Resume from an earlier copy of the checkpoint folder, or leave resume out to start a new run."
+        )
     return payload
+
+
+def _named_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every tensor in a checkpoint's nested dicts and lists, named by its path of keys
+    (``"state.opt_g.state.0.exp_avg"``)."""
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            yield from _named_tensors(value, f"{prefix}.{i}" if prefix else str(i))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -194,6 +194,13 @@ class GanStep:
             for group in self.opt_d.param_groups:
                 group["lr"] = critic_lr
 
+    @property
+    def batches_per_step(self) -> int:
+        """How many batches :meth:`run` takes: one per critic update, and one for the generator's."""
+        p = self.preset
+        critic = self.critic is not None and self.opt_d is not None and p.critic_steps > 0
+        return (p.critic_steps if critic else 0) + 1
+
     def run(
         self,
         next_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
@@ -520,12 +527,13 @@ class TrainingRun:
         self._stop_event = threading.Event()
         self._events: _StopOnCtrlC | None = None
         self._interrupts = 0  # Ctrl-Cs caught while the run's code worked (_StopOnCtrlC)
-        self._lock = threading.Lock()
         self._best = _BestWeights(state=None)
-        self._model_cache: DeblurModel | None = None
-        self._model_version = 0
-        self._cached_version = -1
-        self._cached_best: _BestWeights | None = None  # the record run.model's cache was built from
+        # run.model's last model and the records it was built from (the best weights, the provenance): one
+        # tuple, replaced by one assignment. No lock guards it: a Ctrl-C raised on a `with lock:` line, before
+        # the block's try is entered, leaves the lock held (CPython, bpo-29988), and every later run.model
+        # would hang. The records are only ever replaced whole (never changed in place), by the training
+        # thread alone, so a model built from the records it read is right for them, whatever another thread does
+        self._model_cache: tuple[_BestWeights, dict[str, Any] | None, DeblurModel] | None = None
         self.finished: Finished | None = None
         self._setup_inputs()
 
@@ -545,14 +553,14 @@ class TrainingRun:
     @property
     def model(self) -> DeblurModel:
         """The best model so far (by validation PSNR; the last/EMA weights without validation), on the CPU."""
-        with self._lock:
-            best = self._best
-            # the record too: an interrupt between _set_best's two lines must not leave the old model cached
-            if self._cached_version != self._model_version or self._cached_best is not best:
-                self._model_cache = self._build_model(best)
-                self._cached_version, self._cached_best = self._model_version, best
-            assert self._model_cache is not None
-            return self._model_cache
+        # no lock (see __init__): two threads asking at once may both build it, which costs only time
+        best, provenance = self._best, getattr(self, "provenance", None)
+        cache = self._model_cache
+        if cache is not None and cache[0] is best and cache[1] is provenance:
+            return cache[2]
+        model = self._build_model(best, provenance)
+        self._model_cache = (best, provenance, model)
+        return model
 
     def __iter__(self) -> Iterator[TrainingEvent]:
         if self._events is None:
@@ -830,7 +838,7 @@ class TrainingRun:
             f"({', '.join(list_architectures())}); got {type(model).__name__}."
         )
 
-    def _build_model(self, best: _BestWeights) -> DeblurModel:
+    def _build_model(self, best: _BestWeights, provenance: dict[str, Any] | None) -> DeblurModel:
         generator = copy.deepcopy(self.base.generator).cpu()
         if best.state is not None:
             generator.load_state_dict(best.state)
@@ -841,7 +849,6 @@ class TrainingRun:
         for key in ("sha256", "path", "created", "package_version", "name", "description"):
             meta.pop(key, None)
         meta["description"] = f"finetuned from {base_name} ({self.base.architecture})"
-        provenance = getattr(self, "provenance", None)
         # the score and step of these weights come from their own record, never from a provenance update
         # that an interrupt may have kept from running
         meta["training"] = (
@@ -861,9 +868,7 @@ class TrainingRun:
         )
 
     def _set_best(self, best: _BestWeights) -> None:
-        with self._lock:
-            self._best = best  # one assignment: the weights and their numbers change together
-            self._model_version += 1
+        self._best = best  # one assignment: the weights and their numbers change together
 
     # -- the loop --------------------------------------------------------------------------------------
     def _emit(self, event: TrainingEvent) -> TrainingEvent:
@@ -1210,11 +1215,14 @@ class TrainingRun:
                     self._set_best(best)
                 if preview is None:
                     preview = restored
-                with self._lock:  # run.model's metadata describes the run so far, not its start
-                    self.provenance.update(
-                        {"steps_done": step, "val_psnr": best.psnr, "best_step": best.step, "best_source": best.source}
-                    )
-                    self._model_version += 1
+                # run.model's metadata describes the run so far, not its start; a new dict, never one changed in
+                # place, so that run.model (in another thread, without a lock) sees the old one or the new one
+                self.provenance = self.provenance | {
+                    "steps_done": step,
+                    "val_psnr": best.psnr,
+                    "best_step": best.step,
+                    "best_source": best.source,
+                }
                 yield self._emit(
                     Validation(
                         step=step,
@@ -1257,6 +1265,8 @@ class TrainingRun:
                 lr_factor = preset.lr_factor(step, total) * lr_scale
                 step_fn.set_learning_rates(preset.learning_rate * lr_factor, preset.critic_learning_rate * lr_factor)
                 whole_steps = False  # until the step is counted: a Ctrl-C inside it must not save its state
+                # read-ahead (a compressed lazy stack) reads no batch that the run will not take
+                source.batches_needed = (total - step) * step_fn.batches_per_step
                 try:
                     result = step_fn.run(source.next_batch, batch_size)
                 except NonFiniteLoss as exc:
@@ -1359,20 +1369,16 @@ class TrainingRun:
                         source="ema" if final_net is step_fn.ema else "generator",
                     )
                 )
-            self.provenance.update(
-                {
-                    "steps_done": step,
-                    "batch_size": batch_size,
-                    "wall_time_s": round(time.perf_counter() - t_start, 2),
-                    "val_psnr": self._best.psnr,
-                    "best_step": self._best.step,
-                    "best_source": self._best.source,
-                    "stopped": stopped or diverged,
-                    "rollbacks": rollbacks,
-                }
-            )
-            with self._lock:
-                self._model_version += 1  # provenance changed: rebuild the model's metadata
+            self.provenance = self.provenance | {  # replaced, not changed in place: see validate()
+                "steps_done": step,
+                "batch_size": batch_size,
+                "wall_time_s": round(time.perf_counter() - t_start, 2),
+                "val_psnr": self._best.psnr,
+                "best_step": self._best.step,
+                "best_source": self._best.source,
+                "stopped": stopped or diverged,
+                "rollbacks": rollbacks,
+            }
             event = write_checkpoint()
             if event is not None:
                 yield event
