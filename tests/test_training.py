@@ -1173,6 +1173,26 @@ def test_the_first_ctrl_c_line_is_not_written_from_the_signal_handler(pair, monk
     assert "no checkpoint_dir: nothing is written" in lines[1] and lines[1].endswith("abort at once.")
 
 
+@pytest.mark.parametrize("writer_running", [True, False])
+def test_the_ctrl_c_writer_does_not_hang_on_a_start_lock_an_interrupt_left_held(writer_running, capsys):
+    """The trainer readies the Ctrl-C line writer before every event, with Python's own SIGINT handler in place:
+    a Ctrl-C on a `with lock:` line can leave the lock held (bpo-29988), and then every later event waited."""
+    from napari_deblurgan.signal_safe_stderr import SignalSafeStderr
+
+    writer = SignalSafeStderr()
+    if writer_running:
+        writer.ready()
+    writer._start_lock.acquire()  # as such an interrupt leaves it
+    readying = threading.Thread(target=writer.ready, daemon=True)  # a hung one dies with pytest
+    readying.start()
+    readying.join(10)
+    assert not readying.is_alive(), "ready() waits for a lock left held"
+    if writer_running:
+        writer.say("napari-deblurgan: still said")
+        assert writer.flush()
+        assert "still said" in capsys.readouterr().err
+
+
 def test_ctrl_c_in_an_event_hook_with_no_checkpoint_dir_still_returns_the_best_model(pair):
     """on_event runs inside the trainer: a Ctrl-C there stops the run too, and with nothing written to disk the
     training is not lost - finetune() returns it, and run.model is the best model of the stopped run."""

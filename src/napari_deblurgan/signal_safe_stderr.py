@@ -32,10 +32,21 @@ class SignalSafeStderr:
 
     def ready(self) -> None:
         """Start the writing thread if it is not running (once per process; again in a forked child)."""
-        with self._start_lock:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        # Not `with lock:`, which waits: the trainer calls this before each event of a run, with Python's own
+        # SIGINT handler in place, and a Ctrl-C raised on a with statement's line can leave its lock held
+        # (CPython, bpo-29988), so every later event would hang. Without waiting, a lock held (by another thread
+        # starting the writer, or left so) means the writer is being or was started: lines queued meanwhile wait
+        # in the queue for it.
+        if not self._start_lock.acquire(blocking=False):
+            return
+        try:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._write, name="napari-deblurgan Ctrl-C", daemon=True)
                 self._thread.start()
+        finally:
+            self._start_lock.release()
 
     def say(self, line: str) -> None:
         """Queue one line; safe inside a signal handler."""
