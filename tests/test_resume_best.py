@@ -219,7 +219,7 @@ def test_resuming_a_checkpoint_whose_weights_are_nan_is_refused_before_training(
     from napari_deblurgan.errors import ModelFileError
 
     kw = dict(steps=4, validate_every=2)
-    list(iter_finetune(*training_pair, model=_model(), checkpoint_dir=tmp_path, **RUN_ARGS, **kw))
+    list(iter_finetune(*training_pair, model=tiny_unet(), checkpoint_dir=tmp_path, **RUN_ARGS, **kw))
     payload = load_checkpoint(tmp_path)
     name = next(key for key, value in payload["state"]["ema"].items() if value.is_floating_point())
     payload["state"]["ema"][name] = torch.full_like(payload["state"]["ema"][name], float("nan"))
