@@ -1,12 +1,14 @@
 """How a finetuning run answers what a user asks of it: settings it cannot use are said in a notice, not
 dropped silently (the synthetic blur's settings with blurred/sharp pairs, ``channels`` with a model whose
-channels are fixed), and iterating a run that has ended says so instead of doing nothing."""
+channels are fixed), iterating a run that has ended says so instead of doing nothing, and a run without
+validation that fails still holds its latest whole step's weights (not the untrained base)."""
 
 from __future__ import annotations
 
 import warnings
 
 import pytest
+import torch
 
 from _helpers import tiny_run, tiny_unet
 from napari_deblurgan.training import events as ev
@@ -110,3 +112,72 @@ def test_synthetic_blur_kinds_are_taken_in_any_case_as_finetune_takes_them():
     same, same_psf = synthesize_blur(sharp, kind="motion", seed=4)
     np.testing.assert_array_equal(blurred, same)
     np.testing.assert_array_equal(psf, same_psf)
+
+
+def _weights(model) -> dict:
+    return {k: v.clone() for k, v in model.generator.state_dict().items()}
+
+
+def _stopped_after(pair, step: int, **kw):
+    """The model a run of ``kw`` returns when stopped after ``step`` (the reference for a failure there)."""
+    run = tiny_run(pair, **{"model": _model(), **kw})
+    for event in run:
+        if isinstance(event, ev.Step) and event.step == step:
+            run.stop()
+    return run.model
+
+
+def test_a_run_without_validation_that_fails_keeps_the_last_whole_steps_weights(training_pair, monkeypatch):
+    """Without validation the result is the latest weights; a run that fails (unreadable data in step 5) must
+    still hold those of step 4, which the CLI then saves as "the model so far", not the untrained base model."""
+    from napari_deblurgan.data.pairs import BatchSource
+
+    kw = {"steps": 8, "validation": 0}
+    expected = _stopped_after(training_pair, 4, **kw)
+    base = _weights(_model())
+    calls = []
+    original = BatchSource.next_batch
+
+    def fails_in_step_5(self, batch_size):
+        calls.append(1)
+        if len(calls) == 5:  # content-mse: one batch per step
+            raise OSError("the disk went away")
+        return original(self, batch_size)
+
+    monkeypatch.setattr(BatchSource, "next_batch", fails_in_step_5)
+    run = tiny_run(training_pair, **{"model": _model(), **kw})
+    with pytest.raises(OSError, match="disk went away"):
+        for _ in run:
+            pass
+    model = run.model
+    got, want = _weights(model), _weights(expected)
+    assert any(not torch.equal(got[k], base[k]) for k in got), "the untrained base model was kept"
+    assert all(torch.equal(got[k], want[k]) for k in got)
+    training = model.metadata["training"]
+    assert (training["steps_done"], training["best_step"], training["stopped"]) == (4, 4, True)
+
+
+def test_an_abort_inside_the_generator_update_keeps_a_whole_steps_weights(training_pair, monkeypatch):
+    """An abort between the generator's optimiser step and its EMA update leaves neither step's weights: the
+    run keeps its last snapshot's (here the start's), never a half-updated mix."""
+    from napari_deblurgan.training.trainer import GanStep
+
+    kw = {"steps": 8, "validation": 0}
+    calls = []
+    original = GanStep._update_ema
+
+    def aborted_in_step_3(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(GanStep, "_update_ema", aborted_in_step_3)
+    start = _model()
+    run = tiny_run(training_pair, **{"model": start, **kw})
+    with pytest.raises(KeyboardInterrupt):
+        for _ in run:
+            pass
+    got, base = _weights(run.model), _weights(start)
+    assert all(torch.equal(got[k], base[k]) for k in got)  # the snapshot of step 0: the starting weights
+    assert run.model.metadata["training"]["steps_done"] == 0

@@ -177,6 +177,7 @@ class GanStep:
         self.teacher: SelfEnsembleTeacher | None = None
         self.ema: nn.Module | None = None
         self.ema_updates = 0
+        self.updating_generator = False  # see run()
         if ema_decay is not None:
             self.ema = copy.deepcopy(generator).eval()
             self.ema.requires_grad_(False)
@@ -256,9 +257,13 @@ class GanStep:
             raise NonFiniteLoss(f"generator loss is {total.item()}")
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler_g.scale(total).backward()
+        # set while the generator's and the EMA's weights change: an abort in between leaves them neither the
+        # last step's nor this one's (TrainingRun then keeps an earlier snapshot's); set back only after both
+        self.updating_generator = True
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
         self._update_ema()
+        self.updating_generator = False
         values["total"] = total.detach()
         names = list(values)
         floats = torch.stack([values[k].detach().float() for k in names]).cpu().tolist()
@@ -295,6 +300,7 @@ class GanStep:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (tensors are copied onto this step's device)."""
+        self.updating_generator = False  # a state dict is always a whole step's
         self.generator.load_state_dict(state["generator"])
         if self.critic is not None and state.get("critic") is not None:
             self.critic.load_state_dict(state["critic"])
@@ -1253,6 +1259,21 @@ class TrainingRun:
         # step off the validation schedule is not validated, as the uninterrupted run did not validate it.
         if step == 0 or (not checkpoint_validated and (step % cfg.validate_every == 0 or step == total)):
             yield from validate()
+
+        def keep_latest_weights() -> None:
+            """Without validation, the result is the latest weights (the EMA when kept): those of the last whole
+            step, which a failure inside the next step leaves as they were (its data error, or any error before
+            the generator's update), or the last snapshot's where an abort came during that update."""
+            if step_fn.updating_generator:
+                state, at = snapshot["state"], int(snapshot["step"])
+                use_ema = state.get("ema") is not None and at > 0
+                weights = state["ema"] if use_ema else state["generator"]  # already CPU clones, never changed
+            else:
+                at, use_ema = step, step_fn.ema is not None and step > 0
+                weights = _cpu_clone((step_fn.ema if use_ema else generator).state_dict())
+            # the returned weights are those of step ``at``
+            self._set_best(replace(self._best, state=weights, step=at, source="ema" if use_ema else "generator"))
+
         snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
         stopped = False
         diverged = False
@@ -1359,16 +1380,7 @@ class TrainingRun:
                 # all its weights, not of those that happened to fall on the validation schedule
                 yield from validate()
             if validation is None:
-                # Without validation the result is the latest weights (the EMA when kept).
-                final_net = step_fn.ema if step_fn.ema is not None and step > 0 else generator
-                self._set_best(
-                    replace(
-                        self._best,
-                        state=_cpu_clone(final_net.state_dict()),
-                        step=step,  # the returned weights are the last step's
-                        source="ema" if final_net is step_fn.ema else "generator",
-                    )
-                )
+                keep_latest_weights()
             self.provenance = self.provenance | {  # replaced, not changed in place: see validate()
                 "steps_done": step,
                 "batch_size": batch_size,
@@ -1392,6 +1404,16 @@ class TrainingRun:
             # turned them off: it will not see the event). Whatever the write does, the exception that ended
             # the run is the one raised.
             self.notice_warnings = True
+            with contextlib.suppress(BaseException):
+                if validation is None:
+                    # the model so far (the CLI saves it when a run fails) is the latest whole step's weights, as
+                    # a stop returns them, not the untrained base; with validation it is the best validated
+                    keep_latest_weights()
+                self.provenance = self.provenance | {
+                    "steps_done": self._best.step if validation is None else step,
+                    "wall_time_s": round(time.perf_counter() - t_start, 2),
+                    "stopped": True,
+                }
             with contextlib.suppress(BaseException):
                 write_checkpoint()
             generator.eval()
