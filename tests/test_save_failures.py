@@ -243,10 +243,10 @@ def test_when_nothing_can_be_saved_the_error_says_so_and_where_the_checkpoint_is
 
 
 def test_an_output_folder_removed_during_the_run_does_not_lose_the_model(tiny_model, tmp_path, monkeypatch):
-    from napari_deblurgan.cli.finetune_command import save_model
+    from napari_deblurgan.training.saving import save_trained_model
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    saved, not_written = save_model(tiny_model, tmp_path / "gone" / "m.pt", None)
+    saved, not_written = save_trained_model(tiny_model, tmp_path / "gone" / "m.pt", None)
     assert not_written == "its folder does not exist"
     assert saved.parent == tmp_path / "home" / ".napari-deblurgan" / "models" and saved.is_file()
 

@@ -981,3 +981,62 @@ def test_the_save_dialog_counts_as_asked_only_for_the_file_it_returned(setup, qt
         wait_done(qtbot, finetune)
         assert questions == [] and finetune.last_saved == tmp_path / "old.pt"
         assert (tmp_path / "old.pt").read_bytes() != b"an earlier model"
+
+
+def test_a_run_that_fails_after_some_steps_saves_and_lists_its_model_so_far(setup, qtbot, tmp_path, monkeypatch):
+    """As the CLI does: a failure mid-run (data that cannot be read in step 4) keeps the model so far, saved where
+    the run's model was to go and listed in the Deblur panel, and the status says both the error and where."""
+    from napari_deblurgan import load_model
+    from napari_deblurgan.data.pairs import BatchSource
+    from napari_deblurgan.errors import InputError
+
+    _, finetune, deblur = setup
+    finetune.steps_spin.setValue(8)
+    calls = []
+    original = BatchSource.next_batch
+
+    def fails_in_step_4(self, batch_size):
+        calls.append(1)
+        if len(calls) == 4:  # the content preset: one batch per step
+            raise InputError("Plane 3 of 'blurred' contains NaN values (simulated).")
+        return original(self, batch_size)
+
+    monkeypatch.setattr(BatchSource, "next_batch", fails_in_step_4)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    saved = tmp_path / "models" / "mine.pt"
+    status = finetune.status.text()
+    assert "NaN values (simulated)" in status and f"model so far is saved to {saved}" in status
+    assert finetune.last_saved == saved and saved.is_file()
+    assert load_model(saved).metadata["training"]["steps_done"] == 3
+    labels = [deblur.model_combo.itemText(i) for i in range(deblur.model_combo.count())]
+    assert "finetuned: mine" in labels
+
+
+def test_a_model_the_save_path_cannot_take_is_saved_elsewhere_and_said(setup, qtbot, tmp_path, monkeypatch):
+    """The panel's final save is the CLI's (training.saving): where the chosen file cannot be written (a full
+    disk), the model goes next to its checkpoints, and the status says where and why."""
+    from napari_deblurgan.atomic_files import WriteFailed
+    from napari_deblurgan.model_file import DeblurModel
+
+    _, finetune, _ = setup
+    finetune.steps_spin.setValue(2)
+    refused = tmp_path / "models" / "mine.pt"
+    real_save = DeblurModel.save
+
+    def save(self, path, *args, **kwargs):
+        if Path(path) == refused:
+            raise WriteFailed(
+                f"Cannot write {str(refused)!r}: no space left on device.", refused, "no space left on device"
+            )
+        return real_save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(DeblurModel, "save", save)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    status = finetune.status.text()
+    assert not refused.exists()
+    assert finetune.last_saved is not None and finetune.last_saved.is_file()
+    assert finetune.last_saved.name.startswith("mine-unsaved-")
+    assert f"could not write {str(refused)!r}: no space left on device" in status
+    assert str(finetune.last_saved) in status

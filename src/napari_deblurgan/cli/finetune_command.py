@@ -19,7 +19,8 @@ between two steps, and says that ``--resume`` continues from the last one).
 
 Where ``-o`` cannot be written at the end (a full disk, its folder removed during the run), the trained model is
 not lost: it is saved next to the checkpoints, in ``~/.napari-deblurgan/models`` or in the system's temporary
-folder instead (:func:`save_model`), and the error says where.
+folder instead (:func:`~napari_deblurgan.training.saving.save_trained_model`, which the Finetune panel uses
+too), and the error says where.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..atomic_files import check_writable
 from ..devices import PRECISIONS
 from ..errors import InputError
 from ..signal_safe_stderr import stderr_from_signal_handlers
+from ..training.saving import save_trained_model
 from .progress import line_drawn, line_ended
 from .signals import TERMINATING_SIGNALS, detach_from_terminal, handling
 
@@ -511,7 +513,7 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
                 if trained:
                     saving.set()
                     try:
-                        saved, not_written = save_model(
+                        saved, not_written = save_trained_model(
                             training.model, out, args.checkpoint_dir, _checkpoint_kept(checkpointed)
                         )
                     except InputError as exc:
@@ -523,7 +525,9 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
                         )
                 raise
         saving.set()
-        saved, not_written = save_model(training.model, out, args.checkpoint_dir, _checkpoint_kept(checkpointed))
+        saved, not_written = save_trained_model(
+            training.model, out, args.checkpoint_dir, _checkpoint_kept(checkpointed)
+        )
         if not_written is not None:
             raise InputError(
                 f"Could not write {str(out)!r} ({not_written}); the trained model was saved to {str(saved)!r} "
@@ -534,52 +538,6 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
     if stop_signal:
         return EXIT_INTERRUPTED if stop_signal[0] == signal.SIGINT else 128 + stop_signal[0]
     return 0
-
-
-def save_model(model: Any, out: Path, checkpoint_dir: str | None, checkpoint_note: str = "") -> tuple[Path, str | None]:
-    """Save the trained ``model`` to ``out``; where that fails (a full disk, a read-only one, its folder removed
-    during the run), to ``<stem>-unsaved-<date>-<time>.pt`` in the first of :func:`fallback_folders` that takes
-    it: hours of training are not lost to a full disk. Returns where it was saved and, if not to ``out``, why
-    ``out`` could not be written ("no space left on device"). Raises :class:`InputError` when nothing could be
-    saved, naming each place tried and why, then ``checkpoint_note`` (a checkpoint that keeps the run, if any)."""
-    try:
-        model.save(out)
-        return out, None
-    except (OSError, RuntimeError) as exc:  # atomic_write's WriteFailed, or a failure it could not put in words
-        not_written = _cause(exc)
-    name = f"{out.stem}-unsaved-{time.strftime('%Y%m%d-%H%M%S')}.pt"
-    tried: list[str] = []
-    for folder in fallback_folders(checkpoint_dir):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            return model.save(folder / name), not_written
-        except (OSError, RuntimeError) as exc:
-            tried.append(f"{str(folder)!r} ({_cause(exc)})")
-    raise InputError(
-        f"Could not write {str(out)!r} ({not_written}), nor a copy in {' or '.join(tried)}: the trained model could "
-        f"not be saved anywhere; free some space before the next run.{checkpoint_note}"
-    )
-
-
-def fallback_folders(checkpoint_dir: str | None) -> list[Path]:
-    """Where :func:`save_model` puts a model that ``-o`` cannot take, in order: the run's checkpoint folder (the
-    user chose it and looks there), the Finetune panel's models folder ``~/.napari-deblurgan/models``, and the
-    system's temporary folder (another disk, often, than a full one)."""
-    import tempfile
-
-    from ..model_file import default_model_dir
-
-    folders = [Path(checkpoint_dir)] if checkpoint_dir is not None else []
-    with contextlib.suppress(RuntimeError):  # no home folder (a service account): the others
-        folders.append(default_model_dir())
-    folders.append(Path(tempfile.gettempdir()))
-    return folders
-
-
-def _cause(exc: BaseException) -> str:
-    """Why a save failed, in words: a WriteFailed's reason ("no space left on device"), else the error's own."""
-    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return str(reason).strip().splitlines()[0]
 
 
 def _checkpoint_kept(event: Any) -> str:

@@ -770,13 +770,21 @@ class FinetuneWidget(QWidget):
             self.status.setText(message)
             show_error(message)
             return
-        path, model, finished = value
+        if kind == "failed":  # the run failed after some steps: its model so far is saved and listed
+            message, path, model = value
+            message = in_panel_words(message)
+            self.last_saved = path
+            self._last_entry = self.registry.add_finetuned(path, model)
+            self.status.setText(message)
+            show_error(f"{message} It is in the Deblur widget's model list.")
+            return
+        path, model, finished, instead = value
         self.last_saved = path
         entry: ModelEntry = self.registry.add_finetuned(path, model)
         how = "stopped" if finished is not None and finished.stopped else "finished"
         best = f", best validation PSNR {finished.best_psnr:.2f} dB" if finished and finished.best_psnr else ""
-        self.status.setText(f"Run {how} at step {finished.step if finished else '?'}{best}; saved to {path}.")
-        show_info(f"Finetuned model saved to {path}; it is now in the Deblur widget's model list.")
+        self.status.setText(f"Run {how} at step {finished.step if finished else '?'}{best}; saved to {path}{instead}.")
+        show_info(f"Finetuned model saved to {path}{instead}; it is now in the Deblur widget's model list.")
         self._last_entry = entry
 
     def _on_finished(self) -> None:
@@ -856,13 +864,21 @@ def _training_worker_class() -> type:
 def _training_job(kwargs: dict[str, Any], save_to: Path, control: _RunControl):
     """Worker-thread body (a generator): yields every training event, then saves the model.
 
-    Returns ``("ok", (path, model, finished_event))`` or ``("error", message)`` for errors the user can fix.
+    Returns ``("ok", (path, model, finished_event, instead))``, ``("error", message)`` for errors the user can
+    fix before any step trained, or ``("failed", (message, path, model))`` for a run that failed after training
+    some steps (unreadable data in a later plane, a device error), whose model so far is saved as a stop would
+    save it. The save (:func:`~napari_deblurgan.training.saving.save_trained_model`, as the CLI's) goes where it
+    can when ``save_to`` cannot take it (a full disk), and ``instead`` says why ("" where it went to ``save_to``).
     """
     from .. import iter_finetune
+    from ..training.saving import save_trained_model
 
     kwargs = dict(kwargs)
     blurred = kwargs.pop("blurred")
+    checkpoint_dir = kwargs.get("checkpoint_dir")
     finished = None
+    run = None
+    trained = False
     try:
         run = iter_finetune(blurred, **kwargs)
         # the panel shows every Notice itself: not again as a TrainingNoticeWarning in the terminal (and napari's
@@ -872,17 +888,45 @@ def _training_job(kwargs: dict[str, Any], save_to: Path, control: _RunControl):
         if control.stop_requested:
             run.stop()
         for event in run:
-            if type(event).__name__ == "Finished":
+            name = type(event).__name__
+            trained = trained or name == "Step"
+            if name == "Finished":
                 finished = event
             yield event
         final = finished.model if finished is not None else run.model
         save_to.parent.mkdir(parents=True, exist_ok=True)
-        path = final.save(save_to)
-    except user_error_types() as exc:
-        return "error", error_message(exc)
+        path, not_written = save_trained_model(final, save_to, checkpoint_dir)
+    except Exception as exc:
+        saved = _save_model_so_far(run, trained, save_to, checkpoint_dir)
+        if not isinstance(exc, user_error_types()):
+            if saved is not None:  # napari shows the traceback: it says where the training went
+                exc.add_note(f"napari-deblurgan: the model so far is saved to {saved[0]}")
+            raise
+        message = error_message(exc)
+        if saved is None:
+            return "error", message
+        return "failed", (f"{message} The model so far is saved to {saved[0]}.", *saved)
     if control.quitting:  # the app is closing: no panel will show where the model went
         print(f"napari-deblurgan: training stopped as napari closed; the model is saved to {path}", file=sys.stderr)
-    return "ok", (Path(path), final, finished)
+    instead = f" (could not write {str(save_to)!r}: {not_written})" if not_written else ""
+    return "ok", (Path(path), final, finished, instead)
+
+
+def _save_model_so_far(run: Any, trained: bool, save_to: Path, checkpoint_dir: Any) -> tuple[Path, Any] | None:
+    """After a run failed: its model so far (the best validated weights, or the latest whole step's without
+    validation) saved where :func:`_training_job` would have saved it, as ``(path, model)``; None where no step
+    trained (the base model is already a file) or nothing could be saved (a checkpoint, if any, keeps the run)."""
+    if run is None or not trained:
+        return None
+    from ..training.saving import save_trained_model
+
+    try:
+        model = run.model
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        path, _ = save_trained_model(model, save_to, checkpoint_dir)
+    except Exception:  # the failure being reported is the one the user must see
+        return None
+    return path, model
 
 
 def _spin(low: int, high: int, value: int, *, step: int = 1) -> QSpinBox:

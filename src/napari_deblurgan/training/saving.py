@@ -1,0 +1,62 @@
+"""Saving a trained model where hours of training are not lost to a full disk: the one save that the CLI's
+``finetune`` and the Finetune panel both use, at the end of a run and for the model so far when a run fails.
+
+Qt-free and torch-free at import (the model's own :meth:`~napari_deblurgan.DeblurModel.save` imports torch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+
+def save_trained_model(
+    model: Any, out: Path, checkpoint_dir: str | None, checkpoint_note: str = ""
+) -> tuple[Path, str | None]:
+    """Save the trained ``model`` to ``out``; where that fails (a full disk, a read-only one, its folder removed
+    during the run), to ``<stem>-unsaved-<date>-<time>.pt`` in the first of :func:`fallback_folders` that takes
+    it: hours of training are not lost to a full disk. Returns where it was saved and, if not to ``out``, why
+    ``out`` could not be written ("no space left on device"). Raises :class:`InputError` when nothing could be
+    saved, naming each place tried and why, then ``checkpoint_note`` (a checkpoint that keeps the run, if any)."""
+    out = Path(out)
+    try:
+        return Path(model.save(out)), None
+    except (OSError, RuntimeError) as exc:  # atomic_write's WriteFailed, or a failure it could not put in words
+        not_written = save_failure_cause(exc)
+    name = f"{out.stem}-unsaved-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+    tried: list[str] = []
+    for folder in fallback_folders(checkpoint_dir):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return Path(model.save(folder / name)), not_written
+        except (OSError, RuntimeError) as exc:
+            tried.append(f"{str(folder)!r} ({save_failure_cause(exc)})")
+    raise InputError(
+        f"Could not write {str(out)!r} ({not_written}), nor a copy in {' or '.join(tried)}: the trained model could "
+        f"not be saved anywhere; free some space before the next run.{checkpoint_note}"
+    )
+
+
+def fallback_folders(checkpoint_dir: str | None) -> list[Path]:
+    """Where :func:`save_trained_model` puts a model that its destination cannot take, in order: the run's
+    checkpoint folder (the user chose it and looks there), the Finetune panel's models folder
+    ``~/.napari-deblurgan/models``, and the system's temporary folder (another disk, often, than a full one)."""
+    import tempfile
+
+    from ..model_file import default_model_dir
+
+    folders = [Path(checkpoint_dir)] if checkpoint_dir is not None else []
+    with contextlib.suppress(RuntimeError):  # no home folder (a service account): the others
+        folders.append(default_model_dir())
+    folders.append(Path(tempfile.gettempdir()))
+    return folders
+
+
+def save_failure_cause(exc: BaseException) -> str:
+    """Why a save failed, in words: a WriteFailed's reason ("no space left on device"), else the error's own."""
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return str(reason).strip().splitlines()[0]
