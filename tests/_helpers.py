@@ -7,10 +7,16 @@ steps=4, resume=...)``), often more than once in a test. Import them as ``from _
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pytest
+
+    from napari_deblurgan.cli.deblur_command import TiffPages
     from napari_deblurgan.model_file import DeblurModel
     from napari_deblurgan.training.trainer import TrainingRun
 
@@ -47,3 +53,25 @@ def tiny_run(data: Sequence[Any], **kwargs: Any) -> TrainingRun:
     if "model" not in args:  # a fresh one per run: training never changes the caller's model, but be sure
         args["model"] = tiny_unet()
     return iter_finetune(*data, **args)
+
+
+@contextlib.contextmanager
+def lazy_tiff_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blurred: np.ndarray, sharp: np.ndarray, **options: Any
+) -> Iterator[tuple[TiffPages, TiffPages, str]]:
+    """``(blurred, sharp)`` written as zlib TIFFs (``options``: tifffile's strips or tiles) and read back as
+    `finetune` reads stacks over its in-memory limit (lazily, through ``TiffPages``), with their axes."""
+    import tifffile
+
+    from napari_deblurgan.cli import finetune_command
+    from napari_deblurgan.cli.deblur_command import TiffPages
+
+    for name, stack in (("blurred", blurred), ("sharp", sharp)):
+        photometric = "rgb" if stack.shape[-1] == 3 else "minisblack"
+        tifffile.imwrite(tmp_path / f"{name}.tif", stack, compression="zlib", photometric=photometric, **options)
+    monkeypatch.setattr(finetune_command, "TRAINING_IN_MEMORY_BYTES", 1)
+    with contextlib.ExitStack() as opened:
+        lazy_blurred, axes = finetune_command.read_image(tmp_path / "blurred.tif", None, opened)
+        lazy_sharp, _ = finetune_command.read_image(tmp_path / "sharp.tif", None, opened)
+        assert isinstance(lazy_blurred, TiffPages) and isinstance(lazy_sharp, TiffPages)
+        yield lazy_blurred, lazy_sharp, axes

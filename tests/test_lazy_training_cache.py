@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from _helpers import lazy_tiff_pair
 from napari_deblurgan.cli import finetune_command
 from napari_deblurgan.cli.deblur_command import TiffPages
 from napari_deblurgan.data.pairs import BatchSource, PairedData
@@ -48,14 +49,7 @@ def _lazy_pair(
 ) -> Iterator[tuple[TiffPages, TiffPages, np.ndarray, np.ndarray, str]]:
     """The pair written as zlib TIFFs and read back as `finetune` reads stacks over its in-memory limit."""
     blurred, sharp = _stacks(shape)
-    for name, stack in (("blurred", blurred), ("sharp", sharp)):
-        photometric = "rgb" if shape[-1] == 3 else "minisblack"
-        tifffile.imwrite(tmp_path / f"{name}.tif", stack, compression="zlib", photometric=photometric)
-    monkeypatch.setattr(finetune_command, "TRAINING_IN_MEMORY_BYTES", 1)
-    with contextlib.ExitStack() as opened:
-        lazy_blurred, axes = finetune_command.read_image(tmp_path / "blurred.tif", None, opened)
-        lazy_sharp, _ = finetune_command.read_image(tmp_path / "sharp.tif", None, opened)
-        assert isinstance(lazy_blurred, TiffPages) and isinstance(lazy_sharp, TiffPages)
+    with lazy_tiff_pair(tmp_path, monkeypatch, blurred, sharp) as (lazy_blurred, lazy_sharp, axes):
         yield lazy_blurred, lazy_sharp, blurred, sharp, axes
 
 

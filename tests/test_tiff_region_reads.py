@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_deblurgan.cli import finetune_command
+from _helpers import lazy_tiff_pair
 from napari_deblurgan.cli.deblur_command import TiffPages
 from napari_deblurgan.data.pairs import PairedData
 
@@ -255,13 +255,7 @@ def _lazy_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) 
     rng = np.random.default_rng(1)
     sharp = rng.integers(100, 4000, size=(4, 96, 80)).astype(np.uint16)
     blurred = ((sharp.astype(np.float64) + np.roll(sharp, 1, 1) + np.roll(sharp, 1, 2)) / 3).astype(np.uint16)
-    for name, stack in (("blurred", blurred), ("sharp", sharp)):
-        tifffile.imwrite(tmp_path / f"{name}.tif", stack, photometric="minisblack", compression="zlib", **options)
-    monkeypatch.setattr(finetune_command, "TRAINING_IN_MEMORY_BYTES", 1)
-    with contextlib.ExitStack() as opened:
-        lazy_blurred, axes = finetune_command.read_image(tmp_path / "blurred.tif", None, opened)
-        lazy_sharp, _ = finetune_command.read_image(tmp_path / "sharp.tif", None, opened)
-        assert isinstance(lazy_blurred, TiffPages) and isinstance(lazy_sharp, TiffPages)
+    with lazy_tiff_pair(tmp_path, monkeypatch, blurred, sharp, **options) as (lazy_blurred, lazy_sharp, axes):
         yield lazy_blurred, lazy_sharp, blurred, sharp, axes
 
 
