@@ -257,6 +257,26 @@ def test_ctrl_c_or_sigterm_stops_and_still_writes_the_model(files, signum, statu
     assert f"stopping after this step{again}..." in capsys.readouterr().err
 
 
+def test_a_stop_before_the_first_step_writes_no_copy_of_the_starting_model(files, capsys, monkeypatch):
+    """Ctrl-C while the run is being set up: nothing was trained, so nothing is written under -o (a copy of the
+    starting model there would pass for a finetuned one); the exit status is still Ctrl-C's."""
+    from napari_deblurgan.training.trainer import TrainingRun
+
+    real_emit = TrainingRun._emit
+
+    def interrupted_at_the_start(self, event):
+        if type(event).__name__ == "Started":
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_emit(self, event)
+
+    monkeypatch.setattr(TrainingRun, "_emit", interrupted_at_the_start)
+    out = files / "never.pt"
+    argv = _common(files, "--blurred", str(files / "blurred.tif"), "--sharp", str(files / "sharp.tif"))
+    assert main([*argv, "--steps", "100", "-o", str(out), "-q"]) == 130
+    assert not out.exists()
+    assert "stopped before the first step: nothing was trained, no model written" in capsys.readouterr().err
+
+
 def test_a_hangup_that_nohup_ignores_does_not_stop_the_run(files):
     """nohup ignores SIGHUP so that a run outlives its terminal: the CLI must not take that over and stop."""
     out, ckpt = files / "nohup.pt", files / "ck-nohup"

@@ -1040,3 +1040,17 @@ def test_a_model_the_save_path_cannot_take_is_saved_elsewhere_and_said(setup, qt
     assert finetune.last_saved.name.startswith("mine-unsaved-")
     assert f"could not write {str(refused)!r}: no space left on device" in status
     assert str(finetune.last_saved) in status
+
+
+def test_a_stop_before_the_first_step_saves_no_copy_of_the_starting_model(setup, qtbot, tmp_path):
+    """Stop clicked while the run is being prepared: nothing was trained, so no file appears under the chosen
+    name (it would pass for a finetuned model) and nothing is added to the Deblur panel's list."""
+    _, finetune, deblur = setup
+    finetune.steps_spin.setValue(100)
+    finetune.start_button.click()
+    finetune.stop_button.click()
+    wait_done(qtbot, finetune)
+    assert not (tmp_path / "models" / "mine.pt").exists()
+    assert "nothing was trained" in finetune.status.text()
+    labels = [deblur.model_combo.itemText(i) for i in range(deblur.model_combo.count())]
+    assert "finetuned: mine" not in labels

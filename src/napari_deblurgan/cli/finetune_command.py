@@ -14,8 +14,9 @@ A progress line on stderr shows the step, the losses, the speed and the latest v
 was measured at (``val@200 PSNR 18.13 dB (+2.77, best)``: its gain over the blurred input, and whether it is
 the best so far, the model the run returns). Ctrl-C stops cleanly: the best model so far is still written to
 ``-o`` (and a checkpoint to ``--checkpoint-dir``, from which ``--resume`` continues), then the exit status is
-130. A second Ctrl-C aborts at once without writing the model (the run still writes its checkpoint if it was
-between two steps, and says that ``--resume`` continues from the last one).
+130 (a stop before the first step writes nothing: nothing was trained). A second Ctrl-C aborts at once without
+writing the model (the run still writes its checkpoint if it was between two steps, and says that ``--resume``
+continues from the last one).
 
 Where ``-o`` cannot be written at the end (a full disk, its folder removed during the run), the trained model is
 not lost: it is saved next to the checkpoints, in ``~/.napari-deblurgan/models`` or in the system's temporary
@@ -525,6 +526,10 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
                         )
                 raise
         saving.set()
+        if stop_signal and _nothing_trained(training):
+            # a copy of the starting model under the output's name would pass for a finetuned one
+            print(f"{PROG}: stopped before the first step: nothing was trained, no model written", file=sys.stderr)
+            return EXIT_INTERRUPTED if stop_signal[0] == signal.SIGINT else 128 + stop_signal[0]
         saved, not_written = save_trained_model(
             training.model, out, args.checkpoint_dir, _checkpoint_kept(checkpointed)
         )
@@ -538,6 +543,12 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
     if stop_signal:
         return EXIT_INTERRUPTED if stop_signal[0] == signal.SIGINT else 128 + stop_signal[0]
     return 0
+
+
+def _nothing_trained(run: Any) -> bool:
+    """Whether a stopped run ended before its first step, holding only the starting model (a resumed run holds
+    its checkpoint's training, whose step is above 0)."""
+    return run.finished is not None and run.finished.step == 0
 
 
 def _checkpoint_kept(event: Any) -> str:

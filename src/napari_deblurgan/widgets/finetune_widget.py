@@ -770,6 +770,10 @@ class FinetuneWidget(QWidget):
             self.status.setText(message)
             show_error(message)
             return
+        if kind == "nothing":
+            self.status.setText(value)
+            show_info(f"Finetune: {value}")
+            return
         if kind == "failed":  # the run failed after some steps: its model so far is saved and listed
             message, path, model = value
             message = in_panel_words(message)
@@ -865,10 +869,11 @@ def _training_job(kwargs: dict[str, Any], save_to: Path, control: _RunControl):
     """Worker-thread body (a generator): yields every training event, then saves the model.
 
     Returns ``("ok", (path, model, finished_event, instead))``, ``("error", message)`` for errors the user can
-    fix before any step trained, or ``("failed", (message, path, model))`` for a run that failed after training
-    some steps (unreadable data in a later plane, a device error), whose model so far is saved as a stop would
-    save it. The save (:func:`~napari_deblurgan.training.saving.save_trained_model`, as the CLI's) goes where it
-    can when ``save_to`` cannot take it (a full disk), and ``instead`` says why ("" where it went to ``save_to``).
+    fix before any step trained, ``("nothing", message)`` for a run stopped before its first step, or
+    ``("failed", (message, path, model))`` for a run that failed after training some steps (unreadable data in
+    a later plane, a device error), whose model so far is saved as a stop would save it. The save
+    (:func:`~napari_deblurgan.training.saving.save_trained_model`, as the CLI's) goes where it can when
+    ``save_to`` cannot take it (a full disk), and ``instead`` says why ("" where it went to ``save_to``).
     """
     from .. import iter_finetune
     from ..training.saving import save_trained_model
@@ -893,6 +898,10 @@ def _training_job(kwargs: dict[str, Any], save_to: Path, control: _RunControl):
             if name == "Finished":
                 finished = event
             yield event
+        if finished is not None and finished.stopped and finished.step == 0:
+            # stopped before the first step (a resumed run's step is its checkpoint's): a copy of the starting
+            # model under the chosen name would pass for a finetuned one
+            return "nothing", "Stopped before the first step: nothing was trained, so no model was saved."
         final = finished.model if finished is not None else run.model
         save_to.parent.mkdir(parents=True, exist_ok=True)
         path, not_written = save_trained_model(final, save_to, checkpoint_dir)
