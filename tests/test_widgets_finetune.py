@@ -1054,3 +1054,21 @@ def test_a_stop_before_the_first_step_saves_no_copy_of_the_starting_model(setup,
     assert "nothing was trained" in finetune.status.text()
     labels = [deblur.model_combo.itemText(i) for i in range(deblur.model_combo.count())]
     assert "finetuned: mine" not in labels
+
+
+def test_a_resumed_run_stopped_at_once_still_saves_its_checkpoints_model(setup, qtbot, tmp_path):
+    """Unlike a fresh run, a resumed run holds trained weights before its first step (its checkpoint's): a stop
+    before that step saves them."""
+    from napari_deblurgan import load_model
+
+    _, finetune, _ = setup
+    finetune.steps_spin.setValue(2)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune)
+    saved = tmp_path / "models" / "mine.pt"
+    saved.unlink()
+    finetune.steps_spin.setValue(100)
+    finetune.resume_button.click()
+    finetune.stop_button.click()
+    wait_done(qtbot, finetune)
+    assert saved.is_file() and load_model(saved).metadata["training"]["steps_done"] == 2
