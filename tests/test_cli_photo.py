@@ -176,6 +176,11 @@ def test_jpeg_exif_orientation_is_written_upright(tiny_model_file, tmp_path, cap
     with Image.open(out_jpg) as im:
         assert im.size == (32, 48)  # width x height: upright
         assert photo_files.ORIENTATION_TAG not in im.getexif() and im.getexif()[0x010F] == "PhoneMaker"
+    capsys.readouterr()
+    assert _run(inp, tmp_path / "phone.tif", tiny_model_file, "-q") == 0  # a TIFF output holds no EXIF: said
+    assert "not written to phone.tif: phone.jpg's EXIF (camera, exposure, date; write .png or .jpg to keep it)" in (
+        capsys.readouterr().err
+    )
 
 
 # ---------------------------------------------------------------------------------- colour profile, dpi

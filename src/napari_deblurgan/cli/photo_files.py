@@ -9,9 +9,10 @@ What a photo is read as, and what it keeps:
 * a phone photo stored sideways with an EXIF Orientation is turned upright, as viewers show it, and written
   upright with the Orientation tag removed: a viewer that ignores the tag (many do for PNG) shows it right too.
 * the ICC colour profile (colour-managed viewers need it to show the colours the camera or editor meant), EXIF
-  (PNG and JPEG outputs; left out of a JPEG, with a note, where over 64 KB) and the resolution (dpi); a PNG's
-  gAMA, cHRM, sRGB, cICP (and sBIT, where the output's sample layout is the input's) in a PNG output. XMP and
-  text (PNG tEXt/iTXt/zTXt, a JPEG comment) are not kept: a note says so where the input has them.
+  (PNG and JPEG outputs; left out of a JPEG, with a note, where over 64 KB; a TIFF output has none, with a
+  note) and the resolution (dpi); a PNG's gAMA, cHRM, sRGB, cICP (and sBIT, where the output's sample layout
+  is the input's) in a PNG output. XMP and text (PNG tEXt/iTXt/zTXt, a JPEG comment) are not kept: a note says
+  so where the input has them.
 * a palette (indexed-colour) image whose palette is a ramp (a LUT of intensities) is deblurred and written with
   its palette (PNG, TIFF); any other (a colour palette: every GIF, quantised PNGs), or a ramp with transparency,
   is read as its colours without loss (grey or RGB, with the transparency as alpha) and written so, with a note.
@@ -390,6 +391,9 @@ def check_output(info: PhotoInfo, out: Path) -> None:
     elif fmt == "PNG" and info.dtype not in (np.uint8, np.uint16):
         raise InputError(f"Output {str(out)!r}: PNG holds 8 or 16 bits, the image is {info.dtype}; write .tif.")
     unkept = list(info.unkept)
+    if info.exif and fmt == "TIFF":
+        # a TIFF holds EXIF in an IFD of its own, which the TIFF writer here does not write: said, not lost silently
+        unkept.append("EXIF (camera, exposure, date; write .png or .jpg to keep it)")
     if info.png_colour and fmt != "PNG":
         unkept.append(f"the PNG's {'/'.join(k.decode() for k, _ in info.png_colour)} (how its values are colours)")
     if unkept:
