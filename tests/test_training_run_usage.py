@@ -1,7 +1,8 @@
 """How a finetuning run answers what a user asks of it: settings it cannot use are said in a notice, not
 dropped silently (the synthetic blur's settings with blurred/sharp pairs, ``channels`` with a model whose
 channels are fixed), iterating a run that has ended says so instead of doing nothing, and a run without
-validation that fails still holds its latest whole step's weights (not the untrained base)."""
+validation that fails still holds its latest whole step's weights (not the untrained base, nor weights older
+than its checkpoint), and a state that is not finite is never written over the last good checkpoint."""
 
 from __future__ import annotations
 
@@ -181,3 +182,61 @@ def test_an_abort_inside_the_generator_update_keeps_a_whole_steps_weights(traini
     got, base = _weights(run.model), _weights(start)
     assert all(torch.equal(got[k], base[k]) for k in got)  # the snapshot of step 0: the starting weights
     assert run.model.metadata["training"]["steps_done"] == 0
+
+
+def test_an_abort_inside_an_update_falls_back_no_further_than_the_last_checkpoint(training_pair, tmp_path, monkeypatch):
+    """The in-memory snapshot that an abort inside a generator update falls back to is also taken at every
+    checkpoint: here checkpoints every 3 steps and snapshots every 2 (validate_every), an abort in step 4 keeps
+    step 3's weights (the checkpoint's), not step 2's."""
+    from napari_deblurgan.training.checkpoint import load_checkpoint
+    from napari_deblurgan.training.trainer import GanStep
+
+    calls = []
+    original = GanStep._update_ema
+
+    def aborted_in_step_4(self):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(GanStep, "_update_ema", aborted_in_step_4)
+    kw = {"steps": 8, "validation": 0, "validate_every": 2, "checkpoint_every": 3, "checkpoint_dir": tmp_path}
+    run = tiny_run(training_pair, **{"model": _model(), **kw})
+    with pytest.raises(KeyboardInterrupt):
+        for _ in run:
+            pass
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint["step"] == 3
+    got = _weights(run.model)
+    assert all(torch.equal(got[k], checkpoint["state"]["generator"][k]) for k in got)
+    assert run.model.metadata["training"]["steps_done"] == 3
+
+
+def test_a_state_that_is_not_finite_is_not_written_over_the_last_good_checkpoint(training_pair, tmp_path, monkeypatch):
+    """An infinity in the optimiser's moments (the loss stays finite: Adam's step is then 0) must not replace
+    the last good checkpoint with one that load_checkpoint refuses; a notice says so and the run goes on."""
+    from napari_deblurgan.training.checkpoint import load_checkpoint
+    from napari_deblurgan.training.trainer import GanStep
+
+    calls = []
+    original = GanStep.run
+
+    def moments_overflow_in_step_3(self, next_batch, batch_size):
+        result = original(self, next_batch, batch_size)
+        calls.append(1)
+        if len(calls) == 3:
+            moments = next(iter(self.opt_g.state.values()))
+            moments["exp_avg_sq"].view(-1)[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(GanStep, "run", moments_overflow_in_step_3)
+    kw = {"steps": 5, "checkpoint_every": 1, "checkpoint_dir": tmp_path}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        events = list(tiny_run(training_pair, **{"model": _model(), **kw}))
+    skipped = [e.message for e in events if isinstance(e, ev.Notice) and e.kind == "checkpoint-failed"]
+    assert skipped and skipped[0].startswith("Not writing the checkpoint at step 3")
+    assert "opt_g" in skipped[0]
+    assert events[-1].step == 5  # the run went on
+    assert load_checkpoint(tmp_path)["step"] == 2  # the last good one, still resumable

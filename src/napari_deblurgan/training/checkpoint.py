@@ -18,7 +18,7 @@ import json
 import os
 import pickle
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +227,9 @@ __all__ = [
     "restore_global_rng",
     "save_checkpoint",
 ]
+
+
+def first_non_finite_tensor(payload: Mapping[str, Any]) -> str | None:
+    """The key path of the first tensor of a checkpoint ``payload`` (weights, optimiser moments, best weights)
+    holding a NaN or infinity, or None: refused on load, and never written over the last good checkpoint."""
+    return first_non_finite(dict(_named_tensors(payload)))

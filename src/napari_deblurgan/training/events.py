@@ -121,8 +121,9 @@ class Notice:
     ``kind`` is one of ``"rollback"`` (non-finite loss: weights restored, learning rate halved),
     ``"oom"`` (out of GPU memory: batch halved), ``"perceptual-fallback"`` (no VGG-19 weights: critic feature
     matching used instead), ``"diverged"`` (too many rollbacks: run ended), ``"resume-data"`` (resumed with
-    other training data than the checkpoint's), ``"checkpoint-failed"`` (a checkpoint could not be written:
-    the run goes on), ``"interrupted"`` (Ctrl-C: the run stops after the step in progress), or ``"info"``.
+    other training data than the checkpoint's), ``"checkpoint-failed"`` (a checkpoint could not be written, or
+    was not because the state is not finite: the run goes on, the previous checkpoint kept), ``"interrupted"``
+    (Ctrl-C: the run stops after the step in progress), or ``"info"``.
     """
 
     step: int

@@ -64,6 +64,7 @@ from .checkpoint import (
     capture_global_rng,
     checkpoint_folder,
     checkpoint_path,
+    first_non_finite_tensor,
     load_checkpoint,
     save_checkpoint,
 )
@@ -1183,8 +1184,21 @@ class TrainingRun:
             nonlocal saved_step
             if k["checkpoint_dir"] is None or saved_step == step or not whole_steps:
                 return None
+            payload = checkpoint_payload()
+            # a state that is no longer finite (an update that overflowed with a finite loss, a device fault)
+            # would replace the last good checkpoint with one that cannot be resumed (load_checkpoint refuses it)
+            bad = first_non_finite_tensor(payload)
+            if bad is not None:
+                return self._notice(
+                    step,
+                    f"Not writing the checkpoint at step {step} to {str(k['checkpoint_dir'])!r}: the training state "
+                    f"holds values that are not finite (NaN or infinite), first in {bad!r}. The previous checkpoint, "
+                    "if any, is kept and stays resumable; the run goes on.",
+                    "checkpoint-failed",
+                    warn=True,
+                )
             try:
-                path = save_checkpoint(k["checkpoint_dir"], checkpoint_payload())
+                path = save_checkpoint(k["checkpoint_dir"], payload)
             except (OSError, RuntimeError, InputError) as exc:
                 # a WriteFailed says its cause in words ("no space left on device"), not torch's internals
                 cause = getattr(exc, "reason", None) or exc
@@ -1350,7 +1364,11 @@ class TrainingRun:
                 )
                 if step % cfg.validate_every == 0 or step == total:
                     yield from validate()
-                if step % min(SNAPSHOT_EVERY, cfg.checkpoint_every, cfg.validate_every) == 0:
+                # also at every checkpoint: an abort inside a later generator update falls back to the snapshot
+                # (keep_latest_weights), which must not be older than the checkpoint on disk
+                if step % min(SNAPSHOT_EVERY, cfg.checkpoint_every, cfg.validate_every) == 0 or (
+                    step % cfg.checkpoint_every == 0
+                ):
                     snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
                 if step % cfg.checkpoint_every == 0 and step != total:
                     event = write_checkpoint()
