@@ -218,3 +218,154 @@ def test_checking_and_loading_a_model_file_does_not_hold_a_second_copy_of_the_fi
         tracemalloc.stop()
     assert peak < size / 4, f"{peak} bytes at peak reading a {size}-byte model file"
     assert model.metadata["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()  # still of what was loaded
+
+
+# ------------------------------------------------------------------ pipes, files changing, failed reads
+def test_a_model_file_that_cannot_seek_is_read_into_memory_and_loads(tiny_model, tmp_path):
+    """A FIFO, /dev/stdin or bash's <(ssh host cat model.pt): the loader streams a file (the CRC check and
+    torch.load seek), and a pipe, which cannot seek, is read whole first instead of failing."""
+    import os
+    import threading
+
+    stream = io.BytesIO()
+    tiny_model.save(stream)
+    data = stream.getvalue()
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as writer:
+            writer.write(data)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    model = load_model(fifo)
+    feeder.join(10)
+    assert model.metadata["sha256"] == hashlib.sha256(data).hexdigest()
+    assert model.metadata["path"] == str(fifo)
+    for name, tensor in tiny_model.generator.state_dict().items():
+        assert torch.equal(model.generator.state_dict()[name], tensor)
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> None:
+    """What ``cp new.pt path`` does: the same file (inode) truncated and written again."""
+    with open(path, "r+b") as handle:
+        handle.truncate(0)
+        handle.write(data)
+
+
+def _make_old(path: Path) -> None:
+    """Date ``path`` an hour back, as a file saved before it is loaded is: file times are kept in clock ticks of
+    a few milliseconds, and a file written and rewritten within one tick would show no change."""
+    import os
+    import time
+
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(old, old))
+
+
+@pytest.mark.parametrize("rewritten_with", ["another model", "half of another model"])
+def test_a_model_file_rewritten_in_place_while_it_loads_is_refused(
+    tiny_model_file, tmp_path, monkeypatch, rewritten_with
+):
+    """The sha256 and the CRCs are of the bytes read before torch.load reads them again: a file rewritten in place
+    in between (cp onto it) would load other, unchecked weights under the old file's sha256 (and pass a shipped
+    model's sha256 check). Its size, times and identity are compared before and after; half rewritten, it reads as
+    damaged, which is said as the change it is."""
+    from _helpers import tiny_unet
+
+    other = io.BytesIO()
+    tiny_unet(seed=1).save(other)
+    new = other.getvalue() if rewritten_with == "another model" else other.getvalue()[: len(other.getvalue()) // 2]
+    _make_old(tiny_model_file)
+    check = model_file.archive_damage
+
+    def check_then_rewrite(stream):
+        damage = check(stream)
+        _rewrite_in_place(tiny_model_file, new)
+        return damage
+
+    monkeypatch.setattr(model_file, "archive_damage", check_then_rewrite)
+    with pytest.raises(ModelFileError, match="changed while it was read") as info:
+        load_model(tiny_model_file)
+    assert str(tiny_model_file) in str(info.value) and "load it again" in str(info.value)
+    if rewritten_with == "another model":  # loaded again once the copy is done, it is the new model, its own sha256
+        monkeypatch.undo()
+        assert load_model(tiny_model_file).metadata["sha256"] == hashlib.sha256(new).hexdigest()
+
+
+def test_a_checkpoint_rewritten_in_place_while_it_loads_is_refused(tmp_path, monkeypatch):
+    from napari_deblurgan.training import checkpoint
+
+    path = _checkpoint(tmp_path / "run")
+    other = _checkpoint(tmp_path / "other").read_bytes()
+    assert len(other) == path.stat().st_size  # the same size: only the file's times tell
+    _make_old(path)
+    check = checkpoint.archive_damage
+
+    def check_then_rewrite(stream):
+        damage = check(stream)
+        _rewrite_in_place(path, other)
+        return damage
+
+    monkeypatch.setattr(checkpoint, "archive_damage", check_then_rewrite)
+    with pytest.raises(ModelFileError, match="changed while it was read") as info:
+        load_checkpoint(tmp_path / "run")
+    assert str(path) in str(info.value) and "resume again" in str(info.value)
+
+
+class _FailingReads(io.FileIO):
+    """A file whose reads fail with EIO (a failing disk, a dropped network share) once ``failing`` is set."""
+
+    failing = False
+
+    def readinto(self, buffer):  # what BufferedReader's read and readinto call
+        import errno
+        import os
+
+        if _FailingReads.failing:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return super().readinto(buffer)
+
+
+def _open_failing(path, mode="r", *args, **kwargs):
+    assert mode == "rb"
+    return io.BufferedReader(_FailingReads(path, "r"))
+
+
+@pytest.mark.parametrize("failing_in", ["the CRC check", "torch.load"])
+@pytest.mark.parametrize("kind", ["model file", "checkpoint"])
+def test_a_read_error_while_checking_or_loading_is_said_as_one_not_as_damage(
+    tiny_model_file, tmp_path, monkeypatch, kind, failing_in
+):
+    """zipfile turns a failed read into BadZipFile and torch.load into a SystemError: without care an EIO would
+    be said as a damaged file ("copy it again") rather than as the read error it is."""
+    from napari_deblurgan.training import checkpoint
+
+    module, path = (
+        (model_file, tiny_model_file) if kind == "model file" else (checkpoint, _checkpoint(tmp_path / "run"))
+    )
+    check = module.archive_damage
+
+    def fail_around_check(stream):
+        _FailingReads.failing = failing_in == "the CRC check"
+        damage = check(stream)
+        _FailingReads.failing = True
+        return damage
+
+    monkeypatch.setattr(_FailingReads, "failing", False)
+    monkeypatch.setattr(module, "archive_damage", fail_around_check)
+    monkeypatch.setattr(module, "open", _open_failing, raising=False)
+    with pytest.raises(ModelFileError) as info:
+        load_model(path) if kind == "model file" else load_checkpoint(tmp_path / "run")
+    message = str(info.value)
+    assert "[Errno 5] Input/output error" in message and str(path) in message
+    assert message.startswith("Cannot read model file" if kind == "model file" else "Cannot read the training")
+    assert "damaged" not in message
+
+
+def test_the_archive_check_raises_a_failed_read_rather_than_calling_it_damage(tiny_model_file, monkeypatch):
+    monkeypatch.setattr(_FailingReads, "failing", True)
+    with io.BufferedReader(_FailingReads(tiny_model_file, "r")) as handle, pytest.raises(OSError) as info:
+        model_file.archive_damage(handle)
+    assert info.value.errno == 5

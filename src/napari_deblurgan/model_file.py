@@ -416,22 +416,110 @@ def _load_model(path_or_name: Any, device: Any, *, architectures: bool = False) 
         raise ModelFileError(f"Cannot read model file {str(path)!r}: {exc}") from exc
 
     with handle:
-        # hashed, checked and loaded from one open file, never read whole into memory (that copy doubled the
-        # peak memory of loading a large model): the sha256 is still of what is loaded, since a file replaced
-        # meanwhile (a rename over it) leaves this handle reading the old one
-        try:
-            sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
-        except OSError as exc:
-            raise ModelFileError(f"Cannot read model file {str(path)!r}: {exc}") from exc
-        if expected_sha is not None and sha256.lower() != expected_sha.lower():
-            raise ModelFileError(
-                f"Shipped model file {str(path)!r} is damaged or was replaced: sha256 {sha256} does not match "
-                f"the registered {expected_sha}. Reinstall napari-deblurgan."
-            )
-        model = _model_from_file(handle, str(path), device)
-    model.metadata["sha256"] = sha256
+        if not handle.seekable():
+            # a FIFO, /dev/stdin, bash's <(...): the zip check and torch.load seek, so the bytes are read once
+            # into memory (and hashed there), as a file object's are
+            try:
+                data = handle.read()
+            except OSError as exc:
+                raise ModelFileError(f"Cannot read model file {str(path)!r}: {exc}") from exc
+            model = _model_from_bytes(data, str(path), device, expected_sha)
+        else:
+            model = _model_from_open_file(handle, str(path), device, expected_sha)
     model.metadata["path"] = str(path)
     return model
+
+
+def _model_from_open_file(handle: BinaryIO, where: str, device: Any, expected_sha: str | None) -> DeblurModel:
+    """Hash, check and load a model from ``handle``, a seekable file open at its start, without reading it whole
+    into memory (that copy doubled the peak memory of loading a large model).
+
+    The sha256 (and the CRC check) are of the bytes torch.load reads only while the file stays as it is: a file
+    replaced by a rename keeps this handle on the old one, but one rewritten in place (``cp new.pt model.pt``)
+    changes under it. So the file's size, times and identity are compared before the hashing and after the
+    loading, and a change refuses the model rather than give it a sha256 of other bytes.
+    """
+    before = file_state(handle)
+    watched = WatchedReads(handle)
+    try:
+        sha256 = hashlib.file_digest(watched, "sha256").hexdigest()  # type: ignore[arg-type]
+        if expected_sha is not None and sha256.lower() != expected_sha.lower():
+            raise ModelFileError(
+                f"Shipped model file {where!r} is damaged or was replaced: sha256 {sha256} does not match "
+                f"the registered {expected_sha}. Reinstall napari-deblurgan."
+            )
+        model = _model_from_file(watched, where, device)  # type: ignore[arg-type]
+    except ModelFileError:
+        # a file half rewritten reads as damaged: say what happened instead
+        if file_state(handle) != before:
+            raise _changed_while_read_error(where) from None
+        raise
+    except OSError as exc:  # a failed read (EIO from a failing disk or a dropped network share), not damage
+        raise ModelFileError(f"Cannot read model file {where!r}: {exc}") from exc
+    if file_state(handle) != before:
+        raise _changed_while_read_error(where)
+    model.metadata["sha256"] = sha256
+    return model
+
+
+def _model_from_bytes(data: bytes, where: str, device: Any, expected_sha: str | None = None) -> DeblurModel:
+    """A model from the whole bytes of a file (a pipe's, a file object's), with their sha256."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    if expected_sha is not None and sha256.lower() != expected_sha.lower():
+        raise ModelFileError(
+            f"Shipped model file {where!r} is damaged or was replaced: sha256 {sha256} does not match "
+            f"the registered {expected_sha}. Reinstall napari-deblurgan."
+        )
+    model = _model_from_file(io.BytesIO(data), where, device)
+    model.metadata["sha256"] = sha256
+    return model
+
+
+def file_state(handle: BinaryIO) -> tuple[int, ...]:
+    """What changes when the open file ``handle`` is written: its size, modification and change times, and which
+    file it is (also the checkpoint loader's check, training/checkpoint.py)."""
+    st = os.fstat(handle.fileno())
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _changed_while_read_error(where: str) -> ModelFileError:
+    return ModelFileError(
+        f"{where!r} changed while it was read (another program is writing or copying it): nothing was loaded. "
+        "Wait until that has finished, then load it again."
+    )
+
+
+class WatchedReads:
+    """A binary file whose failed reads are remembered in :attr:`error`: zipfile turns an OSError from a read
+    into BadZipFile ("File is not a zip file") and torch.load into a SystemError, so without it a disk read error
+    (EIO) would be said as a damaged file ("copy it again") instead of as the read error it is. Everything else is
+    the wrapped file's."""
+
+    _READS = frozenset({"read", "read1", "readinto", "readinto1", "readline", "readlines", "peek"})
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.error: OSError | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._raw, name)
+        if name not in self._READS:
+            return attr
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except OSError as exc:
+                if self.error is None:
+                    self.error = exc
+                raise
+
+        return watched
+
+    def raise_read_error(self) -> None:
+        """Raise the first read error seen, if there was one (from an ``except`` of what it was turned into)."""
+        if self.error is not None:
+            raise self.error
 
 
 def _load_stream(stream: Any, device: Any) -> DeblurModel:
@@ -446,9 +534,7 @@ def _load_stream(stream: Any, device: Any) -> DeblurModel:
         raise InputError(
             f"load_model read {type(data).__name__}, not bytes, from {where!r}; open the file with mode 'rb'."
         )
-    data = bytes(data)
-    model = _model_from_file(io.BytesIO(data), where, device)
-    model.metadata["sha256"] = hashlib.sha256(data).hexdigest()
+    model = _model_from_bytes(bytes(data), where, device)
     model.metadata.pop("path", None)  # saved from a loaded model, it names the file that one came from
     return model
 
@@ -505,7 +591,8 @@ ZIP_MAGIC = b"PK\x03\x04"
 
 def archive_damage(data: bytes | BinaryIO) -> str | None:
     """Why ``data``, a ``torch.save`` file (its bytes, or a seekable binary file open at its start), is not an
-    intact zip archive, or None if it is.
+    intact zip archive, or None if it is. A read that fails (an OSError such as EIO) is raised as it is: that is
+    no damage of the file, and copying it again would not help.
 
     ``torch.load`` reads the archive without checking the CRC-32 stored for each part, so a flipped bit in a
     weight would load as a changed weight; ``testzip`` checks them all, reading each part in chunks (from a file,
@@ -513,19 +600,22 @@ def archive_damage(data: bytes | BinaryIO) -> str | None:
     """
     import zipfile
 
-    stream = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+    stream = WatchedReads(io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data)
     start = stream.tell()
     if stream.seek(0, os.SEEK_END) == start:
         return "empty"
     stream.seek(start)
     try:
-        with zipfile.ZipFile(stream) as archive:
+        with zipfile.ZipFile(stream) as archive:  # type: ignore[arg-type]  # a file object, watched
             bad_part = archive.testzip()
+        stream.raise_read_error()  # in case zipfile took a failed read for a bad part
     except zipfile.BadZipFile as exc:
+        stream.raise_read_error()
         if str(exc) == "File is not a zip file":  # zipfile's words for an archive without its end record
             return "cut short: the end of its zip archive is missing"
         return f"its zip structure is broken: {_first_line(exc)}"
     except Exception as exc:  # zlib/struct errors, EOFError, ... of other damage
+        stream.raise_read_error()
         return f"its zip structure is broken: {_first_line(exc)}"
     if bad_part is not None:
         return f"the checksum stored for its part {bad_part!r} does not match that part's bytes"
@@ -584,8 +674,9 @@ def _model_from_file(handle: BinaryIO, where: str, device: Any) -> DeblurModel:
     if damage is not None:
         raise _damaged_file_error(where, size, damage)
     handle.seek(0)
+    watched = WatchedReads(handle)
     try:
-        payload = torch.load(handle, map_location=map_location, weights_only=True)
+        payload = torch.load(watched, map_location=map_location, weights_only=True)  # type: ignore[arg-type]
     except pickle.UnpicklingError as exc:
         # weights_only=True refuses any global that is not a tensor/container type before calling it.
         raise ModelFileError(
@@ -593,6 +684,7 @@ def _model_from_file(handle: BinaryIO, where: str, device: Any) -> DeblurModel:
             f"run code. napari-deblurgan model files hold only tensors and JSON. ({_first_line(exc)})"
         ) from None
     except Exception as exc:  # an intact archive that is not a torch.save file, EOFError, ...
+        watched.raise_read_error()  # a failed read, which torch reports as a SystemError: the caller says so
         raise _damaged_file_error(where, size, f"unreadable: {_first_line(exc)[:200]}") from None
 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

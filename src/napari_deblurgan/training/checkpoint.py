@@ -20,13 +20,13 @@ import pickle
 import random
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..atomic_files import atomic_write
 from ..errors import InputError, ModelFileError
-from ..model_file import ZIP_MAGIC, archive_damage, first_non_finite
+from ..model_file import ZIP_MAGIC, WatchedReads, archive_damage, file_state, first_non_finite
 
 CHECKPOINT_FORMAT = "napari-deblurgan-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -126,6 +126,12 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
     size = 0  # the file's size in bytes, for the message of a damaged file
 
+    def changed() -> ModelFileError:
+        return ModelFileError(
+            f"Cannot read the training checkpoint {path}: it changed while it was read (another program is writing "
+            "or copying it), so nothing was loaded. Wait until that has finished, then resume again."
+        )
+
     def damaged(detail: str) -> ModelFileError:
         """The error for a checkpoint cut short or changed on disk."""
         return ModelFileError(
@@ -134,32 +140,48 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
             "leave resume out to start a new run."
         )
 
+    def read(handle: BinaryIO) -> Any:
+        """The checked payload of the open checkpoint file ``handle``; a failed read raises its OSError."""
+        head = handle.read(len(ZIP_MAGIC))
+        if not head.startswith(ZIP_MAGIC) and not (ZIP_MAGIC.startswith(head) and size == len(head)):
+            raise ModelFileError(not_a_checkpoint)  # another kind of file (an image, text): torch.save writes zips
+        handle.seek(0)
+        # torch.load does not check the archive's CRC-32s: a flipped bit would resume from changed weights or
+        # state. A failed read (EIO) is raised as an OSError, said as a read error, not called damage
+        damage = archive_damage(handle)
+        if damage is not None:
+            raise damaged(damage)
+        handle.seek(0)
+        watched = WatchedReads(handle)  # torch.load reports a failed read as a SystemError
+        try:
+            return torch.load(watched, map_location="cpu", weights_only=True)  # type: ignore[arg-type]
+        except pickle.UnpicklingError:
+            # pickled objects other than tensors: torch's own text would advise weights_only=False, which runs
+            # any code the file holds
+            raise ModelFileError(not_a_checkpoint) from None
+        except OSError:
+            raise  # the disk failed while reading: said below, not called damage
+        except Exception as exc:  # an intact archive that is not a torch.save file, EOFError, ...
+            watched.raise_read_error()
+            raise damaged(f"unreadable: {_first_line(exc)[:200]}") from None
+
     try:
         # the zip check and torch.load both read from this one open file, part by part: reading the file whole
         # into memory first would double the peak memory of a resume (a large model's checkpoint holds its
         # weights three times over, with the EMA and the best weights, plus the optimiser's moments)
         with open(path, "rb") as handle:
+            # compared after the loading: a checkpoint rewritten in place meanwhile (a copy onto it; saves rename)
+            # would load bytes whose CRCs were never checked
+            before = file_state(handle)
             size = os.fstat(handle.fileno()).st_size
-            head = handle.read(len(ZIP_MAGIC))
-            if not head.startswith(ZIP_MAGIC) and not (ZIP_MAGIC.startswith(head) and size == len(head)):
-                raise ModelFileError(not_a_checkpoint)  # another kind of file (an image, text): torch.save writes zips
-            handle.seek(0)
-            # torch.load does not check the archive's CRC-32s: a flipped bit would resume from changed weights or
-            # state
-            damage = archive_damage(handle)
-            if damage is not None:
-                raise damaged(damage)
-            handle.seek(0)
             try:
-                payload = torch.load(handle, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError:
-                # pickled objects other than tensors: torch's own text would advise weights_only=False, which runs
-                # any code the file holds
-                raise ModelFileError(not_a_checkpoint) from None
-            except OSError:
-                raise  # the disk failed while reading: said below, not called damage
-            except Exception as exc:  # an intact archive that is not a torch.save file, EOFError, ...
-                raise damaged(f"unreadable: {_first_line(exc)[:200]}") from None
+                payload = read(handle)
+            except ModelFileError:
+                if file_state(handle) != before:  # half rewritten, it reads as damaged: say what happened instead
+                    raise changed() from None
+                raise
+            if file_state(handle) != before:
+                raise changed()
     except ModelFileError:
         raise
     except OSError as exc:
