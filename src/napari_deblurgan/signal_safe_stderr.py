@@ -36,17 +36,23 @@ class SignalSafeStderr:
             return
         # Not `with lock:`, which waits: the trainer calls this before each event of a run, with Python's own
         # SIGINT handler in place, and a Ctrl-C raised on a with statement's line can leave its lock held
-        # (CPython, bpo-29988), so every later event would hang. Without waiting, a lock held (by another thread
-        # starting the writer, or left so) means the writer is being or was started: lines queued meanwhile wait
-        # in the queue for it.
+        # (CPython, bpo-29988), so every later event would hang. A lock held means another thread is starting the
+        # writer - or that a Ctrl-C landed between acquire() and the `try:` below (3.11 runs handlers after any
+        # call) and left it held for good, with no writer. Not knowing which, a writer is started anyway: two on
+        # one queue write each line once, and with none every line queued from then on would be lost.
         if not self._start_lock.acquire(blocking=False):
+            self._start()
             return
         try:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._write, name="napari-deblurgan Ctrl-C", daemon=True)
-                self._thread.start()
+                self._start()
         finally:
             self._start_lock.release()
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._write, name="napari-deblurgan Ctrl-C", daemon=True)
+        thread.start()
+        self._thread = thread
 
     def say(self, line: str) -> None:
         """Queue one line; safe inside a signal handler."""
