@@ -88,7 +88,48 @@ def test_a_symlink_is_written_through_not_replaced_by_a_file(tmp_path, target_ex
     assert real.read_bytes() == b"the new model"
     assert sorted(p.name for p in real.parent.iterdir()) == ["model.pt"]  # no temporary file left
     assert sorted(p.name for p in link.parent.iterdir()) == ["link.pt"]
-    assert check_writable(link) == real  # the up-front check looks at the folder written into too
+    # the up-front check looks at the file written into, but returns the link: what the Finetune panel lists,
+    # resumes and names its <stem>.checkpoint folder after is the name the user gave
+    assert check_writable(link) == link
+
+
+def test_check_writable_returns_the_link_given_not_the_file_it_leads_to(tmp_path):
+    (tmp_path / "store").mkdir()
+    os.symlink(Path("store") / "cells-v3.pt", tmp_path / "cells.pt")  # relative, dangling: the save creates it
+    assert check_writable(tmp_path / "cells.pt") == tmp_path / "cells.pt"
+    assert check_writable(str(tmp_path / "cells.pt")) == tmp_path / "cells.pt"
+
+
+def _write_x(path: Path) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(b"x")
+
+
+def test_a_symlink_loop_is_refused_not_replaced_by_a_file(tmp_path):
+    """open(loop, "w") fails with ELOOP; a write must not turn one of the links into a plain file."""
+    os.symlink("b.pt", tmp_path / "a.pt")
+    os.symlink("a.pt", tmp_path / "b.pt")
+    for attempt in (check_writable, _write_x):
+        with pytest.raises(WriteFailed, match="too many levels of symbolic links") as raised:
+            attempt(tmp_path / "a.pt")
+        assert str(tmp_path / "a.pt") in str(raised.value) and raised.value.errno == errno.ELOOP
+    assert os.path.islink(tmp_path / "a.pt") and os.path.islink(tmp_path / "b.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt"]
+
+
+def test_a_link_to_a_folder_or_into_a_missing_folder_is_said_naming_the_link_and_its_target(tmp_path):
+    """The user gave the link: an error naming only the file it leads to would name a path they never typed."""
+    (tmp_path / "store").mkdir()
+    os.symlink(tmp_path / "store", tmp_path / "link.pt")
+    with pytest.raises(WriteFailed) as raised:
+        check_writable(tmp_path / "link.pt")
+    assert f"{str(tmp_path / 'link.pt')!r} -> {str(tmp_path / 'store')!r} is a directory" in str(raised.value)
+    os.symlink(Path("nowhere") / "new.pt", tmp_path / "dangling.pt")
+    with pytest.raises(WriteFailed, match="does not exist") as raised:
+        _write_x(tmp_path / "dangling.pt")
+    message = str(raised.value)
+    assert f"{str(tmp_path / 'dangling.pt')!r} -> {str(tmp_path / 'nowhere' / 'new.pt')!r}" in message
+    assert str(tmp_path / "nowhere") in message and "create it first" in message
 
 
 def test_a_failed_rename_or_fsync_is_said_in_words_too(tmp_path, monkeypatch):

@@ -136,30 +136,57 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     """``path`` if a file can be written there: its folder exists and is writable and ``path`` is no folder.
 
     Writers call it before the work (a deblur, a training run) so that a bad output location is one clear
-    InputError up front, not a failure after the work is done. A symbolic link is checked (and returned) as the
-    file it points to, which :func:`atomic_write` writes.
+    InputError up front, not a failure after the work is done. A symbolic link is checked as the file it points to,
+    which :func:`atomic_write` writes, but ``path`` is returned as given: what the user named (a model listed
+    under the link's name, a checkpoint folder named after it) stays the link, whatever it points to.
     """
-    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
+    given = Path(path)
+    target = _write_target(given)
+    # a link's errors name both: the path the user gave, and the file it leads to that is the problem
+    shown = repr(str(given)) if target == given else f"{str(given)!r} -> {str(target)!r}"
+    via = "" if target == given else f" ({shown})"
+    directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise WriteFailed(
-            f"Output directory {str(directory)!r} does not exist; create it first.",
-            path,
+            f"Output directory {str(directory)!r} does not exist{via}; create it first.",
+            given,
             "its folder does not exist",
             errno.ENOENT,
         )
-    if path.is_dir():
+    if target.is_dir():
         raise WriteFailed(
-            f"{str(path)!r} is a directory; give a file name inside it.", path, "it is a directory", errno.EISDIR
+            f"{shown} is a directory; give a file name inside it.", given, "it is a directory", errno.EISDIR
         )
     if not os.access(directory, os.W_OK | os.X_OK):
         raise WriteFailed(
-            f"Cannot write into {str(directory)!r} (no permission); choose another folder.",
-            path,
+            f"Cannot write into {str(directory)!r} (no permission){via}; choose another folder.",
+            given,
             "no permission to write into its folder",
             errno.EACCES,
         )
-    return path
+    return given
+
+
+def _write_target(path: Path) -> Path:
+    """The file that writing ``path`` writes: ``path``, or for a symbolic link the file it leads to (through a
+    chain of links; for a dangling link the file it names, which the write creates). A link that leads back to
+    itself is a :class:`WriteFailed`, as ``open(path, "w")`` fails on it (replacing it would destroy the links)."""
+    if not os.path.islink(path):
+        return path
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:  # a dangling link: written through, it creates the file it names
+        return Path(os.path.realpath(path))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:  # e.g. no permission to look into a folder on the way: said by the checks
+            return Path(os.path.realpath(path))
+        raise WriteFailed(
+            f"Cannot write {str(path)!r}: too many levels of symbolic links (the link leads back to itself); fix "
+            "or remove the link, or choose another name.",
+            path,
+            "too many levels of symbolic links",
+            errno.ELOOP,
+        ) from None
 
 
 #: A temporary file older than this is a killed write's leftover, not a write in progress (in this or
@@ -189,9 +216,9 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     A symbolic link is written through, as ``open(path, "w")`` does: the file it points to is replaced (its
     temporary file in that file's folder, so the rename stays atomic) and the link is kept.
     """
-    # a symlink resolved (check_writable): os.replace onto the link itself would replace the link with a plain
-    # file, and the file it names (e.g. a model kept under a stable name) would keep its old contents
-    path = check_writable(path)
+    # a symlink resolved: os.replace onto the link itself would replace the link with a plain file, and the file
+    # it names (e.g. a model kept under a stable name) would keep its old contents
+    path = _write_target(check_writable(path))
     directory = path.parent if str(path.parent) else Path(".")
     remove_stale_parts(path)
     try:
