@@ -215,6 +215,15 @@ def test_load_model_moves_a_given_model_only_to_a_device_asked_for(tiny_model, m
     assert moved == ["cpu"]
 
 
+def test_a_models_to_none_leaves_it_where_it_is_as_torchs_does(tiny_model, monkeypatch):
+    """``torch.nn.Module.to(None)`` moves nothing; ``DeblurModel.to(None)`` moved the generator to the CPU."""
+    moved: list[object] = []
+    monkeypatch.setattr(type(tiny_model.generator), "to", lambda self, *a, **k: moved.append(a) or self)
+    assert tiny_model.to(None) is tiny_model and moved == []
+    tiny_model.to("cpu")
+    assert len(moved) == 1
+
+
 def test_load_model_puts_a_file_on_the_cpu_unless_told(tiny_model_file):
     assert ndg.load_model(tiny_model_file).device.type == "cpu"
     assert ndg.load_model(tiny_model_file, device=None).device.type == "cpu"

@@ -143,8 +143,10 @@ class DeblurModel:
         return torch.device("cpu")
 
     def to(self, device: Any) -> DeblurModel:
-        """Move the generator to ``device`` ("cpu", "cuda:0", "auto", a ``torch.device``); returns self."""
-        self.generator.to(_resolve_device(device))
+        """Move the generator to ``device`` ("cpu", "cuda:0", "auto", a ``torch.device``); returns self. None
+        leaves it where it is, as ``torch.nn.Module.to(None)`` does."""
+        if device is not None:
+            self.generator.to(_resolve_device(device))
         return self
 
     def with_generator(
