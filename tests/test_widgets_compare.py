@@ -596,3 +596,24 @@ def test_a_nan_error_names_the_plane_and_the_layer_it_is_in(setup, qtbot, notifi
     said = widget.status.text()
     assert said.startswith("the image's plane Z=2 has 1 NaN/inf pixel(s)"), said
     assert "np.nan_to_num(viewer.layers['bad stack'].data, nan=0.0)" in said
+
+
+def test_a_device_error_ends_the_request_says_so_and_frees_the_panel(setup, qtbot, monkeypatch):
+    """A RuntimeError of the job (torch's errors are: a CUDA fault, out of memory) reaches napari's error report,
+    the panel's buttons work again, and the status line says that the request failed."""
+    import napari_deblurgan
+
+    viewer, widget = setup
+    widget.baseline_input.set_value(viewer.layers["blurred"])
+
+    def device_error(*args, **kwargs):
+        raise RuntimeError("CUDA error: simulated")
+
+    monkeypatch.setattr(napari_deblurgan, "richardson_lucy", device_error)
+    with qtbot.capture_exceptions() as raised:  # superqt re-raises a worker's error in the GUI thread: napari's report
+        widget.rl_button.click()
+        wait_done(qtbot, widget)
+    assert [type(exc) for _, exc, _ in raised] == [RuntimeError]
+    assert widget.status.text() == "Failed (RuntimeError: CUDA error: simulated)."
+    assert widget.rl_button.isEnabled() and widget.compute_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert [layer.name for layer in viewer.layers] == ["truth", "blurred"]

@@ -914,3 +914,53 @@ def test_a_lazy_deblur_being_prepared_when_the_panel_closes_adds_nothing(viewer_
     if how != "close":
         widget.deleteLater()  # napari left it undeleted (as it does for a user); free it for the leak check
         qtbot.wait(50)
+
+
+def test_a_device_error_ends_the_job_says_so_and_frees_the_panel(viewer_and_widget, small_image, qtbot, monkeypatch):
+    """A RuntimeError of the job (torch's errors are: a CUDA fault, out of memory) reaches napari's error report,
+    the panel is ready again, and its status line no longer says "Deblurring..." but that the run failed."""
+    import napari_deblurgan
+
+    viewer, widget = viewer_and_widget
+    viewer.add_image(small_image, name="cells")
+
+    def device_error(*args, **kwargs):
+        raise RuntimeError("CUDA error: simulated\nCUDA kernel errors might be reported asynchronously...")
+
+    monkeypatch.setattr(napari_deblurgan, "deblur", device_error)
+    with qtbot.capture_exceptions() as raised:  # superqt re-raises a worker's error in the GUI thread: napari's report
+        widget.run_button.click()
+        wait_done(qtbot, widget)
+    assert [type(exc) for _, exc, _ in raised] == [RuntimeError]
+    assert widget.status.text() == "Deblur of 'cells' failed (RuntimeError: CUDA error: simulated); no layer was added."
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
+def test_a_generator_jobs_runtime_error_is_errored_then_finished():
+    """superqt's GeneratorWorker returns a job's RuntimeError as if the worker had been deleted, and its run()
+    then emitted only a warning: no errored, no finished. The panels' workers emit both, and keep superqt's
+    warning for a worker whose Qt objects are really gone."""
+    from qtpy import sip
+    from qtpy.QtWidgets import QApplication
+
+    from napari_deblurgan.widgets._common import _worker_alive, create_relayed_worker
+
+    QApplication.instance() or QApplication([])
+
+    def job():
+        yield 1
+        raise RuntimeError("CUDA error: simulated")
+
+    worker = create_relayed_worker(job)
+    seen = []
+    worker.errored.disconnect()  # superqt's re-raise, for napari's report: not wanted in this direct run
+    worker.errored.connect(lambda exc: seen.append(("errored", str(exc))))
+    worker.finished.connect(lambda: seen.append(("finished",)))
+    worker.run()  # the thread's body, here: the signals are delivered at once
+    assert seen == [("errored", "CUDA error: simulated"), ("finished",)]
+
+    gone = create_relayed_worker(job)
+    assert _worker_alive(gone)
+    sip.delete(gone.signals)
+    assert not _worker_alive(gone)

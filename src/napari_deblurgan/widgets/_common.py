@@ -138,10 +138,14 @@ class RoutedWarningsRun:
             with WARNING_ROUTES.route(lambda *w: self.warned.emit(w)):
                 result = self.work()
             if isinstance(result, Exception):
-                if isinstance(result, RuntimeError):
-                    # as superqt: the worker object has likely been deleted; only say so
+                if isinstance(result, RuntimeError) and not _worker_alive(self):
+                    # as superqt: the worker's Qt objects were deleted, so no signal can be emitted; only say so
                     warnings.warn(f"RuntimeError in aborted thread: {result}", RuntimeWarning, stacklevel=2)
                     return
+                # superqt's GeneratorWorker returns every RuntimeError of the job, assuming a deleted worker
+                # (and its run() then emits neither errored nor finished); but torch's errors (CUDA faults, out
+                # of memory) are RuntimeErrors too, and a panel left waiting for `finished` stayed "running"
+                # with its buttons off for good
                 raise result
             if not self.abort_requested:
                 self.returned.emit(result)
@@ -150,6 +154,23 @@ class RoutedWarningsRun:
         self._running = False
         self.finished.emit()
         self._finished.emit(self)
+
+
+def _worker_alive(worker: Any) -> bool:
+    """Whether ``worker`` and its signals' QObject still exist on the C++ side (sip's / shiboken's view), i.e.
+    whether its signals can still be emitted. True where the binding cannot tell."""
+    from qtpy.compat import isalive
+
+    for obj in (worker, getattr(worker, "signals", None)):
+        if obj is None:
+            continue
+        try:
+            alive = isalive(obj)
+        except TypeError:  # not a wrapped Qt object (a plain Python class in a test)
+            continue
+        if alive is False:
+            return False
+    return True
 
 
 def create_relayed_worker(
@@ -215,6 +236,13 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, user_error_types()):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def error_line(exc: BaseException) -> str:
+    """``Type: first line of its message``, for a status line about an unexpected error (a CUDA error's message
+    goes on for lines of advice; the error notification and the terminal have the whole of it)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 class ProgressRelay(QObject):

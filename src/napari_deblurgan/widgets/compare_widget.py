@@ -42,6 +42,7 @@ from ._common import (
     axes_for_layer,
     create_cancellable_worker,
     detached_from_dock,
+    error_line,
     error_message,
     gone_note,
     layer_pixels,
@@ -289,6 +290,7 @@ class CompareWidget(QWidget):
             _guarded, func, *args, _cancel=self._cancel, _warning_prefix="Compare: ", **kwargs
         )
         self.worker.returned.connect(lambda outcome: self._on_returned(outcome, on_ok, layers))
+        self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
         for button in (self.compute_button, self.rl_button, self.wiener_button):
             button.setEnabled(False)
@@ -309,6 +311,12 @@ class CompareWidget(QWidget):
             show_error(value)
         else:
             on_ok(value)
+
+    def _on_errored(self, exc: BaseException) -> None:
+        """An unexpected error (a device's, a bug): napari's error notification, from superqt's worker, shows it
+        with its traceback; the status line says that the request failed."""
+        if not self._closed:
+            self.status.setText(f"Failed ({error_line(exc)}).")
 
     def _on_finished(self) -> None:
         self.worker = None

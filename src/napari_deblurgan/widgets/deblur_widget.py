@@ -37,6 +37,7 @@ from ._common import (
     create_relayed_worker,
     detached_from_dock,
     device_items,
+    error_line,
     error_message,
     gone_note,
     layer_pixels,
@@ -458,6 +459,7 @@ class DeblurWidget(QWidget):
             **hooks,
         )
         self.worker.returned.connect(lambda outcome, layer=layer: self._on_returned(layer, outcome))
+        self.worker.errored.connect(lambda exc, layer=layer: self._on_errored(layer, exc))
         self.worker.finished.connect(self._on_finished)
         self.worker.start()
 
@@ -486,6 +488,12 @@ class DeblurWidget(QWidget):
         gone = gone_note(self.viewer, layer, name)
         self.result_layer = self.viewer.add_image(value, **result_layer_kwargs(layer, name=name))
         self.status.setText(f"Added {name!r}.{gone}{self._job_tile_note}")
+
+    def _on_errored(self, layer: Any, exc: BaseException) -> None:
+        """An unexpected error (a device's: CUDA out of memory or a fault; a bug): napari's error notification,
+        from superqt's worker, shows it with its traceback; the status line says the run is over."""
+        if not self._closed:
+            self.status.setText(f"Deblur of {layer.name!r} failed ({error_line(exc)}); no layer was added.")
 
     def _on_finished(self) -> None:
         self.worker = None
