@@ -812,3 +812,29 @@ def test_large_training_files_read_lazily_are_closed_when_the_run_ends_or_fails(
     assert main([*argv, "--steps", "2", "-o", str(files / "bad.pt"), "-q"]) == 2
     assert "different axes" in capsys.readouterr().err
     assert _open_tiffs() == before
+
+
+def test_a_failure_before_any_validation_scored_better_writes_no_copy_of_the_starting_model(files, capsys, monkeypatch):
+    """With validation on, the model so far is the best validated one: still the starting model's weights (step
+    0's) until a later validation scores better. A failure then writes no model (under the output's name it would
+    pass for a finetuned one) and says where the checkpoint keeps the run."""
+    from napari_deblurgan.data.pairs import BatchSource
+
+    real, calls = BatchSource.next_batch, []
+
+    def failing(self, size):
+        calls.append(size)
+        if len(calls) == 4:
+            raise RuntimeError("CUDA error: simulated")
+        return real(self, size)
+
+    monkeypatch.setattr(BatchSource, "next_batch", failing)
+    out = files / "crashed.pt"
+    argv = _common(files, "--sharp", str(files / "sharp.tif"), "--steps", "50", "--validate-every", "100")
+    code = main([*argv, "--checkpoint-every", "2", "--checkpoint-dir", str(files / "ck"), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no validation had scored better than the starting model yet, so no model was written" in err
+    assert f"--resume {files / 'ck'}" in err
+    assert "the model so far is saved" not in err
+    assert not out.exists()

@@ -1072,3 +1072,124 @@ def test_a_resumed_run_stopped_at_once_still_saves_its_checkpoints_model(setup, 
     finetune.stop_button.click()
     wait_done(qtbot, finetune)
     assert saved.is_file() and load_model(saved).metadata["training"]["steps_done"] == 2
+
+
+def _failing_batches(monkeypatch, at_call: int, error: Exception) -> None:
+    """The training's ``at_call``-th batch raises ``error`` (the content preset reads one batch per step)."""
+    from napari_deblurgan.data.pairs import BatchSource
+
+    calls = []
+    original = BatchSource.next_batch
+
+    def fails(self, batch_size):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise error
+        return original(self, batch_size)
+
+    monkeypatch.setattr(BatchSource, "next_batch", fails)
+
+
+def _running_buttons(finetune) -> tuple[bool, bool]:
+    return finetune.start_button.isEnabled(), finetune.stop_button.isEnabled()
+
+
+def test_a_device_error_mid_run_is_a_failed_run_whose_model_so_far_is_saved_and_listed(
+    setup, qtbot, tmp_path, monkeypatch, capfd
+):
+    """A RuntimeError (torch's errors are: a CUDA fault, out of memory) after some steps: superqt's generator
+    worker took it for a deleted worker and emitted neither errored nor finished, so the panel stayed "running"
+    for good. Now the model so far is saved and listed, and the status names the error (its first line) and the
+    file; the traceback goes to stderr, for a bug report."""
+    from napari_deblurgan import load_model
+
+    _, finetune, deblur = setup
+    finetune.steps_spin.setValue(8)
+    finetune.val_fraction.setValue(0.0)  # no validation: the model so far is the latest whole step's
+    _failing_batches(monkeypatch, 4, RuntimeError("CUDA error: simulated\nCUDA kernel errors might be reported..."))
+    finetune.start_button.click()
+    wait_done(qtbot, finetune, timeout=60_000)
+    saved = tmp_path / "models" / "mine.pt"
+    status = finetune.status.text()
+    assert "Training failed (RuntimeError: CUDA error: simulated)" in status, status
+    assert f"model so far is saved to {saved}" in status and "might be reported" not in status
+    assert finetune.last_saved == saved and load_model(saved).metadata["training"]["steps_done"] == 3
+    labels = [deblur.model_combo.itemText(i) for i in range(deblur.model_combo.count())]
+    assert "finetuned: mine" in labels
+    assert _running_buttons(finetune) == (True, False)
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "CUDA error: simulated" in err
+
+
+def test_a_device_error_before_the_first_step_ends_the_run_and_says_so(setup, qtbot, tmp_path, monkeypatch):
+    """A RuntimeError before any step trained (nothing to save) reaches napari's error report, and the panel is
+    ready again, its status saying that the run failed (it stayed "running", its buttons off, before)."""
+    _, finetune, _ = setup
+    finetune.steps_spin.setValue(8)
+    _failing_batches(monkeypatch, 1, RuntimeError("CUDA error: simulated"))
+    with qtbot.capture_exceptions() as raised:  # superqt re-raises a worker's error in the GUI thread: napari's report
+        finetune.start_button.click()
+        wait_done(qtbot, finetune, timeout=60_000)
+    assert [str(exc) for _, exc, _ in raised] == ["CUDA error: simulated"]
+    assert finetune.status.text() == "Training failed (RuntimeError: CUDA error: simulated); no model was saved."
+    assert _running_buttons(finetune) == (True, False)
+    assert not (tmp_path / "models" / "mine.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        ("input", "Cannot read the pixels of 'blurred' (simulated)."),
+        ("device", "Training failed (RuntimeError: CUDA error: simulated)."),
+    ],
+)
+def test_a_failure_before_any_validation_scored_better_saves_no_copy_of_the_starting_model(
+    setup, qtbot, tmp_path, monkeypatch, error, said
+):
+    """With validation on, the model so far is the best validated one, which stays the starting model's weights
+    (step 0's score) until a later validation scores better: a failure before that saves nothing (under the
+    chosen name it would pass for a finetuned model), lists nothing, and says why."""
+    from napari_deblurgan.errors import InputError
+
+    _, finetune, deblur = setup
+    finetune.steps_spin.setValue(8)
+    finetune.validate_every_spin.setValue(100)  # only the starting model is scored before the failure
+    exc = InputError(said) if error == "input" else RuntimeError("CUDA error: simulated")
+    _failing_batches(monkeypatch, 4, exc)
+    finetune.start_button.click()
+    wait_done(qtbot, finetune, timeout=60_000)
+    status = finetune.status.text()
+    assert status.startswith(said), status
+    assert "No validation had scored better than the starting model yet, so no model was written." in status
+    assert not (tmp_path / "models" / "mine.pt").exists() and finetune.last_saved is None
+    labels = [deblur.model_combo.itemText(i) for i in range(deblur.model_combo.count())]
+    assert "finetuned: mine" not in labels
+    assert _running_buttons(finetune) == (True, False)
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["finished", "failed mid-run"])
+def test_a_save_folder_that_cannot_be_made_falls_back_instead_of_losing_the_model(tmp_path, monkeypatch, pair, fails):
+    """The save path's folder cannot be made any more (a file where it was, a drive unmounted during the run):
+    the model goes where save_trained_model falls back to (the checkpoint folder here), not nowhere because the
+    panel's own mkdir raised first."""
+    from _helpers import TINY_RUN_ARGS, tiny_unet
+    from napari_deblurgan.widgets.finetune_widget import _RunControl, _training_job
+
+    blurred, sharp = pair
+    (tmp_path / "usb").write_text("a file where the folder was")
+    save_to = tmp_path / "usb" / "models" / "cells.pt"
+    checkpoint_dir = tmp_path / "cells.checkpoint"
+    if fails:
+        _failing_batches(monkeypatch, 3, RuntimeError("CUDA error: simulated"))
+    kwargs = {"blurred": blurred, "sharp": sharp, "model": tiny_unet(), "checkpoint_dir": checkpoint_dir}
+    job = _training_job({**kwargs, **TINY_RUN_ARGS, "steps": 4, "validation": 0}, save_to, _RunControl())
+    try:
+        while True:
+            next(job)
+    except StopIteration as stop:
+        kind, value = stop.value
+    assert kind == ("failed" if fails else "ok"), value
+    path = value[1] if fails else value[0]
+    assert Path(path).parent == checkpoint_dir and Path(path).is_file()
+    if not fails:
+        assert "its folder does not exist" in value[3]

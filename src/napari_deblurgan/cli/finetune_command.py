@@ -511,7 +511,15 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
                 return EXIT_INTERRUPTED
             except Exception:
                 # a failure mid-run (unreadable data, a device error): the best model so far is still saved
-                if trained:
+                if trained and _holds_starting_model(training):
+                    # the best validated weights are still the starting model's: under the output's name they
+                    # would pass for a finetuned model
+                    print(
+                        f"{PROG}: training failed; no validation had scored better than the starting model yet, "
+                        f"so no model was written.{_checkpoint_kept(checkpointed)}",
+                        file=sys.stderr,
+                    )
+                elif trained:
                     saving.set()
                     try:
                         saved, not_written = save_trained_model(
@@ -549,6 +557,16 @@ def _nothing_trained(run: Any) -> bool:
     """Whether a stopped run ended before its first step, holding only the starting model (a resumed run holds
     its checkpoint's training, whose step is above 0)."""
     return run.finished is not None and run.finished.step == 0
+
+
+def _holds_starting_model(run: Any) -> bool:
+    """Whether a failed run's model so far is its starting model: the best validated weights are still step
+    0's (no validation after it scored better). A finished or stopped run still saves those (its best)."""
+    try:
+        training = run.model.metadata.get("training") or {}
+    except Exception:  # the failure being reported is the one the user must see; the save path says its own
+        return False
+    return training.get("best_step") == 0
 
 
 def _checkpoint_kept(event: Any) -> str:

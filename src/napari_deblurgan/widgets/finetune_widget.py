@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ from ._common import (
     create_relayed_worker,
     detached_from_dock,
     device_items,
+    error_line,
     error_message,
     gone_note,
     layer_geometry,
@@ -654,6 +656,7 @@ class FinetuneWidget(QWidget):
         self.worker.control = self.control
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
         self.worker.start()
 
@@ -791,6 +794,12 @@ class FinetuneWidget(QWidget):
         show_info(f"Finetuned model saved to {path}{instead}; it is now in the Deblur widget's model list.")
         self._last_entry = entry
 
+    def _on_errored(self, exc: BaseException) -> None:
+        """An unexpected error that ended the run before a model could be saved (napari's error notification,
+        from superqt's worker, shows it with its traceback): the status line must not go on saying "Training"."""
+        with contextlib.suppress(RuntimeError):  # the panel's Qt objects are gone when napari closed
+            self.status.setText(f"Training failed ({error_line(exc)}); no model was saved.")
+
     def _on_finished(self) -> None:
         self.worker = None
         self._set_running(False)
@@ -871,7 +880,10 @@ def _training_job(kwargs: dict[str, Any], save_to: Path, control: _RunControl):
     Returns ``("ok", (path, model, finished_event, instead))``, ``("error", message)`` for errors the user can
     fix before any step trained, ``("nothing", message)`` for a run stopped before its first step, or
     ``("failed", (message, path, model))`` for a run that failed after training some steps (unreadable data in
-    a later plane, a device error), whose model so far is saved as a stop would save it. The save
+    a later plane, a device error), whose model so far is saved as a stop would save it (its traceback, for an
+    error that is not the user's, goes to stderr), or ``("error", message)`` where that model so far is still
+    the starting model, which is not saved. An unexpected error that leaves no model saved (before any step
+    trained, or a save that failed too) propagates to napari's error report. The save
     (:func:`~napari_deblurgan.training.saving.save_trained_model`, as the CLI's) goes where it can when
     ``save_to`` cannot take it (a full disk), and ``instead`` says why ("" where it went to ``save_to``).
     """
@@ -903,39 +915,59 @@ def _training_job(kwargs: dict[str, Any], save_to: Path, control: _RunControl):
             # model under the chosen name would pass for a finetuned one
             return "nothing", "Stopped before the first step: nothing was trained, so no model was saved."
         final = finished.model if finished is not None else run.model
-        save_to.parent.mkdir(parents=True, exist_ok=True)
+        # no mkdir of save_to's folder here: where it cannot be made (a drive unmounted during the run, a file
+        # where the folder was), save_trained_model saves to its fallbacks instead and says why
         path, not_written = save_trained_model(final, save_to, checkpoint_dir)
     except Exception as exc:
         saved = _save_model_so_far(run, trained, save_to, checkpoint_dir)
-        if not isinstance(exc, user_error_types()):
-            if saved is not None:  # napari shows the traceback: it says where the training went
-                exc.add_note(f"napari-deblurgan: the model so far is saved to {saved[0]}")
+        user = isinstance(exc, user_error_types())
+        if not user and saved is None:
+            # nothing trained, or the model so far could not be saved: napari's error report (with the
+            # traceback), as for any bug; the panel's status line says the run failed
             raise
-        message = error_message(exc)
-        if saved is None:
-            return "error", message
-        return "failed", (f"{message} The model so far is saved to {saved[0]}.", *saved)
+        if not user:
+            # the panel shows one line; the whole traceback is for a bug report
+            traceback.print_exception(exc, file=sys.stderr)
+        message = error_message(exc) if user else f"Training failed ({error_line(exc)})."
+        if isinstance(saved, tuple):
+            # any error, a device's (a CUDA fault, out of memory) too: the run's work is saved and listed, and
+            # the status line says what failed; a note on a raised error reached no one (napari shows none)
+            return "failed", (f"{message} The model so far is saved to {saved[0]}.", *saved)
+        if saved is not None:  # a reason no model was written (the model so far is the starting one)
+            return "error", f"{message} {saved}"
+        return "error", message
     if control.quitting:  # the app is closing: no panel will show where the model went
         print(f"napari-deblurgan: training stopped as napari closed; the model is saved to {path}", file=sys.stderr)
     instead = f" (could not write {str(save_to)!r}: {not_written})" if not_written else ""
     return "ok", (Path(path), final, finished, instead)
 
 
-def _save_model_so_far(run: Any, trained: bool, save_to: Path, checkpoint_dir: Any) -> tuple[Path, Any] | None:
+def _save_model_so_far(run: Any, trained: bool, save_to: Path, checkpoint_dir: Any) -> tuple[Path, Any] | str | None:
     """After a run failed: its model so far (the best validated weights, or the latest whole step's without
     validation) saved where :func:`_training_job` would have saved it, as ``(path, model)``; None where no step
-    trained (the base model is already a file) or nothing could be saved (a checkpoint, if any, keeps the run)."""
+    trained (the base model is already a file) or nothing could be saved (a checkpoint, if any, keeps the run);
+    a sentence saying why no model was written where the model so far is the starting one (no validation had
+    scored better yet), which under the chosen name would pass for a finetuned one."""
     if run is None or not trained:
         return None
     from ..training.saving import save_trained_model
 
     try:
         model = run.model
-        save_to.parent.mkdir(parents=True, exist_ok=True)
+        if _is_starting_model(model):
+            return "No validation had scored better than the starting model yet, so no model was written."
+        # no mkdir of save_to's folder: save_trained_model falls back elsewhere where it cannot be made
         path, _ = save_trained_model(model, save_to, checkpoint_dir)
     except Exception:  # the failure being reported is the one the user must see
         return None
     return path, model
+
+
+def _is_starting_model(model: Any) -> bool:
+    """Whether a run's model so far holds its starting weights: the best validated step is still step 0 (the
+    starting model's own score). A finished or stopped run still returns those (the best it found)."""
+    training = (getattr(model, "metadata", None) or {}).get("training") or {}
+    return training.get("best_step") == 0
 
 
 def _spin(low: int, high: int, value: int, *, step: int = 1) -> QSpinBox:
