@@ -240,3 +240,32 @@ def test_a_state_that_is_not_finite_is_not_written_over_the_last_good_checkpoint
     assert "opt_g" in skipped[0]
     assert events[-1].step == 5  # the run went on
     assert load_checkpoint(tmp_path)["step"] == 2  # the last good one, still resumable
+
+
+def test_a_state_gone_non_finite_is_no_snapshot_to_roll_back_to(training_pair, tmp_path, monkeypatch):
+    """A weight that turns NaN in step 3's update (its loss still finite) at a checkpoint step: the snapshot must
+    not take it, or step 4's NaN loss would roll back into the same NaN state until the run gave up (and
+    without validation returned NaN weights). The run rolls back to step 2 once and finishes."""
+    from napari_deblurgan.training.trainer import GanStep
+
+    calls = []
+    original = GanStep.run
+
+    def a_weight_overflows_in_step_3(self, next_batch, batch_size):
+        result = original(self, next_batch, batch_size)
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                next(self.generator.parameters()).view(-1)[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(GanStep, "run", a_weight_overflows_in_step_3)
+    kw = {"steps": 8, "validation": 0, "validate_every": 2, "checkpoint_every": 3, "checkpoint_dir": tmp_path}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = tiny_run(training_pair, **{"model": _model(), **kw})
+        events = list(run)
+    kinds = [e.kind for e in events if isinstance(e, ev.Notice)]
+    assert kinds.count("rollback") == 1 and "diverged" not in kinds
+    assert run.finished.step == 8 and not run.finished.stopped
+    assert all(torch.isfinite(v).all() for v in run.model.generator.state_dict().values())

@@ -1369,7 +1369,12 @@ class TrainingRun:
                 if step % min(SNAPSHOT_EVERY, cfg.checkpoint_every, cfg.validate_every) == 0 or (
                     step % cfg.checkpoint_every == 0
                 ):
-                    snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
+                    state = step_fn.state_dict()
+                    # never a state gone non-finite (an update that overflowed while its loss was still finite):
+                    # the rollback restores the snapshot, and one holding NaN would roll back into NaN until the
+                    # run gave up; the older snapshot stays (write_checkpoint skips such a state too)
+                    if first_non_finite_tensor(state) is None:
+                        snapshot = {"step": step, "state": _cpu_clone(state)}
                 if step % cfg.checkpoint_every == 0 and step != total:
                     event = write_checkpoint()
                     if event is not None:
