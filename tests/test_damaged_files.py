@@ -314,6 +314,51 @@ def test_a_checkpoint_rewritten_in_place_while_it_loads_is_refused(tmp_path, mon
     assert str(path) in str(info.value) and "resume again" in str(info.value)
 
 
+def test_a_model_file_saved_over_by_a_rename_while_it_loads_still_loads(tiny_model_file, monkeypatch):
+    """A save renames a new file over the old one (atomic_write): the open handle goes on reading the old,
+    intact bytes, so the load is right; only the old file's change time moves (it lost its name). That is no
+    rewrite, and must not be refused as one (a panel or CLI saving while a model loads)."""
+    from _helpers import tiny_unet
+
+    _make_old(tiny_model_file)
+    original = hashlib.sha256(tiny_model_file.read_bytes()).hexdigest()
+    check = model_file.archive_damage
+
+    def check_then_save_over(stream):
+        damage = check(stream)
+        tiny_unet(seed=1).save(tiny_model_file)  # temp file + rename over it
+        return damage
+
+    monkeypatch.setattr(model_file, "archive_damage", check_then_save_over)
+    assert load_model(tiny_model_file).metadata["sha256"] == original
+
+
+def test_a_model_file_whose_fstat_fails_is_a_model_file_error(tiny_model_file, monkeypatch):
+    """A network share gone stale (ESTALE) between open and load: one ModelFileError, not a raw OSError."""
+    import errno
+    import os
+
+    real_fstat = os.fstat
+    handles: list[int] = []
+
+    def stale(fd):
+        if handles and fd == handles[0]:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_fstat(fd)
+
+    real_state = model_file.file_state
+
+    def state_of_a_share_gone_stale(handle):
+        handles.append(handle.fileno())  # from here on, fstat of this handle fails (pytest's own fstats do not)
+        return real_state(handle)
+
+    monkeypatch.setattr(os, "fstat", stale)
+    monkeypatch.setattr(model_file, "file_state", state_of_a_share_gone_stale)
+    with pytest.raises(ModelFileError, match=r"Cannot read model file .*Stale file handle"):
+        load_model(tiny_model_file)
+    monkeypatch.undo()
+
+
 class _FailingReads(io.FileIO):
     """A file whose reads fail with EIO (a failing disk, a dropped network share) once ``failing`` is set."""
 

@@ -20,6 +20,7 @@ how to wrap one (build a model with :func:`create_model` and ``model.generator.l
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import hashlib
@@ -441,9 +442,10 @@ def _model_from_open_file(handle: BinaryIO, where: str, device: Any, expected_sh
     changes under it. So the file's size, times and identity are compared before the hashing and after the
     loading, and a change refuses the model rather than give it a sha256 of other bytes.
     """
-    before = file_state(handle)
     watched = WatchedReads(handle)
+    before: tuple[int, ...] | None = None
     try:
+        before = file_state(handle)
         sha256 = hashlib.file_digest(watched, "sha256").hexdigest()  # type: ignore[arg-type]
         if expected_sha is not None and sha256.lower() != expected_sha.lower():
             raise ModelFileError(
@@ -451,15 +453,19 @@ def _model_from_open_file(handle: BinaryIO, where: str, device: Any, expected_sh
                 f"the registered {expected_sha}. Reinstall napari-deblurgan."
             )
         model = _model_from_file(watched, where, device)  # type: ignore[arg-type]
+        if file_changed(before, handle):
+            raise _changed_while_read_error(where)
     except ModelFileError:
-        # a file half rewritten reads as damaged: say what happened instead
-        if file_state(handle) != before:
+        # a file half rewritten reads as damaged: say what happened instead (where fstat itself now fails, the
+        # error already raised is the one to say)
+        changed = False
+        with contextlib.suppress(OSError):
+            changed = before is not None and file_changed(before, handle)
+        if changed:
             raise _changed_while_read_error(where) from None
         raise
-    except OSError as exc:  # a failed read (EIO from a failing disk or a dropped network share), not damage
+    except OSError as exc:  # a failed read or fstat (EIO, a stale network share's ESTALE), not damage
         raise ModelFileError(f"Cannot read model file {where!r}: {exc}") from exc
-    if file_state(handle) != before:
-        raise _changed_while_read_error(where)
     model.metadata["sha256"] = sha256
     return model
 
@@ -478,10 +484,22 @@ def _model_from_bytes(data: bytes, where: str, device: Any, expected_sha: str | 
 
 
 def file_state(handle: BinaryIO) -> tuple[int, ...]:
-    """What changes when the open file ``handle`` is written: its size, modification and change times, and which
-    file it is (also the checkpoint loader's check, training/checkpoint.py)."""
+    """What changes when the open file ``handle`` is written: which file it is, its size and modification time,
+    then its link count and change time (compared by :func:`file_changed`; also the checkpoint loader's check,
+    training/checkpoint.py)."""
     st = os.fstat(handle.fileno())
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_nlink, st.st_ctime_ns)
+
+
+def file_changed(before: tuple[int, ...], handle: BinaryIO) -> bool:
+    """Whether the open file ``handle`` was written since :func:`file_state` gave ``before``. The change time
+    also moves when the file loses or gains a name (a save renamed over it, which leaves this handle reading the
+    old, intact bytes; a hard link made by a backup tool), so it counts only while the link count stays the same;
+    a rewrite in place changes the size or the modification time anyway, unless a tool sets the time back."""
+    after = file_state(handle)
+    if after[:4] != before[:4]:
+        return True
+    return after[4] == before[4] and after[5] != before[5]
 
 
 def _changed_while_read_error(where: str) -> ModelFileError:

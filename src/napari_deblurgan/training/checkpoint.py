@@ -26,7 +26,7 @@ import numpy as np
 
 from ..atomic_files import atomic_write
 from ..errors import InputError, ModelFileError
-from ..model_file import ZIP_MAGIC, WatchedReads, archive_damage, file_state, first_non_finite
+from ..model_file import ZIP_MAGIC, WatchedReads, archive_damage, file_changed, file_state, first_non_finite
 
 CHECKPOINT_FORMAT = "napari-deblurgan-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -177,10 +177,10 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
             try:
                 payload = read(handle)
             except ModelFileError:
-                if file_state(handle) != before:  # half rewritten, it reads as damaged: say what happened instead
+                if file_changed(before, handle):  # half rewritten, it reads as damaged: say what happened instead
                     raise changed() from None
                 raise
-            if file_state(handle) != before:
+            if file_changed(before, handle):
                 raise changed()
     except ModelFileError:
         raise
