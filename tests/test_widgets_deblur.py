@@ -964,3 +964,43 @@ def test_a_generator_jobs_runtime_error_is_errored_then_finished():
     assert _worker_alive(gone)
     sip.delete(gone.signals)
     assert not _worker_alive(gone)
+
+
+def test_a_job_that_ends_after_the_panel_was_deleted_touches_none_of_its_widgets(make_napari_viewer):
+    """Closing napari's window deletes the panel without its closeEvent (so it is not marked closed), and the
+    worker's lambda connections outlive it: a job that ends later (an error, a result, finished) must not touch
+    the deleted labels (RuntimeError: wrapped C/C++ object deleted; with PyQt6 and no excepthook, an abort)."""
+    import types
+
+    from qtpy import sip
+
+    from napari_deblurgan.widgets.deblur_widget import DeblurWidget
+
+    widget = DeblurWidget(make_napari_viewer(strict_qt="raise"))
+    sip.delete(widget)
+    assert not widget._closed
+    layer = types.SimpleNamespace(name="cells")
+    widget._on_errored(layer, RuntimeError("CUDA error: simulated"))
+    widget._on_returned(layer, ("error", "simulated"))
+    widget._on_finished()
+    assert widget.worker is None
+
+
+def test_a_worker_whose_signals_were_deleted_during_its_job_ends_quietly():
+    """napari quitting while a panel's job runs (the Deblur panel loads its model in the background when it
+    opens) deletes the worker's signals object with the app's objects; emitting on it raised in the pool
+    thread, which PyQt6 answers by aborting the process. The run now drops the signals it can no longer send."""
+    from qtpy import sip
+    from qtpy.QtWidgets import QApplication
+
+    from napari_deblurgan.widgets._common import create_relayed_worker
+
+    QApplication.instance() or QApplication([])
+    workers = []
+
+    def job():
+        sip.delete(workers[0].signals)  # as the app's teardown does while the job runs
+        return 1
+
+    workers.append(create_relayed_worker(job))
+    workers[0].run()  # the thread's body, here; raised RuntimeError (wrapped C/C++ object deleted) before

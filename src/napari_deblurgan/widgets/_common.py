@@ -132,10 +132,10 @@ class RoutedWarningsRun:
     ``warnings.catch_warnings()`` that other threads' jobs undo (see :class:`_WarningRoutes`)."""
 
     def run(self) -> None:
-        self.started.emit()
+        self._emit_if_alive("started")
         self._running = True
         try:
-            with WARNING_ROUTES.route(lambda *w: self.warned.emit(w)):
+            with WARNING_ROUTES.route(lambda *w: self._emit_if_alive("warned", w)):
                 result = self.work()
             if isinstance(result, Exception):
                 if isinstance(result, RuntimeError) and not _worker_alive(self):
@@ -148,29 +148,40 @@ class RoutedWarningsRun:
                 # with its buttons off for good
                 raise result
             if not self.abort_requested:
-                self.returned.emit(result)
+                self._emit_if_alive("returned", result)
         except Exception as exc:
-            self.errored.emit(exc)
+            self._emit_if_alive("errored", exc)
         self._running = False
-        self.finished.emit()
-        self._finished.emit(self)
+        self._emit_if_alive("finished")
+        self._emit_if_alive("_finished", self)
+
+    def _emit_if_alive(self, name: str, *args: Any) -> None:
+        """Emit the worker's signal ``name``, unless its signals object is gone: napari's window closed while the
+        job ran (a panel's model still loading when napari quits) deletes it with the app's objects, and emitting
+        on it raised in this pool thread, which PyQt6 answers by aborting the whole process."""
+        try:
+            getattr(self, name).emit(*args)
+        except RuntimeError:
+            if _worker_alive(self):  # a live signal's own RuntimeError is not this case
+                raise
+
+
+def qt_object_alive(obj: Any) -> bool:
+    """Whether ``obj``'s C++ object still exists (sip's / shiboken's view); True where the binding cannot tell
+    (not a wrapped Qt object). A panel deleted with napari's window (whose closeEvent never runs) is gone, and
+    a job that ends later must not touch its widgets."""
+    from qtpy.compat import isalive
+
+    try:
+        return isalive(obj) is not False
+    except TypeError:  # not a wrapped Qt object (a plain Python class in a test)
+        return True
 
 
 def _worker_alive(worker: Any) -> bool:
-    """Whether ``worker`` and its signals' QObject still exist on the C++ side (sip's / shiboken's view), i.e.
-    whether its signals can still be emitted. True where the binding cannot tell."""
-    from qtpy.compat import isalive
-
-    for obj in (worker, getattr(worker, "signals", None)):
-        if obj is None:
-            continue
-        try:
-            alive = isalive(obj)
-        except TypeError:  # not a wrapped Qt object (a plain Python class in a test)
-            continue
-        if alive is False:
-            return False
-    return True
+    """Whether ``worker`` and its signals' QObject still exist on the C++ side, i.e. whether its signals can
+    still be emitted. True where the binding cannot tell."""
+    return all(qt_object_alive(obj) for obj in (worker, getattr(worker, "signals", None)) if obj is not None)
 
 
 def create_relayed_worker(

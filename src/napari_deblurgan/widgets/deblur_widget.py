@@ -43,6 +43,7 @@ from ._common import (
     layer_pixels,
     normalize_axes_text,
     prefer_blurred,
+    qt_object_alive,
     result_layer_kwargs,
     set_items,
     show_error,
@@ -470,10 +471,11 @@ class DeblurWidget(QWidget):
 
     def _on_returned(self, layer: Any, outcome: tuple[str, Any]) -> None:
         kind, value = outcome
-        if self._closed:
+        if self._closed or not qt_object_alive(self):
             # the panel was closed (or taken out of its dock) while the job ran, which cancels it; a job that
             # ended anyway (a lazy dask result, which no cancel reaches, or its last tile batch) adds nothing
-            # behind the user's back, as in the Compare and Finetune panels
+            # behind the user's back, as in the Compare and Finetune panels. Deleted with napari's window (no
+            # closeEvent then), its widgets are gone: these lambda connections are not cut with it
             return
         if kind == "error":
             value = for_layer(value, layer)
@@ -492,11 +494,13 @@ class DeblurWidget(QWidget):
     def _on_errored(self, layer: Any, exc: BaseException) -> None:
         """An unexpected error (a device's: CUDA out of memory or a fault; a bug): napari's error notification,
         from superqt's worker, shows it with its traceback; the status line says the run is over."""
-        if not self._closed:
+        if not self._closed and qt_object_alive(self):
             self.status.setText(f"Deblur of {layer.name!r} failed ({error_line(exc)}); no layer was added.")
 
     def _on_finished(self) -> None:
         self.worker = None
+        if not qt_object_alive(self):  # deleted with napari's window while the job ran
+            return
         self._set_running(False)
         if self.progress.maximum() == 0:  # lazy (dask) result or an error before any progress
             self.progress.setRange(0, 1)
