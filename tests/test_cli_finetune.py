@@ -814,6 +814,30 @@ def test_large_training_files_read_lazily_are_closed_when_the_run_ends_or_fails(
     assert _open_tiffs() == before
 
 
+def test_without_validation_a_failure_before_any_trained_weights_were_kept_says_so(files, capsys, monkeypatch):
+    """Without validation the model so far is the latest weights kept: a failure inside a generator update
+    before the first snapshot (every 50 steps) falls back to the start, so no model is written, and the reason
+    given is that one, not a validation that never ran."""
+    from napari_deblurgan.training.trainer import GanStep
+
+    real, calls = GanStep._update_ema, []
+
+    def failing(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("CUDA error: simulated")
+        return real(self)
+
+    monkeypatch.setattr(GanStep, "_update_ema", failing)
+    out = files / "crashed.pt"
+    argv = _common(files, "--sharp", str(files / "sharp.tif"), "--steps", "20", "--validation", "0")
+    assert main([*argv, "--validate-every", "100", "-o", str(out), "-q"]) == 1  # snapshots every 50 steps
+    err = capsys.readouterr().err
+    assert "training failed; the failure came before any trained weights were kept, so no model was written" in err
+    assert "validation" not in err.split("training failed;")[1].splitlines()[0]
+    assert not out.exists()
+
+
 def test_a_failure_before_any_validation_scored_better_writes_no_copy_of_the_starting_model(files, capsys, monkeypatch):
     """With validation on, the model so far is the best validated one: still the starting model's weights (step
     0's) until a later validation scores better. A failure then writes no model (under the output's name it would

@@ -511,14 +511,11 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
                 return EXIT_INTERRUPTED
             except Exception:
                 # a failure mid-run (unreadable data, a device error): the best model so far is still saved
-                if trained and _holds_starting_model(training):
-                    # the best validated weights are still the starting model's: under the output's name they
-                    # would pass for a finetuned model
-                    print(
-                        f"{PROG}: training failed; no validation had scored better than the starting model yet, "
-                        f"so no model was written.{_checkpoint_kept(checkpointed)}",
-                        file=sys.stderr,
-                    )
+                unsaved = _why_not_saved(training) if trained else None
+                if unsaved is not None:
+                    # the model so far is the starting model: under the output's name it would pass for a
+                    # finetuned one
+                    print(f"{PROG}: training failed; {unsaved}.{_checkpoint_kept(checkpointed)}", file=sys.stderr)
                 elif trained:
                     saving.set()
                     try:
@@ -559,14 +556,15 @@ def _nothing_trained(run: Any) -> bool:
     return run.finished is not None and run.finished.step == 0
 
 
-def _holds_starting_model(run: Any) -> bool:
-    """Whether a failed run's model so far is its starting model: the best validated weights are still step
-    0's (no validation after it scored better). A finished or stopped run still saves those (its best)."""
+def _why_not_saved(run: Any) -> str | None:
+    """:func:`~napari_deblurgan.training.saving.why_not_saved_after_a_failure` of a failed run's model so far;
+    None also where the model cannot be built (the save path then says its own error)."""
+    from ..training.saving import why_not_saved_after_a_failure
+
     try:
-        training = run.model.metadata.get("training") or {}
-    except Exception:  # the failure being reported is the one the user must see; the save path says its own
-        return False
-    return training.get("best_step") == 0
+        return why_not_saved_after_a_failure(run.model)
+    except Exception:  # the failure being reported is the one the user must see
+        return None
 
 
 def _checkpoint_kept(event: Any) -> str:

@@ -946,28 +946,23 @@ def _save_model_so_far(run: Any, trained: bool, save_to: Path, checkpoint_dir: A
     """After a run failed: its model so far (the best validated weights, or the latest whole step's without
     validation) saved where :func:`_training_job` would have saved it, as ``(path, model)``; None where no step
     trained (the base model is already a file) or nothing could be saved (a checkpoint, if any, keeps the run);
-    a sentence saying why no model was written where the model so far is the starting one (no validation had
-    scored better yet), which under the chosen name would pass for a finetuned one."""
+    a sentence saying why no model was written where the model so far is the starting one
+    (:func:`~napari_deblurgan.training.saving.why_not_saved_after_a_failure`), which under the chosen name would
+    pass for a finetuned one."""
     if run is None or not trained:
         return None
-    from ..training.saving import save_trained_model
+    from ..training.saving import save_trained_model, why_not_saved_after_a_failure
 
     try:
         model = run.model
-        if _is_starting_model(model):
-            return "No validation had scored better than the starting model yet, so no model was written."
+        unsaved = why_not_saved_after_a_failure(model)
+        if unsaved is not None:
+            return f"{unsaved[0].upper()}{unsaved[1:]}."
         # no mkdir of save_to's folder: save_trained_model falls back elsewhere where it cannot be made
         path, _ = save_trained_model(model, save_to, checkpoint_dir)
     except Exception:  # the failure being reported is the one the user must see
         return None
     return path, model
-
-
-def _is_starting_model(model: Any) -> bool:
-    """Whether a run's model so far holds its starting weights: the best validated step is still step 0 (the
-    starting model's own score). A finished or stopped run still returns those (the best it found)."""
-    training = (getattr(model, "metadata", None) or {}).get("training") or {}
-    return training.get("best_step") == 0
 
 
 def _spin(low: int, high: int, value: int, *, step: int = 1) -> QSpinBox:
