@@ -646,3 +646,19 @@ def test_saving_into_a_file_opened_for_reading_says_to_open_it_for_writing(tiny_
     path.write_bytes(b"")
     with open(path, "rb") as fh, pytest.raises(InputError, match="mode 'wb'"):
         tiny_model.save(fh)
+
+
+def test_saving_weights_that_are_already_nan_says_the_training_diverged_not_to_save_as_float32(tmp_path):
+    """The float16 advice ("not finite as float16 ... save as float32") is for weights beyond float16's range; a
+    float32 model whose weights are NaN already cannot be helped by it."""
+    import torch
+
+    from _helpers import tiny_unet
+    from napari_deblurgan.errors import InputError
+
+    model = tiny_unet()
+    with torch.no_grad():
+        next(model.generator.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(InputError, match="training diverged") as info:
+        model.save(tmp_path / "m.pt")
+    assert "save as float32" not in str(info.value)

@@ -213,53 +213,77 @@ def test_an_abort_inside_an_update_falls_back_no_further_than_the_last_checkpoin
     assert run.model.metadata["training"]["steps_done"] == 3
 
 
-def test_a_state_that_is_not_finite_is_not_written_over_the_last_good_checkpoint(training_pair, tmp_path, monkeypatch):
-    """An infinity in the optimiser's moments (the loss stays finite: Adam's step is then 0) must not replace
-    the last good checkpoint with one that load_checkpoint refuses; a notice says so and the run goes on."""
-    from napari_deblurgan.training.checkpoint import load_checkpoint
+def _overflow_in_step(monkeypatch, n: int, where: str) -> None:
+    """Make step ``n``'s update overflow while its loss stays finite: an infinity in Adam's moments (the weights
+    stay finite, that element's steps become 0) or a NaN in a generator weight."""
     from napari_deblurgan.training.trainer import GanStep
 
     calls = []
     original = GanStep.run
 
-    def moments_overflow_in_step_3(self, next_batch, batch_size):
+    def overflowing(self, next_batch, batch_size):
         result = original(self, next_batch, batch_size)
         calls.append(1)
-        if len(calls) == 3:
-            moments = next(iter(self.opt_g.state.values()))
-            moments["exp_avg_sq"].view(-1)[0] = float("inf")
+        if len(calls) == n:
+            with torch.no_grad():
+                if where == "moments":
+                    next(iter(self.opt_g.state.values()))["exp_avg_sq"].view(-1)[0] = float("inf")
+                else:
+                    next(self.generator.parameters()).view(-1)[0] = float("nan")
         return result
 
-    monkeypatch.setattr(GanStep, "run", moments_overflow_in_step_3)
+    monkeypatch.setattr(GanStep, "run", overflowing)
+
+
+def test_a_state_gone_non_finite_with_a_finite_loss_is_rolled_back_as_a_nan_loss_is(
+    training_pair, tmp_path, monkeypatch
+):
+    """An infinity in the optimiser's moments leaves the weights and the losses finite, so no loss would ever
+    say it: checkpoints and snapshots would stop for the rest of the run. The state is checked where a snapshot
+    or checkpoint takes it, and rolled back as a NaN loss is; the run goes on and checkpoints again."""
+    from napari_deblurgan.training.checkpoint import load_checkpoint
+
+    _overflow_in_step(monkeypatch, 3, "moments")
     kw = {"steps": 5, "checkpoint_every": 1, "checkpoint_dir": tmp_path}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         events = list(tiny_run(training_pair, **{"model": _model(), **kw}))
+    notices = [e for e in events if isinstance(e, ev.Notice) and e.kind != "info"]
+    assert [e.kind for e in notices] == ["rollback"]
+    assert notices[0].message.startswith("Non-finite values at step 3") and "opt_g" in notices[0].message
+    assert events[-1].step == 5  # the run went on
+    assert load_checkpoint(tmp_path)["step"] == 5  # and its checkpoints with it
+
+
+def test_a_stop_after_an_unchecked_overflow_writes_no_checkpoint_of_it_and_returns_finite_weights(
+    training_pair, tmp_path, monkeypatch
+):
+    """Between checked steps an overflow goes unseen until a stop ends the run there: the final checkpoint is not
+    written (load_checkpoint would refuse it; a checkpoint-failed notice says so), and without validation the
+    model returned is the last snapshot's, not NaN weights that cannot be saved."""
+    _overflow_in_step(monkeypatch, 3, "weights")
+    kw = {"steps": 100, "validation": 0, "checkpoint_every": 50, "checkpoint_dir": tmp_path}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = tiny_run(training_pair, **{"model": _model(), **kw})
+        events = []
+        for event in run:
+            events.append(event)
+            if isinstance(event, ev.Step) and event.step == 3:
+                run.stop()
     skipped = [e.message for e in events if isinstance(e, ev.Notice) and e.kind == "checkpoint-failed"]
     assert skipped and skipped[0].startswith("Not writing the checkpoint at step 3")
-    assert "opt_g" in skipped[0]
-    assert events[-1].step == 5  # the run went on
-    assert load_checkpoint(tmp_path)["step"] == 2  # the last good one, still resumable
+    assert not list(tmp_path.glob("*.pt"))
+    assert all(torch.isfinite(v).all() for v in run.model.generator.state_dict().values())
+    assert run.model.metadata["training"]["best_step"] == 0  # the snapshot: the start
+    run.model.save(tmp_path / "saved.pt")
 
 
 def test_a_state_gone_non_finite_is_no_snapshot_to_roll_back_to(training_pair, tmp_path, monkeypatch):
     """A weight that turns NaN in step 3's update (its loss still finite) at a checkpoint step: the snapshot must
     not take it, or step 4's NaN loss would roll back into the same NaN state until the run gave up (and
     without validation returned NaN weights). The run rolls back to step 2 once and finishes."""
-    from napari_deblurgan.training.trainer import GanStep
-
-    calls = []
-    original = GanStep.run
-
-    def a_weight_overflows_in_step_3(self, next_batch, batch_size):
-        result = original(self, next_batch, batch_size)
-        calls.append(1)
-        if len(calls) == 3:
-            with torch.no_grad():
-                next(self.generator.parameters()).view(-1)[0] = float("nan")
-        return result
-
-    monkeypatch.setattr(GanStep, "run", a_weight_overflows_in_step_3)
+    _overflow_in_step(monkeypatch, 3, "weights")
     kw = {"steps": 8, "validation": 0, "validate_every": 2, "checkpoint_every": 3, "checkpoint_dir": tmp_path}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

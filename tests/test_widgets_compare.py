@@ -617,3 +617,21 @@ def test_a_device_error_ends_the_request_says_so_and_frees_the_panel(setup, qtbo
     assert widget.status.text() == "Failed (RuntimeError: CUDA error: simulated)."
     assert widget.rl_button.isEnabled() and widget.compute_button.isEnabled() and not widget.cancel_button.isEnabled()
     assert [layer.name for layer in viewer.layers] == ["truth", "blurred"]
+
+
+def test_a_job_that_ends_after_the_panel_was_deleted_touches_none_of_its_widgets(make_napari_viewer):
+    """Closing napari's window deletes the panel without its closeEvent (so it is not marked closed), and the
+    worker's `returned` lambda outlives it: a job that ends later (napari's quit cancels it) must not touch the
+    deleted labels (RuntimeError: wrapped C/C++ object deleted; with PyQt6 and no excepthook, an abort)."""
+    from qtpy import sip
+
+    from napari_deblurgan.widgets.compare_widget import CompareWidget
+
+    widget = CompareWidget(make_napari_viewer(strict_qt="raise"))
+    sip.delete(widget)
+    assert not widget._closed
+    widget._on_returned(("cancelled", None), None, {})
+    widget._on_returned(("error", "simulated"), None, {})
+    widget._on_errored(RuntimeError("CUDA error: simulated"))
+    widget._on_finished()
+    assert widget.worker is None

@@ -225,7 +225,13 @@ class DeblurModel:
             k: (v.detach().cpu().to(stored) if v.is_floating_point() else v.detach().cpu()).contiguous()
             for k, v in self.generator.state_dict().items()
         }
-        if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        bad = first_non_finite(state)
+        if bad is not None:
+            if first_non_finite(self.generator.state_dict()) is not None:  # already so before the conversion
+                raise InputError(
+                    f"The model's weights hold values that are not finite (NaN or infinite), first in {bad!r}: its "
+                    "training diverged. Use an earlier model or checkpoint, or train again with a lower learning rate."
+                )
             raise InputError(f"Some weights are not finite as {weights_dtype} (beyond its range); save as float32.")
         payload = {
             "format": FORMAT,

@@ -1277,18 +1277,29 @@ class TrainingRun:
         def keep_latest_weights() -> None:
             """Without validation, the result is the latest weights (the EMA when kept): those of the last whole
             step, which a failure inside the next step leaves as they were (its data error, or any error before
-            the generator's update), or the last snapshot's where an abort came during that update."""
-            if step_fn.updating_generator:
+            the generator's update), or the last snapshot's where an abort came during that update or where they
+            are not finite (an overflow in a step whose state was not checked, then stopped)."""
+            weights = None
+            if not step_fn.updating_generator:
+                at, use_ema = step, step_fn.ema is not None and step > 0
+                weights = _cpu_clone((step_fn.ema if use_ema else generator).state_dict())
+                if first_non_finite_tensor(weights) is not None:  # an update that overflowed, unchecked (a stop)
+                    weights = None
+            if weights is None:
                 state, at = snapshot["state"], int(snapshot["step"])
                 use_ema = state.get("ema") is not None and at > 0
                 weights = state["ema"] if use_ema else state["generator"]  # already CPU clones, never changed
-            else:
-                at, use_ema = step, step_fn.ema is not None and step > 0
-                weights = _cpu_clone((step_fn.ema if use_ema else generator).state_dict())
             # the returned weights are those of step ``at``
             self._set_best(replace(self._best, state=weights, step=at, source="ema" if use_ema else "generator"))
 
         snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
+        snapshot_every = min(SNAPSHOT_EVERY, cfg.checkpoint_every, cfg.validate_every)
+
+        def state_checked_after(n: int) -> bool:
+            """Whether the state after step ``n`` is checked for NaN/inf: where a snapshot or checkpoint takes it,
+            and at the last step (the model returned)."""
+            return n % snapshot_every == 0 or n % cfg.checkpoint_every == 0 or n == total
+
         stopped = False
         diverged = False
         last_time = time.perf_counter()
@@ -1304,6 +1315,15 @@ class TrainingRun:
                 source.batches_needed = (total - step) * step_fn.batches_per_step
                 try:
                     result = step_fn.run(source.next_batch, batch_size)
+                    if state_checked_after(step + 1):
+                        # an update can overflow while its loss is finite (an inf in Adam's moments leaves the
+                        # weights finite, its steps 0): such a state must be neither the snapshot a rollback
+                        # restores, nor a checkpoint, nor the final model; it is rolled back as a NaN loss is
+                        bad = first_non_finite_tensor(step_fn.state_dict())
+                        if bad is not None:
+                            raise NonFiniteLoss(
+                                f"the training state holds values that are not finite, first in {bad!r}"
+                            )
                 except NonFiniteLoss as exc:
                     rollbacks += 1
                     saved_step = -1  # the state goes back to the snapshot: the checkpoint no longer matches
@@ -1326,7 +1346,7 @@ class TrainingRun:
                     step = int(snapshot["step"])
                     yield self._notice(
                         step,
-                        f"Non-finite loss at step {failed_at} ({exc}): rolled back to step {step} and halved the "
+                        f"Non-finite values at step {failed_at} ({exc}): rolled back to step {step} and halved the "
                         f"learning rate (now x{lr_scale:g} of the schedule).",
                         "rollback",
                     )
@@ -1365,16 +1385,10 @@ class TrainingRun:
                 if step % cfg.validate_every == 0 or step == total:
                     yield from validate()
                 # also at every checkpoint: an abort inside a later generator update falls back to the snapshot
-                # (keep_latest_weights), which must not be older than the checkpoint on disk
-                if step % min(SNAPSHOT_EVERY, cfg.checkpoint_every, cfg.validate_every) == 0 or (
-                    step % cfg.checkpoint_every == 0
-                ):
-                    state = step_fn.state_dict()
-                    # never a state gone non-finite (an update that overflowed while its loss was still finite):
-                    # the rollback restores the snapshot, and one holding NaN would roll back into NaN until the
-                    # run gave up; the older snapshot stays (write_checkpoint skips such a state too)
-                    if first_non_finite_tensor(state) is None:
-                        snapshot = {"step": step, "state": _cpu_clone(state)}
+                # (keep_latest_weights), which must not be older than the checkpoint on disk. The state was found
+                # finite after this step's update (state_checked_after)
+                if step % snapshot_every == 0 or step % cfg.checkpoint_every == 0:
+                    snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
                 if step % cfg.checkpoint_every == 0 and step != total:
                     event = write_checkpoint()
                     if event is not None:

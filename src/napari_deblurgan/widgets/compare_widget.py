@@ -49,6 +49,7 @@ from ._common import (
     prefer_blurred,
     prefer_psf,
     prefer_sharp,
+    qt_object_alive,
     result_layer_kwargs,
     show_error,
     show_info,
@@ -298,7 +299,9 @@ class CompareWidget(QWidget):
 
     def _on_returned(self, outcome: tuple[str, Any], on_ok: Any, layers: dict[str, Any]) -> None:
         kind, value = outcome
-        if self._closed:  # the panel was closed while it worked: add nothing behind the user's back
+        # the panel was closed while it worked: add nothing behind the user's back; deleted with napari's window
+        # (no closeEvent then), its widgets are gone, and this lambda connection is not cut with it
+        if self._closed or not qt_object_alive(self):
             return
         if kind == "cancelled":
             makes_table = getattr(on_ok, "func", None) == self._show_table
@@ -315,11 +318,13 @@ class CompareWidget(QWidget):
     def _on_errored(self, exc: BaseException) -> None:
         """An unexpected error (a device's, a bug): napari's error notification, from superqt's worker, shows it
         with its traceback; the status line says that the request failed."""
-        if not self._closed:
+        if not self._closed and qt_object_alive(self):
             self.status.setText(f"Failed ({error_line(exc)}).")
 
     def _on_finished(self) -> None:
         self.worker = None
+        if not qt_object_alive(self):  # deleted with napari's window while the job ran
+            return
         for button in (self.compute_button, self.rl_button, self.wiener_button):
             button.setEnabled(True)
         self.cancel_button.setEnabled(False)
