@@ -264,6 +264,19 @@ def _make_old(path: Path) -> None:
     os.utime(path, ns=(old, old))
 
 
+def _after_the_check(monkeypatch, module, action) -> None:
+    """Run ``action`` (another program writing the file) between the loader's CRC check, made by ``module``'s
+    ``archive_damage``, and its torch.load."""
+    check = module.archive_damage
+
+    def check_then_act(stream):
+        damage = check(stream)
+        action()
+        return damage
+
+    monkeypatch.setattr(module, "archive_damage", check_then_act)
+
+
 @pytest.mark.parametrize("rewritten_with", ["another model", "half of another model"])
 def test_a_model_file_rewritten_in_place_while_it_loads_is_refused(
     tiny_model_file, tmp_path, monkeypatch, rewritten_with
@@ -278,14 +291,7 @@ def test_a_model_file_rewritten_in_place_while_it_loads_is_refused(
     tiny_unet(seed=1).save(other)
     new = other.getvalue() if rewritten_with == "another model" else other.getvalue()[: len(other.getvalue()) // 2]
     _make_old(tiny_model_file)
-    check = model_file.archive_damage
-
-    def check_then_rewrite(stream):
-        damage = check(stream)
-        _rewrite_in_place(tiny_model_file, new)
-        return damage
-
-    monkeypatch.setattr(model_file, "archive_damage", check_then_rewrite)
+    _after_the_check(monkeypatch, model_file, lambda: _rewrite_in_place(tiny_model_file, new))
     with pytest.raises(ModelFileError, match="changed while it was read") as info:
         load_model(tiny_model_file)
     assert str(tiny_model_file) in str(info.value) and "load it again" in str(info.value)
@@ -301,14 +307,7 @@ def test_a_checkpoint_rewritten_in_place_while_it_loads_is_refused(tmp_path, mon
     other = _checkpoint(tmp_path / "other").read_bytes()
     assert len(other) == path.stat().st_size  # the same size: only the file's times tell
     _make_old(path)
-    check = checkpoint.archive_damage
-
-    def check_then_rewrite(stream):
-        damage = check(stream)
-        _rewrite_in_place(path, other)
-        return damage
-
-    monkeypatch.setattr(checkpoint, "archive_damage", check_then_rewrite)
+    _after_the_check(monkeypatch, checkpoint, lambda: _rewrite_in_place(path, other))
     with pytest.raises(ModelFileError, match="changed while it was read") as info:
         load_checkpoint(tmp_path / "run")
     assert str(path) in str(info.value) and "resume again" in str(info.value)
@@ -322,14 +321,7 @@ def test_a_model_file_saved_over_by_a_rename_while_it_loads_still_loads(tiny_mod
 
     _make_old(tiny_model_file)
     original = hashlib.sha256(tiny_model_file.read_bytes()).hexdigest()
-    check = model_file.archive_damage
-
-    def check_then_save_over(stream):
-        damage = check(stream)
-        tiny_unet(seed=1).save(tiny_model_file)  # temp file + rename over it
-        return damage
-
-    monkeypatch.setattr(model_file, "archive_damage", check_then_save_over)
+    _after_the_check(monkeypatch, model_file, lambda: tiny_unet(seed=1).save(tiny_model_file))  # rename over it
     assert load_model(tiny_model_file).metadata["sha256"] == original
 
 
