@@ -293,3 +293,32 @@ def test_a_state_gone_non_finite_is_no_snapshot_to_roll_back_to(training_pair, t
     assert kinds.count("rollback") == 1 and "diverged" not in kinds
     assert run.finished.step == 8 and not run.finished.stopped
     assert all(torch.isfinite(v).all() for v in run.model.generator.state_dict().values())
+
+
+def test_an_abort_after_an_update_but_before_its_step_is_counted_keeps_the_last_counted_steps_weights(
+    training_pair, monkeypatch
+):
+    """Between a step's update and the loop's counting of it (the state check of a snapshot step runs there) the
+    live weights are the next step's, not yet counted: an abort then must keep the snapshot's (step 1 here),
+    not the live weights labelled as step 1's."""
+    import napari_deblurgan.training.trainer as trainer
+
+    calls = []
+    real_check = trainer.first_non_finite_tensor
+
+    def aborted_in_the_second_check(state):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_check(state)
+
+    kw = {"steps": 6, "validation": 0, "validate_every": 1}
+    expected = _stopped_after(training_pair, 1, **kw)
+    monkeypatch.setattr(trainer, "first_non_finite_tensor", aborted_in_the_second_check)
+    run = tiny_run(training_pair, **{"model": _model(), **kw})
+    with pytest.raises(KeyboardInterrupt):
+        for _ in run:
+            pass
+    got, want = _weights(run.model), _weights(expected)
+    assert all(torch.equal(got[k], want[k]) for k in got)
+    assert run.model.metadata["training"]["best_step"] == 1

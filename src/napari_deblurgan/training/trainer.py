@@ -178,7 +178,7 @@ class GanStep:
         self.teacher: SelfEnsembleTeacher | None = None
         self.ema: nn.Module | None = None
         self.ema_updates = 0
-        self.updating_generator = False  # see run()
+        self.updating_generator = False  # see run(): an update applied but not yet counted as a step
         if ema_decay is not None:
             self.ema = copy.deepcopy(generator).eval()
             self.ema.requires_grad_(False)
@@ -258,13 +258,14 @@ class GanStep:
             raise NonFiniteLoss(f"generator loss is {total.item()}")
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler_g.scale(total).backward()
-        # set while the generator's and the EMA's weights change: an abort in between leaves them neither the
-        # last step's nor this one's (TrainingRun then keeps an earlier snapshot's); set back only after both
+        # set from before the generator's and the EMA's weights change until the caller has counted the step
+        # (TrainingRun clears it after its step += 1): an abort in between leaves weights that are no longer the
+        # last counted step's (half updated, or this step's not yet counted), and TrainingRun then keeps an
+        # earlier snapshot's
         self.updating_generator = True
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
         self._update_ema()
-        self.updating_generator = False
         values["total"] = total.detach()
         names = list(values)
         floats = torch.stack([values[k].detach().float() for k in names]).cpu().tolist()
@@ -1372,6 +1373,7 @@ class TrainingRun:
                     continue
                 step += 1
                 whole_steps = True
+                step_fn.updating_generator = False  # the update is this counted step's (see GanStep.run)
                 now = time.perf_counter()
                 yield self._emit(
                     Step(
