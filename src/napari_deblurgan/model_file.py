@@ -453,11 +453,7 @@ def _model_from_open_file(handle: BinaryIO, where: str, device: Any, expected_sh
     try:
         before = file_state(handle)
         sha256 = hashlib.file_digest(watched, "sha256").hexdigest()  # type: ignore[arg-type]
-        if expected_sha is not None and sha256.lower() != expected_sha.lower():
-            raise ModelFileError(
-                f"Shipped model file {where!r} is damaged or was replaced: sha256 {sha256} does not match "
-                f"the registered {expected_sha}. Reinstall napari-deblurgan."
-            )
+        _check_shipped_sha256(sha256, expected_sha, where)
         model = _model_from_file(watched, where, device)  # type: ignore[arg-type]
         if file_changed(before, handle):
             raise _changed_while_read_error(where)
@@ -479,14 +475,20 @@ def _model_from_open_file(handle: BinaryIO, where: str, device: Any, expected_sh
 def _model_from_bytes(data: bytes, where: str, device: Any, expected_sha: str | None = None) -> DeblurModel:
     """A model from the whole bytes of a file (a pipe's, a file object's), with their sha256."""
     sha256 = hashlib.sha256(data).hexdigest()
+    _check_shipped_sha256(sha256, expected_sha, where)
+    model = _model_from_file(io.BytesIO(data), where, device)
+    model.metadata["sha256"] = sha256
+    return model
+
+
+def _check_shipped_sha256(sha256: str, expected_sha: str | None, where: str) -> None:
+    """ModelFileError where a shipped model's bytes (``expected_sha`` registered for it; None for other files)
+    hash otherwise: a file read whole (a pipe) and one streamed are checked alike."""
     if expected_sha is not None and sha256.lower() != expected_sha.lower():
         raise ModelFileError(
             f"Shipped model file {where!r} is damaged or was replaced: sha256 {sha256} does not match "
             f"the registered {expected_sha}. Reinstall napari-deblurgan."
         )
-    model = _model_from_file(io.BytesIO(data), where, device)
-    model.metadata["sha256"] = sha256
-    return model
 
 
 def file_state(handle: BinaryIO) -> tuple[int, ...]:

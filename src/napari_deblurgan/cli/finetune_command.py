@@ -40,7 +40,7 @@ from ..atomic_files import check_writable
 from ..devices import PRECISIONS
 from ..errors import InputError
 from ..signal_safe_stderr import stderr_from_signal_handlers
-from ..training.saving import save_trained_model
+from ..training.saving import save_trained_model, stopped_before_the_first_step
 from .progress import line_drawn, line_ended
 from .signals import TERMINATING_SIGNALS, detach_from_terminal, handling
 
@@ -531,8 +531,7 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
                         )
                 raise
         saving.set()
-        if stop_signal and _nothing_trained(training):
-            # a copy of the starting model under the output's name would pass for a finetuned one
+        if stop_signal and stopped_before_the_first_step(training.finished):
             print(f"{PROG}: stopped before the first step: nothing was trained, no model written", file=sys.stderr)
             return EXIT_INTERRUPTED if stop_signal[0] == signal.SIGINT else 128 + stop_signal[0]
         saved, not_written = save_trained_model(
@@ -548,12 +547,6 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
     if stop_signal:
         return EXIT_INTERRUPTED if stop_signal[0] == signal.SIGINT else 128 + stop_signal[0]
     return 0
-
-
-def _nothing_trained(run: Any) -> bool:
-    """Whether a stopped run ended before its first step, holding only the starting model (a resumed run holds
-    its checkpoint's training, whose step is above 0)."""
-    return run.finished is not None and run.finished.step == 0
 
 
 def _why_not_saved(run: Any) -> str | None:

@@ -62,6 +62,13 @@ def save_failure_cause(exc: BaseException) -> str:
     return str(reason).strip().splitlines()[0]
 
 
+def stopped_before_the_first_step(finished: Any) -> bool:
+    """Whether a run's ``Finished`` event says it was stopped before its first step, so that it holds only the
+    starting model (a resumed run's step is its checkpoint's, above 0): the CLI and the Finetune panel then save
+    nothing, since a copy of the starting model under the chosen name would pass for a finetuned one."""
+    return finished is not None and finished.stopped and finished.step == 0
+
+
 def why_not_saved_after_a_failure(model: Any) -> str | None:
     """Why a failed run's model so far is not saved, as a sentence (no capital, no full stop), or None where it
     holds trained weights. It holds the starting model's where the best validated step is still step 0 (no

@@ -888,7 +888,7 @@ def _training_job(kwargs: dict[str, Any], save_to: Path, control: _RunControl):
     ``save_to`` cannot take it (a full disk), and ``instead`` says why ("" where it went to ``save_to``).
     """
     from .. import iter_finetune
-    from ..training.saving import save_trained_model
+    from ..training.saving import save_trained_model, stopped_before_the_first_step
 
     kwargs = dict(kwargs)
     blurred = kwargs.pop("blurred")
@@ -910,9 +910,7 @@ def _training_job(kwargs: dict[str, Any], save_to: Path, control: _RunControl):
             if name == "Finished":
                 finished = event
             yield event
-        if finished is not None and finished.stopped and finished.step == 0:
-            # stopped before the first step (a resumed run's step is its checkpoint's): a copy of the starting
-            # model under the chosen name would pass for a finetuned one
+        if stopped_before_the_first_step(finished):
             return "nothing", "Stopped before the first step: nothing was trained, so no model was saved."
         final = finished.model if finished is not None else run.model
         # no mkdir of save_to's folder here: where it cannot be made (a drive unmounted during the run, a file
