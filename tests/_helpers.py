@@ -75,3 +75,19 @@ def lazy_tiff_pair(
         lazy_sharp, _ = finetune_command.read_image(tmp_path / "sharp.tif", None, opened)
         assert isinstance(lazy_blurred, TiffPages) and isinstance(lazy_sharp, TiffPages)
         yield lazy_blurred, lazy_sharp, axes
+
+
+def raise_on_call(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, n: int, error: BaseException) -> None:
+    """Make ``owner.name`` (a method of a class, counted over all its instances, or a module's function) raise
+    ``error`` on its ``n``-th call and behave as before on every other: a failure or a Ctrl-C at a chosen point
+    of a run (a batch that cannot be read, an abort inside an update)."""
+    original = getattr(owner, name)
+    calls: list[int] = []
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == n:
+            raise error
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, failing_once)

@@ -15,6 +15,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 
+from _helpers import raise_on_call
 from napari_deblurgan import samples
 from napari_deblurgan.cli import main
 from napari_deblurgan.model_file import create_model, load_model
@@ -353,15 +354,7 @@ def test_the_model_file_may_not_be_the_checkpoint(files, capsys, monkeypatch):
 def test_a_failure_mid_run_still_saves_the_model_so_far(files, capsys, monkeypatch):
     from napari_deblurgan.data.pairs import BatchSource
 
-    real, calls = BatchSource.next_batch, []
-
-    def failing(self, size):
-        calls.append(size)
-        if len(calls) == 4:
-            raise RuntimeError("the device fell off the bus")
-        return real(self, size)
-
-    monkeypatch.setattr(BatchSource, "next_batch", failing)
+    raise_on_call(monkeypatch, BatchSource, "next_batch", 4, RuntimeError("the device fell off the bus"))
     out = files / "crashed.pt"
     code = main([*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "50"), "-o", str(out)])
     assert code == 1 and "training failed; the model so far is saved to" in capsys.readouterr().err
@@ -820,15 +813,7 @@ def test_without_validation_a_failure_before_any_trained_weights_were_kept_says_
     given is that one, not a validation that never ran."""
     from napari_deblurgan.training.trainer import GanStep
 
-    real, calls = GanStep._update_ema, []
-
-    def failing(self):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("CUDA error: simulated")
-        return real(self)
-
-    monkeypatch.setattr(GanStep, "_update_ema", failing)
+    raise_on_call(monkeypatch, GanStep, "_update_ema", 3, RuntimeError("CUDA error: simulated"))
     out = files / "crashed.pt"
     argv = _common(files, "--sharp", str(files / "sharp.tif"), "--steps", "20", "--validation", "0")
     assert main([*argv, "--validate-every", "100", "-o", str(out), "-q"]) == 1  # snapshots every 50 steps
@@ -844,15 +829,7 @@ def test_a_failure_before_any_validation_scored_better_writes_no_copy_of_the_sta
     pass for a finetuned one) and says where the checkpoint keeps the run."""
     from napari_deblurgan.data.pairs import BatchSource
 
-    real, calls = BatchSource.next_batch, []
-
-    def failing(self, size):
-        calls.append(size)
-        if len(calls) == 4:
-            raise RuntimeError("CUDA error: simulated")
-        return real(self, size)
-
-    monkeypatch.setattr(BatchSource, "next_batch", failing)
+    raise_on_call(monkeypatch, BatchSource, "next_batch", 4, RuntimeError("CUDA error: simulated"))
     out = files / "crashed.pt"
     argv = _common(files, "--sharp", str(files / "sharp.tif"), "--steps", "50", "--validate-every", "100")
     code = main([*argv, "--checkpoint-every", "2", "--checkpoint-dir", str(files / "ck"), "-o", str(out)])

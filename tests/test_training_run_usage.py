@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from _helpers import tiny_run, tiny_unet
+from _helpers import raise_on_call, tiny_run, tiny_unet
 from napari_deblurgan.training import events as ev
 
 pytestmark = [
@@ -136,16 +136,7 @@ def test_a_run_without_validation_that_fails_keeps_the_last_whole_steps_weights(
     kw = {"steps": 8, "validation": 0}
     expected = _stopped_after(training_pair, 4, **kw)
     base = _weights(_model())
-    calls = []
-    original = BatchSource.next_batch
-
-    def fails_in_step_5(self, batch_size):
-        calls.append(1)
-        if len(calls) == 5:  # content-mse: one batch per step
-            raise OSError("the disk went away")
-        return original(self, batch_size)
-
-    monkeypatch.setattr(BatchSource, "next_batch", fails_in_step_5)
+    raise_on_call(monkeypatch, BatchSource, "next_batch", 5, OSError("the disk went away"))  # one batch a step
     run = tiny_run(training_pair, **{"model": _model(), **kw})
     with pytest.raises(OSError, match="disk went away"):
         for _ in run:
@@ -164,16 +155,7 @@ def test_an_abort_inside_the_generator_update_keeps_a_whole_steps_weights(traini
     from napari_deblurgan.training.trainer import GanStep
 
     kw = {"steps": 8, "validation": 0}
-    calls = []
-    original = GanStep._update_ema
-
-    def aborted_in_step_3(self):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(GanStep, "_update_ema", aborted_in_step_3)
+    raise_on_call(monkeypatch, GanStep, "_update_ema", 3, KeyboardInterrupt())
     start = _model()
     run = tiny_run(training_pair, **{"model": start, **kw})
     with pytest.raises(KeyboardInterrupt):
@@ -191,16 +173,7 @@ def test_an_abort_inside_an_update_falls_back_no_further_than_the_last_checkpoin
     from napari_deblurgan.training.checkpoint import load_checkpoint
     from napari_deblurgan.training.trainer import GanStep
 
-    calls = []
-    original = GanStep._update_ema
-
-    def aborted_in_step_4(self):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(GanStep, "_update_ema", aborted_in_step_4)
+    raise_on_call(monkeypatch, GanStep, "_update_ema", 4, KeyboardInterrupt())
     kw = {"steps": 8, "validation": 0, "validate_every": 2, "checkpoint_every": 3, "checkpoint_dir": tmp_path}
     run = tiny_run(training_pair, **{"model": _model(), **kw})
     with pytest.raises(KeyboardInterrupt):
@@ -303,18 +276,9 @@ def test_an_abort_after_an_update_but_before_its_step_is_counted_keeps_the_last_
     not the live weights labelled as step 1's."""
     import napari_deblurgan.training.trainer as trainer
 
-    calls = []
-    real_check = trainer.first_non_finite_tensor
-
-    def aborted_in_the_second_check(state):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_check(state)
-
     kw = {"steps": 6, "validation": 0, "validate_every": 1}
     expected = _stopped_after(training_pair, 1, **kw)
-    monkeypatch.setattr(trainer, "first_non_finite_tensor", aborted_in_the_second_check)
+    raise_on_call(monkeypatch, trainer, "first_non_finite_tensor", 2, KeyboardInterrupt())
     run = tiny_run(training_pair, **{"model": _model(), **kw})
     with pytest.raises(KeyboardInterrupt):
         for _ in run:

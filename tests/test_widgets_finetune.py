@@ -17,6 +17,8 @@ pytestmark = pytest.mark.viewer
 
 from napari.utils.notifications import NotificationSeverity  # noqa: E402
 
+from _helpers import raise_on_call  # noqa: E402
+
 
 @pytest.fixture
 def pair():
@@ -992,16 +994,8 @@ def test_a_run_that_fails_after_some_steps_saves_and_lists_its_model_so_far(setu
 
     _, finetune, deblur = setup
     finetune.steps_spin.setValue(8)
-    calls = []
-    original = BatchSource.next_batch
-
-    def fails_in_step_4(self, batch_size):
-        calls.append(1)
-        if len(calls) == 4:  # the content preset: one batch per step
-            raise InputError("Plane 3 of 'blurred' contains NaN values (simulated).")
-        return original(self, batch_size)
-
-    monkeypatch.setattr(BatchSource, "next_batch", fails_in_step_4)
+    error = InputError("Plane 3 of 'blurred' contains NaN values (simulated).")
+    raise_on_call(monkeypatch, BatchSource, "next_batch", 4, error)  # the content preset: one batch per step
     finetune.start_button.click()
     wait_done(qtbot, finetune)
     saved = tmp_path / "models" / "mine.pt"
@@ -1078,16 +1072,7 @@ def _failing_batches(monkeypatch, at_call: int, error: Exception) -> None:
     """The training's ``at_call``-th batch raises ``error`` (the content preset reads one batch per step)."""
     from napari_deblurgan.data.pairs import BatchSource
 
-    calls = []
-    original = BatchSource.next_batch
-
-    def fails(self, batch_size):
-        calls.append(1)
-        if len(calls) == at_call:
-            raise error
-        return original(self, batch_size)
-
-    monkeypatch.setattr(BatchSource, "next_batch", fails)
+    raise_on_call(monkeypatch, BatchSource, "next_batch", at_call, error)
 
 
 def _running_buttons(finetune) -> tuple[bool, bool]:
