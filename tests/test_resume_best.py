@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import tiny_unet
+from _helpers import raise_on_call, tiny_unet
 from napari_deblurgan.training import events as ev
 from napari_deblurgan.training import trainer
 from napari_deblurgan.training.checkpoint import load_checkpoint, save_checkpoint
@@ -145,15 +145,8 @@ def test_a_validation_aborted_by_a_second_ctrl_c_is_done_by_the_resumed_run(trai
     straight = _validations(straight_run)
 
     real_evaluate = trainer.evaluate
-    calls = {"n": 0}
-
-    def second_ctrl_c_in_the_validation_of_step_10(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # 1: the starting model; 2: step 10's generator
-            raise KeyboardInterrupt("a second Ctrl-C during the validation")
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "evaluate", second_ctrl_c_in_the_validation_of_step_10)
+    # a second Ctrl-C in validation 2 (1: the starting model; 2: step 10's generator)
+    raise_on_call(monkeypatch, trainer, "evaluate", 2, KeyboardInterrupt("a second Ctrl-C during the validation"))
     first = iter_finetune(*training_pair, model=tiny_unet(), checkpoint_dir=tmp_path, **RUN_ARGS, **kw)
     with pytest.raises(KeyboardInterrupt):
         for _ in first:
@@ -190,15 +183,7 @@ def test_a_checkpoint_without_the_validated_field_resumes_as_validated(training_
     """Checkpoints of older versions have no "validated": their step counts as validated, as it did."""
     kw = dict(steps=20, validate_every=10, learning_rate=0.02)
     real_evaluate = trainer.evaluate
-    calls = {"n": 0}
-
-    def second_ctrl_c(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "evaluate", second_ctrl_c)
+    raise_on_call(monkeypatch, trainer, "evaluate", 2, KeyboardInterrupt())
     first = iter_finetune(*training_pair, model=tiny_unet(), checkpoint_dir=tmp_path, **RUN_ARGS, **kw)
     with pytest.raises(KeyboardInterrupt):
         for _ in first:
