@@ -33,11 +33,12 @@ import numpy as np
 from napari_deblurgan.cli import positive_int
 
 
-def write_stack(path: Path, pages: int, side: int, compression: str) -> None:
-    """Smooth blobs plus Poisson-like noise (uint16): compresses like a fluorescence image, not like zeros."""
+def write_stack(path: Path, pages: int, side: int, compression: str, seed: int = 0) -> None:
+    """Smooth blobs plus Poisson-like noise (uint16; ``seed``: the noise's): compresses like a fluorescence image,
+    not like zeros."""
     import tifffile
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
     with tifffile.TiffWriter(path) as writer:
         for i in range(pages):

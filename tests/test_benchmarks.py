@@ -67,6 +67,9 @@ def test_bench_memory_shows_why_a_case_failed(tmp_path, capsys):
         ("bench_train", ["--batch-size", "0"], "--batch-size"),
         ("bench_tiff_reads", ["--side", "0"], "--side"),
         ("bench_tiff_reads", ["--side", "64", "--crop", "65"], "--crop"),
+        ("bench_training_reads", ["--pages", "0"], "--pages"),
+        ("bench_training_reads", ["--margin", "-1"], "--margin"),
+        ("bench_training_reads", ["--side", "64", "--patch", "64", "--margin", "1"], "--side"),
     ],
 )
 def test_benchmarks_refuse_bad_arguments_before_any_work(name, bad, says, monkeypatch, capsys):
@@ -112,4 +115,18 @@ def test_bench_tiff_reads_compares_whole_page_and_strip_reads(tmp_path, capsys):
     assert report["ratio"] == pytest.approx(
         report["median_crops_per_s"]["strips"] / report["median_crops_per_s"]["whole page"]
     )
+    assert "ratio" in capsys.readouterr().out
+
+
+def test_bench_training_reads_compares_the_two_cache_rules(tmp_path, capsys):
+    bench = _load("bench_training_reads")
+    out = tmp_path / "training_reads.json"
+    argv = ["--side", "256", "--pages", "3", "--patch", "32", "--margin", "4", "--batches", "1", "--rounds", "2"]
+    assert bench.main([*argv, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["batches"] == {"one batch": 1, "read ahead": 32}  # BatchSource's: 32 at most
+    for mode in ("one batch", "read ahead"):
+        assert [len(v) for v in report["crops_per_s"][mode].values()] == [2, 2]
+        medians = report["median_crops_per_s"][mode]
+        assert report["ratio"][mode] == pytest.approx(medians["expected cost"] / medians["keep what fits"])
     assert "ratio" in capsys.readouterr().out

@@ -299,3 +299,68 @@ def test_a_nan_plane_read_ahead_fails_the_step_that_takes_it_not_the_first(
     assert code == 2, err  # an InputError (the data), after the model so far is saved
     assert "training failed; the model so far is saved to" in err and "NaN or infinite" in err
     assert load_model(out).metadata["training"]["base_model"]
+
+
+def _warm_percentiles(data: PairedData) -> None:
+    """Every training plane's percentiles read (a whole-plane read each), as the first visits would."""
+    for plane in data.train_planes:
+        source = data.sources[plane.source]
+        for channel in [plane.channel] if plane.channel is not None else range(source.n_channels):
+            source.norm_range(plane.index, channel)
+
+
+def test_crops_of_planes_that_seldom_stay_cached_are_read_by_their_strips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page_decodes: list[int]
+):
+    """48 pages of which 2 fit the budget: a plane decoded whole for one crop would seldom serve another, so a
+    crop decodes only the strips it covers (2-3 of 16). Where every plane fits, planes are decoded whole once,
+    as before. The batches are the in-memory arrays' either way."""
+    side, planes = 128, 24
+    blurred_array, sharp_array = _stacks((planes, side, side))
+    with lazy_tiff_pair(tmp_path, monkeypatch, blurred_array, sharp_array, rowsperstrip=8) as (blurred, sharp, axes):
+        block_reads = [0]
+        read_block = TiffPages._read_block
+
+        def counted(self: TiffPages, *args: object) -> object:
+            block = read_block(self, *args)
+            block_reads[0] += block is not None  # None: the region needs every strip (then the page is decoded)
+            return block
+
+        monkeypatch.setattr(TiffPages, "_read_block", counted)
+        plane_bytes = side * side * 2
+        in_memory = PairedData(blurred_array, sharp_array, axes=axes, patch_size=PATCH, validation=0.0)
+        for budget, whole_decodes in ((2 * plane_bytes, False), (2 * planes * plane_bytes, True)):
+            data = PairedData(blurred, sharp, axes=axes, patch_size=PATCH, validation=0.0, decoded_cache_bytes=budget)
+            _warm_percentiles(data)
+            page_decodes[0] = block_reads[0] = 0
+            rng, expected_rng = np.random.default_rng(3), np.random.default_rng(3)
+            for _ in range(4):
+                batch = data.sample(8, rng, margin=2)
+                expected = in_memory.sample(8, expected_rng, margin=2)
+                for got, want in zip(batch, expected, strict=True):
+                    np.testing.assert_array_equal(got, want)
+            if whole_decodes:  # the percentiles' reads kept the blurred planes; each sharp one is decoded once
+                assert block_reads[0] == 0 and 0 < page_decodes[0] <= planes
+            else:  # 64 crops: each read two regions (blurred, sharp) by their strips, no page decoded whole
+                assert page_decodes[0] == 0 and block_reads[0] >= 2 * 32 - 4
+
+
+def test_region_share_counts_the_strips_or_tiles_a_region_needs(tmp_path: Path):
+    image = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    cases = {
+        "strips.tif": ({"compression": "zlib", "rowsperstrip": 8}, [((0, 8), 1 / 8), ((4, 20), 3 / 8), ((0, 64), 1.0)]),
+        "tiles.tif": ({"compression": "zlib", "tile": (16, 16)}, [((0, 16), 1 / 16), ((8, 40), 9 / 16)]),
+        "raw.tif": ({}, [((0, 8), 8 / 64), ((10, 42), 32 / 64)]),  # uncompressed in one piece: its rows
+    }
+    for name, (options, regions) in cases.items():
+        tifffile.imwrite(tmp_path / name, image, **options)
+        with tifffile.TiffFile(tmp_path / name) as tif:
+            pages = TiffPages.of(tif)
+            assert pages is not None
+            for (start, stop), share in regions:
+                assert pages.region_share((start, stop), (start, stop)) == pytest.approx(share), (name, start, stop)
+    with tifffile.TiffFile(tmp_path / "strips.tif") as tif:
+        pages = TiffPages.of(tif)
+        assert pages is not None
+        pages._page_layout = lambda keyframe: None  # a layout read whole (JPEG, a volume...): the whole page
+        assert pages.region_share((0, 8), (0, 8)) == 1.0

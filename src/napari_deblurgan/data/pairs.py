@@ -275,10 +275,20 @@ class _Source:
         channels: list[int | None] = [None] if self.joint else list(range(self.n_channels))
         return [(idx, ch) for idx in indices for ch in channels]
 
-    def _read(self, array: Any, index: tuple[int, ...], channel: int | None, rows: slice, cols: slice) -> np.ndarray:
+    def _read(
+        self,
+        array: Any,
+        index: tuple[int, ...],
+        channel: int | None,
+        rows: slice,
+        cols: slice,
+        crops_from_plane: int = 1,
+    ) -> np.ndarray:
         """(C, h, w) array (native dtype) of one plane region; only that region is read, except from a reader
-        of compressed pages (:func:`_decodes_whole_pages`) whose plane fits the decoded-plane cache: that plane
-        is read whole once and kept for the next crops (then the region is a read-only view of it)."""
+        of compressed pages (:func:`_decodes_whole_pages`) whose plane fits the decoded-plane cache and is worth
+        decoding whole (:meth:`_worth_decoding_whole`; ``crops_from_plane``: how many crops of this plane the
+        caller is reading now): that plane is read whole once and kept for the next crops (then the region is a
+        read-only view of it)."""
         if self.decoded is None or not _decodes_whole_pages(array):
             return self._read_region(array, index, channel, rows, cols)
         # a single-channel model reads one channel per crop; when the channels are in the page (YXS), one decode
@@ -297,11 +307,38 @@ class _Source:
         key = (id(array), index, kept_channel)
         plane = self.decoded.get(key)
         if plane is None:
+            if not self._worth_decoding_whole(array, plane_bytes, kept_channel, rows, cols, crops_from_plane):
+                return self._read_region(array, index, channel, rows, cols)
             plane = self._read_region(array, index, kept_channel, slice(None), slice(None))
             self.decoded.put(key, plane)
         if kept_channel is None and channel is not None and self.c is not None:
             plane = plane[channel : channel + 1]
         return plane[:, rows, cols]
+
+    def _worth_decoding_whole(
+        self, array: Any, plane_bytes: int, kept_channel: int | None, rows: slice, cols: slice, crops: int
+    ) -> bool:
+        """Whether to decode a plane that is not in the decoded-plane cache whole (and keep it) rather than
+        just the strips or tiles of the region asked for: where the whole plane is asked for (its percentiles),
+        or where the expected cost is lower. Decoding it whole costs one page's decode now and serves later
+        crops only while it stays in the cache; with planes drawn at random, it is found there again about as
+        often as the share of this source's planes that fit. A region read costs its share of the page
+        (``TiffPages.region_share``; 1.0 for a reader that cannot tell, or decodes the page whole anyway) for
+        each of the ``crops`` crops read now. So: whole when ``crops x share >= 1 - planes that fit / planes``.
+        Where every plane fits, that is always (each is decoded once); where few do - thousands of 2048 x
+        2048 planes, say - crops are read by their strips. The pixels are the same either way. Other sources
+        share the budget too; counting only this one's planes errs towards whole decodes, the earlier rule."""
+        y0, y1, _ = rows.indices(self.height)
+        x0, x1, _ = cols.indices(self.width)
+        if (y0, y1, x0, x1) == (0, self.height, 0, self.width):
+            return True
+        share = getattr(array, "region_share", None)
+        share = 1.0 if share is None else float(share((y0, y1), (x0, x1)))
+        arrays = sum(1 for a in (self.sharp, self.blurred) if a is not None and _decodes_whole_pages(a))
+        variants = 1 if kept_channel is None or self.joint else self.n_channels
+        planes = max(1, math.prod(self.shape[i] for i in self.other) * variants * arrays)
+        fit = self.decoded.budget_bytes // max(1, plane_bytes) if self.decoded is not None else 0
+        return crops * share >= 1.0 - min(1.0, fit / planes)
 
     def _read_region(
         self, array: Any, index: tuple[int, ...], channel: int | None, rows: slice, cols: slice
@@ -345,9 +382,11 @@ class _Source:
         *,
         bounds: tuple[tuple[int, int], tuple[int, int]] | None = None,
         copy: bool = True,
+        crops_from_plane: int = 1,
     ) -> tuple[np.ndarray | None, np.ndarray]:
         """Normalised float32 (C, size+2m, size+2m) crops of blurred (None if absent) and sharp; ``size`` is
-        the side of a square crop or ``(height, width)``.
+        the side of a square crop or ``(height, width)``. ``crops_from_plane``: how many crops of this plane the
+        caller reads one after another (a compressed lazy stack's plane may then be decoded once for all).
 
         The region is extended by ``margin`` on each side where ``bounds`` allow and reflect-padded where
         they do not (synthetic blur needs the context the PSF reaches into). ``bounds`` are the ``(rows,
@@ -379,7 +418,7 @@ class _Source:
                 plane, missing = cached
                 out = plane[:, rows, cols]
             else:
-                out, missing = self._normalized(array, index, channel, rows, cols, ranges)
+                out, missing = self._normalized(array, index, channel, rows, cols, ranges, crops_from_plane)
             if any(p != (0, 0) for p in pad):
                 out = np.pad(out, pad, mode="reflect")  # a new array in any case
             elif cached is not None and copy:
@@ -414,12 +453,13 @@ class _Source:
         rows: slice,
         cols: slice,
         ranges: list[tuple[float, float]],
+        crops_from_plane: int = 1,
     ) -> tuple[np.ndarray, bool]:
         """Normalised float32 (C, h, w) region of ``array``, its sentinels at +-``NORMALIZED_LIMIT``, and
         whether it has any. :meth:`crop` sets them to 0 in both images of the pair: they are missing to
         training as to deblur() (at the limit they overflowed Adam's second moment and every update became 0,
         without a word)."""
-        raw = self._read(array, index, channel, rows, cols)
+        raw = self._read(array, index, channel, rows, cols, crops_from_plane)
         _check_finite_plane(raw, self.plane_name(index))
         out = np.empty(raw.shape, dtype=np.float32)
         for c, (lo, hi) in enumerate(ranges):
@@ -1038,11 +1078,20 @@ class PairedData:
         sharp_out = np.empty(shape, np.float32)
         # crops of one plane one after another (each still written to its own place in the batch): a plane
         # decoded whole for its first crop (a compressed lazy stack, _DecodedPlanes) serves the others
+        crops_per_plane = np.bincount(plane_ids, minlength=len(self.train_planes)) if count else []
         for i in np.argsort(plane_ids, kind="stable"):
             plane = self.train_planes[int(plane_ids[i])]
             y0, x0, transform = (int(v) for v in positions[i])
             b, s = self.sources[plane.source].crop(
-                plane.index, plane.channel, y0, x0, P, margin, bounds=(plane.rows, plane.cols), copy=False
+                plane.index,
+                plane.channel,
+                y0,
+                x0,
+                P,
+                margin,
+                bounds=(plane.rows, plane.cols),
+                copy=False,
+                crops_from_plane=int(crops_per_plane[int(plane_ids[i])]),
             )
             sharp_out[i] = _dihedral(s, transform)
             if blurred_out is not None and b is not None:
