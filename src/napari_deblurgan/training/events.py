@@ -70,7 +70,7 @@ class Validation:
     ``(x - p1) / (p99.8 - p1)``, and PSNR and SSIM take data range 1, that percentile span. So the PSNR (in dB)
     is not comparable to :func:`~napari_deblurgan.compare`'s, which takes the ground truth's dtype range or
     min-max (or ``data_range=``) on the whole image: on the cells sample the blurred input scores
-    ``psnr_input`` 15.35 dB here and 22.92 dB in ``compare()``. A crop whose error exceeds the percentile span
+    ``psnr_input`` 15.21 dB here and 22.92 dB in ``compare()``. A crop whose error exceeds the percentile span
     (bright objects above the 99.8th percentile) can score below 0 dB. Compare validation values with each
     other (within one run, or runs on the same data), not with ``compare()``.
     """
