@@ -775,7 +775,8 @@ def _open_tiffs() -> list[str]:
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads the process's open files (Linux)")
 def test_large_training_files_read_lazily_are_closed_when_the_run_ends_or_fails(files, monkeypatch, capsys):
     """Training files above TRAINING_IN_MEMORY_BYTES are read through lazy readers that keep them open: closed
-    when the run returns, and when it fails after some were opened (here: --sharp files of different axes)."""
+    when the run returns, and when it fails after some were opened (here: a --blurred and a --sharp file of
+    different axes)."""
     from napari_deblurgan.cli import finetune_command
 
     sharp = np.stack([(samples.cells((96, 96), seed=s) * 4000).astype(np.uint16) for s in (2, 3, 4)])
@@ -801,9 +802,12 @@ def test_large_training_files_read_lazily_are_closed_when_the_run_ends_or_fails(
     assert main([*argv, "--steps", "2", "-o", str(files / "ok.pt"), "-q"]) == 0
     assert opened[-1], "the files were not read lazily"  # the earlier ones open while the last was read
     assert _open_tiffs() == before
-    argv = _common(files, "--sharp", str(files / "s.tif"), str(files / "t.tif"))
+    argv = _common(files, "--sharp", str(files / "s.tif"), str(files / "t.tif"), "--blurred", str(files / "b.tif"))
+    argv += [str(files / "b.tif")]  # pair 2: a ZYX blurred file for a TYX sharp one
     assert main([*argv, "--steps", "2", "-o", str(files / "bad.pt"), "-q"]) == 2
-    assert "different axes" in capsys.readouterr().err
+    assert (
+        "The files of pair 2 have different axes (--blurred b.tif: ZYX, --sharp t.tif: TYX)" in capsys.readouterr().err
+    )
     assert _open_tiffs() == before
 
 
@@ -839,3 +843,24 @@ def test_a_failure_before_any_validation_scored_better_writes_no_copy_of_the_sta
     assert f"--resume {files / 'ck'}" in err
     assert "the model so far is saved" not in err
     assert not out.exists()
+
+
+def test_files_of_different_axes_train_together_each_with_its_own(files, monkeypatch):
+    """--sharp files of different axes (a 2D image and a Z stack): each is read with its own axes, as is a
+    validation file; --axes still applies to every file."""
+    import functools
+
+    from napari_deblurgan.training import trainer
+
+    stack = np.stack([(samples.cells((96, 96), seed=s) * 4000).astype(np.uint16) for s in (3, 4)])
+    tifffile.imwrite(files / "stack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    given = {}
+    real = trainer.iter_finetune
+    spy = functools.wraps(real)(lambda *a, **k: given.update(k) or real(*a, **k))  # keeps its signature
+    monkeypatch.setattr(trainer, "iter_finetune", spy)
+    argv = _common(files, "--sharp", str(files / "sharp.tif"), str(files / "stack.tif"), "--validation-sharp")
+    assert main([*argv, str(files / "stack.tif"), "--steps", "1", "-o", str(files / "out.pt"), "-q"]) == 0
+    assert given["axes"] == ["YX", "ZYX"] and given["validation_axes"] == "ZYX"
+    argv = _common(files, "--sharp", str(files / "stack.tif"), str(files / "stack.tif"), "--axes", "TYX")
+    assert main([*argv, "--steps", "1", "-o", str(files / "out2.pt"), "-q"]) == 0
+    assert given["axes"] == "TYX" and given["validation_axes"] is None

@@ -931,3 +931,86 @@ def test_float32_max_written_as_text_is_a_sentinel_in_float64_data():
     lo, hi = percentile_range(plane)
     assert 0 <= lo < hi <= 1
     assert np.all(normalize(plane, lo, hi)[:, :20] == -NORMALIZED_LIMIT)
+
+
+def _image_and_grey_stack(pair) -> tuple[np.ndarray, np.ndarray]:
+    """A 2D image and a grey stack of 3 planes kept last (Y, X, Z): its last axis of 3 is inferred as RGB."""
+    _blurred, sharp = pair
+    return sharp[:96, :96], np.stack([sharp[:64, :80], sharp[64:128, :80], sharp[128:192, :80]], axis=-1)
+
+
+def test_axes_may_be_one_string_per_image(pair):
+    """A list of images of different axes: one axes string per image (None infers that image's), so a grey stack
+    whose last axis is 3 long is read as 3 planes next to a 2D image, not as RGB."""
+    image, stack = _image_and_grey_stack(pair)
+    inferred = PairedData(None, [image, stack], patch_size=32, validation=0)
+    assert [src.axes for src in inferred.sources] == ["YX", "YXS"]  # as before: RGB samples
+    assert inferred.sources[1].plane_keys() == [((), 0), ((), 1), ((), 2)]  # 3 channels of one plane
+    for axes in (["YX", "YXZ"], ("yx", "yxz"), [None, "YXZ"]):
+        data = PairedData(None, [image, stack], axes=axes, patch_size=32, validation=0)
+        assert [src.axes for src in data.sources] == ["YX", "YXZ"], axes
+        assert data.sources[1].plane_keys() == [((0,), 0), ((1,), 0), ((2,), 0)]  # 3 planes along Z
+        assert sorted((p.source, p.index, p.channel) for p in data.train_planes) == [
+            (0, (), 0),
+            (1, (0,), 0),
+            (1, (1,), 0),
+            (1, (2,), 0),
+        ]
+    # one string still applies to every image, blurred/sharp pairs take their sharp image's
+    data = PairedData([stack + 1, stack + 2], [stack, stack], axes="YXZ", patch_size=32, validation=0)
+    assert [src.axes for src in data.sources] == ["YXZ", "YXZ"]
+
+
+def test_axes_lists_that_do_not_fit_say_what_to_change(pair):
+    image, stack = _image_and_grey_stack(pair)
+    images = [image, stack]
+    with pytest.raises(InputError, match=r"^axes lists 3 axes strings but there are 2 training images: give one per"):
+        PairedData(None, images, axes=["YX", "YXZ", "ZYX"], patch_size=32)
+    with pytest.raises(InputError, match=r"^axes lists 2 axes strings but there is 1 training image"):
+        PairedData(None, stack, axes=["YX", "YXZ"], patch_size=32)
+    with pytest.raises(InputError, match=r"^axes\[1\] \(for image 2\) must be an axes string such as 'ZYX', or None"):
+        PairedData(None, images, axes=["YX", 3], patch_size=32)
+    with pytest.raises(InputError, match=r"^axes must be an axes string such as 'ZYX' \(for every image\), None"):
+        PairedData(None, images, axes={"YX": 0}, patch_size=32)
+    # the image whose axes do not fit is named, with its index in the list
+    with pytest.raises(
+        InputError, match=r"^Image 2 of 2 \(shape \(64, 80, 3\), axes\[1\]='ZYXC'\): axes 'ZYXC' has 4 letters"
+    ):
+        PairedData(None, images, axes=["YX", "ZYXC"], patch_size=32)
+    # one string that fits one image but not another: named, and how to give each its own
+    with pytest.raises(
+        InputError,
+        match=r"^Image 1 of 2 \(shape \(96, 96\), axes='YXZ'\): axes 'YXZ' has 3 letters but the image has 2 "
+        r"dimensions.*\. One axes string applies to every image: for images of different axes, pass a list of "
+        r"one per image \(None infers that image's\)\.$",
+    ):
+        PairedData(None, images, axes="YXZ", patch_size=32)
+    # a single image keeps its message as it was
+    with pytest.raises(InputError, match=r"^axes 'YXZ' has 3 letters but the image has 2 dimensions"):
+        PairedData(None, image, axes="YXZ", patch_size=32)
+
+
+def test_validation_pair_axes_with_axes_per_image(pair):
+    """With one string the validation pair has it too (as before); with a list of axes (one per training image)
+    the pair's are inferred, or given as validation_axes."""
+    image, stack = _image_and_grey_stack(pair)
+    images = [image, stack]
+    data = PairedData(None, images, axes=["YX", "YXZ"], patch_size=32, validation=(None, stack))
+    assert data.validation_sources[0].axes == "YXS"  # inferred from its shape
+    data = PairedData(None, images, axes=["YX", "YXZ"], validation_axes="YXZ", patch_size=32, validation=(None, stack))
+    assert data.validation_sources[0].axes == "YXZ"
+    assert [p.index for p in data.validation_planes] == [(0,), (1,), (2,)]
+    data = PairedData(None, stack, axes="YXZ", patch_size=32, validation=(None, stack))
+    assert data.validation_sources[0].axes == "YXZ"
+    data = PairedData(None, stack, axes="YXZ", validation_axes="YXC", patch_size=32, validation=(None, stack))
+    assert data.validation_sources[0].axes == "YXC"
+    with pytest.raises(
+        InputError, match=r"^The validation pair \(shape \(64, 80, 3\), validation_axes\): axes 'YX' has"
+    ):
+        PairedData(None, images, axes=["YX", "YXZ"], validation_axes="YX", patch_size=32, validation=(None, stack))
+    with pytest.raises(
+        InputError, match=r"inferred from its shape: give them as validation_axes\.$"
+    ):  # a 5-D pair has no inferred axes
+        PairedData(None, images, axes=["YX", "YXZ"], patch_size=8, validation=(None, stack[None, None, :8, :8, :1]))
+    with pytest.raises(InputError, match=r"^validation_axes is for an explicit \(blurred, sharp\) validation pair"):
+        PairedData(None, images, axes=["YX", "YXZ"], validation_axes="YXZ", patch_size=32, validation=0.1)

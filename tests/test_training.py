@@ -1511,3 +1511,25 @@ def test_training_on_images_with_no_data_sentinels_still_learns(pair):
     assert max(float((p.detach() - q).abs().max()) for p, q in zip(trained.parameters(), before, strict=True)) > 1e-6
     losses = [e.losses["total"] for e in events if isinstance(e, ev.Step)]
     assert all(loss < 10 for loss in losses), losses  # crops in normalised units, not 1e30
+
+
+def test_a_list_of_images_of_different_axes_trains_with_one_axes_string_per_image(pair):
+    """A 2D image and a grey stack of 3 planes kept last (inferred as RGB): axes=["YX", "YXZ"] trains on the
+    stack's 3 planes, and validation_axes gives an explicit validation pair's."""
+    _blurred, sharp = pair
+    stack = np.stack([sharp[:48], sharp[48:], sharp[:48, ::-1]], axis=-1)  # (48, 96, 3)
+    run = tiny_run(([sharp, stack],), axes=["YX", "YXZ"], validation=(None, stack), validation_axes="YXZ")
+    assert [src.axes for src in run.data.sources] == ["YX", "YXZ"]
+    assert sorted((p.source, p.index, p.channel) for p in run.data.train_planes) == [
+        (0, (), 0),
+        (1, (0,), 0),
+        (1, (1,), 0),
+        (1, (2,), 0),
+    ]
+    assert run.data.validation_sources[0].axes == "YXZ"
+    events = list(run)
+    assert sum(isinstance(e, ev.Step) for e in events) == 3 and isinstance(events[-1], ev.Finished)
+    with pytest.raises(InputError, match=r"^axes lists 1 axes string but there are 2 training images"):
+        tiny_run(([sharp, stack],), axes=["YX"])
+    model = finetune([sharp, stack], model=tiny_unet(), axes=[None, "YXZ"], **{**TINY_RUN_ARGS, "steps": 1})
+    assert model.metadata["training"]["steps"] == 1

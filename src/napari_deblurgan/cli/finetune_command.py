@@ -159,7 +159,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--teacher-weight", type=float, default=0.5, metavar="W", help="the teacher's share of the targets (0-1]"
     )
-    p.add_argument("--axes", default=None, metavar="A", help="axes of the images, e.g. ZYX, YXS (default: from file)")
+    p.add_argument(
+        "--axes", default=None, metavar="A", help="axes of every image, e.g. ZYX, YXS (default: each file's own)"
+    )
     p.add_argument("--channels", type=int, default=None, metavar="C", help="channels of a from-scratch model")
     p.add_argument(
         "--force",
@@ -191,22 +193,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def read_images(
-    paths: list[str], axes: str | None, flag: str, opened: contextlib.ExitStack | None = None
-) -> tuple[list[Any], str]:
-    """The first series of each file (:func:`read_image`) and their axes, which must be the same for all (the
-    training takes one axes string); the lazy readers that keep a file open are closed by ``opened``."""
+    paths: list[str], axes: str | None, opened: contextlib.ExitStack | None = None
+) -> tuple[list[Any], list[str]]:
+    """The first series of each file (:func:`read_image`) and the axes of each (``axes``, or the file's own:
+    training takes one axes string per image); the lazy readers that keep a file open are closed by
+    ``opened``."""
     images, all_axes = [], []
     for path in paths:
         image, image_axes = read_image(path, axes, opened)
         images.append(image)
         all_axes.append(image_axes)
-    if len(set(all_axes)) > 1:
-        listed = ", ".join(f"{Path(p).name}: {a}" for p, a in zip(paths, all_axes, strict=True))
-        raise InputError(
-            f"The {flag} files have different axes ({listed}); training takes one axes string for all images: "
-            "pass files of one kind, or --axes if the files' axes are wrong."
-        )
-    return images, all_axes[0]
+    return images, all_axes
 
 
 #: Training stacks up to this size (decoded) are read into memory, above it lazily. Higher than deblur's
@@ -412,27 +409,38 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
         if path is not None and same_file(Path(path), out):
             raise InputError(f"-o {str(out)!r} is a training image; choose another path for the model.")
 
-    sharp, axes = read_images(args.sharp, args.axes, "--sharp", opened)
+    sharp, sharp_axes = read_images(args.sharp, args.axes, opened)
     blurred = None
     if args.blurred is not None:
-        blurred, blurred_axes = read_images(args.blurred, args.axes, "--blurred", opened)
-        if blurred_axes != axes:
-            raise InputError(
-                f"--blurred has axes {blurred_axes!r} but --sharp has {axes!r}; pass --axes or matching files."
-            )
+        blurred, blurred_axes = read_images(args.blurred, args.axes, opened)
+        if len(args.blurred) == len(args.sharp):  # else the API says the files do not pair up
+            pairs = zip(args.blurred, args.sharp, blurred_axes, sharp_axes, strict=True)
+            for i, (b_path, s_path, b_axes, s_axes) in enumerate(pairs):
+                if b_axes != s_axes:
+                    raise InputError(
+                        f"The files of pair {i + 1} have different axes (--blurred {Path(b_path).name}: {b_axes}, "
+                        f"--sharp {Path(s_path).name}: {s_axes}); pass matching files, or --axes if the files' "
+                        "axes are wrong."
+                    )
     first, second = (blurred, sharp) if blurred is not None else (sharp, None)
+    # one string where the files agree (the common case), else one per image: files of different axes train
+    # together, each read with its own
+    axes: str | list[str] = sharp_axes[0] if len(set(sharp_axes)) == 1 else sharp_axes
     validation: Any = 0.1 if args.validation is None else args.validation
+    validation_axes = None
     if args.validation_sharp is not None:
         loaded: dict[str, Any] = {}
+        read_axes: dict[str, str] = {}
         named = (("--validation-blurred", args.validation_blurred), ("--validation-sharp", args.validation_sharp))
         for flag, path in named:
             if path is not None:
-                loaded[flag], image_axes = read_image(path, args.axes, opened)
-                if image_axes != axes:
-                    raise InputError(
-                        f"{flag} has axes {image_axes!r} but the training images {axes!r}; training takes one axes "
-                        "string for all images: pass --axes or matching files."
-                    )
+                loaded[flag], read_axes[flag] = read_image(path, args.axes, opened)
+        validation_axes = read_axes["--validation-sharp"]
+        if read_axes.get("--validation-blurred", validation_axes) != validation_axes:
+            raise InputError(
+                f"--validation-blurred has axes {read_axes['--validation-blurred']!r} but --validation-sharp "
+                f"{validation_axes!r}; pass matching files, or --axes if the files' axes are wrong."
+            )
         validation = (loaded.get("--validation-blurred"), loaded["--validation-sharp"])
 
     progress = ProgressLine(enabled=not args.quiet, flags=getattr(args, "_flags", {}))
@@ -457,6 +465,7 @@ def _run(args: argparse.Namespace, opened: contextlib.ExitStack) -> int:
         noise=_noise(args.noise_photons),
         resume=args.resume,
         axes=axes,
+        validation_axes=validation_axes,
         channels=args.channels,
         on_event=progress,
         preview=False,

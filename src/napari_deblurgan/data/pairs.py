@@ -512,6 +512,32 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def _axes_per_image(axes: Any, n: int) -> list[str | None]:
+    """``axes`` as one entry per training image: a string (or None) applies to every image; a list or tuple
+    gives one axes string (or None: inferred) per image and must have ``n`` entries."""
+    if axes is None or isinstance(axes, str):
+        return [axes] * n
+    if not isinstance(axes, (list, tuple)):
+        raise InputError(
+            f"axes must be an axes string such as 'ZYX' (for every image), None to infer them, or a list of one "
+            f"axes string (or None) per image; got {type(axes).__name__}."
+        )
+    images = "image" if n == 1 else "images"
+    if len(axes) != n:
+        raise InputError(
+            f"axes lists {len(axes)} axes string{'' if len(axes) == 1 else 's'} but there {'is' if n == 1 else 'are'} "
+            f"{n} training {images}: give one per image, in the images' order (None infers that image's), or one "
+            "string for every image."
+        )
+    for i, entry in enumerate(axes):
+        if entry is not None and not isinstance(entry, str):
+            raise InputError(
+                f"axes[{i}] (for image {i + 1}) must be an axes string such as 'ZYX', or None to infer it; got "
+                f"{type(entry).__name__} {entry!r}."
+            )
+    return list(axes)
+
+
 def _check_array(array: Any, name: str) -> Any:
     """``array`` itself (kept lazy) after checking that it looks like a numeric image."""
     reject_torch_tensor(array, name)  # training reads arrays lazily, with NumPy indexing and dtypes
@@ -610,7 +636,13 @@ class PairedData:
     Args:
         blurred: blurred images (an array or a list of arrays), or None for sharp-only data.
         sharp: sharp images of the same shape(s); when ``blurred`` is None they are blurred on the fly.
-        axes: axes string of the arrays (all the same), or None to infer (``YX``, ``ZYX``, ``YXS``, ...).
+        axes: axes string of the arrays (one string for all), None to infer each array's from its shape
+            (``YX``, ``ZYX``, ``YXS``, ...), or a list of one axes string (or None: inferred) per image, for a
+            list of images of different axes (e.g. ``["YX", "ZYX"]``: a 2D image and a grey stack whose last
+            axis is 3 long, which would be inferred as RGB). The blurred image of a pair has its sharp image's.
+        validation_axes: axes of an explicit validation pair. None: ``axes`` when that is one string (or
+            None), inferred from the pair's shape when ``axes`` is a list. Only for a ``(blurred, sharp)``
+            ``validation``; a held-out fraction keeps the axes of the images it comes from.
         channels: the model's channel count: 1 trains a channel-independent model (every channel plane is a
             sample), C > 1 a joint model (the data's channel axis must have C channels).
         patch_size: side of the square training crops (reduced to fit small images, see ``notes``).
@@ -632,7 +664,8 @@ class PairedData:
         blurred: Any | None,
         sharp: Any | None,
         *,
-        axes: str | None = None,
+        axes: str | Sequence[str | None] | None = None,
+        validation_axes: str | None = None,
         channels: int = 1,
         patch_size: int = 128,
         stride: int = 1,
@@ -658,6 +691,7 @@ class PairedData:
         self.channels = int(channels)
         self.stride = max(int(stride), 1)
 
+        per_image = _axes_per_image(axes, len(sharp_list))
         self.sources: list[_Source] = []
         for i, s in enumerate(sharp_list):
             b = None if self.synthetic else blurred_list[i]
@@ -667,7 +701,7 @@ class PairedData:
                     f"{tuple(s.shape)}. Pairs must show the same field of view at the same size; crop or "
                     "resample one of them."
                 )
-            src_axes = resolve_axes(tuple(s.shape), axes)
+            src_axes = self._image_axes(tuple(s.shape), per_image[i], i, len(sharp_list), axes)
             self.sources.append(self._make_source(s, b, src_axes, i))
         self.check_alignment = check_alignment
         if not self.synthetic:
@@ -685,7 +719,7 @@ class PairedData:
         self.validation_planes: list[Plane] = []
         self.validation_sources: list[_Source] = []
         self._explicit_validation = isinstance(validation, (tuple, list))
-        self._split(validation, axes, seed)
+        self._split(validation, axes, validation_axes, seed)
         if not self.train_planes:
             raise InputError("No training data left after the validation split; lower `validation`.")
         self._weights = np.array([p.height * p.width for p in self.train_planes], dtype=np.float64)
@@ -693,6 +727,26 @@ class PairedData:
         self.validation_grid = self._validation_grid(max_validation_crops)
 
     # -- construction helpers --------------------------------------------------------------------------
+    @staticmethod
+    def _image_axes(shape: tuple[int, ...], given: str | None, i: int, n: int, axes: Any) -> str:
+        """The axes of training image ``i`` (0-based) of ``n``: ``given`` (its entry of ``axes``) checked
+        against its ``shape``, or inferred. An error names the image where there are several, or where
+        ``axes`` is a list; where one string for every image does not fit this one, it says how to give each
+        image its own."""
+        try:
+            return resolve_axes(shape, given)
+        except InputError as exc:
+            if n == 1 and not isinstance(axes, (list, tuple)):
+                raise
+            entry = f"axes[{i}]" if isinstance(axes, (list, tuple)) else "axes"
+            hint = ""
+            if isinstance(axes, str):
+                hint = (
+                    " One axes string applies to every image: for images of different axes, pass a list of one "
+                    "per image (None infers that image's)."
+                )
+            raise InputError(f"Image {i + 1} of {n} (shape {shape}, {entry}={given!r}): {exc}.{hint}") from None
+
     def _check_finite(self, src: _Source) -> None:
         """NaN/inf anywhere in an in-memory float image is said now, plane by plane (bounded memory), not when
         training first draws a crop from that plane. Memory-mapped and lazy arrays are checked as they are
@@ -867,7 +921,7 @@ class PairedData:
                 stacklevel=user_stacklevel(),
             )
 
-    def _split(self, validation: Any, axes: str | None, seed: int) -> None:
+    def _split(self, validation: Any, axes: Any, validation_axes: str | None, seed: int) -> None:
         all_planes = [
             Plane(si, idx, ch, (0, src.height), (0, src.width))
             for si, src in enumerate(self.sources)
@@ -888,15 +942,25 @@ class PairedData:
                     )
             elif not self.synthetic:
                 raise InputError("Training uses real pairs: pass a blurred validation image too.")
+            per_image = isinstance(axes, (list, tuple))
+            given = validation_axes if validation_axes is not None or per_image else axes
             try:
-                validation_axes = resolve_axes(tuple(vs.shape), axes)
+                pair_axes = resolve_axes(tuple(vs.shape), given)
             except InputError as exc:
-                given = f" (axes {axes!r}): the axes apply to it too" if axes else ""
+                if validation_axes is not None:
+                    raise InputError(f"The validation pair (shape {tuple(vs.shape)}, validation_axes): {exc}") from None
+                if per_image:  # inferred: the training images' axes are a list, one per image
+                    raise InputError(
+                        f"The validation pair (shape {tuple(vs.shape)}): {exc}. With a list of axes (one per "
+                        "training image) the validation pair's are inferred from its shape: give them as "
+                        "validation_axes."
+                    ) from None
+                said = f" (axes {axes!r}): the axes apply to it too" if axes else ""
                 raise InputError(
                     f"The validation pair (shape {tuple(vs.shape)}) must have the same axes as the training "
-                    f"images{given}. {exc}"
+                    f"images{said}. {exc}"
                 ) from None
-            vsrc = self._make_source(vs, vb, validation_axes, None)
+            vsrc = self._make_source(vs, vb, pair_axes, None)
             if vb is not None:
                 self._check_not_identical([vsrc], validation=True)
             if vb is not None and self.check_alignment:
@@ -912,6 +976,12 @@ class PairedData:
                 Plane(0, idx, ch, (0, vsrc.height), (0, vsrc.width)) for idx, ch in vsrc.plane_keys()
             ]
             return
+        if validation_axes is not None:
+            raise InputError(
+                f"validation_axes is for an explicit (blurred, sharp) validation pair, but validation is "
+                f"{validation!r}: held-out planes keep the axes of the images they come from. Leave "
+                "validation_axes out, or pass the validation pair."
+            )
         fraction_like = _fraction_like(validation)
         if validation is not None and not fraction_like:
             raise InputError(

@@ -35,7 +35,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -680,6 +680,7 @@ class TrainingRun:
             blurred,
             sharp,
             axes=k["axes"],
+            validation_axes=k["validation_axes"],
             channels=self.base.channels,
             patch_size=self.config.patch_size,
             stride=self.base.stride,
@@ -1552,7 +1553,8 @@ def iter_finetune(
     noise: Any = "realistic",
     on_event: Callable[[TrainingEvent], Any] | None = None,
     resume: str | os.PathLike[str] | None = None,
-    axes: str | None = None,
+    axes: str | Sequence[str | None] | None = None,
+    validation_axes: str | None = None,
     channels: int | None = None,
     perceptual_weights: str | os.PathLike[str] | None = None,
     allow_download: bool | None = None,
@@ -1610,11 +1612,17 @@ def iter_finetune(
             the uninterrupted run, bit for bit on the CPU. The weights returned as best can differ: a stop
             validates the newest weights off the validation schedule, and if they score best they stay the
             best. Checkpoints go on into that folder unless ``checkpoint_dir`` is given.
-        axes: axes of the images (letters over ``TZCYXS``, the same for every image); None infers them from
-            each image's shape by :func:`deblur`'s rules: a last axis of 3 or 4 is RGB(A) samples (``S``). A
-            grey stack whose last axis happens to be 3 or 4 long needs ``axes`` (``"ZYX"``), which is what
-            ``deblur``'s ``rgb=False`` spells; there is no ``rgb`` argument here, as ``axes`` says it (the
-            Finetune panel passes each layer's axes, ``S`` for an RGB layer).
+        axes: axes of the images (letters over ``TZCYXS``): one string for every image, or a list of one
+            string per image, in the images' order, for a list of images of different axes (``["YX", "ZYX"]``;
+            a None entry infers that image's). None infers them from each image's shape by :func:`deblur`'s
+            rules: a last axis of 3 or 4 is RGB(A) samples (``S``). A grey stack whose last axis happens to be
+            3 or 4 long needs ``axes`` (``"ZYX"``), which is what ``deblur``'s ``rgb=False`` spells; there is
+            no ``rgb`` argument here, as ``axes`` says it (the Finetune panel passes each layer's axes, ``S``
+            for an RGB layer). A blurred image has its sharp image's axes.
+        validation_axes: axes of an explicit ``validation=(blurred, sharp)`` pair. None (the default): ``axes``
+            when that is one string (or None), as before; with a list of ``axes`` (one per image) the pair's
+            are inferred from its shape, since no entry of the list is the pair's. Not for a held-out
+            fraction, whose planes keep their images' axes.
         perceptual_weights: a VGG-19 weight file for the perceptual loss (otherwise torchvision's cache).
         allow_download: allow downloading VGG-19 weights (default: env ``NAPARI_DEBLURGAN_ALLOW_DOWNLOAD``).
         preview: emit :class:`Preview` events (restoration of a fixed validation crop) at each validation.
@@ -1649,6 +1657,7 @@ def iter_finetune(
         on_event=on_event,
         resume=resume,
         axes=axes,
+        validation_axes=validation_axes,
         channels=channels,
         perceptual_weights=perceptual_weights,
         allow_download=allow_download,
@@ -1681,7 +1690,8 @@ def finetune(
     noise: Any = "realistic",
     on_event: Callable[[TrainingEvent], Any] | None = None,
     resume: str | os.PathLike[str] | None = None,
-    axes: str | None = None,
+    axes: str | Sequence[str | None] | None = None,
+    validation_axes: str | None = None,
     channels: int | None = None,
     perceptual_weights: str | os.PathLike[str] | None = None,
     allow_download: bool | None = None,
@@ -1718,6 +1728,7 @@ def finetune(
         on_event=on_event,
         resume=resume,
         axes=axes,
+        validation_axes=validation_axes,
         channels=channels,
         perceptual_weights=perceptual_weights,
         allow_download=allow_download,
