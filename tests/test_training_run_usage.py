@@ -286,3 +286,69 @@ def test_an_abort_after_an_update_but_before_its_step_is_counted_keeps_the_last_
     got, want = _weights(run.model), _weights(expected)
     assert all(torch.equal(got[k], want[k]) for k in got)
     assert run.model.metadata["training"]["best_step"] == 1
+
+
+# ------------------------------------------------------------------------------------- the state check
+def _state_payload() -> dict:
+    """A training state's shape: weights, an optimiser's nested state (with a float step counter) and groups,
+    an integer counter, and float16/float64 tensors."""
+    torch.manual_seed(0)
+    return {
+        "generator": {"conv.weight": torch.randn(4, 3), "conv.bias": torch.randn(4)},
+        "opt_g": {
+            "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(4, 3), "exp_avg_sq": torch.rand(4, 3)}},
+            "param_groups": [{"lr": 0.1, "params": [0]}],
+        },
+        "ema_updates": torch.tensor(7),  # an integer: never checked
+        "half": torch.randn(5).half(),
+        "double": torch.full((3,), 1e308, dtype=torch.float64),  # finite; its sum overflows
+    }
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        ({}, None),
+        ({("opt_g", "state", 0, "exp_avg_sq"): float("inf")}, "opt_g.state.0.exp_avg_sq"),
+        ({("opt_g", "state", 0, "step"): float("nan")}, "opt_g.state.0.step"),
+        ({("half",): float("-inf")}, "half"),
+        ({("double",): float("inf")}, "double"),
+        # two: the first in the payload's order is named
+        (
+            {("opt_g", "state", 0, "exp_avg"): float("nan"), ("generator", "conv.bias"): float("inf")},
+            "generator.conv.bias",
+        ),
+    ],
+)
+def test_the_state_check_names_the_first_tensor_that_is_not_finite(bad, expected):
+    from napari_deblurgan.model_file import first_non_finite
+    from napari_deblurgan.training.checkpoint import _named_tensors, first_non_finite_tensor
+
+    payload = _state_payload()
+    for where, value in bad.items():
+        tree = payload
+        for key in where[:-1]:
+            tree = tree[key]
+        tree[where[-1]].view(-1)[-1] = value
+    assert first_non_finite_tensor(payload) == expected
+    assert first_non_finite(dict(_named_tensors(payload))) == expected  # the tensor-by-tensor search agrees
+
+
+def test_the_state_check_of_a_finite_state_waits_for_its_device_once(monkeypatch):
+    """The loop checks its state after every snapshot and checkpoint step; on a GPU each bool() or item() of a
+    device tensor waits for the device, so one per tensor was hundreds of waits per check."""
+    from napari_deblurgan.training.checkpoint import first_non_finite_tensor
+
+    payload = _state_payload()
+    payload["more"] = [torch.randn(8) for _ in range(20)]
+    waits = []
+    for name in ("__bool__", "item"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            waits.append(1)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    assert first_non_finite_tensor(payload) is None
+    assert len(waits) == 1
