@@ -288,6 +288,34 @@ def test_an_abort_after_an_update_but_before_its_step_is_counted_keeps_the_last_
     assert run.model.metadata["training"]["best_step"] == 1
 
 
+def test_an_out_of_memory_error_in_the_state_check_does_not_run_the_step_again(training_pair, monkeypatch):
+    """The state check runs after the step's update: an out-of-memory error there, handled as one inside the step
+    (batch halved, the step run again), applied the step's update twice. It ends the run as any error does, with
+    the weights of the last counted step (the snapshot of step 1, as a stop after it returns)."""
+    import napari_deblurgan.training.trainer as trainer
+    from napari_deblurgan.training.trainer import GanStep
+
+    kw = {"steps": 6, "validation": 0, "validate_every": 1}
+    expected = _stopped_after(training_pair, 1, **kw)
+    raise_on_call(monkeypatch, trainer, "first_non_finite_tensor", 2, torch.cuda.OutOfMemoryError("check"))
+    steps = []
+    original = GanStep.run
+    monkeypatch.setattr(GanStep, "run", lambda self, *a: steps.append(1) or original(self, *a))
+    run = tiny_run(training_pair, **{"model": _model(), **kw})
+    events = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(torch.cuda.OutOfMemoryError, match="check"):
+            for event in run:
+                events.append(event)
+    assert len(steps) == 2  # steps 1 and 2, each run once
+    assert not [e for e in events if isinstance(e, ev.Notice) and e.kind == "oom"]
+    got, want = _weights(run.model), _weights(expected)
+    assert all(torch.equal(got[k], want[k]) for k in got)
+    training = run.model.metadata["training"]
+    assert (training["best_step"], training["steps_done"], training["stopped"]) == (1, 1, True)
+
+
 # ------------------------------------------------------------------------------------- the state check
 def _state_payload() -> dict:
     """A training state's shape: weights, an optimiser's nested state (with a float step counter) and groups,

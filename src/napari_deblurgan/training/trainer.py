@@ -1315,11 +1315,20 @@ class TrainingRun:
                 # read-ahead (a compressed lazy stack) reads no batch that the run will not take
                 source.batches_needed = (total - step) * step_fn.batches_per_step
                 try:
-                    result = step_fn.run(source.next_batch, batch_size)
-                    if state_checked_after(step + 1):
+                    # only the step is under the out-of-memory handler below: it runs the step again, which is
+                    # right only where the step's update was not applied
+                    try:
+                        result = step_fn.run(source.next_batch, batch_size)
+                    except torch.cuda.OutOfMemoryError:
+                        out_of_memory = True
+                    else:
+                        out_of_memory = False
+                    if not out_of_memory and state_checked_after(step + 1):
                         # an update can overflow while its loss is finite (an inf in Adam's moments leaves the
                         # weights finite, its steps 0): such a state must be neither the snapshot a rollback
-                        # restores, nor a checkpoint, nor the final model; it is rolled back as a NaN loss is
+                        # restores, nor a checkpoint, nor the final model; it is rolled back as a NaN loss is.
+                        # The check's own errors (an out-of-memory one too) end the run as any error does: the
+                        # update is applied but not counted, so the last whole step's state is kept
                         bad = first_non_finite_tensor(step_fn.state_dict())
                         if bad is not None:
                             raise NonFiniteLoss(
@@ -1353,7 +1362,7 @@ class TrainingRun:
                     )
                     last_time = time.perf_counter()
                     continue
-                except torch.cuda.OutOfMemoryError:
+                if out_of_memory:
                     for opt in (step_fn.opt_g, step_fn.opt_d):
                         if opt is not None:
                             opt.zero_grad(set_to_none=True)
