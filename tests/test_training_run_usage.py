@@ -6,6 +6,7 @@ than its checkpoint), and a state that is not finite is never written over the l
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -163,7 +164,8 @@ def test_an_abort_inside_the_generator_update_keeps_a_whole_steps_weights(traini
             pass
     got, base = _weights(run.model), _weights(start)
     assert all(torch.equal(got[k], base[k]) for k in got)  # the snapshot of step 0: the starting weights
-    assert run.model.metadata["training"]["steps_done"] == 0
+    training = run.model.metadata["training"]
+    assert (training["steps_done"], training["best_step"]) == (2, 0)  # the run trained 2; its model is step 0's
 
 
 def test_an_abort_inside_an_update_falls_back_no_further_than_the_last_checkpoint(training_pair, tmp_path, monkeypatch):
@@ -184,6 +186,34 @@ def test_an_abort_inside_an_update_falls_back_no_further_than_the_last_checkpoin
     got = _weights(run.model)
     assert all(torch.equal(got[k], checkpoint["state"]["generator"][k]) for k in got)
     assert run.model.metadata["training"]["steps_done"] == 3
+
+
+@pytest.mark.parametrize("ending", ["stop", "abort"])
+def test_a_fallback_to_the_snapshot_records_the_same_steps_on_a_stop_and_on_an_abort(
+    training_pair, monkeypatch, ending
+):
+    """Without validation, a stop after an unchecked overflow in step 3 and an abort inside step 4's update both
+    return the snapshot's weights (the start's here). The model's metadata says so alike: ``best_step`` is the
+    step of its weights, ``steps_done`` the steps the run trained (3), as with validation; an abort recorded
+    the snapshot's step as ``steps_done``, a stop the run's."""
+    from napari_deblurgan.training.trainer import GanStep
+
+    if ending == "stop":
+        _overflow_in_step(monkeypatch, 3, "weights")
+    else:
+        raise_on_call(monkeypatch, GanStep, "_update_ema", 4, KeyboardInterrupt())
+    start = _model()
+    run = tiny_run(training_pair, **{"model": start, "steps": 100, "validation": 0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyboardInterrupt) if ending == "abort" else contextlib.nullcontext():
+            for event in run:
+                if ending == "stop" and isinstance(event, ev.Step) and event.step == 3:
+                    run.stop()
+    got, base = _weights(run.model), _weights(start)
+    assert all(torch.equal(got[k], base[k]) for k in got)  # the snapshot of step 0
+    training = run.model.metadata["training"]
+    assert (training["steps_done"], training["best_step"], training["stopped"]) == (3, 0, True)
 
 
 def _overflow_in_step(monkeypatch, n: int, where: str) -> None:

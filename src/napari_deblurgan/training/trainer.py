@@ -1290,7 +1290,8 @@ class TrainingRun:
                 state, at = snapshot["state"], int(snapshot["step"])
                 use_ema = state.get("ema") is not None and at > 0
                 weights = state["ema"] if use_ema else state["generator"]  # already CPU clones, never changed
-            # the returned weights are those of step ``at``
+            # the returned weights are those of step ``at``: the model's best_step; its steps_done stays the
+            # steps the run trained, as with validation (where the best step is often an earlier one)
             self._set_best(replace(self._best, state=weights, step=at, source="ema" if use_ema else "generator"))
 
         snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
@@ -1458,7 +1459,9 @@ class TrainingRun:
                     # a stop returns them, not the untrained base; with validation it is the best validated
                     keep_latest_weights()
                 self.provenance = self.provenance | {
-                    "steps_done": self._best.step if validation is None else step,
+                    # the steps the run trained, as a stop says them; the model's own step is its best_step (the
+                    # snapshot's, where keep_latest_weights fell back to it)
+                    "steps_done": step,
                     "wall_time_s": round(time.perf_counter() - t_start, 2),
                     "stopped": True,
                 }
