@@ -2,7 +2,9 @@
 dropped silently (the synthetic blur's settings with blurred/sharp pairs, ``channels`` with a model whose
 channels are fixed), iterating a run that has ended says so instead of doing nothing, and a run without
 validation that fails still holds its latest whole step's weights (not the untrained base, nor weights older
-than its checkpoint), and a state that is not finite is never written over the last good checkpoint."""
+than its checkpoint), a state that is not finite is never written over the last good checkpoint (and is found
+with one wait for the device), its metadata says the steps trained and the step of its weights alike on a stop
+and an abort, and a failed run whose model is still the starting one says truly why it is not saved."""
 
 from __future__ import annotations
 
@@ -410,3 +412,53 @@ def test_the_state_check_of_a_finite_state_waits_for_its_device_once(monkeypatch
         monkeypatch.setattr(torch.Tensor, name, counted)
     assert first_non_finite_tensor(payload) is None
     assert len(waits) == 1
+
+
+# ------------------------------------------------------------------------------------- why nothing was saved
+def _nan_scores(monkeypatch) -> None:
+    """Every validation scores NaN (a model whose output on the validation crops is not finite)."""
+    import napari_deblurgan.training.trainer as trainer
+
+    original = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: (float("nan"), *original(*a, **k)[1:]))
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("no validation", "the failure came before any trained weights were kept"),
+        ("validations scored NaN", "no validation had given a finite score yet"),
+        ("the first validation aborted", "no validation had given a finite score yet"),
+        ("the start scored best", "no validation had scored better than the starting model yet"),
+    ],
+)
+def test_why_a_failed_runs_model_is_not_saved_is_said_for_the_run_it_was(training_pair, monkeypatch, case, reason):
+    """A failed run whose model so far is the starting one says why no model was written: a run with validation
+    whose validations gave no finite score (or none finished) has no val_psnr, as a run without validation, but
+    was told that the failure came before any trained weights were kept."""
+    import napari_deblurgan.training.trainer as trainer
+    from napari_deblurgan.data.pairs import BatchSource
+    from napari_deblurgan.training.saving import why_not_saved_after_a_failure
+    from napari_deblurgan.training.trainer import GanStep
+
+    kw = {"steps": 8, "validate_every": 2}
+    if case == "no validation":  # an abort in step 3's update falls back to the start's snapshot
+        kw.update(validation=0, validate_every=100)  # snapshots every 50 steps
+        raise_on_call(monkeypatch, GanStep, "_update_ema", 3, KeyboardInterrupt())
+    elif case == "the first validation aborted":
+        raise_on_call(monkeypatch, trainer, "evaluate", 1, KeyboardInterrupt())
+    else:
+        if case == "validations scored NaN":
+            _nan_scores(monkeypatch)
+        else:  # the start scores best: every later validation scores lower than it
+            original = trainer.evaluate
+            scores = iter(range(100, 0, -1))
+            monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: (float(next(scores)), *original(*a, **k)[1:]))
+        raise_on_call(monkeypatch, BatchSource, "next_batch", 5, OSError("the disk went away"))
+    run = tiny_run(training_pair, **{"model": _model(), **kw})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises((KeyboardInterrupt, OSError)):
+            for _ in run:
+                pass
+    assert why_not_saved_after_a_failure(run.model) == f"{reason}, so no model was written"
