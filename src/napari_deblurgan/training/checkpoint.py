@@ -276,7 +276,8 @@ def _all_finite(tensors: Iterable[Any]) -> bool:
             continue
         if tensor.device.type == "cpu" and tensor.dtype != torch.float64:
             # as first_non_finite: a float64 sum of float32/16 values cannot overflow, so it is finite exactly
-            # when they all are. Never a norm, nor a sum elsewhere: large finite values could overflow them
+            # when they all are. Elsewhere isfinite(): a float64 tensor's sum may overflow, MPS has no float64;
+            # never a norm, which large finite values overflow too
             verdict = torch.isfinite(tensor.sum(dtype=torch.float64))
         else:
             verdict = torch.isfinite(tensor).all()

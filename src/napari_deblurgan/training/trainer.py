@@ -1329,7 +1329,8 @@ class TrainingRun:
                         # weights finite, its steps 0): such a state must be neither the snapshot a rollback
                         # restores, nor a checkpoint, nor the final model; it is rolled back as a NaN loss is.
                         # The check's own errors (an out-of-memory one too) end the run as any error does: the
-                        # update is applied but not counted, so the last whole step's state is kept
+                        # update is applied but not counted (updating_generator, whole_steps), so the run keeps the
+                        # last snapshot's weights and writes no checkpoint of this state
                         bad = first_non_finite_tensor(step_fn.state_dict())
                         if bad is not None:
                             raise NonFiniteLoss(
