@@ -2,10 +2,13 @@
 dropped silently (the synthetic blur's settings with blurred/sharp pairs, ``channels`` with a model whose
 channels are fixed), iterating a run that has ended says so instead of doing nothing, and a run without
 validation that fails still holds its latest whole step's weights (not the untrained base, nor weights older
-than its checkpoint), and a state that is not finite is never written over the last good checkpoint."""
+than its checkpoint), a state that is not finite is never written over the last good checkpoint (and is found
+with one wait for the device), its metadata says the steps trained and the step of its weights alike on a stop
+and an abort, and a failed run whose model is still the starting one says truly why it is not saved."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -163,7 +166,8 @@ def test_an_abort_inside_the_generator_update_keeps_a_whole_steps_weights(traini
             pass
     got, base = _weights(run.model), _weights(start)
     assert all(torch.equal(got[k], base[k]) for k in got)  # the snapshot of step 0: the starting weights
-    assert run.model.metadata["training"]["steps_done"] == 0
+    training = run.model.metadata["training"]
+    assert (training["steps_done"], training["best_step"]) == (2, 0)  # the run trained 2; its model is step 0's
 
 
 def test_an_abort_inside_an_update_falls_back_no_further_than_the_last_checkpoint(training_pair, tmp_path, monkeypatch):
@@ -184,6 +188,34 @@ def test_an_abort_inside_an_update_falls_back_no_further_than_the_last_checkpoin
     got = _weights(run.model)
     assert all(torch.equal(got[k], checkpoint["state"]["generator"][k]) for k in got)
     assert run.model.metadata["training"]["steps_done"] == 3
+
+
+@pytest.mark.parametrize("ending", ["stop", "abort"])
+def test_a_fallback_to_the_snapshot_records_the_same_steps_on_a_stop_and_on_an_abort(
+    training_pair, monkeypatch, ending
+):
+    """Without validation, a stop after an unchecked overflow in step 3 and an abort inside step 4's update both
+    return the snapshot's weights (the start's here). The model's metadata says so alike: ``best_step`` is the
+    step of its weights, ``steps_done`` the steps the run trained (3), as with validation; an abort recorded
+    the snapshot's step as ``steps_done``, a stop the run's."""
+    from napari_deblurgan.training.trainer import GanStep
+
+    if ending == "stop":
+        _overflow_in_step(monkeypatch, 3, "weights")
+    else:
+        raise_on_call(monkeypatch, GanStep, "_update_ema", 4, KeyboardInterrupt())
+    start = _model()
+    run = tiny_run(training_pair, **{"model": start, "steps": 100, "validation": 0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyboardInterrupt) if ending == "abort" else contextlib.nullcontext():
+            for event in run:
+                if ending == "stop" and isinstance(event, ev.Step) and event.step == 3:
+                    run.stop()
+    got, base = _weights(run.model), _weights(start)
+    assert all(torch.equal(got[k], base[k]) for k in got)  # the snapshot of step 0
+    training = run.model.metadata["training"]
+    assert (training["steps_done"], training["best_step"], training["stopped"]) == (3, 0, True)
 
 
 def _overflow_in_step(monkeypatch, n: int, where: str) -> None:
@@ -286,3 +318,147 @@ def test_an_abort_after_an_update_but_before_its_step_is_counted_keeps_the_last_
     got, want = _weights(run.model), _weights(expected)
     assert all(torch.equal(got[k], want[k]) for k in got)
     assert run.model.metadata["training"]["best_step"] == 1
+
+
+def test_an_out_of_memory_error_in_the_state_check_does_not_run_the_step_again(training_pair, monkeypatch):
+    """The state check runs after the step's update: an out-of-memory error there, handled as one inside the step
+    (batch halved, the step run again), applied the step's update twice. It ends the run as any error does, with
+    the weights of the last counted step (the snapshot of step 1, as a stop after it returns)."""
+    import napari_deblurgan.training.trainer as trainer
+    from napari_deblurgan.training.trainer import GanStep
+
+    kw = {"steps": 6, "validation": 0, "validate_every": 1}
+    expected = _stopped_after(training_pair, 1, **kw)
+    raise_on_call(monkeypatch, trainer, "first_non_finite_tensor", 2, torch.cuda.OutOfMemoryError("check"))
+    steps = []
+    original = GanStep.run
+    monkeypatch.setattr(GanStep, "run", lambda self, *a: steps.append(1) or original(self, *a))
+    run = tiny_run(training_pair, **{"model": _model(), **kw})
+    events = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(torch.cuda.OutOfMemoryError, match="check"):
+            for event in run:
+                events.append(event)
+    assert len(steps) == 2  # steps 1 and 2, each run once
+    assert not [e for e in events if isinstance(e, ev.Notice) and e.kind == "oom"]
+    got, want = _weights(run.model), _weights(expected)
+    assert all(torch.equal(got[k], want[k]) for k in got)
+    training = run.model.metadata["training"]
+    assert (training["best_step"], training["steps_done"], training["stopped"]) == (1, 1, True)
+
+
+# ------------------------------------------------------------------------------------- the state check
+def _state_payload() -> dict:
+    """A training state's shape: weights, an optimiser's nested state (with a float step counter) and groups,
+    an integer counter, and float16/float64 tensors."""
+    torch.manual_seed(0)
+    return {
+        "generator": {"conv.weight": torch.randn(4, 3), "conv.bias": torch.randn(4)},
+        "opt_g": {
+            "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(4, 3), "exp_avg_sq": torch.rand(4, 3)}},
+            "param_groups": [{"lr": 0.1, "params": [0]}],
+        },
+        "ema_updates": torch.tensor(7),  # an integer: never checked
+        "half": torch.randn(5).half(),
+        "double": torch.full((3,), 1e308, dtype=torch.float64),  # finite; its sum overflows
+    }
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        ({}, None),
+        ({("opt_g", "state", 0, "exp_avg_sq"): float("inf")}, "opt_g.state.0.exp_avg_sq"),
+        ({("opt_g", "state", 0, "step"): float("nan")}, "opt_g.state.0.step"),
+        ({("half",): float("-inf")}, "half"),
+        ({("double",): float("inf")}, "double"),
+        # two: the first in the payload's order is named
+        (
+            {("opt_g", "state", 0, "exp_avg"): float("nan"), ("generator", "conv.bias"): float("inf")},
+            "generator.conv.bias",
+        ),
+    ],
+)
+def test_the_state_check_names_the_first_tensor_that_is_not_finite(bad, expected):
+    from napari_deblurgan.model_file import first_non_finite
+    from napari_deblurgan.training.checkpoint import _named_tensors, first_non_finite_tensor
+
+    payload = _state_payload()
+    for where, value in bad.items():
+        tree = payload
+        for key in where[:-1]:
+            tree = tree[key]
+        tree[where[-1]].view(-1)[-1] = value
+    assert first_non_finite_tensor(payload) == expected
+    assert first_non_finite(dict(_named_tensors(payload))) == expected  # the tensor-by-tensor search agrees
+
+
+def test_the_state_check_of_a_finite_state_waits_for_its_device_once(monkeypatch):
+    """The loop checks its state after every snapshot and checkpoint step; on a GPU each bool() or item() of a
+    device tensor waits for the device, so one per tensor was hundreds of waits per check."""
+    from napari_deblurgan.training.checkpoint import first_non_finite_tensor
+
+    payload = _state_payload()
+    payload["more"] = [torch.randn(8) for _ in range(20)]
+    waits = []
+    for name in ("__bool__", "item"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            waits.append(1)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    assert first_non_finite_tensor(payload) is None
+    assert len(waits) == 1
+
+
+# ------------------------------------------------------------------------------------- why nothing was saved
+def _nan_scores(monkeypatch) -> None:
+    """Every validation scores NaN (a model whose output on the validation crops is not finite)."""
+    import napari_deblurgan.training.trainer as trainer
+
+    original = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: (float("nan"), *original(*a, **k)[1:]))
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("no validation", "the failure came before any trained weights were kept"),
+        ("validations scored NaN", "no validation had given a finite score yet"),
+        ("the first validation aborted", "no validation had given a finite score yet"),
+        ("the start scored best", "no validation had scored better than the starting model yet"),
+    ],
+)
+def test_why_a_failed_runs_model_is_not_saved_is_said_for_the_run_it_was(training_pair, monkeypatch, case, reason):
+    """A failed run whose model so far is the starting one says why no model was written: a run with validation
+    whose validations gave no finite score (or none finished) has no val_psnr, as a run without validation, but
+    was told that the failure came before any trained weights were kept."""
+    import napari_deblurgan.training.trainer as trainer
+    from napari_deblurgan.data.pairs import BatchSource
+    from napari_deblurgan.training.saving import why_not_saved_after_a_failure
+    from napari_deblurgan.training.trainer import GanStep
+
+    kw = {"steps": 8, "validate_every": 2}
+    if case == "no validation":  # an abort in step 3's update falls back to the start's snapshot
+        kw.update(validation=0, validate_every=100)  # snapshots every 50 steps
+        raise_on_call(monkeypatch, GanStep, "_update_ema", 3, KeyboardInterrupt())
+    elif case == "the first validation aborted":
+        raise_on_call(monkeypatch, trainer, "evaluate", 1, KeyboardInterrupt())
+    else:
+        if case == "validations scored NaN":
+            _nan_scores(monkeypatch)
+        else:  # the start scores best: every later validation scores lower than it
+            original = trainer.evaluate
+            scores = iter(range(100, 0, -1))
+            monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: (float(next(scores)), *original(*a, **k)[1:]))
+        raise_on_call(monkeypatch, BatchSource, "next_batch", 5, OSError("the disk went away"))
+    run = tiny_run(training_pair, **{"model": _model(), **kw})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises((KeyboardInterrupt, OSError)):
+            for _ in run:
+                pass
+    assert why_not_saved_after_a_failure(run.model) == f"{reason}, so no model was written"

@@ -18,7 +18,7 @@ import json
 import os
 import pickle
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -253,5 +253,33 @@ __all__ = [
 
 def first_non_finite_tensor(payload: Mapping[str, Any]) -> str | None:
     """The key path of the first tensor of a checkpoint ``payload`` (weights, optimiser moments, best weights)
-    holding a NaN or infinity, or None: refused on load, and never written over the last good checkpoint."""
-    return first_non_finite(dict(_named_tensors(payload)))
+    holding a NaN or infinity, or None: refused on load, and never written over the last good checkpoint.
+
+    The training loop checks its state this way after every snapshot and checkpoint step, where it is on the
+    device: the common answer (all finite) takes one wait for each device, not one per tensor (hundreds for a
+    generator, a critic and their optimisers); only a state that is not finite is searched tensor by tensor."""
+    tensors = dict(_named_tensors(payload))
+    if _all_finite(tensors.values()):
+        return None
+    return first_non_finite(tensors)
+
+
+def _all_finite(tensors: Iterable[Any]) -> bool:
+    """Whether every floating-point tensor of ``tensors`` holds finite values only, as :func:`first_non_finite`
+    decides it (other dtypes are not checked), with one host-device sync per device: each tensor's verdict
+    stays on its device, and they are reduced there into one."""
+    import torch
+
+    verdicts: dict[torch.device, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        if not tensor.is_floating_point():
+            continue
+        if tensor.device.type == "cpu" and tensor.dtype != torch.float64:
+            # as first_non_finite: a float64 sum of float32/16 values cannot overflow, so it is finite exactly
+            # when they all are. Elsewhere isfinite(): a float64 tensor's sum may overflow, MPS has no float64;
+            # never a norm, which large finite values overflow too
+            verdict = torch.isfinite(tensor.sum(dtype=torch.float64))
+        else:
+            verdict = torch.isfinite(tensor).all()
+        verdicts.setdefault(tensor.device, []).append(verdict)
+    return all(bool(torch.stack(group).all()) for group in verdicts.values())

@@ -72,13 +72,18 @@ def stopped_before_the_first_step(finished: Any) -> bool:
 def why_not_saved_after_a_failure(model: Any) -> str | None:
     """Why a failed run's model so far is not saved, as a sentence (no capital, no full stop), or None where it
     holds trained weights. It holds the starting model's where the best validated step is still step 0 (no
-    validation after the start scored better) or, without validation, where the failure came before any trained
-    weights were kept (an abort inside the first steps' update falls back to the start); under the output's
-    name those would pass for a finetuned model. A finished or stopped run still saves them: they are the best
-    it found."""
+    validation after the start scored better, or none gave a finite score) or, without validation, where the
+    failure came before any trained weights were kept (an abort inside the first steps' update falls back to the
+    start); under the output's name those would pass for a finetuned model. A finished or stopped run still
+    saves them: they are the best it found."""
     training = (getattr(model, "metadata", None) or {}).get("training") or {}
     if training.get("best_step") != 0:
         return None
-    if training.get("val_psnr") is None:  # no validation: the latest weights kept are the start's
+    # whether the run had validation at all, as it recorded it (TrainingRun.provenance): a run with validation
+    # has no val_psnr either until a validation gives a finite score
+    if training.get("validation") == "none":  # no validation: the latest weights kept are the start's
         return "the failure came before any trained weights were kept, so no model was written"
+    if training.get("val_psnr") is None:
+        # none had finished (an abort in the first) or each scored NaN/inf: no better score than the start's either
+        return "no validation had given a finite score yet, so no model was written"
     return "no validation had scored better than the starting model yet, so no model was written"

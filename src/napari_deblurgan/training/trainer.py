@@ -1291,7 +1291,8 @@ class TrainingRun:
                 state, at = snapshot["state"], int(snapshot["step"])
                 use_ema = state.get("ema") is not None and at > 0
                 weights = state["ema"] if use_ema else state["generator"]  # already CPU clones, never changed
-            # the returned weights are those of step ``at``
+            # the returned weights are those of step ``at``: the model's best_step; its steps_done stays the
+            # steps the run trained, as with validation (where the best step is often an earlier one)
             self._set_best(replace(self._best, state=weights, step=at, source="ema" if use_ema else "generator"))
 
         snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
@@ -1316,11 +1317,21 @@ class TrainingRun:
                 # read-ahead (a compressed lazy stack) reads no batch that the run will not take
                 source.batches_needed = (total - step) * step_fn.batches_per_step
                 try:
-                    result = step_fn.run(source.next_batch, batch_size)
-                    if state_checked_after(step + 1):
+                    # only the step is under the out-of-memory handler below: it runs the step again, which is
+                    # right only where the step's update was not applied
+                    try:
+                        result = step_fn.run(source.next_batch, batch_size)
+                    except torch.cuda.OutOfMemoryError:
+                        out_of_memory = True
+                    else:
+                        out_of_memory = False
+                    if not out_of_memory and state_checked_after(step + 1):
                         # an update can overflow while its loss is finite (an inf in Adam's moments leaves the
                         # weights finite, its steps 0): such a state must be neither the snapshot a rollback
-                        # restores, nor a checkpoint, nor the final model; it is rolled back as a NaN loss is
+                        # restores, nor a checkpoint, nor the final model; it is rolled back as a NaN loss is.
+                        # The check's own errors (an out-of-memory one too) end the run as any error does: the
+                        # update is applied but not counted (updating_generator, whole_steps), so the run keeps the
+                        # last snapshot's weights and writes no checkpoint of this state
                         bad = first_non_finite_tensor(step_fn.state_dict())
                         if bad is not None:
                             raise NonFiniteLoss(
@@ -1354,7 +1365,7 @@ class TrainingRun:
                     )
                     last_time = time.perf_counter()
                     continue
-                except torch.cuda.OutOfMemoryError:
+                if out_of_memory:
                     for opt in (step_fn.opt_g, step_fn.opt_d):
                         if opt is not None:
                             opt.zero_grad(set_to_none=True)
@@ -1450,7 +1461,9 @@ class TrainingRun:
                     # a stop returns them, not the untrained base; with validation it is the best validated
                     keep_latest_weights()
                 self.provenance = self.provenance | {
-                    "steps_done": self._best.step if validation is None else step,
+                    # the steps the run trained, as a stop says them; the model's own step is its best_step (the
+                    # snapshot's, where keep_latest_weights fell back to it)
+                    "steps_done": step,
                     "wall_time_s": round(time.perf_counter() - t_start, 2),
                     "stopped": True,
                 }
