@@ -890,7 +890,10 @@ def test_resume_names_every_recipe_argument_it_replaces_and_keeps_the_base_model
     for name in (f"model {str(tiny_model_file)!r} (not 'unet_fast')", "channels 1", "blur_strength", "noise"):
         assert name in note, (name, note)
     assert events[-1].model.metadata["training"]["base_model_sha256"] == sha
-    with pytest.warns(UserWarning, match="other training data"):  # pairs now, synthetic blur then
+    with (
+        pytest.warns(UserWarning, match="other training data"),  # pairs now, synthetic blur then
+        pytest.warns(UserWarning, match="blur_strength is ignored: blurred/sharp pairs were given"),
+    ):
         same = _run(pair, steps=3, resume=tmp_path, blur_strength=2.0)  # the same setting, written another way
     assert not [e for e in same if isinstance(e, ev.Notice) and "keeps the checkpoint's recipe" in e.message]
 
