@@ -1068,3 +1068,31 @@ def test_a_failed_lazy_run_unmaps_its_files_before_removing_them(
     assert len({name for name, _ in deleted if name.endswith(".part")}) == (2 if compression else 1), deleted
     assert not any(is_mapped for _, is_mapped in deleted), deleted
     assert _files(tmp_path) == {"in.tif", "m.pt"}
+
+
+def test_inputs_that_cannot_be_deblurred_get_one_error_in_the_commands_words_and_no_notes(
+    tiny_model_file, tmp_path, capsys
+):
+    """A plane too small to deblur, or a dtype that is no image, is one error naming --axes (not the API's "axes
+    argument" or its Python advice), said before any note about the output that would have been written."""
+    from PIL import Image
+
+    model = ["--model", str(tiny_model_file)]
+    row = tmp_path / "row.png"
+    Image.fromarray(np.zeros((1, 128), np.uint8)).save(row)
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((4, 64, 64), np.uint16), imagej=True)
+    flags = tmp_path / "flags.tif"
+    tifffile.imwrite(flags, np.zeros((64, 64), bool))
+    cases = [
+        ([str(row), "-o", str(tmp_path / "row.jpg")], "is 1x128 pixels", "check --axes"),
+        ([str(stack), "-o", str(tmp_path / "s.tif"), "--axes", "YXZ"], "is 4x64 pixels", "check --axes"),
+        ([str(flags), "-o", str(tmp_path / "f.tif")], "dtype bool cannot be deblurred", "Fiji's Image > Type"),
+    ]
+    for argv, error, advice in cases:
+        assert main(["deblur", *argv, *model]) == 2
+        err = capsys.readouterr().err
+        assert error in err and advice in err, err
+        assert "note:" not in err and "axes argument" not in err and "astype" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert _files(tmp_path) == {"row.png", "stack.tif", "flags.tif", "tiny.pt"}  # nothing written

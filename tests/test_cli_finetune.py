@@ -540,11 +540,29 @@ def test_the_api_still_says_what_the_cli_rewords():
             check_alignment=False,
         ),
         lambda: __import__("napari_deblurgan.data.pairs", fromlist=["resolve_noise"]).resolve_noise({"photons": -3}),
+        lambda: __import__("napari_deblurgan").deblur(np.ones((1, 128), np.float32), device="cpu"),
+        lambda: __import__("napari_deblurgan").deblur(np.ones((32, 32), bool), device="cpu"),
+        lambda: __import__("napari_deblurgan").finetune(np.ones((64, 64), np.float32), ema=1.5, steps=1),
     ):
         with pytest.raises(InputError) as info:
             call()
         said.append(str(info.value))
     said.append(not_finite_message("image"))
+    from _helpers import tiny_unet
+
+    with pytest.warns(UserWarning, match="channels 3 is ignored") as notices:  # a notice, not an error
+        __import__("napari_deblurgan").finetune(
+            np.random.default_rng(0).random((64, 64), np.float32),
+            model=tiny_unet(),
+            channels=3,
+            steps=1,
+            patch_size=32,
+            batch_size=2,
+            validation=None,
+            device="cpu",
+            preset="content",
+        )
+    said += [str(w.message) for w in notices]
     for pattern, _, _ in CLI_PHRASES:
         assert any(re.search(pattern, text) for text in said), pattern
 
@@ -864,3 +882,34 @@ def test_files_of_different_axes_train_together_each_with_its_own(files, monkeyp
     argv = _common(files, "--sharp", str(files / "stack.tif"), str(files / "stack.tif"), "--axes", "TYX")
     assert main([*argv, "--steps", "1", "-o", str(files / "out2.pt"), "-q"]) == 0
     assert given["axes"] == "TYX" and given["validation_axes"] is None
+
+
+def test_finetune_messages_are_said_in_the_commands_words(files, capsys):
+    from PIL import Image
+
+    photo = files / "photo.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(photo)
+    out = str(files / "out.pt")
+    assert main(["finetune", "--sharp", str(photo), "-o", out, "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a TIFF file: finetune reads TIFF only" in err and "header=" not in err, err
+    sharp = ["--sharp", str(files / "sharp.tif"), "-o", out, "--steps", "2"]
+    assert main([*_common(files, "--ema", "1.5"), *sharp]) == 2
+    err = capsys.readouterr().err
+    assert "--ema must be a decay in (0, 1) such as 0.999, or leave --ema out" in err and "None" not in err, err
+    assert main([*_common(files, "--channels", "3"), *sharp]) == 0  # a file's model: --channels is ignored, said
+    err = capsys.readouterr().err
+    assert "--channels 3 is ignored" in err and "--channels sets the channels of a new model only (--model an" in err
+    assert "model=" not in err, err
+
+
+def test_the_last_line_names_the_step_of_the_best_validation(files, capsys):
+    """The validation after the last step comes after that step's line, so no step line shows it: the last
+    line says which step the best validation (whose weights are saved) was made at."""
+    out = files / "out.pt"
+    argv = [*_common(files), "--sharp", str(files / "sharp.tif"), "--blurred", str(files / "blurred.tif")]
+    assert main([*argv, "-o", str(out), "--steps", "4"]) == 0
+    err = capsys.readouterr().err
+    best_step = load_model(out).metadata["training"]["best_step"]
+    last = [line for line in err.splitlines() if line.startswith("finished at step 4")]
+    assert len(last) == 1 and f"at step {best_step} (" in last[0] and "over the blurred input" in last[0], err

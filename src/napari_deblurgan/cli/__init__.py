@@ -69,6 +69,18 @@ CLI_PHRASES: list[tuple[str, str, str | None]] = [
         "validation_sharp",
     ),
     (r"\bnoise(?: \(photons\)| photons)(?= must be > 0)", "noise_photons", "noise_photons"),
+    (r"check the axes argument", "check `axes`", "axes"),
+    (
+        r"\(e\.g\. image\.astype\('float32'\)\)",
+        "(e.g. save it as 32-bit float: Fiji's Image > Type > 32-bit)",
+        None,
+    ),
+    (r"(\bema must be a decay in \(0, 1\) such as 0\.999), or None", r"\1, or leave `ema` out", "ema"),
+    (
+        r"\bchannels sets the channels of a new model only \(model= ",
+        "`channels` sets the channels of a new model only (`model` ",
+        "channels",
+    ),
 ]
 
 

@@ -685,11 +685,12 @@ def _deblur_file(args: argparse.Namespace) -> Any:
         if series.nbytes > LARGE_FILE_BYTES and trailing_planes:
             pages = lazy_pages(tif, inp)
         data = pages if pages is not None else read_series(series, inp)
+        if data.shape != info.shape:  # tifffile squeezes the same way for series and asarray; be sure
+            raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r}; pass --axes.")
+        _check_before_notes(data, info.axes)
         note_other_series(tif, inp)  # notes are not progress: -q keeps them, as finetune's -q does
         if info.note:
             print(f"note: {info.note}", file=sys.stderr)
-        if data.shape != info.shape:  # tifffile squeezes the same way for series and asarray; be sure
-            raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r}; pass --axes.")
 
         kw = write_kwargs(info)
         if pages is None:
@@ -701,6 +702,17 @@ def _deblur_file(args: argparse.Namespace) -> Any:
         finally:
             bar.close()
     return info
+
+
+def _check_before_notes(pixels: Any, axes: str) -> None:
+    """The checks of deblur() that need no pixels read (the dtype, the planes' size), made before the command
+    prints its notes about the output: an input that cannot be deblurred gets its one error, not first notes
+    about how an output that will not be written would be written."""
+    from ..inference.deblur import check_plane_size
+    from ..normalization import check_dtype
+
+    check_dtype(pixels.dtype)
+    check_plane_size(tuple(pixels.shape), axes)
 
 
 def _deblur_and_write(
@@ -747,9 +759,10 @@ def _deblur_photo(args: argparse.Namespace, inp: Path, out: Path, model: Any) ->
 
     data, info = photo_files.read_photo(inp, args.axes)
     photo_files.check_output(info, out)  # before the work
+    pixels, axes, alpha = photo_files.without_grey_alpha(data, info)
+    _check_before_notes(pixels, axes)
     for note in info.notes:  # notes are not progress: -q keeps them
         print(f"note: {note}", file=sys.stderr)
-    pixels, axes, alpha = photo_files.without_grey_alpha(data, info)
 
     def write(tmp: Path, result: Any) -> None:
         if alpha is not None:  # the grey+alpha photo's alpha, kept as it was

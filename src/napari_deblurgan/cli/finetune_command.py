@@ -222,10 +222,16 @@ def read_image(path: str | Path, axes: str | None, opened: contextlib.ExitStack 
     import tifffile
 
     from .deblur_command import lazy_pages, note_other_series, read_series, read_tiff_info
+    from .photo_files import is_tiff
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"Input file {str(path)!r} does not exist.")
+    if not is_tiff(path):
+        raise InputError(
+            f"{str(path)!r} is not a TIFF file: finetune reads TIFF only (deblur also reads photos). Save the "
+            "image as TIFF first, e.g. Fiji's File > Save As > Tiff..., or tifffile.imwrite('image.tif', array)."
+        )
     try:
         tif = tifffile.TiffFile(path)
     except (tifffile.TiffFileError, ValueError) as exc:
@@ -271,6 +277,7 @@ class ProgressLine:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last = -float("inf")
         self._val = ""
+        self._best = ""  # the best validation's step and gain, for the last line
         self._last_decile = -1
 
     def __call__(self, event: Any) -> None:
@@ -296,6 +303,8 @@ class ProgressLine:
                 gain = event.psnr - event.psnr_input
                 best = ", best" if event.is_best else ""
                 self._val = f" | val@{event.step} PSNR {event.psnr:.2f} dB ({gain:+.2f}{best})"
+                if event.is_best:
+                    self._best = f" at step {event.step} ({gain:+.2f} dB over the blurred input)"
         elif isinstance(event, ev.Step):
             losses = " ".join(f"{k} {v:.4g}" for k, v in event.losses.items() if k != "total")
             line = (
@@ -318,7 +327,8 @@ class ProgressLine:
             self._print(f"checkpoint at step {event.step}: {event.path}")
         elif isinstance(event, ev.Finished):
             how = "stopped" if event.stopped else "finished"
-            best = "" if event.best_psnr is None else f"; best validation PSNR {event.best_psnr:.2f} dB"
+            # the validation after the last step comes after its step line: the best one is named here
+            best = "" if event.best_psnr is None else f"; best validation PSNR {event.best_psnr:.2f} dB{self._best}"
             self._print(f"{how} at step {event.step}{best}")
 
     def _print(self, text: str) -> None:

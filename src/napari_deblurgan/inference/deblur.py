@@ -178,7 +178,7 @@ def deblur(
     axes = resolve_axes(image.shape, axes, rgb=rgb)
     if inferred:
         _warn_if_alpha_looks_like_a_channel(image, axes)
-    _check_plane_size(image.shape, axes)
+    check_plane_size(image.shape, axes)
     from ..model_file import as_model
 
     model = as_model("default" if model is None else model)
@@ -247,7 +247,9 @@ def _warn_if_alpha_looks_like_a_channel(image: Any, axes: str) -> None:
         )
 
 
-def _check_plane_size(shape: tuple[int, ...], axes: str) -> None:
+def check_plane_size(shape: tuple[int, ...], axes: str) -> None:
+    """InputError where the YX planes of an image of ``shape`` (``axes``) are too small to deblur: deblur()
+    checks it, and the CLI too before it says anything about the output it would write."""
     h, w = shape[axes.index("Y")], shape[axes.index("X")]
     if min(h, w) < MIN_SIDE:
         raise InputError(
