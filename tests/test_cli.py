@@ -1096,3 +1096,32 @@ def test_inputs_that_cannot_be_deblurred_get_one_error_in_the_commands_words_and
         assert "note:" not in err and "axes argument" not in err and "astype" not in err, err
         assert len(err.strip().splitlines()) == 1, err
     assert _files(tmp_path) == {"row.png", "stack.tif", "flags.tif", "tiny.pt"}  # nothing written
+
+
+def test_what_tifffile_logs_of_a_damaged_file_is_part_of_the_one_error(tiny_model_file, tmp_path, capsys):
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"II*\x00garbage")  # a TIFF header, then junk
+    argv = [["deblur", str(garbage), "-o", str(tmp_path / "out.tif"), "--model", str(tiny_model_file)]]
+    argv.append(["finetune", "--sharp", str(garbage), "-o", str(tmp_path / "out.pt"), "--steps", "1"])
+    for args in argv:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err  # tifffile's own line came first, raw
+        assert "holds no image" in err and "(tifffile: invalid offset to first page" in err, err
+        assert "<tifffile." not in err
+
+
+def test_what_tifffile_logs_of_a_file_that_opens_is_said_as_notes(capsys):
+    import logging
+
+    with deblur_command.tifffile_log_in_errors():
+        logging.getLogger("tifffile").warning("<tifffile.TiffPage 3 @8> something odd in a tag")
+        logging.getLogger("tifffile").warning("<tifffile.TiffPage 4 @9> something odd in a tag")
+    assert capsys.readouterr().err == "note: tifffile: something odd in a tag\n"  # once
+    with (
+        pytest.raises(InputError, match=r"^nothing here \(tifffile: a reason\)$"),
+        deblur_command.tifffile_log_in_errors(),
+    ):
+        logging.getLogger("tifffile").warning("a reason")
+        raise InputError("nothing here")
+    assert not logging.getLogger("tifffile").handlers  # put back as it was

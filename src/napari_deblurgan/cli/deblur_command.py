@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -672,12 +672,17 @@ def _deblur_file(args: argparse.Namespace) -> Any:
     if not is_tiff(inp):
         return _deblur_photo(args, inp, out, model)
 
-    try:
-        tif = tifffile.TiffFile(inp)
-    except (tifffile.TiffFileError, ValueError) as exc:
-        raise InputError(f"Cannot read {str(inp)!r} as TIFF: {exc}") from None
+    with tifffile_log_in_errors():
+        try:
+            tif = tifffile.TiffFile(inp)
+        except (tifffile.TiffFileError, ValueError) as exc:
+            raise InputError(f"Cannot read {str(inp)!r} as TIFF: {exc}") from None
+        try:
+            info = read_tiff_info(tif, args.axes)
+        except BaseException:
+            tif.close()
+            raise
     with tif:  # open until the end: the lazy path reads its pages as it goes
-        info = read_tiff_info(tif, args.axes)
         series = tif.series[0]
         pages = None
         # The lazy path writes page by page, so the planes must be the trailing YX (or YXS) axes.
@@ -702,6 +707,38 @@ def _deblur_file(args: argparse.Namespace) -> Any:
         finally:
             bar.close()
     return info
+
+
+@contextlib.contextmanager
+def tifffile_log_in_errors() -> Iterator[None]:
+    """While a TIFF is opened and its axes read: what tifffile logs (its warnings about a damaged file,
+    "invalid offset to first page") is added to the InputError that follows, in one line, instead of being
+    printed raw on its own line before it; where nothing fails, it is printed as notes, as before but worded
+    as the command's other notes."""
+    import logging
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            # tifffile starts a message with the object it is about (<tifffile.TiffPages @123>): not for a user
+            records.append(re.sub(r"^<[^>]*>\s*", "", record.getMessage()))
+
+    logger = logging.getLogger("tifffile")
+    handler, propagate = Collect(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    except InputError as exc:
+        if not records:
+            raise
+        raise InputError(f"{exc} (tifffile: {'; '.join(dict.fromkeys(records))})") from None
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    for message in dict.fromkeys(records):
+        print(f"note: tifffile: {message}", file=sys.stderr)
 
 
 def _check_before_notes(pixels: Any, axes: str) -> None:

@@ -221,7 +221,7 @@ def read_image(path: str | Path, axes: str | None, opened: contextlib.ExitStack 
     when ``opened`` closes, given one)."""
     import tifffile
 
-    from .deblur_command import lazy_pages, note_other_series, read_series, read_tiff_info
+    from .deblur_command import lazy_pages, note_other_series, read_series, read_tiff_info, tifffile_log_in_errors
     from .photo_files import is_tiff
 
     path = Path(path)
@@ -232,26 +232,27 @@ def read_image(path: str | Path, axes: str | None, opened: contextlib.ExitStack 
             f"{str(path)!r} is not a TIFF file: finetune reads TIFF only (deblur also reads photos). Save the "
             "image as TIFF first, e.g. Fiji's File > Save As > Tiff..., or tifffile.imwrite('image.tif', array)."
         )
-    try:
-        tif = tifffile.TiffFile(path)
-    except (tifffile.TiffFileError, ValueError) as exc:
-        raise InputError(f"Cannot read {str(path)!r} as TIFF: {exc}") from None
-    data = None
-    try:
-        info = read_tiff_info(tif, axes)
-        series = tif.series[0]
-        # Training reads random crops (np.asarray(array[key]) in data/pairs.py): a large stack stays on disk,
-        # memory-mapped, or read through a TiffPages reader (compressed), which keeps the file open
-        if series.nbytes > TRAINING_IN_MEMORY_BYTES:
-            data = lazy_pages(tif, path, raw_memmap=True)
-        if data is None:
-            data = read_series(series, path)
-        note_other_series(tif, path)
-    finally:
-        if getattr(data, "_tif", None) is not tif:
-            tif.close()
-        elif opened is not None:
-            opened.callback(data.close)
+    with tifffile_log_in_errors():  # what tifffile logs of a damaged file: in the error, or as notes
+        try:
+            tif = tifffile.TiffFile(path)
+        except (tifffile.TiffFileError, ValueError) as exc:
+            raise InputError(f"Cannot read {str(path)!r} as TIFF: {exc}") from None
+        data = None
+        try:
+            info = read_tiff_info(tif, axes)
+            series = tif.series[0]
+            # Training reads random crops (np.asarray(array[key]) in data/pairs.py): a large stack stays on disk,
+            # memory-mapped, or read through a TiffPages reader (compressed), which keeps the file open
+            if series.nbytes > TRAINING_IN_MEMORY_BYTES:
+                data = lazy_pages(tif, path, raw_memmap=True)
+            if data is None:
+                data = read_series(series, path)
+            note_other_series(tif, path)
+        finally:
+            if getattr(data, "_tif", None) is not tif:
+                tif.close()
+            elif opened is not None:
+                opened.callback(data.close)
     if data.shape != info.shape:
         raise InputError(f"Unexpected data shape {data.shape} for axes {info.axes!r} in {path}; pass --axes.")
     return data, info.axes
