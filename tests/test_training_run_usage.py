@@ -462,3 +462,29 @@ def test_why_a_failed_runs_model_is_not_saved_is_said_for_the_run_it_was(trainin
             for _ in run:
                 pass
     assert why_not_saved_after_a_failure(run.model) == f"{reason}, so no model was written"
+
+
+def test_an_out_of_memory_error_after_the_generators_update_goes_back_to_the_snapshot(training_pair, monkeypatch):
+    """An out-of-memory error in the generator's update (here its EMA's, after the optimiser's step) left that
+    update applied, and the step, run again at half the batch, applied it a second time. The run now goes back
+    to the last snapshot (of step 2, with a snapshot every step) and says so."""
+    from napari_deblurgan.training.trainer import GanStep
+
+    kw = {"steps": 5, "validation": 0, "validate_every": 1}
+    expected = _weights(_stopped_after(training_pair, 2, **kw))
+    raise_on_call(monkeypatch, GanStep, "_update_ema", 3, torch.cuda.OutOfMemoryError("ema"))  # in step 3
+    live: list[GanStep] = []
+    original = GanStep.run
+    monkeypatch.setattr(GanStep, "run", lambda self, *a: live.append(self) or original(self, *a))
+    run = tiny_run(training_pair, **{"model": _model(), "batch_size": 2, **kw})
+    at_notice = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for event in run:
+            if isinstance(event, ev.Notice) and event.kind == "oom":
+                at_notice = (event.message, {k: v.clone() for k, v in live[-1].generator.state_dict().items()})
+    assert at_notice is not None
+    message, weights = at_notice
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)  # step 3's update is not kept
+    assert "back to step 2, batch size halved to 1" in message, message
+    assert run.finished is not None and run.finished.step == 5

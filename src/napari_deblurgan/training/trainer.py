@@ -1377,9 +1377,21 @@ class TrainingRun:
                             "patch_size, a lighter architecture (unet_fast, unet_lite) or device='cpu'."
                         ) from None
                     batch_size = max(1, batch_size // 2)
-                    # the failed step may have applied some of its critic updates: not a whole-step state
-                    whole_steps, saved_step = False, -1
-                    message = f"Out of GPU memory: batch size halved to {batch_size}; continuing."
+                    saved_step = -1  # the state is no longer the checkpoint's
+                    if step_fn.updating_generator:
+                        # the generator's update was applied, at least in part (the error came in its optimiser's
+                        # step, the EMA's update or after): the step run again would apply it twice. Back to the
+                        # last snapshot, a whole step's state, as a rollback goes
+                        step_fn.load_state_dict(snapshot["state"])
+                        step, whole_steps = int(snapshot["step"]), True
+                        message = (
+                            f"Out of GPU memory in the generator's update: back to step {step}, batch size halved "
+                            f"to {batch_size}; continuing."
+                        )
+                    else:
+                        # the failed step may have applied some of its critic updates: not a whole-step state
+                        whole_steps = False
+                        message = f"Out of GPU memory: batch size halved to {batch_size}; continuing."
                     yield self._notice(step, message, "oom")
                     last_time = time.perf_counter()
                     continue
