@@ -802,7 +802,7 @@ def test_messages_name_what_is_wrong(pair):
     with pytest.raises(
         InputError,
         match=r"^The validation pair \(shape \(64, 64\)\) must have the same axes as the "
-        r"training images \(axes 'CYX'\): the axes apply to it too\. axes 'CYX'",
+        r"training images \(axes 'CYX'\): the axes apply to it too, or pass its own as validation_axes\. axes 'CYX'",
     ):
         PairedData(
             rgb + 1,
@@ -1014,3 +1014,12 @@ def test_validation_pair_axes_with_axes_per_image(pair):
         PairedData(None, images, axes=["YX", "YXZ"], patch_size=8, validation=(None, stack[None, None, :8, :8, :1]))
     with pytest.raises(InputError, match=r"^validation_axes is for an explicit \(blurred, sharp\) validation pair"):
         PairedData(None, images, axes=["YX", "YXZ"], validation_axes="YXZ", patch_size=32, validation=0.1)
+
+
+def test_a_validation_pair_whose_axes_differ_from_the_one_axes_string_is_told_of_validation_axes():
+    stack = np.ones((3, 64, 64), np.float32) * np.arange(64)
+    plane = stack[0]
+    with pytest.raises(InputError, match=r"axes 'ZYX'\): the axes apply to it too, or pass its own as validation_axes"):
+        PairedData(stack, stack * 2, axes="ZYX", patch_size=32, validation=(plane, plane * 2))
+    data = PairedData(stack, stack * 2, axes="ZYX", validation_axes="YX", patch_size=32, validation=(plane, plane * 2))
+    assert data.validation_sources[0].axes == "YX"

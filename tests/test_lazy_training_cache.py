@@ -364,3 +364,38 @@ def test_region_share_counts_the_strips_or_tiles_a_region_needs(tmp_path: Path):
         assert pages is not None
         pages._page_layout = lambda keyframe: None  # a layout read whole (JPEG, a volume...): the whole page
         assert pages.region_share((0, 8), (0, 8)) == 1.0
+
+
+def test_crops_of_the_channels_of_one_rgb_page_count_as_crops_of_one_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A one-channel model reads an RGB page's channels as three training planes, but one decode of the page
+    serves all three: the rule weighs the crops of all of them against that decode (it counted a third)."""
+    from napari_deblurgan.data import pairs
+
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(0, 4000, (2, 64, 64, 3)).astype(np.uint16)
+    blurred = (sharp // 2 + 100).astype(np.uint16)
+    seen: list[int] = []
+    rule = pairs._Source._worth_decoding_whole
+    monkeypatch.setattr(pairs._Source, "_worth_decoding_whole", lambda self, *a: seen.append(a[-1]) or rule(self, *a))
+    with lazy_tiff_pair(tmp_path, monkeypatch, blurred, sharp, rowsperstrip=8) as (lazy_b, lazy_s, axes):
+        assert axes.endswith("YXS")
+        data = PairedData(lazy_b, lazy_s, axes=axes, patch_size=PATCH, validation=0.0, channels=1)
+        _warm_percentiles(data)
+        first = [i for i, p in enumerate(data.train_planes) if p.index == (0,)]
+        assert sorted(data.train_planes[i].channel for i in first) == [0, 1, 2]
+        seen.clear()
+        positions = np.array([[8, 8, 0]] * 3)
+        data.read_crops(np.array(first), positions)
+        assert seen and set(seen) == {3}, seen  # one crop of each channel: three crops for the one decode
+
+
+def test_region_share_of_one_sample_plane_of_a_planar_page(tmp_path: Path):
+    image = np.arange(3 * 64 * 64, dtype=np.uint16).reshape(3, 64, 64)
+    tifffile.imwrite(tmp_path / "planar.tif", image, photometric="rgb", planarconfig="separate", rowsperstrip=8)
+    with tifffile.TiffFile(tmp_path / "planar.tif") as tif:
+        pages = TiffPages.of(tif)
+        assert pages is not None
+        assert pages.region_share((0, 8), (0, 64)) == pytest.approx(1 / 8)  # every sample plane's first strip
+        assert pages.region_share((0, 8), (0, 64), samples_read=1) == pytest.approx(1 / 8 / 3)

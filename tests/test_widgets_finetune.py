@@ -816,6 +816,10 @@ def test_the_api_still_says_what_the_panel_rewords(tmp_path, monkeypatch):
     said += PairedData(tall, tall * 2, patch_size=32, validation=0.1, check_alignment=False).notes
     said += PairedData(None, ones, patch_size=130, validation=0.0).notes
     said.append(error(lambda: __import__("napari_deblurgan.devices", fromlist=["x"]).resolve_device("cuda:99")))
+    stack = np.ones((3, 64, 64), np.float32) * np.arange(64)
+    said.append(
+        error(lambda: PairedData(stack, stack * 2, axes="ZYX", patch_size=32, validation=(ones, ones * 2)))
+    )  # a 2D validation pair for ZYX training images: the panel has no validation_axes to set
     # a run with a checkpoint, then: its resume asked for fewer steps, resumed with another recipe, and a new
     # run into its folder
     model = create_model("unet_lite", 1, seed=0, width=4, depth=2, n_blocks=1)

@@ -1007,12 +1007,13 @@ class TiffPages:
         grid = (-(-length // segment[0]), -(-width // segment[1]))
         return _PageLayout((sep, depth, length, width, samples), tail, segment, grid, contiguous)
 
-    def region_share(self, rows: tuple[int, int], cols: tuple[int, int]) -> float:
+    def region_share(self, rows: tuple[int, int], cols: tuple[int, int], samples_read: int | None = None) -> float:
         """The share of a page's stored bytes that reading rows ``rows`` x columns ``cols`` of it decodes (0-1],
         worked out from the first page's layout, without reading pixels: the strips or tiles the region covers
         over all of them (its rows, uncompressed in one piece), or 1.0 where a region read decodes the whole
-        page (:meth:`_page_layout`). Training weighs it against decoding a plane once and keeping it
-        (``data.pairs._Source._read``)."""
+        page (:meth:`_page_layout`). ``samples_read``: how many of a planar page's sample planes the read
+        takes (None: all; contiguous samples always come together). Training weighs it against decoding a
+        plane once and keeping it (``data.pairs._Source._read``)."""
         with self._lock:
             try:
                 layout = self._page_layout(self._series.keyframe)
@@ -1020,16 +1021,17 @@ class TiffPages:
                 layout = None
         if layout is None:
             return 1.0
-        _, _, length, width, _ = layout.shaped
+        sep, _, length, width, _ = layout.shaped
+        planes = 1.0 if samples_read is None else min(samples_read, sep) / sep  # of the page's sample planes
         y0, y1 = max(0, rows[0]), min(length, rows[1])
         x0, x1 = max(0, cols[0]), min(width, cols[1])
         if y1 <= y0 or x1 <= x0:
             return 0.0
         if layout.contiguous:
-            return (y1 - y0) / length
+            return planes * (y1 - y0) / length
         (seg_rows, seg_cols), (down, across) = layout.segment, layout.grid
         needed = ((y1 - 1) // seg_rows - y0 // seg_rows + 1) * ((x1 - 1) // seg_cols - x0 // seg_cols + 1)
-        return needed / (down * across)
+        return planes * needed / (down * across)
 
     def _page_region(self, index: int, within: tuple) -> Any:
         """``page[within]`` of page ``index``: where the region needs only some of the page's strips or tiles

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -291,11 +292,7 @@ class _Source:
         read-only view of it)."""
         if self.decoded is None or not _decodes_whole_pages(array):
             return self._read_region(array, index, channel, rows, cols)
-        # a single-channel model reads one channel per crop; when the channels are in the page (YXS), one decode
-        # gives them all: keep the whole plane once, not once per channel. Without a channel axis, channel 0
-        # (a crop's) and None (the percentiles') are the same plane
-        channels_in_page = self.c is None or self.c >= len(self.axes) - len(array.page_shape)
-        kept_channel = None if channels_in_page else channel
+        kept_channel = self.kept_channel(array, channel)
         # A plane too big for the budget would not be kept (_DecodedPlanes.put), so its whole decode would serve
         # one crop only: read just the region instead. For strip- or tile-compressed pages that decodes only the
         # strips or tiles the crop covers (TiffPages._page_region); elsewhere the reader decodes the page and
@@ -307,7 +304,7 @@ class _Source:
         key = (id(array), index, kept_channel)
         plane = self.decoded.get(key)
         if plane is None:
-            if not self._worth_decoding_whole(array, plane_bytes, kept_channel, rows, cols, crops_from_plane):
+            if not self._worth_decoding_whole(array, plane_bytes, kept_channel, channel, rows, cols, crops_from_plane):
                 return self._read_region(array, index, channel, rows, cols)
             plane = self._read_region(array, index, kept_channel, slice(None), slice(None))
             self.decoded.put(key, plane)
@@ -315,8 +312,24 @@ class _Source:
             plane = plane[channel : channel + 1]
         return plane[:, rows, cols]
 
+    def kept_channel(self, array: Any, channel: int | None) -> int | None:
+        """The channel of the plane that a read of ``channel`` from ``array`` decodes and keeps: None (all of
+        them) where the channels are in the page (YXS: one decode gives them all, so the whole plane is kept
+        once, not once per channel) or where there is no channel axis (channel 0, a crop's, and None, the
+        percentiles', are the same plane); else ``channel``, each channel a page of its own."""
+        page_shape = getattr(array, "page_shape", None)
+        channels_in_page = self.c is None or page_shape is None or self.c >= len(self.axes) - len(page_shape)
+        return None if channels_in_page else channel
+
     def _worth_decoding_whole(
-        self, array: Any, plane_bytes: int, kept_channel: int | None, rows: slice, cols: slice, crops: int
+        self,
+        array: Any,
+        plane_bytes: int,
+        kept_channel: int | None,
+        channel: int | None,
+        rows: slice,
+        cols: slice,
+        crops: int,
     ) -> bool:
         """Whether to decode a plane that is not in the decoded-plane cache whole (and keep it) rather than
         just the strips or tiles of the region asked for: where the whole plane is asked for (its percentiles),
@@ -333,7 +346,10 @@ class _Source:
         if (y0, y1, x0, x1) == (0, self.height, 0, self.width):
             return True
         share = getattr(array, "region_share", None)
-        share = 1.0 if share is None else float(share((y0, y1), (x0, x1)))
+        # a one-channel read of a page whose channels are sample planes of their own (planar) decodes only
+        # that plane's strips, a fraction of what the whole page's decode costs
+        one_of = self.n_channels if kept_channel is None and channel is not None and self.c is not None else 1
+        share = 1.0 if share is None else float(share((y0, y1), (x0, x1), samples_read=1 if one_of > 1 else None))
         arrays = sum(1 for a in (self.sharp, self.blurred) if a is not None and _decodes_whole_pages(a))
         variants = 1 if kept_channel is None or self.joint else self.n_channels
         planes = max(1, math.prod(self.shape[i] for i in self.other) * variants * arrays)
@@ -958,7 +974,7 @@ class PairedData:
                 said = f" (axes {axes!r}): the axes apply to it too" if axes else ""
                 raise InputError(
                     f"The validation pair (shape {tuple(vs.shape)}) must have the same axes as the training "
-                    f"images{said}. {exc}"
+                    f"images{said}, or pass its own as validation_axes. {exc}"
                 ) from None
             vsrc = self._make_source(vs, vb, pair_axes, None)
             if vb is not None:
@@ -1148,7 +1164,10 @@ class PairedData:
         sharp_out = np.empty(shape, np.float32)
         # crops of one plane one after another (each still written to its own place in the batch): a plane
         # decoded whole for its first crop (a compressed lazy stack, _DecodedPlanes) serves the others
-        crops_per_plane = np.bincount(plane_ids, minlength=len(self.train_planes)) if count else []
+        # how many of them one decode of a page serves: the crops of its plane, and of the plane's other channels
+        # where the channels are in the page (an RGB page read for a one-channel model)
+        decodes = [self._decode_key(self.train_planes[int(pid)]) for pid in plane_ids]
+        crops_per_decode = Counter(decodes)
         for i in np.argsort(plane_ids, kind="stable"):
             plane = self.train_planes[int(plane_ids[i])]
             y0, x0, transform = (int(v) for v in positions[i])
@@ -1161,12 +1180,18 @@ class PairedData:
                 margin,
                 bounds=(plane.rows, plane.cols),
                 copy=False,
-                crops_from_plane=int(crops_per_plane[int(plane_ids[i])]),
+                crops_from_plane=crops_per_decode[decodes[i]],
             )
             sharp_out[i] = _dihedral(s, transform)
             if blurred_out is not None and b is not None:
                 blurred_out[i] = _dihedral(b, transform)
         return blurred_out, sharp_out
+
+    def _decode_key(self, plane: Plane) -> tuple[int, tuple[int, ...], int | None]:
+        """What one decode of a compressed lazy page serves (:meth:`_Source.kept_channel`): the training
+        plane's source and index, and its channel where each channel is a page of its own."""
+        source = self.sources[plane.source]
+        return plane.source, plane.index, source.kept_channel(source.sharp, plane.channel)
 
     def draw_crops(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """The random part of :meth:`sample`: training-plane indices ``(B,)`` and ``(B, 3)`` rows of ``(y0, x0,

@@ -1317,8 +1317,8 @@ class TrainingRun:
                 # read-ahead (a compressed lazy stack) reads no batch that the run will not take
                 source.batches_needed = (total - step) * step_fn.batches_per_step
                 try:
-                    # only the step is under the out-of-memory handler below: it runs the step again, which is
-                    # right only where the step's update was not applied
+                    # only the step is under the out-of-memory handler below: it runs the step again, from the
+                    # last snapshot where the error came once the generator's update had begun (see there)
                     try:
                         result = step_fn.run(source.next_batch, batch_size)
                     except torch.cuda.OutOfMemoryError:

@@ -128,6 +128,8 @@ PANEL_PHRASES: list[tuple[str, str, str | None]] = [
         None,
     ),
     (r"pass a separate validation pair", "validate on a separate blurred/sharp pair", None),
+    # the panel's validation layers take the axes field's axes: it has no control of their own
+    (r", or pass its own as validation_axes\.", ".", None),
     (r"a separate validation pair", "a separate blurred/sharp pair for validation", None),
 ]
 
