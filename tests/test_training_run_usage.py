@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from _helpers import raise_on_call, tiny_run, tiny_unet
+from napari_deblurgan.errors import InputError
 from napari_deblurgan.training import events as ev
 
 pytestmark = [
@@ -488,3 +489,22 @@ def test_an_out_of_memory_error_after_the_generators_update_goes_back_to_the_sna
     assert all(torch.equal(weights[k], expected[k]) for k in expected)  # step 3's update is not kept
     assert "back to step 2, batch size halved to 1" in message, message
     assert run.finished is not None and run.finished.step == 5
+
+
+def test_a_run_refused_before_its_first_step_leaves_no_checkpoint_folder(training_pair, tmp_path):
+    """The folder was created to check that it can be written, before the data were checked: a run refused
+    for its data left an empty folder, which the Finetune panel then took for an earlier run to keep."""
+    from napari_deblurgan.widgets.finetune_widget import _taken
+
+    blurred, sharp = training_pair
+    folder = tmp_path / "deep" / "mine.checkpoint"
+    with pytest.raises(InputError, match="differ in shape"):
+        tiny_run((blurred[:, :-8], sharp), steps=2, checkpoint_dir=folder)
+    assert not (tmp_path / "deep").exists()
+    (tmp_path / "file.txt").write_text("")
+    with pytest.raises(InputError, match="is a file"):  # the checks themselves still run
+        tiny_run(training_pair, steps=2, checkpoint_dir=tmp_path / "file.txt")
+    folder.mkdir(parents=True)  # an empty folder (an older version's, or made by hand) holds no run to keep
+    assert not _taken(tmp_path / "deep" / "mine.pt")
+    list(tiny_run(training_pair, steps=1, checkpoint_dir=folder))
+    assert _taken(tmp_path / "deep" / "mine.pt")

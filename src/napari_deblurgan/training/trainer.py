@@ -1489,10 +1489,14 @@ class TrainingRun:
 
 
 def _check_checkpoint_folder(folder: Path) -> None:
-    """Create the checkpoint folder and check that files can be written there, before any training: a run
-    that learns only at its first checkpoint that it cannot save one has already spent that time."""
+    """Check that the checkpoint folder can be created and written, before any training: a run that learns
+    only at its first checkpoint that it cannot save one has already spent that time. The folders this check
+    creates are removed again (the first checkpoint creates them for good): a run that fails before its first
+    step, e.g. on its data, leaves nothing behind, not an empty folder that the next run takes for an earlier
+    run's."""
     if folder.exists() and not folder.is_dir():
         raise InputError(f"checkpoint_dir {str(folder)!r} is a file; give a folder (it is created if missing).")
+    missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -1501,7 +1505,12 @@ def _check_checkpoint_folder(folder: Path) -> None:
         ) from None
     from ..atomic_files import check_writable
 
-    check_writable(folder / CHECKPOINT_NAME)
+    try:
+        check_writable(folder / CHECKPOINT_NAME)
+    finally:
+        for created in missing:
+            with contextlib.suppress(OSError):  # not empty (another process wrote there meanwhile): kept
+                created.rmdir()
 
 
 def _same_setting(name: str, given: Any, had: Any) -> bool:

@@ -156,8 +156,11 @@ def default_model_path() -> Path:
 
 
 def _taken(model_path: Path) -> bool:
-    """Whether a run has written there: the model file or its checkpoint folder exists."""
-    return model_path.exists() or checkpoint_dir_for(model_path).exists()
+    """Whether a run has written there: the model file, or a checkpoint in its checkpoint folder, exists (an
+    empty folder holds no earlier run to keep)."""
+    from ..training.checkpoint import checkpoint_path
+
+    return model_path.exists() or checkpoint_path(checkpoint_dir_for(model_path)).exists()
 
 
 def checkpoint_dir_for(model_path: Path) -> Path:
