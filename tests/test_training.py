@@ -1536,3 +1536,20 @@ def test_a_list_of_images_of_different_axes_trains_with_one_axes_string_per_imag
         tiny_run(([sharp, stack],), axes=["YX"])
     model = finetune([sharp, stack], model=tiny_unet(), axes=[None, "YXZ"], **{**TINY_RUN_ARGS, "steps": 1})
     assert model.metadata["training"]["steps"] == 1
+
+
+def test_resuming_the_same_shapes_read_with_other_axes_says_so(tmp_path):
+    """A stack resumed with its Y and X axes read the other way round has the same shape but other crops: the
+    checkpoint records each image's axes (and so does the model's provenance), and a resume compares them."""
+    rng = np.random.default_rng(0)
+    stack = rng.random((2, 64, 64), np.float32)
+    common = dict(model=tiny_unet(), patch_size=32, batch_size=2, validation=None, device="cpu", preset="content")
+    run = iter_finetune(stack, axes="ZYX", steps=2, checkpoint_dir=tmp_path, checkpoint_every=1, **common)
+    list(run)
+    assert run.model.metadata["training"]["data_axes"] == ["ZYX"]
+    same = list(iter_finetune(stack, axes="ZYX", steps=3, resume=tmp_path, **common))
+    assert not [e for e in same if isinstance(e, ev.Notice) and e.kind == "resume-data"]
+    with pytest.warns(UserWarning, match=r"Resuming with other training data than the checkpoint's \(axes"):
+        other = list(iter_finetune(stack, axes="ZXY", steps=4, resume=tmp_path, **common))
+    (notice,) = [e for e in other if isinstance(e, ev.Notice) and e.kind == "resume-data"]
+    assert "['ZXY'] now, ['ZYX'] then" in notice.message

@@ -1010,8 +1010,12 @@ class TrainingRun:
             saved_validation = saved.get("validation_fingerprint")  # absent in checkpoints of older versions
             saved_shapes = saved.get("data_shapes")  # absent in checkpoints of older versions
             shapes_now = [list(s) for s in self.data.shapes()]
+            # the same shapes read with other axes (a ZYX stack resumed as ZXY) are other crops too
+            saved_axes, axes_now = saved.get("data_axes"), [src.axes for src in self.data.sources]
             kind_changed = saved.get("synthetic", self.data.synthetic) != self.data.synthetic
-            if kind_changed or (saved_shapes is not None and saved_shapes != shapes_now):
+            other_shapes = saved_shapes is not None and saved_shapes != shapes_now
+            other_axes = saved_axes is not None and saved_axes != axes_now
+            if kind_changed or other_shapes or other_axes:
                 pending.append(
                     (
                         "Resuming with other training data than the checkpoint's ("
@@ -1021,6 +1025,8 @@ class TrainingRun:
                             else "blurred/sharp pairs now, sharp images with synthetic blur then"
                             if kind_changed
                             else f"{len(shapes_now)} images now, {len(saved_shapes or [])} then, or other shapes"
+                            if other_shapes
+                            else f"axes {axes_now} now, {saved_axes} then"
                         )
                         + "): the run continues, but it is no longer the same run. Pass the same data to resume "
                         "exactly.",
@@ -1089,6 +1095,7 @@ class TrainingRun:
             "autocast_dtype": None if step_fn.amp_dtype is None else str(step_fn.amp_dtype).removeprefix("torch."),
             "data": self.data.describe(),
             "data_shapes": [list(s) for s in self.data.shapes()],
+            "data_axes": [src.axes for src in self.data.sources],  # as given or inferred, one per image
             "synthetic_blur": (
                 {
                     "kinds": list(self.blur_kinds),
@@ -1163,6 +1170,7 @@ class TrainingRun:
                         "validation_metric": VALIDATION_METRIC,
                         "validation_fingerprint": source.validation_fingerprint(),
                         "data_shapes": [list(s) for s in self.data.shapes()],
+                        "data_axes": [src.axes for src in self.data.sources],
                         "synthetic": self.data.synthetic,
                         "preset_fields": asdict(preset),
                         "model": self.base._header(),
