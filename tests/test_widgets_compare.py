@@ -635,3 +635,57 @@ def test_a_job_that_ends_after_the_panel_was_deleted_touches_none_of_its_widgets
     widget._on_errored(RuntimeError("CUDA error: simulated"))
     widget._on_finished()
     assert widget.worker is None
+
+
+def test_the_panel_scrolls_instead_of_being_taller_than_a_laptop_screen(setup):
+    """~700 px at least, with napari's menu, status bar and the dock's title: taller than a 768 px screen."""
+    _viewer, widget = setup
+    assert widget.minimumSizeHint().height() < 500
+    inner = widget.scroll_area.widget()
+    for control in (widget.compute_button, widget.table, widget.status, widget.rl_button):
+        assert inner.isAncestorOf(control)
+
+
+def test_a_refused_request_says_so_on_the_status_line_not_the_last_ones_result(setup, qtbot, notifications):
+    """The status line kept "Added '... Richardson-Lucy 3 it.'." after a baseline refused for want of a PSF: it
+    read as this click's result."""
+    viewer, widget = setup
+    widget.baseline_input.set_value(viewer.layers["blurred"])
+    widget.rl_iterations.setValue(2)
+    widget.rl_button.click()
+    wait_done(qtbot, widget)
+    assert widget.status.text().startswith("Added ")
+    widget.baseline_input.set_value(viewer.layers["truth"])  # no PSF in its metadata
+    widget.rl_button.click()
+    assert widget.worker is None
+    assert "carries no PSF in its metadata" in widget.status.text(), widget.status.text()
+
+    for layer in widget.checked_layers():
+        widget.set_checked(layer, False)
+    widget.compute_button.click()
+    assert widget.status.text() == "Check at least one result layer in the list to compare."
+
+
+def test_the_tables_columns_fit_a_narrow_dock(setup, qtbot):
+    """A ~350 px panel showed the layer column (as wide as its longest name) and PSNR; SSIM was cut, NRMSE and
+    sharpness needed sideways scrolling. The layer column takes what the numbers leave, its names elided."""
+    viewer, widget = setup
+    long_name = "cells blurred Richardson-Lucy 30 it. deblurred"
+    viewer.layers["blurred"].name = long_name
+    widget.reference_combo.set_value(viewer.layers["truth"])
+    widget.set_checked(viewer.layers[long_name])
+    widget.compute_button.click()
+    wait_done(qtbot, widget)
+    viewer.window._qt_window.show()  # laid out as on screen
+    widget.setFixedWidth(350)
+    qtbot.wait(100)
+    table = widget.table
+    assert widget.isVisible() and table.isVisible()
+    headers = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+    assert headers == ["layer", "PSNR (dB)", "SSIM", "NRMSE", "sharpness"]
+    shown = table.viewport().width()
+    for column, header in enumerate(headers):
+        right = table.columnViewportPosition(column) + table.columnWidth(column)
+        assert right <= shown, (header, right, shown, [table.columnWidth(c) for c in range(len(headers))])
+    assert table.item(0, 0).text() == long_name and table.item(0, 0).toolTip() == long_name
+    assert table.columnWidth(0) >= min(table.NAME_MIN, table.sizeHintForColumn(0))

@@ -160,6 +160,7 @@ def test_errors_are_said_in_the_panels_words_and_the_api_still_says_what_it_rewo
 
     from napari_deblurgan import InputError, create_model, deblur
     from napari_deblurgan.widgets.deblur_widget import PANEL_LABELS, PANEL_PHRASES, in_panel_words
+    from napari_deblurgan.widgets.layer_menu import MENU_PHRASES, in_menu_words
 
     model = create_model("unet_lite", 1, seed=0, width=4, depth=2, n_blocks=1)
     rgb_model = create_model("unet_lite", 3, seed=0, width=4, depth=2, n_blocks=1)
@@ -188,7 +189,7 @@ def test_errors_are_said_in_the_panels_words_and_the_api_still_says_what_it_rewo
         with pytest.warns(UserWarning) as record:
             deblur(image, **{"model": model, "device": "cpu", **kwargs})
         said += [str(w.message) for w in record]
-    for pattern, _, _ in PANEL_PHRASES:
+    for pattern, _, _ in PANEL_PHRASES + MENU_PHRASES:
         assert any(re.search(pattern, text) for text in said), pattern
     for text in said:
         panel = in_panel_words(text)
@@ -197,6 +198,11 @@ def test_errors_are_said_in_the_panels_words_and_the_api_still_says_what_it_rewo
             assert not re.search(rf"(?<![\w-]){keyword}=", panel), (keyword, panel)
             if "_" in keyword:
                 assert not re.search(rf"(?<![\w-]){keyword}\b", panel), (keyword, panel)
+        # the layer menu's command has no axes field: its advice sends the user to the Deblur panel's
+        menu = in_menu_words(text)
+        assert not re.search(r"image\.astype|np\.nan_to_num\(image|axes=|argument|the axes field", menu), menu
+        if "axes" in text and "axes field" in panel:
+            assert "Plugins > DeblurGAN > Deblur" in menu, menu
 
     # and in the panel itself: a bool layer
     viewer, widget = viewer_and_widget
@@ -1004,3 +1010,34 @@ def test_a_worker_whose_signals_were_deleted_during_its_job_ends_quietly():
 
     workers.append(create_relayed_worker(job))
     workers[0].run()  # the thread's body, here; raised RuntimeError (wrapped C/C++ object deleted) before
+
+
+def test_a_refused_run_says_so_on_the_status_line_not_the_last_ones_result(viewer_and_widget, small_image, qtbot):
+    """With every layer removed after a run, Run said why in a notification only: the status line kept "Added
+    'cells deblurred'.", as if this click had added it."""
+    viewer, widget = viewer_and_widget
+    viewer.add_image(small_image, name="cells")
+    widget.run_button.click()
+    wait_done(qtbot, widget)
+    assert widget.status.text().startswith("Added 'cells deblurred'")
+    viewer.layers.clear()
+    widget.run_button.click()
+    assert widget.worker is None
+    assert widget.status.text().startswith("Choose an image layer to deblur"), widget.status.text()
+
+
+def test_the_layer_menu_sends_axes_advice_to_the_deblur_panel(
+    make_napari_viewer, tiny_model_file, qtbot, monkeypatch, notifications
+):
+    """A too-small image said "check the axes field": the menu command has none."""
+    from napari_deblurgan.widgets import layer_menu
+
+    monkeypatch.setattr(layer_menu, "MODEL", str(tiny_model_file))
+    viewer = make_napari_viewer(strict_qt="raise")
+    layer = viewer.add_image(np.arange(25, dtype=np.uint16).reshape(5, 5), name="tiny")
+    viewer.layers.selection = {layer}
+    assert len(layer_menu.deblur_selected_layers(viewer)) == 1
+    qtbot.waitUntil(lambda: any(sev == NotificationSeverity.ERROR for sev, _ in notifications), timeout=30_000)
+    (error,) = [msg for sev, msg in notifications if sev == NotificationSeverity.ERROR]
+    assert error.startswith("Deblur of 'tiny' failed: the image plane is 5x5 pixels"), error
+    assert "open Plugins > DeblurGAN > Deblur to set the axes" in error and "axes field" not in error, error

@@ -292,6 +292,7 @@ def test_an_empty_save_path_is_said_before_training(setup, notifications):
     finetune.start_button.click()
     assert finetune.worker is None
     assert any("Enter where to save the finetuned model" in msg for _, msg in notifications)
+    assert finetune.status.text().startswith("Enter where to save the finetuned model")
 
 
 def test_the_dock_close_button_stops_training_too(setup, qtbot, tmp_path):
@@ -1182,3 +1183,29 @@ def test_a_save_folder_that_cannot_be_made_falls_back_instead_of_losing_the_mode
     assert Path(path).parent == checkpoint_dir and Path(path).is_file()
     if not fails:
         assert "its folder does not exist" in value[3]
+
+
+def test_the_panel_scrolls_instead_of_being_taller_than_a_laptop_screen(setup, qtbot):
+    """The panel could not be shorter than ~1170 px: on a 1080 px screen napari's window grew past the screen's
+    bottom, with Start, the status line and the plot below it. Its controls are in a scroll area now."""
+    viewer, finetune, _ = setup
+    assert finetune.minimumSizeHint().height() < 500
+    inner = finetune.scroll_area.widget()
+    assert inner.minimumSizeHint().height() > 800  # what the scroll area holds: everything, still there
+    for control in (finetune.start_button, finetune.status, finetune.plot, finetune.steps_spin):
+        assert inner.isAncestorOf(control)
+    # no sideways scrolling at the panel's own minimum width, with the vertical scroll bar showing
+    viewer.window._qt_window.show()  # laid out as on screen
+    finetune.setFixedSize(finetune.minimumSizeHint().width(), 400)
+    qtbot.wait(100)
+    assert finetune.isVisible()
+    assert finetune.scroll_area.verticalScrollBar().isVisible()
+    assert not finetune.scroll_area.horizontalScrollBar().isVisible()
+
+
+def test_a_resume_with_nothing_to_resume_says_so_on_the_status_line(setup, notifications):
+    _viewer, finetune, _ = setup
+    finetune.status.setText("Run finished at step 2; saved to mine.pt.")
+    finetune.resume()
+    assert finetune.worker is None
+    assert finetune.status.text().startswith("There is no checkpoint of an earlier run to resume from")

@@ -14,8 +14,8 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QEvent, QObject, Signal
-from qtpy.QtWidgets import QComboBox, QWidget
+from qtpy.QtCore import QEvent, QObject, QSize, Signal
+from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 # re-exported for the widgets; devices.py is torch-free at import time
 from ..devices import avoid_triton_llvm_clash as avoid_triton_llvm_clash
@@ -269,6 +269,59 @@ class ProgressRelay(QObject):
         # RuntimeError: the panel (and this relay's Qt object) was deleted, e.g. napari closed mid-job
         with contextlib.suppress(RuntimeError):
             self.progressed.emit(int(done), int(total))
+
+
+class PanelScrollArea(QScrollArea):
+    """The scroll area that holds a panel's controls (:func:`scrolling_layout`).
+
+    At least as wide as the controls need, vertical scroll bar included, so that only a dock narrower than that
+    scrolls sideways. At least :attr:`MIN_HEIGHT` px tall (or the controls' height, if less), not the controls'
+    height: a dock cannot be shorter than its panel's minimum, so a panel taller than the screen (the Finetune
+    panel's ~1170 px) made napari's window taller than the screen, with the panel's bottom off it; now the
+    panel scrolls. Where there is room it asks for the controls' whole height (its size hint)."""
+
+    MIN_HEIGHT = 200
+
+    def _extra_width(self) -> int:
+        return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        content = self.widget()
+        if content is None:
+            return hint
+        height = min(content.minimumSizeHint().height() + 2 * self.frameWidth(), self.MIN_HEIGHT)
+        width = content.minimumSizeHint().width() + self._extra_width()
+        return QSize(max(hint.width(), width), max(hint.height(), height))
+
+    def sizeHint(self) -> QSize:
+        content = self.widget()
+        if content is None:
+            return super().sizeHint()
+        hint = content.sizeHint()
+        return QSize(hint.width() + self._extra_width(), hint.height() + 2 * self.frameWidth())
+
+
+def scrolling_layout(panel: QWidget) -> QVBoxLayout:
+    """A new layout for ``panel``'s controls, on a widget inside a :class:`PanelScrollArea` that fills the panel
+    (kept as ``panel.scroll_area``). The controls stay the panel's descendants (``findChildren`` finds them)."""
+    content = QWidget()
+    area = PanelScrollArea(panel)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setWidget(content)
+    outer = QVBoxLayout(panel)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    panel.scroll_area = area
+    return QVBoxLayout(content)
+
+
+def refuse(status: QLabel, message: str) -> None:
+    """A request the panel refuses before any job starts: ``message`` as an error notification and on the panel's
+    status line, which must not go on saying what the last request did (an "Added ..." that reads as this one's)."""
+    status.setText(message)
+    show_error(message)
 
 
 def detached_from_dock(widget: QWidget, event: Any) -> bool:

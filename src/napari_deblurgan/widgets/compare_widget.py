@@ -31,7 +31,6 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -50,7 +49,9 @@ from ._common import (
     prefer_psf,
     prefer_sharp,
     qt_object_alive,
+    refuse,
     result_layer_kwargs,
+    scrolling_layout,
     show_error,
     show_info,
     unique_name,
@@ -103,6 +104,41 @@ def grid_shape(
         return (-round(scale, 9), rows * cols - n, rows)
 
     return min(((rows, -(-n // rows)) for rows in range(1, n + 1)), key=rank)
+
+
+class MetricsTable(QTableWidget):
+    """The metrics table, fitted to the dock's width: the numbers' columns as wide as their contents, the layer
+    column what is left (its names elided in the middle, whole in their tooltips), but not narrower than
+    :attr:`NAME_MIN` px, below which the table scrolls sideways. A column as wide as its longest name (a
+    "cells blurred Richardson-Lucy 30 it." took ~220 px) left no room for SSIM in a ~350 px dock."""
+
+    NAME_MIN = 90
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.name_column: int | None = None  # the column of the layers' names (:meth:`fit_columns`)
+        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.setWordWrap(False)  # one line a row, elided ("cells bl…deblurred"), not wrapped and then cut
+        self.verticalHeader().setVisible(False)  # row numbers: the layer column names the rows
+
+    def fit_columns(self) -> None:
+        """Size the columns to the contents and the layer column to the width that is left."""
+        self.resizeColumnsToContents()
+        self._fit_name_column()
+
+    def _fit_name_column(self) -> None:
+        name = self.name_column
+        if name is None or not 0 <= name < self.columnCount():
+            return
+        whole = max(self.sizeHintForColumn(name), self.horizontalHeader().sectionSizeHint(name))
+        others = sum(self.columnWidth(c) for c in range(self.columnCount()) if c != name)
+        left = self.viewport().width() - others
+        self.setColumnWidth(name, max(min(whole, left), min(whole, self.NAME_MIN)))
+
+    def resizeEvent(self, event: Any) -> None:
+        """The viewport's size changed (the dock was resized, a scroll bar came or went): refit the layer column."""
+        super().resizeEvent(event)
+        self._fit_name_column()
 
 
 class CompareWidget(QWidget):
@@ -183,7 +219,7 @@ class CompareWidget(QWidget):
         base_form.addRow(row)
 
         # ---- results
-        self.table = QTableWidget(0, 0)
+        self.table = MetricsTable(0, 0)
         self.table.setMinimumHeight(150)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.export_button = QPushButton("Export CSV...")
@@ -195,7 +231,7 @@ class CompareWidget(QWidget):
         for button in (self.compute_button, self.export_button, self.side_button):
             actions.addWidget(button)
 
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)  # taller than a laptop's screen: it scrolls
         layout.addWidget(what)
         layout.addWidget(baselines)
         layout.addLayout(actions)
@@ -348,13 +384,13 @@ class CompareWidget(QWidget):
         self.status.setText("")
         layers = self.checked_layers()
         if not layers:
-            show_error("Check at least one result layer in the list to compare.")
+            refuse(self.status, "Check at least one result layer in the list to compare.")
             return
         reference = self.reference_combo.value()
         try:
             axes = axes_for_layer(reference if reference is not None else layers[0])
         except user_error_types() as exc:
-            show_error(error_message(exc))
+            refuse(self.status, error_message(exc))
             return
         results = {layer.name: layer_pixels(layer) for layer in layers}
         ref_data = None if reference is None else layer_pixels(reference)
@@ -393,8 +429,11 @@ class CompareWidget(QWidget):
                 item = QTableWidgetItem(_format(row.get(key)))
                 if isinstance(row.get(key), float):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                elif key == "name":
+                    item.setToolTip(item.text())  # the whole name where the column shows it elided
                 self.table.setItem(r, c, item)
-        self.table.resizeColumnsToContents()
+        self.table.name_column = columns.index("name") if "name" in columns else None
+        self.table.fit_columns()
         self.export_button.setEnabled(True)
         against = f"ground truth: {reference_name!r}." if reference_name else "no ground truth: sharpness only."
         notes = list(getattr(table, "notes", []))
@@ -405,15 +444,15 @@ class CompareWidget(QWidget):
     def export_csv(self, path: str) -> None:
         """Write the last table to ``path`` (CSV, via ``ComparisonTable.to_csv``)."""
         if self.table_result is None:
-            show_error("Compute the metrics first; there is no table to export yet.")
+            refuse(self.status, "Compute the metrics first; there is no table to export yet.")
             return
         try:
             self.table_result.to_csv(path)
         except user_error_types() as exc:  # a folder, a missing folder, no permission (InputError)
-            show_error(f"Could not write {path!r}: {error_message(exc)} Choose another file.")
+            refuse(self.status, f"Could not write {path!r}: {error_message(exc)} Choose another file.")
             return
         except OSError as exc:
-            show_error(f"Could not write {path!r}: {exc}. Choose another file.")
+            refuse(self.status, f"Could not write {path!r}: {exc}. Choose another file.")
             return
         self.status.setText(f"Saved the table to {path}.")
 
@@ -452,13 +491,13 @@ class CompareWidget(QWidget):
             return
         layer = self.baseline_input.value()
         if layer is None:
-            show_error("Choose the blurred image layer to deconvolve.")
+            refuse(self.status, "Choose the blurred image layer to deconvolve.")
             return
         try:
             psf = self.psf()
             axes = axes_for_layer(layer)
         except user_error_types() as exc:
-            show_error(error_message(exc))
+            refuse(self.status, error_message(exc))
             return
         from .. import richardson_lucy, wiener
 

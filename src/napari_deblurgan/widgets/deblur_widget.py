@@ -44,6 +44,7 @@ from ._common import (
     normalize_axes_text,
     prefer_blurred,
     qt_object_alive,
+    refuse,
     result_layer_kwargs,
     set_items,
     show_error,
@@ -412,11 +413,11 @@ class DeblurWidget(QWidget):
             return
         layer = self.layer_combo.value()
         if layer is None:
-            show_error("Choose an image layer to deblur (add one with File > Open or File > Open Sample).")
+            refuse(self.status, "Choose an image layer to deblur (add one with File > Open or File > Open Sample).")
             return
         entry = self.model_combo.value()
         if entry is None:
-            show_error("Choose a model (or 'from file...' to open a .pt model file).")
+            refuse(self.status, "Choose a model (or 'from file...' to open a .pt model file).")
             return
         axes = normalize_axes_text(self.axes_edit.text()) or None
         self._tile_note = ""

@@ -32,7 +32,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QRadioButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -53,7 +52,9 @@ from ._common import (
     normalize_axes_text,
     prefer_blurred,
     prefer_sharp,
+    refuse,
     result_layer_kwargs,
+    scrolling_layout,
     set_items,
     show_error,
     show_info,
@@ -344,7 +345,7 @@ class FinetuneWidget(QWidget):
         self.status.setWordWrap(True)
         self.plot = LossPlot()
 
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)  # taller than a laptop's screen: it scrolls
         for box in (data_box, val_box, train_box):
             layout.addWidget(box)
         layout.addLayout(buttons)
@@ -594,7 +595,7 @@ class FinetuneWidget(QWidget):
     def resume(self) -> None:
         """Continue the last run from its checkpoint directory."""
         if not self._can_resume():
-            show_error("There is no checkpoint of an earlier run to resume from; press Start.")
+            refuse(self.status, "There is no checkpoint of an earlier run to resume from; press Start.")
             return
         self._launch(resume=True)
 
@@ -621,9 +622,7 @@ class FinetuneWidget(QWidget):
                 self._last_saved_to if resume and self._last_saved_to is not None else (self._save_path_for_run(resume))
             )
         except user_error_types() as exc:
-            message = in_panel_words(error_message(exc))
-            self.status.setText(message)
-            show_error(message)
+            refuse(self.status, in_panel_words(error_message(exc)))
             return
         if not resume and _taken(save_to) and not self._replace_agreed(save_to):
             self.status.setText(f"Not started: {str(save_to)!r} holds an earlier run; choose another file name.")

@@ -27,10 +27,37 @@ from ._common import (
     show_info,
     unique_name,
 )
-from .deblur_widget import for_layer, in_panel_words
+from .deblur_widget import PANEL_LABELS, PANEL_PHRASES, for_layer
 
 #: what "default model" means: the shipped model of that name (tests point this at a tiny model file)
 MODEL = "default"
+
+#: Where the menu command's settings can be changed: it has no controls, and deblurs with the layer's own axes
+DEBLUR_PANEL = "Plugins > DeblurGAN > Deblur"
+
+#: The API's advice about its ``axes`` argument as the menu command says it: the Deblur panel's words
+#: (:data:`~.deblur_widget.PANEL_PHRASES`) name its axes field, which the menu command does not have, so this
+#: advice sends the user to the Deblur panel. Applied before the panel's phrases. (The menu runs with the API's
+#: default tile size and overlap, so the panel's advice about those never comes up.)
+MENU_PHRASES: list[tuple[str, str, str | None]] = [
+    (r"pass axes, e\.g\. axes='([A-Z]+)'", rf"open {DEBLUR_PANEL} and write them in its axes field, e.g. \1", None),
+    (
+        r"pass axes with the right channel axis",
+        f"open {DEBLUR_PANEL} and write the axes with the right channel axis in its axes field",
+        None,
+    ),
+    (r"check the axes argument", f"open {DEBLUR_PANEL} to set the axes", None),
+    (r"pass axes='([A-Z]+)'", rf"deblur it in {DEBLUR_PANEL} with \1 in its axes field", None),
+]
+
+
+def in_menu_words(message: str) -> str:
+    """An error or warning of :func:`napari_deblurgan.deblur` as the menu command says it: the Deblur panel's
+    words (:func:`~.deblur_widget.in_panel_words`), except that advice about the axes sends the user to the
+    Deblur panel, where they can be set (:data:`MENU_PHRASES`)."""
+    from ..cli import with_flags
+
+    return with_flags(message, PANEL_LABELS, phrases=[*MENU_PHRASES, *PANEL_PHRASES])
 
 
 def deblur_selected_layers(viewer: napari.viewer.Viewer) -> list[Any]:
@@ -55,7 +82,7 @@ def deblur_selected_layers(viewer: napari.viewer.Viewer) -> list[Any]:
         try:
             axes = axes_for_layer(layer)
         except Exception as exc:
-            show_error(f"{layer.name!r}: cannot tell its axes ({error_message(exc)}); use the Deblur widget.")
+            show_error(f"{layer.name!r}: cannot tell its axes ({error_message(exc)}); use {DEBLUR_PANEL}.")
             continue
         pixels = layer_pixels(layer)
         hooks = {} if is_dask(pixels) else {"cancel": cancel}
@@ -66,8 +93,8 @@ def deblur_selected_layers(viewer: napari.viewer.Viewer) -> list[Any]:
             axes,
             _cancel=cancel,
             _progress={"desc": f"Deblurring {layer.name}"},
-            # deblur()'s warnings as the Deblur panel says them (where its settings are)
-            _in_words=in_panel_words,
+            # deblur()'s warnings in the menu's words (the Deblur panel's, which has the settings it lacks)
+            _in_words=in_menu_words,
             _warning_prefix=f"Deblur of {layer.name!r}: ",
             **hooks,
         )
@@ -91,7 +118,7 @@ def _job(data: Any, model: str, axes: str, cancel: threading.Event | None = None
     except Cancelled:
         return "cancelled", None
     except user_error_types() as exc:
-        return "error", in_panel_words(error_message(exc))  # the Deblur panel's words, as its warnings
+        return "error", in_menu_words(error_message(exc))  # as its warnings
 
 
 def _add_result(viewer: napari.viewer.Viewer, layer: Any, outcome: tuple[str, Any]) -> None:
