@@ -508,3 +508,33 @@ def test_a_run_refused_before_its_first_step_leaves_no_checkpoint_folder(trainin
     assert not _taken(tmp_path / "deep" / "mine.pt")
     list(tiny_run(training_pair, steps=1, checkpoint_dir=folder))
     assert _taken(tmp_path / "deep" / "mine.pt")
+
+
+def test_every_rollback_restores_the_snapshot_itself(training_pair, monkeypatch):
+    """Loading a state into torch's optimiser shares its tensors (Adam's step counters; on the CPU its moments
+    too), so training after a rollback changed the snapshot, and a second rollback to it restored a later state
+    (Adam at step 5 for a snapshot of step 3). Each rollback now restores a copy."""
+    from napari_deblurgan.training.trainer import GanStep
+
+    calls: list[int] = []
+    update_ema = GanStep._update_ema
+
+    def failing_in_steps_4_and_5_again(self: GanStep) -> None:
+        calls.append(1)
+        if len(calls) in (4, 6):  # in step 4, then (back at step 3) in the next step 4 again
+            raise torch.cuda.OutOfMemoryError("injected")
+        update_ema(self)
+
+    monkeypatch.setattr(GanStep, "_update_ema", failing_in_steps_4_and_5_again)
+    live: list[GanStep] = []
+    run_step = GanStep.run
+    monkeypatch.setattr(GanStep, "run", lambda self, *a: live.append(self) or run_step(self, *a))
+    run = tiny_run(training_pair, model=_model(), batch_size=4, steps=8, validation=0, validate_every=3)
+    restored = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for event in run:
+            if isinstance(event, ev.Notice) and event.kind == "oom":
+                assert "back to step 3" in event.message, event.message
+                restored.append(float(live[-1].opt_g.state_dict()["state"][0]["step"]))
+    assert restored == [3.0, 3.0]

@@ -1306,6 +1306,12 @@ class TrainingRun:
         snapshot = {"step": step, "state": _cpu_clone(step_fn.state_dict())}
         snapshot_every = min(SNAPSHOT_EVERY, cfg.checkpoint_every, cfg.validate_every)
 
+        def restore_snapshot() -> None:
+            """Back to the snapshot's state (a rollback): a copy of it, because loading shares tensors (torch's
+            optimiser keeps Adam's step counters, and on the CPU its moments, as given): training on would change
+            the snapshot itself, and a second rollback would restore that, not the snapshot's step."""
+            step_fn.load_state_dict(_cpu_clone(snapshot["state"]))
+
         def state_checked_after(n: int) -> bool:
             """Whether the state after step ``n`` is checked for NaN/inf: where a snapshot or checkpoint takes it,
             and at the last step (the model returned)."""
@@ -1350,7 +1356,7 @@ class TrainingRun:
                     saved_step = -1  # the state goes back to the snapshot: the checkpoint no longer matches
                     if rollbacks > MAX_ROLLBACKS:
                         diverged = True
-                        step_fn.load_state_dict(snapshot["state"])  # before the notice: a consumer may stop there
+                        restore_snapshot()  # before the notice: a consumer may stop there
                         step = int(snapshot["step"])
                         whole_steps = True
                         yield self._notice(
@@ -1361,7 +1367,7 @@ class TrainingRun:
                         )
                         break
                     lr_scale *= 0.5
-                    step_fn.load_state_dict(snapshot["state"])
+                    restore_snapshot()
                     whole_steps = True
                     failed_at = step + 1
                     step = int(snapshot["step"])
@@ -1390,7 +1396,7 @@ class TrainingRun:
                         # the generator's update was applied, at least in part (the error came in its optimiser's
                         # step, the EMA's update or after): the step run again would apply it twice. Back to the
                         # last snapshot, a whole step's state, as a rollback goes
-                        step_fn.load_state_dict(snapshot["state"])
+                        restore_snapshot()
                         step, whole_steps = int(snapshot["step"]), True
                         message = (
                             f"Out of GPU memory in the generator's update: back to step {step}, batch size halved "
