@@ -1124,4 +1124,8 @@ def test_what_tifffile_logs_of_a_file_that_opens_is_said_as_notes(capsys):
     ):
         logging.getLogger("tifffile").warning("a reason")
         raise InputError("nothing here")
+    with pytest.raises(KeyError), deblur_command.tifffile_log_in_errors():
+        logging.getLogger("tifffile").warning("<tifffile.TiffTag 270 @10> invalid value offset")
+        raise KeyError(270)  # tifffile's own error on a damaged file: its diagnosis is still said
+    assert capsys.readouterr().err == "note: tifffile: invalid value offset\n"
     assert not logging.getLogger("tifffile").handlers  # put back as it was

@@ -913,3 +913,13 @@ def test_the_last_line_names_the_step_of_the_best_validation(files, capsys):
     best_step = load_model(out).metadata["training"]["best_step"]
     last = [line for line in err.splitlines() if line.startswith("finished at step 4")]
     assert len(last) == 1 and f"at step {best_step} (" in last[0] and "over the blurred input" in last[0], err
+
+
+def test_info_summarises_the_axes_of_every_image():
+    from napari_deblurgan.cli.info_command import _training_lines
+
+    lines = _training_lines({"data_axes": ["ZYX"] * 298 + ["YX", "YXS"], "preset": "content"})
+    (line,) = [line for line in lines if "data_axes" in line]
+    assert line.split(":", 1)[1].strip() == "298 ZYX, 1 YX, 1 YXS" and len(line) < 100
+    (single,) = [line for line in _training_lines({"data_axes": ["ZYX"]}) if "data_axes" in line]
+    assert single.split(":", 1)[1].strip() == "ZYX"

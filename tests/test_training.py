@@ -1549,7 +1549,10 @@ def test_resuming_the_same_shapes_read_with_other_axes_says_so(tmp_path):
     assert run.model.metadata["training"]["data_axes"] == ["ZYX"]
     same = list(iter_finetune(stack, axes="ZYX", steps=3, resume=tmp_path, **common))
     assert not [e for e in same if isinstance(e, ev.Notice) and e.kind == "resume-data"]
+    # T for Z is the same crops: training takes every plane alike
+    as_time = list(iter_finetune(stack, axes="TYX", steps=4, resume=tmp_path, **common))
+    assert not [e for e in as_time if isinstance(e, ev.Notice) and e.kind == "resume-data"]
     with pytest.warns(UserWarning, match=r"Resuming with other training data than the checkpoint's \(axes"):
-        other = list(iter_finetune(stack, axes="ZXY", steps=4, resume=tmp_path, **common))
+        other = list(iter_finetune(stack, axes="ZXY", steps=5, resume=tmp_path, **common))
     (notice,) = [e for e in other if isinstance(e, ev.Notice) and e.kind == "resume-data"]
-    assert "['ZXY'] now, ['ZYX'] then" in notice.message
+    assert "['ZXY'] now, ['TYX'] then" in notice.message

@@ -713,8 +713,8 @@ def _deblur_file(args: argparse.Namespace) -> Any:
 def tifffile_log_in_errors() -> Iterator[None]:
     """While a TIFF is opened and its axes read: what tifffile logs (its warnings about a damaged file,
     "invalid offset to first page") is added to the InputError that follows, in one line, instead of being
-    printed raw on its own line before it; where nothing fails, it is printed as notes, as before but worded
-    as the command's other notes."""
+    printed raw on its own line before it; where nothing fails, or another error does, it is printed as notes,
+    as before but worded as the command's other notes."""
     import logging
 
     records: list[str] = []
@@ -734,6 +734,11 @@ def tifffile_log_in_errors() -> Iterator[None]:
         if not records:
             raise
         raise InputError(f"{exc} (tifffile: {'; '.join(dict.fromkeys(records))})") from None
+    except BaseException:
+        # another error (tifffile's own on a damaged file, a bug): its diagnosis is not lost with it
+        for message in dict.fromkeys(records):
+            print(f"note: tifffile: {message}", file=sys.stderr)
+        raise
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate

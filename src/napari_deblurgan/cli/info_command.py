@@ -108,7 +108,7 @@ def _block(value: Any, indent: int) -> list[str]:
 
 def _training_lines(training: dict[str, Any]) -> list[str]:
     """The training provenance, one item a line; the data's shapes once, summarised (``data`` repeats them in
-    its description, ``data_shapes`` lists them)."""
+    its description, ``data_shapes`` lists them), and their axes summarised (``data_axes``: one per image)."""
     training = dict(training)
     shapes = training.pop("data_shapes", None)
     if isinstance(shapes, list) and shapes:
@@ -116,7 +116,22 @@ def _training_lines(training: dict[str, Any]) -> list[str]:
         if isinstance(data, str):
             training["data"] = re.sub(r" \(\(.*\)\)$", "", data)  # "... pairs ((512, 512), ...)" -> "... pairs"
         training["data_shapes"] = _shapes(shapes)
+    axes = training.pop("data_axes", None)
+    if isinstance(axes, list) and axes:
+        training["data_axes"] = _axes(axes)
     return _block(training, 2)
+
+
+def _axes(axes: list[Any]) -> str:
+    """``["ZYX", "ZYX", "YX"]`` as ``2 ZYX, 1 YX`` (commonest first; one image: its axes alone)."""
+    counts: dict[str, int] = {}
+    for item in axes:
+        counts[str(item)] = counts.get(str(item), 0) + 1
+    if len(axes) == 1:
+        return next(iter(counts))
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    more = f", and {len(order) - 6} others" if len(order) > 6 else ""
+    return ", ".join(f"{n} {name}" for name, n in order[:6]) + more
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -1010,11 +1010,12 @@ class TrainingRun:
             saved_validation = saved.get("validation_fingerprint")  # absent in checkpoints of older versions
             saved_shapes = saved.get("data_shapes")  # absent in checkpoints of older versions
             shapes_now = [list(s) for s in self.data.shapes()]
-            # the same shapes read with other axes (a ZYX stack resumed as ZXY) are other crops too
+            # the same shapes read with other axes (a ZYX stack resumed as ZXY) are other crops too; T or Z (or
+            # C or S) for one axis is not: training takes every plane alike, and every channel alike
             saved_axes, axes_now = saved.get("data_axes"), [src.axes for src in self.data.sources]
             kind_changed = saved.get("synthetic", self.data.synthetic) != self.data.synthetic
             other_shapes = saved_shapes is not None and saved_shapes != shapes_now
-            other_axes = saved_axes is not None and saved_axes != axes_now
+            other_axes = saved_axes is not None and list(map(_crop_axes, saved_axes)) != list(map(_crop_axes, axes_now))
             if kind_changed or other_shapes or other_axes:
                 pending.append(
                     (
@@ -1500,6 +1501,12 @@ class TrainingRun:
         generator.eval()
         self.finished = Finished(model=self.model, step=step, stopped=stopped or diverged, best_psnr=self._best.psnr)
         yield self._emit(self.finished)
+
+
+def _crop_axes(axes: str) -> str:
+    """What of an image's axes its training crops depend on: where Y, X and the channels are (any other
+    letter, T or Z, is one more axis of planes; S and C are both channels)."""
+    return "".join(a if a in "YX" else "C" if a in "CS" else "-" for a in str(axes))
 
 
 def _check_checkpoint_folder(folder: Path) -> None:
