@@ -1203,6 +1203,47 @@ def test_the_panel_scrolls_instead_of_being_taller_than_a_laptop_screen(setup, q
     assert not finetune.scroll_area.horizontalScrollBar().isVisible()
 
 
+def test_the_wheel_scrolls_the_panel_and_changes_no_setting_it_passes_over(setup, qtbot):
+    """Once the panel scrolled, a spin box or list passing under the cursor took the wheel: the validation
+    fraction dropped to 0 while the user meant to scroll. A field takes the wheel only once it has the focus."""
+    from qtpy.QtCore import QPoint, QPointF, Qt
+    from qtpy.QtGui import QWheelEvent
+    from qtpy.QtWidgets import QApplication
+
+    viewer, finetune, _ = setup
+    viewer.window._qt_window.show()
+    finetune.setFixedSize(finetune.minimumSizeHint().width(), 400)
+    qtbot.wait(100)
+
+    def wheel(field) -> bool:
+        event = QWheelEvent(
+            QPointF(5, 5),
+            QPointF(field.mapToGlobal(QPoint(5, 5))),
+            QPoint(0, 0),
+            QPoint(0, -120),  # one notch down
+            Qt.MouseButton.NoButton,
+            Qt.KeyboardModifier.NoModifier,
+            Qt.ScrollPhase.NoScrollPhase,
+            False,
+        )
+        QApplication.sendEvent(field, event)
+        return event.isAccepted()
+
+    for field in (finetune.val_fraction, finetune.steps_spin, finetune.preset_combo):
+        value = field.currentText() if hasattr(field, "currentText") else field.value()
+        assert field.focusPolicy() == Qt.FocusPolicy.StrongFocus  # the wheel does not give it the focus
+        assert not wheel(field)  # passed on, to the scroll area
+        assert (field.currentText() if hasattr(field, "currentText") else field.value()) == value
+    window = viewer.window._qt_window
+    window.activateWindow()
+    QApplication.setActiveWindow(window)
+    finetune.steps_spin.setFocus()
+    qtbot.waitUntil(finetune.steps_spin.hasFocus)
+    steps = finetune.steps_spin.value()
+    wheel(finetune.steps_spin)
+    assert finetune.steps_spin.value() != steps  # a field the user clicked into takes the wheel, as before
+
+
 def test_a_resume_with_nothing_to_resume_says_so_on_the_status_line(setup, notifications):
     _viewer, finetune, _ = setup
     finetune.status.setText("Run finished at step 2; saved to mine.pt.")

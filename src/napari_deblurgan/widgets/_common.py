@@ -14,8 +14,8 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QEvent, QObject, QSize, Signal
-from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, Signal
+from qtpy.QtWidgets import QAbstractSpinBox, QComboBox, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 # re-exported for the widgets; devices.py is torch-free at import time
 from ..devices import avoid_triton_llvm_clash as avoid_triton_llvm_clash
@@ -281,6 +281,26 @@ class PanelScrollArea(QScrollArea):
     panel scrolls. Where there is room it asks for the controls' whole height (its size hint)."""
 
     MIN_HEIGHT = 200
+
+    def showEvent(self, event: Any) -> None:
+        # Scrolling with the wheel must not change a setting that passes under the cursor: the fields take the
+        # wheel only once clicked or tabbed into (StrongFocus: by default the wheel also gives them focus), and
+        # pass it on to the panel otherwise. Done on show, when the panel's controls all exist.
+        content = self.widget()
+        if content is not None:
+            for field in content.findChildren((QAbstractSpinBox, QComboBox)):
+                if field.focusPolicy() == Qt.FocusPolicy.WheelFocus:
+                    field.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+                field.installEventFilter(self)  # once: Qt keeps one entry per filter object
+        super().showEvent(event)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        # only the fields: QScrollArea filters its content widget's events too
+        fields = (QAbstractSpinBox, QComboBox)
+        if event.type() == QEvent.Type.Wheel and isinstance(watched, fields) and not watched.hasFocus():
+            event.ignore()  # not for this field: Qt passes an ignored wheel on to its parents, the scroll area
+            return True
+        return super().eventFilter(watched, event)
 
     def _extra_width(self) -> int:
         return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
