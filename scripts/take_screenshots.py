@@ -105,6 +105,10 @@ def take(args: argparse.Namespace, workdir: Path) -> int:
         finetune.start_button.click()
         wait_for(app, lambda: finetune.worker is None)
         viewer.reset_view()
+        # the panel scrolls (it is taller than the window): show its bottom, the status line and the loss plot
+        bar = finetune.scroll_area.verticalScrollBar()
+        bar.setValue(bar.maximum())
+        wait_for(app, lambda: True)
         viewer.screenshot(str(args.out / "finetune.png"), canvas_only=False)
         print("finetune.png", finetune.status.text())
     if args.only_finetune:
