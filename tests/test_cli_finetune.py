@@ -923,3 +923,6 @@ def test_info_summarises_the_axes_of_every_image():
     assert line.split(":", 1)[1].strip() == "298 ZYX, 1 YX, 1 YXS" and len(line) < 100
     (single,) = [line for line in _training_lines({"data_axes": ["ZYX"]}) if "data_axes" in line]
     assert single.split(":", 1)[1].strip() == "ZYX"
+    for odd in ("ZYX", []):  # hand-edited metadata: printed as it is, not dropped
+        lines = _training_lines({"data_axes": odd, "data_shapes": odd})
+        assert [line.split(":")[0].strip() for line in lines] == ["data_axes", "data_shapes"], lines

@@ -110,13 +110,13 @@ def _training_lines(training: dict[str, Any]) -> list[str]:
     """The training provenance, one item a line; the data's shapes once, summarised (``data`` repeats them in
     its description, ``data_shapes`` lists them), and their axes summarised (``data_axes``: one per image)."""
     training = dict(training)
-    shapes = training.pop("data_shapes", None)
-    if isinstance(shapes, list) and shapes:
+    shapes = training.get("data_shapes")
+    if isinstance(shapes, list) and shapes:  # else (hand-edited metadata) printed as it is
         data = training.get("data")
         if isinstance(data, str):
             training["data"] = re.sub(r" \(\(.*\)\)$", "", data)  # "... pairs ((512, 512), ...)" -> "... pairs"
         training["data_shapes"] = _shapes(shapes)
-    axes = training.pop("data_axes", None)
+    axes = training.get("data_axes")
     if isinstance(axes, list) and axes:
         training["data_axes"] = _axes(axes)
     return _block(training, 2)
