@@ -1229,7 +1229,13 @@ def test_the_wheel_scrolls_the_panel_and_changes_no_setting_it_passes_over(setup
         QApplication.sendEvent(field, event)
         return event.isAccepted()
 
-    for field in (finetune.val_fraction, finetune.steps_spin, finetune.preset_combo):
+    from qtpy.QtWidgets import QComboBox
+
+    late = QComboBox()  # a field added after the panel was shown is quiet too
+    late.addItems(["a", "b"])
+    finetune.steps_spin.parentWidget().layout().addWidget(late)
+    qtbot.wait(50)
+    for field in (finetune.val_fraction, finetune.steps_spin, finetune.preset_combo, late):
         value = field.currentText() if hasattr(field, "currentText") else field.value()
         assert field.focusPolicy() == Qt.FocusPolicy.StrongFocus  # the wheel does not give it the focus
         assert not wheel(field)  # passed on, to the scroll area

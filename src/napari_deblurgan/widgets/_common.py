@@ -283,23 +283,30 @@ class PanelScrollArea(QScrollArea):
     MIN_HEIGHT = 200
 
     def showEvent(self, event: Any) -> None:
-        # Scrolling with the wheel must not change a setting that passes under the cursor: the fields take the
-        # wheel only once clicked or tabbed into (StrongFocus: by default the wheel also gives them focus), and
-        # pass it on to the panel otherwise. Done on show, when the panel's controls all exist.
-        content = self.widget()
-        if content is not None:
-            for field in content.findChildren((QAbstractSpinBox, QComboBox)):
-                if field.focusPolicy() == Qt.FocusPolicy.WheelFocus:
-                    field.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
-                field.installEventFilter(self)  # once: Qt keeps one entry per filter object
+        self._quiet_fields()
         super().showEvent(event)
 
+    def _quiet_fields(self) -> None:
+        """Scrolling with the wheel must not change a setting that passes under the cursor: the fields take the
+        wheel only once clicked or tabbed into (StrongFocus: by default the wheel also gives them focus), and
+        pass it on to the panel otherwise (:meth:`eventFilter`). Done on show, when the panel's controls all
+        exist, and again whenever the controls' layout changes (a field added later)."""
+        content = self.widget()
+        if content is None:
+            return
+        for field in content.findChildren((QAbstractSpinBox, QComboBox)):
+            if field.focusPolicy() == Qt.FocusPolicy.WheelFocus:
+                field.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+            field.installEventFilter(self)  # once: Qt keeps one entry per filter object
+
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        # only the fields: QScrollArea filters its content widget's events too
+        # only the fields: QScrollArea filters its content widget's events too, which say when the layout changed
         fields = (QAbstractSpinBox, QComboBox)
         if event.type() == QEvent.Type.Wheel and isinstance(watched, fields) and not watched.hasFocus():
             event.ignore()  # not for this field: Qt passes an ignored wheel on to its parents, the scroll area
             return True
+        if event.type() == QEvent.Type.LayoutRequest and watched is self.widget():
+            self._quiet_fields()
         return super().eventFilter(watched, event)
 
     def _extra_width(self) -> int:
