@@ -1129,3 +1129,20 @@ def test_what_tifffile_logs_of_a_file_that_opens_is_said_as_notes(capsys):
         raise KeyError(270)  # tifffile's own error on a damaged file: its diagnosis is still said
     assert capsys.readouterr().err == "note: tifffile: invalid value offset\n"
     assert not logging.getLogger("tifffile").handlers  # put back as it was
+
+
+def test_an_imagej_description_with_a_key_of_other_than_ascii_is_written_back(tiny_model_file, tmp_path, capsys):
+    """tifffile writes an ImageJ description as ASCII only: a key with other characters in it (a damaged
+    description, say) made the write fail after the work, as an 'unexpected error'. Such keys are left to the
+    input's own description, which is put back as it was (values of other than ASCII already were)."""
+    inp, out = tmp_path / "odd.tif", tmp_path / "out.tif"
+    stack = (np.random.default_rng(0).random((2, 64, 64)) * 1000).astype(np.uint16)
+    tifffile.imwrite(inp, stack, imagej=True, metadata={"axes": "ZYX", "unit": "micron"}, resolution=(5.0, 5.0))
+    with tifffile.TiffFile(inp) as tif:
+        description = tif.pages[0].description.rstrip("\n") + "\nhypersta\u00b3k=true\nunit\u00b3=\u00b5m"
+    tifffile.tiffcomment(inp, description.encode("utf-8"))
+    assert main(["deblur", str(inp), "-o", str(out), "--model", str(tiny_model_file)]) == 0, capsys.readouterr().err
+    with tifffile.TiffFile(out) as tif:
+        written = tif.pages[0].description
+        assert tif.series[0].shape == stack.shape and tif.series[0].axes == "ZYX"
+    assert written == description  # the input's, as it was

@@ -368,9 +368,14 @@ def read_tiff_info(tif: Any, axes_override: str | None) -> TiffInfo:
         not_kept = set(IMAGEJ_NOT_KEPT)
         if _size(axes, shape, "C") != ij.get("channels", 1):  # --axes changed the channels
             not_kept |= IMAGEJ_PER_CHANNEL
-        # tifffile writes only ASCII descriptions (and fails after the work): other text is left to the
-        # input's description, written back as it is where it still holds (below)
-        not_kept |= {k for k, v in ij.items() if isinstance(v, str) and not v.isascii() and k not in IMAGEJ_TAG_ITEMS}
+        # tifffile writes only ASCII descriptions (and fails after the work): other text, in a value or in a
+        # key (a damaged description), is left to the input's description, written back as it is where it
+        # still holds (below)
+        not_kept |= {
+            k
+            for k, v in ij.items()
+            if not str(k).isascii() or (isinstance(v, str) and not v.isascii() and k not in IMAGEJ_TAG_ITEMS)
+        }
         info.imagej = {k: v for k, v in ij.items() if k not in not_kept}
         if axes == map_axes(file_axes):  # the file's own dimensions: its description is still true
             info.imagej_description = page.imagej_description
