@@ -93,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         for seed, name in enumerate(("blurred", "sharp")):
             path = Path(tmp) / f"{name}.tif"
             write_stack(path, args.pages, args.side, args.compression, seed)  # not identical (PairedData refuses)
-            pages = TiffPages.of(opened.enter_context(tifffile.TiffFile(path)))
+            tif = opened.enter_context(tifffile.TiffFile(path))
+            pages = TiffPages.of(tif)
             assert pages is not None
             stacks.append(pages)
-        strips = len(opened.enter_context(tifffile.TiffFile(Path(tmp) / "sharp.tif")).pages[0].dataoffsets)
+        strips = len(tif.pages[0].dataoffsets)  # the sharp stack's (both are written alike)
         data = {name: PairedData(*stacks, axes="ZYX", patch_size=args.patch, validation=0.0, seed=0) for name in rules}
         for name, paired in data.items():  # every plane's percentiles: a whole decode each, under either rule
             with rules[name]():

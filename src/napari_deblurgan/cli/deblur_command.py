@@ -733,22 +733,22 @@ def tifffile_log_in_errors() -> Iterator[None]:
     handler, propagate = Collect(logging.WARNING), logger.propagate
     logger.addHandler(handler)
     logger.propagate = False
+    in_the_error = False
     try:
         yield
     except InputError as exc:
         if not records:
             raise
+        in_the_error = True
         raise InputError(f"{exc} (tifffile: {'; '.join(dict.fromkeys(records))})") from None
-    except BaseException:
-        # another error (tifffile's own on a damaged file, a bug): its diagnosis is not lost with it
-        for message in dict.fromkeys(records):
-            print(f"note: tifffile: {message}", file=sys.stderr)
-        raise
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
-    for message in dict.fromkeys(records):
-        print(f"note: tifffile: {message}", file=sys.stderr)
+        # said once: in the InputError, else as notes (where nothing failed, or another error did: tifffile's
+        # own on a damaged file, a bug, whose diagnosis is not to be lost with it)
+        if not in_the_error:
+            for message in dict.fromkeys(records):
+                print(f"note: tifffile: {message}", file=sys.stderr)
 
 
 def _check_before_notes(pixels: Any, axes: str) -> None:

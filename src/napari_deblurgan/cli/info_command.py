@@ -79,12 +79,17 @@ def _fmt_value(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _commonest(items: list[Any]) -> list[tuple[Any, int]]:
+    """The distinct ``items`` with their counts, commonest first (ties sorted by item)."""
+    counts: dict[Any, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
 def _shapes(shapes: list[list[int]]) -> str:
     """``[[512, 512], [512, 512], [384, 384]]`` as ``3 images: 2 of 512 x 512, 1 of 384 x 384`` (commonest first)."""
-    counts: dict[tuple[int, ...], int] = {}
-    for shape in shapes:
-        counts[tuple(shape)] = counts.get(tuple(shape), 0) + 1
-    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    order = _commonest([tuple(shape) for shape in shapes])
     listed = ", ".join(f"{n} of {' x '.join(map(str, shape))}" for shape, n in order[:6])
     more = f", and {len(order) - 6} other shapes" if len(order) > 6 else ""
     return f"{len(shapes)} image{'s' if len(shapes) != 1 else ''}: {listed}{more}"
@@ -124,12 +129,9 @@ def _training_lines(training: dict[str, Any]) -> list[str]:
 
 def _axes(axes: list[Any]) -> str:
     """``["ZYX", "ZYX", "YX"]`` as ``2 ZYX, 1 YX`` (commonest first; one image: its axes alone)."""
-    counts: dict[str, int] = {}
-    for item in axes:
-        counts[str(item)] = counts.get(str(item), 0) + 1
+    order = _commonest([str(item) for item in axes])
     if len(axes) == 1:
-        return next(iter(counts))
-    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return order[0][0]
     more = f", and {len(order) - 6} others" if len(order) > 6 else ""
     return ", ".join(f"{n} {name}" for name, n in order[:6]) + more
 

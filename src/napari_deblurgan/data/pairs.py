@@ -348,12 +348,12 @@ class _Source:
         share = getattr(array, "region_share", None)
         # a one-channel read of a page whose channels are sample planes of their own (planar) decodes only
         # that plane's strips, a fraction of what the whole page's decode costs
-        one_of = self.n_channels if kept_channel is None and channel is not None and self.c is not None else 1
-        share = 1.0 if share is None else float(share((y0, y1), (x0, x1), samples_read=1 if one_of > 1 else None))
+        one_of_several = kept_channel is None and channel is not None and self.n_channels > 1
+        share = 1.0 if share is None else float(share((y0, y1), (x0, x1), samples_read=1 if one_of_several else None))
         arrays = sum(1 for a in (self.sharp, self.blurred) if a is not None and _decodes_whole_pages(a))
         variants = 1 if kept_channel is None or self.joint else self.n_channels
         planes = max(1, math.prod(self.shape[i] for i in self.other) * variants * arrays)
-        fit = self.decoded.budget_bytes // max(1, plane_bytes) if self.decoded is not None else 0
+        fit = self.decoded.budget_bytes // max(1, plane_bytes)  # only called with a decoded-plane cache (_read)
         return crops * share >= 1.0 - min(1.0, fit / planes)
 
     def _read_region(
@@ -1163,10 +1163,11 @@ class PairedData:
         blurred_out = None if self.synthetic else np.empty(shape, np.float32)
         sharp_out = np.empty(shape, np.float32)
         # crops of one plane one after another (each still written to its own place in the batch): a plane
-        # decoded whole for its first crop (a compressed lazy stack, _DecodedPlanes) serves the others
-        # how many of them one decode of a page serves: the crops of its plane, and of the plane's other channels
-        # where the channels are in the page (an RGB page read for a one-channel model)
-        decodes = [self._decode_key(self.train_planes[int(pid)]) for pid in plane_ids]
+        # decoded whole for its first crop (a compressed lazy stack, _DecodedPlanes) serves the others. How many
+        # crops one decode of a page serves (its plane's, and its other channels' where they are in the page: an
+        # RGB page read for a one-channel model) matters only to such stacks: not counted for other data
+        counted = self.decodes_whole_pages
+        decodes = [self._decode_key(self.train_planes[int(pid)]) for pid in plane_ids] if counted else []
         crops_per_decode = Counter(decodes)
         for i in np.argsort(plane_ids, kind="stable"):
             plane = self.train_planes[int(plane_ids[i])]
@@ -1180,7 +1181,7 @@ class PairedData:
                 margin,
                 bounds=(plane.rows, plane.cols),
                 copy=False,
-                crops_from_plane=crops_per_decode[decodes[i]],
+                crops_from_plane=crops_per_decode[decodes[i]] if counted else 1,
             )
             sharp_out[i] = _dihedral(s, transform)
             if blurred_out is not None and b is not None:
@@ -1224,6 +1225,10 @@ class PairedData:
     def shapes(self) -> list[tuple[int, ...]]:
         """Shapes of the training arrays (for provenance metadata)."""
         return [tuple(int(v) for v in s.shape) for s in self.sources]
+
+    def axes(self) -> list[str]:
+        """Axes of the training arrays, as given or inferred (for provenance metadata and a resume's check)."""
+        return [s.axes for s in self.sources]
 
 
 def _dihedral(x: np.ndarray, k: int) -> np.ndarray:

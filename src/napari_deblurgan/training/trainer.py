@@ -1012,7 +1012,7 @@ class TrainingRun:
             shapes_now = [list(s) for s in self.data.shapes()]
             # the same shapes read with other axes (a ZYX stack resumed as ZXY) are other crops too; T or Z (or
             # C or S) for one axis is not: training takes every plane alike, and every channel alike
-            saved_axes, axes_now = saved.get("data_axes"), [src.axes for src in self.data.sources]
+            saved_axes, axes_now = saved.get("data_axes"), self.data.axes()
             kind_changed = saved.get("synthetic", self.data.synthetic) != self.data.synthetic
             other_shapes = saved_shapes is not None and saved_shapes != shapes_now
             other_axes = saved_axes is not None and list(map(_crop_axes, saved_axes)) != list(map(_crop_axes, axes_now))
@@ -1096,7 +1096,7 @@ class TrainingRun:
             "autocast_dtype": None if step_fn.amp_dtype is None else str(step_fn.amp_dtype).removeprefix("torch."),
             "data": self.data.describe(),
             "data_shapes": [list(s) for s in self.data.shapes()],
-            "data_axes": [src.axes for src in self.data.sources],  # as given or inferred, one per image
+            "data_axes": self.data.axes(),  # as given or inferred, one per image
             "synthetic_blur": (
                 {
                     "kinds": list(self.blur_kinds),
@@ -1171,7 +1171,7 @@ class TrainingRun:
                         "validation_metric": VALIDATION_METRIC,
                         "validation_fingerprint": source.validation_fingerprint(),
                         "data_shapes": [list(s) for s in self.data.shapes()],
-                        "data_axes": [src.axes for src in self.data.sources],
+                        "data_axes": self.data.axes(),
                         "synthetic": self.data.synthetic,
                         "preset_fields": asdict(preset),
                         "model": self.base._header(),
