@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -104,10 +105,47 @@ def test_plane_split_for_stacks_and_explicit_validation(pair):
     blurred, sharp = pair
     stack_b, stack_s = np.stack([blurred] * 5), np.stack([sharp] * 5)
     d = PairedData(stack_b, stack_s, patch_size=32, validation=0.2, seed=1)
-    assert len(d.train_planes) == 4 and len(d.validation_planes) == 1
-    assert {p.index for p in d.train_planes}.isdisjoint({p.index for p in d.validation_planes})
+    # the last plane is held out, its neighbour is in neither set (see the next test)
+    assert [p.index for p in d.train_planes] == [(0,), (1,), (2,)] and [p.index for p in d.validation_planes] == [(4,)]
     d2 = PairedData(blurred, sharp, patch_size=32, validation=(blurred[:64, :64], sharp[:64, :64]))
     assert len(d2.validation_grid) == 4 and d2.train_planes[0].rows == (0, 256)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes", "channels"),
+    [((24, 40, 40), "ZYX", 1), ((6, 8, 40, 40), "TZYX", 1), ((2, 12, 40, 40), "CZYX", 1), ((10, 40, 40, 3), "ZYXS", 3)],
+)
+def test_validation_planes_of_a_stack_have_no_training_plane_next_to_them(shape, axes, channels):
+    """Neighbouring Z/T planes of real stacks are nearly the same image: a random choice of held-out planes put
+    a training plane next to almost every validation plane, so validation rewarded memorising. The held-out
+    planes are a block at the stack's end, and no training plane is next to one along any Z/T axis."""
+    rng = np.random.default_rng(0)
+    stack = rng.random(shape, dtype=np.float32)
+    d = PairedData(None, stack, axes=axes, channels=channels, patch_size=32, validation=0.2, check_alignment=False)
+    held = {p.index for p in d.validation_planes}
+    trained = {p.index for p in d.train_planes}
+    assert held and trained and held.isdisjoint(trained)
+    n_positions = math.prod(shape[: len(shape) - 2 - (axes[-1] == "S")]) // (shape[0] if axes[0] == "C" else 1)
+    assert abs(len(held) - 0.2 * n_positions) <= 1  # the fraction asked for, as near as whole planes get
+    for index in held:
+        for axis in range(len(index)):
+            for step in (-1, 1):
+                assert (*index[:axis], index[axis] + step, *index[axis + 1 :]) not in trained
+    assert len(trained) >= n_positions - 2 * len(held)  # the gap costs at most a block's worth of neighbours
+    assert any("neighbouring plane" in note for note in d.notes)
+    if axes[0] == "C":  # a one-channel model trains on each channel: a held-out position holds out both
+        assert {p.channel for p in d.validation_planes} == {0, 1}
+
+
+def test_separate_images_are_still_held_out_at_random_and_whole():
+    rng = np.random.default_rng(0)
+    images = [rng.random((40, 40), dtype=np.float32) for _ in range(10)]
+    picks = [
+        {p.source for p in PairedData(None, images, patch_size=32, validation=0.2, seed=s).validation_planes}
+        for s in range(4)
+    ]
+    assert all(len(p) == 2 for p in picks) and len({frozenset(p) for p in picks}) > 1
+    assert not any("neighbouring" in note for note in PairedData(None, images, patch_size=32, validation=0.2).notes)
 
 
 def test_channels_independent_or_joint():
@@ -685,11 +723,11 @@ def test_blank_validation_crops_are_left_out_and_said_once(pair):
     would dominate the mean validation PSNR. They are left out, the notes say how many, and all-blank is refused."""
     blurred, sharp = pair
     stack_b, stack_s = np.stack([blurred[:64, :64]] * 5), np.stack([sharp[:64, :64]] * 5)
-    stack_b[1:] = stack_s[1:] = 7  # planes 1-4 blank: whichever two are held out, one at least is blank
+    stack_b[:4] = stack_s[:4] = 7  # planes 0-3 blank: the held-out last two are one blank plane and one with content
     args = dict(patch_size=32, validation=0.4, check_alignment=False)
     d = PairedData(stack_b, stack_s, seed=3, **args)
-    assert sorted(p.index for p in d.validation_planes) == [(0,), (3,)]  # seed 3 holds out plane 0 and a blank one
-    assert len(d.validation_grid) == 4 and {p.index for p, _, _ in d.validation_grid} == {(0,)}
+    assert sorted(p.index for p in d.validation_planes) == [(3,), (4,)]
+    assert len(d.validation_grid) == 4 and {p.index for p, _, _ in d.validation_grid} == {(4,)}
     assert [n for n in d.notes if "blank" in n] == [
         "4 blank (constant) validation crops were left out of validation (others of the held-out grid take their "
         "place where there are any): the blurred input already scores ~100 dB on them, whatever the model does"
@@ -697,8 +735,10 @@ def test_blank_validation_crops_are_left_out_and_said_once(pair):
     assert d.describe_validation() == "4 crops of 32 px from 1 planes"
     _, vs = d.validation_arrays()
     assert vs.shape == (4, 1, 32, 32) and all(np.ptp(c) > 0 for c in vs)
+    stack_b[:] = stack_s[:] = 7
+    stack_b[0], stack_s[0] = blurred[:64, :64], sharp[:64, :64]
     with pytest.raises(InputError, match="All 8 validation crops checked are blank"):
-        PairedData(stack_b, stack_s, seed=0, **args)  # holds out two blank planes
+        PairedData(stack_b, stack_s, seed=0, **args)  # holds out the last two planes, both blank
     blank = np.zeros((64, 64), np.uint16)
     with pytest.raises(InputError, match=r"All 4 validation crops checked are blank .*validation pair's sharp image"):
         PairedData(blurred, sharp, patch_size=32, validation=(blank, blank + 1), check_alignment=False)

@@ -66,8 +66,8 @@ def test_scripting_examples_run_in_naparis_console(make_napari_viewer, qtbot, tm
     import napari_deblurgan as ndg
 
     blocks = python_blocks(SCRIPTING)
-    assert len(blocks) == 5, "scripting.md has five Python examples; update this test if that changes"
-    stack_block, finetune_block, worker_block, compare_block, save_block = blocks
+    assert len(blocks) == 6, "scripting.md has six Python examples; update this test if that changes"
+    stack_block, cancel_block, finetune_block, worker_block, compare_block, save_block = blocks
 
     viewer = make_napari_viewer(strict_qt="raise")  # first: napari keeps its themed icons under the home folder
     home = move_home(tmp_path, monkeypatch)
@@ -89,6 +89,22 @@ def test_scripting_examples_run_in_naparis_console(make_napari_viewer, qtbot, tm
     assert tuple(added.contrast_limits) == tuple(stack.contrast_limits)
     progress = re.findall(r"(\d+)/(\d+)", out)
     assert progress and progress[-1][0] == progress[-1][1], out
+
+    # the cancellable deblur in a worker: stopped at once, it returns None and adds nothing ...
+    before, start, after = cancel_block.partition("worker.start()\n")
+    assert start and after.strip().endswith("stop.set()"), "the cancel example changed: update this test"
+    run_block(before, SCRIPTING, namespace)
+    with qtbot.waitSignal(namespace["worker"].returned, timeout=120_000) as returned:
+        run_block(start + after, SCRIPTING, namespace)
+    qtbot.wait(50)
+    assert returned.args == [None] and "stack deblurred (worker)" not in viewer.layers
+    # ... and left to run, it adds the result
+    run_block(before, SCRIPTING, namespace)
+    with qtbot.waitSignal(namespace["worker"].returned, timeout=120_000):
+        run_block(start, SCRIPTING, namespace)
+    qtbot.wait(50)
+    np.testing.assert_array_equal(viewer.layers["stack deblurred (worker)"].data, added.data)
+    capsys.readouterr()
 
     # "Finetune on a pair, watching the events": only the step count is cut (the crops, and so the documented
     # validation PSNR of the blurred input, are the example's)

@@ -61,6 +61,46 @@ def test_motion_batch_centred_and_long_enough():
         assert 15.0 <= extent <= 16 + 2 * np.sqrt(2)
 
 
+def _extent_per_path_length(walks: np.ndarray) -> float:
+    """The mean ratio of a walk's extent (its largest point-to-point distance) to its path length: 1 for a
+    straight stroke, smaller the more it turns; a statistic that does not depend on the blur length asked for."""
+    ratios = []
+    for walk in walks:
+        sub = walk[:: max(1, len(walk) // 200)]
+        extent = np.abs(sub[:, None] - sub[None, :]).max()
+        ratios.append(extent / np.abs(np.diff(walk)).sum())
+    return float(np.mean(ratios))
+
+
+def test_training_motion_walks_turn_as_the_reference_2000_step_walks_do():
+    """Training draws 256-step walks (MOTION_STEPS) on the device; the evaluation and the NumPy synthesis draw
+    the reference's 2000 steps. Both must be the same random walk: the per-step perturbations were once scaled
+    by the reference's step instead of the walk's own, so 256-step walks were ~8x straighter (extent/path
+    0.62 against 0.34) and the model trained on straighter motion blur than it was evaluated on."""
+    from napari_deblurgan.blur.psf import motion_trajectory
+    from napari_deblurgan.blur.torch_synthesis import MOTION_STEPS, _motion_walks
+
+    rng = np.random.default_rng(0)
+    reference = _extent_per_path_length(np.array([motion_trajectory(rng, num_steps=2000) for _ in range(300)]))
+    walks = _motion_walks(600, _gen(0), torch.device("cpu"), MOTION_STEPS).numpy()
+    numpy_walks = np.array([motion_trajectory(rng, num_steps=MOTION_STEPS) for _ in range(600)])
+    assert 0.25 < reference < 0.45  # the reference's walks curl a lot: a check that the statistic sees that
+    assert _extent_per_path_length(walks) == pytest.approx(reference, rel=0.12)
+    assert _extent_per_path_length(numpy_walks) == pytest.approx(reference, rel=0.12)
+
+
+@pytest.mark.parametrize("radius", [0.8, 1.5, 3.0])
+def test_airy_batch_matches_numpy_airy_psf(radius):
+    """The training's Airy patterns are NumPy's defocus_psf(model="airy") (pixels averaged over sub-samples,
+    not sampled at their centres, which made a 1.5 px pattern's centre pixel 0.55 of the kernel, not 0.43)."""
+    from napari_deblurgan.blur.psf import defocus_psf
+
+    expected = defocus_psf(radius, model="airy")
+    size = expected.shape[0]
+    got = random_psf_batch(1, size, ("airy",), generator=_gen(0), strength_ranges={"airy": (radius, radius)})[0, 0]
+    np.testing.assert_allclose(got.numpy(), expected, atol=2e-6)
+
+
 def test_disk_and_gaussian_shapes():
     disk = random_psf_batch(1, 15, ("defocus",), generator=_gen(0), strength_ranges={"defocus": (3, 3)})[0, 0]
     assert disk[7, 7] == disk.max() and disk[7, 9] == disk[7, 7]  # flat top

@@ -817,6 +817,25 @@ def test_a_checkpoint_folder_that_cannot_be_written_is_said_before_training(pair
     assert not started
 
 
+def test_a_new_checkpoint_folder_removed_by_another_runs_check_is_created_again(pair, tmp_path, monkeypatch):
+    """Two runs checking the same new checkpoint folder at once: one's check ends by removing the folder it
+    created, which the other had found there. The other creates it again rather than refusing to start."""
+    from napari_deblurgan import atomic_files
+
+    real, calls = atomic_files.check_writable, []
+
+    def other_run_cleans_up_first(path):
+        calls.append(path)
+        if len(calls) == 1:
+            Path(path).parent.rmdir()  # what the other run's check does as it ends
+        return real(path)
+
+    monkeypatch.setattr(atomic_files, "check_writable", other_run_cleans_up_first)
+    events = _run(pair, steps=1, checkpoint_dir=tmp_path / "new" / "run", checkpoint_every=1)
+    assert calls[0] == calls[1] and isinstance(events[-1], ev.Finished)  # checked twice, then trained
+    assert (tmp_path / "new" / "run" / "checkpoint.pt").is_file()
+
+
 def test_a_failed_checkpoint_write_is_a_notice_and_the_run_goes_on(pair, tmp_path, monkeypatch):
     """Disk full at a checkpoint: the run finishes and returns its model; the last good checkpoint stays."""
     import errno

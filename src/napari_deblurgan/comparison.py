@@ -618,16 +618,20 @@ def _otf(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _iter_richardson_lucy(planes: np.ndarray, psf: np.ndarray, iterations: int) -> Iterable[np.ndarray]:
     """Yield the Richardson-Lucy estimate of ``planes`` (..., Y, X; non-negative) after each iteration.
 
-    FFT-based on reflect-padded planes; the estimate starts from the observed image (converges in fewer
-    iterations than a flat start). Yields views cropped to the original size; copy to keep them. Callers
-    pass one plane at a time (Y, X): every array here is a few times the input.
+    FFT-based on reflect-padded planes. The estimate starts flat, at the plane's mean (as scikit-image's starts
+    flat): stopping early regularises only from a smooth start. Started from the observed image, as it once
+    was, the noise is in the estimate from the first iteration, and the best iteration count fell below the
+    blurred input itself on noisy images (by 0.4 dB), understating the evaluation's "oracle classical".
+    Yields views cropped to the original size; copy to keep them. Callers pass one plane at a time (Y, X):
+    every array here is a few times the input.
     """
     pad = _pad_width(psf)
     data = np.pad(planes, [(0, 0)] * (planes.ndim - 2) + [(pad, pad), (pad, pad)], mode="reflect")
     shape = data.shape[-2:]
     otf = _otf(psf, shape)
     eps = 1e-12
-    estimate = np.maximum(data, eps)
+    mean = np.maximum(data, 0.0).mean(axis=(-2, -1), keepdims=True)
+    estimate = np.broadcast_to(np.maximum(mean, eps), data.shape)
     for _ in range(iterations):
         reblurred = np.fft.irfft2(np.fft.rfft2(estimate) * otf, s=shape)
         ratio = data / np.maximum(reblurred, eps)

@@ -131,10 +131,11 @@ def motion_trajectory(
     jump_angles = np.pi + (rng.uniform(size=num_steps - 1) - 0.5)
     noise = rng.standard_normal(num_steps - 1) + 1j * rng.standard_normal(num_steps - 1)
     x = np.zeros(num_steps, dtype=np.complex128)
-    # Reference: dv = expl * (shake * N - centripetal * x) * step_ref. Diffusion scales with sqrt(ratio),
-    # the deterministic pull with ratio.
-    shake_term = anxiety * shake * math.sqrt(ratio) * (_REF_LENGTH / (_REF_STEPS - 1)) * noise
-    pull = anxiety * inertia * ratio * (_REF_LENGTH / (_REF_STEPS - 1))
+    # Reference: dv = expl * (shake * N - centripetal * x) * step_ref, with |v| = step_ref. What turns the walk
+    # is dv / |v|, so the terms scale with this walk's own step (not the reference's, which made walks of fewer
+    # steps ~ratio times straighter), diffusion with sqrt(ratio) and the deterministic pull with ratio.
+    shake_term = anxiety * shake * math.sqrt(ratio) * step * noise
+    pull = anxiety * inertia * ratio * step
     for t in range(num_steps - 1):
         dv = shake_term[t] - pull * x[t]
         if jumps[t]:

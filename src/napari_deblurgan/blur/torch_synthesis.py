@@ -80,11 +80,9 @@ def default_psf_size(kinds: Sequence[str], strength_ranges: Mapping[str, tuple[f
     return need
 
 
-def _motion_batch(
-    lengths: torch.Tensor, size: int, generator: torch.Generator, device: torch.device, steps: int
-) -> torch.Tensor:
-    """Batched Boracchi & Foi trajectories of extent ``lengths`` splatted into ``(n, size, size)``."""
-    n = lengths.shape[0]
+def _motion_walks(n: int, generator: torch.Generator, device: torch.device, steps: int) -> torch.Tensor:
+    """``n`` Boracchi & Foi camera-shake walks of ``steps`` points, complex ``(n, steps)``, in the reference's
+    units (path length 60), with the statistics of the reference's 2000-step walks (psf.motion_trajectory)."""
     # random numbers, drawn in a fixed order (see module docstring)
     u = _rand((n, 5), generator, device)
     jump_u = _rand((n, steps - 1), generator, device)
@@ -100,10 +98,10 @@ def _motion_batch(
 
     ratio = (_REF_STEPS - 1) / (steps - 1)
     step = _REF_LENGTH / (steps - 1)
-    ref_step = _REF_LENGTH / (_REF_STEPS - 1)
-    # same per-step rescaling as psf.motion_trajectory: diffusion ~ sqrt(ratio), pull and jumps ~ ratio
-    shake_term = torch.complex(noise[..., 0], noise[..., 1]) * (anxiety * shake * math.sqrt(ratio) * ref_step)[:, None]
-    pull = (anxiety * inertia * ratio * ref_step)[:, None]
+    # same per-step rescaling as psf.motion_trajectory: relative to this walk's step, diffusion ~ sqrt(ratio),
+    # pull and jumps ~ ratio (scaled by the reference's step, 256-step walks were ~8x straighter than 2000-step ones)
+    shake_term = torch.complex(noise[..., 0], noise[..., 1]) * (anxiety * shake * math.sqrt(ratio) * step)[:, None]
+    pull = (anxiety * inertia * ratio * step)[:, None]
     jumps = (jump_u < (impulsive * anxiety * ratio)[:, None]).to(torch.float32)
     jump_factor = 2 * jumps * torch.polar(torch.ones_like(jump_angle), jump_angle)
 
@@ -115,8 +113,15 @@ def _motion_batch(
         v = v / v.abs().clamp_min(1e-12) * step
         x = x + v
         points.append(x)
-    traj = torch.stack(points, dim=1)  # (n, steps)
+    return torch.stack(points, dim=1)
 
+
+def _motion_batch(
+    lengths: torch.Tensor, size: int, generator: torch.Generator, device: torch.device, steps: int
+) -> torch.Tensor:
+    """Batched Boracchi & Foi trajectories of extent ``lengths`` splatted into ``(n, size, size)``."""
+    n = lengths.shape[0]
+    traj = _motion_walks(n, generator, device, steps)  # (n, steps)
     # scale each trajectory so its extent (largest point-to-point distance) is the requested length
     sub = traj[:, :: max(1, steps // 64)]
     diameter = (sub[:, :, None] - sub[:, None, :]).abs().amax(dim=(1, 2)).clamp_min(1e-6)
@@ -166,13 +171,23 @@ def _gaussian_batch(sigmas: torch.Tensor, size: int) -> torch.Tensor:
     return g[:, :, None] * g[:, None, :]
 
 
+#: Sub-samples per pixel side of :func:`_airy_batch`, as NumPy's ``defocus_psf(model="airy")`` averages them: sampled
+#: at pixel centres only, a 1.5 px Airy pattern's centre pixel was 0.55 of the kernel instead of 0.43.
+AIRY_SUPERSAMPLE = 5
+
+
 def _airy_batch(radii: torch.Tensor, size: int) -> torch.Tensor:
-    """Airy patterns (2 J1(v)/v)^2 with their first zero at ``radii``, sampled at pixel centres, 3 rings."""
-    d = _radial_grid(size, radii.device)[None]
+    """Airy patterns (2 J1(v)/v)^2 with their first zero at ``radii``, 3 rings, each pixel the mean of
+    :data:`AIRY_SUPERSAMPLE` x :data:`AIRY_SUPERSAMPLE` points inside it (psf.defocus_psf's pixels)."""
+    s, c = AIRY_SUPERSAMPLE, size // 2
+    offsets = (torch.arange(s, device=radii.device, dtype=torch.float32) + 0.5) / s - 0.5
+    coords = ((torch.arange(size, device=radii.device, dtype=torch.float32) - c)[:, None] + offsets[None]).reshape(-1)
+    d = torch.hypot(coords[:, None], coords[None, :])[None]
     v = _J1_FIRST_ZERO * d / radii[:, None, None]
     safe = v.clamp_min(1e-6)
     airy = torch.where(v > 1e-6, (2 * torch.special.bessel_j1(safe) / safe) ** 2, torch.ones_like(v))
-    return torch.where(v <= _AIRY_THIRD_ZERO, airy, torch.zeros_like(v))
+    airy = torch.where(v <= _AIRY_THIRD_ZERO, airy, torch.zeros_like(v))
+    return airy.reshape(-1, size, s, size, s).mean(dim=(2, 4))
 
 
 def _cumulative_kind_weights(kinds: Sequence[str], kind_weights: Sequence[float] | None) -> list[float] | None:

@@ -129,6 +129,56 @@ def format_blur_mix(kinds: Sequence[str], weights: Sequence[float] | None) -> st
     return ",".join(f"{k}:{w:g}" for k, w in zip(kinds, weights, strict=True))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _held_out_planes(
+    planes: Sequence[Plane], fraction: float, seed: int
+) -> tuple[set[tuple[int, tuple[int, ...]]], set[tuple[int, tuple[int, ...]]]]:
+    """The plane positions ``(source, index)`` that validation holds out, and those left out of both training and
+    validation because they neighbour a held-out one; all channels of a position go together.
+
+    Positions of a stack (a source with Z or T planes) are held out as a block at its end, in the array's order,
+    and their neighbours along every Z/T axis (index +-1) are not trained on: neighbouring planes of real stacks
+    are nearly the same image, so validating next to training planes, as a random choice did, rewarded
+    memorising. Separate images (sources of one position) are chosen at random, as before, with ``seed``. At
+    least one position is held out; the neighbours stay in training where nothing else would."""
+    positions: dict[int, list[tuple[int, ...]]] = {}
+    for p in planes:
+        known = positions.setdefault(p.source, [])
+        if not known or known[-1] != p.index:
+            known.append(p.index)
+    total = sum(len(v) for v in positions.values())
+    singles = [(src, idx[0]) for src, idx in positions.items() if len(idx) == 1]
+    stacks = {src: idx for src, idx in positions.items() if len(idx) > 1}
+    held: set[tuple[int, tuple[int, ...]]] = set()
+    for src, indices in stacks.items():
+        n_held = min(len(indices) - 1, round(fraction * len(indices)))  # a block at the end; one position trains
+        held.update((src, idx) for idx in indices[len(indices) - n_held :])
+    n_singles = round(fraction * len(singles))
+    if not held and n_singles == 0:  # every share rounded to nothing: hold out one position all the same
+        if stacks:
+            src = max(stacks, key=lambda k: len(stacks[k]))
+            held.add((src, stacks[src][-1]))
+        else:
+            n_singles = 1
+    if n_singles:
+        rng = np.random.default_rng(seed)
+        held.update(singles[i] for i in rng.choice(len(singles), size=n_singles, replace=False).tolist())
+    apart = {
+        (src, (*idx[:axis], idx[axis] + step, *idx[axis + 1 :]))
+        for src, idx in held
+        if src in stacks
+        for axis in range(len(idx))
+        for step in (-1, 1)
+    }
+    apart = {key for key in apart if key[1] in set(positions[key[0]]) and key not in held}
+    if len(held) + len(apart) >= total:  # nothing would be left to train on: keep the neighbours in training
+        apart = set()
+    return held, apart
+
+
 @dataclass(frozen=True)
 class Plane:
     """One training/validation image plane: ``source`` pair, index over the non-YX(C) axes, channel.
@@ -1013,10 +1063,15 @@ class PairedData:
             return
         n_held = round(fraction * len(all_planes))
         if len(all_planes) >= _MIN_PLANES_FOR_PLANE_SPLIT and n_held >= 1:
-            rng = np.random.default_rng(seed)
-            held = set(rng.choice(len(all_planes), size=n_held, replace=False).tolist())
-            self.validation_planes = [p for i, p in enumerate(all_planes) if i in held]
-            self.train_planes = [p for i, p in enumerate(all_planes) if i not in held]
+            held, apart = _held_out_planes(all_planes, fraction, seed)
+            self.validation_planes = [p for p in all_planes if (p.source, p.index) in held]
+            self.train_planes = [p for p in all_planes if (p.source, p.index) not in held | apart]
+            if apart:
+                self.notes.append(
+                    f"validation holds out the last {_count(len(held), 'plane')} of the stack(s) and leaves "
+                    f"{_count(len(apart), 'neighbouring plane')} out of training: neighbouring Z/T planes are nearly "
+                    "the same image, and validating next to them would reward memorising."
+                )
             return
         # Few planes: hold out a band at the end of every plane (rows, else columns), a patch deep at least.
         P = self.patch_size

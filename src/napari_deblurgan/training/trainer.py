@@ -1515,23 +1515,31 @@ def _check_checkpoint_folder(folder: Path) -> None:
     creates are removed again (the first checkpoint creates them for good): a run that fails before its first
     step, e.g. on its data, leaves nothing behind, not an empty folder that the next run takes for an earlier
     run's."""
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"checkpoint_dir {str(folder)!r} is a file; give a folder (it is created if missing).")
-    missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]  # deepest first
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(
-            f"Cannot create the checkpoint folder {str(folder)!r}: {exc.strerror or exc}; give another checkpoint_dir."
-        ) from None
     from ..atomic_files import check_writable
 
-    try:
-        check_writable(folder / CHECKPOINT_NAME)
-    finally:
-        for created in missing:
-            with contextlib.suppress(OSError):  # not empty (another process wrote there meanwhile): kept
-                created.rmdir()
+    for attempt in range(3):
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"checkpoint_dir {str(folder)!r} is a file; give a folder (it is created if missing).")
+        missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]  # deepest first
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(
+                f"Cannot create the checkpoint folder {str(folder)!r}: {exc.strerror or exc}; "
+                "give another checkpoint_dir."
+            ) from None
+        try:
+            check_writable(folder / CHECKPOINT_NAME)
+            return
+        except InputError:
+            # Another run checking the same new folder at the same moment removes it again when its own check
+            # ends: found gone, the folder is created and checked once more rather than refused.
+            if folder.is_dir() or attempt == 2:
+                raise
+        finally:
+            for created in missing:
+                with contextlib.suppress(OSError):  # not empty (another process wrote there meanwhile): kept
+                    created.rmdir()
 
 
 def _same_setting(name: str, given: Any, had: Any) -> bool:

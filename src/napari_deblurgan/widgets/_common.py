@@ -492,6 +492,12 @@ class LayerComboBox(QComboBox):
         super().__init__(parent)
         import napari.layers
 
+        # As wide as a short name, not the longest: microscopy file names of 60 characters made every panel
+        # (and so napari's dock) as wide as the longest layer name. A longer name is elided in the box and shown
+        # whole in its tooltip and in the open list (:meth:`showPopup`).
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(self.NAME_CHARACTERS)
+        self.currentIndexChanged.connect(self._show_name_in_tooltip)
         self._viewer = viewer
         self._layer_type = layer_type or napari.layers.Image
         self._allow_none = allow_none
@@ -509,8 +515,24 @@ class LayerComboBox(QComboBox):
         viewer.layers.events.connect(self._on_any)
         self.destroyed.connect(self._disconnect)
 
+    #: how many characters of a layer name the closed box is wide enough for
+    NAME_CHARACTERS = 16
+
     def _on_activated(self, *_: Any) -> None:
         self._chosen = True
+
+    def _show_name_in_tooltip(self, *_: Any) -> None:
+        self.setToolTip(self.currentText())
+
+    def showPopup(self) -> None:
+        """The open list is as wide as its longest name (up to the screen's width), not only as the box."""
+        view = self.view()
+        width = view.sizeHintForColumn(0) + view.verticalScrollBar().sizeHint().width() + 2 * view.frameWidth()
+        screen = self.screen()
+        if screen is not None:
+            width = min(width, screen.availableGeometry().width())
+        view.setMinimumWidth(max(width, self.width()))
+        super().showPopup()
 
     def _rank(self, item: Any) -> int:
         """``prefer(item, the offered layers)``: the lower, the likelier the box's own choice."""
@@ -566,6 +588,7 @@ class LayerComboBox(QComboBox):
         if index >= 0:
             self.setCurrentIndex(index)
         self.blockSignals(False)
+        self._show_name_in_tooltip()  # a rename keeps the row, and signals were blocked
         if index < 0 and self.count():
             own = self._own_choice()
             if self.currentIndex() == own:  # setCurrentIndex would not signal the (new) layer in this row
