@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -413,3 +414,22 @@ def test_a_no_data_border_stays_no_data_and_out_of_the_blur(noise, value):
         np.testing.assert_allclose(blurred[:, 30:], clean[:, 30:], atol=1e-5)
         np.testing.assert_allclose(apply_psf(with_border, psf)[:, 30:], clean[:, 30:], atol=1e-5)
         assert np.array_equal(apply_psf(with_border, psf)[:, :10], with_border[:, :10])
+
+
+def test_synthesize_blur_warns_as_deblur_does_when_inferred_alpha_looks_like_an_image():
+    """deblur() warns that a 4th channel of many values, taken as RGBA alpha, is kept, not deblurred;
+    synthesize_blur() kept it silently."""
+    rng = np.random.default_rng(4)
+    channels = rng.uniform(0, 255, (32, 32, 4)).astype(np.uint8)  # a channels-last 4-channel image
+    with pytest.warns(UserWarning, match=r"taken as RGBA.*kept as opacity and not blurred.*axes='YXC'") as caught:
+        blurred, _ = synthesize_blur(channels, "gaussian", strength=1.5, seed=0)
+    assert caught[0].filename == __file__  # the caller's line
+    np.testing.assert_array_equal(blurred[..., 3], channels[..., 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        synthesize_blur(channels, "gaussian", strength=1.5, seed=0, axes="YXS")  # said: no warning
+        mask = channels.copy()
+        mask[..., 3] = np.where(mask[..., 3] > 127, 255, 0)  # opacity: no warning
+        synthesize_blur(mask, "gaussian", strength=1.5, seed=0)
+    all_four, _ = synthesize_blur(channels, "gaussian", strength=1.5, seed=0, axes="YXC")
+    assert not np.array_equal(all_four[..., 3], channels[..., 3])  # a C axis of 4: four channels blurred

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -859,3 +860,95 @@ def test_best_classical_scores_beside_a_no_data_border(smooth_pair):
     )
     assert 20 < best["psnr"] < 80 and abs(best["psnr"] - clean["psnr"]) < 3
     assert np.all(best["image"][:, :10] == _F32_MAX)
+
+
+def _rgba(image_like_alpha: bool = False) -> np.ndarray:
+    """A 48 x 40 RGBA uint8 photo: textured colours (up to 200) and an opacity mask of 0 and 255 (or, with
+    ``image_like_alpha``, a 4th channel of many values, as a channels-last 4-channel image has)."""
+    rng = np.random.default_rng(11)
+    rgba = (ndimage.uniform_filter(rng.random((48, 40, 4)), (5, 5, 1)) * 200).astype(np.uint8)
+    if not image_like_alpha:
+        rgba[..., 3] = 0
+        rgba[12:36, 10:30, 3] = 255  # a sharp transparency edge, which deconvolution would ring
+    return rgba
+
+
+@pytest.mark.parametrize("method", ["richardson_lucy", "wiener"])
+@pytest.mark.parametrize("kind", ["numpy", "dask", "zarr-like"])
+def test_baselines_keep_an_rgba_images_alpha_and_deconvolve_its_colours_as_rgb(method, kind):
+    """As deblur() and synthesize_blur() do: alpha is opacity, not an image. It was deconvolved (a binary mask
+    came back with 166 values), and its 255s set the colours' [0, 1] scaling."""
+    rgba = _rgba()
+
+    def call(image, axes=None):
+        if method == "richardson_lucy":
+            return richardson_lucy(image, gaussian_psf(1.5), 5, axes=axes)
+        return wiener(image, gaussian_psf(1.5), 0.05, axes=axes)
+
+    if kind == "dask":
+        da = pytest.importorskip("dask.array")
+        source = da.from_array(rgba, chunks=(24, 40, 2))
+    else:
+        source = _PlaneStore(rgba) if kind == "zarr-like" else rgba
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a mask is opacity: no warning
+        out = np.asarray(call(source))
+    np.testing.assert_array_equal(out[..., 3], rgba[..., 3])
+    np.testing.assert_array_equal(out[..., :3], call(rgba[..., :3].copy()))  # the colours as the RGB image's
+    # a C axis of 4 is four image channels: all deconvolved, as before
+    assert not np.array_equal(call(rgba, "YXC")[..., 3], rgba[..., 3])
+
+
+@pytest.mark.parametrize("method", ["richardson_lucy", "wiener"])
+def test_baselines_warn_as_deblur_does_when_inferred_alpha_looks_like_an_image(method):
+    channels = _rgba(image_like_alpha=True)
+    call = richardson_lucy if method == "richardson_lucy" else wiener
+    with pytest.warns(UserWarning, match=r"taken as RGBA.*kept as opacity and not deconvolved.*axes='YXC'") as caught:
+        out = call(channels, gaussian_psf(1.5))
+    assert caught[0].filename == __file__  # the caller's line
+    np.testing.assert_array_equal(out[..., 3], channels[..., 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        call(channels, gaussian_psf(1.5), axes="YXS")  # the axes the warning proposes to keep RGBA
+
+
+def test_compare_leaves_an_rgba_images_alpha_out_of_the_metrics_and_says_so():
+    """Zeroing alpha alone scored 12 dB: alpha was a plane of the metrics."""
+    rgba = _rgba()
+    transparent = rgba.copy()
+    transparent[..., 3] = 0
+    blurred = ndimage.uniform_filter(rgba, (5, 5, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = compare({"alpha zeroed": transparent, "blurred": blurred}, rgba, per_slice=True)
+    rgb = compare({"alpha zeroed": rgba[..., :3], "blurred": blurred[..., :3]}, rgba[..., :3].copy(), per_slice=True)
+    assert [row["slice"] for row in table.rows] == [None, (0,), (1,), (2,)] * 2  # no alpha row
+    assert table.rows[0]["psnr"] == math.inf and table.rows[0]["ssim"] == 1
+    for got, want in zip(table.rows, rgb.rows, strict=True):
+        assert got.pop("slice") == want.pop("slice")
+        assert got == pytest.approx(want)  # the colours scored as the RGB image's
+    assert rgb.notes == []
+    assert len(table.notes) == 1 and "alpha" in table.notes[0] and "axes='YXC'" in table.notes[0]
+    assert "note: the 4th sample of these RGBA images" in str(table)
+    # a C axis of 4 is four image channels: all scored, as before, with no note
+    channels = compare({"alpha zeroed": transparent}, rgba, axes="YXC", per_slice=True)
+    assert len(channels.rows) == 5 and channels.rows[0]["psnr"] < 20 and channels.notes == []
+
+
+def test_compare_leaves_a_float_rgba_references_alpha_out_of_its_data_range():
+    rgba = _rgba().astype(np.float32)
+    rgba[..., 3] *= 10  # an opacity of 0..2550 must not set the colours' PSNR peak
+    result = rgba.copy()
+    result[..., :3] += 1
+    table = compare({"r": result}, rgba)
+    assert table.rows[0]["psnr"] == pytest.approx(psnr(rgba[..., :3].copy(), result[..., :3].copy()))
+
+
+def test_compare_warns_as_deblur_does_when_inferred_alpha_looks_like_an_image():
+    channels = _rgba(image_like_alpha=True)
+    with pytest.warns(UserWarning, match=r"taken as RGBA.*left out of the metrics as opacity.*To score all four"):
+        table = compare({"same": channels}, channels)
+    assert len(table.rows) == 1 and len(table.notes) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare({"same": channels}, channels, axes="YXS")

@@ -87,6 +87,14 @@ def channel_axis(axes: str) -> int | None:
     return None
 
 
+def is_rgba(shape: Sequence[int], axes: str) -> bool:
+    """Whether an image of ``shape`` with ``axes`` is RGBA: an ``S`` axis of 4 samples. The one rule of every
+    public function (``deblur``, ``synthesize_blur``, ``wiener``, ``richardson_lucy``, ``compare``): the 4th
+    sample is alpha, opacity rather than an image, and is kept as it is (or, in ``compare``, left out of the
+    metrics); the colours are processed as RGB. A ``C`` axis of 4 is four image channels, all processed."""
+    return "S" in axes and shape[axes.index("S")] == 4
+
+
 def plane_name(axes: str, named: dict[int, list[int]]) -> str:
     """``"plane Z=2, C=1"``, as error messages name a plane of a stack: ``named`` maps axes (their positions in
     ``axes``) to the indices to name, given in the axes' order; "" when there is nothing to name (a single

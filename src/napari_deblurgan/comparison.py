@@ -20,6 +20,11 @@ array, and give the values of their NumPy copies to the last bit. NaN or inf is 
 and the plane, as ``deblur()``'s does. As ``deblur()`` does, :func:`richardson_lucy`, :func:`wiener`
 and :func:`best_classical` give a lazy dask array out (one plane per block) for a dask array in, and a NumPy
 result for other lazy arrays.
+
+RGBA (an ``S`` axis of 4: :func:`~napari_deblurgan.axes.is_rgba`) is read by ``deblur()``'s rule: the alpha is
+opacity, not an image, so :func:`richardson_lucy` and :func:`wiener` keep it as it is and :func:`compare` leaves
+it out of its metrics (with a note); the standalone :func:`psnr`, :func:`ssim`, :func:`nrmse` and
+:func:`sharpness` score every sample they are given.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from scipy import ndimage
 from skimage import restoration
 
 from .atomic_files import atomic_write
+from .axes import is_rgba
 from .blur.synthesize import (
     check_image_kind,
     check_psf_array,
@@ -46,7 +52,7 @@ from .blur.synthesize import (
     yx_last,
 )
 from .errors import Cancelled, InputError, cancel_requested
-from .inputs import PlaneReader, is_dask, is_lazy, reject_viewer_objects
+from .inputs import PlaneReader, is_dask, is_lazy, reject_viewer_objects, warn_if_alpha_looks_like_a_channel
 from .normalization import (
     SENTINEL_FLOOR,
     cast_like,
@@ -86,36 +92,48 @@ def _block_range(part: np.ndarray) -> tuple[Any, Any] | None:
     return part.min(), part.max()
 
 
-def value_range(image: Any, *, name: str = "image", axes: str | None = None) -> tuple[float, float]:
+def value_range(
+    image: Any, *, name: str = "image", axes: str | None = None, colours_only: bool = False
+) -> tuple[float, float]:
     """``(min, max)`` of an ndarray or a lazy array in one pass that holds one block at a time (a dask array
     by its own chunked reduction, which reads each chunk once for both); InputError for NaN or inf, naming the
-    first plane (by ``axes``, or those inferred from the shape) that holds one.
+    first plane (by ``axes``, or those inferred from the shape) that holds one. ``colours_only``: an RGBA
+    image's alpha (by ``axes``: :func:`~napari_deblurgan.axes.is_rgba`) is left out, as the classical baselines
+    keep it and :func:`compare` does not score it: opacity is no intensity.
 
     "No data" sentinels (:data:`~napari_deblurgan.normalization.SENTINEL_VALUES`) are left out: a no-data
     border made a range of 3.4e38, which gave PSNRs of 800 dB and SSIMs of 1 whatever the images, and
     scaled the classical baselines' images to nothing. An image of nothing but sentinels has the range
     ``(0, 0)``. Only an image whose extremes could be sentinels is read a second time, block by block."""
+    shape = tuple(image.shape)
+    if colours_only and axes is not None and is_rgba(shape, axes):
+        # the colours are the first 3 of the 4 samples: blocks of their shape index the image itself
+        shape = tuple(3 if a == "S" else n for a, n in zip(axes, shape, strict=True))
+    part = tuple(slice(0, n) for n in shape)  # all of it, or an RGBA image's colours
     if is_dask(image):
         import dask
 
-        lo, hi = dask.compute(image.min(), image.max())
+        lo, hi = dask.compute(image[part].min(), image[part].max())
     elif isinstance(image, np.ndarray):
-        lo, hi = image.min(), image.max()
+        lo, hi = image[part].min(), image[part].max()
     else:
-        lo, hi = _blockwise_range(image, lambda part: (part.min(), part.max()))
+        lo, hi = _blockwise_range(image, lambda part: (part.min(), part.max()), shape)
     if image.dtype.kind == "f" and not (np.isfinite(lo) and np.isfinite(hi)):
         raise _not_finite(image, name, axes)
     # extremes below SENTINEL_FLOOR: no sentinel, and the range needs no second look
     if image.dtype.kind == "f" and max(abs(float(lo)), abs(float(hi))) >= SENTINEL_FLOOR:
-        lo, hi = _blockwise_range(image, _block_range)
+        lo, hi = _blockwise_range(image, _block_range, shape)
     return float(lo), float(hi)
 
 
-def _blockwise_range(image: Any, block_range: Callable[[np.ndarray], tuple[Any, Any] | None]) -> tuple[Any, Any]:
+def _blockwise_range(
+    image: Any, block_range: Callable[[np.ndarray], tuple[Any, Any] | None], shape: tuple[int, ...] | None = None
+) -> tuple[Any, Any]:
     """The extremes of ``block_range`` over the blocks of :func:`_blocks` of ``image`` (views of an ndarray,
-    one block read at a time of a lazy one); ``(0, 0)`` where every block gave None."""
+    one block read at a time of a lazy one), or of its part ``shape`` starting at index 0 along every axis (an
+    RGBA image's colours); ``(0, 0)`` where every block gave None."""
     lo = hi = None
-    for block in _blocks(tuple(image.shape)):
+    for block in _blocks(tuple(image.shape) if shape is None else shape):
         found = block_range(np.asarray(image[block]))
         if found is None:
             continue
@@ -163,7 +181,7 @@ def _not_finite(image: Any, name: str, axes: str | None) -> InputError:
 # ----------------------------------------------------------------------------------------------- metrics
 
 
-def default_data_range(reference: Any, *, axes: str | None = None) -> float:
+def default_data_range(reference: Any, *, axes: str | None = None, colours_only: bool = False) -> float:
     """Data range used by the metrics: the dtype's full range for integers, ``max - min`` for floats, "no
     data" sentinels left out (:func:`value_range`).
 
@@ -171,21 +189,25 @@ def default_data_range(reference: Any, *, axes: str | None = None) -> float:
     data that fills only a small part of the range, pass ``data_range`` explicitly for more telling PSNRs.
     A constant float reference falls back to 1. A lazy reference (:func:`is_lazy`) is read block by block.
     ``axes`` (or those inferred from the shape) name the plane that holds a NaN or inf, in the error.
+    ``colours_only``: a float RGBA reference's alpha is left out (:func:`value_range`), as :func:`compare`
+    leaves it out of its metrics.
     """
     if not is_lazy(reference):
         reference = np.asarray(reference)
     if reference.dtype.kind in "iu":
         info = np.iinfo(reference.dtype)
         return float(info.max) - float(info.min)
-    lo, hi = value_range(reference, name="reference", axes=axes)
+    lo, hi = value_range(reference, name="reference", axes=axes, colours_only=colours_only)
     span = hi - lo
     return span if span > 0 else 1.0
 
 
-def _data_range(reference: np.ndarray, data_range: Any, axes: str | None = None) -> float:
+def _data_range(
+    reference: np.ndarray, data_range: Any, axes: str | None = None, *, colours_only: bool = False
+) -> float:
     """``data_range`` checked (a finite number > 0), or :func:`default_data_range` of ``reference`` for None."""
     if data_range is None:
-        return default_data_range(reference, axes=axes)
+        return default_data_range(reference, axes=axes, colours_only=colours_only)
     if (
         isinstance(data_range, bool)
         or not isinstance(data_range, numbers.Real)
@@ -584,9 +606,10 @@ class _Scaler:
         self.dtype = dtype
 
     @classmethod
-    def of(cls, image: Any) -> _Scaler:
-        """The scaler of ``image``'s own range (:func:`value_range`: "no data" sentinels left out)."""
-        return cls(value_range(image), image.dtype)
+    def of(cls, image: Any, axes: str | None = None) -> _Scaler:
+        """The scaler of ``image``'s own range (:func:`value_range`: "no data" sentinels left out, and an RGBA
+        image's alpha by ``axes``)."""
+        return cls(value_range(image, axes=axes, colours_only=True), image.dtype)
 
     def forward(self, image: np.ndarray) -> np.ndarray:
         return (image.astype(np.float64) - self.low) / self.span
@@ -668,20 +691,32 @@ def _per_plane(
     One plane at a time into the preallocated result: memory is the result plus a few planes. The [0, 1]
     scaling uses the whole image's range: ``scaler``, or by default ``source``'s own (an ndarray's). "No
     data" sentinels are left out of that range, filled as ``normalization.without_sentinels`` fills them
-    for the deconvolution, and put back in the result unchanged.
+    for the deconvolution, and put back in the result unchanged. An RGBA image's alpha planes (opacity, not an
+    image: :func:`~napari_deblurgan.axes.is_rgba`) are copied as they are, and left out of the default range.
     """
-    scaler = _Scaler.of(source) if scaler is None else scaler
+    scaler = _Scaler.of(source, axes) if scaler is None else scaler
     out = np.empty(source.shape, dtype=source.dtype)
     read, dst = _plane_reader(source, axes), yx_last(out, axes)
+    alpha = _alpha_position(tuple(source.shape), axes)
     for idx in np.ndindex(dst.shape[:-2]):
         _raise_if_cancelled(cancel)
         plane = read(idx)
+        if alpha is not None and idx[alpha] == 3:
+            dst[idx] = plane  # RGBA's alpha, kept as it is
+            continue
         missing = sentinel_mask(plane)
         # "no data" sentinels: filled for the arithmetic (their 3.4e38 scaled the rest to nothing, and the FFT
         # spread them), and back in the result unchanged
         values = plane if missing is None else without_sentinels(plane)
         dst[idx] = _put_back(scaler.inverse(deconvolve(scaler.forward(values))), plane, missing)
     return out
+
+
+def _alpha_position(shape: tuple[int, ...], axes: str) -> int | None:
+    """Where the ``S`` axis of an RGBA image (:func:`~napari_deblurgan.axes.is_rgba`) is in the index tuples of
+    its YX planes (over the non-YX axes: :func:`plane_indices`, :func:`yx_last`), None for other images: the
+    planes at index 3 there are its alpha."""
+    return [a for a in axes if a not in "YX"].index("S") if is_rgba(shape, axes) else None
 
 
 def _put_back(result: np.ndarray, plane: np.ndarray, missing: np.ndarray | None) -> np.ndarray:
@@ -701,15 +736,20 @@ def _deconvolve(
     one pass finds its range (the [0, 1] scaling is the whole image's, as for an ndarray, so the result is
     the same), then a dask array gives a lazy dask array with one plane per block, deconvolved when computed
     (as ``deblur()`` does: no whole-stack copy, and ``cancel`` reaches the blocks), and any other lazy array
-    (zarr, h5py) a NumPy result filled one plane read at a time.
+    (zarr, h5py) a NumPy result filled one plane read at a time. An RGBA image's alpha is kept as it is, as
+    ``deblur()`` keeps it (with its warning where inferred axes took a 4th channel that looks like an image
+    for alpha).
     """
     image = _as_image(image, "image", axes)  # an ndarray checked whole, or a lazy array checked by dtype and shape
     kernel = check_psf_array(psf)
+    inferred = axes is None
     axes = resolve_image_axes(image, axes)
+    if inferred:
+        warn_if_alpha_looks_like_a_channel(image, axes, kept="kept as opacity and not deconvolved", verb="deconvolve")
     if not is_lazy(image):
         return _per_plane(image, axes, lambda plane: deconvolve(plane, kernel), cancel)
     _raise_if_cancelled(cancel)
-    image_range = value_range(image, axes=axes)
+    image_range = value_range(image, axes=axes, colours_only=True)
     return _deconvolve_lazy(image, axes, lambda plane: deconvolve(plane, kernel), cancel, image_range)
 
 
@@ -723,8 +763,12 @@ def _deconvolve_lazy(
     """``deconvolve(plane in [0, 1])`` of every YX plane of a lazy ``image`` whose range is ``image_range``:
     a dask array gives a lazy dask array (one plane per block), another lazy array a NumPy array."""
     scaler = _Scaler(image_range, image.dtype)
+    # a dask block holds one plane: an RGBA image's alpha planes are told by where the block is
+    s = axes.index("S") if is_rgba(tuple(image.shape), axes) else None
 
-    def run(source: Any) -> np.ndarray:
+    def run(source: Any, block_info: Any = None) -> np.ndarray:
+        if s is not None and block_info is not None and block_info[0]["array-location"][s][0] == 3:
+            return np.array(source)  # RGBA's alpha, kept as it is
         return _per_plane(source, axes, deconvolve, cancel, scaler)
 
     if not is_dask(image):
@@ -746,7 +790,10 @@ def richardson_lucy(image: Any, psf: Any, iterations: int = 30, *, axes: str | N
     (+-float32's or float64's largest value) are left out of the scaling, filled with the plane's low
     percentile for the deconvolution, and come back unchanged (as in :func:`wiener`). A dask array gives a lazy
     dask array (one plane per block, computed when asked for; its range is read once up front), a zarr or
-    h5py array a NumPy array read one plane at a time.
+    h5py array a NumPy array read one plane at a time. An RGBA image's alpha (opacity, not an image) comes back
+    unchanged and the colours are deconvolved as RGB, as :func:`deblur` keeps it; when a last axis of 4 was
+    inferred as RGBA but its 4th channel looks like an image, a warning says to pass ``axes`` ending in
+    ``"YXC"`` to deconvolve all four channels.
     """
     iterations = _check_iterations(iterations)
     return _deconvolve(
@@ -766,7 +813,7 @@ def wiener(image: Any, psf: Any, balance: float = 0.01, *, axes: str | None = No
 
     ``balance`` trades sharpness (small) against noise amplification (large). Any dtype/range: the image is
     scaled to [0, 1] floats, reflect-padded by one PSF side (no border ringing from the FFT's periodic
-    boundary), deconvolved, cropped and converted back.
+    boundary), deconvolved, cropped and converted back. RGBA as in :func:`richardson_lucy`: alpha is kept.
     """
     if isinstance(balance, bool) or not isinstance(balance, numbers.Real) or not balance > 0:
         raise InputError(f"balance must be a number > 0, got {balance!r}.")
@@ -902,7 +949,8 @@ class ComparisonTable:
 
     ``rows`` is a list of dicts with keys ``name``, ``slice`` (None for the whole image, else the index
     tuple over the non-YX axes), ``psnr``, ``ssim``, ``nrmse`` (None without a reference) and ``sharpness``.
-    ``notes`` says what makes some numbers meaningless (a result in other units than the reference).
+    ``notes`` says what makes some numbers meaningless (a result in other units than the reference) and what
+    the numbers leave out (an RGBA image's alpha).
     """
 
     columns = _COLUMNS
@@ -995,7 +1043,11 @@ def compare(
     :class:`~napari_deblurgan.Cancelled`.
 
     ``axes`` (letters over ``TZCYXS``, the same for every image) is inferred from the shape when None, by
-    :func:`deblur`'s rules: a last axis of 3 or 4 is RGB(A) samples (``S``), each colour scored as a plane. A
+    :func:`deblur`'s rules: a last axis of 3 or 4 is RGB(A) samples (``S``), each colour scored as a plane.
+    RGBA's alpha (opacity, not an image; :func:`deblur` keeps it as it is) is left out of every number (and
+    of the default ``data_range``), and a note says so; when inferred axes took a 4th channel that looks like
+    an image (more than two values) for alpha, a warning says to pass ``axes`` ending in ``"YXC"`` to score
+    all four channels. A
     grey stack whose last axis happens to be 3 or 4 long needs ``axes`` (``"ZYX"``): that is what
     :func:`deblur`'s ``rgb=False`` spells, and ``axes`` already says it here (there is no ``rgb`` argument:
     two ways to say one thing, and napari's Compare panel passes each layer's axes, ``S`` for an RGB layer).
@@ -1018,9 +1070,17 @@ def compare(
                 f"{'the reference' if ref is not None else 'the first result'} has {first_shape}; "
                 "all images must have the same shape."
             )
+    inferred = axes is None
     axes = resolve_image_axes(ref if ref is not None else images[0][1], axes)
-    dr = None if ref is None else _data_range(ref, data_range, axes)
+    if inferred:
+        warn_if_alpha_looks_like_a_channel(
+            ref if ref is not None else images[0][1], axes, kept="left out of the metrics as opacity", verb="score"
+        )
+    dr = None if ref is None else _data_range(ref, data_range, axes, colours_only=True)
     indices = plane_indices(first_shape, axes)
+    alpha = _alpha_position(first_shape, axes)
+    if alpha is not None:  # RGBA: alpha is opacity, not an image, and is not scored (deblur() keeps it)
+        indices = [where for where in indices if where[alpha] != 3]
     plane_shape = (first_shape[axes.index("Y")], first_shape[axes.index("X")])
     win = None if ref is None else _ssim_window(plane_shape)
     # the plane _units_note looks at: the middle one along every other axis
@@ -1057,6 +1117,8 @@ def compare(
                 if percentiles is not None and (note := _units_note(name, percentiles, ref_range)) is not None
             ]
         )
+    if alpha is not None:
+        notes.append(_alpha_note(axes))
     rows = []
     for (name, _), planes in zip(images, scores, strict=True):
         rows.append(_row(name, None, planes, dr))
@@ -1121,6 +1183,15 @@ def _constant_reference_note(value: float, data_range: float, fallback: bool) ->
     return (
         f"ground truth constant ({value:.4g}); {which} for PSNR and SSIM: pass data_range= to set the span of "
         "possible intensities"
+    )
+
+
+def _alpha_note(axes: str) -> str:
+    """The note of :func:`compare` for RGBA images (:func:`~napari_deblurgan.axes.is_rgba`): their alpha is
+    left out of every number, and how to score it as a channel instead."""
+    return (
+        "the 4th sample of these RGBA images (alpha: opacity, not an image) is left out of the metrics; pass "
+        f"axes={axes.replace('S', 'C')!r} to score it as a 4th channel"
     )
 
 

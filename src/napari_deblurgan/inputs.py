@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from .axes import channel_axis, plane_name
-from .errors import InputError
+from .axes import channel_axis, is_rgba, plane_name
+from .errors import InputError, user_stacklevel
 
 
 def is_dask(value: Any) -> bool:
@@ -166,6 +167,29 @@ def read_region(image: Any, key: tuple[Any, ...], what: str) -> np.ndarray:
             f"reading {what} of this {type(image).__name__} failed ({type(error).__name__}: {str(error)[:200]}); "
             "pass its pixels as a NumPy array or a dask array"
         ) from None
+
+
+def warn_if_alpha_looks_like_a_channel(image: Any, axes: str, *, kept: str, verb: str) -> None:
+    """A last axis of 4 is taken as RGBA (as napari does; :func:`~napari_deblurgan.axes.is_rgba`), and alpha is
+    opacity, not an image: warn when the first plane's 4th sample looks like an image (more than two values)
+    rather than opacity (constant, or a mask), e.g. a 4-channel microscopy image stored channels-last, which a
+    user would want processed. For inferred axes only (given ones say what the axis is). ``kept``: what the
+    function does with alpha ("kept as opacity and not deblurred"); ``verb``: what it does to an image
+    ("deblur"). Reads one plane's alpha channel only (of an array-like too), subsampled to about 256 x 256
+    values."""
+    if not axes.endswith("S") or not is_rgba(tuple(image.shape), axes):
+        return
+    alpha = read_region(image, (0,) * (len(image.shape) - 3) + (slice(None), slice(None), 3), "one plane's alpha")
+    values = np.unique(alpha[:: max(1, alpha.shape[0] // 256), :: max(1, alpha.shape[1] // 256)])
+    if values.size > 2:
+        leading = axes[:-3]
+        warnings.warn(
+            f"The last axis of this {tuple(image.shape)} image was taken as RGBA samples, so its 4th channel is "
+            f"{kept}, but it holds at least {values.size} different values, like an image channel. To {verb} "
+            f"all four channels pass axes={leading + 'YXC'!r}; to keep the RGBA reading without this warning "
+            f"pass axes={leading + 'YXS'!r}.",
+            stacklevel=user_stacklevel(),  # the caller of the public function
+        )
 
 
 def chunk_slab_depths(

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from scipy import signal
 
-from ..axes import resolve_axes
+from ..axes import is_rgba, resolve_axes
 from ..errors import InputError
-from ..inputs import reject_viewer_objects
+from ..inputs import reject_viewer_objects, warn_if_alpha_looks_like_a_channel
 from ..normalization import cast_like, needs_float64, sentinel_mask, without_sentinels
 from .psf import PSF_KINDS, random_psf
 
@@ -392,7 +392,10 @@ def synthesize_blur_with_params(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Like :func:`synthesize_blur` but also returns the JSON-able parameters used (PSF and noise)."""
     arr = validate_image(sharp, name="sharp image")
+    inferred = axes is None
     axes = resolve_image_axes(arr, axes)
+    if inferred:
+        warn_if_alpha_looks_like_a_channel(arr, axes, kept="kept as opacity and not blurred", verb="blur")
     ny, nx = arr.shape[axes.index("Y")], arr.shape[axes.index("X")]
     if ny < MIN_PLANE_SIZE or nx < MIN_PLANE_SIZE:
         raise InputError(
@@ -425,7 +428,7 @@ def synthesize_blur_with_params(
     work = _work_dtype(arr.dtype)
     out = np.empty(arr.shape, dtype=arr.dtype)
     dst = yx_last(out, axes)
-    if "S" in axes and arr.shape[axes.index("S")] == 4:
+    if is_rgba(arr.shape, axes):
         # RGBA, as deblur() reads it: alpha is opacity, not an image; it is copied, not blurred or made noisy
         at = [a for a in axes if a not in "YX"].index("S")
         colours, alpha = (slice(None),) * at + (slice(0, 3),), (slice(None),) * at + (3,)
@@ -489,7 +492,9 @@ def synthesize_blur(
     axes
         Axes letters (TZCYXS) of ``sharp``; None infers them (last two axes are YX, a trailing axis of 3 or
         4 is RGB(A) samples, as in :func:`deblur`). One PSF is applied to every YX plane; an RGBA image's
-        alpha (opacity, not an image) is copied unchanged, as :func:`deblur` keeps it.
+        alpha (opacity, not an image) is copied unchanged, neither blurred nor made noisy, as :func:`deblur`
+        keeps it; when a last axis of 4 was inferred as RGBA but its 4th channel looks like an image (more
+        than two values), a warning says to pass ``axes`` ending in ``"YXC"`` to blur all four channels.
 
     Returns
     -------

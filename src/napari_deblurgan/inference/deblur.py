@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..axes import channel_axis, plane_name, resolve_axes
+from ..axes import channel_axis, is_rgba, plane_name, resolve_axes
 from ..errors import Cancelled, InputError, cancel_requested, user_stacklevel
 from ..inputs import (
     SLAB_BYTES,
@@ -34,8 +34,8 @@ from ..inputs import (
     is_dask,
     is_lazy,
     nonfinite_error,
-    read_region,
     reject_viewer_objects,
+    warn_if_alpha_looks_like_a_channel,
 )
 from ..normalization import (
     NORMALIZED_LIMIT,
@@ -177,7 +177,7 @@ def deblur(
     inferred = axes is None and rgb is None
     axes = resolve_axes(image.shape, axes, rgb=rgb)
     if inferred:
-        _warn_if_alpha_looks_like_a_channel(image, axes)
+        warn_if_alpha_looks_like_a_channel(image, axes, kept="kept as opacity and not deblurred", verb="deblur")
     check_plane_size(image.shape, axes)
     from ..model_file import as_model
 
@@ -225,26 +225,6 @@ def _check_image(image: Any) -> None:
         raise InputError(f"expected an image with at least 2 dimensions (Y, X), got shape {shape}")
     if 0 in shape:
         raise InputError(f"the image is empty (shape {shape}); every axis needs at least one pixel")
-
-
-def _warn_if_alpha_looks_like_a_channel(image: Any, axes: str) -> None:
-    """A last axis of 4 is taken as RGBA (as napari does), and alpha is kept, not deblurred: warn when the
-    first plane's 4th sample looks like an image (more than two values) rather than opacity (constant, or a
-    mask), e.g. a 4-channel microscopy image stored channels-last, which a user would want deblurred. Reads
-    one plane's alpha channel only (of an array-like too), subsampled to about 256 x 256 values."""
-    if not axes.endswith("S") or image.shape[-1] != 4:
-        return
-    alpha = read_region(image, (0,) * (len(image.shape) - 3) + (slice(None), slice(None), 3), "one plane's alpha")
-    values = np.unique(alpha[:: max(1, alpha.shape[0] // 256), :: max(1, alpha.shape[1] // 256)])
-    if values.size > 2:
-        leading = axes[:-3]
-        warnings.warn(
-            f"The last axis of this {tuple(image.shape)} image was taken as RGBA samples, so its 4th channel is "
-            f"kept as opacity and not deblurred, but it holds at least {values.size} different values, like an "
-            f"image channel. To deblur all four channels pass axes={leading + 'YXC'!r}; to keep the RGBA "
-            f"reading without this warning pass axes={leading + 'YXS'!r}.",
-            stacklevel=user_stacklevel(),  # the caller of deblur()
-        )
 
 
 def check_plane_size(shape: tuple[int, ...], axes: str) -> None:
@@ -395,7 +375,7 @@ class _PlaneRunner:
     def check_channels(self, shape: tuple[int, ...], axes: str) -> None:
         c_ax = channel_axis(axes)
         n = shape[c_ax] if c_ax is not None else 1
-        if c_ax is not None and axes[c_ax] == "S" and n == 4:
+        if is_rgba(shape, axes):
             n = 3  # RGBA: the alpha channel is kept, not deblurred
         if self.joint and n != self.model.channels:
             where = f"axis {axes[c_ax]!r} has {n}" if c_ax is not None else "the image has no channel axis (C or S)"
@@ -650,7 +630,7 @@ def _deblur_numpy(
     outer = dst.shape[:-3]
     c, h, w = dst.shape[-3:]
     # RGBA: the alpha channel is opacity, not an image; it is kept as it is, not deblurred like a colour
-    alpha = "S" in axes and c == 4
+    alpha = is_rgba(tuple(image.shape), axes)
     colours = c - 1 if alpha else c
     runs_per_plane = 1 if runner.joint else colours
     total = int(np.prod(outer, dtype=np.int64)) * runs_per_plane * runner.batches_per_plane(h, w)

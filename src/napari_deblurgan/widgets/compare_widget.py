@@ -686,7 +686,8 @@ def _compare_with_range(results: dict[str, Any], reference: Any, *, range_from: 
 
     data_range = None
     if reference is not None and range_from == "reference":
-        # one pass over a lazy ground truth, not two; the axes name the plane of a NaN/inf error
-        lo, hi = value_range(reference, name="ground truth", axes=kwargs.get("axes"))
+        # one pass over a lazy ground truth, not two; the axes name the plane of a NaN/inf error; an RGBA
+        # ground truth's alpha is left out, as compare() leaves it out of its metrics
+        lo, hi = value_range(reference, name="ground truth", axes=kwargs.get("axes"), colours_only=True)
         data_range = hi - lo if hi > lo else None
     return compare(results, reference, data_range=data_range, **kwargs)
