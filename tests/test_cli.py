@@ -1146,3 +1146,18 @@ def test_an_imagej_description_with_a_key_of_other_than_ascii_is_written_back(ti
         written = tif.pages[0].description
         assert tif.series[0].shape == stack.shape and tif.series[0].axes == "ZYX"
     assert written == description  # the input's, as it was
+
+
+def test_a_quoted_tilde_in_a_path_is_the_home_folder(tiny_model, small_image, tmp_path, monkeypatch, capsys):
+    """The shell expands ~ but not '~' in quotes (nor a script's argument list): the CLI does it too."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    tiny_model.save(home / "m.pt")
+    tifffile.imwrite(home / "in.tif", small_image)
+    assert main(["info", "~/m.pt"]) == 0
+    assert main(["deblur", "~/in.tif", "-o", "~/out.tif", "--model", "~/m.pt", "-q"]) == 0
+    assert tifffile.imread(home / "out.tif").shape == small_image.shape
+    assert not list(work.iterdir())

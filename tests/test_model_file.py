@@ -662,3 +662,36 @@ def test_saving_weights_that_are_already_nan_says_the_training_diverged_not_to_s
     with pytest.raises(InputError, match="training diverged") as info:
         model.save(tmp_path / "m.pt")
     assert "save as float32" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ "~" and names
+def test_paths_starting_with_a_tilde_are_in_the_home_folder(tiny_model, tmp_path, monkeypatch):
+    """``~/...`` as typed in napari's console: saved, loaded and deblurred with from the home folder, never from
+    a folder named '~' in the working directory; a missing file's message names the expanded path."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    (home / "models").mkdir(parents=True)
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    saved = tiny_model.save("~/models/m.pt")
+    assert Path(saved) == home / "models" / "m.pt" and Path(saved).is_file()
+    for given in ("~/models/m.pt", Path("~/models/m.pt")):
+        assert load_model(given).metadata["path"] == str(home / "models" / "m.pt")
+    import napari_deblurgan as ndg
+
+    assert ndg.deblur(np.zeros((16, 16), np.float32), "~/models/m.pt", device="cpu").shape == (16, 16)
+    with pytest.raises(ModelFileError) as info:
+        load_model("~/models/none.pt")
+    assert str(info.value).startswith(f"Model file {str(home / 'models' / 'none.pt')!r} not found."), info.value
+    assert not list(work.iterdir())
+
+
+def test_shipped_names_are_matched_whatever_their_case_unless_a_file_has_that_name(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = load_model("fast").metadata["sha256"]
+    for spelling in ("Fast", "FAST"):
+        assert load_model(spelling).metadata["sha256"] == shipped
+    with pytest.raises(ModelFileError, match=r"^'Fastest' is neither an existing model file nor a shipped model"):
+        load_model("Fastest")
+    tiny_model.save(tmp_path / "Fast")  # a file of that name (not the exact shipped name): the file
+    assert load_model("Fast").architecture == tiny_model.architecture != load_model("fast").architecture

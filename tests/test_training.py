@@ -1575,3 +1575,47 @@ def test_resuming_the_same_shapes_read_with_other_axes_says_so(tmp_path):
         other = list(iter_finetune(stack, axes="ZXY", steps=5, resume=tmp_path, **common))
     (notice,) = [e for e in other if isinstance(e, ev.Notice) and e.kind == "resume-data"]
     assert "['ZXY'] now, ['TYX'] then" in notice.message
+
+
+def test_checkpoint_dir_resume_and_model_paths_starting_with_a_tilde_are_in_the_home_folder(
+    pair, tiny_model_file, tmp_path, monkeypatch
+):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    (home / "m.pt").write_bytes(tiny_model_file.read_bytes())
+    events = _run(pair, model="~/m.pt", steps=1, checkpoint_dir="~/run", checkpoint_every=1)
+    saved = [e.path for e in events if isinstance(e, ev.CheckpointSaved)]
+    assert saved and Path(saved[-1]) == home / "run" / "checkpoint.pt" and (home / "run" / "checkpoint.pt").is_file()
+    assert not list(work.iterdir())  # no folder named '~' here
+    resumed = _run(pair, steps=2, resume="~/run")
+    assert [e.step for e in resumed if isinstance(e, ev.Step)] == [2]
+
+
+@pytest.mark.parametrize(
+    ("seed", "said"),
+    [
+        (np.random.default_rng(0), r"not a numpy Generator: .* seed=int\(rng.integers\(2\*\*31\)\)\.$"),
+        (-1, r"^seed must be an integer >= 0 \(below 2\*\*63\) or None .*; got -1\.$"),
+        (2.5, r"^seed must be an integer >= 0 .*; got 2\.5\.$"),
+        (True, r"^seed must be an integer >= 0 .*; got True\.$"),
+        (2**63, r"^seed must be an integer >= 0 \(below 2\*\*63\)"),
+    ],
+)
+def test_a_bad_seed_is_one_input_error_that_says_what_a_seed_is(pair, seed, said):
+    with pytest.raises(InputError, match=said):
+        finetune(*pair, model=tiny_unet(), steps=1, device="cpu", preview=False, seed=seed)
+
+
+def test_an_unknown_noise_preset_names_the_choices_as_synthesize_blurs_message_does(pair):
+    from napari_deblurgan import synthesize_blur
+
+    with pytest.raises(InputError) as trained:
+        iter_finetune(pair[1], None, model=tiny_unet(), steps=1, device="cpu", noise="high")
+    with pytest.raises(InputError) as synthesized:
+        synthesize_blur(pair[1], noise="high")
+    for error in (trained, synthesized):
+        assert str(error.value).startswith("Unknown noise preset 'high'; use 'realistic', a number of photons")
+    assert str(trained.value).endswith(", a dict or None.") and str(synthesized.value).endswith(", a dict or None.")

@@ -23,6 +23,7 @@ import numpy as np
 
 from .atomic_files import atomic_write, check_writable
 from .errors import InputError
+from .user_paths import expand_user
 
 
 def run_demo(
@@ -45,7 +46,7 @@ def run_demo(
     from . import deblur, load_model, samples
     from .comparison import psnr, richardson_lucy, sharpness, ssim
 
-    out = Path(output)
+    out = Path(expand_user(output))  # "~/results": in the home folder
     if out.exists() and not out.is_dir():
         raise InputError(f"The demo writes a folder of results, but {str(out)!r} is a file; choose a folder name.")
     out.mkdir(parents=True, exist_ok=True)

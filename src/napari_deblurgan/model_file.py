@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .atomic_files import atomic_write
 from .errors import InputError, ModelFileError
+from .user_paths import expand_user
 
 if TYPE_CHECKING:  # torch is imported lazily: `import napari_deblurgan` must stay cheap
     import torch
@@ -247,7 +248,7 @@ class DeblurModel:
                     f"DeblurModel.save cannot write to this file object ({exc}); open the file with mode 'wb'."
                 ) from None
         else:
-            path = Path(path)  # type: ignore[arg-type]  # not a stream: a str or os.PathLike
+            path = Path(expand_user(path))  # not a stream: a str or os.PathLike; "~/m.pt" is in the home folder
             with atomic_write(path) as tmp, open(tmp, "wb") as fh:
                 torch.save(payload, fh)
                 fh.flush()
@@ -401,6 +402,7 @@ def _load_model(path_or_name: Any, device: Any, *, architectures: bool = False) 
         return path_or_name
     if not isinstance(path_or_name, str | os.PathLike):
         return _load_stream(path_or_name, device)
+    path_or_name = expand_user(path_or_name)  # "~/m.pt": the messages below name the expanded path
 
     expected_sha: str | None = None
     path = Path(path_or_name)
@@ -837,10 +839,20 @@ def _looks_like_name(text: str) -> bool:
     return text == "default" or text in list_named_models() or (os.sep not in text and "." not in text)
 
 
+def _shipped_spelling(name: str, models: Mapping[str, Any]) -> str:
+    """``name`` as the registry spells it when it matches a shipped name but for case ("Fast": "fast", as
+    ``blur_kind="Motion"`` is "motion"); otherwise ``name`` itself. Only names that are no file get here."""
+    if name in models:
+        return name
+    matches = [known for known in (*models, "default") if known.casefold() == name.casefold()]
+    return matches[0] if matches else name
+
+
 def _resolve_named(name: str, *, architectures: bool = False) -> tuple[Path, str]:
     """Path and expected sha256 of a shipped model; with ``architectures`` (finetune's ``model``), the message
     for an unknown name also lists the architecture names."""
     models = list_named_models()
+    name = _shipped_spelling(name, models)
     if name not in models:
         if name == "default":
             raise ModelFileError(

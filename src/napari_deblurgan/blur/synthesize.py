@@ -222,7 +222,7 @@ def _noise_settings(noise: Any, rng: np.random.Generator) -> dict[str, float] | 
         return None
     if isinstance(noise, str):
         if noise != "realistic":
-            raise InputError(f"Unknown noise preset {noise!r}; use 'realistic', a dict or None.")
+            raise InputError(f"Unknown noise preset {noise!r}; use 'realistic', a number of photons, a dict or None.")
         low, high = REALISTIC_PHOTONS
         photons = float(math.exp(rng.uniform(math.log(low), math.log(high))))
         read_noise = float(rng.uniform(*REALISTIC_READ_NOISE))

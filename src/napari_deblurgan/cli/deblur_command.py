@@ -34,6 +34,7 @@ from typing import Any
 
 from ..atomic_files import check_writable
 from ..errors import InputError
+from ..user_paths import expand_user
 
 #: Images bigger than this (decoded: ``series.nbytes``, whatever the file's compression) are read and deblurred
 #: lazily, plane by plane, and written as each plane is done. 64 MiB: the in-memory path holds the input, its
@@ -60,18 +61,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "input",
+        type=expand_user,
         metavar="INPUT",
         help="input image: a TIFF (ImageJ, OME or plain) or a photo (PNG, JPEG, BMP, WebP, single-frame GIF, ...)",
     )
     p.add_argument(
         "-o",
         "--output",
+        type=expand_user,
         required=True,
         metavar="OUTPUT",
         help="output file: .tif/.tiff; for a photo also .png or .jpg/.jpeg",
     )
     p.add_argument(
         "--model",
+        type=expand_user,
         default="default",
         metavar="M",
         help="model file (.pt) or shipped model name (see `napari-deblurgan info --list`); default: %(default)s",

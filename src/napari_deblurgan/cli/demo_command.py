@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..user_paths import expand_user
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -18,9 +20,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         ),
     )
     parser.add_argument(
-        "-o", "--output", type=Path, default=Path("demo-output"), help="results folder (default: demo-output)"
+        "-o", "--output", type=expand_user, default="demo-output", help="results folder (default: demo-output)"
     )
-    parser.add_argument("--model", default=None, help="model file or shipped name (default: the shipped default)")
+    parser.add_argument(
+        "--model", type=expand_user, default=None, help="model file or shipped name (default: the shipped default)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--self-ensemble",

@@ -41,6 +41,7 @@ from ..devices import PRECISIONS
 from ..errors import InputError
 from ..signal_safe_stderr import stderr_from_signal_handlers
 from ..training.saving import save_trained_model, stopped_before_the_first_step
+from ..user_paths import expand_user
 from .progress import line_drawn, line_ended
 from .signals import TERMINATING_SIGNALS, detach_from_terminal, handling
 
@@ -55,6 +56,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--blurred",
+        type=expand_user,
         action="extend",
         nargs="+",
         metavar="A.tif",
@@ -63,16 +65,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--sharp",
+        type=expand_user,
         action="extend",
         nargs="+",
         metavar="B.tif",
         help="sharp image files (one or several, or the flag repeated); without --blurred, blur is synthesised",
     )
     p.add_argument(
-        "-o", "--output", required=True, metavar="model.pt", help="where to save the finetuned model (a .pt file)"
+        "-o",
+        "--output",
+        type=expand_user,
+        required=True,
+        metavar="model.pt",
+        help="where to save the finetuned model (a .pt file)",
     )
     p.add_argument(
         "--model",
+        type=expand_user,
         default=None,
         metavar="M",
         help="starting model: file (.pt), shipped name, or an architecture (unet_fast, unet_lite, resnet9) to train "
@@ -106,12 +115,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--validation-blurred",
+        type=expand_user,
         default=None,
         metavar="A.tif",
         help="validate on this blurred image (with --validation-sharp) instead of holding out a fraction",
     )
     p.add_argument(
         "--validation-sharp",
+        type=expand_user,
         default=None,
         metavar="B.tif",
         help="validate on this sharp image instead of holding out a fraction (its blurred counterpart is "
@@ -119,10 +130,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--validate-every", type=int, default=100, metavar="N", help="default: %(default)s")
     p.add_argument("--ema", type=float, default=None, metavar="D", help="keep an EMA of the weights (e.g. 0.999)")
-    p.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="write resumable checkpoints here")
+    p.add_argument(
+        "--checkpoint-dir", type=expand_user, default=None, metavar="DIR", help="write resumable checkpoints here"
+    )
     p.add_argument("--checkpoint-every", type=int, default=200, metavar="N", help="default: %(default)s")
     p.add_argument(
-        "--resume", default=None, metavar="DIR", help="continue the run checkpointed in DIR (or DIR/checkpoint.pt)"
+        "--resume",
+        type=expand_user,
+        default=None,
+        metavar="DIR",
+        help="continue the run checkpointed in DIR (or DIR/checkpoint.pt)",
     )
     p.add_argument(
         "--blur-kind",
@@ -151,6 +168,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--teacher",
+        type=expand_user,
         default=None,
         metavar="M",
         help="self-ensemble distillation: mix this model's mean output over the 8 flips/rotations of each crop "
@@ -170,6 +188,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--perceptual-weights",
+        type=expand_user,
         default=None,
         metavar="FILE",
         help="VGG-19 weight file for the perceptual loss (vgg19-dcbb9e9d.pth; default: torchvision's cache; "

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from ..errors import InputError
+from ..user_paths import expand_user
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -18,7 +19,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Print what a model is (architecture, size, cost, receptive field, normalisation, "
         "training provenance, sha256), or with --list the available architectures and shipped models.",
     )
-    p.add_argument("model", nargs="?", metavar="MODEL", help="model file (.pt) or shipped model name")
+    p.add_argument("model", type=expand_user, nargs="?", metavar="MODEL", help="model file (.pt) or shipped model name")
     p.add_argument("--list", action="store_true", help="list architectures and shipped models")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     return p

@@ -1346,6 +1346,11 @@ def resolve_noise(noise: Any) -> dict[str, tuple[float, float]] | None:
             raise error
         photons = _range(noise["photons"], "noise photons", _FEWER_PHOTONS)
         read = _range(noise.get("read_noise", 0.0), "noise read_noise")
+    elif isinstance(noise, str):  # the words synthesize_blur's message uses, and what else finetune takes
+        raise InputError(
+            f"Unknown noise preset {noise!r}; use 'realistic', a number of photons or a (low, high) pair of them, a "
+            "dict or None."
+        )
     else:
         photons, read = _range(noise, "noise (photons)", _FEWER_PHOTONS), (0.0, 0.0)
     if photons[0] <= 0:

@@ -58,6 +58,7 @@ from ..model_file import DeblurModel, as_model, create_model, load_base_model
 from ..models import list_architectures
 from ..models.critic import PatchCritic
 from ..signal_safe_stderr import stderr_from_signal_handlers
+from ..user_paths import expand_user
 from . import losses
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -95,6 +96,22 @@ def _whole_number(name: str, value: Any, minimum: int) -> int:
     if whole and int(value) >= minimum:
         return int(value)
     raise InputError(f"{name} must be a whole number >= {minimum}, got {value!r}.")
+
+
+def _check_seed(seed: Any) -> int | None:
+    """finetune's ``seed``: None or an integer 0 <= seed < 2**63; one InputError otherwise. No numpy Generator
+    (synthesize_blur takes one): a run records its seed, so that it can be repeated and resumed, and a
+    Generator's state is no seed to record; the message says how to draw one from it."""
+    if seed is None:
+        return None
+    if isinstance(seed, np.random.Generator):
+        raise InputError(
+            "seed must be an integer >= 0 or None, not a numpy Generator: a training run records its seed so that "
+            "it can be repeated and resumed. Draw one from the Generator: seed=int(rng.integers(2**31))."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+        raise InputError(f"seed must be an integer >= 0 (below 2**63) or None (a random one, recorded); got {seed!r}.")
+    return int(seed)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -1650,7 +1667,8 @@ def iter_finetune(
             Training runs on a copy of ``model`` (a given :class:`DeblurModel` is never moved or changed), and
             the model returned is on the CPU, as :func:`load_model` returns one: ``deblur`` moves it to its own
             ``device``.
-        seed: makes the run reproducible (on the CPU exactly); None picks one and records it.
+        seed: makes the run reproducible (on the CPU exactly); None picks one and records it. An integer >= 0,
+            not a numpy Generator (``seed=int(rng.integers(2**31))`` draws one from it).
         validation: held-out fraction, 0/None for none, or an explicit ``(blurred, sharp)`` pair.
         checkpoint_dir: folder for the resumable checkpoint (written every ``checkpoint_every`` steps, on
             stop and at the end); created and checked before training. A write that fails during the run is
@@ -1698,6 +1716,8 @@ def iter_finetune(
         teacher_weight: the teacher's share of the targets, in (0, 1] (checked also without a teacher, where
             a weight other than the default is ignored with a notice).
     """
+    # "~/..." paths are in the home folder (the messages name the expanded paths); a DeblurModel passes as is
+    model, teacher, resume, perceptual_weights = map(expand_user, (model, teacher, resume, perceptual_weights))
     return TrainingRun(
         blurred=blurred,
         sharp=sharp,
@@ -1708,9 +1728,9 @@ def iter_finetune(
         preset=preset,
         learning_rate=learning_rate,
         device=device,
-        seed=seed,
+        seed=_check_seed(seed),
         validation=validation,
-        checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+        checkpoint_dir=None if checkpoint_dir is None else Path(expand_user(checkpoint_dir)),
         checkpoint_every=checkpoint_every,
         validate_every=validate_every,
         ema=ema,
