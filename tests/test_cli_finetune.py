@@ -459,6 +459,15 @@ def test_q_keeps_the_notes(files, capsys):
     assert "step 1/1" not in err and "wrote" not in err  # the progress is what -q hides
 
 
+def test_crops_too_small_for_the_critic_are_refused_in_flags(files, capsys):
+    argv = _common(files, "--sharp", str(files / "sharp.tif"), "--validation", "0", "--preset", "default")
+    assert main([*argv, "--patch-size", "16", "--steps", "1", "-o", str(files / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "--patch-size 16 is too small for the critic" in err and "Pass --patch-size 24 or more" in err
+    assert "such as --preset content" in err and "patch_size" not in err
+    assert not (files / "m.pt").exists()
+
+
 def test_a_pair_of_identical_images_is_refused(files, capsys):
     sharp = str(files / "sharp.tif")
     assert main([*_common(files, "--blurred", sharp, "--sharp", sharp), "-o", str(files / "x.pt")]) == 2

@@ -1619,3 +1619,136 @@ def test_an_unknown_noise_preset_names_the_choices_as_synthesize_blurs_message_d
     for error in (trained, synthesized):
         assert str(error.value).startswith("Unknown noise preset 'high'; use 'realistic', a number of photons")
     assert str(trained.value).endswith(", a dict or None.") and str(synthesized.value).endswith(", a dict or None.")
+
+
+def test_crops_smaller_than_the_critic_can_score_are_refused_before_training(pair):
+    """The critic's smallest input comes from its layers (its InstanceNorms need more than one value per plane);
+    a preset that trains a critic refuses smaller crops at iter_finetune time, with the minimum and the ways out,
+    rather than failing in torch at the first critic update. Presets without a critic take small crops."""
+    from napari_deblurgan.models.critic import PatchCritic
+
+    smallest = PatchCritic.smallest_input()
+    critic = PatchCritic(1, width=4).train()
+    assert critic(torch.rand(2, 1, smallest, smallest)).shape[-1] >= 1
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        critic(torch.rand(2, 1, smallest - 1, smallest - 1))
+
+    stride = tiny_unet().stride
+    need = -(-smallest // stride) * stride
+    small = need - stride  # a multiple of the stride, below the critic's minimum
+    with pytest.raises(InputError) as info:
+        tiny_run(pair, preset="default", patch_size=small)  # nothing iterated: refused when the run is made
+    text = str(info.value)
+    assert f"patch_size {small} is too small" in text and f"at least {smallest} px" in text
+    assert f"patch_size={need} or more" in text and "preset='content'" in text
+    # not a multiple of the stride: the crops it gives are named
+    with pytest.raises(InputError, match=rf"patch_size {small + 1} \({small}-px crops, a multiple of"):
+        tiny_run(pair, preset="deblurgan", patch_size=small + 1)
+    # the images too small for the critic's crops: larger images, not a larger patch_size
+    with pytest.raises(InputError, match=f"reduced to fit the images.*images of at least {need} px"):
+        tiny_run((pair[0][:small, :small], pair[1][:small, :small]), preset="default", validation=0, patch_size=64)
+    assert len(_losses(_run(pair, preset="content", patch_size=small, steps=1))) == 1
+
+
+def test_a_critic_that_is_never_trained_is_refused(pair, monkeypatch, tmp_path):
+    """critic_steps=0 with a loss term on the critic (its scores, or its features when VGG-19 is missing): the
+    generator would follow a random network's. Refused, before any step; with VGG-19 at hand there is no critic."""
+    from napari_deblurgan.training import perceptual
+
+    with pytest.raises(InputError, match=r"adversarial term .* but critic_steps=0"):
+        tiny_run(pair, preset=get_preset("default").replace(name="frozen-critic", critic_steps=0))
+
+    monkeypatch.setattr(perceptual, "cached_vgg19_path", lambda: tmp_path / "no-vgg.pth")
+    monkeypatch.delenv(perceptual.ALLOW_DOWNLOAD_ENV, raising=False)
+    matching = get_preset("content").replace(name="matching", perceptual_weight=0.1)
+    run = tiny_run(pair, preset=matching)
+    with pytest.raises(InputError, match="feature matching on the critic's activations, but critic_steps=0"):
+        next(iter(run))
+
+
+def test_the_critic_collects_no_gradients_in_the_generators_update_also_without_critic_steps():
+    """A critic kept for feature matching only (critic_steps=0) is frozen before the generator's update as a
+    trained one is: no requires_grad, no .grad accumulated step after step."""
+    from napari_deblurgan.models.critic import PatchCritic
+
+    critic = PatchCritic(1, width=4)
+    preset = get_preset("content").replace(name="matching", perceptual_weight=0.1)
+    step = GanStep(
+        tiny_unet().generator, critic, preset, torch.device("cpu"), perceptual=None, feature_matching=True,
+        ema_decay=None, seed=0, precision="float32",
+    )  # fmt: skip
+    batch = (torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))
+    for _ in range(2):
+        assert "feature_matching" in step.run(lambda n: batch, 2)
+    assert not any(p.requires_grad for p in critic.parameters())
+    assert all(p.grad is None for p in critic.parameters())
+
+
+def test_the_ema_averages_batchnorm_statistics_as_its_weights_and_resumes_exactly():
+    """The EMA's BatchNorm running statistics are averaged with the weights' decay (they belong to the averaged
+    weights, not to the live generator's); the step counter is copied; a step from a restored state matches."""
+
+    def generator() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 1, 1)
+        )
+
+    def gan_step() -> GanStep:
+        return GanStep(
+            generator(), None, get_preset("content"), torch.device("cpu"), perceptual=None, feature_matching=False,
+            ema_decay=0.9, seed=0, precision="float32",
+        )  # fmt: skip
+
+    torch.manual_seed(1)
+    batches = [(torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)) for _ in range(3)]
+    step = gan_step()
+    for i, batch in enumerate(batches[:2]):
+        before = {k: v.clone() for k, v in step.ema.state_dict().items()}
+        step.run(lambda n, batch=batch: batch, 2)
+        decay = min(0.9, (2 + i) / (11 + i))
+        live, ema = step.generator[1], step.ema[1]
+        for name in ("running_mean", "running_var"):
+            expected = before[f"1.{name}"].lerp(getattr(live, name), 1.0 - decay)
+            assert torch.allclose(getattr(ema, name), expected)
+            assert not torch.allclose(getattr(ema, name), getattr(live, name))
+        assert int(ema.num_batches_tracked) == int(live.num_batches_tracked) == i + 1
+
+    import copy
+
+    restored = gan_step()
+    restored.load_state_dict(copy.deepcopy(step.state_dict()))
+    for s in (step, restored):
+        s.run(lambda n: batches[2], 2)
+    a, b = step.ema.state_dict(), restored.ema.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_vgg_sees_rgb_samples_as_colour_and_other_channels_one_by_one_as_grey(pair, monkeypatch):
+    """Three fluorescence channels (C) are not an RGB image: VGG-19 gets each as grey, as it gets 1, 2 or 4
+    channels; RGB samples (S) go in as the colour image. The run decides by the data's axes, not the count."""
+    from napari_deblurgan.training import perceptual
+
+    loss = perceptual.VGGPerceptualLoss(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3)))
+    x = torch.rand(2, 3, 8, 8)
+    grey = loss._prepare(x)
+    assert grey.shape == (6, 3, 8, 8) and torch.equal(grey[1], loss._prepare(x[:, 1:2])[0])
+    colour = perceptual.VGGPerceptualLoss(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3)), rgb=True)._prepare(x)
+    assert colour.shape == (2, 3, 8, 8) and torch.equal(colour, (x - loss.mean) / loss.std)
+
+    said: list[bool] = []
+
+    class Spy(perceptual.VGGPerceptualLoss):
+        def __init__(self, features, *, rgb=False):
+            said.append(rgb)
+            super().__init__(features, rgb=rgb)
+
+    monkeypatch.setattr(perceptual, "VGGPerceptualLoss", Spy)
+    monkeypatch.setattr(perceptual, "load_vgg_features", lambda *a, **k: (torch.nn.Conv2d(3, 2, 3), "a test's"))
+    preset = get_preset("content").replace(name="vgg", perceptual_weight=0.01)
+    blurred, sharp = pair
+    for axis, rgb in ((0, False), (-1, True)):
+        data = [np.stack([image] * 3, axis=axis) for image in (blurred, sharp)]
+        run = tiny_run(data, model=tiny_unet(3), preset=preset, axes="CYX" if axis == 0 else "YXS")
+        assert isinstance(next(iter(run)), ev.Started)
+        assert said[-1] is rgb

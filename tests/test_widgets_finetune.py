@@ -821,6 +821,9 @@ def test_the_api_still_says_what_the_panel_rewords(tmp_path, monkeypatch):
     said.append(
         error(lambda: PairedData(stack, stack * 2, axes="ZYX", patch_size=32, validation=(ones, ones * 2)))
     )  # a 2D validation pair for ZYX training images: the panel has no validation_axes to set
+    # crops too small for the critic of the panel's default preset
+    critic = create_model("unet_lite", 1, seed=0, width=4, depth=2, n_blocks=1)
+    said.append(error(lambda: iter_finetune(ones * np.arange(64), model=critic, patch_size=16, preset="default")))
     # a run with a checkpoint, then: its resume asked for fewer steps, resumed with another recipe, and a new
     # run into its folder
     model = create_model("unet_lite", 1, seed=0, width=4, depth=2, n_blocks=1)
@@ -847,6 +850,7 @@ def test_the_api_still_says_what_the_panel_rewords(tmp_path, monkeypatch):
     joined = "\n".join(in_panel_words(text) for text in said)
     assert "under 'VGG-19 weights'" in joined and "a smaller patch size" in joined
     assert "batch size 2 (not 3)" in joined and "(Start, not Resume)" in joined
+    assert "Pass patch size 24 or more" in joined and "such as preset content" in joined
 
 
 def test_the_vgg19_weights_field_reaches_the_run_and_the_fallback_notice_names_it_once(

@@ -39,6 +39,32 @@ class PatchCritic(nn.Module):
         )
         self.score = nn.Conv2d(8 * w, 1, 4, stride=1, padding=1)
 
+    @classmethod
+    def smallest_input(cls) -> int:
+        """The smallest side (px) of a square image the critic can score while training, worked out from its
+        layers: every convolution's output at least 1 px, and every InstanceNorm's input more than one value
+        (it normalises over the plane; torch refuses a 1 x 1 one in training). The width does not matter."""
+        with torch.random.fork_rng(devices=[]):  # the probe's initialisation leaves the caller's RNG alone
+            probe = cls(channels=1, width=1)
+        layers = [m for m in probe.modules() if isinstance(m, (nn.Conv2d, nn.InstanceNorm2d))]
+
+        def fits(side: int) -> bool:
+            for layer in layers:  # modules() lists them in the order the forward pass runs them
+                if isinstance(layer, nn.InstanceNorm2d):
+                    if side * side < 2:
+                        return False
+                    continue
+                k, s, p, d = layer.kernel_size[0], layer.stride[0], layer.padding[0], layer.dilation[0]
+                side = (side + 2 * p - d * (k - 1) - 1) // s + 1  # type: ignore[operator]
+                if side < 1:
+                    return False
+            return True
+
+        side = 1
+        while not fits(side):
+            side += 1
+        return side
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Intermediate activations (for pix2pixHD-style feature matching) followed by the score map."""
         out = []

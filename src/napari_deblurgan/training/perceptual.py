@@ -1,9 +1,10 @@
 """Perceptual loss on VGG-19 conv3_3 features (DeblurGAN's "content loss").
 
 The network is torchvision's VGG-19 with ImageNet weights, truncated after conv3_3 (``features[:15]``),
-frozen and in eval mode. Inputs (normalised intensities, roughly 0..1) are ImageNet-standardised; grayscale
-is replicated to 3 channels, and images with another channel count are folded into the batch one channel at
-a time (each replicated to 3), so microscopy stacks of any channel count work.
+frozen and in eval mode. Inputs (normalised intensities, roughly 0..1) are ImageNet-standardised. RGB images
+(``rgb=True``: the data's channels are RGB samples, axes ending in ``S``) go in as the colour images VGG was
+trained on; any other channels, whatever their count (three fluorescence channels too), are folded into the
+batch one channel at a time, each replicated to 3 as grey, so microscopy stacks of any channel count work.
 
 Where the weights come from, in order:
 
@@ -141,10 +142,12 @@ def load_vgg_features(
 
 
 class VGGPerceptualLoss(nn.Module):
-    """MSE between VGG-19 conv3_3 features of restoration and target (target features detached)."""
+    """MSE between VGG-19 conv3_3 features of restoration and target (target features detached); ``rgb``: the
+    3 channels are RGB samples (else each channel is a grey image of its own)."""
 
-    def __init__(self, features: nn.Sequential) -> None:
+    def __init__(self, features: nn.Sequential, *, rgb: bool = False) -> None:
         super().__init__()
+        self.rgb = bool(rgb)  # 3 channels that are RGB samples, not 3 channels of their own (fluorescence)
         self.features = features.eval()
         for p in self.features.parameters():
             p.requires_grad_(False)
@@ -159,7 +162,9 @@ class VGGPerceptualLoss(nn.Module):
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        if c != 3:
+        if self.rgb and c != 3:
+            raise ValueError(f"rgb=True needs 3 channels (RGB samples), got {c}")
+        if not self.rgb:
             x = x.reshape(n * c, 1, h, w).expand(n * c, 3, h, w)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 

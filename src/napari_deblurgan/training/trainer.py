@@ -252,6 +252,7 @@ class GanStep:
             values["critic"] = loss_d.detach()
             values["wasserstein"] = parts["wasserstein"]
             values["gradient_penalty"] = parts["gradient_penalty"]
+        if D is not None:
             D.requires_grad_(False)  # the generator update needs gradients through D, not of D
         blurred, sharp = next_batch(batch_size)
         target = sharp if self.teacher is None else self.teacher.targets(blurred, sharp)
@@ -299,8 +300,13 @@ class GanStep:
         ema_params = list(self.ema.parameters())
         params = [p.detach() for p in self.generator.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        # BatchNorm's running statistics averaged as the weights are (as timm's ModelEmaV2), so that they belong
+        # to the averaged weights; counters (num_batches_tracked) copied
         for b_ema, b in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
-            b_ema.copy_(b)
+            if b_ema.is_floating_point():
+                b_ema.lerp_(b.detach(), 1.0 - decay)
+            else:
+                b_ema.copy_(b)
 
     # -- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -704,10 +710,58 @@ class TrainingRun:
             validation=0.0 if validation is None else validation,
             seed=self.config.seed,
         )
+        self._asked_patch = self.config.patch_size  # for a critic's refusal of the crops (also in _run)
+        if self.preset.uses_critic:
+            self._refuse_an_untrained_critic("an adversarial term (adversarial_weight > 0)")
+            self._refuse_crops_too_small_for_the_critic(self._asked_patch, self.data.patch_size)
         self.config.patch_size = self.data.patch_size
         self._setup_teacher(saved)
         self.setup_notices.extend(self._unused_settings())
         self._best = _BestWeights(state=_cpu_clone(self.base.generator.state_dict()))
+
+    def _refuse_an_untrained_critic(self, needs: str) -> None:
+        """A preset whose generator loss would use the critic (``needs`` says how) but never trains it
+        (``critic_steps=0``) would pull towards a random network's scores or features: refused."""
+        if self.preset.critic_steps > 0:
+            return
+        raise InputError(
+            f"Preset {self.preset.name!r} has {needs} but critic_steps=0: its critic would never be trained, and "
+            "the generator would follow a random network. Give the preset critic_steps >= 1, or leave the critic "
+            "out (a preset without one, such as preset='content')."
+        )
+
+    def _refuse_crops_too_small_for_the_critic(self, asked: int, patch: int) -> None:
+        """Refuse, before any training, crops smaller than the critic can score (worked out from its layers:
+        :meth:`PatchCritic.smallest_input`); torch would otherwise fail inside the first critic update with an
+        InstanceNorm's "Expected more than 1 spatial element". ``asked`` is the patch_size given, ``patch`` the
+        crops' side (a multiple of the model's stride, reduced to fit the images)."""
+        smallest = PatchCritic.smallest_input()
+        if patch >= smallest:
+            return
+        stride = max(int(self.base.stride), 1)
+        need = -(-smallest // stride) * stride  # the crops are multiples of the model's stride
+        images_too_small = asked >= need  # the crops were reduced to fit the images
+        crops = ""
+        if patch != asked:
+            why = "reduced to fit the images" if images_too_small else f"a multiple of the model's stride {stride}"
+            crops = f" ({patch}-px crops, {why})"
+        at_stride = f"; {need} px with this model's stride {stride}" if need != smallest else ""
+        advice = (
+            f"Give images of at least {need} px on their shorter side"
+            if images_too_small
+            else f"Pass patch_size={need} or more"
+        )
+        raise InputError(
+            f"patch_size {asked}{crops} is too small for the critic that preset {self.preset.name!r} trains: it "
+            f"needs crops of at least {smallest} px{at_stride}. {advice}, or use a preset without a critic, such "
+            "as preset='content'."
+        )
+
+    def _rgb_data(self) -> bool:
+        """Whether the model's 3 channels are RGB samples (every training image's axes end in ``S``), which
+        VGG-19 sees as the colour image it was trained on; other channels (fluorescence ``C``) it sees one by
+        one as grey."""
+        return self.base.channels == 3 and all(axes.endswith("S") for axes in self.data.axes())
 
     def _unused_settings(self) -> list[str]:
         """Notices for settings given that this run cannot use, which were dropped silently: the synthetic
@@ -952,9 +1006,14 @@ class TrainingRun:
 
             features, reason = load_vgg_features(k["perceptual_weights"], allow_download=k["allow_download"])
             if features is not None:
-                perceptual_module = VGGPerceptualLoss(features).to(device)
+                perceptual_module = VGGPerceptualLoss(features, rgb=self._rgb_data()).to(device)
                 perceptual_kind = "vgg19"
             else:
+                self._refuse_an_untrained_critic(
+                    f"a perceptual term and no VGG-19 weights ({reason}), whose fallback is feature matching on "
+                    "the critic's activations,"
+                )
+                self._refuse_crops_too_small_for_the_critic(self._asked_patch, cfg.patch_size)
                 feature_matching = True
                 perceptual_kind = "critic-features"
                 pending.append(
@@ -1659,6 +1718,7 @@ def iter_finetune(
             unset, up to the checkpoint's own total (its learning-rate schedule depends on the total). 0 trains
             nothing: the starting model is validated on the data (a Validation event) and returned.
         patch_size: side of the square training crops (a multiple of the model's stride; reduced to fit).
+            Presets that train a critic need crops of at least ``PatchCritic.smallest_input()`` (24) px.
         batch_size: crops per update (halved automatically on CUDA out-of-memory).
         preset: ``"default"``, ``"deblurgan"`` (paper recipe), ``"content"`` (L1 only), ``"content-mse"``
             (MSE only) or ``"content-psnr"`` (mean over crops of log MSE); see presets.py.
