@@ -689,3 +689,34 @@ def test_the_tables_columns_fit_a_narrow_dock(setup, qtbot):
         assert right <= shown, (header, right, shown, [table.columnWidth(c) for c in range(len(headers))])
     assert table.item(0, 0).text() == long_name and table.item(0, 0).toolTip() == long_name
     assert table.columnWidth(0) >= min(table.NAME_MIN, table.sizeHintForColumn(0))
+
+
+def test_long_layer_names_do_not_widen_the_panels(make_napari_viewer, qtbot):
+    """Layer pickers sized to the longest layer name made every panel (and napari's dock) as wide as a microscope
+    file name: 618-664 px with a 74-character name, opened after the image as users do. The closed box is as wide
+    as a short name; the whole name is in its tooltip and the open list is wide enough for it."""
+    from napari_deblurgan.widgets._common import LayerComboBox
+    from napari_deblurgan.widgets.compare_widget import CompareWidget
+    from napari_deblurgan.widgets.deblur_widget import DeblurWidget
+    from napari_deblurgan.widgets.finetune_widget import FinetuneWidget
+
+    viewer = make_napari_viewer(strict_qt="raise")
+    name = "2026-11-30_HeLa_H2B-GFP_60x_1.4NA_timelapse_position03_deconvolved.ome.tif"
+    viewer.add_image(np.zeros((64, 64), np.float32), name=name)
+    panels = [cls(viewer) for cls in (DeblurWidget, FinetuneWidget, CompareWidget)]
+    for panel in panels:
+        viewer.window.add_dock_widget(panel, name=type(panel).__name__)
+    qtbot.wait(10)
+    for panel in panels:
+        assert panel.minimumSizeHint().width() < 450, type(panel).__name__
+    box = panels[0].layer_combo
+    assert isinstance(box, LayerComboBox)
+    assert box.currentText() == name and box.toolTip() == name
+    assert box.width() < box.fontMetrics().horizontalAdvance(name)  # elided in the closed box
+    viewer.layers[name].name = "renamed"
+    assert box.toolTip() == "renamed"  # a rename keeps the row: the tooltip follows it
+    viewer.layers["renamed"].name = name
+    box.showPopup()
+    view = box.view()
+    assert view.minimumWidth() >= view.fontMetrics().horizontalAdvance(name)
+    box.hidePopup()

@@ -527,7 +527,9 @@ class LayerComboBox(QComboBox):
     def showPopup(self) -> None:
         """The open list is as wide as its longest name (up to the screen's width), not only as the box."""
         view = self.view()
-        width = view.sizeHintForColumn(0) + view.verticalScrollBar().sizeHint().width() + 2 * view.frameWidth()
+        names = max((view.fontMetrics().horizontalAdvance(self.itemText(i)) for i in range(self.count())), default=0)
+        # the item's text margins (a few px each side in every style) and a scroll bar that a long list shows
+        width = names + 24 + view.verticalScrollBar().sizeHint().width() + 2 * view.frameWidth()
         screen = self.screen()
         if screen is not None:
             width = min(width, screen.availableGeometry().width())
