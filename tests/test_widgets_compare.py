@@ -720,3 +720,36 @@ def test_long_layer_names_do_not_widen_the_panels(make_napari_viewer, qtbot):
     view = box.view()
     assert view.minimumWidth() >= view.fontMetrics().horizontalAdvance(name)
     box.hidePopup()
+
+
+def test_a_3d_psf_layer_is_refused_with_its_in_focus_plane_named(setup, qtbot):
+    """A measured PSF is often a Z stack; the baselines take a 2D PSF. The panel says which plane is in focus (the
+    brightest peak) and how to add it, in the panel's words, not the API's psf[k]."""
+    from napari_deblurgan.blur.psf import gaussian_psf
+    from napari_deblurgan.widgets.compare_widget import PSF_FROM_LAYER
+
+    viewer, widget = setup
+    stack = np.stack([gaussian_psf(s, size=15) for s in (3.0, 2.0, 1.0, 2.0, 3.0)])  # in focus: plane 2
+    viewer.add_image(stack, name="measured PSF")
+    widget.baseline_input.set_value(viewer.layers["blurred"])
+    widget.psf_source.setCurrentText(PSF_FROM_LAYER)
+    widget.psf_layer.set_value(viewer.layers["measured PSF"])
+    n_layers = len(viewer.layers)
+    widget.rl_button.click()
+    assert widget.worker is None and len(viewer.layers) == n_layers
+    status = widget.status.text()
+    assert "is 3D (5, 15, 15)" in status and "brightest peak is 2" in status and "data[2]" in status, status
+    viewer.add_image(stack[2], name="PSF in focus")  # what it says to do
+    widget.psf_layer.set_value(viewer.layers["PSF in focus"])
+    widget.rl_button.click()
+    wait_done(qtbot, widget)
+    assert any("Richardson-Lucy" in layer.name for layer in viewer.layers)
+
+
+def test_the_api_says_what_to_pass_for_a_3d_psf():
+    import napari_deblurgan as ndg
+    from napari_deblurgan.errors import InputError
+
+    expected = r"got a 3D one of shape \(5, 9, 9\): pass its in-focus plane, such as psf\[2\]"
+    with pytest.raises(InputError, match=expected):
+        ndg.wiener(np.ones((32, 32), np.float32), np.ones((5, 9, 9)))

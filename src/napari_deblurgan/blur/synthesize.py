@@ -136,6 +136,13 @@ def check_psf_array(psf: Any) -> np.ndarray:
         arr = np.asarray(psf, dtype=np.float64)
     except (TypeError, ValueError):
         raise InputError(f"A PSF must be a 2D array of numbers, got {type(psf).__name__}.") from None
+    if arr.ndim == 3 and arr.size:
+        # a measured 3D PSF (Z, Y, X), as microscopists have them: every YX plane is deblurred with a 2D PSF
+        raise InputError(
+            f"A PSF must be a 2D (Y, X) array, got a 3D one of shape {arr.shape}: pass its in-focus plane, such as "
+            f"psf[{arr.shape[0] // 2}] (the middle one), or psf[psf.max(axis=(1, 2)).argmax()] (the plane of its "
+            "brightest peak) if that is not it."
+        )
     if arr.ndim != 2 or arr.size == 0:
         raise InputError(f"A PSF must be a non-empty 2D array, got shape {arr.shape}.")
     if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.sum() <= 0:

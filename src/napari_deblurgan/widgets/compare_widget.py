@@ -475,7 +475,16 @@ class CompareWidget(QWidget):
             layer = self.psf_layer.value()
             if layer is None:
                 raise InputError("Choose the PSF layer (an image layer holding the 2D PSF).")
-            return np.asarray(layer_pixels(layer), dtype=np.float64)
+            psf = np.asarray(layer_pixels(layer), dtype=np.float64)
+            if psf.ndim == 3 and psf.size:
+                # a measured 3D PSF: the API's message would say this in Python (psf[k])
+                k = int(psf.max(axis=(1, 2)).argmax())
+                raise InputError(
+                    f"The PSF layer {layer.name!r} is 3D {psf.shape}; the baselines take a 2D PSF. Add its in-focus "
+                    f"plane as a layer and choose that: the plane of its brightest peak is {k} (in napari's console: "
+                    f"viewer.add_image(viewer.layers[{layer.name!r}].data[{k}], name='PSF in focus'))."
+                )
+            return psf
         layer = self.baseline_input.value()
         psf = None if layer is None else layer.metadata.get("psf")
         if psf is None:
