@@ -137,6 +137,27 @@ def test_validation_planes_of_a_stack_have_no_training_plane_next_to_them(shape,
         assert {p.channel for p in d.validation_planes} == {0, 1}
 
 
+def test_one_image_of_many_channels_is_held_out_by_a_band_not_by_its_channels():
+    """A 2D image of 6 channels for a one-channel model is 6 planes but one scene: the choice between holding out
+    whole planes and a band counts plane positions, so it gets a band of every channel (it once held out the whole
+    position, every channel, and left nothing to train on)."""
+    rng = np.random.default_rng(0)
+    image = rng.random((6, 96, 96), dtype=np.float32)
+    d = PairedData(None, image, axes="CYX", channels=1, patch_size=32, validation=0.1, check_alignment=False)
+    assert len(d.train_planes) == len(d.validation_planes) == 6
+    assert {p.channel for p in d.train_planes} == {p.channel for p in d.validation_planes} == set(range(6))
+    assert all(t.rows[1] <= v.rows[0] for t, v in zip(d.train_planes, d.validation_planes, strict=True))
+
+
+def test_the_note_counts_stack_planes_and_separate_images_apart():
+    rng = np.random.default_rng(0)
+    stack = rng.random((10, 40, 40), dtype=np.float32)
+    images = [rng.random((40, 40), dtype=np.float32) for _ in range(5)]
+    d = PairedData(None, [stack, *images], axes=["ZYX"] + ["YX"] * 5, patch_size=32, validation=0.2)
+    (note,) = [n for n in d.notes if "neighbouring plane" in n]
+    assert "the last 2 planes of the stack(s) and 1 separate image, and leaves 1 neighbouring plane out" in note, note
+
+
 def test_separate_images_are_still_held_out_at_random_and_whole():
     rng = np.random.default_rng(0)
     images = [rng.random((40, 40), dtype=np.float32) for _ in range(10)]

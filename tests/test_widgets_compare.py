@@ -753,3 +753,29 @@ def test_the_api_says_what_to_pass_for_a_3d_psf():
     expected = r"got a 3D one of shape \(5, 9, 9\): pass its in-focus plane, such as psf\[2\]"
     with pytest.raises(InputError, match=expected):
         ndg.wiener(np.ones((32, 32), np.float32), np.ones((5, 9, 9)))
+
+
+def test_an_rgb_psf_is_said_to_be_a_picture_not_a_z_stack(setup):
+    """A (Y, X, 3) PSF is a colour picture of one; the 3D-stack advice (psf[k], a row) would be wrong for it."""
+    import napari_deblurgan as ndg
+    from napari_deblurgan.errors import InputError
+    from napari_deblurgan.widgets.compare_widget import PSF_FROM_LAYER
+
+    picture = np.repeat(np.ones((13, 13, 1)), 3, axis=-1)
+    with pytest.raises(InputError, match=r"an RGB\(A\) picture; pass a grey one, such as psf\[\.\.\., :3\]"):
+        ndg.wiener(np.ones((32, 32), np.float32), picture)
+    viewer, widget = setup
+    viewer.add_image((picture * 255).astype(np.uint8), name="PSF picture", rgb=True)
+    widget.baseline_input.set_value(viewer.layers["blurred"])
+    widget.psf_source.setCurrentText(PSF_FROM_LAYER)
+    widget.psf_layer.set_value(viewer.layers["PSF picture"])
+    widget.wiener_button.click()
+    assert widget.worker is None and "is an RGB picture" in widget.status.text()
+
+
+def test_to_csv_writes_into_the_home_folder_for_a_tilde(tmp_path, monkeypatch):
+    import napari_deblurgan as ndg
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ndg.compare({"a": np.ones((16, 16), np.float32)}).to_csv("~/table.csv")
+    assert (tmp_path / "table.csv").read_text().startswith("name,")

@@ -866,13 +866,21 @@ def best_classical(
         raise InputError("Give at least one Richardson-Lucy iteration count or one Wiener balance.")
     if any(not b > 0 for b in balances):
         raise InputError("Wiener balances must be > 0.")
-    dr = _data_range(sharp_arr, data_range, axes)
     kernel = check_psf_array(psf)
+    inferred = axes is None
     axes = resolve_image_axes(arr, axes)
-    blurred_range = value_range(arr, axes=axes)  # one pass, a block at a time for a lazy array
+    if inferred:
+        warn_if_alpha_looks_like_a_channel(arr, axes, kept="kept as opacity, not scored", verb="deconvolve")
+    # an RGBA image's alpha is opacity, as in richardson_lucy/wiener (which keep it) and compare (which does not
+    # score it): left out of the ranges and the scan, so the scores are compare()'s of the returned image
+    dr = _data_range(sharp_arr, data_range, axes, colours_only=True)
+    blurred_range = value_range(arr, axes=axes, colours_only=True)  # one pass, a block at a time for a lazy array
     scaler = _Scaler(blurred_range, arr.dtype)
     read_src, read_ref = _plane_reader(arr, axes), _plane_reader(sharp_arr, axes)
     indices = plane_indices(tuple(arr.shape), axes)
+    alpha = _alpha_position(tuple(arr.shape), axes)
+    if alpha is not None:
+        indices = [where for where in indices if where[alpha] != 3]
     single = len(indices) == 1
     size = 0  # the reference's pixels with data, as the scores count them
 
@@ -933,7 +941,10 @@ def best_classical(
     else:
         image = _per_plane(arr, axes, winner)
     best: dict[str, Any] = {"method": method, "parameters": parameters, "image": image, "psnr": scores[best_k]}
-    best["ssim"] = ssim(sharp_arr, image, dr, axes=axes)
+    if alpha is None:
+        best["ssim"] = ssim(sharp_arr, image, dr, axes=axes)
+    else:  # compare() leaves the alpha planes out; ssim() alone scores every plane
+        best["ssim"] = compare({"best": image}, sharp_arr, data_range=dr, axes=axes).rows[0]["ssim"]
     best["richardson_lucy"] = {"iterations": iterations, "psnr": scores[: len(iterations)]}
     best["wiener"] = {"balance": balances, "psnr": scores[len(iterations) :]}
     return best
@@ -1001,8 +1012,11 @@ class ComparisonTable:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write the table as CSV (full float precision) atomically: a temporary file, then a rename."""
-        with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
+        """Write the table as CSV (full float precision) atomically: a temporary file, then a rename. A leading
+        ``~`` is the home folder."""
+        from .user_paths import expand_user
+
+        with atomic_write(expand_user(path)) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(self.columns)
             for row in self.rows:

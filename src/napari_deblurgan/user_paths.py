@@ -4,8 +4,8 @@ Python's file functions take ``~`` literally (``open("~/m.pt")`` looks for a fol
 users of napari's console type ``~/...`` as they would in a shell. Every function of the package that takes
 a file or folder path from the user (``load_model``, ``deblur``'s ``model``, ``DeblurModel.save``,
 ``finetune``'s ``model``/``checkpoint_dir``/``resume``/``perceptual_weights``/``teacher``, ``run_demo``'s
-``output``) and the command line's path options pass it through :func:`expand_user` once, where it comes
-in: the path is then the expanded one everywhere, in the messages as well.
+``output``, ``ComparisonTable.to_csv``) and the command line's path options pass it through
+:func:`expand_user` once, where it comes in: the path is then the expanded one everywhere, in the messages as well.
 """
 
 from __future__ import annotations

@@ -136,6 +136,12 @@ def check_psf_array(psf: Any) -> np.ndarray:
         arr = np.asarray(psf, dtype=np.float64)
     except (TypeError, ValueError):
         raise InputError(f"A PSF must be a 2D array of numbers, got {type(psf).__name__}.") from None
+    if arr.ndim == 3 and arr.size and arr.shape[-1] in (3, 4) and arr.shape[0] > arr.shape[-1]:
+        # (Y, X, 3): a PSF saved as a colour picture (a PNG, napari's RGB layer), not a Z stack
+        raise InputError(
+            f"A PSF must be a 2D (Y, X) array of one channel, got shape {arr.shape}: an RGB(A) picture; pass a grey "
+            "one, such as psf[..., :3].mean(axis=-1)."
+        )
     if arr.ndim == 3 and arr.size:
         # a measured 3D PSF (Z, Y, X), as microscopists have them: every YX plane is deblurred with a 2D PSF
         raise InputError(

@@ -163,6 +163,7 @@ def _held_out_planes(
             held.add((src, stacks[src][-1]))
         else:
             n_singles = 1
+    n_singles = min(n_singles, len(singles) - (0 if stacks else 1))  # something must be left to train on
     if n_singles:
         rng = np.random.default_rng(seed)
         held.update(singles[i] for i in rng.choice(len(singles), size=n_singles, replace=False).tolist())
@@ -1061,14 +1062,20 @@ class PairedData:
         if fraction == 0.0:
             self.train_planes = all_planes
             return
-        n_held = round(fraction * len(all_planes))
-        if len(all_planes) >= _MIN_PLANES_FOR_PLANE_SPLIT and n_held >= 1:
+        # Plane positions, not channel planes: the channels of one position are one scene (a 2D image of 6
+        # channels is one position, held out by a band, not by holding out some of its channels).
+        n_positions = len({(p.source, p.index) for p in all_planes})
+        if n_positions >= _MIN_PLANES_FOR_PLANE_SPLIT and round(fraction * n_positions) >= 1:
             held, apart = _held_out_planes(all_planes, fraction, seed)
             self.validation_planes = [p for p in all_planes if (p.source, p.index) in held]
             self.train_planes = [p for p in all_planes if (p.source, p.index) not in held | apart]
             if apart:
+                positions = Counter(src for src, _ in {(p.source, p.index) for p in all_planes})
+                of_stacks = sum(1 for src, _ in held if positions[src] > 1)
+                images = len(held) - of_stacks
+                also = f" and {_count(images, 'separate image')}" if images else ""
                 self.notes.append(
-                    f"validation holds out the last {_count(len(held), 'plane')} of the stack(s) and leaves "
+                    f"validation holds out the last {_count(of_stacks, 'plane')} of the stack(s){also}, and leaves "
                     f"{_count(len(apart), 'neighbouring plane')} out of training: neighbouring Z/T planes are nearly "
                     "the same image, and validating next to them would reward memorising."
                 )
