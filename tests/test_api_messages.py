@@ -286,3 +286,21 @@ def test_a_grey_stack_three_pixels_wide_is_scored_as_grey_planes_with_axes():
     for function in (ndg.compare, ndg.iter_finetune):
         doc = " ".join(function.__doc__.split())
         assert "rgb=False" in doc and '``"ZYX"``' in doc
+
+
+def test_a_joint_models_channel_error_names_the_axes_that_would_read_the_channels():
+    """A (3, Y, X) array is inferred as ZYX; for a 3-channel model the advice named 'YXS' (RGB), which does not fit
+    this array. It names the axes that read its first axis as the channels, and keeps the RGB example otherwise."""
+    from napari_deblurgan import create_model, deblur
+
+    model = create_model("unet_lite", channels=3, seed=0)
+    with pytest.raises(
+        InputError,
+        match=r"no channel axis \(C or S\); pass axes with the right channel axis \(e\.g\. "
+        r"'CYX', its Z axis as the channels\) or use a single-channel model",
+    ):
+        deblur(np.zeros((3, 32, 32), np.float32), model, device="cpu")
+    with pytest.raises(
+        InputError, match=r"axis 'C' has 2; pass axes with the right channel axis \(e\.g\. 'YXS' for RGB\)"
+    ):
+        deblur(np.zeros((2, 32, 32), np.float32), model, axes="CYX", device="cpu")

@@ -379,9 +379,20 @@ class _PlaneRunner:
             n = 3  # RGBA: the alpha channel is kept, not deblurred
         if self.joint and n != self.model.channels:
             where = f"axis {axes[c_ax]!r} has {n}" if c_ax is not None else "the image has no channel axis (C or S)"
+            # an axis of the model's channel count that was read as something else (a (3, Y, X) array inferred
+            # as ZYX): name the axes that would read it as the channels
+            fits = [
+                i for i, a in enumerate(axes) if a not in "YX" and i != c_ax and shape[i] == self.model.channels
+            ]
+            if fits and c_ax is None:
+                i = fits[0]
+                letter = "S" if i == len(axes) - 1 else "C"
+                example = f"{axes[:i] + letter + axes[i + 1 :]!r}, its {axes[i]} axis as the channels"
+            else:
+                example = "'YXS' for RGB"
             raise InputError(
                 f"this model takes {self.model.channels} channels together but {where}; "
-                "pass axes with the right channel axis (e.g. 'YXS' for RGB) or use a single-channel model"
+                f"pass axes with the right channel axis (e.g. {example}) or use a single-channel model"
             )
         if not self.joint and self.model.channels != 1:
             raise InputError(
