@@ -381,9 +381,7 @@ class _PlaneRunner:
             where = f"axis {axes[c_ax]!r} has {n}" if c_ax is not None else "the image has no channel axis (C or S)"
             # an axis of the model's channel count that was read as something else (a (3, Y, X) array inferred
             # as ZYX): name the axes that would read it as the channels
-            fits = [
-                i for i, a in enumerate(axes) if a not in "YX" and i != c_ax and shape[i] == self.model.channels
-            ]
+            fits = [i for i, a in enumerate(axes) if a not in "YX" and i != c_ax and shape[i] == self.model.channels]
             if fits and c_ax is None:
                 i = fits[0]
                 letter = "S" if i == len(axes) - 1 else "C"
