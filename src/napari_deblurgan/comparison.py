@@ -719,6 +719,14 @@ def _alpha_position(shape: tuple[int, ...], axes: str) -> int | None:
     return [a for a in axes if a not in "YX"].index("S") if is_rgba(shape, axes) else None
 
 
+def _scored_plane_indices(shape: tuple[int, ...], axes: str) -> list[tuple[int, ...]]:
+    """:func:`plane_indices` of the planes the metrics score: all, but an RGBA image's alpha planes (opacity, not
+    an image; deblur() and the baselines keep it as it is)."""
+    indices = plane_indices(shape, axes)
+    alpha = _alpha_position(shape, axes)
+    return indices if alpha is None else [where for where in indices if where[alpha] != 3]
+
+
 def _put_back(result: np.ndarray, plane: np.ndarray, missing: np.ndarray | None) -> np.ndarray:
     """``result`` (a deconvolved ``plane``) with ``plane``'s "no data" pixels (``missing``) as they were."""
     if missing is not None:
@@ -877,10 +885,8 @@ def best_classical(
     blurred_range = value_range(arr, axes=axes, colours_only=True)  # one pass, a block at a time for a lazy array
     scaler = _Scaler(blurred_range, arr.dtype)
     read_src, read_ref = _plane_reader(arr, axes), _plane_reader(sharp_arr, axes)
-    indices = plane_indices(tuple(arr.shape), axes)
+    indices = _scored_plane_indices(tuple(arr.shape), axes)
     alpha = _alpha_position(tuple(arr.shape), axes)
-    if alpha is not None:
-        indices = [where for where in indices if where[alpha] != 3]
     single = len(indices) == 1
     size = 0  # the reference's pixels with data, as the scores count them
 
@@ -1091,10 +1097,8 @@ def compare(
             ref if ref is not None else images[0][1], axes, kept="left out of the metrics as opacity", verb="score"
         )
     dr = None if ref is None else _data_range(ref, data_range, axes, colours_only=True)
-    indices = plane_indices(first_shape, axes)
+    indices = _scored_plane_indices(first_shape, axes)
     alpha = _alpha_position(first_shape, axes)
-    if alpha is not None:  # RGBA: alpha is opacity, not an image, and is not scored (deblur() keeps it)
-        indices = [where for where in indices if where[alpha] != 3]
     plane_shape = (first_shape[axes.index("Y")], first_shape[axes.index("X")])
     win = None if ref is None else _ssim_window(plane_shape)
     # the plane _units_note looks at: the middle one along every other axis

@@ -149,7 +149,7 @@ def _held_out_planes(
         known = positions.setdefault(p.source, [])
         if not known or known[-1] != p.index:
             known.append(p.index)
-    total = sum(len(v) for v in positions.values())
+    everywhere = {(src, idx) for src, indices in positions.items() for idx in indices}
     singles = [(src, idx[0]) for src, idx in positions.items() if len(idx) == 1]
     stacks = {src: idx for src, idx in positions.items() if len(idx) > 1}
     held: set[tuple[int, tuple[int, ...]]] = set()
@@ -174,8 +174,8 @@ def _held_out_planes(
         for axis in range(len(idx))
         for step in (-1, 1)
     }
-    apart = {key for key in apart if key[1] in set(positions[key[0]]) and key not in held}
-    if len(held) + len(apart) >= total:  # nothing would be left to train on: keep the neighbours in training
+    apart = (apart & everywhere) - held
+    if len(held) + len(apart) >= len(everywhere):  # nothing would be left to train on: keep the neighbours in training
         apart = set()
     return held, apart
 
@@ -1064,14 +1064,14 @@ class PairedData:
             return
         # Plane positions, not channel planes: the channels of one position are one scene (a 2D image of 6
         # channels is one position, held out by a band, not by holding out some of its channels).
-        n_positions = len({(p.source, p.index) for p in all_planes})
-        if n_positions >= _MIN_PLANES_FOR_PLANE_SPLIT and round(fraction * n_positions) >= 1:
+        positions = {(p.source, p.index) for p in all_planes}
+        if len(positions) >= _MIN_PLANES_FOR_PLANE_SPLIT and round(fraction * len(positions)) >= 1:
             held, apart = _held_out_planes(all_planes, fraction, seed)
             self.validation_planes = [p for p in all_planes if (p.source, p.index) in held]
             self.train_planes = [p for p in all_planes if (p.source, p.index) not in held | apart]
             if apart:
-                positions = Counter(src for src, _ in {(p.source, p.index) for p in all_planes})
-                of_stacks = sum(1 for src, _ in held if positions[src] > 1)
+                per_source = Counter(src for src, _ in positions)
+                of_stacks = sum(1 for src, _ in held if per_source[src] > 1)
                 images = len(held) - of_stacks
                 also = f" and {_count(images, 'separate image')}" if images else ""
                 self.notes.append(

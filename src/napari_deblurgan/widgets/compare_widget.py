@@ -475,13 +475,13 @@ class CompareWidget(QWidget):
             layer = self.psf_layer.value()
             if layer is None:
                 raise InputError("Choose the PSF layer (an image layer holding the 2D PSF).")
-            psf = np.asarray(layer_pixels(layer), dtype=np.float64)
             if getattr(layer, "rgb", False):
                 raise InputError(
                     f"The PSF layer {layer.name!r} is an RGB picture; the baselines take a grey 2D PSF. Choose a "
                     "single-channel PSF layer (open the PSF as greyscale, or split its colours: right-click the "
                     "layer in the layer list > Split RGB)."
                 )
+            psf = np.asarray(layer_pixels(layer), dtype=np.float64)
             if psf.ndim == 3 and psf.size:
                 # a measured 3D PSF: the API's message would say this in Python (psf[k])
                 k = int(psf.max(axis=(1, 2)).argmax())
