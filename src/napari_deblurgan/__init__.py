@@ -27,6 +27,15 @@ _LAZY_EXPORTS: dict[str, str] = {
     # training
     "finetune": ".training.trainer",
     "iter_finetune": ".training.trainer",
+    # the events a training run yields (iter_finetune, on_event=): isinstance(event, napari_deblurgan.Validation)
+    "Started": ".training.events",
+    "Step": ".training.events",
+    "Validation": ".training.events",
+    "Preview": ".training.events",
+    "CheckpointSaved": ".training.events",
+    "Notice": ".training.events",
+    "Finished": ".training.events",
+    "TrainingEvent": ".training.events",
     # comparison and metrics
     "compare": ".comparison",
     "richardson_lucy": ".comparison",
@@ -51,6 +60,14 @@ __all__ = [  # noqa: RUF022 - kept in the order of _LAZY_EXPORTS (a test checks 
     "synthesize_blur",
     "finetune",
     "iter_finetune",
+    "Started",
+    "Step",
+    "Validation",
+    "Preview",
+    "CheckpointSaved",
+    "Notice",
+    "Finished",
+    "TrainingEvent",
     "compare",
     "richardson_lucy",
     "wiener",
@@ -83,5 +100,15 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real objects
     from .inference.deblur import deblur
     from .model_file import DeblurModel, create_model, list_named_models, load_model
     from .models import list_architectures
-    from .training.events import TrainingNoticeWarning
+    from .training.events import (
+        CheckpointSaved,
+        Finished,
+        Notice,
+        Preview,
+        Started,
+        Step,
+        TrainingEvent,
+        TrainingNoticeWarning,
+        Validation,
+    )
     from .training.trainer import finetune, iter_finetune
