@@ -45,6 +45,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "InputError": ".errors",
     "ModelFileError": ".errors",
     "Cancelled": ".errors",
+    # said once per call of synthesize_blur, wiener, richardson_lucy, best_classical for a PSF with an even side
+    "EvenPSFWarning": ".errors",
     # the warning every training notice is also raised as (to filter it where on_event already shows them)
     "TrainingNoticeWarning": ".training.events",
 }
@@ -75,6 +77,7 @@ __all__ = [  # noqa: RUF022 - kept in the order of _LAZY_EXPORTS (a test checks 
     "InputError",
     "ModelFileError",
     "Cancelled",
+    "EvenPSFWarning",
     "TrainingNoticeWarning",
 ]
 
@@ -96,7 +99,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static type checkers and IDEs see the real objects
     from .blur.synthesize import synthesize_blur
     from .comparison import compare, richardson_lucy, wiener
-    from .errors import Cancelled, DeblurGANError, InputError, ModelFileError
+    from .errors import Cancelled, DeblurGANError, EvenPSFWarning, InputError, ModelFileError
     from .inference.deblur import deblur
     from .model_file import DeblurModel, create_model, list_named_models, load_model
     from .models import list_architectures

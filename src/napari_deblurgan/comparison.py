@@ -49,6 +49,7 @@ from .blur.synthesize import (
     not_finite_message,
     plane_indices,
     resolve_image_axes,
+    warn_if_even_psf,
     yx_last,
 )
 from .errors import Cancelled, InputError, cancel_requested
@@ -752,6 +753,7 @@ def _deconvolve(
     kernel = check_psf_array(psf)
     inferred = axes is None
     axes = resolve_image_axes(image, axes)
+    warn_if_even_psf(kernel, "result")  # here, once per call: per plane, a stack would say it for every plane
     if inferred:
         warn_if_alpha_looks_like_a_channel(image, axes, kept="kept as opacity and not deconvolved", verb="deconvolve")
     if not is_lazy(image):
@@ -802,6 +804,12 @@ def richardson_lucy(image: Any, psf: Any, iterations: int = 30, *, axes: str | N
     unchanged and the colours are deconvolved as RGB, as :func:`deblur` keeps it; when a last axis of 4 was
     inferred as RGBA but its 4th channel looks like an image, a warning says to pass ``axes`` ending in
     ``"YXC"`` to deconvolve all four channels.
+
+    Give ``psf`` odd sides, as for :func:`~napari_deblurgan.synthesize_blur`: an even-sized PSF has no centre
+    pixel and shifts the result by half a pixel (its pixel ``side // 2`` is taken for the centre), which an
+    :class:`~napari_deblurgan.EvenPSFWarning` says once per call. A PSF that blurred an image in
+    :func:`~napari_deblurgan.synthesize_blur` takes the same centre there, so deconvolving that image with it
+    undoes both shifts.
     """
     iterations = _check_iterations(iterations)
     return _deconvolve(
@@ -821,7 +829,9 @@ def wiener(image: Any, psf: Any, balance: float = 0.01, *, axes: str | None = No
 
     ``balance`` trades sharpness (small) against noise amplification (large). Any dtype/range: the image is
     scaled to [0, 1] floats, reflect-padded by one PSF side (no border ringing from the FFT's periodic
-    boundary), deconvolved, cropped and converted back. RGBA as in :func:`richardson_lucy`: alpha is kept.
+    boundary), deconvolved, cropped and converted back. RGBA as in :func:`richardson_lucy`: alpha is kept. An
+    even-sized ``psf`` shifts the result by half a pixel, as in :func:`richardson_lucy` (an
+    :class:`~napari_deblurgan.EvenPSFWarning`, once per call): give it odd sides.
     """
     if isinstance(balance, bool) or not isinstance(balance, numbers.Real) or not balance > 0:
         raise InputError(f"balance must be a number > 0, got {balance!r}.")
@@ -849,7 +859,9 @@ def best_classical(
     Richardson-Lucy runs once up to ``max(rl_iterations)``; every listed iteration count is scored on the
     way. Wiener is run for every balance. Results are scored in the dtype of ``blurred`` (what a user gets),
     with ``data_range`` as in :func:`psnr`. "Oracle" because the parameter is picked with the ground truth,
-    which a real user does not have: it is an upper bound on what these methods give with the true PSF.
+    which a real user does not have: it is an upper bound on what these methods give with the true PSF. An
+    even-sized ``psf`` shifts every candidate by half a pixel, as in :func:`richardson_lucy` (an
+    :class:`~napari_deblurgan.EvenPSFWarning`, once per call), which lowers their scores: give it odd sides.
     The default balances (:data:`ORACLE_WIENER_BALANCES`) span 1e-4..1e4 in thirds of a decade, as the model
     card's oracle does: on smooth, noisy images (scikit-image's ``cell``) the best balance is 10-50, and a
     scan that stopped at 1 understated Wiener by 4-7 dB.
@@ -877,6 +889,7 @@ def best_classical(
     kernel = check_psf_array(psf)
     inferred = axes is None
     axes = resolve_image_axes(arr, axes)
+    warn_if_even_psf(kernel, "result")
     if inferred:
         warn_if_alpha_looks_like_a_channel(arr, axes, kept="kept as opacity, not scored", verb="deconvolve")
     # an RGBA image's alpha is opacity, as in richardson_lucy/wiener (which keep it) and compare (which does not
