@@ -1023,3 +1023,47 @@ def test_an_even_sized_psf_shifts_the_deconvolved_image_by_half_a_pixel():
         yy, xx = np.indices(result.shape)
         centre = ((result * yy).sum() / result.sum(), (result * xx).sum() / result.sum())
         np.testing.assert_allclose(centre, (32.5, 32.5), atol=0.01)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask", "zarr-like"])
+@pytest.mark.parametrize("axes", [None, "YXS"])
+def test_the_standalone_metrics_leave_an_rgba_images_alpha_out_as_compare_does(kind, axes):
+    """psnr, ssim, nrmse and sharpness read an S axis of 4 as compare() does: alpha is opacity, left out of the
+    score and of the default data range, so each equals compare()'s number (zeroing alpha alone scored 13 dB in
+    psnr while compare() said inf); a C axis of 4 is four channels, all scored."""
+    rgba = _rgba().astype(np.float32)
+    rgba[..., 3] *= 10  # an opacity of 0..2550 must not set the colours' PSNR peak either
+    result = ndimage.uniform_filter(rgba, (3, 3, 1))
+    result[..., 3] = 0  # alpha zeroed: no colour changed by it
+    row = compare({"r": result}, rgba, axes=axes).rows[0]
+
+    def wrap(image):
+        if kind == "dask":
+            return pytest.importorskip("dask.array").from_array(image, chunks=(24, 40, 2))
+        return _PlaneStore(image) if kind == "zarr-like" else image
+
+    ref, img = wrap(rgba), wrap(result)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a mask is opacity: no warning
+        # (a zarr-like reference's range took in its alpha: 54.42 dB, not 25.38)
+        assert compare({"r": img}, ref, axes=axes).rows[0] == row
+        scores = [psnr(ref, img, axes=axes), ssim(ref, img, axes=axes), nrmse(ref, img, axes=axes)]
+        assert scores == [row["psnr"], row["ssim"], row["nrmse"]]
+        assert sharpness(img, axes=axes) == row["sharpness"]
+    colours = [rgba[..., :3].copy(), result[..., :3].copy()]
+    assert scores == pytest.approx([psnr(*colours), ssim(*colours), nrmse(*colours)], rel=1e-12)
+    same_colours = rgba.copy()
+    same_colours[..., 3] = 0
+    assert psnr(rgba, same_colours, axes=axes) == math.inf and nrmse(rgba, same_colours, axes=axes) == 0
+    # four channels: alpha scored
+    assert psnr(rgba, same_colours, axes="YXC") < 30 and sharpness(result, axes="YXC") != row["sharpness"]
+
+
+def test_the_standalone_metrics_warn_as_compare_does_when_inferred_alpha_looks_like_an_image():
+    channels = _rgba(image_like_alpha=True)
+    for score in (lambda: psnr(channels, channels), lambda: ssim(channels, channels), lambda: sharpness(channels)):
+        with pytest.warns(UserWarning, match=r"taken as RGBA.*left out of the metrics as opacity.*To score all four"):
+            score()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        psnr(channels, channels, axes="YXS")
