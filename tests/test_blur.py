@@ -433,3 +433,19 @@ def test_synthesize_blur_warns_as_deblur_does_when_inferred_alpha_looks_like_an_
         synthesize_blur(mask, "gaussian", strength=1.5, seed=0)
     all_four, _ = synthesize_blur(channels, "gaussian", strength=1.5, seed=0, axes="YXC")
     assert not np.array_equal(all_four[..., 3], channels[..., 3])  # a C axis of 4: four channels blurred
+
+
+def test_an_even_sized_psf_is_warned_once_per_call():
+    """The docstring's "give it odd sides" is also a warning (the category wiener and richardson_lucy raise): a
+    stack of planes says it once; an odd PSF says nothing."""
+    import napari_deblurgan as ndg
+
+    stack = np.random.default_rng(0).uniform(0, 1, (3, 16, 16)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        synthesize_blur(stack, np.ones((5, 4)), axes="ZYX")
+    said = [str(w.message) for w in caught if issubclass(w.category, ndg.EvenPSFWarning)]
+    assert len(said) == 1 and "blurred image is shifted by half a pixel along X" in said[0], said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        synthesize_blur(stack, np.ones((5, 5)), axes="ZYX")

@@ -973,3 +973,97 @@ def test_best_classical_scores_an_rgba_image_as_compare_does():
     colours = best_classical(blurred[..., :3], sharp[..., :3], psf, rl_iterations=[2, 5], wiener_balances=[0.01, 0.1])
     assert (best["method"], best["parameters"]) == (colours["method"], colours["parameters"])
     assert best["psnr"] == pytest.approx(colours["psnr"], abs=1e-6)
+
+
+def _even_psf_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    import napari_deblurgan as ndg
+
+    return [str(w.message) for w in caught if issubclass(w.category, ndg.EvenPSFWarning)]
+
+
+@pytest.mark.parametrize("method", ["wiener", "richardson_lucy", "best_classical", "dask wiener"])
+def test_an_even_sized_psf_is_warned_once_per_call_as_synthesize_blur_warns(method):
+    """An even side has no centre pixel: the result is shifted by half a pixel along it (a point deconvolved with
+    a 4x4 box lands at 32.5, not 32). Said once per call, whatever the planes, in a category a user can filter;
+    an odd PSF says nothing."""
+    import napari_deblurgan as ndg
+
+    stack = np.random.default_rng(0).uniform(0.1, 1.0, (3, 32, 32)).astype(np.float32)  # three planes: one warning
+    calls = {
+        "wiener": lambda psf: wiener(stack, psf, axes="ZYX"),
+        "richardson_lucy": lambda psf: richardson_lucy(stack, psf, 3, axes="ZYX"),
+        "best_classical": lambda psf: best_classical(stack, stack, psf, rl_iterations=[2], wiener_balances=[0.1]),
+        "dask wiener": lambda psf: wiener(pytest.importorskip("dask.array").from_array(stack), psf).compute(),
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calls[method](np.ones((4, 5)))
+    said = _even_psf_warnings(caught)
+    assert len(said) == 1, said
+    assert "4x5" in said[0] and "shifted by half a pixel along Y" in said[0] and "odd sides" in said[0], said[0]
+    assert issubclass(ndg.EvenPSFWarning, UserWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calls[method](np.ones((5, 5)))
+    assert not _even_psf_warnings(caught)
+    with warnings.catch_warnings():  # the documented way to accept the shift
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", ndg.EvenPSFWarning)
+        calls[method](np.ones((4, 4)))
+
+
+def test_an_even_sized_psf_shifts_the_deconvolved_image_by_half_a_pixel():
+    """What the warning says, measured: a point deconvolved with a symmetric 4x4 PSF is centred half a pixel off."""
+    point = np.full((64, 64), 0.01)
+    point[32, 32] = 1.0
+    for method in (wiener, richardson_lucy):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = np.clip(method(point, np.ones((4, 4))) - 0.01, 0, None)
+        yy, xx = np.indices(result.shape)
+        centre = ((result * yy).sum() / result.sum(), (result * xx).sum() / result.sum())
+        np.testing.assert_allclose(centre, (32.5, 32.5), atol=0.01)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask", "zarr-like"])
+@pytest.mark.parametrize("axes", [None, "YXS"])
+def test_the_standalone_metrics_leave_an_rgba_images_alpha_out_as_compare_does(kind, axes):
+    """psnr, ssim, nrmse and sharpness read an S axis of 4 as compare() does: alpha is opacity, left out of the
+    score and of the default data range, so each equals compare()'s number (zeroing alpha alone scored 13 dB in
+    psnr while compare() said inf); a C axis of 4 is four channels, all scored."""
+    rgba = _rgba().astype(np.float32)
+    rgba[..., 3] *= 10  # an opacity of 0..2550 must not set the colours' PSNR peak either
+    result = ndimage.uniform_filter(rgba, (3, 3, 1))
+    result[..., 3] = 0  # alpha zeroed: no colour changed by it
+    row = compare({"r": result}, rgba, axes=axes).rows[0]
+
+    def wrap(image):
+        if kind == "dask":
+            return pytest.importorskip("dask.array").from_array(image, chunks=(24, 40, 2))
+        return _PlaneStore(image) if kind == "zarr-like" else image
+
+    ref, img = wrap(rgba), wrap(result)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a mask is opacity: no warning
+        # (a zarr-like reference's range took in its alpha: 54.42 dB, not 25.38)
+        assert compare({"r": img}, ref, axes=axes).rows[0] == row
+        scores = [psnr(ref, img, axes=axes), ssim(ref, img, axes=axes), nrmse(ref, img, axes=axes)]
+        assert scores == [row["psnr"], row["ssim"], row["nrmse"]]
+        assert sharpness(img, axes=axes) == row["sharpness"]
+    colours = [rgba[..., :3].copy(), result[..., :3].copy()]
+    assert scores == pytest.approx([psnr(*colours), ssim(*colours), nrmse(*colours)], rel=1e-12)
+    same_colours = rgba.copy()
+    same_colours[..., 3] = 0
+    assert psnr(rgba, same_colours, axes=axes) == math.inf and nrmse(rgba, same_colours, axes=axes) == 0
+    # four channels: alpha scored
+    assert psnr(rgba, same_colours, axes="YXC") < 30 and sharpness(result, axes="YXC") != row["sharpness"]
+
+
+def test_the_standalone_metrics_warn_as_compare_does_when_inferred_alpha_looks_like_an_image():
+    channels = _rgba(image_like_alpha=True)
+    for score in (lambda: psnr(channels, channels), lambda: ssim(channels, channels), lambda: sharpness(channels)):
+        with pytest.warns(UserWarning, match=r"taken as RGBA.*left out of the metrics as opacity.*To score all four"):
+            score()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        psnr(channels, channels, axes="YXS")

@@ -42,3 +42,15 @@ def test_unknown_attribute_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         napari_deblurgan.nope  # noqa: B018
+
+
+def test_training_events_are_top_level_names():
+    # a console user checks an event's type by its top-level name: isinstance(event, napari_deblurgan.Validation)
+    from napari_deblurgan.training import events
+
+    for name in events.__all__:
+        assert getattr(napari_deblurgan, name) is getattr(events, name), name
+        assert name in napari_deblurgan.__all__, name
+    # ... and reaching them stays cheap: the events module is plain data, no torch
+    loaded = _modules_after("import napari_deblurgan as n; n.Validation, n.Step, n.Finished, n.TrainingEvent")
+    assert not {"torch", "napari", "qtpy", "skimage", "dask"} & loaded

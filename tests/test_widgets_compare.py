@@ -779,3 +779,21 @@ def test_to_csv_writes_into_the_home_folder_for_a_tilde(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     ndg.compare({"a": np.ones((16, 16), np.float32)}).to_csv("~/table.csv")
     assert (tmp_path / "table.csv").read_text().startswith("name,")
+
+
+def test_an_even_sized_psf_layer_is_said_once_per_baseline(setup, qtbot, notifications):
+    """The API's half-pixel warning reaches the panel's user once per run, not once per plane."""
+    from napari_deblurgan.widgets.compare_widget import PSF_FROM_LAYER
+
+    viewer, widget = setup
+    viewer.add_image(np.stack([viewer.layers["blurred"].data] * 3), name="stack")
+    viewer.add_image(np.ones((6, 6), np.float32), name="even PSF")
+    widget.baseline_input.set_value(viewer.layers["stack"])
+    widget.psf_source.setCurrentText(PSF_FROM_LAYER)
+    widget.psf_layer.set_value(viewer.layers["even PSF"])
+    widget.rl_iterations.setValue(2)
+    widget.rl_button.click()
+    wait_done(qtbot, widget)
+    said = [msg for sev, msg in notifications if "half a pixel" in msg]
+    assert len(said) == 1 and said[0].startswith("Compare: The PSF is 6x6 px"), said
+    assert any("Richardson-Lucy" in layer.name for layer in viewer.layers)

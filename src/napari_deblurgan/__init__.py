@@ -27,6 +27,15 @@ _LAZY_EXPORTS: dict[str, str] = {
     # training
     "finetune": ".training.trainer",
     "iter_finetune": ".training.trainer",
+    # the events a training run yields (iter_finetune, on_event=): isinstance(event, napari_deblurgan.Validation)
+    "Started": ".training.events",
+    "Step": ".training.events",
+    "Validation": ".training.events",
+    "Preview": ".training.events",
+    "CheckpointSaved": ".training.events",
+    "Notice": ".training.events",
+    "Finished": ".training.events",
+    "TrainingEvent": ".training.events",
     # comparison and metrics
     "compare": ".comparison",
     "richardson_lucy": ".comparison",
@@ -36,6 +45,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "InputError": ".errors",
     "ModelFileError": ".errors",
     "Cancelled": ".errors",
+    # said once per call of synthesize_blur, wiener, richardson_lucy, best_classical for a PSF with an even side
+    "EvenPSFWarning": ".errors",
     # the warning every training notice is also raised as (to filter it where on_event already shows them)
     "TrainingNoticeWarning": ".training.events",
 }
@@ -51,6 +62,14 @@ __all__ = [  # noqa: RUF022 - kept in the order of _LAZY_EXPORTS (a test checks 
     "synthesize_blur",
     "finetune",
     "iter_finetune",
+    "Started",
+    "Step",
+    "Validation",
+    "Preview",
+    "CheckpointSaved",
+    "Notice",
+    "Finished",
+    "TrainingEvent",
     "compare",
     "richardson_lucy",
     "wiener",
@@ -58,6 +77,7 @@ __all__ = [  # noqa: RUF022 - kept in the order of _LAZY_EXPORTS (a test checks 
     "InputError",
     "ModelFileError",
     "Cancelled",
+    "EvenPSFWarning",
     "TrainingNoticeWarning",
 ]
 
@@ -79,9 +99,19 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static type checkers and IDEs see the real objects
     from .blur.synthesize import synthesize_blur
     from .comparison import compare, richardson_lucy, wiener
-    from .errors import Cancelled, DeblurGANError, InputError, ModelFileError
+    from .errors import Cancelled, DeblurGANError, EvenPSFWarning, InputError, ModelFileError
     from .inference.deblur import deblur
     from .model_file import DeblurModel, create_model, list_named_models, load_model
     from .models import list_architectures
-    from .training.events import TrainingNoticeWarning
+    from .training.events import (
+        CheckpointSaved,
+        Finished,
+        Notice,
+        Preview,
+        Started,
+        Step,
+        TrainingEvent,
+        TrainingNoticeWarning,
+        Validation,
+    )
     from .training.trainer import finetune, iter_finetune

@@ -89,9 +89,10 @@ def channel_axis(axes: str) -> int | None:
 
 def is_rgba(shape: Sequence[int], axes: str) -> bool:
     """Whether an image of ``shape`` with ``axes`` is RGBA: an ``S`` axis of 4 samples. The one rule of every
-    public function (``deblur``, ``synthesize_blur``, ``wiener``, ``richardson_lucy``, ``compare``): the 4th
-    sample is alpha, opacity rather than an image, and is kept as it is (or, in ``compare``, left out of the
-    metrics); the colours are processed as RGB. A ``C`` axis of 4 is four image channels, all processed."""
+    public function (``deblur``, ``synthesize_blur``, ``wiener``, ``richardson_lucy``, ``compare``, and the
+    metrics ``psnr``, ``ssim``, ``nrmse``, ``sharpness``): the 4th sample is alpha, opacity rather than an image,
+    and is kept as it is (or, in ``compare`` and the metrics, left out of the scores); the colours are processed
+    as RGB. A ``C`` axis of 4 is four image channels, all processed."""
     return "S" in axes and shape[axes.index("S")] == 4
 
 

@@ -22,9 +22,10 @@ and :func:`best_classical` give a lazy dask array out (one plane per block) for 
 result for other lazy arrays.
 
 RGBA (an ``S`` axis of 4: :func:`~napari_deblurgan.axes.is_rgba`) is read by ``deblur()``'s rule: the alpha is
-opacity, not an image, so :func:`richardson_lucy` and :func:`wiener` keep it as it is and :func:`compare` leaves
-it out of its metrics (with a note); the standalone :func:`psnr`, :func:`ssim`, :func:`nrmse` and
-:func:`sharpness` score every sample they are given.
+opacity, not an image, so :func:`richardson_lucy` and :func:`wiener` keep it as it is, and :func:`compare` (with
+a note), :func:`best_classical` and the standalone :func:`psnr`, :func:`ssim`, :func:`nrmse` and
+:func:`sharpness` leave it out of their scores (their numbers are :func:`compare`'s); ``axes`` ending in
+``"YXC"`` score a 4th sample as an image channel.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from .blur.synthesize import (
     not_finite_message,
     plane_indices,
     resolve_image_axes,
+    warn_if_even_psf,
     yx_last,
 )
 from .errors import Cancelled, InputError, cancel_requested
@@ -133,8 +135,12 @@ def _blockwise_range(
     one block read at a time of a lazy one), or of its part ``shape`` starting at index 0 along every axis (an
     RGBA image's colours); ``(0, 0)`` where every block gave None."""
     lo = hi = None
-    for block in _blocks(tuple(image.shape) if shape is None else shape):
-        found = block_range(np.asarray(image[block]))
+    shape = tuple(image.shape) if shape is None else shape
+    for block in _blocks(shape):
+        # the block's whole trailing axes cut to ``shape`` too: left out, they gave a zarr or h5py RGBA image's
+        # alpha to the colours' range (an S axis is one of them), or the whole image for the block ()
+        key = (*block, *(slice(0, n) for n in shape[len(block) :]))
+        found = block_range(np.asarray(image[key]))
         if found is None:
             continue
         # np.minimum, not min(): a NaN must stay NaN to be reported
@@ -366,11 +372,53 @@ def psnr(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     Pixels with no data in the reference ("no data" sentinels, +-float32's or float64's largest value:
     :data:`~napari_deblurgan.normalization.SENTINEL_VALUES`) are left out of the mean squared error and of
     the default data range: there is nothing to compare with there. NaN when the reference has no data at all.
+
+    RGBA (``axes``, or a last axis of 4 inferred as RGBA samples) as in :func:`compare`: the alpha (opacity, not
+    an image) is left out of the error and of the default data range, so the value is :func:`compare`'s; pass
+    ``axes`` ending in ``"YXC"`` to score the 4th sample as an image channel.
     """
     ref, img = _pair(reference, image, axes)
-    dr = _data_range(ref, data_range, axes)
+    scoring = _scoring_axes(ref, axes, required=False)
+    dr = _data_range(ref, data_range, scoring or axes, colours_only=True)
+    if scoring is not None and is_rgba(tuple(ref.shape), scoring):
+        error, _, count = _colour_sums(ref, img, scoring)
+        return _psnr_from_sums(error, count, dr)
     axes = _reading_axes(ref if is_lazy(ref) else img, axes)
     return _psnr_from_sums(*_squared_error(_block_pairs(ref, img, axes)), dr)
+
+
+def _scoring_axes(image: Any, axes: str | None, *, required: bool) -> str | None:
+    """The axes the metrics score ``image`` by: ``axes`` checked, or inferred from the shape by :func:`deblur`'s
+    rules, with :func:`compare`'s warning where inferred axes took a 4th channel that looks like an image for
+    RGBA's alpha (which the metrics leave out). Where none can be inferred (5D and more without ``axes``): an
+    InputError if ``required``, else None (:func:`psnr` and :func:`nrmse` then score every pixel, as before:
+    an image that needs explicit axes is never taken for RGBA)."""
+    inferred = axes is None
+    try:
+        resolved = resolve_image_axes(image, axes)
+    except InputError:
+        if required or not inferred:
+            raise
+        return None
+    if inferred:
+        warn_if_alpha_looks_like_a_channel(image, resolved, kept="left out of the metrics as opacity", verb="score")
+    return resolved
+
+
+def _colour_sums(reference: Any, image: Any, axes: str) -> tuple[float, float, int]:
+    """:func:`_squared_sums` of the colour planes of RGBA images (alpha left out), one plane read at a time and
+    combined as :func:`compare` combines its planes' (``math.fsum``), so that :func:`psnr` and :func:`nrmse` of
+    RGBA images are :func:`compare`'s numbers to the last bit."""
+    read_ref, read_img = _plane_reader(reference, axes), _plane_reader(image, axes)
+    sums = [
+        _squared_sums(
+            _block_pairs(
+                _read_checked(read_ref, idx, reference, "reference"), _read_checked(read_img, idx, image, "image")
+            )
+        )
+        for idx in _scored_plane_indices(tuple(reference.shape), axes)
+    ]
+    return math.fsum(s[0] for s in sums), math.fsum(s[1] for s in sums), sum(s[2] for s in sums)
 
 
 def _ssim_window(plane_shape: tuple[int, ...]) -> int:
@@ -474,16 +522,18 @@ def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     Each YX plane (of every other axis, RGB samples included) is compared separately; planes smaller than
     7 px use the largest odd window that fits (at least 3 px). Lazy arrays are read a plane at a time.
     Windows that hold a pixel with no data in the reference (a "no data" sentinel, as for :func:`psnr`) are
-    left out, and so are planes left without any; NaN when no plane has a window with data.
+    left out, and so are planes left without any; NaN when no plane has a window with data. An RGBA image's
+    alpha planes are left out, and out of the default data range, as in :func:`psnr`.
     """
     ref, img = _pair(reference, image, axes)
-    dr = _data_range(ref, data_range, axes)
-    axes = resolve_image_axes(ref, axes)
+    axes = _scoring_axes(ref, axes, required=True)
+    dr = _data_range(ref, data_range, axes, colours_only=True)
+    assert axes is not None
     win = _ssim_window((ref.shape[axes.index("Y")], ref.shape[axes.index("X")]))
     read_ref, read_img = _plane_reader(ref, axes), _plane_reader(img, axes)
     values = [
         _plane_ssim(_read_checked(read_ref, idx, ref, "reference"), _read_checked(read_img, idx, img, "image"), dr, win)
-        for idx in plane_indices(tuple(ref.shape), axes)
+        for idx in _scored_plane_indices(tuple(ref.shape), axes)
     ]
     return _mean_of_planes(values)
 
@@ -499,9 +549,13 @@ def nrmse(reference: Any, image: Any, *, axes: str | None = None) -> float:
 
     0 for identical images; scale-independent. ``inf`` if the reference is all zeros and the image is not.
     Lazy arrays are read a plane at a time, as for :func:`psnr`. The reference's "no data" pixels are left
-    out, as for :func:`psnr`; NaN when the reference has no data at all.
+    out, as for :func:`psnr`; NaN when the reference has no data at all. An RGBA image's alpha is left out, as
+    in :func:`psnr`.
     """
     ref, img = _pair(reference, image, axes)
+    scoring = _scoring_axes(ref, axes, required=False)
+    if scoring is not None and is_rgba(tuple(ref.shape), scoring):
+        return _nrmse_from_sums(*_colour_sums(ref, img, scoring))
     axes = _reading_axes(ref if is_lazy(ref) else img, axes)
     return _nrmse_from_sums(*_squared_sums(_block_pairs(ref, img, axes)))
 
@@ -577,12 +631,16 @@ def sharpness(image: Any, *, axes: str | None = None) -> float:
     pixel noise, which would otherwise look like detail). Dividing by the image variance makes the measure
     independent of brightness and contrast; higher means more fine detail. A constant plane scores 0. Use
     it to rank versions of the *same* image (before/after deblurring), not to compare different scenes. Lazy
-    arrays are read a plane at a time.
+    arrays are read a plane at a time. An RGBA image's alpha planes are left out, as in :func:`psnr`.
     """
     arr = _as_image(image, "image", axes)
-    axes = resolve_image_axes(arr, axes)
+    axes = _scoring_axes(arr, axes, required=True)
+    assert axes is not None
     read = _plane_reader(arr, axes)
-    values = [_plane_sharpness(_read_checked(read, idx, arr, "image")) for idx in plane_indices(tuple(arr.shape), axes)]
+    values = [
+        _plane_sharpness(_read_checked(read, idx, arr, "image"))
+        for idx in _scored_plane_indices(tuple(arr.shape), axes)
+    ]
     return float(np.mean(values))
 
 
@@ -752,6 +810,7 @@ def _deconvolve(
     kernel = check_psf_array(psf)
     inferred = axes is None
     axes = resolve_image_axes(image, axes)
+    warn_if_even_psf(kernel, "result")  # here, once per call: per plane, a stack would say it for every plane
     if inferred:
         warn_if_alpha_looks_like_a_channel(image, axes, kept="kept as opacity and not deconvolved", verb="deconvolve")
     if not is_lazy(image):
@@ -802,6 +861,12 @@ def richardson_lucy(image: Any, psf: Any, iterations: int = 30, *, axes: str | N
     unchanged and the colours are deconvolved as RGB, as :func:`deblur` keeps it; when a last axis of 4 was
     inferred as RGBA but its 4th channel looks like an image, a warning says to pass ``axes`` ending in
     ``"YXC"`` to deconvolve all four channels.
+
+    Give ``psf`` odd sides, as for :func:`~napari_deblurgan.synthesize_blur`: an even-sized PSF has no centre
+    pixel and shifts the result by half a pixel (its pixel ``side // 2`` is taken for the centre), which an
+    :class:`~napari_deblurgan.EvenPSFWarning` says once per call. A PSF that blurred an image in
+    :func:`~napari_deblurgan.synthesize_blur` takes the same centre there, so deconvolving that image with it
+    undoes both shifts.
     """
     iterations = _check_iterations(iterations)
     return _deconvolve(
@@ -821,7 +886,9 @@ def wiener(image: Any, psf: Any, balance: float = 0.01, *, axes: str | None = No
 
     ``balance`` trades sharpness (small) against noise amplification (large). Any dtype/range: the image is
     scaled to [0, 1] floats, reflect-padded by one PSF side (no border ringing from the FFT's periodic
-    boundary), deconvolved, cropped and converted back. RGBA as in :func:`richardson_lucy`: alpha is kept.
+    boundary), deconvolved, cropped and converted back. RGBA as in :func:`richardson_lucy`: alpha is kept. An
+    even-sized ``psf`` shifts the result by half a pixel, as in :func:`richardson_lucy` (an
+    :class:`~napari_deblurgan.EvenPSFWarning`, once per call): give it odd sides.
     """
     if isinstance(balance, bool) or not isinstance(balance, numbers.Real) or not balance > 0:
         raise InputError(f"balance must be a number > 0, got {balance!r}.")
@@ -849,7 +916,9 @@ def best_classical(
     Richardson-Lucy runs once up to ``max(rl_iterations)``; every listed iteration count is scored on the
     way. Wiener is run for every balance. Results are scored in the dtype of ``blurred`` (what a user gets),
     with ``data_range`` as in :func:`psnr`. "Oracle" because the parameter is picked with the ground truth,
-    which a real user does not have: it is an upper bound on what these methods give with the true PSF.
+    which a real user does not have: it is an upper bound on what these methods give with the true PSF. An
+    even-sized ``psf`` shifts every candidate by half a pixel, as in :func:`richardson_lucy` (an
+    :class:`~napari_deblurgan.EvenPSFWarning`, once per call), which lowers their scores: give it odd sides.
     The default balances (:data:`ORACLE_WIENER_BALANCES`) span 1e-4..1e4 in thirds of a decade, as the model
     card's oracle does: on smooth, noisy images (scikit-image's ``cell``) the best balance is 10-50, and a
     scan that stopped at 1 understated Wiener by 4-7 dB.
@@ -877,6 +946,7 @@ def best_classical(
     kernel = check_psf_array(psf)
     inferred = axes is None
     axes = resolve_image_axes(arr, axes)
+    warn_if_even_psf(kernel, "result")
     if inferred:
         warn_if_alpha_looks_like_a_channel(arr, axes, kept="kept as opacity, not scored", verb="deconvolve")
     # an RGBA image's alpha is opacity, as in richardson_lucy/wiener (which keep it) and compare (which does not
@@ -886,7 +956,6 @@ def best_classical(
     scaler = _Scaler(blurred_range, arr.dtype)
     read_src, read_ref = _plane_reader(arr, axes), _plane_reader(sharp_arr, axes)
     indices = _scored_plane_indices(tuple(arr.shape), axes)
-    alpha = _alpha_position(tuple(arr.shape), axes)
     single = len(indices) == 1
     size = 0  # the reference's pixels with data, as the scores count them
 
@@ -947,10 +1016,7 @@ def best_classical(
     else:
         image = _per_plane(arr, axes, winner)
     best: dict[str, Any] = {"method": method, "parameters": parameters, "image": image, "psnr": scores[best_k]}
-    if alpha is None:
-        best["ssim"] = ssim(sharp_arr, image, dr, axes=axes)
-    else:  # compare() leaves the alpha planes out; ssim() alone scores every plane
-        best["ssim"] = compare({"best": image}, sharp_arr, data_range=dr, axes=axes).rows[0]["ssim"]
+    best["ssim"] = ssim(sharp_arr, image, dr, axes=axes)  # an RGBA image's alpha left out, as in compare()
     best["richardson_lucy"] = {"iterations": iterations, "psnr": scores[: len(iterations)]}
     best["wiener"] = {"balance": balances, "psnr": scores[len(iterations) :]}
     return best

@@ -24,6 +24,13 @@ class Cancelled(DeblurGANError):
     """A long operation (deblur, finetune) was cancelled by the user; nothing was written."""
 
 
+class EvenPSFWarning(UserWarning):
+    """A PSF with an even side was given: it has no centre pixel, so the result (a blurred image, a deconvolved
+    one) is shifted by half a pixel along that side. Raised once per call by ``synthesize_blur``, ``wiener``,
+    ``richardson_lucy`` and ``best_classical``; a UserWarning, so the usual filters apply, e.g.
+    ``warnings.simplefilter("ignore", napari_deblurgan.EvenPSFWarning)`` to accept the shift."""
+
+
 def cancel_requested(cancel: object) -> bool:
     """Whether ``cancel`` - the ``cancel=`` of deblur() and the classical baselines: a ``threading.Event``
     (anything with ``is_set``), a function returning True to stop, or None (never) - asks to stop."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 from scipy import signal
 
 from ..axes import is_rgba, resolve_axes
-from ..errors import InputError
+from ..errors import EvenPSFWarning, InputError, user_stacklevel
 from ..inputs import reject_viewer_objects, warn_if_alpha_looks_like_a_channel
 from ..normalization import cast_like, needs_float64, sentinel_mask, without_sentinels
 from .psf import PSF_KINDS, random_psf
@@ -154,6 +155,23 @@ def check_psf_array(psf: Any) -> np.ndarray:
     if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.sum() <= 0:
         raise InputError("A PSF must be finite, non-negative and have a positive sum.")
     return arr / arr.sum()
+
+
+def warn_if_even_psf(psf: np.ndarray, shifted: str) -> None:
+    """:class:`~napari_deblurgan.errors.EvenPSFWarning` when a side of ``psf`` (2D) is even: convolution takes its
+    pixel ``side // 2`` for the centre, half a pixel off the middle of a PSF that is symmetric about it, so
+    ``shifted`` (what the caller makes: "blurred image", "result") moves by half a pixel along that side. Call it
+    once per public call, not per plane: a stack would say it once for every plane."""
+    even = [axis for axis, side in zip("YX", psf.shape, strict=True) if side % 2 == 0]
+    if not even:
+        return
+    warnings.warn(
+        f"The PSF is {psf.shape[0]}x{psf.shape[1]} px: an even-sized PSF has no centre pixel, so the {shifted} is "
+        f"shifted by half a pixel along {' and '.join(even)}. Give it odd sides, with its peak in the middle (crop "
+        "or pad it around its brightest pixel).",
+        EvenPSFWarning,
+        stacklevel=user_stacklevel(),  # the caller of the public function
+    )
 
 
 def apply_psf(image: Any, psf: Any, *, axes: str | None = None) -> np.ndarray:
@@ -433,6 +451,7 @@ def synthesize_blur_with_params(
         psf, params = random_psf(kind, rng, strength)
     else:
         psf = check_psf_array(kind).astype(np.float32)
+        warn_if_even_psf(psf, "blurred image")
         params = {"kind": "custom", "size": list(psf.shape)}
     noise_settings = _noise_settings(noise, rng)
 
@@ -482,7 +501,8 @@ def synthesize_blur(
     kind
         "motion" (camera-shake trajectory), "defocus" (disk or Airy), "airy" (Airy only), "gaussian", "mixed"
         (motion, defocus or Gaussian at random), or a 2D array used as the PSF (normalised to sum 1; give it odd
-        sides: an even-sized PSF has no centre pixel and shifts the image by half a pixel). One kind per call:
+        sides: an even-sized PSF has no centre pixel and shifts the image by half a pixel, which an
+        :class:`~napari_deblurgan.EvenPSFWarning` says once per call). One kind per call:
         unlike ``finetune(blur_kind=)``, which draws a kind per training crop, a mix (``"motion:2,defocus"``, a
         list, a dict) is refused, since the one PSF returned could not say which kind was drawn; pick a kind
         per call instead (``kind=rng.choice(["motion", "defocus"])``).

@@ -152,5 +152,6 @@ __all__ = [
     "Started",
     "Step",
     "TrainingEvent",
+    "TrainingNoticeWarning",
     "Validation",
 ]
