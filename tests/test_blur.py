@@ -446,6 +446,12 @@ def test_an_even_sized_psf_is_warned_once_per_call():
         synthesize_blur(stack, np.ones((5, 4)), axes="ZYX")
     said = [str(w.message) for w in caught if issubclass(w.category, ndg.EvenPSFWarning)]
     assert len(said) == 1 and "blurred image is shifted by half a pixel along X" in said[0], said
+    # a refused call says only what to change: the warning comes after every argument is checked
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match="noise"):
+            synthesize_blur(stack, np.ones((5, 4)), axes="ZYX", noise="bogus")
+    assert [w for w in caught if issubclass(w.category, ndg.EvenPSFWarning)] == []
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         synthesize_blur(stack, np.ones((5, 5)), axes="ZYX")

@@ -919,8 +919,11 @@ def test_compare_leaves_an_rgba_images_alpha_out_of_the_metrics_and_says_so():
     transparent[..., 3] = 0
     blurred = ndimage.uniform_filter(rgba, (5, 5, 1))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        table = compare({"alpha zeroed": transparent, "blurred": blurred}, rgba, per_slice=True)
+        warnings.simplefilter("error")  # axes said: no warning that alpha differs between the images
+        table = compare({"alpha zeroed": transparent, "blurred": blurred}, rgba, axes="YXS", per_slice=True)
+    with pytest.warns(UserWarning, match=r"differs between the reference and result 'alpha zeroed'") as said:
+        assert compare({"alpha zeroed": transparent, "blurred": blurred}, rgba, per_slice=True).rows == table.rows
+    assert len(said) == 1  # once, for the first result whose alpha is not the reference's
     rgb = compare({"alpha zeroed": rgba[..., :3], "blurred": blurred[..., :3]}, rgba[..., :3].copy(), per_slice=True)
     assert [row["slice"] for row in table.rows] == [None, (0,), (1,), (2,)] * 2  # no alpha row
     assert table.rows[0]["psnr"] == math.inf and table.rows[0]["ssim"] == 1
@@ -1035,7 +1038,9 @@ def test_the_standalone_metrics_leave_an_rgba_images_alpha_out_as_compare_does(k
     rgba[..., 3] *= 10  # an opacity of 0..2550 must not set the colours' PSNR peak either
     result = ndimage.uniform_filter(rgba, (3, 3, 1))
     result[..., 3] = 0  # alpha zeroed: no colour changed by it
-    row = compare({"r": result}, rgba, axes=axes).rows[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # with inferred axes: alpha differs (checked below)
+        row = compare({"r": result}, rgba, axes=axes).rows[0]
 
     def wrap(image):
         if kind == "dask":
@@ -1043,18 +1048,26 @@ def test_the_standalone_metrics_leave_an_rgba_images_alpha_out_as_compare_does(k
         return _PlaneStore(image) if kind == "zarr-like" else image
 
     ref, img = wrap(rgba), wrap(result)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a mask is opacity: no warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         # (a zarr-like reference's range took in its alpha: 54.42 dB, not 25.38)
         assert compare({"r": img}, ref, axes=axes).rows[0] == row
         scores = [psnr(ref, img, axes=axes), ssim(ref, img, axes=axes), nrmse(ref, img, axes=axes)]
         assert scores == [row["psnr"], row["ssim"], row["nrmse"]]
         assert sharpness(img, axes=axes) == row["sharpness"]
+    # a mask is opacity, not an image: the only warning is that alpha differs between the two (inferred axes)
+    said = [str(w.message) for w in caught]
+    if axes:
+        assert said == []
+    else:  # once each from compare, psnr, ssim and nrmse; sharpness takes one image
+        assert len(said) == 4 and all("differs between the reference and" in m for m in said), said
     colours = [rgba[..., :3].copy(), result[..., :3].copy()]
     assert scores == pytest.approx([psnr(*colours), ssim(*colours), nrmse(*colours)], rel=1e-12)
     same_colours = rgba.copy()
     same_colours[..., 3] = 0
-    assert psnr(rgba, same_colours, axes=axes) == math.inf and nrmse(rgba, same_colours, axes=axes) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # with inferred axes: alpha differs (said above)
+        assert psnr(rgba, same_colours, axes=axes) == math.inf and nrmse(rgba, same_colours, axes=axes) == 0
     # four channels: alpha scored
     assert psnr(rgba, same_colours, axes="YXC") < 30 and sharpness(result, axes="YXC") != row["sharpness"]
 
@@ -1067,3 +1080,30 @@ def test_the_standalone_metrics_warn_as_compare_does_when_inferred_alpha_looks_l
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         psnr(channels, channels, axes="YXS")
+
+
+def test_the_metrics_warn_when_inferred_alpha_differs_between_the_images():
+    """A (Y, X, 4) image whose 4th channel is sparse (puncta: at most two values, so it reads as a mask) is taken
+    as RGBA and its 4th channel left out; a result that lost that channel scored inf dB without a word (a
+    reviewer's case). Now a warning says that the 4th channel differs and how to score it. The same opacity
+    stored as 0-255 and as 0-1, or said with axes, gives none."""
+    rng = np.random.default_rng(5)
+    reference = rng.uniform(0, 1, (64, 64, 4)).astype(np.float32)
+    reference[..., 3] = 0
+    reference[1::4, 1::4, 3] = 1  # puncta
+    lost = reference.copy()
+    lost[..., 3] = 0
+    for score in (psnr, nrmse, ssim):
+        with pytest.warns(UserWarning, match=r"differs between the reference and the image.*axes='YXC'"):
+            score(reference, lost)
+    with pytest.warns(UserWarning, match=r"differs between the reference and result 'lost'"):
+        compare({"kept": reference.copy(), "lost": lost}, reference)
+    assert psnr(reference, lost, axes="YXC") < 20  # scored as four channels: the loss shows
+    as_uint8 = (reference * 255).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        psnr(reference, lost, axes="YXS")  # said: no warning
+        compare({"lost": lost}, reference, axes="YXS")
+        # the same alpha in other units: a float result of a uint8 RGBA reference
+        psnr(as_uint8, as_uint8.astype(np.float32) / 255, data_range=255)
+        compare({"float": as_uint8.astype(np.float32) / 255}, as_uint8)

@@ -54,7 +54,14 @@ from .blur.synthesize import (
     yx_last,
 )
 from .errors import Cancelled, InputError, cancel_requested
-from .inputs import PlaneReader, is_dask, is_lazy, reject_viewer_objects, warn_if_alpha_looks_like_a_channel
+from .inputs import (
+    PlaneReader,
+    is_dask,
+    is_lazy,
+    reject_viewer_objects,
+    warn_if_alpha_looks_like_a_channel,
+    warn_if_alphas_differ,
+)
 from .normalization import (
     SENTINEL_FLOOR,
     cast_like,
@@ -375,10 +382,12 @@ def psnr(reference: Any, image: Any, data_range: float | None = None, *, axes: s
 
     RGBA (``axes``, or a last axis of 4 inferred as RGBA samples) as in :func:`compare`: the alpha (opacity, not
     an image) is left out of the error and of the default data range, so the value is :func:`compare`'s; pass
-    ``axes`` ending in ``"YXC"`` to score the 4th sample as an image channel.
+    ``axes`` ending in ``"YXC"`` to score the 4th sample as an image channel. Where inferred axes took a 4th
+    channel for alpha that looks like an image, or that differs between ``reference`` and ``image`` (its first
+    plane; a result that lost an image channel would otherwise score as perfect), a warning says so.
     """
     ref, img = _pair(reference, image, axes)
-    scoring = _scoring_axes(ref, axes, required=False)
+    scoring = _scoring_axes(ref, axes, required=False, image=img)
     dr = _data_range(ref, data_range, scoring or axes, colours_only=True)
     if scoring is not None and is_rgba(tuple(ref.shape), scoring):
         error, _, count = _colour_sums(ref, img, scoring)
@@ -387,21 +396,26 @@ def psnr(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     return _psnr_from_sums(*_squared_error(_block_pairs(ref, img, axes)), dr)
 
 
-def _scoring_axes(image: Any, axes: str | None, *, required: bool) -> str | None:
-    """The axes the metrics score ``image`` by: ``axes`` checked, or inferred from the shape by :func:`deblur`'s
-    rules, with :func:`compare`'s warning where inferred axes took a 4th channel that looks like an image for
-    RGBA's alpha (which the metrics leave out). Where none can be inferred (5D and more without ``axes``): an
-    InputError if ``required``, else None (:func:`psnr` and :func:`nrmse` then score every pixel, as before:
-    an image that needs explicit axes is never taken for RGBA)."""
+def _scoring_axes(reference: Any, axes: str | None, *, required: bool, image: Any = None) -> str | None:
+    """The axes the metrics score ``reference`` (and ``image``, scored against it) by: ``axes`` checked, or
+    inferred from the shape by :func:`deblur`'s rules, with :func:`compare`'s warnings where inferred axes took a
+    4th channel for RGBA's alpha (which the metrics leave out) that looks like an image, or that differs between
+    ``reference`` and ``image``. Where none can be inferred (5D and more without ``axes``): an InputError if
+    ``required``, else None (:func:`psnr` and :func:`nrmse` then score every pixel, as before: an image that
+    needs explicit axes is never taken for RGBA)."""
     inferred = axes is None
     try:
-        resolved = resolve_image_axes(image, axes)
+        resolved = resolve_image_axes(reference, axes)
     except InputError:
         if required or not inferred:
             raise
         return None
     if inferred:
-        warn_if_alpha_looks_like_a_channel(image, resolved, kept="left out of the metrics as opacity", verb="score")
+        said = warn_if_alpha_looks_like_a_channel(
+            reference, resolved, kept="left out of the metrics as opacity", verb="score"
+        )
+        if not said and image is not None:
+            warn_if_alphas_differ(reference, image, resolved, name="the image")
     return resolved
 
 
@@ -526,7 +540,7 @@ def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     alpha planes are left out, and out of the default data range, as in :func:`psnr`.
     """
     ref, img = _pair(reference, image, axes)
-    axes = _scoring_axes(ref, axes, required=True)
+    axes = _scoring_axes(ref, axes, required=True, image=img)
     dr = _data_range(ref, data_range, axes, colours_only=True)
     assert axes is not None
     win = _ssim_window((ref.shape[axes.index("Y")], ref.shape[axes.index("X")]))
@@ -553,7 +567,7 @@ def nrmse(reference: Any, image: Any, *, axes: str | None = None) -> float:
     in :func:`psnr`.
     """
     ref, img = _pair(reference, image, axes)
-    scoring = _scoring_axes(ref, axes, required=False)
+    scoring = _scoring_axes(ref, axes, required=False, image=img)
     if scoring is not None and is_rgba(tuple(ref.shape), scoring):
         return _nrmse_from_sums(*_colour_sums(ref, img, scoring))
     axes = _reading_axes(ref if is_lazy(ref) else img, axes)
@@ -917,8 +931,10 @@ def best_classical(
     way. Wiener is run for every balance. Results are scored in the dtype of ``blurred`` (what a user gets),
     with ``data_range`` as in :func:`psnr`. "Oracle" because the parameter is picked with the ground truth,
     which a real user does not have: it is an upper bound on what these methods give with the true PSF. An
-    even-sized ``psf`` shifts every candidate by half a pixel, as in :func:`richardson_lucy` (an
-    :class:`~napari_deblurgan.EvenPSFWarning`, once per call), which lowers their scores: give it odd sides.
+    even-sized ``psf`` shifts every candidate by half a pixel relative to ``blurred``, as in
+    :func:`richardson_lucy` (an :class:`~napari_deblurgan.EvenPSFWarning`, once per call), which lowers their
+    scores when ``blurred`` is aligned with ``sharp`` (not when ``synthesize_blur`` made it with the same PSF: its
+    opposite shift cancels this one): give it odd sides.
     The default balances (:data:`ORACLE_WIENER_BALANCES`) span 1e-4..1e4 in thirds of a decade, as the model
     card's oracle does: on smooth, noisy images (scikit-image's ``cell``) the best balance is 10-50, and a
     scan that stopped at 1 understated Wiener by 4-7 dB.
@@ -1132,8 +1148,8 @@ def compare(
     :func:`deblur`'s rules: a last axis of 3 or 4 is RGB(A) samples (``S``), each colour scored as a plane.
     RGBA's alpha (opacity, not an image; :func:`deblur` keeps it as it is) is left out of every number (and
     of the default ``data_range``), and a note says so; when inferred axes took a 4th channel that looks like
-    an image (more than two values) for alpha, a warning says to pass ``axes`` ending in ``"YXC"`` to score
-    all four channels. A
+    an image (more than two values) for alpha, or whose first plane differs between the reference and a result,
+    a warning says to pass ``axes`` ending in ``"YXC"`` to score all four channels. A
     grey stack whose last axis happens to be 3 or 4 long needs ``axes`` (``"ZYX"``): that is what
     :func:`deblur`'s ``rgb=False`` spells, and ``axes`` already says it here (there is no ``rgb`` argument:
     two ways to say one thing, and napari's Compare panel passes each layer's axes, ``S`` for an RGB layer).
@@ -1159,9 +1175,13 @@ def compare(
     inferred = axes is None
     axes = resolve_image_axes(ref if ref is not None else images[0][1], axes)
     if inferred:
-        warn_if_alpha_looks_like_a_channel(
+        said = warn_if_alpha_looks_like_a_channel(
             ref if ref is not None else images[0][1], axes, kept="left out of the metrics as opacity", verb="score"
         )
+        # one warning at most: the first result whose alpha is not the reference's
+        for name, image in images if ref is not None and not said else ():
+            if warn_if_alphas_differ(ref, image, axes, name=f"result {name!r}"):
+                break
     dr = None if ref is None else _data_range(ref, data_range, axes, colours_only=True)
     indices = _scored_plane_indices(first_shape, axes)
     alpha = _alpha_position(first_shape, axes)

@@ -169,17 +169,17 @@ def read_region(image: Any, key: tuple[Any, ...], what: str) -> np.ndarray:
         ) from None
 
 
-def warn_if_alpha_looks_like_a_channel(image: Any, axes: str, *, kept: str, verb: str) -> None:
+def warn_if_alpha_looks_like_a_channel(image: Any, axes: str, *, kept: str, verb: str) -> bool:
     """A last axis of 4 is taken as RGBA (as napari does; :func:`~napari_deblurgan.axes.is_rgba`), and alpha is
     opacity, not an image: warn when the first plane's 4th sample looks like an image (more than two values)
     rather than opacity (constant, or a mask), e.g. a 4-channel microscopy image stored channels-last, which a
     user would want processed. For inferred axes only (given ones say what the axis is). ``kept``: what the
     function does with alpha ("kept as opacity and not deblurred"); ``verb``: what it does to an image
     ("deblur"). Reads one plane's alpha channel only (of an array-like too), subsampled to about 256 x 256
-    values."""
+    values. Returns whether it warned."""
     if not axes.endswith("S") or not is_rgba(tuple(image.shape), axes):
-        return
-    alpha = read_region(image, (0,) * (len(image.shape) - 3) + (slice(None), slice(None), 3), "one plane's alpha")
+        return False
+    alpha = read_region(image, _first_alpha_key(image), "one plane's alpha")
     values = np.unique(alpha[:: max(1, alpha.shape[0] // 256), :: max(1, alpha.shape[1] // 256)])
     if values.size > 2:
         leading = axes[:-3]
@@ -190,6 +190,48 @@ def warn_if_alpha_looks_like_a_channel(image: Any, axes: str, *, kept: str, verb
             f"pass axes={leading + 'YXS'!r}.",
             stacklevel=user_stacklevel(),  # the caller of the public function
         )
+        return True
+    return False
+
+
+def _first_alpha_key(image: Any) -> tuple[Any, ...]:
+    """The index of the first plane's alpha (the 4th sample) of an image whose axes end in ``YXS``."""
+    return (0,) * (len(image.shape) - 3) + (slice(None), slice(None), 3)
+
+
+def warn_if_alphas_differ(reference: Any, image: Any, axes: str, *, name: str) -> bool:
+    """For inferred axes that took a last axis of 4 as RGBA, which the metrics score without its alpha: warn
+    when the first plane's 4th channel of ``image`` (called ``name`` in the message) is not the reference's, up
+    to a scale (opacity stored as 0-255 and as 0-1 is the same alpha), since a result that lost or changed an
+    image channel would otherwise score as if nothing were wrong. It catches a sparse or two-valued 4th channel
+    that :func:`warn_if_alpha_looks_like_a_channel` lets pass. Reads one plane's alpha of each. Returns whether
+    it warned."""
+    if not axes.endswith("S") or not is_rgba(tuple(reference.shape), axes):
+        return False
+    key = _first_alpha_key(reference)
+    ref_alpha = _unit_scaled(read_region(reference, key, "one plane's alpha"))
+    alpha = _unit_scaled(read_region(image, key, "one plane's alpha"))
+    # a quarter of an 8-bit step: alpha cast between uint8 and float is the same alpha
+    if np.allclose(ref_alpha, alpha, rtol=0.0, atol=1e-3, equal_nan=True):
+        return False
+    leading = axes[:-3]
+    warnings.warn(
+        f"The last axis of these {tuple(reference.shape)} images was taken as RGBA samples, so its 4th channel is "
+        f"left out of the metrics as opacity, but it differs between the reference and {name}, as an image "
+        f"channel would. To score all four channels pass axes={leading + 'YXC'!r}; to keep the RGBA reading "
+        f"without this warning pass axes={leading + 'YXS'!r}.",
+        stacklevel=user_stacklevel(),  # the caller of the public function
+    )
+    return True
+
+
+def _unit_scaled(alpha: np.ndarray) -> np.ndarray:
+    """``alpha`` as float64 divided by its largest finite absolute value (as it is where that is 0): the same
+    opacity stored as 0-255 and as 0-1 compares equal."""
+    values = alpha.astype(np.float64)
+    finite = np.abs(values[np.isfinite(values)])
+    peak = float(finite.max()) if finite.size else 0.0
+    return values / peak if peak > 0 else values
 
 
 def chunk_slab_depths(

@@ -167,8 +167,8 @@ def warn_if_even_psf(psf: np.ndarray, shifted: str) -> None:
         return
     warnings.warn(
         f"The PSF is {psf.shape[0]}x{psf.shape[1]} px: an even-sized PSF has no centre pixel, so the {shifted} is "
-        f"shifted by half a pixel along {' and '.join(even)}. Give it odd sides, with its peak in the middle (crop "
-        "or pad it around its brightest pixel).",
+        f"shifted by half a pixel along {' and '.join(even)} relative to the input. Give it odd sides, with its "
+        "peak in the middle (crop or pad it around its brightest pixel).",
         EvenPSFWarning,
         stacklevel=user_stacklevel(),  # the caller of the public function
     )
@@ -451,9 +451,10 @@ def synthesize_blur_with_params(
         psf, params = random_psf(kind, rng, strength)
     else:
         psf = check_psf_array(kind).astype(np.float32)
-        warn_if_even_psf(psf, "blurred image")
         params = {"kind": "custom", "size": list(psf.shape)}
     noise_settings = _noise_settings(noise, rng)
+    if params["kind"] == "custom":  # after every argument is checked: a refused call says only what to change
+        warn_if_even_psf(psf, "blurred image")
 
     # plane by plane into the result: no whole-stack float copy of the image
     src = yx_last(arr, axes)
