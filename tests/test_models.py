@@ -171,3 +171,59 @@ def test_unknown_architecture_and_arguments_are_clear_errors():
         build_generator("unet_lite", blocks=3)
     with pytest.raises(InputError, match="channels"):
         build_generator("unet_lite", channels=0)
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_a_residual_block_adds_its_branch_to_its_input(norm):
+    """The identity shortcut: with the branch's last layer silenced the block is the identity, not zero."""
+    torch.manual_seed(0)
+    block = ResidualBlock(4, norm=norm).eval()
+    kind = torch.nn.BatchNorm2d if norm == "batch" else torch.nn.Conv2d
+    last = [m for m in block.modules() if isinstance(m, kind)][-1]  # the branch's last scale: norm, or conv
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        x = torch.rand(2, 4, 16, 16)
+        torch.testing.assert_close(block(x), x)
+
+
+def test_a_residual_blocks_branch_ends_in_its_normalisation():
+    """conv-norm-ReLU-conv-norm: in training mode the branch ``block(x) - x`` is BatchNorm's output, zero mean
+    and unit variance per channel over the batch (a block that lost its second norm, or its shortcut, is not)."""
+    torch.manual_seed(0)
+    block = ResidualBlock(4, norm="batch").train()
+    x = torch.rand(4, 4, 16, 16) * 3.0 + 2.0
+    with torch.no_grad():
+        branch = block(x) - x
+    mean = branch.mean(dim=(0, 2, 3))
+    var = branch.var(dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean, torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(var, torch.ones(4), atol=1e-2, rtol=0)
+
+
+def test_resnet9_has_exactly_the_papers_layers():
+    """Counted layer by layer for RGB (Kupyn et al. 2018): a kernel size, a block, a norm or a bias more or less
+    changes the count (the ~11.4 M range of the size test above does not see a lost 7x7 or norm)."""
+    bn = 2  # BatchNorm: scale and shift per channel (its convolutions have no bias)
+    expected = (
+        3 * 64 * 7 * 7 + bn * 64  # 7x7 in
+        + 64 * 128 * 3 * 3 + bn * 128  # stride-2 down
+        + 128 * 256 * 3 * 3 + bn * 256  # stride-2 down
+        + 9 * 2 * (256 * 256 * 3 * 3 + bn * 256)  # 9 residual blocks of two convs and two norms at 256 channels
+        + 256 * 128 * 3 * 3 + bn * 128  # transposed up
+        + 128 * 64 * 3 * 3 + bn * 64  # transposed up
+        + 64 * 3 * 7 * 7 + 3  # 7x7 out, with bias
+    )  # fmt: skip
+    assert count_parameters(build_generator("resnet9", channels=3)) == expected
+
+
+def test_resnet9_by_default_bounds_its_residual_with_tanh():
+    """The paper's resnet9 ends in tanh before the global skip: x + tanh(G(x)), so by default a residual of +5
+    asked for by the last layer comes out as tanh(5) < 1 (``residual="linear"`` is the option, not the default)."""
+    gen = build_generator("resnet9", channels=1).eval()
+    last = [m for m in gen.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(5.0)
+        x = torch.rand(1, 1, 16, 16)
+        torch.testing.assert_close(gen(x), x + torch.tanh(torch.tensor(5.0)))

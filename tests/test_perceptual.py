@@ -169,3 +169,21 @@ def test_training_with_a_weights_file_uses_vgg_features(vgg_features_state, tmp_
     step = next(e for e in events if isinstance(e, ev.Step))
     assert step.losses["perceptual"] > 0 and "feature_matching" not in step.losses
     assert events[-1].model.metadata["training"]["perceptual"] == "vgg19"
+
+
+def test_the_features_compared_are_conv3_3s_output_before_its_relu(tmp_path):
+    """DeblurGAN's perceptual loss compares conv3_3 activations: torchvision's ``vgg19().features[:15]`` (index
+    14 is conv3_3; its ReLU is index 15). The file given holds more layers (up to conv3_4): only those are used."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    torch.manual_seed(1)
+    vgg = make_layers(cfgs["E"])[:17].eval()  # VGG-19's features (as vgg19().features), conv1_1 .. conv3_4
+    path = tmp_path / "vgg19-first-layers.pth"
+    torch.save({f"features.{k}": v for k, v in vgg.state_dict().items()}, path)
+    features, _ = load_vgg_features(path)
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        got, conv3_3 = features.eval()(x), vgg[:15](x)
+    assert got.shape == (1, 256, 6, 6)
+    torch.testing.assert_close(got, conv3_3)
+    assert (got < 0).any()  # before the ReLU

@@ -1752,3 +1752,82 @@ def test_vgg_sees_rgb_samples_as_colour_and_other_channels_one_by_one_as_grey(pa
         run = tiny_run(data, model=tiny_unet(3), preset=preset, axes="CYX" if axis == 0 else "YXS")
         assert isinstance(next(iter(run)), ev.Started)
         assert said[-1] is rgb
+
+
+def test_the_deblurgan_recipe_trains_its_critic_five_times_a_step_on_fresh_batches_and_fresh_fakes(monkeypatch):
+    """The paper's WGAN-GP step: 5 critic updates, each on a batch of its own with fakes the current generator
+    made of that batch (never one batch's fakes reused, nor the fakes of an earlier step's generator update),
+    loss D(fake) - D(real) + 10 x penalty; then the generator's update, 100 x perceptual; Adam 1e-4, (0.5, 0.999)."""
+    import copy
+
+    from napari_deblurgan.models.critic import PatchCritic
+
+    preset = get_preset("deblurgan")
+    generator = tiny_unet().generator  # no BatchNorm: its output depends on its weights and input alone
+
+    class SquaredError(torch.nn.Module):  # stands in for VGG: the weight it gets is what is checked
+        def forward(self, fake, real):
+            self.last = (fake - real).pow(2).mean()
+            return self.last
+
+    perceptual = SquaredError()
+    step = GanStep(
+        generator, PatchCritic(1, width=4), preset, torch.device("cpu"), perceptual=perceptual,
+        feature_matching=False, ema_decay=None, seed=0, precision="float32",
+    )  # fmt: skip
+    for opt in (step.opt_g, step.opt_d):
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-4) and opt.param_groups[0]["betas"] == (0.5, 0.999)
+
+    batches = []  # (blurred, sharp, the generator's weights when the batch was taken)
+    rng = torch.Generator().manual_seed(1)
+
+    def next_batch(n):
+        blurred, sharp = torch.rand(n, 1, 32, 32, generator=rng), torch.rand(n, 1, 32, 32, generator=rng)
+        batches.append((blurred, sharp, copy.deepcopy(generator.state_dict())))
+        return blurred, sharp
+
+    critic_updates = []
+    real_critic_loss = losses.critic_loss
+
+    def recording_critic_loss(critic, real, fake, **kw):
+        loss, parts = real_critic_loss(critic, real, fake, **kw)
+        critic_updates.append((real, fake.detach().clone(), loss.detach(), parts))
+        return loss, parts
+
+    monkeypatch.setattr(losses, "critic_loss", recording_critic_loss)
+    probe = copy.deepcopy(generator)
+    for n_step in (1, 2):  # the second step's generator differs from the first's fakes' one
+        values = step.run(next_batch, 2)
+        assert len(batches) == 6 * n_step and len(critic_updates) == 5 * n_step
+        assert values["perceptual"] == pytest.approx(100.0 * perceptual.last.item(), rel=1e-5)
+    for real, fake, loss, parts in critic_updates:
+        index = next(i for i, (_, sharp, _) in enumerate(batches) if torch.equal(sharp, real))
+        blurred, _, weights = batches[index]
+        probe.load_state_dict(weights)
+        with torch.no_grad():
+            torch.testing.assert_close(fake, probe(blurred))  # this batch's fakes by the generator of the moment
+        expected = -parts["wasserstein"].item() + 10.0 * parts["gradient_penalty"].item()
+        assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    used = [next(i for i, b in enumerate(batches) if torch.equal(b[1], real)) for real, *_ in critic_updates]
+    assert used == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]  # a fresh batch for every update; 5 and 11 are the generator's
+
+
+def test_the_gradient_penalty_is_taken_at_random_points_between_real_and_fake():
+    """x_hat = eps * real + (1 - eps) * fake with eps ~ U(0, 1) per sample: neither the real nor the fake
+    images themselves, and the penalty is that of the gradient at x_hat."""
+    seen = []
+
+    class HalfSquare(torch.nn.Module):  # D(x) = |x|^2 / 2 per sample: its gradient at x is x itself
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return 0.5 * x.pow(2).flatten(1).sum(1)
+
+    real, fake = torch.ones(64, 1, 4, 4), torch.zeros(64, 1, 4, 4)
+    gp = losses.gradient_penalty(HalfSquare(), real, fake, generator=torch.Generator().manual_seed(0))
+    (x_hat,) = seen
+    eps = x_hat.flatten(1)[:, 0]
+    assert torch.equal(x_hat, eps.view(-1, 1, 1, 1).expand_as(x_hat))  # one factor per sample
+    assert eps.min() > 0 and eps.max() < 1
+    assert eps.min() < 0.2 and eps.max() > 0.8  # spread over (0, 1), not one fixed point
+    expected = ((eps * 4.0 - 1.0) ** 2).mean()  # |grad| = eps * sqrt(16)
+    assert gp.item() == pytest.approx(expected.item(), rel=1e-5)
