@@ -146,6 +146,20 @@ def test_patch_critic_has_a_70_pixel_receptive_field():
     assert score.shape[:2] == (2, 1) and score.shape[-1] == 14
 
 
+def test_patch_critic_scores_each_sample_on_its_own_in_training():
+    """WGAN-GP penalises the gradient of each sample's score with respect to that sample, which assumes that a
+    score does not depend on the rest of the batch: no BatchNorm in the critic (the WGAN-GP paper's advice). In
+    training mode, where a BatchNorm would use the batch's statistics, one image's scores must not change when
+    other images join its batch."""
+    torch.manual_seed(0)
+    critic = PatchCritic(channels=1, width=8).train()
+    x = torch.rand(4, 1, 64, 64)
+    with torch.no_grad():
+        alone = critic(x[:1])
+        together = critic(torch.cat([x[:1], 5 * x[1:] + 2]))
+    torch.testing.assert_close(together[:1], alone, rtol=1e-5, atol=1e-6)
+
+
 def measured_receptive_radius_of_critic(critic: PatchCritic) -> int:
     import copy
 
