@@ -1107,3 +1107,22 @@ def test_the_metrics_warn_when_inferred_alpha_differs_between_the_images():
         # the same alpha in other units: a float result of a uint8 RGBA reference
         psnr(as_uint8, as_uint8.astype(np.float32) / 255, data_range=255)
         compare({"float": as_uint8.astype(np.float32) / 255}, as_uint8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sharpness_leaves_no_data_sentinels_out(dtype):
+    """A "no data" border (the dtype's largest value) made sharpness NaN (float64: overflow) or a meaningless
+    number (float32), as psnr and ssim no longer do: now the sentinels and the pixels whose filtered values
+    reach them are left out, and a plane of nothing else is left out of the mean."""
+    rng = np.random.default_rng(0)
+    scene = ndimage.gaussian_filter(rng.random((64, 64)), 1.5).astype(dtype)
+    with_border = scene.copy()
+    with_border[:, :10] = np.finfo(dtype).max
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way
+        value = sharpness(with_border)
+        assert value == pytest.approx(sharpness(scene[:, 15:]), rel=0.1)  # the pixels with data, 5 px from none
+        assert compare({"x": with_border}).rows[0]["sharpness"] == value
+        stack = np.stack([with_border, np.full_like(scene, np.finfo(dtype).max)])
+        assert sharpness(stack, axes="ZYX") == value  # the plane of nothing but no data is left out
+        assert math.isnan(sharpness(stack[1]))

@@ -553,7 +553,8 @@ def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: s
 
 
 def _mean_of_planes(values: Sequence[float]) -> float:
-    """The mean of planes' SSIMs, leaving out planes without data (NaN); NaN when no plane has any."""
+    """The mean of planes' SSIMs (or sharpness), leaving out planes without data (NaN); NaN when no plane has
+    any."""
     kept = [v for v in values if not math.isnan(v)]
     return float(np.mean(kept)) if kept else math.nan
 
@@ -594,7 +595,11 @@ def _plane_sharpness(plane: np.ndarray) -> float:
     """``var(laplace(G * plane)) / var(G * plane)`` (float64, reflected borders), in bands of rows with
     :data:`_SHARPNESS_HALO` rows of overlap: the filtered values are those of the whole plane bit for bit, and
     the variances are combined over bands (Chan et al.), as exact as NumPy's to about 1e-15; memory is a few
-    bands (:data:`_BAND_ELEMENTS`), not 4 float64 planes."""
+    bands (:data:`_BAND_ELEMENTS`), not 4 float64 planes. A plane with "no data" sentinels:
+    :func:`_plane_sharpness_without_sentinels`."""
+    missing = sentinel_mask(plane)
+    if missing is not None:
+        return _plane_sharpness_without_sentinels(plane, missing)
     height, width = plane.shape
     halo = _SHARPNESS_HALO
     bands = list(_bands(height, width, halo))
@@ -615,6 +620,22 @@ def _plane_sharpness(plane: np.ndarray) -> float:
     if variance == 0:
         return 0.0
     return _combined_variance(lap_stats) / variance
+
+
+def _plane_sharpness_without_sentinels(plane: np.ndarray, missing: np.ndarray) -> float:
+    """:func:`_plane_sharpness` of a plane with "no data" sentinels (``missing``), which would turn its variances
+    into inf and NaN: they are filled for the filters (``normalization.without_sentinels``), and every pixel
+    whose filtered values reach one (within :data:`_SHARPNESS_HALO` px) is left out of both variances, as the
+    other metrics leave such pixels out; NaN when no pixel is left. Whole-plane float64 arithmetic: planes with
+    sentinels are the exception."""
+    kept = ~ndimage.binary_dilation(missing, structure=np.ones((3, 3), bool), iterations=_SHARPNESS_HALO)
+    if not kept.any():
+        return math.nan
+    smooth = ndimage.gaussian_filter(without_sentinels(plane).astype(np.float64), _SHARPNESS_SIGMA, mode="reflect")
+    variance = float(np.var(smooth[kept]))
+    if variance == 0:
+        return 0.0
+    return float(np.var(ndimage.laplace(smooth, mode="reflect")[kept])) / variance
 
 
 def _moments(values: np.ndarray, scratch: np.ndarray) -> tuple[int, float, float]:
@@ -645,7 +666,9 @@ def sharpness(image: Any, *, axes: str | None = None) -> float:
     pixel noise, which would otherwise look like detail). Dividing by the image variance makes the measure
     independent of brightness and contrast; higher means more fine detail. A constant plane scores 0. Use
     it to rank versions of the *same* image (before/after deblurring), not to compare different scenes. Lazy
-    arrays are read a plane at a time. An RGBA image's alpha planes are left out, as in :func:`psnr`.
+    arrays are read a plane at a time. An RGBA image's alpha planes are left out, as in :func:`psnr`. "No data"
+    sentinels (as for :func:`psnr`) and the pixels within 5 px of one are left out of a plane's variances, and
+    planes left without any pixel out of the mean; NaN when no plane has any.
     """
     arr = _as_image(image, "image", axes)
     axes = _scoring_axes(arr, axes, required=True)
@@ -655,7 +678,7 @@ def sharpness(image: Any, *, axes: str | None = None) -> float:
         _plane_sharpness(_read_checked(read, idx, arr, "image"))
         for idx in _scored_plane_indices(tuple(arr.shape), axes)
     ]
-    return float(np.mean(values))
+    return _mean_of_planes(values)
 
 
 # --------------------------------------------------------------------------------- classical deconvolution
@@ -1260,7 +1283,7 @@ def _row(name: str, where: tuple[int, ...] | None, planes: list[_PlaneScores], d
         row["psnr"] = _psnr_from_sums(error, size, dr)
         row["ssim"] = _mean_of_planes([p.ssim for p in planes if p.ssim is not None])
         row["nrmse"] = _nrmse_from_sums(error, norm, size)
-    row["sharpness"] = float(np.mean([p.sharpness for p in planes]))
+    row["sharpness"] = _mean_of_planes([p.sharpness for p in planes])
     return row
 
 
