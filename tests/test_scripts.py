@@ -170,6 +170,19 @@ def test_evaluate_script_rows_and_summaries_agree(scripts_on_path, tiny_model_fi
     assert np.mean([s["gain_over_oracle_db"] for s in per_image.values()]) == pytest.approx(
         overall["gain_over_oracle_db"]
     )
+    # one setting per method for all cases: the setting with the best mean, never better than the per-case best
+    one = result["one_setting"]
+    assert list(one) == [*script.KINDS, "all"] and one["all"]["cases"] == 9
+    for method, setting in (("wiener", "balance"), ("richardson_lucy", "iterations")):
+        scans = np.array([r[method]["scan"]["psnr"] for r in rows])
+        assert one["all"][method]["psnr"] == pytest.approx(scans.mean(0).max())
+        assert rows[0][method]["scan"][setting][int(scans.mean(0).argmax())] == one["all"][method][setting]
+        assert [max(r[method]["scan"]["psnr"]) for r in rows] == [r[method]["psnr"] for r in rows]
+        assert one["all"][method]["psnr"] <= np.mean([r[method]["psnr"] for r in rows])
+    better = max(one["all"]["wiener"]["psnr"], one["all"]["richardson_lucy"]["psnr"])
+    assert one["all"]["gain_over_better_method_db"] == pytest.approx(overall["model"]["psnr"] - better)
+    assert one["all"]["gain_over_better_per_case_db"] >= overall["gain_over_oracle_db"]
+    assert "One setting per method" in printed and "| all | 9 | " in printed
 
 
 def test_train_script_can_store_half_precision_weights(train_script, tmp_path):
