@@ -451,6 +451,8 @@ def test_an_even_sized_psf_is_warned_once_per_call():
         warnings.simplefilter("always")
         with pytest.raises(InputError, match="noise"):
             synthesize_blur(stack, np.ones((5, 4)), axes="ZYX", noise="bogus")
+        with pytest.raises(InputError, match="<= 0 everywhere"):
+            synthesize_blur(np.zeros_like(stack), np.ones((5, 4)), axes="ZYX", noise="realistic")
     assert [w for w in caught if issubclass(w.category, ndg.EvenPSFWarning)] == []
     with warnings.catch_warnings():
         warnings.simplefilter("error")

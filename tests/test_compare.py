@@ -1107,6 +1107,21 @@ def test_the_metrics_warn_when_inferred_alpha_differs_between_the_images():
         # the same alpha in other units: a float result of a uint8 RGBA reference
         psnr(as_uint8, as_uint8.astype(np.float32) / 255, data_range=255)
         compare({"float": as_uint8.astype(np.float32) / 255}, as_uint8)
+        # ... and the same alpha rounded to 8 bits (half a step off), or from 16 bits to 8 (a reviewer's 30000)
+        soft = reference.copy()
+        soft[..., 3] = np.where(reference[..., 3] > 0, 1.0, 0.3)
+        psnr(soft, np.round(soft * 255).astype(np.uint8).astype(np.float32) / 255)
+        wide = np.zeros((64, 64, 4), np.uint16)
+        wide[..., 3] = 30000
+        wide[::2, :, 3] = 65535
+        psnr(wide, np.round(wide / 257).astype(np.uint8))
+    # the alphas are compared in blocks of rows: a change in the last row of a tall plane is seen
+    tall = np.zeros((3000, 8, 4), np.uint8)
+    tall[..., 3] = 255
+    changed = tall.copy()
+    changed[-1, -1, 3] = 0
+    with pytest.warns(UserWarning, match="differs between the reference and the image"):
+        psnr(tall, changed)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -1126,3 +1141,8 @@ def test_sharpness_leaves_no_data_sentinels_out(dtype):
         stack = np.stack([with_border, np.full_like(scene, np.finfo(dtype).max)])
         assert sharpness(stack, axes="ZYX") == value  # the plane of nothing but no data is left out
         assert math.isnan(sharpness(stack[1]))
+    if dtype is np.float64:  # a plane whose variance overflows is not "no data": the mean stays NaN, as before
+        huge = np.stack([scene, scene * 1e300])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            assert math.isnan(sharpness(huge, axes="ZYX"))

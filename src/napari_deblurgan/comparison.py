@@ -552,9 +552,15 @@ def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     return _mean_of_planes(values)
 
 
+def _mean_sharpness(values: Sequence[float | None]) -> float:
+    """The mean of planes' sharpness, leaving out planes without data (None); NaN when no plane has any. A NaN
+    plane of other origin (values whose variance overflows) makes the mean NaN, as it always did."""
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else math.nan
+
+
 def _mean_of_planes(values: Sequence[float]) -> float:
-    """The mean of planes' SSIMs (or sharpness), leaving out planes without data (NaN); NaN when no plane has
-    any."""
+    """The mean of planes' SSIMs, leaving out planes without data (NaN); NaN when no plane has any."""
     kept = [v for v in values if not math.isnan(v)]
     return float(np.mean(kept)) if kept else math.nan
 
@@ -591,12 +597,12 @@ _SHARPNESS_SIGMA = 1.0
 _SHARPNESS_HALO = int(4.0 * _SHARPNESS_SIGMA + 0.5) + 1
 
 
-def _plane_sharpness(plane: np.ndarray) -> float:
+def _plane_sharpness(plane: np.ndarray) -> float | None:
     """``var(laplace(G * plane)) / var(G * plane)`` (float64, reflected borders), in bands of rows with
     :data:`_SHARPNESS_HALO` rows of overlap: the filtered values are those of the whole plane bit for bit, and
     the variances are combined over bands (Chan et al.), as exact as NumPy's to about 1e-15; memory is a few
     bands (:data:`_BAND_ELEMENTS`), not 4 float64 planes. A plane with "no data" sentinels:
-    :func:`_plane_sharpness_without_sentinels`."""
+    :func:`_plane_sharpness_without_sentinels` (None: no pixel with data)."""
     missing = sentinel_mask(plane)
     if missing is not None:
         return _plane_sharpness_without_sentinels(plane, missing)
@@ -622,15 +628,16 @@ def _plane_sharpness(plane: np.ndarray) -> float:
     return _combined_variance(lap_stats) / variance
 
 
-def _plane_sharpness_without_sentinels(plane: np.ndarray, missing: np.ndarray) -> float:
+def _plane_sharpness_without_sentinels(plane: np.ndarray, missing: np.ndarray) -> float | None:
     """:func:`_plane_sharpness` of a plane with "no data" sentinels (``missing``), which would turn its variances
     into inf and NaN: they are filled for the filters (``normalization.without_sentinels``), and every pixel
     whose filtered values reach one (within :data:`_SHARPNESS_HALO` px) is left out of both variances, as the
-    other metrics leave such pixels out; NaN when no pixel is left. Whole-plane float64 arithmetic: planes with
-    sentinels are the exception."""
+    other metrics leave such pixels out; None when no pixel is left (the plane has no data: left out of means,
+    where a NaN of other origin is not). Whole-plane float64 arithmetic: planes with sentinels are the
+    exception."""
     kept = ~ndimage.binary_dilation(missing, structure=np.ones((3, 3), bool), iterations=_SHARPNESS_HALO)
     if not kept.any():
-        return math.nan
+        return None
     smooth = ndimage.gaussian_filter(without_sentinels(plane).astype(np.float64), _SHARPNESS_SIGMA, mode="reflect")
     variance = float(np.var(smooth[kept]))
     if variance == 0:
@@ -678,7 +685,7 @@ def sharpness(image: Any, *, axes: str | None = None) -> float:
         _plane_sharpness(_read_checked(read, idx, arr, "image"))
         for idx in _scored_plane_indices(tuple(arr.shape), axes)
     ]
-    return _mean_of_planes(values)
+    return _mean_sharpness(values)
 
 
 # --------------------------------------------------------------------------------- classical deconvolution
@@ -1261,7 +1268,7 @@ class _PlaneScores(NamedTuple):
     norm: float | None  # sum(reference ** 2)
     count: int | None  # the pixels in those sums: the reference's "no data" pixels are left out
     ssim: float | None
-    sharpness: float
+    sharpness: float | None  # None: no pixel with data (all "no data" sentinels)
 
 
 def _plane_scores(ref_plane: np.ndarray | None, plane: np.ndarray, dr: float | None, win: int | None) -> _PlaneScores:
@@ -1283,7 +1290,7 @@ def _row(name: str, where: tuple[int, ...] | None, planes: list[_PlaneScores], d
         row["psnr"] = _psnr_from_sums(error, size, dr)
         row["ssim"] = _mean_of_planes([p.ssim for p in planes if p.ssim is not None])
         row["nrmse"] = _nrmse_from_sums(error, norm, size)
-    row["sharpness"] = _mean_of_planes([p.sharpness for p in planes])
+    row["sharpness"] = _mean_sharpness([p.sharpness for p in planes])
     return row
 
 

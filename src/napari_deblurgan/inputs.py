@@ -209,10 +209,9 @@ def warn_if_alphas_differ(reference: Any, image: Any, axes: str, *, name: str) -
     if not axes.endswith("S") or not is_rgba(tuple(reference.shape), axes):
         return False
     key = _first_alpha_key(reference)
-    ref_alpha = _unit_scaled(read_region(reference, key, "one plane's alpha"))
-    alpha = _unit_scaled(read_region(image, key, "one plane's alpha"))
-    # a quarter of an 8-bit step: alpha cast between uint8 and float is the same alpha
-    if np.allclose(ref_alpha, alpha, rtol=0.0, atol=1e-3, equal_nan=True):
+    ref_alpha = read_region(reference, key, "one plane's alpha")
+    alpha = read_region(image, key, "one plane's alpha")
+    if _same_alpha(ref_alpha, alpha):
         return False
     leading = axes[:-3]
     warnings.warn(
@@ -225,13 +224,38 @@ def warn_if_alphas_differ(reference: Any, image: Any, axes: str, *, name: str) -
     return True
 
 
-def _unit_scaled(alpha: np.ndarray) -> np.ndarray:
-    """``alpha`` as float64 divided by its largest finite absolute value (as it is where that is 0): the same
-    opacity stored as 0-255 and as 0-1 compares equal."""
-    values = alpha.astype(np.float64)
-    finite = np.abs(values[np.isfinite(values)])
-    peak = float(finite.max()) if finite.size else 0.0
-    return values / peak if peak > 0 else values
+#: How far two alphas scaled to their peaks may differ and still be one opacity: an 8-bit step (a float alpha
+#: rounded to uint8 moves by half of one; a uint16 one by a little more).
+ALPHA_TOLERANCE = 1.0 / 255
+
+#: Alpha values compared at a time by :func:`_same_alpha`: float64 blocks of about 4 MB, whatever the plane.
+_ALPHA_BLOCK_ELEMENTS = 1 << 19
+
+
+def _same_alpha(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether two alpha planes (Y, X) hold one opacity up to a scale (0-255 and 0-1 alike): each divided by its
+    own largest absolute value, within :data:`ALPHA_TOLERANCE`, NaN equal to NaN. In blocks of rows: memory is
+    a few MB, not float64 copies of the planes."""
+    rows = max(1, _ALPHA_BLOCK_ELEMENTS // max(1, first.shape[1]))
+    first_peak, second_peak = _alpha_peak(first), _alpha_peak(second)
+    for top in range(0, first.shape[0], rows):
+        a = np.asarray(first[top : top + rows], dtype=np.float64) / first_peak
+        b = np.asarray(second[top : top + rows], dtype=np.float64) / second_peak
+        if not np.allclose(a, b, rtol=0.0, atol=ALPHA_TOLERANCE, equal_nan=True):
+            return False
+    return True
+
+
+def _alpha_peak(alpha: np.ndarray) -> float:
+    """The largest finite absolute value of ``alpha`` (1 where there is none, or it is 0), by reductions that
+    make no plane-sized temporaries (``fmax``/``fmin`` skip NaN)."""
+    if alpha.dtype.kind == "f":
+        finite = [float(v) for v in (np.fmax.reduce(alpha, axis=None), np.fmin.reduce(alpha, axis=None))]
+        finite = [abs(v) for v in finite if math.isfinite(v)]
+        peak = max(finite, default=0.0)
+    else:
+        peak = max(abs(float(alpha.max())), abs(float(alpha.min())))
+    return peak if peak > 0 else 1.0
 
 
 def chunk_slab_depths(

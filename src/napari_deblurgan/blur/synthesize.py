@@ -453,8 +453,6 @@ def synthesize_blur_with_params(
         psf = check_psf_array(kind).astype(np.float32)
         params = {"kind": "custom", "size": list(psf.shape)}
     noise_settings = _noise_settings(noise, rng)
-    if params["kind"] == "custom":  # after every argument is checked: a refused call says only what to change
-        warn_if_even_psf(psf, "blurred image")
 
     # plane by plane into the result: no whole-stack float copy of the image
     src = yx_last(arr, axes)
@@ -473,6 +471,8 @@ def synthesize_blur_with_params(
             "everywhere), so it would come back without noise; shift it first (e.g. image - image.min()) or "
             "pass noise=None."
         )
+    if params["kind"] == "custom":  # after every check: a refused call says only what to change
+        warn_if_even_psf(psf, "blurred image")
     if noise_settings:
         # one gain for the whole array: a stack is one acquisition with one exposure setting
         _noisy_planes_into(dst, src, psf, work, noise_settings["photons"], noise_settings["read_noise"], rng)
