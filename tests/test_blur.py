@@ -457,3 +457,73 @@ def test_an_even_sized_psf_is_warned_once_per_call():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         synthesize_blur(stack, np.ones((5, 5)), axes="ZYX")
+
+
+def test_integer_results_are_rounded_to_nearest_not_truncated():
+    # apply_psf casts its float result to the image's dtype: 0.2 * 4 + ... = 2.4 and 1.6 both round to 2
+    # (truncation would give 2 and 1)
+    image = np.zeros((16, 16), np.uint8)
+    image[:, ::2] = 4
+    psf = np.array([[0.2, 0.6, 0.2]])
+    out = apply_psf(image, psf)
+    expected = np.rint(convolve_reflect(image.astype(np.float64), psf))
+    assert set(np.unique(expected).tolist()) == {2.0}  # the case really rounds 1.6 up
+    np.testing.assert_array_equal(out, expected.astype(np.uint8))
+
+
+def test_motion_jumps_happen_as_often_whatever_the_number_of_steps():
+    # Without shake or pull the walk turns only at impulsive jumps (a reversal, pi +- 0.5): a walk of 256 steps
+    # must jump as often as the reference's 2000-step walk (the per-step rate scales with the step ratio)
+    from napari_deblurgan.blur.psf import motion_trajectory
+
+    def mean_jumps(steps: int) -> float:
+        counts = []
+        for seed in range(40):
+            x = motion_trajectory(
+                np.random.default_rng(seed), num_steps=steps, anxiety=0.01, inertia=0.0, shake=0.0, impulsive=0.2
+            )
+            v = np.diff(x)
+            turn = np.abs(np.angle(v[1:] / v[:-1]))
+            counts.append(int((turn > np.pi / 2).sum()))
+        return float(np.mean(counts))
+
+    reference = mean_jumps(2000)  # 1999 steps x 0.2 x 0.01 = 4 jumps on average
+    assert 2.5 < reference < 6
+    assert mean_jumps(256) == pytest.approx(reference, rel=0.35)
+
+
+def test_a_motion_psfs_trajectory_seed_reproduces_it():
+    # random_psf's params are the recipe: motion_psf with them (and the trajectory seed) gives the same kernel
+    for seed in range(3):
+        psf, params = random_psf("motion", seed, strength=9.0)
+        again = motion_psf(
+            params["length_px"],
+            params["trajectory_seed"],
+            exposure=params["exposure"],
+            anxiety=params["anxiety"],
+            inertia=params["inertia"],
+            shake=params["shake"],
+            impulsive=params["impulsive"],
+        )
+        np.testing.assert_array_equal(psf, again)
+
+
+def test_noise_gain_is_set_by_the_99_9th_percentile():
+    # 81 of 16384 pixels (0.5 %) at 4000 on a floor of 1000: the 99.9th percentile is 4000, so 100 photons there
+    # leave the floor 25 photons: relative noise 20 % (the 99th percentile, 1000, would give 10 %)
+    image = np.full((128, 128), 1000.0)
+    image[:9, :9] = 4000.0
+    delta = np.ones((1, 1))
+    blurred, _ = synthesize_blur(image, delta, noise={"photons": 100.0}, seed=1)
+    floor = blurred[20:, 20:]
+    assert floor.mean() == pytest.approx(1000.0, rel=0.02)
+    assert floor.std() == pytest.approx(1000.0 / np.sqrt(25.0), rel=0.05)
+
+
+def test_the_negative_part_of_a_float_image_keeps_its_value_under_noise():
+    # only positive intensities are counted as photons: a negative region comes back as it was, not as 0
+    image = np.full((64, 64), -5.0)
+    image[:, 32:] = 100.0
+    blurred, _ = synthesize_blur(image, np.ones((1, 1)), noise={"photons": 50.0, "read_noise": 0.0}, seed=0)
+    np.testing.assert_allclose(blurred[:, :32], -5.0, atol=1e-9)
+    assert blurred[:, 32:].std() > 1.0  # the positive part is noisy

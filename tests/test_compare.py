@@ -1146,3 +1146,30 @@ def test_sharpness_leaves_no_data_sentinels_out(dtype):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             assert math.isnan(sharpness(huge, axes="ZYX"))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.uint16])
+def test_integer_data_range_is_the_dtypes_whole_span_signed_too(dtype):
+    # as scikit-image: int16 spans -32768..32767, a range of 65535 (not its maximum, 32767)
+    info = np.iinfo(dtype)
+    ref = np.zeros((16, 16), dtype)
+    img = ref.copy()
+    img[::2] = 10
+    expected = sk_metrics.peak_signal_noise_ratio(ref, img, data_range=float(info.max) - float(info.min))
+    assert psnr(ref, img) == pytest.approx(expected)
+
+
+def test_deconvolution_brings_nothing_over_from_the_opposite_border():
+    # a ramp dark at the top and bright at the bottom: the FFT's wrap-around must stay in the mirrored border, or
+    # the bottom rows' brightness lands in the top rows (and back); the borders are restored as well as the middle
+    from napari_deblurgan.blur.psf import gaussian_psf
+    from napari_deblurgan.blur.synthesize import convolve_reflect
+
+    rng = np.random.default_rng(0)
+    sharp = np.linspace(0, 1, 96)[:, None] + 0.2 * (rng.random((96, 80)) > 0.9)
+    psf = gaussian_psf(3.0).astype(np.float64)  # 25 px: reaches 12 rows
+    blurred = convolve_reflect(sharp, psf)
+    for result in (wiener(blurred, psf, balance=1e-2), richardson_lucy(blurred, psf, iterations=30)):
+        error = np.abs(result - sharp)
+        middle = error[40:56].mean()
+        assert error[:5].mean() < 2 * middle and error[-5:].mean() < 2 * middle

@@ -1084,3 +1084,57 @@ def test_a_validation_pair_whose_axes_differ_from_the_one_axes_string_is_told_of
         PairedData(stack, stack * 2, axes="ZYX", patch_size=32, validation=(plane, plane * 2))
     data = PairedData(stack, stack * 2, axes="ZYX", validation_axes="YX", patch_size=32, validation=(plane, plane * 2))
     assert data.validation_sources[0].axes == "YX"
+
+
+def test_training_crops_take_all_eight_flips_and_turns_alike_for_both_images(pair):
+    # a patch the size of the image leaves one position: the crops differ only by their flip/turn, and all 8
+    # symmetries of the square come, each the same for the blurred and the sharp crop
+    blurred, sharp = pair
+    b_img, s_img = blurred[:48, :48], sharp[:48, :48]
+    d = PairedData(b_img, s_img, patch_size=48, validation=0.0, check_alignment=False)
+    b, s = d.sample(200, np.random.default_rng(0))
+    lo, hi = d.sources[0].norm_range((), 0)
+    views = [np.rot90(v, k) for v in (s_img, s_img[:, ::-1]) for k in range(4)]
+    seen = set()
+    for crop_b, crop_s in zip(b[:, 0], s[:, 0], strict=True):
+        (k,) = [k for k, v in enumerate(views) if np.allclose(crop_s, normalize(v, lo, hi))]
+        seen.add(k)
+        view_b = np.rot90(b_img if k < 4 else b_img[:, ::-1], k % 4)
+        np.testing.assert_array_equal(crop_b, normalize(view_b, lo, hi))
+    assert seen == set(range(8))
+
+
+def test_synthetic_blur_leaves_the_crops_of_a_pair_aligned(pair):
+    # one fixed Gaussian (sigma 0.5 px) and no noise: away from its edges each blurred crop is its own sharp
+    # crop convolved in place, with no shift between the two (the PSF's margin is cut from both alike)
+    import torch
+
+    from napari_deblurgan.blur.torch_synthesis import blur_batch, random_psf_batch
+
+    _, sharp = pair
+    d = PairedData(None, sharp, patch_size=48, validation=0.0)
+    fixed = {"gaussian": (0.5, 0.5)}
+    kinds = resolve_blur_kinds("gaussian")
+    src = BatchSource(d, torch.device("cpu"), seed=1, blur_kinds=kinds, noise=False, strength_ranges=fixed)
+    blurred, crops = src.next_batch(6)
+    psf = random_psf_batch(1, src.psf_size, kinds, generator=torch.Generator(), strength_ranges=fixed)
+    expected = blur_batch(crops, psf.expand(len(crops), -1, -1, -1))
+    r = src.psf_size // 2
+    torch.testing.assert_close(blurred[..., r:-r, r:-r], expected[..., r:-r, r:-r], rtol=0, atol=1e-5)
+
+
+def test_a_constant_channel_does_not_make_a_joint_validation_crop_blank():
+    # joint (RGB) crops are blank only when every channel is constant: one flat channel leaves the crop in
+    rgb = data.astronaut()[::4, ::4].copy()
+    rgb[..., 2] = 40
+    blurred = ndimage.gaussian_filter(rgb, (1.5, 1.5, 0))
+    d = PairedData(blurred, rgb, channels=3, patch_size=32, validation=0.25, check_alignment=False)
+    assert d.validation_grid and not [n for n in d.notes if "blank" in n]
+
+
+def test_validation_crops_lie_inside_their_plane(pair):
+    # a 63 px validation image holds one 32 px crop per axis: none may reach past its last row or column
+    blurred, sharp = pair
+    d = PairedData(blurred, sharp, patch_size=32, validation=(blurred[:63, :63], sharp[:63, :63]))
+    assert len(d.validation_grid) == 1
+    assert all(y0 + 32 <= p.rows[1] and x0 + 32 <= p.cols[1] for p, y0, x0 in d.validation_grid)

@@ -990,3 +990,46 @@ def test_a_four_channel_image_read_as_rgba_warns_when_its_alpha_looks_like_an_im
         deblur(rgba, model, device="cpu")
         deblur(channels, model, rgb=True, device="cpu")
         deblur(channels, model, axes="YXS", device="cpu")  # what the warning proposes to keep RGBA
+
+
+def test_a_few_bright_pixels_on_a_flat_floor_normalise_by_min_and_max():
+    # 10 of 10,000 pixels (0.1 %) lie above the 99.8th percentile: both percentiles are the floor, and the range
+    # falls back to min..max (a unit range would send the beads to 100 normalised units)
+    from napari_deblurgan.normalization import percentile_range
+
+    plane = np.zeros((100, 100), np.float32)
+    plane[:5, :2] = 100.0
+    assert percentile_range(plane, 1.0, 99.8) == (0.0, 100.0)
+    assert percentile_range(np.full((8, 8), 7.0), 1.0, 99.8) == (7.0, 8.0)  # constant: a unit range
+
+
+def test_ensemble_forward_averages_over_the_transforms_it_is_given():
+    # each transform is undone before the mean: the identity network gives its input back, for any subset
+    import torch
+
+    from napari_deblurgan.inference.self_ensemble import DIHEDRAL_TRANSFORMS, ensemble_forward
+
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    for count in (1, 2, 5, 8):
+        out = ensemble_forward(lambda t: t, x, transforms=DIHEDRAL_TRANSFORMS[:count])
+        torch.testing.assert_close(out, x)
+
+
+def test_a_constant_plane_counts_all_its_tile_batches_in_the_progress(model):
+    # a flat plane is skipped, but the progress total counted its tiles: it must still report each batch of them
+    stack = np.stack([np.zeros((200, 200), np.float32), _image((200, 200), "float32")])
+    seen = []
+    deblur(
+        stack, model, axes="ZYX", tile_size=96, device="cpu", progress=lambda done, total: seen.append((done, total))
+    )
+    assert [d for d, _ in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1][0] == seen[-1][1]
+    assert seen[-1][1] % 2 == 0 and seen[-1][1] >= 4  # two planes of the same number of batches, several each
+
+
+def test_progress_of_channels_deblurred_one_by_one_counts_every_channel(model):
+    # a one-channel model runs once per channel of an RGB image: the total counts all three runs
+    seen = []
+    deblur(_image((200, 200, 3), "uint8"), model, tile_size=96, device="cpu", progress=lambda d, t: seen.append((d, t)))
+    assert [d for d, _ in seen] == list(range(1, len(seen) + 1))
+    assert {t for _, t in seen} == {len(seen)} and len(seen) % 3 == 0

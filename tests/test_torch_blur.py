@@ -220,3 +220,15 @@ def test_random_psf_batch_kind_weights():
     for bad in ((1.0,), (1.0, -1.0), (0.0, 0.0), (float("nan"), 1.0)):
         with pytest.raises(InputError, match="kind_weights"):
             random_psf_batch(2, 21, kinds, generator=_gen(0), kind_weights=bad)
+
+
+def test_photon_counts_are_drawn_log_uniformly():
+    # a flat image at intensity 1 with no read noise: each crop's noise variance is 1 / photons. Log-uniform in
+    # 30..1000 puts the median at sqrt(30 * 1000) = 173 photons (a uniform draw would put it at 515)
+    sharp = torch.ones((300, 1, 32, 32))
+    blurred, _ = synthesize_batch(
+        sharp, kinds=("gaussian",), generator=_gen(3), photons_range=(30.0, 1000.0), read_noise_range=(0.0, 0.0)
+    )
+    photons = 1.0 / blurred.flatten(1).var(dim=1).double()
+    assert photons.min().item() > 30 * 0.8 and photons.max().item() < 1000 * 1.25
+    assert photons.median().item() == pytest.approx(np.sqrt(30.0 * 1000.0), rel=0.2)

@@ -1831,3 +1831,77 @@ def test_the_gradient_penalty_is_taken_at_random_points_between_real_and_fake():
     assert eps.min() < 0.2 and eps.max() > 0.8  # spread over (0, 1), not one fixed point
     expected = ((eps * 4.0 - 1.0) ** 2).mean()  # |grad| = eps * sqrt(16)
     assert gp.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_the_ema_weights_move_toward_the_live_ones_by_one_minus_the_decay():
+    """Each update moves the EMA's weights (1 - decay) of the way to the live generator's, with the warm-up decay
+    min(ema, (1 + n) / (10 + n)) at update n: the average stays close to its past, not to the newest weights."""
+    torch.manual_seed(0)
+    step = GanStep(
+        torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 1, 1)), None,
+        get_preset("content"), torch.device("cpu"), perceptual=None, feature_matching=False,
+        ema_decay=0.2, seed=0, precision="float32",
+    )  # fmt: skip
+    torch.manual_seed(1)
+    for n in (1, 2, 3):
+        before = [p.detach().clone() for p in step.ema.parameters()]
+        batch = (torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16))
+        step.run(lambda size, batch=batch: batch, 2)
+        decay = min(0.2, (1 + n) / (10 + n))
+        for old, live, ema in zip(before, step.generator.parameters(), step.ema.parameters(), strict=True):
+            torch.testing.assert_close(ema, old.lerp(live.detach(), 1.0 - decay))
+            assert not torch.allclose(ema, live)
+
+
+def test_without_validation_the_ema_weights_are_the_ones_returned(pair):
+    """The live weights train alike with or without an EMA (same seed); without validation the run returns the
+    EMA's weights where it keeps one, and says so."""
+    plain = finetune(*pair, model=tiny_unet(), **{**_RUN_ARGS, "validation": 0})
+    averaged = finetune(*pair, model=tiny_unet(), **{**_RUN_ARGS, "validation": 0, "ema": 0.9})
+    assert plain.metadata["training"]["best_source"] == "generator"
+    assert averaged.metadata["training"]["best_source"] == "ema"
+    a, b = plain.generator.state_dict(), averaged.generator.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_learning_rate_warms_up_from_a_tenth_and_decays_to_five_percent(pair):
+    """The cosine presets start at 10 % of the rate and reach it linearly over the warm-up, then decay to 5 %
+    (not 0: the last steps still do something); the run's steps use exactly that schedule."""
+    preset = get_preset("content")
+    assert preset.warmup_steps == 20
+    assert preset.lr_factor(0, 1000) == pytest.approx((0.1 + 0.9 * 1 / 20) * 1.0)  # cosine's start: 1
+    assert preset.lr_factor(19, 1000) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 0.019)))
+    assert preset.lr_factor(500, 1000) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert preset.lr_factor(1000, 1000) == pytest.approx(0.05)
+    steps = [e for e in tiny_run(pair, preset="content", validation=0) if isinstance(e, ev.Step)]
+    expected = [preset.learning_rate * (0.1 + 0.9 * (n + 1) / 20) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * n / 3)))
+                for n in range(3)]  # fmt: skip
+    assert [e.learning_rate for e in steps] == pytest.approx(expected)
+
+
+def test_a_run_on_synthetic_blur_resumes_exactly(pair, tmp_path):
+    """Sharp-only data: the resumed run draws the same PSFs and noise as the uninterrupted one (the synthesis
+    generator's state is in the checkpoint), so its losses are the same."""
+    data = (pair[1], None)
+    args = dict(_RUN_ARGS, steps=4, validation=0.0, blur_kind="motion,gaussian", checkpoint_every=2)
+    straight = _losses(tiny_run(data, **args))
+    first = tiny_run(data, **args, checkpoint_dir=tmp_path)
+    got = _losses_until_stop(first, at_step=2)
+    assert len(got) == 2 and first.finished.stopped
+    rest = _losses(tiny_run(data, **args, checkpoint_dir=tmp_path, resume=tmp_path))
+    assert got + rest == straight
+
+
+def test_a_loss_that_stays_nan_stops_the_run_after_five_rollbacks(pair, monkeypatch):
+    """Five rollbacks (each halving the rate) that do not help: the sixth failure ends the run as diverged, with
+    the best model so far (here the starting one), instead of rolling back for ever."""
+    real = losses.content_loss
+    monkeypatch.setattr(losses, "content_loss", lambda fake, sharp, kind="l1": real(fake, sharp, kind) * float("nan"))
+    events = _run(pair, steps=4, preset="content")
+    kinds = [e.kind for e in events if isinstance(e, ev.Notice)]
+    assert kinds.count("rollback") == 5 and kinds.count("diverged") == 1
+    assert not [e for e in events if isinstance(e, ev.Step)]
+    finished = events[-1]
+    assert isinstance(finished, ev.Finished) and finished.stopped and finished.step == 0
+    start, got = tiny_unet().generator.state_dict(), finished.model.generator.state_dict()
+    assert all(torch.equal(start[k], got[k]) for k in start)
