@@ -630,6 +630,7 @@ def test_compressed_truncated_and_multi_series_tiffs(tiny_model_file, small_imag
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "holds 2 image series; only the first" in err and "wrote" not in err
+    assert "deblur [" not in err and "100%" not in err  # nor the progress bar
 
 
 def test_an_unwritable_output_folder_is_said_before_the_work(

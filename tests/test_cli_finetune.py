@@ -198,6 +198,29 @@ def test_an_output_that_cannot_be_written_is_said_before_training(files, capsys,
     assert drawn == []
 
 
+@pytest.mark.parametrize("how", ["dotdot", "symlink", "hardlink"])
+def test_a_training_image_named_another_way_is_never_the_output(files, capsys, monkeypatch, how):
+    """-o spelled differently from the training image it is (``sub/../image.pt``, a link to it) is still
+    refused, with --force too: the input is never overwritten by the model."""
+    drawn = no_training_batches(monkeypatch)
+    image = files / "image.pt"
+    tifffile.imwrite(image, tifffile.imread(files / "sharp.tif"))  # a TIFF, oddly named
+    before = image.read_bytes()
+    (files / "sub").mkdir()
+    if how == "dotdot":
+        out = files / "sub" / ".." / "image.pt"
+    elif how == "symlink":
+        out = files / "sub" / "link.pt"
+        out.symlink_to(image)
+    else:
+        out = files / "sub" / "hard.pt"
+        os.link(image, out)
+    code = main([*_common(files, "--sharp", str(image)), "-o", str(out), "--force"])
+    assert code == 2 and "is a training image" in capsys.readouterr().err
+    assert image.read_bytes() == before
+    assert drawn == []
+
+
 def test_a_used_checkpoint_dir_needs_resume_or_force(files, capsys):
     args = [*_common(files, "--sharp", str(files / "sharp.tif"), "--steps", "2"), "--checkpoint-dir", str(files / "ck")]
     assert main([*args, "-o", str(files / "a.pt")]) == 0

@@ -116,6 +116,44 @@ def test_per_slice_rows_for_stacks(make_napari_viewer, qtbot):
     assert widget.table.rowCount() == 1 + 3  # whole stack + one row per Z plane
 
 
+def test_the_tables_rows_are_compares_rows_in_its_order(make_napari_viewer, qtbot):
+    """Row r of the panel's table is row r of compare() for the same question, cell for cell: the whole
+    stack of each layer, then its planes (a table drawn in another order would pair a plane with another's
+    numbers)."""
+    from napari_deblurgan import compare
+    from napari_deblurgan.widgets.compare_widget import CompareWidget, _format
+
+    viewer = make_napari_viewer(strict_qt="raise")
+    rng = np.random.default_rng(0)
+    truth = rng.random((3, 32, 32)).astype(np.float32)
+    noise = rng.standard_normal(truth.shape).astype(np.float32)
+    noise *= np.array([0.02, 0.1, 0.3], np.float32)[:, None, None]  # each plane its own PSNR
+    viewer.add_image(truth, name="truth")
+    viewer.add_image(truth + noise, name="noisy")
+    viewer.add_image(truth + noise[::-1], name="other")
+    widget = CompareWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.reference_combo.set_value(viewer.layers["truth"])
+    widget.set_checked(viewer.layers["noisy"])
+    widget.set_checked(viewer.layers["other"])
+    widget.per_slice.setChecked(True)
+    widget.compute_button.click()
+    wait_done(qtbot, widget)
+
+    names = [layer.name for layer in widget.checked_layers()]
+    span = float(truth.max()) - float(truth.min())
+    expected = compare(
+        {name: viewer.layers[name].data for name in names}, truth, axes="ZYX", per_slice=True, data_range=span
+    )
+    shown = table_rows(widget)
+    assert len(shown) == len(expected.rows) == 2 * (1 + 3)
+    for got, row in zip(shown, expected.rows, strict=True):
+        assert got["layer"] == row["name"]
+        assert got["slice"] == _format(row.get("slice"))
+        for key, header in (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("nrmse", "NRMSE")):
+            assert got[header] == _format(row[key]), (key, row)
+
+
 def test_side_by_side_grid_and_matched_contrast(setup):
     viewer, widget = setup
     widget.reference_combo.set_value(viewer.layers["truth"])
