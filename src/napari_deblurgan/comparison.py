@@ -387,7 +387,7 @@ def psnr(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     plane; a result that lost an image channel would otherwise score as perfect), a warning says so.
     """
     ref, img = _pair(reference, image, axes)
-    scoring = _scoring_axes(ref, axes, required=False, image=img)
+    scoring = _scoring_axes(ref, axes, required=False, images=[("the image", img)])
     dr = _data_range(ref, data_range, scoring or axes, colours_only=True)
     if scoring is not None and is_rgba(tuple(ref.shape), scoring):
         error, _, count = _colour_sums(ref, img, scoring)
@@ -396,13 +396,15 @@ def psnr(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     return _psnr_from_sums(*_squared_error(_block_pairs(ref, img, axes)), dr)
 
 
-def _scoring_axes(reference: Any, axes: str | None, *, required: bool, image: Any = None) -> str | None:
-    """The axes the metrics score ``reference`` (and ``image``, scored against it) by: ``axes`` checked, or
-    inferred from the shape by :func:`deblur`'s rules, with :func:`compare`'s warnings where inferred axes took a
-    4th channel for RGBA's alpha (which the metrics leave out) that looks like an image, or that differs between
-    ``reference`` and ``image``. Where none can be inferred (5D and more without ``axes``): an InputError if
-    ``required``, else None (:func:`psnr` and :func:`nrmse` then score every pixel, as before: an image that
-    needs explicit axes is never taken for RGBA)."""
+def _scoring_axes(
+    reference: Any, axes: str | None, *, required: bool, images: Sequence[tuple[str, Any]] = ()
+) -> str | None:
+    """The axes the metrics and :func:`compare` score ``reference`` (and ``images``, ``(name, image)`` pairs
+    scored against it) by: ``axes`` checked, or inferred from the shape by :func:`deblur`'s rules, with one
+    warning where inferred axes took a 4th channel for RGBA's alpha (which they leave out) that looks like an
+    image, or that differs between ``reference`` and one of ``images``. Where none can be inferred (5D and more
+    without ``axes``): an InputError if ``required``, else None (:func:`psnr` and :func:`nrmse` then score every
+    pixel, as before: an image that needs explicit axes is never taken for RGBA)."""
     inferred = axes is None
     try:
         resolved = resolve_image_axes(reference, axes)
@@ -414,8 +416,8 @@ def _scoring_axes(reference: Any, axes: str | None, *, required: bool, image: An
         said = warn_if_alpha_looks_like_a_channel(
             reference, resolved, kept="left out of the metrics as opacity", verb="score"
         )
-        if not said and image is not None:
-            warn_if_alphas_differ(reference, image, resolved, name="the image")
+        if not said:
+            warn_if_alphas_differ(reference, images, resolved)
     return resolved
 
 
@@ -540,7 +542,7 @@ def ssim(reference: Any, image: Any, data_range: float | None = None, *, axes: s
     alpha planes are left out, and out of the default data range, as in :func:`psnr`.
     """
     ref, img = _pair(reference, image, axes)
-    axes = _scoring_axes(ref, axes, required=True, image=img)
+    axes = _scoring_axes(ref, axes, required=True, images=[("the image", img)])
     dr = _data_range(ref, data_range, axes, colours_only=True)
     assert axes is not None
     win = _ssim_window((ref.shape[axes.index("Y")], ref.shape[axes.index("X")]))
@@ -574,7 +576,7 @@ def nrmse(reference: Any, image: Any, *, axes: str | None = None) -> float:
     in :func:`psnr`.
     """
     ref, img = _pair(reference, image, axes)
-    scoring = _scoring_axes(ref, axes, required=False, image=img)
+    scoring = _scoring_axes(ref, axes, required=False, images=[("the image", img)])
     if scoring is not None and is_rgba(tuple(ref.shape), scoring):
         return _nrmse_from_sums(*_colour_sums(ref, img, scoring))
     axes = _reading_axes(ref if is_lazy(ref) else img, axes)
@@ -1202,16 +1204,9 @@ def compare(
                 f"{'the reference' if ref is not None else 'the first result'} has {first_shape}; "
                 "all images must have the same shape."
             )
-    inferred = axes is None
-    axes = resolve_image_axes(ref if ref is not None else images[0][1], axes)
-    if inferred:
-        said = warn_if_alpha_looks_like_a_channel(
-            ref if ref is not None else images[0][1], axes, kept="left out of the metrics as opacity", verb="score"
-        )
-        # one warning at most: the first result whose alpha is not the reference's
-        for name, image in images if ref is not None and not said else ():
-            if warn_if_alphas_differ(ref, image, axes, name=f"result {name!r}"):
-                break
+    scored_against = [] if ref is None else [(f"result {name!r}", image) for name, image in images]
+    axes = _scoring_axes(ref if ref is not None else images[0][1], axes, required=True, images=scored_against)
+    assert axes is not None
     dr = None if ref is None else _data_range(ref, data_range, axes, colours_only=True)
     indices = _scored_plane_indices(first_shape, axes)
     alpha = _alpha_position(first_shape, axes)

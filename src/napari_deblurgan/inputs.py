@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -182,16 +182,28 @@ def warn_if_alpha_looks_like_a_channel(image: Any, axes: str, *, kept: str, verb
     alpha = read_region(image, _first_alpha_key(image), "one plane's alpha")
     values = np.unique(alpha[:: max(1, alpha.shape[0] // 256), :: max(1, alpha.shape[1] // 256)])
     if values.size > 2:
-        leading = axes[:-3]
-        warnings.warn(
-            f"The last axis of this {tuple(image.shape)} image was taken as RGBA samples, so its 4th channel is "
-            f"{kept}, but it holds at least {values.size} different values, like an image channel. To {verb} "
-            f"all four channels pass axes={leading + 'YXC'!r}; to keep the RGBA reading without this warning "
-            f"pass axes={leading + 'YXS'!r}.",
-            stacklevel=user_stacklevel(),  # the caller of the public function
+        _warn_about_the_rgba_reading(
+            f"this {tuple(image.shape)} image",
+            axes,
+            kept,
+            f"it holds at least {values.size} different values, like an image channel",
+            verb,
         )
         return True
     return False
+
+
+def _warn_about_the_rgba_reading(what: str, axes: str, kept: str, but: str, verb: str) -> None:
+    """The warning of :func:`warn_if_alpha_looks_like_a_channel` and :func:`warn_if_alphas_differ`: inferred axes
+    took the last axis of ``what`` for RGBA samples, whose 4th is ``kept`` (as opacity), ``but`` (how the 4th
+    channel behaves like an image channel); how to ``verb`` all four, or to keep the reading without the warning."""
+    leading = axes[:-3]
+    warnings.warn(
+        f"The last axis of {what} was taken as RGBA samples, so its 4th channel is {kept}, but {but}. To {verb} "
+        f"all four channels pass axes={leading + 'YXC'!r}; to keep the RGBA reading without this warning pass "
+        f"axes={leading + 'YXS'!r}.",
+        stacklevel=user_stacklevel(),  # the caller of the public function
+    )
 
 
 def _first_alpha_key(image: Any) -> tuple[Any, ...]:
@@ -199,29 +211,29 @@ def _first_alpha_key(image: Any) -> tuple[Any, ...]:
     return (0,) * (len(image.shape) - 3) + (slice(None), slice(None), 3)
 
 
-def warn_if_alphas_differ(reference: Any, image: Any, axes: str, *, name: str) -> bool:
+def warn_if_alphas_differ(reference: Any, images: Iterable[tuple[str, Any]], axes: str) -> bool:
     """For inferred axes that took a last axis of 4 as RGBA, which the metrics score without its alpha: warn
-    when the first plane's 4th channel of ``image`` (called ``name`` in the message) is not the reference's, up
-    to a scale (opacity stored as 0-255 and as 0-1 is the same alpha), since a result that lost or changed an
-    image channel would otherwise score as if nothing were wrong. It catches a sparse or two-valued 4th channel
-    that :func:`warn_if_alpha_looks_like_a_channel` lets pass. Reads one plane's alpha of each. Returns whether
-    it warned."""
+    once, for the first of ``images`` (``(name, image)`` pairs, the name as the message says it) whose first
+    plane's 4th channel is not the reference's, up to a scale (opacity stored as 0-255 and as 0-1 is the same
+    alpha), since a result that lost or changed an image channel would otherwise score as if nothing were wrong.
+    It catches a sparse or two-valued 4th channel that :func:`warn_if_alpha_looks_like_a_channel` lets pass.
+    Reads the reference's alpha plane once, and one of each image's until one differs. Returns whether it
+    warned."""
     if not axes.endswith("S") or not is_rgba(tuple(reference.shape), axes):
         return False
     key = _first_alpha_key(reference)
     ref_alpha = read_region(reference, key, "one plane's alpha")
-    alpha = read_region(image, key, "one plane's alpha")
-    if _same_alpha(ref_alpha, alpha):
-        return False
-    leading = axes[:-3]
-    warnings.warn(
-        f"The last axis of these {tuple(reference.shape)} images was taken as RGBA samples, so its 4th channel is "
-        f"left out of the metrics as opacity, but it differs between the reference and {name}, as an image "
-        f"channel would. To score all four channels pass axes={leading + 'YXC'!r}; to keep the RGBA reading "
-        f"without this warning pass axes={leading + 'YXS'!r}.",
-        stacklevel=user_stacklevel(),  # the caller of the public function
-    )
-    return True
+    for name, image in images:
+        if not _same_alpha(ref_alpha, read_region(image, key, "one plane's alpha")):
+            _warn_about_the_rgba_reading(
+                f"these {tuple(reference.shape)} images",
+                axes,
+                "left out of the metrics as opacity",
+                f"it differs between the reference and {name}, as an image channel would",
+                "score",
+            )
+            return True
+    return False
 
 
 #: How far two alphas scaled to their peaks may differ and still be one opacity: an 8-bit step (a float alpha
