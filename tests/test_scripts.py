@@ -183,6 +183,39 @@ def test_evaluate_script_rows_and_summaries_agree(scripts_on_path, tiny_model_fi
     assert one["all"]["gain_over_better_method_db"] == pytest.approx(overall["model"]["psnr"] - better)
     assert one["all"]["gain_over_better_per_case_db"] >= overall["gain_over_oracle_db"]
     assert "One setting per method" in printed and "| all | 9 | " in printed
+    # ... and its SSIMs: each method's result at that one setting, computed again here from the cases' seeds
+    from train_default_model import evaluation_crops
+
+    from napari_deblurgan.blur.synthesize import synthesize_blur_with_params
+    from napari_deblurgan.comparison import richardson_lucy, ssim, wiener
+
+    crops = evaluation_crops()
+    for kind, entry in one.items():
+        mine = [r for r in rows if kind in ("all", r["kind"])]
+        scores = {"wiener": [], "richardson_lucy": []}
+        for row in mine:
+            blurred, psf, _ = synthesize_blur_with_params(
+                crops[row["image"]], row["kind"], noise="realistic", seed=row["seed"]
+            )
+            blurred = blurred.astype(np.float32)
+            sharp = crops[row["image"]]
+            scores["wiener"].append(ssim(sharp, wiener(blurred, psf, balance=entry["wiener"]["balance"]), 1.0))
+            rl = richardson_lucy(blurred, psf, iterations=entry["richardson_lucy"]["iterations"])
+            scores["richardson_lucy"].append(ssim(sharp, rl, 1.0))
+        for method in scores:
+            assert entry[method]["ssim"] == pytest.approx(np.mean(scores[method]), abs=1e-6), (kind, method)
+        assert entry["better_method_ssim"] == entry[entry["better_method"]]["ssim"]
+        assert entry["model_ssim"] == pytest.approx(np.mean([r["model"]["ssim"] for r in mine]))
+        settings = (("wiener", "balance"), ("richardson_lucy", "iterations"))
+        index = {m: mine[0][m]["scan"][s].index(entry[m][s]) for m, s in settings}
+        wiener_wins = [
+            r_["wiener"]["scan"]["psnr"][index["wiener"]]
+            >= r_["richardson_lucy"]["scan"]["psnr"][index["richardson_lucy"]]
+            for r_ in mine
+        ]
+        per_case = np.where(wiener_wins, scores["wiener"], scores["richardson_lucy"])
+        assert entry["better_per_case_ssim"] == pytest.approx(np.mean(per_case), abs=1e-6), kind
+    assert f"| {one['all']['model_ssim']:.3f} / {one['all']['better_method_ssim']:.3f} / " in printed
 
 
 def test_train_script_can_store_half_precision_weights(train_script, tmp_path):
