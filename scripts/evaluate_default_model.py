@@ -17,6 +17,7 @@ Protocol (written into docs/model-card.md):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -36,6 +37,11 @@ WIENER_BALANCES = ORACLE_WIENER_BALANCES
 
 KINDS = ("motion", "defocus", "gaussian")
 METHODS = ("input", "wiener", "richardson_lucy", "model")
+
+#: Radial spatial-frequency bands of ``--bands`` (cycles per pixel; 0.71 > sqrt(0.5) takes in the corners):
+#: an octave each from 0.01, so that a blur's reach (its transfer function falls in the band where the
+#: kernel's size is a wavelength) and the noise (the top bands) fall in different rows.
+BAND_EDGES = (0.0, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.71)
 
 
 def selection_crops(brightfield: bool = False) -> dict[str, np.ndarray]:
@@ -58,6 +64,7 @@ def evaluate(
     context_padding: int | None = None,
     self_ensemble: bool = False,
     normalize: str = "plane",
+    bands: bool = False,
 ) -> dict:
     rows = []
     cases = []  # (sharp, blurred, psf) of each row, for the SSIM of the one-setting reading
@@ -105,6 +112,12 @@ def evaluate(
                 }
                 for method, img in outputs.items():
                     row[method] = {"psnr": psnr(sharp, img, 1.0), "ssim": ssim(sharp, img, 1.0)}
+                if bands:  # where in frequency each error lies: the model's against the oracle's (and the input's)
+                    oracle = "wiener" if row["wiener"]["psnr"] >= row["richardson_lucy"]["psnr"] else "richardson_lucy"
+                    row["bands"] = {
+                        which: error_by_band(sharp, outputs[method])
+                        for which, method in (("input", "input"), ("oracle", oracle), ("model", "model"))
+                    }
                 row["wiener"]["balance"] = float(wiener_best[0])
                 row["richardson_lucy"]["iterations"] = int(rl_best[0])
                 # every setting's PSNR, for the one-setting-per-method reading (:func:`one_setting_summary`)
@@ -122,12 +135,57 @@ def evaluate(
                     _save_pictures(pictures, name, kind, sharp, outputs)
     one_setting = one_setting_summary(rows)
     add_one_setting_ssim(one_setting, rows, cases)
-    return {
+    result = {
         "rows": rows,
         "summary": summarize(rows),
         "per_image": summarize_by_image(rows),
         "one_setting": one_setting,
     }
+    if bands:
+        result["bands"] = summarize_bands(rows)
+    return result
+
+
+def error_by_band(sharp: np.ndarray, result: np.ndarray) -> list[float]:
+    """The mean squared error of ``result`` against ``sharp`` (2D, intensities as scored) split into the
+    radial frequency bands :data:`BAND_EDGES`: by Parseval the parts sum to the MSE that :func:`psnr` sees."""
+    error = np.asarray(result, dtype=np.float64) - np.asarray(sharp, dtype=np.float64)
+    power = np.abs(np.fft.fft2(error)) ** 2 / error.size**2
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(error.shape[0]), np.fft.fftfreq(error.shape[1]), indexing="ij"))
+    band = np.digitize(radius, BAND_EDGES[1:-1])  # 0 .. len(BAND_EDGES) - 2
+    return [float(v) for v in np.bincount(band.ravel(), weights=power.ravel(), minlength=len(BAND_EDGES) - 1)]
+
+
+def summarize_bands(rows: list[dict]) -> dict:
+    """Per blur kind, per image and for all cases: in each band of :data:`BAND_EDGES`, the model's squared error
+    minus the oracle's, in units of the oracle's whole mean squared error on that case, averaged over the cases
+    (``excess``), so that every case counts alike, as in the mean PSNR; the bands' excesses add up to the mean
+    of ``model MSE / oracle MSE - 1`` (``total``). Positive where the model does worse. Also each band's share
+    of the model's error (mean over the cases, ``model_share``)."""
+    groups = {kind: [r for r in rows if r["kind"] == kind] for kind in KINDS}
+    groups.update({name: [r for r in rows if r["image"] == name] for name in dict.fromkeys(r["image"] for r in rows)})
+    groups["all"] = rows
+    result = {}
+    for name, sel in groups.items():
+        model = np.array([r["bands"]["model"] for r in sel])  # cases x bands
+        oracle = np.array([r["bands"]["oracle"] for r in sel])
+        excess = (model - oracle) / oracle.sum(axis=1, keepdims=True)
+        result[name] = {
+            "cases": len(sel),
+            "excess": [float(v) for v in excess.mean(axis=0)],
+            "total": float(excess.sum(axis=1).mean()),
+            "model_share": [float(v) for v in (model / model.sum(axis=1, keepdims=True)).mean(axis=0)],
+        }
+    return result
+
+
+def bands_table(bands: dict) -> str:
+    names = [f"{lo:g}-{hi:g}" for lo, hi in itertools.pairwise(BAND_EDGES)]
+    lines = ["| cases of | n | " + " | ".join(names) + " | all bands |", "|---|---|" + "---|" * (len(names) + 1)]
+    for name, s in bands.items():
+        cells = [f"{100 * e:+.0f} % ({100 * f:.0f} %)" for e, f in zip(s["excess"], s["model_share"], strict=True)]
+        lines.append(f"| {name} | {s['cases']} | " + " | ".join(cells) + f" | {100 * s['total']:+.0f} % |")
+    return "\n".join(lines)
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -323,6 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--self-ensemble", action="store_true", help="deblur(self_ensemble=True): 8 symmetries")
     parser.add_argument("--normalize", choices=("plane", "local"), default="plane", help="deblur(normalize=...)")
+    parser.add_argument(
+        "--bands",
+        action="store_true",
+        help="also split each error by spatial frequency (cycles/px) and print, per band, how much more squared "
+        "error the model leaves than the oracle, in %% of the oracle's whole error, and (in brackets) the band's "
+        "share of the model's error",
+    )
     args = parser.parse_args(argv)
     model = load_model(args.model)
     start = time.monotonic()
@@ -335,12 +400,19 @@ def main(argv: list[str] | None = None) -> int:
         args.context_padding,
         args.self_ensemble,
         normalize=args.normalize,
+        bands=args.bands,
     )
     print(markdown_table(result["summary"]))
     print()
     print(per_image_table(result["per_image"]))
     print("\nOne setting per method for all the cases of a row (picked with the ground truth), not per case:")
     print(one_setting_table(result["one_setting"]))
+    if args.bands:
+        print(
+            "\nThe model's squared error over the oracle's, per spatial-frequency band in cycles/px (in brackets: the"
+        )
+        print("band's share of the model's error):")
+        print(bands_table(result["bands"]))
     print(f"\n(*) given the true PSF, parameter picked with the ground truth; {time.monotonic() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

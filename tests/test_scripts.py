@@ -142,7 +142,8 @@ def test_evaluate_script_rows_and_summaries_agree(scripts_on_path, tiny_model_fi
     import evaluate_default_model as script
 
     out_json = tmp_path / "eval.json"
-    argv = ["--model", str(tiny_model_file), "--kernels", "1", "--json", str(out_json), "--pictures", str(tmp_path)]
+    argv = ["--model", str(tiny_model_file), "--kernels", "1", "--json", str(out_json), "--pictures", str(tmp_path),
+            "--bands"]  # fmt: skip
     assert script.main(argv) == 0
     printed = capsys.readouterr().out
     result = json.loads(out_json.read_text())
@@ -216,6 +217,37 @@ def test_evaluate_script_rows_and_summaries_agree(scripts_on_path, tiny_model_fi
         per_case = np.where(wiener_wins, scores["wiener"], scores["richardson_lucy"])
         assert entry["better_per_case_ssim"] == pytest.approx(np.mean(per_case), abs=1e-6), kind
     assert f"| {one['all']['model_ssim']:.3f} / {one['all']['better_method_ssim']:.3f} / " in printed
+
+    # --bands: each error split by frequency adds up to the MSE behind its PSNR (Parseval), the oracle's is the
+    # better method's, and the bands' excesses add up to the model's error over the oracle's, case by case
+    for row in rows:
+        for which, method_psnr in (("input", row["input"]["psnr"]), ("model", row["model"]["psnr"]),
+                                   ("oracle", script.oracle_psnr(row))):  # fmt: skip
+            assert len(row["bands"][which]) == len(script.BAND_EDGES) - 1
+            assert sum(row["bands"][which]) == pytest.approx(10 ** (-method_psnr / 10), rel=1e-4), which
+    for name, selected in (("all", rows), ("motion", [r for r in rows if r["kind"] == "motion"]),
+                           ("cell", [r for r in rows if r["image"] == "cell"])):  # fmt: skip
+        summary = result["bands"][name]
+        ratios = [10 ** ((script.oracle_psnr(r) - r["model"]["psnr"]) / 10) - 1 for r in selected]
+        assert summary["cases"] == len(selected)
+        assert summary["total"] == pytest.approx(np.mean(ratios), rel=1e-3, abs=1e-6)
+        assert sum(summary["excess"]) == pytest.approx(summary["total"])
+        assert sum(summary["model_share"]) == pytest.approx(1.0)
+    assert "| 0.04-0.08 |" in printed and f"| all | 9 | {100 * result['bands']['all']['excess'][0]:+.0f} % (" in printed
+
+
+def test_evaluate_script_error_bands_put_a_wave_in_its_band(scripts_on_path):
+    import evaluate_default_model as script
+
+    sharp = np.zeros((64, 64))
+    y, x = np.mgrid[:64, :64]
+    for cycles in (1, 5, 12):  # 1/64, 5/64 and 12/64 cycles per pixel along a diagonal-free axis
+        wave = np.cos(2 * np.pi * cycles * x / 64)
+        bands = script.error_by_band(sharp, wave)
+        expected = int(np.digitize(cycles / 64, script.BAND_EDGES[1:-1]))
+        assert bands[expected] == pytest.approx(np.mean(wave**2)) and sum(bands) == pytest.approx(np.mean(wave**2))
+    diagonal = np.cos(2 * np.pi * 8 * (x + y) / 64)  # radius 8 * sqrt(2) / 64 = 0.177: the 0.16-0.32 band
+    assert script.error_by_band(sharp, diagonal)[5] == pytest.approx(0.5)
 
 
 def test_train_script_can_store_half_precision_weights(train_script, tmp_path):
