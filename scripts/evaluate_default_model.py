@@ -11,7 +11,7 @@ Protocol (written into docs/model-card.md):
   they give a user); the model never sees the PSF;
 * metrics: PSNR and SSIM on intensities in [0, 1] (data_range 1).
 
-    python scripts/evaluate_default_model.py [--model default] [--json out.json] [--pictures docs/images]
+    python scripts/evaluate_default_model.py [--model default] [--json out.json] [--pictures docs/images] [--bands]
 """
 
 from __future__ import annotations
@@ -113,10 +113,9 @@ def evaluate(
                 for method, img in outputs.items():
                     row[method] = {"psnr": psnr(sharp, img, 1.0), "ssim": ssim(sharp, img, 1.0)}
                 if bands:  # where in frequency each error lies: the model's against the oracle's (and the input's)
-                    oracle = "wiener" if row["wiener"]["psnr"] >= row["richardson_lucy"]["psnr"] else "richardson_lucy"
                     row["bands"] = {
                         which: error_by_band(sharp, outputs[method])
-                        for which, method in (("input", "input"), ("oracle", oracle), ("model", "model"))
+                        for which, method in (("input", "input"), ("oracle", oracle_method(row)), ("model", "model"))
                     }
                 row["wiener"]["balance"] = float(wiener_best[0])
                 row["richardson_lucy"]["iterations"] = int(rl_best[0])
@@ -291,10 +290,14 @@ def oracle_psnr(row: dict) -> float:
     return max(row["wiener"]["psnr"], row["richardson_lucy"]["psnr"])
 
 
+def oracle_method(row: dict) -> str:
+    """The method :func:`oracle_psnr` picks for one case (Wiener on a tie)."""
+    return "wiener" if row["wiener"]["psnr"] >= row["richardson_lucy"]["psnr"] else "richardson_lucy"
+
+
 def oracle_ssim(row: dict) -> float:
     """The SSIM of the method that :func:`oracle_psnr` picked."""
-    better = "wiener" if row["wiener"]["psnr"] >= row["richardson_lucy"]["psnr"] else "richardson_lucy"
-    return row[better]["ssim"]
+    return row[oracle_method(row)]["ssim"]
 
 
 def summarize_by_image(rows: list[dict]) -> dict:
@@ -408,10 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nOne setting per method for all the cases of a row (picked with the ground truth), not per case:")
     print(one_setting_table(result["one_setting"]))
     if args.bands:
-        print(
-            "\nThe model's squared error over the oracle's, per spatial-frequency band in cycles/px (in brackets: the"
-        )
-        print("band's share of the model's error):")
+        print("\nThe model's squared error minus the oracle's per spatial-frequency band (cycles/px), in % of the")
+        print("oracle's whole error, mean over the cases (in brackets: the band's share of the model's error):")
         print(bands_table(result["bands"]))
     print(f"\n(*) given the true PSF, parameter picked with the ground truth; {time.monotonic() - start:.0f} s")
     if args.json:
