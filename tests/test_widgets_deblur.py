@@ -446,25 +446,34 @@ def start_long_job(viewer, widget):
     return layer, widget.worker
 
 
-def test_cancel_stops_after_the_tile_batch_in_progress_and_adds_nothing(viewer_and_widget, qtbot, monkeypatch):
-    """Cancel takes effect within one tile batch: the batch running when Cancel is clicked is the last one
-    computed. Counted, not timed: the second batch waits in the worker until Cancel was clicked, then goes on."""
+def hold_the_second_tile_batch(monkeypatch, what: str):
+    """Count the tile batches the network runs and hold the second one in the worker until the test has done
+    ``what`` (Cancel, closing the panel): returns ``(batches, in_second, done)``, ``batches`` holding per batch
+    whether ``done`` was set before it began, ``in_second`` set while batch 2 waits for ``done``. Counted, not
+    timed: the batch running when the test acts is the last one that may run."""
     import threading
 
     from napari_deblurgan.inference import deblur as deblur_module
 
     generate = deblur_module._PlaneRunner._generate
-    batches: list[bool] = []  # one per tile batch the network ran: was Cancel clicked before it began?
-    in_second, clicked = threading.Event(), threading.Event()
+    batches: list[bool] = []
+    in_second, done = threading.Event(), threading.Event()
 
     def counted(runner, gen, x, cancel):
-        batches.append(clicked.is_set())
+        batches.append(done.is_set())
         if len(batches) == 2:
             in_second.set()
-            assert clicked.wait(30), "Cancel was never clicked"
+            assert done.wait(30), f"{what} never happened"
         return generate(runner, gen, x, cancel)
 
     monkeypatch.setattr(deblur_module._PlaneRunner, "_generate", counted)
+    return batches, in_second, done
+
+
+def test_cancel_stops_after_the_tile_batch_in_progress_and_adds_nothing(viewer_and_widget, qtbot, monkeypatch):
+    """Cancel takes effect within one tile batch: the batch running when Cancel is clicked is the last one
+    computed. Counted, not timed: the second batch waits in the worker until Cancel was clicked, then goes on."""
+    batches, in_second, clicked = hold_the_second_tile_batch(monkeypatch, "clicking Cancel")
     viewer, widget = viewer_and_widget
     layer, _ = start_long_job(viewer, widget)
     before = layer.data.copy()
@@ -557,22 +566,7 @@ def test_closing_the_panel_cancels_its_job(viewer_and_widget, qtbot):
 def test_closing_the_panel_stops_its_job_after_the_tile_batch_in_progress(viewer_and_widget, qtbot, monkeypatch):
     """Closing cancels as the Cancel button does: no tile batch begins after the close (counted, not timed:
     a job that merely ran to its end unseen would pass a test that only waits for it to finish)."""
-    import threading
-
-    from napari_deblurgan.inference import deblur as deblur_module
-
-    generate = deblur_module._PlaneRunner._generate
-    batches: list[bool] = []  # one per tile batch the network ran: was the panel closed before it began?
-    in_second, closed = threading.Event(), threading.Event()
-
-    def counted(runner, gen, x, cancel):
-        batches.append(closed.is_set())
-        if len(batches) == 2:
-            in_second.set()
-            assert closed.wait(30), "the panel was never closed"
-        return generate(runner, gen, x, cancel)
-
-    monkeypatch.setattr(deblur_module._PlaneRunner, "_generate", counted)
+    batches, in_second, closed = hold_the_second_tile_batch(monkeypatch, "closing the panel")
     viewer, widget = viewer_and_widget
     layer, worker = start_long_job(viewer, widget)
     before = layer.data.copy()
